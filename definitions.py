@@ -1,0 +1,35 @@
+"""The spotshift code location: one ``Definitions`` assembled from assets/, sensors/, ops/ and resources/.
+
+Each domain module exposes ``defs`` (its assets, checks, jobs, schedules, sensors); the shared
+resources are bound here once. Resource paths come from ``SPOTSHIFT_HOME`` at load time.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from resources.warehouse import WarehouseResource
+from spotshift.home import warehouse_path
+
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# dbt and every subprocess read the warehouse through the same variable as the resource
+os.environ.setdefault("SPOTSHIFT_WAREHOUSE", str(warehouse_path()))
+
+DOMAIN_MODULES: list = []
+
+
+def build_resources() -> dict[str, object]:
+    """Resources shared by every asset, sensor and op of the code location."""
+    return {
+        "warehouse": WarehouseResource(database=os.environ["SPOTSHIFT_WAREHOUSE"]),
+    }
+
+
+defs = dg.Definitions.merge(
+    *(m.defs for m in DOMAIN_MODULES),
+    dg.Definitions(resources=build_resources()),
+)

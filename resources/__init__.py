@@ -1,0 +1,1 @@
+"""Dagster resources: thin ConfigurableResource adapters from Dagster config to the spotshift library."""

@@ -1,0 +1,27 @@
+"""The DuckDB warehouse as a Dagster resource (same file the dbt profile reads via SPOTSHIFT_WAREHOUSE)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from dagster_duckdb import DuckDBResource
+
+from spotshift import warehouse
+
+
+class WarehouseResource(DuckDBResource):
+    """``DuckDBResource`` that waits for the file lock held by other processes and creates the raw schema."""
+
+    lock_timeout_s: float = 120.0
+
+    @contextmanager
+    def get_connection(self) -> Iterator[Any]:  # type: ignore[override]
+        with warehouse.connect(self.database, timeout_s=self.lock_timeout_s) as con:
+            yield con
+
+    def append(self, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Append fact rows to ``raw.<name>``/``main.<name>`` in one short transaction."""
+        with self.get_connection() as con:
+            return warehouse.append_rows(con, table, rows)

@@ -1,0 +1,1 @@
+"""Sensors and schedules. Each module exposes ``defs``."""

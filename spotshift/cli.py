@@ -1,0 +1,115 @@
+"""The ``spotshift`` command line: one entry point, one sub-command group per domain.
+
+Each domain module listed in :data:`COMMAND_MODULES` exposes ``register(subparsers)`` and adds its
+group (``quotes``, ``sync``, ``datasets``, ...). Handlers receive the parsed ``argparse.Namespace``
+and return an exit code. Command modules must import only the standard library at module level:
+``spotshift sync fingerprint`` is timed with its start-up, so heavy imports happen inside handlers.
+
+Exit codes: 0 success, 1 a check found a problem (e.g. ``verify`` found corrupt chunks),
+2 bad input / configuration / credentials / integrity (one line on stderr, never a traceback),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+#: modules that contribute command groups, in ``--help`` order
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def emit_json(obj: Any) -> None:
+    """Print one JSON object on one line (the ``--json`` contract of every command)."""
+    sys.stdout.write(json.dumps(obj, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser with every registered command group."""
+    parser = argparse.ArgumentParser(
+        prog="spotshift",
+        description="Move GPU training and inference to where GPUs are cheapest, without losing a step.",
+        epilog="State lives under $SPOTSHIFT_HOME (default ./.spotshift). Exit 2 means bad input.",
+    )
+    from spotshift import __version__
+
+    parser.add_argument("--version", action="version", version=f"spotshift {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _register_home(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def _register_home(sub: Any) -> None:
+    p = sub.add_parser("home", help="show or initialise $SPOTSHIFT_HOME (state directory)")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["show", "init"],
+        default="show",
+        help="show: print the state paths (default); init: create them and the Dagster instance config",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_home)
+
+
+def _home(args: argparse.Namespace) -> int:
+    from spotshift import home
+
+    if args.action == "init":
+        home.init_home()
+    paths = {
+        "spotshift_home": str(home.spotshift_home()),
+        "dagster_home": str(home.dagster_home()),
+        "warehouse": str(home.warehouse_path()),
+        "stores": str(home.stores_root()),
+        "config": str(home.config_path()),
+    }
+    if args.json:
+        emit_json(paths)
+    else:
+        for k, v in paths.items():
+            print(f"{k:15s} {v}")
+    return 0
+
+
+def _fail(message: str, code: int = 2) -> int:
+    sys.stderr.write(f"spotshift: error: {' '.join(str(message).split())}\n")
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run the handler, map errors to exit codes. Returns the exit code."""
+    from spotshift.errors import SpotshiftError
+
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except SpotshiftError as exc:
+        return _fail(str(exc), exc.exit_code)
+    except FileNotFoundError as exc:
+        return _fail(f"{exc.filename}: no such file or directory")
+    except IsADirectoryError as exc:
+        return _fail(f"{exc.filename}: is a directory")
+    except PermissionError as exc:
+        return _fail(f"{exc.filename}: permission denied")
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The virtual clock shared by the replay price feed, the preemption injector and the sensors.
+
+``make demo`` speeds it up so weeks of market pass in minutes while the Dagster daemon, the
+sensors and the trainers really run. The clock lives in ``$SPOTSHIFT_HOME/run/clock.json`` so every
+process (daemon, run workers, trainers, the command line) reads the same time::
+
+    virtual_now = origin_virtual + (wall_now - origin_wall) * speed
+
+With no clock file the clock is the real UTC time. ``speed == 0`` freezes time (tests advance it
+with :meth:`VirtualClock.advance`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from spotshift.atomic import atomic_write_json
+from spotshift.errors import ConfigError
+from spotshift.home import run_dir
+
+
+def clock_path() -> Path:
+    """Where the shared clock is persisted."""
+    return run_dir() / "clock.json"
+
+
+def parse_utc(text: str) -> datetime:
+    """Parse an ISO-8601 date or timestamp as an aware UTC datetime (naive input is taken as UTC)."""
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{text!r} is not an ISO-8601 date or timestamp") from None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class VirtualClock:
+    """A linear map from wall-clock seconds to virtual UTC time."""
+
+    origin_virtual: str  # ISO-8601 UTC
+    origin_wall: float  # time.time() at origin
+    speed: float = 1.0  # virtual seconds per wall second
+
+    @classmethod
+    def real(cls) -> VirtualClock:
+        """The identity clock: virtual time is the real UTC time."""
+        now = time.time()
+        return cls(datetime.fromtimestamp(now, UTC).isoformat(), now, 1.0)
+
+    @classmethod
+    def starting(cls, start: datetime, speed: float) -> VirtualClock:
+        """A clock reading ``start`` now and advancing ``speed`` virtual seconds per wall second."""
+        if speed < 0:
+            raise ConfigError(f"clock speed must be >= 0, got {speed}")
+        return cls(start.astimezone(UTC).isoformat(), time.time(), float(speed))
+
+    def now(self) -> datetime:
+        """Current virtual time (aware, UTC)."""
+        base = parse_utc(self.origin_virtual)
+        return base + timedelta(seconds=(time.time() - self.origin_wall) * self.speed)
+
+    def advance(self, seconds: float) -> VirtualClock:
+        """A clock ``seconds`` of virtual time ahead of this one (same speed)."""
+        return VirtualClock((self.now() + timedelta(seconds=seconds)).isoformat(), time.time(), self.speed)
+
+    def virtual_seconds(self, wall_seconds: float) -> float:
+        """Virtual seconds that pass in ``wall_seconds`` of wall time."""
+        return wall_seconds * self.speed
+
+    def save(self, path: Path | None = None) -> None:
+        """Persist as the shared clock."""
+        atomic_write_json(path or clock_path(), asdict(self))
+
+
+def load_clock(path: Path | None = None) -> VirtualClock:
+    """The shared clock, or the real-time clock when none was saved."""
+    p = path or clock_path()
+    try:
+        raw = json.loads(p.read_text())
+        return VirtualClock(str(raw["origin_virtual"]), float(raw["origin_wall"]), float(raw["speed"]))
+    except FileNotFoundError:
+        return VirtualClock.real()
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(
+            f"clock file {p}: malformed (expected origin_virtual, origin_wall, speed)"
+        ) from None
+
+
+def virtual_now() -> datetime:
+    """Shortcut: the shared clock's current time."""
+    return load_clock().now()

@@ -1,0 +1,36 @@
+"""Typed errors. Every error a user can cause carries one line that names the thing and what is wrong.
+
+The command line prints ``str(error)`` on one line and exits 2 for any :class:`SpotshiftError`;
+Dagster assets let them propagate so the run fails with the same message.
+"""
+
+from __future__ import annotations
+
+
+class SpotshiftError(Exception):
+    """Base class: a problem with input, configuration, credentials or stored data (exit code 2)."""
+
+    exit_code = 2
+
+    def __str__(self) -> str:  # keep it to one line whatever the caller passed
+        return " ".join(super().__str__().split())
+
+
+class InputError(SpotshiftError):
+    """Malformed input: a feed, a CSV, a trace, a manifest the user pointed us at."""
+
+
+class ConfigError(SpotshiftError):
+    """A wrong or missing configuration value (datasets, jobs, URLs, flags)."""
+
+
+class CredentialsError(SpotshiftError):
+    """Missing or rejected provider credentials; the message names the feed or store."""
+
+
+class IntegrityError(SpotshiftError):
+    """Stored data that fails verification: a tampered, truncated or corrupt object."""
+
+
+class NotFoundError(SpotshiftError):
+    """A named object (dataset, manifest, checkpoint, pointer) does not exist."""

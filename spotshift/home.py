@@ -1,0 +1,123 @@
+"""Where spotshift keeps its state: everything lives under ``SPOTSHIFT_HOME`` (default ``./.spotshift``).
+
+Layout (DESIGN §1, "state lives in three places only"):
+
+``dagster/``            the Dagster instance (``DAGSTER_HOME``; SQLite storage by default)
+``warehouse.duckdb``    the DuckDB warehouse (raw facts, gpu_quotes, dbt models)
+``stores/<provider>/<region>/``  the local object stores, one per simulated region
+``spotshift.yaml``      declared datasets and training jobs (see :mod:`spotshift.registry`)
+``cache/``              rebuildable caches (files cache of the fingerprinter, ...)
+``run/``                local process state (trainer pid files, clock)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def spotshift_home() -> Path:
+    """The absolute state directory, from ``SPOTSHIFT_HOME`` or ``./.spotshift``."""
+    return Path(os.environ.get("SPOTSHIFT_HOME") or ".spotshift").expanduser().resolve()
+
+
+def dagster_home() -> Path:
+    """The Dagster instance directory: ``DAGSTER_HOME`` when set, else ``$SPOTSHIFT_HOME/dagster``."""
+    env = os.environ.get("DAGSTER_HOME")
+    return Path(env).expanduser().resolve() if env else spotshift_home() / "dagster"
+
+
+def warehouse_path() -> Path:
+    """The DuckDB warehouse file: ``SPOTSHIFT_WAREHOUSE`` when set, else ``$SPOTSHIFT_HOME/warehouse.duckdb``."""
+    env = os.environ.get("SPOTSHIFT_WAREHOUSE")
+    return Path(env).expanduser().resolve() if env else spotshift_home() / "warehouse.duckdb"
+
+
+def stores_root() -> Path:
+    """Root of the local object stores (one sub-directory per provider/region)."""
+    return spotshift_home() / "stores"
+
+
+def region_store_url(location: str) -> str:
+    """The ``file://`` URL of the local object store of a ``provider/region`` location."""
+    provider, _, region = location.partition("/")
+    if not provider or not region or "/" in region:
+        raise ValueError(f"location {location!r} is not of the form provider/region")
+    return (stores_root() / provider / region).as_uri()
+
+
+def config_path() -> Path:
+    """The declarations file (datasets, training jobs): ``SPOTSHIFT_CONFIG`` or ``$SPOTSHIFT_HOME/spotshift.yaml``."""
+    env = os.environ.get("SPOTSHIFT_CONFIG")
+    return Path(env).expanduser().resolve() if env else spotshift_home() / "spotshift.yaml"
+
+
+def cache_dir() -> Path:
+    """Rebuildable caches; safe to delete."""
+    return spotshift_home() / "cache"
+
+
+def run_dir() -> Path:
+    """Local process state: pid files of trainers, the shared virtual clock."""
+    return spotshift_home() / "run"
+
+
+def shared_data_file(name: str) -> Path | None:
+    """A file of ``../shared/data`` (the real third-party data that must not be copied into the repo).
+
+    Looked up from ``SPOTSHIFT_SHARED_DATA``, then ``<repo>/../shared/data``; ``None`` when absent.
+    """
+    candidates = []
+    if os.environ.get("SPOTSHIFT_SHARED_DATA"):
+        candidates.append(Path(os.environ["SPOTSHIFT_SHARED_DATA"]))
+    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data")
+    candidates.append(Path.cwd().parent / "shared" / "data")
+    for c in candidates:
+        p = c / name
+        if p.is_file():
+            return p
+    return None
+
+
+_DAGSTER_YAML = """\
+# Written by `spotshift home init`. Embedded default: SQLite storage under this directory.
+telemetry:
+  enabled: false
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: {max_runs}
+    tag_concurrency_limits:
+      # at most one migration/recovery/rollback run per training job at a time
+      - key: spotshift/job
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
+{storage}"""
+
+_POSTGRES_STORAGE = """\
+storage:
+  postgres:
+    postgres_url: {url}
+"""
+
+
+def init_home(*, max_concurrent_runs: int = 4) -> Path:
+    """Create the ``SPOTSHIFT_HOME`` layout and the Dagster instance config; returns the home path.
+
+    With ``SPOTSHIFT_DAGSTER_POSTGRES_URL`` set, the instance stores runs, events and schedules in
+    that PostgreSQL database (the production path); otherwise SQLite files under ``dagster/``.
+    An existing ``dagster.yaml`` is left alone.
+    """
+    from spotshift.atomic import atomic_write_text
+
+    home = spotshift_home()
+    for d in (dagster_home(), stores_root(), cache_dir(), run_dir()):
+        d.mkdir(parents=True, exist_ok=True)
+    cfg = dagster_home() / "dagster.yaml"
+    if not cfg.exists():
+        pg = os.environ.get("SPOTSHIFT_DAGSTER_POSTGRES_URL", "")
+        storage = _POSTGRES_STORAGE.format(url=pg) if pg else ""
+        atomic_write_text(cfg, _DAGSTER_YAML.format(max_runs=max_concurrent_runs, storage=storage))
+    return home

@@ -1,0 +1,1 @@
+"""Price discovery: feeds (aws, gcp, azure, replay), the GPU catalog, normalized quotes, egress prices."""

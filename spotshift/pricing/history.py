@@ -1,0 +1,106 @@
+"""Price-history CSVs of the shape of ``../shared/data/gcp_gpu_prices_2022_2024.csv``.
+
+Columns: ``observed_at`` (ISO-8601), ``instance_type``, ``gpu_model``, ``gpu_count``, ``region``,
+``ondemand_hour``, ``spot_hour`` (USD per hour; ``spot_hour`` may be empty where no spot price
+was published). Optional ``provider`` (default ``gcp``) and ``zone`` columns are accepted, so one
+file can describe a multi-cloud market. Any slice of the shape is accepted: other years, regions
+and instance types, unsorted rows.
+
+Both the replay feed and the simulator read histories through :func:`read_price_history`, which
+refuses malformed files with one line naming the file, the line and the column.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from spotshift.errors import InputError
+
+REQUIRED_COLUMNS = (
+    "observed_at",
+    "instance_type",
+    "gpu_model",
+    "gpu_count",
+    "region",
+    "ondemand_hour",
+    "spot_hour",
+)
+OPTIONAL_COLUMNS = ("provider", "zone", "source")
+
+
+def read_price_history(path: str | Path) -> Any:
+    """Load and validate a history CSV as a polars DataFrame sorted by ``observed_at``.
+
+    Result columns: observed_at (Datetime UTC), provider, region, zone, instance_type, gpu_model,
+    gpu_count (Int32), ondemand_hour (Float64), spot_hour (Float64, null when absent), source.
+    Raises :class:`InputError` for a missing file, missing columns, unparseable values, a
+    non-positive GPU count or negative prices.
+    """
+    import polars as pl
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"price history {p}: no such file")
+    try:
+        raw = pl.read_csv(p, infer_schema=False, truncate_ragged_lines=False)
+    except Exception as exc:  # polars raises ComputeError/NoDataError with multi-line text
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"price history {p}: not a readable CSV ({first[:160]})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
+    if missing:
+        raise InputError(f"price history {p}: missing column(s) {', '.join(missing)}")
+    if raw.height == 0:
+        raise InputError(f"price history {p}: no rows")
+
+    def bad_line(mask: Any, column: str, what: str) -> None:
+        idx = mask.arg_true()
+        if len(idx):
+            i = int(idx[0])
+            value = raw[column][i]
+            raise InputError(f"price history {p} line {i + 2}: {column} {value!r} {what}")
+
+    for col in ("instance_type", "gpu_model", "region"):
+        bad_line(raw[col].is_null() | (raw[col].str.strip_chars() == ""), col, "is empty")
+    observed = (
+        raw["observed_at"].str.strip_chars().str.to_datetime(time_zone="UTC", strict=False, format=None)
+    )
+    bad_line(observed.is_null(), "observed_at", "is not an ISO-8601 timestamp")
+    gpu_count = raw["gpu_count"].str.strip_chars().cast(pl.Int32, strict=False)
+    bad_line(gpu_count.is_null() | (gpu_count <= 0), "gpu_count", "is not a positive integer")
+    ondemand = raw["ondemand_hour"].str.strip_chars().cast(pl.Float64, strict=False)
+    bad_line(
+        ondemand.is_null() | ~ondemand.is_finite() | (ondemand < 0), "ondemand_hour", "is not a price >= 0"
+    )
+    spot_text = raw["spot_hour"].fill_null("").str.strip_chars()
+    spot = spot_text.cast(pl.Float64, strict=False)
+    bad_line(
+        (spot_text != "") & (spot.is_null() | ~spot.is_finite() | (spot < 0)),
+        "spot_hour",
+        "is not a price >= 0",
+    )
+
+    def text_or(col: str, default: str) -> Any:
+        if col in raw.columns:
+            return (
+                raw[col].fill_null(default).str.strip_chars().str.to_lowercase()
+                if col == "provider"
+                else raw[col].fill_null(default)
+            )
+        return pl.Series(col, [default] * raw.height)
+
+    out = pl.DataFrame(
+        {
+            "observed_at": observed,
+            "provider": text_or("provider", "gcp"),
+            "region": raw["region"].str.strip_chars(),
+            "zone": text_or("zone", ""),
+            "instance_type": raw["instance_type"].str.strip_chars(),
+            "gpu_model": raw["gpu_model"].str.strip_chars(),
+            "gpu_count": gpu_count,
+            "ondemand_hour": ondemand,
+            "spot_hour": spot,
+            "source": text_or("source", "replay"),
+        }
+    )
+    return out.sort("observed_at", maintain_order=True)

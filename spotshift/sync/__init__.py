@@ -1,0 +1,1 @@
+"""Content-defined chunking, manifests, Merkle trees, chunk stores and delta sync."""

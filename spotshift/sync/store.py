@@ -1,0 +1,269 @@
+"""``ChunkStore``: the object-store interface every byte of spotshift goes through.
+
+A store is a flat key space of immutable-or-replaceable objects behind a URL:
+
+* ``file:///abs/path`` — :class:`LocalChunkStore` (the embedded default; one root per simulated
+  provider/region under ``$SPOTSHIFT_HOME/stores``),
+* ``s3://bucket/prefix`` — S3 (boto3; ``endpoint_url`` honoured),
+* ``gs://bucket/prefix`` — Google Cloud Storage (``STORAGE_EMULATOR_HOST`` honoured).
+
+Key layout shared by all users of a store:
+
+``chunks/ab/abcdef...``      content-addressed chunks, named by the hex digest of their bytes
+``manifests/<root>.parquet`` immutable dataset manifests, named by their Merkle root
+``refs/<name>/latest``       pointers, written last (a crash leaves garbage, never a broken snapshot)
+``checkpoints/<job>/...``    checkpoint parts and commit markers
+``events/<kind>/<id>.json``  event notices (preemption notices, ...)
+
+Write-once semantics (``if_absent=True``) are atomic on every implementation: local uses
+``link(2)``, S3 ``If-None-Match: *``, GCS ``if_generation_match=0``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from spotshift.errors import ConfigError, IntegrityError, NotFoundError
+
+CHUNK_PREFIX = "chunks/"
+
+
+def chunk_key(digest_hex: str) -> str:
+    """Key of a content-addressed chunk: ``chunks/<first two hex digits>/<digest>``."""
+    if len(digest_hex) < 4 or any(c not in "0123456789abcdef" for c in digest_hex):
+        raise IntegrityError(f"chunk digest {digest_hex!r} is not a lowercase hex digest")
+    return f"{CHUNK_PREFIX}{digest_hex[:2]}/{digest_hex}"
+
+
+class ChunkStore(ABC):
+    """An object store addressed by string keys. Implementations must be thread-safe."""
+
+    #: canonical URL of the store root (``file://``, ``s3://`` or ``gs://``)
+    url: str
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        """Store ``data`` under ``key``. With ``if_absent``, do nothing and return False if it exists."""
+
+    @abstractmethod
+    def put_file(self, key: str, path: str | os.PathLike[str], *, if_absent: bool = False) -> bool:
+        """Store the file at ``path`` under ``key`` (streamed; multipart where the backend has it)."""
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes:
+        """The object's bytes; :class:`NotFoundError` when missing."""
+
+    @abstractmethod
+    def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        """Download the object to ``path`` (temp name + rename); :class:`NotFoundError` when missing."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` exists."""
+
+    @abstractmethod
+    def size(self, key: str) -> int | None:
+        """Size in bytes, or None when missing."""
+
+    @abstractmethod
+    def list_keys(self, prefix: str = "") -> Iterator[str]:
+        """All keys starting with ``prefix``, in no particular order."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (missing keys are not an error)."""
+
+    # ---- content-addressed chunks -------------------------------------------------------------
+    def has_chunk(self, digest_hex: str) -> bool:
+        """Whether the chunk named ``digest_hex`` is stored (presence only; see ``get_chunk``)."""
+        return self.exists(chunk_key(digest_hex))
+
+    def put_chunk(self, digest_hex: str, data: bytes) -> bool:
+        """Store a chunk write-once; returns False when it was already there."""
+        return self.put_bytes(chunk_key(digest_hex), data, if_absent=True)
+
+    def get_chunk(self, digest_hex: str, verify: Callable[[bytes], str] | None = None) -> bytes:
+        """Fetch a chunk; with ``verify`` (bytes -> hex digest) refuse bytes that do not match its name."""
+        data = self.get_bytes(chunk_key(digest_hex))
+        if verify is not None and verify(data) != digest_hex:
+            raise IntegrityError(f"chunk {digest_hex} in {self.url}: content does not match its digest")
+        return data
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+
+class LocalChunkStore(ChunkStore):
+    """A directory on the local filesystem. Writes go to a temp name and are renamed (or linked) in."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).expanduser().resolve()
+        self.url = self.root.as_uri()
+        self._tmp = self.root / ".tmp"
+
+    # temp files carry the writer's pid so a later writer can remove what a killed one left behind
+    def _tmp_path(self) -> Path:
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        return self._tmp / f"{os.getpid()}.{secrets.token_hex(8)}"
+
+    def remove_stale_temp_files(self) -> int:
+        """Delete temp files of writers that are no longer alive; returns how many were removed."""
+        removed = 0
+        if not self._tmp.is_dir():
+            return 0
+        for p in self._tmp.iterdir():
+            pid_text = p.name.split(".", 1)[0]
+            if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+                try:
+                    p.unlink()
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
+
+    def _path(self, key: str) -> Path:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise ConfigError(f"store key {key!r} is not a relative path")
+        return self.root / key
+
+    def _commit(self, tmp: Path, dest: Path, if_absent: bool) -> bool:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if if_absent:
+            try:
+                os.link(tmp, dest)  # atomic create-if-absent
+            except FileExistsError:
+                return False
+            finally:
+                tmp.unlink(missing_ok=True)
+            return True
+        os.replace(tmp, dest)
+        return True
+
+    def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        dest = self._path(key)
+        if if_absent and dest.exists():
+            return False
+        tmp = self._tmp_path()
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return self._commit(tmp, dest, if_absent)
+
+    def put_file(self, key: str, path: str | os.PathLike[str], *, if_absent: bool = False) -> bool:
+        dest = self._path(key)
+        if if_absent and dest.exists():
+            return False
+        tmp = self._tmp_path()
+        try:
+            with open(path, "rb") as src, open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out, 4 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return self._commit(tmp, dest, if_absent)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"{key} not found in {self.url}") from None
+
+    def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        src = self._path(key)
+        dest = Path(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.part")
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+        except FileNotFoundError:
+            tmp.unlink(missing_ok=True)
+            raise NotFoundError(f"{key} not found in {self.url}") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def list_keys(self, prefix: str = "") -> Iterator[str]:
+        base = self.root
+        # walk only the directory the prefix names, then filter by the rest of it
+        head = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = base / head if head else base
+        if not start.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(start):
+            if Path(dirpath) == base:
+                dirnames[:] = [d for d in dirnames if d != ".tmp"]
+            rel_dir = os.path.relpath(dirpath, base)
+            for name in filenames:
+                key = name if rel_dir == "." else f"{rel_dir}/{name}"
+                if key.startswith(prefix):
+                    yield key
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    return True
+
+
+#: URL scheme -> factory; cloud implementations register themselves lazily (see :func:`open_store`)
+_FACTORIES: dict[str, Callable[[str], ChunkStore]] = {}
+
+
+def register_scheme(scheme: str, factory: Callable[[str], ChunkStore]) -> None:
+    """Make ``open_store`` build ``factory(url)`` for URLs of ``scheme``."""
+    _FACTORIES[scheme] = factory
+
+
+def open_store(url: str) -> ChunkStore:
+    """The store behind ``url`` (``file://``, ``s3://``, ``gs://``, or a bare local path).
+
+    Raises :class:`ConfigError` for an unsupported scheme or a malformed URL.
+    """
+    parsed = urlparse(url)
+    scheme = parsed.scheme.lower()
+    if scheme in ("", "file"):
+        if scheme == "file" and parsed.netloc not in ("", "localhost"):
+            raise ConfigError(f"store URL {url!r}: file URLs must be absolute (file:///path)")
+        path = unquote(parsed.path) if scheme == "file" else url
+        if not path:
+            raise ConfigError(f"store URL {url!r} has no path")
+        return LocalChunkStore(path)
+    if scheme not in _FACTORIES:
+        _load_builtin_scheme(scheme)
+    if scheme not in _FACTORIES:
+        raise ConfigError(f"store URL {url!r}: unsupported scheme {scheme!r} (use file://, s3:// or gs://)")
+    return _FACTORIES[scheme](url)
+
+
+def _load_builtin_scheme(scheme: str) -> None:
+    # cloud SDKs are heavy: import them only when a URL asks for them
+    if scheme == "s3":
+        from spotshift.sync import store_s3  # noqa: F401  (registers "s3")
+    elif scheme == "gs":
+        from spotshift.sync import store_gcs  # noqa: F401  (registers "gs")
