@@ -254,3 +254,28 @@ def test_cli_home_and_exit_codes(spotshift_home: Path) -> None:
     assert (spotshift_home / "dagster" / "dagster.yaml").is_file()
     bad = subprocess.run([exe, "nosuchcommand"], capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_training_job_declaration(spotshift_home: Path) -> None:
+    from spotshift.jobs import TrainingJob, add_job, get_job, load_jobs
+
+    job = TrainingJob(
+        name="llm-ft",
+        dataset="corpus",
+        total_steps=1000,
+        work_hours=400.0,
+        allowed_locations=["gcp/*", "aws/us-east-1"],
+        submitted_at="2024-01-01T00:00:00Z",
+        deadline_hours=700,
+    )
+    add_job(job)
+    assert get_job("llm-ft") == job and load_jobs() == [job]
+    assert job.hours_per_step == pytest.approx(0.4)
+    assert job.allows("gcp/europe-west4") and job.allows("aws/us-east-1") and not job.allows("aws/us-west-2")
+    assert job.deadline_at == parse_utc("2024-01-30T04:00:00Z")
+    with pytest.raises(ConfigError, match="total_steps"):
+        TrainingJob(name="x", dataset="d", total_steps=0, work_hours=1)
+    with pytest.raises(ConfigError, match="unknown field"):
+        TrainingJob.from_dict({"name": "x", "dataset": "d", "total_steps": 1, "work_hours": 1, "gpus": 8})
+    with pytest.raises(ConfigError, match="name must use"):
+        TrainingJob(name="Bad Name", dataset="d", total_steps=1, work_hours=1)
