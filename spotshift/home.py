@@ -118,6 +118,10 @@ def init_home(*, max_concurrent_runs: int = 4) -> Path:
     cfg = dagster_home() / "dagster.yaml"
     if not cfg.exists():
         pg = os.environ.get("SPOTSHIFT_DAGSTER_POSTGRES_URL", "")
+        # dagster-postgres ships psycopg2; SQLAlchemy 2.1 would pick psycopg 3 for a bare URL
+        for bare in ("postgresql://", "postgres://"):
+            if pg.startswith(bare):
+                pg = "postgresql+psycopg2://" + pg[len(bare) :]
         storage = _POSTGRES_STORAGE.format(url=pg) if pg else ""
         atomic_write_text(cfg, _DAGSTER_YAML.format(max_runs=max_concurrent_runs, storage=storage))
     return home
