@@ -15,11 +15,16 @@ nvlink             GPUs of the instance talk over NVLink/NVSwitch (false for sin
 vcpus, ram_gib     host vCPUs and memory (GCP prices an instance as GPU + vCPU + RAM SKUs)
 net_gbps           documented maximum network bandwidth of the instance, Gbit/s, including the
                    GPU-to-GPU fabric (EFA, GPUDirect-TCPX(O), InfiniBand/RoCE NICs); "up to" figures
-                   are taken at face value
-storage_gbps       documented maximum throughput to network block storage, Gbit/s: AWS dedicated EBS
-                   bandwidth; Azure max uncached disk throughput (MBps x 8 / 1000); GCP Persistent
-                   Disk SSD per-VM limit for the vCPU count (1.92 / 6.4 / 9.6), Hyperdisk for A3
-source             provider documentation the row was transcribed from
+                   are taken at face value. AWS and GCP document one total; Azure documents the VM's
+                   Ethernet "Max Bandwidth" and the InfiniBand fabric separately, so Azure rows hold
+                   their sum (ND H100 v5: 80 + 8 x 400 = 3280)
+storage_gbps       documented maximum throughput to network block storage, Gbit/s: AWS maximum
+                   EBS-optimized bandwidth (Mbps / 1000); Azure max uncached disk throughput
+                   (MBps = 10^6 B/s, x 8 / 1000); GCP per-instance Persistent Disk SSD limit (A2, G2)
+                   or Hyperdisk limit (A3). GCP publishes those limits in MiB/s (x 8.388608 / 1000);
+                   the GCP figures here (1.92 / 6.4 / 9.6 / 19.2) have not yet been checked against
+                   the per-machine-type tables
+source             provider documentation page that states the row's figures
 =================  ===================================================================================
 
 The topology score (0-10) is derived from documented facts only, see :func:`topology_score`.
