@@ -50,7 +50,11 @@ RAW_TABLES: dict[str, tuple[Column, ...]] = {
         ("price_usd_hour", "DOUBLE", "Instance price, USD per hour"),
         ("effective_gpu_hour_usd", "DOUBLE", "DESIGN §3 effective GPU-hour, USD"),
         ("net_gbps", "DOUBLE", "Instance network bandwidth, Gbit/s"),
-        ("storage_gbps", "DOUBLE", "Local storage bandwidth, Gbit/s"),
+        (
+            "storage_gbps",
+            "DOUBLE",
+            "Storage bandwidth the instance can read training data at (documented block-storage throughput, see spotshift/pricing/catalog.py), Gbit/s",
+        ),
         ("topology_score", "DOUBLE", "0-10; NVLink multi-GPU >= 7"),
         ("observed_at", "TIMESTAMP", "When the provider published the price (UTC)"),
         ("source", "VARCHAR", "Feed that produced the quote: replay | synthetic | aws | gcp | azure"),
