@@ -10,6 +10,8 @@ import os
 
 import dagster as dg
 
+import assets.placement
+import sensors.jobs
 from resources.warehouse import WarehouseResource
 from spotshift.home import warehouse_path
 
@@ -19,7 +21,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 # dbt and every subprocess read the warehouse through the same variable as the resource
 os.environ.setdefault("SPOTSHIFT_WAREHOUSE", str(warehouse_path()))
 
-DOMAIN_MODULES: list = []
+DOMAIN_MODULES: list = [assets.placement, sensors.jobs]
 
 
 def build_resources() -> dict[str, object]:

@@ -21,7 +21,10 @@ from collections.abc import Sequence
 from typing import Any
 
 #: modules that contribute command groups, in ``--help`` order
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "spotshift.placement.commands",
+    "spotshift.simulate.commands",
+)
 
 
 def emit_json(obj: Any) -> None:
