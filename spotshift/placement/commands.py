@@ -1,4 +1,4 @@
-"""``spotshift jobs add|list|show`` (declared training jobs) and ``spotshift placement plan|state``.
+"""``spotshift jobs add|list|show`` (declared training jobs) and ``spotshift placement plan``.
 
 Standard library only at module level: heavy imports happen inside the handlers.
 """
@@ -64,7 +64,7 @@ def register(sub: Any) -> None:
     sh.add_argument("--json", action="store_true", help="print one JSON object")
     sh.set_defaults(handler=_jobs_show)
 
-    p = sub.add_parser("placement", help="placement decisions and per-job placement state")
+    p = sub.add_parser("placement", help="rank placement candidates and decide for a declared job")
     psub = p.add_subparsers(dest="placement_command", metavar="ACTION")
     psub.required = True
     pl = psub.add_parser(

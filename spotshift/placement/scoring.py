@@ -281,67 +281,75 @@ def score_candidates(
     ckpt_restore_h = p.transfer_hours(footprint.checkpoint_bytes)
     ckpt_here = set(footprint.checkpoint_sources()) if footprint.checkpoint_bytes else set()
     half_interval_h = job.checkpoint_every_minutes / 60.0 / 2.0
-    plans: dict[str, TransferPlan] = {}
-    eligible: list[Candidate] = []
-    rejected: list[Candidate] = []
+    # per-location and per-model facts are computed once: a snapshot has thousands of quotes
+    # but tens of locations and a handful of GPU models
+    by_loc: dict[str, tuple[TransferPlan, float, str | None, str | None, bool, str | None]] = {}
+    model_ok: dict[str, bool] = {}
+    cap = job.max_usd_per_hour
+    per_preemption_h = p.changeover_hours + half_interval_h + ckpt_restore_h
+    keyed: list[tuple[tuple[Any, ...], Candidate]] = []
+    rejected_keyed: list[tuple[tuple[Any, ...], Candidate]] = []
     for q in quotes:
-        loc = q.location
-        plan = plans.get(loc)
-        if plan is None:
-            plan = plans[loc] = transfer_plan(footprint, loc)
+        loc = f"{q.provider}/{q.region}"
+        facts = by_loc.get(loc)
+        if facts is None:
+            plan = transfer_plan(footprint, loc)
+            facts = by_loc[loc] = (
+                plan,
+                p.transfer_hours(plan.total_bytes),
+                None if job.allows(loc) else f"{loc} not in allowed_locations",
+                no_spot.get(loc),
+                loc in ckpt_here,
+                unfit.get(loc),
+            )
+        plan, transfer_h, not_allowed, gone, has_ckpt, unfit_why = facts
+        ok_model = model_ok.get(q.gpu_model)
+        if ok_model is None:
+            ok_model = model_ok[q.gpu_model] = gpu_model_matches(job.gpu_model, q.gpu_model)
         gpus = q.gpu_count
+        spot = q.market == "spot"
         reasons = []
-        if not job.allows(loc):
-            reasons.append(f"{loc} not in allowed_locations")
-        if not gpu_model_matches(job.gpu_model, q.gpu_model):
+        if not_allowed:
+            reasons.append(not_allowed)
+        if not ok_model:
             reasons.append(f"GPU {q.gpu_model} is not {job.gpu_model}")
         if gpus != job.gpu_count:
             reasons.append(f"{gpus} GPUs, job needs {job.gpu_count}")
         if q.topology_score < job.min_topology_score:
             reasons.append(f"topology score {q.topology_score:g} < {job.min_topology_score:g}")
-        if q.market == "spot" and not job.spot_allowed:
+        if spot and not job.spot_allowed:
             reasons.append("spot not allowed for this job")
-        if q.market == "spot" and loc in no_spot:
-            reasons.append(no_spot[loc])
-        if loc in unfit:
-            reasons.append(unfit[loc])
-        if not q.price_usd_hour > 0 or gpus <= 0:
-            reasons.append(f"invalid price {q.price_usd_hour!r}")
+        if spot and gone is not None:
+            reasons.append(gone)
+        if unfit_why is not None:
+            reasons.append(unfit_why)
+        price = q.price_usd_hour
+        if not price > 0 or gpus <= 0:
+            reasons.append(f"invalid price {price!r}")
             gpus = max(gpus, 1)
+        spread = amort * gpus
         eff = q.effective_gpu_hour_usd
-        penalty = plan.egress_usd / (amort * gpus)
-        bonus = ckpt_restore_h * q.price_usd_hour / (amort * gpus) if loc in ckpt_here else 0.0
+        penalty = plan.egress_usd / spread
+        bonus = ckpt_restore_h * price / spread if has_ckpt else 0.0
         score = eff + penalty - bonus
         rate = 0.0
         risk_term = 0.0
-        if q.market == "spot":
+        if spot:
             r = risks.get(loc)
             if r is not None:
                 rate = r.preemptions_per_hour
-                per_preemption = q.price_usd_hour * (p.changeover_hours + half_interval_h + ckpt_restore_h)
-                risk_term = rate * runtime * per_preemption / (amort * gpus)
-        if job.max_usd_per_hour is not None and score * gpus > job.max_usd_per_hour:
-            reasons.append(f"all-in {score * gpus:.2f} USD/h over max {job.max_usd_per_hour:g}")
+                risk_term = rate * runtime * price * per_preemption_h / spread
+        if cap is not None and score * gpus > cap:
+            reasons.append(f"all-in {score * gpus:.2f} USD/h over max {cap:g}")
+        expected = score + risk_term
         c = Candidate(
-            q,
-            eff,
-            penalty,
-            bonus,
-            score,
-            risk_term,
-            score + risk_term,
-            plan,
-            p.transfer_hours(plan.total_bytes),
-            amort,
-            rate,
-            tuple(reasons),
+            q, eff, penalty, bonus, score, risk_term, expected, plan, transfer_h, amort, rate, tuple(reasons)
         )
-        (rejected if reasons else eligible).append(c)
+        key = (expected, loc, q.market, q.instance_type, q.zone)
+        (rejected_keyed if reasons else keyed).append((key, c))
 
-    def order(c: Candidate) -> tuple[Any, ...]:
-        q = c.quote
-        return (c.expected_gpu_hour_usd, q.location, q.market, q.instance_type, q.zone)
-
-    eligible.sort(key=order)
-    rejected.sort(key=order)
+    keyed.sort(key=lambda kc: kc[0])
+    rejected_keyed.sort(key=lambda kc: kc[0])
+    eligible = [c for _, c in keyed]
+    rejected = [c for _, c in rejected_keyed]
     return [_with_rank(c, i + 1) for i, c in enumerate(eligible)] + rejected

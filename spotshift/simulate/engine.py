@@ -381,23 +381,30 @@ def simulate(
     if home not in market.locations:
         raise ConfigError(f"--data-location {home!r} is not one of the simulated locations")
     wanted = set(policies) | {"on_demand"}
-    out: dict[str, PolicyResult] = {}
-    runners = {
-        "on_demand": _run_on_demand,
-        "stay_first_spot": _run_stay_first_spot,
-        "greedy_full": lambda m, sc, h: _run_greedy(m, sc, h, delta=False),
-        "greedy_delta": lambda m, sc, h: _run_greedy(m, sc, h, delta=True),
-        "uniform_progress": _run_uniform_progress,
-        "spotshift": lambda m, sc, h: _run_spotshift(m, sc, h, params),
-        "hindsight": hindsight_bound,
-    }
-    for name in POLICIES:
-        if name in wanted:
-            out[name] = runners[name](market, scenario, home)
+    out = {name: run_policy(name, market, scenario, home, params) for name in POLICIES if name in wanted}
     base = out["on_demand"].cost_usd
     for r in out.values():
         r.saving_vs_on_demand = (1.0 - r.cost_usd / base) if base > 0 else None
     return {k: v for k, v in out.items() if k in policies}
+
+
+def run_policy(
+    name: str, market: Market, scenario: Scenario, home: str, params: PlacementParams | None = None
+) -> PolicyResult:
+    """Run one policy (no saving computed: that needs the on-demand run)."""
+    if name == "on_demand":
+        return _run_on_demand(market, scenario, home)
+    if name == "stay_first_spot":
+        return _run_stay_first_spot(market, scenario, home)
+    if name in ("greedy_full", "greedy_delta"):
+        return _run_greedy(market, scenario, home, delta=name == "greedy_delta")
+    if name == "uniform_progress":
+        return _run_uniform_progress(market, scenario, home)
+    if name == "spotshift":
+        return _run_spotshift(market, scenario, home, params)
+    if name == "hindsight":
+        return hindsight_bound(market, scenario, home)
+    raise ConfigError(f"unknown policy {name!r} (known: {', '.join(POLICIES)})")
 
 
 def _loop(run: _Run, decide_tick: Any, *, net: bool) -> PolicyResult:

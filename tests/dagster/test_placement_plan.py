@@ -118,8 +118,8 @@ def test_placement_plan_materializes_and_records(spotshift_home: Path) -> None:
 
 
 def test_declared_jobs_sensor_adds_partitions(spotshift_home: Path) -> None:
-    defs = load_defs()
-    sensor = defs.get_sensor_def("declared_jobs_sensor")
+    from sensors.jobs import declared_jobs_sensor as sensor
+
     instance = dg.DagsterInstance.ephemeral()
     skip = sensor(dg.build_sensor_context(instance=instance))
     assert isinstance(skip, dg.SkipReason)

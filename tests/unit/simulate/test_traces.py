@@ -135,3 +135,21 @@ def test_risk_learned_from_traces() -> None:
     for a in [True] * 50:
         est.observe({"gcp/x": a})
     assert est.risk("gcp/x").preemptions_per_hour < prior
+
+
+def test_traces_cli_generate_and_stats(tmp_path: Path, capsys) -> None:
+    from spotshift.cli import main
+
+    assert (
+        main(["traces", "generate", str(tmp_path), "z1", "z2", "--hours", "240", "--seed", "2", "--json"])
+        == 0
+    )
+    gen = json.loads(capsys.readouterr().out)["traces"]
+    assert set(gen) == {"z1", "z2"} and (tmp_path / "z1.json").is_file()
+    assert main(["traces", "stats", str(tmp_path / "z1.json"), "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)["traces"][str(tmp_path / "z1.json")]
+    assert st["fraction_available"] == gen["z1"]["fraction_available"] and st["hours"] == 240
+    (tmp_path / "bad.json").write_text('{"metadata": {}, "data": [1]}')
+    assert main(["traces", "stats", str(tmp_path / "bad.json")]) == 2
+    assert "missing metadata.gap_seconds" in capsys.readouterr().err
+    assert main(["traces", "generate", str(tmp_path), "a/b"]) == 2
