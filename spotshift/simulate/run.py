@@ -64,8 +64,8 @@ class SimulationReport:
         return {"policies": {k: v.to_dict() for k, v in self.policies.items()}, "scenario": self.scenario}
 
 
-def load_history(prices: str | None) -> tuple[Any, str]:
-    """(price history frame, description of where it came from)."""
+def load_history(prices: str | None, seed: int = 0) -> tuple[Any, str]:
+    """(price history frame, description of where it came from); ``seed`` seeds the generated market."""
     from spotshift.home import shared_data_file
     from spotshift.pricing.history import read_price_history
 
@@ -81,7 +81,7 @@ def load_history(prices: str | None) -> tuple[Any, str]:
             f"no price history: ../shared/data/{REAL_HISTORY} is absent and the generated market "
             "(spotshift.pricing.synthetic) is not installed; pass --prices CSV"
         ) from None
-    return synthetic_history(seed=0), "synthetic(seed=0)"
+    return synthetic_history(seed=seed), f"synthetic(seed={seed})"
 
 
 def parse_trace_map(text: str | None) -> dict[str, str]:
@@ -119,7 +119,7 @@ def _qualify(history: Any, names: Mapping[str, str], what: str) -> dict[str, str
 
 def run_simulation(req: SimulationRequest) -> SimulationReport:
     """Load, build the market, run every requested policy; deterministic for ``req.seed``."""
-    history, prices_desc = load_history(req.prices)
+    history, prices_desc = load_history(req.prices, req.seed)
     instance = choose_instance(history, req.instance)
     start: datetime = parse_utc(req.start) if req.start else default_start(history, instance)
     sc = req.scenario

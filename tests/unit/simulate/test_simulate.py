@@ -255,6 +255,26 @@ def test_missing_synthetic_market_is_a_config_error(monkeypatch, tmp_path) -> No
         run.load_history(None)
 
 
+def test_generated_market_is_the_fallback(monkeypatch, capsys) -> None:
+    import sys
+    import types
+
+    calls = []
+
+    def synthetic_history(seed: int = 0, start: str = "2023-01-04", weeks: int = 104) -> pl.DataFrame:
+        calls.append(seed)
+        return small_history(seed)
+
+    monkeypatch.setattr("spotshift.home.shared_data_file", lambda name: None)
+    monkeypatch.setitem(
+        sys.modules, "spotshift.pricing.synthetic", types.SimpleNamespace(synthetic_history=synthetic_history)
+    )
+    pol = run_json(
+        capsys, "--work-hours", "10", "--deadline-hours", "15", "--seed", "3", "--start", "2024-01-02"
+    )
+    assert calls == [3] and pol["spotshift"]["deadline_met"]
+
+
 def test_real_gcp_history_runs(gcp_history: Path, capsys) -> None:
     pol = run_json(
         capsys,
