@@ -10,7 +10,9 @@ import os
 
 import dagster as dg
 
+import assets.placement
 import assets.quotes
+import sensors.jobs
 import sensors.price_poll
 from resources.prices import PriceFeedResource
 from resources.warehouse import WarehouseResource
@@ -25,6 +27,8 @@ os.environ.setdefault("SPOTSHIFT_WAREHOUSE", str(warehouse_path()))
 DOMAIN_MODULES: list = [
     assets.quotes,
     sensors.price_poll,
+    assets.placement,
+    sensors.jobs,
 ]
 
 

@@ -21,7 +21,11 @@ from collections.abc import Sequence
 from typing import Any
 
 #: modules that contribute command groups, in ``--help`` order
-COMMAND_MODULES: tuple[str, ...] = ("spotshift.pricing.commands",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "spotshift.pricing.commands",
+    "spotshift.placement.commands",
+    "spotshift.simulate.commands",
+)
 
 
 def emit_json(obj: Any) -> None:
