@@ -1,0 +1,215 @@
+"""Training runs of declared jobs: build the request, start/resume, stop with a checkpoint, collect.
+
+What the command line (``spotshift train``) and the Dagster assets (``checkpoints``,
+``retrain_run``) and op (``emergency_checkpoint``) call; they stay thin. Standard library at import
+time (the command line imports this module lazily anyway).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from spotshift.errors import ConfigError, NotFoundError
+from spotshift.training.backend import ComputeBackend, TrainerInfo, default_workdir
+from spotshift.training.request import TrainRequest
+
+
+def dataset_source(name: str) -> str:
+    """The ``source`` of a registered dataset (``file://`` URL or local path)."""
+    from spotshift import registry
+
+    entry = registry.get("datasets", name)
+    source = entry.get("source")
+    if not isinstance(source, str) or not source:
+        raise ConfigError(f"dataset {name!r} has no source")
+    return source
+
+
+def store_url_for(location: str) -> str:
+    """The object store of a ``provider/region`` location (its local store on the embedded default)."""
+    from spotshift.home import region_store_url
+
+    try:
+        return region_store_url(location)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def build_request(
+    job_name: str,
+    location: str,
+    *,
+    resume: Any = "auto",
+    until_step: int | None = None,
+    steps: int | None = None,
+    replicate_to: list[str] | None = None,
+    key_provider: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    usage: dict[str, Any] | None = None,
+    run_id: str | None = None,
+    workdir: str | None = None,
+    min_step_seconds: float = 0.0,
+    watchers: dict[str, str] | None = None,
+    checkpoint_every_steps: int | None = None,
+) -> TrainRequest:
+    """A training request for declared job ``job_name`` in ``location``.
+
+    ``steps`` bounds the run to that many steps past the checkpoint it resumes from (resolved
+    here, so the bound is absolute); ``until_step`` sets the absolute bound directly.
+    """
+    from spotshift.jobs import get_job
+
+    job = get_job(job_name)
+    if not job.allows(location):
+        raise ConfigError(
+            f"job {job_name!r} is not allowed in {location} (allowed: {', '.join(job.allowed_locations)})"
+        )
+    store_url = store_url_for(location)
+    if steps is not None:
+        if steps <= 0:
+            raise ConfigError(f"--steps must be > 0, got {steps}")
+        until_step = resume_step(job_name, store_url, resume) + steps
+    config = {
+        "job": job.name,
+        "dataset": job.dataset,
+        "model": dict(job.model),
+        "total_steps": job.total_steps,
+        "batch_size": job.batch_size,
+        "learning_rate": job.learning_rate,
+        "seed": job.seed,
+    }
+    return TrainRequest(
+        job=job.name,
+        location=location,
+        workdir=workdir or str(default_workdir(job.name, location)),
+        store_url=store_url,
+        dataset_source=dataset_source(job.dataset),
+        config=config,
+        resume=resume,
+        until_step=until_step,
+        checkpoint_every_steps=checkpoint_every_steps or job.checkpoint_every_steps,
+        checkpoint_every_minutes=job.checkpoint_every_minutes,
+        replica_urls=[store_url_for(loc) for loc in (replicate_to or []) if loc != location],
+        key_provider=key_provider,
+        watchers=watchers,
+        overrides=dict(overrides or {}),
+        min_step_seconds=min_step_seconds,
+        hours_per_step=job.hours_per_step,
+        usage=dict(usage or {}),
+        run_id=run_id,
+    )
+
+
+def resume_step(job: str, store_url: str, resume: Any) -> int:
+    """The step a request with this ``resume`` would start from (0 for a fresh start)."""
+    from spotshift.checkpoint.format import latest_checkpoint, step_of
+    from spotshift.sync.store import open_store
+
+    if resume == "none":
+        return 0
+    if isinstance(resume, dict):
+        ckpt = resume.get("checkpoint_id")
+        if ckpt and ckpt != "latest":
+            return step_of(ckpt)
+        store_url = resume["store_url"]
+    found = latest_checkpoint(open_store(store_url), job)
+    return step_of(found) if found else 0
+
+
+def collect(
+    backend: ComputeBackend, name: str, *, timeout_s: float | None = None, database: Any = None
+) -> dict[str, Any]:
+    """Wait for a trainer, move its facts into the warehouse, return its result (facts written included)."""
+    from spotshift.training.facts import ingest_facts
+
+    result = backend.wait(name, timeout_s=timeout_s)
+    info = backend.status(name)
+    if info is not None:
+        result["facts_ingested"] = ingest_facts(info.workdir, database=database)
+    return result
+
+
+def run_training(
+    backend: ComputeBackend,
+    request: TrainRequest,
+    *,
+    wait: bool = True,
+    timeout_s: float | None = None,
+    database: Any = None,
+) -> dict[str, Any] | TrainerInfo:
+    """Start a trainer; with ``wait``, wait for it and return its result (failures raise)."""
+    info = backend.start(request)
+    if not wait:
+        return info
+    result = collect(backend, request.name, timeout_s=timeout_s, database=database)
+    if result.get("status") == "failed":
+        raise ConfigError(f"trainer of {request.job} in {request.location} failed: {result.get('error')}")
+    return result
+
+
+def current_location(job_name: str, database: Any = None) -> str:
+    """Where the job's newest checkpoint was committed (warehouse), else its declared start location."""
+    from spotshift import warehouse
+    from spotshift.jobs import get_job
+
+    job = get_job(job_name)
+    try:
+        with warehouse.connect(database, read_only=False, timeout_s=30) as con:
+            row = con.execute(
+                "SELECT location FROM raw.checkpoints WHERE job = ? ORDER BY step DESC, created_at DESC LIMIT 1",
+                [job_name],
+            ).fetchone()
+    except Exception:  # an unreadable warehouse must not hide the declaration
+        row = None
+    if row and row[0]:
+        return str(row[0])
+    if job.start_location:
+        return job.start_location
+    raise ConfigError(f"job {job_name!r} has no checkpoint yet and no start_location: give a location")
+
+
+def stop_with_checkpoint(
+    backend: ComputeBackend,
+    job_name: str,
+    *,
+    reason: str = "emergency_checkpoint",
+    preemption: bool = False,
+    timeout_s: float = 300.0,
+    database: Any = None,
+) -> dict[str, Any]:
+    """Stop the job's live trainer at the next step boundary with a committed checkpoint, and return it.
+
+    With no live trainer, return the newest committed checkpoint where the job last ran. The
+    result has ``checkpoint`` (a checkpoint ref dict), ``location`` and ``stopped`` (bool).
+    """
+    info = backend.status(job_name)
+    if info is not None and info.alive:
+        backend.stop(job_name, reason=reason, preemption=preemption, wait=False)
+        result = collect(backend, job_name, timeout_s=timeout_s, database=database)
+        if result.get("status") == "failed":
+            raise ConfigError(f"trainer of {job_name} failed while stopping: {result.get('error')}")
+        ckpt = result.get("checkpoint") or result.get("resumed_from")
+        if ckpt is None:
+            raise NotFoundError(f"trainer of {job_name} stopped before its first checkpoint")
+        return {"stopped": True, "location": info.location, "checkpoint": ckpt, "result": result}
+    location = current_location(job_name, database)
+    ref = latest_ref(job_name, location)
+    if ref is None:
+        raise NotFoundError(f"job {job_name!r} has no live trainer and no committed checkpoint in {location}")
+    return {"stopped": False, "location": location, "checkpoint": ref}
+
+
+def latest_ref(job_name: str, location: str) -> dict[str, Any] | None:
+    """The newest committed checkpoint of a job in a location's store (as a ref dict), or None."""
+    from spotshift.checkpoint.format import open_checkpoint
+    from spotshift.sync.store import open_store
+
+    try:
+        return open_checkpoint(open_store(store_url_for(location)), job_name).ref().to_dict()
+    except NotFoundError:
+        return None
+
+
+def workdir_of(job: str, location: str) -> Path:
+    return default_workdir(job, location)
