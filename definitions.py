@@ -10,6 +10,11 @@ import os
 
 import dagster as dg
 
+import assets.checkpoints
+import assets.training
+import ops.checkpoint
+from resources.compute import ComputeBackendResource
+from resources.keys import KeyProviderResource
 from resources.warehouse import WarehouseResource
 from spotshift.home import warehouse_path
 
@@ -19,13 +24,15 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 # dbt and every subprocess read the warehouse through the same variable as the resource
 os.environ.setdefault("SPOTSHIFT_WAREHOUSE", str(warehouse_path()))
 
-DOMAIN_MODULES: list = []
+DOMAIN_MODULES: list = [assets.checkpoints, assets.training, ops.checkpoint]
 
 
 def build_resources() -> dict[str, object]:
     """Resources shared by every asset, sensor and op of the code location."""
     return {
         "warehouse": WarehouseResource(database=os.environ["SPOTSHIFT_WAREHOUSE"]),
+        "compute": ComputeBackendResource(kind=os.environ.get("SPOTSHIFT_COMPUTE_BACKEND", "local")),
+        "keys": KeyProviderResource(spec=os.environ.get("SPOTSHIFT_KEY_PROVIDER", "")),
     }
 
 

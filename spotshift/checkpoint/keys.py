@@ -265,7 +265,7 @@ class GcpKmsKeyProvider(KeyProvider):
 
         try:
             return getattr(self.client(), op)(request=request)
-        except gexc.InvalidArgument:
+        except gexc.BadRequest:  # INVALID_ARGUMENT (gRPC) or HTTP 400: the ciphertext or AAD does not match
             raise IntegrityError(
                 f"{what}: data key does not unwrap with {self.key_id} (wrong key or tampered envelope)"
             ) from None

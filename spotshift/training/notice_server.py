@@ -117,8 +117,12 @@ class MetadataServer:
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
+        self._server.block_on_close = False
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="metadata-server", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="metadata-server",
+            daemon=True,
         )
         self._thread.start()
 

@@ -213,3 +213,188 @@ def latest_ref(job_name: str, location: str) -> dict[str, Any] | None:
 
 def workdir_of(job: str, location: str) -> Path:
     return default_workdir(job, location)
+
+
+def advance_job(
+    backend: ComputeBackend,
+    job_name: str,
+    *,
+    action: str = "run",
+    location: str | None = None,
+    steps: int | None = None,
+    key_provider: str | None = None,
+    run_id: str | None = None,
+    database: Any = None,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """What the ``checkpoints`` asset does for one job; returns ``mode``, ``location``, ``checkpoint``, ...
+
+    ``action``: ``run`` trains a bounded number of ``steps`` (default: the job's checkpoint cadence)
+    from the newest checkpoint in ``location`` and waits for the checkpoint; ``latest`` only picks up
+    the newest committed checkpoint; ``stop`` stops the live trainer with a checkpoint. While a
+    trainer of the job is running, ``run`` and ``latest`` report its newest committed checkpoint
+    instead of starting a second one.
+    """
+    from spotshift.jobs import get_job
+
+    if action not in ("run", "latest", "stop"):
+        raise ConfigError(f"checkpoints action {action!r} is not run, latest or stop")
+    info = backend.status(job_name)
+    if action == "stop":
+        out = stop_with_checkpoint(
+            backend, job_name, reason=f"checkpoints asset ({run_id})", database=database
+        )
+        return {**out, "mode": "stopped" if out["stopped"] else "latest"}
+    if info is not None and info.alive:
+        ref = latest_ref(job_name, info.location)
+        if ref is None:
+            raise NotFoundError(
+                f"job {job_name!r} is running in {info.location} but has no committed checkpoint yet"
+            )
+        return {"mode": "live", "location": info.location, "checkpoint": ref, "pid": info.pid}
+    loc = location or current_location(job_name, database)
+    if action == "latest":
+        ref = latest_ref(job_name, loc)
+        if ref is None:
+            raise NotFoundError(f"job {job_name!r} has no committed checkpoint in {loc}")
+        return {"mode": "latest", "location": loc, "checkpoint": ref}
+    job = get_job(job_name)
+    req = build_request(
+        job_name,
+        loc,
+        steps=steps or job.checkpoint_every_steps,
+        key_provider=key_provider,
+        run_id=run_id,
+    )
+    if req.until_step is not None and resume_step(job_name, req.store_url, "auto") >= job.total_steps:
+        ref = latest_ref(job_name, loc)
+        return {"mode": "complete", "location": loc, "checkpoint": ref}
+    result = run_training(backend, req, database=database, timeout_s=timeout_s)
+    ref = result.get("checkpoint") or latest_ref(job_name, loc)
+    return {
+        "mode": "trained",
+        "location": loc,
+        "checkpoint": ref,
+        "steps_run": result.get("steps_run"),
+        "result": result,
+    }
+
+
+def replicate_latest(
+    job_name: str,
+    region: str,
+    keys: Any,
+    *,
+    source_location: str | None = None,
+    database: Any = None,
+) -> Any:
+    """What ``checkpoint_replicas`` does: bring the job's newest checkpoint into ``region``'s store.
+
+    The source is where the job last checkpointed (or ``source_location``); returns the
+    :class:`~spotshift.checkpoint.migrate.MigrationReport` (method ``present`` when nothing moved).
+    """
+    from spotshift.checkpoint.migrate import migrate_checkpoint
+    from spotshift.sync.store import open_store
+
+    src_loc = source_location or current_location(job_name, database)
+    if src_loc == region:
+        from spotshift.checkpoint.format import open_checkpoint
+        from spotshift.checkpoint.migrate import MigrationReport
+
+        ck = open_checkpoint(open_store(store_url_for(region)), job_name)
+        return MigrationReport(
+            job=job_name,
+            checkpoint_id=ck.checkpoint_id,
+            step=ck.step,
+            content_hash=ck.content_hash,
+            method="present",
+            src_store=ck.store.url,
+            dst_store=ck.store.url,
+            src_location=region,
+            dst_location=region,
+            bytes_full=ck.stored_bytes,
+            bytes_sent=0,
+            seconds=0.0,
+            notes=["the region is where the job checkpoints"],
+        )
+    return migrate_checkpoint(
+        open_store(store_url_for(src_loc)),
+        job_name,
+        open_store(store_url_for(region)),
+        keys,
+        src_location=src_loc,
+        dst_location=region,
+    )
+
+
+def resume_in_target(
+    backend: ComputeBackend,
+    job_name: str,
+    target: str,
+    *,
+    steps: int | None = None,
+    detach: bool = False,
+    key_provider: str | None = None,
+    run_id: str | None = None,
+    database: Any = None,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """What ``retrain_run`` does: resume the job in ``target`` from the checkpoint replicated there.
+
+    Refuses when the target's newest checkpoint is older than the job's newest anywhere (steps would
+    be lost) or when a trainer of the job is live. Bounded (``steps``, default the job's cadence) and
+    waited for; ``detach`` starts the rest of the job and returns once it has taken its first step.
+    """
+    import time
+
+    from spotshift.checkpoint.format import latest_checkpoint, step_of
+    from spotshift.jobs import get_job
+    from spotshift.sync.store import open_store
+
+    job = get_job(job_name)
+    source = current_location(job_name, database)
+    newest = latest_ref(job_name, source)
+    found = latest_checkpoint(open_store(store_url_for(target)), job_name)
+    if found is None:
+        raise ConfigError(
+            f"{target} holds no checkpoint of {job_name!r}: materialize checkpoint_replicas for it first"
+        )
+    if newest is not None and step_of(found) < newest["step"]:
+        raise ConfigError(
+            f"{target} holds {job_name} step {step_of(found)} but {source} has step {newest['step']}: "
+            "replicate the newest checkpoint first (checkpoint_replicas)"
+        )
+    req = build_request(
+        job_name,
+        target,
+        resume={"store_url": store_url_for(target), "checkpoint_id": found},
+        steps=None if detach else (steps or job.checkpoint_every_steps),
+        key_provider=key_provider,
+        run_id=run_id,
+    )
+    t0 = time.monotonic()
+    out: dict[str, Any] = {"source_location": source, "target_location": target, "resumed_from": found}
+    if detach:
+        info = run_training(backend, req, wait=False)
+        while backend.progress(req.name) is None:
+            if not backend.status(req.name).alive:  # type: ignore[union-attr]
+                raise ConfigError(
+                    f"trainer of {job_name} in {target} exited: {backend.wait(req.name).get('error')}"
+                )
+            if timeout_s is not None and time.monotonic() - t0 > timeout_s:
+                raise ConfigError(f"trainer of {job_name} in {target} took no step within {timeout_s:.0f}s")
+            time.sleep(0.05)
+        out.update({"mode": "detached", "pid": info.pid, "seconds_to_first_step": time.monotonic() - t0})  # type: ignore[union-attr]
+        return out
+    result = run_training(backend, req, database=database, timeout_s=timeout_s)
+    out.update(
+        {
+            "mode": "trained",
+            "checkpoint": result.get("checkpoint"),
+            "steps_run": result.get("steps_run"),
+            "step": result.get("step"),
+            "seconds": time.monotonic() - t0,
+            "result": result,
+        }
+    )
+    return out
