@@ -10,9 +10,9 @@ bytes, then the next, ...) gathers the zeros, and zstd squeezes them.
 Deltas are computed on plaintext (ciphertext under a fresh key has no similarity), and the delta
 itself travels encrypted (:mod:`spotshift.checkpoint.migrate`).
 
-Plaintext delta layout: ``u64 index length || index JSON || blobs``. The index lists, per part, the
-safetensors header of the new part and, per tensor, ``mode`` (``same`` | ``xor`` | ``raw``),
-``zbytes`` and the offsets of its data.
+Plaintext delta layout: ``u64 index length || zstd(index JSON) || blobs``. The index lists, per
+part, the safetensors header of the new part and, per tensor, ``mode`` (``same`` | ``xor`` |
+``raw``), ``zbytes`` and the item size used for the byte planes.
 """
 
 from __future__ import annotations
@@ -114,11 +114,11 @@ def compute_delta(
             entries.append({"name": name, "mode": mode, "zbytes": len(blob), "itemsize": itemsize})
             blobs.append(blob)
         index["parts"][part] = {
-            "header": new_buf[:new_off].hex(),
+            "header": bytes(new_buf[:new_off]).decode("latin-1"),
             "size": len(new_buf),
             "tensors": entries,
         }
-    index_bytes = json.dumps(index, separators=(",", ":")).encode()
+    index_bytes = cctx.compress(json.dumps(index, separators=(",", ":")).encode())
     out = b"".join([struct.pack("<Q", len(index_bytes)), index_bytes, *blobs])
     stats.plain_bytes = len(out)
     return out, stats
@@ -130,14 +130,18 @@ def apply_delta(delta: bytes, base_parts: Mapping[str, bytes], *, what: str) -> 
     if len(mv) < 8:
         raise IntegrityError(f"{what}: delta too short")
     (n,) = struct.unpack("<Q", mv[:8])
+    import zstandard
+
     try:
-        index = json.loads(bytes(mv[8 : 8 + n]))
-    except ValueError:
-        raise IntegrityError(f"{what}: delta index is not JSON") from None
+        index = json.loads(
+            zstandard.ZstdDecompressor().decompress(bytes(mv[8 : 8 + n]), max_output_size=1 << 30)
+        )
+    except (ValueError, zstandard.ZstdError):
+        raise IntegrityError(f"{what}: delta index is not zstd-compressed JSON") from None
     pos = 8 + n
     out: dict[str, bytes] = {}
     for part, pinfo in sorted(index["parts"].items()):
-        header_bytes = bytes.fromhex(pinfo["header"])
+        header_bytes = pinfo["header"].encode("latin-1")
         header, data_off = parse_safetensors(header_bytes + b"\0" * 8, what=f"{what}: part {part}")
         buf = bytearray(int(pinfo["size"]))
         buf[:data_off] = header_bytes

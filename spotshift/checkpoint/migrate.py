@@ -1,5 +1,6 @@
 """Checkpoint migration between stores: an encrypted tensor delta when the target has an older
-checkpoint of the same job, a verbatim copy otherwise (or when the delta would not be smaller).
+checkpoint of the same job, a verbatim copy otherwise (or when the delta is not smaller than
+:data:`MAX_DELTA_RATIO` of the checkpoint).
 
 The delta is computed on plaintext (both checkpoints decrypted and verified), encrypted under a
 fresh data key, and shipped as one object::
@@ -48,6 +49,9 @@ from spotshift.sync.store import ChunkStore, LocalChunkStore
 
 DELTA_MAGIC = b"SSCKDLT1"
 DELTA_FORMAT = "spotshift-delta/1"
+#: ship the delta only when it is at most this fraction of the full checkpoint: applying it costs the
+#: target a base decryption and a rebuild, and ties the copy to the base; a few percent saved is not worth it
+MAX_DELTA_RATIO = 0.9
 
 
 @dataclass
@@ -267,12 +271,14 @@ def migrate_checkpoint(
     full: bool = False,
     src_location: str | None = None,
     dst_location: str | None = None,
+    max_delta_ratio: float = MAX_DELTA_RATIO,
 ) -> MigrationReport:
     """Make ``dst`` hold the checkpoint (default: the newest in ``src``), by delta when it pays.
 
     ``base`` names a committed checkpoint of ``job`` in ``dst`` to delta against (default: the
-    newest older one there). ``full`` forces a verbatim copy. Locations default to the region of
-    a local region store (``None`` for other URLs).
+    newest older one there). ``full`` forces a verbatim copy, and so does a delta larger than
+    ``max_delta_ratio`` of the full checkpoint. Locations default to the region of a local region
+    store (``None`` for other URLs).
     """
     from spotshift.clock import virtual_now
 
@@ -312,7 +318,7 @@ def migrate_checkpoint(
         obj = _encrypt_delta(job, ckpt, base_id, plain, keys)
         report.bytes_scanned = ckpt.stored_bytes + sum(len(b) for b in base_plain.values())
         report.tensors_total = stats.tensors_total
-        if len(obj) < report.bytes_full:
+        if len(obj) <= max_delta_ratio * report.bytes_full:
             key = f"checkpoints/{job}/incoming/{ckpt.checkpoint_id}.{secrets.token_hex(4)}.delta"
             dst.put_bytes(key, obj)
             apply_delta_object(dst, key, keys)
@@ -324,7 +330,9 @@ def migrate_checkpoint(
             report.delta_plain_bytes = stats.plain_bytes
             report.seconds = time.perf_counter() - t0
             return report
-        report.notes.append(f"delta ({len(obj)} bytes) not smaller than the checkpoint: full copy")
+        report.notes.append(
+            f"delta ({len(obj)} bytes) not smaller than {max_delta_ratio:.0%} of the checkpoint: full copy"
+        )
     report.bytes_sent = copy_checkpoint(src, dst, job, ckpt.checkpoint_id)
     report.method = "full"
     report.bytes_scanned = report.bytes_scanned or ckpt.stored_bytes

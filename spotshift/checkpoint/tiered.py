@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -269,8 +268,3 @@ class TieredCheckpointer:
         self._queue.put(None)
         self._thread.join(timeout=1.0 if not done else None)
         return done
-
-
-def clear_local_tier(local_dir: Any) -> None:
-    """Delete a local tier directory (after its checkpoints are safely uploaded)."""
-    shutil.rmtree(local_dir, ignore_errors=True)

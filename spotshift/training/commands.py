@@ -119,6 +119,11 @@ def _train(args: argparse.Namespace) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    code = int(result.get("exit_code", 1))
+    if code == 2:  # bad input or integrity: the trainer's one-line reason, exit 2
+        from spotshift.errors import ConfigError
+
+        raise ConfigError(str(result.get("error")))
     if args.json:
         emit_json(result)
     else:
@@ -129,11 +134,6 @@ def _train(args: argparse.Namespace) -> int:
             + (f"; checkpoint {ck.get('url')}" if ck else "")
             + (f"; error: {result.get('error')}" if result.get("error") else "")
         )
-    code = int(result.get("exit_code", 1))
-    if code == 2:
-        from spotshift.errors import ConfigError
-
-        raise ConfigError(str(result.get("error")))
     return code
 
 

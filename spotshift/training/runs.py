@@ -7,7 +7,6 @@ time (the command line imports this module lazily anyway).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from spotshift.errors import ConfigError, NotFoundError
@@ -154,14 +153,11 @@ def current_location(job_name: str, database: Any = None) -> str:
     from spotshift.jobs import get_job
 
     job = get_job(job_name)
-    try:
-        with warehouse.connect(database, read_only=False, timeout_s=30) as con:
-            row = con.execute(
-                "SELECT location FROM raw.checkpoints WHERE job = ? ORDER BY step DESC, created_at DESC LIMIT 1",
-                [job_name],
-            ).fetchone()
-    except Exception:  # an unreadable warehouse must not hide the declaration
-        row = None
+    with warehouse.connect(database) as con:
+        row = con.execute(
+            "SELECT location FROM raw.checkpoints WHERE job = ? ORDER BY step DESC, created_at DESC LIMIT 1",
+            [job_name],
+        ).fetchone()
     if row and row[0]:
         return str(row[0])
     if job.start_location:
@@ -209,10 +205,6 @@ def latest_ref(job_name: str, location: str) -> dict[str, Any] | None:
         return open_checkpoint(open_store(store_url_for(location)), job_name).ref().to_dict()
     except NotFoundError:
         return None
-
-
-def workdir_of(job: str, location: str) -> Path:
-    return default_workdir(job, location)
 
 
 def advance_job(

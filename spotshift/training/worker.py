@@ -276,7 +276,13 @@ class _Run:
             # this step's checkpoint is on local disk already: finish its upload
             self.tiers.flush(timeout_s=max(1.0, notice.remaining_s() - 1.0))
         else:
-            self._save("emergency", sync=True, timings=timings)  # supersedes queued periodic uploads
+            try:
+                self._save("emergency", sync=True, timings=timings)  # supersedes queued periodic uploads
+            except (
+                SpotshiftError
+            ) as exc:  # still tell the control plane, pointing at the last good checkpoint
+                log.error("emergency checkpoint failed: %s", exc)
+                self.result["error"] = f"emergency checkpoint failed: {exc}"
         emergency_s = time.monotonic() - notice.monotonic_at
         committed_wall = utc_now()
         margin = (notice.deadline_at - committed_wall).total_seconds()
@@ -338,6 +344,8 @@ class _Run:
                 except OSError as exc:
                     log.warning("could not acknowledge %s: %s", notice.notice_id, exc)
         self.result["status"] = "preempted" if notice.is_preemption else "stopped"
+        if "error" in self.result:
+            self.result["exit_code_hint"] = 1
         self.tiers.close(timeout_s=0.5)
         self._finish(ended_in_preemption=notice.is_preemption)
 
@@ -440,6 +448,8 @@ def run_request(req: TrainRequest) -> int:
     finally:
         if run.watcher_thread is not None:
             run.watcher_thread.stop()
+        if code == 0 and run.result.pop("exit_code_hint", 0):
+            code = 1  # preempted, but the emergency checkpoint did not make it to the store
         run.result["exit_code"] = code
         atomic_write_json(workdir / RESULT_FILE, run.result)
     if code == 0:

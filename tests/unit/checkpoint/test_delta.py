@@ -78,9 +78,16 @@ def test_delta_not_smaller_falls_back_to_full(setup) -> None:  # noqa: ANN001
     def noise(*shape: int) -> torch.Tensor:  # uniformly random bits: XOR of two of them does not compress
         return torch.randint(-(2**31), 2**31 - 1, shape, generator=g, dtype=torch.int32)
 
-    write_checkpoint(src, finetune_payload(1, noise(64, 64), noise(4, 64)), keys)
+    def state(step: int) -> CheckpointPayload:
+        parts = {
+            "model": {"base": noise(64, 64), "head": noise(4, 64)},
+            "optim": {"exp_avg/head": noise(4, 64)},
+        }
+        return CheckpointPayload("ft", step, step, "periodic", SRC, {"step": step}, parts)
+
+    write_checkpoint(src, state(1), keys)
     migrate_checkpoint(src, "ft", dst, keys)
-    write_checkpoint(src, finetune_payload(2, noise(64, 64), noise(4, 64)), keys)
+    write_checkpoint(src, state(2), keys)
     report = migrate_checkpoint(src, "ft", dst, keys)
     assert report.method == "full" and report.bytes_sent == report.bytes_full
     assert any("not smaller" in n for n in report.notes)
