@@ -17,6 +17,19 @@ from spotshift.errors import ConfigError
 ROLES = ("train", "shadow")
 
 
+def job_train_config(job: Any) -> dict[str, Any]:
+    """The trainer config fields a declared :class:`spotshift.jobs.TrainingJob` sets (``TrainConfig`` keys)."""
+    return {
+        "job": job.name,
+        "dataset": job.dataset,
+        "model": dict(job.model),
+        "total_steps": job.total_steps,
+        "batch_size": job.batch_size,
+        "learning_rate": job.learning_rate,
+        "seed": job.seed,
+    }
+
+
 @dataclass
 class TrainRequest:
     """One trainer process: which job, where, from which checkpoint, until which step."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from spotshift.errors import ConfigError, NotFoundError
 from spotshift.training.backend import ComputeBackend, TrainerInfo, default_workdir
-from spotshift.training.request import TrainRequest
+from spotshift.training.request import TrainRequest, job_train_config
 
 
 def dataset_source(name: str) -> str:
@@ -69,15 +69,7 @@ def build_request(
         if steps <= 0:
             raise ConfigError(f"--steps must be > 0, got {steps}")
         until_step = resume_step(job_name, store_url, resume) + steps
-    config = {
-        "job": job.name,
-        "dataset": job.dataset,
-        "model": dict(job.model),
-        "total_steps": job.total_steps,
-        "batch_size": job.batch_size,
-        "learning_rate": job.learning_rate,
-        "seed": job.seed,
-    }
+    config = job_train_config(job)
     return TrainRequest(
         job=job.name,
         location=location,

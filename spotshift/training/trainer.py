@@ -65,16 +65,9 @@ class TrainConfig:
     @classmethod
     def from_job(cls, job: Any, **overrides: Any) -> TrainConfig:
         """From a :class:`spotshift.jobs.TrainingJob`, with optional overrides."""
-        base = {
-            "job": job.name,
-            "dataset": job.dataset,
-            "model": dict(job.model),
-            "total_steps": job.total_steps,
-            "batch_size": job.batch_size,
-            "learning_rate": job.learning_rate,
-            "seed": job.seed,
-        }
-        base.update(overrides)
+        from spotshift.training.request import job_train_config
+
+        base = {**job_train_config(job), **overrides}
         return cls.from_dict(base)
 
     @classmethod
