@@ -10,10 +10,15 @@ import os
 
 import dagster as dg
 
+import assets.checkpoints
 import assets.placement
 import assets.quotes
+import assets.training
+import ops.checkpoint
 import sensors.jobs
 import sensors.price_poll
+from resources.compute import ComputeBackendResource
+from resources.keys import KeyProviderResource
 from resources.prices import PriceFeedResource
 from resources.warehouse import WarehouseResource
 from spotshift.home import warehouse_path
@@ -29,6 +34,9 @@ DOMAIN_MODULES: list = [
     sensors.price_poll,
     assets.placement,
     sensors.jobs,
+    assets.checkpoints,
+    assets.training,
+    ops.checkpoint,
 ]
 
 
@@ -37,6 +45,8 @@ def build_resources() -> dict[str, object]:
     return {
         "warehouse": WarehouseResource(database=os.environ["SPOTSHIFT_WAREHOUSE"]),
         "prices": PriceFeedResource.from_env(),
+        "compute": ComputeBackendResource(kind=os.environ.get("SPOTSHIFT_COMPUTE_BACKEND", "local")),
+        "keys": KeyProviderResource(spec=os.environ.get("SPOTSHIFT_KEY_PROVIDER", "")),
     }
 
 

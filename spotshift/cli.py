@@ -25,6 +25,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "spotshift.pricing.commands",
     "spotshift.placement.commands",
     "spotshift.simulate.commands",
+    "spotshift.training.commands",
+    "spotshift.checkpoint.commands",
 )
 
 

@@ -1,0 +1,166 @@
+"""``spotshift ckpt``: inspect, verify, list and migrate checkpoints (standard library at import time).
+
+A checkpoint path is ``<store>/checkpoints/<job>/<checkpoint id>`` (or ``.../<job>`` / ``.../<job>/latest``
+for the newest), where ``<store>`` is a ``file://``, ``s3://`` or ``gs://`` URL or a local path.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+KEY_HELP = "key provider spec: local | local:/path/kek.key | aws-kms:<key> | gcp-kms:<key name> (default $SPOTSHIFT_KEY_PROVIDER or local)"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "ckpt",
+        help="inspect, verify, list and migrate encrypted training checkpoints",
+        description="Checkpoints live at <store>/checkpoints/<job>/<id> (s<step>-<content hash>); <store> is a "
+        "file://, s3:// or gs:// URL or a local path. '<store>/checkpoints/<job>' means the newest committed one.",
+    )
+    cs = p.add_subparsers(dest="ckpt_command", metavar="ACTION")
+    cs.required = True
+
+    insp = cs.add_parser("inspect", help="show a checkpoint's metadata (no key needed, nothing decrypted)")
+    insp.add_argument("path", help="checkpoint path or URL")
+    insp.add_argument("--json", action="store_true", help="print one JSON object")
+    insp.set_defaults(handler=_inspect)
+
+    ver = cs.add_parser(
+        "verify",
+        help="verify commit marker, sizes, hashes, key, seal, every segment and the content hash",
+        description="Exit 0 when the checkpoint is intact; exit 2 with one line naming the checkpoint and the "
+        "problem (truncated, corrupt or swapped part, wrong key, tampered metadata).",
+    )
+    ver.add_argument("path", help="checkpoint path or URL")
+    ver.add_argument("--key-provider", help=KEY_HELP)
+    ver.add_argument("--json", action="store_true", help="print one JSON object")
+    ver.set_defaults(handler=_verify)
+
+    ls = cs.add_parser("list", help="list the committed checkpoints of a job in a store")
+    ls.add_argument("path", help="<store>/checkpoints/<job>")
+    ls.add_argument("--json", action="store_true", help="print one JSON object")
+    ls.set_defaults(handler=_list)
+
+    mig = cs.add_parser(
+        "migrate",
+        help="copy a checkpoint to another store, as an encrypted tensor delta when the target has an older one",
+        description="Sends XOR+zstd tensor deltas against --base (default: the newest older checkpoint of the "
+        "job in the target), applies them at the target and verifies the content hash; falls back to a full "
+        "copy when the delta is not smaller than 90%% of it. Records the transfer in raw.transfers.",
+    )
+    mig.add_argument("src", help="source checkpoint path or URL")
+    mig.add_argument("url", help="target store URL (or local path)")
+    mig.add_argument("--base", help="checkpoint id (or path) in the target to delta against")
+    mig.add_argument("--full", action="store_true", help="always send the whole checkpoint")
+    mig.add_argument("--key-provider", help=KEY_HELP)
+    mig.add_argument("--no-record", action="store_true", help="do not append the transfer to the warehouse")
+    mig.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (bytes_full, bytes_sent, ratio, seconds, ...)",
+    )
+    mig.set_defaults(handler=_migrate)
+
+
+def _open(path: str):  # noqa: ANN202
+    from spotshift.checkpoint.format import open_checkpoint, parse_checkpoint_path
+    from spotshift.sync.store import open_store
+
+    store_url, job, ckpt = parse_checkpoint_path(path)
+    return open_checkpoint(open_store(store_url), job, ckpt)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from spotshift.cli import emit_json
+
+    s = _open(args.path).summary()
+    if args.json:
+        emit_json(s)
+        return 0
+    print(f"checkpoint  {s['checkpoint']}  ({s['kind']}, step {s['step']}, {s['tokens']} tokens)")
+    print(f"store       {s['store']}")
+    print(f"created     {s['created_at']} in {s['location']}; committed {s['committed_at']}")
+    print(f"content     {s['content_hash']}")
+    print(f"size        {s['stored_bytes']:,} bytes stored, {s['plain_bytes']:,} plaintext")
+    for part, info in s["parts"].items():
+        print(f"  part {part:8s} {info['tensors']:4d} tensors  {info['plain_bytes']:>14,} bytes")
+    print(f"model       {s['model']}")
+    enc = s["encryption"]
+    print(f"encryption  {enc['alg']}, key {enc['kek_id']}")
+    print(f"versions    {s['versions']}  threads {s['num_threads']}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from spotshift.checkpoint.keys import open_key_provider
+    from spotshift.cli import emit_json
+
+    ck = _open(args.path)
+    report = ck.verify(open_key_provider(args.key_provider))
+    if args.json:
+        emit_json(report)
+    else:
+        print(
+            f"ok: {report['checkpoint']} step {report['step']} verified ({report['stored_bytes']:,} bytes, {report['seconds']:.2f}s)"
+        )
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from spotshift.checkpoint.format import latest_checkpoint, list_checkpoints, parse_checkpoint_path
+    from spotshift.cli import emit_json
+    from spotshift.sync.store import open_store
+
+    store_url, job, _ = parse_checkpoint_path(args.path)
+    store = open_store(store_url)
+    ids = list_checkpoints(store, job)
+    latest = latest_checkpoint(store, job)
+    if args.json:
+        emit_json({"store": store_url, "job": job, "checkpoints": ids, "latest": latest})
+    else:
+        for c in ids:
+            print(("* " if c == latest else "  ") + c)
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from spotshift.checkpoint.format import parse_checkpoint_path
+    from spotshift.checkpoint.keys import open_key_provider
+    from spotshift.checkpoint.migrate import migrate_checkpoint
+    from spotshift.cli import emit_json
+    from spotshift.sync.store import open_store
+
+    store_url, job, ckpt = parse_checkpoint_path(args.src)
+    dst_url = (
+        args.url
+        if "://" in args.url
+        else __import__("pathlib").Path(args.url).expanduser().resolve().as_uri()
+    )
+    base = args.base
+    if base and "/" in base:
+        base = parse_checkpoint_path(base)[2]
+    report = migrate_checkpoint(
+        open_store(store_url),
+        job,
+        open_store(dst_url),
+        open_key_provider(args.key_provider),
+        checkpoint_id=ckpt,
+        base=base,
+        full=args.full,
+    )
+    if not args.no_record and report.method != "present":
+        from spotshift import warehouse
+
+        with warehouse.connect() as con:
+            warehouse.append_rows(con, "raw.transfers", [report.transfer_row("cli:ckpt-migrate")])
+    if args.json:
+        emit_json(report.to_dict())
+    else:
+        print(
+            f"{report.method}: {job}/{report.checkpoint_id} -> {report.dst_store}: sent {report.bytes_sent:,} of "
+            f"{report.bytes_full:,} bytes (ratio {report.ratio:.3f}) in {report.seconds:.2f}s"
+            + (f", base {report.base}" if report.base else "")
+        )
+    return 0

@@ -1,0 +1,749 @@
+"""The checkpoint format: encrypted safetensors parts, sealed JSON metadata, a commit marker.
+
+Layout in any :class:`~spotshift.sync.store.ChunkStore` (the local tier is a store too)::
+
+    checkpoints/<job>/<checkpoint_id>/<part>-<ctx>.enc   one encrypted safetensors file per part
+    checkpoints/<job>/<checkpoint_id>/meta-<ctx>.json    metadata (plaintext, sealed)
+    checkpoints/<job>/<checkpoint_id>/COMMIT             written last, names the metadata object
+    checkpoints/<job>/latest                             pointer to the newest committed checkpoint
+
+``checkpoint_id`` is ``s<step:010d>-<first 16 hex of the content hash>``: the same training state
+has the same id wherever and however often it is written. ``<ctx>`` names one encryption of it
+(its fresh data key), so two writers of the same id never mix their parts: ``COMMIT`` is
+write-once and names the metadata that won; the loser's objects are garbage, never a broken
+checkpoint. Parts are plain safetensors files once decrypted (``safetensors.torch.load`` reads
+them); usually ``model`` (weights) and ``optim`` (optimizer moments).
+
+The content hash (BLAKE3) covers the job, step, tokens, the JSON training state (RNG states, data
+position, configs) and the plaintext hash of every part; timestamps, location and encryption do
+not enter it. Metadata fields: see :func:`build_meta`.
+
+Verification order on read (:meth:`StoredCheckpoint.verify`): commit marker and metadata hash;
+stored sizes (truncation) and stored BLAKE3 hashes (flipped bytes, swapped files) — all before any
+decryption; then the data key unwraps under the expected KEK, the metadata seal, every segment's
+GCM tag, and finally the plaintext hashes and the content hash.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import secrets
+import struct
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import blake3
+
+from spotshift.atomic import fsync_dir
+from spotshift.checkpoint import crypto
+from spotshift.checkpoint.keys import KeyProvider
+from spotshift.errors import ConfigError, IntegrityError, NotFoundError
+from spotshift.sync.store import ChunkStore, LocalChunkStore
+
+FORMAT = "spotshift-checkpoint/1"
+HASH_ALG = "blake3"
+KINDS = ("periodic", "emergency", "final")
+
+_SAFETENSORS_DTYPES = {
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float64": "F64",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+DTYPE_BYTES = {
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F64": 8,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Sorted, compact JSON: the bytes that are hashed and sealed."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def checkpoint_id_for(step: int, content_hash: str) -> str:
+    """``s<step:010d>-<16 hex>``: sortable by step, unique by content."""
+    return f"s{step:010d}-{content_hash[:16]}"
+
+
+def step_of(checkpoint_id: str) -> int:
+    """The step encoded in a checkpoint id; :class:`ConfigError` for something else."""
+    if len(checkpoint_id) < 12 or checkpoint_id[0] != "s" or not checkpoint_id[1:11].isdigit():
+        raise ConfigError(f"{checkpoint_id!r} is not a checkpoint id (s<step>-<hash>)")
+    return int(checkpoint_id[1:11])
+
+
+def job_prefix(job: str) -> str:
+    return f"checkpoints/{job}/"
+
+
+def checkpoint_prefix(job: str, checkpoint_id: str) -> str:
+    return f"checkpoints/{job}/{checkpoint_id}/"
+
+
+def latest_key(job: str) -> str:
+    return f"checkpoints/{job}/latest"
+
+
+# ---- tensors as bytes ------------------------------------------------------------------------------
+
+
+def tensor_view(t: Any) -> tuple[str, list[int], memoryview]:
+    """(safetensors dtype, shape, raw little-endian bytes) of a torch tensor or numpy array, zero-copy on CPU."""
+    mod = type(t).__module__
+    if mod.startswith("torch"):
+        import torch
+
+        t = t.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        t = t.contiguous()
+        dtype = str(t.dtype).removeprefix("torch.")
+        shape = list(t.shape)
+        flat = t.reshape(-1)
+        raw = flat.view(torch.uint8).numpy() if flat.numel() else b""
+    else:
+        import numpy as np
+
+        arr = np.ascontiguousarray(t)
+        dtype = "bool" if arr.dtype == np.bool_ else str(arr.dtype)
+        shape = list(arr.shape)
+        raw = arr.reshape(-1).view(np.uint8)
+    if dtype not in _SAFETENSORS_DTYPES:
+        raise ConfigError(f"tensor dtype {dtype} cannot be checkpointed")
+    return _SAFETENSORS_DTYPES[dtype], shape, memoryview(raw).cast("B")
+
+
+def safetensors_header(entries: list[tuple[str, str, list[int], int]]) -> bytes:
+    """The 8-byte length + JSON header of a safetensors file for (name, dtype, shape, nbytes) in order."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, dtype, shape, nbytes in entries:
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    body = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    body += b" " * (-len(body) % 8)  # safetensors aligns the data section to 8 bytes
+    return struct.pack("<Q", len(body)) + body
+
+
+def parse_safetensors(buf: bytes | memoryview, *, what: str) -> tuple[dict[str, Any], int]:
+    """(tensor entries without ``__metadata__``, offset of the data section) of a safetensors buffer."""
+    mv = memoryview(buf)
+    if len(mv) < 8:
+        raise IntegrityError(f"{what}: not a safetensors file (too short)")
+    (n,) = struct.unpack("<Q", mv[:8])
+    if n > len(mv) - 8:
+        raise IntegrityError(f"{what}: safetensors header runs past the end")
+    try:
+        header = json.loads(bytes(mv[8 : 8 + n]))
+    except ValueError:
+        raise IntegrityError(f"{what}: safetensors header is not JSON") from None
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+def part_layout(tensors: Mapping[str, Any]) -> tuple[bytes, list[tuple[str, memoryview]]]:
+    """Header bytes and the (name, bytes) stream of one part, tensors ordered by name."""
+    entries, views = [], []
+    for name in sorted(tensors):
+        dtype, shape, raw = tensor_view(tensors[name])
+        entries.append((name, dtype, shape, len(raw)))
+        views.append((name, raw))
+    return safetensors_header(entries), views
+
+
+# ---- metadata ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckpointPayload:
+    """What a trainer hands to the checkpoint writer at a step boundary."""
+
+    job: str
+    step: int
+    tokens: int
+    kind: str
+    location: str
+    state: dict[str, Any]  # JSON: rng states, data position, model/train config, optimizer hyperparameters
+    parts: dict[str, Any]  # part -> {tensor name -> torch tensor / numpy array}, or safetensors bytes
+    versions: dict[str, str] = field(default_factory=dict)
+    created_at: str | None = None  # ISO UTC; None: now (virtual clock). Copies keep the original's.
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"checkpoint kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if not self.parts:
+            raise ConfigError("a checkpoint needs at least one part")
+
+
+def content_hash_of(job: str, step: int, tokens: int, state: Any, plain_hashes: Mapping[str, str]) -> str:
+    """BLAKE3 over everything that makes two checkpoints the same training state."""
+    doc = {"format": FORMAT, "job": job, "step": step, "tokens": tokens, "state": state}
+    doc["parts"] = dict(sorted(plain_hashes.items()))
+    return blake3.blake3(canonical_json(doc)).hexdigest()
+
+
+def runtime_versions() -> dict[str, str]:
+    """torch / python / spotshift versions recorded with each checkpoint (not part of its identity)."""
+    import platform
+
+    from spotshift import __version__
+
+    out = {"python": platform.python_version(), "spotshift": __version__}
+    try:
+        import torch
+
+        out["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    return out
+
+
+def _utc_now_iso() -> str:
+    from spotshift.clock import virtual_now
+
+    return virtual_now().isoformat()
+
+
+def sealed_bytes(meta: Mapping[str, Any]) -> bytes:
+    """The metadata minus its seal: what the seal authenticates."""
+    doc = json.loads(json.dumps(meta))
+    doc.get("encryption", {}).pop("meta_tag", None)
+    return canonical_json(doc)
+
+
+# ---- writing -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A committed checkpoint in a store."""
+
+    store_url: str
+    job: str
+    checkpoint_id: str
+    step: int
+    content_hash: str
+
+    @property
+    def url(self) -> str:
+        """``<store url>/checkpoints/<job>/<id>`` — what ``spotshift ckpt`` commands accept."""
+        return f"{self.store_url.rstrip('/')}/{checkpoint_prefix(self.job, self.checkpoint_id).rstrip('/')}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "store_url": self.store_url,
+            "job": self.job,
+            "checkpoint_id": self.checkpoint_id,
+            "step": self.step,
+            "content_hash": self.content_hash,
+            "url": self.url,
+        }
+
+
+def _fsync_close(f: BinaryIO) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+    f.close()
+
+
+def write_checkpoint(
+    tier: LocalChunkStore,
+    payload: CheckpointPayload,
+    keys: KeyProvider,
+    *,
+    segment_bytes: int = crypto.DEFAULT_SEGMENT_BYTES,
+    timings: dict[str, float] | None = None,
+) -> CheckpointRef:
+    """Serialize, encrypt and commit ``payload`` into a local store (the local disk tier).
+
+    One pass over the tensors: each part streams through BLAKE3 (plaintext), AES-256-GCM and
+    BLAKE3 (stored bytes) into a staging file; files are renamed into place once the content hash
+    (and so the id) is known, then the sealed metadata, then ``COMMIT``, then ``latest``.
+    ``timings`` receives ``serialize_s``, ``encrypt_s``, ``write_s``, ``wrap_s``, ``total_s``.
+    """
+    timings = timings if timings is not None else {}
+    for k in ("serialize_s", "encrypt_s", "write_s"):
+        timings.setdefault(k, 0.0)
+    t_start = time.perf_counter()
+    data_key = secrets.token_bytes(32)
+    ctx = secrets.token_hex(8)
+    context = {"spotshift:job": payload.job, "spotshift:ctx": ctx}
+    t0 = time.perf_counter()
+    wrapped = keys.wrap(data_key, context)
+    timings["wrap_s"] = time.perf_counter() - t0
+
+    # staging files live in the store's temp dir, named so remove_stale_temp_files() clears a dead writer's
+    staging = tier.root / ".tmp"
+    staging.mkdir(parents=True, exist_ok=True)
+    stage_prefix = f"{os.getpid()}.{ctx}."
+    parts_meta: dict[str, dict[str, Any]] = {}
+    try:
+        for index, part in enumerate(sorted(payload.parts)):
+            t0 = time.perf_counter()
+            chunks, n_tensors = _part_chunks(payload.parts[part], what=f"part {part}")
+            timings["serialize_s"] += time.perf_counter() - t0
+            key_name = f"{part}-{ctx}.enc"
+            out = open(staging / (stage_prefix + key_name), "wb")  # noqa: SIM115 - closed by _fsync_close
+            try:
+                w = crypto.EncryptingWriter(
+                    out,
+                    data_key,
+                    part_index=index,
+                    part_name=part,
+                    segment_bytes=segment_bytes,
+                    timings=timings,
+                )
+                for chunk in chunks:
+                    w.write(chunk)
+                w.close()
+                t0 = time.perf_counter()
+                _fsync_close(out)
+                timings["write_s"] += time.perf_counter() - t0
+            except BaseException:
+                out.close()
+                raise
+            parts_meta[part] = {
+                "index": index,
+                "key": key_name,
+                "tensors": n_tensors,
+                "plain_bytes": w.plain_bytes,
+                "plain_hash": w.plain_hash.hexdigest(),
+                "stored_bytes": w.stored_bytes,
+                "stored_hash": w.stored_hash.hexdigest(),
+            }
+        content_hash = content_hash_of(
+            payload.job,
+            payload.step,
+            payload.tokens,
+            payload.state,
+            {p: m["plain_hash"] for p, m in parts_meta.items()},
+        )
+        ckpt_id = checkpoint_id_for(payload.step, content_hash)
+        meta = build_meta(payload, ckpt_id, content_hash, parts_meta, keys, wrapped, ctx, segment_bytes)
+        meta["encryption"]["meta_tag"] = base64.b64encode(crypto.seal(data_key, sealed_bytes(meta))).decode()
+        meta_bytes = json.dumps(meta, indent=1, sort_keys=True).encode()
+        meta_key = f"meta-{ctx}.json"
+        with open(staging / (stage_prefix + meta_key), "wb") as mf:
+            mf.write(meta_bytes)
+            mf.flush()
+            os.fsync(mf.fileno())
+
+        t0 = time.perf_counter()
+        final_dir = tier.root / checkpoint_prefix(payload.job, ckpt_id)
+        final_dir.mkdir(parents=True, exist_ok=True)
+        for name in [*(p["key"] for p in parts_meta.values()), meta_key]:
+            os.replace(staging / (stage_prefix + name), final_dir / name)
+        fsync_dir(final_dir)
+        timings["write_s"] += time.perf_counter() - t0
+    finally:
+        for leftover in staging.glob(stage_prefix + "*"):
+            leftover.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    commit_checkpoint(tier, payload.job, ckpt_id, meta_key, meta_bytes, payload.step, content_hash)
+    timings["write_s"] += time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
+    return CheckpointRef(tier.url, payload.job, ckpt_id, payload.step, content_hash)
+
+
+def _part_chunks(part: Any, *, what: str) -> tuple[list[Any], int]:
+    """The plaintext byte chunks of one part and its tensor count (tensors, or safetensors bytes as is)."""
+    if isinstance(part, bytes | bytearray | memoryview):
+        header, _ = parse_safetensors(part, what=what)
+        return [part], len(header)
+    header, views = part_layout(part)
+    return [header, *(raw for _, raw in views)], len(views)
+
+
+def build_meta(
+    payload: CheckpointPayload,
+    ckpt_id: str,
+    content_hash: str,
+    parts_meta: dict[str, dict[str, Any]],
+    keys: KeyProvider,
+    wrapped: bytes,
+    ctx: str,
+    segment_bytes: int,
+) -> dict[str, Any]:
+    """The metadata document of a checkpoint (everything but the seal)."""
+    return {
+        "format": FORMAT,
+        "hash_alg": HASH_ALG,
+        "checkpoint_id": ckpt_id,
+        "content_hash": content_hash,
+        "job": payload.job,
+        "step": payload.step,
+        "tokens": payload.tokens,
+        "kind": payload.kind,
+        "location": payload.location,
+        "created_at": payload.created_at or _utc_now_iso(),
+        "versions": payload.versions or runtime_versions(),
+        "state": payload.state,
+        "parts": parts_meta,
+        "encryption": {
+            "alg": "AES-256-GCM segmented",
+            "segment_bytes": segment_bytes,
+            "key_provider": keys.kind,
+            "kek_id": keys.key_id,
+            "ctx": ctx,
+            "wrapped_key": base64.b64encode(wrapped).decode(),
+        },
+    }
+
+
+def commit_checkpoint(
+    store: ChunkStore,
+    job: str,
+    ckpt_id: str,
+    meta_key: str,
+    meta_bytes: bytes,
+    step: int,
+    content_hash: str,
+    *,
+    update_latest: bool = True,
+) -> bool:
+    """Write ``COMMIT`` (write-once) and then the ``latest`` pointer; False if it was already committed.
+
+    The pointer only moves forward (to a step >= the one it names), so a slow upload of an older
+    checkpoint never hides a newer one.
+    """
+    prefix = checkpoint_prefix(job, ckpt_id)
+    commit = {
+        "checkpoint_id": ckpt_id,
+        "meta_key": meta_key,
+        "meta_hash": blake3.blake3(meta_bytes).hexdigest(),
+        "step": step,
+        "committed_at": _utc_now_iso(),
+    }
+    created = store.put_bytes(prefix + "COMMIT", canonical_json(commit), if_absent=True)
+    if update_latest:
+        current = read_latest_pointer(store, job)
+        if current is None or current.get("step", -1) <= step:
+            pointer = {
+                "checkpoint_id": ckpt_id,
+                "step": step,
+                "content_hash": content_hash,
+                "updated_at": commit["committed_at"],
+            }
+            store.put_bytes(latest_key(job), canonical_json(pointer))
+    return created
+
+
+def read_latest_pointer(store: ChunkStore, job: str) -> dict[str, Any] | None:
+    """The ``latest`` pointer document, or None when absent or unreadable."""
+    try:
+        doc = json.loads(store.get_bytes(latest_key(job)))
+    except (NotFoundError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and "checkpoint_id" in doc else None
+
+
+# ---- reading --------------------------------------------------------------------------------------------
+
+
+def list_checkpoints(store: ChunkStore, job: str) -> list[str]:
+    """Ids of the committed checkpoints of ``job`` in ``store``, oldest step first."""
+    ids = []
+    for key in store.list_keys(job_prefix(job)):
+        rest = key[len(job_prefix(job)) :]
+        ckpt, _, name = rest.partition("/")
+        if name == "COMMIT":
+            with contextlib.suppress(ConfigError):
+                step_of(ckpt)
+                ids.append(ckpt)
+    return sorted(ids)
+
+
+def latest_checkpoint(store: ChunkStore, job: str) -> str | None:
+    """The newest committed checkpoint id: the ``latest`` pointer when it names a committed one, else a scan."""
+    pointer = read_latest_pointer(store, job)
+    if pointer and store.exists(checkpoint_prefix(job, pointer["checkpoint_id"]) + "COMMIT"):
+        committed = list_checkpoints(store, job)
+        # the pointer only moves forward, but a scan catches a commit whose pointer write was lost
+        if committed and step_of(committed[-1]) > int(pointer.get("step", -1)):
+            return committed[-1]
+        return str(pointer["checkpoint_id"])
+    committed = list_checkpoints(store, job)
+    return committed[-1] if committed else None
+
+
+@contextlib.contextmanager
+def open_object(store: ChunkStore, key: str) -> Iterator[BinaryIO]:
+    """A readable binary file of one stored object (the file itself for local stores, else a temp copy)."""
+    if isinstance(store, LocalChunkStore):
+        try:
+            f = open(store.root / key, "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            raise NotFoundError(f"{key} not found in {store.url}") from None
+        with f:
+            yield f
+        return
+    from spotshift.home import cache_dir
+
+    tmpdir = cache_dir() / "ckpt-download"
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=tmpdir)
+    os.close(fd)
+    try:
+        store.get_file(key, tmp)
+        with open(tmp, "rb") as f:
+            yield f
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+class StoredCheckpoint:
+    """A committed checkpoint in a store: metadata available at once, tensors after verification."""
+
+    def __init__(self, store: ChunkStore, job: str, checkpoint_id: str):
+        self.store = store
+        self.job = job
+        self.checkpoint_id = checkpoint_id
+        self.label = f"checkpoint {job}/{checkpoint_id} in {store.url}"
+        self.prefix = checkpoint_prefix(job, checkpoint_id)
+        try:
+            self.commit = json.loads(store.get_bytes(self.prefix + "COMMIT"))
+        except NotFoundError:
+            if any(True for _ in store.list_keys(self.prefix)):
+                raise IntegrityError(f"{self.label}: not committed (no COMMIT marker)") from None
+            raise NotFoundError(f"{self.label}: not found") from None
+        except ValueError:
+            raise IntegrityError(f"{self.label}: COMMIT marker is not JSON") from None
+        meta_key = str(self.commit.get("meta_key", ""))
+        if not meta_key.startswith("meta-") or "/" in meta_key:
+            raise IntegrityError(f"{self.label}: COMMIT marker names no metadata object")
+        try:
+            self.meta_bytes = store.get_bytes(self.prefix + meta_key)
+        except NotFoundError:
+            raise IntegrityError(f"{self.label}: metadata {meta_key} is missing") from None
+        if blake3.blake3(self.meta_bytes).hexdigest() != self.commit.get("meta_hash"):
+            raise IntegrityError(f"{self.label}: metadata does not match the hash in COMMIT")
+        try:
+            self.meta: dict[str, Any] = json.loads(self.meta_bytes)
+        except ValueError:
+            raise IntegrityError(f"{self.label}: metadata is not JSON") from None
+        if self.meta.get("format") != FORMAT:
+            raise IntegrityError(f"{self.label}: unknown format {self.meta.get('format')!r}")
+        if self.meta.get("checkpoint_id") != checkpoint_id or self.meta.get("job") != job:
+            raise IntegrityError(f"{self.label}: metadata belongs to another checkpoint (swapped file?)")
+
+    @property
+    def step(self) -> int:
+        return int(self.meta["step"])
+
+    @property
+    def content_hash(self) -> str:
+        return str(self.meta["content_hash"])
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of the stored checkpoint: parts + metadata + commit marker."""
+        return sum(int(p["stored_bytes"]) for p in self.meta["parts"].values()) + len(self.meta_bytes)
+
+    @property
+    def plain_bytes(self) -> int:
+        return sum(int(p["plain_bytes"]) for p in self.meta["parts"].values())
+
+    def ref(self) -> CheckpointRef:
+        return CheckpointRef(self.store.url, self.job, self.checkpoint_id, self.step, self.content_hash)
+
+    def part_names(self) -> list[str]:
+        return sorted(self.meta["parts"], key=lambda p: self.meta["parts"][p]["index"])
+
+    # -- checks that need no key ------------------------------------------------------------------------
+    def check_stored(self) -> None:
+        """Sizes and BLAKE3 hashes of every stored part (truncation, flipped bytes, swapped files)."""
+        seg = int(self.meta["encryption"]["segment_bytes"])
+        for part in self.part_names():
+            pm = self.meta["parts"][part]
+            key = self.prefix + pm["key"]
+            size = self.store.size(key)
+            if size is None:
+                raise IntegrityError(f"{self.label}: part {part} is missing")
+            expected = int(pm["stored_bytes"])
+            if expected != crypto.stored_size(int(pm["plain_bytes"]), seg):
+                raise IntegrityError(f"{self.label}: part {part} sizes in the metadata disagree")
+            if size != expected:
+                what = "truncated" if size < expected else "has extra bytes"
+                raise IntegrityError(f"{self.label}: part {part} {what} ({size} of {expected} bytes)")
+            h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+            with open_object(self.store, key) as f:
+                while chunk := f.read(8 << 20):
+                    h.update(chunk)
+            if h.hexdigest() != pm["stored_hash"]:
+                raise IntegrityError(
+                    f"{self.label}: part {part} does not match its hash (corrupt or swapped)"
+                )
+
+    # -- checks that need the key ------------------------------------------------------------------------
+    def data_key(self, keys: KeyProvider) -> bytes:
+        """Unwrap the data key with ``keys`` and check the metadata seal."""
+        enc = self.meta["encryption"]
+        if enc.get("kek_id") != keys.key_id:
+            raise IntegrityError(
+                f"{self.label}: encrypted under key {enc.get('kek_id')}, but the key provider has {keys.key_id} "
+                "(wrong key)"
+            )
+        context = {"spotshift:job": self.job, "spotshift:ctx": str(enc["ctx"])}
+        try:
+            wrapped = base64.b64decode(enc["wrapped_key"], validate=True)
+            tag = base64.b64decode(enc["meta_tag"], validate=True)
+        except (KeyError, ValueError):
+            raise IntegrityError(f"{self.label}: encryption envelope is malformed") from None
+        key = keys.unwrap(wrapped, context, what=self.label)
+        crypto.check_seal(key, sealed_bytes(self.meta), tag, what=self.label)
+        return key
+
+    def iter_part(self, part: str, data_key: bytes) -> Iterator[bytes]:
+        """Plaintext segments of one part (authenticated; the plaintext hash is checked at the end)."""
+        pm = self.meta["parts"][part]
+        h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        with open_object(self.store, self.prefix + pm["key"]) as f:
+            for plain in crypto.iter_decrypt(
+                f,
+                data_key,
+                part_index=int(pm["index"]),
+                part_name=part,
+                segment_bytes=int(self.meta["encryption"]["segment_bytes"]),
+                plain_bytes=int(pm["plain_bytes"]),
+                what=f"{self.label}: part {part}",
+            ):
+                h.update(plain)
+                yield plain
+        if h.hexdigest() != pm["plain_hash"]:
+            raise IntegrityError(f"{self.label}: part {part} plaintext does not match its hash")
+
+    def read_parts(self, keys: KeyProvider, *, check_stored: bool = True) -> dict[str, bytes]:
+        """Every part's plaintext safetensors bytes, fully verified (stored hashes first, content hash last)."""
+        if check_stored:
+            self.check_stored()
+        key = self.data_key(keys)
+        out: dict[str, bytes] = {}
+        for part in self.part_names():
+            buf = bytearray()
+            for seg in self.iter_part(part, key):
+                buf += seg
+            out[part] = bytes(buf)
+        self._check_content_hash({p: self.meta["parts"][p]["plain_hash"] for p in out})
+        return out
+
+    def _check_content_hash(self, plain_hashes: Mapping[str, str]) -> None:
+        m = self.meta
+        if (
+            content_hash_of(self.job, int(m["step"]), int(m["tokens"]), m["state"], plain_hashes)
+            != m["content_hash"]
+        ):
+            raise IntegrityError(f"{self.label}: content hash does not match")
+        if checkpoint_id_for(int(m["step"]), m["content_hash"]) != self.checkpoint_id:
+            raise IntegrityError(f"{self.label}: id does not match its content hash")
+
+    def verify(self, keys: KeyProvider) -> dict[str, Any]:
+        """Every check, decrypting each part in a stream (no whole part held in memory)."""
+        t0 = time.perf_counter()
+        self.check_stored()
+        key = self.data_key(keys)
+        for part in self.part_names():
+            for _ in self.iter_part(part, key):
+                pass
+        self._check_content_hash({p: self.meta["parts"][p]["plain_hash"] for p in self.part_names()})
+        return {
+            "checkpoint": f"{self.job}/{self.checkpoint_id}",
+            "store": self.store.url,
+            "ok": True,
+            "step": self.step,
+            "content_hash": self.content_hash,
+            "parts": len(self.part_names()),
+            "stored_bytes": self.stored_bytes,
+            "seconds": round(time.perf_counter() - t0, 4),
+        }
+
+    def load_tensors(self, keys: KeyProvider) -> dict[str, dict[str, Any]]:
+        """Every part as torch tensors (after full verification)."""
+        from safetensors.torch import load
+
+        return {part: load(buf) for part, buf in self.read_parts(keys).items()}
+
+    def summary(self) -> dict[str, Any]:
+        """What ``spotshift ckpt inspect`` shows: no key needed, nothing decrypted."""
+        m = self.meta
+        state = m.get("state", {})
+        return {
+            "checkpoint": f"{self.job}/{self.checkpoint_id}",
+            "store": self.store.url,
+            "job": self.job,
+            "step": self.step,
+            "tokens": m.get("tokens"),
+            "kind": m.get("kind"),
+            "location": m.get("location"),
+            "created_at": m.get("created_at"),
+            "committed_at": self.commit.get("committed_at"),
+            "content_hash": self.content_hash,
+            "stored_bytes": self.stored_bytes,
+            "plain_bytes": self.plain_bytes,
+            "parts": {
+                p: {k: pm[k] for k in ("tensors", "plain_bytes", "stored_bytes")}
+                for p, pm in m["parts"].items()
+            },
+            "model": state.get("model_config"),
+            "train": state.get("train_config"),
+            "data_position": state.get("data_position"),
+            "num_threads": state.get("num_threads"),
+            "versions": m.get("versions"),
+            "encryption": {k: m["encryption"][k] for k in ("alg", "key_provider", "kek_id", "segment_bytes")},
+        }
+
+
+def open_checkpoint(store: ChunkStore, job: str, checkpoint_id: str | None = None) -> StoredCheckpoint:
+    """A committed checkpoint by id, or the latest one when ``checkpoint_id`` is None or ``latest``."""
+    if checkpoint_id in (None, "latest"):
+        found = latest_checkpoint(store, job)
+        if found is None:
+            raise NotFoundError(f"no committed checkpoint of job {job!r} in {store.url}")
+        checkpoint_id = found
+    return StoredCheckpoint(store, job, checkpoint_id)
+
+
+def parse_checkpoint_path(path: str) -> tuple[str, str, str | None]:
+    """``(store url, job, checkpoint id or None for latest)`` of a checkpoint path or URL.
+
+    Accepts ``<store>/checkpoints/<job>/<id>``, ``<store>/checkpoints/<job>[/latest]`` (newest), for
+    ``file://``, ``s3://``, ``gs://`` URLs and plain local paths.
+    """
+    text = path.strip().rstrip("/")
+    if "://" not in text:
+        text = Path(text).expanduser().resolve().as_uri()
+    marker = "/checkpoints/"
+    i = text.rfind(marker)
+    if i < 0:
+        raise ConfigError(f"{path!r} is not a checkpoint path (expected <store>/checkpoints/<job>[/<id>])")
+    store_url, rest = text[:i], text[i + len(marker) :]
+    segs = [s for s in rest.split("/") if s]
+    if not segs or len(segs) > 2:
+        raise ConfigError(f"{path!r} is not a checkpoint path (expected <store>/checkpoints/<job>[/<id>])")
+    if store_url.endswith(":/") or store_url.endswith(":"):
+        raise ConfigError(f"{path!r}: the store part of the path is empty")
+    ckpt = segs[1] if len(segs) == 2 and segs[1] != "latest" else None
+    if ckpt is not None:
+        step_of(ckpt)
+    return store_url, segs[0], ckpt

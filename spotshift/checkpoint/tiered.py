@@ -1,0 +1,270 @@
+"""Tiered checkpoint storage: local disk first, then the region's object store, then other regions.
+
+* tier 0 — a local store under the trainer's working directory: a checkpoint is committed there
+  synchronously at the step boundary (the only part that stalls training);
+* tier 1 — the region's object store (``spotshift.home.region_store_url(location)`` by default):
+  a background thread uploads committed local checkpoints in order;
+* tier 2 — optional cross-region stores, copied after tier 1 (periodic checkpoints only: the seed's
+  rule is that emergency checkpoints skip replication, speed matters more than durability then).
+
+Every copy follows the commit protocol of :mod:`spotshift.checkpoint.format`: parts, metadata,
+``COMMIT``, ``latest`` — so a store holds a checkpoint completely or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from spotshift.checkpoint.format import (
+    CheckpointPayload,
+    CheckpointRef,
+    StoredCheckpoint,
+    checkpoint_prefix,
+    commit_checkpoint,
+    list_checkpoints,
+    open_object,
+    write_checkpoint,
+)
+from spotshift.checkpoint.keys import KeyProvider
+from spotshift.home import stores_root
+from spotshift.sync.store import ChunkStore, LocalChunkStore
+
+log = logging.getLogger("spotshift.checkpoint")
+
+
+def location_of_store(url: str) -> str | None:
+    """``provider/region`` of a local region store URL (inverse of ``region_store_url``), else None."""
+    from pathlib import Path
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(url)
+    if parsed.scheme not in ("", "file"):
+        return None
+    path = Path(unquote(parsed.path) if parsed.scheme else url).resolve()
+    try:
+        rel = path.relative_to(stores_root().resolve())
+    except ValueError:
+        return None
+    return "/".join(rel.parts) if len(rel.parts) == 2 else None
+
+
+def copy_object(src: ChunkStore, dst: ChunkStore, key: str) -> int:
+    """Copy one object between stores (streamed through a file); returns its size."""
+    if isinstance(src, LocalChunkStore):
+        path = src.root / key
+        dst.put_file(key, path)
+        return path.stat().st_size
+    with open_object(src, key) as f:
+        dst.put_file(key, f.name)
+        return src.size(key) or 0
+
+
+def copy_checkpoint(
+    src: ChunkStore,
+    dst: ChunkStore,
+    job: str,
+    checkpoint_id: str,
+    *,
+    update_latest: bool = True,
+    check: bool = True,
+) -> int:
+    """Copy a committed checkpoint verbatim; returns the bytes sent (0 when ``dst`` already has it).
+
+    With ``check`` the source's sizes and stored hashes are verified first, so corruption is never
+    replicated. The data key stays wrapped: any holder of the same KEK can read the copy.
+    """
+    prefix = checkpoint_prefix(job, checkpoint_id)
+    if dst.exists(prefix + "COMMIT"):
+        return 0
+    ck = StoredCheckpoint(src, job, checkpoint_id)
+    if check:
+        ck.check_stored()
+    sent = 0
+    for part in ck.part_names():
+        sent += copy_object(src, dst, prefix + ck.meta["parts"][part]["key"])
+    meta_key = str(ck.commit["meta_key"])
+    dst.put_bytes(prefix + meta_key, ck.meta_bytes)
+    sent += len(ck.meta_bytes)
+    commit_checkpoint(
+        dst,
+        job,
+        checkpoint_id,
+        meta_key,
+        ck.meta_bytes,
+        ck.step,
+        ck.content_hash,
+        update_latest=update_latest,
+    )
+    return sent
+
+
+def delete_checkpoint(store: ChunkStore, job: str, checkpoint_id: str) -> None:
+    """Remove a checkpoint: ``COMMIT`` first (it stops counting), then its other objects."""
+    prefix = checkpoint_prefix(job, checkpoint_id)
+    store.delete(prefix + "COMMIT")
+    for key in list(store.list_keys(prefix)):
+        store.delete(key)
+    if isinstance(store, LocalChunkStore):
+        with contextlib.suppress(OSError):
+            (store.root / prefix).rmdir()
+
+
+@dataclass
+class UploadEvent:
+    """One finished (or failed) upload of a checkpoint to a store."""
+
+    ref: CheckpointRef  # in the destination store
+    kind: str
+    tier: str  # "region" | "replica"
+    bytes: int
+    seconds: float
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class TieredCheckpointer:
+    """Writes checkpoints to the local tier and uploads them (in the background or at once).
+
+    ``on_upload`` is called from the uploading thread with each :class:`UploadEvent`.
+    """
+
+    def __init__(
+        self,
+        *,
+        job: str,
+        local_dir: Any,
+        region_store: ChunkStore,
+        keys: KeyProvider,
+        replicas: list[ChunkStore] | None = None,
+        keep_local: int = 2,
+        on_upload: Callable[[UploadEvent], None] | None = None,
+    ):
+        self.job = job
+        self.local = LocalChunkStore(local_dir)
+        self.region = region_store
+        self.replicas = list(replicas or [])
+        self.keys = keys
+        self.keep_local = max(1, keep_local)
+        self.on_upload = on_upload
+        self._queue: queue.Queue[tuple[CheckpointRef, str, dict[str, float]] | None] = queue.Queue()
+        self._lock = threading.Lock()  # one upload at a time, in order
+        self._thread = threading.Thread(target=self._run, name="checkpoint-upload", daemon=True)
+        self._thread.start()
+        self.local.remove_stale_temp_files()
+
+    # -- writing ----------------------------------------------------------------------------------------
+    def save(
+        self, payload: CheckpointPayload, *, sync: bool = False, timings: dict[str, float] | None = None
+    ) -> tuple[CheckpointRef, UploadEvent | None]:
+        """Commit ``payload`` on local disk; upload now (``sync``, no replication) or in the background.
+
+        Returns the local ref and, when ``sync``, the region upload event (its ``error`` set if it
+        failed: the checkpoint then exists only locally).
+        """
+        timings = timings if timings is not None else {}
+        local_ref = write_checkpoint(self.local, payload, self.keys, timings=timings)
+        if not sync:
+            self._queue.put((local_ref, payload.kind, dict(timings)))
+            return local_ref, None
+        self._drop_pending()
+        event = self._upload(local_ref, payload.kind, timings, replicate=False)
+        return local_ref, event
+
+    def _drop_pending(self) -> None:
+        # an emergency checkpoint supersedes queued periodic ones; the one in flight finishes first
+        with contextlib.suppress(queue.Empty):
+            while True:
+                item = self._queue.get_nowait()
+                self._queue.task_done()
+                if item is None:
+                    self._queue.put(None)
+                    break
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                ref, kind, timings = item
+                self._upload(ref, kind, timings, replicate=True)
+            except Exception:  # never kill the uploader; the checkpoint stays on local disk
+                log.exception("checkpoint upload failed")
+            finally:
+                self._queue.task_done()
+
+    def _upload(
+        self, local_ref: CheckpointRef, kind: str, timings: dict[str, float], *, replicate: bool
+    ) -> UploadEvent:
+        with self._lock:
+            event = self._copy(local_ref, self.region, kind, "region", timings)
+            if event.error is None:
+                timings["upload_s"] = event.seconds
+                if replicate:
+                    for replica in self.replicas:
+                        self._copy(local_ref, replica, kind, "replica", {})
+                self._prune_local()
+            return event
+
+    def _copy(
+        self, local_ref: CheckpointRef, store: ChunkStore, kind: str, tier: str, timings: dict[str, float]
+    ) -> UploadEvent:
+        t0 = time.perf_counter()
+        ref = CheckpointRef(
+            store.url, self.job, local_ref.checkpoint_id, local_ref.step, local_ref.content_hash
+        )
+        try:
+            sent = copy_checkpoint(self.local, store, self.job, local_ref.checkpoint_id, check=False)
+            event = UploadEvent(ref, kind, tier, sent, time.perf_counter() - t0, timings=dict(timings))
+            event.timings["upload_s"] = event.seconds
+            log.info(
+                "checkpoint %s step %d uploaded to %s (%d bytes, %.3fs)",
+                local_ref.checkpoint_id,
+                local_ref.step,
+                store.url,
+                sent,
+                event.seconds,
+            )
+        except Exception as exc:
+            event = UploadEvent(
+                ref, kind, tier, 0, time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}"
+            )
+            log.error(
+                "checkpoint %s upload to %s failed: %s", local_ref.checkpoint_id, store.url, event.error
+            )
+        if self.on_upload is not None:
+            try:
+                self.on_upload(event)
+            except Exception:
+                log.exception("on_upload callback failed")
+        return event
+
+    def _prune_local(self) -> None:
+        ids = list_checkpoints(self.local, self.job)
+        for old in ids[: -self.keep_local]:
+            if self.region.exists(checkpoint_prefix(self.job, old) + "COMMIT"):
+                delete_checkpoint(self.local, self.job, old)
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every queued upload is done; False on timeout."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self._queue.unfinished_tasks:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def close(self, timeout_s: float | None = None) -> bool:
+        """Finish queued uploads and stop the thread."""
+        done = self.flush(timeout_s)
+        self._queue.put(None)
+        self._thread.join(timeout=1.0 if not done else None)
+        return done

@@ -1,0 +1,173 @@
+"""``spotshift train`` (start or resume a declared job) and ``spotshift trainers`` (list, stop).
+
+Standard library at import time; torch is only imported by the trainer process itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="start or resume a declared training job as a trainer process",
+        description="Runs the job's trainer in LOCATION (a provider/region label; its checkpoints go to that "
+        "region's store). Resumes from the newest committed checkpoint there unless --resume says otherwise. "
+        "In the foreground, Ctrl-C stops it at the next step boundary with a committed checkpoint.",
+    )
+    p.add_argument("job", help="declared job name (spotshift.yaml, section jobs)")
+    p.add_argument(
+        "--location",
+        help="provider/region to run in (default: where the job last checkpointed, else its start_location)",
+    )
+    bound = p.add_mutually_exclusive_group()
+    bound.add_argument(
+        "--steps", type=int, help="run this many steps past the resumed checkpoint, then checkpoint and stop"
+    )
+    bound.add_argument("--until-step", type=int, help="stop (with a checkpoint) after this absolute step")
+    p.add_argument(
+        "--resume",
+        default="auto",
+        help="auto (newest checkpoint in LOCATION's store, default) | none | a checkpoint path/URL in any store",
+    )
+    p.add_argument(
+        "--replicate-to",
+        action="append",
+        default=[],
+        metavar="LOCATION",
+        help="also copy periodic checkpoints to this region's store (repeatable)",
+    )
+    p.add_argument(
+        "--checkpoint-every", type=int, metavar="STEPS", help="override the job's checkpoint_every_steps"
+    )
+    p.add_argument("--key-provider", help="key provider spec (default $SPOTSHIFT_KEY_PROVIDER or local)")
+    p.add_argument(
+        "--detach", action="store_true", help="start in the background and return (see spotshift trainers)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_train)
+
+    t = sub.add_parser("trainers", help="list or stop running trainer processes")
+    ts = t.add_subparsers(dest="trainers_command", metavar="ACTION")
+    ts.required = True
+    ls = ts.add_parser("list", help="live trainers (optionally in one location)")
+    ls.add_argument("--location", help="only trainers in this provider/region")
+    ls.add_argument("--json", action="store_true", help="print one JSON object")
+    ls.set_defaults(handler=_list)
+    st = ts.add_parser(
+        "stop", help="stop a job's trainer at the next step boundary with a committed checkpoint"
+    )
+    st.add_argument("job", help="job name")
+    st.add_argument(
+        "--preemption",
+        action="store_true",
+        help="treat it as a preemption (writes the preemption notice event the sensor reacts to)",
+    )
+    st.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for the checkpoint (default 300)"
+    )
+    st.add_argument("--json", action="store_true", help="print one JSON object")
+    st.set_defaults(handler=_stop)
+
+
+def _resume_arg(text: str) -> Any:
+    if text in ("auto", "none"):
+        return text
+    from spotshift.checkpoint.format import parse_checkpoint_path
+
+    store_url, _job, ckpt = parse_checkpoint_path(text)
+    return {"store_url": store_url, "checkpoint_id": ckpt or "latest"}
+
+
+def _train(args: argparse.Namespace) -> int:
+    from spotshift.cli import emit_json
+    from spotshift.training.backend import LocalProcessBackend
+    from spotshift.training.runs import build_request, collect, current_location
+
+    location = args.location or current_location(args.job)
+    req = build_request(
+        args.job,
+        location,
+        resume=_resume_arg(args.resume),
+        steps=args.steps,
+        until_step=args.until_step,
+        replicate_to=args.replicate_to,
+        key_provider=args.key_provider,
+        checkpoint_every_steps=args.checkpoint_every,
+        run_id="cli:train",
+    )
+    backend = LocalProcessBackend()
+    info = backend.start(req)
+    if args.detach:
+        out = {"started": True, **info.to_dict()}
+        emit_json(out) if args.json else print(
+            f"started {info.name} in {info.location} (pid {info.pid}); logs in {info.workdir}"
+        )
+        return 0
+
+    def forward(signum: int, _frame: Any) -> None:
+        sys.stderr.write("stopping at the next step boundary (checkpointing)...\n")
+        backend.stop(req.name, reason="interrupted from the command line", wait=False)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = collect(backend, req.name)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    code = int(result.get("exit_code", 1))
+    if code == 2:  # bad input or integrity: the trainer's one-line reason, exit 2
+        from spotshift.errors import ConfigError
+
+        raise ConfigError(str(result.get("error")))
+    if args.json:
+        emit_json(result)
+    else:
+        ck = result.get("checkpoint") or {}
+        print(
+            f"{result.get('status')}: {req.job} in {location} at step {result.get('step')} "
+            f"({result.get('steps_run', 0)} steps run)"
+            + (f"; checkpoint {ck.get('url')}" if ck else "")
+            + (f"; error: {result.get('error')}" if result.get("error") else "")
+        )
+    return code
+
+
+def _list(args: argparse.Namespace) -> int:
+    from spotshift.cli import emit_json
+    from spotshift.training.backend import LocalProcessBackend
+
+    backend = LocalProcessBackend()
+    live = backend.list(args.location)
+    if args.json:
+        emit_json({"trainers": [dict(t.to_dict(), step=backend.progress(t.name)) for t in live]})
+    else:
+        for t in live:
+            print(
+                f"{t.name:30s} {t.location:24s} pid {t.pid:<8d} step {backend.progress(t.name)}  {t.workdir}"
+            )
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from spotshift.cli import emit_json
+    from spotshift.training.backend import LocalProcessBackend
+    from spotshift.training.runs import stop_with_checkpoint
+
+    out = stop_with_checkpoint(
+        LocalProcessBackend(),
+        args.job,
+        reason="spotshift trainers stop",
+        preemption=args.preemption,
+        timeout_s=args.timeout,
+    )
+    if args.json:
+        emit_json({k: v for k, v in out.items() if k != "result"})
+    else:
+        verb = "stopped" if out["stopped"] else "no live trainer;"
+        print(f"{verb} {args.job} in {out['location']}: checkpoint {out['checkpoint']['url']}")
+    return 0

@@ -1,0 +1,111 @@
+"""Warehouse facts written by trainer processes, ingested by whoever collects the trainer.
+
+A trainer never waits on the DuckDB file lock while it trains or inside a preemption window: it
+appends rows as JSON lines to ``<workdir>/facts/<pid>.jsonl`` (fsync'ed), and :func:`ingest_facts`
+moves them into the warehouse later (the Dagster asset that waited for it, ``spotshift train``, or
+the trainer itself once it is done). Ingestion is idempotent: rows whose key is already in the
+table are skipped, and ingested files are renamed ``*.done``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+#: table -> columns that identify a row (for idempotent ingestion)
+ROW_KEYS: dict[str, tuple[str, ...]] = {
+    "raw.checkpoints": ("checkpoint_id", "url"),
+    "raw.compute_usage": ("usage_id",),
+    "raw.preemptions": ("notice_id",),
+    "raw.transfers": ("transfer_id",),
+    "raw.shadow_validations": ("validation_id",),
+}
+
+
+class FactLog:
+    """Append-only JSON-lines file of ``{"table": ..., "row": {...}}`` records (thread-safe)."""
+
+    def __init__(self, workdir: str | os.PathLike[str]):
+        self.dir = Path(workdir) / "facts"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / f"{os.getpid()}.jsonl"
+        self._lock = threading.Lock()
+
+    def append(self, table: str, row: Mapping[str, Any]) -> None:
+        if table not in ROW_KEYS:
+            raise ValueError(f"facts for {table} are not supported")
+        line = json.dumps({"table": table, "row": dict(row)}, sort_keys=True, default=str) + "\n"
+        with self._lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def pending_fact_files(workdir: str | os.PathLike[str]) -> list[Path]:
+    d = Path(workdir) / "facts"
+    return sorted(d.glob("*.jsonl")) if d.is_dir() else []
+
+
+def read_facts(paths: Iterable[Path]) -> dict[str, list[dict[str, Any]]]:
+    """Rows per table from fact files (a torn last line of a killed writer is skipped)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for p in paths:
+        for line in p.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            out.setdefault(rec["table"], []).append(rec["row"])
+    return out
+
+
+def ingest_facts(
+    workdir: str | os.PathLike[str],
+    *,
+    database: str | os.PathLike[str] | None = None,
+    timeout_s: float = 120.0,
+) -> dict[str, int]:
+    """Move pending facts of a trainer working directory into the warehouse; rows written per table.
+
+    Raises :class:`~spotshift.errors.ConfigError` when the warehouse stays locked past
+    ``timeout_s`` (the facts stay pending for the next attempt).
+    """
+    from spotshift import warehouse
+
+    files = pending_fact_files(workdir)
+    if not files:
+        return {}
+    facts = read_facts(files)
+    written: dict[str, int] = {}
+    with warehouse.connect(database, timeout_s=timeout_s) as con:
+        for table, rows in facts.items():
+            fresh = _unseen(con, table, rows)
+            if fresh:
+                written[table] = warehouse.append_rows(con, table, fresh)
+    for p in files:
+        os.replace(p, p.with_suffix(".done"))
+    return written
+
+
+def _unseen(con: Any, table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keys = ROW_KEYS[table]
+    seen: set[tuple[Any, ...]] = set()
+    ids = [r.get(keys[0]) for r in rows]
+    if ids:
+        cols = ", ".join(f'"{k}"' for k in keys)
+        placeholders = ", ".join("?" for _ in ids)
+        for rec in con.execute(
+            f'SELECT {cols} FROM {table} WHERE "{keys[0]}" IN ({placeholders})', ids
+        ).fetchall():
+            seen.add(tuple(rec))
+    out = []
+    for r in rows:
+        k = tuple(r.get(c) for c in keys)
+        if k not in seen:
+            seen.add(k)
+            out.append(r)
+    return out

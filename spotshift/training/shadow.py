@@ -1,0 +1,251 @@
+"""Shadow comparison: resume one checkpoint in the source and in the target, run both K steps, compare.
+
+Both sides are real trainer processes started by the :class:`ComputeBackend` in their locations,
+each resuming from its own location's copy of the same checkpoint (same id, so same content). They
+record per step: loss, gradient norm (before clipping) and per-layer activation statistics (mean,
+std and max |x| of each block's output and of the final norm); and the checkpoint after K steps.
+
+Compared (thresholds in :class:`ShadowThresholds`, defaults from DESIGN §3):
+
+* loss curves — max absolute difference, must be <= ``max_loss_diff`` (0.01);
+* gradient norms — max relative difference;
+* activation statistics — max relative difference (the mean is compared relative to the
+  layer's std, since a mean near zero has no useful relative scale);
+* the resulting checkpoints — content hash (identical bits) and plaintext bytes. Identical bits
+  are expected on identical hardware and software; across GPU models they are not, so by default
+  this check warns instead of failing (``require_identical_checkpoint``).
+
+A perturbation (``perturb``, e.g. ``{"learning_rate": 3e-3}``) is applied to the target side only:
+this is how a deliberately failing validation is produced.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from spotshift.errors import ConfigError
+from spotshift.training.backend import ComputeBackend, default_workdir
+from spotshift.training.request import TrainRequest
+
+
+@dataclass(frozen=True)
+class ShadowThresholds:
+    """Pass/fail limits of a shadow comparison."""
+
+    max_loss_diff: float = 0.01  # DESIGN §3: roll back when loss divergence > 0.01
+    max_grad_norm_rel_diff: float = 0.05
+    max_activation_rel_diff: float = 0.05
+    require_identical_checkpoint: bool = False
+
+
+@dataclass
+class ShadowComparison:
+    """The comparison of two shadow runs (what ``shadow_validation`` reports)."""
+
+    validation_id: str
+    job: str
+    source_location: str
+    target_location: str
+    checkpoint_id: str  # content hash both sides resumed from
+    checkpoint: str  # checkpoint id (s<step>-<hash>)
+    steps: int
+    max_loss_diff: float
+    max_grad_norm_rel_diff: float
+    max_activation_rel_diff: float
+    checkpoint_bytes_equal: bool
+    source_checkpoint_hash: str
+    target_checkpoint_hash: str
+    source_checkpoint_bytes: int
+    target_checkpoint_bytes: int
+    passed: bool
+    reasons: list[str]
+    thresholds: dict[str, Any]
+    perturb: dict[str, Any] = field(default_factory=dict)
+    source_losses: list[float] = field(default_factory=list)
+    target_losses: list[float] = field(default_factory=list)
+    validated_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def row(self) -> dict[str, Any]:
+        """The ``raw.shadow_validations`` row."""
+        return {
+            "validation_id": self.validation_id,
+            "job": self.job,
+            "source_location": self.source_location,
+            "target_location": self.target_location,
+            "checkpoint_id": self.checkpoint_id,
+            "steps": self.steps,
+            "max_loss_diff": self.max_loss_diff,
+            "max_grad_norm_rel_diff": self.max_grad_norm_rel_diff,
+            "max_activation_rel_diff": self.max_activation_rel_diff,
+            "checkpoint_bytes_equal": self.checkpoint_bytes_equal,
+            "passed": self.passed,
+            "reasons": json.dumps(self.reasons),
+            "validated_at": self.validated_at,
+        }
+
+
+def _rel(a: float, b: float, scale: float | None = None) -> float:
+    if a == b:
+        return 0.0
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return math.inf
+    denom = scale if scale is not None else max(abs(a), abs(b))
+    return abs(a - b) / max(denom, 1e-12)
+
+
+def compare_runs(
+    source: dict[str, Any],
+    target: dict[str, Any],
+    *,
+    thresholds: ShadowThresholds,
+    job: str,
+    source_location: str,
+    target_location: str,
+    resumed: dict[str, Any],
+    perturb: dict[str, Any] | None = None,
+) -> ShadowComparison:
+    """Compare the ``shadow`` sections of two trainer results."""
+    from spotshift.clock import virtual_now
+
+    a, b = source["steps"], target["steps"]
+    if len(a) != len(b) or not a:
+        raise ConfigError(f"shadow runs of {job} ran {len(a)} and {len(b)} steps: nothing to compare")
+    loss_diff = max(
+        abs(x["loss"] - y["loss"]) if math.isfinite(y["loss"]) else math.inf
+        for x, y in zip(a, b, strict=True)
+    )
+    grad_diff = max(_rel(x["grad_norm"], y["grad_norm"]) for x, y in zip(a, b, strict=True))
+    act_diff = 0.0
+    for x, y in zip(a, b, strict=True):
+        for layer, (mean_a, std_a, max_a) in x["activations"].items():
+            mean_b, std_b, max_b = y["activations"].get(layer, (math.nan,) * 3)
+            act_diff = max(
+                act_diff,
+                _rel(mean_a, mean_b, scale=max(abs(std_a), 1e-6)),
+                _rel(std_a, std_b),
+                _rel(max_a, max_b),
+            )
+    ca, cb = source["checkpoint"], target["checkpoint"]
+    bytes_equal = ca["content_hash"] == cb["content_hash"] and ca["plain_bytes"] == cb["plain_bytes"]
+    reasons = []
+    if not loss_diff <= thresholds.max_loss_diff:
+        reasons.append(f"loss divergence {loss_diff:.4g} > {thresholds.max_loss_diff}")
+    if not grad_diff <= thresholds.max_grad_norm_rel_diff:
+        reasons.append(f"gradient-norm difference {grad_diff:.4g} > {thresholds.max_grad_norm_rel_diff}")
+    if not act_diff <= thresholds.max_activation_rel_diff:
+        reasons.append(
+            f"activation-statistics difference {act_diff:.4g} > {thresholds.max_activation_rel_diff}"
+        )
+    if thresholds.require_identical_checkpoint and not bytes_equal:
+        reasons.append("resulting checkpoints differ")
+    return ShadowComparison(
+        validation_id=str(uuid.uuid4()),
+        job=job,
+        source_location=source_location,
+        target_location=target_location,
+        checkpoint_id=resumed["content_hash"],
+        checkpoint=resumed["checkpoint_id"],
+        steps=len(a),
+        max_loss_diff=_finite(loss_diff),
+        max_grad_norm_rel_diff=_finite(grad_diff),
+        max_activation_rel_diff=_finite(act_diff),
+        checkpoint_bytes_equal=bytes_equal,
+        source_checkpoint_hash=ca["content_hash"],
+        target_checkpoint_hash=cb["content_hash"],
+        source_checkpoint_bytes=int(ca["plain_bytes"]),
+        target_checkpoint_bytes=int(cb["plain_bytes"]),
+        passed=not reasons,
+        reasons=reasons,
+        thresholds=asdict(thresholds),
+        perturb=dict(perturb or {}),
+        source_losses=[x["loss"] for x in a],
+        target_losses=[y["loss"] for y in b],
+        validated_at=virtual_now().isoformat(),
+    )
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else 1e300
+
+
+def run_shadow_validation(
+    backend: ComputeBackend,
+    job: str,
+    *,
+    source_location: str,
+    target_location: str,
+    steps: int,
+    checkpoint_id: str | None = None,
+    thresholds: ShadowThresholds | None = None,
+    perturb: dict[str, Any] | None = None,
+    key_provider: str | None = None,
+    timeout_s: float = 600.0,
+    run_id: str | None = None,
+) -> ShadowComparison:
+    """Resume the checkpoint (default: newest in the source) on both sides, run ``steps``, compare.
+
+    The target must already hold the same checkpoint (``checkpoint_replicas``); otherwise
+    :class:`ConfigError` says so.
+    """
+    from spotshift.checkpoint.format import checkpoint_prefix, open_checkpoint
+    from spotshift.sync.store import open_store
+    from spotshift.training.facts import ingest_facts
+    from spotshift.training.runs import dataset_source, store_url_for
+
+    if steps <= 0:
+        raise ConfigError(f"shadow steps must be > 0, got {steps}")
+    src_url, dst_url = store_url_for(source_location), store_url_for(target_location)
+    ckpt = open_checkpoint(open_store(src_url), job, checkpoint_id)
+    if not open_store(dst_url).exists(checkpoint_prefix(job, ckpt.checkpoint_id) + "COMMIT"):
+        raise ConfigError(
+            f"{target_location} does not hold checkpoint {job}/{ckpt.checkpoint_id}: migrate it first (checkpoint_replicas)"
+        )
+    cfg = ckpt.meta["state"]["train_config"]
+    requests = {}
+    for side, location, url, over in (
+        ("source", source_location, src_url, {}),
+        ("target", target_location, dst_url, dict(perturb or {})),
+    ):
+        requests[side] = TrainRequest(
+            job=job,
+            location=location,
+            workdir=str(default_workdir(job, location, role="shadow", side=side)),
+            store_url=url,
+            dataset_source=dataset_source(cfg["dataset"]),
+            config=cfg,
+            resume={"store_url": url, "checkpoint_id": ckpt.checkpoint_id},
+            role="shadow",
+            shadow_steps=steps,
+            shadow_side=side,
+            overrides=over,
+            key_provider=key_provider,
+            watchers={},
+            run_id=run_id,
+        )
+    for req in requests.values():
+        backend.start(req)
+    results = {}
+    for side, req in requests.items():
+        results[side] = backend.wait(req.name, timeout_s=timeout_s)
+        ingest_facts(req.workdir)
+        if results[side].get("status") != "completed":
+            raise ConfigError(
+                f"shadow run ({side}, {req.location}) of {job} failed: {results[side].get('error')}"
+            )
+    return compare_runs(
+        results["source"]["shadow"],
+        results["target"]["shadow"],
+        thresholds=thresholds or ShadowThresholds(),
+        job=job,
+        source_location=source_location,
+        target_location=target_location,
+        resumed=ckpt.ref().to_dict(),
+        perturb=perturb,
+    )
