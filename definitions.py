@@ -10,6 +10,8 @@ import os
 
 import dagster as dg
 
+import assets.costs
+from resources.dbt import dbt_resource
 from resources.warehouse import WarehouseResource
 from spotshift.home import warehouse_path
 
@@ -19,13 +21,14 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 # dbt and every subprocess read the warehouse through the same variable as the resource
 os.environ.setdefault("SPOTSHIFT_WAREHOUSE", str(warehouse_path()))
 
-DOMAIN_MODULES: list = []
+DOMAIN_MODULES: list = [assets.costs]
 
 
 def build_resources() -> dict[str, object]:
     """Resources shared by every asset, sensor and op of the code location."""
     return {
         "warehouse": WarehouseResource(database=os.environ["SPOTSHIFT_WAREHOUSE"]),
+        "dbt": dbt_resource(),
     }
 
 

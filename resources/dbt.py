@@ -1,0 +1,37 @@
+"""The dbt_costs project for dagster-dbt, and the ``dbt`` resource that runs it.
+
+The manifest is prepared at load: during ``dagster dev`` by ``prepare_if_dev()`` (re-parsed on
+every reload), and whenever it is missing (a fresh clone loaded by ``make demo``); ``make test``
+runs ``dbt parse`` first. dbt reads the warehouse path from ``SPOTSHIFT_WAREHOUSE`` (the profile in
+dbt_costs/profiles.yml), the same file as the ``warehouse`` resource.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from dagster_dbt import DbtCliResource, DbtProject
+
+from spotshift.costs.dbt import dbt_executable
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+# dagster-dbt looks `dbt` up on PATH (also when it prepares the manifest); `.venv/bin/dagster dev`
+# and `.venv/bin/python -m pytest` run without the venv's bin directory on it
+if shutil.which("dbt") is None:
+    os.environ["PATH"] = os.path.dirname(dbt_executable()) + os.pathsep + os.environ.get("PATH", "")
+
+DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt_costs"
+
+dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
+dbt_project.prepare_if_dev()
+if not dbt_project.manifest_path.exists():
+    dbt_project.preparer.prepare(dbt_project)
+
+
+def dbt_resource() -> DbtCliResource:
+    """The ``dbt`` resource bound in definitions.py."""
+    return DbtCliResource(
+        project_dir=dbt_project, profiles_dir=os.fspath(DBT_PROJECT_DIR), dbt_executable=dbt_executable()
+    )
