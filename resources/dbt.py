@@ -1,8 +1,8 @@
 """The dbt_costs project for dagster-dbt, and the ``dbt`` resource that runs it.
 
 The manifest is prepared at load: during ``dagster dev`` by ``prepare_if_dev()`` (re-parsed on
-every reload), and whenever it is missing (a fresh clone loaded by ``make demo``); ``make test``
-runs ``dbt parse`` first. dbt reads the warehouse path from ``SPOTSHIFT_WAREHOUSE`` (the profile in
+every reload), and whenever it is missing or older than a project file (a fresh clone loaded by
+``make demo``, models edited since); ``make test`` runs ``dbt parse`` first. dbt reads the warehouse path from ``SPOTSHIFT_WAREHOUSE`` (the profile in
 dbt_costs/profiles.yml), the same file as the ``warehouse`` resource.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dagster_dbt import DbtCliResource, DbtProject
 
-from spotshift.costs.dbt import dbt_executable
+from spotshift.costs.dbt import dbt_executable, project_changed_since
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 # dagster-dbt looks `dbt` up on PATH (also when it prepares the manifest); `.venv/bin/dagster dev`
@@ -26,7 +26,11 @@ DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt_costs"
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
 dbt_project.prepare_if_dev()
-if not dbt_project.manifest_path.exists():
+if not dbt_project.manifest_path.exists() or project_changed_since(
+    dbt_project.manifest_path.stat().st_mtime, DBT_PROJECT_DIR
+):
+    # a fresh clone, or models edited since the last parse: a stale manifest would name models
+    # that dbt no longer builds (or miss new ones)
     dbt_project.preparer.prepare(dbt_project)
 
 

@@ -57,6 +57,19 @@ def dbt_project_dir() -> Path:
     return path
 
 
+def project_changed_since(timestamp: float, project: Path | None = None) -> str | None:
+    """A file of the dbt project (models, seeds, macros, tests, dbt_project.yml) modified after the
+    POSIX ``timestamp``, as a project-relative path; None when nothing changed."""
+    project = project or dbt_project_dir()
+    candidates = [project / "dbt_project.yml"]
+    for sub in ("models", "seeds", "macros", "tests"):
+        candidates += [f for f in (project / sub).rglob("*") if f.is_file()]
+    for f in candidates:
+        if f.stat().st_mtime > timestamp:
+            return str(f.relative_to(project))
+    return None
+
+
 def dbt_executable() -> str:
     """The ``dbt`` console script of this interpreter's environment."""
     candidate = Path(sys.executable).with_name("dbt")

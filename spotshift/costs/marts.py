@@ -112,7 +112,7 @@ def _project_changed_since(built_at: Any) -> str | None:
     """A dbt_costs file modified after ``built_at`` (naive UTC), or None."""
     from datetime import UTC
 
-    from spotshift.costs.dbt import dbt_project_dir
+    from spotshift.costs.dbt import dbt_project_dir, project_changed_since
 
     if built_at is None:
         return "never built"
@@ -120,15 +120,7 @@ def _project_changed_since(built_at: Any) -> str | None:
         project = dbt_project_dir()
     except ConfigError:
         return None
-    built = built_at.replace(tzinfo=UTC).timestamp()
-    for sub in ("models", "seeds", "macros", "tests"):
-        for f in (project / sub).rglob("*"):
-            if f.is_file() and f.stat().st_mtime > built:
-                return str(f.relative_to(project))
-    f = project / "dbt_project.yml"
-    if f.stat().st_mtime > built:
-        return "dbt_project.yml"
-    return None
+    return project_changed_since(built_at.replace(tzinfo=UTC).timestamp(), project)
 
 
 def ensure_marts(

@@ -112,7 +112,8 @@ transfer_charges as (
         t.dst_location as x_destination_location,
         t.run_id as x_run_id
     from {{ ref('fct_data_transfer') }} as t
-    where t.is_cross_location and (t.bytes_sent > 0 or t.egress_usd > 0)
+    -- uploads from outside any cloud location ("local") are not a provider's charge
+    where t.is_cross_location and t.src_location like '%/%' and (t.bytes_sent > 0 or t.egress_usd > 0)
 ),
 
 inference_charges as (

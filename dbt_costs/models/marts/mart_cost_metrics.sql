@@ -27,7 +27,7 @@ checkpoints as (
 ),
 
 preemptions as (
-    select * from {{ ref('stg_spotshift__preemptions') }} where recovery_s is not null and job is not null
+    select * from {{ ref('fct_preemptions') }} where recovery_s is not null and job is not null
 ),
 
 inference as (

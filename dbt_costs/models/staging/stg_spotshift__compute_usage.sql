@@ -1,5 +1,10 @@
+-- A table, not a view like the other staging models: three models read it and de-duplicating
+-- millions of intervals costs seconds each time (bench/bench_costs.py).
+{{ config(materialized='table') }}
 -- One row per compute interval (a retried write of the same usage_id is kept once).
--- usd falls back to price x hours when the writer left it empty.
+-- `hours` is the billed quantity: usd / price_usd_hour when the writer gave both (trainers bill
+-- the work their steps stand for, which a sped-up virtual clock does not show), else the length
+-- of the interval; `wall_hours` is always the length. usd falls back to price x wall hours.
 with source as (
     select * from {{ source('spotshift', 'compute_usage') }}
 ),
@@ -16,7 +21,11 @@ renamed as (
         lower(market) as market,
         started_at,
         ended_at,
-        greatest(epoch(ended_at - started_at), 0) / 3600.0 as hours,
+        case
+            when usd is not null and price_usd_hour > 0 then usd / price_usd_hour
+            else greatest(epoch(ended_at - started_at), 0) / 3600.0
+        end as hours,
+        greatest(epoch(ended_at - started_at), 0) / 3600.0 as wall_hours,
         coalesce(gpu_count, 1) as gpu_count,
         price_usd_hour,
         list_price_usd_hour,
@@ -29,5 +38,4 @@ renamed as (
     where usage_id is not null and job is not null and started_at is not null and ended_at is not null
 )
 
-select * from renamed
-qualify row_number() over (partition by usage_id order by ended_at desc) = 1
+select * from {{ deduplicate('renamed', 'usage_id', 'ended_at desc') }} as deduplicated
