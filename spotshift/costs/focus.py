@@ -161,9 +161,32 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+#: FOCUS metric columns (Decimal in the spec) and datetime columns (ISO 8601, UTC)
+NUMERIC_COLUMNS: tuple[str, ...] = (
+    "BilledCost",
+    "EffectiveCost",
+    "ListCost",
+    "ContractedCost",
+    "PricingQuantity",
+    "ConsumedQuantity",
+    "ListUnitPrice",
+    "ContractedUnitPrice",
+)
+DATETIME_COLUMNS: tuple[str, ...] = (
+    "BillingPeriodStart",
+    "BillingPeriodEnd",
+    "ChargePeriodStart",
+    "ChargePeriodEnd",
+)
+
+
 def focus_problems(con: Any, relation: str = FOCUS_VIEW) -> list[str]:
     """Every way ``relation`` (a table, view or ``read_csv(...)``/``read_parquet(...)`` expression)
-    falls short of FOCUS 1.2, one line each with the number of offending rows; empty when valid."""
+    falls short of FOCUS 1.2, one line each with the number of offending rows; empty when valid.
+
+    Values are cast before they are compared (``TRY_CAST``), so a CSV whose columns were read as
+    text is checked like a typed table, and a value of the wrong type is itself a problem.
+    """
     columns = [r[0] for r in con.execute(f"SELECT * FROM {relation} LIMIT 0").description]
     have = set(columns)
     problems = [
@@ -176,56 +199,77 @@ def focus_problems(con: Any, relation: str = FOCUS_VIEW) -> list[str]:
         for c in columns
         if c not in KNOWN_COLUMNS and not c.startswith("x_")
     ]
-    usage = "\"ChargeCategory\" IN ('Usage', 'Purchase')" + (
-        ' AND "ChargeClass" IS NULL' if "ChargeClass" in have else ""
-    )
+
+    def text(c: str) -> str:
+        return f"CAST({_q(c)} AS VARCHAR)"
+
+    def num(c: str) -> str:
+        return f"TRY_CAST({_q(c)} AS DOUBLE)"
+
+    def when(c: str) -> str:
+        return f"TRY_CAST({_q(c)} AS TIMESTAMPTZ)"
+
     rules: list[tuple[str, str]] = []
     rules += [(f"{_q(c)} IS NULL", f"{c} is null") for c in NON_NULL_COLUMNS if c in have]
+    rules += [
+        (f"{_q(c)} IS NOT NULL AND {num(c)} IS NULL", f"{c} not a number")
+        for c in NUMERIC_COLUMNS
+        if c in have
+    ]
+    rules += [
+        (f"{_q(c)} IS NOT NULL AND {when(c)} IS NULL", f"{c} not an ISO 8601 datetime")
+        for c in DATETIME_COLUMNS
+        if c in have
+    ]
     for col, values in ALLOWED_VALUES.items():
         if col in have:
             allowed = ", ".join("'" + v + "'" for v in values)
-            rules.append(
-                (f"{_q(col)} IS NOT NULL AND {_q(col)} NOT IN ({allowed})", f"{col} not an allowed value")
-            )
-    if "ServiceSubcategory" in have and "ServiceCategory" in have:
+            rules.append((f"{text(col)} NOT IN ({allowed})", f"{col} not an allowed value"))
+    if {"ServiceSubcategory", "ServiceCategory"} <= have:
         for cat, subs in SUBCATEGORIES.items():
             allowed = ", ".join("'" + v + "'" for v in subs)
             rules.append(
                 (
-                    f'"ServiceCategory" = \'{cat}\' AND "ServiceSubcategory" NOT IN ({allowed})',
+                    f"{text('ServiceCategory')} = '{cat}' AND {text('ServiceSubcategory')} NOT IN ({allowed})",
                     f"ServiceSubcategory not allowed under {cat}",
                 )
             )
     if "ChargeCategory" in have:
+        usage = f"{text('ChargeCategory')} IN ('Usage', 'Purchase')" + (
+            ' AND "ChargeClass" IS NULL' if "ChargeClass" in have else ""
+        )
         for col in ("PricingCategory", "PricingQuantity", "PricingUnit"):
             if col in have:
                 rules.append((f"{usage} AND {_q(col)} IS NULL", f"{col} is null on a usage or purchase row"))
         for col in ("BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "PricingQuantity"):
             if col in have:
-                rules.append((f"{usage} AND {_q(col)} < 0", f"{col} negative on a usage or purchase row"))
-    if "PricingCategory" in have and "CommitmentDiscountId" in have:
+                rules.append((f"{usage} AND {num(col)} < 0", f"{col} negative on a usage or purchase row"))
+    if {"PricingCategory", "CommitmentDiscountId"} <= have:
         rules.append(
             (
-                '"PricingCategory" = \'Committed\' AND "CommitmentDiscountId" IS NULL',
+                f"{text('PricingCategory')} = 'Committed' AND \"CommitmentDiscountId\" IS NULL",
                 "Committed without CommitmentDiscountId",
             )
         )
     if "BillingCurrency" in have:
         rules.append(
-            ("NOT regexp_full_match(\"BillingCurrency\", '[A-Z]{3}')", "BillingCurrency not an ISO 4217 code")
+            (
+                f"NOT regexp_full_match({text('BillingCurrency')}, '[A-Z]{{3}}')",
+                "BillingCurrency not an ISO 4217 code",
+            )
         )
-    if {"ChargePeriodStart", "ChargePeriodEnd"} <= have:
-        rules.append(
-            ('"ChargePeriodStart" >= "ChargePeriodEnd"', "ChargePeriodStart not before ChargePeriodEnd")
-        )
-    if {"BillingPeriodStart", "BillingPeriodEnd"} <= have:
-        rules.append(
-            ('"BillingPeriodStart" >= "BillingPeriodEnd"', "BillingPeriodStart not before BillingPeriodEnd")
-        )
-    if {"ChargePeriodStart", "ChargePeriodEnd", "BillingPeriodStart", "BillingPeriodEnd"} <= have:
+    pairs = (
+        (("ChargePeriodStart", "ChargePeriodEnd"), "ChargePeriodStart not before ChargePeriodEnd"),
+        (("BillingPeriodStart", "BillingPeriodEnd"), "BillingPeriodStart not before BillingPeriodEnd"),
+    )
+    for (start, end), label in pairs:
+        if {start, end} <= have:
+            rules.append((f"{when(start)} >= {when(end)}", label))
+    if set(DATETIME_COLUMNS) <= have:
         rules.append(
             (
-                '"ChargePeriodStart" < "BillingPeriodStart" OR "ChargePeriodEnd" > "BillingPeriodEnd"',
+                f"{when('ChargePeriodStart')} < {when('BillingPeriodStart')} "
+                f"OR {when('ChargePeriodEnd')} > {when('BillingPeriodEnd')}",
                 "charge period outside its billing period",
             )
         )

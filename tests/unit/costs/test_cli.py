@@ -137,3 +137,13 @@ def test_command_module_imports_only_the_standard_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_focus_check_reports_wrong_types_in_a_text_csv(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("BilledCost,ChargePeriodStart,ChargePeriodEnd\nabc,not a date,2024-04-01T00:00:00Z\n")
+    code, out, _ = run(capsys, "focus", "check", str(bad))
+    assert code == 1
+    assert "BilledCost not a number: 1 row(s)" in out
+    assert "ChargePeriodStart not an ISO 8601 datetime: 1 row(s)" in out
+    assert "missing FOCUS 1.2 column BillingAccountId" in out
