@@ -101,7 +101,7 @@ MART_KEYS = [
 
 
 @dg.asset(
-    deps=[*MART_KEYS, dg.AssetKey("int_price_curves"), dg.AssetKey("mart_build_state")],
+    deps=[*MART_KEYS, dg.AssetKey("stg_spotshift__price_quotes"), dg.AssetKey("mart_build_state")],
     group_name=GROUP,
     kinds={"duckdb", "matplotlib"},
     description="Markdown cost report with plots (price history with migrations; cumulative cost vs baselines), "

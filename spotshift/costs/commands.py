@@ -70,7 +70,7 @@ def _report(args: argparse.Namespace) -> int:
     built, reason = ensure_marts(path, mode=mode)
     if built:
         sys.stderr.write(f"spotshift: dbt build: {reason}\n")
-    require = (*REPORT_MARTS, "int_price_curves", "fct_gpu_usage") if args.out else REPORT_MARTS
+    require = (*REPORT_MARTS, "stg_spotshift__price_quotes", "fct_gpu_usage") if args.out else REPORT_MARTS
     with open_marts(path, require=require) as con:
         report = read_report(con, path)
         files = write_cost_report(con, args.out, str(path)) if args.out else None

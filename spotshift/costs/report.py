@@ -3,8 +3,8 @@ PNG plots (the ``cost_report`` asset).
 
 Plots (matplotlib, Agg backend, no display needed):
 
-* ``price_history.png`` — the spot price per GPU-hour of every quoted location (cheapest zone of
-  each poll) for the instance types the jobs ran on, with each migration marked where it landed;
+* ``price_history.png`` — the spot price per GPU-hour of each region (cheapest instance of the
+  jobs' GPU model at each poll) over the jobs' time span, with each migration marked where it landed;
 * ``cumulative_cost.png`` — the fleet's cumulative actual cost (compute + egress) against always
   on demand and staying on each job's first spot location, for the same work.
 """
@@ -239,53 +239,90 @@ def _pyplot():
     return plt
 
 
+#: at most this many quoted locations besides those the jobs used or moved between
+PRICE_PLOT_LOCATIONS = 8
+
+
 def plot_price_history(con: Any, path: Path) -> Path:
-    """Spot price per GPU-hour per location over time, migrations marked; PNG at ``path``."""
+    """Spot price per GPU-hour per region over time, migrations marked; PNG at ``path``.
+
+    One GPU model: the one the jobs used most (else the most quoted). One line per location: the
+    cheapest spot instance of that model at each poll. Shown: every location a job ran in or moved
+    between, plus the cheapest others on average; the time axis covers the jobs' runs when there
+    are any (with a day either side), else all quotes.
+    """
+    import bisect
+
     plt = _pyplot()
-    used = [r[0] for r in con.execute("SELECT DISTINCT instance_type FROM fct_gpu_usage").fetchall()]
-    where = "market = 'spot'" + (
-        " AND instance_type IN (SELECT instance_type FROM fct_gpu_usage)" if used else ""
-    )
-    curves = con.execute(
-        f"""SELECT location || ' ' || instance_type, valid_from, price_usd_gpu_hour
-            FROM int_price_curves WHERE {where} ORDER BY 1, 2"""
+    model = con.execute(
+        """SELECT coalesce(
+               (SELECT gpu_model FROM fct_gpu_usage WHERE gpu_model IS NOT NULL
+                GROUP BY 1 ORDER BY sum(gpu_hours) DESC, 1 LIMIT 1),
+               (SELECT gpu_model FROM stg_spotshift__price_quotes WHERE market = 'spot' AND gpu_model IS NOT NULL
+                GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1))"""
+    ).fetchone()[0]
+    window = con.execute(
+        "SELECT min(started_at) - INTERVAL 1 DAY, max(ended_at) + INTERVAL 1 DAY FROM fct_gpu_usage"
+    ).fetchone()
+    rows = con.execute(
+        """WITH series AS (
+               SELECT location, polled_at, min(price_usd_gpu_hour) AS price
+               FROM stg_spotshift__price_quotes
+               WHERE market = 'spot' AND gpu_model = ?
+                 AND (CAST(? AS TIMESTAMP) IS NULL OR polled_at BETWEEN ? AND ?)
+               GROUP BY ALL
+           ),
+           involved AS (
+               SELECT location FROM fct_gpu_usage
+               UNION SELECT from_location FROM fct_migrations
+               UNION SELECT to_location FROM fct_migrations
+           ),
+           cheapest AS (
+               SELECT location FROM series GROUP BY 1 ORDER BY avg(price), 1 LIMIT ?
+           )
+           SELECT location, polled_at, price FROM series
+           WHERE location IN (SELECT location FROM involved UNION SELECT location FROM cheapest)
+           ORDER BY location, polled_at""",
+        [model, window[0], window[0], window[1], PRICE_PLOT_LOCATIONS],
     ).fetchall()
     moves = con.execute(
-        """SELECT m.trigger, m.status, m.ended_at, m.to_location,
-                  (SELECT c.price_usd_gpu_hour FROM int_price_curves c
-                   WHERE c.location = m.to_location AND c.market = 'spot' AND c.valid_from <= m.ended_at
-                   ORDER BY c.valid_from DESC LIMIT 1) AS price
-           FROM fct_migrations m ORDER BY m.ended_at"""
+        "SELECT trigger, status, ended_at, to_location FROM fct_migrations ORDER BY ended_at, migration_id"
     ).fetchall()
-    fig, ax = plt.subplots(figsize=(10, 4.8), dpi=100)
     series: dict[str, tuple[list, list]] = {}
-    for name, at, price in curves:
-        xs, ys = series.setdefault(name, ([], []))
+    for location, at, price in rows:
+        xs, ys = series.setdefault(location, ([], []))
         xs.append(at)
         ys.append(price)
+    # a price holds until the next poll: carry each line to the end of the window
+    end = window[1] or max((xs[-1] for xs, _ in series.values()), default=None)
+    fig, ax = plt.subplots(figsize=(11, 4.8), dpi=100)
     for name, (xs, ys) in series.items():
-        ax.step(xs, ys, where="post", label=name, linewidth=1.2)
+        if end is not None and xs[-1] < end:
+            xs, ys = [*xs, end], [*ys, ys[-1]]
+        ax.step(xs, ys, where="post", label=name, linewidth=1.2, marker="o", markersize=2, markevery=[0])
     styles = {
         "price": ("^", "tab:green", "price move"),
         "preemption": ("x", "tab:red", "preemption recovery"),
         "rollback": ("v", "tab:purple", "rollback"),
     }
-    seen = set()
-    for trigger, status, at, _to, price in moves:
-        if price is None:
+    seen: set[str] = set()
+    for trigger, status, at, to in moves:
+        xs, ys = series.get(to, ([], []))
+        i = bisect.bisect_right(xs, at) - 1
+        if i < 0:
             continue
         marker, color, label = styles.get(trigger, ("o", "tab:gray", trigger))
         if status == "rolled_back":
             marker, color, label = "v", "tab:purple", "rolled back"
         ax.scatter(
-            [at], [price], marker=marker, color=color, s=46, zorder=3, label=None if label in seen else label
+            [at], [ys[i]], marker=marker, color=color, s=46, zorder=3, label=None if label in seen else label
         )
         seen.add(label)
-    ax.set_title("Spot price per GPU-hour by location, with migrations")
-    ax.set_ylabel("USD per GPU-hour")
+    ax.set_title(f"Spot price per GPU-hour by region ({model or 'no quotes'}), with migrations")
+    ax.set_ylabel("USD per GPU-hour (cheapest instance)")
     ax.grid(alpha=0.3)
-    if series or seen:
-        ax.legend(fontsize=7, loc="upper left", ncol=2)
+    if series:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
         ax.text(
             0.5,
