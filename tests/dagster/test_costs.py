@@ -68,6 +68,7 @@ def test_cost_report_schedule_runs_dbt_and_the_report_daily(repo) -> None:
     assert len(result.run_requests) == 1
 
 
+@pytest.mark.slow
 def test_materialize_dbt_assets_and_cost_report_into_temp_home(spotshift_home: Path) -> None:
     import assets.costs as costs
     from resources.dbt import dbt_resource

@@ -65,6 +65,7 @@ def test_report_out_writes_markdown_and_plots(warehouse_copy: Path, tmp_path: Pa
         assert (out_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_report_builds_missing_marts_from_raw_facts(spotshift_home: Path, capsys) -> None:
     # what `make demo` leaves behind: raw facts, no marts yet -> report runs dbt build first
     with connect(spotshift_home / "warehouse.duckdb") as con:
