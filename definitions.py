@@ -11,7 +11,12 @@ import os
 import dagster as dg
 
 import assets.costs
+import assets.placement
+import assets.quotes
+import sensors.jobs
+import sensors.price_poll
 from resources.dbt import dbt_resource
+from resources.prices import PriceFeedResource
 from resources.warehouse import WarehouseResource
 from spotshift.home import warehouse_path
 
@@ -21,7 +26,13 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 # dbt and every subprocess read the warehouse through the same variable as the resource
 os.environ.setdefault("SPOTSHIFT_WAREHOUSE", str(warehouse_path()))
 
-DOMAIN_MODULES: list = [assets.costs]
+DOMAIN_MODULES: list = [
+    assets.quotes,
+    sensors.price_poll,
+    assets.placement,
+    sensors.jobs,
+    assets.costs,
+]
 
 
 def build_resources() -> dict[str, object]:
@@ -29,6 +40,7 @@ def build_resources() -> dict[str, object]:
     return {
         "warehouse": WarehouseResource(database=os.environ["SPOTSHIFT_WAREHOUSE"]),
         "dbt": dbt_resource(),
+        "prices": PriceFeedResource.from_env(),
     }
 
 

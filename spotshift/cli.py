@@ -21,7 +21,12 @@ from collections.abc import Sequence
 from typing import Any
 
 #: modules that contribute command groups, in ``--help`` order
-COMMAND_MODULES: tuple[str, ...] = ("spotshift.costs.commands",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "spotshift.pricing.commands",
+    "spotshift.placement.commands",
+    "spotshift.simulate.commands",
+    "spotshift.costs.commands",
+)
 
 
 def emit_json(obj: Any) -> None:

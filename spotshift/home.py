@@ -65,13 +65,17 @@ def run_dir() -> Path:
 def shared_data_file(name: str) -> Path | None:
     """A file of ``../shared/data`` (the real third-party data that must not be copied into the repo).
 
-    Looked up from ``SPOTSHIFT_SHARED_DATA``, then ``<repo>/../shared/data``; ``None`` when absent.
+    Looked up in ``SPOTSHIFT_SHARED_DATA`` when set (and only there, so pointing it at an empty
+    directory simulates a fresh clone elsewhere), else ``<repo>/../shared/data`` and
+    ``$PWD/../shared/data``; ``None`` when absent.
     """
-    candidates = []
     if os.environ.get("SPOTSHIFT_SHARED_DATA"):
-        candidates.append(Path(os.environ["SPOTSHIFT_SHARED_DATA"]))
-    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data")
-    candidates.append(Path.cwd().parent / "shared" / "data")
+        candidates = [Path(os.environ["SPOTSHIFT_SHARED_DATA"])]
+    else:
+        candidates = [
+            Path(__file__).resolve().parents[2] / "shared" / "data",
+            Path.cwd().parent / "shared" / "data",
+        ]
     for c in candidates:
         p = c / name
         if p.is_file():
@@ -118,6 +122,10 @@ def init_home(*, max_concurrent_runs: int = 4) -> Path:
     cfg = dagster_home() / "dagster.yaml"
     if not cfg.exists():
         pg = os.environ.get("SPOTSHIFT_DAGSTER_POSTGRES_URL", "")
+        # dagster-postgres ships psycopg2; SQLAlchemy 2.1 would pick psycopg 3 for a bare URL
+        for bare in ("postgresql://", "postgres://"):
+            if pg.startswith(bare):
+                pg = "postgresql+psycopg2://" + pg[len(bare) :]
         storage = _POSTGRES_STORAGE.format(url=pg) if pg else ""
         atomic_write_text(cfg, _DAGSTER_YAML.format(max_runs=max_concurrent_runs, storage=storage))
     return home

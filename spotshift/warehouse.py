@@ -50,7 +50,11 @@ RAW_TABLES: dict[str, tuple[Column, ...]] = {
         ("price_usd_hour", "DOUBLE", "Instance price, USD per hour"),
         ("effective_gpu_hour_usd", "DOUBLE", "DESIGN §3 effective GPU-hour, USD"),
         ("net_gbps", "DOUBLE", "Instance network bandwidth, Gbit/s"),
-        ("storage_gbps", "DOUBLE", "Local storage bandwidth, Gbit/s"),
+        (
+            "storage_gbps",
+            "DOUBLE",
+            "Storage bandwidth the instance can read training data at (documented block-storage throughput, see spotshift/pricing/catalog.py), Gbit/s",
+        ),
         ("topology_score", "DOUBLE", "0-10; NVLink multi-GPU >= 7"),
         ("observed_at", "TIMESTAMP", "When the provider published the price (UTC)"),
         ("source", "VARCHAR", "Feed that produced the quote: replay | synthetic | aws | gcp | azure"),
@@ -191,6 +195,39 @@ RAW_TABLES: dict[str, tuple[Column, ...]] = {
 #: schema ``main``: curated tables written by assets (dbt models live next to them).
 MAIN_TABLES: dict[str, tuple[Column, ...]] = {
     "gpu_quotes": RAW_TABLES["price_quotes"],
+    "placement_candidates": _cols(
+        ("decision_id", "VARCHAR", "raw.decisions row this candidate was scored for"),
+        ("job", "VARCHAR", "Training job name"),
+        ("snapshot_id", "VARCHAR", "Quote snapshot the candidate came from"),
+        ("decided_at", "TIMESTAMP", "Virtual-clock time of the decision (UTC)"),
+        ("rank", "INTEGER", "1 = best eligible candidate; NULL when rejected"),
+        ("location", "VARCHAR", "provider/region"),
+        ("zone", "VARCHAR", "Zone when the quote has one"),
+        ("market", "VARCHAR", "spot | on_demand"),
+        ("instance_type", "VARCHAR", "Provider instance type"),
+        ("gpu_model", "VARCHAR", "Canonical GPU model"),
+        ("gpu_count", "INTEGER", "GPUs per instance"),
+        ("price_usd_hour", "DOUBLE", "Instance price, USD per hour"),
+        ("effective_gpu_hour_usd", "DOUBLE", "DESIGN §3 effective GPU-hour, USD"),
+        (
+            "transfer_penalty_gpu_hour_usd",
+            "DOUBLE",
+            "Egress of missing data + checkpoint, amortized, USD per GPU-hour",
+        ),
+        ("locality_bonus_gpu_hour_usd", "DOUBLE", "Checkpoint-locality bonus, USD per GPU-hour"),
+        ("score_gpu_hour_usd", "DOUBLE", "Seed score: effective + penalty - bonus, USD per GPU-hour"),
+        ("risk_gpu_hour_usd", "DOUBLE", "Expected preemption cost, USD per GPU-hour (spot only)"),
+        ("expected_gpu_hour_usd", "DOUBLE", "Score + risk: the ranking key, USD per GPU-hour"),
+        ("dataset_missing_bytes", "BIGINT", "Dataset bytes not yet in that location"),
+        ("checkpoint_missing_bytes", "BIGINT", "Latest-checkpoint bytes not yet in that location"),
+        ("egress_usd", "DOUBLE", "Egress to bring the missing bytes, USD"),
+        ("transfer_hours", "DOUBLE", "Time to copy the missing bytes, hours"),
+        ("amortization_hours", "DOUBLE", "Hours the transfer penalty is spread over"),
+        ("preemptions_per_hour", "DOUBLE", "Estimated spot preemption rate of the location"),
+        ("eligible", "BOOLEAN", "Passed every rule (location, GPU, topology, price cap, capacity)"),
+        ("rejected_reasons", "VARCHAR", "Why the candidate was rejected ('; '-separated)"),
+        ("chosen", "BOOLEAN", "The decision's target"),
+    ),
 }
 
 _LOCK_MARKERS = ("could not set lock", "conflicting lock", "lock on file", "database is locked")

@@ -12,6 +12,7 @@ refuses malformed files with one line naming the file, the line and the column.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,15 @@ REQUIRED_COLUMNS = (
     "spot_hour",
 )
 OPTIONAL_COLUMNS = ("provider", "zone", "source")
+
+
+def _iso_utc(text: str) -> datetime | None:
+    """An ISO-8601 date or timestamp as aware UTC (naive means UTC); ``None`` when not ISO-8601."""
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 def read_price_history(path: str | Path) -> Any:
@@ -62,9 +72,16 @@ def read_price_history(path: str | Path) -> Any:
 
     for col in ("instance_type", "gpu_model", "region"):
         bad_line(raw[col].is_null() | (raw[col].str.strip_chars() == ""), col, "is empty")
-    observed = (
-        raw["observed_at"].str.strip_chars().str.to_datetime(time_zone="UTC", strict=False, format=None)
-    )
+    stamps = raw["observed_at"].str.strip_chars()
+    # fast vectorized path for the usual full form with offset; any other ISO-8601 spelling (a date,
+    # no offset, "Z", a space separator) is parsed once per distinct value, so rows may mix forms
+    observed = stamps.str.to_datetime(format="%Y-%m-%dT%H:%M:%S%.f%z", time_zone="UTC", strict=False)
+    rest = stamps.filter(observed.is_null() & stamps.is_not_null()).unique()
+    if len(rest):
+        parsed = {s: _iso_utc(s) for s in rest.to_list()}
+        observed = observed.fill_null(
+            stamps.replace_strict(parsed, default=None, return_dtype=pl.Datetime("us", "UTC"))
+        )
     bad_line(observed.is_null(), "observed_at", "is not an ISO-8601 timestamp")
     gpu_count = raw["gpu_count"].str.strip_chars().cast(pl.Int32, strict=False)
     bad_line(gpu_count.is_null() | (gpu_count <= 0), "gpu_count", "is not a positive integer")

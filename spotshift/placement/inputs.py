@@ -1,0 +1,294 @@
+"""Assemble :class:`~spotshift.placement.economics.DecisionInputs` for a declared job from the
+warehouse and the job's placement state, decide, and record the decision.
+
+This is what ``placement_plan`` and ``price_change_sensor`` call::
+
+    with warehouse.connect() as con:
+        decision = decide_for_job(con, "llm-ft", now=virtual_now())
+        record_decision(con, decision)
+    if decision.action == "move":
+        RunRequest(run_key=decision.run_key(), ...)
+
+Where each input comes from:
+
+* quotes — the latest snapshot of ``main.gpu_quotes`` (greatest ``polled_at``);
+* current placement, cooldown, unfit targets — :mod:`spotshift.placement.state`;
+* work left — the job's latest checkpoint in ``raw.checkpoints`` (steps x ``hours_per_step``),
+  minus the time run since that checkpoint (or since the placement started, if later);
+* bytes present per location — the dataset: destinations (and sources) of ``raw.transfers`` of
+  kind ``dataset`` for the latest manifest root, plus the dataset's declared ``location`` in the
+  registry when it has one; older roots count as stale replicas holding all but the bytes the last
+  sync found changed. The checkpoint: where ``raw.checkpoints`` wrote the latest one and where
+  ``raw.transfers`` of kind ``checkpoint`` delivered it; places holding older checkpoints keep the
+  share tensor deltas of this job did not resend (median ``bytes_sent / bytes_full``, 1.0 unknown);
+* preemption risk — ``raw.preemptions`` over spot hours of ``raw.compute_usage`` per location
+  (:func:`spotshift.placement.risk.risk_from_observations`), the prior for unobserved locations;
+* spot capacity gone — locations with a preemption notice more recent than their estimated
+  mean outage.
+"""
+
+from __future__ import annotations
+
+import statistics
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from spotshift.errors import NotFoundError
+from spotshift.jobs import TrainingJob, get_job
+from spotshift.placement.economics import Decision, DecisionInputs, Placement, decide
+from spotshift.placement.params import PlacementParams
+from spotshift.placement.risk import RegionRisk, estimate, risk_from_observations
+from spotshift.placement.scoring import DataFootprint
+from spotshift.placement.state import PlacementState, load_state
+from spotshift.pricing.quote import QUOTE_FIELDS, NormalizedGPUQuote
+
+NO_SPOT_REASON = "no spot capacity (preempted)"
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    if dt is None:
+        return None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def _first(con: Any, sql: str, params: list[Any] | None = None) -> tuple[Any, ...] | None:
+    """First row of a query (fetching all rows, so the connection is free for the next statement)."""
+    rows = con.execute(sql, params or []).fetchall()
+    return rows[0] if rows else None
+
+
+def latest_snapshot(con: Any) -> tuple[str, datetime] | None:
+    """(snapshot id, polled_at) of the most recent quote snapshot in ``main.gpu_quotes``."""
+    row = _first(
+        con,
+        "SELECT snapshot_id, max(polled_at) AS t FROM main.gpu_quotes "
+        "GROUP BY snapshot_id ORDER BY t DESC NULLS LAST, snapshot_id DESC LIMIT 1",
+    )
+    if row is None:
+        return None
+    return str(row[0]), _utc(row[1]) or datetime.min.replace(tzinfo=UTC)
+
+
+def load_quotes(con: Any, snapshot_id: str) -> list[NormalizedGPUQuote]:
+    """Every quote of one snapshot as contract objects."""
+    cols = ", ".join(f'"{c}"' for c in QUOTE_FIELDS)
+    rows = con.execute(f"SELECT {cols} FROM main.gpu_quotes WHERE snapshot_id = ?", [snapshot_id]).fetchall()
+    out = []
+    for r in rows:
+        d = dict(zip(QUOTE_FIELDS, r, strict=True))
+        d["zone"] = d["zone"] or ""
+        d["observed_at"] = _utc(d["observed_at"]) or datetime.min.replace(tzinfo=UTC)
+        d["source"] = d["source"] or ""
+        for k in ("net_gbps", "storage_gbps", "topology_score"):
+            d[k] = float(d[k]) if d[k] is not None else 0.0
+        out.append(NormalizedGPUQuote(**d))
+    return out
+
+
+def load_footprint(con: Any, job: TrainingJob) -> DataFootprint:
+    """Dataset and latest-checkpoint bytes of ``job`` and what of them each location holds."""
+    dataset_bytes, dataset_present = _dataset_presence(con, job.dataset)
+    ckpt_bytes, ckpt_present = _checkpoint_presence(con, job.name)
+    return DataFootprint(dataset_bytes, ckpt_bytes, dataset_present, ckpt_present)
+
+
+def _dataset_presence(con: Any, dataset: str) -> tuple[int, dict[str, int]]:
+    rows = con.execute(
+        "SELECT src_location, dst_location, root, bytes_full, bytes_changed FROM raw.transfers "
+        "WHERE kind = 'dataset' AND entity = ? ORDER BY started_at, transfer_id",
+        [dataset],
+    ).fetchall()
+    declared = _declared_dataset_location(dataset)
+    if not rows:
+        return 0, {}
+    latest_root, full, changed = rows[-1][2], int(rows[-1][3] or 0), int(rows[-1][4] or 0)
+    present: dict[str, int] = {}
+    stale_keep = max(0, full - changed)
+    for src, dst, root, _, _ in rows:
+        if root == latest_root:
+            for loc in (src, dst):
+                if loc:
+                    present[loc] = full
+        elif dst and present.get(dst, 0) < full:
+            present[dst] = stale_keep
+    if declared:
+        present.setdefault(declared, stale_keep)
+    return full, present
+
+
+def _declared_dataset_location(dataset: str) -> str | None:
+    from spotshift import registry
+    from spotshift.errors import ConfigError
+
+    try:
+        entry = registry.get("datasets", dataset)
+    except ConfigError:  # not declared: the location is optional
+        return None
+    loc = entry.get("location")
+    return loc if isinstance(loc, str) and "/" in loc else None
+
+
+def _checkpoint_presence(con: Any, job: str) -> tuple[int, dict[str, int]]:
+    latest = _first(
+        con,
+        "SELECT checkpoint_id, location, bytes FROM raw.checkpoints WHERE job = ? "
+        "ORDER BY step DESC, created_at DESC LIMIT 1",
+        [job],
+    )
+    if latest is None:
+        return 0, {}
+    ckpt_id, loc, nbytes = latest[0], latest[1], int(latest[2] or 0)
+    ratios = [
+        r[0] / r[1]
+        for r in con.execute(
+            "SELECT bytes_sent, bytes_full FROM raw.transfers WHERE kind = 'checkpoint' AND entity = ? "
+            "AND method = 'tensor_delta' AND bytes_full > 0 AND bytes_sent IS NOT NULL",
+            [job],
+        ).fetchall()
+    ]
+    keep = int(nbytes * (1.0 - min(1.0, statistics.median(ratios)))) if ratios else 0
+    present: dict[str, int] = {}
+    older = con.execute(
+        "SELECT DISTINCT location FROM raw.checkpoints WHERE job = ? AND checkpoint_id <> ? "
+        "UNION SELECT DISTINCT dst_location FROM raw.transfers WHERE kind = 'checkpoint' AND entity = ? "
+        "AND root <> ?",
+        [job, ckpt_id, job, ckpt_id],
+    ).fetchall()
+    for (where,) in older:
+        if where:
+            present[where] = keep
+    for (where,) in con.execute(
+        "SELECT DISTINCT dst_location FROM raw.transfers WHERE kind = 'checkpoint' AND entity = ? AND root = ?",
+        [job, ckpt_id],
+    ).fetchall():
+        if where:
+            present[where] = nbytes
+    if loc:
+        present[loc] = nbytes
+    return nbytes, present
+
+
+def load_progress(con: Any, job: TrainingJob, state: PlacementState, now: datetime) -> tuple[float, float]:
+    """(instance-hours of work left, hours of work since the last checkpoint)."""
+    row = _first(
+        con,
+        "SELECT step, created_at FROM raw.checkpoints WHERE job = ? ORDER BY step DESC, created_at DESC LIMIT 1",
+        [job.name],
+    )
+    step, ckpt_at = (int(row[0] or 0), _utc(row[1])) if row else (0, None)
+    left = max(0.0, (job.total_steps - step) * job.hours_per_step)
+    age = 0.0
+    if state.running:
+        since = [t for t in (ckpt_at, _utc(_parse(state.placed_at))) if t is not None]
+        if since:
+            age = max(0.0, (now - max(since)).total_seconds() / 3600.0)
+        age = min(age, left)
+    return max(0.0, left - age), age
+
+
+def _parse(text: str | None) -> datetime | None:
+    from spotshift.clock import parse_utc
+
+    return parse_utc(text) if text else None
+
+
+def load_risks(con: Any, locations: list[str]) -> dict[str, RegionRisk]:
+    """Per-location risk from the warehouse; the prior for ``locations`` never observed."""
+    pre = dict(con.execute("SELECT location, count(*) FROM raw.preemptions GROUP BY location").fetchall())
+    hours = dict(
+        con.execute(
+            "SELECT provider || '/' || region, "
+            "sum(date_diff('millisecond', started_at, ended_at)) / 3600000.0 "
+            "FROM raw.compute_usage WHERE market = 'spot' AND ended_at IS NOT NULL GROUP BY 1"
+        ).fetchall()
+    )
+    outage = dict(
+        con.execute(
+            "SELECT location, sum(date_diff('millisecond', noticed_at, recovered_at)) / 3600000.0 "
+            "FROM raw.preemptions WHERE recovered_at IS NOT NULL GROUP BY location"
+        ).fetchall()
+    )
+    risks = risk_from_observations(pre, {k: float(v or 0.0) for k, v in hours.items()}, outage or None)
+    for loc in locations:
+        risks.setdefault(loc, estimate(loc, 0, 0.0))
+    return risks
+
+
+def recently_preempted(con: Any, risks: dict[str, RegionRisk], now: datetime) -> dict[str, str]:
+    """Locations whose last preemption notice is younger than their estimated mean outage."""
+    out = {}
+    for loc, last in con.execute(
+        "SELECT location, max(noticed_at) FROM raw.preemptions GROUP BY location"
+    ).fetchall():
+        t = _utc(last)
+        r = risks.get(loc)
+        if t is None or r is None:
+            continue
+        if now - t < timedelta(hours=r.mean_outage_hours):
+            out[loc] = f"{NO_SPOT_REASON} at {t.isoformat()}"
+    return out
+
+
+def assemble_inputs(
+    con: Any,
+    job_name: str,
+    *,
+    now: datetime,
+    job: TrainingJob | None = None,
+    state: PlacementState | None = None,
+) -> DecisionInputs:
+    """Everything :func:`decide` needs for ``job_name`` (see the module doc for the sources).
+
+    :class:`NotFoundError` when the warehouse has no quote snapshot yet.
+    """
+    job = job or get_job(job_name)
+    state = state or load_state(job_name)
+    snap = latest_snapshot(con)
+    if snap is None:
+        raise NotFoundError("main.gpu_quotes has no quote snapshot yet: poll prices first")
+    quotes = load_quotes(con, snap[0])
+    remaining, age = load_progress(con, job, state, now)
+    risks = load_risks(con, sorted({q.location for q in quotes if q.market == "spot"}))
+    current = None
+    if state.location and state.market and state.instance_type:
+        current = Placement(
+            state.location, state.market, state.instance_type, state.zone, state.price_usd_hour
+        )
+    return DecisionInputs(
+        job=job,
+        quotes=quotes,
+        now=now,
+        remaining_hours=remaining,
+        footprint=load_footprint(con, job),
+        current=current,
+        current_running=state.running,
+        checkpoint_age_hours=age,
+        risks=risks,
+        no_spot=recently_preempted(con, risks, now),
+        unfit=state.unfit_at(now),
+        cooldown_until=state.cooldown_until_dt(),
+        snapshot_id=snap[0],
+    )
+
+
+def decide_for_job(
+    con: Any, job_name: str, *, now: datetime, params: PlacementParams | None = None
+) -> Decision:
+    """Assemble the inputs for ``job_name`` and run :func:`decide`."""
+    return decide(assemble_inputs(con, job_name, now=now), params)
+
+
+def record_decision(con: Any, decision: Decision, *, candidates: bool = True) -> bool:
+    """Append the decision to ``raw.decisions`` (and its candidates to ``main.placement_candidates``)
+    unless a decision with the same id was recorded before; returns whether it was written."""
+    from spotshift.warehouse import append_rows
+
+    exists = _first(con, "SELECT count(*) FROM raw.decisions WHERE decision_id = ?", [decision.decision_id])[
+        0
+    ]
+    if exists:
+        return False
+    append_rows(con, "raw.decisions", [decision.to_row()])
+    if candidates:
+        append_rows(con, "main.placement_candidates", decision.candidate_rows())
+    return True

@@ -1,0 +1,224 @@
+"""Per-job placement state: where a training job runs now, its cooldown, its last move, unfit targets.
+
+One small JSON file per job, ``$SPOTSHIFT_HOME/placement/<job>.json``, written atomically (temp +
+rename) under an exclusive lock so the sensor, the cutover and the rollback never lose each
+other's updates. Fields:
+
+``status``          unplaced | starting | running | preempted | migrating | finished | stopped
+``location``        ``provider/region`` the job runs in (or last ran in), ``null`` when never placed
+``market``          spot | on_demand
+``instance_type``, ``zone``, ``price_usd_hour``  what the placement pays
+``placed_at``       when the current placement started (ISO-8601 UTC)
+``cooldown_until``  no price-driven move before this time
+``last_move``       ``{"from", "to", "at", "trigger", "run_key"}`` of the last move
+``unfit``           ``{location: until}``: targets a rollback marked unfit, with the reason in ``unfit_reasons``
+``version``         incremented by every write (optimistic checks, debugging)
+``updated_at``      time of the last write
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from spotshift.atomic import atomic_write_json
+from spotshift.clock import parse_utc
+from spotshift.errors import ConfigError, IntegrityError
+from spotshift.home import spotshift_home
+
+STATUSES = ("unplaced", "starting", "running", "preempted", "migrating", "finished", "stopped")
+MARKETS = ("spot", "on_demand")
+
+
+def state_dir() -> Path:
+    """Directory of the placement state files."""
+    return spotshift_home() / "placement"
+
+
+def state_path(job: str) -> Path:
+    """The state file of one job."""
+    if not job or "/" in job or job.startswith("."):
+        raise ConfigError(f"job name {job!r} cannot name a placement state file")
+    return state_dir() / f"{job}.json"
+
+
+@dataclass
+class PlacementState:
+    """The placement of one job (see the module doc for the fields)."""
+
+    job: str
+    status: str = "unplaced"
+    location: str | None = None
+    market: str | None = None
+    instance_type: str | None = None
+    zone: str = ""
+    price_usd_hour: float | None = None
+    placed_at: str | None = None
+    cooldown_until: str | None = None
+    last_move: dict[str, Any] | None = None
+    unfit: dict[str, str] = field(default_factory=dict)
+    unfit_reasons: dict[str, str] = field(default_factory=dict)
+    version: int = 0
+    updated_at: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ConfigError(
+                f"placement state of {self.job!r}: status {self.status!r} not one of {', '.join(STATUSES)}"
+            )
+        if self.market is not None and self.market not in MARKETS:
+            raise ConfigError(
+                f"placement state of {self.job!r}: market {self.market!r} not one of spot, on_demand"
+            )
+        if self.location is not None and "/" not in self.location:
+            raise ConfigError(
+                f"placement state of {self.job!r}: location {self.location!r} is not provider/region"
+            )
+
+    @property
+    def running(self) -> bool:
+        """The job occupies its placement (running, starting or being migrated away from)."""
+        return self.status in ("running", "starting", "migrating") and self.location is not None
+
+    def cooldown_until_dt(self) -> datetime | None:
+        """``cooldown_until`` as an aware datetime."""
+        return parse_utc(self.cooldown_until) if self.cooldown_until else None
+
+    def unfit_at(self, now: datetime) -> dict[str, str]:
+        """Locations still unfit at ``now`` -> reason (``unfit until ...: <why>``)."""
+        out = {}
+        for loc, until in self.unfit.items():
+            if parse_utc(until) > now:
+                why = self.unfit_reasons.get(loc, "marked unfit")
+                out[loc] = f"unfit until {until}: {why}"
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str) -> PlacementState:
+        """Validate a decoded state document; :class:`IntegrityError` naming ``where`` when malformed."""
+        if not isinstance(raw, dict):
+            raise IntegrityError(f"{where}: expected a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise IntegrityError(f"{where}: unknown field(s) {', '.join(unknown)}")
+        try:
+            return cls(**raw)
+        except (TypeError, ConfigError) as exc:
+            raise IntegrityError(f"{where}: {exc}") from None
+
+
+def load_state(job: str) -> PlacementState:
+    """The job's state (an ``unplaced`` state when no file exists yet)."""
+    p = state_path(job)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return PlacementState(job)
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise IntegrityError(f"placement state {p}: not valid JSON (line {exc.lineno})") from None
+    st = PlacementState.from_dict(raw, f"placement state {p}")
+    if st.job != job:
+        raise IntegrityError(f"placement state {p}: belongs to job {st.job!r}, not {job!r}")
+    return st
+
+
+def list_states() -> list[PlacementState]:
+    """Every job's state file, sorted by job name."""
+    d = state_dir()
+    if not d.is_dir():
+        return []
+    return [load_state(p.stem) for p in sorted(d.glob("*.json")) if not p.name.startswith(".")]
+
+
+@contextlib.contextmanager
+def _locked(job: str) -> Iterator[None]:
+    p = state_path(job)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p.with_name(f".{p.name}.lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def update_state(job: str, mutate: Callable[[PlacementState], None], *, now: datetime) -> PlacementState:
+    """Load, apply ``mutate`` in place, validate and write back atomically under the job's lock."""
+    with _locked(job):
+        st = load_state(job)
+        mutate(st)
+        st.version += 1
+        st.updated_at = now.isoformat()
+        st = PlacementState.from_dict(st.to_dict(), f"placement state of {job!r}")
+        atomic_write_json(state_path(job), st.to_dict())
+        return st
+
+
+def record_placement(
+    job: str,
+    *,
+    location: str,
+    market: str,
+    instance_type: str,
+    now: datetime,
+    price_usd_hour: float | None = None,
+    zone: str = "",
+    trigger: str = "place",
+    run_key: str | None = None,
+    cooldown_hours: float = 0.0,
+    status: str = "running",
+) -> PlacementState:
+    """The job now runs at ``location`` (cutover done, placement made or recovery finished).
+
+    A change of location is recorded as ``last_move`` and starts a cooldown of ``cooldown_hours``.
+    """
+
+    def mutate(st: PlacementState) -> None:
+        if st.location is not None and st.location != location:
+            st.last_move = {
+                "from": st.location,
+                "to": location,
+                "at": now.isoformat(),
+                "trigger": trigger,
+                "run_key": run_key,
+            }
+            if cooldown_hours > 0:
+                st.cooldown_until = (now + timedelta(hours=cooldown_hours)).isoformat()
+        st.status = status
+        st.location, st.market, st.instance_type = location, market, instance_type
+        st.zone, st.price_usd_hour = zone, price_usd_hour
+        st.placed_at = now.isoformat()
+
+    return update_state(job, mutate, now=now)
+
+
+def set_status(job: str, status: str, *, now: datetime) -> PlacementState:
+    """Change only the status (preempted, migrating, finished, stopped, ...)."""
+
+    def mutate(st: PlacementState) -> None:
+        st.status = status
+
+    return update_state(job, mutate, now=now)
+
+
+def mark_unfit(job: str, location: str, *, until: datetime, reason: str, now: datetime) -> PlacementState:
+    """Keep the job away from ``location`` until ``until`` (a rolled-back migration target)."""
+
+    def mutate(st: PlacementState) -> None:
+        st.unfit[location] = until.isoformat()
+        st.unfit_reasons[location] = reason
+
+    return update_state(job, mutate, now=now)

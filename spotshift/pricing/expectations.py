@@ -1,0 +1,252 @@
+"""Quality checks of a quote snapshot, as Great Expectations 1.x suites (ephemeral context).
+
+Five checks, each one GX suite run over a pandas view of the snapshot (:data:`CHECKS`):
+
+``quotes_keys_not_null``         at least one quote; no null key or price; known provider and market
+``quotes_price_ranges``          every GPU model is known and its list price per GPU-hour lies in
+                                 :data:`PRICE_RANGE_PER_GPU_HOUR`; effective GPU-hour > 0
+``quotes_spot_below_on_demand``  spot <= on-demand x (1 + tolerance) for the same provider, region
+                                 and instance type (providers cap spot at on-demand)
+``quotes_unique_per_snapshot``   no (snapshot, provider, region, zone, instance, market) twice
+``quotes_fresh``                 the newest quote is at most ``max_quote_age_hours`` older than
+                                 the virtual clock, and no quote is from the future
+
+Great Expectations takes ~6 s to import, so it is imported inside :func:`validate_snapshot`,
+never at module load (Dagster loads this code location often).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from spotshift.pricing.catalog import GPU_MODELS, PROVIDERS
+from spotshift.pricing.normalize import QUOTE_KEY
+from spotshift.pricing.quote import MARKETS
+
+CHECKS: dict[str, str] = {
+    "quotes_keys_not_null": "At least one quote; keys and prices are never null; provider and market are known.",
+    "quotes_price_ranges": "Each GPU model's price per GPU-hour lies in its plausible range.",
+    "quotes_spot_below_on_demand": "Spot <= on-demand (within tolerance) for the same instance type and region.",
+    "quotes_unique_per_snapshot": "No quote key appears twice in a snapshot.",
+    "quotes_fresh": "The newest quote is recent relative to the virtual clock, and none is from the future.",
+}
+
+#: plausible instance price per GPU-hour (USD), spot and on-demand, any region. Outside this a
+#: quote is a feed or parsing error (a missing GPU component, a per-month price, a currency mix-up).
+PRICE_RANGE_PER_GPU_HOUR: dict[str, tuple[float, float]] = {
+    "T4-16GB": (0.02, 3.0),
+    "L4-24GB": (0.02, 4.0),
+    "A10G-24GB": (0.03, 6.0),
+    "L40S-48GB": (0.05, 10.0),
+    "A100-40GB": (0.10, 12.0),
+    "A100-80GB": (0.10, 15.0),
+    "H100-80GB": (0.20, 25.0),
+    "H200-141GB": (0.25, 30.0),
+}
+assert set(PRICE_RANGE_PER_GPU_HOUR) == set(GPU_MODELS)
+
+KEY_COLUMNS = (
+    "snapshot_id",
+    "polled_at",
+    "provider",
+    "region",
+    "zone",
+    "instance_type",
+    "gpu_model",
+    "gpu_count",
+    "market",
+    "price_usd_hour",
+    "effective_gpu_hour_usd",
+    "observed_at",
+    "source",
+)
+#: replay histories are weekly with gaps of up to two weeks; live feeds publish continuously
+DEFAULT_MAX_QUOTE_AGE_HOURS = {"replay": 15 * 24.0, "live": 72.0}
+
+
+@dataclass
+class CheckOutcome:
+    """Result of one check: passed or not, and what failed (expectation, column, count, examples)."""
+
+    name: str
+    passed: bool
+    description: str
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    evaluated: int = 0  # rows the suite looked at
+
+    def summary(self) -> str:
+        """One line."""
+        if self.passed:
+            return f"{self.name}: passed ({self.evaluated} rows)"
+        parts = []
+        for f in self.failures:
+            target = f.get("column") or f.get("column_list") or f.get("column_B") or ""
+            count = f.get("unexpected_count", f.get("observed_value", "?"))
+            parts.append(f"{f['expectation']}({target}): {count}")
+        return f"{self.name}: FAILED " + "; ".join(parts)
+
+
+def spot_vs_on_demand(snapshot: Any, tolerance: float) -> Any:
+    """Spot quotes joined to the lowest on-demand price of the same provider, region and instance type."""
+    import polars as pl
+
+    keys = ["provider", "region", "instance_type"]
+    on_demand = (
+        snapshot.filter(pl.col("market") == "on_demand")
+        .group_by(keys)
+        .agg(pl.col("price_usd_hour").min().alias("on_demand_usd_hour"))
+    )
+    return (
+        snapshot.filter(pl.col("market") == "spot")
+        .join(on_demand, on=keys, how="inner")
+        .select(
+            *keys,
+            "zone",
+            pl.col("price_usd_hour").alias("spot_usd_hour"),
+            "on_demand_usd_hour",
+            (pl.col("on_demand_usd_hour") * (1 + tolerance)).alias("on_demand_limit_usd_hour"),
+        )
+    )
+
+
+def _failures(result: Any) -> list[dict[str, Any]]:
+    out = []
+    for r in result.results:
+        if r.success:
+            continue
+        kwargs = dict(r.expectation_config.kwargs)
+        detail: dict[str, Any] = {"expectation": r.expectation_config.type}
+        for key in ("column", "column_A", "column_B", "column_list", "min_value", "max_value"):
+            if kwargs.get(key) is not None:
+                detail[key] = kwargs[key]
+        condition = kwargs.get("row_condition")
+        if condition is not None:
+            detail["row_condition"] = str(condition)
+        res = r.result or {}
+        for key in ("unexpected_count", "observed_value"):
+            if key in res:
+                detail[key] = res[key]
+        if res.get("partial_unexpected_list"):
+            detail["examples"] = [str(x) for x in res["partial_unexpected_list"][:5]]
+        out.append(detail)
+    return out
+
+
+def validate_snapshot(
+    snapshot: Any,
+    now: datetime,
+    *,
+    max_quote_age_hours: float = DEFAULT_MAX_QUOTE_AGE_HOURS["replay"],
+    spot_tolerance: float = 0.01,
+    future_tolerance_hours: float = 1.0,
+) -> list[CheckOutcome]:
+    """Run the five suites of :data:`CHECKS` over a snapshot frame (warehouse row shape, polars).
+
+    ``now`` is the virtual clock's time. Returns one :class:`CheckOutcome` per check, in
+    :data:`CHECKS` order.
+    """
+    import logging
+
+    import polars as pl
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.expectations.row_conditions import Column
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batches = context.data_sources.add_pandas("spotshift_quotes")
+
+    def run(name: str, frame: Any, expectations: list[Any]) -> CheckOutcome:
+        asset = batches.add_dataframe_asset(name)
+        batch = asset.add_batch_definition_whole_dataframe(f"{name}_whole")
+        suite = context.suites.add(gx.ExpectationSuite(name=f"{name}_suite"))
+        for e in expectations:
+            suite.add_expectation(e)
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=name, data=batch, suite=suite)
+        )
+        result = definition.run(batch_parameters={"dataframe": frame.to_pandas()})
+        return CheckOutcome(name, bool(result.success), CHECKS[name], _failures(result), frame.height)
+
+    outcomes = [
+        run(
+            "quotes_keys_not_null",
+            snapshot,
+            [gxe.ExpectTableRowCountToBeBetween(min_value=1)]
+            + [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in KEY_COLUMNS]
+            + [
+                gxe.ExpectColumnValuesToBeInSet(column="provider", value_set=list(PROVIDERS)),
+                gxe.ExpectColumnValuesToBeInSet(column="market", value_set=list(MARKETS)),
+            ],
+        )
+    ]
+
+    per_gpu = snapshot.with_columns(
+        (pl.col("price_usd_hour") / pl.col("gpu_count").cast(pl.Float64)).alias("price_per_gpu_hour_usd")
+    )
+    present = sorted(set(per_gpu["gpu_model"].drop_nulls().to_list()) & set(PRICE_RANGE_PER_GPU_HOUR))
+    outcomes.append(
+        run(
+            "quotes_price_ranges",
+            per_gpu,
+            [
+                gxe.ExpectColumnValuesToBeInSet(column="gpu_model", value_set=list(PRICE_RANGE_PER_GPU_HOUR)),
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="effective_gpu_hour_usd", min_value=0, strict_min=True
+                ),
+            ]
+            + [
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="price_per_gpu_hour_usd",
+                    min_value=PRICE_RANGE_PER_GPU_HOUR[m][0],
+                    max_value=PRICE_RANGE_PER_GPU_HOUR[m][1],
+                    row_condition=Column("gpu_model") == m,
+                )
+                for m in present
+            ],
+        )
+    )
+
+    outcomes.append(
+        run(
+            "quotes_spot_below_on_demand",
+            spot_vs_on_demand(snapshot, spot_tolerance),
+            [
+                gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+                    column_A="on_demand_limit_usd_hour", column_B="spot_usd_hour", or_equal=True
+                )
+            ],
+        )
+    )
+
+    outcomes.append(
+        run(
+            "quotes_unique_per_snapshot",
+            snapshot,
+            [gxe.ExpectCompoundColumnsToBeUnique(column_list=["snapshot_id", *QUOTE_KEY])],
+        )
+    )
+
+    ages = snapshot.select(
+        (
+            (pl.lit(now).cast(pl.Datetime("us", "UTC")) - pl.col("observed_at")).dt.total_seconds() / 3600.0
+        ).alias("quote_age_hours")
+    )
+    outcomes.append(
+        run(
+            "quotes_fresh",
+            ages,
+            [
+                gxe.ExpectColumnMinToBeBetween(column="quote_age_hours", max_value=max_quote_age_hours),
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="quote_age_hours", min_value=-future_tolerance_hours
+                ),
+            ],
+        )
+    )
+    return outcomes

@@ -1,0 +1,1 @@
+"""Market and preemption replay, and the policy comparison behind ``spotshift simulate``."""

@@ -1,0 +1,266 @@
+"""``spotshift simulate`` (policy comparison on a price history) and ``spotshift traces`` (availability traces).
+
+Standard library only at module level: heavy imports happen inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+POLICY_LABELS = {
+    "on_demand": "always on-demand",
+    "stay_first_spot": "stay on first spot region",
+    "greedy_full": "greedy spot, full copies (SkyPilot-like)",
+    "greedy_delta": "greedy spot, delta sync",
+    "uniform_progress": "uniform progress (Can't Be Late)",
+    "spotshift": "spotshift economics",
+    "hindsight": "hindsight lower bound",
+}
+
+
+def register(sub: Any) -> None:
+    """Add the ``simulate`` and ``traces`` command groups."""
+    p = sub.add_parser(
+        "simulate",
+        help="compare placement policies on a price history and availability traces",
+        description=(
+            "Replay a GPU price history (CSV of the shape of ../shared/data/gcp_gpu_prices_2022_2024.csv) and "
+            "spot availability traces for one described training job, and compare policies: always on-demand, "
+            "stay on the first spot region, greedy cheapest spot restarting elsewhere on preemption with full "
+            "copies (SkyPilot-like) or with delta sync, Can't Be Late's uniform progress, spotshift's own "
+            "migration economics (the function price_change_sensor calls), and a hindsight lower bound. Every "
+            "spot policy switches to on-demand when the remaining slack only just covers the remaining work. "
+            "Deterministic for a given --seed."
+        ),
+    )
+    p.add_argument(
+        "--prices",
+        metavar="CSV",
+        help="price history (default: the real GCP history when present, else the generated market)",
+    )
+    p.add_argument(
+        "--instance", metavar="TYPE", help="instance type to simulate (default: a2-highgpu-8g when present)"
+    )
+    p.add_argument(
+        "--work-hours",
+        type=float,
+        default=400.0,
+        metavar="H",
+        help="instance-hours of work the job needs (default 400)",
+    )
+    p.add_argument(
+        "--deadline-hours",
+        type=float,
+        default=700.0,
+        metavar="H",
+        help="hours from --start to the deadline (default 700)",
+    )
+    p.add_argument(
+        "--start",
+        metavar="DATE",
+        help="ISO date/time the job is submitted (default: first time two regions price spot)",
+    )
+    p.add_argument(
+        "--data-gb", type=float, default=2000.0, metavar="G", help="dataset size, GB (default 2000)"
+    )
+    p.add_argument(
+        "--ckpt-gb", type=float, default=300.0, metavar="G", help="checkpoint size, GB (default 300)"
+    )
+    p.add_argument(
+        "--traces",
+        metavar="DIR",
+        help="directory of availability traces (JSON; default: generated per region)",
+    )
+    p.add_argument(
+        "--trace-map", metavar="REGION=FILE,...", help="which trace file each region uses (with --traces)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seed of the generated traces (default 0)"
+    )
+    p.add_argument(
+        "--regions",
+        metavar="PATTERNS",
+        help="comma-separated region patterns to consider, e.g. 'us-*,europe-west4'",
+    )
+    p.add_argument(
+        "--data-location",
+        metavar="REGION",
+        help="region holding the dataset at the start (default: cheapest spot region)",
+    )
+    p.add_argument(
+        "--ckpt-interval-hours",
+        type=float,
+        default=0.25,
+        metavar="H",
+        help="checkpoint every H hours of work (default 0.25)",
+    )
+    p.add_argument(
+        "--changeover-hours",
+        type=float,
+        default=0.25,
+        metavar="H",
+        help="start-up time of a new instance (default 0.25)",
+    )
+    p.add_argument(
+        "--transfer-gbps",
+        type=float,
+        default=10.0,
+        metavar="GBPS",
+        help="cross-region copy throughput (default 10)",
+    )
+    p.add_argument(
+        "--ckpt-delta-fraction",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="share of a stale checkpoint a delta resends (default 1.0)",
+    )
+    p.add_argument(
+        "--gap-seconds", type=int, default=600, metavar="S", help="tick of generated traces (default 600)"
+    )
+    p.add_argument(
+        "--policies", metavar="NAMES", help="comma-separated subset of: " + ", ".join(POLICY_LABELS)
+    )
+    p.add_argument("--json", action="store_true", help='print {"policies": {name: {...}}, "scenario": {...}}')
+    p.set_defaults(handler=_simulate)
+
+    t = sub.add_parser("traces", help="generate or summarize spot availability traces (DESIGN §4 JSON)")
+    tsub = t.add_subparsers(dest="traces_command", metavar="ACTION")
+    tsub.required = True
+    g = tsub.add_parser(
+        "generate",
+        help="write Markov on/off traces with per-zone rates from the published ranges",
+        description="Write one trace per name as NAME.json into OUTDIR; deterministic for --seed.",
+    )
+    g.add_argument("outdir", help="directory to write the traces into")
+    g.add_argument("names", nargs="+", help="zone or region names, one trace each")
+    g.add_argument(
+        "--hours", type=float, default=24 * 45.0, help="length of each trace (default 1080 = 45 days)"
+    )
+    g.add_argument("--gap-seconds", type=int, default=600, help="tick length (default 600)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    g.set_defaults(handler=_traces_generate)
+    s = tsub.add_parser("stats", help="fraction available and mean spell lengths of trace files")
+    s.add_argument("files", nargs="+", help="trace JSON files")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(handler=_traces_stats)
+
+
+def _csv_list(text: str | None) -> list[str]:
+    return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from spotshift.cli import emit_json
+    from spotshift.errors import ConfigError
+    from spotshift.simulate.engine import POLICIES, Scenario
+    from spotshift.simulate.run import SimulationRequest, parse_trace_map, run_simulation
+
+    policies = tuple(_csv_list(args.policies)) or POLICIES
+    unknown = [x for x in policies if x not in POLICIES]
+    if unknown:
+        raise ConfigError(f"--policies: unknown {', '.join(unknown)} (known: {', '.join(POLICIES)})")
+    if args.gap_seconds <= 0:
+        raise ConfigError("--gap-seconds must be > 0")
+    scenario = Scenario(
+        work_hours=args.work_hours,
+        deadline_hours=args.deadline_hours,
+        data_gb=args.data_gb,
+        ckpt_gb=args.ckpt_gb,
+        checkpoint_interval_hours=args.ckpt_interval_hours,
+        changeover_hours=args.changeover_hours,
+        transfer_gbps=args.transfer_gbps,
+        checkpoint_delta_fraction=args.ckpt_delta_fraction,
+        data_location=args.data_location,
+    )
+    report = run_simulation(
+        SimulationRequest(
+            scenario=scenario,
+            prices=args.prices,
+            instance=args.instance,
+            start=args.start,
+            traces_dir=args.traces,
+            trace_map=parse_trace_map(args.trace_map),
+            seed=args.seed,
+            regions=tuple(_csv_list(args.regions)),
+            gap_seconds=args.gap_seconds,
+            policies=policies,
+        )
+    )
+    if args.json:
+        emit_json(report.to_dict())
+        return 0
+    sc = report.scenario
+    print(
+        f"{sc['instance_type']} ({sc['gpu_count']}x {sc['gpu_model']}) in {sc['locations']} locations from {sc['start']}; "
+        f"{sc['work_hours']:g} h of work due in {sc['deadline_hours']:g} h; data {sc['data_gb']:g} GB in "
+        f"{sc['data_location']}, checkpoint {sc['ckpt_gb']:g} GB"
+    )
+    print(f"prices: {sc['prices']}; traces: {sc['traces']}")
+    header = f"{'policy':44s} {'cost USD':>12s} {'saving':>8s} {'deadline':>9s} {'moves':>6s} {'GB moved':>10s} {'egress USD':>11s} {'preempt':>8s} {'finish h':>9s}"
+    print(header)
+    print("-" * len(header))
+    for name, r in report.policies.items():
+        saving = "" if r.saving_vs_on_demand is None else f"{100 * r.saving_vs_on_demand:.1f}%"
+        finish = "" if r.finish_hours is None else f"{r.finish_hours:.1f}"
+        label = POLICY_LABELS[name] + (" *" if r.lower_bound else "")
+        print(
+            f"{label:44s} {r.cost_usd:12,.2f} {saving:>8s} {'met' if r.deadline_met else 'MISSED':>9s} "
+            f"{r.moves:6d} {r.gb_moved:10,.1f} {r.egress_usd:11,.2f} {r.preemptions:8d} {finish:>9s}"
+        )
+    if any(r.lower_bound for r in report.policies.values()):
+        print(
+            "* lower bound: cheapest available hours before the deadline, no changeover, copies or lost work"
+        )
+    return 0
+
+
+def _stats_row(name: str, st: Any) -> str:
+    up = "" if st.mean_available_spell_hours is None else f"{st.mean_available_spell_hours:.2f}"
+    down = "" if st.mean_preempted_spell_hours is None else f"{st.mean_preempted_spell_hours:.2f}"
+    return f"{name:32s} {st.hours:8.1f} {st.fraction_available:10.3f} {up:>12s} {down:>12s}"
+
+
+_STATS_HEADER = f"{'trace':32s} {'hours':>8s} {'available':>10s} {'up spell h':>12s} {'down spell h':>12s}"
+
+
+def _traces_generate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from spotshift.cli import emit_json
+    from spotshift.errors import ConfigError
+    from spotshift.simulate.traces import generate_trace, spell_stats, write_trace
+
+    if args.hours <= 0 or args.gap_seconds <= 0:
+        raise ConfigError("--hours and --gap-seconds must be > 0")
+    for name in args.names:
+        if not name or "/" in name or name.startswith("."):
+            raise ConfigError(f"trace name {name!r} must be a plain file name (no '/')")
+    stats = {}
+    for name in args.names:
+        tr = generate_trace(name, args.hours, seed=args.seed, gap_seconds=args.gap_seconds)
+        path = write_trace(Path(args.outdir) / f"{name}.json", tr)
+        stats[name] = (str(path), spell_stats(tr))
+    if args.json:
+        emit_json({"traces": {n: {"path": p, **st.to_dict()} for n, (p, st) in stats.items()}})
+    else:
+        print(_STATS_HEADER)
+        for name, (_, st) in stats.items():
+            print(_stats_row(name, st))
+    return 0
+
+
+def _traces_stats(args: argparse.Namespace) -> int:
+    from spotshift.cli import emit_json
+    from spotshift.simulate.traces import read_trace, spell_stats
+
+    stats = {f: spell_stats(read_trace(f)) for f in args.files}
+    if args.json:
+        emit_json({"traces": {f: s.to_dict() for f, s in stats.items()}})
+    else:
+        print(_STATS_HEADER)
+        for f, s in stats.items():
+            print(_stats_row(f, s))
+    return 0

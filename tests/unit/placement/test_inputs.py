@@ -1,0 +1,150 @@
+"""Decision inputs assembled from the warehouse and the placement state, and recorded decisions."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from spotshift import registry, warehouse
+from spotshift.errors import NotFoundError
+from spotshift.jobs import add_job
+from spotshift.placement import state
+from spotshift.placement.inputs import assemble_inputs, decide_for_job, record_decision
+from tests.unit.placement.builders import make_job, make_quote
+
+GB = 10**9
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+CENTRAL, EAST = "gcp/us-central1", "gcp/us-east1"
+
+
+def quote_row(q, snapshot: str, polled_at: datetime) -> dict:
+    return {**q.to_dict(), "snapshot_id": snapshot, "polled_at": polled_at, "observed_at": q.observed_at}
+
+
+def seed_warehouse(con) -> None:
+    old = [make_quote(CENTRAL, 20.0), make_quote(EAST, 20.0)]
+    new = [make_quote(CENTRAL, 10.0), make_quote(EAST, 6.0), make_quote(CENTRAL, 30.0, market="on_demand")]
+    warehouse.append_rows(
+        con, "main.gpu_quotes", [quote_row(q, "snap-old", NOW - timedelta(hours=1)) for q in old]
+    )
+    warehouse.append_rows(
+        con, "main.gpu_quotes", [quote_row(q, "snap-new", NOW - timedelta(minutes=1)) for q in new]
+    )
+    warehouse.append_rows(
+        con,
+        "raw.checkpoints",
+        [
+            {
+                "checkpoint_id": "c1",
+                "job": "llm-ft",
+                "step": 1000,
+                "location": EAST,
+                "bytes": 40 * GB,
+                "created_at": NOW - timedelta(hours=5),
+            },
+            {
+                "checkpoint_id": "c2",
+                "job": "llm-ft",
+                "step": 4000,
+                "location": CENTRAL,
+                "bytes": 50 * GB,
+                "created_at": NOW - timedelta(minutes=30),
+            },
+        ],
+    )
+    warehouse.append_rows(
+        con,
+        "raw.transfers",
+        [
+            # dataset v1 went central -> east, then v2 was fingerprinted and synced central -> europe
+            {"transfer_id": "t1", "kind": "dataset", "entity": "corpus", "src_location": CENTRAL, "dst_location": EAST, "root": "r1", "bytes_full": 90 * GB, "bytes_changed": 90 * GB, "started_at": NOW - timedelta(days=2)},
+            {"transfer_id": "t2", "kind": "dataset", "entity": "corpus", "src_location": CENTRAL, "dst_location": "gcp/europe-west4", "root": "r2", "bytes_full": 100 * GB, "bytes_changed": 20 * GB, "started_at": NOW - timedelta(days=1)},
+            # an older checkpoint went to east with a tensor delta that sent 30 % of it
+            {"transfer_id": "t3", "kind": "checkpoint", "entity": "llm-ft", "method": "tensor_delta", "src_location": CENTRAL, "dst_location": EAST, "root": "c1", "bytes_full": 40 * GB, "bytes_sent": 12 * GB, "started_at": NOW - timedelta(hours=4)},
+        ],
+    )  # fmt: skip
+    warehouse.append_rows(
+        con,
+        "raw.preemptions",
+        [
+            {"notice_id": "n1", "job": "llm-ft", "location": EAST, "noticed_at": NOW - timedelta(minutes=20)},
+            {"notice_id": "n2", "job": "llm-ft", "location": EAST, "noticed_at": NOW - timedelta(days=3), "recovered_at": NOW - timedelta(days=3) + timedelta(hours=1)},
+        ],
+    )  # fmt: skip
+    warehouse.append_rows(
+        con,
+        "raw.compute_usage",
+        [{"usage_id": "u1", "job": "llm-ft", "provider": "gcp", "region": "us-east1", "market": "spot", "started_at": NOW - timedelta(days=4), "ended_at": NOW - timedelta(days=3)}],
+    )  # fmt: skip
+
+
+@pytest.fixture
+def wh(spotshift_home: Path):
+    job = make_job(
+        total_steps=10_000,
+        work_hours=100.0,
+        submitted_at=(NOW - timedelta(hours=10)).isoformat(),
+        deadline_hours=300.0,
+    )
+    add_job(job)
+    registry.upsert("datasets", {"name": "corpus", "location": CENTRAL})
+    state.record_placement(
+        "llm-ft",
+        location=CENTRAL,
+        market="spot",
+        instance_type="a2-highgpu-8g",
+        now=NOW - timedelta(hours=2),
+        price_usd_hour=10.0,
+    )
+    with warehouse.connect() as con:
+        seed_warehouse(con)
+        yield con
+
+
+def test_inputs_come_from_warehouse_and_state(wh) -> None:
+    inp = assemble_inputs(wh, "llm-ft", now=NOW)
+    assert inp.snapshot_id == "snap-new" and len(inp.quotes) == 3
+    assert inp.current is not None and inp.current.location == CENTRAL and inp.current_running
+    # last checkpoint at step 4000 of 10000 (60 h left), written 30 min ago while running
+    assert inp.checkpoint_age_hours == pytest.approx(0.5)
+    assert inp.remaining_hours == pytest.approx(60.0 - 0.5)
+    f = inp.footprint
+    assert f.dataset_bytes == 100 * GB and f.checkpoint_bytes == 50 * GB
+    assert f.dataset_present[CENTRAL] == 100 * GB and f.dataset_present["gcp/europe-west4"] == 100 * GB
+    assert f.dataset_present[EAST] == 80 * GB  # stale v1 replica: all but the 20 GB that changed
+    assert f.checkpoint_present[CENTRAL] == 50 * GB
+    assert f.checkpoint_present[EAST] == pytest.approx(35 * GB)  # older checkpoint: deltas resend 30 %
+    assert inp.no_spot == {
+        EAST: f"no spot capacity (preempted) at {(NOW - timedelta(minutes=20)).isoformat()}"
+    }
+    assert inp.risks[EAST].observed_preemptions == 2 and inp.risks[EAST].observed_hours == pytest.approx(24.0)
+    assert inp.risks[CENTRAL].observed_preemptions == 0
+
+
+def test_decide_for_job_and_record_once(wh) -> None:
+    d = decide_for_job(wh, "llm-ft", now=NOW)
+    # us-east1 spot is far cheaper but was preempted 20 minutes ago: stay
+    assert d.action == "stay" and d.snapshot_id == "snap-new"
+    assert record_decision(wh, d) is True
+    assert record_decision(wh, d) is False  # same decision id: idempotent
+    row = wh.execute("select action, current_location, reasons from raw.decisions").fetchall()
+    assert len(row) == 1 and row[0][0] == "stay" and row[0][1] == CENTRAL
+    assert json.loads(row[0][2]) == list(d.reasons)
+    n, chosen = wh.execute(
+        "select count(*), count(*) filter (where chosen) from main.placement_candidates where decision_id = ?",
+        [d.decision_id],
+    ).fetchone()
+    assert (n, chosen) == (3, 1)
+    # three hours later the outage has passed and moving pays
+    later = decide_for_job(wh, "llm-ft", now=NOW + timedelta(hours=3))
+    assert later.action == "move" and later.target_location == EAST
+    assert later.run_key() == "llm-ft:gcp/us-central1->gcp/us-east1:snap-new"
+
+
+def test_no_snapshot_is_a_clear_error(spotshift_home: Path) -> None:
+    add_job(make_job())
+    with warehouse.connect() as con, pytest.raises(NotFoundError, match="no quote snapshot"):
+        assemble_inputs(con, "llm-ft", now=NOW)
