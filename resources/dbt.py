@@ -37,5 +37,8 @@ if not dbt_project.manifest_path.exists() or project_changed_since(
 def dbt_resource() -> DbtCliResource:
     """The ``dbt`` resource bound in definitions.py."""
     return DbtCliResource(
-        project_dir=dbt_project, profiles_dir=os.fspath(DBT_PROJECT_DIR), dbt_executable=dbt_executable()
+        project_dir=dbt_project,
+        profiles_dir=os.fspath(DBT_PROJECT_DIR),
+        dbt_executable=dbt_executable(),
+        global_config_flags=["--no-use-colors"],  # plain text in the runs' compute logs
     )
