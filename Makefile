@@ -38,6 +38,7 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
 test: $(STAMP)
+	$(BIN)/dbt parse --quiet --project-dir dbt_costs --profiles-dir dbt_costs  # manifest for dagster-dbt
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -11,6 +11,7 @@ import os
 import dagster as dg
 
 import assets.checkpoints
+import assets.costs
 import assets.placement
 import assets.quotes
 import assets.training
@@ -18,6 +19,7 @@ import ops.checkpoint
 import sensors.jobs
 import sensors.price_poll
 from resources.compute import ComputeBackendResource
+from resources.dbt import dbt_resource
 from resources.keys import KeyProviderResource
 from resources.prices import PriceFeedResource
 from resources.warehouse import WarehouseResource
@@ -37,6 +39,7 @@ DOMAIN_MODULES: list = [
     assets.checkpoints,
     assets.training,
     ops.checkpoint,
+    assets.costs,
 ]
 
 
@@ -44,6 +47,7 @@ def build_resources() -> dict[str, object]:
     """Resources shared by every asset, sensor and op of the code location."""
     return {
         "warehouse": WarehouseResource(database=os.environ["SPOTSHIFT_WAREHOUSE"]),
+        "dbt": dbt_resource(),
         "prices": PriceFeedResource.from_env(),
         "compute": ComputeBackendResource(kind=os.environ.get("SPOTSHIFT_COMPUTE_BACKEND", "local")),
         "keys": KeyProviderResource(spec=os.environ.get("SPOTSHIFT_KEY_PROVIDER", "")),

@@ -111,6 +111,32 @@ def stage_cheapest() -> None:
     print(cheapest_table(cheapest_per_model(quotes.filter(pl.col("topology_score") >= 7))))
 
 
+def stage_cost_report() -> None:
+    """Run ``cost_report_job`` (dbt build of dbt_costs, then ``cost_report``) and print the report."""
+    import contextlib
+    import io
+
+    import dagster as dg
+
+    import definitions
+    from spotshift.costs.marts import open_marts
+    from spotshift.costs.report import format_text, read_report, reports_dir
+
+    banner("costs: dbt_costs (dbt build) -> cost_report")
+    instance = dg.DagsterInstance.get()
+    job = definitions.defs.resolve_job_def("cost_report_job")
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    dbt_log = io.StringIO()  # dagster-dbt echoes dbt's log to stdout (a run's compute log)
+    with contextlib.redirect_stdout(dbt_log):
+        result = job.execute_in_process(instance=instance, run_config=quiet, raise_on_error=False)
+    print(f"run {result.run_id}: {'success' if result.success else 'FAILED'}; report in {reports_dir()}")
+    if not result.success:
+        print("\n".join(dbt_log.getvalue().splitlines()[-30:]))
+        raise SystemExit("demo: the cost report failed; see the run in `make ui`")
+    with open_marts() as con:
+        print(format_text(read_report(con, os.environ["SPOTSHIFT_WAREHOUSE"])), end="")
+
+
 def main() -> int:
     """Run every stage in order."""
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
@@ -121,7 +147,11 @@ def main() -> int:
     stage_clock(history)
     stage_prices(history)
     stage_cheapest()
-    print("\nnext: `make ui` (the run above is in the instance), `spotshift quotes cheapest --gpu H100`")
+    stage_cost_report()
+    print(
+        "\nnext: `make ui` (the runs above are in the instance), `spotshift quotes cheapest --gpu H100`, "
+        "`spotshift report`, `spotshift focus export costs.csv`"
+    )
     return 0
 
 

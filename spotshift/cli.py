@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "spotshift.simulate.commands",
     "spotshift.training.commands",
     "spotshift.checkpoint.commands",
+    "spotshift.costs.commands",
 )
 
 

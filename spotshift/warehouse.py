@@ -183,6 +183,7 @@ RAW_TABLES: dict[str, tuple[Column, ...]] = {
         ("location", "VARCHAR", "provider/region serving"),
         ("market", "VARCHAR", "spot | on_demand | reserved"),
         ("requests", "BIGINT", "Requests served"),
+        ("tokens", "BIGINT", "Tokens served (input + output) in the window"),
         ("slo_ms", "DOUBLE", "Latency SLO, ms"),
         ("p99_ms", "DOUBLE", "Observed P99 latency, ms"),
         ("slo_violations", "BIGINT", "Requests over the SLO"),

@@ -1,0 +1,294 @@
+"""Benchmark: ``mart_cost_metrics`` over millions of compute intervals, dbt-duckdb vs polars.
+
+1. Writes a warehouse with ``--rows`` compute intervals (10 million by default; 200,000 with
+   ``--quick``) and proportional checkpoints, preemptions, transfers, migrations and quotes
+   (:func:`spotshift.costs.fixtures.write_scaled_usage`, generated inside DuckDB).
+2. dbt: ``dbt build --select +mart_cost_metrics`` (models and seeds, no tests) in a child
+   process: wall time and the child's peak RSS. The same command on an empty warehouse gives
+   dbt's fixed start-up cost, reported separately.
+3. polars, in its own child process: the same per-job metrics (effective and failed-spot
+   GPU-hours, GPU-hours lost after the last checkpoint via ``join_asof``, cost per checkpoint up to
+   the last checkpoint, amplification, recovery time, cost per million tokens) from Parquet
+   exports of the raw tables (export time excluded, read time included): wall time, peak RSS.
+4. The job-level values of both must agree (relative difference < 1e-9), else exit 1.
+
+Writes ``bench/results/costs.json``. The dbt side does more than polars: it materializes every
+model upstream of the mart (staging views with de-duplication, price curves, the ASOF lookups,
+fct_gpu_usage with both savings baselines, fct_data_transfer) as tables on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import Timer, peak_rss_mib, write_result  # noqa: E402
+
+DBT_SELECT = [
+    "build",
+    "--select",
+    "+mart_cost_metrics",
+    "--resource-type",
+    "model",
+    "--resource-type",
+    "seed",
+]
+METRICS = (
+    "effective_gpu_hours",
+    "failed_spot_gpu_hours",
+    "lost_gpu_hours",
+    "training_cost_per_checkpoint",
+    "data_transfer_amplification",
+    "preemption_recovery_time",
+    "cost_per_million_tokens",
+)
+
+
+def polars_metrics(parquet_dir: Path) -> dict[tuple[str, str], float]:
+    """The job-scope rows of mart_cost_metrics, computed with polars from the raw tables."""
+    import polars as pl
+
+    d = parquet_dir
+    usage = (
+        pl.scan_parquet(d / "compute_usage.parquet")
+        .unique(subset="usage_id", keep="any")
+        .with_columns(
+            wall_us=(pl.col("ended_at") - pl.col("started_at")).dt.total_microseconds().clip(lower_bound=0),
+            failed=(pl.col("market") == "spot") & pl.col("ended_in_preemption"),
+        )
+        .with_columns(
+            # billed hours: usd / price when both are known, else the interval's length
+            hours=pl.when(pl.col("usd").is_not_null() & (pl.col("price_usd_hour") > 0))
+            .then(pl.col("usd") / pl.col("price_usd_hour"))
+            .otherwise(pl.col("wall_us") / 3.6e9)
+        )
+        .with_columns(gpu_hours=pl.col("hours") * pl.col("gpu_count"))
+    )
+    ckpt = pl.scan_parquet(d / "checkpoints.parquet").unique(subset=["job", "checkpoint_id"], keep="any")
+    transfers = pl.scan_parquet(d / "transfers.parquet").unique(subset="transfer_id", keep="any")
+    preempt = pl.scan_parquet(d / "preemptions.parquet").unique(subset="notice_id", keep="any")
+    migrations = pl.scan_parquet(d / "migrations.parquet")
+
+    last = (
+        usage.sort("ended_at")
+        .join_asof(
+            ckpt.select("job", pl.col("created_at").alias("last_ckpt")).sort("last_ckpt"),
+            left_on="ended_at",
+            right_on="last_ckpt",
+            by="job",
+            strategy="backward",
+            check_sortedness=False,  # both sides are sorted on the time key, hence within each job
+        )
+        .with_columns(
+            lost_hours=pl.when(~pl.col("ended_in_preemption"))
+            .then(0.0)
+            .when((pl.col("last_ckpt") >= pl.col("started_at")) & (pl.col("wall_us") > 0))
+            .then(
+                pl.col("hours")
+                * (pl.col("ended_at") - pl.col("last_ckpt")).dt.total_microseconds()
+                / pl.col("wall_us")
+            )
+            .otherwise(pl.col("hours"))
+        )
+    )
+    ck = ckpt.group_by("job").agg(
+        checkpoints=pl.len(), last_at=pl.col("created_at").max(), tokens_last=pl.col("tokens").max()
+    )
+    mig_runs = migrations.group_by("run_id").agg(mjob=pl.col("job").min())
+    tr = (
+        transfers.join(mig_runs, on="run_id", how="left")
+        .with_columns(
+            job=pl.when(pl.col("kind") == "checkpoint").then(pl.col("entity")).otherwise(pl.col("mjob"))
+        )
+        .filter(pl.col("job").is_not_null())
+    )
+    per_job = last.group_by("job").agg(
+        effective_gpu_hours=pl.col("gpu_hours").sum(),
+        failed_spot_gpu_hours=pl.col("gpu_hours").filter(pl.col("failed")).sum(),
+        lost_gpu_hours=(pl.col("lost_hours") * pl.col("gpu_count")).sum(),
+        compute_usd=pl.col("usd").sum(),
+        tokens=pl.col("tokens").sum(),
+    )
+    spend_to_ckpt = (
+        usage.join(ck, on="job")
+        .with_columns(
+            part=pl.when(pl.col("ended_at") <= pl.col("last_at"))
+            .then(pl.col("usd"))
+            .when(pl.col("started_at") >= pl.col("last_at"))
+            .then(0.0)
+            .otherwise(
+                pl.col("usd")
+                * (pl.col("last_at") - pl.col("started_at")).dt.total_microseconds()
+                / (pl.col("ended_at") - pl.col("started_at")).dt.total_microseconds()
+            )
+        )
+        .group_by("job")
+        .agg(spend=pl.col("part").sum())
+    )
+    egress_to_ckpt = (
+        tr.join(ck, on="job")
+        .filter(pl.col("started_at") <= pl.col("last_at"))
+        .group_by("job")
+        .agg(egress_ckpt=pl.col("egress_usd").sum())
+    )
+    egress = tr.group_by("job").agg(
+        egress=pl.col("egress_usd").sum(),
+        sent=pl.col("bytes_sent").sum(),
+        changed=pl.col("bytes_changed").sum(),
+    )
+    rec = (
+        preempt.filter(pl.col("recovery_s").is_not_null() & pl.col("job").is_not_null())
+        .group_by("job")
+        .agg(recovery=pl.col("recovery_s").mean())
+    )
+    out = (
+        per_job.join(ck, on="job", how="left")
+        .join(spend_to_ckpt, on="job", how="left")
+        .join(egress_to_ckpt, on="job", how="left")
+        .join(egress, on="job", how="left")
+        .join(rec, on="job", how="left")
+        .with_columns(
+            training_cost_per_checkpoint=(pl.col("spend") + pl.col("egress_ckpt").fill_null(0))
+            / pl.col("checkpoints"),
+            data_transfer_amplification=pl.col("sent") / pl.col("changed"),
+            cost_per_million_tokens=(pl.col("compute_usd") + pl.col("egress").fill_null(0))
+            / (pl.coalesce("tokens_last", "tokens") / 1e6),
+            preemption_recovery_time=pl.col("recovery"),
+        )
+        .collect()
+    )
+    result: dict[tuple[str, str], float] = {}
+    for row in out.iter_rows(named=True):
+        for m in METRICS:
+            if row[m] is not None:
+                result[(row["job"], m)] = float(row[m])
+    return result
+
+
+def _polars_child(parquet_dir: str) -> None:
+    t0 = time.perf_counter()
+    metrics = polars_metrics(Path(parquet_dir))
+    seconds = time.perf_counter() - t0
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_rss_mib": peak_rss_mib(),
+                "metrics": [[j, m, v] for (j, m), v in metrics.items()],
+            }
+        )
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="200,000 rows (smoke test)")
+    parser.add_argument("--rows", type=int, help="compute intervals (default 10,000,000)")
+    parser.add_argument("--jobs", type=int, default=2000, help="training jobs the rows belong to")
+    parser.add_argument("--polars-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.polars_child:
+        _polars_child(args.polars_child)
+        return 0
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    from spotshift.costs.dbt import run_dbt
+    from spotshift.costs.fixtures import write_scaled_usage
+    from spotshift.warehouse import connect
+
+    rows = args.rows or (200_000 if args.quick else 10_000_000)
+    with tempfile.TemporaryDirectory(prefix="bench-costs-") as tmp:
+        tmpd = Path(tmp)
+        empty = tmpd / "empty.duckdb"
+        warehouse = tmpd / "warehouse.duckdb"
+        with Timer() as t_gen, connect(warehouse) as con:
+            counts = write_scaled_usage(con, rows, jobs=args.jobs)
+        parquet = tmpd / "parquet"
+        parquet.mkdir()
+        with connect(warehouse) as con:
+            for table in ("compute_usage", "checkpoints", "transfers", "preemptions", "migrations"):
+                con.execute(f"COPY raw.{table} TO '{parquet / (table + '.parquet')}' (FORMAT parquet)")
+        warehouse_mib = warehouse.stat().st_size / 2**20
+        print(
+            f"generated {counts['compute_usage']:,} intervals in {t_gen.seconds:.1f}s ({warehouse_mib:,.0f} MiB)"
+        )
+
+        base = run_dbt(DBT_SELECT, warehouse=empty)
+        print(f"dbt on an empty warehouse: {base.seconds:.1f}s")
+        run = run_dbt(DBT_SELECT, warehouse=warehouse)
+        dbt_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        models = {r["unique_id"].split(".")[-1]: round(r["execution_time"], 2) for r in run.results}
+        print(f"dbt +mart_cost_metrics: {run.seconds:.1f}s, peak {dbt_peak:,.0f} MiB")
+
+        proc = subprocess.run(
+            [sys.executable, __file__, "--polars-child", str(parquet)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        pol = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"polars: {pol['seconds']:.1f}s, peak {pol['peak_rss_mib']:,.0f} MiB")
+
+        import duckdb
+
+        con = duckdb.connect(str(warehouse), read_only=True)
+        sql_rows = con.execute(
+            "SELECT scope, metric, value FROM mart_cost_metrics WHERE scope_kind = 'job'"
+        ).fetchall()
+        con.close()
+    dbt_metrics = {(j, m): v for j, m, v in sql_rows if m in METRICS}
+    pol_metrics = {(j, m): v for j, m, v in pol["metrics"]}
+    worst = 0.0
+    for key in dbt_metrics.keys() | pol_metrics.keys():
+        a, b = dbt_metrics.get(key), pol_metrics.get(key)
+        if a is None or b is None:
+            worst = float("inf")
+            print(f"only one side has {key}: dbt={a} polars={b}", file=sys.stderr)
+            continue
+        worst = max(worst, abs(a - b) / max(abs(a), abs(b), 1e-12))
+    agree = worst < 1e-9
+    result = {
+        "rows": counts["compute_usage"],
+        "jobs": args.jobs,
+        "quick": bool(args.quick),
+        "inputs": counts,
+        "warehouse_mib": round(warehouse_mib, 1),
+        "generate_s": round(t_gen.seconds, 2),
+        "dbt": {
+            "command": "dbt " + " ".join(DBT_SELECT),
+            "seconds": round(run.seconds, 2),
+            "startup_seconds_empty_warehouse": round(base.seconds, 2),
+            "peak_rss_mib": round(dbt_peak, 1),
+            "model_seconds": models,
+            "rows_per_second": round(counts["compute_usage"] / run.seconds),
+        },
+        "polars": {
+            "seconds": round(pol["seconds"], 2),
+            "peak_rss_mib": round(pol["peak_rss_mib"], 1),
+            "rows_per_second": round(counts["compute_usage"] / pol["seconds"]),
+            "version": __import__("polars").__version__,
+        },
+        "dbt_over_polars_time": round(run.seconds / pol["seconds"], 2),
+        "metrics_compared": len(dbt_metrics),
+        "max_relative_difference": worst,
+        "agree": agree,
+    }
+    name = "costs_quick" if args.quick else "costs"
+    write_result(name, result)
+    if not agree:
+        print(f"dbt and polars disagree: max relative difference {worst}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

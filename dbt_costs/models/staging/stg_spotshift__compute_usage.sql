@@ -1,0 +1,41 @@
+-- A table, not a view like the other staging models: three models read it and de-duplicating
+-- millions of intervals costs seconds each time (bench/bench_costs.py).
+{{ config(materialized='table') }}
+-- One row per compute interval (a retried write of the same usage_id is kept once).
+-- `hours` is the billed quantity: usd / price_usd_hour when the writer gave both (trainers bill
+-- the work their steps stand for, which a sped-up virtual clock does not show), else the length
+-- of the interval; `wall_hours` is always the length. usd falls back to price x wall hours.
+with source as (
+    select * from {{ source('spotshift', 'compute_usage') }}
+),
+
+renamed as (
+    select
+        usage_id,
+        job,
+        lower(provider) as provider,
+        region,
+        lower(provider) || '/' || region as location,
+        instance_type,
+        gpu_model,
+        lower(market) as market,
+        started_at,
+        ended_at,
+        case
+            when usd is not null and price_usd_hour > 0 then usd / price_usd_hour
+            else greatest(epoch(ended_at - started_at), 0) / 3600.0
+        end as hours,
+        greatest(epoch(ended_at - started_at), 0) / 3600.0 as wall_hours,
+        coalesce(gpu_count, 1) as gpu_count,
+        price_usd_hour,
+        list_price_usd_hour,
+        coalesce(usd, price_usd_hour * greatest(epoch(ended_at - started_at), 0) / 3600.0) as usd,
+        coalesce(ended_in_preemption, false) as ended_in_preemption,
+        coalesce(steps, 0) as steps,
+        coalesce(tokens, 0) as tokens,
+        run_id
+    from source
+    where usage_id is not null and job is not null and started_at is not null and ended_at is not null
+)
+
+select * from {{ deduplicate('renamed', 'usage_id', 'ended_at desc') }} as deduplicated

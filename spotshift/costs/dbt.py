@@ -1,0 +1,157 @@
+"""Running the ``dbt_costs`` project against a warehouse file, offline, from the library.
+
+The command line (``spotshift report``), the tests and the benchmark build the marts through
+:func:`run_dbt`; Dagster runs the same project through dagster-dbt (``assets/costs.py``). dbt runs
+in a child process with ``SPOTSHIFT_WAREHOUSE`` pointing at the warehouse (the profile in
+``dbt_costs/profiles.yml`` reads it), ``DO_NOT_TRACK=1`` and its artifacts in a private target
+directory, so concurrent builds never overwrite the manifest Dagster loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spotshift.errors import ConfigError, SpotshiftError
+
+
+class DbtBuildError(SpotshiftError):
+    """dbt finished with errors or failing data tests (exit code 1: a check found a problem)."""
+
+    exit_code = 1
+
+
+@dataclass
+class DbtRun:
+    """Outcome of one dbt invocation."""
+
+    args: list[str]
+    returncode: int
+    seconds: float
+    results: list[dict] = field(default_factory=list)  # run_results.json "results"
+    stdout: str = ""
+
+    def failures(self) -> list[str]:
+        """One line per node that errored or whose test failed."""
+        out = []
+        for r in self.results:
+            if r.get("status") in ("error", "fail", "runtime error"):
+                msg = " ".join(str(r.get("message") or "").split())[:300]
+                out.append(f"{r.get('unique_id')}: {r.get('status')} {msg}".strip())
+        return out
+
+
+def dbt_project_dir() -> Path:
+    """The ``dbt_costs`` project: ``SPOTSHIFT_DBT_PROJECT`` when set, else next to the package."""
+    env = os.environ.get("SPOTSHIFT_DBT_PROJECT")
+    path = Path(env).expanduser().resolve() if env else Path(__file__).resolve().parents[2] / "dbt_costs"
+    if not (path / "dbt_project.yml").is_file():
+        raise ConfigError(f"dbt project {path}: no dbt_project.yml (set SPOTSHIFT_DBT_PROJECT)")
+    return path
+
+
+def project_changed_since(timestamp: float, project: Path | None = None) -> str | None:
+    """A file of the dbt project (models, seeds, macros, tests, dbt_project.yml) modified after the
+    POSIX ``timestamp``, as a project-relative path; None when nothing changed."""
+    project = project or dbt_project_dir()
+    candidates = [project / "dbt_project.yml"]
+    for sub in ("models", "seeds", "macros", "tests"):
+        candidates += [f for f in (project / sub).rglob("*") if f.is_file()]
+    for f in candidates:
+        if f.stat().st_mtime > timestamp:
+            return str(f.relative_to(project))
+    return None
+
+
+def dbt_executable() -> str:
+    """The ``dbt`` console script of this interpreter's environment."""
+    candidate = Path(sys.executable).with_name("dbt")
+    if candidate.is_file():
+        return str(candidate)
+    found = shutil.which("dbt")
+    if not found:
+        raise ConfigError("dbt is not installed in this environment (pip install -e . installs dbt-core)")
+    return found
+
+
+def dbt_env(warehouse: str | Path) -> dict[str, str]:
+    """Environment for a dbt child process: the warehouse path and no telemetry."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "SPOTSHIFT_WAREHOUSE": str(Path(warehouse).resolve()),
+            "DO_NOT_TRACK": "1",
+            "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+            "DBT_VERSION_CHECK": "false",
+            "DBT_USE_COLORS": "false",
+        }
+    )
+    return env
+
+
+def run_dbt(
+    args: Sequence[str],
+    *,
+    warehouse: str | Path,
+    check: bool = True,
+    extra_env: dict[str, str] | None = None,
+) -> DbtRun:
+    """Run ``dbt <args>`` on ``warehouse`` (schema ``raw`` is created first when missing).
+
+    With ``check`` a non-zero exit raises :class:`DbtBuildError` naming the failing nodes.
+    """
+    import time
+
+    from spotshift.warehouse import connect
+
+    project = dbt_project_dir()
+    with connect(warehouse):
+        pass  # creates the raw schema so sources resolve on an empty warehouse
+    with tempfile.TemporaryDirectory(prefix="spotshift-dbt-") as tmp:
+        target = Path(tmp) / "target"
+        cmd = [
+            dbt_executable(),
+            *args,
+            "--project-dir",
+            str(project),
+            "--profiles-dir",
+            str(project),
+            "--target-path",
+            str(target),
+            "--log-path",
+            str(Path(tmp) / "logs"),
+        ]
+        env = dbt_env(warehouse)
+        env.update(extra_env or {})
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, cwd=project, capture_output=True, text=True)
+        seconds = time.perf_counter() - t0
+        results: list[dict] = []
+        rr = target / "run_results.json"
+        if rr.is_file():
+            results = json.loads(rr.read_text()).get("results", [])
+    run = DbtRun(list(args), proc.returncode, seconds, results, proc.stdout + proc.stderr)
+    if check and proc.returncode != 0:
+        failed = run.failures()
+        if not failed:
+            tail = [ln for ln in run.stdout.splitlines() if "error" in ln.lower()][-3:]
+            failed = tail or [f"exit code {proc.returncode}"]
+        raise DbtBuildError(
+            f"dbt {' '.join(args)} on {warehouse} failed: {len(failed)} problem(s): " + "; ".join(failed[:5])
+        )
+    return run
+
+
+def build_marts(warehouse: str | Path, *, select: str | None = None) -> DbtRun:
+    """``dbt build`` (seeds, models, data tests, unit tests) of the whole project or ``select``."""
+    args = ["build", "--quiet"]
+    if select:
+        args += ["--select", select]
+    return run_dbt(args, warehouse=warehouse)
