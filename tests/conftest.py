@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,3 +55,20 @@ def shared_data(name: str) -> Path:
 def gcp_history() -> Path:
     """The real weekly GCP GPU price history (skips when absent)."""
     return shared_data("gcp_gpu_prices_2022_2024.csv")
+
+
+@contextlib.contextmanager
+def open_instance(dagster_home: Path | None = None) -> Iterator[Any]:
+    """A persistent DagsterInstance (``dagster_home`` or $DAGSTER_HOME), disposed on exit.
+
+    Deliberately not ``with DagsterInstance...``: Dagster 1.13's ``__enter__`` puts the instance's
+    defs-state storage into a context variable that ``__exit__`` never resets, so every later
+    ``materialize()`` in the same test process trips over a dead weak reference.
+    """
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(dagster_home)) if dagster_home else dg.DagsterInstance.get()
+    try:
+        yield instance
+    finally:
+        instance.dispose()

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import dagster as dg
+from tests.conftest import open_instance
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,7 @@ def test_demo_runs_on_the_synthetic_market(tmp_path: Path) -> None:
     assert "SYNTHETIC" in out and "success; materialized gpu_quotes, raw_price_quotes" in out
     for model in ("A100-40GB", "H100-80GB", "L4-24GB", "T4-16GB"):
         assert model in out
-    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+    with open_instance(home / "dagster") as instance:
         runs = instance.get_runs()
     assert sorted(r.job_name for r in runs) == ["cost_report_job", "price_poll_job"]
     assert all(r.is_success for r in runs)

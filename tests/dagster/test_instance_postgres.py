@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_service
+from tests.conftest import open_instance, require_service
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 
@@ -56,11 +56,11 @@ def test_postgres_backed_instance_stores_runs(
     def probe() -> int:
         return 1
 
-    with dg.DagsterInstance.get() as instance:
+    with open_instance() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         instance.add_dynamic_partitions("regions", ["gcp/us-central1"])
         result = dg.materialize([probe], instance=instance)
         assert result.success
-    with dg.DagsterInstance.get() as again:  # a second process view sees the same state
+    with open_instance() as again:  # a second process view sees the same state
         assert again.get_latest_materialization_event(dg.AssetKey("probe")) is not None
         assert again.get_dynamic_partitions("regions") == ["gcp/us-central1"]

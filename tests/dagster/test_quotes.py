@@ -112,9 +112,8 @@ def test_stale_market_is_blocked(spotshift_home: Path) -> None:
 
 def test_schedule_evaluates_every_minute_with_a_stable_run_key() -> None:
     tick = datetime(2026, 11, 20, 12, 34, tzinfo=UTC)
-    with dg.instance_for_test() as instance:
-        ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=tick)
-        data = price_poll_schedule.evaluate_tick(ctx)
+    ctx = dg.build_schedule_context(instance=dg.DagsterInstance.ephemeral(), scheduled_execution_time=tick)
+    data = price_poll_schedule.evaluate_tick(ctx)
     (request,) = data.run_requests
     assert request.run_key == "price-poll-20261120T1234Z"
     assert price_poll_schedule.cron_schedule == "* * * * *"
