@@ -10,6 +10,9 @@ import os
 
 import dagster as dg
 
+import assets.datasets
+import sensors.datasets
+from resources.stores import stores_resource_from_env
 from resources.warehouse import WarehouseResource
 from spotshift.home import warehouse_path
 
@@ -19,13 +22,14 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 # dbt and every subprocess read the warehouse through the same variable as the resource
 os.environ.setdefault("SPOTSHIFT_WAREHOUSE", str(warehouse_path()))
 
-DOMAIN_MODULES: list = []
+DOMAIN_MODULES: list = [assets.datasets, sensors.datasets]
 
 
 def build_resources() -> dict[str, object]:
     """Resources shared by every asset, sensor and op of the code location."""
     return {
         "warehouse": WarehouseResource(database=os.environ["SPOTSHIFT_WAREHOUSE"]),
+        "stores": stores_resource_from_env(),
     }
 
 

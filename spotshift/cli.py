@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 #: modules that contribute command groups, in ``--help`` order
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("spotshift.sync.commands",)
 
 
 def emit_json(obj: Any) -> None:
