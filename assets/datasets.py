@@ -86,6 +86,13 @@ def fingerprint_root(instance: dg.DagsterInstance, dataset: str) -> str | None:
     return str(value.value) if value is not None else None
 
 
+class ReplicaConfig(dg.Config):
+    """How to bring a replica up to date."""
+
+    check_existing_chunks: bool = False
+    """Also look up every chunk of an already-current replica and resend missing ones (a HEAD per chunk)."""
+
+
 def _replica_keys(context: Any) -> tuple[str, str]:
     keys = context.partition_key.keys_by_dimension
     return keys["dataset"], keys["region"]
@@ -101,7 +108,7 @@ def _replica_keys(context: Any) -> tuple[str, str]:
     description="A dataset's fingerprinted snapshot in a region's store, delta-synced from its home region "
     "(only missing chunks are sent; egress is priced per provider/region).",
 )
-def dataset_replicas(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def dataset_replicas(context: dg.AssetExecutionContext, config: ReplicaConfig) -> dg.MaterializeResult:
     from spotshift.errors import NotFoundError
     from spotshift.sync.datasets import get_dataset, replicate_dataset
 
@@ -114,7 +121,12 @@ def dataset_replicas(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         )
     stores = context.resources.stores
     stats = replicate_dataset(
-        dataset, root, stores.store_for(dataset.location), stores.store_for(region), region
+        dataset,
+        root,
+        stores.store_for(dataset.location),
+        stores.store_for(region),
+        region,
+        check_existing=config.check_existing_chunks,
     )
     context.resources.warehouse.append("raw.transfers", [stats.to_row(context.run_id)])
     context.log.info(

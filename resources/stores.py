@@ -48,6 +48,9 @@ class S3RegionStoresResource(S3Resource):
     bucket: str
     prefix: str = "spotshift/stores"
 
+    def get_object_to_set_on_execution_context(self) -> object:
+        return self  # assets call store_for(); S3Resource would hand them a bare boto3 client
+
     def store_for(self, location: str) -> ChunkStore:
         from spotshift.sync.store_s3 import S3ChunkStore
 
@@ -62,6 +65,9 @@ class GCSRegionStoresResource(GCSResource):
 
     bucket: str
     prefix: str = "spotshift/stores"
+
+    def get_object_to_set_on_execution_context(self) -> object:
+        return self  # assets call store_for(); GCSResource would hand them a bare storage client
 
     def store_for(self, location: str) -> ChunkStore:
         from spotshift.sync.store_gcs import GCSChunkStore

@@ -195,8 +195,12 @@ def replicate_dataset(
     target_location: str,
     *,
     workers: int | None = None,
+    check_existing: bool = False,
 ) -> Any:
-    """Copy snapshot ``root`` of the dataset from its home store to ``target_location``'s store (delta only)."""
+    """Copy snapshot ``root`` of the dataset from its home store to ``target_location``'s store (delta only).
+
+    ``check_existing`` re-checks every chunk of an already-current replica (see ``delta.replicate``).
+    """
     from spotshift.sync.delta import replicate
 
     return replicate(
@@ -207,6 +211,7 @@ def replicate_dataset(
         workers=workers,
         src_location=dataset.location,
         dst_location=target_location,
+        check_existing=check_existing,
     )
 
 

@@ -120,11 +120,14 @@ def push(
     budget_bytes: int | None = None,
     src_location: str | None = None,
     dst_location: str | None = None,
+    check_existing: bool = False,
 ) -> TransferStats:
     """Snapshot the directory ``source`` into ``store`` as ``dataset``; send only missing chunks.
 
     ``source`` may be a :class:`Fingerprint` already computed (then ``source_dir`` names the tree
-    it describes). Raises :class:`InputError` when a file changed since it was fingerprinted.
+    it describes). Chunks of the store's current snapshot are trusted to be present unless
+    ``check_existing`` (then every chunk is looked up and missing ones are sent again). Raises
+    :class:`InputError` when a file changed since it was fingerprinted.
     """
     t0 = time.perf_counter()
     check_dataset_name(dataset)
@@ -146,7 +149,7 @@ def push(
         bytes_scanned=fp.stats.bytes_read,
     )
     _prepare_target(store)
-    old, read = _target_manifest(store, dataset, manifest.params)
+    old, read = (None, 0) if check_existing else _target_manifest(store, dataset, manifest.params)
     stats.bytes_scanned += read
     if old is not None and old.root == manifest.root:
         stats.dirs_pruned = 1
@@ -204,10 +207,13 @@ def replicate(
     budget_bytes: int | None = None,
     src_location: str | None = None,
     dst_location: str | None = None,
+    check_existing: bool = False,
 ) -> TransferStats:
     """Copy ``dataset``'s snapshot (its latest, or ``root``) from one store to another, delta only.
 
-    Every chunk read from the source is checked against its digest before it is written.
+    Every chunk read from the source is checked against its digest before it is written. With
+    ``check_existing`` the target's current snapshot is not trusted: every chunk is looked up in
+    the target and missing ones are copied again (repairs a damaged replica).
     """
     t0 = time.perf_counter()
     check_dataset_name(dataset)
@@ -225,7 +231,7 @@ def replicate(
         bytes_scanned=len(raw),
     )
     _prepare_target(dst)
-    old, read = _target_manifest(dst, dataset, manifest.params)
+    old, read = (None, 0) if check_existing else _target_manifest(dst, dataset, manifest.params)
     stats.bytes_scanned += read
     if old is not None and old.root == manifest.root:
         stats.dirs_pruned = 1
