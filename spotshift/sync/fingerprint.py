@@ -154,7 +154,7 @@ def chunk_file(
     raise InputError(f"{abs_path}: file keeps changing while it is read; fingerprint it when it is quiet")
 
 
-def _prefetch_parquet() -> None:
+def _prefetch_parquet() -> Any:
     # the manifest is written with pyarrow (~0.2 s to import): overlap that with chunking
     def load() -> None:
         # an import failure surfaces later, where pyarrow is really needed
@@ -163,7 +163,9 @@ def _prefetch_parquet() -> None:
 
     import threading
 
-    threading.Thread(target=load, name="spotshift-prefetch-pyarrow", daemon=True).start()
+    t = threading.Thread(target=load, name="spotshift-prefetch-pyarrow", daemon=True)
+    t.start()
+    return t
 
 
 def fingerprint(
@@ -209,10 +211,15 @@ def fingerprint(
                 stats.cache_hits += 1
             else:
                 todo.append((rel, abs_path, lst))
-        if todo and prefetch_parquet:
-            _prefetch_parquet()
-        if todo:
-            _chunk_all(todo, params, workers, cache, walked.entries, stats)
+        prefetcher = _prefetch_parquet() if todo and prefetch_parquet else None
+        try:
+            if todo:
+                _chunk_all(todo, params, workers, cache, walked.entries, stats)
+        except BaseException:
+            # never exit while a thread is half-way through importing pyarrow (it can abort the process)
+            if prefetcher is not None:
+                prefetcher.join(timeout=30)
+            raise
         if cache:
             cache.forget_missing(params.key, str(root), {a for _, a, _ in walked.files})
             cache.commit()
