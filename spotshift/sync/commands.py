@@ -254,6 +254,12 @@ def _declared_params(name: str | None) -> Any:
     return None
 
 
+def _declared_sources() -> dict[str, str]:
+    from spotshift.sync.datasets import load_datasets
+
+    return {d.name: str(d.source_path) for d in load_datasets()}
+
+
 def _push(args: argparse.Namespace) -> int:
     import os
 
@@ -324,18 +330,34 @@ def _replicate(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from spotshift.errors import ConfigError
-    from spotshift.sync.delta import verify
+    from spotshift.sync.delta import VerifyReport, verify
+    from spotshift.sync.refs import list_datasets
+    from spotshift.sync.store import open_store
 
     if (args.source or args.from_url) and not args.repair:
         raise ConfigError("--source/--from name where repairs come from; add --repair to repair")
     if args.source and args.from_url:
         raise ConfigError("give one repair source: --source DIR or --from URL")
-    repair_from = (args.source or args.from_url) if args.repair else None
-    if args.repair and repair_from is None:
-        raise ConfigError("--repair needs --source DIR (the original files) or --from URL (another store)")
-    report = verify(
-        args.url, args.dataset, repair_from=repair_from, full=not args.quick, workers=args.workers
-    )
+    store = open_store(args.url)
+    full = not args.quick
+    if args.repair and not (args.source or args.from_url):
+        # no source given: repair each dataset from its declared source directory
+        sources = _declared_sources()
+        names = [args.dataset] if args.dataset else list_datasets(store)
+        missing = [n for n in names if n not in sources]
+        if missing:
+            raise ConfigError(
+                f"--repair needs --source DIR or --from URL: {', '.join(missing)} not declared "
+                "(spotshift datasets add) so its source directory is unknown"
+            )
+        report = VerifyReport(store.url, [], full=full)
+        for n in names:
+            part = verify(store, n, repair_from=sources[n], full=full, workers=args.workers)
+            report.datasets.extend(part.datasets)
+            report.seconds += part.seconds
+    else:
+        repair_from = (args.source or args.from_url) if args.repair else None
+        report = verify(store, args.dataset, repair_from=repair_from, full=full, workers=args.workers)
     if args.json:
         _emit(report.to_dict())
     else:

@@ -83,9 +83,14 @@ def test_push_pull_verify_repair_cycle(
     code, out, _ = run(capsys, "sync", "verify", store)
     assert code == 1 and "FAILED corpus" in out and "1 corrupt" in out
     code, out, err = run(capsys, "sync", "verify", store, "--repair")
-    assert code == 2 and err.count("\n") == 1 and "--source" in err
+    assert code == 2 and err.count("\n") == 1 and "--source" in err and "corpus not declared" in err
     code, out, _ = run(capsys, "sync", "verify", store, "--repair", "--source", str(src), "--json")
     assert code == 0 and last_json(out)["datasets"][0]["repaired"]
+    # a declared dataset is repaired from its source without naming it
+    chunk.write_bytes(b"corrupt again")
+    assert run(capsys, "datasets", "add", "corpus", str(src))[0] == 0
+    assert run(capsys, "sync", "verify", store, "--repair")[0] == 0
+    assert run(capsys, "sync", "verify", store)[0] == 0
     region = (tmp_path / "region").as_uri()
     code, out, _ = run(capsys, "sync", "replicate", store, region, "--json", "--no-record")
     assert code == 0 and last_json(out)["chunks_sent"] == pushed["chunks_total"]
