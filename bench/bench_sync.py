@@ -250,7 +250,9 @@ def bench_delta(work: Path, files: int, size: int, edits: int, restic: str | Non
     ):
         store = work / f"store-{label}"
         tools[label] = {"initial": spotshift_push(src, store, env, opts), "max_chunk": max_chunk}
-    tools["rsync"] = {"initial": rsync_run(src, work / "rsync-dst")}
+    rsync = shutil.which("rsync")
+    if rsync:
+        tools["rsync"] = {"initial": rsync_run(src, work / "rsync-dst")}
     if restic:
         tools["restic"] = {"initial": restic_run(restic, work / "restic-repo", src)}
     changed = edit_scattered(src, edits, seed=3)
@@ -259,7 +261,8 @@ def bench_delta(work: Path, files: int, size: int, edits: int, restic: str | Non
         r = spotshift_push(src, work / f"store-{label}", env, opts)
         bound = changed + 2 * tools[label]["max_chunk"] * edits + 0.01 * total
         tools[label]["after_edits"] = {**r, "bound": int(bound), "within_bound": r["bytes_sent"] <= bound}
-    tools["rsync"]["after_edits"] = rsync_run(src, work / "rsync-dst")
+    if rsync:
+        tools["rsync"]["after_edits"] = rsync_run(src, work / "rsync-dst")
     if restic:
         tools["restic"]["after_edits"] = restic_run(restic, work / "restic-repo", src)
     out["bytes_changed_by_edits"] = changed

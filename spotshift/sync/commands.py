@@ -12,6 +12,9 @@ import sys
 from typing import Any
 
 _URL_HELP = "store URL: file:///path, s3://bucket/prefix or gs://bucket/prefix"
+_CHECK_HELP = (
+    "also look up chunks of the store's current snapshot and resend missing ones (repairs a damaged store)"
+)
 
 
 def register(sub: Any) -> None:
@@ -104,7 +107,7 @@ def _register_sync(sub: Any) -> None:
         "sync",
         help="content-defined delta sync of datasets between directories and stores",
         description="Fingerprint trees, push them to stores, replicate between stores, pull, verify and repair. "
-        f"Stores are URLs: {_URL_HELP}.",
+        "Stores are URLs: file:///path, s3://bucket/prefix or gs://bucket/prefix.",
     )
     ss = p.add_subparsers(dest="sync_command", metavar="ACTION")
     ss.required = True
@@ -141,6 +144,7 @@ def _register_sync(sub: Any) -> None:
     pu.add_argument(
         "--to-location", metavar="PROVIDER/REGION", help="where the store is (default: from its URL)"
     )
+    pu.add_argument("--check-existing", action="store_true", help=_CHECK_HELP)
     _io_options(pu)
     pu.set_defaults(handler=_push)
 
@@ -175,6 +179,7 @@ def _register_sync(sub: Any) -> None:
     r.add_argument(
         "--to-location", metavar="PROVIDER/REGION", help="where DST_URL is (default: from its URL)"
     )
+    r.add_argument("--check-existing", action="store_true", help=_CHECK_HELP)
     _io_options(r)
     r.set_defaults(handler=_replicate)
 
@@ -275,6 +280,7 @@ def _push(args: argparse.Namespace) -> int:
         workers=args.workers,
         src_location=args.from_location,
         dst_location=args.to_location,
+        check_existing=args.check_existing,
     )
     _record(args, stats)
     if args.json:
@@ -319,6 +325,7 @@ def _replicate(args: argparse.Namespace) -> int:
         workers=args.workers,
         src_location=args.from_location,
         dst_location=args.to_location,
+        check_existing=args.check_existing,
     )
     _record(args, stats)
     if args.json:

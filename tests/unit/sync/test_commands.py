@@ -94,6 +94,15 @@ def test_push_pull_verify_repair_cycle(
     region = (tmp_path / "region").as_uri()
     code, out, _ = run(capsys, "sync", "replicate", store, region, "--json", "--no-record")
     assert code == 0 and last_json(out)["chunks_sent"] == pushed["chunks_total"]
+    # a chunk lost from the replica comes back with --check-existing
+    lost = next(p for p in (tmp_path / "region" / "chunks").rglob("*") if p.is_file())
+    lost.unlink()
+    code, out, _ = run(capsys, "sync", "replicate", store, region, "--json", "--no-record")
+    assert last_json(out)["chunks_sent"] == 0  # the replica's snapshot is trusted by default
+    code, out, _ = run(
+        capsys, "sync", "replicate", store, region, "--json", "--no-record", "--check-existing"
+    )
+    assert last_json(out)["chunks_sent"] == 1 and run(capsys, "sync", "verify", region)[0] == 0
 
 
 @pytest.mark.parametrize(
