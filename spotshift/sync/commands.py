@@ -90,7 +90,12 @@ def _record(args: argparse.Namespace, stats: Any) -> None:
         sys.stderr.write(f"spotshift: warning: transfer done but not recorded in the warehouse: {exc}\n")
 
 
-def _print_transfer(verb: str, stats: Any) -> None:
+def _report_transfer(args: argparse.Namespace, verb: str, stats: Any) -> int:
+    """Record the transfer in the warehouse (unless --no-record) and print it."""
+    _record(args, stats)
+    if args.json:
+        _emit(stats.to_dict())
+        return 0
     amp = stats.transfer_amplification
     print(
         f"{verb} {stats.dataset}: {stats.src} -> {stats.dst}\n"
@@ -99,6 +104,7 @@ def _print_transfer(verb: str, stats: Any) -> None:
         f"scanned {_hb(stats.bytes_scanned)}, amplification {f'{amp:.2f}' if amp else '-'}) "
         f"in {stats.seconds:.2f}s; egress ${stats.egress_usd:.4f}"
     )
+    return 0
 
 
 # ---- sync --------------------------------------------------------------------------------------------
@@ -282,12 +288,7 @@ def _push(args: argparse.Namespace) -> int:
         dst_location=args.to_location,
         check_existing=args.check_existing,
     )
-    _record(args, stats)
-    if args.json:
-        _emit(stats.to_dict())
-    else:
-        _print_transfer("pushed", stats)
-    return 0
+    return _report_transfer(args, "pushed", stats)
 
 
 def _pull(args: argparse.Namespace) -> int:
@@ -302,12 +303,7 @@ def _pull(args: argparse.Namespace) -> int:
         reuse_local=not args.no_reuse,
         dst_location=args.to_location,
     )
-    _record(args, stats)
-    if args.json:
-        _emit(stats.to_dict())
-    else:
-        _print_transfer("pulled", stats)
-    return 0
+    return _report_transfer(args, "pulled", stats)
 
 
 def _replicate(args: argparse.Namespace) -> int:
@@ -327,12 +323,7 @@ def _replicate(args: argparse.Namespace) -> int:
         dst_location=args.to_location,
         check_existing=args.check_existing,
     )
-    _record(args, stats)
-    if args.json:
-        _emit(stats.to_dict())
-    else:
-        _print_transfer("replicated", stats)
-    return 0
+    return _report_transfer(args, "replicated", stats)
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ from typing import Any
 from spotshift.errors import ConfigError, InputError, IntegrityError, NotFoundError
 from spotshift.sync.chunking import ChunkParams, digest_function
 from spotshift.sync.fingerprint import Fingerprint, fingerprint, local_path
-from spotshift.sync.manifest import DIR, ROOT_PATH, SYMLINK, FileEntry, Manifest, diff
+from spotshift.sync.manifest import DIR, ROOT_PATH, SYMLINK, Diff, FileEntry, Manifest, diff
 from spotshift.sync.refs import (
     Ref,
     check_dataset_name,
@@ -79,6 +79,21 @@ def _target_manifest(store: ChunkStore, dataset: str, params: ChunkParams) -> tu
     except (NotFoundError, IntegrityError):
         return None, 0  # diff against nothing: every chunk is checked in the store
     return manifest, len(raw)
+
+
+def _plan(
+    target: ChunkStore, dataset: str, manifest: Manifest, check_existing: bool, stats: TransferStats
+) -> Diff | None:
+    """What ``manifest`` has that the target's current snapshot lacks; None when the target is at it."""
+    _prepare_target(target)
+    old, read = (None, 0) if check_existing else _target_manifest(target, dataset, manifest.params)
+    stats.bytes_scanned += read
+    if old is not None and old.root == manifest.root:
+        stats.dirs_pruned = 1
+        return None
+    d = diff(manifest, old)
+    stats.files_changed, stats.dirs_pruned = len(d.changed_files), d.dirs_pruned
+    return d
 
 
 @dataclass
@@ -148,14 +163,9 @@ def push(
         dst_location=dst_location or location_of_store(store.url),
         bytes_scanned=fp.stats.bytes_read,
     )
-    _prepare_target(store)
-    old, read = (None, 0) if check_existing else _target_manifest(store, dataset, manifest.params)
-    stats.bytes_scanned += read
-    if old is not None and old.root == manifest.root:
-        stats.dirs_pruned = 1
+    d = _plan(store, dataset, manifest, check_existing, stats)
+    if d is None:
         return _finish(stats, manifest, t0)
-    d = diff(manifest, old)
-    stats.files_changed, stats.dirs_pruned = len(d.changed_files), d.dirs_pruned
     missing = d.missing_chunks()
     # where each missing chunk can be read, in file order so reads stay sequential
     located: dict[bytes, _Located] = {}
@@ -230,14 +240,9 @@ def replicate(
         dst_location=dst_location or location_of_store(dst.url),
         bytes_scanned=len(raw),
     )
-    _prepare_target(dst)
-    old, read = (None, 0) if check_existing else _target_manifest(dst, dataset, manifest.params)
-    stats.bytes_scanned += read
-    if old is not None and old.root == manifest.root:
-        stats.dirs_pruned = 1
+    d = _plan(dst, dataset, manifest, check_existing, stats)
+    if d is None:
         return _finish(stats, manifest, t0)
-    d = diff(manifest, old)
-    stats.files_changed, stats.dirs_pruned = len(d.changed_files), d.dirs_pruned
     missing = d.missing_chunks()
     hexfn = _hex_fn(manifest.params)
 

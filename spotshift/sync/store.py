@@ -42,6 +42,13 @@ def chunk_key(digest_hex: str) -> str:
     return f"{CHUNK_PREFIX}{digest_hex[:2]}/{digest_hex}"
 
 
+def check_key(key: str) -> str:
+    """``key`` if it is a relative ``a/b/c`` path (no empty, absolute or ``..`` parts); else :class:`ConfigError`."""
+    if not key or key.startswith("/") or ".." in key.split("/"):
+        raise ConfigError(f"store key {key!r} is not a relative path")
+    return key
+
+
 class ChunkStore(ABC):
     """An object store addressed by string keys. Implementations must be thread-safe."""
 
@@ -129,9 +136,7 @@ class LocalChunkStore(ChunkStore):
         return removed
 
     def _path(self, key: str) -> Path:
-        if not key or key.startswith("/") or ".." in key.split("/"):
-            raise ConfigError(f"store key {key!r} is not a relative path")
-        return self.root / key
+        return self.root / check_key(key)
 
     def _commit(self, tmp: Path, dest: Path, if_absent: bool) -> bool:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -221,6 +226,32 @@ class LocalChunkStore(ChunkStore):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+
+class BucketStore(ChunkStore):
+    """Base of the object stores addressed as ``<scheme>://bucket/prefix`` (S3, GCS)."""
+
+    scheme = ""
+
+    def __init__(self, bucket: str, prefix: str = ""):
+        if not bucket:
+            raise ConfigError(f"{self.scheme} store needs a bucket ({self.scheme}://bucket/prefix)")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.url = f"{self.scheme}://{bucket}/{self.prefix}" if self.prefix else f"{self.scheme}://{bucket}"
+
+    @classmethod
+    def from_url(cls, url: str) -> ChunkStore:
+        parsed = urlparse(url)
+        return cls(parsed.netloc, parsed.path)
+
+    def object_name(self, key: str) -> str:
+        """The bucket-level name of a store key."""
+        return f"{self.prefix}/{check_key(key)}" if self.prefix else check_key(key)
+
+    def key_of(self, name: str) -> str:
+        """The store key of a bucket-level name under this store's prefix."""
+        return name[len(self.prefix) + 1 :] if self.prefix else name
 
 
 def _pid_alive(pid: int) -> bool:

@@ -17,16 +17,17 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from spotshift.errors import ConfigError, CredentialsError, NotFoundError
-from spotshift.sync.store import ChunkStore, register_scheme
+from spotshift.errors import CredentialsError, NotFoundError
+from spotshift.sync.store import BucketStore, register_scheme
 
 MiB = 1024 * 1024
 
 
-class GCSChunkStore(ChunkStore):
+class GCSChunkStore(BucketStore):
     """A name prefix in a GCS bucket."""
+
+    scheme = "gs"
 
     def __init__(
         self,
@@ -38,11 +39,7 @@ class GCSChunkStore(ChunkStore):
         project: str | None = None,
         chunk_size: int = 16 * MiB,
     ):
-        if not bucket:
-            raise ConfigError("GCS store needs a bucket (gs://bucket/prefix)")
-        self.bucket_name = bucket
-        self.prefix = prefix.strip("/")
-        self.url = f"gs://{bucket}/{self.prefix}" if self.prefix else f"gs://{bucket}"
+        super().__init__(bucket, prefix)
         self.chunk_size = chunk_size
         self._client = client
         self._factory = client_factory or (
@@ -50,28 +47,18 @@ class GCSChunkStore(ChunkStore):
         )
         self._local = threading.local()
 
-    @classmethod
-    def from_url(cls, url: str) -> GCSChunkStore:
-        parsed = urlparse(url)
-        return cls(parsed.netloc, parsed.path)
-
     def _bucket(self) -> Any:
         b = getattr(self._local, "bucket", None)
         if b is None:
             client = self._client
             if client is None:
                 client = self._wrap("client", self._factory)
-            b = client.bucket(self.bucket_name)
+            b = client.bucket(self.bucket)
             self._local.bucket = b
         return b
 
-    def _name(self, key: str) -> str:
-        if not key or key.startswith("/") or ".." in key.split("/"):
-            raise ConfigError(f"store key {key!r} is not a relative path")
-        return f"{self.prefix}/{key}" if self.prefix else key
-
     def _blob(self, key: str) -> Any:
-        blob = self._bucket().blob(self._name(key))
+        blob = self._bucket().blob(self.object_name(key))
         blob.chunk_size = self.chunk_size
         return blob
 
@@ -131,7 +118,7 @@ class GCSChunkStore(ChunkStore):
         return self.size(key) is not None
 
     def size(self, key: str) -> int | None:
-        blob = self._wrap(key, self._bucket().get_blob, self._name(key))
+        blob = self._wrap(key, self._bucket().get_blob, self.object_name(key))
         return None if blob is None else int(blob.size)
 
     def list_keys(self, prefix: str = "") -> Iterator[str]:
@@ -141,7 +128,7 @@ class GCSChunkStore(ChunkStore):
             prefix or "keys", lambda: list(bucket.client.list_blobs(bucket, prefix=base + prefix))
         )
         for b in blobs:
-            yield b.name[len(base) :]
+            yield self.key_of(b.name)
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(NotFoundError):

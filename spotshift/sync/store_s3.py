@@ -18,16 +18,17 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from spotshift.errors import ConfigError, CredentialsError, NotFoundError
-from spotshift.sync.store import ChunkStore, register_scheme
+from spotshift.sync.store import BucketStore, register_scheme
 
 MiB = 1024 * 1024
 
 
-class S3ChunkStore(ChunkStore):
+class S3ChunkStore(BucketStore):
     """A key prefix in an S3 bucket. Thread-safe (boto3 clients are)."""
+
+    scheme = "s3"
 
     def __init__(
         self,
@@ -40,11 +41,7 @@ class S3ChunkStore(ChunkStore):
         multipart_threshold: int = 64 * MiB,
         part_size: int = 16 * MiB,
     ):
-        if not bucket:
-            raise ConfigError("S3 store needs a bucket (s3://bucket/prefix)")
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
-        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        super().__init__(bucket, prefix)
         self.multipart_threshold = multipart_threshold
         self.part_size = max(5 * MiB, part_size)
         if client is None:
@@ -58,16 +55,6 @@ class S3ChunkStore(ChunkStore):
                 config=Config(max_pool_connections=32, retries={"mode": "standard", "max_attempts": 5}),
             )
         self.client = client
-
-    @classmethod
-    def from_url(cls, url: str) -> S3ChunkStore:
-        parsed = urlparse(url)
-        return cls(parsed.netloc, parsed.path)
-
-    def _key(self, key: str) -> str:
-        if not key or key.startswith("/") or ".." in key.split("/"):
-            raise ConfigError(f"store key {key!r} is not a relative path")
-        return f"{self.prefix}/{key}" if self.prefix else key
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
         """``fn(Bucket=..., **kwargs)`` with botocore errors mapped to spotshift errors naming ``what``."""
@@ -115,7 +102,12 @@ class S3ChunkStore(ChunkStore):
         extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
         try:
             self._call(
-                key, self.client.put_object, Key=self._key(key), Body=data, ChecksumAlgorithm="CRC32", **extra
+                key,
+                self.client.put_object,
+                Key=self.object_name(key),
+                Body=data,
+                ChecksumAlgorithm="CRC32",
+                **extra,
             )
         except _Exists:
             return False
@@ -131,7 +123,7 @@ class S3ChunkStore(ChunkStore):
                 self._call(
                     key,
                     self.client.put_object,
-                    Key=self._key(key),
+                    Key=self.object_name(key),
                     Body=f,
                     ChecksumAlgorithm="CRC32",
                     **extra,
@@ -141,7 +133,7 @@ class S3ChunkStore(ChunkStore):
         return True
 
     def _multipart(self, key: str, stream: Any, if_absent: bool) -> bool:
-        k = self._key(key)
+        k = self.object_name(key)
         if if_absent and self.exists(key):
             return False
         upload = self._call(key, self.client.create_multipart_upload, Key=k, ChecksumAlgorithm="CRC32")
@@ -193,11 +185,11 @@ class S3ChunkStore(ChunkStore):
 
     # ---- reads -----------------------------------------------------------------------------------
     def get_bytes(self, key: str) -> bytes:
-        r = self._call(key, self.client.get_object, Key=self._key(key))
+        r = self._call(key, self.client.get_object, Key=self.object_name(key))
         return r["Body"].read()
 
     def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
-        r = self._call(key, self.client.get_object, Key=self._key(key))
+        r = self._call(key, self.client.get_object, Key=self.object_name(key))
         dest = Path(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.part")
@@ -215,7 +207,7 @@ class S3ChunkStore(ChunkStore):
 
     def size(self, key: str) -> int | None:
         try:
-            r = self._call(key, self.client.head_object, Key=self._key(key))
+            r = self._call(key, self.client.head_object, Key=self.object_name(key))
         except NotFoundError:
             return None
         return int(r["ContentLength"])
@@ -236,7 +228,7 @@ class S3ChunkStore(ChunkStore):
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(NotFoundError):
-            self._call(key, self.client.delete_object, Key=self._key(key))
+            self._call(key, self.client.delete_object, Key=self.object_name(key))
 
 
 class _Exists(Exception):
