@@ -105,6 +105,12 @@ def _replica_keys(context: Any) -> tuple[str, str]:
     kinds={"python"},
     # the "dataset" dimension maps onto dataset_fingerprints' partitions (inferred by Dagster)
     deps=[dataset_fingerprints],
+    # keep replicas that exist in step with a new fingerprint; never create new ones (egress costs money)
+    automation_condition=(
+        dg.AutomationCondition.any_deps_updated()
+        & ~dg.AutomationCondition.missing()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label("existing replica, new fingerprint"),
     description="A dataset's fingerprinted snapshot in a region's store, delta-synced from its home region "
     "(only missing chunks are sent; egress is priced per provider/region).",
 )

@@ -153,6 +153,26 @@ def test_fingerprint_and_replica_materialize_and_check(setup: tuple) -> None:
     assert json.loads(json.dumps(detail))["dataset"] == "corpus"
 
 
+def test_automation_refreshes_existing_replicas_only(setup: tuple) -> None:
+    defs, instance, src = setup
+    instance.add_dynamic_partitions("datasets", ["corpus"])
+    instance.add_dynamic_partitions("regions", [HOME, TARGET, "azure/westeurope"])
+    assert _run(defs, "fingerprint_job", instance, "corpus").success
+    key = dg.MultiPartitionKey({"dataset": "corpus", "region": TARGET})
+    assert _run(defs, "replica_job", instance, key).success
+    first = dg.evaluate_automation_conditions(
+        defs, instance, asset_selection=dg.AssetSelection.assets(dataset_replicas)
+    )
+    assert first.total_requested == 0
+    (src / "README").write_text("changed\n")
+    assert _run(defs, "fingerprint_job", instance, "corpus").success
+    second = dg.evaluate_automation_conditions(
+        defs, instance, asset_selection=dg.AssetSelection.assets(dataset_replicas), cursor=first.cursor
+    )
+    requested = second.get_requested_partitions(dataset_replicas.key)
+    assert requested == {key}  # not the regions that never had a replica
+
+
 def test_replica_without_fingerprint_fails_clearly(setup: tuple) -> None:
     defs, instance, _ = setup
     instance.add_dynamic_partitions("datasets", ["corpus"])
