@@ -265,3 +265,17 @@ def test_kill_9_mid_push_then_rerun_completes_and_no_pointer_is_premature(
     pull(store, tmp_path / "out")
     for i in range(4):
         assert (tmp_path / "out" / f"f{i}.bin").read_bytes() == (src / f"f{i}.bin").read_bytes()
+
+
+def test_empty_dataset_round_trip(tmp_path: Path, spotshift_home: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    store = LocalChunkStore(tmp_path / "store")
+    pushed = push(empty, store, "nothing", params=SMALL)
+    assert (pushed.chunks_total, pushed.bytes_full, pushed.transfer_amplification) == (0, 0, None)
+    assert verify(store).ok
+    other = LocalChunkStore(tmp_path / "other")
+    assert replicate(store, other, "nothing").root == pushed.root
+    pull(other, tmp_path / "out")
+    assert (tmp_path / "out").is_dir() and not any((tmp_path / "out").iterdir())
+    assert pushed.to_row()["transfer_amplification"] is None
