@@ -60,11 +60,17 @@ class TransferStats:
         return self.bytes_sent / self.bytes_changed if self.bytes_changed else None
 
     def price(self) -> None:
-        """Set ``egress_usd_per_gb`` from the egress table when both locations are known."""
+        """Set ``egress_usd_per_gb`` from the egress table when both locations are known.
+
+        Locations are ``provider/region``, or ``provider/region/zone`` when the zone matters
+        (cross-AZ transfers inside one region are billed, $0.01/GB).
+        """
         if self.src_location and self.dst_location:
             from spotshift.pricing.egress import egress_usd_per_gb
 
-            self.egress_usd_per_gb = egress_usd_per_gb(self.src_location, self.dst_location)
+            src, src_zone = _zoned(self.src_location)
+            dst, dst_zone = _zoned(self.dst_location)
+            self.egress_usd_per_gb = egress_usd_per_gb(src, dst, src_zone=src_zone, dst_zone=dst_zone)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, JSON-ready (the ``--json`` output of the command line)."""
@@ -97,6 +103,12 @@ class TransferStats:
             "root": self.root,
             "run_id": run_id,
         }
+
+
+def _zoned(location: str) -> tuple[str, str]:
+    """``"aws/us-east-1/us-east-1a"`` -> ``("aws/us-east-1", "us-east-1a")``; no zone -> ``""``."""
+    parts = location.split("/")
+    return ("/".join(parts[:2]), parts[2]) if len(parts) == 3 else (location, "")
 
 
 def record_transfers(
