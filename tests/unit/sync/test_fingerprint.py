@@ -86,7 +86,10 @@ def test_racy_files_are_not_trusted_from_cache(tmp_path: Path, spotshift_home: P
     src.mkdir()
     f = src / "hot.bin"
     f.write_bytes(rand_bytes(100_000, 1))
-    fingerprint(src, SMALL)  # fresh file: not cached
+    # an mtime at (or after) the moment of reading: a same-tick rewrite could keep it, so not cached
+    now = time.time_ns() + 5_000_000_000
+    os.utime(f, ns=(now, now))
+    fingerprint(src, SMALL)
     assert fingerprint(src, SMALL).stats.files_read == 1
 
 
