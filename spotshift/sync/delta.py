@@ -41,7 +41,7 @@ from spotshift.sync.refs import (
     store_manifest,
     write_ref,
 )
-from spotshift.sync.store import ChunkStore, LocalChunkStore, chunk_key, open_store
+from spotshift.sync.store import ChunkStore, LocalChunkStore, chunk_key, open_store, syncfs
 from spotshift.sync.transfer import BoundedPool, TransferStats, location_of_store
 
 #: default bytes of chunk payload in flight per operation (the memory bound of a transfer)
@@ -64,6 +64,13 @@ def _budget(params: ChunkParams, budget_bytes: int | None) -> int:
 def _prepare_target(store: ChunkStore) -> None:
     if isinstance(store, LocalChunkStore):
         store.remove_stale_temp_files()
+
+
+def _chunk_writer(store: ChunkStore) -> ChunkStore:
+    """Where a sync writes chunks: local stores defer durability to one flush before the commit."""
+    if isinstance(store, LocalChunkStore) and store.fsync_each:
+        return LocalChunkStore(store.root, fsync_each=False)
+    return store
 
 
 def _target_manifest(store: ChunkStore, dataset: str, params: ChunkParams) -> tuple[Manifest | None, int]:
@@ -175,10 +182,11 @@ def push(
                 located[dig] = _Located(e.path, off, length)
     hfn = digest_function(manifest.params.digest)
     workers = workers or default_io_workers(store)
+    writer = _chunk_writer(store)
 
     def send(dig: bytes, loc: _Located) -> None:
         hex_ = dig.hex()
-        if store.has_chunk(hex_):
+        if writer.has_chunk(hex_):
             return
         abs_path = root_dir / loc.path
         try:
@@ -193,7 +201,7 @@ def push(
             raise InputError(
                 f"{abs_path} changed since it was fingerprinted (chunk at offset {loc.offset}); push again"
             )
-        store.put_chunk(hex_, data)
+        writer.put_chunk(hex_, data)
         with pool.lock:
             stats.chunks_sent += 1
             stats.bytes_sent += loc.length
@@ -202,6 +210,7 @@ def push(
     with BoundedPool(workers, _budget(manifest.params, budget_bytes)) as pool:
         for dig, loc in located.items():
             pool.submit(loc.length, send, dig, loc)
+    writer.flush()  # every chunk durable before the manifest that names it
     _commit(store, dataset, manifest, None, stats)
     return _finish(stats, manifest, t0)
 
@@ -245,12 +254,13 @@ def replicate(
         return _finish(stats, manifest, t0)
     missing = d.missing_chunks()
     hexfn = _hex_fn(manifest.params)
+    writer = _chunk_writer(dst)
 
     def copy(hex_: str, length: int) -> None:
-        if dst.has_chunk(hex_):
+        if writer.has_chunk(hex_):
             return
         data = src.get_chunk(hex_, verify=hexfn)
-        dst.put_chunk(hex_, data)
+        writer.put_chunk(hex_, data)
         with pool.lock:
             stats.chunks_sent += 1
             stats.bytes_sent += len(data)
@@ -259,6 +269,7 @@ def replicate(
     with BoundedPool(workers or default_io_workers(dst), _budget(manifest.params, budget_bytes)) as pool:
         for dig, length in missing.items():
             pool.submit(length, copy, dig.hex(), length)
+    writer.flush()  # every chunk durable before the manifest that names it
     _commit(dst, dataset, manifest, raw, stats)
     return _finish(stats, manifest, t0)
 
@@ -337,6 +348,7 @@ def pull(
         writer.cleanup()
     for e in sorted((e for e in manifest.entries if e.kind == DIR), key=lambda e: -e.path.count("/")):
         _restore_meta(dest_dir if e.path == ROOT_PATH else dest_dir / e.path, e)
+    syncfs(dest_dir)
     return _finish(stats, manifest, t0)
 
 
@@ -433,10 +445,7 @@ class _FileWriter:
     def _complete(self, path: str) -> None:
         with self._lock:
             fd, tmp, e, _ = self._open.pop(path)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        os.close(fd)  # durable at the end of the pull (one syncfs for every file)
         final = self.dest / e.path
         if final.is_symlink():
             final.unlink()

@@ -146,3 +146,6 @@ def test_gcs_without_emulator_or_credentials_is_a_credentials_error(
 def test_local_store_contract(tmp_path: Path) -> None:
     contract(LocalChunkStore(tmp_path / "store"), tmp_path)
     assert os.path.isdir(tmp_path / "store" / "chunks")
+    batched = LocalChunkStore(tmp_path / "batched", fsync_each=False)  # durable at flush()
+    contract(batched, tmp_path)
+    batched.flush()
