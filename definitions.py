@@ -12,16 +12,19 @@ import dagster as dg
 
 import assets.checkpoints
 import assets.costs
+import assets.datasets
 import assets.placement
 import assets.quotes
 import assets.training
 import ops.checkpoint
+import sensors.datasets
 import sensors.jobs
 import sensors.price_poll
 from resources.compute import ComputeBackendResource
 from resources.dbt import dbt_resource
 from resources.keys import KeyProviderResource
 from resources.prices import PriceFeedResource
+from resources.stores import stores_resource_from_env
 from resources.warehouse import WarehouseResource
 from spotshift.home import warehouse_path
 
@@ -39,6 +42,8 @@ DOMAIN_MODULES: list = [
     assets.checkpoints,
     assets.training,
     ops.checkpoint,
+    assets.datasets,
+    sensors.datasets,
     assets.costs,
 ]
 
@@ -51,6 +56,7 @@ def build_resources() -> dict[str, object]:
         "prices": PriceFeedResource.from_env(),
         "compute": ComputeBackendResource(kind=os.environ.get("SPOTSHIFT_COMPUTE_BACKEND", "local")),
         "keys": KeyProviderResource(spec=os.environ.get("SPOTSHIFT_KEY_PROVIDER", "")),
+        "stores": stores_resource_from_env(),
     }
 
 

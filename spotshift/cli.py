@@ -23,6 +23,7 @@ from typing import Any
 #: modules that contribute command groups, in ``--help`` order
 COMMAND_MODULES: tuple[str, ...] = (
     "spotshift.pricing.commands",
+    "spotshift.sync.commands",
     "spotshift.placement.commands",
     "spotshift.simulate.commands",
     "spotshift.training.commands",

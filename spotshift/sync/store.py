@@ -42,6 +42,13 @@ def chunk_key(digest_hex: str) -> str:
     return f"{CHUNK_PREFIX}{digest_hex[:2]}/{digest_hex}"
 
 
+def check_key(key: str) -> str:
+    """``key`` if it is a relative ``a/b/c`` path (no empty, absolute or ``..`` parts); else :class:`ConfigError`."""
+    if not key or key.startswith("/") or ".." in key.split("/"):
+        raise ConfigError(f"store key {key!r} is not a relative path")
+    return key
+
+
 class ChunkStore(ABC):
     """An object store addressed by string keys. Implementations must be thread-safe."""
 
@@ -80,6 +87,9 @@ class ChunkStore(ABC):
     def delete(self, key: str) -> None:
         """Remove ``key`` (missing keys are not an error)."""
 
+    def flush(self) -> None:  # noqa: B027 - an optional hook, not abstract
+        """Make every write so far durable. A no-op where a write is durable when it returns."""
+
     # ---- content-addressed chunks -------------------------------------------------------------
     def has_chunk(self, digest_hex: str) -> bool:
         """Whether the chunk named ``digest_hex`` is stored (presence only; see ``get_chunk``)."""
@@ -101,9 +111,15 @@ class ChunkStore(ABC):
 
 
 class LocalChunkStore(ChunkStore):
-    """A directory on the local filesystem. Writes go to a temp name and are renamed (or linked) in."""
+    """A directory on the local filesystem. Writes go to a temp name and are renamed (or linked) in.
 
-    def __init__(self, root: str | os.PathLike[str]):
+    Every write is fsynced before it returns, unless ``fsync_each=False``: then writes are durable
+    only after :meth:`flush` (one ``syncfs`` of the store's file system — much cheaper than one
+    fsync per small object, for writers that commit a batch, such as a delta sync's chunks).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync_each: bool = True):
+        self.fsync_each = fsync_each
         self.root = Path(root).expanduser().resolve()
         self.url = self.root.as_uri()
         self._tmp = self.root / ".tmp"
@@ -129,9 +145,7 @@ class LocalChunkStore(ChunkStore):
         return removed
 
     def _path(self, key: str) -> Path:
-        if not key or key.startswith("/") or ".." in key.split("/"):
-            raise ConfigError(f"store key {key!r} is not a relative path")
-        return self.root / key
+        return self.root / check_key(key)
 
     def _commit(self, tmp: Path, dest: Path, if_absent: bool) -> bool:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -154,8 +168,9 @@ class LocalChunkStore(ChunkStore):
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+                if self.fsync_each:
+                    f.flush()
+                    os.fsync(f.fileno())
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -169,8 +184,9 @@ class LocalChunkStore(ChunkStore):
         try:
             with open(path, "rb") as src, open(tmp, "wb") as out:
                 shutil.copyfileobj(src, out, 4 << 20)
-                out.flush()
-                os.fsync(out.fileno())
+                if self.fsync_each:
+                    out.flush()
+                    os.fsync(out.fileno())
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -221,6 +237,53 @@ class LocalChunkStore(ChunkStore):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def flush(self) -> None:
+        if not self.fsync_each and self.root.exists():
+            syncfs(self.root)
+
+
+def syncfs(path: str | os.PathLike[str]) -> None:
+    """Flush the file system holding ``path`` to stable storage (Linux ``syncfs``; else ``sync``)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if libc.syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        pass
+    os.sync()
+
+
+class BucketStore(ChunkStore):
+    """Base of the object stores addressed as ``<scheme>://bucket/prefix`` (S3, GCS)."""
+
+    scheme = ""
+
+    def __init__(self, bucket: str, prefix: str = ""):
+        if not bucket:
+            raise ConfigError(f"{self.scheme} store needs a bucket ({self.scheme}://bucket/prefix)")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.url = f"{self.scheme}://{bucket}/{self.prefix}" if self.prefix else f"{self.scheme}://{bucket}"
+
+    @classmethod
+    def from_url(cls, url: str) -> ChunkStore:
+        parsed = urlparse(url)
+        return cls(parsed.netloc, parsed.path)
+
+    def object_name(self, key: str) -> str:
+        """The bucket-level name of a store key."""
+        return f"{self.prefix}/{check_key(key)}" if self.prefix else check_key(key)
+
+    def key_of(self, name: str) -> str:
+        """The store key of a bucket-level name under this store's prefix."""
+        return name[len(self.prefix) + 1 :] if self.prefix else name
 
 
 def _pid_alive(pid: int) -> bool:

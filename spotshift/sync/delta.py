@@ -1,0 +1,702 @@
+"""Delta sync: push a directory into a store, replicate a snapshot between stores, pull, verify and repair.
+
+Every operation moves only chunks the other side lacks:
+
+1. diff the source snapshot against the target's current snapshot of the dataset (Merkle
+   subtrees with equal hashes are skipped whole),
+2. ask the target whether each remaining chunk is already there (a killed earlier run, another
+   dataset), and send the rest on a thread pool with a bounded number of bytes in flight, checking
+   every chunk's digest before it is written,
+3. commit: write the manifest (once, named by its root), then the dataset's pointer.
+
+A kill at any moment leaves at worst unreferenced chunks (and a stale temp file, which the next
+writer of a local store removes); a rerun sends only what is still missing. No pointer ever names
+a manifest whose chunks are not all present.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spotshift.errors import ConfigError, InputError, IntegrityError, NotFoundError
+from spotshift.sync.chunking import ChunkParams, digest_function
+from spotshift.sync.fingerprint import Fingerprint, fingerprint, local_path
+from spotshift.sync.manifest import DIR, ROOT_PATH, SYMLINK, Diff, FileEntry, Manifest, diff
+from spotshift.sync.refs import (
+    Ref,
+    check_dataset_name,
+    list_datasets,
+    load_manifest,
+    manifest_key,
+    read_ref,
+    resolve_dataset,
+    store_manifest,
+    write_ref,
+)
+from spotshift.sync.store import ChunkStore, LocalChunkStore, chunk_key, open_store, syncfs
+from spotshift.sync.transfer import BoundedPool, TransferStats, location_of_store
+
+#: default bytes of chunk payload in flight per operation (the memory bound of a transfer)
+DEFAULT_BUDGET_BYTES = 64 * 1024 * 1024
+
+
+def _store(store: ChunkStore | str) -> ChunkStore:
+    return open_store(store) if isinstance(store, str) else store
+
+
+def default_io_workers(store: ChunkStore) -> int:
+    """Local disks saturate with a few writers; object stores want many requests in flight."""
+    return 4 if isinstance(store, LocalChunkStore) else 16
+
+
+def _budget(params: ChunkParams, budget_bytes: int | None) -> int:
+    return budget_bytes or max(DEFAULT_BUDGET_BYTES, 2 * params.max_size)
+
+
+def _prepare_target(store: ChunkStore) -> None:
+    if isinstance(store, LocalChunkStore):
+        store.remove_stale_temp_files()
+
+
+def _chunk_writer(store: ChunkStore) -> ChunkStore:
+    """Where a sync writes chunks: local stores defer durability to one flush before the commit."""
+    if isinstance(store, LocalChunkStore) and store.fsync_each:
+        return LocalChunkStore(store.root, fsync_each=False)
+    return store
+
+
+def _target_manifest(store: ChunkStore, dataset: str, params: ChunkParams) -> tuple[Manifest | None, int]:
+    """The target's current snapshot of ``dataset`` when comparable (same chunking), and bytes read."""
+    try:
+        ref = read_ref(store, dataset)
+    except IntegrityError:
+        return None, 0  # a corrupt pointer is replaced by this commit
+    if ref is None or ref.chunk_params != params:
+        return None, 0
+    try:
+        manifest, raw = load_manifest(store, ref.root)
+    except (NotFoundError, IntegrityError):
+        return None, 0  # diff against nothing: every chunk is checked in the store
+    return manifest, len(raw)
+
+
+def _plan(
+    target: ChunkStore, dataset: str, manifest: Manifest, check_existing: bool, stats: TransferStats
+) -> Diff | None:
+    """What ``manifest`` has that the target's current snapshot lacks; None when the target is at it."""
+    _prepare_target(target)
+    old, read = (None, 0) if check_existing else _target_manifest(target, dataset, manifest.params)
+    stats.bytes_scanned += read
+    if old is not None and old.root == manifest.root:
+        stats.dirs_pruned = 1
+        return None
+    d = diff(manifest, old)
+    stats.files_changed, stats.dirs_pruned = len(d.changed_files), d.dirs_pruned
+    return d
+
+
+@dataclass
+class _Located:
+    path: str
+    offset: int
+    length: int
+
+
+def _commit(
+    store: ChunkStore, dataset: str, manifest: Manifest, raw: bytes | None, stats: TransferStats
+) -> None:
+    written = store_manifest(store, manifest, raw)
+    ref_bytes = write_ref(store, Ref.for_manifest(dataset, manifest))
+    stats.metadata_bytes_sent += written + ref_bytes
+    stats.bytes_sent += written + ref_bytes
+
+
+def _finish(stats: TransferStats, manifest: Manifest, t0: float) -> TransferStats:
+    uniq = manifest.unique_chunks()
+    stats.root = manifest.root
+    stats.bytes_full = manifest.total_bytes
+    stats.chunks_total = len(uniq)
+    stats.files_total = manifest.file_count
+    stats.price()
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+# ---- push ------------------------------------------------------------------------------------------
+def push(
+    source: str | os.PathLike[str] | Fingerprint,
+    store: ChunkStore | str,
+    dataset: str,
+    *,
+    params: ChunkParams | None = None,
+    source_dir: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+    budget_bytes: int | None = None,
+    src_location: str | None = None,
+    dst_location: str | None = None,
+    check_existing: bool = False,
+) -> TransferStats:
+    """Snapshot the directory ``source`` into ``store`` as ``dataset``; send only missing chunks.
+
+    ``source`` may be a :class:`Fingerprint` already computed (then ``source_dir`` names the tree
+    it describes). Chunks of the store's current snapshot are trusted to be present unless
+    ``check_existing`` (then every chunk is looked up and missing ones are sent again). Raises
+    :class:`InputError` when a file changed since it was fingerprinted.
+    """
+    t0 = time.perf_counter()
+    check_dataset_name(dataset)
+    store = _store(store)
+    if isinstance(source, Fingerprint):
+        if source_dir is None:
+            raise ConfigError("push of a Fingerprint needs source_dir")
+        fp, root_dir = source, Path(local_path(source_dir)).resolve()
+    else:
+        root_dir = Path(local_path(source)).resolve()
+        fp = fingerprint(root_dir, params, prefetch_parquet=True)
+    manifest = fp.manifest
+    stats = TransferStats(
+        dataset,
+        src=str(root_dir),
+        dst=store.url,
+        src_location=src_location,
+        dst_location=dst_location or location_of_store(store.url),
+        bytes_scanned=fp.stats.bytes_read,
+    )
+    d = _plan(store, dataset, manifest, check_existing, stats)
+    if d is None:
+        return _finish(stats, manifest, t0)
+    missing = d.missing_chunks()
+    # where each missing chunk can be read, in file order so reads stay sequential
+    located: dict[bytes, _Located] = {}
+    for e in d.changed_files:
+        for off, length, dig in e.chunks():
+            if dig in missing and dig not in located:
+                located[dig] = _Located(e.path, off, length)
+    hfn = digest_function(manifest.params.digest)
+    workers = workers or default_io_workers(store)
+    writer = _chunk_writer(store)
+
+    def send(dig: bytes, loc: _Located) -> None:
+        hex_ = dig.hex()
+        if writer.has_chunk(hex_):
+            return
+        abs_path = root_dir / loc.path
+        try:
+            fd = os.open(abs_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as exc:
+            raise InputError(f"{abs_path}: cannot read ({exc.strerror})") from None
+        try:
+            data = os.pread(fd, loc.length, loc.offset)
+        finally:
+            os.close(fd)
+        if len(data) != loc.length or hfn(data) != dig:
+            raise InputError(
+                f"{abs_path} changed since it was fingerprinted (chunk at offset {loc.offset}); push again"
+            )
+        writer.put_chunk(hex_, data)
+        with pool.lock:
+            stats.chunks_sent += 1
+            stats.bytes_sent += loc.length
+            stats.bytes_changed += loc.length
+
+    with BoundedPool(workers, _budget(manifest.params, budget_bytes)) as pool:
+        for dig, loc in located.items():
+            pool.submit(loc.length, send, dig, loc)
+    writer.flush()  # every chunk durable before the manifest that names it
+    _commit(store, dataset, manifest, None, stats)
+    return _finish(stats, manifest, t0)
+
+
+# ---- replicate -------------------------------------------------------------------------------------
+def replicate(
+    src_store: ChunkStore | str,
+    dst_store: ChunkStore | str,
+    dataset: str,
+    *,
+    root: str | None = None,
+    workers: int | None = None,
+    budget_bytes: int | None = None,
+    src_location: str | None = None,
+    dst_location: str | None = None,
+    check_existing: bool = False,
+) -> TransferStats:
+    """Copy ``dataset``'s snapshot (its latest, or ``root``) from one store to another, delta only.
+
+    Every chunk read from the source is checked against its digest before it is written. With
+    ``check_existing`` the target's current snapshot is not trusted: every chunk is looked up in
+    the target and missing ones are copied again (repairs a damaged replica).
+    """
+    t0 = time.perf_counter()
+    check_dataset_name(dataset)
+    src, dst = _store(src_store), _store(dst_store)
+    if root is None:
+        _, ref = resolve_dataset(src, dataset)
+        root = ref.root
+    manifest, raw = load_manifest(src, root)
+    stats = TransferStats(
+        dataset,
+        src=src.url,
+        dst=dst.url,
+        src_location=src_location or location_of_store(src.url),
+        dst_location=dst_location or location_of_store(dst.url),
+        bytes_scanned=len(raw),
+    )
+    d = _plan(dst, dataset, manifest, check_existing, stats)
+    if d is None:
+        return _finish(stats, manifest, t0)
+    missing = d.missing_chunks()
+    hexfn = _hex_fn(manifest.params)
+    writer = _chunk_writer(dst)
+
+    def copy(hex_: str, length: int) -> None:
+        if writer.has_chunk(hex_):
+            return
+        data = src.get_chunk(hex_, verify=hexfn)
+        writer.put_chunk(hex_, data)
+        with pool.lock:
+            stats.chunks_sent += 1
+            stats.bytes_sent += len(data)
+            stats.bytes_changed += len(data)
+
+    with BoundedPool(workers or default_io_workers(dst), _budget(manifest.params, budget_bytes)) as pool:
+        for dig, length in missing.items():
+            pool.submit(length, copy, dig.hex(), length)
+    writer.flush()  # every chunk durable before the manifest that names it
+    _commit(dst, dataset, manifest, raw, stats)
+    return _finish(stats, manifest, t0)
+
+
+def _hex_fn(params: ChunkParams) -> Any:
+    fn = digest_function(params.digest)
+    return lambda data: fn(data).hex()
+
+
+# ---- pull ------------------------------------------------------------------------------------------
+def pull(
+    store: ChunkStore | str,
+    dest: str | os.PathLike[str],
+    dataset: str | None = None,
+    *,
+    root: str | None = None,
+    workers: int | None = None,
+    budget_bytes: int | None = None,
+    reuse_local: bool = True,
+    src_location: str | None = None,
+    dst_location: str | None = None,
+) -> TransferStats:
+    """Restore a snapshot into directory ``dest``, verifying every chunk; restores mode and mtime.
+
+    Files already identical in ``dest`` are left alone and chunks found in ``dest`` are copied
+    locally instead of downloaded (``reuse_local``). Files in ``dest`` that the snapshot does not
+    list are left in place.
+    """
+    t0 = time.perf_counter()
+    store = _store(store)
+    dataset, ref = resolve_dataset(store, dataset)
+    manifest, raw = load_manifest(store, root or ref.root)
+    dest_dir = Path(dest).expanduser().resolve()
+    stats = TransferStats(
+        dataset,
+        src=store.url,
+        dst=str(dest_dir),
+        src_location=src_location or location_of_store(store.url),
+        dst_location=dst_location,
+        bytes_scanned=len(raw),
+    )
+    hfn = digest_function(manifest.params.digest)
+    if dest_dir.exists() and not dest_dir.is_dir():
+        raise InputError(f"{dest_dir}: exists and is not a directory")
+    local: Manifest | None = None
+    if reuse_local and dest_dir.is_dir() and any(dest_dir.iterdir()):
+        fp = fingerprint(dest_dir, manifest.params)
+        local = fp.manifest
+        stats.bytes_scanned += fp.stats.bytes_read
+    local_chunks: dict[bytes, tuple[str, int, int]] = {}
+    if local is not None:
+        for e in local.files():
+            for off, length, dig in e.chunks():
+                local_chunks.setdefault(dig, (str(dest_dir / e.path), off, length))
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    d = diff(manifest, local)
+    stats.files_changed, stats.dirs_pruned = len(d.changed_files), d.dirs_pruned
+    changed = {e.path for e in d.changed_files}
+    # directories first (top-down), then symlinks, then file contents; directory times last
+    for e in manifest.entries:
+        if e.kind == DIR and e.path != ROOT_PATH:
+            _ensure_dir(dest_dir / e.path)
+    for e in manifest.entries:
+        if e.kind == SYMLINK:
+            _restore_symlink(dest_dir / e.path, e)
+    writer = _FileWriter(store, dest_dir, hfn, local_chunks, stats)
+    try:
+        with BoundedPool(
+            workers or default_io_workers(store), _budget(manifest.params, budget_bytes)
+        ) as pool:
+            writer.pool = pool
+            for e in manifest.files():
+                if e.path in changed:
+                    writer.start(e)
+    finally:
+        writer.cleanup()
+    for e in sorted((e for e in manifest.entries if e.kind == DIR), key=lambda e: -e.path.count("/")):
+        _restore_meta(dest_dir if e.path == ROOT_PATH else dest_dir / e.path, e)
+    syncfs(dest_dir)
+    return _finish(stats, manifest, t0)
+
+
+def _ensure_dir(path: Path) -> None:
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    path.mkdir(exist_ok=True)
+    os.chmod(path, 0o700 | stat.S_IMODE(path.stat().st_mode))  # writable while we fill it
+
+
+def _restore_symlink(path: Path, e: FileEntry) -> None:
+    if path.is_symlink() and os.readlink(path) == e.target:
+        pass
+    else:
+        if path.is_dir() and not path.is_symlink():
+            raise InputError(f"{path}: is a directory where the snapshot has a symlink; remove it first")
+        if path.is_symlink() or path.exists():
+            path.unlink()
+        os.symlink(e.target or "", path)
+    with contextlib.suppress(NotImplementedError, OSError):
+        os.utime(path, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=False)
+
+
+def _restore_meta(path: Path, e: FileEntry) -> None:
+    os.chmod(path, e.mode)
+    os.utime(path, ns=(e.mtime_ns, e.mtime_ns))
+
+
+class _FileWriter:
+    """Writes files chunk by chunk into temp files; a file is renamed into place when complete."""
+
+    def __init__(
+        self,
+        store: ChunkStore,
+        dest: Path,
+        hfn: Any,
+        local: dict[bytes, tuple[str, int, int]],
+        stats: TransferStats,
+    ):
+        self.store, self.dest, self.hfn, self.local, self.stats = store, dest, hfn, local, stats
+        self.pool: BoundedPool | None = None
+        self._open: dict[str, tuple[int, Path, FileEntry, list[int]]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, e: FileEntry) -> None:
+        final = self.dest / e.path
+        if final.is_dir() and not final.is_symlink():
+            raise InputError(f"{final}: is a directory where the snapshot has a file; remove it first")
+        tmp = final.with_name(f".{final.name}.{secrets.token_hex(6)}.spotshift-part")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        with self._lock:
+            self._open[e.path] = (fd, tmp, e, [e.chunk_count])
+        if e.chunk_count == 0:
+            self._complete(e.path)
+            return
+        os.ftruncate(fd, e.size)
+        assert self.pool is not None
+        for off, length, dig in e.chunks():
+            self.pool.submit(length, self._write_chunk, e.path, fd, off, length, dig)
+
+    def _fetch(self, dig: bytes, length: int) -> tuple[bytes, bool]:
+        hit = self.local.get(dig)
+        if hit is not None:
+            try:
+                with open(hit[0], "rb") as f:
+                    f.seek(hit[1])
+                    data = f.read(hit[2])
+                if self.hfn(data) == dig:
+                    return data, True
+            except OSError:
+                pass  # replaced meanwhile: fall back to the store
+        data = self.store.get_bytes(chunk_key(dig.hex()))
+        if len(data) != length or self.hfn(data) != dig:
+            raise IntegrityError(
+                f"chunk {dig.hex()} in {self.store.url} is corrupt (content does not match its digest); "
+                "run `spotshift sync verify --repair`"
+            )
+        return data, False
+
+    def _write_chunk(self, path: str, fd: int, off: int, length: int, dig: bytes) -> None:
+        data, was_local = self._fetch(dig, length)
+        os.pwrite(fd, data, off)
+        with self._lock:
+            if not was_local:
+                self.stats.chunks_sent += 1
+                self.stats.bytes_sent += length
+                self.stats.bytes_changed += length
+            remaining = self._open[path][3]
+            remaining[0] -= 1
+            done = remaining[0] == 0
+        if done:
+            self._complete(path)
+
+    def _complete(self, path: str) -> None:
+        with self._lock:
+            fd, tmp, e, _ = self._open.pop(path)
+        os.close(fd)  # durable at the end of the pull (one syncfs for every file)
+        final = self.dest / e.path
+        if final.is_symlink():
+            final.unlink()
+        os.replace(tmp, final)
+        _restore_meta(final, e)
+
+    def cleanup(self) -> None:
+        with self._lock:
+            left = list(self._open.values())
+            self._open.clear()
+        for fd, tmp, _, _ in left:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            tmp.unlink(missing_ok=True)
+
+
+# ---- verify and repair -----------------------------------------------------------------------------
+@dataclass
+class DatasetReport:
+    """What verify found for one dataset's latest snapshot in one store."""
+
+    dataset: str
+    root: str = ""
+    chunks_checked: int = 0
+    bytes_checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    manifest_error: str | None = None
+    manifest_repaired: bool = False
+
+    @property
+    def ok(self) -> bool:
+        bad = set(self.missing) | set(self.corrupt)
+        return (self.manifest_error is None or self.manifest_repaired) and bad <= set(self.repaired)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "root": self.root,
+            "ok": self.ok,
+            "chunks_checked": self.chunks_checked,
+            "bytes_checked": self.bytes_checked,
+            "missing": self.missing,
+            "corrupt": self.corrupt,
+            "repaired": self.repaired,
+            "manifest_error": self.manifest_error,
+            "manifest_repaired": self.manifest_repaired,
+        }
+
+
+@dataclass
+class VerifyReport:
+    store: str
+    datasets: list[DatasetReport]
+    seconds: float = 0.0
+    full: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return all(d.ok for d in self.datasets)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "ok": self.ok,
+            "full": self.full,
+            "seconds": self.seconds,
+            "datasets": [d.to_dict() for d in self.datasets],
+        }
+
+
+class _RepairSource:
+    """Where good copies of chunks come from: another store, or the original directory re-chunked."""
+
+    def __init__(self, spec: ChunkStore | str | os.PathLike[str]):
+        self.store: ChunkStore | None = None
+        self.dir: Path | None = None
+        if isinstance(spec, ChunkStore):
+            self.store = spec
+        elif isinstance(spec, str) and "://" in spec and not spec.startswith("file://"):
+            self.store = open_store(spec)
+        else:
+            p = Path(local_path(spec)).expanduser()
+            if not p.is_dir():
+                raise InputError(f"{p}: repair source is not a directory")
+            # a directory holding a store (refs/ and chunks/) is a store, anything else is a source tree
+            self.store = LocalChunkStore(p) if (p / "chunks").is_dir() and (p / "refs").is_dir() else None
+            self.dir = None if self.store else p.resolve()
+        self._index: dict[str, dict[bytes, tuple[str, int, int]]] = {}
+        self._fps: dict[str, Manifest] = {}
+
+    def describe(self) -> str:
+        return self.store.url if self.store else str(self.dir)
+
+    def _tree(self, params: ChunkParams) -> tuple[Manifest, dict[bytes, tuple[str, int, int]]]:
+        assert self.dir is not None
+        if params.key not in self._index:
+            m = fingerprint(self.dir, params).manifest
+            idx: dict[bytes, tuple[str, int, int]] = {}
+            for e in m.files():
+                for off, length, dig in e.chunks():
+                    idx.setdefault(dig, (str(self.dir / e.path), off, length))
+            self._index[params.key], self._fps[params.key] = idx, m
+        return self._fps[params.key], self._index[params.key]
+
+    def chunk(self, hex_: str, params: ChunkParams) -> bytes | None:
+        hexfn = _hex_fn(params)
+        if self.store is not None:
+            try:
+                return self.store.get_chunk(hex_, verify=hexfn)
+            except (NotFoundError, IntegrityError):
+                return None
+        _, idx = self._tree(params)
+        hit = idx.get(bytes.fromhex(hex_))
+        if hit is None:
+            return None
+        with open(hit[0], "rb") as f:
+            f.seek(hit[1])
+            data = f.read(hit[2])
+        return data if hexfn(data) == hex_ else None
+
+    def manifest(self, root: str, params: ChunkParams | None) -> bytes | None:
+        if self.store is not None:
+            try:
+                return load_manifest(self.store, root)[1]
+            except (NotFoundError, IntegrityError):
+                return None
+        if params is None:
+            return None
+        m, _ = self._tree(params)
+        return m.to_parquet_bytes() if m.root == root else None
+
+
+def verify(
+    store: ChunkStore | str,
+    dataset: str | None = None,
+    *,
+    repair_from: ChunkStore | str | os.PathLike[str] | None = None,
+    full: bool = True,
+    workers: int | None = None,
+    budget_bytes: int | None = None,
+) -> VerifyReport:
+    """Check every chunk of each dataset's latest snapshot in ``store`` (or of ``dataset`` only).
+
+    ``full`` reads every chunk and checks its digest; otherwise only presence and size are checked.
+    With ``repair_from`` (another store, or the original directory), missing or corrupt chunks and
+    a missing or tampered manifest are rewritten from there, and re-checked.
+    """
+    t0 = time.perf_counter()
+    store = _store(store)
+    names = [check_dataset_name(dataset)] if dataset else list_datasets(store)
+    if dataset is None and not names:
+        raise NotFoundError(f"{store.url} holds no dataset (no refs/<dataset>/latest)")
+    source = _RepairSource(repair_from) if repair_from is not None else None
+    report = VerifyReport(store.url, [], full=full)
+    checked: dict[str, str] = {}  # chunk hex -> "ok" | "missing" | "corrupt" (shared across datasets)
+    for name in names:
+        rep = DatasetReport(name)
+        report.datasets.append(rep)
+        try:
+            ref = read_ref(store, name)
+        except IntegrityError as exc:
+            rep.manifest_error = str(exc)
+            continue
+        if ref is None:
+            rep.manifest_error = f"dataset {name!r} has no snapshot in {store.url}"
+            continue
+        rep.root = ref.root
+        manifest = _verified_manifest(store, ref, rep, source)
+        if manifest is None:
+            continue
+        _check_chunks(store, manifest, rep, checked, full, workers, budget_bytes)
+        if source is not None and (rep.missing or rep.corrupt):
+            _repair_chunks(store, manifest, rep, source, checked)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _verified_manifest(
+    store: ChunkStore, ref: Ref, rep: DatasetReport, source: _RepairSource | None
+) -> Manifest | None:
+    try:
+        return load_manifest(store, ref.root)[0]
+    except (NotFoundError, IntegrityError) as exc:
+        rep.manifest_error = str(exc)
+    if source is None:
+        return None
+    raw = source.manifest(ref.root, ref.chunk_params)
+    if raw is None:
+        return None
+    store.put_bytes(manifest_key(ref.root), raw)  # replace the bad copy
+    rep.manifest_repaired = True
+    return load_manifest(store, ref.root)[0]
+
+
+def _check_chunks(
+    store: ChunkStore,
+    manifest: Manifest,
+    rep: DatasetReport,
+    checked: dict[str, str],
+    full: bool,
+    workers: int | None,
+    budget_bytes: int | None,
+) -> None:
+    hexfn = _hex_fn(manifest.params)
+
+    def check(hex_: str, length: int) -> None:
+        if full:
+            try:
+                data = store.get_bytes(chunk_key(hex_))
+                state = "ok" if len(data) == length and hexfn(data) == hex_ else "corrupt"
+            except NotFoundError:
+                state = "missing"
+        else:
+            size = store.size(chunk_key(hex_))
+            state = "missing" if size is None else ("ok" if size == length else "corrupt")
+        with pool.lock:
+            checked[hex_] = state
+
+    todo = [(d.hex(), n) for d, n in manifest.unique_chunks().items()]
+    with BoundedPool(workers or default_io_workers(store), _budget(manifest.params, budget_bytes)) as pool:
+        for hex_, length in todo:
+            if hex_ not in checked:
+                pool.submit(length if full else 1, check, hex_, length)
+    for hex_, length in todo:
+        rep.chunks_checked += 1
+        rep.bytes_checked += length
+        state = checked[hex_]
+        if state == "missing":
+            rep.missing.append(hex_)
+        elif state == "corrupt":
+            rep.corrupt.append(hex_)
+
+
+def _repair_chunks(
+    store: ChunkStore, manifest: Manifest, rep: DatasetReport, source: _RepairSource, checked: dict[str, str]
+) -> None:
+    hexfn = _hex_fn(manifest.params)
+    for hex_ in [*rep.missing, *rep.corrupt]:
+        if checked.get(hex_) == "ok":  # repaired for an earlier dataset of this run
+            rep.repaired.append(hex_)
+            continue
+        data = source.chunk(hex_, manifest.params)
+        if data is None:
+            continue
+        store.put_bytes(chunk_key(hex_), data)  # overwrite the corrupt copy
+        try:
+            ok = hexfn(store.get_bytes(chunk_key(hex_))) == hex_
+        except NotFoundError:
+            ok = False
+        if ok:
+            checked[hex_] = "ok"
+            rep.repaired.append(hex_)

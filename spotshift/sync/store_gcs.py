@@ -1,0 +1,152 @@
+"""``gs://bucket/prefix`` chunk stores on Google Cloud Storage via google-cloud-storage.
+
+* Emulator: with ``STORAGE_EMULATOR_HOST`` set (e.g. ``http://127.0.0.1:9023``) the client talks to
+  it with anonymous credentials. Otherwise credentials come from Application Default Credentials.
+* Write-once (``if_absent``): ``if_generation_match=0`` — GCS answers 412 when the object exists.
+* Large objects go through resumable uploads in ``chunk_size`` (16 MiB) pieces; uploads and
+  downloads are checked with CRC32C by the client (integrity on arrival).
+* One ``storage.Client`` per thread unless a client is given (e.g. from dagster-gcp ``GCSResource``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from spotshift.errors import CredentialsError, NotFoundError
+from spotshift.sync.store import BucketStore, register_scheme
+
+MiB = 1024 * 1024
+
+
+class GCSChunkStore(BucketStore):
+    """A name prefix in a GCS bucket."""
+
+    scheme = "gs"
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        client: Any = None,
+        client_factory: Callable[[], Any] | None = None,
+        project: str | None = None,
+        chunk_size: int = 16 * MiB,
+    ):
+        super().__init__(bucket, prefix)
+        self.chunk_size = chunk_size
+        self._client = client
+        self._factory = client_factory or (
+            lambda: _new_client(project or os.environ.get("GOOGLE_CLOUD_PROJECT"))
+        )
+        self._local = threading.local()
+
+    def _bucket(self) -> Any:
+        b = getattr(self._local, "bucket", None)
+        if b is None:
+            client = self._client
+            if client is None:
+                client = self._wrap("client", self._factory)
+            b = client.bucket(self.bucket)
+            self._local.bucket = b
+        return b
+
+    def _blob(self, key: str) -> Any:
+        blob = self._bucket().blob(self.object_name(key))
+        blob.chunk_size = self.chunk_size
+        return blob
+
+    def _wrap(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        from google.api_core import exceptions as gexc
+        from google.auth.exceptions import DefaultCredentialsError, RefreshError
+
+        try:
+            return fn(*args, **kwargs)
+        except DefaultCredentialsError:
+            raise CredentialsError(
+                f"{self.url}: no Google credentials (set GOOGLE_APPLICATION_CREDENTIALS or run "
+                "`gcloud auth application-default login`; STORAGE_EMULATOR_HOST for an emulator)"
+            ) from None
+        except RefreshError:
+            raise CredentialsError(f"{self.url}: Google credentials were rejected") from None
+        except gexc.PreconditionFailed:
+            raise _Exists() from None
+        except gexc.NotFound:
+            raise NotFoundError(f"{what} not found in {self.url}") from None
+        except (gexc.Forbidden, gexc.Unauthorized) as exc:
+            raise CredentialsError(f"{self.url}: access denied for {what} ({exc.code})") from None
+
+    # ---- writes ----------------------------------------------------------------------------------
+    def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        extra = {"if_generation_match": 0} if if_absent else {}
+        try:
+            self._wrap(key, self._blob(key).upload_from_string, data, checksum="crc32c", **extra)
+        except _Exists:
+            return False
+        return True
+
+    def put_file(self, key: str, path: str | os.PathLike[str], *, if_absent: bool = False) -> bool:
+        extra = {"if_generation_match": 0} if if_absent else {}
+        try:
+            self._wrap(key, self._blob(key).upload_from_filename, os.fspath(path), checksum="crc32c", **extra)
+        except _Exists:
+            return False
+        return True
+
+    # ---- reads -----------------------------------------------------------------------------------
+    def get_bytes(self, key: str) -> bytes:
+        return self._wrap(key, self._blob(key).download_as_bytes)
+
+    def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        dest = Path(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.part")
+        try:
+            self._wrap(key, self._blob(key).download_to_filename, str(tmp))
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def exists(self, key: str) -> bool:
+        return self.size(key) is not None
+
+    def size(self, key: str) -> int | None:
+        blob = self._wrap(key, self._bucket().get_blob, self.object_name(key))
+        return None if blob is None else int(blob.size)
+
+    def list_keys(self, prefix: str = "") -> Iterator[str]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        bucket = self._bucket()
+        blobs = self._wrap(
+            prefix or "keys", lambda: list(bucket.client.list_blobs(bucket, prefix=base + prefix))
+        )
+        for b in blobs:
+            yield self.key_of(b.name)
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(NotFoundError):
+            self._wrap(key, self._blob(key).delete)
+
+
+class _Exists(Exception):
+    """Internal: a write-once precondition failed (the object exists)."""
+
+
+def _new_client(project: str | None) -> Any:
+    from google.cloud import storage
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(project=project or "spotshift-emulator", credentials=AnonymousCredentials())
+    return storage.Client(project=project)
+
+
+register_scheme("gs", GCSChunkStore.from_url)

@@ -1,0 +1,238 @@
+"""``s3://bucket/prefix`` chunk stores on Amazon S3 (or any S3-compatible endpoint) via boto3.
+
+* Endpoint: ``endpoint_url`` argument, else boto3's own ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``
+  environment variables (MinIO, moto, R2, ...). Credentials come from the usual boto3 chain.
+* Write-once (``if_absent``): ``PutObject`` / ``CompleteMultipartUpload`` with ``If-None-Match: *``;
+  S3 answers 412 when the key exists.
+* Objects larger than ``multipart_threshold`` (64 MiB) are uploaded in ``part_size`` (16 MiB)
+  parts; a failed multipart upload is aborted.
+* Integrity on arrival: every upload carries a CRC32 checksum that S3 verifies before it stores
+  the object (on top of the content digest spotshift checks before sending).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from spotshift.errors import ConfigError, CredentialsError, NotFoundError
+from spotshift.sync.store import BucketStore, register_scheme
+
+MiB = 1024 * 1024
+
+
+class S3ChunkStore(BucketStore):
+    """A key prefix in an S3 bucket. Thread-safe (boto3 clients are)."""
+
+    scheme = "s3"
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        client: Any = None,
+        endpoint_url: str | None = None,
+        region_name: str | None = None,
+        multipart_threshold: int = 64 * MiB,
+        part_size: int = 16 * MiB,
+    ):
+        super().__init__(bucket, prefix)
+        self.multipart_threshold = multipart_threshold
+        self.part_size = max(5 * MiB, part_size)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            client = boto3.session.Session().client(
+                "s3",
+                endpoint_url=endpoint_url or None,
+                region_name=region_name or None,
+                config=Config(max_pool_connections=32, retries={"mode": "standard", "max_attempts": 5}),
+            )
+        self.client = client
+
+    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+        """``fn(Bucket=..., **kwargs)`` with botocore errors mapped to spotshift errors naming ``what``."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(Bucket=self.bucket, **kwargs)
+        except (BotoCoreError, ClientError) as exc:
+            raise self._mapped(exc, what) from None
+
+    def _mapped(self, exc: Exception, what: str) -> Exception:
+        from botocore.exceptions import (
+            ClientError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+
+        if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+            return CredentialsError(
+                f"{self.url}: no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
+            )
+        if isinstance(exc, EndpointConnectionError):
+            return ConfigError(f"{self.url}: cannot reach the S3 endpoint ({exc.kwargs.get('endpoint_url')})")
+        if not isinstance(exc, ClientError):
+            return exc
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code == "NoSuchBucket":
+            return NotFoundError(f"{self.url}: bucket {self.bucket!r} does not exist")
+        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+            return NotFoundError(f"{what} not found in {self.url}")
+        if code in ("PreconditionFailed", "412") or status == 412:
+            return _Exists()
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "403"):
+            return CredentialsError(f"{self.url}: access denied for {what} ({code})")
+        return exc
+
+    # ---- writes ----------------------------------------------------------------------------------
+    def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        if len(data) > self.multipart_threshold:
+            import io
+
+            return self._multipart(key, io.BytesIO(data), if_absent)
+        extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
+        try:
+            self._call(
+                key,
+                self.client.put_object,
+                Key=self.object_name(key),
+                Body=data,
+                ChecksumAlgorithm="CRC32",
+                **extra,
+            )
+        except _Exists:
+            return False
+        return True
+
+    def put_file(self, key: str, path: str | os.PathLike[str], *, if_absent: bool = False) -> bool:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            if size > self.multipart_threshold:
+                return self._multipart(key, f, if_absent)
+            extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
+            try:
+                self._call(
+                    key,
+                    self.client.put_object,
+                    Key=self.object_name(key),
+                    Body=f,
+                    ChecksumAlgorithm="CRC32",
+                    **extra,
+                )
+            except _Exists:
+                return False
+        return True
+
+    def _multipart(self, key: str, stream: Any, if_absent: bool) -> bool:
+        k = self.object_name(key)
+        if if_absent and self.exists(key):
+            return False
+        upload = self._call(key, self.client.create_multipart_upload, Key=k, ChecksumAlgorithm="CRC32")
+        upload_id = upload["UploadId"]
+        parts = []
+        try:
+            number = 1
+            while True:
+                body = stream.read(self.part_size)
+                if not body and number > 1:
+                    break
+                r = self._call(
+                    key,
+                    self.client.upload_part,
+                    Key=k,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=body,
+                    ChecksumAlgorithm="CRC32",
+                )
+                parts.append(
+                    {"PartNumber": number, "ETag": r["ETag"], "ChecksumCRC32": r.get("ChecksumCRC32")}
+                )
+                number += 1
+                if len(body) < self.part_size:
+                    break
+            parts = [{k2: v for k2, v in p.items() if v is not None} for p in parts]
+            extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
+            self._call(
+                key,
+                self.client.complete_multipart_upload,
+                Key=k,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+                **extra,
+            )
+        except _Exists:
+            self._abort(k, upload_id)
+            return False
+        except BaseException:
+            self._abort(k, upload_id)
+            raise
+        return True
+
+    def _abort(self, k: str, upload_id: str) -> None:
+        # best effort: a bucket lifecycle rule reaps what is left
+        with contextlib.suppress(Exception):
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=k, UploadId=upload_id)
+
+    # ---- reads -----------------------------------------------------------------------------------
+    def get_bytes(self, key: str) -> bytes:
+        r = self._call(key, self.client.get_object, Key=self.object_name(key))
+        return r["Body"].read()
+
+    def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        r = self._call(key, self.client.get_object, Key=self.object_name(key))
+        dest = Path(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.part")
+        try:
+            with open(tmp, "wb") as f:
+                for block in r["Body"].iter_chunks(4 * MiB):
+                    f.write(block)
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def exists(self, key: str) -> bool:
+        return self.size(key) is not None
+
+    def size(self, key: str) -> int | None:
+        try:
+            r = self._call(key, self.client.head_object, Key=self.object_name(key))
+        except NotFoundError:
+            return None
+        return int(r["ContentLength"])
+
+    def list_keys(self, prefix: str = "") -> Iterator[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        base = f"{self.prefix}/" if self.prefix else ""
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=base + prefix
+        )
+        try:
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield obj["Key"][len(base) :]
+        except (BotoCoreError, ClientError) as exc:
+            raise self._mapped(exc, prefix or "keys") from None
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(NotFoundError):
+            self._call(key, self.client.delete_object, Key=self.object_name(key))
+
+
+class _Exists(Exception):
+    """Internal: a write-once precondition failed (the key exists)."""
+
+
+register_scheme("s3", S3ChunkStore.from_url)
