@@ -38,7 +38,7 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
 test: $(STAMP)
-	$(BIN)/dbt parse --quiet --project-dir dbt_costs --profiles-dir dbt_costs  # manifest for dagster-dbt
+	cd dbt_costs && ../$(BIN)/dbt parse --quiet --project-dir . --profiles-dir .  # manifest for dagster-dbt (cwd as dagster-dbt runs dbt)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
