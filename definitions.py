@@ -17,9 +17,13 @@ import assets.placement
 import assets.quotes
 import assets.training
 import ops.checkpoint
+import ops.migration
 import sensors.datasets
 import sensors.jobs
+import sensors.preemption
+import sensors.price_change
 import sensors.price_poll
+import sensors.run_status
 from resources.compute import ComputeBackendResource
 from resources.dbt import dbt_resource
 from resources.keys import KeyProviderResource
@@ -42,6 +46,10 @@ DOMAIN_MODULES: list = [
     assets.checkpoints,
     assets.training,
     ops.checkpoint,
+    ops.migration,
+    sensors.price_change,
+    sensors.preemption,
+    sensors.run_status,
     assets.datasets,
     sensors.datasets,
     assets.costs,

@@ -46,15 +46,29 @@ def _transfer_metadata(stats: Any) -> dict[str, Any]:
     "dataset's home region store as an immutable manifest.",
 )
 def dataset_fingerprints(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    return fingerprint_dataset_partition(
+        context.resources.stores,
+        context.resources.warehouse,
+        context.partition_key,
+        run_id=context.run_id,
+        log=context.log,
+    )
+
+
+def fingerprint_dataset_partition(
+    stores: Any, warehouse: Any, name: str, *, run_id: str, log: Any
+) -> dg.MaterializeResult:
+    """Fingerprint dataset ``name`` and commit the snapshot to its home store (what
+    ``dataset_fingerprints`` materializes; the migration ops call it too)."""
     from spotshift.sync.datasets import get_dataset, snapshot_dataset
 
-    dataset = get_dataset(context.partition_key)
-    home = context.resources.stores.store_for(dataset.location)
+    dataset = get_dataset(name)
+    home = stores.store_for(dataset.location)
     fp, stats = snapshot_dataset(dataset, home)
-    context.resources.warehouse.append("raw.transfers", [stats.to_row(context.run_id)])
+    warehouse.append("raw.transfers", [stats.to_row(run_id)])
     m = fp.manifest
     summary = m.summary()
-    context.log.info(
+    log.info(
         f"{dataset.name}: root {m.root}, {summary['files']} files, {summary['bytes']} bytes; "
         f"read {fp.stats.bytes_read} bytes, {fp.stats.cache_hits} files from cache; sent {stats.bytes_sent} bytes"
     )
@@ -115,27 +129,51 @@ def _replica_keys(context: Any) -> tuple[str, str]:
     "(only missing chunks are sent; egress is priced per provider/region).",
 )
 def dataset_replicas(context: dg.AssetExecutionContext, config: ReplicaConfig) -> dg.MaterializeResult:
+    name, region = _replica_keys(context)
+    return replicate_dataset_partition(
+        context.instance,
+        context.resources.stores,
+        context.resources.warehouse,
+        name,
+        region,
+        run_id=context.run_id,
+        log=context.log,
+        check_existing=config.check_existing_chunks,
+    )
+
+
+def replicate_dataset_partition(
+    instance: dg.DagsterInstance,
+    stores: Any,
+    warehouse: Any,
+    name: str,
+    region: str,
+    *,
+    run_id: str,
+    log: Any,
+    check_existing: bool = False,
+) -> dg.MaterializeResult:
+    """Bring dataset ``name``'s fingerprinted snapshot into ``region``'s store (what ``dataset_replicas``
+    materializes; the migration ops call it too). The transfer is a ``raw.transfers`` row."""
     from spotshift.errors import NotFoundError
     from spotshift.sync.datasets import get_dataset, replicate_dataset
 
-    name, region = _replica_keys(context)
     dataset = get_dataset(name)
-    root = fingerprint_root(context.instance, name)
+    root = fingerprint_root(instance, name)
     if root is None:
         raise NotFoundError(
             f"dataset {name!r} has no fingerprint yet: materialize dataset_fingerprints[{name}] first"
         )
-    stores = context.resources.stores
     stats = replicate_dataset(
         dataset,
         root,
         stores.store_for(dataset.location),
         stores.store_for(region),
         region,
-        check_existing=config.check_existing_chunks,
+        check_existing=check_existing,
     )
-    context.resources.warehouse.append("raw.transfers", [stats.to_row(context.run_id)])
-    context.log.info(
+    warehouse.append("raw.transfers", [stats.to_row(run_id)])
+    log.info(
         f"{name} -> {region}: sent {stats.chunks_sent} chunks, {stats.bytes_sent} bytes "
         f"of {stats.bytes_full}; egress ${stats.egress_usd:.4f}"
     )
@@ -154,15 +192,22 @@ def dataset_replicas(context: dg.AssetExecutionContext, config: ReplicaConfig) -
     "the manifest verifies, and every chunk is present with the right size.",
 )
 def replica_matches_fingerprint(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    name, region = _replica_keys(context)
+    return replica_check_result(context.instance, context.resources.stores, name, region)
+
+
+def replica_check_result(
+    instance: dg.DagsterInstance, stores: Any, name: str, region: str
+) -> dg.AssetCheckResult:
+    """The ``replica_matches_fingerprint`` verdict for one (dataset, region)."""
     from spotshift.sync.datasets import check_replica
 
-    name, region = _replica_keys(context)
-    expected = fingerprint_root(context.instance, name)
+    expected = fingerprint_root(instance, name)
     if expected is None:
         return dg.AssetCheckResult(
             passed=False, description=f"dataset_fingerprints[{name}] was never materialized"
         )
-    result = check_replica(context.resources.stores.store_for(region), name, expected)
+    result = check_replica(stores.store_for(region), name, expected)
     return dg.AssetCheckResult(
         passed=result.passed,
         description=result.problem or f"replica in {region} is snapshot {expected}, all chunks present",

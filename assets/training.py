@@ -124,9 +124,14 @@ def shadow_validation(
         run_id=context.run_id,
     )
     warehouse.append("raw.shadow_validations", [cmp.row()])
+    return dg.MaterializeResult(metadata=shadow_metadata(cmp))
+
+
+def shadow_metadata(cmp: Any) -> dict[str, Any]:
+    """Materialization metadata of a :class:`~spotshift.training.shadow.ShadowComparison`."""
     meta = {k: v for k, v in cmp.to_dict().items() if k not in ("source_losses", "target_losses")}
     meta["loss_curves"] = dg.MetadataValue.json({"source": cmp.source_losses, "target": cmp.target_losses})
-    return dg.MaterializeResult(metadata=meta)
+    return meta
 
 
 def _comparison(context: dg.AssetCheckExecutionContext) -> dict[str, Any]:
@@ -140,9 +145,17 @@ def _comparison(context: dg.AssetCheckExecutionContext) -> dict[str, Any]:
     return {k: v.value for k, v in mat.metadata.items()}
 
 
+#: the shadow checks' verdict functions, by check name (shared with the migration ops)
+SHADOW_VERDICTS: dict[str, Any] = {}
+
+
+def shadow_verdicts(cmp: dict[str, Any]) -> dict[str, dg.AssetCheckResult]:
+    """Every shadow check's result for one comparison (``shadow_validation``'s metadata values)."""
+    return {name: verdict(cmp) for name, verdict in SHADOW_VERDICTS.items()}
+
+
 def _check(name: str, passed_of, describe, *, blocking_severity=dg.AssetCheckSeverity.ERROR):  # noqa: ANN001, ANN202
-    def check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        cmp = _comparison(context)
+    def verdict(cmp: dict[str, Any]) -> dg.AssetCheckResult:
         passed, severity = passed_of(cmp)
         return dg.AssetCheckResult(
             passed=passed,
@@ -150,6 +163,11 @@ def _check(name: str, passed_of, describe, *, blocking_severity=dg.AssetCheckSev
             description=describe(cmp),
             metadata={"job": cmp["job"]},
         )
+
+    SHADOW_VERDICTS[name] = verdict
+
+    def check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        return verdict(_comparison(context))
 
     check.__name__ = name
     # partitioned checks are a Dagster preview feature; one check result per job partition is what we need

@@ -44,6 +44,8 @@ class VirtualClock:
     origin_virtual: str  # ISO-8601 UTC
     origin_wall: float  # time.time() at origin
     speed: float = 1.0  # virtual seconds per wall second
+    pace_trainers: bool = False  # trainers take one step per (hours of work it stands for) of virtual time
+    pace_speed: float = 0.0  # the speed pacing follows while the clock is paused (0: ``speed``)
 
     @classmethod
     def real(cls) -> VirtualClock:
@@ -52,11 +54,11 @@ class VirtualClock:
         return cls(datetime.fromtimestamp(now, UTC).isoformat(), now, 1.0)
 
     @classmethod
-    def starting(cls, start: datetime, speed: float) -> VirtualClock:
+    def starting(cls, start: datetime, speed: float, *, pace_trainers: bool = False) -> VirtualClock:
         """A clock reading ``start`` now and advancing ``speed`` virtual seconds per wall second."""
         if speed < 0:
             raise ConfigError(f"clock speed must be >= 0, got {speed}")
-        return cls(start.astimezone(UTC).isoformat(), time.time(), float(speed))
+        return cls(start.astimezone(UTC).isoformat(), time.time(), float(speed), pace_trainers, float(speed))
 
     def now(self) -> datetime:
         """Current virtual time (aware, UTC)."""
@@ -64,8 +66,39 @@ class VirtualClock:
         return base + timedelta(seconds=(time.time() - self.origin_wall) * self.speed)
 
     def advance(self, seconds: float) -> VirtualClock:
-        """A clock ``seconds`` of virtual time ahead of this one (same speed)."""
-        return VirtualClock((self.now() + timedelta(seconds=seconds)).isoformat(), time.time(), self.speed)
+        """A clock ``seconds`` of virtual time ahead of this one (same speed and pacing)."""
+        return VirtualClock(
+            (self.now() + timedelta(seconds=seconds)).isoformat(),
+            time.time(),
+            self.speed,
+            self.pace_trainers,
+            self.pace_speed,
+        )
+
+    def paused(self) -> VirtualClock:
+        """This clock stopped at its current reading (pacing keeps following the running speed)."""
+        return VirtualClock(
+            self.now().isoformat(), time.time(), 0.0, self.pace_trainers, self.pace_speed or self.speed
+        )
+
+    def resumed(self, *, skip_seconds: float = 0.0) -> VirtualClock:
+        """A paused clock running again at its pacing speed, ``skip_seconds`` of virtual time later."""
+        speed = self.speed or self.pace_speed
+        start = self.now() + timedelta(seconds=skip_seconds)
+        return VirtualClock(
+            start.isoformat(), time.time(), speed, self.pace_trainers, self.pace_speed or speed
+        )
+
+    def step_pace_seconds(self, hours_per_step: float) -> float:
+        """Wall seconds a paced trainer spends per step (0 when pacing is off or time is frozen).
+
+        A CPU-sized demo trainer takes milliseconds per step; pacing makes each step last the
+        virtual time of the GPU work it stands for, so intervals, costs and deadlines line up.
+        """
+        speed = self.pace_speed or self.speed
+        if not self.pace_trainers or speed <= 0 or hours_per_step <= 0:
+            return 0.0
+        return hours_per_step * 3600.0 / speed
 
     def virtual_seconds(self, wall_seconds: float) -> float:
         """Virtual seconds that pass in ``wall_seconds`` of wall time."""
@@ -81,7 +114,13 @@ def load_clock(path: Path | None = None) -> VirtualClock:
     p = path or clock_path()
     try:
         raw = json.loads(p.read_text())
-        return VirtualClock(str(raw["origin_virtual"]), float(raw["origin_wall"]), float(raw["speed"]))
+        return VirtualClock(
+            str(raw["origin_virtual"]),
+            float(raw["origin_wall"]),
+            float(raw["speed"]),
+            bool(raw.get("pace_trainers", False)),
+            float(raw.get("pace_speed", 0.0)),
+        )
     except FileNotFoundError:
         return VirtualClock.real()
     except (ValueError, KeyError, TypeError):

@@ -38,12 +38,45 @@ def stores_root() -> Path:
     return spotshift_home() / "stores"
 
 
+def stores_base_url() -> str:
+    """Where the region stores live: ``SPOTSHIFT_STORES_URL`` (``s3://bucket/prefix``,
+    ``gs://bucket/prefix`` or ``file:///dir``), else the local ``$SPOTSHIFT_HOME/stores``."""
+    env = os.environ.get("SPOTSHIFT_STORES_URL", "").strip()
+    return env.rstrip("/") if env else stores_root().as_uri()
+
+
 def region_store_url(location: str) -> str:
-    """The ``file://`` URL of the local object store of a ``provider/region`` location."""
+    """The object store URL of a ``provider/region`` location: ``<stores base>/<provider>/<region>``.
+
+    Every part of spotshift (dataset replicas, checkpoints, trainers, event notices) finds a
+    region's store through this one function.
+    """
     provider, _, region = location.partition("/")
     if not provider or not region or "/" in region:
         raise ValueError(f"location {location!r} is not of the form provider/region")
-    return (stores_root() / provider / region).as_uri()
+    return f"{stores_base_url()}/{provider}/{region}"
+
+
+def location_of_store(url: str) -> str | None:
+    """``provider/region`` of a region store URL (inverse of :func:`region_store_url`), else None."""
+    base = stores_base_url()
+    if base.startswith("file://") and url.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        try:
+            rel = (
+                Path(unquote(urlparse(url).path))
+                .resolve()
+                .relative_to(Path(unquote(urlparse(base).path)).resolve())
+            )
+        except ValueError:
+            return None
+        parts = rel.parts
+    else:
+        if not url.startswith(base + "/"):
+            return None
+        parts = tuple(url[len(base) + 1 :].strip("/").split("/"))
+    return "/".join(parts) if len(parts) == 2 and all(parts) else None
 
 
 def config_path() -> Path:

@@ -138,7 +138,7 @@ RAW_TABLES: dict[str, tuple[Column, ...]] = {
     "migrations": _cols(
         ("migration_id", "VARCHAR", "Run key of the migration"),
         ("job", "VARCHAR", "Training job name"),
-        ("trigger", "VARCHAR", "price | preemption | rollback"),
+        ("trigger", "VARCHAR", "place | price | preemption | rollback"),
         ("from_location", "VARCHAR", "provider/region the job left"),
         ("to_location", "VARCHAR", "provider/region the job moved to"),
         ("started_at", "TIMESTAMP", "Start of the migration (UTC)"),
@@ -364,3 +364,10 @@ def _naive_utc(values: list[Any], duck_type: str) -> list[Any]:
             v = v.astimezone(UTC).replace(tzinfo=None)
         out.append(v)
     return out
+
+
+def first_row(con: Any, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...] | None:
+    """The first row of a query, or None. Fetches the whole result, so the connection is free for
+    the next statement (DuckDB refuses new work while a result is partly fetched)."""
+    rows = con.execute(sql, list(params or [])).fetchall()
+    return rows[0] if rows else None

@@ -43,8 +43,9 @@ from spotshift.checkpoint.format import (
     write_checkpoint,
 )
 from spotshift.checkpoint.keys import KeyProvider
-from spotshift.checkpoint.tiered import copy_checkpoint, location_of_store
+from spotshift.checkpoint.tiered import copy_checkpoint
 from spotshift.errors import ConfigError, IntegrityError
+from spotshift.home import location_of_store
 from spotshift.sync.store import ChunkStore, LocalChunkStore
 
 DELTA_MAGIC = b"SSCKDLT1"

@@ -33,26 +33,9 @@ from spotshift.checkpoint.format import (
     write_checkpoint,
 )
 from spotshift.checkpoint.keys import KeyProvider
-from spotshift.home import stores_root
 from spotshift.sync.store import ChunkStore, LocalChunkStore
 
 log = logging.getLogger("spotshift.checkpoint")
-
-
-def location_of_store(url: str) -> str | None:
-    """``provider/region`` of a local region store URL (inverse of ``region_store_url``), else None."""
-    from pathlib import Path
-    from urllib.parse import unquote, urlparse
-
-    parsed = urlparse(url)
-    if parsed.scheme not in ("", "file"):
-        return None
-    path = Path(unquote(parsed.path) if parsed.scheme else url).resolve()
-    try:
-        rel = path.relative_to(stores_root().resolve())
-    except ValueError:
-        return None
-    return "/".join(rel.parts) if len(rel.parts) == 2 else None
 
 
 def copy_object(src: ChunkStore, dst: ChunkStore, key: str) -> int:

@@ -41,6 +41,7 @@ from spotshift.placement.risk import RegionRisk, estimate, risk_from_observation
 from spotshift.placement.scoring import DataFootprint
 from spotshift.placement.state import PlacementState, load_state
 from spotshift.pricing.quote import QUOTE_FIELDS, NormalizedGPUQuote
+from spotshift.warehouse import first_row as _first
 
 NO_SPOT_REASON = "no spot capacity (preempted)"
 
@@ -49,12 +50,6 @@ def _utc(dt: datetime | None) -> datetime | None:
     if dt is None:
         return None
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-
-
-def _first(con: Any, sql: str, params: list[Any] | None = None) -> tuple[Any, ...] | None:
-    """First row of a query (fetching all rows, so the connection is free for the next statement)."""
-    rows = con.execute(sql, params or []).fetchall()
-    return rows[0] if rows else None
 
 
 def latest_snapshot(con: Any) -> tuple[str, datetime] | None:
@@ -292,3 +287,46 @@ def record_decision(con: Any, decision: Decision, *, candidates: bool = True) ->
     if candidates:
         append_rows(con, "main.placement_candidates", decision.candidate_rows())
     return True
+
+
+def usage_for(
+    con: Any,
+    job: TrainingJob,
+    location: str,
+    *,
+    market: str | None = None,
+    instance_type: str | None = None,
+) -> dict[str, Any]:
+    """What a trainer of ``job`` in ``location`` pays, from the latest quote snapshot: the cheapest
+    quote there that fits the job's GPU requirement (and ``market``/``instance_type`` when given),
+    with the on-demand (list) price of the same instance. Empty when nothing fits (the interval is
+    then priced by the cost models from the price history)."""
+    snap = latest_snapshot(con)
+    if snap is None:
+        return {}
+    fits = [
+        q
+        for q in load_quotes(con, snap[0])
+        if q.location == location
+        and (job.gpu_model is None or q.gpu_model == job.gpu_model)
+        and q.gpu_count == job.gpu_count
+        and (market is None or q.market == market)
+        and (instance_type is None or q.instance_type == instance_type)
+        and (market is not None or job.spot_allowed or q.market == "on_demand")
+    ]
+    if not fits:
+        return {}
+    q = min(fits, key=lambda x: x.price_usd_hour)
+    listed = [
+        o.price_usd_hour
+        for o in load_quotes(con, snap[0])
+        if o.location == location and o.instance_type == q.instance_type and o.market == "on_demand"
+    ]
+    return {
+        "market": q.market,
+        "instance_type": q.instance_type,
+        "gpu_model": q.gpu_model,
+        "gpu_count": q.gpu_count,
+        "price_usd_hour": q.price_usd_hour,
+        "list_price_usd_hour": min(listed) if listed else None,
+    }

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from spotshift.errors import ConfigError, InputError, IntegrityError, NotFoundError
+from spotshift.home import location_of_store
 from spotshift.sync.chunking import ChunkParams, digest_function
 from spotshift.sync.fingerprint import Fingerprint, fingerprint, local_path
 from spotshift.sync.manifest import DIR, ROOT_PATH, SYMLINK, Diff, FileEntry, Manifest, diff
@@ -42,7 +43,7 @@ from spotshift.sync.refs import (
     write_ref,
 )
 from spotshift.sync.store import ChunkStore, LocalChunkStore, chunk_key, open_store, syncfs
-from spotshift.sync.transfer import BoundedPool, TransferStats, location_of_store
+from spotshift.sync.transfer import BoundedPool, TransferStats
 
 #: default bytes of chunk payload in flight per operation (the memory bound of a transfer)
 DEFAULT_BUDGET_BYTES = 64 * 1024 * 1024

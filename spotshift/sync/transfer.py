@@ -12,10 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-
-from spotshift.home import stores_root
 
 
 @dataclass
@@ -119,20 +116,6 @@ def record_transfers(
 
     with wh.connect(warehouse) as con:
         return wh.append_rows(con, "raw.transfers", [s.to_row(run_id) for s in stats])
-
-
-def location_of_store(url: str) -> str | None:
-    """``provider/region`` of a local region store under ``$SPOTSHIFT_HOME/stores``, else None."""
-    from urllib.parse import unquote, urlparse
-
-    parsed = urlparse(url)
-    if parsed.scheme not in ("", "file"):
-        return None
-    try:
-        rel = Path(unquote(parsed.path)).resolve().relative_to(stores_root().resolve())
-    except ValueError:
-        return None
-    return "/".join(rel.parts) if len(rel.parts) == 2 else None
 
 
 class BoundedPool:

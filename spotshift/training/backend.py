@@ -35,6 +35,7 @@ from spotshift.training.request import TrainRequest
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.jsonl"
 STOP_REQUEST_FILE = "stop-request.json"
+STOPPING_FILE = "stopping.json"  # written by a trainer the moment it starts to stop (notice or request)
 
 
 def trainers_dir() -> Path:
@@ -164,6 +165,11 @@ class ComputeBackend(ABC):
     def list(self, location: str | None = None) -> list[TrainerInfo]:
         """Live trainers, optionally only those in ``location``."""
 
+    def stopping(self, name: str) -> bool:
+        """Whether trainer ``name`` is alive but already stopping (a preemption notice or a stop
+        request reached it): the control plane must not plan around it as if it were running."""
+        return False
+
     @abstractmethod
     def wait(self, name: str, timeout_s: float | None = None) -> dict[str, Any]:
         """Wait for the trainer to exit and return its ``result.json``."""
@@ -209,7 +215,7 @@ class LocalProcessBackend(ComputeBackend):
                 )
             workdir = Path(request.workdir)
             workdir.mkdir(parents=True, exist_ok=True)
-            for stale in (RESULT_FILE, STOP_REQUEST_FILE, METRICS_FILE):
+            for stale in (RESULT_FILE, STOP_REQUEST_FILE, METRICS_FILE, STOPPING_FILE):
                 (workdir / stale).unlink(missing_ok=True)
             req_path = request.save(workdir / "request.json")
             out = open(workdir / "trainer.out", "ab")  # noqa: SIM115 - handed to the child
@@ -267,6 +273,13 @@ class LocalProcessBackend(ComputeBackend):
             return json.loads((Path(info.workdir) / RESULT_FILE).read_text())
         except (OSError, ValueError):
             return None
+
+    def stopping(self, name: str) -> bool:
+        info = self.status(name)
+        if info is None or not info.alive:
+            return False
+        workdir = Path(info.workdir)
+        return (workdir / STOPPING_FILE).exists() or (workdir / STOP_REQUEST_FILE).exists()
 
     def progress(self, name: str) -> int | None:
         """The last step the trainer logged (None before its first step)."""

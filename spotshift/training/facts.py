@@ -9,6 +9,7 @@ table are skipped, and ingested files are renamed ``*.done``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -68,9 +69,13 @@ def ingest_facts(
     *,
     database: str | os.PathLike[str] | None = None,
     timeout_s: float = 120.0,
+    con: Any = None,
+    live: bool = False,
 ) -> dict[str, int]:
     """Move pending facts of a trainer working directory into the warehouse; rows written per table.
 
+    ``live``: the trainer is still running and appending, so its files are read but left in place
+    (the next ingestion skips what is already there). ``con``: an open warehouse connection to use.
     Raises :class:`~spotshift.errors.ConfigError` when the warehouse stays locked past
     ``timeout_s`` (the facts stay pending for the next attempt).
     """
@@ -81,13 +86,16 @@ def ingest_facts(
         return {}
     facts = read_facts(files)
     written: dict[str, int] = {}
-    with warehouse.connect(database, timeout_s=timeout_s) as con:
+    with contextlib.ExitStack() as stack:
+        if con is None:
+            con = stack.enter_context(warehouse.connect(database, timeout_s=timeout_s))
         for table, rows in facts.items():
             fresh = _unseen(con, table, rows)
             if fresh:
                 written[table] = warehouse.append_rows(con, table, fresh)
-    for p in files:
-        os.replace(p, p.with_suffix(".done"))
+    if not live:
+        for p in files:
+            os.replace(p, p.with_suffix(".done"))
     return written
 
 

@@ -319,12 +319,60 @@ WATCHER_CLASSES: dict[str, type[NoticeWatcher]] = {
 }
 
 
+def metadata_endpoints_path() -> Any:
+    """Per-location metadata endpoints of the local compute backend's simulated instances.
+
+    ``{"gcp/us-central1": "http://127.0.0.1:PORT", ...}``, written by the preemption injector
+    (:mod:`spotshift.simulate.injector`) so that a trainer in one simulated region sees only that
+    region's notices.
+    """
+    from spotshift.home import run_dir
+
+    return run_dir() / "metadata-endpoints.json"
+
+
+def registered_endpoints() -> dict[str, str]:
+    """The per-location endpoints in :func:`metadata_endpoints_path` (empty when none)."""
+    try:
+        raw = json.loads(metadata_endpoints_path().read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError:
+        raise ConfigError(f"{metadata_endpoints_path()}: not valid JSON") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise ConfigError(f"{metadata_endpoints_path()}: expected {{location: url}}")
+    return raw
+
+
+def register_endpoints(endpoints: dict[str, str | None]) -> None:
+    """Set (url) or remove (None) the metadata endpoint of each location, atomically."""
+    import fcntl
+
+    from spotshift.atomic import atomic_write_json
+
+    path = metadata_endpoints_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        current = registered_endpoints()
+        for location, url in endpoints.items():
+            if url is None:
+                current.pop(location, None)
+            else:
+                current[location] = url
+        atomic_write_json(path, current)
+
+
 def watcher_urls_for(location: str) -> dict[str, str]:
-    """Which endpoints a trainer in ``location`` polls: its provider's, when configured by environment."""
+    """Which endpoints a trainer in ``location`` polls: the location's registered simulated instance
+    metadata (local compute backend), else its provider's, when configured by environment."""
     provider = location.partition("/")[0]
     kind = PROVIDER_KIND.get(provider)
     if kind is None:
         return {}
+    registered = registered_endpoints().get(location)
+    if registered:
+        return {kind: registered}
     if os.environ.get(URL_ENV[kind]):
         return {kind: os.environ[URL_ENV[kind]]}
     enabled = {k.strip() for k in os.environ.get("SPOTSHIFT_PREEMPTION_WATCHERS", "").split(",") if k.strip()}
@@ -376,3 +424,27 @@ class WatcherThread(threading.Thread):
 
     def watcher(self, kind: str) -> NoticeWatcher | None:
         return next((w for w in self.watchers if w.kind == kind), None)
+
+
+NOTICE_PREFIX = "events/preemption/"
+
+
+def read_notices(store: Any, *, skip: set[str] | frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """Preemption notices trainers wrote to ``store`` (``events/preemption/<notice_id>.json``), oldest
+    first, except the ids in ``skip``. A malformed event raises :class:`ConfigError` naming it."""
+    out = []
+    for key in store.list_keys(NOTICE_PREFIX):
+        notice_id = key[len(NOTICE_PREFIX) :].removesuffix(".json")
+        if not key.endswith(".json") or notice_id in skip:
+            continue
+        try:
+            raw = json.loads(store.get_bytes(key))
+        except ValueError:
+            raise ConfigError(f"preemption notice {key} in {store.url}: not valid JSON") from None
+        missing = [k for k in ("notice_id", "job", "location") if not raw.get(k)]
+        if missing or raw.get("notice_id") != notice_id:
+            raise ConfigError(
+                f"preemption notice {key} in {store.url}: missing or wrong {', '.join(missing) or 'notice_id'}"
+            )
+        out.append(raw)
+    return sorted(out, key=lambda r: (str(r.get("noticed_at", "")), r["notice_id"]))

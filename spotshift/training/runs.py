@@ -70,6 +70,12 @@ def build_request(
             raise ConfigError(f"--steps must be > 0, got {steps}")
         until_step = resume_step(job_name, store_url, resume) + steps
     config = job_train_config(job)
+    if not usage:
+        usage = usage_from_quotes(job, location)
+    if min_step_seconds <= 0:
+        from spotshift.clock import load_clock
+
+        min_step_seconds = load_clock().step_pace_seconds(job.hours_per_step)
     return TrainRequest(
         job=job.name,
         location=location,
@@ -90,6 +96,29 @@ def build_request(
         usage=dict(usage or {}),
         run_id=run_id,
     )
+
+
+def usage_from_quotes(job: Any, location: str, *, database: Any = None) -> dict[str, Any]:
+    """Price a trainer nobody priced (``spotshift train``, a shadow run): the job's current placement
+    when it runs in ``location``, else the cheapest fitting quote there (empty without quotes)."""
+    from spotshift import warehouse
+    from spotshift.errors import SpotshiftError
+    from spotshift.placement.inputs import usage_for
+    from spotshift.placement.state import load_state
+
+    try:
+        state = load_state(job.name)
+        same = state.location == location
+        with warehouse.connect(database) as con:
+            return usage_for(
+                con,
+                job,
+                location,
+                market=state.market if same else None,
+                instance_type=state.instance_type if same else None,
+            )
+    except SpotshiftError:
+        return {}
 
 
 def resume_step(job: str, store_url: str, resume: Any) -> int:
@@ -146,10 +175,11 @@ def current_location(job_name: str, database: Any = None) -> str:
 
     job = get_job(job_name)
     with warehouse.connect(database) as con:
-        row = con.execute(
+        row = warehouse.first_row(
+            con,
             "SELECT location FROM raw.checkpoints WHERE job = ? ORDER BY step DESC, created_at DESC LIMIT 1",
             [job_name],
-        ).fetchone()
+        )
     if row and row[0]:
         return str(row[0])
     if job.start_location:
@@ -322,8 +352,16 @@ def resume_in_target(
     run_id: str | None = None,
     database: Any = None,
     timeout_s: float | None = None,
+    usage: dict[str, Any] | None = None,
+    min_step_seconds: float = 0.0,
+    accept_older: bool = False,
 ) -> dict[str, Any]:
     """What ``retrain_run`` does: resume the job in ``target`` from the checkpoint replicated there.
+
+    ``accept_older`` resumes from the target's newest checkpoint even when a newer one exists
+    elsewhere (a rollback discarding the steps a failed target made).
+    ``usage`` (price_usd_hour, list_price_usd_hour, instance_type, market, gpu_model, gpu_count)
+    prices the trainer's ``raw.compute_usage`` interval; ``min_step_seconds`` paces its steps.
 
     Refuses when the target's newest checkpoint is older than the job's newest anywhere (steps would
     be lost) or when a trainer of the job is live. Bounded (``steps``, default the job's cadence) and
@@ -343,7 +381,7 @@ def resume_in_target(
         raise ConfigError(
             f"{target} holds no checkpoint of {job_name!r}: materialize checkpoint_replicas for it first"
         )
-    if newest is not None and step_of(found) < newest["step"]:
+    if newest is not None and step_of(found) < newest["step"] and not accept_older:
         raise ConfigError(
             f"{target} holds {job_name} step {step_of(found)} but {source} has step {newest['step']}: "
             "replicate the newest checkpoint first (checkpoint_replicas)"
@@ -355,6 +393,8 @@ def resume_in_target(
         steps=None if detach else (steps or job.checkpoint_every_steps),
         key_provider=key_provider,
         run_id=run_id,
+        usage=usage,
+        min_step_seconds=min_step_seconds,
     )
     t0 = time.monotonic()
     out: dict[str, Any] = {"source_location": source, "target_location": target, "resumed_from": found}
@@ -382,3 +422,75 @@ def resume_in_target(
         }
     )
     return out
+
+
+def start_live(
+    backend: ComputeBackend,
+    job_name: str,
+    location: str,
+    *,
+    usage: dict[str, Any] | None = None,
+    key_provider: str | None = None,
+    run_id: str | None = None,
+    database: Any = None,
+    accept_older: bool = False,
+    timeout_s: float | None = 600.0,
+) -> dict[str, Any]:
+    """Start the job's live trainer in ``location`` for the rest of the job: continuing from its
+    newest checkpoint (which must be in ``location``'s store, see :func:`resume_in_target`), or from
+    scratch when the job has never checkpointed. Returns once the trainer has taken its first step."""
+    import time
+
+    try:
+        newest = latest_ref(job_name, current_location(job_name, database))
+    except ConfigError:
+        newest = None
+    if newest is None and latest_ref(job_name, location) is None:
+        req = build_request(
+            job_name, location, resume="none", usage=usage, key_provider=key_provider, run_id=run_id
+        )
+        t0 = time.monotonic()
+        info = run_training(backend, req, wait=False)
+        while backend.progress(req.name) is None:
+            status = backend.status(req.name)
+            if status is None or not status.alive:
+                raise ConfigError(
+                    f"trainer of {job_name} in {location} exited: {backend.wait(req.name).get('error')}"
+                )
+            if timeout_s is not None and time.monotonic() - t0 > timeout_s:
+                raise ConfigError(f"trainer of {job_name} in {location} took no step within {timeout_s:.0f}s")
+            time.sleep(0.05)
+        return {
+            "mode": "started",
+            "target_location": location,
+            "pid": info.pid,  # type: ignore[union-attr]
+            "seconds_to_first_step": time.monotonic() - t0,
+        }
+    return resume_in_target(
+        backend,
+        job_name,
+        location,
+        detach=True,
+        key_provider=key_provider,
+        run_id=run_id,
+        database=database,
+        usage=usage,
+        accept_older=accept_older,
+        timeout_s=timeout_s,
+    )
+
+
+def wait_for_exit(
+    backend: ComputeBackend, job_name: str, *, location: str | None = None, timeout_s: float = 180.0
+) -> bool:
+    """Wait until the job's trainer (the one in ``location``, when given) has exited.
+
+    A preempted trainer writes its notice right after its emergency checkpoint and exits a moment
+    later; a recovery must not start the job elsewhere before that (one live trainer per job).
+    Returns whether it had to wait; :class:`ConfigError` if it is still alive after ``timeout_s``.
+    """
+    info = backend.status(job_name)
+    if info is None or not info.alive or (location is not None and info.location != location):
+        return False
+    backend.wait(job_name, timeout_s=timeout_s)
+    return True

@@ -262,6 +262,15 @@ class _Run:
         assert notice is not None
         notice.assign_id(self.req.job, self.req.location)
         virtual_noticed = virtual_now()
+        # tell the control plane at once (the notice event in the store comes after the checkpoint)
+        from spotshift.atomic import atomic_write_json
+        from spotshift.training.backend import STOPPING_FILE
+
+        atomic_write_json(
+            self.workdir / STOPPING_FILE,
+            {"notice_id": notice.notice_id, "kind": notice.kind, "preemption": notice.is_preemption},
+            fsync=False,
+        )
         log.warning(
             "%s notice %s at step %d: deadline in %.1fs, checkpointing at the step boundary",
             notice.kind,

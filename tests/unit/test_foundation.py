@@ -279,3 +279,17 @@ def test_training_job_declaration(spotshift_home: Path) -> None:
         TrainingJob.from_dict({"name": "x", "dataset": "d", "total_steps": 1, "work_hours": 1, "gpus": 8})
     with pytest.raises(ConfigError, match="name must use"):
         TrainingJob(name="Bad Name", dataset="d", total_steps=1, work_hours=1)
+
+
+def test_region_store_urls_follow_the_stores_base(spotshift_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spotshift.home import location_of_store, region_store_url
+
+    local = region_store_url("gcp/us-central1")
+    assert local == (spotshift_home / "stores" / "gcp" / "us-central1").as_uri()
+    assert location_of_store(local) == "gcp/us-central1"
+    monkeypatch.setenv("SPOTSHIFT_STORES_URL", "s3://bucket/spotshift/")
+    assert region_store_url("aws/us-east-1") == "s3://bucket/spotshift/aws/us-east-1"
+    assert location_of_store("s3://bucket/spotshift/aws/us-east-1") == "aws/us-east-1"
+    assert location_of_store("s3://other/aws/us-east-1") is None
+    with pytest.raises(ValueError):
+        region_store_url("us-east-1")

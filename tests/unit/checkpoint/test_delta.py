@@ -14,9 +14,9 @@ from spotshift.checkpoint.delta import apply_delta, compute_delta
 from spotshift.checkpoint.format import CheckpointPayload, StoredCheckpoint, open_checkpoint, write_checkpoint
 from spotshift.checkpoint.keys import LocalKeyProvider
 from spotshift.checkpoint.migrate import apply_delta_object, migrate_checkpoint
-from spotshift.checkpoint.tiered import copy_checkpoint, location_of_store
+from spotshift.checkpoint.tiered import copy_checkpoint
 from spotshift.errors import ConfigError, IntegrityError
-from spotshift.home import region_store_url
+from spotshift.home import location_of_store, region_store_url
 from spotshift.sync.store import LocalChunkStore, open_store
 
 SRC, DST = "gcp/us-central1", "aws/us-east-1"

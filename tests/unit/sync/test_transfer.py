@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from spotshift import warehouse
-from spotshift.sync.transfer import TransferStats, location_of_store, record_transfers
+from spotshift.home import location_of_store
+from spotshift.sync.transfer import TransferStats, record_transfers
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,41 @@
+"""``migration_failure_sensor``: a failed (or check-blocked) move is rolled back.
+
+When a ``migration_job`` or ``preemption_recovery_job`` run fails — a step raised, or a blocking
+check (replica root, shadow-validation thresholds) stopped the chain — this run-failure sensor
+requests ``rollback_job`` for the plan the run carried (run tag ``spotshift/plan``): stop the
+target, resume the job in the source, mark the target unfit for a cooldown. Run key
+``rollback:<failed run id>``: one rollback per failed run.
+"""
+
+import dagster as dg
+
+from ops.migration import TAG_PLAN, migration_job, preemption_recovery_job, rollback_job
+
+
+@dg.run_failure_sensor(
+    monitored_jobs=[migration_job, preemption_recovery_job],
+    request_job=rollback_job,
+    minimum_interval_seconds=15,
+    description=__doc__,
+)
+def migration_failure_sensor(context: dg.RunFailureSensorContext) -> dg.RunRequest | dg.SkipReason:
+    run = context.dagster_run
+    plan_json = run.tags.get(TAG_PLAN)
+    if not plan_json:
+        return dg.SkipReason(f"run {run.run_id} failed before it had a plan: nothing to roll back")
+    reason = context.failure_event.message or f"run {run.run_id} failed"
+    return dg.RunRequest(
+        run_key=f"rollback:{run.run_id}",
+        run_config={
+            "ops": {
+                "roll_back": {
+                    "config": {"plan_json": plan_json, "failed_run_id": run.run_id, "reason": reason[:1000]}
+                }
+            }
+        },
+        tags={k: v for k, v in run.tags.items() if k.startswith("spotshift/") and k != TAG_PLAN}
+        | {"spotshift/trigger": "rollback", "spotshift/rolls_back": run.run_id},
+    )
+
+
+defs = dg.Definitions(sensors=[migration_failure_sensor])

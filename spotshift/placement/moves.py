@@ -1,0 +1,392 @@
+"""Executing a placement change: the plan a migration carries, cutover, rollback, and their ledger.
+
+A :class:`MovePlan` is what ``price_change_sensor`` (from a :class:`~spotshift.placement.economics.Decision`)
+or ``preemption_sensor`` (from a notice, via :func:`recovery_plan`) hands to the Dagster jobs that
+move a training job. The jobs run the chain (delta sync, checkpoint migration, resume, shadow
+validation) with the libraries of those steps and finish here:
+
+* :func:`cut_over` — the job now runs in the target: placement state updated (cooldown after a
+  price move), ``raw.migrations`` row with status ``cut_over``, and for a preemption recovery the
+  notice's ``recovered_at``/``recovery_s`` in ``raw.preemptions``.
+* :func:`roll_back` — the target failed (a blocked shadow check, a failed step): stop any trainer
+  of the job, resume it in the source from the checkpoint the migration started from, mark the
+  target unfit for a cooldown, ``raw.migrations`` row with status ``rolled_back``.
+
+Both are idempotent: re-running them after a crash converges on the same state, and neither ever
+leaves two live trainers of one job (the compute backend's per-job lock refuses a second).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timedelta
+from typing import Any
+
+from spotshift.errors import ConfigError
+from spotshift.placement.economics import Decision
+
+TRIGGERS = ("place", "price", "preemption")
+
+
+@dataclass(frozen=True)
+class MovePlan:
+    """Where a job goes, on what, and why. ``from_location`` is empty when the job was not running."""
+
+    job: str
+    trigger: str
+    from_location: str
+    to_location: str
+    market: str
+    instance_type: str
+    price_usd_hour: float
+    zone: str = ""
+    list_price_usd_hour: float | None = None
+    gpu_model: str = ""
+    gpu_count: int = 1
+    snapshot_id: str = ""
+    run_key: str = ""
+    expected_savings_usd: float = 0.0
+    notice_id: str = ""
+    from_checkpoint: str = ""  # checkpoint the move starts from (set once the source is drained)
+
+    def __post_init__(self) -> None:
+        if self.trigger not in TRIGGERS:
+            raise ConfigError(
+                f"move of {self.job!r}: trigger {self.trigger!r} not one of {', '.join(TRIGGERS)}"
+            )
+        if "/" not in self.to_location:
+            raise ConfigError(f"move of {self.job!r}: target {self.to_location!r} is not provider/region")
+        if self.from_location and self.from_location == self.to_location:
+            raise ConfigError(f"move of {self.job!r}: source and target are both {self.to_location}")
+
+    def usage(self) -> dict[str, Any]:
+        """What prices the trainer's ``raw.compute_usage`` interval in the target."""
+        return {
+            "market": self.market,
+            "instance_type": self.instance_type,
+            "gpu_model": self.gpu_model,
+            "gpu_count": self.gpu_count,
+            "price_usd_hour": self.price_usd_hour,
+            "list_price_usd_hour": self.list_price_usd_hour,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (run config, tags, logs)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> MovePlan:
+        """Inverse of :meth:`to_dict`; unknown keys are errors."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"move plan: unknown field(s) {', '.join(unknown)}")
+        return cls(**raw)
+
+    def tags(self) -> dict[str, str]:
+        """Run tags of the Dagster runs that execute this plan (the run coordinator limits one per job)."""
+        return {
+            "spotshift/job": self.job,
+            "spotshift/trigger": self.trigger,
+            "spotshift/from": self.from_location or "-",
+            "spotshift/to": self.to_location,
+            "spotshift/snapshot": self.snapshot_id or "-",
+        }
+
+
+def list_price(decision: Decision, location: str, instance_type: str) -> float | None:
+    """On-demand price of ``instance_type`` in ``location`` among the decision's candidates."""
+    for c in decision.candidates:
+        q = c.quote
+        if q.location == location and q.instance_type == instance_type and q.market == "on_demand":
+            return q.price_usd_hour
+    return None
+
+
+def plan_from_decision(
+    decision: Decision, *, trigger: str | None = None, notice_id: str = "", state_version: int | None = None
+) -> MovePlan:
+    """The move a decision asks for; :class:`ConfigError` when it does not change the placement.
+
+    A price move's run key is the decision's ``<job>:<from>-><to>:<quote snapshot id>``. Placing a
+    job that is not running appends ``:v<placement state version>``: the same snapshot can see the
+    job preempted and placed more than once, and each placement is a new event.
+    """
+    if not decision.changes_placement or decision.target is None:
+        raise ConfigError(
+            f"decision {decision.decision_id} ({decision.action}) does not move job {decision.job!r}"
+        )
+    q = decision.target.quote
+    running = decision.current is not None and decision.current_running
+    source = decision.current.location if running and decision.current is not None else ""
+    terms = decision.terms
+    return MovePlan(
+        job=decision.job,
+        trigger=trigger or ("price" if running else "place"),
+        from_location=source,
+        to_location=q.location,
+        market=q.market,
+        instance_type=q.instance_type,
+        zone=q.zone,
+        price_usd_hour=q.price_usd_hour,
+        list_price_usd_hour=q.price_usd_hour
+        if q.market == "on_demand"
+        else list_price(decision, q.location, q.instance_type),
+        gpu_model=q.gpu_model,
+        gpu_count=q.gpu_count,
+        snapshot_id=decision.snapshot_id,
+        run_key=decision.run_key() + ("" if running or state_version is None else f":v{state_version}"),
+        expected_savings_usd=terms.expected_savings_usd if terms is not None else 0.0,
+        notice_id=notice_id,
+    )
+
+
+def recovery_plan(
+    con: Any, job: str, notice: dict[str, Any], *, now: datetime, params: Any = None
+) -> tuple[MovePlan | None, Decision]:
+    """Where to resume a preempted job: the decision with the preempted location's spot capacity gone.
+
+    ``notice`` is the event the trainer wrote (``events/preemption/<id>.json``: job, location,
+    notice_id, ...). The placement state is marked ``preempted`` first, so the decision places the
+    job again rather than weighing a move. The plan is None when the decision is to queue (wait
+    for spot capacity while the job is ahead of uniform progress, or nothing qualifies): the price
+    sensor places the job when the decision changes.
+    """
+    from dataclasses import replace
+
+    from spotshift.placement.economics import decide
+    from spotshift.placement.inputs import assemble_inputs
+    from spotshift.placement.state import set_status
+
+    set_status(job, "preempted", now=now)
+    inputs = assemble_inputs(con, job, now=now)
+    preempted = str(notice.get("location", ""))
+    no_spot = dict(inputs.no_spot)
+    if preempted:
+        no_spot[preempted] = f"preempted (notice {notice.get('notice_id', '?')})"
+    decision = decide(replace(inputs, no_spot=no_spot, current_running=False), params)
+    if decision.target is None:
+        return None, decision
+    plan = plan_from_decision(decision, trigger="preemption", notice_id=str(notice.get("notice_id", "")))
+    # the checkpoint is in the preempted region's store: that is where the move starts from
+    plan = replace(
+        plan,
+        from_location=preempted if preempted != plan.to_location else "",
+        run_key=f"{job}:{notice.get('notice_id', '')}",
+    )
+    return plan, decision
+
+
+def begin(plan: MovePlan, *, now: datetime) -> None:
+    """Mark the job as migrating (the price sensor leaves migrating jobs alone)."""
+    from spotshift.placement.state import set_status
+
+    set_status(plan.job, "migrating", now=now)
+
+
+def migration_row(
+    plan: MovePlan,
+    *,
+    status: str,
+    started_at: datetime,
+    ended_at: datetime,
+    run_id: str,
+    downtime_s: float | None = None,
+    bytes_moved: int | None = None,
+    egress_usd: float | None = None,
+) -> dict[str, Any]:
+    """The ``raw.migrations`` row of a finished move."""
+    return {
+        "migration_id": plan.run_key or f"{plan.job}:{plan.from_location or '-'}->{plan.to_location}",
+        "job": plan.job,
+        "trigger": "rollback" if status == "rolled_back" else plan.trigger,
+        "from_location": plan.from_location,
+        "to_location": plan.to_location,
+        "started_at": started_at,
+        "ended_at": ended_at,
+        "status": status,
+        "downtime_s": downtime_s,
+        "bytes_moved": bytes_moved,
+        "egress_usd": egress_usd,
+        "expected_savings_usd": plan.expected_savings_usd,
+        "run_id": run_id,
+    }
+
+
+def _record_once(con: Any, row: dict[str, Any]) -> bool:
+    from spotshift.warehouse import append_rows, first_row
+
+    seen = first_row(
+        con,
+        "SELECT count(*) FROM raw.migrations WHERE migration_id = ? AND status = ? AND run_id = ?",
+        [row["migration_id"], row["status"], row["run_id"]],
+    )
+    if seen and seen[0]:
+        return False
+    append_rows(con, "raw.migrations", [row])
+    return True
+
+
+def cut_over(
+    con: Any,
+    plan: MovePlan,
+    *,
+    now: datetime,
+    started_at: datetime,
+    run_id: str,
+    cooldown_hours: float,
+    downtime_s: float | None = None,
+    bytes_moved: int | None = None,
+    egress_usd: float | None = None,
+) -> dict[str, Any]:
+    """The job runs in the target now: placement state, ``raw.migrations``, recovery time. Idempotent."""
+    from spotshift.placement.state import record_placement
+
+    record_placement(
+        plan.job,
+        location=plan.to_location,
+        market=plan.market,
+        instance_type=plan.instance_type,
+        now=now,
+        price_usd_hour=plan.price_usd_hour,
+        zone=plan.zone,
+        trigger=plan.trigger,
+        run_key=plan.run_key,
+        cooldown_hours=cooldown_hours if plan.trigger == "price" else 0.0,
+        status="running",
+    )
+    row = migration_row(
+        plan,
+        status="cut_over",
+        started_at=started_at,
+        ended_at=now,
+        run_id=run_id,
+        downtime_s=downtime_s,
+        bytes_moved=bytes_moved,
+        egress_usd=egress_usd,
+    )
+    _record_once(con, row)
+    recovery_s = None
+    if plan.trigger == "preemption" and plan.notice_id:
+        recovery_s = record_recovery(con, plan.notice_id, recovered_at=now)
+    return {**row, "recovery_s": recovery_s}
+
+
+def record_recovery(con: Any, notice_id: str, *, recovered_at: datetime) -> float | None:
+    """Fill ``recovered_at``/``recovery_s`` of a preemption (notice to training resumed elsewhere)."""
+    from spotshift.clock import parse_utc
+    from spotshift.warehouse import first_row
+
+    row = first_row(
+        con,
+        "SELECT noticed_at FROM raw.preemptions WHERE notice_id = ? ORDER BY noticed_at LIMIT 1",
+        [notice_id],
+    )
+    if row is None or row[0] is None:
+        return None
+    noticed = row[0] if isinstance(row[0], datetime) else parse_utc(str(row[0]))
+    if noticed.tzinfo is None:
+        from datetime import UTC
+
+        noticed = noticed.replace(tzinfo=UTC)
+    recovery_s = max(0.0, (recovered_at - noticed).total_seconds())
+    con.execute(
+        "UPDATE raw.preemptions SET recovered_at = ?, recovery_s = ? WHERE notice_id = ?",
+        [recovered_at.replace(tzinfo=None) if recovered_at.tzinfo else recovered_at, recovery_s, notice_id],
+    )
+    return recovery_s
+
+
+def roll_back(
+    con: Any,
+    plan: MovePlan,
+    *,
+    now: datetime,
+    run_id: str,
+    reason: str,
+    unfit_hours: float,
+    restart_source: Any,
+    stop_trainer: Any,
+) -> dict[str, Any]:
+    """Undo a failed move: no trainer in the target, the job resumed in the source, the target unfit.
+
+    ``stop_trainer()`` stops any live trainer of the job (with a checkpoint); ``restart_source()``
+    resumes the job in ``plan.from_location`` from ``plan.from_checkpoint`` and returns when it runs.
+    A plan without a source (a placement or a recovery from a region that is gone) has nothing to
+    resume: the job is left ``preempted`` for the next decision to place it again. Idempotent.
+    """
+    from spotshift.placement.state import load_state, mark_unfit, record_placement, set_status
+
+    stopped = stop_trainer()
+    mark_unfit(plan.job, plan.to_location, until=now + timedelta(hours=unfit_hours), reason=reason, now=now)
+    resumed = None
+    if plan.from_location and plan.trigger == "price":
+        resumed = restart_source()
+        before = load_state(plan.job)
+        record_placement(
+            plan.job,
+            location=plan.from_location,
+            market=before.market or "spot",
+            instance_type=before.instance_type or plan.instance_type,
+            now=now,
+            price_usd_hour=before.price_usd_hour,
+            zone=before.zone,
+            trigger="rollback",
+            run_key=plan.run_key,
+            status="running",
+        )
+    else:
+        set_status(plan.job, "preempted", now=now)
+    row = migration_row(plan, status="rolled_back", started_at=now, ended_at=now, run_id=run_id)
+    _record_once(con, row)
+    return {
+        "stopped": stopped,
+        "resumed": resumed,
+        "reason": reason,
+        "unfit_until": (now + timedelta(hours=unfit_hours)).isoformat(),
+        "row": json.loads(json.dumps(row, default=str)),
+    }
+
+
+def job_finished(con: Any, job: Any) -> bool:
+    """Whether ``job`` (a TrainingJob) has a committed checkpoint at its last step."""
+    from spotshift.warehouse import first_row
+
+    row = first_row(con, "SELECT max(step) FROM raw.checkpoints WHERE job = ?", [job.name])
+    return row is not None and row[0] is not None and int(row[0]) >= job.total_steps
+
+
+def jobs_to_decide(con: Any, backend: Any, *, busy: set[str], now: datetime) -> list[str]:
+    """Declared jobs the price sensor should run the economics for, in declaration order.
+
+    Skipped: jobs with a migration/recovery/rollback run in flight (``busy``), ``migrating`` or
+    ``finished`` ones (a job whose last step is checkpointed is marked finished here), and
+    ``running`` ones whose trainer is gone or stopping — a preemption the preemption sensor is
+    handling. The
+    facts a live trainer has not written to the warehouse yet (its newest checkpoints, which set
+    the staleness of a move) are collected first.
+    """
+    from spotshift.jobs import load_jobs
+    from spotshift.placement.state import load_state, set_status
+
+    out = []
+    for job in load_jobs():
+        if job.name in busy:
+            continue
+        state = load_state(job.name)
+        if state.status in ("finished", "migrating"):
+            continue
+        if job_finished(con, job):
+            set_status(job.name, "finished", now=now)
+            continue
+        info = backend.status(job.name)
+        if state.status == "running" and (info is None or not info.alive or backend.stopping(job.name)):
+            continue
+        if info is not None and info.alive:
+            # the trainer defers its warehouse writes; its newest checkpoints matter to the decision
+            from spotshift.training.facts import ingest_facts
+
+            ingest_facts(info.workdir, con=con, live=True)
+        out.append(job.name)
+    return out
