@@ -6,6 +6,9 @@ Dagster assets let them propagate so the run fails with the same message.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 
 class SpotshiftError(Exception):
     """Base class: a problem with input, configuration, credentials or stored data (exit code 2)."""
@@ -34,3 +37,27 @@ class IntegrityError(SpotshiftError):
 
 class NotFoundError(SpotshiftError):
     """A named object (dataset, manifest, checkpoint, pointer) does not exist."""
+
+
+def build_record(
+    cls: Any, raw: Mapping[str, Any], what: str, *, error: type[SpotshiftError] | None = None
+) -> Any:
+    """Construct dataclass ``cls`` from a decoded document; unknown keys, missing or mistyped
+    arguments (and the validation errors of ``cls`` itself) raise ``error`` (default
+    :class:`ConfigError`) as one line naming ``what``."""
+    from dataclasses import fields
+
+    err = error or ConfigError
+    if not isinstance(raw, Mapping):
+        raise err(f"{what}: expected a JSON object, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - {f.name for f in fields(cls)})
+    if unknown:
+        raise err(f"{what}: unknown field(s) {', '.join(unknown)}")
+    try:
+        return cls(**raw)
+    except TypeError as exc:
+        raise err(f"{what}: {exc}") from None
+    except SpotshiftError as exc:
+        if isinstance(exc, err):
+            raise
+        raise err(f"{what}: {exc}") from None

@@ -13,13 +13,13 @@ units with the trainer.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from spotshift import registry
 from spotshift.clock import parse_utc
-from spotshift.errors import ConfigError
+from spotshift.errors import ConfigError, build_record
 
 SECTION = "jobs"
 
@@ -102,15 +102,7 @@ class TrainingJob:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainingJob:
         """Build from a YAML entry; unknown or mistyped keys raise :class:`ConfigError` naming the job."""
-        name = raw.get("name", "?")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"job {name!r}: unknown field(s) {', '.join(unknown)}")
-        try:
-            return cls(**raw)
-        except TypeError as exc:
-            raise ConfigError(f"job {name!r}: {exc}") from None
+        return build_record(cls, raw, f"job {raw.get('name', '?')!r}")
 
 
 def load_jobs() -> list[TrainingJob]:

@@ -19,11 +19,11 @@ leaves two live trainers of one job (the compute backend's per-job lock refuses 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from spotshift.errors import ConfigError
+from spotshift.errors import ConfigError, build_record
 from spotshift.placement.economics import Decision
 
 TRIGGERS = ("place", "price", "preemption")
@@ -78,11 +78,7 @@ class MovePlan:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> MovePlan:
         """Inverse of :meth:`to_dict`; unknown keys are errors."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"move plan: unknown field(s) {', '.join(unknown)}")
-        return cls(**raw)
+        return build_record(cls, raw, "move plan")
 
     def tags(self) -> dict[str, str]:
         """Run tags of the Dagster runs that execute this plan (the run coordinator limits one per job)."""

@@ -22,14 +22,14 @@ import contextlib
 import fcntl
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from spotshift.atomic import atomic_write_json
 from spotshift.clock import parse_utc
-from spotshift.errors import ConfigError, IntegrityError
+from spotshift.errors import ConfigError, IntegrityError, build_record
 from spotshift.home import spotshift_home
 
 STATUSES = ("unplaced", "starting", "running", "preempted", "migrating", "finished", "stopped")
@@ -106,16 +106,7 @@ class PlacementState:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str) -> PlacementState:
         """Validate a decoded state document; :class:`IntegrityError` naming ``where`` when malformed."""
-        if not isinstance(raw, dict):
-            raise IntegrityError(f"{where}: expected a JSON object")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise IntegrityError(f"{where}: unknown field(s) {', '.join(unknown)}")
-        try:
-            return cls(**raw)
-        except (TypeError, ConfigError) as exc:
-            raise IntegrityError(f"{where}: {exc}") from None
+        return build_record(cls, raw, where, error=IntegrityError)
 
 
 def load_state(job: str) -> PlacementState:

@@ -19,12 +19,12 @@ tokenizes the files there). The dataset's snapshots live in its home region's st
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from spotshift import registry
-from spotshift.errors import ConfigError
+from spotshift.errors import ConfigError, build_record
 from spotshift.sync.chunking import ChunkParams
 
 SECTION = "datasets"
@@ -90,17 +90,10 @@ class Dataset:
     def from_dict(cls, raw: dict[str, Any]) -> Dataset:
         """Build from a YAML entry; unknown or mistyped keys raise :class:`ConfigError` naming the dataset."""
         name = raw.get("name", "?")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"dataset {name!r}: unknown field(s) {', '.join(unknown)}")
         for key in ("min_chunk", "avg_chunk", "max_chunk"):
             if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool)):
                 raise ConfigError(f"dataset {name!r}: {key} must be an integer number of bytes")
-        try:
-            return cls(**raw)
-        except TypeError as exc:
-            raise ConfigError(f"dataset {name!r}: {exc}") from None
+        return build_record(cls, raw, f"dataset {name!r}")
 
     @classmethod
     def declare(

@@ -8,11 +8,11 @@ reads it back.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spotshift.errors import ConfigError
+from spotshift.errors import ConfigError, build_record
 
 ROLES = ("train", "shadow")
 
@@ -80,11 +80,7 @@ class TrainRequest:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TrainRequest:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"train request: unknown field(s) {', '.join(unknown)}")
-        return cls(**raw)
+        return build_record(cls, raw, "train request")
 
     def save(self, path: str | Path) -> Path:
         from spotshift.atomic import atomic_write_json

@@ -25,7 +25,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from spotshift.checkpoint.format import CheckpointPayload, StoredCheckpoint, runtime_versions
 from spotshift.checkpoint.keys import KeyProvider
-from spotshift.errors import ConfigError, IntegrityError
+from spotshift.errors import ConfigError, IntegrityError, build_record
 from spotshift.training.data import BatchSampler, TokenShards
 from spotshift.training.model import TinyGPT, check_model_config
 
@@ -72,11 +72,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"train config: unknown field(s) {', '.join(unknown)}")
-        return cls(**dict(raw))
+        return build_record(cls, raw, "train config")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -281,7 +281,9 @@ def test_training_job_declaration(spotshift_home: Path) -> None:
         TrainingJob(name="Bad Name", dataset="d", total_steps=1, work_hours=1)
 
 
-def test_region_store_urls_follow_the_stores_base(spotshift_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_region_store_urls_follow_the_stores_base(
+    spotshift_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from spotshift.home import location_of_store, region_store_url
 
     local = region_store_url("gcp/us-central1")
