@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python scripts/demo.py $(DEMO_ARGS)
 
 test: $(STAMP)
 	cd dbt_costs && ../$(BIN)/dbt parse --quiet --project-dir . --profiles-dir .  # manifest for dagster-dbt (cwd as dagster-dbt runs dbt)
