@@ -17,6 +17,7 @@ from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtC
 
 from resources.dbt import dbt_project
 from resources.warehouse import WarehouseResource
+from spotshift.warehouse import first_row
 
 GROUP = "cost_analytics"
 
@@ -139,7 +140,7 @@ def focus_1_2_conformance(warehouse: WarehouseResource) -> dg.AssetCheckResult:
 
     with warehouse.get_connection() as con:
         problems = focus_problems(con, FOCUS_VIEW)
-        rows = con.execute(f"SELECT count(*) FROM {FOCUS_VIEW}").fetchone()[0]
+        rows = first_row(con, f"SELECT count(*) FROM {FOCUS_VIEW}")[0]
     return dg.AssetCheckResult(
         passed=not problems,
         metadata={

@@ -15,6 +15,8 @@ import argparse
 import sys
 from typing import Any
 
+from spotshift.warehouse import first_row
+
 
 def register(sub: Any) -> None:
     """Add the ``report`` and ``focus`` command groups."""
@@ -134,7 +136,7 @@ def _focus_check(args: argparse.Namespace) -> int:
     try:
         con.execute("SET TimeZone = 'UTC'")
         try:
-            rows = con.execute(f"SELECT count(*) FROM {relation}").fetchone()[0]
+            rows = first_row(con, f"SELECT count(*) FROM {relation}")[0]
         except duckdb.Error as exc:
             raise InputError(
                 f"{args.file}: not a readable {Path(args.file).suffix[1:]} file ({exc})"

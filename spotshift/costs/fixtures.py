@@ -26,6 +26,7 @@ from typing import Any
 
 from spotshift.pricing.egress import egress_usd_per_gb
 from spotshift.pricing.quote import effective_gpu_hour_usd
+from spotshift.warehouse import first_row
 
 #: the first virtual instant of the fixture timeline (naive UTC)
 FIXTURE_START = datetime(2024, 3, 30, 0, 0, 0)
@@ -569,7 +570,7 @@ def write_scaled_usage(con: Any, usage_rows: int, *, jobs: int = 2000, seed: int
             0.64 * (0.5 + u3), 50.0, 'mig-' || i
         FROM _scaled WHERE k % 49 = 48
     """)
-    bounds = con.execute("SELECT min(started_at), max(ended_at) FROM _scaled").fetchone()
+    bounds = first_row(con, "SELECT min(started_at), max(ended_at) FROM _scaled")
     quotes = []
     at = _quote_time(bounds[0]) - _QUOTE_EVERY
     sim = _Sim(seed)
@@ -597,5 +598,5 @@ def write_scaled_usage(con: Any, usage_rows: int, *, jobs: int = 2000, seed: int
     counts = write_facts(con, sim.rows)
     con.execute("DROP TABLE _scaled")
     for table in ("compute_usage", "checkpoints", "preemptions", "transfers", "migrations"):
-        counts[table] = con.execute(f"SELECT count(*) FROM raw.{table}").fetchone()[0]
+        counts[table] = first_row(con, f"SELECT count(*) FROM raw.{table}")[0]
     return counts

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from spotshift.errors import InputError
+from spotshift.warehouse import first_row
 
 FOCUS_VIEW = "focus_cost_and_usage"
 
@@ -275,9 +276,10 @@ def focus_problems(con: Any, relation: str = FOCUS_VIEW) -> list[str]:
         )
     if not rules:
         return problems
-    counts = con.execute(
-        "SELECT " + ", ".join(f"count(*) FILTER (WHERE {cond})" for cond, _ in rules) + f" FROM {relation}"
-    ).fetchone()
+    counts = first_row(
+        con,
+        "SELECT " + ", ".join(f"count(*) FILTER (WHERE {cond})" for cond, _ in rules) + f" FROM {relation}",
+    )
     problems += [f"{label}: {n} row(s)" for (_, label), n in zip(rules, counts, strict=True) if n]
     return problems
 
@@ -336,9 +338,10 @@ def export_focus(out: str | os.PathLike[str], warehouse: str | os.PathLike[str] 
         os.close(fd)
         try:
             con.execute(f"COPY ({query}) TO '{tmp}' ({options})")
-            rows, billed, currency = con.execute(
-                f'SELECT count(*), coalesce(sum("BilledCost"), 0), coalesce(min("BillingCurrency"), \'USD\') FROM {FOCUS_VIEW}'
-            ).fetchone()
+            rows, billed, currency = first_row(
+                con,
+                f'SELECT count(*), coalesce(sum("BilledCost"), 0), coalesce(min("BillingCurrency"), \'USD\') FROM {FOCUS_VIEW}',
+            )
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

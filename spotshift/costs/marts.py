@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from spotshift.errors import ConfigError, NotFoundError
+from spotshift.warehouse import first_row
 
 #: the relations ``spotshift report`` reads
 REPORT_MARTS: tuple[str, ...] = (
@@ -86,7 +87,7 @@ def marts_state(warehouse: str | os.PathLike[str] | None = None) -> tuple[MartsS
         if missing:
             return "missing", f"no {', '.join(missing)}"
         built = dict(con.execute("SELECT raw_table, row_count FROM mart_build_state").fetchall())
-        built_at = con.execute("SELECT max(built_at) FROM mart_build_state").fetchone()[0]
+        built_at = first_row(con, "SELECT max(built_at) FROM mart_build_state")[0]
         raw = {
             r[0]
             for r in con.execute(
@@ -95,7 +96,7 @@ def marts_state(warehouse: str | os.PathLike[str] | None = None) -> tuple[MartsS
         }
         changed = []
         for table in RAW_TABLES:
-            live = con.execute(f"SELECT count(*) FROM raw.{table}").fetchone()[0] if table in raw else 0
+            live = first_row(con, f"SELECT count(*) FROM raw.{table}")[0] if table in raw else 0
             if built.get(table) != live:
                 changed.append(f"raw.{table} {built.get(table, 0)} -> {live} rows")
         if changed:

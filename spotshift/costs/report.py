@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from spotshift.costs.marts import fetch_dicts
+from spotshift.warehouse import first_row
 
 PRICE_PLOT = "price_history.png"
 COST_PLOT = "cumulative_cost.png"
@@ -64,7 +65,7 @@ def _jsonable(obj: Any) -> Any:
 
 def read_report(con: Any, warehouse: str | os.PathLike[str] = "") -> CostReport:
     """Read the report tables from a connection to a warehouse with built marts."""
-    built_at = con.execute("SELECT max(built_at) FROM mart_build_state").fetchone()[0]
+    built_at = first_row(con, "SELECT max(built_at) FROM mart_build_state")[0]
     savings = fetch_dicts(
         con,
         """SELECT job, first_started_at, last_ended_at, first_spot_location, intervals, preemptions,
@@ -254,16 +255,17 @@ def plot_price_history(con: Any, path: Path) -> Path:
     import bisect
 
     plt = _pyplot()
-    model = con.execute(
+    model = first_row(
+        con,
         """SELECT coalesce(
                (SELECT gpu_model FROM fct_gpu_usage WHERE gpu_model IS NOT NULL
                 GROUP BY 1 ORDER BY sum(gpu_hours) DESC, 1 LIMIT 1),
                (SELECT gpu_model FROM stg_spotshift__price_quotes WHERE market = 'spot' AND gpu_model IS NOT NULL
-                GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1))"""
-    ).fetchone()[0]
-    window = con.execute(
-        "SELECT min(started_at) - INTERVAL 1 DAY, max(ended_at) + INTERVAL 1 DAY FROM fct_gpu_usage"
-    ).fetchone()
+                GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1))""",
+    )[0]
+    window = first_row(
+        con, "SELECT min(started_at) - INTERVAL 1 DAY, max(ended_at) + INTERVAL 1 DAY FROM fct_gpu_usage"
+    )
     rows = con.execute(
         """WITH series AS (
                SELECT location, polled_at, min(price_usd_gpu_hour) AS price

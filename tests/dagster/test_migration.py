@@ -32,6 +32,7 @@ from spotshift.placement.moves import MovePlan
 from spotshift.placement.state import load_state
 from spotshift.sync.datasets import Dataset, add_dataset
 from spotshift.training.backend import open_backend
+from spotshift.warehouse import first_row
 from tests.unit.placement.builders import make_quote
 
 JOB = "tiny"
@@ -211,9 +212,9 @@ def test_price_move_runs_the_chain_in_order_and_a_failing_shadow_rolls_back(worl
     state = load_state(JOB)
     assert (state.location, state.status, state.last_move["from"]) == (AZURE, "running", AWS)
     with warehouse.connect() as con:
-        (status, moved) = con.execute(
-            "SELECT status, bytes_moved FROM raw.migrations WHERE migration_id = ?", [move.run_key]
-        ).fetchone()
+        (status, moved) = first_row(
+            con, "SELECT status, bytes_moved FROM raw.migrations WHERE migration_id = ?", [move.run_key]
+        )
     assert status == "cut_over" and moved > 0
 
     # a perturbed target (20x learning rate): the blocking shadow checks stop the move before cutover
@@ -354,9 +355,9 @@ def test_preemption_notice_to_recovery_elsewhere(world: dict[str, Any]) -> None:
     (live,) = _live(world["backend"])
     assert live.location != AWS and load_state(JOB).location == live.location
     with warehouse.connect() as con:
-        (kind, recovery_s) = con.execute(
-            "SELECT notice_kind, recovery_s FROM raw.preemptions WHERE notice_id = ?", [notice_id]
-        ).fetchone()
+        (kind, recovery_s) = first_row(
+            con, "SELECT notice_kind, recovery_s FROM raw.preemptions WHERE notice_id = ?", [notice_id]
+        )
     assert kind == "aws_imds" and recovery_s is not None and recovery_s >= 0
 
 

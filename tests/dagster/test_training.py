@@ -13,6 +13,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from spotshift.warehouse import first_row
 from tests.training_support import declare_tiny_job
 
 GCP, AWS = "gcp/us-central1", "aws/us-east-1"
@@ -145,7 +146,7 @@ def test_training_chain_and_blocking_shadow_checks(spotshift_home: Path) -> None
     with warehouse.connect(spotshift_home / "warehouse.duckdb") as con:
         passed = con.execute("select passed from raw.shadow_validations order by validated_at").fetchall()
         methods = con.execute("select method from raw.transfers order by started_at").fetchall()
-        usage = con.execute("select count(*) from raw.compute_usage").fetchone()[0]
+        usage = first_row(con, "select count(*) from raw.compute_usage")[0]
     assert passed == [(True,), (False,)]
     assert methods == [("full",), ("tensor_delta",)]
     assert usage >= 3 + 4  # three training runs and four shadow runs

@@ -20,6 +20,7 @@ from spotshift.pricing.egress import continent_of, egress_usd, egress_usd_per_gb
 from spotshift.pricing.history import read_price_history
 from spotshift.pricing.quote import effective_gpu_hour_usd
 from spotshift.sync.store import LocalChunkStore, chunk_key, open_store
+from spotshift.warehouse import first_row
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -46,9 +47,7 @@ def test_warehouse_schema_and_append(tmp_path: Path) -> None:
             ],
         )
         assert n == 1
-        row = con.execute(
-            "select transfer_id, bytes_sent, started_at, egress_usd from raw.transfers"
-        ).fetchone()
+        row = first_row(con, "select transfer_id, bytes_sent, started_at, egress_usd from raw.transfers")
     assert row == ("t1", 10, datetime(2025, 1, 1), None)
     with warehouse.connect(db) as con:
         tables = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from spotshift.costs.fixtures import FIXTURE_START, generate_facts, write_scaled_usage
-from spotshift.warehouse import RAW_TABLES, connect
+from spotshift.warehouse import RAW_TABLES, connect, first_row
 
 
 def test_generate_facts_covers_every_raw_table_and_is_deterministic() -> None:
@@ -41,11 +41,13 @@ def test_scaled_usage_writes_the_requested_rows(tmp_path) -> None:
         counts = write_scaled_usage(con, 20_000, jobs=20)
         assert counts["compute_usage"] == 20_000
         assert counts["checkpoints"] == 10_000
-        bad = con.execute(
-            "SELECT count(*) FROM raw.compute_usage WHERE ended_at <= started_at OR usd < 0 OR job IS NULL"
-        ).fetchone()[0]
-        overlaps = con.execute(
+        bad = first_row(
+            con,
+            "SELECT count(*) FROM raw.compute_usage WHERE ended_at <= started_at OR usd < 0 OR job IS NULL",
+        )[0]
+        overlaps = first_row(
+            con,
             """SELECT count(*) FROM (SELECT started_at, lag(ended_at) OVER (PARTITION BY job ORDER BY started_at) AS prev
-               FROM raw.compute_usage) WHERE started_at < prev"""
-        ).fetchone()[0]
+               FROM raw.compute_usage) WHERE started_at < prev""",
+        )[0]
     assert bad == 0 and overlaps == 0

@@ -17,7 +17,7 @@ from spotshift.costs.focus import (
     read_relation,
 )
 from spotshift.costs.marts import REPORT_MARTS, marts_state
-from spotshift.warehouse import RAW_TABLES, append_rows, connect
+from spotshift.warehouse import RAW_TABLES, append_rows, connect, first_row
 
 from .conftest import HAND_JOB
 
@@ -72,16 +72,18 @@ def test_hand_built_transfers_flag_amplification_per_transfer(built_warehouse: t
 
 def test_hand_built_savings_against_both_baselines(built_warehouse: tuple[Path, DbtRun]) -> None:
     with connect(built_warehouse[0], read_only=True) as con:
-        row = con.execute(
+        row = first_row(
+            con,
             """SELECT actual_usd, on_demand_usd, first_spot_usd, saving_vs_on_demand_usd, saving_vs_first_spot_usd,
                       productive_gpu_hours, first_spot_location, preemptions, migrations
                FROM mart_savings WHERE job = ?""",
             [HAND_JOB],
-        ).fetchone()
-        mig = con.execute(
+        )
+        mig = first_row(
+            con,
             "SELECT trigger, realized_net_savings_usd, paid_off, egress_usd FROM fct_migrations WHERE job = ?",
             [HAND_JOB],
-        ).fetchone()
+        )
     actual, on_demand, first_spot, save_od, save_fs, productive, first_loc, preemptions, migrations = row
     assert actual == pytest.approx(36.12)
     # productive time: 1 h of h1 at list $24 + 2 h of h2 at list $32
@@ -119,12 +121,10 @@ def test_focus_view_has_every_mandatory_column_and_valid_values(built_warehouse:
             ("Networking", 2, pytest.approx(0.12), "Google Cloud"),
         ]
         # the fixture crosses a month boundary: usage split into two billing periods, costs preserved
-        periods = con.execute(f"SELECT count(DISTINCT BillingPeriodStart) FROM {FOCUS_VIEW}").fetchone()[0]
+        periods = first_row(con, f"SELECT count(DISTINCT BillingPeriodStart) FROM {FOCUS_VIEW}")[0]
         assert periods >= 2
-        compute = con.execute(
-            f"SELECT sum(BilledCost) FROM {FOCUS_VIEW} WHERE x_usage_id IS NOT NULL"
-        ).fetchone()[0]
-        assert compute == pytest.approx(con.execute("SELECT sum(usd) FROM fct_gpu_usage").fetchone()[0])
+        compute = first_row(con, f"SELECT sum(BilledCost) FROM {FOCUS_VIEW} WHERE x_usage_id IS NOT NULL")[0]
+        assert compute == pytest.approx(first_row(con, "SELECT sum(usd) FROM fct_gpu_usage")[0])
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
@@ -138,11 +138,12 @@ def test_focus_export_round_trips_as_valid_focus(warehouse_copy: Path, tmp_path:
     assert focus_problems(con, rel) == []
     cols = [d[0] for d in con.execute(f"SELECT * FROM {rel} LIMIT 0").description]
     assert set(MANDATORY_COLUMNS) <= set(cols)
-    stats = con.execute(
+    stats = first_row(
+        con,
         f"""SELECT count(*), min(BilledCost), count(*) FILTER (WHERE BillingCurrency <> 'USD'),
                    count(*) FILTER (WHERE ChargePeriodStart >= ChargePeriodEnd)
-            FROM {rel}"""
-    ).fetchone()
+            FROM {rel}""",
+    )
     assert stats[0] == result.rows and stats[1] >= 0 and stats[2:] == (0, 0)
     if suffix == ".csv":
         first = out.read_text().splitlines()[1]
