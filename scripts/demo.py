@@ -607,7 +607,10 @@ def print_summary(
     rows = [
         ("spotshift (actual)", usd(savings.get("actual_usd"))),
         ("always on-demand, same work", usd(savings.get("on_demand_usd"))),
-        ("stay on the first spot region", usd(savings.get("first_spot_usd"))),
+        (
+            "stay on the first spot region",
+            usd(savings.get("first_spot_usd")) + "  (as if it were never reclaimed)",
+        ),
         ("saving vs on-demand", usd(savings.get("saving_vs_on_demand_usd"))),
         ("price-driven migrations (cut over)", str(price_ok)),
         ("preemption recoveries", f"{sum(1 for r in life.recoveries if r['ok'])} of {len(life.recoveries)}"),

@@ -7,9 +7,15 @@ target, resume the job in the source, mark the target unfit for a cooldown. Run 
 ``rollback:<failed run id>``: one rollback per failed run.
 """
 
+import warnings
+
 import dagster as dg
 
 from ops.migration import TAG_PLAN, migration_job, preemption_recovery_job, rollback_job
+
+# dagster 1.13 passes the beta `owners` parameter itself whenever it copies a run-status sensor
+# (we set no owners); the warning is about dagster's own call, so keep it out of users' logs
+warnings.filterwarnings("ignore", message="Parameter `owners` of initializer `SensorDefinition.__init__`")
 
 
 @dg.run_failure_sensor(
