@@ -28,13 +28,20 @@ def clock_path() -> Path:
     return run_dir() / "clock.json"
 
 
+def as_utc(dt: datetime) -> datetime:
+    """``dt`` as an aware UTC datetime; a naive one is taken to be UTC already."""
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
 def parse_utc(text: str) -> datetime:
-    """Parse an ISO-8601 date or timestamp as an aware UTC datetime (naive input is taken as UTC)."""
+    """Parse an ISO-8601 date or timestamp as an aware UTC datetime (naive input is taken as UTC).
+
+    :class:`ConfigError` when ``text`` is not ISO-8601."""
     try:
         dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise ConfigError(f"{text!r} is not an ISO-8601 date or timestamp") from None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    return as_utc(dt)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ import statistics
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from spotshift.clock import as_utc
 from spotshift.errors import NotFoundError
 from spotshift.jobs import TrainingJob, get_job
 from spotshift.placement.economics import Decision, DecisionInputs, Placement, decide
@@ -47,9 +48,7 @@ NO_SPOT_REASON = "no spot capacity (preempted)"
 
 
 def _utc(dt: datetime | None) -> datetime | None:
-    if dt is None:
-        return None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    return None if dt is None else as_utc(dt)
 
 
 def latest_snapshot(con: Any) -> tuple[str, datetime] | None:

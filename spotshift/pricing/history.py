@@ -12,11 +12,12 @@ refuses malformed files with one line naming the file, the line and the column.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from spotshift.errors import InputError
+from spotshift.clock import parse_utc
+from spotshift.errors import ConfigError, InputError
 
 REQUIRED_COLUMNS = (
     "observed_at",
@@ -33,10 +34,9 @@ OPTIONAL_COLUMNS = ("provider", "zone", "source")
 def _iso_utc(text: str) -> datetime | None:
     """An ISO-8601 date or timestamp as aware UTC (naive means UTC); ``None`` when not ISO-8601."""
     try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
+        return parse_utc(text)
+    except ConfigError:
         return None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 def read_price_history(path: str | Path) -> Any:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from spotshift.errors import InputError
+from spotshift.clock import as_utc, parse_utc
+from spotshift.errors import ConfigError, InputError
 
 
 def load_json_document(path: str | Path, what: str) -> Any:
@@ -120,13 +121,12 @@ def to_number(value: Any, error: Any) -> float:
 def to_utc(value: Any, error: Any) -> datetime:
     """``value`` (ISO-8601 string or datetime) as an aware UTC datetime."""
     if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return as_utc(value)
     if isinstance(value, str):
         try:
-            dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
+            return parse_utc(value)
+        except ConfigError:
             raise error() from None
-        return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
     raise error()
 
 
