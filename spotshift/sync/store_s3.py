@@ -13,11 +13,12 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from spotshift.errors import ConfigError, CredentialsError, NotFoundError
 from spotshift.sync.store import BucketStore, register_scheme
@@ -95,41 +96,28 @@ class S3ChunkStore(BucketStore):
 
     # ---- writes ----------------------------------------------------------------------------------
     def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
-        if len(data) > self.multipart_threshold:
-            import io
+        return self._put(key, data, len(data), if_absent)
 
-            return self._multipart(key, io.BytesIO(data), if_absent)
+    def put_file(self, key: str, path: str | os.PathLike[str], *, if_absent: bool = False) -> bool:
+        with open(path, "rb") as f:
+            return self._put(key, f, os.fstat(f.fileno()).st_size, if_absent)
+
+    def _put(self, key: str, body: bytes | BinaryIO, size: int, if_absent: bool) -> bool:
+        # one PUT up to the multipart threshold; write-once (If-None-Match) when asked
+        if size > self.multipart_threshold:
+            return self._multipart(key, io.BytesIO(body) if isinstance(body, bytes) else body, if_absent)
         extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
         try:
             self._call(
                 key,
                 self.client.put_object,
                 Key=self.object_name(key),
-                Body=data,
+                Body=body,
                 ChecksumAlgorithm="CRC32",
                 **extra,
             )
         except _Exists:
             return False
-        return True
-
-    def put_file(self, key: str, path: str | os.PathLike[str], *, if_absent: bool = False) -> bool:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            if size > self.multipart_threshold:
-                return self._multipart(key, f, if_absent)
-            extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
-            try:
-                self._call(
-                    key,
-                    self.client.put_object,
-                    Key=self.object_name(key),
-                    Body=f,
-                    ChecksumAlgorithm="CRC32",
-                    **extra,
-                )
-            except _Exists:
-                return False
         return True
 
     def _multipart(self, key: str, stream: Any, if_absent: bool) -> bool:
