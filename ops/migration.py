@@ -101,14 +101,13 @@ def move_run_config(plan: MovePlan, **options: Any) -> dict[str, Any]:
 
 
 def _move(plan: MovePlan, **extra: Any) -> dict[str, Any]:
+    # the state passed along a chain; a price move's shadow options (shadow_steps,
+    # perturb_learning_rate, max_loss_diff) come from MoveConfig through ``extra``
     return {
         "plan": plan.to_dict(),
         "started_at": virtual_now().isoformat(),
         "bytes_moved": 0,
         "egress_usd": 0.0,
-        "shadow_steps": 20,
-        "perturb_learning_rate": 0.0,
-        "max_loss_diff": 0.01,
         **extra,
     }
 
