@@ -125,12 +125,16 @@ def _tick(sensor: Any, world: dict[str, Any], cursor: str | None) -> tuple[list[
     return list(data.run_requests or []), data.cursor
 
 
-def _execute(job: Any, world: dict[str, Any], request: Any) -> dg.ExecuteInProcessResult:
+def _execute(
+    job: Any, world: dict[str, Any], request: Any, op_selection: list[str] | None = None
+) -> dg.ExecuteInProcessResult:
+    """Run what a sensor requested, as the daemon would; ``op_selection`` stops it part-way."""
     return job.execute_in_process(
         run_config=request.run_config,
         instance=world["instance"],
         resources=world["resources"],
         tags={**request.tags, "dagster/run_key": request.run_key},
+        op_selection=op_selection,
         raise_on_error=False,
     )
 
@@ -281,13 +285,7 @@ def test_interrupted_migration_restarts_and_finishes_with_one_trainer(world: dic
     _quotes("snap-2", START + timedelta(days=7), {AWS: 10.0, AWS2: 12.0, AZURE: 4.0})
     (move,), _ = _tick(price_change_sensor, world, None)
     # the run dies after the target's probation (before the shadow comparison and the cutover)
-    partial = migration_job.execute_in_process(
-        run_config=move.run_config,
-        instance=world["instance"],
-        resources=world["resources"],
-        op_selection=["*resume_in_target"],
-        raise_on_error=False,
-    )
+    partial = _execute(migration_job, world, move, op_selection=["*resume_in_target"])
     assert partial.success and "shadow_validation" not in _materialized(partial)
     assert _live(world["backend"]) == []  # drained, nothing started: never two trainers
     assert load_state(JOB).status == "migrating"
@@ -306,13 +304,7 @@ def test_interrupted_migration_rolls_back_with_one_trainer(world: dict[str, Any]
     load_clock().advance(7 * 24 * 3600).save()
     _quotes("snap-2", START + timedelta(days=7), {AWS: 10.0, AWS2: 12.0, AZURE: 4.0})
     (move,), _ = _tick(price_change_sensor, world, None)
-    partial = migration_job.execute_in_process(
-        run_config=move.run_config,
-        instance=world["instance"],
-        resources=world["resources"],
-        op_selection=["*sync_checkpoint"],
-        raise_on_error=False,
-    )
+    partial = _execute(migration_job, world, move, op_selection=["*sync_checkpoint"])
     assert partial.success and _live(world["backend"]) == []
     plan = json.loads(world["instance"].get_run_by_id(partial.run_id).tags[TAG_PLAN])
     request = dg.RunRequest(
