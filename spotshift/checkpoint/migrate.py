@@ -8,8 +8,8 @@ fresh data key, and shipped as one object::
     checkpoints/<job>/incoming/<pid>.<checkpoint_id>.<hex>.delta
       = MAGIC || u32 envelope length || envelope JSON || segmented AES-256-GCM stream
 
-(named after the migrating process, so a later writer into the store removes it if that process
-was killed before applying it: :func:`~spotshift.checkpoint.format.sweep_dead_writers`).
+(named after the migrating process, so the next checkpoint writer into the store removes it if that
+process was killed before applying it: :func:`~spotshift.checkpoint.format.sweep_dead_writers`).
 
 The envelope carries the new checkpoint's metadata (without its encryption block), the base id
 and the wrapped key, and is sealed with the data key. At the target the delta is applied to the
@@ -49,7 +49,6 @@ from spotshift.checkpoint.format import (
     list_checkpoints,
     open_checkpoint,
     step_of,
-    sweep_dead_writers,
     write_checkpoint,
 )
 from spotshift.checkpoint.keys import KeyProvider
@@ -314,7 +313,6 @@ def migrate_checkpoint(
     )
     if src.url == dst.url:
         raise ConfigError(f"migrate {job}/{ckpt.checkpoint_id}: source and target are the same store")
-    sweep_dead_writers(dst, job)
     prefix = checkpoint_prefix(job, ckpt.checkpoint_id)
     if dst.exists(prefix + "COMMIT"):
         report.notes.append("target already holds this checkpoint")
