@@ -62,12 +62,16 @@ def checkpoints(
         database=warehouse.database,
     )
     context.log.info(f"{context.partition_key}: {out['mode']} in {out['location']}")
+    skipped = (out.get("result") or {}).get("skipped_checkpoints") or []
+    for s in skipped:
+        context.log.warning(f"skipped checkpoint {context.partition_key}/{s['checkpoint_id']}: {s['reason']}")
     return dg.MaterializeResult(
         metadata={
             "mode": out["mode"],
             "location": out["location"],
             "steps_run": out.get("steps_run") or 0,
             **checkpoint_metadata(out.get("checkpoint")),
+            **({"skipped_checkpoints": dg.MetadataValue.json(skipped)} if skipped else {}),
         }
     )
 

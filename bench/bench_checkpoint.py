@@ -17,6 +17,10 @@
    chunking (pyfastcdc, 64 KiB average, BLAKE3 per chunk) would reuse between the same two
    checkpoints — as stored (encrypted) and as plaintext.
 3. **Encryption throughput** against a plain copy of the same bytes, in memory and to disk.
+4. **Verification before commit** (issue 11): ``copy_checkpoint`` of one committed checkpoint
+   (100M parameters) with full verification first (migrations), verification alongside the
+   upload (a trainer's own uploads, emergency checkpoints included), and — the baseline — the
+   same objects copied with no verification, interleaved, medians of 3.
 
 ``--quick``: small sizes (used by the test suite to prove the benchmark runs).
 """
@@ -82,7 +86,7 @@ def bench_emergency(sizes: list[int], root: Path) -> list[dict[str, Any]]:
     from spotshift.checkpoint.tiered import TieredCheckpointer
     from spotshift.sync.store import LocalChunkStore
 
-    keys = LocalKeyProvider()
+    keys = LocalKeyProvider(create=True)
     rows = []
     for n in sizes:
         parts = synthetic_state(n)
@@ -186,7 +190,7 @@ def bench_delta(quick: bool, root: Path) -> dict[str, Any]:
     for _ in range(pretrain):
         base.train_step()
     pretrained = {k: v.clone() for k, v in base.model.state_dict().items()}
-    keys = LocalKeyProvider()
+    keys = LocalKeyProvider(create=True)
     out: dict[str, Any] = {"model": model, "steps_apart": gap, "pretrain_steps": pretrain}
     last = model["n_layer"] - 1
     variants = {  # name: (extra model config, trainable patterns)
@@ -326,10 +330,62 @@ def bench_encryption(nbytes: int, root: Path) -> dict[str, Any]:
     }
 
 
+def bench_verification(n_params: int, root: Path, repeats: int = 3) -> dict[str, Any]:
+    import statistics
+
+    from spotshift.checkpoint.format import CheckpointPayload, StoredCheckpoint, write_checkpoint
+    from spotshift.checkpoint.keys import LocalKeyProvider
+    from spotshift.checkpoint.tiered import copy_checkpoint, copy_object
+    from spotshift.sync.store import LocalChunkStore
+
+    keys = LocalKeyProvider(create=True)
+    local = LocalChunkStore(root / "verify-local")
+    payload = CheckpointPayload(
+        "bench", 1000, 1000 * 4096, "emergency", "gcp/us-central1", {"n": n_params}, synthetic_state(n_params)
+    )
+    ref = write_checkpoint(local, payload, keys)
+    del payload
+    gc.collect()
+    ck = StoredCheckpoint(local, "bench", ref.checkpoint_id)
+
+    def unverified(dst: Any) -> None:  # what a copy did before it verified: objects, then the marker
+        for part in ck.part_names():
+            copy_object(local, dst, ck.prefix + ck.meta["parts"][part]["key"])
+        dst.put_bytes(ck.prefix + ck.commit["meta_key"], ck.meta_bytes)
+        dst.put_bytes(ck.prefix + "COMMIT", b"{}")
+
+    modes = {
+        "unverified": unverified,
+        "verify_first": lambda d: copy_checkpoint(local, d, "bench", ref.checkpoint_id, keys),
+        "verify_alongside": lambda d: copy_checkpoint(
+            local, d, "bench", ref.checkpoint_id, keys, verify_alongside=True
+        ),
+    }
+    runs: dict[str, list[float]] = {m: [] for m in modes}
+    for _ in range(repeats):
+        for mode, copy in modes.items():
+            dst = LocalChunkStore(root / f"verify-{mode}")
+            with Timer() as t:
+                copy(dst)
+            runs[mode].append(t.seconds)
+            shutil.rmtree(dst.root, ignore_errors=True)
+    shutil.rmtree(local.root, ignore_errors=True)
+    med = {m: statistics.median(v) for m, v in runs.items()}
+    return {
+        "params": n_params,
+        "stored_bytes": ck.stored_bytes,
+        **{f"{m}_s": round(v, 3) for m, v in med.items()},
+        "verify_first_vs_unverified": round(med["verify_first"] / med["unverified"], 2),
+        "verify_alongside_vs_unverified": round(med["verify_alongside"] / med["unverified"], 2),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes")
-    parser.add_argument("--only", choices=["emergency", "delta", "encryption"], help="run one part")
+    parser.add_argument(
+        "--only", choices=["emergency", "delta", "encryption", "verification"], help="run one part"
+    )
     args = parser.parse_args()
     import torch
 
@@ -354,7 +410,11 @@ def main() -> int:
             result["emergency_checkpoint"] = bench_emergency(sizes, root)
         if args.only in (None, "delta"):
             result["delta"] = bench_delta(args.quick, root)
-        result["peak_rss_mib"] = round(peak_rss_mib(), 1)
+        if args.only in (None, "verification"):
+            result["verification"] = bench_verification(4_000_000 if args.quick else 100_000_000, root)
+            print(f"verification: {result['verification']}", flush=True)
+        # with --only, the parts kept from the previous run may have peaked higher
+        result["peak_rss_mib"] = round(max(peak_rss_mib(), result.get("peak_rss_mib", 0.0)), 1)
         write_result(name, result)
     finally:
         shutil.rmtree(root, ignore_errors=True)

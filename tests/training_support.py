@@ -94,3 +94,22 @@ def weights_of(store_url: str, job: str, checkpoint_id: str | None = None) -> di
 
     ck = open_checkpoint(open_store(store_url), job, checkpoint_id)
     return ck.load_tensors(open_key_provider())["model"]
+
+
+def forge_checkpoint(store: Any, job: str, checkpoint_id: str, *, learning_rate: float = 0.5) -> None:
+    """What someone with write access to a store but without the key can do to a checkpoint: edit its
+    metadata (the learning rate) and write a commit marker whose unkeyed hash matches the edit."""
+    import json
+
+    import blake3
+
+    from spotshift.checkpoint.format import StoredCheckpoint, canonical_json
+
+    ck = StoredCheckpoint(store, job, checkpoint_id)
+    meta = json.loads(ck.meta_bytes)
+    meta["state"]["train_config"]["learning_rate"] = learning_rate
+    raw = json.dumps(meta, indent=1, sort_keys=True).encode()
+    store.put_bytes(ck.prefix + ck.commit["meta_key"], raw)
+    commit = {k: ck.commit[k] for k in ("checkpoint_id", "meta_key", "step", "committed_at")}
+    commit["meta_hash"] = blake3.blake3(raw).hexdigest()
+    store.put_bytes(ck.prefix + "COMMIT", canonical_json(commit))

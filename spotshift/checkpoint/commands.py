@@ -22,7 +22,14 @@ def register(sub: Any) -> None:
     cs = p.add_subparsers(dest="ckpt_command", metavar="ACTION")
     cs.required = True
 
-    insp = cs.add_parser("inspect", help="show a checkpoint's metadata (no key needed, nothing decrypted)")
+    insp = cs.add_parser(
+        "inspect",
+        help="show a checkpoint's metadata and check its parts are present and whole (no key needed)",
+        description="Prints the metadata (nothing decrypted, no key needed) and compares every part's size in "
+        "the store with the metadata. Exit 0 when all parts are present at their size; exit 2 with one line "
+        "naming the checkpoint when a part is missing, truncated or has extra bytes (the listing marks it "
+        "DAMAGED) — the same code 'ckpt verify' uses for damage. Hashes, seal and key: 'ckpt verify'.",
+    )
     insp.add_argument("path", help="checkpoint path or URL")
     insp.add_argument("--json", action="store_true", help="print one JSON object")
     insp.set_defaults(handler=_inspect)
@@ -38,7 +45,14 @@ def register(sub: Any) -> None:
     ver.add_argument("--json", action="store_true", help="print one JSON object")
     ver.set_defaults(handler=_verify)
 
-    ls = cs.add_parser("list", help="list the committed checkpoints of a job in a store")
+    ls = cs.add_parser(
+        "list",
+        help="list the committed checkpoints of a job in a store, and what killed writers left there",
+        description="Lists committed checkpoints (* marks the newest) and reports leftovers: temp files of "
+        "writers that died (pid gone) in the store's .tmp, undelivered deltas in checkpoints/<job>/incoming, "
+        "and checkpoint directories without COMMIT. The next checkpoint writer into the store (train, "
+        "ckpt migrate, checkpoint_replicas) removes the first two; list itself changes nothing.",
+    )
     ls.add_argument("path", help="<store>/checkpoints/<job>")
     ls.add_argument("--json", action="store_true", help="print one JSON object")
     ls.set_defaults(handler=_list)
@@ -75,22 +89,37 @@ def _open(path: str):  # noqa: ANN202
 def _inspect(args: argparse.Namespace) -> int:
     from spotshift.cli import emit_json
 
-    s = _open(args.path).summary()
+    ck = _open(args.path)
+    s = ck.summary()
     if args.json:
         emit_json(s)
-        return 0
+    else:
+        _print_summary(s)
+    if s["damage"]:
+        from spotshift.errors import IntegrityError
+
+        raise IntegrityError(f"{ck.label}: {'; '.join(s['damage'])}")
+    return 0
+
+
+def _print_summary(s: dict[str, Any]) -> None:
     print(f"checkpoint  {s['checkpoint']}  ({s['kind']}, step {s['step']}, {s['tokens']} tokens)")
     print(f"store       {s['store']}")
     print(f"created     {s['created_at']} in {s['location']}; committed {s['committed_at']}")
     print(f"content     {s['content_hash']}")
     print(f"size        {s['stored_bytes']:,} bytes stored, {s['plain_bytes']:,} plaintext")
     for part, info in s["parts"].items():
-        print(f"  part {part:8s} {info['tensors']:4d} tensors  {info['plain_bytes']:>14,} bytes")
+        found, expected = info["found_bytes"], info["stored_bytes"]
+        state = ""
+        if found != expected:
+            state = "  DAMAGED: " + (
+                "missing" if found is None else f"{found:,} of {expected:,} bytes stored"
+            )
+        print(f"  part {part:8s} {info['tensors']:4d} tensors  {info['plain_bytes']:>14,} bytes{state}")
     print(f"model       {s['model']}")
     enc = s["encryption"]
     print(f"encryption  {enc['alg']}, key {enc['kek_id']}")
     print(f"versions    {s['versions']}  threads {s['num_threads']}")
-    return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -109,7 +138,12 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from spotshift.checkpoint.format import latest_checkpoint, list_checkpoints, parse_checkpoint_path
+    from spotshift.checkpoint.format import (
+        latest_checkpoint,
+        leftovers,
+        list_checkpoints,
+        parse_checkpoint_path,
+    )
     from spotshift.cli import emit_json
     from spotshift.sync.store import open_store
 
@@ -117,11 +151,28 @@ def _list(args: argparse.Namespace) -> int:
     store = open_store(store_url)
     ids = list_checkpoints(store, job)
     latest = latest_checkpoint(store, job)
+    left = leftovers(store, job)
     if args.json:
-        emit_json({"store": store_url, "job": job, "checkpoints": ids, "latest": latest})
-    else:
-        for c in ids:
-            print(("* " if c == latest else "  ") + c)
+        emit_json({"store": store_url, "job": job, "checkpoints": ids, "latest": latest, "leftovers": left})
+        return 0
+    for c in ids:
+        print(("* " if c == latest else "  ") + c)
+    found = []
+    if left["temp_files"]:
+        found.append(
+            f"{left['temp_files']} temp file(s) of dead writers ({left['temp_bytes']:,} bytes) in .tmp"
+        )
+    if left["incoming"]:
+        found.append(
+            f"{left['incoming']} undelivered delta(s) ({left['incoming_bytes']:,} bytes) in checkpoints/{job}/incoming"
+        )
+    if found:
+        print(f"leftovers: {'; '.join(found)} (the next checkpoint writer into this store removes them)")
+    if left["uncommitted"]:
+        print(
+            f"leftovers: {len(left['uncommitted'])} checkpoint dir(s) without COMMIT (cut short or in progress): "
+            + ", ".join(left["uncommitted"])
+        )
     return 0
 
 

@@ -4,8 +4,10 @@ Layout in any :class:`~spotshift.sync.store.ChunkStore` (the local tier is a sto
 
     checkpoints/<job>/<checkpoint_id>/<part>-<ctx>.enc   one encrypted safetensors file per part
     checkpoints/<job>/<checkpoint_id>/meta-<ctx>.json    metadata (plaintext, sealed)
-    checkpoints/<job>/<checkpoint_id>/COMMIT             written last, names the metadata object
+    checkpoints/<job>/<checkpoint_id>/COMMIT             written last, names and authenticates the metadata
     checkpoints/<job>/latest                             pointer to the newest committed checkpoint
+    checkpoints/<job>/incoming/<pid>.<id>.<hex>.delta    a migration's tensor delta, until applied
+    .tmp/<pid>.<...>                                     a writer's temp files (local stores)
 
 ``checkpoint_id`` is ``s<step:010d>-<first 16 hex of the content hash>``: the same training state
 has the same id wherever and however often it is written. ``<ctx>`` names one encryption of it
@@ -18,17 +20,32 @@ The content hash (BLAKE3) covers the job, step, tokens, the JSON training state 
 position, configs) and the plaintext hash of every part; timestamps, location and encryption do
 not enter it. Metadata fields: see :func:`build_meta`.
 
-Verification order on read (:meth:`StoredCheckpoint.verify`): commit marker and metadata hash;
-stored sizes (truncation) and stored BLAKE3 hashes (flipped bytes, swapped files) — all before any
-decryption; then the data key unwraps under the expected KEK, the metadata seal, every segment's
-GCM tag, and finally the plaintext hashes and the content hash.
+``COMMIT`` names the metadata object and carries ``mac``: keyed BLAKE3 over the marker's fields and
+the metadata bytes, under a key derived from the checkpoint's data key (so only a holder of the KEK
+can write a marker that verifies; nothing in it is an unkeyed hash a forger could recompute).
+Markers written before the MAC (``meta_hash``, an unkeyed BLAKE3) are still read: their metadata
+seal, checked on every verification, is what authenticates them; a copy gets a keyed marker.
+
+Verification order (:meth:`StoredCheckpoint.verify`): stored sizes (truncation) and stored BLAKE3
+hashes (flipped bytes, swapped files) before any decryption; then the data key unwraps under the
+expected KEK, the metadata seal, the commit MAC, the content hash against the sealed part hashes,
+every segment's GCM tag, and finally the plaintext hashes. Nothing commits a checkpoint it has not
+verified this way: writers produce it, :func:`~spotshift.checkpoint.tiered.copy_checkpoint`
+verifies before copying, migration deltas verify both ends (:mod:`spotshift.checkpoint.migrate`),
+and a resume takes the newest checkpoint that verifies (:func:`open_newest_verified`).
+
+Garbage of killed writers (temp files, undelivered deltas) is named after the writer's pid; every
+checkpoint writer removes what dead writers left in the store it writes to (:func:`sweep_dead_writers`)
+and ``spotshift ckpt list`` reports it (:func:`leftovers`).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hmac
 import json
+import logging
 import os
 import secrets
 import struct
@@ -49,6 +66,12 @@ from spotshift.sync.store import ChunkStore, LocalChunkStore
 
 FORMAT = "spotshift-checkpoint/1"
 HASH_ALG = "blake3"
+#: the commit marker's MAC: keyed BLAKE3 under a key derived (BLAKE3 derive_key) from the data key
+COMMIT_MAC_ALG = "blake3-keyed"
+_COMMIT_MAC_CONTEXT = "spotshift checkpoint COMMIT marker v1"
+INCOMING = "incoming"
+
+log = logging.getLogger("spotshift.checkpoint")
 KINDS = ("periodic", "emergency", "final")
 
 _SAFETENSORS_DTYPES = {
@@ -287,6 +310,7 @@ def write_checkpoint(
     for k in ("serialize_s", "encrypt_s", "write_s"):
         timings.setdefault(k, 0.0)
     t_start = time.perf_counter()
+    sweep_dead_writers(tier, payload.job)
     data_key = secrets.token_bytes(32)
     ctx = secrets.token_hex(8)
     context = {"spotshift:job": payload.job, "spotshift:ctx": ctx}
@@ -361,7 +385,7 @@ def write_checkpoint(
         for leftover in staging.glob(stage_prefix + "*"):
             leftover.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    commit_checkpoint(tier, payload.job, ckpt_id, meta_key, meta_bytes, payload.step, content_hash)
+    commit_checkpoint(tier, payload.job, ckpt_id, meta_key, meta_bytes, payload.step, content_hash, data_key)
     timings["write_s"] += time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     return CheckpointRef(tier.url, payload.job, ckpt_id, payload.step, content_hash)
@@ -420,22 +444,25 @@ def commit_checkpoint(
     meta_bytes: bytes,
     step: int,
     content_hash: str,
+    data_key: bytes,
     *,
     update_latest: bool = True,
 ) -> bool:
     """Write ``COMMIT`` (write-once) and then the ``latest`` pointer; False if it was already committed.
 
-    The pointer only moves forward (to a step >= the one it names), so a slow upload of an older
-    checkpoint never hides a newer one.
+    Callers hold ``data_key`` because they wrote the checkpoint or verified it (the marker's MAC
+    is keyed by it). The pointer only moves forward (to a step >= the one it names), so a slow
+    upload of an older checkpoint never hides a newer one.
     """
     prefix = checkpoint_prefix(job, ckpt_id)
-    commit = {
+    commit: dict[str, Any] = {
         "checkpoint_id": ckpt_id,
         "meta_key": meta_key,
-        "meta_hash": blake3.blake3(meta_bytes).hexdigest(),
         "step": step,
         "committed_at": _utc_now_iso(),
+        "mac_alg": COMMIT_MAC_ALG,
     }
+    commit["mac"] = commit_mac(data_key, commit, meta_bytes)
     created = store.put_bytes(prefix + "COMMIT", canonical_json(commit), if_absent=True)
     if update_latest:
         current = read_latest_pointer(store, job)
@@ -448,6 +475,14 @@ def commit_checkpoint(
             }
             store.put_bytes(latest_key(job), canonical_json(pointer))
     return created
+
+
+def commit_mac(data_key: bytes, commit: Mapping[str, Any], meta_bytes: bytes) -> str:
+    """Keyed BLAKE3 of a commit marker's fields (all but ``mac``) and the metadata bytes it names."""
+    mac_key = blake3.blake3(data_key, derive_key_context=_COMMIT_MAC_CONTEXT).digest()
+    fields = {k: v for k, v in commit.items() if k != "mac"}
+    fields["meta_blake3"] = blake3.blake3(meta_bytes).hexdigest()
+    return blake3.blake3(canonical_json(fields), key=mac_key).hexdigest()
 
 
 def read_latest_pointer(store: ChunkStore, job: str) -> dict[str, Any] | None:
@@ -500,10 +535,13 @@ def open_object(store: ChunkStore, key: str) -> Iterator[BinaryIO]:
             yield f
         return
     from spotshift.home import cache_dir
+    from spotshift.sync.store import dead_writer_files
 
     tmpdir = cache_dir() / "ckpt-download"
     tmpdir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=tmpdir)
+    for stale in dead_writer_files(tmpdir):  # downloads of killed readers
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=tmpdir, prefix=f"{os.getpid()}.")
     os.close(fd)
     try:
         store.get_file(key, tmp)
@@ -520,7 +558,7 @@ class StoredCheckpoint:
         self.store = store
         self.job = job
         self.checkpoint_id = checkpoint_id
-        self.label = f"checkpoint {job}/{checkpoint_id} in {store.url}"
+        self.label = checkpoint_label(store, job, checkpoint_id)
         self.prefix = checkpoint_prefix(job, checkpoint_id)
         try:
             self.commit = json.loads(store.get_bytes(self.prefix + "COMMIT"))
@@ -530,6 +568,8 @@ class StoredCheckpoint:
             raise NotFoundError(f"{self.label}: not found") from None
         except ValueError:
             raise IntegrityError(f"{self.label}: COMMIT marker is not JSON") from None
+        if not isinstance(self.commit, dict):
+            raise IntegrityError(f"{self.label}: COMMIT marker is not a JSON object")
         meta_key = str(self.commit.get("meta_key", ""))
         if not meta_key.startswith("meta-") or "/" in meta_key:
             raise IntegrityError(f"{self.label}: COMMIT marker names no metadata object")
@@ -537,16 +577,63 @@ class StoredCheckpoint:
             self.meta_bytes = store.get_bytes(self.prefix + meta_key)
         except NotFoundError:
             raise IntegrityError(f"{self.label}: metadata {meta_key} is missing") from None
-        if blake3.blake3(self.meta_bytes).hexdigest() != self.commit.get("meta_hash"):
-            raise IntegrityError(f"{self.label}: metadata does not match the hash in COMMIT")
+        if "mac" in self.commit:  # keyed: checked with the data key (data_key())
+            if self.commit.get("mac_alg") != COMMIT_MAC_ALG:
+                raise IntegrityError(
+                    f"{self.label}: COMMIT marker uses unknown MAC {self.commit.get('mac_alg')!r}"
+                )
+        elif "meta_hash" in self.commit:
+            # a marker from before the keyed MAC: a consistency check only; the metadata seal,
+            # checked by every verification, is what authenticates such a checkpoint
+            if blake3.blake3(self.meta_bytes).hexdigest() != self.commit.get("meta_hash"):
+                raise IntegrityError(f"{self.label}: metadata does not match the hash in COMMIT")
+        else:
+            raise IntegrityError(f"{self.label}: COMMIT marker carries no MAC")
         try:
             self.meta: dict[str, Any] = json.loads(self.meta_bytes)
         except ValueError:
             raise IntegrityError(f"{self.label}: metadata is not JSON") from None
+        if not isinstance(self.meta, dict):
+            raise IntegrityError(f"{self.label}: metadata is not a JSON object")
         if self.meta.get("format") != FORMAT:
             raise IntegrityError(f"{self.label}: unknown format {self.meta.get('format')!r}")
         if self.meta.get("checkpoint_id") != checkpoint_id or self.meta.get("job") != job:
             raise IntegrityError(f"{self.label}: metadata belongs to another checkpoint (swapped file?)")
+        self._check_shape()
+
+    def _check_shape(self) -> None:
+        """Refuse metadata whose fields have the wrong types (one line, never a KeyError later)."""
+        m = self.meta
+
+        def well_formed() -> bool:
+            enc, parts = m["encryption"], m["parts"]
+            fields = ("ctx", "wrapped_key", "kek_id", "alg", "key_provider")
+            sizes = ("index", "tensors", "plain_bytes", "stored_bytes")
+            return (
+                isinstance(m["state"], dict)
+                and min(int(m["step"]), int(m["tokens"])) >= 0
+                and isinstance(m["content_hash"], str)
+                and int(enc["segment_bytes"]) > 0
+                and all(isinstance(enc[k], str) for k in fields)
+                and isinstance(parts, dict)
+                and bool(parts)
+                and all(
+                    isinstance(pm["key"], str)  # a plain object name inside the checkpoint's prefix
+                    and "/" not in pm["key"]
+                    and not pm["key"].startswith(".")
+                    and min(int(pm[k]) for k in sizes) >= 0
+                    and isinstance(pm["plain_hash"], str)
+                    and isinstance(pm["stored_hash"], str)
+                    for pm in parts.values()
+                )
+            )
+
+        try:
+            ok = well_formed()
+        except (KeyError, TypeError, ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise IntegrityError(f"{self.label}: metadata is malformed")
 
     @property
     def step(self) -> int:
@@ -572,23 +659,32 @@ class StoredCheckpoint:
         return sorted(self.meta["parts"], key=lambda p: self.meta["parts"][p]["index"])
 
     # -- checks that need no key ------------------------------------------------------------------------
-    def check_stored(self) -> None:
-        """Sizes and BLAKE3 hashes of every stored part (truncation, flipped bytes, swapped files)."""
+    def stored_damage(self) -> list[str]:
+        """Parts that are missing or not the size the metadata says (``stat`` only: no hashing, no key)."""
         seg = int(self.meta["encryption"]["segment_bytes"])
+        damage = []
         for part in self.part_names():
             pm = self.meta["parts"][part]
-            key = self.prefix + pm["key"]
-            size = self.store.size(key)
-            if size is None:
-                raise IntegrityError(f"{self.label}: part {part} is missing")
+            size = self.store.size(self.prefix + pm["key"])
             expected = int(pm["stored_bytes"])
-            if expected != crypto.stored_size(int(pm["plain_bytes"]), seg):
-                raise IntegrityError(f"{self.label}: part {part} sizes in the metadata disagree")
-            if size != expected:
+            if size is None:
+                damage.append(f"part {part} is missing")
+            elif expected != crypto.stored_size(int(pm["plain_bytes"]), seg):
+                damage.append(f"part {part} sizes in the metadata disagree")
+            elif size != expected:
                 what = "truncated" if size < expected else "has extra bytes"
-                raise IntegrityError(f"{self.label}: part {part} {what} ({size} of {expected} bytes)")
+                damage.append(f"part {part} {what} ({size} of {expected} bytes)")
+        return damage
+
+    def check_stored(self) -> None:
+        """Sizes and BLAKE3 hashes of every stored part (truncation, flipped bytes, swapped files)."""
+        damage = self.stored_damage()
+        if damage:
+            raise IntegrityError(f"{self.label}: {damage[0]}")
+        for part in self.part_names():
+            pm = self.meta["parts"][part]
             h = blake3.blake3(max_threads=blake3.blake3.AUTO)
-            with open_object(self.store, key) as f:
+            with open_object(self.store, self.prefix + pm["key"]) as f:
                 while chunk := f.read(8 << 20):
                     h.update(chunk)
             if h.hexdigest() != pm["stored_hash"]:
@@ -613,6 +709,12 @@ class StoredCheckpoint:
             raise IntegrityError(f"{self.label}: encryption envelope is malformed") from None
         key = keys.unwrap(wrapped, context, what=self.label)
         crypto.check_seal(key, sealed_bytes(self.meta), tag, what=self.label)
+        if "mac" in self.commit and not hmac.compare_digest(
+            commit_mac(key, self.commit, self.meta_bytes), str(self.commit["mac"])
+        ):
+            raise IntegrityError(
+                f"{self.label}: commit marker does not authenticate (forged, or not this checkpoint's)"
+            )
         return key
 
     def iter_part(self, part: str, data_key: bytes) -> Iterator[bytes]:
@@ -658,15 +760,21 @@ class StoredCheckpoint:
         if checkpoint_id_for(int(m["step"]), m["content_hash"]) != self.checkpoint_id:
             raise IntegrityError(f"{self.label}: id does not match its content hash")
 
-    def verify(self, keys: KeyProvider) -> dict[str, Any]:
-        """Every check, decrypting each part in a stream (no whole part held in memory)."""
-        t0 = time.perf_counter()
+    def verified_data_key(self, keys: KeyProvider) -> bytes:
+        """Every check (stored sizes and hashes, key, seal, commit MAC, content hash, every segment and
+        plaintext hash), decrypting in a stream; returns the data key (a copy re-keys its marker with it)."""
         self.check_stored()
         key = self.data_key(keys)
+        self._check_content_hash({p: self.meta["parts"][p]["plain_hash"] for p in self.part_names()})
         for part in self.part_names():
             for _ in self.iter_part(part, key):
                 pass
-        self._check_content_hash({p: self.meta["parts"][p]["plain_hash"] for p in self.part_names()})
+        return key
+
+    def verify(self, keys: KeyProvider) -> dict[str, Any]:
+        """Every check (:meth:`verified_data_key`); the report ``spotshift ckpt verify --json`` prints."""
+        t0 = time.perf_counter()
+        self.verified_data_key(keys)
         return {
             "checkpoint": f"{self.job}/{self.checkpoint_id}",
             "store": self.store.url,
@@ -680,15 +788,21 @@ class StoredCheckpoint:
 
     def load_tensors(self, keys: KeyProvider) -> dict[str, dict[str, Any]]:
         """Every part as torch tensors (after full verification)."""
-        from safetensors.torch import load
-
-        return {part: load(buf) for part, buf in self.read_parts(keys).items()}
+        return tensors_of(self.read_parts(keys))
 
     def summary(self) -> dict[str, Any]:
-        """What ``spotshift ckpt inspect`` shows: no key needed, nothing decrypted."""
+        """What ``spotshift ckpt inspect`` shows: no key needed, nothing decrypted.
+
+        ``damage`` lists parts missing or of the wrong size (``stat`` against the metadata) and
+        ``ok`` is False when there is any; hashes, seal and MAC need ``verify`` (and the key).
+        """
         m = self.meta
         state = m.get("state", {})
+        damage = self.stored_damage()
+        sizes = {p: self.store.size(self.prefix + pm["key"]) for p, pm in m["parts"].items()}
         return {
+            "ok": not damage,
+            "damage": damage,
             "checkpoint": f"{self.job}/{self.checkpoint_id}",
             "store": self.store.url,
             "job": self.job,
@@ -702,7 +816,10 @@ class StoredCheckpoint:
             "stored_bytes": self.stored_bytes,
             "plain_bytes": self.plain_bytes,
             "parts": {
-                p: {k: pm[k] for k in ("tensors", "plain_bytes", "stored_bytes")}
+                p: {
+                    **{k: pm[k] for k in ("tensors", "plain_bytes", "stored_bytes")},
+                    "found_bytes": sizes[p],
+                }
                 for p, pm in m["parts"].items()
             },
             "model": state.get("model_config"),
@@ -712,6 +829,116 @@ class StoredCheckpoint:
             "versions": m.get("versions"),
             "encryption": {k: m["encryption"][k] for k in ("alg", "key_provider", "kek_id", "segment_bytes")},
         }
+
+
+def checkpoint_label(store: ChunkStore, job: str, checkpoint_id: str) -> str:
+    """How errors and logs name a checkpoint: ``checkpoint <job>/<id> in <store url>``."""
+    return f"checkpoint {job}/{checkpoint_id} in {store.url}"
+
+
+def tensors_of(parts: Mapping[str, bytes]) -> dict[str, dict[str, Any]]:
+    """Verified plaintext parts (safetensors bytes) as torch tensors."""
+    from safetensors.torch import load
+
+    return {part: load(buf) for part, buf in parts.items()}
+
+
+@dataclass
+class VerifiedCheckpoint:
+    """A checkpoint that passed every check, its plaintext parts, and the newer ones passed over."""
+
+    checkpoint: StoredCheckpoint
+    parts: dict[str, bytes]
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"checkpoint_id", "reason"}, newest first
+
+
+def open_newest_verified(store: ChunkStore, job: str, keys: KeyProvider) -> VerifiedCheckpoint | None:
+    """The newest committed checkpoint of ``job`` in ``store`` that verifies, fully read (a resume).
+
+    Checkpoints that fail verification (tampered, truncated, wrong key...) are passed over, newest
+    first, each with a warning naming it and why; they are listed in ``skipped``. None when the store
+    holds no committed checkpoint of the job; :class:`IntegrityError` when it holds some and none
+    verifies (never silently start over). Problems that are not a checkpoint's (a missing key file,
+    refused credentials) propagate at once.
+    """
+    committed = list_checkpoints(store, job)
+    newest = latest_checkpoint(store, job)
+    order = ([newest] if newest else []) + [c for c in reversed(committed) if c != newest]
+    skipped: list[dict[str, str]] = []
+    for ckpt_id in order:
+        label = checkpoint_label(store, job, ckpt_id)
+        try:
+            ck = StoredCheckpoint(store, job, ckpt_id)
+            parts = ck.read_parts(keys)
+        except (IntegrityError, NotFoundError) as exc:
+            reason = str(exc).removeprefix(label + ": ")
+            log.warning("skipped checkpoint %s/%s in %s: %s", job, ckpt_id, store.url, reason)
+            skipped.append({"checkpoint_id": ckpt_id, "reason": reason})
+            continue
+        return VerifiedCheckpoint(ck, parts, skipped)
+    if skipped:
+        first = skipped[0]
+        raise IntegrityError(
+            f"no checkpoint of job {job!r} in {store.url} verifies ({len(skipped)} committed; newest "
+            f"{first['checkpoint_id']}: {first['reason']})"
+        )
+    return None
+
+
+def sweep_dead_writers(store: ChunkStore, job: str | None = None) -> int:
+    """Remove what killed writers left in ``store``: its temp files and (for ``job``) undelivered deltas.
+
+    Uses the store's one rule for dead writers (pid-named files whose pid has exited,
+    :func:`spotshift.sync.store.dead_writer_files`), so it applies to local stores, where that pid
+    means something; object stores are left alone. Returns how many files were removed.
+    """
+    from spotshift.sync.store import dead_writer_files
+
+    if not isinstance(store, LocalChunkStore):
+        return 0
+    removed = store.remove_stale_temp_files()
+    if job is not None:
+        for p in dead_writer_files(store.root / job_prefix(job) / INCOMING):
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def leftovers(store: ChunkStore, job: str) -> dict[str, Any]:
+    """What killed writers left that :func:`sweep_dead_writers` would remove, and uncommitted checkpoints.
+
+    ``temp_files``/``temp_bytes`` (the store's temp files of dead writers), ``incoming``/
+    ``incoming_bytes`` (undelivered deltas of ``job`` from dead writers) and ``uncommitted`` (ids
+    with objects but no ``COMMIT``: a copy or write cut short, or one still in progress; the next
+    complete write of the same id reuses them).
+    """
+    from spotshift.sync.store import dead_writer_files
+
+    temp: list[Path] = []
+    incoming: list[Path] = []
+    if isinstance(store, LocalChunkStore):
+        temp = store.stale_temp_files()
+        incoming = dead_writer_files(store.root / job_prefix(job) / INCOMING)
+    committed = set(list_checkpoints(store, job))
+    dirs = set()
+    for key in store.list_keys(job_prefix(job)):
+        ckpt, _, name = key[len(job_prefix(job)) :].partition("/")
+        if name and ckpt != INCOMING and ckpt not in committed:
+            dirs.add(ckpt)
+    return {
+        "temp_files": len(temp),
+        "temp_bytes": sum(_size(p) for p in temp),
+        "incoming": len(incoming),
+        "incoming_bytes": sum(_size(p) for p in incoming),
+        "uncommitted": sorted(dirs),
+    }
+
+
+def _size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def open_checkpoint(store: ChunkStore, job: str, checkpoint_id: str | None = None) -> StoredCheckpoint:

@@ -4,9 +4,12 @@ Envelope encryption (see :mod:`spotshift.checkpoint.crypto`): every checkpoint g
 data key; a ``KeyProvider`` wraps it with a KEK that never leaves the provider. Three
 implementations behind the same interface:
 
-* ``local`` (default) — a 32-byte key file under ``$SPOTSHIFT_HOME/keys/kek.key`` created with mode
-  0600 (refused when group/other can read it); wrapping is AES-256-GCM with the context as
-  associated data.
+* ``local`` (default) — a 32-byte key file under ``$SPOTSHIFT_HOME/keys/kek.key`` with mode 0600
+  (refused when group/other can read it); wrapping is AES-256-GCM with the context as associated
+  data. Only a writer that starts a job's lineage — a training run with no checkpoint to resume —
+  creates the file (``create=True``); every other use (verify, inspect, migrate, resume, shadow)
+  refuses a missing file with "key file ... does not exist", so a mistyped path or
+  ``SPOTSHIFT_HOME`` never mints a key that later writes would silently use.
 * ``aws-kms:<key id|arn|alias>`` — AWS KMS ``Encrypt``/``Decrypt`` with the context as the
   ``EncryptionContext`` (boto3; ``?region=`` and ``?endpoint=`` or ``AWS_ENDPOINT_URL_KMS``).
 * ``gcp-kms:projects/P/locations/L/keyRings/R/cryptoKeys/K`` — Cloud KMS ``encrypt``/``decrypt``
@@ -78,11 +81,11 @@ def default_key_path() -> Path:
 
 
 class LocalKeyProvider(KeyProvider):
-    """A 32-byte KEK in a file readable only by its owner (created on first use)."""
+    """A 32-byte KEK in a file readable only by its owner (created only when ``create`` says so)."""
 
     kind = "local"
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, create: bool = True):
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, create: bool = False):
         self.path = Path(path).expanduser().resolve() if path else default_key_path()
         self._key = self._load(create)
         self._key_id = "local:" + hashlib.sha256(b"spotshift-kek-id\0" + self._key).hexdigest()[:16]
@@ -90,7 +93,10 @@ class LocalKeyProvider(KeyProvider):
     def _load(self, create: bool) -> bytes:
         if not self.path.exists():
             if not create:
-                raise ConfigError(f"key file {self.path} does not exist")
+                raise ConfigError(
+                    f"key file {self.path} does not exist (only a job's first training run creates one; "
+                    "give the key the checkpoints were written with: --key-provider or SPOTSHIFT_KEY_PROVIDER)"
+                )
             self._create()
         st = self.path.stat()
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -321,18 +327,19 @@ class GcpKmsKeyProvider(KeyProvider):
         return bytes(resp.plaintext)
 
 
-def open_key_provider(spec: str | None = None) -> KeyProvider:
+def open_key_provider(spec: str | None = None, *, create: bool = False) -> KeyProvider:
     """The provider named by ``spec`` (default: ``$SPOTSHIFT_KEY_PROVIDER``, else ``local``).
 
     ``local`` | ``local:/path/kek.key`` | ``aws-kms:<key>[?region=R&endpoint=URL]`` |
-    ``gcp-kms:projects/.../cryptoKeys/K[?endpoint=URL]``. :class:`ConfigError` for anything else.
+    ``gcp-kms:projects/.../cryptoKeys/K[?endpoint=URL]``. :class:`ConfigError` for anything else,
+    and for a local key file that does not exist unless ``create`` (a first training run only).
     """
     spec = (spec or os.environ.get(KEY_PROVIDER_ENV) or "local").strip()
     kind, _, rest = spec.partition(":")
     body, _, query = rest.partition("?")
     opts = {k: v[-1] for k, v in parse_qs(query).items()}
     if kind == "local":
-        return LocalKeyProvider(body or None)
+        return LocalKeyProvider(body or None, create=create)
     if kind == "aws-kms":
         return AwsKmsKeyProvider(
             body,

@@ -5,14 +5,21 @@ checkpoint of the same job, a verbatim copy otherwise (or when the delta is not 
 The delta is computed on plaintext (both checkpoints decrypted and verified), encrypted under a
 fresh data key, and shipped as one object::
 
-    checkpoints/<job>/incoming/<checkpoint_id>.<ctx>.delta
+    checkpoints/<job>/incoming/<pid>.<checkpoint_id>.<hex>.delta
       = MAGIC || u32 envelope length || envelope JSON || segmented AES-256-GCM stream
+
+(named after the migrating process, so the next checkpoint writer into the store removes it if that
+process was killed before applying it: :func:`~spotshift.checkpoint.format.sweep_dead_writers`).
 
 The envelope carries the new checkpoint's metadata (without its encryption block), the base id
 and the wrapped key, and is sealed with the data key. At the target the delta is applied to the
 base held there, every part's plaintext hash and the content hash are verified, and the result is
 committed as an ordinary checkpoint (re-encrypted under a fresh key), then the delta object is
 deleted. Only the delta object crossed regions: that is ``bytes_sent``.
+
+Nothing unverified is committed at the target: the delta path decrypts and verifies the source and
+the base; a full copy verifies the source like ``spotshift ckpt verify`` before copying
+(:func:`~spotshift.checkpoint.tiered.copy_checkpoint`). A wrong or missing key fails either way.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import secrets
 import shutil
 import struct
@@ -33,6 +41,7 @@ from typing import Any
 from spotshift.checkpoint import crypto
 from spotshift.checkpoint.delta import apply_delta, compute_delta
 from spotshift.checkpoint.format import (
+    INCOMING,
     CheckpointPayload,
     StoredCheckpoint,
     canonical_json,
@@ -241,7 +250,7 @@ def write_plain_checkpoint(
         try:
             tier = LocalChunkStore(tmp)
             ref = write_checkpoint(tier, payload, keys)
-            copy_checkpoint(tier, dst, ref.job, ref.checkpoint_id, check=False)
+            copy_checkpoint(tier, dst, ref.job, ref.checkpoint_id, keys)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     if ref.checkpoint_id != meta["checkpoint_id"]:
@@ -252,13 +261,14 @@ def write_plain_checkpoint(
 def apply_delta_object(dst: ChunkStore, key: str, keys: KeyProvider) -> StoredCheckpoint:
     """Apply a shipped delta object at the target: verify, rebuild, commit; the object is then deleted."""
     what = f"delta {key} in {dst.url}"
-    envelope, plain = _open_delta(dst.get_bytes(key), keys, what=what)
-    job = envelope["job"]
-    base = StoredCheckpoint(dst, job, envelope["base_id"])
-    rebuilt = apply_delta(plain, base.read_parts(keys), what=what)
-    ckpt = write_plain_checkpoint(dst, envelope["meta"], rebuilt, keys)
-    dst.delete(key)
-    return ckpt
+    try:
+        envelope, plain = _open_delta(dst.get_bytes(key), keys, what=what)
+        job = envelope["job"]
+        base = StoredCheckpoint(dst, job, envelope["base_id"])
+        rebuilt = apply_delta(plain, base.read_parts(keys), what=what)
+        return write_plain_checkpoint(dst, envelope["meta"], rebuilt, keys)
+    finally:  # applied or refused, the delta is of no further use
+        dst.delete(key)
 
 
 def migrate_checkpoint(
@@ -320,7 +330,7 @@ def migrate_checkpoint(
         report.bytes_scanned = ckpt.stored_bytes + sum(len(b) for b in base_plain.values())
         report.tensors_total = stats.tensors_total
         if len(obj) <= max_delta_ratio * report.bytes_full:
-            key = f"checkpoints/{job}/incoming/{ckpt.checkpoint_id}.{secrets.token_hex(4)}.delta"
+            key = f"checkpoints/{job}/{INCOMING}/{os.getpid()}.{ckpt.checkpoint_id}.{secrets.token_hex(4)}.delta"
             dst.put_bytes(key, obj)
             apply_delta_object(dst, key, keys)
             report.method = "tensor_delta"
@@ -334,7 +344,7 @@ def migrate_checkpoint(
         report.notes.append(
             f"delta ({len(obj)} bytes) not smaller than {max_delta_ratio:.0%} of the checkpoint: full copy"
         )
-    report.bytes_sent = copy_checkpoint(src, dst, job, ckpt.checkpoint_id)
+    report.bytes_sent = copy_checkpoint(src, dst, job, ckpt.checkpoint_id, keys)
     report.method = "full"
     report.bytes_scanned = report.bytes_scanned or ckpt.stored_bytes
     report.bytes_changed = ckpt.plain_bytes

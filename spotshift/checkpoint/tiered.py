@@ -7,8 +7,10 @@
 * tier 2 — optional cross-region stores, copied after tier 1 (periodic checkpoints only: the seed's
   rule is that emergency checkpoints skip replication, speed matters more than durability then).
 
-Every copy follows the commit protocol of :mod:`spotshift.checkpoint.format`: parts, metadata,
-``COMMIT``, ``latest`` — so a store holds a checkpoint completely or not at all.
+Every copy verifies the checkpoint first (as ``spotshift ckpt verify`` does: a local tier tampered
+with between write and upload is refused, never uploaded) and follows the commit protocol of
+:mod:`spotshift.checkpoint.format`: parts, metadata, ``COMMIT``, ``latest`` — so a store holds a
+checkpoint completely or not at all. A trainer removes what killed trainers left in its stores.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from spotshift.checkpoint.format import (
     commit_checkpoint,
     list_checkpoints,
     open_object,
+    sweep_dead_writers,
     write_checkpoint,
 )
 from spotshift.checkpoint.keys import KeyProvider
@@ -54,25 +57,45 @@ def copy_checkpoint(
     dst: ChunkStore,
     job: str,
     checkpoint_id: str,
+    keys: KeyProvider,
     *,
     update_latest: bool = True,
-    check: bool = True,
+    verify_alongside: bool = False,
 ) -> int:
-    """Copy a committed checkpoint verbatim; returns the bytes sent (0 when ``dst`` already has it).
+    """Verify a committed checkpoint and copy it verbatim; returns the bytes sent (0 when ``dst`` has it).
 
-    With ``check`` the source's sizes and stored hashes are verified first, so corruption is never
-    replicated. The data key stays wrapped: any holder of the same KEK can read the copy.
+    The source passes every check of ``spotshift ckpt verify`` (stored hashes, key, seal, commit
+    MAC, content hash, every segment) before ``COMMIT`` is written at ``dst``, so a forged or
+    corrupt checkpoint is never replicated and a wrong or missing key fails the copy. By default
+    the verification comes first and nothing is sent for a refused checkpoint (migrations: egress
+    costs money); ``verify_alongside`` runs it in a second thread while the parts upload and
+    removes what was sent if it fails (a trainer's own uploads: the emergency window is short).
+    The data key stays wrapped (any holder of the same KEK can read the copy); the copy's
+    ``COMMIT`` gets a fresh MAC under it. Temp files that killed writers left in ``dst`` are removed.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     prefix = checkpoint_prefix(job, checkpoint_id)
     if dst.exists(prefix + "COMMIT"):
         return 0
     ck = StoredCheckpoint(src, job, checkpoint_id)
-    if check:
-        ck.check_stored()
-    sent = 0
-    for part in ck.part_names():
-        sent += copy_object(src, dst, prefix + ck.meta["parts"][part]["key"])
+    keys_sent = [prefix + ck.meta["parts"][part]["key"] for part in ck.part_names()]
     meta_key = str(ck.commit["meta_key"])
+    with ThreadPoolExecutor(1, thread_name_prefix="checkpoint-verify") as pool:
+        verifying = pool.submit(ck.verified_data_key, keys)
+        if not verify_alongside:
+            verifying.result()
+        sweep_dead_writers(dst, job)
+        sent = 0
+        try:
+            for key in keys_sent:
+                sent += copy_object(src, dst, key)
+            data_key = verifying.result()
+        except BaseException:
+            if verify_alongside:  # without COMMIT they never counted; do not leave them behind
+                for key in keys_sent:
+                    dst.delete(key)
+            raise
     dst.put_bytes(prefix + meta_key, ck.meta_bytes)
     sent += len(ck.meta_bytes)
     commit_checkpoint(
@@ -83,6 +106,7 @@ def copy_checkpoint(
         ck.meta_bytes,
         ck.step,
         ck.content_hash,
+        data_key,
         update_latest=update_latest,
     )
     return sent
@@ -140,7 +164,8 @@ class TieredCheckpointer:
         self._lock = threading.Lock()  # one upload at a time, in order
         self._thread = threading.Thread(target=self._run, name="checkpoint-upload", daemon=True)
         self._thread.start()
-        self.local.remove_stale_temp_files()
+        for store in (self.local, self.region, *self.replicas):  # what killed trainers left behind
+            sweep_dead_writers(store, job)
 
     # -- writing ----------------------------------------------------------------------------------------
     def save(
@@ -204,7 +229,9 @@ class TieredCheckpointer:
             store.url, self.job, local_ref.checkpoint_id, local_ref.step, local_ref.content_hash
         )
         try:
-            sent = copy_checkpoint(self.local, store, self.job, local_ref.checkpoint_id, check=False)
+            sent = copy_checkpoint(
+                self.local, store, self.job, local_ref.checkpoint_id, self.keys, verify_alongside=True
+            )
             event = UploadEvent(ref, kind, tier, sent, time.perf_counter() - t0, timings=dict(timings))
             event.timings["upload_s"] = event.seconds
             log.info(

@@ -129,19 +129,19 @@ class LocalChunkStore(ChunkStore):
         self._tmp.mkdir(parents=True, exist_ok=True)
         return self._tmp / f"{os.getpid()}.{secrets.token_hex(8)}"
 
+    def stale_temp_files(self) -> list[Path]:
+        """Temp files of writers that are no longer alive (what :meth:`remove_stale_temp_files` removes)."""
+        return dead_writer_files(self._tmp)
+
     def remove_stale_temp_files(self) -> int:
         """Delete temp files of writers that are no longer alive; returns how many were removed."""
         removed = 0
-        if not self._tmp.is_dir():
-            return 0
-        for p in self._tmp.iterdir():
-            pid_text = p.name.split(".", 1)[0]
-            if pid_text.isdigit() and not _pid_alive(int(pid_text)):
-                try:
-                    p.unlink()
-                    removed += 1
-                except FileNotFoundError:
-                    pass
+        for p in self.stale_temp_files():
+            try:
+                p.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
         return removed
 
     def _path(self, key: str) -> Path:
@@ -284,6 +284,22 @@ class BucketStore(ChunkStore):
     def key_of(self, name: str) -> str:
         """The store key of a bucket-level name under this store's prefix."""
         return name[len(self.prefix) + 1 :] if self.prefix else name
+
+
+def dead_writer_files(directory: Path) -> list[Path]:
+    """Files in ``directory`` named ``<pid>.<anything>`` whose writer process (on this host) has exited.
+
+    The one rule for garbage of killed writers: a writer names its temporary files after its pid,
+    and anyone may remove them once that pid is gone.
+    """
+    if not directory.is_dir():
+        return []
+    out = []
+    for p in directory.iterdir():
+        pid_text = p.name.split(".", 1)[0]
+        if pid_text.isdigit() and p.is_file() and not _pid_alive(int(pid_text)):
+            out.append(p)
+    return out
 
 
 def _pid_alive(pid: int) -> bool:

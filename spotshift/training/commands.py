@@ -32,7 +32,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--resume",
         default="auto",
-        help="auto (newest checkpoint in LOCATION's store, default) | none | a checkpoint path/URL in any store",
+        help="auto (newest checkpoint in LOCATION's store that verifies, default; newer ones that do not are "
+        "skipped with the reason) | none | a checkpoint path/URL in any store",
     )
     p.add_argument(
         "--replicate-to",
@@ -127,6 +128,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(result)
     else:
+        for skipped in result.get("skipped_checkpoints") or []:
+            print(f"skipped checkpoint {req.job}/{skipped['checkpoint_id']}: {skipped['reason']}")
         ck = result.get("checkpoint") or {}
         print(
             f"{result.get('status')}: {req.job} in {location} at step {result.get('step')} "

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F  # noqa: N812
 
-from spotshift.checkpoint.format import CheckpointPayload, StoredCheckpoint, runtime_versions
+from spotshift.checkpoint.format import CheckpointPayload, StoredCheckpoint, runtime_versions, tensors_of
 from spotshift.checkpoint.keys import KeyProvider
 from spotshift.errors import ConfigError, IntegrityError, build_record
 from spotshift.training.data import BatchSampler, TokenShards
@@ -225,8 +225,15 @@ class Trainer:
             versions=runtime_versions(),
         )
 
-    def load(self, ckpt: StoredCheckpoint, keys: KeyProvider) -> None:
-        """Restore weights, optimizer, RNG states and position from a verified checkpoint."""
+    def load(
+        self,
+        ckpt: StoredCheckpoint,
+        keys: KeyProvider | None = None,
+        *,
+        parts: dict[str, bytes] | None = None,
+    ) -> None:
+        """Restore weights, optimizer, RNG states and position from a checkpoint, verified with ``keys``
+        here or already (``parts``: its verified plaintext parts, from ``open_newest_verified``)."""
         state = ckpt.meta["state"]
         pos = state.get("data_position", {})
         if pos.get("stream_hash") != self.sampler.shards.stream_hash:
@@ -236,7 +243,11 @@ class Trainer:
             )
         if state.get("optimizer", {}).get("param_names") != self.trainable_names:
             raise ConfigError(f"{ckpt.label}: trainable parameters differ from the job's")
-        tensors = ckpt.load_tensors(keys)
+        if parts is None:
+            if keys is None:
+                raise ConfigError(f"{ckpt.label}: loading needs the key provider or verified parts")
+            parts = ckpt.read_parts(keys)
+        tensors = tensors_of(parts)
         missing, unexpected = self.model.load_state_dict(tensors["model"], strict=False)
         if missing or unexpected:
             raise IntegrityError(

@@ -116,33 +116,29 @@ class _Run:
 
     # -- the run -------------------------------------------------------------------------------------------
     def run(self) -> None:
-        from spotshift.checkpoint.format import StoredCheckpoint, latest_checkpoint, open_checkpoint
-        from spotshift.checkpoint.keys import open_key_provider
         from spotshift.sync.store import open_store
         from spotshift.training.data import prepare_tokens
         from spotshift.training.trainer import TrainConfig, Trainer, config_for_resume
 
         req = self.req
-        self.keys = open_key_provider(req.key_provider)
         self.region = open_store(req.store_url)
-        ckpt = None
-        if isinstance(req.resume, dict):
-            ckpt = open_checkpoint(
-                open_store(req.resume["store_url"]), req.job, req.resume.get("checkpoint_id")
-            )
-        elif req.resume == "auto":
-            found = latest_checkpoint(self.region, req.job)
-            ckpt = StoredCheckpoint(self.region, req.job, found) if found else None
+        resumed = self._resume()
+        ckpt = resumed.checkpoint if resumed else None
         cfg = config_for_resume(ckpt, req.overrides) if ckpt else TrainConfig.from_dict(req.config)
         if not ckpt and req.overrides:
             cfg = cfg.with_overrides(req.overrides)
         shards = prepare_tokens(cfg.dataset, req.dataset_source)
         self.trainer = Trainer(cfg, shards, collect_activations=req.role == "shadow")
-        if ckpt is not None:
+        if resumed is not None:
             t0 = time.perf_counter()
-            self.trainer.load(ckpt, self.keys)
-            log.info("resumed %s at step %d (%.3fs)", ckpt.label, ckpt.step, time.perf_counter() - t0)
-            self.result["resumed_from"] = ckpt.ref().to_dict()
+            self.trainer.load(resumed.checkpoint, parts=resumed.parts)
+            log.info(
+                "resumed %s at step %d (%.3fs)",
+                resumed.checkpoint.label,
+                resumed.checkpoint.step,
+                time.perf_counter() - t0,
+            )
+            self.result["resumed_from"] = resumed.checkpoint.ref().to_dict()
         else:
             log.info("starting job %s from scratch (seed %d)", req.job, cfg.seed)
         self.start_step, self.start_tokens = self.trainer.step, self.trainer.tokens
@@ -152,6 +148,40 @@ class _Run:
             self._run_shadow()
         else:
             self._run_training()
+
+    def _resume(self) -> Any:
+        """The verified checkpoint to resume (a ``VerifiedCheckpoint``), or None for a fresh start.
+
+        Opens the key provider as a side effect: a run with nothing to resume starts the job's
+        lineage and may create its local key; any run that resumes only reads the key. ``auto``
+        (or a store without an id) takes the newest checkpoint there that verifies, recording the
+        newer ones it passed over in ``skipped_checkpoints``; an explicit id must verify.
+        """
+        from spotshift.checkpoint.format import (
+            StoredCheckpoint,
+            VerifiedCheckpoint,
+            list_checkpoints,
+            open_newest_verified,
+        )
+        from spotshift.checkpoint.keys import open_key_provider
+        from spotshift.sync.store import open_store
+
+        req = self.req
+        if req.resume == "none":
+            self.keys = open_key_provider(req.key_provider, create=req.role == "train")
+            return None
+        store = open_store(req.resume["store_url"]) if isinstance(req.resume, dict) else self.region
+        wanted = req.resume.get("checkpoint_id") if isinstance(req.resume, dict) else None
+        if wanted not in (None, "latest"):
+            self.keys = open_key_provider(req.key_provider)
+            ck = StoredCheckpoint(store, req.job, wanted)
+            return VerifiedCheckpoint(ck, ck.read_parts(self.keys))
+        fresh = not list_checkpoints(store, req.job)
+        self.keys = open_key_provider(req.key_provider, create=fresh and req.role == "train")
+        found = None if fresh else open_newest_verified(store, req.job, self.keys)
+        if found is not None and found.skipped:
+            self.result["skipped_checkpoints"] = found.skipped
+        return found
 
     def _metrics(self):  # noqa: ANN202
         return open(self.workdir / METRICS_FILE, "a", encoding="utf-8", buffering=1)  # noqa: SIM115

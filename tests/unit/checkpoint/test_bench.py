@@ -31,3 +31,9 @@ def test_bench_checkpoint_quick() -> None:
         assert d["method"] == "tensor_delta" and 0 < d["delta_ratio"] < 1 and d["cdc_reuse_stored"] == 0.0
     assert doc["delta"]["lora_finetune"]["delta_ratio"] < doc["delta"]["full_finetune"]["delta_ratio"]
     assert doc["encryption"]["encrypt_gbps"] > 0
+    v = doc["verification"]
+    assert (
+        v["unverified_s"] > 0
+        and v["verify_first_vs_unverified"] > 0
+        and v["verify_alongside_vs_unverified"] > 0
+    )

@@ -37,7 +37,7 @@ def finetune_payload(step: int, frozen: torch.Tensor, head: torch.Tensor) -> Che
 
 @pytest.fixture
 def setup(spotshift_home: Path) -> tuple[LocalChunkStore, LocalChunkStore, LocalKeyProvider]:
-    return open_store(region_store_url(SRC)), open_store(region_store_url(DST)), LocalKeyProvider()  # type: ignore[return-value]
+    return open_store(region_store_url(SRC)), open_store(region_store_url(DST)), LocalKeyProvider(create=True)  # type: ignore[return-value]
 
 
 def test_delta_round_trip_equals_full_copy(setup, tmp_path: Path) -> None:  # noqa: ANN001
@@ -56,7 +56,7 @@ def test_delta_round_trip_equals_full_copy(setup, tmp_path: Path) -> None:  # no
     assert report.tensors_total == 3 and report.tensors_sent == 2
     # the delta-built checkpoint is bitwise the checkpoint a full copy gives
     full_copy = LocalChunkStore(tmp_path / "full")
-    copy_checkpoint(src, full_copy, "ft", new.checkpoint_id)
+    copy_checkpoint(src, full_copy, "ft", new.checkpoint_id, keys)
     via_delta = open_checkpoint(dst, "ft").read_parts(keys)
     via_full = open_checkpoint(full_copy, "ft").read_parts(keys)
     assert via_delta == via_full

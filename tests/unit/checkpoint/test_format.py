@@ -53,7 +53,7 @@ def payload(step: int = 7, scale: float = 1.0, kind: str = "periodic") -> Checkp
 
 @pytest.fixture
 def keys(spotshift_home: Path) -> LocalKeyProvider:
-    return LocalKeyProvider()
+    return LocalKeyProvider(create=True)
 
 
 @pytest.fixture
@@ -154,7 +154,9 @@ def test_flipped_byte_with_forged_hash_still_refused(store: LocalChunkStore, key
 def _rewrite_meta(store: LocalChunkStore, ck: StoredCheckpoint, meta: dict) -> None:
     raw = json.dumps(meta, indent=1, sort_keys=True).encode()
     store.put_bytes(ck.prefix + ck.commit["meta_key"], raw)
-    commit = dict(ck.commit, meta_hash=blake3.blake3(raw).hexdigest())
+    # the best a forger without the key can do: an old-style marker with an unkeyed hash
+    commit = {k: v for k, v in ck.commit.items() if k not in ("mac", "mac_alg")}
+    commit["meta_hash"] = blake3.blake3(raw).hexdigest()
     store.put_bytes(ck.prefix + "COMMIT", json.dumps(commit).encode())
 
 
@@ -164,11 +166,34 @@ def test_tampered_metadata_refused(store: LocalChunkStore, keys: LocalKeyProvide
     meta["tokens"] = 1  # same step, forged progress
     raw = json.dumps(meta).encode()
     store.put_bytes(ck.prefix + ck.commit["meta_key"], raw)
-    with pytest.raises(IntegrityError, match="metadata does not match the hash in COMMIT"):
-        StoredCheckpoint(store, "job-a", ck.checkpoint_id)
-    _rewrite_meta(store, ck, meta)  # a forger who also fixes the commit marker
     with pytest.raises(IntegrityError, match="metadata does not match its seal"):
         StoredCheckpoint(store, "job-a", ck.checkpoint_id).verify(keys)
+    # the keyed marker does not fit re-serialized genuine metadata either (it binds the exact bytes)
+    store.put_bytes(ck.prefix + ck.commit["meta_key"], json.dumps(ck.meta).encode())
+    with pytest.raises(IntegrityError, match="commit marker does not authenticate"):
+        StoredCheckpoint(store, "job-a", ck.checkpoint_id).verify(keys)
+    _rewrite_meta(store, ck, meta)  # a forger who also writes an (unkeyed, old-style) commit marker
+    with pytest.raises(IntegrityError, match="metadata does not match its seal"):
+        StoredCheckpoint(store, "job-a", ck.checkpoint_id).verify(keys)
+
+
+def test_markers_from_before_the_mac_still_read(store: LocalChunkStore, keys: LocalKeyProvider) -> None:
+    """A checkpoint committed with an unkeyed ``meta_hash`` marker verifies (its seal authenticates it),
+    is refused when the metadata no longer matches that hash, and gets a keyed marker when copied."""
+    from spotshift.checkpoint.tiered import copy_checkpoint
+
+    ck = committed(store, keys)
+    legacy = {k: ck.commit[k] for k in ("checkpoint_id", "meta_key", "step", "committed_at")}
+    legacy["meta_hash"] = blake3.blake3(ck.meta_bytes).hexdigest()
+    store.put_bytes(ck.prefix + "COMMIT", json.dumps(legacy).encode())
+    assert StoredCheckpoint(store, "job-a", ck.checkpoint_id).verify(keys)["ok"]
+    other = LocalChunkStore(store.root.parent / "copy")
+    copy_checkpoint(store, other, "job-a", ck.checkpoint_id, keys)
+    copied = StoredCheckpoint(other, "job-a", ck.checkpoint_id)
+    assert "mac" in copied.commit and "meta_hash" not in copied.commit and copied.verify(keys)["ok"]
+    store.put_bytes(ck.prefix + ck.commit["meta_key"], ck.meta_bytes + b" ")
+    with pytest.raises(IntegrityError, match="metadata does not match the hash in COMMIT"):
+        StoredCheckpoint(store, "job-a", ck.checkpoint_id)
 
 
 def test_swapped_part_refused(store: LocalChunkStore, keys: LocalKeyProvider) -> None:
@@ -224,7 +249,7 @@ def test_truncation_at_segment_boundary_caught_by_final_flag(
 
 def test_wrong_key_refused(store: LocalChunkStore, keys: LocalKeyProvider, tmp_path: Path) -> None:
     ck = committed(store, keys)
-    other = LocalKeyProvider(tmp_path / "other.key")
+    other = LocalKeyProvider(tmp_path / "other.key", create=True)
     with pytest.raises(IntegrityError, match=f"checkpoint job-a/{ck.checkpoint_id} .*wrong key"):
         ck.verify(other)
     # same key id claimed but the key differs: the unwrap itself refuses
@@ -256,7 +281,7 @@ def test_key_material_never_in_errors_or_logs(
         s for k in (kek, data_key) for s in (k.hex(), base64.b64encode(k).decode(), repr(k), k.hex().upper())
     }
     messages = []
-    for bad in (LocalKeyProvider(tmp_path / "x.key"),):
+    for bad in (LocalKeyProvider(tmp_path / "x.key", create=True),):
         try:
             ck.verify(bad)
         except IntegrityError as exc:
@@ -274,7 +299,10 @@ def test_key_material_never_in_errors_or_logs(
 
 
 def test_local_key_file_is_private(spotshift_home: Path) -> None:
-    kp = open_key_provider("local")
+    with pytest.raises(ConfigError, match="key file .*kek.key does not exist"):
+        open_key_provider("local")  # a reader never creates the key
+    assert not (spotshift_home / "keys").exists()
+    kp = open_key_provider("local", create=True)
     assert isinstance(kp, LocalKeyProvider)
     assert stat.S_IMODE(kp.path.stat().st_mode) == 0o600
     assert kp.path.is_relative_to(spotshift_home)

@@ -43,7 +43,7 @@ def test_two_runs_are_bitwise_equal_and_learn(shards) -> None:  # noqa: ANN001
 
 
 def test_resume_from_checkpoint_in_another_store_is_bitwise_exact(shards, tmp_path: Path) -> None:  # noqa: ANN001
-    keys = LocalKeyProvider()
+    keys = LocalKeyProvider(create=True)
     ref = Trainer(tiny_config(), shards)
     run_to(ref, 50)
     src, other = LocalChunkStore(tmp_path / "gcp"), LocalChunkStore(tmp_path / "aws")
@@ -52,7 +52,7 @@ def test_resume_from_checkpoint_in_another_store_is_bitwise_exact(shards, tmp_pa
         run_to(t, k)
         saved = write_checkpoint(src, t.payload(kind="periodic", location="gcp/us-central1"), keys)
         # "another region": the same checkpoint copied to another store, resumed by a fresh trainer
-        copy_checkpoint(src, other, "tiny", saved.checkpoint_id)
+        copy_checkpoint(src, other, "tiny", saved.checkpoint_id, keys)
         ck = StoredCheckpoint(other, "tiny", saved.checkpoint_id)
         r = Trainer(config_for_resume(ck), shards)
         r.load(ck, keys)
@@ -77,7 +77,7 @@ def test_checkpoint_state_records_what_resume_needs(shards, tmp_path: Path) -> N
 
 
 def test_resume_on_changed_data_is_refused(shards, spotshift_home: Path, tmp_path: Path) -> None:  # noqa: ANN001
-    keys = LocalKeyProvider()
+    keys = LocalKeyProvider(create=True)
     t = Trainer(tiny_config(), shards)
     run_to(t, 2)
     store = LocalChunkStore(tmp_path / "s")
