@@ -69,12 +69,14 @@ def _report(args: argparse.Namespace) -> int:
 
     path = resolve_warehouse(args.warehouse)
     mode = "never" if args.no_build else ("always" if args.rebuild else "auto")
-    built, reason = ensure_marts(path, mode=mode)
+    warnings: list[str] = []
+    built, reason = ensure_marts(path, mode=mode, warnings=warnings)
     if built:
         sys.stderr.write(f"spotshift: dbt build: {reason}\n")
     require = (*REPORT_MARTS, "stg_spotshift__price_quotes", "fct_gpu_usage") if args.out else REPORT_MARTS
     with open_marts(path, require=require) as con:
         report = read_report(con, path)
+        report.data_warnings = warnings
         files = write_cost_report(con, args.out, str(path)) if args.out else None
     if args.json:
         out = report.to_dict()
@@ -100,7 +102,7 @@ def _focus_export(args: argparse.Namespace) -> int:
     focus_format(args.out)  # a bad extension is an error before anything is read or built
     path = resolve_warehouse(args.warehouse)
     if args.build:
-        ensure_marts(path, mode="auto")
+        ensure_marts(path, mode="auto", warnings=[])
     result = export_focus(args.out, path)
     if args.json:
         emit_json(

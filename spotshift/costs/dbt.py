@@ -38,6 +38,16 @@ class DbtRun:
     results: list[dict] = field(default_factory=list)  # run_results.json "results"
     stdout: str = ""
 
+    def warnings(self) -> list[str]:
+        """One line per data test that warned (found rows under ``severity: warn``)."""
+        out = []
+        for r in self.results:
+            if r.get("status") == "warn":
+                name = str(r.get("unique_id") or "").removeprefix("test.dbt_costs.").rsplit(".", 1)[0]
+                failures = r.get("failures")
+                out.append(f"{name}: {failures} row(s)" if failures is not None else name)
+        return sorted(out)
+
     def failures(self) -> list[str]:
         """One line per node that errored or whose test failed."""
         out = []
@@ -149,9 +159,15 @@ def run_dbt(
     return run
 
 
-def build_marts(warehouse: str | Path, *, select: str | None = None) -> DbtRun:
-    """``dbt build`` (seeds, models, data tests, unit tests) of the whole project or ``select``."""
+def build_marts(warehouse: str | Path, *, select: str | None = None, data_tests_warn: bool = False) -> DbtRun:
+    """``dbt build`` (seeds, models, data tests, unit tests) of the whole project or ``select``.
+
+    ``data_tests_warn`` builds with every project data test at ``severity: warn`` (dbt_project.yml
+    reads ``SPOTSHIFT_DBT_TEST_SEVERITY``): problems in the facts come back as
+    :meth:`DbtRun.warnings` and never stop a model; unit tests and SQL errors still fail.
+    """
     args = ["build", "--quiet"]
     if select:
         args += ["--select", select]
-    return run_dbt(args, warehouse=warehouse)
+    extra = {"SPOTSHIFT_DBT_TEST_SEVERITY": "warn"} if data_tests_warn else None
+    return run_dbt(args, warehouse=warehouse, extra_env=extra)

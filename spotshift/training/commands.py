@@ -22,7 +22,8 @@ def register(sub: Any) -> None:
     p.add_argument("job", help="declared job name (spotshift.yaml, section jobs)")
     p.add_argument(
         "--location",
-        help="provider/region to run in (default: where the job last checkpointed, else its start_location)",
+        help="provider/region to run in (default: where the job last checkpointed, else its "
+        "start_location, else where `spotshift placement plan` places it)",
     )
     bound = p.add_mutually_exclusive_group()
     bound.add_argument(
@@ -86,9 +87,13 @@ def _resume_arg(text: str) -> Any:
 def _train(args: argparse.Namespace) -> int:
     from spotshift.cli import emit_json
     from spotshift.training.backend import LocalProcessBackend
-    from spotshift.training.runs import build_request, collect, current_location
+    from spotshift.training.runs import build_request, collect, train_location
 
-    location = args.location or current_location(args.job)
+    usage: dict[str, Any] = {}
+    location = args.location
+    if not location:
+        location, usage, why = train_location(args.job)
+        sys.stderr.write(f"spotshift: training {args.job} in {location}: {why}\n")
     req = build_request(
         args.job,
         location,
@@ -98,8 +103,15 @@ def _train(args: argparse.Namespace) -> int:
         replicate_to=args.replicate_to,
         key_provider=args.key_provider,
         checkpoint_every_steps=args.checkpoint_every,
+        usage=usage or None,
         run_id="cli:train",
     )
+    if not req.usage.get("price_usd_hour"):
+        sys.stderr.write(
+            f"spotshift: warning: no validated quote fits {args.job} in {location}: its compute interval "
+            "stays unpriced (spotshift report lists it); poll prices or choose a location "
+            "`spotshift placement plan` ranks\n"
+        )
     backend = LocalProcessBackend()
     info = backend.start(req)
     if args.detach:

@@ -187,6 +187,45 @@ def current_location(job_name: str, database: Any = None) -> str:
     raise ConfigError(f"job {job_name!r} has no checkpoint yet and no start_location: give a location")
 
 
+def train_location(job_name: str, database: Any = None) -> tuple[str, dict[str, Any], str]:
+    """Where ``spotshift train JOB`` runs when no ``--location`` is given: ``(location, usage, why)``.
+
+    Where the job last checkpointed, else its declared ``start_location``, else where placement
+    puts it now (the decision ``spotshift placement plan`` prints, on the latest validated quote
+    snapshot); ``usage`` prices the interval at the placed quote (empty for the first two: the
+    request prices them). :class:`ConfigError` with what to do when none applies.
+    """
+    from spotshift import warehouse
+    from spotshift.clock import virtual_now
+    from spotshift.errors import NotFoundError
+    from spotshift.placement.inputs import decide_for_job, usage_for
+
+    try:
+        return current_location(job_name, database), {}, "where the job last checkpointed or starts"
+    except ConfigError:
+        pass
+    try:
+        with warehouse.connect(database) as con:
+            decision = decide_for_job(con, job_name, now=virtual_now())
+            target = decision.target
+            if target is None:
+                raise ConfigError(
+                    f"job {job_name!r}: placement queues it ({'; '.join(decision.reasons)}): give --location"
+                )
+            q = target.quote
+            from spotshift.jobs import get_job
+
+            usage = usage_for(
+                con, get_job(job_name), q.location, market=q.market, instance_type=q.instance_type
+            )
+    except NotFoundError as exc:
+        raise ConfigError(
+            f"job {job_name!r} has no checkpoint, no start_location and placement has no prices ({exc}): "
+            "give --location PROVIDER/REGION"
+        ) from None
+    return q.location, usage, f"placed by `spotshift placement plan` ({q.market} {q.instance_type})"
+
+
 def stop_with_checkpoint(
     backend: ComputeBackend,
     job_name: str,

@@ -102,12 +102,24 @@ def test_bad_snapshot_is_blocked_before_gpu_quotes(spotshift_home: Path) -> None
 
 
 def test_stale_market_is_blocked(spotshift_home: Path) -> None:
-    frame = synthetic_history(weeks=2)
+    # weeks 1 and 8 only: at the end of week 7 the newest quote is six weeks old on the replay's clock
+    frame = synthetic_history(weeks=8)
+    first, last = frame["observed_at"].min(), frame["observed_at"].max()
+    frame = frame.filter((pl.col("observed_at") == first) | (pl.col("observed_at") == last))
     history = write_history_csv(frame, spotshift_home / "h.csv")
-    VirtualClock.starting(frame["observed_at"].max() + timedelta(days=60), 0).save()
+    VirtualClock.starting(last - timedelta(days=1), 0).save()
     result = run_poll(spotshift_home, history, dg.DagsterInstance.ephemeral())
     failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
     assert failed == {"quotes_fresh"} and not result.asset_materializations_for_node("gpu_quotes")
+
+
+def test_replay_past_its_end_is_a_frozen_market_on_its_own_clock(spotshift_home: Path) -> None:
+    frame = synthetic_history(weeks=2)
+    history = write_history_csv(frame, spotshift_home / "h.csv")
+    VirtualClock.starting(frame["observed_at"].max() + timedelta(days=700), 0).save()
+    result = run_poll(spotshift_home, history, dg.DagsterInstance.ephemeral())
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    assert result.asset_materializations_for_node("gpu_quotes")
 
 
 def test_schedule_evaluates_every_minute_with_a_stable_run_key() -> None:

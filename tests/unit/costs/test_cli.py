@@ -11,7 +11,7 @@ import pytest
 
 from spotshift.cli import main
 from spotshift.costs.fixtures import generate_facts, write_facts
-from spotshift.warehouse import connect
+from spotshift.warehouse import append_rows, connect
 
 from .conftest import HAND_JOB
 
@@ -148,3 +148,55 @@ def test_focus_check_reports_wrong_types_in_a_text_csv(tmp_path: Path, capsys) -
     assert "BilledCost not a number: 1 row(s)" in out
     assert "ChargePeriodStart not an ISO 8601 datetime: 1 row(s)" in out
     assert "missing FOCUS 1.2 column BillingAccountId" in out
+
+
+@pytest.mark.slow
+def test_report_lists_unpriced_intervals_and_data_problems_instead_of_failing(
+    warehouse_copy: Path, capsys
+) -> None:
+    # what `spotshift train --location aws/us-east-1` leaves while the feed quotes GCP only, and a
+    # fact with a negative cost (a data test finds it): the report still runs and says both
+    from datetime import datetime
+
+    base = dict(provider="aws", region="nowhere-1", job="own-job", steps=30, run_id="cli:train")
+    with connect(warehouse_copy) as con:
+        append_rows(
+            con,
+            "raw.compute_usage",
+            [
+                dict(
+                    base,
+                    usage_id="unpriced-1",
+                    started_at=datetime(2024, 5, 2, 1),
+                    ended_at=datetime(2024, 5, 2, 2),
+                ),
+                dict(
+                    base,
+                    usage_id="negative-1",
+                    started_at=datetime(2024, 5, 2, 3),
+                    ended_at=datetime(2024, 5, 2, 4),
+                    market="spot",
+                    gpu_count=8,
+                    price_usd_hour=1.0,
+                    usd=-5.0,
+                ),
+            ],
+        )
+    code, out, err = run(capsys, "report", "--warehouse", str(warehouse_copy))
+    assert code == 0, err
+    assert "dbt build: rebuilt" in err
+    assert "Unpriced: 1 compute interval(s)" in out
+    assert (
+        "own-job in aws/nowhere-1: 1 interval(s), 30 steps — no quote was ever polled for aws/nowhere-1"
+        in out
+    )
+    assert "Data warnings:" in out and "non_negative_fct_gpu_usage_usd: 1 row(s)" in out
+    code, out, _ = run(capsys, "report", "--json", "--no-build", "--warehouse", str(warehouse_copy))
+    doc = json.loads(out)
+    assert doc["unpriced"][0]["intervals"] == 1 and doc["unpriced"][0]["location"] == "aws/nowhere-1"
+    # the FOCUS export carries only priced intervals
+    code, out, err = run(
+        capsys, "focus", "export", str(warehouse_copy.with_name("f.csv")), "--warehouse", str(warehouse_copy)
+    )
+    assert code == 0, err
+    assert "unpriced-1" not in warehouse_copy.with_name("f.csv").read_text()
