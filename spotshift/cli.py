@@ -38,6 +38,30 @@ def emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+class _DeprecatedOption(argparse.Action):
+    """A renamed option's old spelling: stores into the new option's ``dest`` and warns once."""
+
+    def __init__(self, *args: Any, new_name: str = "", **kwargs: Any) -> None:
+        self.new_name = new_name
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        sys.stderr.write(f"spotshift: warning: {option_string} is deprecated; use {self.new_name}\n")
+        setattr(namespace, self.dest, values)
+
+
+def deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str, **kwargs: Any) -> None:
+    """Accept ``old`` (hidden from ``--help``) as a deprecated spelling of the already added ``new``.
+
+    One name per concept on the command line; a renamed option keeps working for scripts, with a
+    warning on stderr. ``kwargs`` are the conversion options of ``new`` (``type``, ``metavar``...).
+    """
+    dest = next(a.dest for a in parser._actions if new in a.option_strings)
+    parser.add_argument(
+        old, dest=dest, action=_DeprecatedOption, new_name=new, help=argparse.SUPPRESS, **kwargs
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full parser with every registered command group."""
     parser = argparse.ArgumentParser(

@@ -57,7 +57,7 @@ def register(sub: Any) -> None:
         "check",
         help="check a FOCUS CSV/Parquet file against the FOCUS 1.2 rules (exit 1 on problems)",
     )
-    c.add_argument("file", metavar="FILE.csv|FILE.parquet")
+    c.add_argument("file", metavar="FILE.csv|FILE.parquet", help="FOCUS file to check")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(handler=_focus_check)
 

@@ -80,13 +80,17 @@ def register(subparsers: Any) -> None:
         help="write the generated (synthetic) multi-cloud market as a price-history CSV",
     )
     p.add_argument("--out", required=True, metavar="FILE", help="CSV to write (atomically)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--start", default="2023-01-04", help="first week, ISO date (default 2023-01-04)")
-    p.add_argument("--weeks", type=int, default=104)
+    p.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seed of the generated market (default 0)"
+    )
+    p.add_argument(
+        "--start", default="2023-01-04", metavar="DATE", help="first week, ISO date (default 2023-01-04)"
+    )
+    p.add_argument("--weeks", type=int, default=104, metavar="N", help="weeks of prices (default 104)")
     p.set_defaults(handler=_synthetic)
 
     p = sub.add_parser("catalog", help="list the GPU instance catalog with topology scores")
-    p.add_argument("--provider", choices=PROVIDERS[:3])
+    p.add_argument("--provider", choices=PROVIDERS[:3], help="only this provider's instance types")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_catalog)
 

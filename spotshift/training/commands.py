@@ -43,8 +43,14 @@ def register(sub: Any) -> None:
         help="also copy periodic checkpoints to this region's store (repeatable)",
     )
     p.add_argument(
-        "--checkpoint-every", type=int, metavar="STEPS", help="override the job's checkpoint_every_steps"
+        "--checkpoint-every-steps",
+        type=int,
+        metavar="STEPS",
+        help="checkpoint every STEPS steps (default: the job's checkpoint_every_steps)",
     )
+    from spotshift.cli import deprecated_alias
+
+    deprecated_alias(p, "--checkpoint-every", "--checkpoint-every-steps", type=int, metavar="STEPS")
     p.add_argument("--key-provider", help="key provider spec (default $SPOTSHIFT_KEY_PROVIDER or local)")
     p.add_argument(
         "--detach", action="store_true", help="start in the background and return (see spotshift trainers)"
@@ -69,8 +75,13 @@ def register(sub: Any) -> None:
         help="treat it as a preemption (writes the preemption notice event the sensor reacts to)",
     )
     st.add_argument(
-        "--timeout", type=float, default=300.0, help="seconds to wait for the checkpoint (default 300)"
+        "--timeout-seconds",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="seconds to wait for the checkpoint (default 300)",
     )
+    deprecated_alias(st, "--timeout", "--timeout-seconds", type=float, metavar="S")
     st.add_argument("--json", action="store_true", help="print one JSON object")
     st.set_defaults(handler=_stop)
 
@@ -102,7 +113,7 @@ def _train(args: argparse.Namespace) -> int:
         until_step=args.until_step,
         replicate_to=args.replicate_to,
         key_provider=args.key_provider,
-        checkpoint_every_steps=args.checkpoint_every,
+        checkpoint_every_steps=args.checkpoint_every_steps,
         usage=usage or None,
         run_id="cli:train",
     )
@@ -157,10 +168,15 @@ def _list(args: argparse.Namespace) -> int:
     live = backend.list(args.location)
     if args.json:
         emit_json({"trainers": [dict(t.to_dict(), step=backend.progress(t.name)) for t in live]})
+    elif not live:
+        where = f" in {args.location}" if args.location else ""
+        print(f"no trainers running{where}; start one with `spotshift train JOB`")
     else:
+        print(f"{'trainer':30s} {'location':24s} {'pid':>8s} {'step':>8s}  workdir")
         for t in live:
+            step = backend.progress(t.name)
             print(
-                f"{t.name:30s} {t.location:24s} pid {t.pid:<8d} step {backend.progress(t.name)}  {t.workdir}"
+                f"{t.name:30s} {t.location:24s} {t.pid:8d} {step if step is not None else '-':>8}  {t.workdir}"
             )
     return 0
 
@@ -175,7 +191,7 @@ def _stop(args: argparse.Namespace) -> int:
         args.job,
         reason="spotshift trainers stop",
         preemption=args.preemption,
-        timeout_s=args.timeout,
+        timeout_s=args.timeout_seconds,
     )
     if args.json:
         emit_json({k: v for k, v in out.items() if k != "result"})
