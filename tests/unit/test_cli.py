@@ -13,7 +13,13 @@ import pytest
 from spotshift.cli import build_parser, main
 
 #: one spelling per concept: these were renamed and survive only as hidden, deprecated aliases
-DEPRECATED = ("--checkpoint-every", "--timeout", "--ckpt-gb", "--ckpt-interval-hours", "--ckpt-delta-fraction")
+DEPRECATED = (
+    "--checkpoint-every",
+    "--timeout",
+    "--ckpt-gb",
+    "--ckpt-interval-hours",
+    "--ckpt-delta-fraction",
+)
 
 
 def all_parsers() -> Iterator[tuple[str, argparse.ArgumentParser]]:
@@ -33,7 +39,9 @@ def test_every_help_renders_clean_and_names_follow_one_convention() -> None:
         if "%%" in text or "%(" in text:
             problems.append(f"{name}: unformatted % in --help")
         for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction | argparse._HelpAction | argparse._VersionAction):
+            if isinstance(
+                action, argparse._SubParsersAction | argparse._HelpAction | argparse._VersionAction
+            ):
                 continue
             if action.help == argparse.SUPPRESS:
                 continue

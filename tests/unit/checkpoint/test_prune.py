@@ -28,7 +28,9 @@ def five(tmp_path: Path, spotshift_home: Path) -> tuple[LocalChunkStore, LocalKe
 
 def fake_delta(base_id: str) -> bytes:
     """The plaintext head of an undelivered delta naming ``base_id`` (prune reads only the envelope)."""
-    env = json.dumps({"format": DELTA_FORMAT, "job": JOB, "checkpoint_id": "s0000000600-x", "base_id": base_id})
+    env = json.dumps(
+        {"format": DELTA_FORMAT, "job": JOB, "checkpoint_id": "s0000000600-x", "base_id": base_id}
+    )
     return DELTA_MAGIC + struct.pack("<I", len(env)) + env.encode() + b"\x00" * 64
 
 

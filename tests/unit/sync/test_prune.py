@@ -53,7 +53,9 @@ def three_snapshots(tmp_path: Path, store: LocalChunkStore) -> tuple[Path, list[
     return src, roots
 
 
-def test_snapshots_list_history_newest_first_with_latest_marked(tmp_path: Path, store: LocalChunkStore) -> None:
+def test_snapshots_list_history_newest_first_with_latest_marked(
+    tmp_path: Path, store: LocalChunkStore
+) -> None:
     _, roots = three_snapshots(tmp_path, store)
     snaps = list_snapshots(store)
     assert [s.root for s in snaps] == roots[::-1]
@@ -183,7 +185,9 @@ def test_stale_locks_do_not_block_and_prune_removes_them(tmp_path: Path, store: 
     three_snapshots(tmp_path, store)
     now = time.time()
     dead_here = LockInfo("shared", os.uname().nodename, 2**22 + 12345, "sync push ds", now, now)
-    silent_elsewhere = LockInfo("shared", "other-host", 1, "sync push ds", now - 7200, now - STALE_AFTER_S - 1)
+    silent_elsewhere = LockInfo(
+        "shared", "other-host", 1, "sync push ds", now - 7200, now - STALE_AFTER_S - 1
+    )
     for i, lock in enumerate((dead_here, silent_elsewhere)):
         store.put_bytes(f"{LOCKS_PREFIX}shared-{i}.json", json.dumps(lock.__dict__).encode())
     r = prune(store, keep=1, grace_s=0)
