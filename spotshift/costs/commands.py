@@ -37,6 +37,12 @@ def register(sub: Any) -> None:
         help="DuckDB warehouse (default: $SPOTSHIFT_WAREHOUSE or $SPOTSHIFT_HOME/warehouse.duckdb)",
     )
     p.add_argument("--out", metavar="DIR", help="also write cost_report.md and its PNG plots into DIR")
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress display of the dbt build (stderr, at a terminal)",
+    )
     p.set_defaults(handler=_report)
 
     f = sub.add_parser("focus", help="FinOps FOCUS 1.2 cost and usage data: export and check")
@@ -69,8 +75,11 @@ def _report(args: argparse.Namespace) -> int:
 
     path = resolve_warehouse(args.warehouse)
     mode = "never" if args.no_build else ("always" if args.rebuild else "auto")
+    from spotshift.progress import progress_for
+
     warnings: list[str] = []
-    built, reason = ensure_marts(path, mode=mode, warnings=warnings)
+    with progress_for(args.quiet) as progress:
+        built, reason = ensure_marts(path, mode=mode, warnings=warnings, progress=progress)
     if built:
         sys.stderr.write(f"spotshift: dbt build: {reason}\n")
     require = (*REPORT_MARTS, "stg_spotshift__price_quotes", "fct_gpu_usage") if args.out else REPORT_MARTS

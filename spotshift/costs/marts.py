@@ -130,6 +130,7 @@ def ensure_marts(
     *,
     mode: Literal["auto", "always", "never"] = "auto",
     warnings: list[str] | None = None,
+    progress: Any = None,
 ) -> tuple[bool, str]:
     """Build the marts with dbt when needed; returns ``(built, reason)``.
 
@@ -155,7 +156,9 @@ def ensure_marts(
         return False, f"marts {state}: {reason}"
     if mode == "auto" and state == "fresh":
         return False, reason
-    run = build_marts(path, data_tests_warn=warnings is not None)
+    from spotshift.progress import NO_PROGRESS
+
+    run = build_marts(path, data_tests_warn=warnings is not None, progress=progress or NO_PROGRESS)
     if warnings is not None:
         warnings.extend(run.warnings())
     return True, f"rebuilt ({reason})" if mode == "auto" else "rebuilt on request"

@@ -58,6 +58,9 @@ def _params(args: argparse.Namespace, base: Any = None) -> Any:
 def _io_options(p: argparse.ArgumentParser, record: bool = True) -> None:
     p.add_argument("--workers", type=int, metavar="N", help="parallel transfers (default 4 local, 16 cloud)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress display (shown on stderr at a terminal)"
+    )
     if record:
         p.add_argument(
             "--no-record",
@@ -321,55 +324,64 @@ def _declared_sources() -> dict[str, str]:
 def _push(args: argparse.Namespace) -> int:
     import os
 
+    from spotshift.progress import progress_for
     from spotshift.sync.delta import push
 
     dataset = args.dataset or os.path.basename(os.path.abspath(args.dir).rstrip("/"))
     params = _params(args, _declared_params(args.dataset))
-    stats = push(
-        args.dir,
-        args.url,
-        dataset,
-        params=params,
-        workers=args.workers,
-        src_location=args.from_location,
-        dst_location=args.to_location,
-        check_existing=args.check_existing,
-    )
+    with progress_for(args.quiet) as progress:
+        stats = push(
+            args.dir,
+            args.url,
+            dataset,
+            params=params,
+            workers=args.workers,
+            src_location=args.from_location,
+            dst_location=args.to_location,
+            check_existing=args.check_existing,
+            progress=progress,
+        )
     return _report_transfer(args, "pushed", stats)
 
 
 def _pull(args: argparse.Namespace) -> int:
+    from spotshift.progress import progress_for
     from spotshift.sync.delta import pull
 
-    stats = pull(
-        args.url,
-        args.dir,
-        args.dataset,
-        root=args.root,
-        workers=args.workers,
-        reuse_local=not args.no_reuse,
-        dst_location=args.to_location,
-    )
+    with progress_for(args.quiet) as progress:
+        stats = pull(
+            args.url,
+            args.dir,
+            args.dataset,
+            root=args.root,
+            workers=args.workers,
+            reuse_local=not args.no_reuse,
+            dst_location=args.to_location,
+            progress=progress,
+        )
     return _report_transfer(args, "pulled", stats)
 
 
 def _replicate(args: argparse.Namespace) -> int:
+    from spotshift.progress import progress_for
     from spotshift.sync.delta import replicate
     from spotshift.sync.refs import resolve_dataset
     from spotshift.sync.store import open_store
 
     src = open_store(args.src_url)
     dataset = args.dataset or resolve_dataset(src, None)[0]
-    stats = replicate(
-        src,
-        args.dst_url,
-        dataset,
-        root=args.root,
-        workers=args.workers,
-        src_location=args.from_location,
-        dst_location=args.to_location,
-        check_existing=args.check_existing,
-    )
+    with progress_for(args.quiet) as progress:
+        stats = replicate(
+            src,
+            args.dst_url,
+            dataset,
+            root=args.root,
+            workers=args.workers,
+            src_location=args.from_location,
+            dst_location=args.to_location,
+            check_existing=args.check_existing,
+            progress=progress,
+        )
     return _report_transfer(args, "replicated", stats)
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from spotshift.errors import ConfigError, InputError, IntegrityError, NotFoundError
 from spotshift.home import location_of_store
+from spotshift.progress import NO_PROGRESS, Progress
 from spotshift.sync.chunking import ChunkParams, digest_function
 from spotshift.sync.fingerprint import Fingerprint, fingerprint, local_path
 from spotshift.sync.locks import store_lock
@@ -151,6 +152,7 @@ def push(
     dst_location: str | None = None,
     check_existing: bool = False,
     lock_wait_s: float = LOCK_WAIT_S,
+    progress: Progress = NO_PROGRESS,
 ) -> TransferStats:
     """Snapshot the directory ``source`` into ``store`` as ``dataset``; send only missing chunks.
 
@@ -170,7 +172,7 @@ def push(
         fp, root_dir = source, Path(local_path(source_dir)).resolve()
     else:
         root_dir = Path(local_path(source)).resolve()
-        fp = fingerprint(root_dir, params, prefetch_parquet=True)
+        fp = fingerprint(root_dir, params, prefetch_parquet=True, progress=progress)
     manifest = fp.manifest
     stats = TransferStats(
         dataset,
@@ -196,10 +198,12 @@ def push(
         hfn = digest_function(manifest.params.digest)
         workers = workers or default_io_workers(store)
         writer = _chunk_writer(store)
+        task = progress.task(f"push {dataset}", total=sum(x.length for x in located.values()), unit="bytes")
 
         def send(dig: bytes, loc: _Located) -> None:
             hex_ = dig.hex()
             if writer.has_chunk(hex_):
+                task.advance(loc.length)
                 return
             abs_path = root_dir / loc.path
             try:
@@ -215,6 +219,7 @@ def push(
                     f"{abs_path} changed since it was fingerprinted (chunk at offset {loc.offset}); push again"
                 )
             writer.put_chunk(hex_, data)
+            task.advance(loc.length)
             with pool.lock:
                 stats.chunks_sent += 1
                 stats.bytes_sent += loc.length
@@ -241,6 +246,7 @@ def replicate(
     dst_location: str | None = None,
     check_existing: bool = False,
     lock_wait_s: float = LOCK_WAIT_S,
+    progress: Progress = NO_PROGRESS,
 ) -> TransferStats:
     """Copy ``dataset``'s snapshot (its latest, or ``root``) from one store to another, delta only.
 
@@ -270,12 +276,15 @@ def replicate(
         missing = d.missing_chunks()
         hexfn = _hex_fn(manifest.params)
         writer = _chunk_writer(dst)
+        task = progress.task(f"replicate {dataset}", total=sum(missing.values()), unit="bytes")
 
         def copy(hex_: str, length: int) -> None:
             if writer.has_chunk(hex_):
+                task.advance(length)
                 return
             data = src.get_chunk(hex_, verify=hexfn)
             writer.put_chunk(hex_, data)
+            task.advance(length)
             with pool.lock:
                 stats.chunks_sent += 1
                 stats.bytes_sent += len(data)
@@ -306,6 +315,7 @@ def pull(
     reuse_local: bool = True,
     src_location: str | None = None,
     dst_location: str | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> TransferStats:
     """Restore a snapshot into directory ``dest``, verifying every chunk; restores mode and mtime.
 
@@ -331,7 +341,7 @@ def pull(
         raise InputError(f"{dest_dir}: exists and is not a directory")
     local: Manifest | None = None
     if reuse_local and dest_dir.is_dir() and any(dest_dir.iterdir()):
-        fp = fingerprint(dest_dir, manifest.params)
+        fp = fingerprint(dest_dir, manifest.params, progress=progress)
         local = fp.manifest
         stats.bytes_scanned += fp.stats.bytes_read
     local_chunks: dict[bytes, tuple[str, int, int]] = {}
@@ -350,7 +360,8 @@ def pull(
     for e in manifest.entries:
         if e.kind == SYMLINK:
             _restore_symlink(dest_dir / e.path, e)
-    writer = _FileWriter(store, dest_dir, hfn, local_chunks, stats)
+    task = progress.task(f"pull {dataset}", total=sum(e.size for e in d.changed_files), unit="bytes")
+    writer = _FileWriter(store, dest_dir, hfn, local_chunks, stats, task)
     try:
         with BoundedPool(
             workers or default_io_workers(store), _budget(manifest.params, budget_bytes)
@@ -402,8 +413,10 @@ class _FileWriter:
         hfn: Any,
         local: dict[bytes, tuple[str, int, int]],
         stats: TransferStats,
+        task: Any,
     ):
         self.store, self.dest, self.hfn, self.local, self.stats = store, dest, hfn, local, stats
+        self.task = task  # progress: bytes restored
         self.pool: BoundedPool | None = None
         self._open: dict[str, tuple[int, Path, FileEntry, list[int]]] = {}
         self._lock = threading.Lock()
@@ -446,6 +459,7 @@ class _FileWriter:
     def _write_chunk(self, path: str, fd: int, off: int, length: int, dig: bytes) -> None:
         data, was_local = self._fetch(dig, length)
         os.pwrite(fd, data, off)
+        self.task.advance(length)
         with self._lock:
             if not was_local:
                 self.stats.chunks_sent += 1

@@ -56,6 +56,12 @@ def register(sub: Any) -> None:
         "--detach", action="store_true", help="start in the background and return (see spotshift trainers)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress display (step, loss, rate on stderr at a terminal)",
+    )
     p.set_defaults(handler=_train)
 
     t = sub.add_parser("trainers", help="list or stop running trainer processes")
@@ -97,8 +103,9 @@ def _resume_arg(text: str) -> Any:
 
 def _train(args: argparse.Namespace) -> int:
     from spotshift.cli import emit_json
+    from spotshift.progress import progress_for
     from spotshift.training.backend import LocalProcessBackend
-    from spotshift.training.runs import build_request, collect, train_location
+    from spotshift.training.runs import build_request, collect, train_location, watch_trainer
 
     usage: dict[str, Any] = {}
     location = args.location
@@ -138,6 +145,10 @@ def _train(args: argparse.Namespace) -> int:
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        with progress_for(args.quiet) as progress:
+            watch_trainer(
+                backend, req.name, progress.task(f"train {req.job}", total=req.until_step, unit="steps")
+            )
         result = collect(backend, req.name)
     finally:
         for s, h in old.items():

@@ -150,6 +150,25 @@ def collect(
     return result
 
 
+def watch_trainer(backend: Any, name: str, task: Any, *, poll_s: float = 0.5) -> None:
+    """Report a running trainer's step and loss to a progress ``task`` until the trainer exits.
+
+    ``task`` is a :class:`spotshift.progress.Task` (absolute steps; its total is the stop step).
+    Returns when the process is gone; the result is collected by :func:`collect`.
+    """
+    import time
+
+    while True:
+        info = backend.status(name)
+        last = backend.last_metrics(name) if hasattr(backend, "last_metrics") else None
+        if last and "step" in last:
+            loss = last.get("loss")
+            task.update(completed=float(last["step"]), note=f"loss {loss:.4f}" if loss is not None else "")
+        if info is None or not info.alive:
+            return
+        time.sleep(poll_s)
+
+
 def run_training(
     backend: ComputeBackend,
     request: TrainRequest,

@@ -48,7 +48,7 @@ def test_every_help_renders_clean_and_names_follow_one_convention() -> None:
             if not action.help:
                 problems.append(f"{name}: {action.option_strings or action.dest} has no help text")
             for opt in action.option_strings:
-                if not re.fullmatch(r"--[a-z0-9]+(-[a-z0-9]+)*", opt):
+                if opt.startswith("--") and not re.fullmatch(r"--[a-z0-9]+(-[a-z0-9]+)*", opt):
                     problems.append(f"{name}: {opt} is not lower-case kebab-case")
                 if opt in DEPRECATED:
                     problems.append(f"{name}: deprecated {opt} is visible in --help")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 from spotshift.cli import main
 from spotshift.costs.fixtures import generate_facts, write_facts
+from spotshift.costs.report import CostReport, format_text
 from spotshift.warehouse import append_rows, connect
 
 from .conftest import HAND_JOB
@@ -152,7 +154,7 @@ def test_focus_check_reports_wrong_types_in_a_text_csv(tmp_path: Path, capsys) -
 
 @pytest.mark.slow
 def test_report_lists_unpriced_intervals_and_data_problems_instead_of_failing(
-    warehouse_copy: Path, capsys
+    warehouse_copy: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # what `spotshift train --location aws/us-east-1` leaves while the feed quotes GCP only, and a
     # fact with a negative cost (a data test finds it): the report still runs and says both
@@ -182,18 +184,26 @@ def test_report_lists_unpriced_intervals_and_data_problems_instead_of_failing(
                 ),
             ],
         )
-    code, out, err = run(capsys, "report", "--warehouse", str(warehouse_copy))
+    # the dbt build shows its progress on stderr (forced, as at a terminal); stdout stays JSON
+    monkeypatch.setenv("SPOTSHIFT_PROGRESS", "always")
+    code, out, err = run(capsys, "report", "--json", "--warehouse", str(warehouse_copy))
     assert code == 0, err
-    assert "dbt build: rebuilt" in err
+    assert "dbt build: rebuilt" in err and "dbt build" in err and "nodes" in err
+    doc = json.loads(out)
+    assert doc["unpriced"][0]["intervals"] == 1 and doc["unpriced"][0]["location"] == "aws/nowhere-1"
+    assert "non_negative_fct_gpu_usage_usd: 1 row(s)" in doc["data_warnings"]
+    fields = {f.name for f in dataclasses.fields(CostReport)}
+    report_text = format_text(
+        CostReport(**{k: v for k, v in doc.items() if k in fields} | {"built_at": None})
+    )
+    assert "Data warnings:" in report_text and "non_negative_fct_gpu_usage_usd: 1 row(s)" in report_text
+    code, out, err = run(capsys, "report", "--no-build", "--warehouse", str(warehouse_copy))
+    assert code == 0 and "nodes" not in err  # nothing built, nothing to show
     assert "Unpriced: 1 compute interval(s)" in out
     assert (
         "own-job in aws/nowhere-1: 1 interval(s), 30 steps — no quote was ever polled for aws/nowhere-1"
         in out
     )
-    assert "Data warnings:" in out and "non_negative_fct_gpu_usage_usd: 1 row(s)" in out
-    code, out, _ = run(capsys, "report", "--json", "--no-build", "--warehouse", str(warehouse_copy))
-    doc = json.loads(out)
-    assert doc["unpriced"][0]["intervals"] == 1 and doc["unpriced"][0]["location"] == "aws/nowhere-1"
     # the FOCUS export carries only priced intervals
     code, out, err = run(
         capsys, "focus", "export", str(warehouse_copy.with_name("f.csv")), "--warehouse", str(warehouse_copy)
