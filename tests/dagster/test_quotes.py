@@ -14,6 +14,7 @@ from resources.prices import PriceFeedResource
 from resources.warehouse import WarehouseResource
 from sensors.price_poll import price_poll_schedule
 from spotshift.clock import VirtualClock
+from spotshift.errors import ConfigError
 from spotshift.pricing.expectations import CHECKS
 from spotshift.pricing.history import read_price_history
 from spotshift.pricing.synthetic import synthetic_history, write_history_csv
@@ -135,6 +136,16 @@ def test_schedule_evaluates_every_minute_with_a_stable_run_key() -> None:
 def test_resource_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPOTSHIFT_PRICE_FEED", "azure")
     monkeypatch.setenv("SPOTSHIFT_AZURE_BASE_URL", "http://127.0.0.1:9/prices")
+    for var in ("SPOTSHIFT_PRICES", "SPOTSHIFT_GCP_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)  # unset: from_env gives them their defaults
     resource = PriceFeedResource.from_env()
-    assert resource.feed == "azure" and resource.open_feed().base_url == "http://127.0.0.1:9/prices"
-    assert resource.config().quote_age_limit_hours == 72.0
+    # the definitions carry references to the variables (what the UI shows), not their values
+    assert isinstance(resource.feed, dg.EnvVar) and resource.feed.env_var_name == "SPOTSHIFT_PRICE_FEED"
+    assert isinstance(resource.history_path, dg.EnvVar)
+    with dg.build_resources({"prices": resource}) as built:  # resolved as a run resolves them
+        prices = built.prices
+        assert prices.feed == "azure" and prices.open_feed().base_url == "http://127.0.0.1:9/prices"
+        assert prices.config().quote_age_limit_hours == 72.0 and prices.history_path == ""
+    monkeypatch.setenv("SPOTSHIFT_PRICE_FEED", "nope")
+    with pytest.raises(ConfigError, match="price feed 'nope'"):  # a wrong value fails the load
+        PriceFeedResource.from_env()
