@@ -1,7 +1,9 @@
 """The spotshift code location: one ``Definitions`` assembled from assets/, sensors/, ops/ and resources/.
 
 Each domain module exposes ``defs`` (its assets, checks, jobs, schedules, sensors); the shared
-resources are bound here once. Resource paths come from ``SPOTSHIFT_HOME`` at load time.
+resources are bound here once. Their settings are ``dg.EnvVar`` references (the UI shows the
+variable, each process resolves it at run time); variables the user left unset get their
+defaults here, at load (the warehouse from ``SPOTSHIFT_HOME``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 # dbt and every subprocess read the warehouse through the same variable as the resource
 os.environ.setdefault("SPOTSHIFT_WAREHOUSE", str(warehouse_path()))
+os.environ.setdefault("SPOTSHIFT_COMPUTE_BACKEND", "local")
+os.environ.setdefault("SPOTSHIFT_KEY_PROVIDER", "")  # empty: the local key file under SPOTSHIFT_HOME
 
 DOMAIN_MODULES: list = [
     assets.quotes,
@@ -59,11 +63,11 @@ DOMAIN_MODULES: list = [
 def build_resources() -> dict[str, object]:
     """Resources shared by every asset, sensor and op of the code location."""
     return {
-        "warehouse": WarehouseResource(database=os.environ["SPOTSHIFT_WAREHOUSE"]),
+        "warehouse": WarehouseResource(database=dg.EnvVar("SPOTSHIFT_WAREHOUSE")),
         "dbt": dbt_resource(),
         "prices": PriceFeedResource.from_env(),
-        "compute": ComputeBackendResource(kind=os.environ.get("SPOTSHIFT_COMPUTE_BACKEND", "local")),
-        "keys": KeyProviderResource(spec=os.environ.get("SPOTSHIFT_KEY_PROVIDER", "")),
+        "compute": ComputeBackendResource(kind=dg.EnvVar("SPOTSHIFT_COMPUTE_BACKEND")),
+        "keys": KeyProviderResource(spec=dg.EnvVar("SPOTSHIFT_KEY_PROVIDER")),
         "stores": stores_resource_from_env(),
     }
 

@@ -97,6 +97,7 @@ MART_KEYS = [
         "fct_migrations",
         "fct_data_transfer",
         "focus_cost_and_usage",
+        "fct_unpriced_usage",
     )
 ]
 
@@ -129,6 +130,7 @@ def cost_report(context: AssetExecutionContext, warehouse: WarehouseResource) ->
             "saving_vs_on_demand": dg.MetadataValue.float(float(t["saving_vs_on_demand"] or 0.0)),
             "amplification_alerts": len(report.amplification_alerts),
             "focus_rows": int(report.focus["rows"]),
+            "unpriced_intervals": sum(int(u["intervals"]) for u in report.unpriced),
         }
     )
 

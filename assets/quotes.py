@@ -75,7 +75,7 @@ def raw_price_quotes_quality(
         )
     outcomes = validate_snapshot(
         frame,
-        prices.now(),
+        prices.open_feed().clock(prices.now()),  # freshness on the feed's own clock
         max_quote_age_hours=config.quote_age_limit_hours,
         spot_tolerance=config.spot_tolerance,
     )

@@ -6,6 +6,7 @@ A thin adapter onto :class:`spotshift.pricing.config.FeedConfig`; the embedded d
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from datetime import datetime
 
@@ -13,6 +14,14 @@ import dagster as dg
 
 from spotshift.pricing.config import FeedConfig
 from spotshift.pricing.feeds import PriceFeed
+
+#: resource field -> the variable it is read from at run time
+ENV_FIELDS = {
+    "feed": "SPOTSHIFT_PRICE_FEED",
+    "history_path": "SPOTSHIFT_PRICES",
+    "gcp_base_url": "SPOTSHIFT_GCP_BASE_URL",
+    "azure_base_url": "SPOTSHIFT_AZURE_BASE_URL",
+}
 
 
 class PriceFeedResource(dg.ConfigurableResource):
@@ -28,9 +37,18 @@ class PriceFeedResource(dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls) -> PriceFeedResource:
-        """The resource as configured by the ``SPOTSHIFT_*`` variables (see spotshift.pricing.config)."""
-        c = asdict(FeedConfig.from_env())
-        return cls(**{**c, "aws_regions": list(c["aws_regions"])})
+        """The resource as configured by the ``SPOTSHIFT_*`` variables (see spotshift.pricing.config).
+
+        The feed, the history file and the base URLs stay ``dg.EnvVar`` references (the UI shows
+        the variable; each run resolves it); unset ones get their defaults in this process first.
+        The configuration is validated here, so a wrong value fails the code location's load.
+        """
+        c = asdict(FeedConfig.from_env())  # validates
+        refs = {}
+        for field, var in ENV_FIELDS.items():
+            os.environ.setdefault(var, c[field] or "")
+            refs[field] = dg.EnvVar(var)
+        return cls(**{**c, **refs, "aws_regions": list(c["aws_regions"])})
 
     def config(self) -> FeedConfig:
         """The validated library configuration."""

@@ -38,6 +38,30 @@ def emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+class _DeprecatedOption(argparse.Action):
+    """A renamed option's old spelling: stores into the new option's ``dest`` and warns once."""
+
+    def __init__(self, *args: Any, new_name: str = "", **kwargs: Any) -> None:
+        self.new_name = new_name
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        sys.stderr.write(f"spotshift: warning: {option_string} is deprecated; use {self.new_name}\n")
+        setattr(namespace, self.dest, values)
+
+
+def deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str, **kwargs: Any) -> None:
+    """Accept ``old`` (hidden from ``--help``) as a deprecated spelling of the already added ``new``.
+
+    One name per concept on the command line; a renamed option keeps working for scripts, with a
+    warning on stderr. ``kwargs`` are the conversion options of ``new`` (``type``, ``metavar``...).
+    """
+    dest = next(a.dest for a in parser._actions if new in a.option_strings)
+    parser.add_argument(
+        old, dest=dest, action=_DeprecatedOption, new_name=new, help=argparse.SUPPRESS, **kwargs
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full parser with every registered command group."""
     parser = argparse.ArgumentParser(
@@ -65,21 +89,43 @@ def _register_home(sub: Any) -> None:
         default="show",
         help="show: print the state paths (default); init: create them and the Dagster instance config",
     )
+    p.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="init: keep Dagster's runs in PostgreSQL (postgresql://user@host:5432/db; the password is "
+        "read from $SPOTSHIFT_DAGSTER_POSTGRES_PASSWORD, never written); default $SPOTSHIFT_DAGSTER_POSTGRES_URL",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="init: rewrite dagster.yaml even if it is set up for another storage",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_home)
 
 
 def _home(args: argparse.Namespace) -> int:
     from spotshift import home
+    from spotshift.errors import ConfigError
+    from spotshift.instance import read_storage
 
+    if args.action != "init" and (args.postgres or args.force):
+        raise ConfigError("--postgres and --force apply to `spotshift home init`")
     if args.action == "init":
-        home.init_home()
+        notes: list[str] = []
+        home.init_home(postgres_url=args.postgres, force=args.force, notes=notes)
+        for note in notes:
+            sys.stderr.write(f"spotshift: note: {note}\n")
+    cfg = home.dagster_home() / "dagster.yaml"
     paths = {
         "spotshift_home": str(home.spotshift_home()),
         "dagster_home": str(home.dagster_home()),
         "warehouse": str(home.warehouse_path()),
         "stores": str(home.stores_root()),
         "config": str(home.config_path()),
+        "instance": read_storage(cfg)[0].describe()
+        if cfg.exists()
+        else "not initialised (spotshift home init)",
     }
     if args.json:
         emit_json(paths)

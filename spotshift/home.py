@@ -116,49 +116,29 @@ def shared_data_file(name: str) -> Path | None:
     return None
 
 
-_DAGSTER_YAML = """\
-# Written by `spotshift home init`. Embedded default: SQLite storage under this directory.
-telemetry:
-  enabled: false
-run_coordinator:
-  module: dagster._core.run_coordinator
-  class: QueuedRunCoordinator
-  config:
-    max_concurrent_runs: {max_runs}
-    tag_concurrency_limits:
-      # at most one migration/recovery/rollback run per training job at a time
-      - key: spotshift/job
-        value:
-          applyLimitPerUniqueValue: true
-        limit: 1
-{storage}"""
+def init_home(
+    *,
+    postgres_url: str | None = None,
+    force: bool = False,
+    max_concurrent_runs: int = 4,
+    notes: list[str] | None = None,
+) -> Path:
+    """Create the ``SPOTSHIFT_HOME`` layout and the Dagster instance config; returns the home path
+    (``notes`` receives what the user should know, e.g. which variable must hold the password).
 
-_POSTGRES_STORAGE = """\
-storage:
-  postgres:
-    postgres_url: {url}
-"""
-
-
-def init_home(*, max_concurrent_runs: int = 4) -> Path:
-    """Create the ``SPOTSHIFT_HOME`` layout and the Dagster instance config; returns the home path.
-
-    With ``SPOTSHIFT_DAGSTER_POSTGRES_URL`` set, the instance stores runs, events and schedules in
-    that PostgreSQL database (the production path); otherwise SQLite files under ``dagster/``.
-    An existing ``dagster.yaml`` is left alone.
+    PostgreSQL storage when ``postgres_url`` or ``SPOTSHIFT_DAGSTER_POSTGRES_URL`` asks for it
+    (credentials as ``{env: ...}`` references, never inline), else SQLite; an existing
+    ``dagster.yaml`` for another storage is a :class:`~spotshift.errors.ConfigError` unless
+    ``force`` (see :mod:`spotshift.instance`).
     """
-    from spotshift.atomic import atomic_write_text
+    from spotshift.instance import write_instance_config
 
     home = spotshift_home()
-    for d in (dagster_home(), stores_root(), cache_dir(), run_dir()):
+    _, _, said = write_instance_config(
+        dagster_home(), postgres_url=postgres_url, force=force, max_concurrent_runs=max_concurrent_runs
+    )
+    if notes is not None:
+        notes.extend(said)
+    for d in (stores_root(), cache_dir(), run_dir()):
         d.mkdir(parents=True, exist_ok=True)
-    cfg = dagster_home() / "dagster.yaml"
-    if not cfg.exists():
-        pg = os.environ.get("SPOTSHIFT_DAGSTER_POSTGRES_URL", "")
-        # dagster-postgres ships psycopg2; SQLAlchemy 2.1 would pick psycopg 3 for a bare URL
-        for bare in ("postgresql://", "postgres://"):
-            if pg.startswith(bare):
-                pg = "postgresql+psycopg2://" + pg[len(bare) :]
-        storage = _POSTGRES_STORAGE.format(url=pg) if pg else ""
-        atomic_write_text(cfg, _DAGSTER_YAML.format(max_runs=max_concurrent_runs, storage=storage))
     return home

@@ -118,3 +118,35 @@ def get_job(name: str) -> TrainingJob:
 def add_job(job: TrainingJob, *, replace: bool = False) -> None:
     """Declare ``job`` (atomically; an existing name is an error unless ``replace``)."""
     registry.upsert(SECTION, job.to_dict(), replace=replace)
+
+
+def remove_job(name: str, *, force: bool = False) -> dict[str, Any]:
+    """Undeclare job ``name`` and drop its placement state; returns what was removed.
+
+    Refused (:class:`ConfigError` saying what to do) while a trainer of the job is alive, and while
+    its placement state says it is starting, running or migrating — ``force`` overrides only the
+    latter (a state left behind by a crashed run), never a live trainer. Checkpoints and dataset
+    replicas in the stores are data, not declarations: they are kept.
+    """
+    from spotshift.placement.state import load_state, state_path
+    from spotshift.training.backend import LocalProcessBackend
+
+    get_job(name)  # not declared: the registry's one-line error
+    live = [t for t in LocalProcessBackend().list() if t.job == name]
+    if live:
+        t = live[0]
+        raise ConfigError(
+            f"job {name!r} has a live trainer in {t.location} (pid {t.pid}): "
+            f"stop it first with `spotshift trainers stop {name}`"
+        )
+    state = load_state(name)
+    if state.status in ("starting", "running", "migrating") and not force:
+        raise ConfigError(
+            f"job {name!r} is {state.status} in {state.location or '?'} (placement state): wait for the move "
+            "to finish, or pass --force if no run of it is in progress (no trainer process is alive)"
+        )
+    registry.remove(SECTION, name)
+    path = state_path(name)
+    had_state = path.exists()
+    path.unlink(missing_ok=True)
+    return {"job": name, "placement_state_removed": had_state, "status_was": state.status}

@@ -96,3 +96,16 @@ def upsert(section: str, entry: dict[str, Any], *, replace: bool = False, path: 
         items.append(entry)
 
     update(mutate, path)
+
+
+def remove(section: str, name: str, *, path: Path | None = None) -> None:
+    """Remove the entry ``name`` from ``section`` (atomically); :class:`ConfigError` when not declared."""
+
+    def mutate(data: dict[str, list[dict[str, Any]]]) -> None:
+        items = data.get(section, [])
+        kept = [e for e in items if e["name"] != name]
+        if len(kept) == len(items):
+            get(section, name, path)  # raises the "is not declared" error
+        data[section] = kept
+
+    update(mutate, path)

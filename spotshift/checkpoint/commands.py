@@ -57,12 +57,25 @@ def register(sub: Any) -> None:
     ls.add_argument("--json", action="store_true", help="print one JSON object")
     ls.set_defaults(handler=_list)
 
+    pr = cs.add_parser(
+        "prune",
+        help="keep the newest N committed checkpoints of a job in a store, delete the rest",
+        description="Delete all but the --keep newest committed checkpoints of the job. Never deletes the one "
+        "'latest' names, a base an undelivered delta (checkpoints/<job>/incoming/) needs, or an uncommitted "
+        "checkpoint; deletes COMMIT first, so an interrupted prune never leaves a broken committed checkpoint.",
+    )
+    pr.add_argument("path", help="<store>/checkpoints/<job>")
+    pr.add_argument("--keep", type=int, required=True, metavar="N", help="checkpoints to keep (>= 1)")
+    pr.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
+    pr.add_argument("--json", action="store_true", help="print one JSON object")
+    pr.set_defaults(handler=_prune)
+
     mig = cs.add_parser(
         "migrate",
         help="copy a checkpoint to another store, as an encrypted tensor delta when the target has an older one",
         description="Sends XOR+zstd tensor deltas against --base (default: the newest older checkpoint of the "
         "job in the target), applies them at the target and verifies the content hash; falls back to a full "
-        "copy when the delta is not smaller than 90%% of it. Records the transfer in raw.transfers.",
+        "copy when the delta is not smaller than 90% of it. Records the transfer in raw.transfers.",
     )
     mig.add_argument("src", help="source checkpoint path or URL")
     mig.add_argument("url", help="target store URL (or local path)")
@@ -155,8 +168,12 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({"store": store_url, "job": job, "checkpoints": ids, "latest": latest, "leftovers": left})
         return 0
-    for c in ids:
-        print(("* " if c == latest else "  ") + c)
+    if not ids:
+        print(f"no committed checkpoints of {job} in {store_url}; write one with `spotshift train {job}`")
+    else:
+        print(f"checkpoints of {job} in {store_url} (* = latest)")
+        for c in ids:
+            print(("* " if c == latest else "  ") + c)
     found = []
     if left["temp_files"]:
         found.append(
@@ -174,6 +191,34 @@ def _list(args: argparse.Namespace) -> int:
             + ", ".join(left["uncommitted"])
         )
     return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from spotshift.checkpoint.format import parse_checkpoint_path
+    from spotshift.checkpoint.prune import prune_checkpoints
+    from spotshift.cli import emit_json
+    from spotshift.errors import ConfigError
+    from spotshift.sync.store import open_store
+
+    store_url, job, ckpt = parse_checkpoint_path(args.path)
+    if ckpt is not None:
+        raise ConfigError(f"{args.path!r} names one checkpoint; give <store>/checkpoints/{job}")
+    r = prune_checkpoints(open_store(store_url), job, keep=args.keep, dry_run=args.dry_run)
+    if args.json:
+        emit_json(r.to_dict())
+    elif r.blocked_by:
+        print(f"deleted nothing: {r.blocked_by} (an unreadable delta could need any checkpoint)")
+    else:
+        verb = "would delete" if r.dry_run else "deleted"
+        print(
+            f"{job} in {store_url}: kept {len(r.kept)}, {verb} {len(r.deleted)} checkpoint(s), "
+            f"{r.bytes_freed:,} bytes (latest {r.latest or '-'})"
+        )
+        for c in r.deleted:
+            print(f"  {verb} {c}")
+        for key, base in r.delta_bases.items():
+            print(f"  kept {base}: base of undelivered delta {key}")
+    return 1 if r.blocked_by else 0
 
 
 def _migrate(args: argparse.Namespace) -> int:

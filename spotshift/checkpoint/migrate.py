@@ -172,20 +172,32 @@ def _sealed(envelope: dict[str, Any]) -> bytes:
     return canonical_json(doc)
 
 
-def _open_delta(obj: bytes, keys: KeyProvider, *, what: str) -> tuple[dict[str, Any], bytes]:
+def delta_envelope(obj: bytes, *, what: str) -> tuple[dict[str, Any], int]:
+    """The plaintext envelope of a delta object (job, checkpoint_id, base_id, ...) and the offset of
+    its encrypted payload; no key needed. :class:`IntegrityError` when it is not a readable delta."""
     if not obj.startswith(DELTA_MAGIC) or len(obj) < len(DELTA_MAGIC) + 4:
         raise IntegrityError(f"{what}: not a spotshift checkpoint delta")
     (n,) = struct.unpack("<I", obj[len(DELTA_MAGIC) : len(DELTA_MAGIC) + 4])
     start = len(DELTA_MAGIC) + 4
     try:
         envelope = json.loads(obj[start : start + n])
+        if not isinstance(envelope.get("base_id"), str):
+            raise TypeError("no base_id")
+    except (ValueError, TypeError, AttributeError):
+        raise IntegrityError(f"{what}: delta envelope is malformed") from None
+    if envelope.get("format") != DELTA_FORMAT:
+        raise IntegrityError(f"{what}: unknown delta format {envelope.get('format')!r}")
+    return envelope, start + n
+
+
+def _open_delta(obj: bytes, keys: KeyProvider, *, what: str) -> tuple[dict[str, Any], bytes]:
+    envelope, payload_at = delta_envelope(obj, what=what)
+    try:
         enc = envelope["encryption"]
         wrapped = base64.b64decode(enc["wrapped_key"], validate=True)
         tag = base64.b64decode(enc["meta_tag"], validate=True)
     except (ValueError, KeyError, TypeError):
         raise IntegrityError(f"{what}: delta envelope is malformed") from None
-    if envelope.get("format") != DELTA_FORMAT:
-        raise IntegrityError(f"{what}: unknown delta format {envelope.get('format')!r}")
     if enc.get("kek_id") != keys.key_id:
         raise IntegrityError(
             f"{what}: encrypted under key {enc.get('kek_id')}, provider has {keys.key_id} (wrong key)"
@@ -194,7 +206,7 @@ def _open_delta(obj: bytes, keys: KeyProvider, *, what: str) -> tuple[dict[str, 
         wrapped, {"spotshift:job": envelope["job"], "spotshift:ctx": enc["ctx"]}, what=what
     )
     crypto.check_seal(data_key, _sealed(envelope), tag, what=what)
-    stream = io.BytesIO(obj[start + n :])
+    stream = io.BytesIO(obj[payload_at:])
     plain = b"".join(
         crypto.iter_decrypt(
             stream,

@@ -37,6 +37,12 @@ def register(sub: Any) -> None:
         help="DuckDB warehouse (default: $SPOTSHIFT_WAREHOUSE or $SPOTSHIFT_HOME/warehouse.duckdb)",
     )
     p.add_argument("--out", metavar="DIR", help="also write cost_report.md and its PNG plots into DIR")
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress display of the dbt build (stderr, at a terminal)",
+    )
     p.set_defaults(handler=_report)
 
     f = sub.add_parser("focus", help="FinOps FOCUS 1.2 cost and usage data: export and check")
@@ -57,7 +63,7 @@ def register(sub: Any) -> None:
         "check",
         help="check a FOCUS CSV/Parquet file against the FOCUS 1.2 rules (exit 1 on problems)",
     )
-    c.add_argument("file", metavar="FILE.csv|FILE.parquet")
+    c.add_argument("file", metavar="FILE.csv|FILE.parquet", help="FOCUS file to check")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(handler=_focus_check)
 
@@ -69,12 +75,17 @@ def _report(args: argparse.Namespace) -> int:
 
     path = resolve_warehouse(args.warehouse)
     mode = "never" if args.no_build else ("always" if args.rebuild else "auto")
-    built, reason = ensure_marts(path, mode=mode)
+    from spotshift.progress import progress_for
+
+    warnings: list[str] = []
+    with progress_for(args.quiet) as progress:
+        built, reason = ensure_marts(path, mode=mode, warnings=warnings, progress=progress)
     if built:
         sys.stderr.write(f"spotshift: dbt build: {reason}\n")
     require = (*REPORT_MARTS, "stg_spotshift__price_quotes", "fct_gpu_usage") if args.out else REPORT_MARTS
     with open_marts(path, require=require) as con:
         report = read_report(con, path)
+        report.data_warnings = warnings
         files = write_cost_report(con, args.out, str(path)) if args.out else None
     if args.json:
         out = report.to_dict()
@@ -100,7 +111,7 @@ def _focus_export(args: argparse.Namespace) -> int:
     focus_format(args.out)  # a bad extension is an error before anything is read or built
     path = resolve_warehouse(args.warehouse)
     if args.build:
-        ensure_marts(path, mode="auto")
+        ensure_marts(path, mode="auto", warnings=[])
     result = export_focus(args.out, path)
     if args.json:
         emit_json(

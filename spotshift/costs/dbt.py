@@ -18,8 +18,10 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from spotshift.errors import ConfigError, SpotshiftError
+from spotshift.progress import NO_PROGRESS, Progress
 
 
 class DbtBuildError(SpotshiftError):
@@ -37,6 +39,16 @@ class DbtRun:
     seconds: float
     results: list[dict] = field(default_factory=list)  # run_results.json "results"
     stdout: str = ""
+
+    def warnings(self) -> list[str]:
+        """One line per data test that warned (found rows under ``severity: warn``)."""
+        out = []
+        for r in self.results:
+            if r.get("status") == "warn":
+                name = str(r.get("unique_id") or "").removeprefix("test.dbt_costs.").rsplit(".", 1)[0]
+                failures = r.get("failures")
+                out.append(f"{name}: {failures} row(s)" if failures is not None else name)
+        return sorted(out)
 
     def failures(self) -> list[str]:
         """One line per node that errored or whose test failed."""
@@ -102,10 +114,12 @@ def run_dbt(
     warehouse: str | Path,
     check: bool = True,
     extra_env: dict[str, str] | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> DbtRun:
     """Run ``dbt <args>`` on ``warehouse`` (schema ``raw`` is created first when missing).
 
     With ``check`` a non-zero exit raises :class:`DbtBuildError` naming the failing nodes.
+    ``progress`` gets one task counting the nodes dbt has finished.
     """
     import time
 
@@ -131,27 +145,64 @@ def run_dbt(
         env = dbt_env(warehouse)
         env.update(extra_env or {})
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, env=env, cwd=project, capture_output=True, text=True)
+        # JSON log lines, read as they come: the messages for errors, the node count for progress
+        proc = subprocess.Popen(
+            [*cmd, "--log-format", "json"],
+            env=env,
+            cwd=project,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        task = progress.task(f"dbt {args[0]}" if args else "dbt", unit="nodes")
+        messages = [_log_message(line, task) for line in proc.stdout or []]
+        returncode = proc.wait()
         seconds = time.perf_counter() - t0
         results: list[dict] = []
         rr = target / "run_results.json"
         if rr.is_file():
             results = json.loads(rr.read_text()).get("results", [])
-    run = DbtRun(list(args), proc.returncode, seconds, results, proc.stdout + proc.stderr)
-    if check and proc.returncode != 0:
+    run = DbtRun(list(args), returncode, seconds, results, "\n".join(m for m in messages if m))
+    if check and returncode != 0:
         failed = run.failures()
         if not failed:
             tail = [ln for ln in run.stdout.splitlines() if "error" in ln.lower()][-3:]
-            failed = tail or [f"exit code {proc.returncode}"]
+            failed = tail or [f"exit code {returncode}"]
         raise DbtBuildError(
             f"dbt {' '.join(args)} on {warehouse} failed: {len(failed)} problem(s): " + "; ".join(failed[:5])
         )
     return run
 
 
-def build_marts(warehouse: str | Path, *, select: str | None = None) -> DbtRun:
-    """``dbt build`` (seeds, models, data tests, unit tests) of the whole project or ``select``."""
-    args = ["build", "--quiet"]
+def _log_message(line: str, task: Any) -> str:
+    """The human message of one dbt JSON log line; a finished node advances ``task``."""
+    try:
+        event = json.loads(line)
+        info, data = event.get("info") or {}, event.get("data") or {}
+    except (ValueError, AttributeError):
+        return line.rstrip("\n")
+    if isinstance(data.get("total"), int):
+        task.update(total=data["total"])
+        if "index" in data and info.get("name") != "LogStartLine":
+            task.advance(1)
+    return str(info.get("msg") or "")
+
+
+def build_marts(
+    warehouse: str | Path,
+    *,
+    select: str | None = None,
+    data_tests_warn: bool = False,
+    progress: Progress = NO_PROGRESS,
+) -> DbtRun:
+    """``dbt build`` (seeds, models, data tests, unit tests) of the whole project or ``select``.
+
+    ``data_tests_warn`` builds with every project data test at ``severity: warn`` (dbt_project.yml
+    reads ``SPOTSHIFT_DBT_TEST_SEVERITY``): problems in the facts come back as
+    :meth:`DbtRun.warnings` and never stop a model; unit tests and SQL errors still fail.
+    """
+    args = ["build"]
     if select:
         args += ["--select", select]
-    return run_dbt(args, warehouse=warehouse)
+    extra = {"SPOTSHIFT_DBT_TEST_SEVERITY": "warn"} if data_tests_warn else None
+    return run_dbt(args, warehouse=warehouse, extra_env=extra, progress=progress)

@@ -24,6 +24,7 @@ REPORT_MARTS: tuple[str, ...] = (
     "fct_migrations",
     "fct_data_transfer",
     "focus_cost_and_usage",
+    "fct_unpriced_usage",
     "mart_build_state",
 )
 
@@ -125,12 +126,18 @@ def _project_changed_since(built_at: Any) -> str | None:
 
 
 def ensure_marts(
-    warehouse: str | os.PathLike[str] | None = None, *, mode: Literal["auto", "always", "never"] = "auto"
+    warehouse: str | os.PathLike[str] | None = None,
+    *,
+    mode: Literal["auto", "always", "never"] = "auto",
+    warnings: list[str] | None = None,
+    progress: Any = None,
 ) -> tuple[bool, str]:
     """Build the marts with dbt when needed; returns ``(built, reason)``.
 
     ``auto`` builds when the marts are missing or stale, ``always`` builds, ``never`` only checks
-    that they exist (:class:`NotFoundError` otherwise) and leaves stale marts alone.
+    that they exist (:class:`NotFoundError` otherwise) and leaves stale marts alone. With a
+    ``warnings`` list, data tests run as warnings (a problem in the facts never aborts the build)
+    and the list receives one line per test that found rows.
     """
     from spotshift.costs.dbt import build_marts
 
@@ -149,7 +156,11 @@ def ensure_marts(
         return False, f"marts {state}: {reason}"
     if mode == "auto" and state == "fresh":
         return False, reason
-    build_marts(path)
+    from spotshift.progress import NO_PROGRESS
+
+    run = build_marts(path, data_tests_warn=warnings is not None, progress=progress or NO_PROGRESS)
+    if warnings is not None:
+        warnings.extend(run.warnings())
     return True, f"rebuilt ({reason})" if mode == "auto" else "rebuilt on request"
 
 

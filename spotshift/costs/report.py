@@ -45,6 +45,10 @@ class CostReport:
     amplification_alerts: list[dict[str, Any]]
     focus: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    #: intervals no quote could priced (fct_unpriced_usage), grouped by job, location and reason
+    unpriced: list[dict[str, Any]] = field(default_factory=list)
+    #: data tests of the last build that found problems in the data (dbt warnings), one line each
+    data_warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (timestamps as ISO strings)."""
@@ -124,10 +128,16 @@ def read_report(con: Any, warehouse: str | os.PathLike[str] = "") -> CostReport:
                   count(DISTINCT "BillingPeriodStart") AS billing_periods
            FROM focus_cost_and_usage""",
     )[0]
+    unpriced = fetch_dicts(
+        con,
+        """SELECT job, location, reason, count(*) AS intervals, sum(steps) AS steps,
+                  sum(wall_hours) AS wall_hours, min(started_at) AS first_started_at
+           FROM fct_unpriced_usage GROUP BY ALL ORDER BY job, location, reason""",
+    )
     notes = []
     if any(s["on_demand_usd"] is None for s in savings):
         notes.append("some intervals have no known on-demand price: their jobs show no on-demand baseline")
-    return CostReport(str(warehouse), built_at, totals, savings, metrics, mig, alerts, focus, notes)
+    return CostReport(str(warehouse), built_at, totals, savings, metrics, mig, alerts, focus, notes, unpriced)
 
 
 def _usd(v: float | None) -> str:
@@ -224,6 +234,27 @@ def format_text(report: CostReport) -> str:
         f"(list {_usd(f['list_cost'])}) over {f['billing_periods']} billing period(s); "
         "export with `spotshift focus export OUT.csv|OUT.parquet`",
     ]
+    if report.unpriced:
+        lines += [
+            "",
+            f"Unpriced: {sum(u['intervals'] for u in report.unpriced)} compute interval(s) could not be "
+            "priced and are left out of every cost above:",
+        ]
+        lines += [
+            f"  {u['job']} in {u['location']}: {u['intervals']} interval(s), {u['steps']} steps — {u['reason']}"
+            for u in report.unpriced
+        ]
+        lines.append(
+            "  price them by training where the feed quotes the job's GPUs (`spotshift placement plan`), "
+            "after `spotshift quotes poll`"
+        )
+    if report.data_warnings:
+        lines += ["", f"Data warnings: {len(report.data_warnings)} data test(s) found problems in the facts:"]
+        lines += [f"  {w}" for w in report.data_warnings[:10]]
+        if len(report.data_warnings) > 10:
+            lines.append(
+                f"  ... and {len(report.data_warnings) - 10} more (spotshift report --json lists all)"
+            )
     lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines) + "\n"
 
@@ -463,6 +494,13 @@ def render_markdown(report: CostReport, images: dict[str, str]) -> str:
         f"{f['rows']} charge rows, billed {f['currency'] or 'USD'} {_usd(f['billed_cost'])} over "
         f"{f['billing_periods']} billing period(s): `spotshift focus export OUT.csv`.",
     ]
+    if report.unpriced:
+        out += ["", "## Unpriced intervals", "", "Left out of every cost above.", ""]
+        out += ["| job | location | intervals | steps | why |", "|---|---|---:|---:|---|"]
+        out += [
+            f"| {u['job']} | {u['location']} | {u['intervals']} | {u['steps']} | {u['reason']} |"
+            for u in report.unpriced
+        ]
     out += [f"\n_Note: {n}._" for n in report.notes]
     return "\n".join(out) + "\n"
 

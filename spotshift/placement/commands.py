@@ -43,11 +43,25 @@ def register(sub: Any) -> None:
     a.add_argument("--deadline-hours", type=float, help="hours from submission to the deadline")
     a.add_argument("--submitted-at", help="ISO-8601 submission time (default: now on the virtual clock)")
     a.add_argument("--start-location", help="provider/region to start in (default: placement chooses)")
-    a.add_argument("--checkpoint-every-steps", type=int, default=500)
-    a.add_argument("--checkpoint-every-minutes", type=float, default=15.0)
-    a.add_argument("--batch-size", type=int, default=8)
-    a.add_argument("--learning-rate", type=float, default=3e-4)
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument(
+        "--checkpoint-every-steps",
+        type=int,
+        default=500,
+        metavar="STEPS",
+        help="checkpoint cadence (default 500)",
+    )
+    a.add_argument(
+        "--checkpoint-every-minutes",
+        type=float,
+        default=15.0,
+        metavar="MIN",
+        help="or every MIN minutes of wall time, whichever comes first (default 15)",
+    )
+    a.add_argument("--batch-size", type=int, default=8, metavar="N", help="sequences per step (default 8)")
+    a.add_argument(
+        "--learning-rate", type=float, default=3e-4, metavar="LR", help="AdamW peak rate (default 3e-4)"
+    )
+    a.add_argument("--seed", type=int, default=0, metavar="N", help="seed of weights and batches (default 0)")
     a.add_argument(
         "--model", metavar="KEY=INT,...", help="model config overrides, e.g. d_model=128,n_layer=4"
     )
@@ -60,9 +74,21 @@ def register(sub: Any) -> None:
     ls.set_defaults(handler=_jobs_list)
 
     sh = jsub.add_parser("show", help="one job: declaration and placement state")
-    sh.add_argument("name")
+    sh.add_argument("name", help="declared job")
     sh.add_argument("--json", action="store_true", help="print one JSON object")
     sh.set_defaults(handler=_jobs_show)
+
+    rm = jsub.add_parser(
+        "remove",
+        help="undeclare a job and drop its placement state (refused while it runs or migrates)",
+        description="Remove NAME from spotshift.yaml and delete its placement state. Refused while a trainer of "
+        "the job is alive or its placement state says starting, running or migrating; --force overrides the "
+        "state (left behind by a crashed run), never a live trainer. Checkpoints in the stores are kept.",
+    )
+    rm.add_argument("name", help="declared job")
+    rm.add_argument("--force", action="store_true", help="remove even if the placement state says it runs")
+    rm.add_argument("--json", action="store_true", help="print one JSON object")
+    rm.set_defaults(handler=_jobs_remove)
 
     p = sub.add_parser("placement", help="rank placement candidates and decide for a declared job")
     psub = p.add_subparsers(dest="placement_command", metavar="ACTION")
@@ -153,7 +179,10 @@ def _jobs_list(args: argparse.Namespace) -> int:
         emit_json({"jobs": [{**j.to_dict(), "placement": states[j.name].to_dict()} for j in jobs]})
         return 0
     if not jobs:
-        print("no jobs declared (spotshift jobs add NAME --dataset D --total-steps N --work-hours H)")
+        print(
+            "no jobs declared; add one with "
+            "`spotshift jobs add NAME --dataset D --total-steps N --work-hours H`"
+        )
         return 0
     print(
         f"{'job':24s} {'dataset':16s} {'work h':>8s} {'GPUs':14s} {'spot':5s} {'deadline h':>10s} {'status':10s} location"
@@ -185,6 +214,18 @@ def _jobs_show(args: argparse.Namespace) -> int:
     for k, v in st.to_dict().items():
         if k != "job":
             print(f"  {k:24s} {v}")
+    return 0
+
+
+def _jobs_remove(args: argparse.Namespace) -> int:
+    from spotshift.cli import emit_json
+    from spotshift.jobs import remove_job
+
+    out = remove_job(args.name, force=args.force)
+    if args.json:
+        emit_json(out)
+    else:
+        print(f"removed job {args.name} (was {out['status_was']}; its checkpoints in the stores are kept)")
     return 0
 
 

@@ -39,7 +39,7 @@ from spotshift.jobs import TrainingJob, get_job
 from spotshift.placement.economics import Decision, DecisionInputs, Placement, decide
 from spotshift.placement.params import PlacementParams
 from spotshift.placement.risk import RegionRisk, estimate, risk_from_observations
-from spotshift.placement.scoring import DataFootprint
+from spotshift.placement.scoring import DataFootprint, gpu_model_matches
 from spotshift.placement.state import PlacementState, load_state
 from spotshift.pricing.quote import QUOTE_FIELDS, NormalizedGPUQuote
 from spotshift.warehouse import first_row as _first
@@ -51,12 +51,15 @@ def _utc(dt: datetime | None) -> datetime | None:
     return None if dt is None else as_utc(dt)
 
 
-def latest_snapshot(con: Any) -> tuple[str, datetime] | None:
-    """(snapshot id, polled_at) of the most recent quote snapshot in ``main.gpu_quotes``."""
+def latest_snapshot(con: Any, as_of: datetime | None = None) -> tuple[str, datetime] | None:
+    """(snapshot id, polled_at) of the most recent quote snapshot in ``main.gpu_quotes``; with
+    ``as_of``, the snapshot in force at that time (the newest polled at or before it)."""
+    having = "HAVING max(polled_at) <= ?" if as_of is not None else ""
     row = _first(
         con,
-        "SELECT snapshot_id, max(polled_at) AS t FROM main.gpu_quotes "
-        "GROUP BY snapshot_id ORDER BY t DESC NULLS LAST, snapshot_id DESC LIMIT 1",
+        f"SELECT snapshot_id, max(polled_at) AS t FROM main.gpu_quotes GROUP BY snapshot_id {having} "
+        "ORDER BY t DESC NULLS LAST, snapshot_id DESC LIMIT 1",
+        [as_utc(as_of).replace(tzinfo=None)] if as_of is not None else None,
     )
     if row is None:
         return None
@@ -223,6 +226,26 @@ def recently_preempted(con: Any, risks: dict[str, RegionRisk], now: datetime) ->
     return out
 
 
+def _no_snapshot_message(con: Any) -> str:
+    """Why placement has no validated quotes, and what to do about it."""
+    import duckdb
+
+    from spotshift import warehouse
+
+    try:
+        row = warehouse.first_row(
+            con, "SELECT snapshot_id, max(polled_at) FROM raw.price_quotes GROUP BY 1 ORDER BY 2 DESC LIMIT 1"
+        )
+    except duckdb.CatalogException:  # no raw table yet: never polled
+        row = None
+    if row is None:
+        return "main.gpu_quotes has no validated quote snapshot yet: run `spotshift quotes poll` first"
+    return (
+        f"main.gpu_quotes has no validated quote snapshot: the last poll ({row[0]} at {row[1]}) failed its "
+        "quality checks; run `spotshift quotes poll`, fix what it reports, and poll again"
+    )
+
+
 def assemble_inputs(
     con: Any,
     job_name: str,
@@ -239,7 +262,7 @@ def assemble_inputs(
     state = state or load_state(job_name)
     snap = latest_snapshot(con)
     if snap is None:
-        raise NotFoundError("main.gpu_quotes has no quote snapshot yet: poll prices first")
+        raise NotFoundError(_no_snapshot_message(con))
     quotes = load_quotes(con, snap[0])
     remaining, age = load_progress(con, job, state, now)
     risks = load_risks(con, sorted({q.location for q in quotes if q.market == "spot"}))
@@ -295,19 +318,21 @@ def usage_for(
     *,
     market: str | None = None,
     instance_type: str | None = None,
+    as_of: datetime | None = None,
 ) -> dict[str, Any]:
-    """What a trainer of ``job`` in ``location`` pays, from the latest quote snapshot: the cheapest
-    quote there that fits the job's GPU requirement (and ``market``/``instance_type`` when given),
-    with the on-demand (list) price of the same instance. Empty when nothing fits (the interval is
-    then priced by the cost models from the price history)."""
-    snap = latest_snapshot(con)
+    """What a trainer of ``job`` in ``location`` pays, from the latest quote snapshot (the one in
+    force at ``as_of`` when given): the cheapest quote there that fits the job's GPU requirement
+    (and ``market``/``instance_type`` when given), with the on-demand (list) price of the same
+    instance. Empty when nothing fits: the interval stays unpriced and the cost report lists it
+    (``fct_unpriced_usage``)."""
+    snap = latest_snapshot(con, as_of)
     if snap is None:
         return {}
     fits = [
         q
         for q in load_quotes(con, snap[0])
         if q.location == location
-        and (job.gpu_model is None or q.gpu_model == job.gpu_model)
+        and gpu_model_matches(job.gpu_model, q.gpu_model)
         and q.gpu_count == job.gpu_count
         and (market is None or q.market == market)
         and (instance_type is None or q.instance_type == instance_type)

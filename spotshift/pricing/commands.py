@@ -59,6 +59,8 @@ def register(subparsers: Any) -> None:
         description=(
             "Poll a feed at the virtual clock's time, append the snapshot to raw.price_quotes, run the "
             "quality checks and, when they pass, append it to main.gpu_quotes. Exit 1 when a check fails. "
+            "The replay feed past the end of its history serves its last week as a frozen market (with "
+            "its true dates; freshness is judged on the replay's clock). "
             "Feed options come from SPOTSHIFT_* variables (see README)."
         ),
     )
@@ -78,13 +80,17 @@ def register(subparsers: Any) -> None:
         help="write the generated (synthetic) multi-cloud market as a price-history CSV",
     )
     p.add_argument("--out", required=True, metavar="FILE", help="CSV to write (atomically)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--start", default="2023-01-04", help="first week, ISO date (default 2023-01-04)")
-    p.add_argument("--weeks", type=int, default=104)
+    p.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seed of the generated market (default 0)"
+    )
+    p.add_argument(
+        "--start", default="2023-01-04", metavar="DATE", help="first week, ISO date (default 2023-01-04)"
+    )
+    p.add_argument("--weeks", type=int, default=104, metavar="N", help="weeks of prices (default 104)")
     p.set_defaults(handler=_synthetic)
 
     p = sub.add_parser("catalog", help="list the GPU instance catalog with topology scores")
-    p.add_argument("--provider", choices=PROVIDERS[:3])
+    p.add_argument("--provider", choices=PROVIDERS[:3], help="only this provider's instance types")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_catalog)
 
@@ -196,15 +202,24 @@ def _poll(args: argparse.Namespace) -> int:
                 "report": snap.report.to_dict(),
                 "checks": {c.name: {"passed": c.passed, "failures": c.failures} for c in result.checks},
                 "passed": result.passed,
+                "feed_clock": result.feed_clock.isoformat() if result.feed_clock else None,
+                "feed_note": result.feed_note,
             }
         )
     else:
         print(f"snapshot {snap.snapshot_id} from {snap.feed} at {now.isoformat()}: {snap.report.summary()}")
+        if result.feed_note:
+            print(f"  {result.feed_note}")
         print(
             f"raw.price_quotes +{result.raw_rows_written} rows, main.gpu_quotes +{result.curated_rows_written} rows"
         )
         for c in result.checks:
             print(f"  {c.summary()}")
+        if not result.passed:
+            print(
+                "the snapshot failed its checks and stays in raw.price_quotes only; placement reads "
+                "main.gpu_quotes, so fix what failed above and poll again"
+            )
     return 0 if result.passed else 1
 
 

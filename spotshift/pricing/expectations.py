@@ -9,7 +9,8 @@ Five checks, each one GX suite run over a pandas view of the snapshot (:data:`CH
                                  and instance type (providers cap spot at on-demand)
 ``quotes_unique_per_snapshot``   no (snapshot, provider, region, zone, instance, market) twice
 ``quotes_fresh``                 the newest quote is at most ``max_quote_age_hours`` older than
-                                 the virtual clock, and no quote is from the future
+                                 the feed's clock (``PriceFeed.clock``: the virtual clock for live
+                                 feeds, the replayed time for a replay), and none is from the future
 
 Great Expectations takes ~6 s to import, so it is imported inside :func:`validate_snapshot`,
 never at module load (Dagster loads this code location often).
@@ -30,7 +31,20 @@ CHECKS: dict[str, str] = {
     "quotes_price_ranges": "Each GPU model's price per GPU-hour lies in its plausible range.",
     "quotes_spot_below_on_demand": "Spot <= on-demand (within tolerance) for the same instance type and region.",
     "quotes_unique_per_snapshot": "No quote key appears twice in a snapshot.",
-    "quotes_fresh": "The newest quote is recent relative to the virtual clock, and none is from the future.",
+    "quotes_fresh": "The newest quote is recent on the feed's clock, and none is from the future.",
+}
+
+#: what to do when a check fails (appended to the failed check's summary)
+CHECK_REMEDIES: dict[str, str] = {
+    "quotes_keys_not_null": "the feed returned no usable quotes or incomplete rows: check the feed's "
+    "credentials and region list, or the history file (spotshift quotes normalize shows every row)",
+    "quotes_price_ranges": "a price per GPU-hour is implausible (a parsing or currency error): inspect the "
+    "feed's rows with spotshift quotes normalize",
+    "quotes_spot_below_on_demand": "a spot price exceeds on-demand for the same instance: the feed mixes "
+    "up markets or regions; inspect it with spotshift quotes normalize",
+    "quotes_unique_per_snapshot": "the feed returned the same quote twice: report it as a feed bug",
+    "quotes_fresh": "the feed's newest quote is older than the limit (it stopped publishing) or dated in "
+    "the future: check the feed, or raise the limit with SPOTSHIFT_MAX_QUOTE_AGE_H",
 }
 
 #: plausible instance price per GPU-hour (USD), spot and on-demand, any region. Outside this a
@@ -85,7 +99,8 @@ class CheckOutcome:
             target = f.get("column") or f.get("column_list") or f.get("column_B") or ""
             count = f.get("unexpected_count", f.get("observed_value", "?"))
             parts.append(f"{f['expectation']}({target}): {count}")
-        return f"{self.name}: FAILED " + "; ".join(parts)
+        remedy = CHECK_REMEDIES.get(self.name)
+        return f"{self.name}: FAILED " + "; ".join(parts) + (f" ({remedy})" if remedy else "")
 
 
 def spot_vs_on_demand(snapshot: Any, tolerance: float) -> Any:
@@ -144,7 +159,7 @@ def validate_snapshot(
 ) -> list[CheckOutcome]:
     """Run the five suites of :data:`CHECKS` over a snapshot frame (warehouse row shape, polars).
 
-    ``now`` is the virtual clock's time. Returns one :class:`CheckOutcome` per check, in
+    ``now`` is the feed's clock (:meth:`spotshift.pricing.feeds.PriceFeed.clock`). Returns one :class:`CheckOutcome` per check, in
     :data:`CHECKS` order.
     """
     import logging

@@ -186,6 +186,8 @@ class PollResult:
     raw_rows_written: int
     curated_rows_written: int
     checks: list[Any]  # CheckOutcome
+    feed_clock: datetime | None = None  # the time the feed's prices describe (PriceFeed.clock)
+    feed_note: str = ""  # PriceFeed.describe: what the poll served (replay: which history, frozen?)
 
     @property
     def passed(self) -> bool:
@@ -205,6 +207,8 @@ def poll_into_warehouse(
 
     The same steps as the Dagster assets ``raw_price_quotes`` -> checks -> ``gpu_quotes``, for the
     command line (no Dagster). A snapshot that fails a check stays in ``raw.price_quotes`` only.
+    Freshness is measured on the feed's own clock (:meth:`PriceFeed.clock`: ``now`` for live feeds,
+    the replayed time for the replay feed).
     """
     from spotshift.pricing.expectations import validate_snapshot
     from spotshift.warehouse import connect
@@ -213,8 +217,9 @@ def poll_into_warehouse(
     with connect(warehouse_path) as con:
         raw_written = store_snapshot(con, snapshot, RAW_TABLE)
         stored = read_snapshot(con, snapshot.snapshot_id, RAW_TABLE, missing_ok=True)
+    feed_clock = feed.clock(now)
     checks = validate_snapshot(
-        stored, now, max_quote_age_hours=max_quote_age_hours, spot_tolerance=spot_tolerance
+        stored, feed_clock, max_quote_age_hours=max_quote_age_hours, spot_tolerance=spot_tolerance
     )
     curated = 0
     if all(c.passed for c in checks):
@@ -222,7 +227,7 @@ def poll_into_warehouse(
             curated = store_snapshot(
                 con, snapshot_from_table(con, snapshot.snapshot_id, RAW_TABLE), CURATED_TABLE
             )
-    return PollResult(snapshot, raw_written, curated, checks)
+    return PollResult(snapshot, raw_written, curated, checks, feed_clock, feed.describe(now))
 
 
 def cheapest_table(cheapest: Any, *, markdown: bool = False) -> str:

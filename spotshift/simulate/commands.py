@@ -65,7 +65,12 @@ def register(sub: Any) -> None:
         "--data-gb", type=float, default=2000.0, metavar="G", help="dataset size, GB (default 2000)"
     )
     p.add_argument(
-        "--ckpt-gb", type=float, default=300.0, metavar="G", help="checkpoint size, GB (default 300)"
+        "--checkpoint-gb",
+        dest="ckpt_gb",
+        type=float,
+        default=300.0,
+        metavar="G",
+        help="checkpoint size, GB (default 300)",
     )
     p.add_argument(
         "--traces",
@@ -89,7 +94,8 @@ def register(sub: Any) -> None:
         help="region holding the dataset at the start (default: cheapest spot region)",
     )
     p.add_argument(
-        "--ckpt-interval-hours",
+        "--checkpoint-interval-hours",
+        dest="ckpt_interval_hours",
         type=float,
         default=0.25,
         metavar="H",
@@ -110,7 +116,8 @@ def register(sub: Any) -> None:
         help="cross-region copy throughput (default 10)",
     )
     p.add_argument(
-        "--ckpt-delta-fraction",
+        "--checkpoint-delta-fraction",
+        dest="ckpt_delta_fraction",
         type=float,
         default=1.0,
         metavar="F",
@@ -123,6 +130,14 @@ def register(sub: Any) -> None:
         "--policies", metavar="NAMES", help="comma-separated subset of: " + ", ".join(POLICY_LABELS)
     )
     p.add_argument("--json", action="store_true", help='print {"policies": {name: {...}}, "scenario": {...}}')
+    from spotshift.cli import deprecated_alias
+
+    for old, new in (
+        ("--ckpt-gb", "--checkpoint-gb"),
+        ("--ckpt-interval-hours", "--checkpoint-interval-hours"),
+        ("--ckpt-delta-fraction", "--checkpoint-delta-fraction"),
+    ):
+        deprecated_alias(p, old, new, type=float)
     p.set_defaults(handler=_simulate)
 
     t = sub.add_parser("traces", help="generate or summarize spot availability traces (DESIGN §4 JSON)")
@@ -139,7 +154,9 @@ def register(sub: Any) -> None:
         "--hours", type=float, default=24 * 45.0, help="length of each trace (default 1080 = 45 days)"
     )
     g.add_argument("--gap-seconds", type=int, default=600, help="tick length (default 600)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seed of the generated traces (default 0)"
+    )
     g.add_argument("--json", action="store_true", help="print the statistics as JSON")
     g.set_defaults(handler=_traces_generate)
     s = tsub.add_parser("stats", help="fraction available and mean spell lengths of trace files")

@@ -81,11 +81,11 @@ class Scenario:
             (self.work_hours > 0, "--work-hours must be > 0"),
             (self.deadline_hours > 0, "--deadline-hours must be > 0"),
             (self.data_gb >= 0, "--data-gb must be >= 0"),
-            (self.ckpt_gb >= 0, "--ckpt-gb must be >= 0"),
-            (self.checkpoint_interval_hours > 0, "--ckpt-interval-hours must be > 0"),
+            (self.ckpt_gb >= 0, "--checkpoint-gb must be >= 0"),
+            (self.checkpoint_interval_hours > 0, "--checkpoint-interval-hours must be > 0"),
             (self.changeover_hours >= 0, "--changeover-hours must be >= 0"),
             (self.transfer_gbps > 0, "--transfer-gbps must be > 0"),
-            (0 <= self.checkpoint_delta_fraction <= 1, "--ckpt-delta-fraction must be within 0-1"),
+            (0 <= self.checkpoint_delta_fraction <= 1, "--checkpoint-delta-fraction must be within 0-1"),
         ]
         for ok, msg in checks:
             if not ok:

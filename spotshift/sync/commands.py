@@ -58,6 +58,9 @@ def _params(args: argparse.Namespace, base: Any = None) -> Any:
 def _io_options(p: argparse.ArgumentParser, record: bool = True) -> None:
     p.add_argument("--workers", type=int, metavar="N", help="parallel transfers (default 4 local, 16 cloud)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress display (shown on stderr at a terminal)"
+    )
     if record:
         p.add_argument(
             "--no-record",
@@ -124,7 +127,7 @@ def _register_sync(sub: Any) -> None:
         description="Chunk DIR with content-defined chunking and print its Merkle root. Unchanged files are "
         "not read again: their chunks come from the files cache ($SPOTSHIFT_HOME/cache/files.sqlite).",
     )
-    f.add_argument("dir", metavar="DIR")
+    f.add_argument("dir", metavar="DIR", help="directory to fingerprint")
     _chunk_options(f)
     f.add_argument("--workers", type=int, metavar="N", help="chunking threads (default: one per core)")
     f.add_argument(
@@ -140,7 +143,7 @@ def _register_sync(sub: Any) -> None:
         description="Snapshot DIR into the store at URL as a dataset: send missing chunks, then the manifest, "
         "then the dataset's pointer refs/<dataset>/latest. Safe to kill and rerun.",
     )
-    pu.add_argument("dir", metavar="DIR")
+    pu.add_argument("dir", metavar="DIR", help="directory to snapshot into the store")
     pu.add_argument("url", metavar="URL", help=_URL_HELP)
     pu.add_argument(
         "--dataset", help="dataset name (default: the name of DIR); declared datasets use their chunking"
@@ -161,7 +164,7 @@ def _register_sync(sub: Any) -> None:
         "its digest, file modes and mtimes are restored, symlinks recreated. Chunks already in DIR are reused.",
     )
     pl.add_argument("url", metavar="URL", help=_URL_HELP)
-    pl.add_argument("dir", metavar="DIR")
+    pl.add_argument("dir", metavar="DIR", help="directory to restore into")
     pl.add_argument("--dataset", help="dataset to restore (default: the store's only dataset)")
     pl.add_argument("--root", help="restore this snapshot root instead of the latest")
     pl.add_argument("--no-reuse", action="store_true", help="download every chunk even if DIR holds it")
@@ -188,6 +191,53 @@ def _register_sync(sub: Any) -> None:
     r.add_argument("--check-existing", action="store_true", help=_CHECK_HELP)
     _io_options(r)
     r.set_defaults(handler=_replicate)
+
+    sn = ss.add_parser(
+        "snapshots",
+        help="list a store's dataset snapshots with their dates, sizes and roots",
+        description="List the snapshot history of every dataset in the store (newest first; * marks the one "
+        "refs/<dataset>/latest names), then manifests no history record names (untracked).",
+    )
+    sn.add_argument("url", metavar="URL", help=_URL_HELP)
+    sn.add_argument("--dataset", help="only this dataset")
+    sn.add_argument("--json", action="store_true", help="print one JSON object")
+    sn.set_defaults(handler=_snapshots)
+
+    pr = ss.add_parser(
+        "prune",
+        help="keep the N newest snapshots per dataset and delete chunks nothing kept references",
+        description="Mark and sweep under the store's exclusive lock: forget all but the --keep newest snapshots "
+        "of each dataset (never the latest), then delete manifests and chunks no kept snapshot references. "
+        "Refuses (exit 2, nothing deleted) while a push, replicate or repair holds the store. Unreferenced "
+        "objects younger than --grace-hours are kept (writers that take no lock, pushes to be rerun).",
+    )
+    pr.add_argument("url", metavar="URL", help=_URL_HELP)
+    pr.add_argument(
+        "--keep", type=int, required=True, metavar="N", help="snapshots to keep per dataset (>= 1)"
+    )
+    pr.add_argument("--dataset", help="forget snapshots of this dataset only")
+    pr.add_argument(
+        "--grace-hours",
+        type=float,
+        default=24.0,
+        metavar="H",
+        help="never delete an unreferenced object younger than H hours (default 24)",
+    )
+    pr.add_argument(
+        "--forget-untracked",
+        action="store_true",
+        help="also delete manifests no snapshot record names (default: keep them)",
+    )
+    pr.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
+    pr.add_argument(
+        "--wait-seconds",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="wait up to S seconds for running pushes to release the store (default 0: refuse at once)",
+    )
+    pr.add_argument("--json", action="store_true", help="print one JSON object")
+    pr.set_defaults(handler=_prune)
 
     v = ss.add_parser(
         "verify",
@@ -274,56 +324,126 @@ def _declared_sources() -> dict[str, str]:
 def _push(args: argparse.Namespace) -> int:
     import os
 
+    from spotshift.progress import progress_for
     from spotshift.sync.delta import push
 
     dataset = args.dataset or os.path.basename(os.path.abspath(args.dir).rstrip("/"))
     params = _params(args, _declared_params(args.dataset))
-    stats = push(
-        args.dir,
-        args.url,
-        dataset,
-        params=params,
-        workers=args.workers,
-        src_location=args.from_location,
-        dst_location=args.to_location,
-        check_existing=args.check_existing,
-    )
+    with progress_for(args.quiet) as progress:
+        stats = push(
+            args.dir,
+            args.url,
+            dataset,
+            params=params,
+            workers=args.workers,
+            src_location=args.from_location,
+            dst_location=args.to_location,
+            check_existing=args.check_existing,
+            progress=progress,
+        )
     return _report_transfer(args, "pushed", stats)
 
 
 def _pull(args: argparse.Namespace) -> int:
+    from spotshift.progress import progress_for
     from spotshift.sync.delta import pull
 
-    stats = pull(
-        args.url,
-        args.dir,
-        args.dataset,
-        root=args.root,
-        workers=args.workers,
-        reuse_local=not args.no_reuse,
-        dst_location=args.to_location,
-    )
+    with progress_for(args.quiet) as progress:
+        stats = pull(
+            args.url,
+            args.dir,
+            args.dataset,
+            root=args.root,
+            workers=args.workers,
+            reuse_local=not args.no_reuse,
+            dst_location=args.to_location,
+            progress=progress,
+        )
     return _report_transfer(args, "pulled", stats)
 
 
 def _replicate(args: argparse.Namespace) -> int:
+    from spotshift.progress import progress_for
     from spotshift.sync.delta import replicate
     from spotshift.sync.refs import resolve_dataset
     from spotshift.sync.store import open_store
 
     src = open_store(args.src_url)
     dataset = args.dataset or resolve_dataset(src, None)[0]
-    stats = replicate(
-        src,
-        args.dst_url,
-        dataset,
-        root=args.root,
-        workers=args.workers,
-        src_location=args.from_location,
-        dst_location=args.to_location,
-        check_existing=args.check_existing,
-    )
+    with progress_for(args.quiet) as progress:
+        stats = replicate(
+            src,
+            args.dst_url,
+            dataset,
+            root=args.root,
+            workers=args.workers,
+            src_location=args.from_location,
+            dst_location=args.to_location,
+            check_existing=args.check_existing,
+            progress=progress,
+        )
     return _report_transfer(args, "replicated", stats)
+
+
+def _snapshots(args: argparse.Namespace) -> int:
+    from spotshift.sync.prune import list_snapshots
+    from spotshift.sync.store import open_store
+
+    store = open_store(args.url)
+    snaps = list_snapshots(store, args.dataset)
+    if args.json:
+        _emit({"store": store.url, "snapshots": [s.to_dict() for s in snaps]})
+        return 0
+    if not snaps:
+        what = f"dataset {args.dataset!r}" if args.dataset else "any dataset"
+        print(f"no snapshots of {what} in {store.url}; create one with `spotshift sync push DIR {args.url}`")
+        return 0
+    print(f"  {'dataset':20s} {'committed (UTC)':25s} {'files':>7s} {'size':>10s} {'chunks':>7s}  root")
+    for s in snaps:
+        mark = "*" if s.latest else " "
+        if s.dataset is None:
+            size = _hb(s.manifest_bytes or 0) + " manifest"
+            print(f"  {'(untracked)':20s} {'-':25s} {'-':>7s} {size:>10s} {'-':>7s}  {s.root}")
+            continue
+        print(
+            f"{mark} {s.dataset:20s} {s.committed_at or '-':25s} {s.files or 0:7d} {_hb(s.bytes or 0):>10s} "
+            f"{s.chunks or 0:7d}  {s.root}" + ("" if s.manifest_bytes is not None else "  (manifest missing)")
+        )
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from spotshift.sync.prune import prune
+    from spotshift.sync.store import open_store
+
+    store = open_store(args.url)
+    r = prune(
+        store,
+        keep=args.keep,
+        dataset=args.dataset,
+        grace_s=args.grace_hours * 3600.0,
+        forget_untracked=args.forget_untracked,
+        dry_run=args.dry_run,
+        lock_wait_s=args.wait_seconds,
+    )
+    if args.json:
+        _emit(r.to_dict())
+        return 0
+    verb = "would delete" if r.dry_run else "deleted"
+    print(
+        f"{'dry run: ' if r.dry_run else ''}{store.url}: kept {r.kept_snapshots} snapshot(s), forgot "
+        f"{len(r.forgotten)}; {verb} {len(r.manifests_deleted)} manifest(s) and {r.chunks_deleted} chunk(s), "
+        f"{_hb(r.bytes_freed)}; {r.chunks_kept} chunk(s) referenced"
+    )
+    for f in r.forgotten:
+        print(f"  forgot {f['dataset']} {f['committed_at']} {f['root']}")
+    if r.young_kept:
+        print(f"  kept {r.young_kept} unreferenced object(s) younger than {args.grace_hours:g} h")
+    if r.untracked_kept:
+        print(f"  kept {len(r.untracked_kept)} untracked manifest(s) (--forget-untracked deletes them)")
+    for lock in r.stale_locks_removed:
+        print(f"  removed stale lock {lock}")
+    return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -408,6 +528,15 @@ def _register_datasets(sub: Any) -> None:
     ls = ds.add_parser("list", help="list declared datasets")
     ls.add_argument("--json", action="store_true", help="print one JSON object")
     ls.set_defaults(handler=_datasets_list)
+    rm = ds.add_parser(
+        "remove",
+        help="undeclare a dataset (refused while a declared job trains on it)",
+        description="Remove NAME from spotshift.yaml. Its snapshots in the stores are kept; reclaim their "
+        "space with `spotshift sync prune`.",
+    )
+    rm.add_argument("name", help="declared dataset")
+    rm.add_argument("--json", action="store_true", help="print one JSON object")
+    rm.set_defaults(handler=_datasets_remove)
 
 
 def _datasets_add(args: argparse.Namespace) -> int:
@@ -438,7 +567,22 @@ def _datasets_list(args: argparse.Namespace) -> int:
         _emit({"datasets": [d.to_dict() for d in items]})
     else:
         if not items:
-            print("no datasets declared (spotshift datasets add NAME DIR)")
+            print(
+                "no datasets declared; add one with `spotshift datasets add NAME DIR --location PROVIDER/REGION`"
+            )
+            return 0
+        print(f"{'dataset':20s} {'location':22s} {'chunking':45s} source")
         for d in items:
             print(f"{d.name:20s} {d.location:22s} {d.params.describe():45s} {d.source}")
+    return 0
+
+
+def _datasets_remove(args: argparse.Namespace) -> int:
+    from spotshift.sync.datasets import remove_dataset
+
+    remove_dataset(args.name)
+    if args.json:
+        _emit({"removed": args.name})
+    else:
+        print(f"removed dataset {args.name} (its snapshots in the stores are kept)")
     return 0

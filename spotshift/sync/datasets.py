@@ -129,6 +129,21 @@ def add_dataset(dataset: Dataset, *, replace: bool = False) -> None:
     registry.upsert(SECTION, dataset.to_dict(), replace=replace)
 
 
+def remove_dataset(name: str) -> None:
+    """Undeclare dataset ``name``. Refused (:class:`ConfigError`) while a declared job trains on it;
+    its snapshots in the stores are kept (``spotshift sync prune`` reclaims them)."""
+    from spotshift.jobs import load_jobs
+
+    get_dataset(name)  # not declared: the registry's one-line error
+    users = sorted(j.name for j in load_jobs() if j.dataset == name)
+    if users:
+        raise ConfigError(
+            f"dataset {name!r} is used by job(s) {', '.join(users)}: remove them first "
+            f"(`spotshift jobs remove {users[0]}`)"
+        )
+    registry.remove(SECTION, name)
+
+
 # ---- operations the Dagster assets (and the migration flow) call -------------------------------------
 class ReplicaCheck:
     """Whether a region's replica of a dataset is the expected snapshot, complete."""

@@ -28,8 +28,10 @@ from typing import Any
 
 from spotshift.errors import ConfigError, InputError, IntegrityError, NotFoundError
 from spotshift.home import location_of_store
+from spotshift.progress import NO_PROGRESS, Progress
 from spotshift.sync.chunking import ChunkParams, digest_function
 from spotshift.sync.fingerprint import Fingerprint, fingerprint, local_path
+from spotshift.sync.locks import store_lock
 from spotshift.sync.manifest import DIR, ROOT_PATH, SYMLINK, Diff, FileEntry, Manifest, diff
 from spotshift.sync.refs import (
     Ref,
@@ -38,6 +40,7 @@ from spotshift.sync.refs import (
     load_manifest,
     manifest_key,
     read_ref,
+    record_snapshot,
     resolve_dataset,
     store_manifest,
     write_ref,
@@ -47,6 +50,8 @@ from spotshift.sync.transfer import BoundedPool, TransferStats
 
 #: default bytes of chunk payload in flight per operation (the memory bound of a transfer)
 DEFAULT_BUDGET_BYTES = 64 * 1024 * 1024
+#: how long a writer waits for a running prune to release the store before it gives up
+LOCK_WAIT_S = 60.0
 
 
 def _store(store: ChunkStore | str) -> ChunkStore:
@@ -115,7 +120,9 @@ def _commit(
     store: ChunkStore, dataset: str, manifest: Manifest, raw: bytes | None, stats: TransferStats
 ) -> None:
     written = store_manifest(store, manifest, raw)
-    ref_bytes = write_ref(store, Ref.for_manifest(dataset, manifest))
+    ref = Ref.for_manifest(dataset, manifest)
+    written += record_snapshot(store, ref)  # the dataset's history, before the pointer
+    ref_bytes = write_ref(store, ref)
     stats.metadata_bytes_sent += written + ref_bytes
     stats.bytes_sent += written + ref_bytes
 
@@ -144,13 +151,17 @@ def push(
     src_location: str | None = None,
     dst_location: str | None = None,
     check_existing: bool = False,
+    lock_wait_s: float = LOCK_WAIT_S,
+    progress: Progress = NO_PROGRESS,
 ) -> TransferStats:
     """Snapshot the directory ``source`` into ``store`` as ``dataset``; send only missing chunks.
 
     ``source`` may be a :class:`Fingerprint` already computed (then ``source_dir`` names the tree
     it describes). Chunks of the store's current snapshot are trusted to be present unless
     ``check_existing`` (then every chunk is looked up and missing ones are sent again). Raises
-    :class:`InputError` when a file changed since it was fingerprinted.
+    :class:`InputError` when a file changed since it was fingerprinted. Holds a shared lock on
+    ``store`` (:mod:`spotshift.sync.locks`) while it plans, sends and commits; waits up to
+    ``lock_wait_s`` while a prune holds the store (then :class:`~spotshift.sync.locks.LockedError`).
     """
     t0 = time.perf_counter()
     check_dataset_name(dataset)
@@ -161,7 +172,7 @@ def push(
         fp, root_dir = source, Path(local_path(source_dir)).resolve()
     else:
         root_dir = Path(local_path(source)).resolve()
-        fp = fingerprint(root_dir, params, prefetch_parquet=True)
+        fp = fingerprint(root_dir, params, prefetch_parquet=True, progress=progress)
     manifest = fp.manifest
     stats = TransferStats(
         dataset,
@@ -171,49 +182,55 @@ def push(
         dst_location=dst_location or location_of_store(store.url),
         bytes_scanned=fp.stats.bytes_read,
     )
-    d = _plan(store, dataset, manifest, check_existing, stats)
-    if d is None:
+    # shared store lock from the plan to the commit: a prune never deletes a chunk this push found
+    # present (and so did not send) before the manifest naming it is committed
+    with store_lock(store, "shared", f"sync push {dataset}", wait_s=lock_wait_s):
+        d = _plan(store, dataset, manifest, check_existing, stats)
+        if d is None:
+            return _finish(stats, manifest, t0)
+        missing = d.missing_chunks()
+        # where each missing chunk can be read, in file order so reads stay sequential
+        located: dict[bytes, _Located] = {}
+        for e in d.changed_files:
+            for off, length, dig in e.chunks():
+                if dig in missing and dig not in located:
+                    located[dig] = _Located(e.path, off, length)
+        hfn = digest_function(manifest.params.digest)
+        workers = workers or default_io_workers(store)
+        writer = _chunk_writer(store)
+        task = progress.task(f"push {dataset}", total=sum(x.length for x in located.values()), unit="bytes")
+
+        def send(dig: bytes, loc: _Located) -> None:
+            hex_ = dig.hex()
+            if writer.has_chunk(hex_):
+                task.advance(loc.length)
+                return
+            abs_path = root_dir / loc.path
+            try:
+                fd = os.open(abs_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            except OSError as exc:
+                raise InputError(f"{abs_path}: cannot read ({exc.strerror})") from None
+            try:
+                data = os.pread(fd, loc.length, loc.offset)
+            finally:
+                os.close(fd)
+            if len(data) != loc.length or hfn(data) != dig:
+                raise InputError(
+                    f"{abs_path} changed since it was fingerprinted (chunk at offset {loc.offset}); push again"
+                )
+            writer.put_chunk(hex_, data)
+            task.advance(loc.length)
+            with pool.lock:
+                stats.chunks_sent += 1
+                stats.bytes_sent += loc.length
+                stats.bytes_changed += loc.length
+
+        with BoundedPool(workers, _budget(manifest.params, budget_bytes)) as pool:
+            for dig, loc in located.items():
+                pool.submit(loc.length, send, dig, loc)
+        writer.flush()  # every chunk durable before the manifest that names it
+        _commit(store, dataset, manifest, None, stats)
         return _finish(stats, manifest, t0)
-    missing = d.missing_chunks()
-    # where each missing chunk can be read, in file order so reads stay sequential
-    located: dict[bytes, _Located] = {}
-    for e in d.changed_files:
-        for off, length, dig in e.chunks():
-            if dig in missing and dig not in located:
-                located[dig] = _Located(e.path, off, length)
-    hfn = digest_function(manifest.params.digest)
-    workers = workers or default_io_workers(store)
-    writer = _chunk_writer(store)
-
-    def send(dig: bytes, loc: _Located) -> None:
-        hex_ = dig.hex()
-        if writer.has_chunk(hex_):
-            return
-        abs_path = root_dir / loc.path
-        try:
-            fd = os.open(abs_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except OSError as exc:
-            raise InputError(f"{abs_path}: cannot read ({exc.strerror})") from None
-        try:
-            data = os.pread(fd, loc.length, loc.offset)
-        finally:
-            os.close(fd)
-        if len(data) != loc.length or hfn(data) != dig:
-            raise InputError(
-                f"{abs_path} changed since it was fingerprinted (chunk at offset {loc.offset}); push again"
-            )
-        writer.put_chunk(hex_, data)
-        with pool.lock:
-            stats.chunks_sent += 1
-            stats.bytes_sent += loc.length
-            stats.bytes_changed += loc.length
-
-    with BoundedPool(workers, _budget(manifest.params, budget_bytes)) as pool:
-        for dig, loc in located.items():
-            pool.submit(loc.length, send, dig, loc)
-    writer.flush()  # every chunk durable before the manifest that names it
-    _commit(store, dataset, manifest, None, stats)
-    return _finish(stats, manifest, t0)
 
 
 # ---- replicate -------------------------------------------------------------------------------------
@@ -228,6 +245,8 @@ def replicate(
     src_location: str | None = None,
     dst_location: str | None = None,
     check_existing: bool = False,
+    lock_wait_s: float = LOCK_WAIT_S,
+    progress: Progress = NO_PROGRESS,
 ) -> TransferStats:
     """Copy ``dataset``'s snapshot (its latest, or ``root``) from one store to another, delta only.
 
@@ -250,29 +269,33 @@ def replicate(
         dst_location=dst_location or location_of_store(dst.url),
         bytes_scanned=len(raw),
     )
-    d = _plan(dst, dataset, manifest, check_existing, stats)
-    if d is None:
+    with store_lock(dst, "shared", f"sync replicate {dataset}", wait_s=lock_wait_s):
+        d = _plan(dst, dataset, manifest, check_existing, stats)
+        if d is None:
+            return _finish(stats, manifest, t0)
+        missing = d.missing_chunks()
+        hexfn = _hex_fn(manifest.params)
+        writer = _chunk_writer(dst)
+        task = progress.task(f"replicate {dataset}", total=sum(missing.values()), unit="bytes")
+
+        def copy(hex_: str, length: int) -> None:
+            if writer.has_chunk(hex_):
+                task.advance(length)
+                return
+            data = src.get_chunk(hex_, verify=hexfn)
+            writer.put_chunk(hex_, data)
+            task.advance(length)
+            with pool.lock:
+                stats.chunks_sent += 1
+                stats.bytes_sent += len(data)
+                stats.bytes_changed += len(data)
+
+        with BoundedPool(workers or default_io_workers(dst), _budget(manifest.params, budget_bytes)) as pool:
+            for dig, length in missing.items():
+                pool.submit(length, copy, dig.hex(), length)
+        writer.flush()  # every chunk durable before the manifest that names it
+        _commit(dst, dataset, manifest, raw, stats)
         return _finish(stats, manifest, t0)
-    missing = d.missing_chunks()
-    hexfn = _hex_fn(manifest.params)
-    writer = _chunk_writer(dst)
-
-    def copy(hex_: str, length: int) -> None:
-        if writer.has_chunk(hex_):
-            return
-        data = src.get_chunk(hex_, verify=hexfn)
-        writer.put_chunk(hex_, data)
-        with pool.lock:
-            stats.chunks_sent += 1
-            stats.bytes_sent += len(data)
-            stats.bytes_changed += len(data)
-
-    with BoundedPool(workers or default_io_workers(dst), _budget(manifest.params, budget_bytes)) as pool:
-        for dig, length in missing.items():
-            pool.submit(length, copy, dig.hex(), length)
-    writer.flush()  # every chunk durable before the manifest that names it
-    _commit(dst, dataset, manifest, raw, stats)
-    return _finish(stats, manifest, t0)
 
 
 def _hex_fn(params: ChunkParams) -> Any:
@@ -292,6 +315,7 @@ def pull(
     reuse_local: bool = True,
     src_location: str | None = None,
     dst_location: str | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> TransferStats:
     """Restore a snapshot into directory ``dest``, verifying every chunk; restores mode and mtime.
 
@@ -317,7 +341,7 @@ def pull(
         raise InputError(f"{dest_dir}: exists and is not a directory")
     local: Manifest | None = None
     if reuse_local and dest_dir.is_dir() and any(dest_dir.iterdir()):
-        fp = fingerprint(dest_dir, manifest.params)
+        fp = fingerprint(dest_dir, manifest.params, progress=progress)
         local = fp.manifest
         stats.bytes_scanned += fp.stats.bytes_read
     local_chunks: dict[bytes, tuple[str, int, int]] = {}
@@ -336,7 +360,8 @@ def pull(
     for e in manifest.entries:
         if e.kind == SYMLINK:
             _restore_symlink(dest_dir / e.path, e)
-    writer = _FileWriter(store, dest_dir, hfn, local_chunks, stats)
+    task = progress.task(f"pull {dataset}", total=sum(e.size for e in d.changed_files), unit="bytes")
+    writer = _FileWriter(store, dest_dir, hfn, local_chunks, stats, task)
     try:
         with BoundedPool(
             workers or default_io_workers(store), _budget(manifest.params, budget_bytes)
@@ -388,8 +413,10 @@ class _FileWriter:
         hfn: Any,
         local: dict[bytes, tuple[str, int, int]],
         stats: TransferStats,
+        task: Any,
     ):
         self.store, self.dest, self.hfn, self.local, self.stats = store, dest, hfn, local, stats
+        self.task = task  # progress: bytes restored
         self.pool: BoundedPool | None = None
         self._open: dict[str, tuple[int, Path, FileEntry, list[int]]] = {}
         self._lock = threading.Lock()
@@ -432,6 +459,7 @@ class _FileWriter:
     def _write_chunk(self, path: str, fd: int, off: int, length: int, dig: bytes) -> None:
         data, was_local = self._fetch(dig, length)
         os.pwrite(fd, data, off)
+        self.task.advance(length)
         with self._lock:
             if not was_local:
                 self.stats.chunks_sent += 1
@@ -589,6 +617,7 @@ def verify(
     full: bool = True,
     workers: int | None = None,
     budget_bytes: int | None = None,
+    lock_wait_s: float = LOCK_WAIT_S,
 ) -> VerifyReport:
     """Check every chunk of each dataset's latest snapshot in ``store`` (or of ``dataset`` only).
 
@@ -602,6 +631,21 @@ def verify(
     if dataset is None and not names:
         raise NotFoundError(f"{store.url} holds no dataset (no refs/<dataset>/latest)")
     source = _RepairSource(repair_from) if repair_from is not None else None
+    with contextlib.ExitStack() as stack:
+        if source is not None:  # a repair writes chunks: hold the store against a prune, like a push
+            stack.enter_context(store_lock(store, "shared", "sync verify --repair", wait_s=lock_wait_s))
+        return _verify(store, names, source, full, workers, budget_bytes, t0)
+
+
+def _verify(
+    store: ChunkStore,
+    names: list[str],
+    source: _RepairSource | None,
+    full: bool,
+    workers: int | None,
+    budget_bytes: int | None,
+    t0: float,
+) -> VerifyReport:
     report = VerifyReport(store.url, [], full=full)
     checked: dict[str, str] = {}  # chunk hex -> "ok" | "missing" | "corrupt" (shared across datasets)
     for name in names:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from spotshift.errors import InputError
+from spotshift.progress import NO_PROGRESS, Progress, Task
 from spotshift.sync.chunking import ChunkParams, default_workers, digest_function, iter_chunks
 from spotshift.sync.filescache import FilesCache, stat_key, unpack_chunks
 from spotshift.sync.manifest import DIR, FILE, ROOT_PATH, SYMLINK, FileEntry, Manifest
@@ -176,11 +177,13 @@ def fingerprint(
     use_cache: bool = True,
     cache_path: str | os.PathLike[str] | None = None,
     prefetch_parquet: bool = False,
+    progress: Progress = NO_PROGRESS,
 ) -> Fingerprint:
     """The manifest of the tree at ``source`` (a directory path or ``file://`` URL) and pass statistics.
 
     ``prefetch_parquet`` starts importing pyarrow in the background when files must be read, for
-    callers that will write the manifest next (it overlaps the import with chunking).
+    callers that will write the manifest next (it overlaps the import with chunking). ``progress``
+    gets one task: the bytes of the files that must be read (cached files are not).
     """
     t0 = time.perf_counter()
     params = params or ChunkParams()
@@ -214,7 +217,10 @@ def fingerprint(
         prefetcher = _prefetch_parquet() if todo and prefetch_parquet else None
         try:
             if todo:
-                _chunk_all(todo, params, workers, cache, walked.entries, stats)
+                task = progress.task(
+                    f"fingerprint {root.name}", total=sum(t[2].st_size for t in todo), unit="bytes"
+                )
+                _chunk_all(todo, params, workers, cache, walked.entries, stats, task)
         except BaseException:
             # never exit while a thread is half-way through importing pyarrow (it can abort the process)
             if prefetcher is not None:
@@ -247,6 +253,7 @@ def _chunk_all(
     cache: FilesCache | None,
     entries: list[FileEntry],
     stats: FingerprintStats,
+    task: Task,
 ) -> None:
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait  # not needed on cached runs
 
@@ -284,6 +291,7 @@ def _chunk_all(
                 )
                 stats.bytes_read += st.st_size
                 stats.files_read += 1
+                task.advance(st.st_size)
                 if cache is not None:
                     cache.put(params.key, abs_path, st, lengths, digests, started)
             if cache is not None and time.monotonic() - last_commit > _COMMIT_EVERY_S:

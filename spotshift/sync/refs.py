@@ -1,9 +1,10 @@
 """Snapshots inside a store: immutable manifests named by root, and per-dataset pointers written last.
 
 ``manifests/<root>.parquet`` is written once (``if_absent``) and only after every chunk it names is
-in the store; ``refs/<dataset>/latest`` (a small JSON document) is replaced only after its manifest
-is in place. So a reader that follows a pointer always finds a complete snapshot, whatever
-moment a writer was killed at.
+in the store; ``snapshots/<dataset>/<committed>-<root>.json`` records the commit in the dataset's
+history (write-once; what ``spotshift sync snapshots`` lists and ``sync prune --keep N`` counts);
+``refs/<dataset>/latest`` (a small JSON document) is replaced last. So a reader that follows a
+pointer always finds a complete snapshot, whatever moment a writer was killed at.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from spotshift.sync.store import ChunkStore
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 REFS_PREFIX = "refs/"
 MANIFESTS_PREFIX = "manifests/"
+SNAPSHOTS_PREFIX = "snapshots/"
 
 
 def check_dataset_name(name: str) -> str:
@@ -51,7 +53,8 @@ class Ref:
     bytes: int
     chunks: int
     params: dict[str, Any]
-    committed_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    # microseconds: the history orders commits by it (several pushes can land in one second)
+    committed_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="microseconds"))
 
     @classmethod
     def for_manifest(cls, dataset: str, manifest: Manifest) -> Ref:
@@ -95,6 +98,35 @@ def write_ref(store: ChunkStore, ref: Ref) -> int:
     data = ref.to_bytes()
     store.put_bytes(ref_key(ref.dataset), data)
     return len(data)
+
+
+def snapshot_key(ref: Ref) -> str:
+    """Key of the history record of the commit ``ref`` describes (sorts by commit time per dataset)."""
+    stamp = datetime.fromisoformat(ref.committed_at).astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"{SNAPSHOTS_PREFIX}{check_dataset_name(ref.dataset)}/{stamp}-{ref.root}.json"
+
+
+def record_snapshot(store: ChunkStore, ref: Ref) -> int:
+    """Write the history record of a commit (once); returns bytes written (0 when it was there)."""
+    data = ref.to_bytes()
+    return len(data) if store.put_bytes(snapshot_key(ref), data, if_absent=True) else 0
+
+
+def read_snapshots(store: ChunkStore) -> list[tuple[str, Ref]]:
+    """Every snapshot history record of ``store`` as ``(key, Ref)``, oldest first per dataset.
+
+    A record that does not parse is :class:`IntegrityError` naming it: a pruner must not guess.
+    """
+    out = []
+    for key in store.list_keys(SNAPSHOTS_PREFIX):
+        try:
+            ref = Ref(**json.loads(store.get_bytes(key)))
+        except NotFoundError:  # deleted while we listed
+            continue
+        except Exception as exc:
+            raise IntegrityError(f"snapshot record {key} in {store.url} is corrupt ({exc})") from None
+        out.append((key, ref))
+    return sorted(out, key=lambda kr: (kr[1].dataset, kr[0]))
 
 
 def list_datasets(store: ChunkStore) -> list[str]:

@@ -27,6 +27,8 @@ import secrets
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -47,6 +49,15 @@ def check_key(key: str) -> str:
     if not key or key.startswith("/") or ".." in key.split("/"):
         raise ConfigError(f"store key {key!r} is not a relative path")
     return key
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object as a listing sees it: key, size and when it was last written (UTC)."""
+
+    key: str
+    size: int
+    modified: datetime
 
 
 class ChunkStore(ABC):
@@ -80,8 +91,13 @@ class ChunkStore(ABC):
         """Size in bytes, or None when missing."""
 
     @abstractmethod
+    def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, with size and last write time, in no order."""
+
     def list_keys(self, prefix: str = "") -> Iterator[str]:
         """All keys starting with ``prefix``, in no particular order."""
+        for info in self.list_objects(prefix):
+            yield info.key
 
     @abstractmethod
     def delete(self, key: str) -> None:
@@ -219,7 +235,7 @@ class LocalChunkStore(ChunkStore):
         except FileNotFoundError:
             return None
 
-    def list_keys(self, prefix: str = "") -> Iterator[str]:
+    def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
         base = self.root
         # walk only the directory the prefix names, then filter by the rest of it
         head = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
@@ -232,8 +248,13 @@ class LocalChunkStore(ChunkStore):
             rel_dir = os.path.relpath(dirpath, base)
             for name in filenames:
                 key = name if rel_dir == "." else f"{rel_dir}/{name}"
-                if key.startswith(prefix):
-                    yield key
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, name))
+                except FileNotFoundError:  # deleted while we walked
+                    continue
+                yield ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -297,12 +318,13 @@ def dead_writer_files(directory: Path) -> list[Path]:
     out = []
     for p in directory.iterdir():
         pid_text = p.name.split(".", 1)[0]
-        if pid_text.isdigit() and p.is_file() and not _pid_alive(int(pid_text)):
+        if pid_text.isdigit() and p.is_file() and not pid_alive(int(pid_text)):
             out.append(p)
     return out
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except OSError as exc:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from spotshift.errors import CredentialsError, NotFoundError
-from spotshift.sync.store import BucketStore, register_scheme
+from spotshift.sync.store import BucketStore, ObjectInfo, register_scheme
 
 MiB = 1024 * 1024
 
@@ -121,14 +121,14 @@ class GCSChunkStore(BucketStore):
         blob = self._wrap(key, self._bucket().get_blob, self.object_name(key))
         return None if blob is None else int(blob.size)
 
-    def list_keys(self, prefix: str = "") -> Iterator[str]:
+    def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
         base = f"{self.prefix}/" if self.prefix else ""
         bucket = self._bucket()
         blobs = self._wrap(
             prefix or "keys", lambda: list(bucket.client.list_blobs(bucket, prefix=base + prefix))
         )
         for b in blobs:
-            yield self.key_of(b.name)
+            yield ObjectInfo(self.key_of(b.name), int(b.size or 0), b.updated)
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(NotFoundError):

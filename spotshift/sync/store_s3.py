@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from spotshift.errors import ConfigError, CredentialsError, NotFoundError
-from spotshift.sync.store import BucketStore, register_scheme
+from spotshift.sync.store import BucketStore, ObjectInfo, register_scheme
 
 MiB = 1024 * 1024
 
@@ -200,7 +200,7 @@ class S3ChunkStore(BucketStore):
             return None
         return int(r["ContentLength"])
 
-    def list_keys(self, prefix: str = "") -> Iterator[str]:
+    def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         base = f"{self.prefix}/" if self.prefix else ""
@@ -210,7 +210,7 @@ class S3ChunkStore(BucketStore):
         try:
             for page in pages:
                 for obj in page.get("Contents", []):
-                    yield obj["Key"][len(base) :]
+                    yield ObjectInfo(obj["Key"][len(base) :], int(obj["Size"]), obj["LastModified"])
         except (BotoCoreError, ClientError) as exc:
             raise self._mapped(exc, prefix or "keys") from None
 

@@ -283,6 +283,14 @@ class LocalProcessBackend(ComputeBackend):
 
     def progress(self, name: str) -> int | None:
         """The last step the trainer logged (None before its first step)."""
+        last = self.last_metrics(name)
+        try:
+            return int(last["step"]) if last else None
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def last_metrics(self, name: str) -> dict[str, Any] | None:
+        """The trainer's last logged step record (``step``, ``loss``, ``grad_norm``, ``lr``), or None."""
         info = _read_pidfile(self._pidfile(name))
         if info is None:
             return None
@@ -291,9 +299,15 @@ class LocalProcessBackend(ComputeBackend):
                 f.seek(0, os.SEEK_END)
                 f.seek(max(0, f.tell() - 4096))
                 lines = [ln for ln in f.read().splitlines() if ln.strip()]
-            return int(json.loads(lines[-1])["step"]) if lines else None
-        except (OSError, ValueError, KeyError, IndexError):
+            for line in reversed(lines):  # the first line of the window may be cut
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                return rec if isinstance(rec, dict) else None
+        except OSError:
             return None
+        return None
 
     def wait(self, name: str, timeout_s: float | None = None) -> dict[str, Any]:
         info = _read_pidfile(self._pidfile(name))

@@ -22,7 +22,8 @@ def register(sub: Any) -> None:
     p.add_argument("job", help="declared job name (spotshift.yaml, section jobs)")
     p.add_argument(
         "--location",
-        help="provider/region to run in (default: where the job last checkpointed, else its start_location)",
+        help="provider/region to run in (default: where the job last checkpointed, else its "
+        "start_location, else where `spotshift placement plan` places it)",
     )
     bound = p.add_mutually_exclusive_group()
     bound.add_argument(
@@ -43,13 +44,25 @@ def register(sub: Any) -> None:
         help="also copy periodic checkpoints to this region's store (repeatable)",
     )
     p.add_argument(
-        "--checkpoint-every", type=int, metavar="STEPS", help="override the job's checkpoint_every_steps"
+        "--checkpoint-every-steps",
+        type=int,
+        metavar="STEPS",
+        help="checkpoint every STEPS steps (default: the job's checkpoint_every_steps)",
     )
+    from spotshift.cli import deprecated_alias
+
+    deprecated_alias(p, "--checkpoint-every", "--checkpoint-every-steps", type=int, metavar="STEPS")
     p.add_argument("--key-provider", help="key provider spec (default $SPOTSHIFT_KEY_PROVIDER or local)")
     p.add_argument(
         "--detach", action="store_true", help="start in the background and return (see spotshift trainers)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress display (step, loss, rate on stderr at a terminal)",
+    )
     p.set_defaults(handler=_train)
 
     t = sub.add_parser("trainers", help="list or stop running trainer processes")
@@ -69,8 +82,13 @@ def register(sub: Any) -> None:
         help="treat it as a preemption (writes the preemption notice event the sensor reacts to)",
     )
     st.add_argument(
-        "--timeout", type=float, default=300.0, help="seconds to wait for the checkpoint (default 300)"
+        "--timeout-seconds",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="seconds to wait for the checkpoint (default 300)",
     )
+    deprecated_alias(st, "--timeout", "--timeout-seconds", type=float, metavar="S")
     st.add_argument("--json", action="store_true", help="print one JSON object")
     st.set_defaults(handler=_stop)
 
@@ -86,10 +104,15 @@ def _resume_arg(text: str) -> Any:
 
 def _train(args: argparse.Namespace) -> int:
     from spotshift.cli import emit_json
+    from spotshift.progress import progress_for
     from spotshift.training.backend import LocalProcessBackend
-    from spotshift.training.runs import build_request, collect, current_location
+    from spotshift.training.runs import build_request, collect, train_location, watch_trainer
 
-    location = args.location or current_location(args.job)
+    usage: dict[str, Any] = {}
+    location = args.location
+    if not location:
+        location, usage, why = train_location(args.job)
+        sys.stderr.write(f"spotshift: training {args.job} in {location}: {why}\n")
     req = build_request(
         args.job,
         location,
@@ -98,9 +121,16 @@ def _train(args: argparse.Namespace) -> int:
         until_step=args.until_step,
         replicate_to=args.replicate_to,
         key_provider=args.key_provider,
-        checkpoint_every_steps=args.checkpoint_every,
+        checkpoint_every_steps=args.checkpoint_every_steps,
+        usage=usage or None,
         run_id="cli:train",
     )
+    if not req.usage.get("price_usd_hour"):
+        sys.stderr.write(
+            f"spotshift: warning: no validated quote fits {args.job} in {location}: its compute interval "
+            "stays unpriced (spotshift report lists it); poll prices or choose a location "
+            "`spotshift placement plan` ranks\n"
+        )
     backend = LocalProcessBackend()
     info = backend.start(req)
     if args.detach:
@@ -116,6 +146,10 @@ def _train(args: argparse.Namespace) -> int:
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        with progress_for(args.quiet) as progress:
+            watch_trainer(
+                backend, req.name, progress.task(f"train {req.job}", total=req.until_step, unit="steps")
+            )
         result = collect(backend, req.name)
     finally:
         for s, h in old.items():
@@ -148,10 +182,15 @@ def _list(args: argparse.Namespace) -> int:
     live = backend.list(args.location)
     if args.json:
         emit_json({"trainers": [dict(t.to_dict(), step=backend.progress(t.name)) for t in live]})
+    elif not live:
+        where = f" in {args.location}" if args.location else ""
+        print(f"no trainers running{where}; start one with `spotshift train JOB`")
     else:
+        print(f"{'trainer':30s} {'location':24s} {'pid':>8s} {'step':>8s}  workdir")
         for t in live:
+            step = backend.progress(t.name)
             print(
-                f"{t.name:30s} {t.location:24s} pid {t.pid:<8d} step {backend.progress(t.name)}  {t.workdir}"
+                f"{t.name:30s} {t.location:24s} {t.pid:8d} {step if step is not None else '-':>8}  {t.workdir}"
             )
     return 0
 
@@ -166,7 +205,7 @@ def _stop(args: argparse.Namespace) -> int:
         args.job,
         reason="spotshift trainers stop",
         preemption=args.preemption,
-        timeout_s=args.timeout,
+        timeout_s=args.timeout_seconds,
     )
     if args.json:
         emit_json({k: v for k, v in out.items() if k != "result"})

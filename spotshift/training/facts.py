@@ -91,12 +91,44 @@ def ingest_facts(
             con = stack.enter_context(warehouse.connect(database, timeout_s=timeout_s))
         for table, rows in facts.items():
             fresh = _unseen(con, table, rows)
+            if table == "raw.compute_usage":
+                fresh = [price_usage_row(con, r) for r in fresh]
             if fresh:
                 written[table] = warehouse.append_rows(con, table, fresh)
     if not live:
         for p in files:
             os.replace(p, p.with_suffix(".done"))
     return written
+
+
+def price_usage_row(con: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` (a ``raw.compute_usage`` fact) priced from the quote in force at its location and
+    start when its writer could not price it (no validated quote fitted when the trainer started).
+
+    The quote is what :func:`spotshift.placement.inputs.usage_for` picks from the snapshot in force
+    at ``started_at``; the cost is that price x the work the interval's steps stand for (the job's
+    hours per step), as a priced trainer bills it. A row that still finds no quote is returned as
+    it is: the cost models keep it out of the costs and the report lists it (``fct_unpriced_usage``).
+    """
+    if row.get("price_usd_hour") is not None or row.get("usd") is not None:
+        return row
+    from spotshift.clock import parse_utc
+    from spotshift.errors import SpotshiftError
+    from spotshift.jobs import get_job
+    from spotshift.placement.inputs import usage_for
+
+    try:
+        job = get_job(str(row["job"]))
+        usage = usage_for(
+            con, job, f"{row['provider']}/{row['region']}", as_of=parse_utc(str(row["started_at"]))
+        )
+    except SpotshiftError:  # the job is no longer declared, or the warehouse has no quotes
+        return row
+    if not usage:
+        return row
+    priced = {**row, **{k: v for k, v in usage.items() if v is not None}}
+    priced["usd"] = usage["price_usd_hour"] * int(row.get("steps") or 0) * job.hours_per_step
+    return priced
 
 
 def _unseen(con: Any, table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -150,6 +150,25 @@ def collect(
     return result
 
 
+def watch_trainer(backend: Any, name: str, task: Any, *, poll_s: float = 0.5) -> None:
+    """Report a running trainer's step and loss to a progress ``task`` until the trainer exits.
+
+    ``task`` is a :class:`spotshift.progress.Task` (absolute steps; its total is the stop step).
+    Returns when the process is gone; the result is collected by :func:`collect`.
+    """
+    import time
+
+    while True:
+        info = backend.status(name)
+        last = backend.last_metrics(name) if hasattr(backend, "last_metrics") else None
+        if last and "step" in last:
+            loss = last.get("loss")
+            task.update(completed=float(last["step"]), note=f"loss {loss:.4f}" if loss is not None else "")
+        if info is None or not info.alive:
+            return
+        time.sleep(poll_s)
+
+
 def run_training(
     backend: ComputeBackend,
     request: TrainRequest,
@@ -185,6 +204,45 @@ def current_location(job_name: str, database: Any = None) -> str:
     if job.start_location:
         return job.start_location
     raise ConfigError(f"job {job_name!r} has no checkpoint yet and no start_location: give a location")
+
+
+def train_location(job_name: str, database: Any = None) -> tuple[str, dict[str, Any], str]:
+    """Where ``spotshift train JOB`` runs when no ``--location`` is given: ``(location, usage, why)``.
+
+    Where the job last checkpointed, else its declared ``start_location``, else where placement
+    puts it now (the decision ``spotshift placement plan`` prints, on the latest validated quote
+    snapshot); ``usage`` prices the interval at the placed quote (empty for the first two: the
+    request prices them). :class:`ConfigError` with what to do when none applies.
+    """
+    from spotshift import warehouse
+    from spotshift.clock import virtual_now
+    from spotshift.errors import NotFoundError
+    from spotshift.placement.inputs import decide_for_job, usage_for
+
+    try:
+        return current_location(job_name, database), {}, "where the job last checkpointed or starts"
+    except ConfigError:
+        pass
+    try:
+        with warehouse.connect(database) as con:
+            decision = decide_for_job(con, job_name, now=virtual_now())
+            target = decision.target
+            if target is None:
+                raise ConfigError(
+                    f"job {job_name!r}: placement queues it ({'; '.join(decision.reasons)}): give --location"
+                )
+            q = target.quote
+            from spotshift.jobs import get_job
+
+            usage = usage_for(
+                con, get_job(job_name), q.location, market=q.market, instance_type=q.instance_type
+            )
+    except NotFoundError as exc:
+        raise ConfigError(
+            f"job {job_name!r} has no checkpoint, no start_location and placement has no prices ({exc}): "
+            "give --location PROVIDER/REGION"
+        ) from None
+    return q.location, usage, f"placed by `spotshift placement plan` ({q.market} {q.instance_type})"
 
 
 def stop_with_checkpoint(

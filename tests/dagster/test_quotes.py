@@ -14,6 +14,7 @@ from resources.prices import PriceFeedResource
 from resources.warehouse import WarehouseResource
 from sensors.price_poll import price_poll_schedule
 from spotshift.clock import VirtualClock
+from spotshift.errors import ConfigError
 from spotshift.pricing.expectations import CHECKS
 from spotshift.pricing.history import read_price_history
 from spotshift.pricing.synthetic import synthetic_history, write_history_csv
@@ -102,12 +103,24 @@ def test_bad_snapshot_is_blocked_before_gpu_quotes(spotshift_home: Path) -> None
 
 
 def test_stale_market_is_blocked(spotshift_home: Path) -> None:
-    frame = synthetic_history(weeks=2)
+    # weeks 1 and 8 only: at the end of week 7 the newest quote is six weeks old on the replay's clock
+    frame = synthetic_history(weeks=8)
+    first, last = frame["observed_at"].min(), frame["observed_at"].max()
+    frame = frame.filter((pl.col("observed_at") == first) | (pl.col("observed_at") == last))
     history = write_history_csv(frame, spotshift_home / "h.csv")
-    VirtualClock.starting(frame["observed_at"].max() + timedelta(days=60), 0).save()
+    VirtualClock.starting(last - timedelta(days=1), 0).save()
     result = run_poll(spotshift_home, history, dg.DagsterInstance.ephemeral())
     failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
     assert failed == {"quotes_fresh"} and not result.asset_materializations_for_node("gpu_quotes")
+
+
+def test_replay_past_its_end_is_a_frozen_market_on_its_own_clock(spotshift_home: Path) -> None:
+    frame = synthetic_history(weeks=2)
+    history = write_history_csv(frame, spotshift_home / "h.csv")
+    VirtualClock.starting(frame["observed_at"].max() + timedelta(days=700), 0).save()
+    result = run_poll(spotshift_home, history, dg.DagsterInstance.ephemeral())
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    assert result.asset_materializations_for_node("gpu_quotes")
 
 
 def test_schedule_evaluates_every_minute_with_a_stable_run_key() -> None:
@@ -123,6 +136,16 @@ def test_schedule_evaluates_every_minute_with_a_stable_run_key() -> None:
 def test_resource_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPOTSHIFT_PRICE_FEED", "azure")
     monkeypatch.setenv("SPOTSHIFT_AZURE_BASE_URL", "http://127.0.0.1:9/prices")
+    for var in ("SPOTSHIFT_PRICES", "SPOTSHIFT_GCP_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)  # unset: from_env gives them their defaults
     resource = PriceFeedResource.from_env()
-    assert resource.feed == "azure" and resource.open_feed().base_url == "http://127.0.0.1:9/prices"
-    assert resource.config().quote_age_limit_hours == 72.0
+    # the definitions carry references to the variables (what the UI shows), not their values
+    assert isinstance(resource.feed, dg.EnvVar) and resource.feed.env_var_name == "SPOTSHIFT_PRICE_FEED"
+    assert isinstance(resource.history_path, dg.EnvVar)
+    with dg.build_resources({"prices": resource}) as built:  # resolved as a run resolves them
+        prices = built.prices
+        assert prices.feed == "azure" and prices.open_feed().base_url == "http://127.0.0.1:9/prices"
+        assert prices.config().quote_age_limit_hours == 72.0 and prices.history_path == ""
+    monkeypatch.setenv("SPOTSHIFT_PRICE_FEED", "nope")
+    with pytest.raises(ConfigError, match="price feed 'nope'"):  # a wrong value fails the load
+        PriceFeedResource.from_env()

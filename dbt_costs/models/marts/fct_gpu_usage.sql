@@ -13,7 +13,8 @@
 --   spot interval's own price when that location was never quoted. A job that never ran on spot
 --   (not allowed to) "stays" on demand: its first-spot baseline is its on-demand baseline.
 with usage as (
-    select * from {{ ref('stg_spotshift__compute_usage') }}
+    -- unpriced intervals (usd NULL) are listed by fct_unpriced_usage instead
+    select * from {{ ref('stg_spotshift__compute_usage') }} where usd is not null
 ),
 
 lookups as (
@@ -60,7 +61,9 @@ priced as (
         ) as on_demand_price_usd_hour,
         case
             when first_spot_integral_start is null then first_interval_usd_gpu_hour
-            when hours > 0 then (first_spot_integral_end - first_spot_integral_start) / hours
+            -- the curve's integral runs over the interval's clock time: average over wall_hours
+            -- (billed hours may differ: a trainer bills the work its steps stand for)
+            when wall_hours > 0 then (first_spot_integral_end - first_spot_integral_start) / wall_hours
             else first_spot_price_at_start
         end as first_spot_usd_gpu_hour,
         case

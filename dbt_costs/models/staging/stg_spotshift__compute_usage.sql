@@ -4,7 +4,10 @@
 -- One row per compute interval (a retried write of the same usage_id is kept once).
 -- `hours` is the billed quantity: usd / price_usd_hour when the writer gave both (trainers bill
 -- the work their steps stand for, which a sped-up virtual clock does not show), else the length
--- of the interval; `wall_hours` is always the length. usd falls back to price x wall hours.
+-- of the interval; `wall_hours` is always the length. usd falls back to price x wall hours; it
+-- stays NULL when neither is known (a writer that found no quote: a location the feed does not
+-- price, a trainer started before the first poll): fct_unpriced_usage lists such intervals,
+-- fct_gpu_usage and everything built on it leave them out.
 with source as (
     select * from {{ source('spotshift', 'compute_usage') }}
 ),

@@ -4,6 +4,13 @@ At virtual time ``t`` the feed returns, for every (provider, region, zone, insta
 newest row with ``observed_at <= t`` — and drops instance types whose newest row is more than
 ``delist_after`` older than the newest observation (the provider stopped listing them).
 
+The feed's own clock (:meth:`ReplayFeed.clock`) is ``t`` while ``t`` lies inside the history and
+stops at the history's last observation after it: polled at a time past its end (the real date on
+a fresh home, with no virtual clock), the feed serves its last snapshot as a frozen market with
+the true observation dates, never relabelled as today's prices, and the freshness check measures
+quote age on that clock. :meth:`ReplayFeed.describe` says so in one line (``spotshift quotes
+poll`` prints it).
+
 Which history (:func:`resolve_history`): an explicit path (``--prices FILE``), else the
 ``SPOTSHIFT_PRICES`` variable, else the real GCP history in ``../shared/data`` when present,
 else the generated market of :mod:`spotshift.pricing.synthetic`.
@@ -139,6 +146,33 @@ class ReplayFeed(PriceFeed):
     def fetch(self, now: datetime) -> Any:
         """Raw prices of the snapshot in effect at ``now``."""
         return history_to_raw(snapshot_at(self.frame, now, self.delist_after))
+
+    def clock(self, now: datetime) -> datetime:
+        """``now`` inside the history; its last observation after it (the replay has ended)."""
+        span = self.time_range()
+        if span is None or now <= span[1]:
+            return now
+        return span[1]
+
+    def describe(self, now: datetime) -> str:
+        """Which history is replayed and, past its end, that the market is frozen at its last week."""
+        span = self.time_range()
+        name = Path(self.origin).name if not self.origin.startswith("synthetic") else self.origin
+        if span is None:
+            return f"replaying {name}: the history is empty"
+        first, last = (t.date().isoformat() for t in span)
+        if now < span[0]:
+            return (
+                f"replaying {name} ({first} .. {last}): the clock ({now.date().isoformat()}) is before "
+                "its first observation, so there are no prices yet"
+            )
+        if now > span[1]:
+            return (
+                f"replaying {name} ({first} .. {last}): the history ended before now "
+                f"({now.date().isoformat()}), so the feed serves its last week as a frozen market, "
+                f"dated {last}; for live prices set SPOTSHIFT_PRICE_FEED=aws|gcp|azure"
+            )
+        return f"replaying {name} ({first} .. {last}) at {now.isoformat()}"
 
     def time_range(self) -> tuple[datetime, datetime] | None:
         """First and last ``observed_at`` of the history (``None`` when empty)."""

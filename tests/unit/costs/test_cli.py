@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,7 +12,8 @@ import pytest
 
 from spotshift.cli import main
 from spotshift.costs.fixtures import generate_facts, write_facts
-from spotshift.warehouse import connect
+from spotshift.costs.report import CostReport, format_text
+from spotshift.warehouse import append_rows, connect
 
 from .conftest import HAND_JOB
 
@@ -148,3 +150,63 @@ def test_focus_check_reports_wrong_types_in_a_text_csv(tmp_path: Path, capsys) -
     assert "BilledCost not a number: 1 row(s)" in out
     assert "ChargePeriodStart not an ISO 8601 datetime: 1 row(s)" in out
     assert "missing FOCUS 1.2 column BillingAccountId" in out
+
+
+@pytest.mark.slow
+def test_report_lists_unpriced_intervals_and_data_problems_instead_of_failing(
+    warehouse_copy: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # what `spotshift train --location aws/us-east-1` leaves while the feed quotes GCP only, and a
+    # fact with a negative cost (a data test finds it): the report still runs and says both
+    from datetime import datetime
+
+    base = dict(provider="aws", region="nowhere-1", job="own-job", steps=30, run_id="cli:train")
+    with connect(warehouse_copy) as con:
+        append_rows(
+            con,
+            "raw.compute_usage",
+            [
+                dict(
+                    base,
+                    usage_id="unpriced-1",
+                    started_at=datetime(2024, 5, 2, 1),
+                    ended_at=datetime(2024, 5, 2, 2),
+                ),
+                dict(
+                    base,
+                    usage_id="negative-1",
+                    started_at=datetime(2024, 5, 2, 3),
+                    ended_at=datetime(2024, 5, 2, 4),
+                    market="spot",
+                    gpu_count=8,
+                    price_usd_hour=1.0,
+                    usd=-5.0,
+                ),
+            ],
+        )
+    # the dbt build shows its progress on stderr (forced, as at a terminal); stdout stays JSON
+    monkeypatch.setenv("SPOTSHIFT_PROGRESS", "always")
+    code, out, err = run(capsys, "report", "--json", "--warehouse", str(warehouse_copy))
+    assert code == 0, err
+    assert "dbt build: rebuilt" in err and "dbt build" in err and "nodes" in err
+    doc = json.loads(out)
+    assert doc["unpriced"][0]["intervals"] == 1 and doc["unpriced"][0]["location"] == "aws/nowhere-1"
+    assert "non_negative_fct_gpu_usage_usd: 1 row(s)" in doc["data_warnings"]
+    fields = {f.name for f in dataclasses.fields(CostReport)}
+    report_text = format_text(
+        CostReport(**{k: v for k, v in doc.items() if k in fields} | {"built_at": None})
+    )
+    assert "Data warnings:" in report_text and "non_negative_fct_gpu_usage_usd: 1 row(s)" in report_text
+    code, out, err = run(capsys, "report", "--no-build", "--warehouse", str(warehouse_copy))
+    assert code == 0 and "nodes" not in err  # nothing built, nothing to show
+    assert "Unpriced: 1 compute interval(s)" in out
+    assert (
+        "own-job in aws/nowhere-1: 1 interval(s), 30 steps — no quote was ever polled for aws/nowhere-1"
+        in out
+    )
+    # the FOCUS export carries only priced intervals
+    code, out, err = run(
+        capsys, "focus", "export", str(warehouse_copy.with_name("f.csv")), "--warehouse", str(warehouse_copy)
+    )
+    assert code == 0, err
+    assert "unpriced-1" not in warehouse_copy.with_name("f.csv").read_text()

@@ -44,7 +44,10 @@ def test_jobs_bad_input_exit_2(spotshift_home: Path, capsys) -> None:
         ([*ADD[:2], "x3", *ADD[3:], "--allow", "us-east-1"], "not provider/region"),
         ([*ADD[:2], "x4", *ADD[3:], "--model", "depth=3"], "--model entry 'depth=3'"),
         (["jobs", "show", "nope"], "job 'nope' is not declared"),
-        (["placement", "plan", "llm-ft"], "no quote snapshot"),
+        (
+            ["placement", "plan", "llm-ft"],
+            "no validated quote snapshot yet: run `spotshift quotes poll` first",
+        ),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

@@ -146,5 +146,49 @@ def test_decide_for_job_and_record_once(wh) -> None:
 
 def test_no_snapshot_is_a_clear_error(spotshift_home: Path) -> None:
     add_job(make_job())
-    with warehouse.connect() as con, pytest.raises(NotFoundError, match="no quote snapshot"):
+    with warehouse.connect() as con, pytest.raises(NotFoundError, match="run `spotshift quotes poll` first"):
         assemble_inputs(con, "llm-ft", now=NOW)
+    # a poll happened but its snapshot failed the checks: say so, not "poll first"
+    with warehouse.connect() as con:
+        con.execute(
+            "INSERT INTO raw.price_quotes (snapshot_id, polled_at) VALUES ('q-stale', TIMESTAMP '2025-03-01')"
+        )
+        with pytest.raises(NotFoundError, match="q-stale .* failed its quality checks"):
+            assemble_inputs(con, "llm-ft", now=NOW)
+
+
+def test_unpriced_usage_is_priced_at_ingest_from_the_quote_in_force(wh, tmp_path: Path) -> None:
+    from spotshift.training.facts import FactLog, ingest_facts
+
+    wh.close()
+    base = {"job": "llm-ft", "provider": "gcp", "region": "us-east1", "steps": 50, "run_id": "cli:train"}
+    log = FactLog(tmp_path)
+    for usage_id, start in (
+        ("after-snap-new", NOW),  # snap-new (spot 6.0 in us-east1) is in force
+        ("during-snap-old", NOW - timedelta(minutes=30)),  # snap-old (spot 20.0) was in force
+        ("before-any-poll", NOW - timedelta(hours=5)),  # nothing was in force: stays unpriced
+    ):
+        log.append(
+            "raw.compute_usage",
+            {**base, "usage_id": usage_id, "started_at": start.isoformat(), "ended_at": (start + timedelta(minutes=1)).isoformat()},
+        )  # fmt: skip
+    log.append("raw.compute_usage", {**base, "usage_id": "elsewhere", "region": "nowhere-1", "started_at": NOW.isoformat(), "ended_at": NOW.isoformat()})  # fmt: skip
+    assert ingest_facts(tmp_path) == {"raw.compute_usage": 4}
+    with warehouse.connect() as con:
+        rows = {
+            r[0]: r[1:]
+            for r in con.execute(
+                "SELECT usage_id, instance_type, market, price_usd_hour, usd FROM raw.compute_usage "
+                "WHERE run_id = 'cli:train'"
+            ).fetchall()
+        }
+    hours_per_step = 100.0 / 10_000
+    assert rows["after-snap-new"] == ("a2-highgpu-8g", "spot", 6.0, pytest.approx(6.0 * 50 * hours_per_step))
+    assert rows["during-snap-old"] == (
+        "a2-highgpu-8g",
+        "spot",
+        20.0,
+        pytest.approx(20.0 * 50 * hours_per_step),
+    )
+    assert rows["before-any-poll"] == (None, None, None, None)
+    assert rows["elsewhere"] == (None, None, None, None)

@@ -15,7 +15,7 @@ import pytest
 from spotshift.cli import main
 from spotshift.clock import VirtualClock
 from spotshift.pricing.quote import QUOTE_FIELDS
-from spotshift.pricing.synthetic import synthetic_history, write_synthetic_history
+from spotshift.pricing.synthetic import synthetic_history, write_history_csv, write_synthetic_history
 from tests.unit.pricing.conftest import FIXTURES
 
 CHECK_FIXTURE = Path("/work/shared/checks/data/aws_spot_history.json")
@@ -132,9 +132,23 @@ def test_poll_then_cheapest(spotshift_home: Path, tmp_path: Path, capsys: pytest
     assert "A100-40GB" in capsys.readouterr().out
     assert main(["quotes", "cheapest", "--gpu", "v100"]) == 2
     assert "not a known GPU model" in capsys.readouterr().err
-    VirtualClock.starting(last + timedelta(days=30), 0).save()
-    assert main(["quotes", "poll", "--prices", str(history)]) == 1  # stale: a check fails
-    assert "quotes_fresh: FAILED" in capsys.readouterr().out
+    # past the end of the history the replay serves its last week, frozen, on its own clock
+    VirtualClock.starting(last + timedelta(days=700), 0).save()
+    assert main(["quotes", "poll", "--prices", str(history), "--json"]) == 0
+    frozen = json.loads(capsys.readouterr().out)
+    assert frozen["passed"] and frozen["snapshot_id"] == polled["snapshot_id"]
+    assert frozen["feed_clock"] == last.isoformat() and "frozen market" in frozen["feed_note"]
+    # a gap inside the history is stale on the replay's clock: the check fails and says what to do
+    gappy = synthetic_history(weeks=8)
+    gappy = gappy.filter(
+        (gappy["observed_at"] < gappy["observed_at"].min() + timedelta(days=8))
+        | (gappy["observed_at"] == gappy["observed_at"].max())
+    )
+    write_history_csv(gappy, tmp_path / "gap.csv")
+    VirtualClock.starting(gappy["observed_at"].max() - timedelta(days=1), 0).save()
+    assert main(["quotes", "poll", "--prices", str(tmp_path / "gap.csv")]) == 1
+    out = capsys.readouterr().out
+    assert "quotes_fresh: FAILED" in out and "SPOTSHIFT_MAX_QUOTE_AGE_H" in out and "poll again" in out
 
 
 def test_synthetic_and_catalog_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

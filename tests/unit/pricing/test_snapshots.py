@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -75,6 +75,17 @@ def test_poll_into_warehouse_promotes_only_validated_snapshots(
     assert ok.passed and ok.raw_rows_written == ok.curated_rows_written > 0
     again = poll_into_warehouse(ReplayFeed(history), t + timedelta(minutes=1), max_quote_age_hours=24)
     assert again.passed and again.raw_rows_written == again.curated_rows_written == 0
-    stale = poll_into_warehouse(ReplayFeed(history), t + timedelta(days=3), max_quote_age_hours=24)
+    # past its end the replay is judged on its own clock (its last observation): still fresh
+    frozen = poll_into_warehouse(ReplayFeed(history), t + timedelta(days=3), max_quote_age_hours=24)
+    assert frozen.passed and frozen.feed_clock == history["observed_at"].max()
+    # a feed whose clock is now (a live feed) that stopped publishing 3 days ago is stale
+    stale = poll_into_warehouse(_LiveReplay(history), t + timedelta(days=3), max_quote_age_hours=24)
     assert not stale.passed and stale.curated_rows_written == 0
     assert [c.name for c in stale.checks if not c.passed] == ["quotes_fresh"]
+
+
+class _LiveReplay(ReplayFeed):
+    """The replay's prices on a live feed's clock (``now``): a live feed that stopped publishing."""
+
+    def clock(self, now: datetime) -> datetime:
+        return now

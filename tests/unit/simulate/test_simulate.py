@@ -18,8 +18,8 @@ from spotshift.simulate.traces import generate_traces
 HEADER = "observed_at,instance_type,gpu_model,gpu_count,region,ondemand_hour,spot_hour\n"
 # instant copies and start-ups, hourly checkpoints and ticks: every cost below is a sum of prices
 EXACT = [
-    "--changeover-hours", "0", "--transfer-gbps", "inf", "--ckpt-interval-hours", "1",
-    "--data-gb", "100", "--ckpt-gb", "10", "--start", "2024-01-01",
+    "--changeover-hours", "0", "--transfer-gbps", "inf", "--checkpoint-interval-hours", "1",
+    "--data-gb", "100", "--checkpoint-gb", "10", "--start", "2024-01-01",
 ]  # fmt: skip
 
 

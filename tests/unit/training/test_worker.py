@@ -169,14 +169,19 @@ def test_never_two_trainers_of_one_job(spotshift_home: Path) -> None:
 def test_cli_train_runs_and_resumes(spotshift_home: Path) -> None:
     declare_tiny_job(spotshift_home, total_steps=50, every=20)
     exe = Path(sys.executable).with_name("spotshift")
-    first = subprocess.run([exe, "train", "tiny", "--steps", "30", "--json"], capture_output=True, text=True)
+    forced = {**os.environ, "SPOTSHIFT_PROGRESS": "always"}  # as at a terminal: step, loss, rate on stderr
+    first = subprocess.run(
+        [exe, "train", "tiny", "--steps", "30", "--json"], capture_output=True, text=True, env=forced
+    )
     assert first.returncode == 0, first.stderr
-    r1 = json.loads(first.stdout)
+    assert "train tiny" in first.stderr and "steps" in first.stderr and "loss " in first.stderr
+    r1 = json.loads(first.stdout)  # stdout stays one JSON object
     assert r1["status"] == "stopped_at_step" and r1["step"] == 30 and r1["location"] == GCP
     second = subprocess.run(
-        [exe, "train", "tiny"], capture_output=True, text=True
+        [exe, "train", "tiny", "--quiet"], capture_output=True, text=True, env=forced
     )  # resumes where it checkpointed
     assert second.returncode == 0, second.stderr
+    assert "train tiny" not in second.stderr  # --quiet: no progress display
     assert second.stdout.startswith("completed: tiny in gcp/us-central1 at step 50 (20 steps run)")
     bad = subprocess.run([exe, "train", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "nope" in bad.stderr
