@@ -21,7 +21,7 @@ JOB = "job-a"
 
 @pytest.fixture
 def five(tmp_path: Path, spotshift_home: Path) -> tuple[LocalChunkStore, LocalKeyProvider, list[str]]:
-    store, keys = LocalChunkStore(tmp_path / "store"), LocalKeyProvider()
+    store, keys = LocalChunkStore(tmp_path / "store"), LocalKeyProvider(create=True)
     ids = [write_checkpoint(store, payload(step=s), keys).checkpoint_id for s in (100, 200, 300, 400, 500)]
     return store, keys, ids
 
