@@ -370,6 +370,7 @@ def _estimate(user_region: str, key: str) -> tuple[float, str]:
     return round(measured * ratio, 1), how
 
 
+@functools.lru_cache(maxsize=65_536)
 def rtt_ms(user_region: str, location: str) -> float:
     """Round trip in ms from users in ``user_region`` to a replica at ``location``.
 
