@@ -17,7 +17,7 @@ The rules, per user region ``u``, then per location:
    below. Demand *now* above the granted capacity (an overload, not a forecast) lifts the target at
    once. Replacing lost replicas is never delayed: the target did not change.
 3. **Where users can be served**: a location is eligible for ``u`` when a pool of the granted size
-   at ``1 / headroom`` of its capacity keeps ``slo_target`` of ``u``'s requests within the SLO
+   loaded to its capacity keeps ``slo_target`` of ``u``'s requests within the SLO
    (network round trip from :mod:`spotshift.serving.latency`, queueing and inference from
    :mod:`spotshift.serving.slo`). None eligible: the lowest round trip, and the reasons say so.
 4. **Spot or not** (seed 000): spot in a location only when ``spot < 0.6 x reserved`` there
@@ -180,9 +180,12 @@ class ScalerMemory:
             {k: [list(b) for b in v] for k, v in self.nonspot_hourly.items()},
         )
 
-    def pending(self) -> bool:
-        """A hysteresis timer is running (a later call may change the target with the same inputs)."""
-        return bool(self.up_since or self.down_since)
+    def next_change_s(self, p: ScalingParams) -> float:
+        """Epoch second at which a running hysteresis timer expires (inf when none runs): before
+        then, the same inputs give the same launches and terminations."""
+        times = [t + p.upscale_delay_s for t in self.up_since.values()]
+        times += [t + p.downscale_delay_s for t in self.down_since.values()]
+        return min(times, default=math.inf)
 
     def to_json(self) -> str:
         """Serialize (sorted keys: equal memories give equal strings)."""
@@ -448,29 +451,21 @@ def _mix(
     return min(options, key=lambda so: (so[0] * p_spot + so[1] * (p_other or 0.0), -so[0]))
 
 
-def decide_scaling(
-    inputs: ScalingInputs, memory: ScalerMemory | None = None, params: ScalingParams | None = None
-) -> ScalingDecision:
-    """Plan replicas for ``inputs`` (rules in the module docstring); pure: the new memory is in the result."""
-    p = params or ScalingParams()
-    prof = inputs.profile
+_PLAN_CACHE: dict[Any, Any] = {}
+
+
+def _plan(
+    quotes: Mapping[str, LocationQuote],
+    granted_items: tuple[tuple[str, int], ...],
+    no_spot: Mapping[str, str],
+    committed: Mapping[str, int],
+    rtt: Callable[[str, str], float],
+    prof: ServingProfile,
+    p: ScalingParams,
+) -> tuple[dict[str, SpotRule], dict[str, Any], dict[tuple[str, str], float], list[str]]:
+    """Rules 3-6 for every user region (the memoizable part of :func:`decide_scaling`)."""
     cap = prof.capacity_tokens_s
-    mem = memory.copy() if memory is not None else ScalerMemory()
-    now_s = inputs.now.timestamp()
-    lookup = _rtt_lookup(inputs)
-    rtt_cache: dict[tuple[str, str], float] = {}
-
-    def rtt(u: str, loc: str) -> float:
-        key = (u, loc)
-        if key not in rtt_cache:
-            rtt_cache[key] = round(lookup(u, loc), 1)
-        return rtt_cache[key]
-
     reasons: list[str] = []
-    allowed = set(inputs.allowed) if inputs.allowed is not None else None
-    quotes = {q.location: q for q in inputs.quotes if allowed is None or q.location in allowed}
-    if not quotes:
-        raise ConfigError(f"endpoint {inputs.endpoint}: no quoted location to place replicas in")
     spot_ok = "spot" in p.markets
     nonspot_market = (
         "on_demand" if "on_demand" in p.markets else ("reserved" if "reserved" in p.markets else None)
@@ -484,10 +479,8 @@ def decide_scaling(
             rules[loc] = SpotRule(loc, q.spot_usd_hour, res, False, "spot is not an allowed market")
         elif q.spot_usd_hour is None:
             rules[loc] = SpotRule(loc, None, res, False, "no spot price")
-        elif loc in inputs.no_spot:
-            rules[loc] = SpotRule(
-                loc, q.spot_usd_hour, res, False, f"no spot capacity: {inputs.no_spot[loc]}"
-            )
+        elif loc in no_spot:
+            rules[loc] = SpotRule(loc, q.spot_usd_hour, res, False, f"no spot capacity: {no_spot[loc]}")
         elif res is None:
             rules[loc] = SpotRule(loc, q.spot_usd_hour, None, False, "no reserved price to compare with")
         elif q.spot_usd_hour < p.spot_reserved_ratio * res:
@@ -513,21 +506,14 @@ def decide_scaling(
         return quotes[loc].price(nonspot_market)
 
     # committed reserved capacity serves first (it is paid for either way)
-    free_reserved = {loc: mem.committed.get(loc, 0) * cap for loc in quotes if "reserved" in p.markets}
+    free_reserved = {loc: committed.get(loc, 0) * cap for loc in quotes if "reserved" in p.markets}
     plan_tokens: dict[tuple[str, str], float] = {}
-    terms: list[UserRegionTerms] = []
-    regions = sorted(set(inputs.demand_tokens_s) | set(inputs.forecast_tokens_s))
-    total_demand = 0.0
-    for u in regions:
-        demand = max(0.0, float(inputs.demand_tokens_s.get(u, 0.0)))
-        forecast = max(0.0, float(inputs.forecast_tokens_s.get(u, 0.0))) if p.use_forecast else 0.0
-        total_demand += demand
-        wanted = wanted_replicas(demand, forecast, cap, p)
-        overload = demand > mem.granted.get(u, 0) * cap
-        granted, hyst = hysteresis_step(u, wanted, overload, now_s, mem, p)
+    per_u: dict[str, Any] = {}
+    nonspot_of = {loc: nonspot_price(loc) for loc in quotes}
+    for u, granted in granted_items:
         target = granted * cap
         floor = p.floor_share * target / p.headroom
-        util = 1.0 / p.headroom
+        util = 1.0  # the router's test too: a pool loaded to its capacity at the SLO
         eligible = [loc for loc in quotes if _meets(prof, rtt(u, loc), util, max(1, granted), p.slo_target)]
         if not eligible and target > 0:
             fastest = min(quotes, key=lambda loc: (rtt(u, loc), loc))
@@ -550,8 +536,8 @@ def decide_scaling(
             key=lambda x: (quotes[x].spot_usd_hour, rtt(u, x), x),
         )
         priced_other = sorted(
-            (loc for loc in eligible if nonspot_price(loc) is not None),
-            key=lambda x: (nonspot_price(x), rtt(u, x), x),
+            (loc for loc in eligible if nonspot_of[loc] is not None),
+            key=lambda x: (nonspot_of[x], rtt(u, x), x),
         )
         other_loc = priced_other[0] if priced_other else None
         p_other = nonspot_price(other_loc) if other_loc else None
@@ -581,6 +567,73 @@ def decide_scaling(
                 reasons.append(f"{u}: no eligible location prices {', '.join(p.markets)}")
         for loc, market, tok in plan:
             plan_tokens[(loc, market)] = plan_tokens.get((loc, market), 0.0) + tok
+        per_u[u] = (tuple(sorted(eligible)), used_spot, tuple(plan))
+    return rules, per_u, plan_tokens, reasons
+
+
+def decide_scaling(
+    inputs: ScalingInputs, memory: ScalerMemory | None = None, params: ScalingParams | None = None
+) -> ScalingDecision:
+    """Plan replicas for ``inputs`` (rules in the module docstring); pure: the new memory is in the result."""
+    p = params or ScalingParams()
+    prof = inputs.profile
+    cap = prof.capacity_tokens_s
+    mem = memory.copy() if memory is not None else ScalerMemory()
+    now_s = inputs.now.timestamp()
+    lookup = _rtt_lookup(inputs)
+    rtt_cache: dict[tuple[str, str], float] = {}
+
+    def rtt(u: str, loc: str) -> float:
+        key = (u, loc)
+        if key not in rtt_cache:
+            rtt_cache[key] = round(lookup(u, loc), 1)
+        return rtt_cache[key]
+
+    reasons: list[str] = []
+    allowed = set(inputs.allowed) if inputs.allowed is not None else None
+    quotes = {q.location: q for q in inputs.quotes if allowed is None or q.location in allowed}
+    if not quotes:
+        raise ConfigError(f"endpoint {inputs.endpoint}: no quoted location to place replicas in")
+    nonspot_market = (
+        "on_demand" if "on_demand" in p.markets else ("reserved" if "reserved" in p.markets else None)
+    )
+    regions = sorted(set(inputs.demand_tokens_s) | set(inputs.forecast_tokens_s))
+    terms_in: list[tuple[str, float, float, int, int, str]] = []
+    total_demand = 0.0
+    for u in regions:
+        demand = max(0.0, float(inputs.demand_tokens_s.get(u, 0.0)))
+        forecast = max(0.0, float(inputs.forecast_tokens_s.get(u, 0.0))) if p.use_forecast else 0.0
+        total_demand += demand
+        wanted = wanted_replicas(demand, forecast, cap, p)
+        overload = demand > mem.granted.get(u, 0) * cap
+        granted, hyst = hysteresis_step(u, wanted, overload, now_s, mem, p)
+        terms_in.append((u, demand, forecast, wanted, granted, hyst))
+    granted_items = tuple((u, g) for u, _, _, _, g, _ in terms_in)
+    committed_items = tuple(sorted((k, v) for k, v in mem.committed.items() if v))
+    if inputs.rtt_ms is None:  # the default table: the plan is a function of hashable inputs only
+        key = (
+            tuple(sorted(quotes.values(), key=lambda q: q.location)),
+            granted_items,
+            tuple(sorted(inputs.no_spot.items())),
+            committed_items,
+            prof,
+            p,
+        )
+        cached = _PLAN_CACHE.get(key)
+        if cached is None:
+            if len(_PLAN_CACHE) >= 512:
+                _PLAN_CACHE.clear()
+            cached = _PLAN_CACHE[key] = _plan(
+                quotes, granted_items, inputs.no_spot, dict(committed_items), rtt, prof, p
+            )
+    else:
+        cached = _plan(quotes, granted_items, inputs.no_spot, dict(committed_items), rtt, prof, p)
+    rules, per_u, plan_tokens, plan_reasons = cached
+    reasons.extend(plan_reasons)
+    terms: list[UserRegionTerms] = []
+    for u, demand, forecast, wanted, granted, hyst in terms_in:
+        eligible, used_spot, plan = per_u[u]
+        target = granted * cap
         terms.append(
             UserRegionTerms(
                 user_region=u,
@@ -589,10 +642,10 @@ def decide_scaling(
                 wanted_replicas=wanted,
                 granted_replicas=granted,
                 target_tokens_s=target,
-                floor_tokens_s=floor,
-                eligible=tuple(sorted(eligible)),
+                floor_tokens_s=p.floor_share * target / p.headroom,
+                eligible=eligible,
                 spot_locations=used_spot,
-                plan=tuple(plan),
+                plan=plan,
                 hysteresis=hyst,
             )
         )

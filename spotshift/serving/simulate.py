@@ -66,6 +66,7 @@ POLICY_LABELS = {
     "spotshift": "spotshift autoscaler + router",
 }
 COST_ROUTING_SHARE = 0.8  # seed 000: 80 % of traffic to the cheapest replicas meeting the SLO
+ROUTER_SLO_TARGET = 0.999  # a pool is "meeting the SLO" for a user region at this share, loaded to capacity
 
 #: UTC offsets (hours) of the user regions' population centres, for the synthetic daily curve
 UTC_OFFSETS = {
@@ -320,8 +321,8 @@ class AutoscalerPolicy:
         states = sorted(
             (sim.locations[r.loc], r.market, r.state_at(t), r.replica_id) for r in replicas.values()
         )
-        # a tick whose decisive inputs equal the last "hold" tick's (and no timer runs) would hold
-        # again: skip the call, the result is identical
+        # a tick whose decisive inputs equal the last "hold" tick's (and no hysteresis timer expires
+        # yet) would hold again: skip the call, the launches and terminations are identical
         key = (
             tuple(wanted_replicas(demand[u], forecast[u], cap, p) for u in sim.users),
             tuple(demand[u] > self.memory.granted.get(u, 0) * cap for u in sim.users),
@@ -330,7 +331,8 @@ class AutoscalerPolicy:
             int(sim.epoch[t]),
             int((sim.start.timestamp() + t * sim.tick_s) // 3600),
         )
-        if key == self._last_key and not self.memory.pending():
+        now_s = sim.start.timestamp() + t * sim.tick_s
+        if key == self._last_key and now_s < self.memory.next_change_s(p):
             return [], []
         inputs = ScalingInputs(
             endpoint=self.name,
@@ -341,11 +343,6 @@ class AutoscalerPolicy:
             replicas=[ReplicaState(rid, loc, m, st) for loc, m, st, rid in states],
             quotes=quotes,
             no_spot=no_spot,
-            rtt_ms={
-                (u, loc): float(sim.rtt[j, i])
-                for j, u in enumerate(sim.users)
-                for i, loc in enumerate(sim.locations)
-            },
         )
         d = decide_scaling(inputs, self.memory, p)
         self.decisions += 1
@@ -446,20 +443,20 @@ def _route(sim: SimInputs, ready: Any, price: Any, mode: str) -> tuple[Any, Any]
     cap = prof.capacity_tokens_s
     room = ready * cap
     flows = np.zeros((T, U, L))
-    eligible = (sim.rtt + prof.inference_ms) <= prof.slo_ms  # [U, L]
+    eligible = (sim.rtt + prof.inference_ms) <= prof.slo_ms  # [U, L]: the SLO is reachable at all
+    # the router keeps pools whose predicted latency at full capacity meets the SLO for this user region
+    at_cap = within_slo_share(prof, sim.rtt[None, :, :], (ready * cap)[:, None, :], ready[:, None, :])
+    keep = (at_cap >= ROUTER_SLO_TARGET) & eligible[None, :, :]  # [T, U, L]
     order_users = sorted(range(U), key=lambda j: (int(eligible[j].sum()), j))
     rows = np.arange(T)
     left_all = np.zeros((T, U))
     for j in order_users:
-        elig = eligible[j]
+        elig = keep[:, j, :]
         demand = sim.demand[:, j].copy()
         if mode == "cost":
             parts = [
-                (demand * COST_ROUTING_SHARE, np.where(elig[None, :], price, np.inf)),
-                (
-                    demand * (1 - COST_ROUTING_SHARE),
-                    np.broadcast_to(np.where(elig, sim.rtt[j], np.inf), (T, L)),
-                ),
+                (demand * COST_ROUTING_SHARE, np.where(elig, price, np.inf)),
+                (demand * (1 - COST_ROUTING_SHARE), np.where(elig, sim.rtt[j][None, :], np.inf)),
             ]
             left = np.zeros(T)
             for part, key in parts:
@@ -473,7 +470,7 @@ def _route(sim: SimInputs, ready: Any, price: Any, mode: str) -> tuple[Any, Any]
                     part = part - take
                 left += part
         else:  # least load: spread by free capacity among eligible pools
-            free = np.where(elig[None, :], room, 0.0)
+            free = np.where(elig, room, 0.0)
             total = free.sum(axis=1)
             share = np.where(total[:, None] > 0, free / np.where(total > 0, total, 1.0)[:, None], 0.0)
             take = np.minimum(share * demand[:, None], free)
@@ -570,7 +567,8 @@ def run_policy(
                 counter += 1
                 owner = launch.reason.split(":", 1)[1] if launch.reason.startswith("spothedge:") else ""
                 rid = f"{name}-{counter}"
-                replicas[rid] = SimReplica(rid, i, launch.market, t, t + cold, owner)
+                # the window opens on a running service: what the policy starts at tick 0 is warm
+                replicas[rid] = SimReplica(rid, i, launch.market, t, t + cold if t else 0, owner)
                 launched += 1
         for r in replicas.values():
             alive[r.market][t, r.loc] += 1
