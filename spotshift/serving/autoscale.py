@@ -16,20 +16,27 @@ The rules, per user region ``u``, then per location:
    one stayed above it for ``upscale_delay_s`` (300 s), down after ``downscale_delay_s`` (1200 s)
    below. Demand *now* above the granted capacity (an overload, not a forecast) lifts the target at
    once. Replacing lost replicas is never delayed: the target did not change.
-3. **Where users can be served**: a location is eligible for ``u`` when a pool of the granted size
-   loaded to its capacity keeps ``slo_target`` of ``u``'s requests within the SLO
-   (network round trip from :mod:`spotshift.serving.latency`, queueing and inference from
-   :mod:`spotshift.serving.slo`). None eligible: the lowest round trip, and the reasons say so.
+3. **Where users can be served**: a location is eligible for ``u`` when some pool there keeps
+   ``slo_target`` of ``u``'s requests within the SLO (network round trip from
+   :mod:`spotshift.serving.latency`, queueing and inference from :mod:`spotshift.serving.slo`).
+   Every pool is sized to at least the smallest one that carries its planned load within the SLO
+   for the farthest user region it serves (:class:`~spotshift.serving.slo.PoolSizer`: small pools
+   queue worse), and the mix below is costed in those whole replicas. None eligible: the lowest
+   round trip, and the reasons say so.
 4. **Spot or not** (seed 000): spot in a location only when ``spot < 0.6 x reserved`` there
    (reserved price from :mod:`spotshift.pricing.reserved` unless quoted), the location has not
    lost spot capacity recently (``no_spot``), and spot is an allowed market.
-5. **Floor**: losing every spot replica of any one location must leave capacity for
-   ``floor_share`` of ``u``'s traffic. Spot spread evenly over ``k`` locations keeps
-   ``(k - 1) / k`` of it, so the planner picks, for every ``k`` from 0 to ``max_spot_regions``
-   (the ``k`` cheapest eligible spot locations: SpotHedge's "cheapest regions not already used"),
-   the cheapest mix of spot ``S`` and reserved/on-demand ``O`` with ``O + S >= target`` and
-   ``O + S (k - 1) / k >= floor`` (``k = 1``: ``O >= floor``), then the cheapest ``k``. A preempted
-   location drops out of the spot candidates, so its replacements go to the next-cheapest place.
+5. **Floor and placement**: losing every spot replica of any one location must leave capacity for
+   ``floor_share`` of ``u``'s traffic (the forecast level, i.e. the target without headroom). The
+   planner adds one whole replica at a time, always the option that closes the most of the two
+   deficits (target; floor after losing the biggest spot location) per dollar: spot in an eligible
+   location at its risk-priced cost ``spot x (1 + preemptions_per_hour x
+   preemption_penalty_hours)``, or a replica of the cheapest non-spot market. Another spot replica
+   where spot is already biggest does nothing for the floor, so spot spreads over the cheapest
+   regions not already used (SpotHedge's placement), exactly as far as the floor needs, and a
+   user region with a single spot-eligible location gets its floor on reserved/on-demand. A
+   preempted location drops out of the spot candidates, so replacements go to the next-cheapest
+   place.
 6. **Reserved vs on-demand**: committed reserved replicas run all the time (they are paid for
    anyway) and serve first. The non-spot replicas planned in a location every hour of the last
    ``commit_window_s`` (24 h) are the steady base worth a commitment: that minimum becomes
@@ -41,7 +48,6 @@ The rules, per user region ``u``, then per location:
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -51,7 +57,7 @@ from typing import Any
 
 from spotshift.errors import ConfigError
 from spotshift.pricing.reserved import reserved_price_usd_hour
-from spotshift.serving.slo import ServingProfile, within_slo_share
+from spotshift.serving.slo import ServingProfile, pool_sizer
 
 MARKETS = ("spot", "on_demand", "reserved")
 REPLICA_STATES = ("provisioning", "ready", "draining")
@@ -128,9 +134,10 @@ class ScalingParams:
     floor_share: float = 0.8
     upscale_delay_s: float = 300.0
     downscale_delay_s: float = 1200.0
-    max_spot_regions: int = 3
     slo_target: float = 0.999
     commit_window_s: float = 86_400.0
+    preemption_penalty_hours: float = 1.0
+    risk_step: float = 0.05
     markets: tuple[str, ...] = MARKETS
     use_forecast: bool = True
 
@@ -140,9 +147,10 @@ class ScalingParams:
             (0 < self.spot_reserved_ratio <= 1, "spot_reserved_ratio must be within (0, 1]"),
             (0 <= self.floor_share <= 1, "floor_share must be within [0, 1]"),
             (self.upscale_delay_s >= 0 and self.downscale_delay_s >= 0, "delays must be >= 0"),
-            (self.max_spot_regions >= 1, "max_spot_regions must be >= 1"),
             (0 < self.slo_target < 1, "slo_target must be within (0, 1)"),
             (self.commit_window_s >= 3600, "commit_window_s must be >= 3600"),
+            (self.preemption_penalty_hours >= 0, "preemption_penalty_hours must be >= 0"),
+            (self.risk_step > 0, "risk_step must be > 0"),
             (bool(self.markets) and set(self.markets) <= set(MARKETS), f"markets must be within {MARKETS}"),
         ]
         for ok, msg in checks:
@@ -208,7 +216,9 @@ class ScalingInputs:
     """Everything :func:`decide_scaling` looks at; the caller gathers it.
 
     ``demand_tokens_s``/``forecast_tokens_s``: per user region, now and the peak expected within
-    the forecast horizon (:mod:`spotshift.serving.forecast`). ``no_spot``: locations that lost spot
+    the forecast horizon (:mod:`spotshift.serving.forecast`). ``spot_risk``: spot preemptions per
+    hour per location (:mod:`spotshift.placement.risk`, the estimates training placement uses;
+    missing: no penalty). ``no_spot``: locations that lost spot
     capacity recently (preemption notice, failed launch) with the reason. ``allowed``: locations
     the endpoint may use (None: every quoted one). ``rtt_ms``: round trip per (user region,
     location); None: :func:`spotshift.serving.latency.rtt_ms`.
@@ -224,6 +234,7 @@ class ScalingInputs:
     no_spot: Mapping[str, str] = field(default_factory=dict)
     allowed: Sequence[str] | None = None
     rtt_ms: Mapping[tuple[str, str], float] | None = None
+    spot_risk: Mapping[str, float] = field(default_factory=dict)
     snapshot_id: str = ""
 
 
@@ -365,12 +376,6 @@ class ScalingDecision:
         }
 
 
-@functools.lru_cache(maxsize=65_536)
-def _meets(profile: ServingProfile, rtt: float, utilisation: float, replicas: int, target: float) -> bool:
-    load = utilisation * replicas * profile.capacity_tokens_s
-    return float(within_slo_share(profile, rtt, load, replicas)) >= target
-
-
 def wanted_replicas(
     demand_tokens_s: float, forecast_tokens_s: float, capacity_tokens_s: float, p: ScalingParams
 ) -> int:
@@ -426,29 +431,39 @@ def hysteresis_step(
     return granted, "steady"
 
 
-def _mix(
-    target: float, floor: float, k: int, p_spot: float, p_other: float | None
-) -> tuple[float, float] | None:
-    """Cheapest (spot, other) capacity with ``S + O >= target`` and the floor after losing one of
-    ``k`` equal spot shares; ``None`` when infeasible (no non-spot market and the floor needs one)."""
-    target, floor = max(0.0, target), max(0.0, floor)
-    if k == 0:
-        return None if p_other is None and target > 0 else (0.0, target)
-    options: list[tuple[float, float]] = []
-    if k == 1:
-        if p_other is None:
-            return (target, 0.0) if floor <= 0 else None
-        o = floor
-        options.append((max(0.0, target - o), o))
-    else:
-        keep = (k - 1) / k
-        options.append((max(target, floor / keep), 0.0))
-        if p_other is not None:
-            s = (target - floor) * k  # both constraints tight
-            if 0 <= s <= target:
-                options.append((s, target - s))
-            options.append((0.0, max(target, floor)))
-    return min(options, key=lambda so: (so[0] * p_spot + so[1] * (p_other or 0.0), -so[0]))
+def _cheapest_mix(
+    need: int, floor: int, spot_prices: Sequence[float], other_price: float | None
+) -> tuple[int, int, int] | None:
+    """Cheapest ``(non-spot replicas, spot replicas per location at most, spot replicas)`` with
+    ``non-spot + spot >= need`` and ``non-spot + spot - biggest spot location >= floor``.
+
+    Spot fills the cheapest locations (``spot_prices`` ascending) up to ``m`` each, so losing one
+    loses at most ``m``: spot total ``S = max(need', floor' + m)``. Every non-spot count and every
+    ``m`` is tried (prefix sums keep each try O(1)); ``None`` when nothing is feasible.
+    """
+    prefix = [0.0]
+    for x in spot_prices:
+        prefix.append(prefix[-1] + x)
+    n_locs = len(spot_prices)
+    best: tuple[float, int, int, int] | None = None
+    max_other = need if other_price is not None else 0
+    for o in range(0, max_other + 1):
+        a, b = max(0, need - o), max(0, floor - o)
+        if a == 0 and b == 0:
+            cand = (o * (other_price or 0.0), o, 0, 0)
+            best = cand if best is None or cand < best else best
+            break
+        for m in range(1, max(a, 1) + 1):
+            total = max(a, b + m)
+            full, rest = divmod(total, m)
+            if full > n_locs or (full == n_locs and rest):
+                continue
+            cost = m * prefix[full] + (rest * spot_prices[full] if rest else 0.0)
+            cost += o * (other_price or 0.0)
+            cand = (cost, o, m, total)
+            if best is None or cand < best:
+                best = cand
+    return None if best is None else (best[1], best[2], best[3])
 
 
 _PLAN_CACHE: dict[Any, Any] = {}
@@ -459,6 +474,7 @@ def _plan(
     granted_items: tuple[tuple[str, int], ...],
     no_spot: Mapping[str, str],
     committed: Mapping[str, int],
+    risk: Mapping[str, float],
     rtt: Callable[[str, str], float],
     prof: ServingProfile,
     p: ScalingParams,
@@ -466,6 +482,12 @@ def _plan(
     """Rules 3-6 for every user region (the memoizable part of :func:`decide_scaling`)."""
     cap = prof.capacity_tokens_s
     reasons: list[str] = []
+    # spot priced with its expected preemption cost: a location preempted r times an hour costs
+    # spot x (1 + r x preemption_penalty_hours); the 0.6 rule still compares raw prices
+    spot_eff = {
+        loc: (q.spot_usd_hour or 0.0) * (1.0 + risk.get(loc, 0.0) * p.preemption_penalty_hours)
+        for loc, q in quotes.items()
+    }
     spot_ok = "spot" in p.markets
     nonspot_market = (
         "on_demand" if "on_demand" in p.markets else ("reserved" if "reserved" in p.markets else None)
@@ -505,70 +527,69 @@ def _plan(
             return None
         return quotes[loc].price(nonspot_market)
 
-    # committed reserved capacity serves first (it is paid for either way)
-    free_reserved = {loc: committed.get(loc, 0) * cap for loc in quotes if "reserved" in p.markets}
-    plan_tokens: dict[tuple[str, str], float] = {}
+    # committed reserved replicas serve first (they are paid for either way)
+    free_reserved = {loc: committed.get(loc, 0) for loc in quotes if "reserved" in p.markets}
+    plan_counts: dict[tuple[str, str], int] = {}
     per_u: dict[str, Any] = {}
     nonspot_of = {loc: nonspot_price(loc) for loc in quotes}
+    sizer = pool_sizer(prof, p.slo_target)
     for u, granted in granted_items:
-        target = granted * cap
-        floor = p.floor_share * target / p.headroom
-        util = 1.0  # the router's test too: a pool loaded to its capacity at the SLO
-        eligible = [loc for loc in quotes if _meets(prof, rtt(u, loc), util, max(1, granted), p.slo_target)]
-        if not eligible and target > 0:
-            fastest = min(quotes, key=lambda loc: (rtt(u, loc), loc))
+        r_u = {loc: rtt(u, loc) for loc in quotes}
+        # whole replicas: the target, and the floor kept after losing the biggest spot location
+        need_target = granted
+        need_floor = math.ceil(p.floor_share * granted / p.headroom - 1e-9)
+        eligible = [loc for loc in quotes if sizer.reachable(r_u[loc])]
+        if not eligible and granted > 0:
+            fastest = min(quotes, key=lambda loc: (r_u[loc], loc))
             eligible = [fastest]
             reasons.append(
                 f"{u}: no location keeps {p.slo_target:.1%} within {prof.slo_ms:g} ms; using the fastest, {fastest}"
             )
-        plan: list[tuple[str, str, float]] = []
-        left, floor_left = target, floor
-        # committed reserved first, nearest first
-        for loc in sorted(eligible, key=lambda x: (rtt(u, x), x)):
-            take = min(left, free_reserved.get(loc, 0.0))
-            if take > 0:
-                free_reserved[loc] -= take
-                left -= take
-                floor_left -= take
-                plan.append((loc, "reserved", take))
-        spot_locs = sorted(
-            (loc for loc in eligible if rules[loc].allowed),
-            key=lambda x: (quotes[x].spot_usd_hour, rtt(u, x), x),
+        counts: dict[tuple[str, str], int] = {}
+        robust = 0  # replicas no spot loss takes away
+        for loc in sorted(eligible, key=lambda x: (r_u[x], x)):
+            while free_reserved.get(loc, 0) > 0 and robust < need_target:
+                free_reserved[loc] -= 1
+                robust += 1
+                counts[(loc, "reserved")] = counts.get((loc, "reserved"), 0) + 1
+        spot_opts = sorted(
+            (loc for loc in eligible if rules[loc].allowed), key=lambda x: (spot_eff[x], r_u[x], x)
         )
-        priced_other = sorted(
-            (loc for loc in eligible if nonspot_of[loc] is not None),
-            key=lambda x: (nonspot_of[x], rtt(u, x), x),
+        other = None
+        if nonspot_market is not None:
+            other = min(
+                (loc for loc in eligible if nonspot_of[loc] is not None),
+                key=lambda x: (nonspot_of[x], r_u[x], x),
+                default=None,
+            )
+        choice = _cheapest_mix(
+            max(0, need_target - robust),
+            max(0, need_floor - robust),
+            [spot_eff[x] for x in spot_opts],
+            nonspot_of[other] if other is not None else None,
         )
-        other_loc = priced_other[0] if priced_other else None
-        p_other = nonspot_price(other_loc) if other_loc else None
-        best: tuple[float, int, float, float] | None = None
-        for k in range(0, min(p.max_spot_regions, len(spot_locs)) + 1):
-            p_spot = sum(quotes[x].spot_usd_hour or 0.0 for x in spot_locs[:k]) / k if k else 0.0
-            mix = _mix(left, floor_left, k, p_spot, p_other)
-            if mix is None:
-                continue
-            cost = mix[0] * p_spot + mix[1] * (p_other or 0.0)
-            if best is None or cost < best[0] - 1e-9:
-                best = (cost, k, mix[0], mix[1])
-        if best is None and left > 0:
-            # floor impossible (spot only, one location): serve the target on spot anyway, say so
-            k = min(p.max_spot_regions, len(spot_locs))
-            best = (0.0, k, left if k else 0.0, 0.0)
-            reasons.append(f"{u}: the floor of {p.floor_share:.0%} cannot be kept without a non-spot market")
-        used_spot: tuple[str, ...] = ()
-        if best is not None:
-            _, k, s, o = best
-            used_spot = tuple(spot_locs[:k])
-            for loc in used_spot:
-                plan.append((loc, "spot", s / k))
-            if o > 0 and other_loc is not None and nonspot_market is not None:
-                plan.append((other_loc, nonspot_market, o))
-            elif o > 0:
-                reasons.append(f"{u}: no eligible location prices {', '.join(p.markets)}")
-        for loc, market, tok in plan:
-            plan_tokens[(loc, market)] = plan_tokens.get((loc, market), 0.0) + tok
-        per_u[u] = (tuple(sorted(eligible)), used_spot, tuple(plan))
-    return rules, per_u, plan_tokens, reasons
+        spot_n: dict[str, int] = {}
+        if choice is None:
+            reasons.append(
+                f"{u}: the floor of {p.floor_share:.0%} cannot be kept with {', '.join(p.markets)}; "
+                "serving the target on spot alone"
+            )
+            choice = (0, max(1, need_target - robust), need_target - robust)
+        n_other, per_loc, n_spot = choice
+        for loc in spot_opts:
+            if n_spot <= 0:
+                break
+            take = min(per_loc, n_spot)
+            spot_n[loc] = take
+            counts[(loc, "spot")] = take
+            n_spot -= take
+        if n_other and other is not None and nonspot_market is not None:
+            counts[(other, nonspot_market)] = counts.get((other, nonspot_market), 0) + n_other
+        plan = tuple((loc, market, n * cap) for (loc, market), n in sorted(counts.items()))
+        for key, n in counts.items():
+            plan_counts[key] = plan_counts.get(key, 0) + n
+        per_u[u] = (tuple(sorted(eligible)), tuple(sorted(spot_n)), plan)
+    return rules, per_u, plan_counts, reasons
 
 
 def decide_scaling(
@@ -610,12 +631,21 @@ def decide_scaling(
         terms_in.append((u, demand, forecast, wanted, granted, hyst))
     granted_items = tuple((u, g) for u, _, _, _, g, _ in terms_in)
     committed_items = tuple(sorted((k, v) for k, v in mem.committed.items() if v))
+    # risk quantized to risk_step: estimates drift every tick, decisions should not
+    risk_items = tuple(
+        sorted(
+            (loc, round(r / p.risk_step) * p.risk_step)
+            for loc, r in inputs.spot_risk.items()
+            if loc in quotes
+        )
+    )
     if inputs.rtt_ms is None:  # the default table: the plan is a function of hashable inputs only
         key = (
             tuple(sorted(quotes.values(), key=lambda q: q.location)),
             granted_items,
             tuple(sorted(inputs.no_spot.items())),
             committed_items,
+            risk_items,
             prof,
             p,
         )
@@ -624,11 +654,13 @@ def decide_scaling(
             if len(_PLAN_CACHE) >= 512:
                 _PLAN_CACHE.clear()
             cached = _PLAN_CACHE[key] = _plan(
-                quotes, granted_items, inputs.no_spot, dict(committed_items), rtt, prof, p
+                quotes, granted_items, inputs.no_spot, dict(committed_items), dict(risk_items), rtt, prof, p
             )
     else:
-        cached = _plan(quotes, granted_items, inputs.no_spot, dict(committed_items), rtt, prof, p)
-    rules, per_u, plan_tokens, plan_reasons = cached
+        cached = _plan(
+            quotes, granted_items, inputs.no_spot, dict(committed_items), dict(risk_items), rtt, prof, p
+        )
+    rules, per_u, plan_counts, plan_reasons = cached
     reasons.extend(plan_reasons)
     terms: list[UserRegionTerms] = []
     for u, demand, forecast, wanted, granted, hyst in terms_in:
@@ -655,8 +687,7 @@ def decide_scaling(
     # whole replicas per location and market; non-spot split into committed reserved + on-demand
     counts: dict[tuple[str, str], int] = {}
     nonspot: dict[str, int] = {}
-    for (loc, market), tok in plan_tokens.items():
-        n = math.ceil(tok / cap - 1e-9)
+    for (loc, market), n in plan_counts.items():
         if market == "spot":
             counts[(loc, "spot")] = n
         else:

@@ -55,7 +55,7 @@ from spotshift.serving.autoscale import (
     wanted_replicas,
 )
 from spotshift.serving.forecast import ForecastParams, rolling_forecasts
-from spotshift.serving.slo import ServingProfile, within_slo_share
+from spotshift.serving.slo import ServingProfile, pool_sizer, within_slo_share
 
 POLICIES = ("on_demand", "reserved", "spot_greedy", "spothedge", "spotshift")
 POLICY_LABELS = {
@@ -66,7 +66,7 @@ POLICY_LABELS = {
     "spotshift": "spotshift autoscaler + router",
 }
 COST_ROUTING_SHARE = 0.8  # seed 000: 80 % of traffic to the cheapest replicas meeting the SLO
-ROUTER_SLO_TARGET = 0.999  # a pool is "meeting the SLO" for a user region at this share, loaded to capacity
+ROUTER_SLO_TARGET = 0.999  # the router fills a pool for a user region while this share stays within the SLO
 
 #: UTC offsets (hours) of the user regions' population centres, for the synthetic daily curve
 UTC_OFFSETS = {
@@ -301,9 +301,15 @@ def forecasts_for(demand: Any, tick_s: int, params: ForecastParams | None = None
 class AutoscalerPolicy:
     """Drives :func:`decide_scaling` tick by tick (the same function the live loop calls)."""
 
-    def __init__(self, name: str, sim: SimInputs, params: ScalingParams) -> None:
+    def __init__(self, name: str, sim: SimInputs, params: ScalingParams, *, risk_aware: bool = False) -> None:
+        from spotshift.placement.risk import OnlineRiskEstimator
+
         self.name, self.sim, self.params = name, sim, params
         self.memory = ScalerMemory()
+        # spot risk learned from the availability seen so far (as the training simulator does)
+        self.risk = OnlineRiskEstimator(sim.locations, gap_hours=sim.tick_s / 3600.0) if risk_aware else None
+        self._risk: dict[str, float] = {}
+        self._risk_every = max(1, 3600 // sim.tick_s)
         self._last_key: Any = None
         self.decisions = 0
 
@@ -321,6 +327,14 @@ class AutoscalerPolicy:
         states = sorted(
             (sim.locations[r.loc], r.market, r.state_at(t), r.replica_id) for r in replicas.values()
         )
+        risk: dict[str, float] = self._risk
+        if self.risk is not None:
+            self.risk.observe({loc: bool(sim.available[t, i]) for i, loc in enumerate(sim.locations)})
+            if t % self._risk_every == 0:  # estimates move slowly: refresh them hourly
+                risk = self._risk = {
+                    loc: round(self.risk.risk(loc).preemptions_per_hour / p.risk_step) * p.risk_step
+                    for loc in sim.locations
+                }
         # a tick whose decisive inputs equal the last "hold" tick's (and no hysteresis timer expires
         # yet) would hold again: skip the call, the launches and terminations are identical
         key = (
@@ -330,6 +344,7 @@ class AutoscalerPolicy:
             tuple(sorted(no_spot)),
             int(sim.epoch[t]),
             int((sim.start.timestamp() + t * sim.tick_s) // 3600),
+            tuple(sorted(risk.items())),
         )
         now_s = sim.start.timestamp() + t * sim.tick_s
         if key == self._last_key and now_s < self.memory.next_change_s(p):
@@ -343,6 +358,7 @@ class AutoscalerPolicy:
             replicas=[ReplicaState(rid, loc, m, st) for loc, m, st, rid in states],
             quotes=quotes,
             no_spot=no_spot,
+            spot_risk=risk,
         )
         d = decide_scaling(inputs, self.memory, p)
         self.decisions += 1
@@ -434,62 +450,75 @@ class SpotHedgePolicy:
 
 
 def _route(sim: SimInputs, ready: Any, price: Any, mode: str) -> tuple[Any, Any]:
-    """Flows ``[T, U, L]`` (tokens/s) and unserved ``[T, U]`` for ready counts ``[T, L]``."""
+    """Flows ``[T, U, L]`` (tokens/s) and unserved ``[T, U]`` for ready counts ``[T, L]``.
+
+    A pool takes a user region's traffic only up to the load at which that region's requests still
+    meet the SLO at :data:`ROUTER_SLO_TARGET` (:class:`~spotshift.serving.slo.PoolSizer`: the
+    router's "replicas whose predicted latency meets the SLO").
+    """
     import numpy as np
 
     T, L = ready.shape
     U = len(sim.users)
     prof = sim.profile
     cap = prof.capacity_tokens_s
-    room = ready * cap
+    sizer = pool_sizer(prof, ROUTER_SLO_TARGET)
+    n_idx = np.minimum(ready.astype(int), sizer.max_replicas)
+    load = np.zeros((T, L))
+    cap_of_pool = np.full((T, L), np.inf)  # the strictest limit of the user regions a pool serves
     flows = np.zeros((T, U, L))
-    eligible = (sim.rtt + prof.inference_ms) <= prof.slo_ms  # [U, L]: the SLO is reachable at all
-    # the router keeps pools whose predicted latency at full capacity meets the SLO for this user region
-    at_cap = within_slo_share(prof, sim.rtt[None, :, :], (ready * cap)[:, None, :], ready[:, None, :])
-    keep = (at_cap >= ROUTER_SLO_TARGET) & eligible[None, :, :]  # [T, U, L]
-    order_users = sorted(range(U), key=lambda j: (int(eligible[j].sum()), j))
+    reachable = (sim.rtt + prof.inference_ms) <= prof.slo_ms  # [U, L]: the SLO is reachable at all
+    order_users = sorted(range(U), key=lambda j: (int(reachable[j].sum()), j))
     rows = np.arange(T)
     left_all = np.zeros((T, U))
     for j in order_users:
-        elig = keep[:, j, :]
+        table = np.stack([sizer.row(float(sim.rtt[j, i])) for i in range(L)])  # [L, n + 1]
+        own = table[np.arange(L)[None, :], n_idx] * ready * cap  # [T, L]
+        usable = own > 0
+        limit = np.minimum(own, cap_of_pool)
         demand = sim.demand[:, j].copy()
         if mode == "cost":
             parts = [
-                (demand * COST_ROUTING_SHARE, np.where(elig, price, np.inf)),
-                (demand * (1 - COST_ROUTING_SHARE), np.where(elig, sim.rtt[j][None, :], np.inf)),
+                (demand * COST_ROUTING_SHARE, np.where(usable, price, np.inf)),
+                (demand * (1 - COST_ROUTING_SHARE), np.where(usable, sim.rtt[j][None, :], np.inf)),
             ]
             left = np.zeros(T)
             for part, key in parts:
                 order = np.argsort(key, axis=1, kind="stable")
                 for r in range(L):
                     loc = order[:, r]
-                    ok = np.isfinite(key[rows, loc])
-                    take = np.where(ok, np.minimum(part, room[rows, loc]), 0.0)
+                    room = np.maximum(limit[rows, loc] - load[rows, loc], 0.0)
+                    take = np.where(np.isfinite(key[rows, loc]), np.minimum(part, room), 0.0)
                     flows[rows, j, loc] += take
-                    room[rows, loc] -= take
+                    load[rows, loc] += take
                     part = part - take
                 left += part
-        else:  # least load: spread by free capacity among eligible pools
-            free = np.where(elig, room, 0.0)
+        else:  # least load: spread by free room among the pools meeting the SLO
+            free = np.maximum(limit - load, 0.0)
             total = free.sum(axis=1)
             share = np.where(total[:, None] > 0, free / np.where(total > 0, total, 1.0)[:, None], 0.0)
             take = np.minimum(share * demand[:, None], free)
             flows[:, j, :] += take
-            room -= take
+            load += take
             left = demand - take.sum(axis=1)
+        cap_of_pool = np.where(flows[:, j, :] > 0, np.minimum(cap_of_pool, own), cap_of_pool)
         left_all[:, j] = np.maximum(left, 0.0)
-    # overflow: the biggest eligible pool, else the fastest pool with replicas; else unserved
+    # overflow: the pool with the most spare capacity to saturation among those that can reach the
+    # SLO, else the fastest pool with replicas; with no ready replica anywhere the traffic fails
     unserved = np.zeros((T, U))
+    spare = ready * cap / prof.saturation_ratio
     for j in range(U):
         left = left_all[:, j]
         if not left.any():
             continue
-        big = np.where(eligible[j][None, :] & (ready > 0), ready, 0)
-        has_elig = big.max(axis=1) > 0
+        slack = np.where(reachable[j][None, :] & (ready > 0), spare - load, -np.inf)
+        has = np.isfinite(slack.max(axis=1))
         fast_key = np.where(ready > 0, sim.rtt[j][None, :], np.inf)
-        target = np.where(has_elig, big.argmax(axis=1), fast_key.argmin(axis=1))
+        target = np.where(has, slack.argmax(axis=1), fast_key.argmin(axis=1))
         any_ready = ready.sum(axis=1) > 0
-        flows[rows, j, target] += np.where(any_ready, left, 0.0)
+        add = np.where(any_ready, left, 0.0)
+        flows[rows, j, target] += add
+        load[rows, target] += add
         unserved[:, j] = np.where(any_ready, 0.0, left)
     return flows, unserved
 
@@ -513,12 +542,10 @@ def run_policy(
         policy = AutoscalerPolicy(name, sim, replace(base, markets=("reserved",)))
         route_mode = "cost"
     elif name == "spot_greedy":
-        policy = AutoscalerPolicy(
-            name, sim, replace(base, markets=("spot",), floor_share=0.0, max_spot_regions=1)
-        )
+        policy = AutoscalerPolicy(name, sim, replace(base, markets=("spot",), floor_share=0.0))
         route_mode = "cost"
     elif name == "spotshift":
-        policy = AutoscalerPolicy(name, sim, base)
+        policy = AutoscalerPolicy(name, sim, base, risk_aware=True)
         route_mode = "cost"
     elif name == "spothedge":
         policy = SpotHedgePolicy(sim, spothedge_extra, base)

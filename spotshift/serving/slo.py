@@ -162,3 +162,88 @@ def meets_slo(
     the requests of users ``rtt_ms`` away within the SLO."""
     load = utilisation * replicas * profile.capacity_tokens_s
     return bool(within_slo_share(profile, rtt_ms, load, replicas) >= target)
+
+
+def max_utilisation(profile: ServingProfile, rtt_ms: Any, replicas: Any, target: float = 0.999) -> Any:
+    """The highest load, as a share of the pool's capacity at the SLO, at which ``target`` of the
+    requests of users ``rtt_ms`` away still meet the SLO in a pool of ``replicas`` (numpy-friendly;
+    0 where even an idle pool cannot). The router fills a pool for a user region up to this level.
+    """
+    import numpy as np
+
+    rtt = np.asarray(rtt_ms, dtype=float)
+    n = np.asarray(replicas, dtype=float)
+    rtt, n = np.broadcast_arrays(rtt, n)
+    lo = np.zeros(rtt.shape)
+    hi = np.full(rtt.shape, 1.0 / profile.saturation_ratio)  # saturation, as a share of capacity
+    cap = profile.capacity_tokens_s
+
+    def ok(util: Any) -> Any:
+        return within_slo_share(profile, rtt, util * n * cap, n) >= target
+
+    possible = ok(np.full(rtt.shape, 1e-9)) & (n > 0)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        good = ok(mid)
+        lo = np.where(good, mid, lo)
+        hi = np.where(good, hi, mid)
+    return np.where(possible, lo, 0.0)
+
+
+class PoolSizer:
+    """Tabulated :func:`max_utilisation` per round trip, for pools of 1..``max_replicas`` (larger
+    pools use the largest entry: pooling gains flatten out), and the smallest pool that carries a
+    load within the SLO. One per (profile, target), see :func:`pool_sizer`."""
+
+    def __init__(self, profile: ServingProfile, target: float, max_replicas: int = 64) -> None:
+        self.profile, self.target, self.max_replicas = profile, target, max_replicas
+        self._rows: dict[float, Any] = {}
+        self._reachable: dict[float, bool] = {}
+
+    def row(self, rtt_ms: float) -> Any:
+        """``umax`` for pools of 0..max_replicas replicas (index = pool size) at this round trip."""
+        import numpy as np
+
+        key = round(float(rtt_ms), 1)
+        row = self._rows.get(key)
+        if row is None:
+            n = np.arange(self.max_replicas + 1, dtype=float)
+            row = self._rows[key] = max_utilisation(self.profile, np.full(n.shape, key), n, self.target)
+        return row
+
+    def reachable(self, rtt_ms: float) -> bool:
+        """Some pool (up to ``max_replicas``) keeps ``target`` of these users' requests within the SLO."""
+        ok = self._reachable.get(rtt_ms)
+        if ok is None:
+            ok = self._reachable[rtt_ms] = self.umax(rtt_ms, self.max_replicas) > 0
+        return ok
+
+    def umax(self, rtt_ms: float, replicas: int) -> float:
+        """Usable share of capacity for users ``rtt_ms`` away in a pool of ``replicas``."""
+        return float(self.row(rtt_ms)[min(max(0, replicas), self.max_replicas)])
+
+    def replicas_for(self, rtt_ms: float, tokens_s: float) -> int | None:
+        """Smallest pool that serves ``tokens_s`` from users ``rtt_ms`` away within the SLO at
+        ``target`` (at least ``tokens_s / capacity``); ``None`` when no pool can."""
+        cap = self.profile.capacity_tokens_s
+        if tokens_s <= 0:
+            return 0
+        n = max(1, math.ceil(tokens_s * self.profile.saturation_ratio / cap - 1e-9))
+        row = self.row(rtt_ms)
+        while n <= self.max_replicas:
+            if row[n] * n * cap >= tokens_s - 1e-9:
+                return n
+            n += 1
+        best = float(row[self.max_replicas])
+        return math.ceil(tokens_s / (best * cap) - 1e-9) if best > 0 else None
+
+
+_SIZERS: dict[tuple[ServingProfile, float], PoolSizer] = {}
+
+
+def pool_sizer(profile: ServingProfile, target: float) -> PoolSizer:
+    """The shared :class:`PoolSizer` of a profile and target (tables are built once per process)."""
+    key = (profile, target)
+    if key not in _SIZERS:
+        _SIZERS[key] = PoolSizer(profile, target)
+    return _SIZERS[key]
