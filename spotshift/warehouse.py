@@ -142,9 +142,17 @@ RAW_TABLES: dict[str, tuple[Column, ...]] = {
         ("snapshot_id", "VARCHAR", "Quote snapshot the decision used"),
         ("action", "VARCHAR", "scale_up | scale_down | replace | rebalance | hold"),
         ("demand_tokens_s", "DOUBLE", "Demand now, summed over user regions, tokens/s"),
-        ("forecast_tokens_s", "DOUBLE", "Peak demand forecast within the horizon (10 min), summed over user regions, tokens/s"),
+        (
+            "forecast_tokens_s",
+            "DOUBLE",
+            "Peak demand forecast within the horizon (10 min), summed over user regions, tokens/s",
+        ),
         ("target_tokens_s", "DOUBLE", "Capacity granted after headroom and hysteresis, tokens/s"),
-        ("planned_capacity_tokens_s", "DOUBLE", "Capacity of the planned replicas (whole replicas), tokens/s"),
+        (
+            "planned_capacity_tokens_s",
+            "DOUBLE",
+            "Capacity of the planned replicas (whole replicas), tokens/s",
+        ),
         ("spot_replicas", "INTEGER", "Spot replicas in the plan"),
         ("on_demand_replicas", "INTEGER", "On-demand replicas in the plan"),
         ("reserved_replicas", "INTEGER", "Reserved (committed) replicas in the plan"),
@@ -152,7 +160,11 @@ RAW_TABLES: dict[str, tuple[Column, ...]] = {
         ("terminations", "INTEGER", "Replicas the decision stops"),
         ("current_usd_hour", "DOUBLE", "Price of the active replicas before the decision, USD/h"),
         ("planned_usd_hour", "DOUBLE", "Price of the planned replicas, USD/h"),
-        ("terms", "VARCHAR", "JSON: per user region demand, forecast, target, floor, eligible and spot locations, plan; the 0.6 rule per location"),
+        (
+            "terms",
+            "VARCHAR",
+            "JSON: per user region demand, forecast, target, floor, eligible and spot locations, plan; the 0.6 rule per location",
+        ),
         ("reasons", "VARCHAR", "JSON list of human-readable reasons"),
     ),
     "migrations": _cols(

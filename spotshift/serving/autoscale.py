@@ -832,11 +832,11 @@ def _reconcile(
 
 def record_scaling_decision(con: Any, decision: ScalingDecision) -> bool:
     """Append ``decision`` to ``raw.scaling_decisions`` unless the same id is there; whether it was written."""
-    from spotshift.warehouse import append_rows
+    from spotshift.warehouse import append_rows, first_row
 
-    row = con.execute(
-        "SELECT count(*) FROM raw.scaling_decisions WHERE decision_id = ?", [decision.decision_id]
-    ).fetchone()
+    row = first_row(
+        con, "SELECT count(*) FROM raw.scaling_decisions WHERE decision_id = ?", [decision.decision_id]
+    )
     if row and row[0]:
         return False
     append_rows(con, "raw.scaling_decisions", [decision.to_row()])

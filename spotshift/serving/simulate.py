@@ -707,6 +707,7 @@ def build_sim_inputs(req: InferenceSimRequest) -> tuple[SimInputs, dict[str, Any
     import numpy as np
 
     from spotshift.clock import parse_utc
+    from spotshift.pricing.catalog import canonical_gpu_model
     from spotshift.pricing.reserved import reserved_discount
     from spotshift.serving.latency import LOCATION_SITES, rtt_ms
     from spotshift.simulate.market import build_market, choose_instance, default_start
@@ -802,7 +803,7 @@ def build_sim_inputs(req: InferenceSimRequest) -> tuple[SimInputs, dict[str, Any
     )
     scenario = {
         "instance_type": instance,
-        "gpu_model": market.gpu_model,
+        "gpu_model": canonical_gpu_model(market.gpu_model) or market.gpu_model,
         "start": start.isoformat(),
         "days": ticks * req.tick_s / 86_400.0,
         "tick_s": req.tick_s,
