@@ -301,10 +301,19 @@ def forecasts_for(demand: Any, tick_s: int, params: ForecastParams | None = None
 class AutoscalerPolicy:
     """Drives :func:`decide_scaling` tick by tick (the same function the live loop calls)."""
 
-    def __init__(self, name: str, sim: SimInputs, params: ScalingParams, *, risk_aware: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        sim: SimInputs,
+        params: ScalingParams,
+        *,
+        risk_aware: bool = False,
+        skip_unchanged: bool = True,
+    ) -> None:
         from spotshift.placement.risk import OnlineRiskEstimator
 
         self.name, self.sim, self.params = name, sim, params
+        self.skip_unchanged = skip_unchanged
         self.memory = ScalerMemory()
         # spot risk learned from the availability seen so far (as the training simulator does)
         self.risk = OnlineRiskEstimator(sim.locations, gap_hours=sim.tick_s / 3600.0) if risk_aware else None
@@ -347,7 +356,7 @@ class AutoscalerPolicy:
             tuple(sorted(risk.items())),
         )
         now_s = sim.start.timestamp() + t * sim.tick_s
-        if key == self._last_key and now_s < self.memory.next_change_s(p):
+        if self.skip_unchanged and key == self._last_key and now_s < self.memory.next_change_s(p):
             return [], []
         inputs = ScalingInputs(
             endpoint=self.name,
@@ -530,22 +539,36 @@ def run_policy(
     params: ScalingParams | None = None,
     spothedge_extra: int = 1,
     no_spot_cooldown_s: float = 1800.0,
+    skip_unchanged: bool = True,
+    policy: Any = None,
 ) -> tuple[PolicyOutcome, dict[str, Any]]:
-    """Run one policy over the window; returns its outcome and per-tick arrays (for tests)."""
+    """Run one policy over the window; returns its outcome and per-tick arrays (for tests).
+
+    ``policy``: any object with the policies' ``step`` method, run under ``name`` (tests drive the
+    accounting with it); ``skip_unchanged=False`` calls the autoscaler on every tick.
+    """
     import numpy as np
 
     base = params or ScalingParams()
-    if name == "on_demand":
-        policy: Any = AutoscalerPolicy(name, sim, replace(base, markets=("on_demand",)))
+    if policy is not None:
+        route_mode = "cost"
+    elif name == "on_demand":
+        policy = AutoscalerPolicy(
+            name, sim, replace(base, markets=("on_demand",)), skip_unchanged=skip_unchanged
+        )
         route_mode = "cost"
     elif name == "reserved":
-        policy = AutoscalerPolicy(name, sim, replace(base, markets=("reserved",)))
+        policy = AutoscalerPolicy(
+            name, sim, replace(base, markets=("reserved",)), skip_unchanged=skip_unchanged
+        )
         route_mode = "cost"
     elif name == "spot_greedy":
-        policy = AutoscalerPolicy(name, sim, replace(base, markets=("spot",), floor_share=0.0))
+        policy = AutoscalerPolicy(
+            name, sim, replace(base, markets=("spot",), floor_share=0.0), skip_unchanged=skip_unchanged
+        )
         route_mode = "cost"
     elif name == "spotshift":
-        policy = AutoscalerPolicy(name, sim, base, risk_aware=True)
+        policy = AutoscalerPolicy(name, sim, base, risk_aware=True, skip_unchanged=skip_unchanged)
         route_mode = "cost"
     elif name == "spothedge":
         policy = SpotHedgePolicy(sim, spothedge_extra, base)

@@ -177,3 +177,33 @@ def test_cli_json_and_demand_csv(prices: Path, tmp_path: Path, capsys: pytest.Ca
         assert {"cost_usd", "saving_vs_on_demand", "slo_attainment", "availability"} <= set(r)
     assert out["scenario"]["users"] == ["eu-west", "us-east"]
     assert out["scenario"]["days"] == pytest.approx(6 / 24 - 1 / 24 + 60 / 86400, rel=1e-6)
+
+
+def test_skipping_unchanged_ticks_changes_nothing(sim) -> None:
+    fast, _ = run_policy(sim, "spotshift")
+    exact, _ = run_policy(sim, "spotshift", skip_unchanged=False)
+    assert fast.to_dict() == exact.to_dict()
+
+
+class _ReserveThenStop:
+    """Launches two reserved replicas at tick 0 and stops them at tick 10."""
+
+    def __init__(self, sim) -> None:
+        self.sim = sim
+
+    def step(self, t, replicas, quotes, no_spot):
+        from spotshift.serving.autoscale import Launch
+
+        if t == 0:
+            return [Launch(self.sim.locations[0], "reserved", 2, "test")], []
+        if t == 10:
+            return [], list(replicas)
+        return [], []
+
+
+def test_reserved_is_billed_for_the_whole_term_even_when_stopped(sim) -> None:
+    o, arr = run_policy(sim, "test", policy=_ReserveThenStop(sim))
+    assert arr["alive"]["reserved"][11:].sum() == 0
+    h = sim.tick_s / 3600.0
+    assert o.cost_by_market_usd["reserved"] == pytest.approx(2 * float(sim.reserved[:, 0].sum()) * h)
+    assert o.replica_hours["reserved"] == pytest.approx(2 * sim.ticks * h)
