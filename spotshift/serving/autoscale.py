@@ -57,6 +57,7 @@ from typing import Any
 
 from spotshift.errors import ConfigError
 from spotshift.pricing.reserved import reserved_price_usd_hour
+from spotshift.serving.latency import rtt_ms
 from spotshift.serving.slo import ServingProfile, pool_sizer
 
 MARKETS = ("spot", "on_demand", "reserved")
@@ -396,8 +397,6 @@ def _rtt_lookup(inputs: ScalingInputs) -> Callable[[str, str], float]:
                 raise ConfigError(f"no round trip for user region {u!r} to {loc!r}") from None
 
         return from_table
-    from spotshift.serving.latency import rtt_ms
-
     return rtt_ms
 
 
@@ -641,7 +640,10 @@ def decide_scaling(
     )
     if inputs.rtt_ms is None:  # the default table: the plan is a function of hashable inputs only
         key = (
-            tuple(sorted(quotes.values(), key=lambda q: q.location)),
+            # a quote snapshot id names its quotes (as in training decisions): no need to hash them
+            (inputs.snapshot_id, inputs.allowed and tuple(inputs.allowed))
+            if inputs.snapshot_id
+            else tuple(sorted(quotes.values(), key=lambda q: q.location)),
             granted_items,
             tuple(sorted(inputs.no_spot.items())),
             committed_items,

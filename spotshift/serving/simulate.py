@@ -368,6 +368,7 @@ class AutoscalerPolicy:
             quotes=quotes,
             no_spot=no_spot,
             spot_risk=risk,
+            snapshot_id=f"{sim.start.isoformat()}#{int(sim.epoch[t])}",
         )
         d = decide_scaling(inputs, self.memory, p)
         self.decisions += 1
