@@ -66,7 +66,7 @@ POLICY_LABELS = {
     "spotshift": "spotshift autoscaler + router",
 }
 COST_ROUTING_SHARE = 0.8  # seed 000: 80 % of traffic to the cheapest replicas meeting the SLO
-ROUTER_SLO_TARGET = 0.999  # the router fills a pool for a user region while this share stays within the SLO
+ROUTER_SLO_TARGET = 0.9999  # the router fills a pool for a user region while this share stays within the SLO
 
 #: UTC offsets (hours) of the user regions' population centres, for the synthetic daily curve
 UTC_OFFSETS = {
@@ -513,22 +513,25 @@ def _route(sim: SimInputs, ready: Any, price: Any, mode: str) -> tuple[Any, Any]
             left = demand - take.sum(axis=1)
         cap_of_pool = np.where(flows[:, j, :] > 0, np.minimum(cap_of_pool, own), cap_of_pool)
         left_all[:, j] = np.maximum(left, 0.0)
-    # overflow: the pool with the most spare capacity to saturation among those that can reach the
-    # SLO, else the fastest pool with replicas; with no ready replica anywhere the traffic fails
+    # overflow: spread over the pools that can reach the SLO at all, in proportion to their spare
+    # capacity to saturation (least outstanding requests); none: the fastest pool with replicas;
+    # with no ready replica anywhere the traffic fails
     unserved = np.zeros((T, U))
-    spare = ready * cap / prof.saturation_ratio
+    saturation = ready * cap / prof.saturation_ratio
+    any_ready = ready.sum(axis=1) > 0
     for j in range(U):
         left = left_all[:, j]
         if not left.any():
             continue
-        slack = np.where(reachable[j][None, :] & (ready > 0), spare - load, -np.inf)
-        has = np.isfinite(slack.max(axis=1))
+        spare = np.where(reachable[j][None, :] & (ready > 0), np.maximum(saturation - load, 0.0), 0.0)
+        total = spare.sum(axis=1)
+        share = np.where(total[:, None] > 0, spare / np.where(total > 0, total, 1.0)[:, None], 0.0)
         fast_key = np.where(ready > 0, sim.rtt[j][None, :], np.inf)
-        target = np.where(has, slack.argmax(axis=1), fast_key.argmin(axis=1))
-        any_ready = ready.sum(axis=1) > 0
-        add = np.where(any_ready, left, 0.0)
-        flows[rows, j, target] += add
-        load[rows, target] += add
+        fastest = fast_key.argmin(axis=1)
+        add = share * left[:, None]
+        add[rows, fastest] += np.where((total <= 0) & any_ready, left, 0.0)
+        flows[:, j, :] += add
+        load += add
         unserved[:, j] = np.where(any_ready, 0.0, left)
     return flows, unserved
 
