@@ -18,25 +18,23 @@ The rules, per user region ``u``, then per location:
    once. Replacing lost replicas is never delayed: the target did not change.
 3. **Where users can be served**: a location is eligible for ``u`` when some pool there keeps
    ``slo_target`` of ``u``'s requests within the SLO (network round trip from
-   :mod:`spotshift.serving.latency`, queueing and inference from :mod:`spotshift.serving.slo`).
-   Every pool is sized to at least the smallest one that carries its planned load within the SLO
-   for the farthest user region it serves (:class:`~spotshift.serving.slo.PoolSizer`: small pools
-   queue worse), and the mix below is costed in those whole replicas. None eligible: the lowest
-   round trip, and the reasons say so.
+   :mod:`spotshift.serving.latency`, queueing and inference from :mod:`spotshift.serving.slo`;
+   :class:`~spotshift.serving.slo.PoolSizer`). Pools are planned in nominal capacity: they are
+   shared by every user region the router sends there, and the router fills each only as far as
+   its users' SLO allows. None eligible: the lowest round trip, and the reasons say so.
 4. **Spot or not** (seed 000): spot in a location only when ``spot < 0.6 x reserved`` there
    (reserved price from :mod:`spotshift.pricing.reserved` unless quoted), the location has not
    lost spot capacity recently (``no_spot``), and spot is an allowed market.
 5. **Floor and placement**: losing every spot replica of any one location must leave capacity for
-   ``floor_share`` of ``u``'s traffic (the forecast level, i.e. the target without headroom). The
-   planner adds one whole replica at a time, always the option that closes the most of the two
-   deficits (target; floor after losing the biggest spot location) per dollar: spot in an eligible
-   location at its risk-priced cost ``spot x (1 + preemptions_per_hour x
-   preemption_penalty_hours)``, or a replica of the cheapest non-spot market. Another spot replica
-   where spot is already biggest does nothing for the floor, so spot spreads over the cheapest
-   regions not already used (SpotHedge's placement), exactly as far as the floor needs, and a
-   user region with a single spot-eligible location gets its floor on reserved/on-demand. A
-   preempted location drops out of the spot candidates, so replacements go to the next-cheapest
-   place.
+   ``floor_share`` of ``u``'s traffic (the forecast level, i.e. the target without headroom). In
+   whole replicas, with spot priced with its learned risk ``spot x (1 + preemptions_per_hour x
+   preemption_penalty_hours)``: spot fills the cheapest eligible locations up to ``m`` replicas
+   each, so one loss costs at most ``m``; every ``m`` and every count of reserved/on-demand
+   replicas is tried and the cheapest mix meeting both the target and the floor wins
+   (:func:`_cheapest_mix`). Spot therefore spreads over the cheapest regions not already used
+   (SpotHedge's placement) exactly as far as the floor makes it pay, and a user region with a
+   single spot-eligible location gets its floor on reserved/on-demand. A preempted location drops
+   out of the spot candidates, so replacements go to the next-cheapest place.
 6. **Reserved vs on-demand**: committed reserved replicas run all the time (they are paid for
    anyway) and serve first. The non-spot replicas planned in a location every hour of the last
    ``commit_window_s`` (24 h) are the steady base worth a commitment: that minimum becomes
@@ -320,10 +318,6 @@ class ScalingDecision:
     def decision_id(self) -> str:
         """Deterministic id: endpoint, decision time (the sensor's tick) and action."""
         return f"{self.endpoint}:{self.decided_at.isoformat()}:{self.action}"
-
-    def planned_count(self, location: str, market: str) -> int:
-        """Replicas the plan wants in ``location`` on ``market``."""
-        return sum(n for loc, m, n in self.planned if loc == location and m == market)
 
     def to_row(self) -> dict[str, Any]:
         """The ``raw.scaling_decisions`` row (columns of :data:`spotshift.warehouse.RAW_TABLES`)."""

@@ -155,15 +155,6 @@ def within_slo_share(
     return np.where((budget >= 0) & (n > 0), 1.0 - tail, 0.0)
 
 
-def meets_slo(
-    profile: ServingProfile, rtt_ms: float, utilisation: float, replicas: int, target: float = 0.999
-) -> bool:
-    """Whether a pool of ``replicas`` loaded to ``utilisation`` of its capacity keeps ``target`` of
-    the requests of users ``rtt_ms`` away within the SLO."""
-    load = utilisation * replicas * profile.capacity_tokens_s
-    return bool(within_slo_share(profile, rtt_ms, load, replicas) >= target)
-
-
 def max_utilisation(profile: ServingProfile, rtt_ms: Any, replicas: Any, target: float = 0.999) -> Any:
     """The highest load, as a share of the pool's capacity at the SLO, at which ``target`` of the
     requests of users ``rtt_ms`` away still meet the SLO in a pool of ``replicas`` (numpy-friendly;
