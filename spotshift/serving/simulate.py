@@ -323,6 +323,14 @@ class AutoscalerPolicy:
         self._risk_every = max(1, 3600 // sim.tick_s)
         self._last_key: Any = None
         self.decisions = 0
+        # quote snapshot ids must name their quotes: derive them from this window's prices
+        import hashlib
+
+        digest = hashlib.blake2b(digest_size=8)
+        digest.update("|".join(sim.locations).encode())
+        for arr in (sim.spot, sim.on_demand, sim.reserved):
+            digest.update(arr.tobytes())
+        self.quotes_id = digest.hexdigest()
 
     def step(
         self,
@@ -370,7 +378,7 @@ class AutoscalerPolicy:
             quotes=quotes,
             no_spot=no_spot,
             spot_risk=risk,
-            snapshot_id=f"{sim.start.isoformat()}#{int(sim.epoch[t])}",
+            snapshot_id=f"{self.quotes_id}#{int(sim.epoch[t])}",
         )
         d = decide_scaling(inputs, self.memory, p)
         self.decisions += 1

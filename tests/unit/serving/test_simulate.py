@@ -207,3 +207,19 @@ def test_reserved_is_billed_for_the_whole_term_even_when_stopped(sim) -> None:
     h = sim.tick_s / 3600.0
     assert o.cost_by_market_usd["reserved"] == pytest.approx(2 * float(sim.reserved[:, 0].sum()) * h)
     assert o.replica_hours["reserved"] == pytest.approx(2 * sim.ticks * h)
+
+
+def test_two_windows_with_the_same_start_never_share_plans(request_: InferenceSimRequest) -> None:
+    # the autoscaler memoizes plans by quote snapshot id: two markets must never share an id
+    from spotshift.serving.autoscale import ScalingParams
+    from spotshift.serving.simulate import AutoscalerPolicy
+
+    wide = build_sim_inputs(request_)[0]
+    narrow = build_sim_inputs(replace(request_, regions=("gcp/us-*",)))[0]
+    assert wide.start == narrow.start and set(narrow.locations) < set(wide.locations)
+    ids = set()
+    for sim in (wide, narrow):
+        ids.add(AutoscalerPolicy("spotshift", sim, ScalingParams()).quotes_id)
+        _, arr = run_policy(sim, "spotshift")
+        assert arr["alive"]["spot"].shape[1] == len(sim.locations)
+    assert len(ids) == 2
