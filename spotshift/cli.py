@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "spotshift.sync.commands",
     "spotshift.placement.commands",
     "spotshift.simulate.commands",
+    "spotshift.serving.simulate_commands",
     "spotshift.training.commands",
     "spotshift.checkpoint.commands",
     "spotshift.costs.commands",

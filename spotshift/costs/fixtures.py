@@ -451,6 +451,48 @@ def _inference(sim: _Sim) -> None:
             )
 
 
+def _scaling(sim: _Sim) -> None:
+    """The autoscaler's decisions over the serving windows, made by the real decision function on
+    the fixture market (one endpoint, users in us-east, demand of the inference windows)."""
+    from datetime import UTC
+
+    from spotshift.serving.autoscale import LocationQuote, ReplicaState, ScalingInputs, decide_scaling
+    from spotshift.serving.slo import ServingProfile
+
+    demand_by_hour: dict[datetime, float] = {}
+    for w in sim.rows.get("inference_usage", []):
+        demand_by_hour[w["window_start"]] = demand_by_hour.get(w["window_start"], 0.0) + w["tokens"] / 3600.0
+    profile = ServingProfile(capacity_tokens_s=2400.0)
+    memory = None
+    replicas: list[ReplicaState] = []
+    for at in sorted(demand_by_hour):
+        tokens_s = demand_by_hour[at]
+        quotes = [
+            LocationQuote(loc.location, loc.on_demand_usd_hour, spot_price(loc, at, sim.seed))
+            for loc in FIXTURE_LOCATIONS
+        ]
+        decision = decide_scaling(
+            ScalingInputs(
+                endpoint="chat",
+                now=at.replace(tzinfo=UTC),
+                profile=profile,
+                demand_tokens_s={"us-east": tokens_s},
+                forecast_tokens_s={"us-east": tokens_s * 1.05},
+                replicas=replicas,
+                quotes=quotes,
+                snapshot_id=f"fixture-{sim.seed}-{_quote_time(at).isoformat()}",
+            ),
+            memory,
+        )
+        memory = decision.memory
+        replicas = [
+            ReplicaState(f"{loc}:{market}:{i}", loc, market, "ready")
+            for loc, market, n in decision.planned
+            for i in range(n)
+        ]
+        sim.add("scaling_decisions", **decision.to_row())
+
+
 def generate_facts(
     seed: int = 7, jobs: tuple[FixtureJob, ...] = FIXTURE_JOBS
 ) -> dict[str, list[dict[str, Any]]]:
@@ -461,6 +503,7 @@ def generate_facts(
     last = max(r["ended_at"] for r in sim.rows["compute_usage"])
     _quotes(sim, last + timedelta(days=1))
     _inference(sim)
+    _scaling(sim)
     return sim.rows
 
 

@@ -187,38 +187,43 @@ def build_market(
         .agg(pl.col("spot_hour").min(), pl.col("ondemand_hour").min())
         .sort(["loc", "observed_at"])
     )
+    import numpy as np
+
     locations = sorted(set(df["loc"].to_list()))
     gap_h = gap_seconds / 3600.0
     n = int(math.ceil(hours / gap_h - 1e-9))
     ticks = [start + timedelta(seconds=k * gap_seconds) for k in range(n)]
-    spot: list[list[float]] = []
-    od: list[list[float]] = []
-    for loc in locations:
+    # the last observation at or before each tick (searchsorted on epoch microseconds, vectorised)
+    t0_us = int(start.timestamp() * 1_000_000)
+    grid_us = t0_us + np.arange(n, dtype=np.int64) * int(gap_seconds * 1_000_000)
+    spot_m = np.full((len(locations), n), np.nan)
+    od_m = np.full((len(locations), n), np.nan)
+    for i, loc in enumerate(locations):
         sub = df.filter(pl.col("loc") == loc)
-        times = sub["observed_at"].to_list()
-        s_vals = [math.nan if v is None else float(v) for v in sub["spot_hour"].to_list()]
-        o_vals = [math.nan if v is None else float(v) for v in sub["ondemand_hour"].to_list()]
-        s_row, o_row = [], []
-        j = -1
-        for t in ticks:
-            while j + 1 < len(times) and times[j + 1] <= t:
-                j += 1
-            s_row.append(s_vals[j] if j >= 0 else math.nan)
-            o_row.append(o_vals[j] if j >= 0 else math.nan)
-        spot.append(s_row)
-        od.append(o_row)
+        times_us = sub["observed_at"].dt.epoch("us").to_numpy()
+        s_vals = sub["spot_hour"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+        o_vals = sub["ondemand_hour"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+        j = np.searchsorted(times_us, grid_us, side="right") - 1
+        seen = j >= 0
+        spot_m[i, seen] = s_vals[j[seen]]
+        od_m[i, seen] = o_vals[j[seen]]
+    spot = [row.tolist() for row in spot_m]
+    od = [row.tolist() for row in od_m]
     available = []
     for loc in locations:
         tr = traces.get(loc)
         available.append(tr.resampled(gap_seconds, n * gap_h) if tr is not None else [True] * n)
-    epoch, epoch_start = [], []
-    last: tuple[float, ...] | None = None
-    for k in range(n):
-        col = tuple(v for i in range(len(locations)) for v in (spot[i][k], od[i][k]))
-        if last is None or not _same(col, last):
-            epoch_start.append(ticks[k])
-            last = col
-        epoch.append(len(epoch_start) - 1)
+    # a new epoch whenever any price changes (NaN equal to NaN)
+    both = np.concatenate([spot_m, od_m]) if locations else np.zeros((0, n))
+    if n:
+        prev, cur = both[:, :-1], both[:, 1:]
+        same = (prev == cur) | (np.isnan(prev) & np.isnan(cur))
+        changed = np.concatenate([[True], ~same.all(axis=0)])
+    else:
+        changed = np.zeros(0, dtype=bool)
+    epoch_arr = np.cumsum(changed) - 1
+    epoch = epoch_arr.tolist()
+    epoch_start = [ticks[k] for k in np.flatnonzero(changed).tolist()]
     return Market(
         instance_type=instance_type,
         gpu_model=gpu_models[0],
@@ -232,7 +237,3 @@ def build_market(
         epoch=epoch,
         epoch_start=epoch_start,
     )
-
-
-def _same(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-    return all((x == y) or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b, strict=True))

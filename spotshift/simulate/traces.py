@@ -63,8 +63,15 @@ class AvailabilityTrace:
 
     def resampled(self, gap_seconds: int, hours: float) -> list[bool]:
         """Availability on a grid of ``gap_seconds`` covering ``hours`` (wrapping around)."""
+        import numpy as np
+
         n = int(math.ceil(hours * 3600.0 / gap_seconds - 1e-9))
-        return [self.available_at(i * gap_seconds / 3600.0) for i in range(n)]
+        # available_at for every tick at once: tick i falls in trace slot floor(i x gap / own gap)
+        slot = np.floor(np.arange(n) * gap_seconds / 3600.0 * 3600.0 / self.gap_seconds + 1e-9).astype(
+            np.int64
+        )
+        data = np.asarray(self.data, dtype=np.int64)
+        return (data[slot % len(data)] > 0).tolist()
 
     def to_json(self) -> dict[str, object]:
         """The published JSON shape."""

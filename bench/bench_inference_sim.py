@@ -1,0 +1,162 @@
+"""Inference simulator (issue 14, third target): spotshift's autoscaler + router against all on-demand,
+all reserved, spot greedy and a SpotHedge-like policy, on the real GCP history with generated
+availability traces and the synthetic daily demand (4 user regions, 60,000 tokens/s global peak).
+
+Targets: spotshift >= 50 % cheaper than all on-demand with >= 99.9 % SLO attainment, and cheaper
+than the SpotHedge-like policy at equal or better SLO attainment. SpotHedge is run with N_extra
+0..3 (its over-provisioning knob), so the comparison is reported two ways: head to head with the
+default N_extra = 1, and SLO-matched (the cheapest SpotHedge setting whose SLO attainment is at
+least spotshift's).
+
+Also measured: simulator speed on a month of one-minute ticks over a handful of regions.
+Without ../shared/data the comparison runs on the generated market (and says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import Timer, peak_rss_mib, write_result  # noqa: E402
+from spotshift.home import shared_data_file  # noqa: E402
+from spotshift.serving.simulate import (  # noqa: E402
+    InferenceSimRequest,
+    build_sim_inputs,
+    run_policy,
+)
+from spotshift.simulate.run import REAL_HISTORY  # noqa: E402
+
+BASELINES = ("on_demand", "reserved", "spot_greedy")
+SPOTHEDGE_EXTRAS = (0, 1, 2, 3)
+SPEED_REGIONS = ("us-central1", "us-east4", "us-west1", "europe-west4", "asia-northeast1", "asia-southeast1")
+
+
+def scenario(prices: str | None, start: str, days: float, seed: int, regions: tuple[str, ...]) -> dict:
+    """Every policy (SpotHedge at each N_extra) on one window; the verdict on the targets."""
+    req = InferenceSimRequest(prices=prices, start=start, days=days, seed=seed, regions=regions)
+    with Timer() as tb:
+        sim, sc = build_sim_inputs(req)
+    runs: dict[str, dict] = {}
+    seconds: dict[str, float] = {}
+    for name in (*BASELINES, "spotshift"):
+        with Timer() as t:
+            runs[name] = run_policy(sim, name)[0].to_dict()
+        seconds[name] = round(t.seconds, 2)
+    for extra in SPOTHEDGE_EXTRAS:
+        with Timer() as t:
+            runs[f"spothedge_extra{extra}"] = run_policy(sim, "spothedge", spothedge_extra=extra)[0].to_dict()
+        seconds[f"spothedge_extra{extra}"] = round(t.seconds, 2)
+    base = runs["on_demand"]["cost_usd"]
+    for r in runs.values():
+        r["saving_vs_on_demand"] = 1 - r["cost_usd"] / base
+    ss = runs["spotshift"]
+    sh = runs["spothedge_extra1"]
+    matched = [
+        (k, r)
+        for k, r in runs.items()
+        if k.startswith("spothedge") and r["slo_attainment"] >= ss["slo_attainment"]
+    ]
+    cheapest_matched = min(matched, key=lambda kr: kr[1]["cost_usd"]) if matched else None
+    verdict = {
+        "saving_ge_50pct": ss["saving_vs_on_demand"] >= 0.5,
+        "slo_ge_99_9pct": ss["slo_attainment"] >= 0.999,
+        "head_to_head_vs_spothedge_extra1": {
+            "cheaper": ss["cost_usd"] < sh["cost_usd"],
+            "slo_equal_or_better": ss["slo_attainment"] >= sh["slo_attainment"],
+        },
+        "slo_matched_spothedge": None
+        if cheapest_matched is None
+        else {
+            "setting": cheapest_matched[0],
+            "cost_usd": cheapest_matched[1]["cost_usd"],
+            "slo_attainment": cheapest_matched[1]["slo_attainment"],
+            "spotshift_cheaper": ss["cost_usd"] < cheapest_matched[1]["cost_usd"],
+            "spotshift_saving_vs_it": 1 - ss["cost_usd"] / cheapest_matched[1]["cost_usd"],
+        },
+    }
+    summary = {
+        k: (
+            round(r["cost_usd"]),
+            round(100 * r["saving_vs_on_demand"], 1),
+            round(100 * r["slo_attainment"], 4),
+        )
+        for k, r in runs.items()
+    }
+    print(start, seed, summary, verdict, flush=True)
+    return {
+        "start": sc["start"],
+        "days": sc["days"],
+        "seed": seed,
+        "locations": len(sc["locations"]),
+        "users": sc["users"],
+        "build_s": round(tb.seconds, 2),
+        "policy_s": seconds,
+        "policies": runs,
+        "verdict": verdict,
+    }
+
+
+def speed(prices: str | None, quick: bool) -> dict:
+    """A month (a day with --quick) of one-minute ticks over a handful of regions: wall time per policy."""
+    days = 1.0 if quick else 30.0
+    req = InferenceSimRequest(prices=prices, start="2024-03-01", days=days, regions=SPEED_REGIONS)
+    with Timer() as tb:
+        sim, _ = build_sim_inputs(req)
+    out = {"days": days, "ticks": sim.ticks, "locations": len(sim.locations), "build_s": round(tb.seconds, 2)}
+    for name in (*BASELINES, "spothedge", "spotshift"):
+        with Timer() as t:
+            run_policy(sim, name)
+        out[name] = {"seconds": round(t.seconds, 2), "simulated_days_per_s": round(days / t.seconds, 2)}
+    print("speed", out, flush=True)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    real = shared_data_file(REAL_HISTORY)
+    prices = str(real) if real is not None else None
+    result: dict[str, object] = {
+        "quick": args.quick,
+        "real_history": prices,
+        "market": "real GCP history" if real is not None else "generated market (../shared/data absent)",
+        "profile": InferenceSimRequest().profile.to_dict(),
+        "params": InferenceSimRequest().params.to_dict(),
+        "demand": "synthetic daily curve, users us-east 0.4 / us-west 0.2 / eu-west 0.25 / ap-northeast 0.15, peak 60,000 tokens/s",
+    }
+    if args.quick:
+        windows = [("2024-03-01", 1.0, 0, ("us-*", "europe-west4", "asia-northeast1"))]
+    else:
+        windows = [("2023-09-01", 30.0, 0, ()), ("2024-06-01", 30.0, 1, ())]
+    if real is None:  # the generated market starts 2023-01-04 and prices four GCP regions
+        windows = [("2023-02-01", w[1], w[2], ()) for w in windows]
+    result["scenarios"] = [
+        scenario(prices, start, days, seed, regions) for start, days, seed, regions in windows
+    ]
+    result["speed"] = speed(prices, args.quick) if real is not None else None
+    verdicts = [s["verdict"] for s in result["scenarios"]]  # type: ignore[index]
+    result["targets_met"] = {
+        "saving_ge_50pct": all(v["saving_ge_50pct"] for v in verdicts),
+        "slo_ge_99_9pct": all(v["slo_ge_99_9pct"] for v in verdicts),
+        "cheaper_than_spothedge_extra1_at_equal_or_better_slo": all(
+            v["head_to_head_vs_spothedge_extra1"]["cheaper"]
+            and v["head_to_head_vs_spothedge_extra1"]["slo_equal_or_better"]
+            for v in verdicts
+        ),
+        "cheaper_than_slo_matched_spothedge": all(
+            v["slo_matched_spothedge"] is None or v["slo_matched_spothedge"]["spotshift_cheaper"]
+            for v in verdicts
+        ),
+    }
+    print("targets", result["targets_met"])
+    result["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    write_result("inference_sim" + ("_quick" if args.quick else ""), result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
