@@ -510,13 +510,16 @@ def record_facts(
 ) -> FactsOutcome:
     """Record fact rows (``{"raw.transfers": [row, ...], ...}``) in the warehouse; never lose them.
 
-    The one path every fact writer takes. The rows are validated, then written durably to the
-    warehouse's spool (one file, temp name + fsync + rename), then ingested: through ``con`` when
-    the caller holds a write connection, else by opening the warehouse, which ingests every
-    queued file. Ingestion inserts each file's rows in one transaction, skipping rows whose
-    :data:`FACT_KEYS` are already in their table, and deletes the file after the commit: a crash
-    in between leaves a file whose rows the next ingestion finds present, so every fact lands
-    exactly once. The tables of one call are ingested together or not at all.
+    The one path every fact writer takes. The rows are validated, then inserted in one transaction
+    that skips rows whose :data:`FACT_KEYS` are already in their table (the tables of one call
+    land together or not at all):
+
+    * ``con`` given (the caller holds the write lock, e.g. a sensor or an asset mid-transaction):
+      directly. A failed insert raises to the caller, whose source of the facts is still intact.
+    * otherwise the rows are first written durably to the warehouse's spool (one file, temp name +
+      fsync + rename), then the warehouse is opened, which ingests every queued file; each file is
+      deleted after its commit, so a crash in between leaves a file whose rows the next ingestion
+      finds present: every fact lands exactly once.
 
     When the warehouse stays locked past ``timeout_s`` the facts stay queued (a warning on
     stderr says so; the next command that opens the warehouse for writing ingests them). A
@@ -530,12 +533,7 @@ def record_facts(
     if not tables:
         return FactsOutcome({})
     if con is not None:
-        path = database_file(con)
-        if path is None:  # an in-memory database: nothing durable to protect
-            return FactsOutcome(_ingest_tables(con, tables))
-        spool = spool_dir(path)
-        f = _spool_write(spool, tables)
-        return FactsOutcome(ingest_spool(con, path, only=f.name).get(f.name, {}))
+        return FactsOutcome(_ingest_tables(con, tables))
     target = resolve_path(database)
     f = _spool_write(spool_dir(target), tables)
     n = sum(b.num_rows for b in tables.values())
@@ -576,14 +574,14 @@ def pending_facts(path: str | Path | None = None) -> list[Path]:
 
 
 def ingest_spool(
-    con: Any, path: str | Path | None = None, *, only: str | None = None, own: str | None = None
+    con: Any, path: str | Path | None = None, *, own: str | None = None
 ) -> dict[str, dict[str, int]]:
     """Ingest the queued fact files of the warehouse ``con`` writes to; rows written per file and table.
 
-    ``only``: ingest just that file (a writer ingesting its own batch). Files are ingested oldest
-    first, each in one transaction, deleted after the commit. Other writers' files are announced on
-    stderr (``own`` names the caller's file, which is not). A file that cannot be read is moved to
-    ``rejected/`` beside them, with a warning, so it never blocks the others.
+    Files are ingested oldest first, each in one transaction, deleted after the commit. Other
+    writers' files are announced on stderr (``own`` names the caller's file, which is not). A file
+    that cannot be read is moved to ``rejected/`` beside them, with a warning, so it never blocks
+    the others.
     """
     from spotshift.atomic import fsync_dir, remove_stale_temp_files
 
@@ -596,8 +594,7 @@ def ingest_spool(
     out: dict[str, dict[str, int]] = {}
     with _INGEST_LOCK:
         remove_stale_temp_files(spool)
-        files = [spool / only] if only else pending_facts(target)
-        for f in files:
+        for f in pending_facts(target):
             try:
                 tables = _spool_read(f)
             except FileNotFoundError:
@@ -615,7 +612,7 @@ def ingest_spool(
             f.unlink(missing_ok=True)
         if out:
             fsync_dir(spool)
-    others = {k: v for k, v in out.items() if k != own and k != only}
+    others = {k: v for k, v in out.items() if k != own}
     if others:
         rows = sum(sum(v.values()) for v in others.values())
         _say(f"ingested {len(others)} queued fact file(s) ({rows} new row(s)) from {spool} into {target}")

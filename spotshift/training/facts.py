@@ -82,7 +82,7 @@ def ingest_facts(
     Through :func:`spotshift.warehouse.record_facts`: ingestion is exactly-once by each table's
     fact key, and facts that meet a locked warehouse wait in its spool. ``live``: the trainer is
     still running and appending, so its files are read but left in place (rows already in the
-    warehouse are not spooled again). ``con``: an open warehouse connection to use.
+    warehouse are skipped by their key). ``con``: an open warehouse connection to use.
     """
     from spotshift import warehouse
 
@@ -90,8 +90,6 @@ def ingest_facts(
     if not files:
         return {}
     facts = {t: _unique(t, rows) for t, rows in read_facts(files).items()}
-    if live and con is not None:
-        facts = {t: _unseen(con, t, rows) for t, rows in facts.items()}
     outcome = warehouse.record_facts(facts, database=database, con=con, timeout_s=timeout_s)
     if not live:  # durable in the warehouse or its spool from here on
         for p in files:
@@ -110,20 +108,3 @@ def _unique(table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             seen.add(k)
             out.append(r)
     return out
-
-
-def _unseen(con: Any, table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``rows`` whose fact key is not in the warehouse yet (spares a live trainer's log re-spooling)."""
-    keys = ROW_KEYS[table]
-    ids = [r.get(keys[0]) for r in rows]
-    if not ids:
-        return []
-    cols = ", ".join(f'"{k}"' for k in keys)
-    placeholders = ", ".join("?" for _ in ids)
-    seen = {
-        tuple(rec)
-        for rec in con.execute(
-            f'SELECT {cols} FROM {table} WHERE "{keys[0]}" IN ({placeholders})', ids
-        ).fetchall()
-    }
-    return [r for r in rows if tuple(r.get(c) for c in keys) not in seen]
