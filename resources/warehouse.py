@@ -22,6 +22,8 @@ class WarehouseResource(DuckDBResource):
             yield con
 
     def append(self, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
-        """Append fact rows to ``raw.<name>``/``main.<name>`` in one short transaction."""
-        with self.get_connection() as con:
-            return warehouse.append_rows(con, table, rows)
+        """Record fact rows of ``raw.<name>``/``main.<name>`` (:func:`spotshift.warehouse.record_facts`:
+        durable spool first, exactly-once ingestion); rows written now (0 when queued behind a lock)."""
+        return warehouse.record_facts(
+            {table: rows}, database=self.database, timeout_s=self.lock_timeout_s
+        ).rows(table)

@@ -18,7 +18,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 #: modules that contribute command groups, in ``--help`` order
 COMMAND_MODULES: tuple[str, ...] = (
@@ -63,9 +63,21 @@ def deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str, **kwar
     )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the house rule for bad input: one line on stderr and exit 2, not a usage block.
+
+    Sub-command parsers inherit the class, so every ``spotshift ...`` usage error is one line that
+    names the command and points at its ``--help``.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full parser with every registered command group."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="spotshift",
         description="Move GPU training and inference to where GPUs are cheapest, without losing a step.",
         epilog="State lives under $SPOTSHIFT_HOME (default ./.spotshift). Exit 2 means bad input.",
@@ -109,6 +121,7 @@ def _home(args: argparse.Namespace) -> int:
     from spotshift import home
     from spotshift.errors import ConfigError
     from spotshift.instance import read_storage
+    from spotshift.warehouse import spool_dir
 
     if args.action != "init" and (args.postgres or args.force):
         raise ConfigError("--postgres and --force apply to `spotshift home init`")
@@ -122,6 +135,7 @@ def _home(args: argparse.Namespace) -> int:
         "spotshift_home": str(home.spotshift_home()),
         "dagster_home": str(home.dagster_home()),
         "warehouse": str(home.warehouse_path()),
+        "fact_spool": str(spool_dir()),
         "stores": str(home.stores_root()),
         "config": str(home.config_path()),
         "instance": read_storage(cfg)[0].describe()
@@ -160,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{exc.filename}: is a directory")
     except PermissionError as exc:
         return _fail(f"{exc.filename}: permission denied")
+    except OSError as exc:
+        if exc.filename is None:  # not about a path the user gave: a bug or the machine, show it
+            raise
+        return _fail(f"{exc.filename}: {exc.strerror or type(exc).__name__}")
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except BrokenPipeError:

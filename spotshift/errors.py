@@ -39,6 +39,14 @@ class NotFoundError(SpotshiftError):
     """A named object (dataset, manifest, checkpoint, pointer) does not exist."""
 
 
+class RemoteError(InputError):
+    """A cloud provider or object store answered with an error status or a malformed response.
+
+    The message names the feed or store, what it was asked and the HTTP status; never the body
+    (see :mod:`spotshift.cloud_errors`).
+    """
+
+
 def build_record(
     cls: Any, raw: Mapping[str, Any], what: str, *, error: type[SpotshiftError] | None = None
 ) -> Any:
@@ -61,3 +69,36 @@ def build_record(
         if isinstance(exc, err):
             raise
         raise err(f"{what}: {exc}") from None
+
+
+def check_range(
+    value: Any,
+    what: str,
+    *,
+    low: float,
+    high: float,
+    low_inclusive: bool = False,
+    integer: bool = False,
+    error: type[SpotshiftError] = ConfigError,
+) -> Any:
+    """``value`` if it is a finite number within ``(low, high]`` (``[low, high]`` with ``low_inclusive``).
+
+    NaN, infinities, booleans, non-numbers and (with ``integer``) fractions raise ``error`` as one
+    line naming ``what`` and the allowed range. Returns the value unchanged.
+    """
+    import math
+
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type:
+        kind = "an integer" if integer else "a number"
+        raise error(f"{what} must be {kind}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise error(f"{what} must be a finite number, got {value!r}")
+    above = value >= low if low_inclusive else value > low
+    if not above or value > high:
+        if integer:
+            first = int(low) if low_inclusive else int(math.floor(low)) + 1
+            raise error(f"{what} must be a whole number from {first} to {int(high)}, got {value}")
+        floor = f"at least {low:g}" if low_inclusive else f"more than {low:g}"
+        raise error(f"{what} must be {floor} and at most {high:g}, got {value:g}")
+    return value

@@ -13,17 +13,60 @@ units with the trainer.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from spotshift import registry
 from spotshift.clock import parse_utc
-from spotshift.errors import ConfigError, build_record
+from spotshift.errors import ConfigError, SpotshiftError, build_record, check_range
 
 SECTION = "jobs"
 
 DEFAULT_MODEL: dict[str, int] = {"vocab_size": 256, "d_model": 64, "n_layer": 2, "n_head": 4, "seq_len": 64}
+MODEL_KEYS = ("vocab_size", "d_model", "n_layer", "n_head", "seq_len")
+OPTIONAL_KEYS = ("d_ff", "lora_rank")
+#: upper bounds of the model config: far above what the trainer is for, below what would exhaust memory
+MODEL_LIMITS: dict[str, int] = {
+    "vocab_size": 1 << 20,
+    "d_model": 1 << 16,
+    "n_layer": 1 << 10,
+    "n_head": 1 << 10,
+    "seq_len": 1 << 20,
+    "d_ff": 1 << 18,
+    "lora_rank": 1 << 12,
+}
+INT64_MAX = 2**63 - 1  # BIGINT columns of the warehouse (steps, tokens)
+#: bounds of hour figures: a million hours is 114 years
+MAX_HOURS = 1e6
+
+
+def check_model_config(cfg: Mapping[str, Any]) -> dict[str, int]:
+    """Validated model config (``vocab_size``, ``d_model``, ``n_layer``, ``n_head``, ``seq_len``; optional
+    ``d_ff`` (default 4 x d_model) and ``lora_rank`` (default 0: no adapters)).
+
+    The one check of a model config: ``jobs add`` and the trainer call it, so a config the
+    trainer would refuse is refused when the job is declared. :class:`ConfigError` names the key.
+    """
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"model config must be a mapping of KEY: INT, got {type(cfg).__name__}")
+    missing = [k for k in MODEL_KEYS if k not in cfg]
+    if missing:
+        raise ConfigError(f"model config is missing {', '.join(missing)}")
+    unknown = sorted(set(cfg) - {*MODEL_KEYS, *OPTIONAL_KEYS})
+    if unknown:
+        raise ConfigError(f"model config has unknown key(s) {', '.join(map(str, unknown))}")
+    out: dict[str, int] = {}
+    for k, v in cfg.items():
+        low = -1 if k == "lora_rank" else 0  # lora_rank 0 means no adapters
+        out[k] = check_range(v, f"model {k}", low=low, high=MODEL_LIMITS[k], integer=True)
+    if out["d_model"] % out["n_head"]:
+        raise ConfigError(f"model d_model {out['d_model']} is not divisible by n_head {out['n_head']}")
+    out.setdefault("d_ff", 4 * out["d_model"])
+    if not out.get("lora_rank"):
+        out.pop("lora_rank", None)  # absent and 0 are the same model (and the same checkpoint identity)
+    return out
 
 
 @dataclass(frozen=True)
@@ -51,33 +94,51 @@ class TrainingJob:
     start_location: str | None = None  # provider/region to start in (None: let placement choose)
 
     def __post_init__(self) -> None:
+        from spotshift.pricing.regions import check_location, check_location_pattern
+
         n = self.name
-        if not n or any(c not in "abcdefghijklmnopqrstuvwxyz0123456789-_." for c in n):
+        if (
+            not isinstance(n, str)
+            or not n
+            or any(c not in "abcdefghijklmnopqrstuvwxyz0123456789-_." for c in n)
+        ):
             raise ConfigError(f"job {n!r}: name must use only a-z, 0-9, '-', '_' and '.'")
-        checks: list[tuple[bool, str]] = [
-            (bool(self.dataset), "dataset is empty"),
-            (self.total_steps > 0, f"total_steps must be > 0, got {self.total_steps}"),
-            (self.work_hours > 0, f"work_hours must be > 0, got {self.work_hours}"),
-            (self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size}"),
-            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
-            (self.checkpoint_every_steps > 0, "checkpoint_every_steps must be > 0"),
-            (self.checkpoint_every_minutes > 0, "checkpoint_every_minutes must be > 0"),
-            (self.gpu_count > 0, f"gpu_count must be > 0, got {self.gpu_count}"),
-            (0 <= self.min_topology_score <= 10, "min_topology_score must be within 0-10"),
-            (self.max_usd_per_hour is None or self.max_usd_per_hour > 0, "max_usd_per_hour must be > 0"),
-            (self.deadline_hours is None or self.deadline_hours > 0, "deadline_hours must be > 0"),
-            (bool(self.allowed_locations), "allowed_locations is empty"),
-        ]
-        for ok, what in checks:
-            if not ok:
-                raise ConfigError(f"job {n!r}: {what}")
-        if self.submitted_at is not None:
-            parse_utc(self.submitted_at)
-        for loc in [*self.allowed_locations, *([self.start_location] if self.start_location else [])]:
-            if loc != "*" and "/" not in loc:
-                raise ConfigError(
-                    f"job {n!r}: location {loc!r} is not provider/region (or a pattern like aws/*)"
-                )
+        try:
+            if not isinstance(self.dataset, str) or not self.dataset:
+                raise ConfigError("dataset is empty")
+            check_range(self.total_steps, "total_steps", low=0, high=INT64_MAX, integer=True)
+            check_range(self.work_hours, "work_hours", low=0, high=MAX_HOURS)
+            check_range(self.batch_size, "batch_size", low=0, high=1 << 20, integer=True)
+            check_range(self.learning_rate, "learning_rate", low=0, high=1e3)
+            check_range(self.seed, "seed", low=-1, high=INT64_MAX, integer=True)
+            check_range(
+                self.checkpoint_every_steps, "checkpoint_every_steps", low=0, high=INT64_MAX, integer=True
+            )
+            check_range(self.checkpoint_every_minutes, "checkpoint_every_minutes", low=0, high=MAX_HOURS * 60)
+            check_range(self.gpu_count, "gpu_count", low=0, high=1024, integer=True)
+            check_range(self.min_topology_score, "min_topology_score", low=0, high=10, low_inclusive=True)
+            if self.max_usd_per_hour is not None:
+                check_range(self.max_usd_per_hour, "max_usd_per_hour", low=0, high=1e6)
+            if self.deadline_hours is not None:
+                check_range(self.deadline_hours, "deadline_hours", low=0, high=MAX_HOURS)
+                if self.deadline_hours < self.work_hours:
+                    raise ConfigError(
+                        f"deadline_hours {self.deadline_hours:g} is shorter than work_hours {self.work_hours:g}: "
+                        "no placement can finish in time"
+                    )
+            check_model_config(self.model)
+            if self.submitted_at is not None:
+                parse_utc(self.submitted_at)
+            if not self.allowed_locations or not isinstance(self.allowed_locations, list):
+                raise ConfigError("allowed_locations must be a non-empty list of provider/region patterns")
+            for pattern in self.allowed_locations:
+                check_location_pattern(pattern, "allowed location")
+            if self.start_location is not None:
+                check_location(self.start_location, "start_location")
+                if not self.allows(self.start_location):
+                    raise ConfigError(f"start_location {self.start_location} is not an allowed location")
+        except SpotshiftError as exc:
+            raise ConfigError(f"job {n!r}: {exc}") from None
 
     @property
     def hours_per_step(self) -> float:
@@ -116,7 +177,17 @@ def get_job(name: str) -> TrainingJob:
 
 
 def add_job(job: TrainingJob, *, replace: bool = False) -> None:
-    """Declare ``job`` (atomically; an existing name is an error unless ``replace``)."""
+    """Declare ``job`` (atomically; an existing name is an error unless ``replace``).
+
+    Its dataset must be declared first (``spotshift datasets add``): a job training on nothing is
+    refused here, not when its trainer starts.
+    """
+    declared = {e.get("name") for e in registry.entries("datasets")}
+    if job.dataset not in declared:
+        raise ConfigError(
+            f"job {job.name!r}: dataset {job.dataset!r} is not declared "
+            f"(declare it with `spotshift datasets add {job.dataset} DIR`)"
+        )
     registry.upsert(SECTION, job.to_dict(), replace=replace)
 
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import random
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spotshift.errors import ConfigError
+from spotshift.errors import ConfigError, IntegrityError, NotFoundError
 
 
 @dataclass(frozen=True)
@@ -264,53 +265,126 @@ MAIN_TABLES: dict[str, tuple[Column, ...]] = {
 
 _LOCK_MARKERS = ("could not set lock", "conflicting lock", "lock on file", "database is locked")
 
+#: how long a command waits for another process's lock on the warehouse (env overrides)
+DEFAULT_LOCK_TIMEOUT_S = 120.0
+LOCK_TIMEOUT_ENV = "SPOTSHIFT_WAREHOUSE_LOCK_TIMEOUT_S"
+
+
+class WarehouseLockedError(ConfigError):
+    """Another process held the warehouse's write lock for longer than the lock timeout."""
+
 
 def _is_lock_error(exc: BaseException) -> bool:
     text = str(exc).lower()
     return any(m in text for m in _LOCK_MARKERS)
 
 
-def open_connection(path: str | Path | None = None, *, read_only: bool = False, timeout_s: float = 120.0):
+def lock_timeout_s() -> float:
+    """Seconds to wait for the warehouse lock: ``SPOTSHIFT_WAREHOUSE_LOCK_TIMEOUT_S``, else 120."""
+    import os
+
+    from spotshift.errors import check_range
+
+    raw = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_LOCK_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{LOCK_TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+    return float(check_range(value, LOCK_TIMEOUT_ENV, low=0, high=86_400, low_inclusive=True))
+
+
+def resolve_path(path: str | Path | None = None) -> Path:
+    """``path``, else the configured warehouse (:func:`spotshift.home.warehouse_path`)."""
+    from spotshift.home import warehouse_path
+
+    return Path(path).expanduser().resolve() if path else warehouse_path()
+
+
+def open_connection(
+    path: str | Path | None = None, *, read_only: bool = False, timeout_s: float | None = None
+) -> Any:
     """Open a DuckDB connection, waiting (with jittered back-off) while another process holds the file.
 
-    ``path`` defaults to :func:`spotshift.home.warehouse_path`. Raises :class:`ConfigError` when the
-    lock is still held after ``timeout_s``.
+    ``path`` defaults to :func:`spotshift.home.warehouse_path`; ``timeout_s`` to :func:`lock_timeout_s`.
+    Raises :class:`WarehouseLockedError` when the lock is still held after ``timeout_s``,
+    :class:`IntegrityError` when the file is not a usable DuckDB database, :class:`NotFoundError`
+    when a read-only open finds no file. Every message is one line naming the file.
     """
     import duckdb
 
-    from spotshift.home import warehouse_path
-
-    target = Path(path) if path else warehouse_path()
+    target = resolve_path(path)
+    if read_only and not target.is_file():
+        raise NotFoundError(f"warehouse {target} does not exist")
     if not read_only:
         target.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + timeout_s
+    timeout = lock_timeout_s() if timeout_s is None else timeout_s
+    deadline = time.monotonic() + timeout
     delay = 0.02
     while True:
         try:
             return duckdb.connect(str(target), read_only=read_only)
         except duckdb.Error as exc:  # IOException on lock conflicts
-            if not _is_lock_error(exc) or time.monotonic() > deadline:
-                if _is_lock_error(exc):
-                    raise ConfigError(
-                        f"warehouse {target}: still locked by another process after {timeout_s:.0f}s"
-                    ) from exc
-                raise
+            if not _is_lock_error(exc):
+                raise _unusable(target, exc) from None
+            if time.monotonic() > deadline:
+                raise WarehouseLockedError(
+                    f"warehouse {target}: still locked by another process after {timeout:.0f}s"
+                ) from None
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 0.5)
 
 
+def _unusable(target: Path, exc: BaseException) -> IntegrityError:
+    text = str(exc)
+    if "not a valid DuckDB database" in text:
+        why = "is not a valid DuckDB database file (corrupt, or another program's file)"
+    elif "serialization" in text.lower() or "version" in text.lower():
+        why = "was written by an incompatible DuckDB version"
+    else:
+        why = f"cannot be opened ({type(exc).__name__})"
+    return IntegrityError(f"warehouse {target} {why}; move it aside to start a new one")
+
+
 @contextlib.contextmanager
 def connect(
-    path: str | Path | None = None, *, read_only: bool = False, timeout_s: float = 120.0
+    path: str | Path | None = None, *, read_only: bool = False, timeout_s: float | None = None
 ) -> Iterator[Any]:
-    """Context manager around :func:`open_connection` that makes sure the schema exists and closes."""
-    con = open_connection(path, read_only=read_only, timeout_s=timeout_s)
+    """Context manager around :func:`open_connection` that closes the connection.
+
+    A write connection also makes sure the schema exists and first ingests the facts queued in
+    the warehouse's spool (see :func:`record_facts`), saying so on stderr.
+    """
+    con, _ = _open(path, read_only=read_only, timeout_s=timeout_s)
     try:
-        if not read_only:
-            ensure_schema(con)
         yield con
     finally:
         con.close()
+
+
+def _open(
+    path: str | Path | None, *, read_only: bool, timeout_s: float | None, own: str | None = None
+) -> tuple[Any, dict[str, dict[str, int]]]:
+    """A connection (schema ensured and spool drained when writable) and what the drain wrote."""
+    target = resolve_path(path)
+    con = open_connection(target, read_only=read_only, timeout_s=timeout_s)
+    drained: dict[str, dict[str, int]] = {}
+    try:
+        if not read_only:
+            try:
+                ensure_schema(con)
+            except Exception as exc:
+                import duckdb
+
+                if isinstance(exc, duckdb.Error):
+                    raise _unusable(target, exc) from None
+                raise
+            drained = ingest_spool(con, target, own=own)
+    except BaseException:
+        con.close()
+        raise
+    return con, drained
 
 
 def create_table_sql(schema: str, table: str, columns: Sequence[Column]) -> str:
@@ -340,46 +414,323 @@ def columns_of(qualified_table: str) -> tuple[Column, ...]:
 def append_rows(con: Any, qualified_table: str, rows: Iterable[Mapping[str, Any]]) -> int:
     """Append ``rows`` (dicts keyed by column name) to a defined table; missing keys become NULL.
 
-    Unknown keys raise :class:`ConfigError`, so a typo never silently drops a fact. Returns the
-    number of rows written. Large batches go through Arrow in one statement.
+    The low-level insert: the pipeline's fact writers go through :func:`record_facts` (durable
+    spool, exactly-once ingestion); this is for seeding fixture and test warehouses. Unknown keys
+    raise :class:`ConfigError`, so a typo never silently drops a fact. Returns the number of rows
+    written. Large batches go through Arrow in one statement.
     """
+    batch = arrow_rows(qualified_table, rows)
+    if not batch.num_rows:
+        return 0
+    return _insert(con, qualified_table, batch, dedup=False)
+
+
+def arrow_rows(qualified_table: str, rows: Iterable[Mapping[str, Any]]) -> Any:
+    """``rows`` as an Arrow table with the warehouse's column types (:class:`ConfigError` for unknown
+    tables or columns)."""
     import pyarrow as pa
 
     columns = columns_of(qualified_table)
     names = [c.name for c in columns]
     known = set(names)
     data: dict[str, list[Any]] = {n: [] for n in names}
-    count = 0
     for row in rows:
         extra = set(row) - known
         if extra:
             raise ConfigError(f"{qualified_table}: unknown column(s) {sorted(extra)}")
         for n in names:
             data[n].append(row.get(n))
-        count += 1
-    if not count:
-        return 0
-    arrow_types = {
-        "VARCHAR": pa.string(),
-        "DOUBLE": pa.float64(),
-        "INTEGER": pa.int32(),
-        "BIGINT": pa.int64(),
-        "BOOLEAN": pa.bool_(),
-        "TIMESTAMP": pa.timestamp("us"),
-    }
-    batch = pa.table(
+    return pa.table(
         {
-            n: pa.array(_naive_utc(data[n], c.type), type=arrow_types[c.type])
+            n: pa.array(_naive_utc(data[n], c.type), type=_ARROW_TYPES[c.type]())
             for n, c in zip(names, columns, strict=True)
         }
     )
-    con.register("_spotshift_append", batch)
+
+
+def _pa(name: str) -> Any:
+    def make() -> Any:
+        import pyarrow as pa
+
+        return pa.timestamp("us") if name == "timestamp" else getattr(pa, name)()
+
+    return make
+
+
+_ARROW_TYPES = {
+    "VARCHAR": _pa("string"),
+    "DOUBLE": _pa("float64"),
+    "INTEGER": _pa("int32"),
+    "BIGINT": _pa("int64"),
+    "BOOLEAN": _pa("bool_"),
+    "TIMESTAMP": _pa("timestamp"),
+}
+
+
+def _insert(con: Any, qualified_table: str, batch: Any, *, dedup: bool) -> int:
+    """INSERT the Arrow ``batch``; with ``dedup`` only rows whose :data:`FACT_KEYS` are not in the table."""
+    present = set(batch.column_names)
+    names = [c.name for c in columns_of(qualified_table) if c.name in present]
+    unknown = present - {c.name for c in columns_of(qualified_table)}
+    if unknown:
+        raise ConfigError(f"{qualified_table}: unknown column(s) {sorted(unknown)}")
+    cols = ", ".join(f'"{n}"' for n in names)
+    where = ""
+    if dedup:
+        keys = FACT_KEYS[qualified_table]
+        match = " AND ".join(f't."{k}" IS NOT DISTINCT FROM s."{k}"' for k in keys)
+        where = f" WHERE NOT EXISTS (SELECT 1 FROM {qualified_table} t WHERE {match})"
+    view = f"_spotshift_append_{threading.get_ident()}"
+    con.register(view, batch)
     try:
-        cols = ", ".join(f'"{n}"' for n in names)
-        con.execute(f"INSERT INTO {qualified_table} ({cols}) SELECT {cols} FROM _spotshift_append")
+        row = con.execute(
+            f"INSERT INTO {qualified_table} ({cols}) SELECT {cols} FROM {view} s{where}"
+        ).fetchone()
     finally:
-        con.unregister("_spotshift_append")
-    return count
+        con.unregister(view)
+    return int(row[0]) if row else batch.num_rows
+
+
+# ---- facts: one durable path into the warehouse ------------------------------------------------
+#: per table, the columns that identify a fact: ingesting a fact whose key is already in the table
+#: writes nothing (re-recorded decisions, re-polled snapshots, a batch ingested just before a crash)
+FACT_KEYS: dict[str, tuple[str, ...]] = {
+    "raw.price_quotes": ("snapshot_id",),
+    "main.gpu_quotes": ("snapshot_id",),
+    "raw.compute_usage": ("usage_id",),
+    "raw.transfers": ("transfer_id",),
+    "raw.checkpoints": ("checkpoint_id", "url"),
+    "raw.decisions": ("decision_id",),
+    "main.placement_candidates": ("decision_id",),
+    "raw.migrations": ("migration_id", "status", "run_id"),
+    "raw.preemptions": ("notice_id",),
+    "raw.shadow_validations": ("validation_id",),
+    "raw.inference_usage": ("window_start", "location", "market"),
+    "raw.scaling_decisions": ("decision_id",),
+}
+
+SPOOL_SUFFIX = ".spool"
+_SPOOL_MAGIC = b"SPOTSHIFT-FACTS-1\n"
+_INGEST_LOCK = threading.Lock()  # threads of one process share DuckDB's per-process write access
+
+
+@dataclass(frozen=True)
+class FactsOutcome:
+    """What :func:`record_facts` did: rows written per table now, or queued in the spool."""
+
+    written: dict[str, int]
+    queued: bool = False
+    spool_file: Path | None = None
+
+    def rows(self, table: str) -> int:
+        """Rows of ``table`` written by this call (0 when queued or already present)."""
+        return self.written.get(table, 0)
+
+
+def spool_dir(path: str | Path | None = None) -> Path:
+    """The spool of a warehouse: ``<warehouse file>.spool/`` beside it (under ``SPOTSHIFT_HOME``
+    for the default warehouse)."""
+    target = resolve_path(path)
+    return target.with_name(target.name + SPOOL_SUFFIX)
+
+
+def record_facts(
+    facts: Mapping[str, Iterable[Mapping[str, Any]]],
+    *,
+    database: str | Path | None = None,
+    con: Any = None,
+    timeout_s: float | None = None,
+) -> FactsOutcome:
+    """Record fact rows (``{"raw.transfers": [row, ...], ...}``) in the warehouse; never lose them.
+
+    The one path every fact writer takes. The rows are validated, then inserted in one transaction
+    that skips rows whose :data:`FACT_KEYS` are already in their table (the tables of one call
+    land together or not at all):
+
+    * ``con`` given (the caller holds the write lock, e.g. a sensor or an asset mid-transaction):
+      directly. A failed insert raises to the caller, whose source of the facts is still intact.
+    * otherwise the rows are first written durably to the warehouse's spool (one file, temp name +
+      fsync + rename), then the warehouse is opened, which ingests every queued file; each file is
+      deleted after its commit, so a crash in between leaves a file whose rows the next ingestion
+      finds present: every fact lands exactly once.
+
+    When the warehouse stays locked past ``timeout_s`` the facts stay queued (a warning on
+    stderr says so; the next command that opens the warehouse for writing ingests them). A
+    warehouse that cannot be opened raises :class:`IntegrityError`; the facts wait in the spool.
+    """
+    tables = {t: arrow_rows(t, rows) for t, rows in facts.items()}
+    for t in tables:
+        if t not in FACT_KEYS:
+            raise ConfigError(f"{t} is not a fact table (no identifying columns in FACT_KEYS)")
+    tables = {t: b for t, b in tables.items() if b.num_rows}
+    if not tables:
+        return FactsOutcome({})
+    if con is not None:
+        return FactsOutcome(_ingest_tables(con, tables))
+    target = resolve_path(database)
+    f = _spool_write(spool_dir(target), tables)
+    n = sum(b.num_rows for b in tables.values())
+    try:
+        c, drained = _open(target, read_only=False, timeout_s=timeout_s, own=f.name)
+    except WarehouseLockedError as exc:
+        _say(
+            f"warning: {exc}; {n} fact row(s) ({', '.join(tables)}) queued in {f.parent}: the next command "
+            "that opens the warehouse for writing ingests them"
+        )
+        return FactsOutcome({}, queued=True, spool_file=f)
+    except IntegrityError as exc:
+        raise IntegrityError(
+            f"{exc}; {n} fact row(s) ({', '.join(tables)}) wait in {f.parent} and are ingested once the "
+            "warehouse opens"
+        ) from None
+    c.close()
+    return FactsOutcome(drained.get(f.name, {}))
+
+
+def ingest_pending(path: str | Path | None = None, *, timeout_s: float | None = None) -> None:
+    """Ingest queued facts before a reader looks (opens for writing only when some are queued)."""
+    if pending_facts(path):
+        with connect(path, timeout_s=timeout_s):
+            pass
+
+
+def database_file(con: Any) -> Path | None:
+    """The file behind a DuckDB connection, or None for an in-memory database."""
+    row = first_row(con, "SELECT path FROM duckdb_databases() WHERE database_name = current_database()")
+    return Path(row[0]).resolve() if row and row[0] else None
+
+
+def pending_facts(path: str | Path | None = None) -> list[Path]:
+    """Spool files of the warehouse waiting to be ingested, oldest first."""
+    spool = spool_dir(path)
+    return sorted(spool.glob("*.facts")) if spool.is_dir() else []
+
+
+def ingest_spool(
+    con: Any, path: str | Path | None = None, *, own: str | None = None
+) -> dict[str, dict[str, int]]:
+    """Ingest the queued fact files of the warehouse ``con`` writes to; rows written per file and table.
+
+    Files are ingested oldest first, each in one transaction, deleted after the commit. Other
+    writers' files are announced on stderr (``own`` names the caller's file, which is not). A file
+    that cannot be read is moved to ``rejected/`` beside them, with a warning, so it never blocks
+    the others.
+    """
+    from spotshift.atomic import fsync_dir, remove_stale_temp_files
+
+    target = resolve_path(path) if path is not None else database_file(con)
+    if target is None:
+        return {}
+    spool = spool_dir(target)
+    if not spool.is_dir():
+        return {}
+    out: dict[str, dict[str, int]] = {}
+    with _INGEST_LOCK:
+        remove_stale_temp_files(spool)
+        for f in pending_facts(target):
+            try:
+                tables = _spool_read(f)
+            except FileNotFoundError:
+                continue  # ingested meanwhile by another thread of this process
+            except (IntegrityError, OSError) as exc:
+                _reject(spool, f, exc)
+                continue
+            try:
+                out[f.name] = _ingest_tables(con, tables)
+            except _data_errors() as exc:  # rows the tables refuse (a file from another version)
+                _reject(
+                    spool, f, IntegrityError(f"queued facts {f} do not fit the tables ({type(exc).__name__})")
+                )
+                continue
+            f.unlink(missing_ok=True)
+        if out:
+            fsync_dir(spool)
+    others = {k: v for k, v in out.items() if k != own}
+    if others:
+        rows = sum(sum(v.values()) for v in others.values())
+        _say(f"ingested {len(others)} queued fact file(s) ({rows} new row(s)) from {spool} into {target}")
+    return out
+
+
+def _ingest_tables(con: Any, tables: Mapping[str, Any]) -> dict[str, int]:
+    """Insert each table's new rows (by :data:`FACT_KEYS`) in one transaction."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        written = {t: _insert(con, t, b, dedup=True) for t, b in tables.items()}
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return written
+
+
+def _spool_write(spool: Path, tables: Mapping[str, Any]) -> Path:
+    """Write one spool file atomically (temp name, fsync, rename, fsync of the directory)."""
+    import io
+    import json
+    import os
+    import secrets
+
+    import pyarrow as pa
+
+    from spotshift.atomic import atomic_write_bytes
+
+    parts = []
+    for t, b in tables.items():
+        sink = io.BytesIO()
+        with pa.ipc.new_stream(sink, b.schema) as w:
+            w.write_table(b)
+        parts.append((t, sink.getvalue()))
+    header = json.dumps({"tables": [[t, len(data)] for t, data in parts]}).encode() + b"\n"
+    name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}.facts"
+    return atomic_write_bytes(spool / name, _SPOOL_MAGIC + header + b"".join(d for _, d in parts))
+
+
+def _spool_read(f: Path) -> dict[str, Any]:
+    import json
+
+    import pyarrow as pa
+
+    raw = f.read_bytes()
+    try:
+        if not raw.startswith(_SPOOL_MAGIC):
+            raise ValueError("not a spotshift facts file")
+        head_end = raw.index(b"\n", len(_SPOOL_MAGIC))
+        header = json.loads(raw[len(_SPOOL_MAGIC) : head_end])
+        pos = head_end + 1
+        tables: dict[str, Any] = {}
+        for table, length in header["tables"]:
+            columns_of(table)
+            tables[table] = pa.ipc.open_stream(raw[pos : pos + length]).read_all()
+            pos += length
+        if pos != len(raw):
+            raise ValueError("trailing bytes")
+    except (ValueError, KeyError, TypeError, pa.ArrowException, ConfigError) as exc:
+        raise IntegrityError(f"queued facts {f} are unreadable ({type(exc).__name__})") from None
+    return tables
+
+
+def _data_errors() -> tuple[type[BaseException], ...]:
+    import duckdb
+
+    return (duckdb.ConversionException, duckdb.BinderException, duckdb.ConstraintException)
+
+
+def _reject(spool: Path, f: Path, exc: BaseException) -> None:
+    import os
+
+    rejected = spool / "rejected"
+    rejected.mkdir(exist_ok=True)
+    os.replace(f, rejected / f.name)
+    _say(f"warning: {exc}; moved to {rejected} (not ingested; move it back into {spool} to retry)")
+
+
+def _say(message: str) -> None:
+    """One line on stderr (the spool is the user's data: they are told whenever it changes hands)."""
+    import sys
+
+    sys.stderr.write(f"spotshift: {' '.join(message.split())}\n")
+    sys.stderr.flush()
 
 
 def _naive_utc(values: list[Any], duck_type: str) -> list[Any]:

@@ -249,8 +249,7 @@ def _migrate(args: argparse.Namespace) -> int:
     if not args.no_record and report.method != "present":
         from spotshift import warehouse
 
-        with warehouse.connect() as con:
-            warehouse.append_rows(con, "raw.transfers", [report.transfer_row("cli:ckpt-migrate")])
+        warehouse.record_facts({"raw.transfers": [report.transfer_row("cli:ckpt-migrate")]})
     if args.json:
         emit_json(report.to_dict())
     else:

@@ -534,13 +534,12 @@ def open_object(store: ChunkStore, key: str) -> Iterator[BinaryIO]:
         with f:
             yield f
         return
+    from spotshift.atomic import remove_stale_temp_files
     from spotshift.home import cache_dir
-    from spotshift.sync.store import dead_writer_files
 
     tmpdir = cache_dir() / "ckpt-download"
     tmpdir.mkdir(parents=True, exist_ok=True)
-    for stale in dead_writer_files(tmpdir):  # downloads of killed readers
-        stale.unlink(missing_ok=True)
+    remove_stale_temp_files(tmpdir, owned=True)  # downloads of killed readers
     fd, tmp = tempfile.mkstemp(dir=tmpdir, prefix=f"{os.getpid()}.")
     os.close(fd)
     try:
@@ -889,18 +888,16 @@ def sweep_dead_writers(store: ChunkStore, job: str | None = None) -> int:
     """Remove what killed writers left in ``store``: its temp files and (for ``job``) undelivered deltas.
 
     Uses the store's one rule for dead writers (pid-named files whose pid has exited,
-    :func:`spotshift.sync.store.dead_writer_files`), so it applies to local stores, where that pid
+    :func:`spotshift.atomic.stale_temp_files`), so it applies to local stores, where that pid
     means something; object stores are left alone. Returns how many files were removed.
     """
-    from spotshift.sync.store import dead_writer_files
+    from spotshift.atomic import remove_stale_temp_files
 
     if not isinstance(store, LocalChunkStore):
         return 0
     removed = store.remove_stale_temp_files()
     if job is not None:
-        for p in dead_writer_files(store.root / job_prefix(job) / INCOMING):
-            p.unlink(missing_ok=True)
-            removed += 1
+        removed += remove_stale_temp_files(store.root / job_prefix(job) / INCOMING, owned=True)
     return removed
 
 
@@ -912,13 +909,13 @@ def leftovers(store: ChunkStore, job: str) -> dict[str, Any]:
     with objects but no ``COMMIT``: a copy or write cut short, or one still in progress; the next
     complete write of the same id reuses them).
     """
-    from spotshift.sync.store import dead_writer_files
+    from spotshift.atomic import TempFile, stale_temp_files
 
-    temp: list[Path] = []
-    incoming: list[Path] = []
+    temp: list[TempFile] = []
+    incoming: list[TempFile] = []
     if isinstance(store, LocalChunkStore):
         temp = store.stale_temp_files()
-        incoming = dead_writer_files(store.root / job_prefix(job) / INCOMING)
+        incoming = stale_temp_files(store.root / job_prefix(job) / INCOMING, owned=True)
     committed = set(list_checkpoints(store, job))
     dirs = set()
     for key in store.list_keys(job_prefix(job)):
@@ -927,9 +924,9 @@ def leftovers(store: ChunkStore, job: str) -> dict[str, Any]:
             dirs.add(ckpt)
     return {
         "temp_files": len(temp),
-        "temp_bytes": sum(_size(p) for p in temp),
+        "temp_bytes": sum(t.bytes for t in temp),
         "incoming": len(incoming),
-        "incoming_bytes": sum(_size(p) for p in incoming),
+        "incoming_bytes": sum(t.bytes for t in incoming),
         "uncommitted": sorted(dirs),
     }
 

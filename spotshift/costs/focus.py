@@ -12,7 +12,6 @@ Spec: https://focus.finops.org/focus-specification/v1-2/
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -310,7 +309,7 @@ def export_focus(out: str | os.PathLike[str], warehouse: str | os.PathLike[str] 
     Raises :class:`InputError` for an unknown extension or a missing output directory and
     :class:`NotFoundError` when the warehouse or the view does not exist (build the marts first).
     """
-    from spotshift.atomic import fsync_dir
+    from spotshift.atomic import fsync_dir, temp_path
     from spotshift.costs.marts import open_marts
 
     fmt = focus_format(out)
@@ -334,10 +333,9 @@ def export_focus(out: str | os.PathLike[str], warehouse: str | os.PathLike[str] 
             f'SELECT {", ".join(select)} FROM {FOCUS_VIEW} ORDER BY "ChargePeriodStart", "ChargeDescription"'
         )
         options = "FORMAT csv, HEADER true" if fmt == "csv" else "FORMAT parquet, COMPRESSION zstd"
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
+        tmp = temp_path(target.parent)  # pid-named: a killed export's leftover is recognisable
         try:
-            con.execute(f"COPY ({query}) TO '{tmp}' ({options})")
+            con.execute(f"COPY ({query}) TO '{str(tmp).replace(chr(39), chr(39) * 2)}' ({options})")
             rows, billed, currency = first_row(
                 con,
                 f'SELECT count(*), coalesce(sum("BilledCost"), 0), coalesce(min("BillingCurrency"), \'USD\') FROM {FOCUS_VIEW}',

@@ -55,13 +55,14 @@ def open_marts(
     :class:`NotFoundError` when the file or any required mart is missing (the message says how
     to build them).
     """
-    from spotshift.warehouse import open_connection
+    from spotshift.warehouse import ingest_pending, open_connection
 
     path = resolve_warehouse(warehouse)
     if not path.is_file():
         raise NotFoundError(
             f"warehouse {path} does not exist: run `make demo` (or the pipeline) first, or set SPOTSHIFT_WAREHOUSE"
         )
+    ingest_pending(path)  # facts queued behind a lock belong in what is read
     con = open_connection(path, read_only=True)
     try:
         missing = sorted(set(require) - existing_relations(con))
@@ -77,11 +78,12 @@ def open_marts(
 
 def marts_state(warehouse: str | os.PathLike[str] | None = None) -> tuple[MartsState, str]:
     """``("missing"|"stale"|"fresh", reason)`` of the report marts of ``warehouse``."""
-    from spotshift.warehouse import RAW_TABLES, open_connection
+    from spotshift.warehouse import RAW_TABLES, ingest_pending, open_connection
 
     path = resolve_warehouse(warehouse)
     if not path.is_file():
         return "missing", f"warehouse {path} does not exist"
+    ingest_pending(path)  # queued facts make the marts stale
     con = open_connection(path, read_only=True)
     try:
         missing = sorted(set(REPORT_MARTS) - existing_relations(con))

@@ -298,17 +298,12 @@ def decide_for_job(
 def record_decision(con: Any, decision: Decision, *, candidates: bool = True) -> bool:
     """Append the decision to ``raw.decisions`` (and its candidates to ``main.placement_candidates``)
     unless a decision with the same id was recorded before; returns whether it was written."""
-    from spotshift.warehouse import append_rows
+    from spotshift.warehouse import record_facts
 
-    exists = _first(con, "SELECT count(*) FROM raw.decisions WHERE decision_id = ?", [decision.decision_id])[
-        0
-    ]
-    if exists:
-        return False
-    append_rows(con, "raw.decisions", [decision.to_row()])
+    facts = {"raw.decisions": [decision.to_row()]}
     if candidates:
-        append_rows(con, "main.placement_candidates", decision.candidate_rows())
-    return True
+        facts["main.placement_candidates"] = decision.candidate_rows()
+    return record_facts(facts, con=con).rows("raw.decisions") > 0
 
 
 def usage_for(

@@ -211,17 +211,10 @@ def migration_row(
 
 
 def _record_once(con: Any, row: dict[str, Any]) -> bool:
-    from spotshift.warehouse import append_rows, first_row
+    from spotshift.warehouse import record_facts
 
-    seen = first_row(
-        con,
-        "SELECT count(*) FROM raw.migrations WHERE migration_id = ? AND status = ? AND run_id = ?",
-        [row["migration_id"], row["status"], row["run_id"]],
-    )
-    if seen and seen[0]:
-        return False
-    append_rows(con, "raw.migrations", [row])
-    return True
+    # keyed by (migration_id, status, run_id): a re-executed step records nothing twice
+    return record_facts({"raw.migrations": [row]}, con=con).rows("raw.migrations") > 0
 
 
 def cut_over(

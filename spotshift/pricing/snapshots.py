@@ -82,21 +82,12 @@ def snapshot_exists(con: Any, table: str, snapshot_id: str) -> bool:
 def store_snapshot(con: Any, snapshot: QuoteSnapshot, table: str = RAW_TABLE) -> int:
     """Append the snapshot to ``table`` unless it is already there; returns the rows written (0 if not).
 
-    The check and the insert run in one transaction (DuckDB admits one writer process per file).
+    Goes through :func:`spotshift.warehouse.record_facts` (keyed by ``snapshot_id``): the check and
+    the insert run in one transaction.
     """
-    from spotshift.warehouse import append_rows
+    from spotshift.warehouse import record_facts
 
-    con.execute("BEGIN TRANSACTION")
-    try:
-        if snapshot_exists(con, table, snapshot.snapshot_id):
-            con.execute("COMMIT")
-            return 0
-        written = append_rows(con, table, snapshot.table().iter_rows(named=True))
-        con.execute("COMMIT")
-        return written
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+    return record_facts({table: snapshot.table().iter_rows(named=True)}, con=con).rows(table)
 
 
 def read_snapshot(con: Any, snapshot_id: str, table: str = RAW_TABLE, *, missing_ok: bool = False) -> Any:

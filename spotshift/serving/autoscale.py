@@ -827,13 +827,12 @@ def _reconcile(
 
 
 def record_scaling_decision(con: Any, decision: ScalingDecision) -> bool:
-    """Append ``decision`` to ``raw.scaling_decisions`` unless the same id is there; whether it was written."""
-    from spotshift.warehouse import append_rows, first_row
+    """Record ``decision`` in ``raw.scaling_decisions`` (once per id); whether it was new.
 
-    row = first_row(
-        con, "SELECT count(*) FROM raw.scaling_decisions WHERE decision_id = ?", [decision.decision_id]
-    )
-    if row and row[0]:
-        return False
-    append_rows(con, "raw.scaling_decisions", [decision.to_row()])
-    return True
+    Through :func:`spotshift.warehouse.record_facts`, the one path facts take; ``con`` is a write
+    connection the caller holds (``None``: open the warehouse, or queue the row in its spool).
+    """
+    from spotshift.warehouse import record_facts
+
+    outcome = record_facts({"raw.scaling_decisions": [decision.to_row()]}, con=con)
+    return bool(outcome.written.get("raw.scaling_decisions"))

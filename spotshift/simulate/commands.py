@@ -6,6 +6,7 @@ Standard library only at module level: heavy imports happen inside the handlers.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 POLICY_LABELS = {
@@ -206,6 +207,8 @@ def _simulate(args: argparse.Namespace) -> int:
             policies=policies,
         )
     )
+    for warning in report.warnings:
+        sys.stderr.write(f"spotshift: warning: {warning}\n")
     if args.json:
         emit_json(report.to_dict())
         return 0
@@ -250,8 +253,6 @@ def _traces_generate(args: argparse.Namespace) -> int:
     from spotshift.errors import ConfigError
     from spotshift.simulate.traces import generate_trace, spell_stats, write_trace
 
-    if args.hours <= 0 or args.gap_seconds <= 0:
-        raise ConfigError("--hours and --gap-seconds must be > 0")
     for name in args.names:
         if not name or "/" in name or name.startswith("."):
             raise ConfigError(f"trace name {name!r} must be a plain file name (no '/')")

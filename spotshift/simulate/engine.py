@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from spotshift.errors import ConfigError
+from spotshift.errors import ConfigError, check_range
 from spotshift.jobs import TrainingJob
 from spotshift.placement.economics import (
     DecisionInputs,
@@ -77,19 +77,24 @@ class Scenario:
     data_location: str | None = None
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.work_hours > 0, "--work-hours must be > 0"),
-            (self.deadline_hours > 0, "--deadline-hours must be > 0"),
-            (self.data_gb >= 0, "--data-gb must be >= 0"),
-            (self.ckpt_gb >= 0, "--checkpoint-gb must be >= 0"),
-            (self.checkpoint_interval_hours > 0, "--checkpoint-interval-hours must be > 0"),
-            (self.changeover_hours >= 0, "--changeover-hours must be >= 0"),
-            (self.transfer_gbps > 0, "--transfer-gbps must be > 0"),
-            (0 <= self.checkpoint_delta_fraction <= 1, "--checkpoint-delta-fraction must be within 0-1"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg)
+        # a simulation walks the horizon tick by tick: ten years bounds it; a PB bounds the sizes
+        years, petabyte_gb = 24 * 365 * 10.0, 1e6
+        check_range(self.work_hours, "--work-hours", low=0, high=years)
+        check_range(self.deadline_hours, "--deadline-hours", low=0, high=years)
+        check_range(self.data_gb, "--data-gb", low=0, high=petabyte_gb, low_inclusive=True)
+        check_range(self.ckpt_gb, "--checkpoint-gb", low=0, high=petabyte_gb, low_inclusive=True)
+        check_range(self.checkpoint_interval_hours, "--checkpoint-interval-hours", low=0, high=years)
+        check_range(self.changeover_hours, "--changeover-hours", low=0, high=years, low_inclusive=True)
+        if self.transfer_gbps != float("inf"):  # inf: an ideal network, copies take no time
+            check_range(self.transfer_gbps, "--transfer-gbps", low=0, high=1e6)
+        check_range(
+            self.checkpoint_delta_fraction, "--checkpoint-delta-fraction", low=0, high=1, low_inclusive=True
+        )
+        if self.deadline_hours < self.work_hours:
+            raise ConfigError(
+                f"--deadline-hours {self.deadline_hours:g} is shorter than the {self.work_hours:g} hours of work: "
+                "no policy can meet it"
+            )
 
     @property
     def data_bytes(self) -> int:

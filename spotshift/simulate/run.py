@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from spotshift.clock import parse_utc
+from spotshift.clock import as_utc, parse_utc
 from spotshift.errors import ConfigError
 from spotshift.placement.params import PlacementParams
 from spotshift.simulate.engine import (
@@ -58,10 +58,16 @@ class SimulationReport:
     scenario: dict[str, Any]
     policies: dict[str, PolicyResult]
     market: Market
+    #: what the user should know before trusting the figures (e.g. prices carried past the history)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``--json`` document: ``{"policies": {name: {...}}, "scenario": {...}}``."""
-        return {"policies": {k: v.to_dict() for k, v in self.policies.items()}, "scenario": self.scenario}
+        """The ``--json`` document: ``{"policies": {name: {...}}, "scenario": {...}, "warnings": [...]}``."""
+        return {
+            "policies": {k: v.to_dict() for k, v in self.policies.items()},
+            "scenario": self.scenario,
+            "warnings": self.warnings,
+        }
 
 
 def load_history(prices: str | None, seed: int = 0) -> tuple[Any, str]:
@@ -123,6 +129,7 @@ def run_simulation(req: SimulationRequest) -> SimulationReport:
     instance = choose_instance(history, req.instance)
     start: datetime = parse_utc(req.start) if req.start else default_start(history, instance)
     sc = req.scenario
+    warnings = _check_start(history, instance, start, sc.deadline_hours)
     if sc.data_location:
         sc = replace(
             sc, data_location=next(iter(_qualify(history, {sc.data_location: ""}, "--data-location")))
@@ -159,4 +166,24 @@ def run_simulation(req: SimulationRequest) -> SimulationReport:
     results = simulate(market, sc, policies=req.policies, params=req.params)
     home = sc.data_location or default_home(market)
     summary = scenario_summary(market, sc, home, req.seed, prices_desc, traces_desc)
-    return SimulationReport(summary, results, market)
+    return SimulationReport(summary, results, market, warnings)
+
+
+def _check_start(history: Any, instance: str, start: datetime, deadline_hours: float) -> list[str]:
+    """Refuse a start outside the price history of ``instance``; warn when the deadline runs past its end."""
+    import polars as pl
+
+    times = history.filter(pl.col("instance_type") == instance)["observed_at"]
+    first, last = as_utc(times.min()), as_utc(times.max())
+    if start < first or start > last:
+        raise ConfigError(
+            f"--start {start.isoformat()} is outside the price history of {instance} "
+            f"({first.isoformat()} to {last.isoformat()}): no prices to simulate on"
+        )
+    end = start + timedelta(hours=deadline_hours)
+    if end > last:
+        return [
+            f"the deadline ({end.isoformat()}) is past the end of the price history ({last.isoformat()}): "
+            "the last prices are carried forward"
+        ]
+    return []

@@ -21,7 +21,6 @@ are generated. A trace is indexed by time; shorter traces wrap around (:meth:`av
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,13 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spotshift.atomic import atomic_write_json
-from spotshift.errors import InputError
+from spotshift.errors import InputError, check_range
+from spotshift.jsondoc import parse_json
 
 #: published ranges (DESIGN §4) the generator draws per-zone parameters from
 MEAN_AVAILABLE_SPELL_HOURS = (0.7, 10.0)
 MEAN_PREEMPTED_SPELL_HOURS = (1.4, 3.1)
 FRACTION_AVAILABLE = (0.17, 0.90)
 DEFAULT_GAP_SECONDS = 600
+#: the longest tick a trace may have: availability sampled less than daily describes no spot market
+MAX_GAP_SECONDS = 86_400
+#: the longest trace: ten years of ticks (generating or resampling more is a typo, not a scenario)
+MAX_TRACE_HOURS = 24 * 365 * 10.0
 
 
 @dataclass(frozen=True)
@@ -99,14 +103,7 @@ def read_trace(path: str | Path) -> AvailabilityTrace:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"availability trace {p}: no such file")
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise InputError(f"availability trace {p}: not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"availability trace {p}: not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})"
-        ) from None
+    raw = parse_json(p.read_bytes(), f"availability trace {p}")
     return parse_trace(raw, name=p.stem, where=f"availability trace {p}")
 
 
@@ -118,8 +115,7 @@ def parse_trace(raw: object, *, name: str = "", where: str = "availability trace
     if not isinstance(meta, dict) or "gap_seconds" not in meta:
         raise InputError(f"{where}: missing metadata.gap_seconds")
     gap = meta["gap_seconds"]
-    if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not math.isfinite(gap) or gap <= 0:
-        raise InputError(f"{where}: metadata.gap_seconds must be a positive number, got {gap!r}")
+    check_range(gap, f"{where}: metadata.gap_seconds", low=0, high=MAX_GAP_SECONDS, error=InputError)
     if gap != int(gap):
         raise InputError(f"{where}: metadata.gap_seconds must be a whole number of seconds, got {gap!r}")
     data = raw.get("data")
@@ -223,10 +219,8 @@ def generate_trace(
     the first state is drawn from the stationary distribution. Available ticks carry a count of
     1..``max_instances`` instances, preempted ticks 0.
     """
-    if hours <= 0:
-        raise InputError(f"trace length must be > 0 hours, got {hours}")
-    if gap_seconds <= 0:
-        raise InputError(f"gap_seconds must be > 0, got {gap_seconds}")
+    check_range(hours, "trace length (hours)", low=0, high=MAX_TRACE_HOURS, error=InputError)
+    check_range(gap_seconds, "gap_seconds", low=0, high=MAX_GAP_SECONDS, integer=True, error=InputError)
     p = params or zone_params(seed, name)
     h = gap_seconds / 3600.0
     leave_up = min(1.0, h / p.mean_available_hours)

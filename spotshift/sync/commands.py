@@ -84,13 +84,10 @@ def _hb(n: float) -> str:
 def _record(args: argparse.Namespace, stats: Any) -> None:
     if getattr(args, "no_record", False):
         return
-    from spotshift.errors import SpotshiftError
     from spotshift.sync.transfer import record_transfers
 
-    try:
-        record_transfers([stats], run_id=f"cli:{stats.transfer_id}")
-    except SpotshiftError as exc:
-        sys.stderr.write(f"spotshift: warning: transfer done but not recorded in the warehouse: {exc}\n")
+    # a locked warehouse queues the row (a warning says so); one that cannot be opened is exit 2
+    record_transfers([stats], run_id=f"cli:{stats.transfer_id}")
 
 
 def _report_transfer(args: argparse.Namespace, verb: str, stats: Any) -> int:
@@ -168,6 +165,12 @@ def _register_sync(sub: Any) -> None:
     pl.add_argument("--dataset", help="dataset to restore (default: the store's only dataset)")
     pl.add_argument("--root", help="restore this snapshot root instead of the latest")
     pl.add_argument("--no-reuse", action="store_true", help="download every chunk even if DIR holds it")
+    pl.add_argument(
+        "--keep-special-bits",
+        action="store_true",
+        help="restore setuid, setgid and sticky bits recorded in the manifest (default: stripped, as tar "
+        "and rsync do for archives they do not trust)",
+    )
     pl.add_argument("--to-location", metavar="PROVIDER/REGION", help="where DIR is (for egress pricing)")
     _io_options(pl)
     pl.set_defaults(handler=_pull)
@@ -357,6 +360,7 @@ def _pull(args: argparse.Namespace) -> int:
             workers=args.workers,
             reuse_local=not args.no_reuse,
             dst_location=args.to_location,
+            keep_special_bits=args.keep_special_bits,
             progress=progress,
         )
     return _report_transfer(args, "pulled", stats)
@@ -498,6 +502,15 @@ def _verify(args: argparse.Namespace) -> int:
                     f"ok {d.dataset} {d.root}: {what}"
                     + ("; manifest repaired" if d.manifest_repaired else "")
                 )
+    if report.leftover_temp_files and not args.json:
+        n, size = len(report.leftover_temp_files), _hb(report.leftover_temp_bytes)
+        if report.leftovers_removed:
+            print(f"removed {report.leftovers_removed} temp file(s) of killed writers ({size})")
+        else:
+            print(
+                f"{n} temp file(s) of killed writers ({size}) in {report.store}: the next write to the store "
+                "removes them (or --repair now)"
+            )
     return 0 if report.ok else 1
 
 

@@ -59,9 +59,12 @@ class Dataset:
             raise ConfigError(
                 f"dataset {self.name!r}: source {self.source!r} must be a local directory or file:/// URL"
             ) from None
-        provider, sep, region = self.location.partition("/")
-        if not sep or not provider or not region or "/" in region:
-            raise ConfigError(f"dataset {self.name!r}: location {self.location!r} is not provider/region")
+        from spotshift.pricing.regions import check_location
+
+        try:
+            check_location(self.location)
+        except ConfigError as exc:
+            raise ConfigError(f"dataset {self.name!r}: {exc}") from None
         try:
             _ = self.params
         except ConfigError as exc:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import stat
 import threading
 import time
@@ -26,8 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spotshift.atomic import remove_stale_temp_files, temp_path
 from spotshift.errors import ConfigError, InputError, IntegrityError, NotFoundError
 from spotshift.home import location_of_store
+from spotshift.pricing.regions import check_location
 from spotshift.progress import NO_PROGRESS, Progress
 from spotshift.sync.chunking import ChunkParams, digest_function
 from spotshift.sync.fingerprint import Fingerprint, fingerprint, local_path
@@ -46,7 +47,7 @@ from spotshift.sync.refs import (
     write_ref,
 )
 from spotshift.sync.store import ChunkStore, LocalChunkStore, chunk_key, open_store, syncfs
-from spotshift.sync.transfer import BoundedPool, TransferStats
+from spotshift.sync.transfer import BoundedPool, TransferStats, check_workers
 
 #: default bytes of chunk payload in flight per operation (the memory bound of a transfer)
 DEFAULT_BUDGET_BYTES = 64 * 1024 * 1024
@@ -63,13 +64,30 @@ def default_io_workers(store: ChunkStore) -> int:
     return 4 if isinstance(store, LocalChunkStore) else 16
 
 
+def _io_workers(workers: int | None, store: ChunkStore) -> int:
+    return check_workers(workers, default_io_workers(store))
+
+
+def _location(explicit: str | None, store_url: str | None = None) -> str | None:
+    """A transfer end's location: ``explicit`` (validated: ``provider/region[/zone]`` of a known
+    region), else the region store ``store_url`` is, when it is a known one (else unpriced)."""
+    if explicit is not None:
+        return check_location(explicit, "location", zone=True)
+    derived = location_of_store(store_url) if store_url else None
+    if derived is None:
+        return None
+    try:
+        return check_location(derived)
+    except ConfigError:
+        return None
+
+
 def _budget(params: ChunkParams, budget_bytes: int | None) -> int:
     return budget_bytes or max(DEFAULT_BUDGET_BYTES, 2 * params.max_size)
 
 
 def _prepare_target(store: ChunkStore) -> None:
-    if isinstance(store, LocalChunkStore):
-        store.remove_stale_temp_files()
+    store.remove_stale_temp_files()  # what killed writers left behind
 
 
 def _chunk_writer(store: ChunkStore) -> ChunkStore:
@@ -166,6 +184,9 @@ def push(
     t0 = time.perf_counter()
     check_dataset_name(dataset)
     store = _store(store)
+    workers = _io_workers(workers, store)
+    src_location = _location(src_location)
+    dst_location = _location(dst_location, store.url)
     if isinstance(source, Fingerprint):
         if source_dir is None:
             raise ConfigError("push of a Fingerprint needs source_dir")
@@ -179,7 +200,7 @@ def push(
         src=str(root_dir),
         dst=store.url,
         src_location=src_location,
-        dst_location=dst_location or location_of_store(store.url),
+        dst_location=dst_location,
         bytes_scanned=fp.stats.bytes_read,
     )
     # shared store lock from the plan to the commit: a prune never deletes a chunk this push found
@@ -196,7 +217,6 @@ def push(
                 if dig in missing and dig not in located:
                     located[dig] = _Located(e.path, off, length)
         hfn = digest_function(manifest.params.digest)
-        workers = workers or default_io_workers(store)
         writer = _chunk_writer(store)
         task = progress.task(f"push {dataset}", total=sum(x.length for x in located.values()), unit="bytes")
 
@@ -257,6 +277,8 @@ def replicate(
     t0 = time.perf_counter()
     check_dataset_name(dataset)
     src, dst = _store(src_store), _store(dst_store)
+    workers = _io_workers(workers, dst)
+    src_location, dst_location = _location(src_location, src.url), _location(dst_location, dst.url)
     if root is None:
         _, ref = resolve_dataset(src, dataset)
         root = ref.root
@@ -265,8 +287,8 @@ def replicate(
         dataset,
         src=src.url,
         dst=dst.url,
-        src_location=src_location or location_of_store(src.url),
-        dst_location=dst_location or location_of_store(dst.url),
+        src_location=src_location,
+        dst_location=dst_location,
         bytes_scanned=len(raw),
     )
     with store_lock(dst, "shared", f"sync replicate {dataset}", wait_s=lock_wait_s):
@@ -290,7 +312,7 @@ def replicate(
                 stats.bytes_sent += len(data)
                 stats.bytes_changed += len(data)
 
-        with BoundedPool(workers or default_io_workers(dst), _budget(manifest.params, budget_bytes)) as pool:
+        with BoundedPool(workers, _budget(manifest.params, budget_bytes)) as pool:
             for dig, length in missing.items():
                 pool.submit(length, copy, dig.hex(), length)
         writer.flush()  # every chunk durable before the manifest that names it
@@ -315,6 +337,7 @@ def pull(
     reuse_local: bool = True,
     src_location: str | None = None,
     dst_location: str | None = None,
+    keep_special_bits: bool = False,
     progress: Progress = NO_PROGRESS,
 ) -> TransferStats:
     """Restore a snapshot into directory ``dest``, verifying every chunk; restores mode and mtime.
@@ -322,9 +345,16 @@ def pull(
     Files already identical in ``dest`` are left alone and chunks found in ``dest`` are copied
     locally instead of downloaded (``reuse_local``). Files in ``dest`` that the snapshot does not
     list are left in place.
+
+    A manifest is untrusted input (anyone who can write to the bucket can write one): setuid,
+    setgid and sticky bits are not restored unless ``keep_special_bits`` (as tar and rsync do for
+    archives they do not trust), and entries this file system cannot hold (names or paths too
+    long) are refused with :class:`InputError` before anything is written.
     """
     t0 = time.perf_counter()
     store = _store(store)
+    workers = _io_workers(workers, store)
+    src_location, dst_location = _location(src_location, store.url), _location(dst_location)
     dataset, ref = resolve_dataset(store, dataset)
     manifest, raw = load_manifest(store, root or ref.root)
     dest_dir = Path(dest).expanduser().resolve()
@@ -332,13 +362,16 @@ def pull(
         dataset,
         src=store.url,
         dst=str(dest_dir),
-        src_location=src_location or location_of_store(store.url),
+        src_location=src_location,
         dst_location=dst_location,
         bytes_scanned=len(raw),
     )
     hfn = digest_function(manifest.params.digest)
     if dest_dir.exists() and not dest_dir.is_dir():
         raise InputError(f"{dest_dir}: exists and is not a directory")
+    _check_fits(manifest, dest_dir, store.url)
+    mode_mask = 0o7777 if keep_special_bits else 0o777
+    _remove_stale_parts(manifest, dest_dir)
     local: Manifest | None = None
     if reuse_local and dest_dir.is_dir() and any(dest_dir.iterdir()):
         fp = fingerprint(dest_dir, manifest.params, progress=progress)
@@ -361,11 +394,9 @@ def pull(
         if e.kind == SYMLINK:
             _restore_symlink(dest_dir / e.path, e)
     task = progress.task(f"pull {dataset}", total=sum(e.size for e in d.changed_files), unit="bytes")
-    writer = _FileWriter(store, dest_dir, hfn, local_chunks, stats, task)
+    writer = _FileWriter(store, dest_dir, hfn, local_chunks, stats, mode_mask, task)
     try:
-        with BoundedPool(
-            workers or default_io_workers(store), _budget(manifest.params, budget_bytes)
-        ) as pool:
+        with BoundedPool(workers, _budget(manifest.params, budget_bytes)) as pool:
             writer.pool = pool
             for e in manifest.files():
                 if e.path in changed:
@@ -373,9 +404,43 @@ def pull(
     finally:
         writer.cleanup()
     for e in sorted((e for e in manifest.entries if e.kind == DIR), key=lambda e: -e.path.count("/")):
-        _restore_meta(dest_dir if e.path == ROOT_PATH else dest_dir / e.path, e)
+        _restore_meta(dest_dir if e.path == ROOT_PATH else dest_dir / e.path, e, mode_mask)
     syncfs(dest_dir)
     return _finish(stats, manifest, t0)
+
+
+def _check_fits(manifest: Manifest, dest_dir: Path, where: str) -> None:
+    """Refuse, before writing anything, entries whose names or paths this file system cannot hold."""
+    probe = dest_dir
+    while not probe.exists():
+        probe = probe.parent
+    try:
+        name_max = os.pathconf(probe, "PC_NAME_MAX")
+        path_max = os.pathconf(probe, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    base = len(os.fsencode(dest_dir)) + 1
+    for e in manifest.entries:
+        if e.path == ROOT_PATH:
+            continue
+        name = len(os.fsencode(e.name))
+        if name > name_max:
+            raise InputError(
+                f"snapshot {manifest.root[:12]} in {where}: entry name of {name} bytes is longer than the "
+                f"{name_max} bytes {dest_dir} allows ({e.path[:60]!r}...)"
+            )
+        if base + len(os.fsencode(e.path)) >= path_max:
+            raise InputError(
+                f"snapshot {manifest.root[:12]} in {where}: path of {base + len(os.fsencode(e.path))} bytes "
+                f"under {dest_dir} is longer than the {path_max} bytes the file system allows"
+            )
+
+
+def _remove_stale_parts(manifest: Manifest, dest_dir: Path) -> None:
+    """Delete the partial files killed pulls left in the directories this pull writes into."""
+    for e in manifest.entries:
+        if e.kind == DIR:
+            remove_stale_temp_files(dest_dir if e.path == ROOT_PATH else dest_dir / e.path)
 
 
 def _ensure_dir(path: Path) -> None:
@@ -398,8 +463,8 @@ def _restore_symlink(path: Path, e: FileEntry) -> None:
         os.utime(path, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=False)
 
 
-def _restore_meta(path: Path, e: FileEntry) -> None:
-    os.chmod(path, e.mode)
+def _restore_meta(path: Path, e: FileEntry, mode_mask: int) -> None:
+    os.chmod(path, e.mode & mode_mask)
     os.utime(path, ns=(e.mtime_ns, e.mtime_ns))
 
 
@@ -413,9 +478,11 @@ class _FileWriter:
         hfn: Any,
         local: dict[bytes, tuple[str, int, int]],
         stats: TransferStats,
+        mode_mask: int,
         task: Any,
     ):
         self.store, self.dest, self.hfn, self.local, self.stats = store, dest, hfn, local, stats
+        self.mode_mask = mode_mask
         self.task = task  # progress: bytes restored
         self.pool: BoundedPool | None = None
         self._open: dict[str, tuple[int, Path, FileEntry, list[int]]] = {}
@@ -425,7 +492,7 @@ class _FileWriter:
         final = self.dest / e.path
         if final.is_dir() and not final.is_symlink():
             raise InputError(f"{final}: is a directory where the snapshot has a file; remove it first")
-        tmp = final.with_name(f".{final.name}.{secrets.token_hex(6)}.spotshift-part")
+        tmp = temp_path(final.parent)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
         with self._lock:
             self._open[e.path] = (fd, tmp, e, [e.chunk_count])
@@ -479,7 +546,7 @@ class _FileWriter:
         if final.is_symlink():
             final.unlink()
         os.replace(tmp, final)
-        _restore_meta(final, e)
+        _restore_meta(final, e, self.mode_mask)
 
     def cleanup(self) -> None:
         with self._lock:
@@ -532,9 +599,14 @@ class VerifyReport:
     datasets: list[DatasetReport]
     seconds: float = 0.0
     full: bool = True
+    #: temp files killed writers left in the store (paths), their bytes, and how many a repair removed
+    leftover_temp_files: list[str] = field(default_factory=list)
+    leftover_temp_bytes: int = 0
+    leftovers_removed: int = 0
 
     @property
     def ok(self) -> bool:
+        """Every snapshot is intact (leftover temp files cost space, not integrity)."""
         return all(d.ok for d in self.datasets)
 
     def to_dict(self) -> dict[str, Any]:
@@ -544,6 +616,9 @@ class VerifyReport:
             "full": self.full,
             "seconds": self.seconds,
             "datasets": [d.to_dict() for d in self.datasets],
+            "leftover_temp_files": self.leftover_temp_files,
+            "leftover_temp_bytes": self.leftover_temp_bytes,
+            "leftovers_removed": self.leftovers_removed,
         }
 
 
@@ -623,10 +698,12 @@ def verify(
 
     ``full`` reads every chunk and checks its digest; otherwise only presence and size are checked.
     With ``repair_from`` (another store, or the original directory), missing or corrupt chunks and
-    a missing or tampered manifest are rewritten from there, and re-checked.
+    a missing or tampered manifest are rewritten from there, and re-checked. Temp files that killed
+    writers left in the store are reported (and removed by a repair).
     """
     t0 = time.perf_counter()
     store = _store(store)
+    workers = _io_workers(workers, store)
     names = [check_dataset_name(dataset)] if dataset else list_datasets(store)
     if dataset is None and not names:
         raise NotFoundError(f"{store.url} holds no dataset (no refs/<dataset>/latest)")
@@ -647,6 +724,11 @@ def _verify(
     t0: float,
 ) -> VerifyReport:
     report = VerifyReport(store.url, [], full=full)
+    leftovers = store.stale_temp_files()
+    report.leftover_temp_files = [str(t.path) for t in leftovers]
+    report.leftover_temp_bytes = sum(t.bytes for t in leftovers)
+    if source is not None and leftovers:
+        report.leftovers_removed = store.remove_stale_temp_files()
     checked: dict[str, str] = {}  # chunk hex -> "ok" | "missing" | "corrupt" (shared across datasets)
     for name in names:
         rep = DatasetReport(name)
@@ -712,7 +794,7 @@ def _check_chunks(
             checked[hex_] = state
 
     todo = [(d.hex(), n) for d, n in manifest.unique_chunks().items()]
-    with BoundedPool(workers or default_io_workers(store), _budget(manifest.params, budget_bytes)) as pool:
+    with BoundedPool(workers, _budget(manifest.params, budget_bytes)) as pool:
         for hex_, length in todo:
             if hex_ not in checked:
                 pool.submit(length if full else 1, check, hex_, length)

@@ -25,6 +25,7 @@ from spotshift.progress import NO_PROGRESS, Progress, Task
 from spotshift.sync.chunking import ChunkParams, default_workers, digest_function, iter_chunks
 from spotshift.sync.filescache import FilesCache, stat_key, unpack_chunks
 from spotshift.sync.manifest import DIR, FILE, ROOT_PATH, SYMLINK, FileEntry, Manifest
+from spotshift.sync.transfer import check_workers
 
 _O_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _COMMIT_EVERY_S = 1.0
@@ -189,7 +190,7 @@ def fingerprint(
     params = params or ChunkParams()
     root = Path(local_path(source)).expanduser().resolve()
     walked = _walk(root)
-    workers = workers or default_workers()
+    workers = check_workers(workers, default_workers())
     stats = FingerprintStats(workers=workers, skipped=sorted(walked.skipped))
     cache = FilesCache(cache_path) if use_cache else None
     try:

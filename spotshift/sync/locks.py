@@ -33,8 +33,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from spotshift.atomic import pid_alive
 from spotshift.errors import SpotshiftError
-from spotshift.sync.store import ChunkStore, pid_alive
+from spotshift.sync.store import ChunkStore
 
 LOCKS_PREFIX = "locks/"
 #: a lock not refreshed for this long is stale (its holder died on another machine)

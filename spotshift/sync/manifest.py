@@ -349,8 +349,8 @@ class Manifest:
             manifest = cls(params, entries)
         except IntegrityError as exc:
             raise IntegrityError(f"manifest {name} is malformed: {exc}") from None
-        except (KeyError, TypeError, ValueError, OverflowError) as exc:
-            raise IntegrityError(f"manifest {name} is malformed: {exc!r}") from None
+        except (KeyError, TypeError, ValueError, OverflowError, struct.error) as exc:
+            raise IntegrityError(f"manifest {name} is malformed ({type(exc).__name__})") from None
         for want, what in ((expected_root, "its name"), (meta.get("root"), "its metadata")):
             if want and manifest.root != want:
                 raise IntegrityError(
@@ -383,8 +383,7 @@ def _entries_from_columns(cols: dict[str, list[Any]]) -> list[FileEntry]:
                 int(cols["mtime_ns"][i]),
                 cols["target"][i],
             )
-            if kind == SYMLINK and not cur.target:
-                raise IntegrityError(f"{path}: symlink without target")
+            _check_entry(cur)
             entries.append(cur)
             dig_parts = []
         off, length, dig = cols["chunk_offset"][i], cols["chunk_length"][i], cols["digest"][i]
@@ -406,6 +405,25 @@ def _entries_from_columns(cols: dict[str, list[Any]]) -> list[FileEntry]:
     # Manifest() then refuses entries whose parent is not a directory entry: a restore never
     # writes through a symlink it created itself
     return entries
+
+
+#: longest symlink target Linux stores (PATH_MAX including the terminating NUL)
+MAX_LINK_TARGET_BYTES = 4095
+
+
+def _check_entry(e: FileEntry) -> None:
+    """Refuse entry fields no file system entry can have (a manifest is untrusted input)."""
+    if not 0 <= e.mode <= 0o7777:
+        raise IntegrityError(f"{e.path}: mode {e.mode} is not a permission mode (0-0o7777)")
+    if e.size < 0:
+        raise IntegrityError(f"{e.path}: negative size {e.size}")
+    if e.kind == SYMLINK:
+        if not e.target:
+            raise IntegrityError(f"{e.path}: symlink without target")
+        if "\0" in e.target:
+            raise IntegrityError(f"{e.path}: symlink target contains a NUL byte")
+        if len(e.target.encode("utf-8", "surrogateescape")) > MAX_LINK_TARGET_BYTES:
+            raise IntegrityError(f"{e.path}: symlink target longer than {MAX_LINK_TARGET_BYTES} bytes")
 
 
 def _finish(entry: FileEntry, dig_parts: list[bytes]) -> None:

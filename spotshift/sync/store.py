@@ -21,8 +21,8 @@ Write-once semantics (``if_absent=True``) are atomic on every implementation: lo
 
 from __future__ import annotations
 
-import errno
 import os
+import re
 import secrets
 import shutil
 from abc import ABC, abstractmethod
@@ -30,8 +30,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
+from spotshift.atomic import TempFile, remove_stale_temp_files, stale_temp_files, temp_path
 from spotshift.errors import ConfigError, IntegrityError, NotFoundError
 
 CHUNK_PREFIX = "chunks/"
@@ -106,6 +108,14 @@ class ChunkStore(ABC):
     def flush(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Make every write so far durable. A no-op where a write is durable when it returns."""
 
+    def stale_temp_files(self) -> list[TempFile]:
+        """Temp files that killed writers left in the store (none where uploads are atomic)."""
+        return []
+
+    def remove_stale_temp_files(self) -> int:
+        """Delete :meth:`stale_temp_files`; returns how many were removed. Every writer calls it first."""
+        return 0
+
     # ---- content-addressed chunks -------------------------------------------------------------
     def has_chunk(self, digest_hex: str) -> bool:
         """Whether the chunk named ``digest_hex`` is stored (presence only; see ``get_chunk``)."""
@@ -145,20 +155,13 @@ class LocalChunkStore(ChunkStore):
         self._tmp.mkdir(parents=True, exist_ok=True)
         return self._tmp / f"{os.getpid()}.{secrets.token_hex(8)}"
 
-    def stale_temp_files(self) -> list[Path]:
-        """Temp files of writers that are no longer alive (what :meth:`remove_stale_temp_files` removes)."""
-        return dead_writer_files(self._tmp)
+    def stale_temp_files(self) -> list[TempFile]:
+        """Files in ``<root>/.tmp/`` whose writer (the pid their name starts with) is gone."""
+        return stale_temp_files(self._tmp, owned=True)
 
     def remove_stale_temp_files(self) -> int:
         """Delete temp files of writers that are no longer alive; returns how many were removed."""
-        removed = 0
-        for p in self.stale_temp_files():
-            try:
-                p.unlink()
-                removed += 1
-            except FileNotFoundError:
-                pass
-        return removed
+        return remove_stale_temp_files(self._tmp, owned=True)
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -218,7 +221,7 @@ class LocalChunkStore(ChunkStore):
         src = self._path(key)
         dest = Path(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.part")
+        tmp = temp_path(dest.parent)
         try:
             shutil.copyfile(src, tmp)
             os.replace(tmp, dest)
@@ -289,13 +292,18 @@ class BucketStore(ChunkStore):
     def __init__(self, bucket: str, prefix: str = ""):
         if not bucket:
             raise ConfigError(f"{self.scheme} store needs a bucket ({self.scheme}://bucket/prefix)")
+        if not _BUCKET_RE.match(bucket):
+            raise ConfigError(
+                f"{self.scheme} store: bucket name of {len(bucket)} characters is not a valid bucket name "
+                "(3-222 letters, digits, '.', '_', '-')"
+            )
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = f"{self.scheme}://{bucket}/{self.prefix}" if self.prefix else f"{self.scheme}://{bucket}"
 
     @classmethod
     def from_url(cls, url: str) -> ChunkStore:
-        parsed = urlparse(url)
+        parsed = _parse_store_url(url)
         return cls(parsed.netloc, parsed.path)
 
     def object_name(self, key: str) -> str:
@@ -307,31 +315,6 @@ class BucketStore(ChunkStore):
         return name[len(self.prefix) + 1 :] if self.prefix else name
 
 
-def dead_writer_files(directory: Path) -> list[Path]:
-    """Files in ``directory`` named ``<pid>.<anything>`` whose writer process (on this host) has exited.
-
-    The one rule for garbage of killed writers: a writer names its temporary files after its pid,
-    and anyone may remove them once that pid is gone.
-    """
-    if not directory.is_dir():
-        return []
-    out = []
-    for p in directory.iterdir():
-        pid_text = p.name.split(".", 1)[0]
-        if pid_text.isdigit() and p.is_file() and not pid_alive(int(pid_text)):
-            out.append(p)
-    return out
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host (one we may not signal counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return exc.errno == errno.EPERM
-    return True
-
-
 #: URL scheme -> factory; cloud implementations register themselves lazily (see :func:`open_store`)
 _FACTORIES: dict[str, Callable[[str], ChunkStore]] = {}
 
@@ -341,24 +324,51 @@ def register_scheme(scheme: str, factory: Callable[[str], ChunkStore]) -> None:
     _FACTORIES[scheme] = factory
 
 
+#: S3 and GCS bucket names (the union of both providers' rules, as botocore checks them)
+_BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,220}[A-Za-z0-9]$")
+
+
+def _parse_store_url(url: str) -> Any:
+    """``urlparse(url)``, refusing credentials in the URL (never echoed: errors show :func:`redact_url`)."""
+    from spotshift.cloud_errors import redact_url
+
+    try:
+        parsed = urlparse(url)
+        parsed.port  # noqa: B018 - validates the netloc
+    except ValueError:
+        raise ConfigError(f"store URL {redact_url(url)!r} is malformed") from None
+    if "@" in parsed.netloc:
+        raise ConfigError(
+            f"store URL {redact_url(url)!r}: credentials in the URL are not supported; use the provider's "
+            "credential chain (AWS_ACCESS_KEY_ID/..., AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS)"
+        )
+    if "\0" in url:
+        raise ConfigError(f"store URL {redact_url(url)!r} contains a NUL byte")
+    return parsed
+
+
 def open_store(url: str) -> ChunkStore:
     """The store behind ``url`` (``file://``, ``s3://``, ``gs://``, or a bare local path).
 
-    Raises :class:`ConfigError` for an unsupported scheme or a malformed URL.
+    Raises :class:`ConfigError` for an unsupported scheme, a malformed URL or credentials in it.
     """
-    parsed = urlparse(url)
+    from spotshift.cloud_errors import redact_url
+
+    parsed = _parse_store_url(url)
     scheme = parsed.scheme.lower()
     if scheme in ("", "file"):
         if scheme == "file" and parsed.netloc not in ("", "localhost"):
-            raise ConfigError(f"store URL {url!r}: file URLs must be absolute (file:///path)")
+            raise ConfigError(f"store URL {redact_url(url)!r}: file URLs must be absolute (file:///path)")
         path = unquote(parsed.path) if scheme == "file" else url
         if not path:
-            raise ConfigError(f"store URL {url!r} has no path")
+            raise ConfigError(f"store URL {redact_url(url)!r} has no path")
         return LocalChunkStore(path)
     if scheme not in _FACTORIES:
         _load_builtin_scheme(scheme)
     if scheme not in _FACTORIES:
-        raise ConfigError(f"store URL {url!r}: unsupported scheme {scheme!r} (use file://, s3:// or gs://)")
+        raise ConfigError(
+            f"store URL {redact_url(url)!r}: unsupported scheme {scheme!r} (use file://, s3:// or gs://)"
+        )
     return _FACTORIES[scheme](url)
 
 

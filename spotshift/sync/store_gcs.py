@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from spotshift.errors import CredentialsError, NotFoundError
+from spotshift.errors import NotFoundError
 from spotshift.sync.store import BucketStore, ObjectInfo, register_scheme
 
 MiB = 1024 * 1024
@@ -63,24 +62,20 @@ class GCSChunkStore(BucketStore):
         return blob
 
     def _wrap(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` with client errors as spotshift errors naming ``what`` (see
+        :func:`spotshift.cloud_errors.from_google`); a 412 means "exists", a 404 "missing"."""
         from google.api_core import exceptions as gexc
-        from google.auth.exceptions import DefaultCredentialsError, RefreshError
+
+        from spotshift.cloud_errors import from_google, google_errors
 
         try:
             return fn(*args, **kwargs)
-        except DefaultCredentialsError:
-            raise CredentialsError(
-                f"{self.url}: no Google credentials (set GOOGLE_APPLICATION_CREDENTIALS or run "
-                "`gcloud auth application-default login`; STORAGE_EMULATOR_HOST for an emulator)"
-            ) from None
-        except RefreshError:
-            raise CredentialsError(f"{self.url}: Google credentials were rejected") from None
         except gexc.PreconditionFailed:
             raise _Exists() from None
         except gexc.NotFound:
             raise NotFoundError(f"{what} not found in {self.url}") from None
-        except (gexc.Forbidden, gexc.Unauthorized) as exc:
-            raise CredentialsError(f"{self.url}: access denied for {what} ({exc.code})") from None
+        except google_errors() as exc:
+            raise from_google(exc, f"gs store {self.url}", what) from None
 
     # ---- writes ----------------------------------------------------------------------------------
     def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
@@ -104,9 +99,11 @@ class GCSChunkStore(BucketStore):
         return self._wrap(key, self._blob(key).download_as_bytes)
 
     def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        from spotshift.atomic import temp_path
+
         dest = Path(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.part")
+        tmp = temp_path(dest.parent)
         try:
             self._wrap(key, self._blob(key).download_to_filename, str(tmp))
             os.replace(tmp, dest)

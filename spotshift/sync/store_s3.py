@@ -15,12 +15,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from spotshift.errors import ConfigError, CredentialsError, NotFoundError
+from spotshift.cloud_errors import track_status
+from spotshift.errors import NotFoundError
 from spotshift.sync.store import BucketStore, ObjectInfo, register_scheme
 
 MiB = 1024 * 1024
@@ -49,50 +49,43 @@ class S3ChunkStore(BucketStore):
             import boto3
             from botocore.config import Config
 
+            # 5 attempts unless the standard AWS_MAX_ATTEMPTS says otherwise
+            retries: dict[str, Any] = {"mode": "standard"}
+            if not os.environ.get("AWS_MAX_ATTEMPTS"):
+                retries["max_attempts"] = 5
             client = boto3.session.Session().client(
                 "s3",
                 endpoint_url=endpoint_url or None,
                 region_name=region_name or None,
-                config=Config(max_pool_connections=32, retries={"mode": "standard", "max_attempts": 5}),
+                config=Config(max_pool_connections=32, retries=retries),
             )
-        self.client = client
+        self.client = track_status(client)
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
         """``fn(Bucket=..., **kwargs)`` with botocore errors mapped to spotshift errors naming ``what``."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        from spotshift.cloud_errors import botocore_errors
 
         try:
             return fn(Bucket=self.bucket, **kwargs)
-        except (BotoCoreError, ClientError) as exc:
+        except botocore_errors() as exc:
             raise self._mapped(exc, what) from None
 
-    def _mapped(self, exc: Exception, what: str) -> Exception:
-        from botocore.exceptions import (
-            ClientError,
-            EndpointConnectionError,
-            NoCredentialsError,
-            PartialCredentialsError,
-        )
+    def _mapped(self, exc: BaseException, what: str) -> Exception:
+        """The store's own meanings (missing key, write-once refusal), else the shared translation."""
+        from botocore.exceptions import ClientError
 
-        if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-            return CredentialsError(
-                f"{self.url}: no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
-            )
-        if isinstance(exc, EndpointConnectionError):
-            return ConfigError(f"{self.url}: cannot reach the S3 endpoint ({exc.kwargs.get('endpoint_url')})")
-        if not isinstance(exc, ClientError):
-            return exc
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code == "NoSuchBucket":
-            return NotFoundError(f"{self.url}: bucket {self.bucket!r} does not exist")
-        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
-            return NotFoundError(f"{what} not found in {self.url}")
-        if code in ("PreconditionFailed", "412") or status == 412:
-            return _Exists()
-        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "403"):
-            return CredentialsError(f"{self.url}: access denied for {what} ({code})")
-        return exc
+        from spotshift.cloud_errors import from_botocore
+
+        if isinstance(exc, ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code == "NoSuchBucket":
+                return NotFoundError(f"{self.url}: bucket {self.bucket!r} does not exist")
+            if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+                return NotFoundError(f"{what} not found in {self.url}")
+            if code in ("PreconditionFailed", "412") or status == 412:
+                return _Exists()
+        return from_botocore(exc, f"s3 store {self.url}", what)
 
     # ---- writes ----------------------------------------------------------------------------------
     def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
@@ -173,19 +166,30 @@ class S3ChunkStore(BucketStore):
 
     # ---- reads -----------------------------------------------------------------------------------
     def get_bytes(self, key: str) -> bytes:
+        from spotshift.cloud_errors import botocore_errors
+
         r = self._call(key, self.client.get_object, Key=self.object_name(key))
-        return r["Body"].read()
+        try:
+            return r["Body"].read()
+        except botocore_errors() as exc:
+            raise self._mapped(exc, key) from None
 
     def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        from spotshift.atomic import temp_path
+        from spotshift.cloud_errors import botocore_errors
+
         r = self._call(key, self.client.get_object, Key=self.object_name(key))
         dest = Path(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.part")
+        tmp = temp_path(dest.parent)
         try:
             with open(tmp, "wb") as f:
                 for block in r["Body"].iter_chunks(4 * MiB):
                     f.write(block)
             os.replace(tmp, dest)
+        except botocore_errors() as exc:
+            tmp.unlink(missing_ok=True)
+            raise self._mapped(exc, key) from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -201,7 +205,7 @@ class S3ChunkStore(BucketStore):
         return int(r["ContentLength"])
 
     def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from spotshift.cloud_errors import botocore_errors
 
         base = f"{self.prefix}/" if self.prefix else ""
         pages = self.client.get_paginator("list_objects_v2").paginate(
@@ -211,7 +215,7 @@ class S3ChunkStore(BucketStore):
             for page in pages:
                 for obj in page.get("Contents", []):
                     yield ObjectInfo(obj["Key"][len(base) :], int(obj["Size"]), obj["LastModified"])
-        except (BotoCoreError, ClientError) as exc:
+        except botocore_errors() as exc:
             raise self._mapped(exc, prefix or "keys") from None
 
     def delete(self, key: str) -> None:

@@ -110,12 +110,26 @@ def _zoned(location: str) -> tuple[str, str]:
 
 def record_transfers(
     stats: list[TransferStats], run_id: str | None = None, warehouse: str | None = None
-) -> int:
-    """Append transfers to ``raw.transfers`` of the warehouse (default: ``$SPOTSHIFT_HOME``'s)."""
+) -> Any:
+    """Record transfers in ``raw.transfers`` of the warehouse (default: ``$SPOTSHIFT_HOME``'s) through
+    :func:`spotshift.warehouse.record_facts`: queued in its spool when it is locked, never lost."""
     from spotshift import warehouse as wh
 
-    with wh.connect(warehouse) as con:
-        return wh.append_rows(con, "raw.transfers", [s.to_row(run_id) for s in stats])
+    return wh.record_facts({"raw.transfers": [s.to_row(run_id) for s in stats]}, database=warehouse)
+
+
+#: most parallel transfers or chunking threads one operation may ask for
+MAX_WORKERS = 1024
+
+
+def check_workers(workers: int | None, default: int) -> int:
+    """``workers`` when it is a whole number within 1-1024, ``default`` when None; else
+    :class:`~spotshift.errors.ConfigError` (``--workers 0`` or ``-3`` is a mistake, not "default")."""
+    from spotshift.errors import check_range
+
+    if workers is None:
+        return default
+    return int(check_range(workers, "--workers", low=0, high=MAX_WORKERS, integer=True))
 
 
 class BoundedPool:

@@ -3,13 +3,13 @@
 A trainer never waits on the DuckDB file lock while it trains or inside a preemption window: it
 appends rows as JSON lines to ``<workdir>/facts/<pid>.jsonl`` (fsync'ed), and :func:`ingest_facts`
 moves them into the warehouse later (the Dagster asset that waited for it, ``spotshift train``, or
-the trainer itself once it is done). Ingestion is idempotent: rows whose key is already in the
-table are skipped, and ingested files are renamed ``*.done``.
+the trainer itself once it is done) through :func:`spotshift.warehouse.record_facts`. Ingestion is
+idempotent: rows whose key is already in the table are skipped, and ingested files are renamed
+``*.done``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import threading
@@ -17,13 +17,18 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-#: table -> columns that identify a row (for idempotent ingestion)
+from spotshift.warehouse import FACT_KEYS
+
+#: tables a trainer writes facts for -> the columns that identify a fact (the warehouse's FACT_KEYS)
 ROW_KEYS: dict[str, tuple[str, ...]] = {
-    "raw.checkpoints": ("checkpoint_id", "url"),
-    "raw.compute_usage": ("usage_id",),
-    "raw.preemptions": ("notice_id",),
-    "raw.transfers": ("transfer_id",),
-    "raw.shadow_validations": ("validation_id",),
+    t: FACT_KEYS[t]
+    for t in (
+        "raw.checkpoints",
+        "raw.compute_usage",
+        "raw.preemptions",
+        "raw.transfers",
+        "raw.shadow_validations",
+    )
 }
 
 
@@ -68,37 +73,30 @@ def ingest_facts(
     workdir: str | os.PathLike[str],
     *,
     database: str | os.PathLike[str] | None = None,
-    timeout_s: float = 120.0,
+    timeout_s: float | None = None,
     con: Any = None,
     live: bool = False,
 ) -> dict[str, int]:
     """Move pending facts of a trainer working directory into the warehouse; rows written per table.
 
-    ``live``: the trainer is still running and appending, so its files are read but left in place
-    (the next ingestion skips what is already there). ``con``: an open warehouse connection to use.
-    Raises :class:`~spotshift.errors.ConfigError` when the warehouse stays locked past
-    ``timeout_s`` (the facts stay pending for the next attempt).
+    Through :func:`spotshift.warehouse.record_facts`: ingestion is exactly-once by each table's
+    fact key, and facts that meet a locked warehouse wait in its spool. ``live``: the trainer is
+    still running and appending, so its files are read but left in place (rows already in the
+    warehouse are skipped by their key). ``con``: an open warehouse connection to use.
     """
     from spotshift import warehouse
 
     files = pending_fact_files(workdir)
     if not files:
         return {}
-    facts = read_facts(files)
-    written: dict[str, int] = {}
-    with contextlib.ExitStack() as stack:
-        if con is None:
-            con = stack.enter_context(warehouse.connect(database, timeout_s=timeout_s))
-        for table, rows in facts.items():
-            fresh = _unseen(con, table, rows)
-            if table == "raw.compute_usage":
-                fresh = [price_usage_row(con, r) for r in fresh]
-            if fresh:
-                written[table] = warehouse.append_rows(con, table, fresh)
-    if not live:
+    facts = {t: _unique(t, rows) for t, rows in read_facts(files).items()}
+    if facts.get("raw.compute_usage"):
+        facts["raw.compute_usage"] = _priced(facts["raw.compute_usage"], database, con, timeout_s)
+    outcome = warehouse.record_facts(facts, database=database, con=con, timeout_s=timeout_s)
+    if not live:  # durable in the warehouse or its spool from here on
         for p in files:
             os.replace(p, p.with_suffix(".done"))
-    return written
+    return {t: n for t, n in outcome.written.items() if n}
 
 
 def price_usage_row(con: Any, row: dict[str, Any]) -> dict[str, Any]:
@@ -131,17 +129,32 @@ def price_usage_row(con: Any, row: dict[str, Any]) -> dict[str, Any]:
     return priced
 
 
-def _unseen(con: Any, table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _priced(
+    rows: list[dict[str, Any]], database: Any, con: Any, timeout_s: float | None
+) -> list[dict[str, Any]]:
+    """``rows`` with every unpriced one priced by :func:`price_usage_row` when the warehouse can be read.
+
+    A warehouse that is locked past ``timeout_s`` (or cannot be opened) leaves the rows unpriced:
+    they are recorded all the same, and the report lists them (``fct_unpriced_usage``).
+    """
+    from spotshift import warehouse
+    from spotshift.errors import SpotshiftError
+
+    if all(r.get("price_usd_hour") is not None or r.get("usd") is not None for r in rows):
+        return rows
+    if con is not None:
+        return [price_usage_row(con, r) for r in rows]
+    try:
+        with warehouse.connect(database, timeout_s=timeout_s) as c:
+            return [price_usage_row(c, r) for r in rows]
+    except SpotshiftError:
+        return rows
+
+
+def _unique(table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` without repeats of a fact key (a fact appended twice by a retried write)."""
     keys = ROW_KEYS[table]
     seen: set[tuple[Any, ...]] = set()
-    ids = [r.get(keys[0]) for r in rows]
-    if ids:
-        cols = ", ".join(f'"{k}"' for k in keys)
-        placeholders = ", ".join("?" for _ in ids)
-        for rec in con.execute(
-            f'SELECT {cols} FROM {table} WHERE "{keys[0]}" IN ({placeholders})', ids
-        ).fetchall():
-            seen.add(tuple(rec))
     out = []
     for r in rows:
         k = tuple(r.get(c) for c in keys)

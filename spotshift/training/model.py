@@ -20,31 +20,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from spotshift.errors import ConfigError
+# the one validation of model configs lives with the job declarations (torch-free): `jobs add`
+# refuses exactly what the trainer would refuse
+from spotshift.jobs import MODEL_KEYS, OPTIONAL_KEYS, check_model_config  # noqa: F401
 
-MODEL_KEYS = ("vocab_size", "d_model", "n_layer", "n_head", "seq_len")
-OPTIONAL_KEYS = ("d_ff", "lora_rank")
 LORA_ALPHA = 16
-
-
-def check_model_config(cfg: Mapping[str, Any]) -> dict[str, int]:
-    """Validated model config (``vocab_size``, ``d_model``, ``n_layer``, ``n_head``, ``seq_len``; optional
-    ``d_ff`` (default 4 x d_model) and ``lora_rank`` (default 0: no adapters))."""
-    missing = [k for k in MODEL_KEYS if k not in cfg]
-    if missing:
-        raise ConfigError(f"model config is missing {', '.join(missing)}")
-    unknown = sorted(set(cfg) - {*MODEL_KEYS, *OPTIONAL_KEYS})
-    if unknown:
-        raise ConfigError(f"model config has unknown key(s) {', '.join(unknown)}")
-    out = {k: int(cfg[k]) for k in cfg}
-    if any(v <= 0 for k, v in out.items() if k != "lora_rank") or out.get("lora_rank", 0) < 0:
-        raise ConfigError(f"model config values must be positive: {out}")
-    if out["d_model"] % out["n_head"]:
-        raise ConfigError(f"model d_model {out['d_model']} is not divisible by n_head {out['n_head']}")
-    out.setdefault("d_ff", 4 * out["d_model"])
-    if not out.get("lora_rank"):
-        out.pop("lora_rank", None)  # absent and 0 are the same model (and the same checkpoint identity)
-    return out
 
 
 class LoRALinear(nn.Linear):

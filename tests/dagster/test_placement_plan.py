@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from spotshift import warehouse
+from spotshift import registry, warehouse
 from spotshift.clock import VirtualClock
 from spotshift.jobs import add_job
 from spotshift.placement import state
@@ -50,6 +50,7 @@ def test_definitions_load_with_placement(spotshift_home: Path) -> None:
 
 def test_placement_plan_materializes_and_records(spotshift_home: Path) -> None:
     VirtualClock.starting(datetime(2025, 3, 1, 1, tzinfo=UTC), speed=0).save()  # frozen virtual time
+    registry.upsert("datasets", {"name": "corpus", "location": "gcp/us-central1"})
     add_job(make_job(name="llm-ft"))
     seed_quotes()
     defs = load_defs()
@@ -123,6 +124,7 @@ def test_declared_jobs_sensor_adds_partitions(spotshift_home: Path) -> None:
     instance = dg.DagsterInstance.ephemeral()
     skip = sensor(dg.build_sensor_context(instance=instance))
     assert isinstance(skip, dg.SkipReason)
+    registry.upsert("datasets", {"name": "corpus", "location": "gcp/us-central1"})
     add_job(make_job(name="a"))
     add_job(make_job(name="b"))
     res = sensor(dg.build_sensor_context(instance=instance))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from spotshift import registry, warehouse
 from spotshift.atomic import atomic_write_bytes, atomic_write_json
 from spotshift.clock import VirtualClock, load_clock, parse_utc
 from spotshift.errors import ConfigError, InputError, IntegrityError, NotFoundError
+from spotshift.jobs import DEFAULT_MODEL
 from spotshift.pricing.egress import continent_of, egress_usd, egress_usd_per_gb
 from spotshift.pricing.history import read_price_history
 from spotshift.pricing.quote import effective_gpu_hour_usd
@@ -257,7 +259,11 @@ def test_cli_home_and_exit_codes(spotshift_home: Path) -> None:
 
 def test_training_job_declaration(spotshift_home: Path) -> None:
     from spotshift.jobs import TrainingJob, add_job, get_job, load_jobs
+    from spotshift.sync.datasets import Dataset, add_dataset
 
+    with pytest.raises(ConfigError, match="dataset 'corpus' is not declared"):
+        add_job(TrainingJob(name="llm-ft", dataset="corpus", total_steps=1000, work_hours=400.0))
+    add_dataset(Dataset.declare("corpus", str(spotshift_home), location="gcp/us-central1"))
     job = TrainingJob(
         name="llm-ft",
         dataset="corpus",
@@ -278,6 +284,39 @@ def test_training_job_declaration(spotshift_home: Path) -> None:
         TrainingJob.from_dict({"name": "x", "dataset": "d", "total_steps": 1, "work_hours": 1, "gpus": 8})
     with pytest.raises(ConfigError, match="name must use"):
         TrainingJob(name="Bad Name", dataset="d", total_steps=1, work_hours=1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"work_hours": float("inf")}, "work_hours must be a finite number"),
+        ({"work_hours": float("nan")}, "work_hours must be a finite number"),
+        ({"total_steps": 2**64}, "total_steps must be a whole number from 1 to 9223372036854775807"),
+        ({"total_steps": 1.5}, "total_steps must be an integer"),
+        ({"deadline_hours": 5.0}, "deadline_hours 5 is shorter than work_hours 10"),
+        ({"start_location": "mars/olympus"}, "unknown provider 'mars'"),
+        ({"start_location": "gcp/olympus1"}, "'olympus1' is not a known gcp region"),
+        ({"allowed_locations": ["mars/*"]}, "unknown provider 'mars'"),
+        ({"allowed_locations": ["gcp/mars-*"]}, "'gcp/mars-*' matches no known location"),
+        ({"allowed_locations": ["gcp/*"], "start_location": "aws/us-east-1"}, "not an allowed location"),
+        ({"model": {**DEFAULT_MODEL, "d_model": 0}}, "model d_model must be a whole number from 1"),
+        ({"model": {**DEFAULT_MODEL, "n_head": 3}}, "d_model 64 is not divisible by n_head 3"),
+        ({"model": {**DEFAULT_MODEL, "vocab_size": -1}}, "model vocab_size must be a whole number from 1"),
+        ({"learning_rate": float("inf")}, "learning_rate must be a finite number"),
+    ],
+)
+def test_training_job_refuses_nonsense_at_declaration(overrides: dict, message: str) -> None:
+    from spotshift.jobs import TrainingJob
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        TrainingJob(**{"name": "j", "dataset": "d", "total_steps": 10, "work_hours": 10.0, **overrides})
+
+
+def test_the_trainer_validates_model_configs_with_the_declaration_check() -> None:
+    from spotshift import jobs
+    from spotshift.training import model, trainer
+
+    assert model.check_model_config is jobs.check_model_config is trainer.check_model_config
 
 
 def test_region_store_urls_follow_the_stores_base(

@@ -6,7 +6,6 @@ it), e.g. ``aws_spot.json record 3 (p4d.24xlarge us-east-1a): SpotPrice 'nine' i
 
 from __future__ import annotations
 
-import json
 import math
 from datetime import datetime
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 from spotshift.clock import as_utc, parse_utc
 from spotshift.errors import ConfigError, InputError
+from spotshift.jsondoc import parse_json
 
 
 def load_json_document(path: str | Path, what: str) -> Any:
@@ -33,12 +33,9 @@ def load_json_document(path: str | Path, what: str) -> Any:
     if not text.strip():
         raise InputError(f"{p}: empty file, expected {what}")
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"{p}: malformed JSON at line {exc.lineno} column {exc.colno} ({exc.msg}); "
-            f"truncated or not {what}"
-        ) from None
+        return parse_json(text, str(p))
+    except InputError as exc:
+        raise InputError(f"{exc}; truncated or not {what}") from None
 
 
 class Record:

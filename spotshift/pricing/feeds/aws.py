@@ -17,13 +17,13 @@ the two response shapes apart.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from spotshift.errors import ConfigError, CredentialsError, InputError
+from spotshift.errors import CredentialsError, InputError
+from spotshift.jsondoc import parse_json
 from spotshift.pricing.feeds import PriceFeed
 from spotshift.pricing.feeds._native import Record, list_field, load_json_document
 from spotshift.pricing.normalize import raw_price_frame
@@ -31,17 +31,6 @@ from spotshift.pricing.normalize import raw_price_frame
 PRICING_REGION = "us-east-1"  # the Price List query API lives in us-east-1 (and ap-south-1, eu-central-1)
 LINUX_DESCRIPTIONS = ("Linux/UNIX", "Linux/UNIX (Amazon VPC)")
 _REGION_OF_AZ = re.compile(r"^([a-z]{2}(?:-gov|-iso[a-z]*)?-[a-z]+-\d+)")
-_CREDENTIAL_ERRORS = {
-    "AuthFailure",
-    "UnauthorizedOperation",
-    "InvalidClientTokenId",
-    "ExpiredToken",
-    "ExpiredTokenException",
-    "AccessDenied",
-    "AccessDeniedException",
-    "UnrecognizedClientException",
-    "SignatureDoesNotMatch",
-}
 
 SPOT_SHAPE = "a describe_spot_price_history response (SpotPriceHistory)"
 PRICE_LIST_SHAPE = "a pricing get_products response (PriceList)"
@@ -88,12 +77,7 @@ def parse_spot_price_history(
 
 def _price_list_entry(raw: Any, origin: str, index: int) -> dict[str, Any]:
     if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise InputError(
-                f"{origin} record {index}: PriceList entry is not valid JSON ({exc.msg})"
-            ) from None
+        raw = parse_json(raw, f"{origin} record {index}: PriceList entry")
     if not isinstance(raw, dict):
         raise InputError(
             f"{origin} record {index}: PriceList entry is {type(raw).__name__}, expected an object"
@@ -215,8 +199,10 @@ class AwsFeed(PriceFeed):
         self._instance_types = list(instance_types) if instance_types else None
 
     def _client(self, service: str, region: str) -> Any:
+        from spotshift.cloud_errors import track_status
+
         if self._factory is not None:
-            return self._factory(service, region)
+            return track_status(self._factory(service, region))
         import boto3
 
         session = boto3.session.Session()
@@ -225,7 +211,7 @@ class AwsFeed(PriceFeed):
                 "aws feed: no AWS credentials found (checked environment, ~/.aws config/credentials, "
                 "SSO, instance/task role)"
             )
-        return session.client(service, region_name=region)
+        return track_status(session.client(service, region_name=region))
 
     def instance_types(self) -> list[str]:
         """The instance types asked about (default: every AWS type of the catalog)."""
@@ -234,29 +220,13 @@ class AwsFeed(PriceFeed):
         return self._instance_types or load_catalog().instance_types("aws")
 
     def _call(self, what: str, region: str, fn: Callable[[], Any]) -> Any:
-        from botocore.exceptions import (
-            BotoCoreError,
-            ClientError,
-            EndpointConnectionError,
-            NoCredentialsError,
-            PartialCredentialsError,
-        )
+        """``fn()`` with every botocore error as one line naming this feed, the call and the status."""
+        from spotshift.cloud_errors import botocore_errors, from_botocore
 
         try:
             return fn()
-        except (NoCredentialsError, PartialCredentialsError):
-            raise CredentialsError("aws feed: no usable AWS credentials in the standard chain") from None
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "ClientError")
-            if code in _CREDENTIAL_ERRORS:
-                raise CredentialsError(
-                    f"aws feed: {what} in {region} refused the credentials ({code})"
-                ) from None
-            raise InputError(f"aws feed: {what} in {region} failed ({code})") from None
-        except EndpointConnectionError:
-            raise ConfigError(f"aws feed: cannot reach the {what} endpoint in {region}") from None
-        except BotoCoreError as exc:
-            raise InputError(f"aws feed: {what} in {region} failed ({type(exc).__name__})") from None
+        except botocore_errors() as exc:
+            raise from_botocore(exc, "aws feed", f"{what} in {region}") from None
 
     def list_regions(self) -> list[str]:
         """Regions to ask: the configured list, else every enabled region of the account."""

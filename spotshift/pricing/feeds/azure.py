@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from spotshift.cloud_errors import redact_url
 from spotshift.errors import InputError
 from spotshift.pricing.feeds import PriceFeed
 from spotshift.pricing.feeds._native import Record, list_field, load_json_document
@@ -129,16 +130,16 @@ class AzureFeed(PriceFeed):
         for n in range(MAX_PAGES):
             assert url is not None
             page = get_json(url, feed="azure", params=params, timeout_s=self.timeout_s)
-            items.extend(list_field(page, "Items", f"{url} page {n}", ITEMS_SHAPE))
+            items.extend(list_field(page, "Items", f"{redact_url(url)} page {n}", ITEMS_SHAPE))
             url = page.get("NextPageLink") or None
             params = None  # NextPageLink carries the whole query
             if not url:
                 return items
             if url in seen:
-                raise InputError(f"azure feed: NextPageLink {url} repeated (paging loop)")
+                raise InputError(f"azure feed: NextPageLink {redact_url(url)} repeated (paging loop)")
             seen.add(url)
-        raise InputError(f"azure feed: more than {MAX_PAGES} pages from {self.base_url}")
+        raise InputError(f"azure feed: more than {MAX_PAGES} pages from {redact_url(self.base_url)}")
 
     def fetch(self, now: datetime) -> Any:
         """Current consumption prices of the catalog's sizes."""
-        return parse_retail_prices(self.list_items(), self.base_url)
+        return parse_retail_prices(self.list_items(), redact_url(self.base_url))

@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from spotshift.cloud_errors import redact_url
 from spotshift.errors import CredentialsError, InputError
 from spotshift.pricing.feeds import PriceFeed
 from spotshift.pricing.feeds._native import Record, list_field, load_json_document, to_number
@@ -263,15 +264,17 @@ class GcpFeed(PriceFeed):
                 headers=headers,
                 timeout_s=self.timeout_s,
             )
-            skus.extend(list_field(page, "skus", f"{url} page {n}", SKUS_SHAPE))
+            skus.extend(list_field(page, "skus", f"{redact_url(url)} page {n}", SKUS_SHAPE))
             token = page.get("nextPageToken") or None
             if not token:
                 return skus
             if token in seen:
-                raise InputError(f"gcp feed: {url} repeated page token {token!r} (paging loop)")
+                raise InputError(f"gcp feed: {redact_url(url)} repeated a page token (paging loop)")
             seen.add(token)
-        raise InputError(f"gcp feed: {url} returned more than {MAX_PAGES} pages")
+        raise InputError(f"gcp feed: {redact_url(url)} returned more than {MAX_PAGES} pages")
 
     def fetch(self, now: datetime) -> Any:
         """Instance prices built from the current SKUs."""
-        return parse_skus(self.list_skus(), f"{self.base_url}/{COMPUTE_SERVICE}/skus", observed_at=now)
+        return parse_skus(
+            self.list_skus(), f"{redact_url(self.base_url)}/{COMPUTE_SERVICE}/skus", observed_at=now
+        )

@@ -6,12 +6,20 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from spotshift import warehouse
 from spotshift.cli import main
 from spotshift.jobs import get_job
 from tests.unit.placement.builders import make_quote
 
 ADD = ["jobs", "add", "llm-ft", "--dataset", "corpus", "--total-steps", "2000", "--work-hours", "40"]
+
+
+@pytest.fixture(autouse=True)
+def corpus(spotshift_home: Path) -> None:
+    """Jobs train on a declared dataset."""
+    assert main(["datasets", "add", "corpus", str(spotshift_home), "--location", "gcp/us-central1"]) == 0
 
 
 def test_jobs_add_list_show(spotshift_home: Path, capsys) -> None:
@@ -40,8 +48,14 @@ def test_jobs_bad_input_exit_2(spotshift_home: Path, capsys) -> None:
             ["jobs", "add", "Bad Name", "--dataset", "d", "--total-steps", "1", "--work-hours", "1"],
             "name must use only",
         ),
-        ([*ADD[:2], "x2", *ADD[3:], "--gpu-count", "0"], "gpu_count must be > 0"),
-        ([*ADD[:2], "x3", *ADD[3:], "--allow", "us-east-1"], "not provider/region"),
+        ([*ADD[:2], "x2", *ADD[3:], "--gpu-count", "0"], "gpu_count must be a whole number from 1"),
+        ([*ADD[:2], "x3", *ADD[3:], "--allow", "us-east-1"], "not of the form provider/region"),
+        ([*ADD[:2], "x5", *ADD[3:], "--start-location", "mars/olympus"], "unknown provider 'mars'"),
+        ([*ADD[:2], "x6", *ADD[3:], "--model", "n_head=3"], "d_model 64 is not divisible by n_head 3"),
+        (
+            ["jobs", "add", "x7", "--dataset", "nope", "--total-steps", "1", "--work-hours", "1"],
+            "not declared",
+        ),
         ([*ADD[:2], "x4", *ADD[3:], "--model", "depth=3"], "--model entry 'depth=3'"),
         (["jobs", "show", "nope"], "job 'nope' is not declared"),
         (

@@ -177,7 +177,8 @@ def test_on_demand_only_job_is_placed_on_on_demand() -> None:
 
 
 def test_impossible_deadline_takes_fastest_on_demand_plan() -> None:
-    job = make_job(submitted_at=(NOW - timedelta(hours=10)).isoformat(), deadline_hours=50.0)
+    # feasible when declared (105 h for 100 h of work), impossible 10 h later with nothing done
+    job = make_job(submitted_at=(NOW - timedelta(hours=10)).isoformat(), deadline_hours=105.0)
     d = decide(running_inputs(9.0, job=job, current=None))
     assert d.action == "fallback_on_demand" and d.target_location == CENTRAL
     assert any("can meet the deadline" in r for r in d.reasons)

@@ -89,8 +89,8 @@ def wh(spotshift_home: Path):
         submitted_at=(NOW - timedelta(hours=10)).isoformat(),
         deadline_hours=300.0,
     )
-    add_job(job)
     registry.upsert("datasets", {"name": "corpus", "location": CENTRAL})
+    add_job(job)
     state.record_placement(
         "llm-ft",
         location=CENTRAL,
@@ -145,6 +145,7 @@ def test_decide_for_job_and_record_once(wh) -> None:
 
 
 def test_no_snapshot_is_a_clear_error(spotshift_home: Path) -> None:
+    registry.upsert("datasets", {"name": "corpus", "location": CENTRAL})
     add_job(make_job())
     with warehouse.connect() as con, pytest.raises(NotFoundError, match="run `spotshift quotes poll` first"):
         assemble_inputs(con, "llm-ft", now=NOW)

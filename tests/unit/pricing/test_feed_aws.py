@@ -201,7 +201,7 @@ def test_malformed_spot_records_name_the_record(item: Any, message: str) -> None
 
 
 def test_price_list_entry_that_is_not_json() -> None:
-    with pytest.raises(InputError, match="record 1: PriceList entry is not valid JSON"):
+    with pytest.raises(InputError, match="record 1: PriceList entry: malformed JSON"):
         parse_aws_document(
             {"PriceList": [json.dumps({"product": {"attributes": {}}, "terms": {}}), "{oops"]}, "p.json"
         )

@@ -88,7 +88,7 @@ def test_missing_and_rejected_credentials(
     json_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     server = json_server(catalog_route)
-    with pytest.raises(CredentialsError, match=r"gcp feed: credentials rejected .*key=\*\*\*.*HTTP 403"):
+    with pytest.raises(CredentialsError, match=r"gcp feed: GET .*/skus refused the credentials \(HTTP 403\)"):
         GcpFeed(base_url=server.base + "/v1", api_key="wrong").poll(NOW)
     monkeypatch.delenv("SPOTSHIFT_GCP_API_KEY", raising=False)
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
@@ -100,7 +100,7 @@ def test_missing_and_rejected_credentials(
 
 def test_paging_loop_and_non_json_are_refused(json_server: Any) -> None:
     server = json_server(lambda path, q: (200, {"skus": [], "nextPageToken": "same"}))
-    with pytest.raises(InputError, match="repeated page token"):
+    with pytest.raises(InputError, match="repeated a page token"):
         GcpFeed(base_url=server.base, api_key="k").poll(NOW)
     server = json_server(lambda path, q: (200, {"unexpected": True}))
     with pytest.raises(InputError, match="no 'skus' list"):

@@ -224,7 +224,7 @@ def test_malformed_traces_and_flags_exit_2(tmp_path: Path, capsys) -> None:
         (["--trace-map", "us-central1=a.json"], "--trace-map needs --traces"),
         (["--trace-map", "oops"], "not region=file"),
         (["--instance", "nope"], "instance type 'nope' is not in the price history"),
-        (["--work-hours", "-1"], "--work-hours must be > 0"),
+        (["--work-hours", "-1"], "--work-hours must be more than 0"),
         (["--policies", "magic"], "unknown magic"),
         (["--data-location", "mars-1"], "--data-location: 'mars-1'"),
         (["--start", "yesterday"], "'yesterday' is not an ISO-8601"),
@@ -289,3 +289,31 @@ def test_real_gcp_history_runs(gcp_history: Path, capsys) -> None:
     )
     assert all(r["deadline_met"] for r in pol.values())
     assert pol["hindsight"]["cost_usd"] <= pol["spotshift"]["cost_usd"] < pol["on_demand"]["cost_usd"]
+
+
+def test_start_outside_the_history_is_refused_and_a_deadline_past_it_warns(tmp_path: Path, capsys) -> None:
+    prices, _ = write(
+        tmp_path,
+        [
+            "2024-01-01T00:00:00+00:00,x-8g,a100,8,us-central1,10,2",
+            "2024-01-08T00:00:00+00:00,x-8g,a100,8,us-central1,10,3",
+        ],
+        {},
+    )
+    for start in ("2024-02-01", "2023-12-01"):
+        assert main(["simulate", "--prices", str(prices), "--start", start, "--work-hours", "8"]) == 2
+        err = capsys.readouterr().err
+        assert "outside the price history of x-8g" in err and err.count("\n") == 1, err
+    assert main(["simulate", "--prices", str(prices), "--start", "2024-01-07", "--work-hours", "8",
+                 "--deadline-hours", "48", "--json"]) == 0  # fmt: skip
+    out, err = capsys.readouterr()
+    assert "warning: the deadline (2024-01-09" in err and "carried forward" in err, err
+    assert json.loads(out)["warnings"] and "carried forward" in json.loads(out)["warnings"][0]
+
+
+def test_deadline_shorter_than_the_work_is_refused_not_a_table_of_missed(capsys) -> None:
+    with pytest.raises(ConfigError, match="shorter than the 100 hours of work"):
+        Scenario(work_hours=100, deadline_hours=10)
+    for bad in (float("inf"), float("nan"), 1e308, -1.0):
+        with pytest.raises(ConfigError, match="--deadline-hours"):
+            Scenario(deadline_hours=bad)

@@ -39,18 +39,23 @@ def test_read_roundtrip(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('{"metadata": {"gap_seconds": 600}, "data": [1, 0', "not valid JSON (line 1"),
+        ('{"metadata": {"gap_seconds": 600}, "data": [1, 0', "malformed JSON at line 1"),
         ("[1, 2, 3]", "expected a JSON object"),
         ('{"data": [1]}', "missing metadata.gap_seconds"),
-        ('{"metadata": {"gap_seconds": -5}, "data": [1]}', "gap_seconds must be a positive number"),
-        ('{"metadata": {"gap_seconds": "600"}, "data": [1]}', "gap_seconds must be a positive number"),
+        ('{"metadata": {"gap_seconds": -5}, "data": [1]}', "gap_seconds must be more than 0"),
+        ('{"metadata": {"gap_seconds": "600"}, "data": [1]}', "gap_seconds must be a number"),
+        (
+            '{"metadata": {"gap_seconds": 1e300}, "data": [1]}',
+            "gap_seconds must be more than 0 and at most 86400",
+        ),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
         ('{"metadata": {"gap_seconds": 1.5}, "data": [1]}', "whole number of seconds"),
         ('{"metadata": {"gap_seconds": 600}, "data": {"a": 1}}', "'data' must be a list"),
         ('{"metadata": {"gap_seconds": 600}, "data": []}', "'data' is empty"),
         ('{"metadata": {"gap_seconds": 600}, "data": [1, -1]}', "data[1] = -1 is not a non-negative integer"),
         ('{"metadata": {"gap_seconds": 600}, "data": [1, "two"]}', "data[1] = 'two'"),
         ('{"metadata": {"gap_seconds": 600}, "data": [true]}', "data[0] = True"),
-        ("", "not valid JSON"),
+        ("", "malformed JSON"),
     ],
 )
 def test_malformed_traces_name_file_and_problem(tmp_path: Path, content: str, message: str) -> None:

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from spotshift.errors import CredentialsError, NotFoundError
+from spotshift.cli import main
+from spotshift.errors import CredentialsError, NotFoundError, SpotshiftError
 from spotshift.sync.delta import pull, push, replicate, verify
 from spotshift.sync.store import ChunkStore, LocalChunkStore, open_store
 from tests.unit.sync.conftest import SMALL, make_tree, rand_bytes, tree_bytes
+from tests.unit.test_cloud_errors import assert_clean, one_clean_line
 
 
 def contract(store: ChunkStore, tmp_path: Path, *, write_once_enforced: bool = True) -> None:
@@ -149,3 +151,34 @@ def test_local_store_contract(tmp_path: Path) -> None:
     batched = LocalChunkStore(tmp_path / "batched", fsync_each=False)  # durable at flush()
     contract(batched, tmp_path)
     batched.flush()
+
+
+# ---- issue 11, defect 3: store errors are one line, never credentials ----------------------------
+def test_s3_url_with_user_info_is_refused_without_echo_against_moto(
+    s3_env: str, tmp_path: Path, spotshift_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import boto3
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a")
+    url = f"s3://AKIALEAKEDKEYID:hunter2@{s3_env}/region"
+    assert main(["sync", "push", str(src), url]) == 2
+    line = one_clean_line(capsys.readouterr().err)
+    assert "credentials in the URL" in line and s3_env in line
+    assert boto3.client("s3").list_objects_v2(Bucket=s3_env).get("KeyCount", 0) == 0
+
+
+def test_s3_server_error_from_moto_names_store_and_status(
+    s3_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spotshift.sync.store import open_store
+
+    store = open_store(f"s3://{s3_env}/p")
+    with pytest.raises(Exception) as info:
+        store.get_bytes("no/such/key")
+    assert "not found" in str(info.value)
+    missing = open_store("s3://spotshift-no-such-bucket-here/p")
+    with pytest.raises(SpotshiftError) as info:
+        missing.put_bytes("k", b"v")
+    assert_clean(info.value)

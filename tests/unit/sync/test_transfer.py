@@ -40,7 +40,7 @@ def test_rows_match_the_warehouse_table(spotshift_home: Path) -> None:
     s.price()
     row = s.to_row("run-7")
     assert set(row) == {c.name for c in warehouse.RAW_TABLES["transfers"]}
-    assert record_transfers([s, TransferStats("other")], run_id="run-7") == 2
+    assert record_transfers([s, TransferStats("other")], run_id="run-7").rows("raw.transfers") == 2
     with warehouse.connect() as con:
         got = con.execute(
             "select entity, src_location, dst_location, egress_usd_per_gb, transfer_amplification, run_id "
