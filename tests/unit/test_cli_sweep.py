@@ -362,7 +362,14 @@ CASES: list[tuple[str, list[str]]] = [
         ["simulate", "--traces", "{T}/traces", "--trace-map", "us-central1=us-central1.json"],
     ),
     ("simulate-gap-inf-flag", ["simulate", "--gap-seconds", "0"]),
-    ("simulate-ckpt-gb-inf", ["simulate", "--ckpt-gb", "inf"]),
+    ("simulate-checkpoint-gb-inf", ["simulate", "--checkpoint-gb", "inf"]),
+    # ---- simulate-inference
+    ("simulate-inference-slo-nan", ["simulate-inference", "--slo-ms", "nan", "--demand", "synthetic"]),
+    ("simulate-inference-days-negative", ["simulate-inference", "--slo-ms", "500", "--days", "-3"]),
+    (
+        "simulate-inference-demand-garbage",
+        ["simulate-inference", "--slo-ms", "500", "--demand", "{T}/garbage.bin"],
+    ),
     ("traces-hours-inf", ["traces", "generate", "{T}/out", "x", "--hours", "inf"]),
     ("traces-hours-nan", ["traces", "generate", "{T}/out", "x", "--hours", "nan"]),
     ("traces-hours-1e308", ["traces", "generate", "{T}/out", "x", "--hours", "1e308"]),
