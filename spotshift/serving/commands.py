@@ -134,11 +134,11 @@ def _register_endpoints(sub: Any) -> None:
     ls.add_argument("--json", action="store_true", help="print one JSON object")
     ls.set_defaults(handler=_endpoints_list)
     show = es.add_parser("show", help="one endpoint's declaration and its live replicas")
-    show.add_argument("name")
+    show.add_argument("name", help="declared endpoint")
     show.add_argument("--json", action="store_true", help="print one JSON object")
     show.set_defaults(handler=_endpoints_show)
     rm = es.add_parser("remove", help="undeclare an endpoint (refused while a replica serves it)")
-    rm.add_argument("name")
+    rm.add_argument("name", help="declared endpoint")
     rm.set_defaults(handler=_endpoints_remove)
 
 
