@@ -115,7 +115,9 @@ def _metric(families: dict[str, Any], name: str, **labels: str) -> float:
     raise AssertionError(f"no sample {name} {labels}")
 
 
-def test_replica_serves_greedy_completions_metrics_and_usage_facts(home: Path, tmp_path: Path) -> None:
+def test_replica_serves_greedy_completions_metrics_and_usage_facts(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import asyncio
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -151,6 +153,13 @@ def test_replica_serves_greedy_completions_metrics_and_usage_facts(home: Path, t
         finally:
             _restore_torch(torch_state)
         assert body["choices"][0]["text"] == local.text
+
+        # a served endpoint cannot be undeclared; show lists its replica
+        assert main(["endpoints", "remove", "chat"]) == 2
+        assert main(["endpoints", "show", "chat", "--json"]) == 0
+        out, err = capsys.readouterr()
+        assert "live replica" in err and r.replica_id in err
+        assert [x["replica_id"] for x in json.loads(out.splitlines()[-1])["replicas"]] == [r.replica_id]
 
         bad = httpx.post(r.url + api.COMPLETIONS_PATH, json={"prompt": PROMPT, "max_tokens": 0})
         assert bad.status_code == 400 and "max_tokens" in bad.json()["error"]["message"]
