@@ -63,7 +63,12 @@ def _serve(args: argparse.Namespace) -> int:
     from spotshift.serving.endpoints import get_endpoint
     from spotshift.serving.model_host import load_served_model
     from spotshift.serving.replica import ReplicaConfig
-    from spotshift.serving.serve import print_announcement, replica_price_usd_hour, run_replica
+    from spotshift.serving.serve import (
+        check_port_free,
+        print_announcement,
+        replica_price_usd_hour,
+        run_replica,
+    )
 
     logging.basicConfig(level=logging.WARNING, format="spotshift serve: %(message)s")
     endpoint = get_endpoint(args.endpoint)
@@ -73,6 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
             f"--location {location} is not allowed for endpoint {endpoint.name!r} ({', '.join(endpoint.allowed_locations)})"
         )
     check_range(args.port, "--port", low=0, high=65535, low_inclusive=True, integer=True)
+    check_port_free("127.0.0.1", args.port)  # before the model loads: a taken port fails in a second
     price = args.usd_per_hour
     if price is None:
         price = replica_price_usd_hour(location, args.market)

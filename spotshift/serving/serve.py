@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from spotshift.errors import ConfigError
 from spotshift.serving import replica_api as api
 from spotshift.serving.replica import Replica, ReplicaConfig
 
@@ -48,8 +49,6 @@ def _tls_kwargs(tls_dir: Path | None) -> dict[str, Any]:
     files = [tls_dir / api.TLS_CA_FILE, tls_dir / api.TLS_CERT_FILE, tls_dir / api.TLS_KEY_FILE]
     for f in files:
         if not f.is_file():
-            from spotshift.errors import ConfigError
-
             raise ConfigError(f"--tls-dir {tls_dir}: {f.name} is missing")
     return {
         "ssl_ca_certs": str(files[0]),
@@ -201,8 +200,27 @@ def run_replica(
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except SystemExit:  # uvicorn exits when it cannot bind (a port taken between check and bind)
+        raise ConfigError(
+            f"cannot listen on {cfg.host}:{cfg.port} (address in use or not permitted)"
+        ) from None
     return state.get("report", {})
+
+
+def check_port_free(host: str, port: int) -> None:
+    """:class:`ConfigError` (one line) when ``host:port`` cannot be bound now; port 0 always can."""
+    import socket
+
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror})") from None
 
 
 class _Lazy:

@@ -311,6 +311,12 @@ def test_tampered_checkpoint_is_refused_with_one_line(
 
 
 def test_endpoints_cli(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = str(taken.getsockname()[1])
     assert main(["endpoints", "list"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:4] == ["NAME", "MODEL", "SLO_MS", "REPLICAS"] and "chat" in out
@@ -339,6 +345,10 @@ def test_endpoints_cli(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
         (["serve", "ghost", "--location", GCP, "--market", "spot"], "ghost"),
         (["serve", "chat", "--location", "gcp/nowhere-9", "--market", "spot"], "nowhere-9"),
         (["serve", "chat", "--location", GCP, "--market", "spot", "--port", "70000"], "--port"),
+        (
+            ["serve", "chat", "--location", GCP, "--market", "spot", "--usd-per-hour", "1", "--port", port],
+            "cannot listen",
+        ),
         (["loadgen", "http://10.1.2.3:80", "--rps", "1", "--duration", "1"], "only this host"),
         (["loadgen", "http://127.0.0.1:9", "--rps", "0", "--duration", "1"], "--rps"),
         (["loadgen", "http://127.0.0.1:9", "--rps", "1", "--duration", "1e9"], "--duration"),
@@ -346,6 +356,7 @@ def test_endpoints_cli(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
         code = main(argv)
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and word in err, (argv, err)
+    taken.close()
 
 
 def _ca_and_certs(tls_dir: Path, *, serial: int, ca: Any = None) -> tuple[Any, Path, Path]:
