@@ -179,11 +179,20 @@ def test_replica_serves_greedy_completions_metrics_and_usage_facts(
         assert _metric(families, "spotshift_replica_request_latency_seconds_count") == 42
         assert _metric(families, "spotshift_replica_in_flight") == 0
         assert _metric(families, "spotshift_replica_queue_depth") == 0
+
+        # the embedded default applies the user region's round trip on the path
+        from spotshift.serving.latency import rtt_ms
+
+        t0 = time.perf_counter()
+        far = _complete(r.url, max_tokens=1, **{api.HEADER_USER_REGION: "ap-northeast"})
+        far_s = time.perf_counter() - t0
+        assert far.status_code == 200 and far_s >= rtt_ms("ap-northeast", GCP) / 1000 > 0.1
+        assert _complete(r.url, max_tokens=1, **{api.HEADER_USER_REGION: "mars"}).status_code == 400
         assert r.stop() == 0
     finally:
         r.kill()
     assert api.live_replicas("chat", include_draining=True) == []
-    _check_usage_and_marts(home, tmp_path, r.replica_id, requests=42)
+    _check_usage_and_marts(home, tmp_path, r.replica_id, requests=43)
 
 
 def _prompt(i: int) -> str:
