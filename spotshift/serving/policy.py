@@ -358,7 +358,11 @@ def traffic_policy(
             round(r.cost_per_million_tokens, 6),
             predicted[r.replica_id],
             tuple(reasons[r.replica_id])
-            or ((f"state {r.state}",) if r.state != "ready" else ("not cheapest or fastest for any user region",)),
+            or (
+                (f"state {r.state}",)
+                if r.state != "ready"
+                else ("not cheapest or fastest for any user region",)
+            ),
         )
         for r in sorted(replicas, key=lambda r: r.replica_id)
     )
