@@ -14,7 +14,8 @@ The control plane can push the router's decisions to an existing proxy instead o
 
 :meth:`NginxBackend.apply` writes the configuration atomically only after ``nginx -t`` accepted it
 (a bad policy never replaces a working configuration), then starts nginx or sends ``nginx -s
-reload`` (graceful: old workers finish their requests) and waits until new workers run. Errors are
+reload`` (graceful: old workers finish their requests) and waits until the new workers run and the
+old ones have left, so connections opened after it returns follow the new policy. Errors are
 one line naming nginx and the step, never its full output.
 """
 
@@ -78,12 +79,16 @@ def render_nginx_config(
     servers = []
     for w in policy.weights:
         parts = urlsplit(w.url)
-        if not parts.hostname or not parts.port:
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or not port:
             raise ConfigError(f"nginx backend: replica {w.replica_id} URL {w.url!r} has no host:port")
         n = ints[w.replica_id]
         how = f"weight={n} max_fails=1 fail_timeout=1s" if n else "backup"
         why = _comment(f"{w.replica_id} {w.location} {w.market}: {'; '.join(w.reasons)}")
-        servers.append(f"        server {parts.hostname}:{parts.port} {how};  # {why}")
+        servers.append(f"        server {parts.hostname}:{port} {how};  # {why}")
     p = Path(prefix).resolve()
     tls = ""
     if scheme == "https":
@@ -174,7 +179,7 @@ class NginxBackend:
 
     def apply(self, policy: TrafficPolicy, wait_s: float = 10.0) -> bool:
         """Render ``policy``; if it differs from the live file, test, install atomically, then start
-        nginx or reload it and wait (up to ``wait_s``) for new workers. True when it changed."""
+        nginx or reload it and wait (up to ``wait_s``) until only new workers run. True when it changed."""
         text = render_nginx_config(policy, self.directory, self.port, self.tls_dir)
         for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.directory / "tmp" / k).mkdir(parents=True, exist_ok=True)
@@ -194,7 +199,10 @@ class NginxBackend:
         before = self._workers(master)
         self._run("reload", str(self.conf), "-s", "reload")
         deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline and not (self._workers(master) - before):
+        while time.monotonic() < deadline:
+            now = self._workers(master)
+            if now - before and not now & before:  # new workers up, the old ones done
+                break
             time.sleep(0.02)
         return True
 
