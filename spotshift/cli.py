@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "spotshift.placement.commands",
     "spotshift.simulate.commands",
     "spotshift.serving.simulate_commands",
+    "spotshift.serving.commands",
     "spotshift.training.commands",
     "spotshift.checkpoint.commands",
     "spotshift.costs.commands",
