@@ -29,13 +29,12 @@ reloading the live context so pooled connections keep going.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -353,63 +352,3 @@ class Router:
         if self.client is not None:
             await self.client.aclose()
         self.flush_signal()
-
-
-def build_app(router: Router, tick_s: float = 1.0) -> Any:
-    """The router's Starlette application (its lifespan opens the client and runs :meth:`Router.tick`)."""
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, PlainTextResponse, Response
-    from starlette.routing import Route
-
-    regions = set(user_regions())
-
-    async def completions(request: Request) -> Response:
-        raw = await request.body()
-        try:
-            body = json.loads(raw)
-            if not isinstance(body, dict):
-                raise ValueError
-        except ValueError:
-            return JSONResponse(api.error_body("invalid_request", "body is not a JSON object"), 400)
-        region = request.headers.get(api.HEADER_USER_REGION) or router.cfg.user_region
-        if region not in regions:
-            return JSONResponse(api.error_body("invalid_request", f"unknown user region {region!r}"), 400)
-        status, content, headers = await router.forward(raw, region, estimate_tokens(body))
-        return Response(content, status, headers=headers, media_type="application/json")
-
-    async def healthz(request: Request) -> Response:
-        ready = sum(1 for r in router.replicas if r.state == "ready")
-        return JSONResponse({"status": "ok", "endpoint": router.cfg.endpoint, "ready_replicas": ready})
-
-    async def metrics(request: Request) -> Response:
-        return PlainTextResponse(router.metrics_text(), media_type="text/plain; version=0.0.4")
-
-    async def policy(request: Request) -> Response:
-        return JSONResponse(router.policy().to_dict())
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Any) -> AsyncIterator[None]:
-        await router.start()
-
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(tick_s)
-                router.tick()
-
-        task = asyncio.create_task(loop())
-        try:
-            yield
-        finally:
-            task.cancel()
-            await router.stop()
-
-    return Starlette(
-        routes=[
-            Route(api.COMPLETIONS_PATH, completions, methods=["POST"]),
-            Route(api.HEALTH_PATH, healthz),
-            Route(api.METRICS_PATH, metrics),
-            Route("/v1/policy", policy),
-        ],
-        lifespan=lifespan,
-    )

@@ -17,7 +17,8 @@ import httpx
 from bench._replica_peer import PeerState, ServerThread, peer_app
 from spotshift.serving import replica_api as api
 from spotshift.serving.policy import ReplicaView
-from spotshift.serving.router import Router, RouterConfig, build_app, read_router_signal, signal_path
+from spotshift.serving.router import Router, RouterConfig, read_router_signal, signal_path
+from spotshift.serving.router_app import build_app
 
 REPO = Path(__file__).resolve().parents[3]
 BODY = {"prompt": "the quick brown fox", "max_tokens": 8}
@@ -191,3 +192,30 @@ def test_router_speaks_mtls_to_replicas_and_rotates_its_certificate(
     assert (tmp_path / "router" / "client.pem").read_bytes() != before
     assert router._rotator.rotations == 1
     assert all(x.status_code == 200 for x in first + second)
+
+
+def test_cli_router_serves_registered_replicas_and_rejects_bad_input(spotshift_home: Path) -> None:
+    env = {**os.environ, "SPOTSHIFT_HOME": str(spotshift_home)}
+    cmd = [sys.executable, "-m", "spotshift.cli", "router"]
+    bad = subprocess.run([*cmd, "nosuch"], capture_output=True, text=True, env=env, cwd=REPO)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "nosuch" in bad.stderr
+    bad = subprocess.run([*cmd, "chat", "--slo-ms", "-5"], capture_output=True, text=True, env=env, cwd=REPO)
+    assert bad.returncode == 2 and "--slo-ms" in bad.stderr
+    with ServerThread(peer_app(PeerState("fast", 0))) as a:
+        api.register(
+            api.ReplicaRecord("fast", "chat", a.url, "aws/us-east-1", "spot", 1.0, os.getpid(), 0.0, "x")
+        )
+        proc = subprocess.Popen(
+            [*cmd, "chat", "--slo-ms", "500"], stdout=subprocess.PIPE, text=True, env=env, cwd=REPO
+        )
+        try:
+            line = proc.stdout.readline()
+            assert line.startswith("routing chat at http://127.0.0.1:"), line
+            url = line.split(" at ")[1].strip()
+            resp = httpx.post(url + api.COMPLETIONS_PATH, json=BODY, timeout=10)
+            assert resp.status_code == 200 and resp.headers[api.HEADER_REPLICA] == "fast"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            # uvicorn shuts down gracefully, then re-raises SIGTERM (the conventional exit status)
+            assert proc.wait(timeout=15) in (0, -signal.SIGTERM)
+    assert read_router_signal("chat")["ok"] == 1  # the shutdown path wrote the last counters
