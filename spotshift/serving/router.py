@@ -1,7 +1,7 @@
 """``spotshift router ENDPOINT``: the reverse proxy that routes each completion by cost under the SLO.
 
-Starlette under uvicorn receives requests; an ``httpx.AsyncClient`` with pooled keep-alive
-connections forwards them. For each ``POST /v1/completions`` the router:
+Starlette under uvicorn receives requests (:mod:`spotshift.serving.router_app`); one
+``httpx.AsyncClient`` per replica, with pooled keep-alive connections, forwards them. For each ``POST /v1/completions`` the router:
 
 1. reads the user region (header ``X-Spotshift-User-Region``, else the router's default) and
    estimates the request's tokens (``ceil(prompt characters / 4) + max_tokens``);
@@ -97,7 +97,7 @@ class RouterConfig:
     capacity_tokens_s: float = 2400.0
     slots: int = 1
     timeout_s: float = 30.0
-    max_connections: int = 256
+    max_connections: int = 64  # per replica
     tls_dir: Path | None = None
     replicas: Sequence[ReplicaView] | None = None
     clock: Callable[[], Any] | None = None
@@ -137,7 +137,8 @@ class Router:
         self.set_aside: dict[str, float] = {}  # replica id -> monotonic time it may be used again
         self.counters = Counters()
         self.replicas: list[ReplicaView] = list(cfg.replicas or [])
-        self.client: Any = None
+        self.clients: dict[str, Any] = {}  # replica URL -> its own pooled httpx.AsyncClient
+        self._verify: Any = True
         self._signal_dirty = False
         self._rotator: Any = None
         if cfg.replicas is None:
@@ -221,7 +222,7 @@ class Router:
             self.outstanding[rid] = busy + 1
             t0 = time.perf_counter()
             try:
-                resp = await self.client.post(
+                resp = await self._client(rep.url).post(
                     rep.url + api.COMPLETIONS_PATH,
                     content=body,
                     headers={"content-type": "application/json", api.HEADER_USER_REGION: user_region},
@@ -323,10 +324,7 @@ class Router:
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the pooled client (with the mTLS context when configured)."""
-        import httpx
-
-        verify: Any = True
+        """Set up mutual TLS when configured (pools open lazily, one per replica)."""
         if self.cfg.tls_dir is not None:
             from spotshift.clock import virtual_now
             from spotshift.serving.mtls import CertRotator, LocalCA, client_context
@@ -339,16 +337,33 @@ class Router:
                 self.cfg.clock or virtual_now,
             )
             self._rotator.check()
-            self.ssl_context = verify = client_context(Path(self.cfg.tls_dir))
-        limits = httpx.Limits(
-            max_connections=self.cfg.max_connections, max_keepalive_connections=self.cfg.max_connections
-        )
-        self.client = httpx.AsyncClient(
-            verify=verify, limits=limits, timeout=self.cfg.timeout_s, trust_env=False
-        )
+            self.ssl_context = self._verify = client_context(Path(self.cfg.tls_dir))
+
+    def _client(self, url: str) -> Any:
+        """The pooled client of one replica. One pool per replica keeps httpcore's per-request scan
+        of its pool short (it is linear in the pool's connections)."""
+        client = self.clients.get(url)
+        if client is None:
+            import httpx
+
+            n = self.cfg.max_connections
+            client = self.clients[url] = httpx.AsyncClient(
+                verify=self._verify,
+                limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+                timeout=self.cfg.timeout_s,
+                trust_env=False,
+            )
+        return client
+
+    async def close_gone(self) -> None:
+        """Close the pools of replicas that left the registry."""
+        live = {r.url for r in self.replicas}
+        for url in [u for u in self.clients if u not in live]:
+            await self.clients.pop(url).aclose()
 
     async def stop(self) -> None:
-        """Close the client and write the last counters."""
-        if self.client is not None:
-            await self.client.aclose()
+        """Close the clients and write the last counters."""
+        for client in self.clients.values():
+            await client.aclose()
+        self.clients.clear()
         self.flush_signal()

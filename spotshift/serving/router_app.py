@@ -60,6 +60,7 @@ def build_app(router: Router, tick_s: float = 1.0) -> Any:
             while True:
                 await asyncio.sleep(tick_s)
                 router.tick()
+                await router.close_gone()
 
         task = asyncio.create_task(loop())
         try:
