@@ -95,9 +95,11 @@ class UsageWindows:
         import numpy as np
 
         ident = self.identity
-        window_end = w.start + timedelta(seconds=WINDOW_S)
+        window_end = min(
+            w.start + timedelta(seconds=WINDOW_S), max(end, w.start)
+        )  # the last one ends at the stop
         up_from = max(w.start, self.up_since)
-        up_to = min(window_end, end)
+        up_to = window_end
         hours = max((up_to - up_from).total_seconds(), 0.0) / 3600.0
         lat = np.asarray(w.latencies_ms, dtype=float)
         p50, p95, p99 = (
