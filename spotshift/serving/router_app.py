@@ -95,18 +95,13 @@ def run_router(cfg: RouterConfig, port: int = 0, announce: Callable[[str], None]
         raise ConfigError(
             f"router {cfg.endpoint}: cannot listen on 127.0.0.1:{port} ({exc.strerror})"
         ) from None
+    sock.listen(2048)  # connections made before the app is up wait in the backlog
     router = Router(cfg)
     config = uvicorn.Config(
         build_app(router), log_level="warning", access_log=False, timeout_graceful_shutdown=5
     )
-    server = uvicorn.Server(config)
-
-    async def main() -> None:
-        task = asyncio.ensure_future(server.serve(sockets=[sock]))
-        while not server.started and not task.done():
-            await asyncio.sleep(0.01)
-        if announce and server.started:
-            announce(f"http://127.0.0.1:{sock.getsockname()[1]}")
-        await task
-
-    asyncio.run(main())
+    if announce:
+        announce(f"http://127.0.0.1:{sock.getsockname()[1]}")
+    # Server.run picks uvicorn's event loop (uvloop when installed): measured here, a router under
+    # plain asyncio.run added ~4x the latency of one under uvloop on this loaded machine
+    uvicorn.Server(config).run(sockets=[sock])
