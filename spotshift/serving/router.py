@@ -375,7 +375,11 @@ class Router:
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         """Set up mutual TLS when configured (pools open lazily, one per replica)."""
-        if self.cfg.tls_dir is not None:
+        self.prepare_tls()
+
+    def prepare_tls(self) -> None:
+        """Issue the router's client certificate and build its TLS context (once; no-op without TLS)."""
+        if self.cfg.tls_dir is not None and self._rotator is None:
             from spotshift.clock import virtual_now
             from spotshift.serving.mtls import CertRotator, LocalCA, client_context
 

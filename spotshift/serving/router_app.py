@@ -97,6 +97,7 @@ def run_router(cfg: RouterConfig, port: int = 0, announce: Callable[[str], None]
         ) from None
     sock.listen(2048)  # connections made before the app is up wait in the backlog
     router = Router(cfg)
+    router.prepare_tls()  # certificate files exist before anyone is told the URL
     config = uvicorn.Config(
         build_app(router), log_level="warning", access_log=False, timeout_graceful_shutdown=5
     )

@@ -21,7 +21,7 @@ def _register_router(sub: Any) -> None:
         description="Serves POST /v1/completions on 127.0.0.1 and forwards each request to one of the "
         "endpoint's live replicas ($SPOTSHIFT_HOME/serving/<endpoint>/replicas.json): among those whose "
         "predicted latency (round trip from the user region + queueing from in-flight requests + inference "
-        "time learned online) meets the SLO, 80%% to the cheapest by cost per million tokens and 20%% to the "
+        "time learned online) meets the SLO, 80 percent to the cheapest by cost per million tokens and 20 percent to the "
         "fastest (seeded draws), least outstanding requests within a region. None within the SLO: the "
         "fastest, counted as an SLO violation in router_signal.json for the autoscaler. A replica that "
         "refuses (503 draining) or fails mid-request gets the request retried on another. Also serves "
@@ -95,7 +95,12 @@ def _register_tls(sub: Any) -> None:
         "client.pem (certificate and key). Creates the CA on first use. Key files are mode 0600.",
     )
     p.add_argument("dir", metavar="DIR", help="directory to write into")
-    p.add_argument("--role", choices=["server", "client"], required=True)
+    p.add_argument(
+        "--role",
+        choices=["server", "client"],
+        required=True,
+        help="server: a replica's certificate; client: the router's",
+    )
     p.add_argument("--name", default="spotshift", help="certificate common name (default spotshift)")
     p.set_defaults(handler=_tls)
 

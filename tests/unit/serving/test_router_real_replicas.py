@@ -36,7 +36,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         monkeypatch.delenv(k, raising=False)
     declare_tiny_job(home, total_steps=400, every=40)
     assert main(["train", "tiny", "--location", "gcp/us-central1", "--steps", "40"]) == 0
-    assert main(["endpoints", "add", "chat", "--model", "tiny", "--slo-ms", "5000", "--users", "us-east=1"]) == 0
+    assert (
+        main(["endpoints", "add", "chat", "--model", "tiny", "--slo-ms", "5000", "--users", "us-east=1"]) == 0
+    )
     yield home
 
 
@@ -75,17 +77,24 @@ def test_router_over_mtls_to_real_replicas_drops_nothing_when_one_drains(home: P
         with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
             httpx.post(rec.url + api.COMPLETIONS_PATH, json=BODY, verify=str(tmp_path / "router" / "ca.pem"))
 
+        spot_id = next(r.replica_id for r in api.live_replicas("chat") if r.market == "spot")
+        by_spot = [0]
+
         async def load() -> list[httpx.Response | BaseException]:
             async with httpx.AsyncClient(timeout=120) as client:
                 sem = asyncio.Semaphore(4)
 
                 async def one() -> httpx.Response:
                     async with sem:
-                        return await client.post(url + api.COMPLETIONS_PATH, json=BODY)
+                        r = await client.post(url + api.COMPLETIONS_PATH, json=BODY)
+                        by_spot[0] += r.headers.get(api.HEADER_REPLICA) == spot_id
+                        return r
 
                 tasks = [asyncio.ensure_future(one()) for _ in range(40)]
-                await asyncio.sleep(1.0)
-                procs[0].send_signal(signal.SIGTERM)  # the spot replica drains mid-load
+                deadline = time.monotonic() + 120
+                while by_spot[0] < 3 and time.monotonic() < deadline:  # the spot replica is serving
+                    await asyncio.sleep(0.01)
+                procs[0].send_signal(signal.SIGTERM)  # ... and drains mid-load
                 return await asyncio.gather(*tasks, return_exceptions=True)
 
         rs = asyncio.run(load())
@@ -93,7 +102,7 @@ def test_router_over_mtls_to_real_replicas_drops_nothing_when_one_drains(home: P
         assert len(ok) == 40, [r for r in rs if r not in ok][:3]
         texts = {r.json()["choices"][0]["text"] for r in ok}
         assert len(texts) == 1  # greedy decoding: the same answer from either replica
-        assert len({r.headers[api.HEADER_REPLICA] for r in ok}) == 2
+        assert len({r.headers[api.HEADER_REPLICA] for r in ok}) == 2 and by_spot[0] >= 3
         assert procs[0].wait(timeout=60) in (0, -signal.SIGTERM)
     finally:
         for p in procs:
