@@ -414,7 +414,9 @@ def ensure_schema(con: Any) -> None:
 
 def _add_missing_columns(con: Any) -> None:
     """Columns added to a table after a warehouse was created are appended (NULL in older rows)."""
-    have = set(con.execute("SELECT table_schema, table_name, column_name FROM information_schema.columns").fetchall())
+    have = set(
+        con.execute("SELECT table_schema, table_name, column_name FROM information_schema.columns").fetchall()
+    )
     for schema, tables in (("raw", RAW_TABLES), ("main", MAIN_TABLES)):
         for table, columns in tables.items():
             for c in columns:

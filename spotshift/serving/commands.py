@@ -63,7 +63,12 @@ def _serve(args: argparse.Namespace) -> int:
     from spotshift.serving.endpoints import get_endpoint
     from spotshift.serving.model_host import load_served_model
     from spotshift.serving.replica import ReplicaConfig
-    from spotshift.serving.serve import print_announcement, replica_price_usd_hour, run_replica
+    from spotshift.serving.serve import (
+        check_port_free,
+        print_announcement,
+        replica_price_usd_hour,
+        run_replica,
+    )
 
     logging.basicConfig(level=logging.WARNING, format="spotshift serve: %(message)s")
     endpoint = get_endpoint(args.endpoint)
@@ -73,6 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
             f"--location {location} is not allowed for endpoint {endpoint.name!r} ({', '.join(endpoint.allowed_locations)})"
         )
     check_range(args.port, "--port", low=0, high=65535, low_inclusive=True, integer=True)
+    check_port_free("127.0.0.1", args.port)  # before the model loads: a taken port fails in a second
     price = args.usd_per_hour
     if price is None:
         price = replica_price_usd_hour(location, args.market)
@@ -134,11 +140,11 @@ def _register_endpoints(sub: Any) -> None:
     ls.add_argument("--json", action="store_true", help="print one JSON object")
     ls.set_defaults(handler=_endpoints_list)
     show = es.add_parser("show", help="one endpoint's declaration and its live replicas")
-    show.add_argument("name")
+    show.add_argument("name", help="declared endpoint")
     show.add_argument("--json", action="store_true", help="print one JSON object")
     show.set_defaults(handler=_endpoints_show)
     rm = es.add_parser("remove", help="undeclare an endpoint (refused while a replica serves it)")
-    rm.add_argument("name")
+    rm.add_argument("name", help="declared endpoint")
     rm.set_defaults(handler=_endpoints_remove)
 
 

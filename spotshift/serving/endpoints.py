@@ -52,6 +52,12 @@ class Endpoint:
             check_endpoint_name(self.name)
             if not isinstance(self.model, str) or not self.model.strip():
                 raise ConfigError("model is empty (a job name or a checkpoint path)")
+            if "@" in self.model.partition("://")[2].partition("/")[0]:
+                from spotshift.cloud_errors import redact_url
+
+                raise ConfigError(
+                    f"model {redact_url(self.model)!r} carries credentials in its URL: stores take them from the environment"
+                )
             check_range(self.slo_ms, "slo_ms", low=0, high=MAX_SLO_MS)
             check_range(self.usd_per_violation, "usd_per_violation", low=0, high=1e6, low_inclusive=True)
             if not isinstance(self.users, dict) or not self.users:

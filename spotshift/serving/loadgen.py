@@ -56,16 +56,19 @@ class LoadResult:
 
 def completions_url(url: str) -> str:
     """``url`` checked to be loopback http(s); a bare base URL gets ``/v1/completions``."""
+    from spotshift.cloud_errors import redact_url
+
     parsed = urlparse(url)
+    shown = redact_url(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ConfigError(f"loadgen URL {url!r} must be http(s)://HOST:PORT[/path]")
+        raise ConfigError(f"loadgen URL {shown!r} must be http(s)://HOST:PORT[/path]")
     host = parsed.hostname
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
     if not loopback:
-        raise ConfigError(f"loadgen URL {url!r}: only this host (127.0.0.1, ::1, localhost) may be loaded")
+        raise ConfigError(f"loadgen URL {shown!r}: only this host (127.0.0.1, ::1, localhost) may be loaded")
     return url if parsed.path not in ("", "/") else url.rstrip("/") + api.COMPLETIONS_PATH
 
 

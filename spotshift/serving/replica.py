@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,9 +31,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from spotshift.errors import InputError
+from spotshift.errors import InputError, SpotshiftError
 from spotshift.serving import replica_api as api
 from spotshift.serving.usage import ReplicaIdentity, UsageWindows, record_usage
+
+log = logging.getLogger("spotshift.serving")
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -103,8 +106,10 @@ class Replica:
         self.in_flight = 0
         self.queued = 0
         self.draining = False
-        self.drained = asyncio.Event()
+        self.drained = asyncio.Event()  # draining and nothing in flight any more
+        self.finished = asyncio.Event()  # the drain is complete: deregistered, usage recorded
         self.drain_reason = ""
+        self.report: dict[str, Any] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.metrics = _Metrics(
             {
@@ -259,10 +264,11 @@ class Replica:
     async def drain(self, reason: str, deadline_s: float | None = None) -> dict[str, Any]:
         """Refuse new requests, finish those in flight (until ``deadline_s`` minus the margin at most),
         deregister and record the last usage window. Returns what happened (``finished``,
-        ``abandoned`` in-flight counts, ``seconds``). Idempotent: a second call waits for the first."""
+        ``abandoned`` in-flight counts, ``seconds``). Idempotent: a second call waits for the first
+        and returns its report."""
         if self.draining:
-            await self.drained.wait()
-            return {"reason": self.drain_reason, "already": True}
+            await self.finished.wait()
+            return self.report
         t0 = time.monotonic()
         self.draining, self.drain_reason = True, reason
         at_start = self.in_flight
@@ -274,15 +280,20 @@ class Replica:
             await asyncio.wait_for(self.drained.wait(), timeout=budget)
         abandoned = self.in_flight
         await asyncio.to_thread(api.deregister, self.cfg.endpoint, self.record.replica_id)
-        await self.flush_usage(final=True)
+        try:
+            await self.flush_usage(final=True)
+        except SpotshiftError as exc:  # the rows stay in the warehouse's spool; the drain goes on
+            log.warning("last usage window not recorded: %s", exc)
         self.drained.set()
-        return {
+        self.report = {
             "reason": reason,
             "in_flight_at_start": at_start,
             "finished": at_start - abandoned,
             "abandoned": abandoned,
             "seconds": round(time.monotonic() - t0, 3),
         }
+        self.finished.set()
+        return self.report
 
     async def flush_usage(self, *, final: bool = False) -> int:
         """Record the usage windows that are over (all of them, with ``final``)."""
@@ -296,7 +307,10 @@ class Replica:
         while not self.draining:
             await asyncio.sleep(self.cfg.usage_flush_s)
             if not self.draining:
-                await self.flush_usage()
+                try:
+                    await self.flush_usage()
+                except SpotshiftError as exc:  # queued in the spool (or lost with the disk): keep serving
+                    log.warning("usage window not recorded: %s", exc)
 
 
 async def _json_body(request: Any) -> Any:

@@ -74,13 +74,10 @@ default runs replicas as local processes).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import math
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +85,7 @@ from typing import Any
 from spotshift.atomic import atomic_write_json, pid_alive
 from spotshift.errors import ConfigError, InputError
 from spotshift.home import spotshift_home
+from spotshift.registry import locked
 
 COMPLETIONS_PATH = "/v1/completions"
 HEALTH_PATH = "/healthz"
@@ -264,20 +262,9 @@ def live_replicas(endpoint: str, *, include_draining: bool = False) -> list[Repl
     return sorted(out, key=lambda r: r.replica_id)
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def _rewrite(endpoint: str, change: Any) -> None:
     path = registry_path(endpoint)
-    with _locked(path):
+    with locked(path):
         records = read_registry(endpoint)
         change(records)
         doc = {"endpoint": endpoint, "replicas": {rid: asdict(r) for rid, r in sorted(records.items())}}

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from spotshift.errors import ConfigError
 from spotshift.serving import replica_api as api
 from spotshift.serving.replica import Replica, ReplicaConfig
 
@@ -48,8 +49,6 @@ def _tls_kwargs(tls_dir: Path | None) -> dict[str, Any]:
     files = [tls_dir / api.TLS_CA_FILE, tls_dir / api.TLS_CERT_FILE, tls_dir / api.TLS_KEY_FILE]
     for f in files:
         if not f.is_file():
-            from spotshift.errors import ConfigError
-
             raise ConfigError(f"--tls-dir {tls_dir}: {f.name} is missing")
     return {
         "ssl_ca_certs": str(files[0]),
@@ -115,6 +114,21 @@ async def _watch_notices(replica: Replica, location: str, urls: dict[str, str]) 
         thread.stop()
 
 
+def _record(cfg: ReplicaConfig, port: int, *, checkpoint: str, tls: bool) -> api.ReplicaRecord:
+    """The registry record of this process's replica listening on ``port``."""
+    return api.ReplicaRecord(
+        replica_id=api.replica_id_for(cfg.endpoint, cfg.location, port),
+        endpoint=cfg.endpoint,
+        url=f"{'https' if tls else 'http'}://{cfg.host}:{port}",
+        location=cfg.location,
+        market=cfg.market,
+        price_usd_per_hour=cfg.usd_per_hour,
+        pid=os.getpid(),
+        started_at_s=time.time(),
+        checkpoint=checkpoint,
+    )
+
+
 def run_replica(
     cfg: ReplicaConfig,
     model: Any,
@@ -152,10 +166,10 @@ def run_replica(
         )
 
         def _start_drain(reason: str, deadline_s: float | None) -> None:
-            if "replica" in state:
-                state.setdefault(
-                    "drain_task", asyncio.ensure_future(state["replica"].drain(reason, deadline_s))
-                )
+            if "replica" not in state:  # stopped while starting: drain as soon as it exists
+                state["early_stop"] = (reason, deadline_s)
+            elif "drain_task" not in state:
+                state["drain_task"] = asyncio.ensure_future(state["replica"].drain(reason, deadline_s))
 
         serve_task = asyncio.ensure_future(server.serve())
         while not server.started:
@@ -164,18 +178,7 @@ def run_replica(
                 return
             await asyncio.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
-        scheme = "https" if tls_dir else "http"
-        record = api.ReplicaRecord(
-            replica_id=api.replica_id_for(cfg.endpoint, cfg.location, port),
-            endpoint=cfg.endpoint,
-            url=f"{scheme}://{cfg.host}:{port}",
-            location=cfg.location,
-            market=cfg.market,
-            price_usd_per_hour=cfg.usd_per_hour,
-            pid=os.getpid(),
-            started_at_s=time.time(),
-            checkpoint=checkpoint,
-        )
+        record = _record(cfg, port, checkpoint=checkpoint, tls=tls_dir is not None)
         replica = Replica(cfg, model, record)
         state["app"], state["replica"] = replica.app(), replica
         await asyncio.to_thread(api.register, record)
@@ -186,9 +189,10 @@ def run_replica(
             tasks.append(asyncio.ensure_future(_watch_notices(replica, cfg.location, watcher_urls)))
         if tls_dir:
             tasks.append(asyncio.ensure_future(_reload_tls(server, tls_dir, stop)))
-        await replica.drained.wait()
-        drain_task = state.get("drain_task")
-        state["report"] = await drain_task if drain_task else await replica.drain("drained")
+        if "early_stop" in state:
+            _start_drain(*state["early_stop"])
+        await replica.finished.wait()
+        state["report"] = replica.report
         stop.set()
         server.should_exit = True
         await serve_task
@@ -196,8 +200,27 @@ def run_replica(
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except SystemExit:  # uvicorn exits when it cannot bind (a port taken between check and bind)
+        raise ConfigError(
+            f"cannot listen on {cfg.host}:{cfg.port} (address in use or not permitted)"
+        ) from None
     return state.get("report", {})
+
+
+def check_port_free(host: str, port: int) -> None:
+    """:class:`ConfigError` (one line) when ``host:port`` cannot be bound now; port 0 always can."""
+    import socket
+
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror})") from None
 
 
 class _Lazy:

@@ -115,7 +115,9 @@ def _metric(families: dict[str, Any], name: str, **labels: str) -> float:
     raise AssertionError(f"no sample {name} {labels}")
 
 
-def test_replica_serves_greedy_completions_metrics_and_usage_facts(home: Path, tmp_path: Path) -> None:
+def test_replica_serves_greedy_completions_metrics_and_usage_facts(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import asyncio
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -151,6 +153,13 @@ def test_replica_serves_greedy_completions_metrics_and_usage_facts(home: Path, t
         finally:
             _restore_torch(torch_state)
         assert body["choices"][0]["text"] == local.text
+
+        # a served endpoint cannot be undeclared; show lists its replica
+        assert main(["endpoints", "remove", "chat"]) == 2
+        assert main(["endpoints", "show", "chat", "--json"]) == 0
+        out, err = capsys.readouterr()
+        assert "live replica" in err and r.replica_id in err
+        assert [x["replica_id"] for x in json.loads(out.splitlines()[-1])["replicas"]] == [r.replica_id]
 
         bad = httpx.post(r.url + api.COMPLETIONS_PATH, json={"prompt": PROMPT, "max_tokens": 0})
         assert bad.status_code == 400 and "max_tokens" in bad.json()["error"]["message"]
@@ -302,6 +311,12 @@ def test_tampered_checkpoint_is_refused_with_one_line(
 
 
 def test_endpoints_cli(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = str(taken.getsockname()[1])
     assert main(["endpoints", "list"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:4] == ["NAME", "MODEL", "SLO_MS", "REPLICAS"] and "chat" in out
@@ -330,6 +345,10 @@ def test_endpoints_cli(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
         (["serve", "ghost", "--location", GCP, "--market", "spot"], "ghost"),
         (["serve", "chat", "--location", "gcp/nowhere-9", "--market", "spot"], "nowhere-9"),
         (["serve", "chat", "--location", GCP, "--market", "spot", "--port", "70000"], "--port"),
+        (
+            ["serve", "chat", "--location", GCP, "--market", "spot", "--usd-per-hour", "1", "--port", port],
+            "cannot listen",
+        ),
         (["loadgen", "http://10.1.2.3:80", "--rps", "1", "--duration", "1"], "only this host"),
         (["loadgen", "http://127.0.0.1:9", "--rps", "0", "--duration", "1"], "--rps"),
         (["loadgen", "http://127.0.0.1:9", "--rps", "1", "--duration", "1e9"], "--duration"),
@@ -337,3 +356,136 @@ def test_endpoints_cli(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
         code = main(argv)
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and word in err, (argv, err)
+    taken.close()
+
+
+def _ca_and_certs(tls_dir: Path, *, serial: int, ca: Any = None) -> tuple[Any, Path, Path]:
+    """A local CA (made once) and, signed by it, the replica's server certificate (``serial``) and a
+    client certificate; written the way a rotation writes them (temp + rename)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from spotshift.atomic import atomic_write_bytes
+
+    now = dt.datetime.now(dt.UTC)
+
+    def cert(name: str, key: Any, issuer: Any, issuer_key: Any, serial_no: int, *, is_ca: bool) -> Any:
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(serial_no)
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+        )
+        if not is_ca:
+            b = b.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
+        return b.sign(issuer_key, hashes.SHA256())
+
+    pem = serialization.Encoding.PEM
+    if ca is None:
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "spotshift test CA")])
+        ca = (ca_key, ca_name, cert("spotshift test CA", ca_key, ca_name, ca_key, 1, is_ca=True))
+    ca_key, ca_name, ca_cert = ca
+
+    def key_pem(k: Any) -> bytes:
+        return k.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    atomic_write_bytes(tls_dir / api.TLS_CA_FILE, ca_cert.public_bytes(pem))
+    atomic_write_bytes(tls_dir / api.TLS_KEY_FILE, key_pem(server_key))
+    atomic_write_bytes(
+        tls_dir / api.TLS_CERT_FILE,
+        cert("replica", server_key, ca_name, ca_key, serial, is_ca=False).public_bytes(pem),
+    )
+    client_cert, client_key_file = tls_dir / "client.pem", tls_dir / "client-key.pem"
+    atomic_write_bytes(
+        client_cert, cert("router", client_key, ca_name, ca_key, serial + 1, is_ca=False).public_bytes(pem)
+    )
+    atomic_write_bytes(client_key_file, key_pem(client_key))
+    return ca, client_cert, client_key_file
+
+
+def _server_serial(url: str, ca_file: Path, client: tuple[Path, Path]) -> int:
+    import socket
+    import ssl
+    from urllib.parse import urlparse
+
+    from cryptography import x509
+
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    ctx.load_cert_chain(str(client[0]), str(client[1]))
+    u = urlparse(url)
+    with (
+        socket.create_connection((u.hostname, u.port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=u.hostname) as s,
+    ):
+        return x509.load_der_x509_certificate(s.getpeercert(binary_form=True)).serial_number
+
+
+def test_replica_under_mutual_tls_refuses_clients_without_a_certificate_and_reloads_rotated_ones(
+    home: Path, tmp_path: Path
+) -> None:
+    import ssl
+
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    ca, client_cert, client_key = _ca_and_certs(tls, serial=100)
+    r = Replica(
+        "chat",
+        "--location",
+        GCP,
+        "--market",
+        "on_demand",
+        "--usd-per-hour",
+        "1",
+        "--no-record",
+        "--tls-dir",
+        str(tls),
+    )
+    try:
+        assert r.url.startswith("https://127.0.0.1:")
+        ca_file = tls / api.TLS_CA_FILE
+        with (
+            httpx.Client(verify=ssl.create_default_context(cafile=str(ca_file))) as anonymous,
+            pytest.raises(httpx.HTTPError),
+        ):
+            anonymous.post(r.url + api.COMPLETIONS_PATH, json={"prompt": PROMPT, "max_tokens": 2})
+        ctx = ssl.create_default_context(cafile=str(ca_file))
+        ctx.load_cert_chain(str(client_cert), str(client_key))
+        with httpx.Client(verify=ctx) as router:
+            assert (
+                router.post(
+                    r.url + api.COMPLETIONS_PATH, json={"prompt": PROMPT, "max_tokens": 2}
+                ).status_code
+                == 200
+            )
+            assert _server_serial(r.url, ca_file, (client_cert, client_key)) == 100
+            _ca_and_certs(tls, serial=200, ca=ca)  # rotation: new server and client certificates, same CA
+            deadline = time.monotonic() + 20
+            while _server_serial(r.url, ca_file, (client_cert, client_key)) != 200:
+                # the open connection keeps working while the replica picks up the new files
+                assert (
+                    router.post(
+                        r.url + api.COMPLETIONS_PATH, json={"prompt": PROMPT, "max_tokens": 2}
+                    ).status_code
+                    == 200
+                )
+                assert time.monotonic() < deadline, "rotated certificate never served"
+                time.sleep(0.2)
+        assert r.stop() == 0
+    finally:
+        r.kill()
