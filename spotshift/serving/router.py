@@ -189,7 +189,7 @@ class Router:
         self.replicas: list[ReplicaView] = list(cfg.replicas or [])
         self.clients: dict[str, ReplicaPool] = {}  # replica URL -> its connection pool
         self._verify: Any = True
-        self._signal_dirty = False
+        self._written: tuple[Any, ...] | None = None  # counters as last written to the signal file
         self._rotator: Any = None
         if cfg.replicas is None:
             self.refresh()
@@ -246,7 +246,6 @@ class Router:
         import httpx
 
         self.counters.requests += 1
-        self._signal_dirty = True
         tried: set[str] = set()
         attempts = 0
         while True:
@@ -321,10 +320,11 @@ class Router:
     # -- periodic -------------------------------------------------------------------------------
     def flush_signal(self) -> None:
         """Write the counters to :func:`signal_path` when they changed (atomic replace)."""
-        if not self._signal_dirty:
-            return
-        self._signal_dirty = False
         c = self.counters
+        state = (c.requests, c.ok, c.failed, c.retries, c.slo_violations)
+        if state == self._written:
+            return
+        self._written = state
         atomic_write_json(
             signal_path(self.cfg.endpoint),
             {
