@@ -101,11 +101,42 @@ def bound_socket() -> socket.socket:
     return sock
 
 
+class ReloadingTLS:
+    """ASGI wrapper that polls a :class:`~spotshift.serving.mtls.TLSReloader` from the server's own
+    event loop (as a replica does): the live TLS context is only ever changed by the thread that
+    runs the handshakes."""
+
+    def __init__(self, app: Any, reloader: Any, every_s: float = 0.05) -> None:
+        self.app, self.reloader, self.every_s = app, reloader, every_s
+
+    async def _poll(self) -> None:
+        while True:
+            self.reloader.check()
+            await asyncio.sleep(self.every_s)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        task = None
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                task = asyncio.create_task(self._poll())
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                if task:
+                    task.cancel()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
 class ServerThread:
     """Run an ASGI app under uvicorn in a background thread on an ephemeral port.
 
     ``ssl``: uvicorn ``ssl_*`` options (:func:`spotshift.serving.mtls.uvicorn_ssl_options`); the
-    live TLS context is then ``self.config.ssl``.
+    live TLS context is then ``self.config.ssl``, and ``self.reloader`` (a
+    :class:`~spotshift.serving.mtls.TLSReloader` polled in the server's loop) picks up rotated files.
     """
 
     def __init__(self, app: Any, ssl: dict[str, Any] | None = None) -> None:
@@ -113,8 +144,10 @@ class ServerThread:
 
         self.sock = bound_socket()
         self.port = self.sock.getsockname()[1]
+        self.reloader = None
+        wrapper = _Late(app)
         self.config = uvicorn.Config(
-            app,
+            wrapper,
             log_level="warning",
             access_log=False,
             lifespan="auto",
@@ -122,6 +155,11 @@ class ServerThread:
             **(ssl or {}),
         )
         self.config.load()
+        if self.config.ssl:
+            from spotshift.serving.mtls import TLSReloader
+
+            self.reloader = TLSReloader(self.config.ssl, Path(ssl["ssl_certfile"]).parent)  # type: ignore[index]
+            wrapper.app = ReloadingTLS(app, self.reloader)
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
@@ -142,6 +180,16 @@ class ServerThread:
     def url(self) -> str:
         scheme = "https" if self.config.ssl else "http"
         return f"{scheme}://127.0.0.1:{self.port}"
+
+
+class _Late:
+    """Forwards to ``app``, which may be replaced before the server starts."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
 
 
 def main() -> int:

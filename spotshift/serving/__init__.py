@@ -12,7 +12,8 @@ The room follows training's split between doing and deciding:
   published baselines (all on-demand, all reserved, spot greedy, SpotHedge-like).
 * ``policy`` — the routing rule (SLO filter, 80 % cheapest / 20 % fastest, least outstanding
   requests) per request and as a ``TrafficPolicy`` of weights with reasons; ``router`` and
-  ``router_app`` — ``spotshift router``, the reverse proxy that applies it; ``nginx`` — the same
+  ``router_app`` — ``spotshift router``, the reverse proxy that applies it (``pool``: its sharded
+  connection pools); ``nginx`` — the same
   policy rendered for nginx; ``mtls`` — the local CA and certificate rotation for router <-> replica
   mutual TLS.
 

@@ -178,11 +178,17 @@ class LocalCA:
         )
         return cert.public_bytes(serialization.Encoding.PEM), pem_key
 
+    def _write_ca(self, d: Path) -> None:
+        # unchanged: left alone, so a rotation changes only the leaf (one reload per rotation)
+        path = d / TLS_CA_FILE
+        if not path.exists() or path.read_bytes() != self.ca_pem:
+            atomic_write_bytes(path, self.ca_pem)
+
     def write_server_files(self, tls_dir: Path, name: str, **kwargs: object) -> Path:
         """Issue a server leaf into a replica's ``--tls-dir`` (``ca.pem``, key, then certificate)."""
         cert, key = self.issue(name, "server", **kwargs)  # type: ignore[arg-type]
         d = Path(tls_dir)
-        atomic_write_bytes(d / TLS_CA_FILE, self.ca_pem)
+        self._write_ca(d)
         atomic_write_bytes(d / TLS_KEY_FILE, key)
         atomic_write_bytes(d / TLS_CERT_FILE, cert)
         return d
@@ -191,7 +197,7 @@ class LocalCA:
         """Issue a client leaf into ``tls_dir``: ``ca.pem`` and ``client.pem`` (chain + key, 0600)."""
         cert, key = self.issue(name, "client", **kwargs)  # type: ignore[arg-type]
         d = Path(tls_dir)
-        atomic_write_bytes(d / TLS_CA_FILE, self.ca_pem)
+        self._write_ca(d)
         atomic_write_bytes(d / CLIENT_FILE, cert + key)
         return d
 

@@ -138,8 +138,13 @@ class InferenceTimeModel:
         det = s[0] * s[2] - s[1] * s[1]
         if det <= 1e-9 * max(1.0, s[0] * s[2]):
             return max(0.0, s[3] / s[0]), 0.0
-        slope = max(0.0, (s[0] * s[4] - s[1] * s[3]) / det)
-        return max(0.0, (s[3] - slope * s[1]) / s[0]), slope
+        slope = (s[0] * s[4] - s[1] * s[3]) / det
+        if slope < 0:  # more tokens never take less time: the best flat line
+            return max(0.0, s[3] / s[0]), 0.0
+        base = (s[3] - slope * s[1]) / s[0]
+        if base < 0:  # no negative fixed cost: the best line through the origin
+            return 0.0, max(0.0, s[4] / s[2])
+        return base, slope
 
     def predict(self, replica_id: str, tokens: float) -> float:
         """Predicted service time in ms of ``tokens`` tokens on ``replica_id``."""

@@ -17,7 +17,7 @@ import httpx
 from bench._replica_peer import PeerState, ServerThread, peer_app
 from spotshift.serving import replica_api as api
 from spotshift.serving.policy import ReplicaView
-from spotshift.serving.router import Router, RouterConfig, read_router_signal, signal_path
+from spotshift.serving.router import Router, RouterConfig, estimate_tokens, read_router_signal, signal_path
 from spotshift.serving.router_app import build_app
 
 REPO = Path(__file__).resolve().parents[3]
@@ -65,6 +65,10 @@ def test_router_splits_eighty_twenty_over_http_and_reports_why(spotshift_home: P
     }
     assert {w["replica_id"]: w["weight"] for w in policy["weights"]} == {"cheap": 0.8, "fast": 0.2}
     assert 'spotshift_router_requests_total{endpoint="chat",outcome="ok"} 400' in metrics
+    # the inference-time model learned from the replicas' X-Spotshift-Inference-Ms (peers: ~0 ms),
+    # moving far from its 20 ms + 1 ms/token prior
+    tokens = estimate_tokens(BODY)
+    assert router.model.predict("cheap", tokens) < 5.0 and router.model.predict("fast", tokens) < 5.0
 
 
 def test_a_draining_replica_is_skipped_and_no_request_fails(spotshift_home: Path) -> None:
