@@ -55,7 +55,9 @@ Mutual TLS
 files are replaced atomically by whoever rotates them (the router helper's CA code); the replica
 checks their modification times every second and loads the new chain and CA into its live TLS
 context, so new handshakes use the new certificate while open connections finish on the old one —
-no request dropped. The registered ``url`` is then ``https://127.0.0.1:PORT``.
+no request dropped. A changed ``ca.pem`` is *added* to the trusted set (the previous CA stays
+trusted until the replica restarts), so clients holding certificates of either CA keep working
+through a CA rotation. The registered ``url`` is then ``https://127.0.0.1:PORT``.
 
 Registry
 --------

@@ -72,9 +72,17 @@ async def _reload_tls(server: Any, tls_dir: Path, stop: asyncio.Event) -> None:
         try:
             now = stamp()
             if now != seen:
+                cert, key, ca = (
+                    str(tls_dir / n) for n in (api.TLS_CERT_FILE, api.TLS_KEY_FILE, api.TLS_CA_FILE)
+                )
+                # a rotation caught between its writes (new key, old certificate) must not reach the
+                # live context, which would keep the half it loaded: try a scratch context first
+                scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                scratch.load_cert_chain(cert, key)
+                scratch.load_verify_locations(ca)
                 ctx = server.config.ssl
-                ctx.load_cert_chain(str(tls_dir / api.TLS_CERT_FILE), str(tls_dir / api.TLS_KEY_FILE))
-                ctx.load_verify_locations(str(tls_dir / api.TLS_CA_FILE))
+                ctx.load_cert_chain(cert, key)
+                ctx.load_verify_locations(ca)
                 seen = now
                 log.info("reloaded TLS certificates from %s", tls_dir)
         except (OSError, ssl.SSLError) as exc:  # a rotation half done: keep the old chain, retry

@@ -179,11 +179,31 @@ def test_replica_serves_greedy_completions_metrics_and_usage_facts(
         assert _metric(families, "spotshift_replica_request_latency_seconds_count") == 42
         assert _metric(families, "spotshift_replica_in_flight") == 0
         assert _metric(families, "spotshift_replica_queue_depth") == 0
+
+        # the embedded default applies the user region's round trip on the path
+        from spotshift.serving.latency import rtt_ms
+
+        def fastest_s(**headers: str) -> float:
+            best = float("inf")
+            with httpx.Client(timeout=60) as client:
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    resp = client.post(
+                        r.url + api.COMPLETIONS_PATH, json={"prompt": "a", "max_tokens": 1}, headers=headers
+                    )
+                    assert resp.status_code == 200
+                    best = min(best, time.perf_counter() - t0)
+            return best
+
+        rtt_s = rtt_ms("ap-northeast", GCP) / 1000
+        assert rtt_s > 0.1
+        assert fastest_s(**{api.HEADER_USER_REGION: "ap-northeast"}) - fastest_s() >= 0.8 * rtt_s
+        assert _complete(r.url, max_tokens=1, **{api.HEADER_USER_REGION: "mars"}).status_code == 400
         assert r.stop() == 0
     finally:
         r.kill()
     assert api.live_replicas("chat", include_draining=True) == []
-    _check_usage_and_marts(home, tmp_path, r.replica_id, requests=42)
+    _check_usage_and_marts(home, tmp_path, r.replica_id, requests=48)
 
 
 def _prompt(i: int) -> str:
