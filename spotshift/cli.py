@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "spotshift.simulate.commands",
     "spotshift.serving.simulate_commands",
     "spotshift.serving.commands",
+    "spotshift.serving.router_commands",
     "spotshift.training.commands",
     "spotshift.checkpoint.commands",
     "spotshift.costs.commands",

@@ -84,6 +84,13 @@ CASES: list[tuple[str, list[str]]] = [
     ("bad-int", ["jobs", "add", "j", "--dataset", "corpus", "--total-steps", "abc", "--work-hours", "1"]),
     ("bad-choice", ["quotes", "normalize", "--provider", "nope", "{T}/empty"]),
     ("unknown-option", ["sync", "verify", "file:///x", "--frobnicate"]),
+    # ---- router, tls
+    ("router-undeclared", ["router", "nosuch"]),
+    ("router-bad-slo", ["router", "chat", "--slo-ms", "nan"]),
+    ("router-bad-port", ["router", "chat", "--slo-ms", "500", "--port", "70000"]),
+    ("router-bad-user-region", ["router", "chat", "--slo-ms", "500", "--user-region", "mars"]),
+    ("tls-bad-role", ["tls", "{T}/tls", "--role", "admin"]),
+    ("tls-dir-is-a-file", ["tls", "{T}/empty", "--role", "client"]),
     # ---- quotes
     ("deep-json-aws", ["quotes", "normalize", "--provider", "aws", "{T}/deep.json"]),
     ("deep-json-gcp", ["quotes", "normalize", "--provider", "gcp", "{T}/deep.json"]),
