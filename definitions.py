@@ -15,18 +15,21 @@ import dagster as dg
 import assets.checkpoints
 import assets.costs
 import assets.datasets
+import assets.inference
 import assets.placement
 import assets.quotes
 import assets.training
 import ops.checkpoint
+import ops.inference
 import ops.migration
 import sensors.datasets
+import sensors.inference
 import sensors.jobs
 import sensors.preemption
 import sensors.price_change
 import sensors.price_poll
 import sensors.run_status
-from resources.compute import ComputeBackendResource
+from resources.compute import ComputeBackendResource, ReplicaLauncherResource
 from resources.dbt import dbt_resource
 from resources.keys import KeyProviderResource
 from resources.prices import PriceFeedResource
@@ -40,6 +43,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 # dbt and every subprocess read the warehouse through the same variable as the resource
 os.environ.setdefault("SPOTSHIFT_WAREHOUSE", str(warehouse_path()))
 os.environ.setdefault("SPOTSHIFT_COMPUTE_BACKEND", "local")
+os.environ.setdefault("SPOTSHIFT_REPLICA_LAUNCHER", "local")
 os.environ.setdefault("SPOTSHIFT_KEY_PROVIDER", "")  # empty: the local key file under SPOTSHIFT_HOME
 
 DOMAIN_MODULES: list = [
@@ -57,6 +61,9 @@ DOMAIN_MODULES: list = [
     assets.datasets,
     sensors.datasets,
     assets.costs,
+    assets.inference,
+    ops.inference,
+    sensors.inference,
 ]
 
 
@@ -69,6 +76,7 @@ def build_resources() -> dict[str, object]:
         "compute": ComputeBackendResource(kind=dg.EnvVar("SPOTSHIFT_COMPUTE_BACKEND")),
         "keys": KeyProviderResource(spec=dg.EnvVar("SPOTSHIFT_KEY_PROVIDER")),
         "stores": stores_resource_from_env(),
+        "launcher": ReplicaLauncherResource(kind=dg.EnvVar("SPOTSHIFT_REPLICA_LAUNCHER")),
     }
 
 

@@ -18,8 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spotshift.errors import ConfigError
+from spotshift.errors import ConfigError, SpotshiftError
 from spotshift.serving import replica_api as api
+from spotshift.serving.notices import record_replica_notice
 from spotshift.serving.replica import Replica, ReplicaConfig
 
 log = logging.getLogger("spotshift.serving")
@@ -109,8 +110,17 @@ async def _watch_notices(replica: Replica, location: str, urls: dict[str, str]) 
         notice = controller.notice
         if notice is None:
             return
-        notice.assign_id(replica.cfg.endpoint, location)
-        report = await replica.drain(f"{notice.kind} notice {notice.notice_id}", notice.remaining_s())
+        notice.assign_id(replica.record.replica_id, location)
+        drain = asyncio.ensure_future(
+            replica.drain(f"{notice.kind} notice {notice.notice_id}", notice.remaining_s())
+        )
+        try:  # the trainers' notice path: region-store event + raw.preemptions (while draining)
+            await asyncio.to_thread(
+                record_replica_notice, replica.cfg.endpoint, replica.record.replica_id, location, notice
+            )
+        except (SpotshiftError, OSError) as exc:
+            log.warning("notice %s not recorded: %s", notice.notice_id, exc)
+        report = await drain
         log.warning("drained on %s: %s", notice.notice_id, report)
         w = thread.watcher(notice.kind)
         if w is not None:
