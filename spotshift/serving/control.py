@@ -13,7 +13,9 @@
   replicas from the registry plus launches still provisioning; per-location prices from the
   newest quotes (cheapest per GPU, reserved from on-demand); spot kept out of locations whose
   replicas were preempted recently or whose spot launch failed. The run key is the endpoint plus a
-  digest of that inputs snapshot, so a re-evaluated tick asks for the same run.
+  digest of that inputs snapshot and the launches/terminations it leads to (not the autoscaler's
+  memory): a re-evaluated tick, or the next tick while the world is unchanged, asks for the same
+  run, never a second one; a run that failed is retried once the inputs move (usage, replicas).
 * :func:`apply_scaling` — starts and stops replicas through a
   :class:`~spotshift.serving.launcher.ReplicaLauncher` (stops drain) and records the decision with
   :func:`~spotshift.serving.autoscale.record_scaling_decision`: ``scale_endpoint_job``.
@@ -206,7 +208,6 @@ def plan_scaling(
         "quotes": snapshot_id,
         "no_spot": sorted(no_spot),
         "router_violations": violations,
-        "granted": dict(sorted(mem.granted.items())),
         "launches": [[x.location, x.market, x.count] for x in decision.launches],
         "terminations": [x.replica_id for x in decision.terminations],
     }
