@@ -204,3 +204,40 @@ def test_assets_sensor_and_scale_job_on_real_replicas(home: Path) -> None:
     with warehouse.connect(read_only=True) as con:
         n = con.execute("SELECT count(*) FROM raw.scaling_decisions WHERE terminations = 1").fetchone()[0]
     assert n == 1
+
+
+def test_replica_preemption_takes_the_notice_path_and_moves_spot_to_the_next_cheapest(home: Path) -> None:
+    from spotshift.serving.notices import record_replica_notice
+    from spotshift.training.preemption import PreemptionNotice
+
+    now = datetime.now(UTC)
+    montreal, virginia = "gcp/northamerica-northeast1", "gcp/us-east4"
+    quotes = [
+        make_quote(loc, price, market=market, gpu_count=1)
+        for loc, spot in ((CENTRAL, 1.0), (EAST, 1.2), (montreal, 1.05), (virginia, 1.1))
+        for market, price in (("spot", spot), ("on_demand", 3.0))
+    ]
+    with warehouse.connect() as con:
+        warehouse.append_rows(
+            con,
+            "main.gpu_quotes",
+            [{**q.to_dict(), "observed_at": now, "snapshot_id": "q2", "polled_at": now} for q in quotes],
+        )
+    _usage(0, 12_000.0, "load")
+    ep, launcher = get_endpoint("chat"), LocalReplicaLauncher()
+    before = plan_scaling(ep, launcher, now=now).decision
+    spot_before = {loc for loc, m, _ in before.planned if m == "spot"}
+    assert CENTRAL in spot_before, before.reasons
+
+    notice = PreemptionNotice("gcp_metadata", now, now + timedelta(seconds=30), provider_ref="t1")
+    notice.assign_id("chat-gcp-us-central1-1-1", CENTRAL)
+    record_replica_notice("chat", "chat-gcp-us-central1-1-1", CENTRAL, notice)
+
+    instance = dg.DagsterInstance.ephemeral()
+    sensor = _defs().get_sensor_def("preemption_sensor")
+    assert not getattr(sensor(dg.build_sensor_context(instance=instance)), "run_requests", None)
+
+    after = plan_scaling(ep, launcher, now=now + timedelta(seconds=60)).decision
+    spot_after = {loc for loc, m, _ in after.planned if m == "spot"}
+    assert CENTRAL not in spot_after and spot_after, after.reasons
+    assert sum(n for *_, n in after.planned) >= sum(n for *_, n in before.planned)
