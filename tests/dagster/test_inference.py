@@ -234,6 +234,7 @@ def test_replica_preemption_takes_the_notice_path_and_moves_spot_to_the_next_che
     record_replica_notice("chat", "chat-gcp-us-central1-1-1", CENTRAL, notice)
 
     instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("regions", [CENTRAL])  # a quoted region: the sensor reads its store
     sensor = _defs().get_sensor_def("preemption_sensor")
     assert not getattr(sensor(dg.build_sensor_context(instance=instance)), "run_requests", None)
 
