@@ -30,6 +30,7 @@ from pathlib import Path
 from spotshift.atomic import atomic_write_json
 from spotshift.errors import ConfigError, NotFoundError
 from spotshift.serving import replica_api as api
+from spotshift.training.backend import _process_alive  # the one pid + start-time liveness check
 
 
 @dataclass(frozen=True)
@@ -62,16 +63,6 @@ def launches_dir(endpoint: str) -> Path:
     from spotshift.home import run_dir
 
     return run_dir() / "replicas" / api.check_endpoint_name(endpoint)
-
-
-def _process_alive(pid: int, create_time: float) -> bool:
-    import psutil
-
-    try:
-        p = psutil.Process(pid)
-        return abs(p.create_time() - create_time) < 0.01 and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def _last_line(path: str) -> str:
