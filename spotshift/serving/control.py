@@ -160,7 +160,9 @@ def plan_scaling(
     params: ScalingParams | None = None,
     capacity_tokens_s: float = DEFAULT_CAPACITY_TOKENS_S,
 ) -> ScalingPlan:
-    """Gather ``ep``'s inputs (module docstring) and decide; pure apart from reading state."""
+    """Gather ``ep``'s inputs (module docstring) and decide; pure apart from reading state.
+    :class:`NotFoundError` while the endpoint has no usage history (or the warehouse no quotes)."""
+    from spotshift.errors import NotFoundError
     from spotshift.serving.notices import recent_no_spot, replica_notices
     from spotshift.serving.router import read_router_signal
     from spotshift.warehouse import connect
@@ -170,6 +172,8 @@ def plan_scaling(
     with connect(read_only=True) as con:
         history, rate_now = demand_history(con, ep.name, now, fp.step_s)
         quotes, snapshot_id = location_quotes_now(con, ep)
+    if not history:  # no usage yet: replicas started by hand are not scaled to zero on the first tick
+        raise NotFoundError(f"endpoint {ep.name}: no request history in raw.inference_usage yet")
     records = api.live_replicas(ep.name, include_draining=True)
     replicas = [ReplicaState(r.replica_id, r.location, r.market, r.state) for r in records]
     replicas += [
@@ -188,7 +192,7 @@ def plan_scaling(
     demand, forecast = {}, {}
     for u, share in sorted(ep.users.items()):
         demand[u] = rate_now * share
-        forecast[u] = forecast_demand([h * share for h in history], fp, u).tokens_s if history else 0.0
+        forecast[u] = forecast_demand([h * share for h in history], fp, u).tokens_s
         if new_violations.get(u, 0) > 0:  # the router found no replica within the SLO for u
             demand[u] = max(
                 demand[u], (mem.granted.get(u, 0) + 1) * cap / (params or ScalingParams()).headroom

@@ -149,9 +149,10 @@ def test_assets_sensor_and_scale_job_on_real_replicas(home: Path) -> None:
 
     # demand 3,000 tokens/s now: 1.2 x 3000 / 2400 -> 2 replicas wanted (us-east users: on-demand in
     # us-east1, the one spot-eligible region cannot carry the floor alone), one runs
-    _usage(20, 3000.0, first.replica_id)
     sensor = defs.get_sensor_def("inference_autoscale_sensor")
     ctx = lambda cursor: dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)  # noqa: E731
+    assert sensor(ctx(None)).run_requests == []  # no usage measured yet: the hand-started replica stays
+    _usage(20, 3000.0, first.replica_id)
     r1, r1_again = sensor(ctx(None)), sensor(ctx(None))
     assert len(r1.run_requests) == 1, r1
     assert [r.run_key for r in r1_again.run_requests] == [r1.run_requests[0].run_key]  # re-evaluated tick
