@@ -42,8 +42,8 @@ The rules, per user region ``u``, then per location:
 7. **Reconcile**: launch what the plan lacks; terminate what it has too many of (provisioning
    first, most expensive first), but never committed reserved replicas, and never ready replicas
    while that would leave fewer ready replicas than the plan has (its replacements must be ready
-   first) or less ready capacity than the demand now (make before break: a replacement that never comes, such as a
-   spot launch into a region without capacity, costs nothing but the launch).
+   first) or less ready capacity than the demand now (make before break: a replacement that never
+   comes, such as a spot launch into a region without capacity, costs nothing but the launch).
 """
 
 from __future__ import annotations
