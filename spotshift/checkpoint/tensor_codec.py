@@ -24,7 +24,8 @@ the winner:
     the new bits unchanged (integers without a base).
 
 Planes are stored least significant byte first, each its own zstd frame (one entropy table per
-field instead of one per 128 KiB block of mixed fields).
+field instead of one per 128 KiB block of mixed fields); a tensor smaller than :data:`SPLIT` keeps
+its planes in one frame (``z`` then lists one size), where frame headers would cost more.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ SIGNED = frozenset({"I8", "I16", "I32", "I64"})
 TRANSFORMS = ("ulp", "rot", "rotsub", "xor", "bits")
 #: elements the transform is chosen on (an evenly strided sample of larger tensors)
 SAMPLE = 1 << 13
+#: tensors smaller than this (bytes) keep all their planes in one zstd frame
+SPLIT = 1 << 14
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
@@ -153,7 +156,10 @@ def encode_tensor(
         su = np.ascontiguousarray(u[::step])
         sb = None if b is None else np.ascontiguousarray(b[::step])
         best = min(options, key=lambda t: sum(_entropy_bytes(p) for p in _forward(t, su, sb, dtype)[-2:]))
-    return best, [cctx.compress(p.tobytes()) for p in _forward(best, u, b, dtype)]
+    planes = _forward(best, u, b, dtype)
+    if raw.size < SPLIT:  # one frame: per-plane frames would cost more in headers than they save
+        return best, [cctx.compress(planes.tobytes())]
+    return best, [cctx.compress(p.tobytes()) for p in planes]
 
 
 def decompress(dctx: Any, blob: bytes | memoryview, size: int, what: str) -> np.ndarray:
@@ -185,14 +191,17 @@ def decode_tensor(
     width = itemsize if itemsize in _UINT and size % itemsize == 0 else 1
     if transform not in TRANSFORMS:
         raise IntegrityError(f"{what}: unknown transform {transform!r}")
-    if len(blobs) != width:
+    if len(blobs) not in (1, width):
         raise IntegrityError(f"{what}: {len(blobs)} byte planes for {width}-byte elements")
     if transform in ("ulp", "rotsub", "xor") and base is None:
         raise IntegrityError(f"{what}: transform {transform} needs a base tensor")
     n = size // width
-    planes = np.empty((width, n), dtype=np.uint8)
-    for i, blob in enumerate(blobs):
-        planes[i] = decompress(dctx, blob, n, what)
+    if len(blobs) == 1:
+        planes = decompress(dctx, blobs[0], size, what).reshape(width, n).copy()
+    else:
+        planes = np.empty((width, n), dtype=np.uint8)
+        for i, blob in enumerate(blobs):
+            planes[i] = decompress(dctx, blob, n, what)
     uint = _UINT[width]
     b = None if base is None else element_view(base, dtype, width)
     if transform == "rotsub":
