@@ -41,7 +41,7 @@ FLOATS = frozenset({"F16", "BF16", "F32", "F64"})
 SIGNED = frozenset({"I8", "I16", "I32", "I64"})
 TRANSFORMS = ("ulp", "rot", "rotsub", "xor", "bits")
 #: elements the transform is chosen on (an evenly strided sample of larger tensors)
-SAMPLE = 1 << 13
+SAMPLE = 1 << 12
 #: tensors smaller than this (bytes) keep all their planes in one zstd frame
 SPLIT = 1 << 14
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -51,19 +51,21 @@ def contexts() -> tuple[Any, Any]:
     """A zstd compressor and decompressor for one delta (reused across its tensors; not thread-safe)."""
     import zstandard
 
-    return zstandard.ZstdCompressor(level=ZSTD_LEVEL), zstandard.ZstdDecompressor()
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1), zstandard.ZstdDecompressor()
 
 
 def _ordered(u: np.ndarray, dtype: str) -> np.ndarray:
     """Bits -> unsigned integers in the order of the values they encode (a bijection): floats flip
-    all bits when negative and the sign bit otherwise, signed integers flip the sign bit."""
+    all bits when negative and the sign bit otherwise, signed integers flip the sign bit. Always a
+    new array (callers modify it in place)."""
     shift = 8 * u.dtype.itemsize - 1
     top = u.dtype.type(1 << shift)
     if dtype in FLOATS:
         mask = u.dtype.type(0) - (u >> shift)
         mask |= top
-        return mask ^ u
-    return u ^ top if dtype in SIGNED else u
+        mask ^= u
+        return mask
+    return u ^ top if dtype in SIGNED else u.copy()
 
 
 def _unordered(o: np.ndarray, dtype: str) -> np.ndarray:
@@ -78,8 +80,12 @@ def _unordered(o: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def _zigzag(d: np.ndarray) -> np.ndarray:
+    """Two's complement -> 0, -1, 1, -2, ... as 0, 1, 2, 3, ... (in place on ``d``)."""
     s = d.view(d.dtype.str.replace("u", "i"))
-    return ((s << 1) ^ (s >> (8 * d.dtype.itemsize - 1))).view(d.dtype)
+    sign = s >> (8 * d.dtype.itemsize - 1)
+    s <<= 1
+    s ^= sign
+    return d
 
 
 def _unzigzag(z: np.ndarray) -> np.ndarray:
@@ -127,7 +133,9 @@ def _forward(transform: str, u: np.ndarray, b: np.ndarray | None, dtype: str) ->
     if transform == "xor":
         return _planes(u ^ b)
     if transform == "ulp":
-        return _planes(_zigzag(_ordered(u, dtype) - _ordered(b, dtype)))  # type: ignore[arg-type]
+        d = _ordered(u, dtype)
+        d -= _ordered(b, dtype)  # type: ignore[arg-type]
+        return _planes(_zigzag(d))
     planes = _planes(_rotl(u))
     if transform == "rotsub":
         planes[-1] -= _top_byte(_rotl(b))  # type: ignore[arg-type]
@@ -151,7 +159,7 @@ def encode_tensor(
     b = None if base is None else element_view(base, dtype, itemsize)
     options = _options(dtype, b is not None)
     best = options[0]
-    if len(options) > 1:
+    if len(options) > 1 and raw.size >= SPLIT:  # small tensors: the first option, not worth a trial
         step = max(1, u.size // SAMPLE)
         su = np.ascontiguousarray(u[::step])
         sb = None if b is None else np.ascontiguousarray(b[::step])

@@ -26,10 +26,6 @@ def test_bench_checkpoint_quick() -> None:
     assert doc["machine"]["cores"] and doc["quick"] is True
     for row in doc["emergency_checkpoint"]:
         assert row["latency_s"] > 0 and set(row["share"]) >= {"serialize", "encrypt", "write", "upload"}
-    for variant in ("full_finetune", "top_block_finetune", "lora_finetune"):
-        d = doc["delta"][variant]
-        assert d["method"] == "tensor_delta" and 0 < d["delta_ratio"] < 1 and d["cdc_reuse_stored"] == 0.0
-    assert doc["delta"]["lora_finetune"]["delta_ratio"] < doc["delta"]["full_finetune"]["delta_ratio"]
     assert doc["encryption"]["encrypt_gbps"] > 0
     v = doc["verification"]
     assert (
@@ -37,3 +33,30 @@ def test_bench_checkpoint_quick() -> None:
         and v["verify_first_vs_unverified"] > 0
         and v["verify_alongside_vs_unverified"] > 0
     )
+
+
+@pytest.mark.slow
+def test_bench_delta_quick() -> None:
+    """Both codecs on the same checkpoint pairs; every figure the README's delta table quotes."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "bench_delta.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    doc = json.loads((REPO / "bench" / "results" / "delta_quick.json").read_text())
+    assert doc["machine"]["cores"] and doc["quick"] is True
+    for variant in ("full_finetune", "top_block_finetune", "lora_finetune"):
+        d = doc[variant]
+        assert d["method"] == "tensor_delta" and 0 < d["delta_ratio"] < 1 and d["cdc_reuse_stored"] == 0.0
+        c = d["codecs"]
+        assert c["v2"]["delta_sent_bytes"] == d["bytes_sent"]  # what migrate shipped is format 2
+        for fmt in ("v1", "v2"):
+            assert 0 < c[fmt]["ratio"] < 1 and c[fmt]["encode_mb_s"] > 0 and c[fmt]["decode_mb_s"] > 0
+    assert doc["lora_finetune"]["delta_ratio"] < doc["full_finetune"]["delta_ratio"]
+    fams = doc["full_finetune"]["families"]
+    assert {"weights", "exp_avg", "exp_avg_sq"} <= set(fams)
+    for fam in ("exp_avg", "exp_avg_sq"):
+        assert 0 < fams[fam]["low_planes_h0_ratio"] < 1 and 0 < fams[fam]["mantissa_lzma_ratio"] <= 1.01
