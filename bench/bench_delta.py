@@ -10,7 +10,9 @@ the checkpoints at fine-tuning steps 500 and 1000 it reports, per regime:
   format-1 encoder in ``bench/_delta_v1.py``);
 - encode and decode throughput of both codecs on the same plaintext (MB of new checkpoint per
   second, best of 3; both decoded by the library's ``apply_delta``, which reads either format);
-- what content-defined chunking (pyfastcdc, 64 KiB average) would reuse, stored and plaintext.
+- what content-defined chunking (pyfastcdc, 64 KiB average) would reuse, stored and plaintext;
+- throughput of both codecs on large tensors (a synthetic pair, 3 x 2M fp32 parameters), where
+  the trainer's small model has mostly small tensors.
 
 For full fine-tuning it also breaks the delta down by tensor family (weights, ``exp_avg``,
 ``exp_avg_sq``) with the order-0 entropy of the three low byte planes of the chosen transform:
@@ -157,6 +159,46 @@ def families(new: dict[str, bytes], base: dict[str, bytes]) -> dict[str, Any]:
     return out
 
 
+def large_tensors(n: int) -> dict[str, Any]:
+    """Throughput on large tensors (per-tensor overheads out of the picture): a synthetic pair of
+    ``n``-parameter fp32 weights that moved a little, fresh first moments and second moments that
+    kept their order of magnitude, both codecs, same run."""
+    import numpy as np
+
+    from spotshift.checkpoint.delta import apply_delta, compute_delta
+    from spotshift.checkpoint.format import part_layout
+
+    rng = np.random.default_rng(20)
+    w = (rng.standard_normal(n) * 0.02).astype(np.float32)
+    v = np.exp(rng.uniform(-25, -12, n)).astype(np.float32)
+    old = {"w": w, "m": (rng.standard_normal(n) * 1e-4).astype(np.float32), "v": v}
+    new = {
+        "w": w + (rng.standard_normal(n) * 2e-3).astype(np.float32),
+        "m": (rng.standard_normal(n) * 1e-4).astype(np.float32),
+        "v": v * np.exp(rng.standard_normal(n) * 0.5).astype(np.float32),
+    }
+
+    def parts(tensors: dict[str, Any]) -> dict[str, bytes]:
+        header, views = part_layout(tensors)
+        return {"state": header + b"".join(bytes(r) for _, r in views)}
+
+    base_p, new_p = parts(old), parts(new)
+    size = len(new_p["state"])
+    out: dict[str, Any] = {"params_per_tensor": n, "plain_bytes": size}
+    for fmt, encode in (("v1", compute_delta_v1), ("v2", lambda a, b: compute_delta(a, b)[0])):
+        enc_s, delta = best_of(lambda: encode(new_p, base_p))  # noqa: B023
+        dec_s, rebuilt = best_of(lambda: apply_delta(delta, base_p, what=fmt))  # noqa: B023
+        assert rebuilt == new_p
+        out[fmt] = {
+            "ratio": round(len(delta) / size, 4),
+            "encode_mb_s": round(size / enc_s / 1e6, 1),
+            "decode_mb_s": round(size / dec_s / 1e6, 1),
+        }
+    out["v2_vs_v1_encode_speed"] = round(out["v2"]["encode_mb_s"] / out["v1"]["encode_mb_s"], 2)
+    out["v2_vs_v1_decode_speed"] = round(out["v2"]["decode_mb_s"] / out["v1"]["decode_mb_s"], 2)
+    return out
+
+
 def make_corpora(root: Path) -> dict[str, Any]:
     from spotshift.training.data import prepare_tokens
 
@@ -285,6 +327,8 @@ def main() -> int:
     os.environ["SPOTSHIFT_HOME"] = str(root / "home")  # the local KEK lives there
     try:
         result: dict[str, Any] = {"quick": args.quick, **bench_delta(args.quick, root)}
+        result["large_tensors"] = large_tensors(1 << 18 if args.quick else 1 << 21)
+        print(f"large tensors: {result['large_tensors']}", flush=True)
         result["peak_rss_mib"] = round(peak_rss_mib(), 1)
         write_result("delta_quick" if args.quick else "delta", result)
     finally:

@@ -60,3 +60,5 @@ def test_bench_delta_quick() -> None:
     assert {"weights", "exp_avg", "exp_avg_sq"} <= set(fams)
     for fam in ("exp_avg", "exp_avg_sq"):
         assert 0 < fams[fam]["low_planes_h0_ratio"] < 1 and 0 < fams[fam]["mantissa_lzma_ratio"] <= 1.01
+    big = doc["large_tensors"]
+    assert big["v1"]["encode_mb_s"] > 0 and big["v2"]["decode_mb_s"] > 0 and 0 < big["v2"]["ratio"] < 1
