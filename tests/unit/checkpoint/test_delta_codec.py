@@ -187,7 +187,8 @@ def test_a_tensor_that_does_not_match_its_digest_is_refused() -> None:
     rng = np.random.default_rng(5)
     noise = rng.integers(0, 2**32, size=4096, dtype=np.uint32)  # incompressible low planes
     base = {"model": part({"w": ("F32", [4096], noise.tobytes())})}
-    new = {"model": part({"w": ("F32", [4096], (noise + 1).tobytes())})}
+    step = rng.integers(0, 1 << 16, size=4096, dtype=np.uint32)  # random low ULP-distance bytes: stored raw
+    new = {"model": part({"w": ("F32", [4096], (noise + step).tobytes())})}
     plain, _ = compute_delta(new, base)
     bad = tampered(plain, "model/w")
     with pytest.raises(IntegrityError) as err:
@@ -235,3 +236,45 @@ def test_header_of_new_part_is_kept() -> None:
     new = {"m": part({"a": ("F32", [1], b"\0\0\0@"), "b": ("I8", [2], b"\x01\xff")})}
     out = apply_delta(compute_delta(new, base)[0], base, what="t")
     assert out == new and parse_safetensors(out["m"], what="t")[0]["b"]["dtype"] == "I8"
+
+
+def test_tampered_delta_object_is_refused_and_nothing_committed(spotshift_home: Path) -> None:
+    """A delta object that authenticates but rebuilds a wrong tensor (a codec bug, a bad encoder)
+    is refused at the target in one line naming the delta and the tensor; the base stays latest."""
+    from spotshift.checkpoint.format import (
+        CheckpointPayload,
+        StoredCheckpoint,
+        open_checkpoint,
+        write_checkpoint,
+    )
+    from spotshift.checkpoint.keys import LocalKeyProvider
+    from spotshift.checkpoint.migrate import _encrypt_delta, apply_delta_object, migrate_checkpoint
+    from spotshift.home import region_store_url
+    from spotshift.sync.store import open_store
+
+    src, dst = open_store(region_store_url("gcp/us-central1")), open_store(region_store_url("aws/us-east-1"))
+    keys = LocalKeyProvider(create=True)
+    g = torch.Generator().manual_seed(9)
+    w = torch.randint(-(2**31), 2**31 - 1, (8192,), generator=g, dtype=torch.int32).view(torch.float32)
+
+    def payload(step: int, weights: torch.Tensor) -> CheckpointPayload:
+        return CheckpointPayload(
+            "ft", step, step, "periodic", "gcp/us-central1", {"step": step}, {"model": {"w": weights}}
+        )
+
+    write_checkpoint(src, payload(1, w), keys)
+    migrate_checkpoint(src, "ft", dst, keys)
+    base_id = open_checkpoint(dst, "ft").checkpoint_id
+    step = torch.randint(0, 1 << 16, (8192,), generator=g, dtype=torch.int32)  # random low ULP-distance bytes
+    new = write_checkpoint(src, payload(2, (w.view(torch.int32) + step).view(torch.float32)), keys)
+    ck = StoredCheckpoint(src, "ft", new.checkpoint_id)
+    plain, _ = compute_delta(ck.read_parts(keys), open_checkpoint(dst, "ft").read_parts(keys))
+    key = "checkpoints/ft/incoming/1.x.delta"
+    dst.put_bytes(key, _encrypt_delta("ft", ck, base_id, tampered(plain, "model/w"), keys))
+    with pytest.raises(IntegrityError) as err:
+        apply_delta_object(dst, key, keys)
+    assert (
+        str(err.value)
+        == f"delta {key} in {dst.url}: part model: tensor w: rebuilt tensor does not match its digest"
+    )
+    assert open_checkpoint(dst, "ft").checkpoint_id == base_id and not dst.exists(key)
