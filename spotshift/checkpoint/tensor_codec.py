@@ -69,14 +69,17 @@ def _ordered(u: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def _unordered(o: np.ndarray, dtype: str) -> np.ndarray:
+    """Inverse of :func:`_ordered`, in place on ``o``."""
     shift = 8 * o.dtype.itemsize - 1
     top = o.dtype.type(1 << shift)
     if dtype in FLOATS:
         mask = o >> shift
         mask -= o.dtype.type(1)
         mask |= top
-        return mask ^ o
-    return o ^ top if dtype in SIGNED else o
+        o ^= mask
+    elif dtype in SIGNED:
+        o ^= top
+    return o
 
 
 def _zigzag(d: np.ndarray) -> np.ndarray:
@@ -89,7 +92,12 @@ def _zigzag(d: np.ndarray) -> np.ndarray:
 
 
 def _unzigzag(z: np.ndarray) -> np.ndarray:
-    return (z >> 1) ^ (z.dtype.type(0) - (z & 1))
+    """Inverse of :func:`_zigzag`, in place on ``z``."""
+    sign = z & 1
+    np.negative(sign, out=sign)  # 1 -> all ones (unsigned wrap-around)
+    z >>= 1
+    z ^= sign
+    return z
 
 
 def _rotl(u: np.ndarray) -> np.ndarray:
@@ -97,7 +105,11 @@ def _rotl(u: np.ndarray) -> np.ndarray:
 
 
 def _rotr(u: np.ndarray) -> np.ndarray:
-    return (u >> 1) | (u << (8 * u.dtype.itemsize - 1))
+    """Inverse of :func:`_rotl`, in place on ``u``."""
+    low = u << (8 * u.dtype.itemsize - 1)
+    u >>= 1
+    u |= low
+    return u
 
 
 def _planes(u: np.ndarray) -> np.ndarray:
@@ -106,7 +118,7 @@ def _planes(u: np.ndarray) -> np.ndarray:
 
 
 def _unplanes(planes: np.ndarray, uint: Any) -> np.ndarray:
-    return np.ascontiguousarray(planes.T).view(uint).reshape(-1)
+    return planes.T.copy(order="C").view(uint).reshape(-1)  # always a new, writable array
 
 
 def _entropy_bytes(plane: np.ndarray) -> float:
@@ -205,20 +217,22 @@ def decode_tensor(
         raise IntegrityError(f"{what}: transform {transform} needs a base tensor")
     n = size // width
     if len(blobs) == 1:
-        planes = decompress(dctx, blobs[0], size, what).reshape(width, n).copy()
+        planes = decompress(dctx, blobs[0], size, what).reshape(width, n)
     else:
         planes = np.empty((width, n), dtype=np.uint8)
         for i, blob in enumerate(blobs):
             planes[i] = decompress(dctx, blob, n, what)
     uint = _UINT[width]
     b = None if base is None else element_view(base, dtype, width)
+    v = _unplanes(planes, uint)  # a new array: the steps below work in place
     if transform == "rotsub":
-        planes[-1] += _top_byte(_rotl(b))  # type: ignore[arg-type]
-    v = _unplanes(planes, uint)
+        _top_byte(v)[:] += _top_byte(_rotl(b))  # type: ignore[arg-type]
     if transform in ("rot", "rotsub"):
-        v = _rotr(v)
+        _rotr(v)
     elif transform == "ulp":
-        v = _unordered(_unzigzag(v) + _ordered(b, dtype), dtype)
+        _unzigzag(v)
+        v += _ordered(b, dtype)  # type: ignore[arg-type]
+        _unordered(v, dtype)
     elif transform == "xor":
-        v = v ^ b
+        v ^= b
     return v.view(np.uint8)
