@@ -1,6 +1,6 @@
 """Lossless coding of one tensor against its base: bit transforms, byte planes, one zstd frame per plane.
 
-The delta format v2 (:mod:`spotshift.checkpoint.delta`) codes every changed tensor as
+Delta format 2 (:mod:`spotshift.checkpoint.delta`) codes every changed tensor as
 ``transform -> byte planes -> zstd per plane``. A transform is a bijection on the tensor's
 elements seen as unsigned integers of the element width, so any bit pattern (NaN payloads, ±inf,
 -0.0, subnormals) round-trips. Which transform wins depends on the tensor family; the encoder
@@ -19,7 +19,7 @@ the winner:
     ``rot`` whose exponent plane is the difference to the base's exponent plane: an element's
     second moment keeps its order of magnitude between checkpoints.
 ``xor``
-    the bits XOR the base's (format v1's only transform), for integers and ties.
+    the bits XOR the base's (format 1's only transform), tried for integers next to ``ulp``.
 ``bits``
     the new bits unchanged (integers without a base).
 

@@ -1,4 +1,4 @@
-"""The checkpoint benchmark runs end to end at small sizes and reports every figure the README quotes."""
+"""The checkpoint and delta benchmarks run end to end at small sizes and report every figure the README quotes."""
 
 from __future__ import annotations
 
@@ -12,18 +12,24 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 
 
-@pytest.mark.slow
-def test_bench_checkpoint_quick() -> None:
+def run_quick(name: str) -> dict:
+    """Run ``bench/bench_<name>.py --quick`` and return its ``bench/results/<name>_quick.json``."""
     out = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "bench_checkpoint.py"), "--quick"],
+        [sys.executable, str(REPO / "bench" / f"bench_{name}.py"), "--quick"],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=REPO,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    doc = json.loads((REPO / "bench" / "results" / "checkpoint_quick.json").read_text())
+    doc = json.loads((REPO / "bench" / "results" / f"{name}_quick.json").read_text())
     assert doc["machine"]["cores"] and doc["quick"] is True
+    return doc
+
+
+@pytest.mark.slow
+def test_bench_checkpoint_quick() -> None:
+    doc = run_quick("checkpoint")
     for row in doc["emergency_checkpoint"]:
         assert row["latency_s"] > 0 and set(row["share"]) >= {"serialize", "encrypt", "write", "upload"}
     assert doc["encryption"]["encrypt_gbps"] > 0
@@ -38,16 +44,7 @@ def test_bench_checkpoint_quick() -> None:
 @pytest.mark.slow
 def test_bench_delta_quick() -> None:
     """Both codecs on the same checkpoint pairs; every figure the README's delta table quotes."""
-    out = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "bench_delta.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    doc = json.loads((REPO / "bench" / "results" / "delta_quick.json").read_text())
-    assert doc["machine"]["cores"] and doc["quick"] is True
+    doc = run_quick("delta")
     for variant in ("full_finetune", "top_block_finetune", "lora_finetune"):
         d = doc[variant]
         assert d["method"] == "tensor_delta" and 0 < d["delta_ratio"] < 1 and d["cdc_reuse_stored"] == 0.0
