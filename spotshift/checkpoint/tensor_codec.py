@@ -182,14 +182,17 @@ def encode_tensor(
     u = element_view(raw, dtype, itemsize)
     b = None if base is None else element_view(base, dtype, itemsize)
     options = _options(dtype, b is not None)
-    best = options[0]
-    if len(options) > 1 and raw.size >= TRIAL_MIN:
+    if len(options) == 1 or raw.size < TRIAL_MIN:
+        best, planes = options[0], _forward(options[0], u, b, dtype)
+    else:
         step = max(1, u.size // SAMPLE)
-        su = np.ascontiguousarray(u[::step])
-        sb = None if b is None else np.ascontiguousarray(b[::step])
-        tops = np.concatenate([_forward(t, su, sb, dtype)[-2:] for t in options])  # two planes per option
-        best = options[int(np.argmin(_plane_entropies(tops).reshape(len(options), -1).sum(axis=1)))]
-    planes = _forward(best, u, b, dtype)
+        su = u if step == 1 else np.ascontiguousarray(u[::step])
+        sb = b if step == 1 or b is None else np.ascontiguousarray(b[::step])
+        trial = [_forward(t, su, sb, dtype) for t in options]
+        tops = np.concatenate([p[-2:] for p in trial])  # the two most significant planes of each
+        pick = int(np.argmin(_plane_entropies(tops).reshape(len(options), -1).sum(axis=1)))
+        best = options[pick]
+        planes = trial[pick] if step == 1 else _forward(best, u, b, dtype)  # whole tensor tried: reuse
     if raw.size < SPLIT:  # one frame: per-plane frames would cost more in headers than they save
         return best, [cctx.compress(planes.tobytes())]
     return best, [cctx.compress(p.tobytes()) for p in planes]
