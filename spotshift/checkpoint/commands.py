@@ -73,8 +73,9 @@ def register(sub: Any) -> None:
     mig = cs.add_parser(
         "migrate",
         help="copy a checkpoint to another store, as an encrypted tensor delta when the target has an older one",
-        description="Sends XOR+zstd tensor deltas against --base (default: the newest older checkpoint of the "
-        "job in the target), applies them at the target and verifies the content hash; falls back to a full "
+        description="Sends a lossless tensor delta (per-tensor bit transforms, byte planes, zstd) against --base "
+        "(default: the newest older checkpoint of the job in the target), applies it at the target, checks each "
+        "rebuilt tensor's digest and the content hash; falls back to a full "
         "copy when the delta is not smaller than 90% of it. Records the transfer in raw.transfers.",
     )
     mig.add_argument("src", help="source checkpoint path or URL")
