@@ -17,6 +17,7 @@ from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtC
 
 from resources.dbt import dbt_project
 from resources.warehouse import WarehouseResource
+from spotshift.costs.dbt import prepare_build
 from spotshift.warehouse import first_row
 
 GROUP = "cost_analytics"
@@ -82,8 +83,7 @@ def _warehouse_env(path: str) -> Iterator[None]:
 )
 def dbt_costs(context: AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource):
     """``dbt build`` of the selected dbt_costs models (data tests become asset checks)."""
-    with warehouse.get_connection():
-        pass  # creates schema raw and its tables, so sources resolve on a new warehouse
+    prepare_build(warehouse.database)  # schema raw (sources resolve) and the simulated baselines
     with _warehouse_env(warehouse.database):
         invocation = dbt.cli(["build"], context=context)
     yield from invocation.stream()
@@ -146,7 +146,8 @@ def focus_1_2_conformance(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=not problems,
         metadata={
-            "rows": rows,
+            "rows": dg.MetadataValue.int(int(rows)),
+            "problem_count": dg.MetadataValue.int(len(problems)),
             "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
         },
     )

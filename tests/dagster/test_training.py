@@ -152,6 +152,43 @@ def test_training_chain_and_blocking_shadow_checks(spotshift_home: Path) -> None
     assert usage >= 3 + 4  # three training runs and four shadow runs
 
 
+def test_shadow_check_results_carry_measured_values_as_numbers() -> None:
+    """Every shadow check records its measured value and limit as plottable numbers."""
+    from assets.training import shadow_verdicts
+
+    cmp = {
+        "job": "tiny",
+        "steps": 6,
+        "max_loss_diff": 0.02,
+        "max_grad_norm_rel_diff": 0.01,
+        "max_activation_rel_diff": 0.03,
+        "checkpoint_bytes_equal": False,
+        "source_checkpoint_hash": "a" * 64,
+        "target_checkpoint_hash": "b" * 64,
+        "source_checkpoint_bytes": 1000,
+        "target_checkpoint_bytes": 1004,
+        "thresholds": {
+            "max_loss_diff": 0.01,
+            "max_grad_norm_rel_diff": 0.05,
+            "max_activation_rel_diff": 0.05,
+            "require_identical_checkpoint": False,
+        },
+    }
+    verdicts = shadow_verdicts(cmp)
+    loss = verdicts["loss_divergence"]
+    assert not loss.passed
+    assert isinstance(loss.metadata["max_loss_diff"], dg.FloatMetadataValue)
+    assert loss.metadata["max_loss_diff"].value == 0.02 and loss.metadata["limit"].value == 0.01
+    assert (
+        verdicts["grad_norms"].passed
+        and verdicts["grad_norms"].metadata["max_grad_norm_rel_diff"].value == 0.01
+    )
+    assert verdicts["activations"].metadata["limit"].value == 0.05
+    assert verdicts["checkpoint_bytes"].metadata["target_checkpoint_bytes"].value == 1004.0
+    for name, verdict in verdicts.items():
+        assert isinstance(verdict.metadata["steps"], dg.IntMetadataValue), name
+
+
 @pytest.mark.slow
 def test_emergency_checkpoint_op_stops_a_live_trainer(spotshift_home: Path) -> None:
     from ops.checkpoint import emergency_checkpoint_job
