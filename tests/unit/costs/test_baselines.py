@@ -11,10 +11,9 @@ from spotshift.costs.baselines import TABLE, first_spot_placements, record_basel
 from spotshift.costs.fixtures import write_facts
 from spotshift.simulate.traces import AvailabilityTrace, save_availability
 from spotshift.warehouse import connect
-from tests.unit.costs.conftest import HAND_JOB, _t, hand_facts
+from tests.unit.costs.conftest import HAND_JOB, HAND_OUTAGE, _t, hand_facts
 
-#: gcp/tiny-1 from the hand job's start (04:00): capacity for 1 h, none for 1 h, then always
-OUTAGE = AvailabilityTrace(600, tuple([1] * 6 + [0] * 6 + [1] * 200), "gcp/tiny-1")
+OUTAGE = HAND_OUTAGE
 
 
 def _warehouse(tmp_path: Path) -> Path:
