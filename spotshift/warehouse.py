@@ -171,7 +171,11 @@ RAW_TABLES: dict[str, tuple[Column, ...]] = {
     "migrations": _cols(
         ("migration_id", "VARCHAR", "Run key of the migration"),
         ("job", "VARCHAR", "Training job name"),
-        ("trigger", "VARCHAR", "place | price | preemption | rollback"),
+        (
+            "trigger",
+            "VARCHAR",
+            "place | price | preemption (a rolled-back move keeps the trigger that started it)",
+        ),
         ("from_location", "VARCHAR", "provider/region the job left"),
         ("to_location", "VARCHAR", "provider/region the job moved to"),
         ("started_at", "TIMESTAMP", "Start of the migration (UTC)"),

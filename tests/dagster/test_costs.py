@@ -108,7 +108,9 @@ def test_materialize_dbt_assets_and_cost_report_into_temp_home(spotshift_home: P
     usd_keys = [k for k in meta if k.endswith("_usd")]
     assert {"actual_usd", "on_demand_usd", "bound_first_spot_never_preempted_usd"} <= set(usd_keys)
     for key in usd_keys:  # USD to the cent, numbers the UI can plot
-        assert isinstance(meta[key], dg.FloatMetadataValue) and meta[key].value == round(meta[key].value, 2), key
+        assert isinstance(meta[key], dg.FloatMetadataValue) and meta[key].value == round(
+            meta[key].value, 2
+        ), key
     pct = meta["saving_vs_on_demand_pct"].value  # a percentage, not a bare fraction
     assert isinstance(meta["saving_vs_on_demand_pct"], dg.FloatMetadataValue) and 1.0 < abs(pct) <= 100.0
     assert "saving_vs_on_demand" not in meta
