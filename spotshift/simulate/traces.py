@@ -147,6 +147,16 @@ def write_trace(path: str | Path, trace: AvailabilityTrace, *, start: datetime |
     return atomic_write_json(path, doc)
 
 
+def available_from(trace: AvailabilityTrace, hours: float) -> AvailabilityTrace:
+    """``trace`` with capacity everywhere from ``hours`` on (no wrap-around after it): the
+    availability a job met when losses past that time were not enforced (the demo's injector stops
+    delivering notices after a set number), so a baseline faces the same world."""
+    cut = max(0, int(math.floor(hours * 3600.0 / trace.gap_seconds + 1e-9)))
+    if cut >= len(trace.data):
+        return trace
+    return AvailabilityTrace(trace.gap_seconds, trace.data[:cut] + (1,) * (len(trace.data) - cut), trace.name)
+
+
 def availability_dir() -> Path:
     """Where the spot availability the pipeline faces is kept: ``$SPOTSHIFT_HOME/traces``.
 

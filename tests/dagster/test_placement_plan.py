@@ -81,7 +81,9 @@ def test_placement_plan_materializes_and_records(spotshift_home: Path) -> None:
     limits = checks[0].metadata  # measured values as numbers the UI can plot
     assert isinstance(limits["violation_count"], dg.IntMetadataValue) and limits["violation_count"].value == 0
     assert isinstance(limits["target_usd_per_hour"], dg.FloatMetadataValue)
-    assert 0 < limits["target_usd_per_hour"].value <= limits["max_usd_per_hour"].value
+    assert limits["target_usd_per_hour"].value > 0
+    if "max_usd_per_hour" in limits:  # only when the job sets a ceiling
+        assert limits["target_usd_per_hour"].value <= limits["max_usd_per_hour"].value
     assert limits["target_topology_score"].value >= limits["min_topology_score"].value
     with warehouse.connect(read_only=True) as con:
         assert con.execute("select job, action, best_location from raw.decisions").fetchall() == [

@@ -71,3 +71,16 @@ def test_no_trace_no_invented_baseline(spotshift_home: Path, tmp_path: Path) -> 
     with connect(path) as con:
         assert record_baselines(con, now=datetime(2024, 5, 2)) == 0
     assert _rows(path) == []
+
+
+def test_enforced_availability_round_trips_with_its_start(spotshift_home: Path) -> None:
+    """The demo keeps what its injector enforced: losses after the notice cap are not the job's world."""
+    from spotshift.simulate.traces import available_from, load_availability
+
+    start = datetime(2024, 5, 1, 4, 0)
+    capped = available_from(OUTAGE, 1.5)  # deliveries stopped 90 minutes in: the outage ends there
+    assert capped.data[:9] == OUTAGE.data[:9] and set(capped.data[9:]) == {1}
+    save_availability({"gcp/tiny-1": capped}, start)
+    trace, at, path = load_availability("gcp/tiny-1")  # type: ignore[misc]
+    assert trace.data == capped.data and at.replace(tzinfo=None) == start and path.name == "gcp_tiny-1.json"
+    assert load_availability("aws/nowhere-1") is None
