@@ -60,7 +60,9 @@ def price_series(con: Any) -> tuple[str | None, tuple[Any, Any], dict[str, tuple
                FROM stg_spotshift__price_quotes
                WHERE market = 'spot' AND gpu_model = ?
                  AND (CAST(? AS INTEGER) IS NULL OR gpu_count = ?)
-                 AND (CAST(? AS TIMESTAMP) IS NULL OR polled_at BETWEEN ? AND ?)
+                 -- from the poll in force when the window opens (prices hold until the next poll)
+                 AND (CAST(? AS TIMESTAMP) IS NULL OR polled_at BETWEEN coalesce(
+                     (SELECT max(polled_at) FROM stg_spotshift__price_quotes WHERE polled_at <= ?), ?) AND ?)
                GROUP BY ALL
            ),
            involved AS (
@@ -74,7 +76,7 @@ def price_series(con: Any) -> tuple[str | None, tuple[Any, Any], dict[str, tuple
            SELECT location, polled_at, price FROM series
            WHERE location IN (SELECT location FROM involved UNION SELECT location FROM cheapest)
            ORDER BY location, polled_at""",
-        [model, count, count, window[0], window[0], window[1], PRICE_PLOT_LOCATIONS],
+        [model, count, count, window[0], window[0], window[0], window[1], PRICE_PLOT_LOCATIONS],
     ).fetchall()
     series: dict[str, tuple[list, list]] = {}
     for location, at, price in rows:

@@ -225,7 +225,7 @@ def format_text(report: CostReport) -> str:
         f"  baseline stay on first spot, paying for its preemptions ${_usd(t['stay_first_spot_usd'])} "
         f"(saving {_pct(t['saving_vs_stay_first_spot'])})",
         f"  bound: first spot never preempted ${_usd(t['first_spot_bound_usd'])} "
-        "(a lower bound no spot job reaches, not a baseline)",
+        "(what staying would cost if never preempted: a lower bound for staying, not a baseline)",
         "",
         "Savings per job (USD; baselines price the same productive work; bound = first spot never preempted)",
     ]

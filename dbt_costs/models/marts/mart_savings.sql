@@ -7,8 +7,8 @@
 --   stay_first_spot policy measured on that location's availability trace over the job's time
 --   (stg_spotshift__job_baselines, written by spotshift.costs.baselines). NULL, with the reason in
 --   stay_first_spot_basis, when no trace of that location exists;
--- * first_spot_bound_usd — the same location never preempted: a lower bound no real spot job
---   reaches, shown apart and never called a saving.
+-- * first_spot_bound_usd — the same location never preempted: a lower bound of what staying
+--   there costs (a job that stays is preempted when capacity goes), shown apart, never a baseline.
 --
 -- A baseline is NULL when any interval of the job could not be priced under it (never a partial
 -- sum). Baselines carry no egress: they never move.
