@@ -14,6 +14,7 @@ from typing import Any
 import dagster as dg
 
 from assets.partitions import dataset_region_partitions, datasets_partitions
+from spotshift.units import usd
 
 # partitioned asset checks are a preview feature of Dagster 1.13; we use them knowingly
 warnings.filterwarnings("ignore", message=".*Specifying a partitions_def on an AssetCheckSpec.*")
@@ -29,7 +30,7 @@ def _transfer_metadata(stats: Any) -> dict[str, Any]:
         "chunks_total": dg.MetadataValue.int(stats.chunks_total),
         "chunks_sent": dg.MetadataValue.int(stats.chunks_sent),
         "seconds": dg.MetadataValue.float(round(stats.seconds, 3)),
-        "egress_usd": dg.MetadataValue.float(stats.egress_usd),
+        "egress_usd": dg.MetadataValue.float(usd(stats.egress_usd) or 0.0),
         "store": dg.MetadataValue.url(stats.dst) if "://" in stats.dst else stats.dst,
     }
     if stats.transfer_amplification is not None:
@@ -215,6 +216,7 @@ def replica_check_result(
             "expected_root": expected,
             "replica_root": result.replica_root or "",
             "chunks_checked": dg.MetadataValue.int(result.chunks_checked),
+            "chunks_missing_or_wrong_size": dg.MetadataValue.int(len(result.missing)),
             "missing_or_wrong_size": dg.MetadataValue.json(result.missing[:20]),
             "detail": dg.MetadataValue.json(json.loads(json.dumps(result.to_dict()))),
         },

@@ -154,14 +154,19 @@ def shadow_verdicts(cmp: dict[str, Any]) -> dict[str, dg.AssetCheckResult]:
     return {name: verdict(cmp) for name, verdict in SHADOW_VERDICTS.items()}
 
 
-def _check(name: str, passed_of, describe, *, blocking_severity=dg.AssetCheckSeverity.ERROR):  # noqa: ANN001, ANN202
+def _check(name: str, passed_of, describe, measured, *, blocking_severity=dg.AssetCheckSeverity.ERROR):  # noqa: ANN001, ANN202
     def verdict(cmp: dict[str, Any]) -> dg.AssetCheckResult:
         passed, severity = passed_of(cmp)
         return dg.AssetCheckResult(
             passed=passed,
             severity=severity or blocking_severity,
             description=describe(cmp),
-            metadata={"job": cmp["job"]},
+            # the measured value and its limit as numbers: the UI plots them across migrations
+            metadata={
+                "job": cmp["job"],
+                "steps": dg.MetadataValue.int(int(cmp["steps"])),
+                **{k: dg.MetadataValue.float(float(v)) for k, v in measured(cmp).items()},
+            },
         )
 
     SHADOW_VERDICTS[name] = verdict
@@ -188,6 +193,7 @@ loss_divergence = _check(
     lambda c: (
         f"max |loss diff| {c['max_loss_diff']:.3g} over {c['steps']} steps (limit {_thr(c, 'max_loss_diff')})"
     ),
+    lambda c: {"max_loss_diff": c["max_loss_diff"], "limit": _thr(c, "max_loss_diff")},
 )
 grad_norms = _check(
     "grad_norms",
@@ -195,6 +201,10 @@ grad_norms = _check(
     lambda c: (
         f"max relative grad-norm diff {c['max_grad_norm_rel_diff']:.3g} (limit {_thr(c, 'max_grad_norm_rel_diff')})"
     ),
+    lambda c: {
+        "max_grad_norm_rel_diff": c["max_grad_norm_rel_diff"],
+        "limit": _thr(c, "max_grad_norm_rel_diff"),
+    },
 )
 activations = _check(
     "activations",
@@ -203,6 +213,10 @@ activations = _check(
         f"max relative activation-statistic diff {c['max_activation_rel_diff']:.3g} "
         f"(limit {_thr(c, 'max_activation_rel_diff')})"
     ),
+    lambda c: {
+        "max_activation_rel_diff": c["max_activation_rel_diff"],
+        "limit": _thr(c, "max_activation_rel_diff"),
+    },
 )
 checkpoint_bytes = _check(
     "checkpoint_bytes",
@@ -216,6 +230,11 @@ checkpoint_bytes = _check(
         f"resulting checkpoints: source {c['source_checkpoint_hash'][:16]} "
         f"({c['source_checkpoint_bytes']} bytes), target {c['target_checkpoint_hash'][:16]} ({c['target_checkpoint_bytes']} bytes)"
     ),
+    lambda c: {
+        "checkpoint_bytes_equal": 1.0 if c["checkpoint_bytes_equal"] else 0.0,
+        "source_checkpoint_bytes": c["source_checkpoint_bytes"],
+        "target_checkpoint_bytes": c["target_checkpoint_bytes"],
+    },
 )
 
 defs = dg.Definitions(

@@ -23,8 +23,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "report",
         help="print the cost tables (savings, metrics, migrations, FOCUS totals) from the warehouse",
-        description="Print what each job cost against always-on-demand and stay-on-first-spot, the six cost "
-        "metrics, migrations and FOCUS totals, from the dbt_costs marts. Builds the marts with dbt first "
+        description="Print what each job cost against two baselines (always on demand; staying on its first "
+        "spot location and paying for its preemptions, simulated on that location's availability trace in "
+        "$SPOTSHIFT_HOME/traces) and, apart, the never-preempted first-spot bound; the six cost metrics, "
+        "migrations by trigger and FOCUS totals, from the dbt_costs marts. Builds the marts with dbt first "
         "when they are missing or older than the raw facts.",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -196,7 +196,8 @@ def migration_row(
     return {
         "migration_id": plan.run_key or f"{plan.job}:{plan.from_location or '-'}->{plan.to_location}",
         "job": plan.job,
-        "trigger": "rollback" if status == "rolled_back" else plan.trigger,
+        # a rolled-back move keeps the trigger that started it (price, ...): the status says it was undone
+        "trigger": plan.trigger,
         "from_location": plan.from_location,
         "to_location": plan.to_location,
         "started_at": started_at,

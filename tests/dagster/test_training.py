@@ -28,8 +28,8 @@ def test_definitions_expose_the_training_contracts() -> None:
     checks = {
         k.name: k
         for k in repo.asset_graph.asset_check_keys
-        if k.asset_key.to_user_string() == "shadow_validation"
-    }
+        if k.asset_key.to_user_string() == "shadow_validation" and not k.name.startswith("source_")
+    }  # source_*: the dbt source tests of the raw tables shadow_validation writes
     assert set(checks) == {"loss_divergence", "grad_norms", "activations", "checkpoint_bytes"}
     assert all(repo.asset_graph.get_check_spec(k).blocking for k in checks.values())
     assert "emergency_checkpoint_job" in {j.name for j in repo.get_all_jobs()}
@@ -150,6 +150,43 @@ def test_training_chain_and_blocking_shadow_checks(spotshift_home: Path) -> None
     assert passed == [(True,), (False,)]
     assert methods == [("full",), ("tensor_delta",)]
     assert usage >= 3 + 4  # three training runs and four shadow runs
+
+
+def test_shadow_check_results_carry_measured_values_as_numbers() -> None:
+    """Every shadow check records its measured value and limit as plottable numbers."""
+    from assets.training import shadow_verdicts
+
+    cmp = {
+        "job": "tiny",
+        "steps": 6,
+        "max_loss_diff": 0.02,
+        "max_grad_norm_rel_diff": 0.01,
+        "max_activation_rel_diff": 0.03,
+        "checkpoint_bytes_equal": False,
+        "source_checkpoint_hash": "a" * 64,
+        "target_checkpoint_hash": "b" * 64,
+        "source_checkpoint_bytes": 1000,
+        "target_checkpoint_bytes": 1004,
+        "thresholds": {
+            "max_loss_diff": 0.01,
+            "max_grad_norm_rel_diff": 0.05,
+            "max_activation_rel_diff": 0.05,
+            "require_identical_checkpoint": False,
+        },
+    }
+    verdicts = shadow_verdicts(cmp)
+    loss = verdicts["loss_divergence"]
+    assert not loss.passed
+    assert isinstance(loss.metadata["max_loss_diff"], dg.FloatMetadataValue)
+    assert loss.metadata["max_loss_diff"].value == 0.02 and loss.metadata["limit"].value == 0.01
+    assert (
+        verdicts["grad_norms"].passed
+        and verdicts["grad_norms"].metadata["max_grad_norm_rel_diff"].value == 0.01
+    )
+    assert verdicts["activations"].metadata["limit"].value == 0.05
+    assert verdicts["checkpoint_bytes"].metadata["target_checkpoint_bytes"].value == 1004.0
+    for name, verdict in verdicts.items():
+        assert isinstance(verdict.metadata["steps"], dg.IntMetadataValue), name
 
 
 @pytest.mark.slow
