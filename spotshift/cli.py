@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "spotshift.pricing.commands",
     "spotshift.sync.commands",
     "spotshift.placement.commands",
+    "spotshift.migration.commands",
     "spotshift.simulate.commands",
     "spotshift.serving.simulate_commands",
     "spotshift.training.commands",

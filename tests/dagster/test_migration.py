@@ -17,7 +17,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from ops.migration import TAG_PLAN, migration_job, move_run_config, preemption_recovery_job, rollback_job
+from ops.migration import migration_job, preemption_recovery_job, rollback_job
 from resources.compute import ComputeBackendResource
 from resources.keys import KeyProviderResource
 from resources.stores import RegionStoresResource
@@ -28,7 +28,9 @@ from sensors.run_status import migration_failure_sensor
 from spotshift import warehouse
 from spotshift.clock import VirtualClock, load_clock
 from spotshift.jobs import TrainingJob, add_job
-from spotshift.placement.moves import MovePlan
+from spotshift.migration import contract
+from spotshift.migration.plan import MovePlan
+from spotshift.migration.state import load as load_move
 from spotshift.placement.state import load_state
 from spotshift.sync.datasets import Dataset, add_dataset
 from spotshift.training.backend import open_backend
@@ -161,7 +163,7 @@ def _place(world: dict[str, Any]) -> str | None:
     (placement,) = requests
     assert (
         placement.run_key.startswith(f"{JOB}:-->{AWS}:snap-1")
-        and placement.tags["spotshift/trigger"] == "place"
+        and placement.tags[contract.TAG_TRIGGER] == "place"
     )
     again, cursor = _tick(price_change_sensor, world, cursor)
     assert again == []  # a re-evaluated tick requests no duplicate run
@@ -239,7 +241,7 @@ def test_price_move_runs_the_chain_in_order_and_a_failing_shadow_rolls_back(worl
     bad = dg.RunRequest(
         run_key=plan.run_key,
         tags=plan.tags(),
-        run_config=move_run_config(plan, shadow_steps=6, perturb_learning_rate=0.05),
+        run_config=contract.move_run_config(plan.to_dict(), shadow_steps=6, perturb_learning_rate=0.05),
     )
     failed = _execute(migration_job, world, bad)
     assert not failed.success
@@ -249,7 +251,8 @@ def test_price_move_runs_the_chain_in_order_and_a_failing_shadow_rolls_back(worl
         e.step_key == "cut_over" for e in failed.all_events if e.event_type_value == "STEP_SUCCESS"
     )
     run = world["instance"].get_run_by_id(failed.run_id)
-    assert json.loads(run.tags[TAG_PLAN])["to_location"] == AWS2
+    recorded = load_move(JOB)  # the move ledger, not a run tag, keeps the plan for the rollback
+    assert recorded is not None and recorded.run_id == failed.run_id and recorded.plan.to_location == AWS2
 
     # the run-failure sensor asks for the rollback; it resumes in the source and marks the target unfit
     failure = next(e for e in failed.all_events if e.event_type_value == "PIPELINE_FAILURE")
@@ -306,10 +309,9 @@ def test_interrupted_migration_rolls_back_with_one_trainer(world: dict[str, Any]
     (move,), _ = _tick(price_change_sensor, world, None)
     partial = _execute(migration_job, world, move, op_selection=["*sync_checkpoint"])
     assert partial.success and _live(world["backend"]) == []
-    plan = json.loads(world["instance"].get_run_by_id(partial.run_id).tags[TAG_PLAN])
     request = dg.RunRequest(
-        run_key=f"rollback:{partial.run_id}",
-        run_config={"ops": {"roll_back": {"config": {"plan_json": json.dumps(plan), "reason": "crashed"}}}},
+        run_key=contract.rollback_run_key(partial.run_id),
+        run_config=contract.rollback_run_config(JOB, failed_run_id=partial.run_id, reason="crashed"),
     )
     assert _execute(rollback_job, world, request).success
     (live,) = _live(world["backend"])
