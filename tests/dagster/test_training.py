@@ -7,6 +7,7 @@ which stops the asset downstream of it. Plus emergency_checkpoint on a live trai
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -161,8 +162,11 @@ def test_emergency_checkpoint_op_stops_a_live_trainer(spotshift_home: Path) -> N
     declare_tiny_job(spotshift_home, total_steps=100000, every=100000)
     backend = LocalProcessBackend()
     backend.start(build_request("tiny", GCP, min_step_seconds=0.005))
+    deadline = time.monotonic() + 120
     while (backend.progress("tiny") or 0) < 5:
         assert backend.status("tiny").alive
+        assert time.monotonic() < deadline, "the trainer took no 5 steps within 120 s"
+        time.sleep(0.02)
     defs = dg.Definitions(jobs=[emergency_checkpoint_job], resources=_resources(spotshift_home))
     job = defs.get_job_def("emergency_checkpoint_job")
     result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), tags={"spotshift/job": "tiny"})
