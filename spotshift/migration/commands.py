@@ -72,7 +72,7 @@ def _move(args: argparse.Namespace) -> int:
         log=None if args.json else log,
     )
     if args.json:
-        from spotshift.cli import emit_json
+        from spotshift.cliutil import emit_json
 
         emit_json(outcome.to_dict())
     else:

@@ -209,7 +209,7 @@ def jobs_to_decide(con: Any, backend: Any, *, busy: set[str], now: datetime) -> 
             continue
         if info is not None and info.alive:
             # the trainer defers its warehouse writes; its newest checkpoints matter to the decision
-            from spotshift.training.facts import ingest_facts
+            from spotshift.facts import ingest_facts
 
             ingest_facts(info.workdir, con=con, live=True)
         out.append(job.name)

@@ -216,7 +216,7 @@ def _shadow_request(
 
 
 def _finish(backend: ComputeBackend, req: TrainRequest, timeout_s: float) -> dict[str, Any]:
-    from spotshift.training.facts import ingest_facts
+    from spotshift.facts import ingest_facts
 
     result = backend.wait(req.name, timeout_s=timeout_s)
     ingest_facts(req.workdir)
