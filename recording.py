@@ -124,6 +124,22 @@ def checkpoint_metadata(ref: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def checkpoints_metadata(
+    mode: str,
+    location: str,
+    ref: dict[str, Any] | None,
+    *,
+    steps_run: int = 0,
+    skipped: list[Any] | None = None,
+) -> dict[str, Any]:
+    """``checkpoints`` metadata: how the job was advanced (run | latest | stopped) and where, and the
+    checkpoint it ended with (the asset and the migration's drain record it the same way)."""
+    meta = {"mode": mode, "location": location, "steps_run": steps_run, **checkpoint_metadata(ref)}
+    if skipped:
+        meta["skipped_checkpoints"] = dg.MetadataValue.json(skipped)
+    return meta
+
+
 def carry_metadata(result: Any) -> dict[str, Any]:
     """``checkpoint_replicas`` metadata of a :class:`~spotshift.migration.steps.CarryResult`."""
     r = result.report

@@ -53,13 +53,13 @@ def checkpoints(
     for s in skipped:
         context.log.warning(f"skipped checkpoint {context.partition_key}/{s['checkpoint_id']}: {s['reason']}")
     return dg.MaterializeResult(
-        metadata={
-            "mode": out["mode"],
-            "location": out["location"],
-            "steps_run": out.get("steps_run") or 0,
-            **recording.checkpoint_metadata(out.get("checkpoint")),
-            **({"skipped_checkpoints": dg.MetadataValue.json(skipped)} if skipped else {}),
-        }
+        metadata=recording.checkpoints_metadata(
+            out["mode"],
+            out["location"],
+            out.get("checkpoint"),
+            steps_run=out.get("steps_run") or 0,
+            skipped=skipped,
+        )
     )
 
 

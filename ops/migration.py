@@ -119,11 +119,7 @@ def drain_source(context: dg.OpExecutionContext, move: MoveState) -> Iterator[An
         yield dg.AssetMaterialization(
             recording.CHECKPOINTS,
             partition=move.plan.job,
-            metadata={
-                "mode": "stopped",
-                "location": result.location,
-                **recording.checkpoint_metadata(result.checkpoint),
-            },
+            metadata=recording.checkpoints_metadata("stopped", result.location, result.checkpoint),
         )
     yield dg.Output(move.after(result))
 
