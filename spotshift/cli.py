@@ -29,6 +29,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "spotshift.migration.commands",
     "spotshift.simulate.commands",
     "spotshift.serving.simulate_commands",
+    "spotshift.serving.commands",
+    "spotshift.serving.router_commands",
     "spotshift.training.commands",
     "spotshift.checkpoint.commands",
     "spotshift.costs.commands",

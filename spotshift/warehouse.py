@@ -222,6 +222,15 @@ RAW_TABLES: dict[str, tuple[Column, ...]] = {
         ("slo_violations", "BIGINT", "Requests over the SLO"),
         ("usd", "DOUBLE", "Serving cost of the window, USD"),
         ("usd_per_violation", "DOUBLE", "Penalty per SLO violation agreed with the business, USD"),
+        # per-replica windows written by `spotshift serve` (NULL in rows of hourly, per-location feeds)
+        ("endpoint", "VARCHAR", "Inference endpoint served"),
+        ("replica_id", "VARCHAR", "Replica that served the window"),
+        ("tokens_in", "BIGINT", "Prompt tokens in the window"),
+        ("tokens_out", "BIGINT", "Completion tokens in the window"),
+        ("p50_ms", "DOUBLE", "Observed median latency, ms"),
+        ("p95_ms", "DOUBLE", "Observed P95 latency, ms"),
+        ("replica_hours", "DOUBLE", "Hours the replica was up in the window"),
+        ("usd_per_hour", "DOUBLE", "Price of the replica's capacity in its market, USD per hour"),
     ),
 }
 
@@ -400,6 +409,19 @@ def ensure_schema(con: Any) -> None:
         con.execute(create_table_sql("raw", table, columns))
     for table, columns in MAIN_TABLES.items():
         con.execute(create_table_sql("main", table, columns))
+    _add_missing_columns(con)
+
+
+def _add_missing_columns(con: Any) -> None:
+    """Columns added to a table after a warehouse was created are appended (NULL in older rows)."""
+    have = set(
+        con.execute("SELECT table_schema, table_name, column_name FROM information_schema.columns").fetchall()
+    )
+    for schema, tables in (("raw", RAW_TABLES), ("main", MAIN_TABLES)):
+        for table, columns in tables.items():
+            for c in columns:
+                if (schema, table, c.name) not in have:
+                    con.execute(f'ALTER TABLE {schema}.{table} ADD COLUMN IF NOT EXISTS "{c.name}" {c.type}')
 
 
 def columns_of(qualified_table: str) -> tuple[Column, ...]:
@@ -505,7 +527,7 @@ FACT_KEYS: dict[str, tuple[str, ...]] = {
     "raw.migrations": ("migration_id", "status", "run_id"),
     "raw.preemptions": ("notice_id",),
     "raw.shadow_validations": ("validation_id",),
-    "raw.inference_usage": ("window_start", "location", "market"),
+    "raw.inference_usage": ("window_start", "location", "market", "replica_id"),
     "raw.scaling_decisions": ("decision_id",),
 }
 
