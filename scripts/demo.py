@@ -449,28 +449,30 @@ def run_request(life: Lifecycle, job_name: str, request: Any, label: str) -> Any
 
 def handle_sensors(life: Lifecycle) -> None:
     """Evaluate the three sensors and execute what they request, in the order a daemon would."""
+    from spotshift.migration import contract
+
     runs = Runs.get()
     for request in runs.sensor("preemption_sensor"):
-        result = run_request(life, "preemption_recovery_job", request, "recovery")
+        result = run_request(life, contract.RECOVERY_JOB, request, "recovery")
         life.recoveries.append({"run_key": request.run_key, "ok": result.success, "run_id": result.run_id})
     for request in runs.sensor("price_change_sensor"):
-        trigger = request.tags.get("spotshift/trigger", "price")
+        trigger = request.tags.get(contract.TAG_TRIGGER, "price")
         result = run_request(
-            life, "migration_job", request, "placement" if trigger == "place" else "migration"
+            life, contract.MIGRATION_JOB, request, "placement" if trigger == "place" else "migration"
         )
         if trigger == "price":
             life.price_moves.append({"run_key": request.run_key, "ok": result.success})
     while life.failed_runs:
         for request in runs.failure_sensor(life.failed_runs.pop(0)):
-            result = run_request(life, "rollback_job", request, "rollback")
+            result = run_request(life, contract.ROLLBACK_JOB, request, "rollback")
             life.rollbacks.append({"run_key": request.run_key, "ok": result.success})
 
 
 def perturbed_move(life: Lifecycle) -> None:
     """Once, move the job with a perturbed learning rate on the target: the shadow check must block it."""
-    from ops.migration import move_run_config
+    from spotshift.migration import contract
+    from spotshift.migration.plan import MovePlan
     from spotshift.placement.inputs import decide_for_job
-    from spotshift.placement.moves import MovePlan
     from spotshift.placement.state import load_state
     from spotshift.warehouse import connect
 
@@ -496,7 +498,7 @@ def perturbed_move(life: Lifecycle) -> None:
         gpu_model=q.gpu_model,
         gpu_count=q.gpu_count,
         snapshot_id=decision.snapshot_id,
-        run_key=f"{JOB}:{state.location}->{q.location}:demo-perturbed-lr",
+        run_key=contract.move_run_key(JOB, state.location, q.location, "demo-perturbed-lr"),
     )
     print(
         f"{now():%Y-%m-%d %H:%M}  demo      a deliberately broken move: the target trains with 20x the learning rate"
@@ -504,11 +506,13 @@ def perturbed_move(life: Lifecycle) -> None:
     request = Runs.get().dg.RunRequest(
         run_key=plan.run_key,
         tags={**plan.tags(), "spotshift/demo": "perturbed"},
-        run_config=move_run_config(
-            plan, shadow_steps=life.settings.shadow_steps, perturb_learning_rate=life.job.learning_rate * 20
+        run_config=contract.move_run_config(
+            plan.to_dict(),
+            shadow_steps=life.settings.shadow_steps,
+            perturb_learning_rate=life.job.learning_rate * 20,
         ),
     )
-    run_request(life, "migration_job", request, "migration")
+    run_request(life, contract.MIGRATION_JOB, request, "migration")
 
 
 def stage_lifecycle(market: Market, job: Any, settings: Settings) -> Lifecycle:

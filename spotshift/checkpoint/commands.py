@@ -101,7 +101,7 @@ def _open(path: str):  # noqa: ANN202
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
 
     ck = _open(args.path)
     s = ck.summary()
@@ -138,7 +138,7 @@ def _print_summary(s: dict[str, Any]) -> None:
 
 def _verify(args: argparse.Namespace) -> int:
     from spotshift.checkpoint.keys import open_key_provider
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
 
     ck = _open(args.path)
     report = ck.verify(open_key_provider(args.key_provider))
@@ -158,7 +158,7 @@ def _list(args: argparse.Namespace) -> int:
         list_checkpoints,
         parse_checkpoint_path,
     )
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.sync.store import open_store
 
     store_url, job, _ = parse_checkpoint_path(args.path)
@@ -197,7 +197,7 @@ def _list(args: argparse.Namespace) -> int:
 def _prune(args: argparse.Namespace) -> int:
     from spotshift.checkpoint.format import parse_checkpoint_path
     from spotshift.checkpoint.prune import prune_checkpoints
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.errors import ConfigError
     from spotshift.sync.store import open_store
 
@@ -226,7 +226,7 @@ def _migrate(args: argparse.Namespace) -> int:
     from spotshift.checkpoint.format import parse_checkpoint_path
     from spotshift.checkpoint.keys import open_key_provider
     from spotshift.checkpoint.migrate import migrate_checkpoint
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.sync.store import open_store
 
     store_url, job, ckpt = parse_checkpoint_path(args.src)

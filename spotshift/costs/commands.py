@@ -71,7 +71,7 @@ def register(sub: Any) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.costs.marts import REPORT_MARTS, ensure_marts, open_marts, resolve_warehouse
     from spotshift.costs.report import format_text, read_report, write_cost_report
 
@@ -106,7 +106,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _focus_export(args: argparse.Namespace) -> int:
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.costs.focus import export_focus, focus_format
     from spotshift.costs.marts import ensure_marts, resolve_warehouse
 
@@ -138,7 +138,7 @@ def _focus_check(args: argparse.Namespace) -> int:
 
     import duckdb
 
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.costs.focus import focus_problems, read_relation
     from spotshift.errors import InputError
 
