@@ -27,6 +27,7 @@ This module imports only light dependencies at module level: the command line ti
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
@@ -196,6 +197,38 @@ def iter_chunks(stream: BinaryIO, params: ChunkParams) -> Iterator[memoryview]:
             yield chunk.data
     else:
         yield from _iter_fastcdc2016(stream, params)
+
+
+def iter_mapped_chunks(data: memoryview, params: ChunkParams) -> Iterator[memoryview]:
+    """Cut a whole in-memory (or memory-mapped) buffer into chunks: views into ``data``, no copies.
+
+    Cuts exactly where :func:`iter_chunks` cuts the same bytes read as a stream. On a page-cached
+    file mapped with :func:`map_file` this costs about two thirds of the CPU of the stream path
+    (no read copies, no buffer shifting), which is what lets fingerprinting outrun SHA-256.
+    """
+    if params.engine == PYFASTCDC:
+        from pyfastcdc.cy import FastCDC
+
+        cdc = FastCDC(params.avg_size, min_size=params.min_size, max_size=params.max_size)
+        for chunk in cdc.cut_buf(data):
+            yield chunk.data
+    else:
+        from fastcdc.fastcdc_cy import fastcdc_cy
+
+        for chunk in fastcdc_cy(data, params.min_size, params.avg_size, params.max_size, False, None):
+            yield data[chunk.offset : chunk.offset + chunk.length]
+
+
+def map_file(fd: int, size: int) -> Any:
+    """A read-only shared mapping of the first ``size`` (> 0) bytes of open file ``fd``, read ahead
+    sequentially. Close it once every view into it is released."""
+    import mmap
+
+    m = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+    with contextlib.suppress(AttributeError, OSError):  # advice only
+        m.madvise(mmap.MADV_SEQUENTIAL)
+        m.madvise(mmap.MADV_WILLNEED)
+    return m
 
 
 def _iter_fastcdc2016(stream: BinaryIO, params: ChunkParams) -> Iterator[memoryview]:
