@@ -98,6 +98,12 @@ class GCSChunkStore(BucketStore):
     def get_bytes(self, key: str) -> bytes:
         return self._wrap(key, self._blob(key).download_as_bytes)
 
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        # end is inclusive in the client's API
+        return self._wrap(key, self._blob(key).download_as_bytes, start=offset, end=offset + length - 1)
+
     def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
         from spotshift.atomic import temp_path
 

@@ -174,6 +174,18 @@ class S3ChunkStore(BucketStore):
         except botocore_errors() as exc:
             raise self._mapped(exc, key) from None
 
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        from spotshift.cloud_errors import botocore_errors
+
+        if length <= 0:
+            return b""
+        rng = f"bytes={offset}-{offset + length - 1}"
+        r = self._call(key, self.client.get_object, Key=self.object_name(key), Range=rng)
+        try:
+            return r["Body"].read()
+        except botocore_errors() as exc:
+            raise self._mapped(exc, key) from None
+
     def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
         from spotshift.atomic import temp_path
         from spotshift.cloud_errors import botocore_errors
