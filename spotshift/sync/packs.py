@@ -65,7 +65,8 @@ class PackPlan:
     order given — file order keeps reads sequential) and the pack index is known up front.
     """
 
-    def __init__(self, chunks: Iterable[tuple[bytes, int]], target_bytes: int = PACK_TARGET_BYTES):
+    def __init__(self, chunks: Iterable[tuple[bytes, int]], target_bytes: int | None = None):
+        target_bytes = target_bytes or PACK_TARGET_BYTES
         self.loose: list[tuple[bytes, int]] = []
         self.packs: list[tuple[str, list[tuple[bytes, int]]]] = []
         self.locations: dict[bytes, Location] = {}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from spotshift.cli import main
-from spotshift.errors import CredentialsError, NotFoundError, SpotshiftError
+from spotshift.errors import CredentialsError, IntegrityError, NotFoundError, SpotshiftError
 from spotshift.sync.delta import pull, push, replicate, verify
 from spotshift.sync.store import ChunkStore, LocalChunkStore, open_store
 from tests.unit.sync.conftest import SMALL, make_tree, rand_bytes, tree_bytes
@@ -35,6 +35,10 @@ def contract(store: ChunkStore, tmp_path: Path, *, write_once_enforced: bool = T
     assert store.get_range("files/f.bin", 299_990, 100) == data[299_990:]
     with pytest.raises(NotFoundError):
         store.get_range("files/none.bin", 0, 10)
+    try:  # past the end (a tampered pack index): nothing, or an integrity error — never other bytes
+        assert store.get_range("files/f.bin", 400_000, 10) == b""
+    except IntegrityError as exc:
+        assert "past its end" in str(exc)
     assert sorted(store.list_keys("a/")) == ["a/b"]
     assert sorted(store.list_keys()) == ["a/b", "files/f.bin"]
     digest = "ab" * 16
