@@ -177,6 +177,33 @@ def digest_function(algorithm: str) -> Callable[[Any], bytes]:
     raise ConfigError(f"digest {algorithm!r} is unknown (use one of {', '.join(DIGESTS)})")
 
 
+class _Blake3Hasher:
+    __slots__ = ("_h",)
+
+    def __init__(self) -> None:
+        import blake3
+
+        self._h = blake3.blake3()
+
+    def update(self, data: Any) -> None:
+        self._h.update(data)
+
+    def digest(self) -> bytes:
+        return self._h.digest(DIGEST_SIZE)
+
+
+def new_hasher(algorithm: str) -> Any:
+    """An incremental hasher (``update(data)``, ``digest()``) equal to :func:`digest_function` over
+    the concatenated updates: for data hashed in pieces as it is copied."""
+    if algorithm == "blake3-128":
+        return _Blake3Hasher()
+    if algorithm == "blake2b-128":
+        import hashlib
+
+        return hashlib.blake2b(digest_size=DIGEST_SIZE)
+    raise ConfigError(f"digest {algorithm!r} is unknown (use one of {', '.join(DIGESTS)})")
+
+
 def hex_digest_function(algorithm: str) -> Callable[[Any], str]:
     """``data -> hex digest`` (what chunk keys are named by)."""
     fn = digest_function(algorithm)

@@ -224,6 +224,25 @@ class LocalChunkStore(ChunkStore):
         except FileNotFoundError:
             raise NotFoundError(f"{key} not found in {self.url}") from None
 
+    def new_temp(self) -> tuple[int, Path]:
+        """A new temp file in the store, open for writing: ``(fd, path)``, for :meth:`commit_temp`.
+
+        For writers that stream an object in pieces (no whole-object buffer); a writer killed
+        before the commit leaves it to :meth:`remove_stale_temp_files`.
+        """
+        tmp = self._tmp_path()
+        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644), tmp
+
+    def commit_temp(self, fd: int, tmp: Path, key: str, *, if_absent: bool = False) -> bool:
+        """Close the temp file of :meth:`new_temp` (fsynced first unless ``fsync_each=False``) and
+        move it to ``key``; with ``if_absent``, False (and nothing changed) when ``key`` exists."""
+        try:
+            if self.fsync_each:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        return self._commit(tmp, self._path(key), if_absent)
+
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         try:
             fd = os.open(self._path(key), os.O_RDONLY)

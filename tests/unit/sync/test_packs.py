@@ -172,22 +172,23 @@ def test_a_push_killed_after_some_packs_resumes_without_resending_them(
     src: Path, store: LocalChunkStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     small_packs(monkeypatch, target=1 << 20)
-    real = packs.write_pack
-    written: list[str] = []
-
-    def dying(st, pack_id, data):  # type: ignore[no-untyped-def]
-        if len(written) == 3:
-            raise KeyboardInterrupt("killed")
-        written.append(pack_id)
-        return real(st, pack_id, data)
-
     import spotshift.sync.delta as delta
 
-    monkeypatch.setattr(delta, "write_pack", dying)
+    real = delta._SourceSender._write
+    written: list[str] = []
+
+    def dying(self, key, parts):  # type: ignore[no-untyped-def]
+        if len(written) == 3:
+            raise KeyboardInterrupt("killed")  # the process dies after three packs are in
+        written.append(key)
+        return real(self, key, parts)
+
+    monkeypatch.setattr(delta._SourceSender, "_write", dying)
     with pytest.raises(KeyboardInterrupt):
         push(src, store, "corpus", params=SMALL, workers=1)
+    assert len(packed(store)) == 3
     assert read_ref(store, "corpus") is None  # nothing committed
-    monkeypatch.setattr(delta, "write_pack", real)
+    monkeypatch.setattr(delta._SourceSender, "_write", real)
     resumed = push(src, store, "corpus", params=SMALL, workers=1)
     assert 0 < resumed.chunks_sent < resumed.chunks_total  # the 3 packs already there are skipped
     assert verify(store).ok
