@@ -30,7 +30,7 @@ from spotshift.errors import ConfigError, InputError, IntegrityError, NotFoundEr
 from spotshift.home import location_of_store
 from spotshift.pricing.regions import check_location
 from spotshift.progress import NO_PROGRESS, Progress
-from spotshift.sync.chunking import ChunkParams, digest_function, new_hasher
+from spotshift.sync.chunking import ChunkParams, digest_function
 from spotshift.sync.fingerprint import Fingerprint, fingerprint, local_path
 from spotshift.sync.locks import store_lock
 from spotshift.sync.manifest import DIR, ROOT_PATH, SYMLINK, Diff, FileEntry, Manifest, diff
@@ -39,7 +39,6 @@ from spotshift.sync.packs import (
     PackPlan,
     chunk_state,
     has_pack,
-    pack_key,
     present_in_packs,
     read_chunk,
     write_pack,
@@ -56,6 +55,7 @@ from spotshift.sync.refs import (
     store_manifest,
     write_ref,
 )
+from spotshift.sync.sender import Located, SourceSender
 from spotshift.sync.store import ChunkStore, LocalChunkStore, chunk_key, open_store, syncfs
 from spotshift.sync.transfer import BoundedPool, TransferStats, check_workers
 
@@ -160,13 +160,6 @@ def _pack_index(manifest: Manifest, old: dict[bytes, Location], new: dict[bytes,
     return manifest.with_locations(locs)
 
 
-@dataclass
-class _Located:
-    path: str
-    offset: int
-    length: int
-
-
 def _commit(
     store: ChunkStore, dataset: str, manifest: Manifest, raw: bytes | None, stats: TransferStats
 ) -> None:
@@ -244,14 +237,14 @@ def push(
             return _finish(stats, manifest, t0)
         missing = d.missing_chunks()
         # where each missing chunk can be read, in file order so reads stay sequential
-        located: dict[bytes, _Located] = {}
+        located: dict[bytes, Located] = {}
         for e in d.changed_files:
             for off, length, dig in e.chunks():
                 if dig in missing and dig not in located:
-                    located[dig] = _Located(e.path, off, length)
+                    located[dig] = Located(e.path, off, length)
         plan = PackPlan((dig, loc.length) for dig, loc in located.items())
         total = sum(x.length for x in located.values())
-        sender = _SourceSender(root_dir, manifest.params, _chunk_writer(store), stats)
+        sender = SourceSender(root_dir, manifest.params, _chunk_writer(store), stats)
         sender.task = progress.task(f"push {dataset}", total=total, unit="bytes")
         with BoundedPool(workers, _budget(manifest.params, budget_bytes)) as pool:
             sender.pool = pool
@@ -263,106 +256,6 @@ def push(
         sender.writer.flush()  # every chunk and pack durable before the manifest that names it
         _commit(store, dataset, _pack_index(manifest, old_locs, plan.locations), None, stats)
         return _finish(stats, manifest, t0)
-
-
-#: bytes a sender copies at a time: small enough that the piece it reads is still in the CPU's
-#: cache when it is hashed and written (one pass over memory instead of three)
-COPY_PIECE_BYTES = 256 * 1024
-
-
-class _SourceSender:
-    """Sends chunks of a source tree: each copied from its file in cache-sized pieces through a
-    reused buffer, hashed as it goes (the bytes hashed are the bytes written), refused when the
-    digest differs (the file changed since it was fingerprinted); written loose or into its pack,
-    streamed into a temp file on a local store, gathered for one PUT on an object store."""
-
-    def __init__(self, root_dir: Path, params: ChunkParams, writer: ChunkStore, stats: TransferStats):
-        self.root_dir, self.writer, self.stats = root_dir, writer, stats
-        self.digest = params.digest
-        self.task: Any = NO_PROGRESS.task("")
-        self.pool: BoundedPool | None = None
-        self._local = threading.local()
-
-    def _open(self, rel: str) -> int:
-        abs_path = self.root_dir / rel
-        try:
-            return os.open(abs_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except OSError as exc:
-            raise InputError(f"{abs_path}: cannot read ({exc.strerror})") from None
-
-    def _copy(self, fd: int, dig: bytes, loc: _Located, emit: Any) -> None:
-        buf = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = self._local.buf = memoryview(bytearray(COPY_PIECE_BYTES))
-        h = new_hasher(self.digest)
-        pos = 0
-        while pos < loc.length:
-            piece = buf[: min(COPY_PIECE_BYTES, loc.length - pos)]
-            if os.preadv(fd, [piece], loc.offset + pos) != len(piece):
-                break
-            h.update(piece)
-            emit(piece)
-            pos += len(piece)
-        if pos != loc.length or h.digest() != dig:
-            raise InputError(
-                f"{self.root_dir / loc.path} changed since it was fingerprinted (chunk at offset "
-                f"{loc.offset}); push again"
-            )
-
-    def _write(self, key: str, parts: list[tuple[bytes, _Located]]) -> int:
-        """Copy ``parts`` (in file order: one open per file, sequential reads) into object ``key``,
-        write-once; returns bytes."""
-        local = isinstance(self.writer, LocalChunkStore)
-        out_fd, tmp = self.writer.new_temp() if local else (-1, None)  # type: ignore[attr-defined]
-        gathered = bytearray()
-        emit = (lambda v: _write_all(out_fd, v)) if local else gathered.extend
-        fd, fd_path = -1, ""
-        try:
-            for dig, loc in parts:
-                if loc.path != fd_path:
-                    if fd >= 0:
-                        os.close(fd)
-                    fd, fd_path = self._open(loc.path), loc.path
-                self._copy(fd, dig, loc, emit)
-        except BaseException:
-            if local:
-                os.close(out_fd)
-                tmp.unlink(missing_ok=True)  # type: ignore[union-attr]
-            raise
-        finally:
-            if fd >= 0:
-                os.close(fd)
-        if local:
-            self.writer.commit_temp(out_fd, tmp, key, if_absent=True)  # type: ignore[attr-defined]
-        else:
-            self.writer.put_bytes(key, bytes(gathered), if_absent=True)
-        return sum(loc.length for _, loc in parts)
-
-    def _sent(self, chunks: int, nbytes: int) -> None:
-        assert self.pool is not None
-        self.task.advance(nbytes)
-        with self.pool.lock:
-            self.stats.chunks_sent += chunks
-            self.stats.bytes_sent += nbytes
-            self.stats.bytes_changed += nbytes
-
-    def send_loose(self, dig: bytes, loc: _Located) -> None:
-        if self.writer.has_chunk(dig.hex()):  # a killed earlier run, another dataset
-            self.task.advance(loc.length)
-            return
-        self._sent(1, self._write(chunk_key(dig.hex()), [(dig, loc)]))
-
-    def send_pack(self, pack_id: str, parts: list[tuple[bytes, _Located]]) -> None:
-        size = sum(loc.length for _, loc in parts)
-        if has_pack(self.writer, pack_id, size):  # a killed earlier run, another dataset
-            self.task.advance(size)
-            return
-        self._sent(len(parts), self._write(pack_key(pack_id), parts))
-
-
-def _write_all(fd: int, view: memoryview) -> None:
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 # ---- replicate -------------------------------------------------------------------------------------

@@ -396,7 +396,12 @@ class Manifest:
             if (version == PACKED_FORMAT_VERSION) != all(c in cols for c in PACK_COLUMNS):
                 raise IntegrityError(f"format {version} {'needs' if version == 2 else 'has no'} pack columns")
             entries = _entries_from_columns(cols)
-            manifest = cls(params, entries, _pack_index(cols) if version == PACKED_FORMAT_VERSION else None)
+            locations = None
+            if version == PACKED_FORMAT_VERSION:
+                from spotshift.sync.packs import pack_index_from_columns
+
+                locations = pack_index_from_columns(cols)
+            manifest = cls(params, entries, locations)
         except IntegrityError as exc:
             raise IntegrityError(f"manifest {name} is malformed: {exc}") from None
         except (KeyError, TypeError, ValueError, OverflowError, struct.error) as exc:
@@ -455,27 +460,6 @@ def _entries_from_columns(cols: dict[str, list[Any]]) -> list[FileEntry]:
     # Manifest() then refuses entries whose parent is not a directory entry: a restore never
     # writes through a symlink it created itself
     return entries
-
-
-def _pack_index(cols: dict[str, list[Any]]) -> dict[bytes, tuple[str, int]]:
-    """The pack index of format-2 columns, checked: ids, offsets, one place per chunk."""
-    import re
-
-    hex_id = re.compile(r"[0-9a-f]{32}")
-    out: dict[bytes, tuple[str, int]] = {}
-    for i, (pack, off) in enumerate(zip(cols["pack"], cols["pack_offset"], strict=True)):
-        if pack is None and off is None:
-            continue
-        dig, length = cols["digest"][i], cols["chunk_length"][i]
-        if pack is None or off is None or dig is None:
-            raise IntegrityError(f"row {i}: pack index entry without pack id, offset or chunk")
-        if not hex_id.fullmatch(pack):
-            raise IntegrityError(f"row {i}: pack id {pack[:40]!r} is not 32 hex digits")
-        if not 0 <= off <= MAX_PACK_OFFSET - length:
-            raise IntegrityError(f"row {i}: chunk at pack offset {off} (+{length} bytes) is out of bounds")
-        if out.setdefault(dig, (pack, off)) != (pack, off):
-            raise IntegrityError(f"chunk {dig.hex()} is listed at two places in the pack index")
-    return out
 
 
 #: longest symlink target Linux stores (PATH_MAX including the terminating NUL)

@@ -198,3 +198,24 @@ def present_in_packs(
 def referenced_packs(locations: Iterable[Location]) -> set[str]:
     """The pack ids a pack index names."""
     return {pack for pack, _ in locations}
+
+
+def pack_index_from_columns(cols: dict[str, list[Any]]) -> dict[bytes, Location]:
+    """The pack index of a format-2 manifest's columns, checked as untrusted input: pack ids of 32
+    hex digits, offsets within bounds, each chunk at one place only (:class:`IntegrityError`)."""
+    from spotshift.sync.manifest import MAX_PACK_OFFSET
+
+    out: dict[bytes, Location] = {}
+    for i, (pack, off) in enumerate(zip(cols["pack"], cols["pack_offset"], strict=True)):
+        if pack is None and off is None:
+            continue
+        dig, length = cols["digest"][i], cols["chunk_length"][i]
+        if pack is None or off is None or dig is None:
+            raise IntegrityError(f"row {i}: pack index entry without pack id, offset or chunk")
+        if not _PACK_ID.fullmatch(pack):
+            raise IntegrityError(f"row {i}: pack id {pack[:40]!r} is not 32 hex digits")
+        if not 0 <= off <= MAX_PACK_OFFSET - length:
+            raise IntegrityError(f"row {i}: chunk at pack offset {off} (+{length} bytes) is out of bounds")
+        if out.setdefault(dig, (pack, off)) != (pack, off):
+            raise IntegrityError(f"chunk {dig.hex()} is listed at two places in the pack index")
+    return out

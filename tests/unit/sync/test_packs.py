@@ -172,9 +172,9 @@ def test_a_push_killed_after_some_packs_resumes_without_resending_them(
     src: Path, store: LocalChunkStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     small_packs(monkeypatch, target=1 << 20)
-    import spotshift.sync.delta as delta
+    import spotshift.sync.sender as sender
 
-    real = delta._SourceSender._write
+    real = sender.SourceSender._write
     written: list[str] = []
 
     def dying(self, key, parts):  # type: ignore[no-untyped-def]
@@ -183,12 +183,12 @@ def test_a_push_killed_after_some_packs_resumes_without_resending_them(
         written.append(key)
         return real(self, key, parts)
 
-    monkeypatch.setattr(delta._SourceSender, "_write", dying)
+    monkeypatch.setattr(sender.SourceSender, "_write", dying)
     with pytest.raises(KeyboardInterrupt):
         push(src, store, "corpus", params=SMALL, workers=1)
     assert len(packed(store)) == 3
     assert read_ref(store, "corpus") is None  # nothing committed
-    monkeypatch.setattr(delta._SourceSender, "_write", real)
+    monkeypatch.setattr(sender.SourceSender, "_write", real)
     resumed = push(src, store, "corpus", params=SMALL, workers=1)
     assert 0 < resumed.chunks_sent < resumed.chunks_total  # the 3 packs already there are skipped
     assert verify(store).ok
