@@ -155,6 +155,7 @@ def main() -> int:
         result = bench(work, files, size, rounds, restic)
         result["store_objects_64k"] = store_objects(work, work / "src")
     result["restic"] = restic_note
+    result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     result["machine"] = machine_info()
     name = "first_push_quick" if args.quick else "first_push"
     path = write_result(name, result)

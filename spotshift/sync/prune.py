@@ -238,26 +238,24 @@ def _prune_locked(
         report.manifests_deleted.append(root)
         if apply:
             store.delete(manifest_key(root))
-    for info in store.list_objects(CHUNK_PREFIX):
-        digest = info.key.rsplit("/", 1)[-1]
-        if digest in marked:
-            continue
-        if info.modified > cutoff:
-            report.young_kept += 1
-            continue
-        report.chunks_deleted += 1
-        report.bytes_freed += info.size
-        if apply:
-            store.delete(info.key)
-    for info in store.list_objects(PACKS_PREFIX):
-        if info.key.rsplit("/", 1)[-1] in packs:
-            continue
-        if info.modified > cutoff:
-            report.young_kept += 1
-            continue
-        report.packs_deleted += 1
-        report.bytes_freed += info.size
-        if apply:
-            store.delete(info.key)
+    report.chunks_deleted = _sweep(store, CHUNK_PREFIX, marked, cutoff, report)
+    report.packs_deleted = _sweep(store, PACKS_PREFIX, packs, cutoff, report)
     if isinstance(store, LocalChunkStore) and apply:
         store.remove_stale_temp_files()
+
+
+def _sweep(store: ChunkStore, prefix: str, marked: set[str], cutoff: datetime, report: PruneReport) -> int:
+    """Delete the objects under ``prefix`` whose name is not marked and that are older than the grace
+    period (only counted on a dry run); returns how many."""
+    deleted = 0
+    for info in store.list_objects(prefix):
+        if info.key.rsplit("/", 1)[-1] in marked:
+            continue
+        if info.modified > cutoff:
+            report.young_kept += 1
+            continue
+        deleted += 1
+        report.bytes_freed += info.size
+        if not report.dry_run:
+            store.delete(info.key)
+    return deleted
