@@ -159,9 +159,11 @@ def chunk_file(
             parts: list[bytes] = []
             quiet = started - max(before.st_mtime_ns, before.st_ctime_ns) > HOT_FILE_S * 1e9
             try:
-                if before.st_size and quiet:
-                    _chunk_mapped(fd, before.st_size, params, hfn, lengths, parts)
-                else:
+                if not (
+                    before.st_size
+                    and quiet
+                    and _chunk_mapped(fd, before.st_size, params, hfn, lengths, parts)
+                ):
                     for data in iter_chunks(f, params):  # type: ignore[arg-type]
                         lengths.append(len(data))
                         parts.append(hfn(data))
@@ -173,8 +175,13 @@ def chunk_file(
     raise InputError(f"{abs_path}: file keeps changing while it is read; fingerprint it when it is quiet")
 
 
-def _chunk_mapped(fd: int, size: int, params: ChunkParams, hfn: Any, lengths: array, parts: list) -> None:
-    m = map_file(fd, size)
+def _chunk_mapped(fd: int, size: int, params: ChunkParams, hfn: Any, lengths: array, parts: list) -> bool:
+    """Cut the mapped file into ``lengths``/``parts``; False (nothing appended) where the file system
+    refuses the mapping (some FUSE and special file systems): then the file is streamed."""
+    try:
+        m = map_file(fd, size)
+    except OSError:
+        return False
     try:
         chunks = iter_mapped_chunks(memoryview(m), params)
         try:
@@ -187,6 +194,7 @@ def _chunk_mapped(fd: int, size: int, params: ChunkParams, hfn: Any, lengths: ar
     finally:
         with contextlib.suppress(BufferError):  # a view still held (a traceback): unmapped when freed
             m.close()
+    return True
 
 
 def _prefetch_parquet() -> Any:

@@ -189,3 +189,17 @@ def test_mapped_files_cut_exactly_like_streamed_files(
     assert cut_in_place.root == streamed.root
     for a, b in zip(streamed.manifest.files(), cut_in_place.manifest.files(), strict=True):
         assert list(a.chunks()) == list(b.chunks())
+
+
+def test_a_file_system_that_refuses_mappings_is_streamed(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    monkeypatch.setattr(fp_mod, "HOT_FILE_S", 1e9)
+    streamed = fingerprint(tree, SMALL, use_cache=False)
+
+    def refuse(fd: int, size: int) -> None:
+        raise OSError(errno.ENODEV, "No such device")
+
+    monkeypatch.setattr(fp_mod, "map_file", refuse)
+    monkeypatch.setattr(fp_mod, "HOT_FILE_S", -1e9)
+    assert fingerprint(tree, SMALL, use_cache=False).root == streamed.root
