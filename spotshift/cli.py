@@ -37,8 +37,9 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full parser with every registered command group."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser with every registered command group; with ``command``, only the groups up to
+    the one that registers it (the rest are not imported: ``sync fingerprint`` is timed)."""
     parser = OneLineParser(
         prog="spotshift",
         description="Move GPU training and inference to where GPUs are cheapest, without losing a step.",
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     _register_home(sub)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+        if command is not None and command in sub.choices:
+            break
     return parser
 
 
@@ -124,8 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(given[0] if given and not given[0].startswith("-") else None)
+    args = parser.parse_args(given)
     try:
         return int(args.handler(args) or 0)
     except SpotshiftError as exc:

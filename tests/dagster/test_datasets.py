@@ -133,7 +133,12 @@ def test_fingerprint_and_replica_materialize_and_check(setup: tuple) -> None:
     from spotshift.sync.store import open_store
 
     target = open_store(region_store_url(TARGET))
-    victim = next(target.list_keys("chunks/"))
+    from spotshift.sync.refs import load_manifest
+
+    # a chunk object, or a pack file (small chunks) and with it every chunk it holds
+    victim = sorted([*target.list_keys("chunks/"), *target.list_keys("packs/")])[0]
+    locations = load_manifest(target, expected_root)[0].locations
+    lost = sum(1 for p, _ in locations.values() if p == victim.rsplit("/", 1)[-1]) or 1
     target.delete(victim)
     broken = _run(defs, "check_job", instance, key)
     assert not _check_passed(broken)
@@ -144,7 +149,9 @@ def test_fingerprint_and_replica_materialize_and_check(setup: tuple) -> None:
     repaired = _run(defs, "replica_job", instance, key, repair)
     assert repaired.success, repaired.get_asset_check_evaluations()[0].description
     assert _check_passed(repaired)
-    assert repaired.asset_materializations_for_node("dataset_replicas")[0].metadata["chunks_sent"].value == 1
+    assert (
+        repaired.asset_materializations_for_node("dataset_replicas")[0].metadata["chunks_sent"].value == lost
+    )
     (src / "shard" / "part9.txt").write_text("new shard\n")
     assert _run(defs, "fingerprint_job", instance, "corpus").success
     check = _run(defs, "check_job", instance, key)
