@@ -19,6 +19,7 @@ from spotshift.errors import IntegrityError
 from spotshift.sync.delta import pull, push, replicate
 from spotshift.sync.filescache import RACY_WINDOW_NS, FilesCache
 from spotshift.sync.manifest import Manifest
+from spotshift.sync.packs import pack_key
 from spotshift.sync.refs import load_manifest, read_ref
 from spotshift.sync.store import LocalChunkStore, chunk_key
 from tests.unit.sync.conftest import SMALL, make_tree, tree_bytes
@@ -40,21 +41,28 @@ def _a_chunk_of(manifest: Manifest, path: str) -> tuple[str, int]:
     return dig.hex(), length
 
 
-def _corrupt(store: LocalChunkStore, hex_: str, *, truncate: bool = False) -> None:
-    p = store.root / chunk_key(hex_)
+def _corrupt(
+    store: LocalChunkStore, manifest: Manifest, chunk: tuple[str, int], *, truncate: bool = False
+) -> None:
+    """Damage one chunk where the store keeps it: its own object, or its range in a pack file
+    (small chunks are packed; truncating a pack cuts through the chunk and what follows it)."""
+    hex_, length = chunk
+    loc = manifest.locations.get(bytes.fromhex(hex_))
+    p = store.root / (pack_key(loc[0]) if loc else chunk_key(hex_))
+    middle = (loc[1] if loc else 0) + length // 2
     data = bytearray(p.read_bytes())
     if truncate:
-        del data[len(data) // 2 :]
+        del data[middle:]
     else:
-        data[len(data) // 2] ^= 0xFF  # same length, different content
+        data[middle] ^= 0xFF  # same length, different content
     os.chmod(p, 0o644)
     p.write_bytes(bytes(data))
 
 
 def test_replicate_refuses_a_corrupt_source_chunk(pushed: tuple, tmp_path: Path) -> None:
     _, home, manifest = pushed
-    hex_, _ = _a_chunk_of(manifest, "a.bin")
-    _corrupt(home, hex_)
+    hex_, length = _a_chunk_of(manifest, "a.bin")
+    _corrupt(home, manifest, (hex_, length))
     region = LocalChunkStore(tmp_path / "region")
     with pytest.raises(IntegrityError, match=hex_):
         replicate(home, region, "corpus", workers=1)
@@ -65,8 +73,8 @@ def test_replicate_refuses_a_corrupt_source_chunk(pushed: tuple, tmp_path: Path)
 @pytest.mark.parametrize("truncate", [False, True], ids=["flipped-byte", "truncated"])
 def test_pull_refuses_a_corrupt_chunk_before_writing(pushed: tuple, tmp_path: Path, truncate: bool) -> None:
     src, store, manifest = pushed
-    hex_, _ = _a_chunk_of(manifest, "sub/b.bin")
-    _corrupt(store, hex_, truncate=truncate)
+    hex_, length = _a_chunk_of(manifest, "sub/b.bin")
+    _corrupt(store, manifest, (hex_, length), truncate=truncate)
     out = tmp_path / "restored"
     with pytest.raises(IntegrityError, match=hex_):
         pull(store, out, workers=1)
