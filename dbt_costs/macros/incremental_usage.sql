@@ -35,9 +35,13 @@
     {{- return(0) -}}
 {% endmacro %}
 
+{#- Post-hook of int_raw_delta_bounds, before any model records (two at once would conflict). -#}
+{% macro create_watermark_table() %}
+    create table if not exists {{ watermark_relation() }} (model varchar, raw_table varchar, row_count bigint)
+{% endmacro %}
+
 {#- Post-hook: this model's build covered the raw rows int_raw_delta_bounds counted. -#}
 {% macro record_watermark() %}
-    create table if not exists {{ watermark_relation() }} (model varchar, raw_table varchar, row_count bigint);
     delete from {{ watermark_relation() }} where model = '{{ this.identifier }}';
     insert into {{ watermark_relation() }}
     select '{{ this.identifier }}', raw_table, through_row from {{ ref('int_raw_delta_bounds') }};

@@ -3,6 +3,7 @@
 -- incremental model of the chain recorded after its last build; 0 (everything) when one of them
 -- never recorded one, on --full-refresh, or when the table now holds fewer rows than recorded.
 -- watermarked is false until every model of the chain recorded one.
+{{ config(post_hook="{{ create_watermark_table() }}") }}
 {%- set tables = usage_delta_tables() %}
 {%- set models = usage_incremental_models() %}
 {%- set recorded = adapter.get_relation(database=target.database, schema=target.schema, identifier='cost_marts_watermarks') %}
