@@ -42,7 +42,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import Timer, peak_rss_mib, write_result  # noqa: E402
 
-DBT_SELECT = ["build", "--select", "+mart_cost_metrics", "--resource-type", "model", "--resource-type", "seed"]
+DBT_SELECT = [
+    "build",
+    "--select",
+    "+mart_cost_metrics",
+    "--resource-type",
+    "model",
+    "--resource-type",
+    "seed",
+]
 RAW_EXPORTS = ("compute_usage", "checkpoints", "transfers", "preemptions", "migrations")
 METRICS = (
     "effective_gpu_hours",
@@ -256,6 +264,24 @@ def _polars_run(parquet: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _children_cpu_s() -> float:
+    """CPU seconds (user + system) of the waited-for child processes so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+class _Cpu:
+    """``with _Cpu() as c: <run a child>``; ``c.seconds``: the CPU time it took (a fairer comparison
+    than wall time when the machine is shared: a process waiting for a core uses none)."""
+
+    def __enter__(self) -> _Cpu:
+        self.c0 = _children_cpu_s()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = _children_cpu_s() - self.c0
+
+
 def _model_seconds(run) -> dict[str, float]:
     return {
         r["unique_id"].split(".")[-1]: round(r["execution_time"], 2)
@@ -306,19 +332,23 @@ def _run(tmpd: Path, rows: int, new_rows: int, jobs: int) -> dict:
         f"generated {counts['compute_usage']:,} intervals in {t_gen.seconds:.1f}s ({warehouse_mib:,.0f} MiB)"
     )
 
-    base = run_dbt(DBT_SELECT, warehouse=empty)
+    with _Cpu() as base_cpu:
+        base = run_dbt(DBT_SELECT, warehouse=empty)
     print(f"dbt on an empty warehouse: {base.seconds:.1f}s")
-    full = run_dbt(DBT_SELECT, warehouse=warehouse)
+    with _Cpu() as full_cpu:
+        full = run_dbt(DBT_SELECT, warehouse=warehouse)
     dbt_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"dbt +mart_cost_metrics, full: {full.seconds:.1f}s, peak {dbt_peak:,.0f} MiB")
-    pol = _polars_run(tmpd / "day1")
+    with _Cpu() as pol_cpu:
+        pol = _polars_run(tmpd / "day1")
     print(f"polars: {pol['seconds']:.1f}s, peak {pol['peak_rss_mib']:,.0f} MiB")
     worst_full = worst_difference(mart_job_metrics(warehouse), {(j, m): v for j, m, v in pol["metrics"]})
     shutil.rmtree(tmpd / "day1")
 
     with Timer() as t_gen2, connect(warehouse) as con:
         after = write_scaled_usage(con, new_rows, jobs=jobs, start_row=counts["compute_usage"])
-    inc = run_dbt(DBT_SELECT, warehouse=warehouse)
+    with _Cpu() as inc_cpu:
+        inc = run_dbt(DBT_SELECT, warehouse=warehouse)
     print(
         f"next day: +{after['compute_usage'] - counts['compute_usage']:,} intervals, "
         f"dbt incremental {inc.seconds:.1f}s (models {sum(_model_seconds(inc).values()):.1f}s)"
@@ -338,6 +368,8 @@ def _run(tmpd: Path, rows: int, new_rows: int, jobs: int) -> dict:
             "command": "dbt " + " ".join(DBT_SELECT),
             "seconds": round(full.seconds, 2),
             "startup_seconds_empty_warehouse": round(base.seconds, 2),
+            "cpu_seconds": round(full_cpu.seconds, 2),
+            "startup_cpu_seconds_empty_warehouse": round(base_cpu.seconds, 2),
             "peak_rss_mib": round(dbt_peak, 1),
             "model_seconds": _model_seconds(full),
             "rows_per_second": round(counts["compute_usage"] / full.seconds),
@@ -345,10 +377,12 @@ def _run(tmpd: Path, rows: int, new_rows: int, jobs: int) -> dict:
         "polars": {
             "seconds": round(pol["seconds"], 2),
             "peak_rss_mib": round(pol["peak_rss_mib"], 1),
+            "cpu_seconds": round(pol_cpu.seconds, 2),
             "rows_per_second": round(counts["compute_usage"] / pol["seconds"]),
             "version": __import__("polars").__version__,
         },
         "dbt_over_polars_time": round(full.seconds / pol["seconds"], 2),
+        "dbt_over_polars_cpu": round(full_cpu.seconds / pol_cpu.seconds, 2),
         "incremental": {
             "new_rows": after["compute_usage"] - counts["compute_usage"],
             "inputs_after": after,
@@ -356,6 +390,8 @@ def _run(tmpd: Path, rows: int, new_rows: int, jobs: int) -> dict:
             "seconds": round(inc.seconds, 2),
             "model_seconds": inc_models,
             "models_total_seconds": round(sum(inc_models.values()), 2),
+            "cpu_seconds": round(inc_cpu.seconds, 2),
+            "cpu_seconds_minus_empty_warehouse_run": round(inc_cpu.seconds - base_cpu.seconds, 2),
             "seconds_minus_empty_warehouse_run": round(inc.seconds - base.seconds, 2),
             "polars_full_recompute_seconds": round(pol2["seconds"], 2),
         },

@@ -136,7 +136,9 @@ def _late_and_rewritten(con: duckdb.DuckDBPyConnection) -> None:
             )
         ],
     )
-    requote = _row(con, "SELECT * FROM raw.price_quotes WHERE market = 'spot' ORDER BY polled_at OFFSET 40")
+    requote = _row(
+        con, "SELECT * FROM raw.price_quotes WHERE market = 'spot' ORDER BY polled_at DESC OFFSET 40"
+    )
     requote.update(
         polled_at=requote["polled_at"] + timedelta(minutes=1), price_usd_hour=requote["price_usd_hour"] * 0.5
     )
