@@ -17,6 +17,18 @@
                'int_usage_lookups', 'fct_gpu_usage', 'fct_preemptions']) }}
 {% endmacro %}
 
+{#- The config of every model of the chain: config(**usage_chain_config('<unique key>')). Extra
+    post-hooks run before the watermark is recorded. -#}
+{% macro usage_chain_config(unique_key, post_hook=[]) %}
+    {{ return({
+        'materialized': 'incremental',
+        'incremental_strategy': 'delete+insert',
+        'unique_key': unique_key,
+        'on_schema_change': 'append_new_columns',
+        'post_hook': post_hook + ['{{ record_watermark() }}'],
+    }) }}
+{% endmacro %}
+
 {% macro usage_delta_tables() %}
     {{ return(['compute_usage', 'checkpoints', 'migrations', 'preemptions', 'price_quotes']) }}
 {% endmacro %}

@@ -3,13 +3,7 @@
 -- or NULLs when the job never ran on spot. Incremental: a changed job (int_usage_changes) takes the
 -- earliest of its stored first spot interval and its recomputed intervals; the whole job is re-read
 -- when since = '-infinity' (a rewritten interval may have stopped being spot).
-{{ config(
-    materialized='incremental',
-    incremental_strategy='delete+insert',
-    unique_key='job',
-    on_schema_change='append_new_columns',
-    post_hook="{{ record_watermark() }}",
-) }}
+{{ config(**usage_chain_config('job')) }}
 -- depends_on: {{ ref('int_raw_delta_bounds') }}
 -- depends_on: {{ ref('int_usage_changes') }}
 with usage as (

@@ -10,13 +10,7 @@
 --
 -- Incremental: only the intervals of changed jobs from their `since` (int_usage_changes); the
 -- checkpoints those lookups can find are the ones from the last commit before the earliest end.
-{{ config(
-    materialized='incremental',
-    incremental_strategy='delete+insert',
-    unique_key='usage_id',
-    on_schema_change='append_new_columns',
-    post_hook="{{ record_watermark() }}",
-) }}
+{{ config(**usage_chain_config('usage_id')) }}
 -- depends_on: {{ ref('int_raw_delta_bounds') }}
 -- depends_on: {{ ref('int_usage_changes') }}
 with usage as (
@@ -130,20 +124,8 @@ select
     o.price_usd_gpu_hour as on_demand_quote_usd_gpu_hour
 from with_migration as k
 left join spot_days as s
-    on k.first_spot_location = s.location
-    and k.first_spot_instance_type = s.instance_type
-    and date_trunc('day', k.start_lookup) = s.day
-    and k.start_lookup >= s.valid_from
-    and (k.start_lookup < s.valid_to or s.valid_to is null)
+    on {{ curve_point_holds('s', 'k.first_spot_location', 'k.first_spot_instance_type', 'k.start_lookup') }}
 left join spot_days as e
-    on k.first_spot_location = e.location
-    and k.first_spot_instance_type = e.instance_type
-    and date_trunc('day', k.end_lookup) = e.day
-    and k.end_lookup >= e.valid_from
-    and (k.end_lookup < e.valid_to or e.valid_to is null)
+    on {{ curve_point_holds('e', 'k.first_spot_location', 'k.first_spot_instance_type', 'k.end_lookup') }}
 left join on_demand_days as o
-    on k.location = o.location
-    and k.instance_type = o.instance_type
-    and date_trunc('day', k.started_at) = o.day
-    and k.started_at >= o.valid_from
-    and (k.started_at < o.valid_to or o.valid_to is null)
+    on {{ curve_point_holds('o', 'k.location', 'k.instance_type', 'k.started_at') }}

@@ -14,16 +14,7 @@
 --   (not allowed to) "stays" on demand: its first-spot baseline is its on-demand baseline.
 --
 -- Incremental (macros/incremental_usage.sql): see `usage` below.
-{{ config(
-    materialized='incremental',
-    incremental_strategy='delete+insert',
-    unique_key='usage_id',
-    on_schema_change='append_new_columns',
-    post_hook=[
-        "delete from {{ this }} where usd is null",
-        "{{ record_watermark() }}",
-    ],
-) }}
+{{ config(**usage_chain_config('usage_id', post_hook=['delete from {{ this }} where usd is null'])) }}
 -- depends_on: {{ ref('int_raw_delta_bounds') }}
 -- depends_on: {{ ref('int_usage_changes') }}
 with usage as (

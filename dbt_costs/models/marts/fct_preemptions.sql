@@ -6,13 +6,7 @@
 -- changed jobs (int_usage_changes) whose next interval may have changed: noticed from `since` on,
 -- or whose stored next interval is missing or starts from `since` on (a new interval can only
 -- become the next one of a notice whose next one started later).
-{{ config(
-    materialized='incremental',
-    incremental_strategy='delete+insert',
-    unique_key='notice_id',
-    on_schema_change='append_new_columns',
-    post_hook="{{ record_watermark() }}",
-) }}
+{{ config(**usage_chain_config('notice_id')) }}
 -- depends_on: {{ ref('int_raw_delta_bounds') }}
 -- depends_on: {{ ref('int_usage_changes') }}
 with preemptions as (

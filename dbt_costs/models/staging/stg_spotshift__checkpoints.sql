@@ -1,12 +1,6 @@
 -- An incremental table (millions of rows, read by three models): a build reads only the raw rows it
 -- has not seen (macros/incremental_usage.sql) and replaces the keys they carry.
-{{ config(
-    materialized='incremental',
-    incremental_strategy='delete+insert',
-    unique_key=['job', 'checkpoint_id'],
-    on_schema_change='append_new_columns',
-    post_hook="{{ record_watermark() }}",
-) }}
+{{ config(**usage_chain_config(['job', 'checkpoint_id'])) }}
 -- depends_on: {{ ref('int_raw_delta_bounds') }}
 -- One row per committed checkpoint of a job (the same content committed twice is kept once: the
 -- first commit, then the first write).

@@ -2,13 +2,7 @@
 -- de-duplicating millions of intervals costs seconds each time (bench/bench_costs.py). A build
 -- reads only the raw rows it has not seen (macros/incremental_usage.sql) and replaces the keys
 -- they carry, choosing again between the stored row and the new ones.
-{{ config(
-    materialized='incremental',
-    incremental_strategy='delete+insert',
-    unique_key='usage_id',
-    on_schema_change='append_new_columns',
-    post_hook="{{ record_watermark() }}",
-) }}
+{{ config(**usage_chain_config('usage_id')) }}
 -- depends_on: {{ ref('int_raw_delta_bounds') }}
 -- One row per compute interval (a retried write of the same usage_id is kept once: the latest end,
 -- then the latest write). `hours` is the billed quantity: usd / price_usd_hour when the writer

@@ -157,7 +157,6 @@ def day_two(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         write_facts(con, generate_facts(seed=7))
         write_scaled_usage(con, 4000, jobs=8)
     _build(inc)  # day one: full (no watermarks yet)
-    _build(inc)  # nothing new: an incremental build that changes nothing
     with connect(inc) as con:
         write_scaled_usage(con, 400, jobs=8, start_row=4000)
         _late_and_rewritten(con)
