@@ -504,7 +504,44 @@ def generate_facts(
     _quotes(sim, last + timedelta(days=1))
     _inference(sim)
     _scaling(sim)
+    _baselines(sim)
     return sim.rows
+
+
+def _baselines(sim: _Sim) -> None:
+    """A simulated stay-on-first-spot row per job that ran on spot (``raw.job_baselines``), as
+    :mod:`spotshift.costs.baselines` writes it: each preemption the job met at its first location
+    adds a tenth to the never-preempted cost (a fixture's figure, not a simulation)."""
+    usage = sorted(sim.rows.get("compute_usage", []), key=lambda u: (u["started_at"], u["usage_id"]))
+    first: dict[str, dict[str, Any]] = {}
+    for u in usage:
+        if u["market"] == "spot":
+            first.setdefault(u["job"], u)
+    for job, u in sorted(first.items()):
+        location = f"{u['provider']}/{u['region']}"
+        hit = sum(1 for p in sim.rows.get("preemptions", []) if p["job"] == job and p["location"] == location)
+        bound = sum(x["usd"] for x in usage if x["job"] == job)
+        factor = 1.0 + 0.1 * hit
+        sim.add(
+            "job_baselines",
+            job=job,
+            baseline="stay_first_spot",
+            location=location,
+            instance_type=u["instance_type"],
+            availability=f"fixture trace {location.replace('/', '_')}.json",
+            inputs_digest=_id("baseline", job),
+            computed_at=u["started_at"],
+            work_hours=sum(
+                (x["ended_at"] - x["started_at"]).total_seconds() / 3600 for x in usage if x["job"] == job
+            ),
+            deadline_hours=None,
+            preemptions=hit,
+            on_demand_hours=0.0,
+            compute_usd=bound * factor,
+            bound_compute_usd=bound,
+            preemption_factor=factor,
+            deadline_met=True,
+        )
 
 
 def write_facts(con: Any, facts: Mapping[str, list[Mapping[str, Any]]]) -> dict[str, int]:

@@ -70,7 +70,7 @@ def _io_options(p: argparse.ArgumentParser, record: bool = True) -> None:
 
 
 def _emit(obj: dict[str, Any]) -> None:
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
 
     emit_json(obj)
 
