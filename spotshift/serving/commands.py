@@ -180,7 +180,7 @@ def _users_text(users: dict[str, float]) -> str:
 
 
 def _endpoints_list(args: argparse.Namespace) -> int:
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.serving.endpoints import load_endpoints
     from spotshift.serving.replica_api import live_replicas
 
@@ -200,7 +200,7 @@ def _endpoints_list(args: argparse.Namespace) -> int:
 def _endpoints_show(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.serving.endpoints import get_endpoint
     from spotshift.serving.replica_api import live_replicas
 
@@ -258,7 +258,7 @@ def _register_loadgen(sub: Any) -> None:
 def _loadgen(args: argparse.Namespace) -> int:
     import asyncio
 
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.errors import check_range
     from spotshift.serving.loadgen import check_load, completions_url, run_load
     from spotshift.serving.replica_api import MAX_COMPLETION_TOKENS

@@ -10,6 +10,8 @@ A store is a flat key space of immutable-or-replaceable objects behind a URL:
 Key layout shared by all users of a store:
 
 ``chunks/ab/abcdef...``      content-addressed chunks, named by the hex digest of their bytes
+``packs/ab/abcdef...``       pack files: small chunks written back to back (where each one is: the
+                             pack index of the manifests that use them, see :mod:`spotshift.sync.packs`)
 ``manifests/<root>.parquet`` immutable dataset manifests, named by their Merkle root
 ``refs/<name>/latest``       pointers, written last (a crash leaves garbage, never a broken snapshot)
 ``checkpoints/<job>/...``    checkpoint parts and commit markers
@@ -31,9 +33,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 from spotshift.atomic import TempFile, remove_stale_temp_files, stale_temp_files, temp_path
+from spotshift.cloud_errors import redact_url
 from spotshift.errors import ConfigError, IntegrityError, NotFoundError
 
 CHUNK_PREFIX = "chunks/"
@@ -79,6 +82,11 @@ class ChunkStore(ABC):
     @abstractmethod
     def get_bytes(self, key: str) -> bytes:
         """The object's bytes; :class:`NotFoundError` when missing."""
+
+    @abstractmethod
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of the object from ``offset`` (fewer at its end); :class:`NotFoundError`
+        when missing. How chunks stored in pack files are read (a ranged GET on object stores)."""
 
     @abstractmethod
     def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
@@ -217,6 +225,35 @@ class LocalChunkStore(ChunkStore):
         except FileNotFoundError:
             raise NotFoundError(f"{key} not found in {self.url}") from None
 
+    def new_temp(self) -> tuple[int, Path]:
+        """A new temp file in the store, open for writing: ``(fd, path)``, for :meth:`commit_temp`.
+
+        For writers that stream an object in pieces (no whole-object buffer); a writer killed
+        before the commit leaves it to :meth:`remove_stale_temp_files`.
+        """
+        tmp = self._tmp_path()
+        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644), tmp
+
+    def commit_temp(self, fd: int, tmp: Path, key: str, *, if_absent: bool = False) -> bool:
+        """Close the temp file of :meth:`new_temp` (fsynced first unless ``fsync_each=False``) and
+        move it to ``key``; with ``if_absent``, False (and nothing changed) when ``key`` exists."""
+        try:
+            if self.fsync_each:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        return self._commit(tmp, self._path(key), if_absent)
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except FileNotFoundError:
+            raise NotFoundError(f"{key} not found in {self.url}") from None
+        try:
+            return os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+
     def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
         src = self._path(key)
         dest = Path(path)
@@ -303,7 +340,7 @@ class BucketStore(ChunkStore):
 
     @classmethod
     def from_url(cls, url: str) -> ChunkStore:
-        parsed = _parse_store_url(url)
+        parsed = parse_store_url(url)
         return cls(parsed.netloc, parsed.path)
 
     def object_name(self, key: str) -> str:
@@ -315,23 +352,12 @@ class BucketStore(ChunkStore):
         return name[len(self.prefix) + 1 :] if self.prefix else name
 
 
-#: URL scheme -> factory; cloud implementations register themselves lazily (see :func:`open_store`)
-_FACTORIES: dict[str, Callable[[str], ChunkStore]] = {}
-
-
-def register_scheme(scheme: str, factory: Callable[[str], ChunkStore]) -> None:
-    """Make ``open_store`` build ``factory(url)`` for URLs of ``scheme``."""
-    _FACTORIES[scheme] = factory
-
-
 #: S3 and GCS bucket names (the union of both providers' rules, as botocore checks them)
 _BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,220}[A-Za-z0-9]$")
 
 
-def _parse_store_url(url: str) -> Any:
+def parse_store_url(url: str) -> Any:
     """``urlparse(url)``, refusing credentials in the URL (never echoed: errors show :func:`redact_url`)."""
-    from spotshift.cloud_errors import redact_url
-
     try:
         parsed = urlparse(url)
         parsed.port  # noqa: B018 - validates the netloc
@@ -345,36 +371,3 @@ def _parse_store_url(url: str) -> Any:
     if "\0" in url:
         raise ConfigError(f"store URL {redact_url(url)!r} contains a NUL byte")
     return parsed
-
-
-def open_store(url: str) -> ChunkStore:
-    """The store behind ``url`` (``file://``, ``s3://``, ``gs://``, or a bare local path).
-
-    Raises :class:`ConfigError` for an unsupported scheme, a malformed URL or credentials in it.
-    """
-    from spotshift.cloud_errors import redact_url
-
-    parsed = _parse_store_url(url)
-    scheme = parsed.scheme.lower()
-    if scheme in ("", "file"):
-        if scheme == "file" and parsed.netloc not in ("", "localhost"):
-            raise ConfigError(f"store URL {redact_url(url)!r}: file URLs must be absolute (file:///path)")
-        path = unquote(parsed.path) if scheme == "file" else url
-        if not path:
-            raise ConfigError(f"store URL {redact_url(url)!r} has no path")
-        return LocalChunkStore(path)
-    if scheme not in _FACTORIES:
-        _load_builtin_scheme(scheme)
-    if scheme not in _FACTORIES:
-        raise ConfigError(
-            f"store URL {redact_url(url)!r}: unsupported scheme {scheme!r} (use file://, s3:// or gs://)"
-        )
-    return _FACTORIES[scheme](url)
-
-
-def _load_builtin_scheme(scheme: str) -> None:
-    # cloud SDKs are heavy: import them only when a URL asks for them
-    if scheme == "s3":
-        from spotshift.sync import store_s3  # noqa: F401  (registers "s3")
-    elif scheme == "gs":
-        from spotshift.sync import store_gcs  # noqa: F401  (registers "gs")

@@ -8,7 +8,7 @@ metadata endpoint, SIGTERM (SIGINT). On a notice it stops at the next step bound
 emergency checkpoint in the region store, writes ``events/preemption/<notice_id>.json`` there (for
 the preemption sensor), acknowledges the notice (Azure), logs how long it took against the
 deadline, and exits 0. Results go to ``<workdir>/result.json``; warehouse facts to
-``<workdir>/facts/`` (see :mod:`spotshift.training.facts`).
+``<workdir>/facts/`` (see :mod:`spotshift.facts`).
 
 Exit codes: 0 done (completed, stopped or preempted with a committed checkpoint), 1 unexpected
 failure, 2 bad input / integrity (one line in ``result.json`` and on stderr), 3 another trainer of
@@ -31,6 +31,7 @@ from typing import Any
 
 from spotshift.atomic import atomic_write_json
 from spotshift.errors import SpotshiftError
+from spotshift.pricing.regions import split_location
 from spotshift.training.backend import (
     METRICS_FILE,
     RESULT_FILE,
@@ -58,7 +59,7 @@ class _Run:
 
     def __init__(self, req: TrainRequest):
         from spotshift.clock import virtual_now
-        from spotshift.training.facts import FactLog
+        from spotshift.facts import FactLog
         from spotshift.training.preemption import StopController
 
         self.req = req
@@ -116,7 +117,7 @@ class _Run:
 
     # -- the run -------------------------------------------------------------------------------------------
     def run(self) -> None:
-        from spotshift.sync.store import open_store
+        from spotshift.sync.store_url import open_store
         from spotshift.training.data import prepare_tokens
         from spotshift.training.trainer import TrainConfig, Trainer, config_for_resume
 
@@ -164,7 +165,7 @@ class _Run:
             open_newest_verified,
         )
         from spotshift.checkpoint.keys import open_key_provider
-        from spotshift.sync.store import open_store
+        from spotshift.sync.store_url import open_store
 
         req = self.req
         if req.resume == "none":
@@ -188,7 +189,7 @@ class _Run:
 
     def _run_training(self) -> None:
         from spotshift.checkpoint.tiered import TieredCheckpointer
-        from spotshift.sync.store import open_store
+        from spotshift.sync.store_url import open_store
 
         req, tr = self.req, self.trainer
         until = min(req.until_step or tr.cfg.total_steps, tr.cfg.total_steps)
@@ -426,7 +427,7 @@ class _Run:
 
         req, tr = self.req, self.trainer
         steps = tr.step - self.start_step
-        provider, _, region = req.location.partition("/")
+        provider, region = split_location(req.location, zone=True)
         price = req.usage.get("price_usd_hour")
         self.facts.append(
             "raw.compute_usage",
@@ -499,7 +500,7 @@ def run_request(req: TrainRequest) -> int:
 
 def _ingest_quietly(run: _Run) -> None:
     """Move this run's facts into the warehouse if the lock is free soon; otherwise leave them pending."""
-    from spotshift.training.facts import ingest_facts
+    from spotshift.facts import ingest_facts
 
     notice = run.controller.notice
     budget = 5.0 if notice is None else max(0.0, min(5.0, notice.remaining_s() - 2.0))

@@ -117,7 +117,9 @@ def test_fingerprint_and_replica_materialize_and_check(setup: tuple) -> None:
     assert rep.success, rep.all_events
     rmeta = rep.asset_materializations_for_node("dataset_replicas")[0].metadata
     assert rmeta["root"].value == expected_root and rmeta["chunks_sent"].value > 0
-    assert rmeta["egress_usd"].value > 0  # gcp -> aws is internet egress
+    # USD to the cent in the UI (a few KB cost less than a cent); the warehouse keeps the exact figure
+    assert isinstance(rmeta["egress_usd"], dg.FloatMetadataValue)
+    assert rmeta["egress_usd"].value == round(rmeta["egress_usd"].value, 2)
     assert _check_passed(rep)
 
     with warehouse.connect() as con:
@@ -128,18 +130,28 @@ def test_fingerprint_and_replica_materialize_and_check(setup: tuple) -> None:
 
     # the check fails when a chunk of the replica disappears ...
     from spotshift.home import region_store_url
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     target = open_store(region_store_url(TARGET))
-    victim = next(target.list_keys("chunks/"))
+    from spotshift.sync.refs import load_manifest
+
+    # a chunk object, or a pack file (small chunks) and with it every chunk it holds
+    victim = sorted([*target.list_keys("chunks/"), *target.list_keys("packs/")])[0]
+    locations = load_manifest(target, expected_root)[0].locations
+    lost = sum(1 for p, _ in locations.values() if p == victim.rsplit("/", 1)[-1]) or 1
     target.delete(victim)
-    assert not _check_passed(_run(defs, "check_job", instance, key))
+    broken = _run(defs, "check_job", instance, key)
+    assert not _check_passed(broken)
+    measured = broken.get_asset_check_evaluations()[0].metadata  # plottable counts, not only text
+    assert measured["chunks_missing_or_wrong_size"].value == lost and measured["chunks_checked"].value > 1
     # ... and when the source has a new fingerprint the replica does not have yet
     repair = {"ops": {"dataset_replicas": {"config": {"check_existing_chunks": True}}}}
     repaired = _run(defs, "replica_job", instance, key, repair)
     assert repaired.success, repaired.get_asset_check_evaluations()[0].description
     assert _check_passed(repaired)
-    assert repaired.asset_materializations_for_node("dataset_replicas")[0].metadata["chunks_sent"].value == 1
+    assert (
+        repaired.asset_materializations_for_node("dataset_replicas")[0].metadata["chunks_sent"].value == lost
+    )
     (src / "shard" / "part9.txt").write_text("new shard\n")
     assert _run(defs, "fingerprint_job", instance, "corpus").success
     check = _run(defs, "check_job", instance, key)
@@ -231,3 +243,23 @@ def test_stores_resource_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPOTSHIFT_STORES_URL", "ftp://x")
     with pytest.raises(ConfigError, match="SPOTSHIFT_STORES_URL"):
         stores_resource_from_env()
+
+
+@pytest.mark.parametrize("base", ["s3://bkt/pre/", "s3://bkt", "gs://bkt", "gs://bkt/a/b", "file", ""])
+def test_dagster_and_the_library_find_a_region_in_the_same_store(
+    base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One reading of SPOTSHIFT_STORES_URL: the stores resource the Dagster assets write through
+    opens the very store the library (checkpoints, trainers, ``spotshift move``) reads."""
+    from resources.stores import stores_resource_from_env
+    from spotshift.home import region_store_url
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    if base == "file":
+        base = (tmp_path / "stores").as_uri()
+    if base:
+        monkeypatch.setenv("SPOTSHIFT_STORES_URL", base)
+    else:
+        monkeypatch.delenv("SPOTSHIFT_STORES_URL", raising=False)
+    for location in ("aws/us-east-1", "gcp/europe-west4"):
+        assert stores_resource_from_env().store_for(location).url == region_store_url(location)

@@ -354,6 +354,8 @@ CASES: list[tuple[str, list[str]]] = [
     ),
     ("jobs-show-unknown", ["jobs", "show", "nope"]),
     ("placement-unknown-job", ["placement", "plan", "nope"]),
+    ("move-unknown-job", ["move", "nope", "--to", "aws/us-east-1"]),
+    ("move-no-target", ["move", "nope"]),
     # ---- simulate / traces
     ("simulate-deadline-inf", ["simulate", "--deadline-hours", "inf"]),
     ("simulate-deadline-1e308", ["simulate", "--deadline-hours", "1e308"]),

@@ -55,6 +55,7 @@ def test_fingerprint_json_and_manifest_file(
     assert code == 0 and d["root"] in out and "files" in out
 
 
+@pytest.mark.usefixtures("loose_chunks")
 def test_push_pull_verify_repair_cycle(
     src: Path, tmp_path: Path, spotshift_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -185,7 +186,7 @@ def test_datasets_add_and_list(
     )
     assert last_json(out)["chunks_total"] == 1
     from spotshift.sync.refs import read_ref
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     assert read_ref(open_store((tmp_path / "s").as_uri()), "seed").params["engine"] == "fastcdc-2016"  # type: ignore[union-attr]
 

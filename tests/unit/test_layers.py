@@ -1,0 +1,126 @@
+"""The house's import rules, read from the source (AST, every import including those inside functions).
+
+* the library (``spotshift/``) never imports Dagster;
+* placement only decides: it imports nothing from ``spotshift.training`` or ``spotshift.migration``
+  (the move lifecycle imports placement, never the other way round), so the two rooms have no loop;
+* ``ops/`` imports nothing from ``assets/``; ``recording.py`` (Dagster glue) imports neither;
+* command modules import the shared CLI helpers from ``spotshift.cliutil``, never back from ``spotshift.cli``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def _imports(path: Path) -> set[str]:
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+def _offenders(folder: str, forbidden: tuple[str, ...]) -> list[str]:
+    root = REPO / folder
+    files = [root] if root.is_file() else sorted(root.rglob("*.py"))
+    bad = []
+    for f in files:
+        for name in _imports(f):
+            if any(name == p or name.startswith(p + ".") for p in forbidden):
+                bad.append(f"{f.relative_to(REPO)} imports {name}")
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("folder", "forbidden"),
+    [
+        ("spotshift", ("dagster", "dagster_duckdb", "dagster_aws", "dagster_gcp", "dagster_dbt")),
+        ("spotshift/placement", ("spotshift.training", "spotshift.migration")),
+        ("ops", ("assets",)),
+        ("recording.py", ("assets", "ops")),
+    ],
+)
+def test_import_rules(folder: str, forbidden: tuple[str, ...]) -> None:
+    assert _offenders(folder, forbidden) == []
+
+
+def test_no_command_module_imports_back_from_cli() -> None:
+    bad = [
+        f"{f.relative_to(REPO)}"
+        for f in sorted((REPO / "spotshift").rglob("*.py"))
+        if f.name != "cli.py"
+        and any(n == "spotshift.cli" or n.startswith("spotshift.cli.") for n in _imports(f))
+    ]
+    assert bad == []
+
+
+def _library_import_graph() -> dict[str, set[str]]:
+    """Module -> the spotshift modules it imports anywhere (top level or inside a function)."""
+    files = {}
+    for f in sorted((REPO / "spotshift").rglob("*.py")):
+        parts = f.relative_to(REPO).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+
+    def module_of(name: str) -> str | None:
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for mod, f in files.items():
+        targets = {module_of(n) for n in _imports(f) if n.startswith("spotshift.")}
+        graph[mod] = {t for t in targets if t and t != mod}
+    return graph
+
+
+def _loops(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_library_has_no_import_loop() -> None:
+    """No two spotshift modules import each other, directly or round a ring, counting the imports
+    inside functions too (an import moved into a function to dodge a loop is still a loop)."""
+    assert _loops(_library_import_graph()) == []
+
+
+def test_the_loop_finder_finds_a_loop() -> None:
+    assert _loops({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
