@@ -23,8 +23,10 @@ accounting:
 
 Policies: ``on_demand``, ``stay_first_spot``, ``greedy_full``, ``greedy_delta``, ``uniform_progress``
 (Can't Be Late, single region), ``spotshift`` (:func:`spotshift.placement.economics.decide`, the
-function ``price_change_sensor`` calls) and ``hindsight`` (a lower bound, see
-:func:`hindsight_bound`).
+function ``price_change_sensor`` calls), ``hindsight`` (a lower bound, see :func:`hindsight_bound`)
+and ``optimum`` (the offline optimum that pays for moves, waits and the deadline, see
+:func:`spotshift.simulate.optimum.offline_optimum`). Every result carries its cost as a multiple
+of both (``vs_optimum``, ``vs_hindsight``) when they were run.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ POLICIES = (
     "uniform_progress",
     "spotshift",
     "hindsight",
+    "optimum",
 )
 NO_SPOT_REASON = "no spot capacity (preempted)"
 
@@ -129,12 +132,18 @@ class PolicyResult:
     saving_vs_on_demand: float | None = None
     lower_bound: bool = False
     actions: dict[str, int] = field(default_factory=dict)
+    #: cost / the offline optimum's cost and / the hindsight bound's (None when not run)
+    vs_optimum: float | None = None
+    vs_hindsight: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (rounded to cents / 0.001)."""
+        """JSON-ready (rounded to cents / 0.001; a figure not tracked, NaN, is null)."""
         d = asdict(self)
         for k in ("cost_usd", "compute_usd", "egress_usd"):
-            d[k] = round(d[k], 2)
+            d[k] = round(d[k], 2) if math.isfinite(d[k]) else None
+        for k in ("vs_optimum", "vs_hindsight"):
+            if d[k] is not None:
+                d[k] = round(d[k], 4)
         for k in ("gb_moved", "spot_hours", "on_demand_hours"):
             d[k] = round(d[k], 3)
         if d["finish_hours"] is not None:
@@ -389,7 +398,11 @@ def simulate(
     out = {name: run_policy(name, market, scenario, home, params) for name in POLICIES if name in wanted}
     base = out["on_demand"].cost_usd
     for r in out.values():
-        r.saving_vs_on_demand = (1.0 - r.cost_usd / base) if base > 0 else None
+        r.saving_vs_on_demand = (1.0 - r.cost_usd / base) if base > 0 and math.isfinite(r.cost_usd) else None
+    for ref, attr in (("optimum", "vs_optimum"), ("hindsight", "vs_hindsight")):
+        if ref in out and 0 < out[ref].cost_usd < math.inf:
+            for r in out.values():
+                setattr(r, attr, r.cost_usd / out[ref].cost_usd)
     return {k: v for k, v in out.items() if k in policies}
 
 
@@ -409,6 +422,10 @@ def run_policy(
         return _run_spotshift(market, scenario, home, params)
     if name == "hindsight":
         return hindsight_bound(market, scenario, home)
+    if name == "optimum":
+        from spotshift.simulate.optimum import offline_optimum
+
+        return offline_optimum(market, scenario, home)
     raise ConfigError(f"unknown policy {name!r} (known: {', '.join(POLICIES)})")
 
 

@@ -185,6 +185,7 @@ def test_deterministic_per_seed(tmp_path: Path, capsys) -> None:
     assert a != run_json(capsys, *args, "--seed", "6")
     assert set(a) == {
         "on_demand", "stay_first_spot", "greedy_full", "greedy_delta", "uniform_progress", "spotshift", "hindsight",
+        "optimum",
     }  # fmt: skip
     for r in a.values():
         assert {"cost_usd", "saving_vs_on_demand", "deadline_met", "moves", "gb_moved", "egress_usd"} <= set(
