@@ -33,7 +33,6 @@ from spotshift.errors import ConfigError
 from spotshift.jobs import TrainingJob
 from spotshift.placement.economics import DecisionInputs, Placement, decide
 from spotshift.placement.params import PlacementParams
-from spotshift.placement.risk import OnlineRiskEstimator
 from spotshift.simulate.engine import NO_SPOT_REASON, Scenario, _Copies
 from spotshift.simulate.market import Market
 
@@ -122,6 +121,7 @@ def stay_is_certain(
     *,
     price: np.ndarray,
     spot: np.ndarray,
+    cur_loc: np.ndarray,
     remaining: np.ndarray,
     slack: np.ndarray,
     reserve_max: np.ndarray,
@@ -129,29 +129,47 @@ def stay_is_certain(
     in_cooldown: np.ndarray,
     rate: np.ndarray,
     per_preemption_hours: np.ndarray,
-    cheapest_price: float,
+    ckpt_age: np.ndarray,
+    egress_lb: np.ndarray,
+    cand_price: np.ndarray,
     params: PlacementParams,
 ) -> np.ndarray:
-    """For running jobs (arrays over jobs): True where :func:`decide` is certain to leave the job where
-    it is, so calling it can be skipped.
+    """For running jobs (arrays over jobs ``n``; candidates ``c = 2 l + market`` over the market's
+    locations): True where :func:`decide` is certain to leave the job where it is, so calling it
+    can be skipped.
 
     * on-demand with ``slack <= reserve_min``: the deadline safety net holds it there;
     * otherwise only when the safety net cannot fire (``slack > reserve_max``, the reserve with the
-      largest possible copy) and either the job is in its cooldown, or no alternative can pay:
-      for every alternative ``c``, ``net_c <= (price - cheapest_price) x remaining - downtime +
-      current_risk`` (egress, staleness and the target's risk are >= 0, its effective price is >=
-      the cheapest quote), and that bound is <= the hysteresis margin.
+      largest possible copy) and either the job is in its cooldown, or no alternative can pay: for
+      every candidate ``c`` that is not the current placement and can run now (``cand_price``
+      finite: priced, and spot with capacity), the move's net with every term of
+      :class:`~spotshift.placement.economics.MoveTerms` (savings, downtime, staleness, risk at the
+      target and here) and egress at its lower bound ``egress_lb`` (n, c) is <= the hysteresis
+      margin. Feasibility and the ``max_alternatives`` cut only remove alternatives, so they are
+      not needed for the bound.
 
-    ``rate`` is the current location's preemptions per hour (0 on on-demand); ``per_preemption_hours``
-    the hours one preemption costs (changeover + half a checkpoint interval + restore copy).
+    ``rate`` (c,) is preemptions per hour per candidate (0 for on-demand); ``per_preemption_hours``
+    (n,) the hours one preemption costs the job (changeover + half a checkpoint interval + restore).
     """
     p = params
     held = ~spot & (slack <= reserve_min - 1e-9)
     free = slack > reserve_max + 1e-9
-    cur_risk = np.where(spot, rate * remaining * price * per_preemption_hours, 0.0)
-    bound = (price - cheapest_price) * remaining - p.changeover_hours * price + cur_risk
+    cur = 2 * cur_loc + (~spot).astype(np.int64)
+    ppr = per_preemption_hours * remaining  # (n,)
+    cur_risk = rate[cur] * ppr * price
+    with np.errstate(invalid="ignore"):
+        net = (
+            (price[:, None] - cand_price[None, :]) * remaining[:, None]
+            - egress_lb
+            - (p.changeover_hours * price)[:, None]
+            - ckpt_age[:, None] * cand_price[None, :]
+            - rate[None, :] * ppr[:, None] * cand_price[None, :]
+            + cur_risk[:, None]
+        )
+    net = np.where(np.isfinite(cand_price)[None, :], net, -np.inf)
+    net[np.arange(len(cur)), cur] = -np.inf
     margin = np.maximum(p.margin_min_usd, p.margin_fraction * price * remaining)
-    cannot_pay = bound < margin - 1e-6
+    cannot_pay = net.max(axis=1, initial=-np.inf) < margin - 1e-6
     return np.isfinite(price) & (held | (free & (in_cooldown | cannot_pay)))
 
 
@@ -161,8 +179,17 @@ def simulate_fleet(
     *,
     params: PlacementParams | None = None,
     screen: bool = True,
+    risk_refresh_hours: float = 1.0,
 ) -> FleetResult:
-    """Run spotshift's policy for every job of ``jobs`` on ``m`` (see the module doc)."""
+    """Run spotshift's policy for every job of ``jobs`` on ``m`` (see the module doc).
+
+    ``risk_refresh_hours``: how often the availability estimates the decisions see are published
+    (the model observes every tick; decisions use the latest publication). ``screen=False`` calls
+    :func:`decide` for every active job at every tick (the reference the batched run must equal).
+    """
+    from spotshift.placement.availability import AvailabilityModel
+    from spotshift.pricing.egress import egress_usd_per_gb
+
     n = len(jobs)
     T = m.n_ticks
     dt = m.gap_hours
@@ -179,24 +206,23 @@ def simulate_fleet(
     spot_px = np.asarray(m.spot, dtype=np.float64).reshape(L, T)
     od_px = np.asarray(m.on_demand, dtype=np.float64).reshape(L, T)
     avail = np.asarray(m.available, dtype=bool).reshape(L, T)
-    with np.errstate(all="ignore"):
-        cheapest = np.nanmin(np.concatenate([spot_px, od_px]), axis=0)
+    rate_in = np.array(
+        [min((egress_usd_per_gb(a, b) for a in m.locations if a != b), default=0.0) for b in m.locations]
+    )
     # per-job constants
-    work = np.array([j.scenario.work_hours for j in jobs])
-    deadline_h = np.array([j.submit_tick * dt + j.scenario.deadline_hours for j in jobs])
+    sc_of = [j.scenario for j in jobs]
+    work = np.array([s.work_hours for s in sc_of])
+    window = np.array([s.deadline_hours for s in sc_of])
+    deadline_h = np.array([j.submit_tick * dt for j in jobs]) + window
     submit = np.array([j.submit_tick for j in jobs])
-    interval = np.array([j.scenario.checkpoint_interval_hours for j in jobs])
-    full_copy_h = np.array([p.transfer_hours(j.scenario.data_bytes + j.scenario.ckpt_bytes) for j in jobs])
+    interval = np.array([s.checkpoint_interval_hours for s in sc_of])
+    data_gb = np.array([s.data_bytes / 1e9 for s in sc_of])
+    ckpt_gb = np.array([s.ckpt_bytes / 1e9 for s in sc_of])
+    ckpt_lb_gb = ckpt_gb * np.array([min(1.0, s.checkpoint_delta_fraction) for s in sc_of])
+    full_copy_h = np.array([p.transfer_hours(s.data_bytes + s.ckpt_bytes) for s in sc_of])
     reserve_max = p.changeover_hours + full_copy_h + interval + dt
     reserve_min = p.changeover_hours + interval + dt
-    per_pre_h = np.array(
-        [
-            p.changeover_hours
-            + j.scenario.checkpoint_interval_hours / 2
-            + p.transfer_hours(j.scenario.ckpt_bytes)
-            for j in jobs
-        ]
-    )
+    restore_h = np.array([p.transfer_hours(s.ckpt_bytes) for s in sc_of])
     # per-job state
     running = np.zeros(n, dtype=bool)
     done = np.zeros(n, dtype=bool)
@@ -209,13 +235,22 @@ def simulate_fleet(
     cooldown_until = np.full(n, -1.0)
     ckpt_loc = np.full(n, -1, dtype=np.int64)
     last_loc = np.full(n, -1, dtype=np.int64)
+    has_ckpt = np.zeros(n, dtype=bool)
+    data_at = np.zeros((n, L), dtype=bool)
+    data_at[np.arange(n), [loc_index[j.home] for j in jobs]] = True
+    ckpt_cur = np.zeros((n, L), dtype=bool)
     compute = np.zeros(n)
     od_usd = np.zeros(n)
     egress = np.zeros(n)
     moves = np.zeros(n, dtype=np.int64)
     preempts = np.zeros(n, dtype=np.int64)
     finish = np.full(n, np.nan)
-    copies = [_Copies(j.scenario, j.home, True) for j in jobs]
+    # a queued job's decision stays valid while nothing it depends on changed (see _queue_holds)
+    q_valid = np.zeros(n, dtype=bool)
+    q_epoch = np.full(n, -1, dtype=np.int64)
+    q_version = np.full(n, -1, dtype=np.int64)
+    q_avail = np.zeros((n, L), dtype=bool)
+    copies = [_Copies(s, j.home, True) for s, j in zip(sc_of, jobs, strict=True)]
     tjobs = [
         TrainingJob(
             name=j.name,
@@ -232,7 +267,12 @@ def simulate_fleet(
     ]
     deadlines = [m.time_at(j.submit_tick) + timedelta(hours=j.scenario.deadline_hours) for j in jobs]
     res = FleetResult(jobs=n, ticks=T)
-    risk = OnlineRiskEstimator(m.locations, gap_hours=dt)
+    model = AvailabilityModel(m.locations, gap_hours=dt)
+    refresh = max(1, int(round(risk_refresh_hours / dt)))
+    risks: dict[str, Any] = {}
+    rate_c = np.zeros(2 * L)
+    outage_max = 0.0
+    version = -1
     quotes_cache: dict[int, list[Any]] = {}
 
     def start(i: int, li: int, market_spot: bool, t: int) -> None:
@@ -240,6 +280,9 @@ def simulate_fleet(
         planned = bool(running[i])
         sent, usd = copies[i].copy_to(name)
         egress[i] += usd
+        data_at[i, li] = True
+        if has_ckpt[i]:
+            ckpt_cur[i, li] = True
         if last_loc[i] >= 0 and li != last_loc[i]:
             moves[i] += 1
         if planned:
@@ -247,7 +290,7 @@ def simulate_fleet(
             overhead_price[i] = (spot_px if on_spot[i] else od_px)[loc[i], t]
             progress[i] = ckpt_progress[i]
         else:
-            overhead[i] = p.changeover_hours + jobs[i].scenario.transfer_hours(sent)
+            overhead[i] = p.changeover_hours + sc_of[i].transfer_hours(sent)
             overhead_price[i] = np.nan
         running[i] = True
         loc[i], on_spot[i], last_loc[i] = li, market_spot, li
@@ -255,7 +298,12 @@ def simulate_fleet(
 
     for t in range(T):
         a_t = avail[:, t]
-        risk.observe({l_: bool(a_t[k]) for k, l_ in enumerate(m.locations)})
+        model.observe({l_: bool(a_t[k]) for k, l_ in enumerate(m.locations)})
+        if t % refresh == 0:
+            risks = model.risks()
+            version += 1
+            rate_c[0::2] = [risks[l_].preemptions_per_hour for l_ in m.locations]
+            outage_max = max(r.mean_outage_hours for r in risks.values())
         active = (submit <= t) & ~done
         if not active.any():
             if (submit > t).any():
@@ -271,35 +319,58 @@ def simulate_fleet(
         price = np.where(on_spot, spot_px[loc, t], od_px[loc, t])
         remaining = np.maximum(0.0, work - progress)
         time_left = deadline_h - t * dt
-        # decisions
+        slack = time_left - remaining
+        ep = m.epoch[t]
         todo = active.copy()
         if screen:
-            risks_now = risk.risks()
-            rate_loc = np.array([risks_now[l_].preemptions_per_hour for l_ in m.locations])
-            skip = running & stay_is_certain(
-                price=price,
-                spot=on_spot,
-                remaining=remaining,
-                slack=time_left - remaining,
-                reserve_max=reserve_max,
-                reserve_min=reserve_min,
-                in_cooldown=cooldown_until > t * dt,
-                rate=rate_loc[loc],
-                per_preemption_hours=per_pre_h,
-                cheapest_price=float(cheapest[t]),
-                params=p,
-            )
-            res.screened_stays += int((skip & active).sum())
-            todo &= ~skip
+            cand_price = np.empty(2 * L)
+            cand_price[0::2] = np.where(a_t, spot_px[:, t], np.nan)
+            cand_price[1::2] = od_px[:, t]
+            cand_price = np.where(np.isnan(cand_price), np.inf, cand_price)
+            cand_price = np.where(np.isinf(cand_price), np.nan, cand_price)
+            ri = np.flatnonzero(running & active)
+            if len(ri):
+                data_miss = ~data_at[ri]
+                ckpt_miss = has_ckpt[ri, None] & ~ckpt_cur[ri]
+                e_loc = (data_miss * data_gb[ri, None] + ckpt_miss * ckpt_lb_gb[ri, None]) * rate_in[None, :]
+                skip = stay_is_certain(
+                    price=price[ri],
+                    spot=on_spot[ri],
+                    cur_loc=loc[ri],
+                    remaining=remaining[ri],
+                    slack=slack[ri],
+                    reserve_max=reserve_max[ri],
+                    reserve_min=reserve_min[ri],
+                    in_cooldown=cooldown_until[ri] > t * dt,
+                    rate=rate_c,
+                    per_preemption_hours=p.changeover_hours
+                    + interval[ri] / 2
+                    + np.where(has_ckpt[ri], restore_h[ri], 0.0),
+                    ckpt_age=progress[ri] - ckpt_progress[ri],
+                    egress_lb=np.repeat(e_loc, 2, axis=1),
+                    cand_price=cand_price,
+                    params=p,
+                )
+                todo[ri[skip]] = False
+                res.screened_stays += int(skip.sum())
+            qi = np.flatnonzero(active & ~running & q_valid)
+            if len(qi):
+                ok = (
+                    (q_epoch[qi] == ep)
+                    & (q_version[qi] == version)
+                    & ~(a_t[None, :] & ~q_avail[qi]).any(axis=1)
+                    & (slack[qi] > reserve_max[qi] + 1e-9)
+                    & (remaining[qi] <= work[qi] * (time_left[qi] - outage_max) / window[qi] - 1e-9)
+                )
+                todo[qi[ok]] = False
+                res.screened_stays += int(ok.sum())
         idx = np.flatnonzero(todo)
         if len(idx):
-            ep = m.epoch[t]
             quotes = quotes_cache.get(ep)
             if quotes is None:
                 quotes_cache.clear()
                 quotes = quotes_cache[ep] = m.quotes(t)
             no_spot = {l_: NO_SPOT_REASON for k, l_ in enumerate(m.locations) if not a_t[k]}
-            risks = risk.risks()
             now = m.time_at(t)
             for i in idx.tolist():
                 cur = None
@@ -330,6 +401,10 @@ def simulate_fleet(
                 d = decide(inputs, p)
                 res.decide_calls += 1
                 res.actions[d.action] = res.actions.get(d.action, 0) + 1
+                q_valid[i] = d.action == "queue" and not running[i]
+                if q_valid[i]:
+                    q_epoch[i], q_version[i] = ep, version
+                    q_avail[i] = a_t
                 if d.target is None or not d.changes_placement:
                     continue
                 q = d.target.quote
@@ -359,6 +434,9 @@ def simulate_fleet(
         for i in np.flatnonzero(crossed & (ckpt_loc != loc)):
             copies[i].checkpoint_written(m.locations[loc[i]])
             ckpt_loc[i] = loc[i]
+            has_ckpt[i] = True
+            ckpt_cur[i] = False
+            ckpt_cur[i, loc[i]] = True
         fin = r & (work - progress <= 1e-9)
         if fin.any():
             finish[fin] = t * dt + (used + wk)[fin]
