@@ -1,0 +1,54 @@
+"""The fleet simulator: the batched run decides exactly as calling decide() for every job at every
+tick, meets every deadline, and refuses bad input."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from spotshift.errors import ConfigError
+from spotshift.simulate.fleet import FleetJob, generate_fleet, simulate_fleet
+from spotshift.simulate.market import build_market
+from spotshift.simulate.traces import generate_traces
+from tests.unit.simulate.test_simulate import small_history
+
+LOCS = ["gcp/europe-west4", "gcp/us-central1", "gcp/us-east1"]
+
+
+def market(seed: int, hours: float = 240.0):
+    return build_market(
+        small_history(seed),
+        "x-8g",
+        start=datetime(2024, 1, 2, tzinfo=UTC),
+        hours=hours,
+        gap_seconds=600,
+        traces=generate_traces(LOCS, hours, seed=seed),
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_batched_fleet_decides_exactly_like_deciding_every_tick(seed: int) -> None:
+    m = market(seed)
+    jobs = generate_fleet(m, 12, seed=seed, work_hours=(10.0, 80.0), slack=(1.1, 2.0))
+    batched = simulate_fleet(m, jobs)
+    reference = simulate_fleet(m, jobs, screen=False)
+    assert batched.per_job == reference.per_job
+    assert batched.cost_usd == pytest.approx(reference.cost_usd)
+    assert reference.decide_calls == reference.job_ticks
+    # the screen is what makes it fast: most job-ticks need no decide() call
+    assert batched.decide_calls + batched.screened_stays == batched.job_ticks
+    assert batched.decide_calls < 0.4 * reference.decide_calls
+    assert batched.deadlines_met == len(jobs)
+    assert batched.preemptions > 0 and batched.moves > 0
+
+
+def test_bad_fleets_are_refused() -> None:
+    m = market(0, hours=48.0)
+    with pytest.raises(ConfigError, match="fleet size"):
+        generate_fleet(m, 0)
+    with pytest.raises(ConfigError, match="too short"):
+        generate_fleet(m, 3, work_hours=(100.0, 200.0))
+    job = generate_fleet(m, 1, work_hours=(5.0, 6.0))[0]
+    with pytest.raises(ConfigError, match="not in the market"):
+        simulate_fleet(m, [FleetJob(job.name, job.scenario, "gcp/mars-1", 0)])
