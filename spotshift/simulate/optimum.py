@@ -82,23 +82,25 @@ class _MinPlus:
     def __call__(self, src: np.ndarray) -> np.ndarray:
         n_t = self.edge.shape[1]
         out = np.full((n_t, src.shape[1]), np.inf)
+        targets = np.arange(n_t)[:, None]
         for gi, g in enumerate(self.groups):
             sub = src[g]
             if len(g) == 1:
-                m1, arg, m2 = sub[0], np.full(src.shape[1], g[0]), np.full(src.shape[1], np.inf)
-            else:
-                order = np.argpartition(sub, 1, axis=0)
-                arg = g[order[0]]
-                m1 = np.take_along_axis(sub, order[:1], axis=0)[0]
-                m2 = np.take_along_axis(sub, order[1:2], axis=0)[0]
-            if not np.isfinite(m1).any():
-                continue
-            for b in range(n_t):
-                e = self.edge[gi, b]
-                if not np.isfinite(e):
+                m1 = sub[0]
+                if not np.isfinite(m1).any():
                     continue
-                best = np.where(arg == b, m2, m1) if b in g else m1
-                np.minimum(out[b], best + e, out=out[b])
+                best = np.broadcast_to(m1, out.shape).copy()
+                best[g[0]] = np.inf  # a location is not its own source
+            else:
+                first = sub.argmin(axis=0)
+                m1 = sub.min(axis=0)
+                if not np.isfinite(m1).any():
+                    continue
+                rest = sub.copy()
+                rest[first, np.arange(sub.shape[1])] = np.inf
+                m2 = rest.min(axis=0)
+                best = np.where(g[first][None, :] == targets, m2[None, :], m1[None, :])
+            np.minimum(out, best + self.edge[gi][:, None], out=out)
         return out
 
 
