@@ -203,10 +203,27 @@ class AvailabilityModel:
         return out
 
     def risk(self, key: Hashable, location: str | None = None) -> RegionRisk:
-        """The estimate as a :class:`RegionRisk` (hazard over the horizon) for scoring and economics."""
+        """The estimate as a :class:`RegionRisk` for scoring and economics: the long-run hazard over
+        the horizon (``-ln S(H) / H`` without co-interruptions) and, as the near term, the extra
+        interruptions a fresh co-interruption predicts inside its window (``-ln`` of its survival
+        multiplier; see :mod:`spotshift.placement.horizon`)."""
         e = self.estimate(key)
+        alpha = self.a0 + self._events.get(key, 0)
+        beta = self.b0 + self._up_hours.get(key, 0.0)
+        h = self.horizon_hours
+        base = alpha * math.log1p(h / beta) / h
+        co = self._co_factor(key, self.co_window_hours) if self.co_window_hours > 0 else 1.0
+        near = -math.log(max(co, 1e-12))
         loc = location if location is not None else str(key)
-        return RegionRisk(loc, e.hazard_per_hour, e.mean_outage_hours, e.available_hours, e.interruptions)
+        return RegionRisk(
+            loc,
+            base,
+            e.mean_outage_hours,
+            e.available_hours,
+            e.interruptions,
+            near_term_preemptions=near,
+            near_term_hours=self.co_window_hours if near > 0 else 0.0,
+        )
 
     def risks(self) -> dict[str, RegionRisk]:
         """``{location: RegionRisk}`` for every key that is a location string."""

@@ -38,6 +38,7 @@ from typing import Any
 
 from spotshift.errors import ConfigError, check_range
 from spotshift.jobs import TrainingJob
+from spotshift.placement.availability import AvailabilityModel
 from spotshift.placement.economics import (
     DecisionInputs,
     Placement,
@@ -47,7 +48,6 @@ from spotshift.placement.economics import (
     safety_reserve_hours,
 )
 from spotshift.placement.params import PlacementParams
-from spotshift.placement.risk import OnlineRiskEstimator
 from spotshift.placement.scoring import DataFootprint
 from spotshift.pricing.egress import egress_usd_per_gb
 from spotshift.simulate.market import Market
@@ -508,7 +508,9 @@ def _run_uniform_progress(m: Market, sc: Scenario, home: str) -> PolicyResult:
 
 
 def _run_spotshift(m: Market, sc: Scenario, home: str, params: PlacementParams | None) -> PolicyResult:
-    """spotshift's own economics: :func:`decide` every tick, with what a sensor would know."""
+    """spotshift's own economics: :func:`decide` every tick, with what a sensor would know: the
+    prices of the tick, where capacity is gone now, and the availability learned so far
+    (:class:`~spotshift.placement.availability.AvailabilityModel`: hazards, co-interruptions)."""
     run = _Run("spotshift", m, sc, home, delta=True)
     p = (params or PlacementParams()).with_(
         changeover_hours=sc.changeover_hours,
@@ -527,7 +529,7 @@ def _run_spotshift(m: Market, sc: Scenario, home: str, params: PlacementParams |
         deadline_hours=sc.deadline_hours,
     )
     deadline = m.start + timedelta(hours=sc.deadline_hours)
-    risk = OnlineRiskEstimator(m.locations, gap_hours=m.gap_hours)
+    risk = AvailabilityModel(m.locations, gap_hours=m.gap_hours)
     quotes_cache: dict[int, list[Any]] = {}
     actions = run.res.actions
 

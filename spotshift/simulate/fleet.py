@@ -32,6 +32,7 @@ import numpy as np
 from spotshift.errors import ConfigError
 from spotshift.jobs import TrainingJob
 from spotshift.placement.economics import DecisionInputs, Placement, decide
+from spotshift.placement.horizon import expected_preemptions_array
 from spotshift.placement.params import PlacementParams
 from spotshift.simulate.engine import NO_SPOT_REASON, Scenario, _Copies
 from spotshift.simulate.market import Market
@@ -126,8 +127,7 @@ def stay_is_certain(
     slack: np.ndarray,
     reserve_max: np.ndarray,
     reserve_min: np.ndarray,
-    in_cooldown: np.ndarray,
-    rate: np.ndarray,
+    expected_preemptions: np.ndarray,
     per_preemption_hours: np.ndarray,
     ckpt_age: np.ndarray,
     egress_lb: np.ndarray,
@@ -140,7 +140,8 @@ def stay_is_certain(
 
     * on-demand with ``slack <= reserve_min``: the deadline safety net holds it there;
     * otherwise only when the safety net cannot fire (``slack > reserve_max``, the reserve with the
-      largest possible copy) and either the job is in its cooldown, or no alternative can pay: for
+      largest possible copy) and no alternative can pay (inside the cooldown only a move that pays
+      can happen, one ahead of a predicted interruption, so the same bound serves there): for
       every candidate ``c`` that is not the current placement and can run now (``cand_price``
       finite: priced, and spot with capacity), the move's net with every term of
       :class:`~spotshift.placement.economics.MoveTerms` (savings, downtime, staleness, risk at the
@@ -148,29 +149,31 @@ def stay_is_certain(
       margin. Feasibility and the ``max_alternatives`` cut only remove alternatives, so they are
       not needed for the bound.
 
-    ``rate`` (c,) is preemptions per hour per candidate (0 for on-demand); ``per_preemption_hours``
-    (n,) the hours one preemption costs the job (changeover + half a checkpoint interval + restore).
+    ``expected_preemptions`` (n, c): each candidate's expected preemptions over each job's remaining
+    hours (:func:`spotshift.placement.horizon.expected_preemptions_array`; 0 for on-demand);
+    ``per_preemption_hours`` (n,) the hours one preemption costs the job (changeover + half a
+    checkpoint interval + restore).
     """
     p = params
     held = ~spot & (slack <= reserve_min - 1e-9)
     free = slack > reserve_max + 1e-9
     cur = 2 * cur_loc + (~spot).astype(np.int64)
-    ppr = per_preemption_hours * remaining  # (n,)
-    cur_risk = rate[cur] * ppr * price
+    rows = np.arange(len(cur))
+    cur_risk = expected_preemptions[rows, cur] * per_preemption_hours * price
     with np.errstate(invalid="ignore"):
         net = (
             (price[:, None] - cand_price[None, :]) * remaining[:, None]
             - egress_lb
             - (p.changeover_hours * price)[:, None]
             - ckpt_age[:, None] * cand_price[None, :]
-            - rate[None, :] * ppr[:, None] * cand_price[None, :]
+            - expected_preemptions * per_preemption_hours[:, None] * cand_price[None, :]
             + cur_risk[:, None]
         )
     net = np.where(np.isfinite(cand_price)[None, :], net, -np.inf)
-    net[np.arange(len(cur)), cur] = -np.inf
+    net[rows, cur] = -np.inf
     margin = np.maximum(p.margin_min_usd, p.margin_fraction * price * remaining)
     cannot_pay = net.max(axis=1, initial=-np.inf) < margin - 1e-6
-    return np.isfinite(price) & (held | (free & (in_cooldown | cannot_pay)))
+    return np.isfinite(price) & (held | (free & cannot_pay))
 
 
 def simulate_fleet(
@@ -271,6 +274,8 @@ def simulate_fleet(
     refresh = max(1, int(round(risk_refresh_hours / dt)))
     risks: dict[str, Any] = {}
     rate_c = np.zeros(2 * L)
+    near_c = np.zeros(2 * L)
+    near_h_c = np.zeros(2 * L)
     outage_max = 0.0
     version = -1
     quotes_cache: dict[int, list[Any]] = {}
@@ -303,6 +308,8 @@ def simulate_fleet(
             risks = model.risks()
             version += 1
             rate_c[0::2] = [risks[l_].preemptions_per_hour for l_ in m.locations]
+            near_c[0::2] = [risks[l_].near_term_preemptions for l_ in m.locations]
+            near_h_c[0::2] = [risks[l_].near_term_hours for l_ in m.locations]
             outage_max = max(r.mean_outage_hours for r in risks.values())
         active = (submit <= t) & ~done
         if not active.any():
@@ -341,8 +348,9 @@ def simulate_fleet(
                     slack=slack[ri],
                     reserve_max=reserve_max[ri],
                     reserve_min=reserve_min[ri],
-                    in_cooldown=cooldown_until[ri] > t * dt,
-                    rate=rate_c,
+                    expected_preemptions=expected_preemptions_array(
+                        rate_c[None, :], near_c[None, :], near_h_c[None, :], remaining[ri, None]
+                    ),
                     per_preemption_hours=p.changeover_hours
                     + interval[ri] / 2
                     + np.where(has_ckpt[ri], restore_h[ri], 0.0),
