@@ -52,3 +52,36 @@ def test_bad_fleets_are_refused() -> None:
     job = generate_fleet(m, 1, work_hours=(5.0, 6.0))[0]
     with pytest.raises(ConfigError, match="not in the market"):
         simulate_fleet(m, [FleetJob(job.name, job.scenario, "gcp/mars-1", 0)])
+
+
+def test_simulate_fleet_command(tmp_path, capsys) -> None:  # noqa: ANN001
+    import json
+
+    from spotshift.cli import main
+    from tests.unit.simulate.test_simulate import write
+
+    prices, _ = write(
+        tmp_path,
+        [
+            "2024-01-01T00:00:00+00:00,x-8g,a100,8,us-central1,10,3",
+            "2024-01-01T00:00:00+00:00,x-8g,a100,8,us-east1,12,2.5",
+        ],
+        {},
+    )
+    args = ["simulate-fleet", "--prices", str(prices), "--start", "2024-01-01", "--days", "12", "--jobs", "6"]
+    assert main([*args, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (
+        doc["jobs"] == 6 and doc["deadlines_met"] == 6 and doc["locations"] == 2 and doc["ticks"] == 12 * 144
+    )
+    assert doc["decide_calls"] + doc["screened_stays"] == doc["job_ticks"] and doc["cost_usd"] > 0
+    assert main(args) == 0
+    assert "deadlines met 6/6" in capsys.readouterr().out
+    for extra, message in (
+        (["--jobs", "0"], "--jobs"),
+        (["--days", "-1"], "--days"),
+        (["--instance", "nope"], "nope"),
+    ):
+        assert main([*args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
