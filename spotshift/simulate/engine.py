@@ -507,6 +507,21 @@ def _run_uniform_progress(m: Market, sc: Scenario, home: str) -> PolicyResult:
     return _loop(run, tick, net=True)
 
 
+def simulated_job(m: Market, sc: Scenario, name: str, submit_tick: int) -> TrainingJob:
+    """The training job ``decide`` sees for a scenario submitted at tick ``submit_tick`` of ``m``."""
+    return TrainingJob(
+        name=name,
+        dataset="simulated",
+        total_steps=max(1, int(round(sc.work_hours * 100))),
+        work_hours=sc.work_hours,
+        checkpoint_every_minutes=sc.checkpoint_interval_hours * 60.0,
+        gpu_model=m.gpu_model,
+        gpu_count=m.gpu_count,
+        submitted_at=m.time_at(submit_tick).isoformat(),
+        deadline_hours=sc.deadline_hours,
+    )
+
+
 def _run_spotshift(m: Market, sc: Scenario, home: str, params: PlacementParams | None) -> PolicyResult:
     """spotshift's own economics: :func:`decide` every tick, with what a sensor would know: the
     prices of the tick, where capacity is gone now, and the availability learned so far
@@ -517,17 +532,7 @@ def _run_spotshift(m: Market, sc: Scenario, home: str, params: PlacementParams |
         transfer_gbps=sc.transfer_gbps,
         decision_interval_hours=m.gap_hours,
     )
-    job = TrainingJob(
-        name="simulated",
-        dataset="simulated",
-        total_steps=max(1, int(round(sc.work_hours * 100))),
-        work_hours=sc.work_hours,
-        checkpoint_every_minutes=sc.checkpoint_interval_hours * 60.0,
-        gpu_model=m.gpu_model,
-        gpu_count=m.gpu_count,
-        submitted_at=m.start.isoformat(),
-        deadline_hours=sc.deadline_hours,
-    )
+    job = simulated_job(m, sc, "simulated", 0)
     deadline = m.start + timedelta(hours=sc.deadline_hours)
     risk = AvailabilityModel(m.locations, gap_hours=m.gap_hours)
     quotes_cache: dict[int, list[Any]] = {}

@@ -30,11 +30,10 @@ from typing import Any
 import numpy as np
 
 from spotshift.errors import ConfigError
-from spotshift.jobs import TrainingJob
 from spotshift.placement.economics import DecisionInputs, Placement, decide
 from spotshift.placement.horizon import expected_preemptions_array
 from spotshift.placement.params import PlacementParams
-from spotshift.simulate.engine import NO_SPOT_REASON, Scenario, _Copies
+from spotshift.simulate.engine import NO_SPOT_REASON, Scenario, _Copies, simulated_job
 from spotshift.simulate.market import Market
 
 
@@ -254,20 +253,7 @@ def simulate_fleet(
     q_version = np.full(n, -1, dtype=np.int64)
     q_avail = np.zeros((n, L), dtype=bool)
     copies = [_Copies(s, j.home, True) for s, j in zip(sc_of, jobs, strict=True)]
-    tjobs = [
-        TrainingJob(
-            name=j.name,
-            dataset="simulated",
-            total_steps=max(1, int(round(j.scenario.work_hours * 100))),
-            work_hours=j.scenario.work_hours,
-            checkpoint_every_minutes=j.scenario.checkpoint_interval_hours * 60.0,
-            gpu_model=m.gpu_model,
-            gpu_count=m.gpu_count,
-            submitted_at=m.time_at(j.submit_tick).isoformat(),
-            deadline_hours=j.scenario.deadline_hours,
-        )
-        for j in jobs
-    ]
+    tjobs = [simulated_job(m, j.scenario, j.name, j.submit_tick) for j in jobs]
     deadlines = [m.time_at(j.submit_tick) + timedelta(hours=j.scenario.deadline_hours) for j in jobs]
     res = FleetResult(jobs=n, ticks=T)
     model = AvailabilityModel(m.locations, gap_hours=dt)

@@ -3,28 +3,15 @@ tick, meets every deadline, and refuses bad input."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 
 from spotshift.errors import ConfigError
 from spotshift.simulate.fleet import FleetJob, generate_fleet, simulate_fleet
-from spotshift.simulate.market import build_market
-from spotshift.simulate.traces import generate_traces
-from tests.unit.simulate.test_simulate import small_history
-
-LOCS = ["gcp/europe-west4", "gcp/us-central1", "gcp/us-east1"]
+from tests.unit.simulate.test_simulate import small_market
 
 
-def market(seed: int, hours: float = 240.0):
-    return build_market(
-        small_history(seed),
-        "x-8g",
-        start=datetime(2024, 1, 2, tzinfo=UTC),
-        hours=hours,
-        gap_seconds=600,
-        traces=generate_traces(LOCS, hours, seed=seed),
-    )
+def market(seed: int, hours: float = 240.0):  # noqa: ANN201
+    return small_market(seed, hours)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -4,15 +4,12 @@ between the hindsight bound and every policy on generated markets."""
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from spotshift.simulate.engine import Scenario, simulate
-from spotshift.simulate.market import build_market
-from spotshift.simulate.traces import generate_traces
-from tests.unit.simulate.test_simulate import EXACT, run_json, small_history, write
+from tests.unit.simulate.test_simulate import EXACT, run_json, small_market, write
 
 TRACE_MAP = "us-central1=a.json,us-east1=b.json"
 
@@ -88,16 +85,7 @@ def test_optimum_lies_between_the_hindsight_bound_and_every_policy(seed: int) ->
         changeover_hours=rng.choice([0.0, 0.25]),
         checkpoint_interval_hours=rng.choice([0.25, 0.5]),
     )
-    hours = sc.deadline_hours + sc.work_hours + 24
-    locs = ["gcp/europe-west4", "gcp/us-central1", "gcp/us-east1"]
-    m = build_market(
-        small_history(seed),
-        "x-8g",
-        start=datetime(2024, 1, 2, tzinfo=UTC),
-        hours=hours,
-        gap_seconds=600,
-        traces=generate_traces(locs, hours, seed=seed),
-    )
+    m = small_market(seed, sc.deadline_hours + sc.work_hours + 24)
     res = simulate(m, sc)
     opt = res["optimum"]
     assert opt.deadline_met and opt.finish_hours <= sc.deadline_hours
