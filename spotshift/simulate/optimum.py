@@ -41,8 +41,8 @@ import math
 import numpy as np
 
 from spotshift.pricing.egress import egress_usd_per_gb
-from spotshift.simulate.engine import PolicyResult, Scenario
 from spotshift.simulate.market import Market
+from spotshift.simulate.scenario import PolicyResult, Scenario
 
 NAME = "optimum"
 
