@@ -260,7 +260,7 @@ def _simulate(args: argparse.Namespace) -> int:
         moves = "" if name == "optimum" else str(r.moves)
         print(
             f"{label:44s} {r.cost_usd:12,.2f} {saving:>8s} {ratio:>6s} {'met' if r.deadline_met else 'MISSED':>9s} "
-            f"{moves:>6s} {moved:>10s} {egress:>11s} {r.preemptions:8d} {finish:>9s}"
+            f"{moves:>6s} {moved:>10s} {egress:>11s} {'' if name == 'optimum' else r.preemptions:>8} {finish:>9s}"
         )
     if "hindsight" in report.policies:
         print(

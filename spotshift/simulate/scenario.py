@@ -96,4 +96,7 @@ class PolicyResult:
             d["finish_hours"] = round(d["finish_hours"], 3)
         if d["saving_vs_on_demand"] is not None:
             d["saving_vs_on_demand"] = round(d["saving_vs_on_demand"], 4)
+        if math.isnan(self.compute_usd):  # only the total is known (the offline optimum)
+            for k in ("moves", "gb_moved", "spot_hours", "on_demand_hours", "preemptions"):
+                d[k] = None
         return d

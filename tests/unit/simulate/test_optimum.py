@@ -37,7 +37,7 @@ def test_waiting_beats_moving_when_capacity_returns(tmp_path: Path, capsys) -> N
         True,
         True,
     )
-    assert opt["egress_usd"] is None and opt["vs_optimum"] == 1.0
+    assert opt["egress_usd"] is None and opt["moves"] is None and opt["vs_optimum"] == 1.0
     assert pol["spotshift"]["vs_optimum"] == pytest.approx(pol["spotshift"]["cost_usd"] / 16.0, abs=1e-4)
     assert pol["hindsight"]["vs_optimum"] == 1.0
 
