@@ -9,8 +9,8 @@
 5. ``prices``    ``price_poll_job``: ``raw_price_quotes`` -> blocking GX checks -> ``gpu_quotes``
 6. ``lifecycle`` a stepped virtual clock runs weeks of market in minutes: the demo advances it one
                  training step (the GPU hours a step stands for) at a time and waits for the trainer
-                 to take that step; every virtual hour, and at once after an event (a notice, new
-                 prices, a failed run), it ticks ``price_change_sensor``, ``preemption_sensor`` and
+                 to take that step; every few virtual hours, and at once after an event (a notice,
+                 new prices, a failed run, the trainer's exit), it ticks ``price_change_sensor``, ``preemption_sensor`` and
                  ``migration_failure_sensor`` through the sensor daemon's tick function and the runs
                  they request (``migration_job``, ``preemption_recovery_job``, ``rollback_job``) are
                  launched through the code location, as the daemon launches them; the preemption
@@ -63,7 +63,8 @@ class Settings:
     work_hours: float = 144.0
     deadline_hours: float = 240.0
     checkpoint_every_steps: int = 30
-    sensor_every_hours: float = 1.0  # virtual hours between sensor ticks (events tick them at once)
+    price_every_hours: float = 2.0  # virtual hours between price_change_sensor ticks
+    preemption_every_hours: float = 6.0  # between preemption_sensor ticks (a notice ticks it at once)
     max_preemptions: int = 2  # notices delivered (the traces ask for more; see README)
     shadow_steps: int = 12
     corpus_mib: float = 2.0
@@ -280,8 +281,10 @@ def stage_clock(market: Market, settings: Settings) -> Any:
     owner = ClockOwner(VirtualClock.stepped_at(market.start, pace_trainers=True))
     print(
         f"virtual clock at {market.start:%Y-%m-%d %H:%M} UTC, stepped by events (not by wall seconds): "
-        f"one step = {settings.step_hours * 60:.0f} virtual minutes of GPU work, sensors tick every "
-        f"{settings.sensor_every_hours:g} virtual hour and at once after a notice, new prices or a failed run"
+        f"one step = {settings.step_hours * 60:.0f} virtual minutes of GPU work, price_change_sensor "
+        f"ticks every {settings.price_every_hours:g} virtual hours, preemption_sensor every "
+        f"{settings.preemption_every_hours:g}, both at once after a notice, new prices, a failed run or the "
+        "trainer's exit"
     )
     return owner
 
@@ -343,7 +346,7 @@ class Lifecycle:
     rollbacks: list[dict[str, Any]] = field(default_factory=list)
     perturbed_done: bool = False
     finished_at: datetime | None = None
-    next_sensor_tick: datetime | None = None
+    next_tick: dict[str, datetime] = field(default_factory=dict)
 
 
 def now() -> datetime:
@@ -410,37 +413,44 @@ def report_run(run: Any, label: str) -> None:
         print(line)
 
 
-def after_run(life: Lifecycle, runs: list[Any], label: str) -> list[Any]:
-    """Report runs, let the changeover pass on the clock, roll back the failed ones."""
+def execute(life: Lifecycle, run_ids: list[str], label: str) -> list[Any]:
+    """Execute requested moves: the changeover passes on the clock first (the job is live in its new
+    place at the end of it), then the runs; a failed one is rolled back the same way."""
     from spotshift.placement.params import PlacementParams
 
-    failed = []
+    if not run_ids:
+        return []
+    advance(PlacementParams().changeover_hours)
+    runs = Runs.get().wait(run_ids)
     for run in runs:
         report_run(run, label)
-        if not run.is_success:
-            failed.append(run)
-    if runs:
-        advance(PlacementParams().changeover_hours)
-    if failed:
-        for rollback in Runs.get().tick("migration_failure_sensor"):
+    if any(not r.is_success for r in runs):
+        for rollback in execute(life, Runs.get().tick("migration_failure_sensor"), "rollback"):
             life.rollbacks.append(
                 {"run_key": rollback.tags.get("dagster/run_key"), "ok": rollback.is_success}
             )
-            after_run(life, [rollback], "rollback")
     return runs
 
 
+def due(life: Lifecycle, sensor: str, every_hours: float, force: bool) -> bool:
+    """Whether ``sensor`` ticks now: forced by an event, or ``every_hours`` of virtual time after its last tick."""
+    if not force and now() < life.next_tick.get(sensor, now()):
+        return False
+    life.next_tick[sensor] = now() + timedelta(hours=every_hours)
+    return True
+
+
 def handle_sensors(life: Lifecycle, *, force: bool = False) -> None:
-    """Tick the sensors (every ``sensor_every_hours`` of virtual time, or at once when ``force``)."""
-    if not force and life.next_sensor_tick is not None and now() < life.next_sensor_tick:
+    """Tick the sensors on their virtual-time cadence, or at once after an event (``force``)."""
+    daemon, settings = Runs.get(), life.settings
+    if due(life, "preemption_sensor", settings.preemption_every_hours, force):
+        for run in execute(life, daemon.tick("preemption_sensor"), "recovery"):
+            life.recoveries.append({"run_key": run.tags.get("dagster/run_key"), "ok": run.is_success})
+    if not due(life, "price_change_sensor", settings.price_every_hours, force):
         return
-    life.next_sensor_tick = now() + timedelta(hours=life.settings.sensor_every_hours)
-    daemon = Runs.get()
-    for run in after_run(life, daemon.tick("preemption_sensor"), "recovery"):
-        life.recoveries.append({"run_key": run.tags.get("dagster/run_key"), "ok": run.is_success})
-    for run in daemon.tick("price_change_sensor"):
-        trigger = run.tags.get("spotshift/trigger", "price")
-        after_run(life, [run], "placement" if trigger == "place" else "migration")
+    for run_id in daemon.tick("price_change_sensor"):
+        trigger = daemon.instance.get_run_by_id(run_id).tags.get("spotshift/trigger", "price")
+        (run,) = execute(life, [run_id], "placement" if trigger == "place" else "migration")
         if trigger == "price":
             life.price_moves.append({"run_key": run.tags.get("dagster/run_key"), "ok": run.is_success})
 
@@ -484,7 +494,7 @@ def perturbed_move(life: Lifecycle) -> None:
         plan, shadow_steps=life.settings.shadow_steps, perturb_learning_rate=life.job.learning_rate * 20
     )
     tags = {**plan.tags(), "spotshift/demo": "perturbed", "dagster/run_key": plan.run_key}
-    after_run(life, [Runs.get().launch("migration_job", config, tags)], "migration")
+    execute(life, [Runs.get().submit("migration_job", config, tags)], "migration")
 
 
 def deliver_notices(life: Lifecycle, injector: Any, backend: Any) -> bool:
@@ -522,6 +532,8 @@ def stage_lifecycle(market: Market, job: Any, settings: Settings) -> Lifecycle:
         while True:
             event = poll_prices(life)
             event = deliver_notices(life, injector, backend) or event
+            info = backend.status(JOB)
+            event = event or load_state(JOB).status == "running" and not (info and info.alive)
             handle_sensors(life, force=event)
             state = load_state(JOB)
             if state.status == "finished":

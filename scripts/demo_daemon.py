@@ -129,7 +129,19 @@ class Daemon:
         *,
         assets: list[Any] | None = None,
     ) -> Any:
-        """Create a run of ``job_name`` from the code location (as the Launchpad does), submit it, wait."""
+        """Submit a run of ``job_name`` (:meth:`submit`) and wait for it."""
+        return self.wait([self.submit(job_name, run_config, tags, assets=assets)])[0]
+
+    def submit(
+        self,
+        job_name: str,
+        run_config: dict[str, Any],
+        tags: dict[str, str],
+        *,
+        assets: list[Any] | None = None,
+    ) -> str:
+        """Create a run of ``job_name`` from the code location (as the Launchpad does) and submit it
+        (queued); returns its id."""
         from dagster._core.definitions.selector import JobSubsetSelector as Selector
 
         location = self.ctx.create_request_context().get_code_location(LOCATION)
@@ -166,7 +178,7 @@ class Daemon:
             asset_graph=location.get_repository(self.repo.name).asset_graph,
         )
         self.instance.submit_run(run.run_id, self.ctx.create_request_context())
-        return self.wait([run.run_id])[0]
+        return run.run_id
 
     def wait(self, run_ids: list[str]) -> list[Any]:
         """Dequeue (the queued-run daemon's iteration) and wait until every run has ended."""
@@ -186,9 +198,10 @@ class Daemon:
             time.sleep(0.2)
 
     # -- sensors --------------------------------------------------------------------------------
-    def tick(self, sensor_name: str) -> list[Any]:
-        """One tick of ``sensor_name`` through the sensor daemon's tick function; returns the runs it
-        launched, ended. A failed tick (the sensor raised) stops the demo with its one-line error."""
+    def tick(self, sensor_name: str) -> list[str]:
+        """One tick of ``sensor_name`` through the sensor daemon's tick function; returns the ids of the
+        runs it submitted (queued: :meth:`wait` runs them). A failed tick (the sensor raised) stops the
+        demo with its one-line error."""
         from dagster._core.scheduler.instigation import InstigatorType, TickStatus
         from dagster._daemon.sensor import _process_tick_generator
 
@@ -211,4 +224,4 @@ class Daemon:
         if error is not None or tick.status == TickStatus.FAILURE:
             message = (error.message if error else "failed").strip().splitlines()[0]
             raise SystemExit(f"demo: {sensor_name} tick failed: {message}")
-        return self.wait(list(tick.run_ids)) if tick.run_ids else []
+        return list(tick.run_ids)
