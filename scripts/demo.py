@@ -63,7 +63,7 @@ class Settings:
     work_hours: float = 144.0
     deadline_hours: float = 240.0
     checkpoint_every_steps: int = 30
-    price_every_hours: float = 2.0  # virtual hours between price_change_sensor ticks
+    price_every_hours: float = 1.0  # virtual hours between price_change_sensor ticks
     preemption_every_hours: float = 6.0  # between preemption_sensor ticks (a notice ticks it at once)
     max_preemptions: int = 2  # notices delivered (the traces ask for more; see README)
     shadow_steps: int = 12
