@@ -549,15 +549,23 @@ def stage_lifecycle(market: Market, job: Any, settings: Settings) -> Lifecycle:
                 print("demo: the job is far past its deadline; stopping")
                 break
             advance(settings.step_hours)
-    for info in backend.list():
-        if info.alive:
-            backend.stop(info.name, reason="demo over", timeout_s=60)
+    stop_trainers()
     print(
         f"{now():%Y-%m-%d %H:%M}  finished  {JOB} at step {_progress()} "
         f"({'before' if life.finished_at and life.finished_at <= deadline else 'AFTER'} the deadline "
         f"{deadline:%Y-%m-%d %H:%M})"
     )
     return life
+
+
+def stop_trainers() -> None:
+    """Stop every trainer still alive (with a checkpoint): none outlives the demo, whatever ends it."""
+    from spotshift.training.backend import open_backend
+
+    backend = open_backend("local")
+    for info in backend.list():
+        if info.alive:
+            backend.stop(info.name, reason="demo over", timeout_s=60)
 
 
 def _progress() -> int:
@@ -663,6 +671,7 @@ def main(argv: list[str] | None = None) -> int:
                 life = stage_lifecycle(market, job, settings)
             stage_cost_report(life)
     finally:
+        stop_trainers()
         Runs.close()
     print(
         f"\ndemo took {time.monotonic() - t0:.0f}s. next: `make ui` (every run, materialization and check "
