@@ -27,24 +27,34 @@ SENSORS = ["preemption_sensor", "price_change_sensor", "migration_failure_sensor
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_demo(tmp_path: Path, name: str) -> tuple[Path, str]:
-    """``scripts/demo.py --small`` in a fresh home; returns the home and the demo's output."""
-    home = tmp_path / name
+def run_demos(tmp_path: Path, names: list[str]) -> list[tuple[Path, str]]:
+    """``scripts/demo.py --small`` in fresh homes, all at once (each loads the machine for the
+    others); returns each home and the demo's output."""
     empty = tmp_path / "no-shared-data"
     empty.mkdir(exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPOTSHIFT_", "DAGSTER_HOME"))}
-    env.update(SPOTSHIFT_HOME=str(home), SPOTSHIFT_SHARED_DATA=str(empty), PYTHONPATH=str(REPO))
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "demo.py"), "--small"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "SYNTHETIC" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
-    return home, proc.stdout
+    procs = []
+    for name in names:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SPOTSHIFT_", "DAGSTER_HOME"))}
+        env.update(
+            SPOTSHIFT_HOME=str(tmp_path / name), SPOTSHIFT_SHARED_DATA=str(empty), PYTHONPATH=str(REPO)
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(REPO / "scripts" / "demo.py"), "--small"],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    results = []
+    for name, proc in zip(names, procs, strict=True):
+        out, err = proc.communicate(timeout=2400)
+        assert proc.returncode == 0, out[-3000:] + err[-3000:]
+        assert "SYNTHETIC" in out and "Traceback" not in out + err
+        results.append((tmp_path / name, out))
+    return results
 
 
 def summary_of(out: str) -> str:
@@ -53,14 +63,14 @@ def summary_of(out: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2700)
 def test_demo_small_tells_the_same_whole_story_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two runs agree on the summary (virtual time advances by events, not wall seconds); every fact is
     on the demo's virtual clock, which is stopped afterwards; every run has the code location's origin
     and the sensors' ticks are recorded, so ``make ui`` shows them."""
     import dagster as dg
 
-    home, out = run_demo(tmp_path, "a")
-    _, again = run_demo(tmp_path, "b")
+    (home, out), (_, again) = run_demos(tmp_path, ["a", "b"])
     assert summary_of(again) == summary_of(out)
 
     with open_instance(home / "dagster") as instance:
