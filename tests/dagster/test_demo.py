@@ -69,6 +69,7 @@ def test_demo_small_tells_the_same_whole_story_twice(tmp_path: Path, monkeypatch
     on the demo's virtual clock, which is stopped afterwards; every run has the code location's origin
     and the sensors' ticks are recorded, so ``make ui`` shows them."""
     import dagster as dg
+    from dagster._core.scheduler.instigation import InstigatorType
 
     (home, out), (_, again) = run_demos(tmp_path, ["a", "b"])
     assert summary_of(again) == summary_of(out)
@@ -84,8 +85,7 @@ def test_demo_small_tells_the_same_whole_story_twice(tmp_path: Path, monkeypatch
         }
         by_sensor = Counter(r.tags.get("dagster/sensor_name") for r in runs)
         states = {
-            s.instigator_name: s
-            for s in instance.all_instigator_state(instigator_type=dg.InstigatorType.SENSOR)
+            s.instigator_name: s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
         }
         ticks = {
             name: instance.get_ticks(states[name].instigator_origin_id, states[name].selector_id)
