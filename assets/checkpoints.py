@@ -3,20 +3,20 @@
 ``checkpoints`` advances a job's trainer for a bounded number of steps (or picks up its newest
 committed checkpoint, or stops its live trainer with one); ``checkpoint_replicas`` brings the newest
 checkpoint into a region's store, as an encrypted tensor delta when the region holds an older one.
-The work is in :mod:`spotshift.training.runs` and :mod:`spotshift.checkpoint.migrate`.
+The work is in :mod:`spotshift.training.runs` and :mod:`spotshift.migration.steps` (``carry_checkpoint``,
+the step the migration ops record too).
 """
-
-from typing import Any
 
 import dagster as dg
 
+import recording
 from assets.partitions import job_region_partitions, jobs_partitions
 from resources.compute import ComputeBackendResource
 from resources.keys import KeyProviderResource
 from resources.warehouse import WarehouseResource
-from spotshift.training.runs import advance_job, replicate_latest
-
-TAG_LOCATION = "spotshift/location"
+from spotshift.errors import NotFoundError
+from spotshift.migration import contract, steps
+from spotshift.training.runs import advance_job
 
 
 class CheckpointsConfig(dg.Config):
@@ -27,19 +27,6 @@ class CheckpointsConfig(dg.Config):
         ""  # empty: tag spotshift/location, else where the job last checkpointed, else start_location
     )
     steps: int = 0  # 0: the job's checkpoint_every_steps
-
-
-def checkpoint_metadata(ref: dict[str, Any] | None) -> dict[str, Any]:
-    """Materialization metadata of a checkpoint ref."""
-    if not ref:
-        return {}
-    return {
-        "checkpoint_id": ref["checkpoint_id"],
-        "step": ref["step"],
-        "content_hash": ref["content_hash"],
-        "url": dg.MetadataValue.url(ref["url"]) if "://" in ref["url"] else ref["url"],
-        "store": ref["store_url"],
-    }
 
 
 @dg.asset(partitions_def=jobs_partitions, group_name="training", kinds={"pytorch"})
@@ -55,7 +42,7 @@ def checkpoints(
         compute.backend(),
         context.partition_key,
         action=config.action,
-        location=config.location or context.run.tags.get(TAG_LOCATION) or None,
+        location=config.location or context.run.tags.get(contract.TAG_LOCATION) or None,
         steps=config.steps or None,
         key_provider=keys.spec_or_none(),
         run_id=context.run_id,
@@ -66,13 +53,13 @@ def checkpoints(
     for s in skipped:
         context.log.warning(f"skipped checkpoint {context.partition_key}/{s['checkpoint_id']}: {s['reason']}")
     return dg.MaterializeResult(
-        metadata={
-            "mode": out["mode"],
-            "location": out["location"],
-            "steps_run": out.get("steps_run") or 0,
-            **checkpoint_metadata(out.get("checkpoint")),
-            **({"skipped_checkpoints": dg.MetadataValue.json(skipped)} if skipped else {}),
-        }
+        metadata=recording.checkpoints_metadata(
+            out["mode"],
+            out["location"],
+            out.get("checkpoint"),
+            steps_run=out.get("steps_run") or 0,
+            skipped=skipped,
+        )
     )
 
 
@@ -80,32 +67,15 @@ def checkpoints(
     partitions_def=job_region_partitions,
     group_name="training",
     deps=[checkpoints],  # job partition -> every (job, region) partition of it (inferred by Dagster)
+    required_resource_keys={"keys", "warehouse"},
 )
-def checkpoint_replicas(
-    context: dg.AssetExecutionContext, keys: KeyProviderResource, warehouse: WarehouseResource
-) -> dg.MaterializeResult:
+def checkpoint_replicas(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """The job's newest checkpoint in the region's store (tensor delta when the region has an older one)."""
     dims = context.partition_key.keys_by_dimension  # type: ignore[attr-defined]
-    report = replicate_latest(dims["job"], dims["region"], keys.provider(), database=warehouse.database)
-    if report.method != "present":
-        warehouse.append("raw.transfers", [report.transfer_row(context.run_id)])
-    context.log.info(
-        f"{dims['job']} -> {dims['region']}: {report.method}, {report.bytes_sent} of {report.bytes_full} bytes"
-    )
-    return dg.MaterializeResult(
-        metadata={
-            "method": report.method,
-            "checkpoint_id": report.checkpoint_id,
-            "step": report.step,
-            "content_hash": report.content_hash,
-            "source_location": report.src_location or "",
-            "base": report.base or "",
-            "bytes_full": report.bytes_full,
-            "bytes_sent": report.bytes_sent,
-            "ratio": round(report.ratio, 6),
-            "seconds": round(report.seconds, 4),
-        }
-    )
+    result = steps.carry_checkpoint(recording.move_env(context), dims["job"], dims["region"])
+    if result.report is None:
+        raise NotFoundError(f"job {dims['job']!r} has no committed checkpoint to replicate")
+    return dg.MaterializeResult(metadata=recording.carry_metadata(result))
 
 
 defs = dg.Definitions(assets=[checkpoints, checkpoint_replicas])

@@ -17,6 +17,7 @@ from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtC
 
 from resources.dbt import dbt_project
 from resources.warehouse import WarehouseResource
+from spotshift.costs.dbt import prepare_build
 from spotshift.warehouse import first_row
 
 GROUP = "cost_analytics"
@@ -56,7 +57,10 @@ class SpotshiftDbtTranslator(DagsterDbtTranslator):
 
 
 translator = SpotshiftDbtTranslator(
-    settings=DagsterDbtTranslatorSettings(enable_duplicate_source_asset_keys=True)
+    # dbt data tests (models and sources) are asset checks; source tests land on the writer asset
+    settings=DagsterDbtTranslatorSettings(
+        enable_duplicate_source_asset_keys=True, enable_asset_checks=True, enable_source_tests_as_checks=True
+    )
 )
 
 
@@ -82,8 +86,7 @@ def _warehouse_env(path: str) -> Iterator[None]:
 )
 def dbt_costs(context: AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource):
     """``dbt build`` of the selected dbt_costs models (data tests become asset checks)."""
-    with warehouse.get_connection():
-        pass  # creates schema raw and its tables, so sources resolve on a new warehouse
+    prepare_build(warehouse.database)  # schema raw (sources resolve) and the simulated baselines
     with _warehouse_env(warehouse.database):
         invocation = dbt.cli(["build"], context=context)
     yield from invocation.stream()
@@ -124,15 +127,35 @@ def cost_report(context: AssetExecutionContext, warehouse: WarehouseResource) ->
             **{
                 name.replace(".png", "_png"): dg.MetadataValue.path(str(p)) for name, p in files.plots.items()
             },
-            "jobs": int(t["jobs"]),
-            "actual_usd": float(t["actual_usd"]),
-            "on_demand_usd": dg.MetadataValue.float(float(t["on_demand_usd"] or 0.0)),
-            "saving_vs_on_demand": dg.MetadataValue.float(float(t["saving_vs_on_demand"] or 0.0)),
-            "amplification_alerts": len(report.amplification_alerts),
-            "focus_rows": int(report.focus["rows"]),
-            "unpriced_intervals": sum(int(u["intervals"]) for u in report.unpriced),
+            "jobs": dg.MetadataValue.int(int(t["jobs"])),
+            **report_numbers(t),
+            "amplification_alerts": dg.MetadataValue.int(len(report.amplification_alerts)),
+            "focus_rows": dg.MetadataValue.int(int(report.focus["rows"])),
+            "unpriced_intervals": dg.MetadataValue.int(sum(int(u["intervals"]) for u in report.unpriced)),
         }
     )
+
+
+def report_numbers(totals: Mapping[str, Any]) -> dict[str, dg.MetadataValue]:
+    """The report's headline as plottable numbers: USD to the cent, savings in percent.
+
+    A baseline the marts could not compute is left out (never shown as 0). The never-preempted
+    first-spot figure is a bound, named so.
+    """
+    from spotshift.units import percent, usd
+
+    out: dict[str, dg.MetadataValue] = {}
+    for key in ("actual_usd", "compute_usd", "egress_usd", "on_demand_usd", "stay_first_spot_usd"):
+        if totals.get(key) is not None:
+            out[key] = dg.MetadataValue.float(usd(totals[key]))  # type: ignore[arg-type]
+    if totals.get("first_spot_bound_usd") is not None:
+        out["bound_first_spot_never_preempted_usd"] = dg.MetadataValue.float(
+            usd(totals["first_spot_bound_usd"])
+        )  # type: ignore[arg-type]
+    for base in ("on_demand", "stay_first_spot"):
+        if totals.get(f"saving_vs_{base}") is not None:
+            out[f"saving_vs_{base}_pct"] = dg.MetadataValue.float(percent(totals[f"saving_vs_{base}"]))  # type: ignore[arg-type]
+    return out
 
 
 @dg.asset_check(asset=dg.AssetKey("focus_cost_and_usage"), name="focus_1_2_conformance")
@@ -146,7 +169,8 @@ def focus_1_2_conformance(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=not problems,
         metadata={
-            "rows": rows,
+            "rows": dg.MetadataValue.int(int(rows)),
+            "problem_count": dg.MetadataValue.int(len(problems)),
             "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
         },
     )
@@ -154,7 +178,9 @@ def focus_1_2_conformance(warehouse: WarehouseResource) -> dg.AssetCheckResult:
 
 cost_report_job = dg.define_asset_job(
     "cost_report_job",
-    selection=dg.AssetSelection.assets(dbt_costs, cost_report),
+    # with the dbt source tests: checks of the writer assets, run by dbt_costs
+    selection=dg.AssetSelection.assets(dbt_costs, cost_report)
+    | dg.AssetSelection.checks(*dbt_costs.check_keys),
     description="Rebuild the dbt_costs marts (with their tests) and render the cost report.",
 )
 

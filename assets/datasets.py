@@ -3,38 +3,23 @@
 ``dataset_fingerprints`` (one partition per declared dataset) chunks the dataset's source and
 commits the snapshot to its home region's store; ``dataset_replicas`` (dataset x region) copies
 that snapshot to a region's store, sending only the chunks the region lacks. The check
-``replica_matches_fingerprint`` proves a replica is the fingerprinted snapshot, with its chunks.
-Every transfer is a row of ``raw.transfers``. The work is in :mod:`spotshift.sync`.
+``replica_matches_fingerprint`` proves a replica is the snapshot the home store's ``latest`` ref
+names, with its chunks. Every transfer is a row of ``raw.transfers``. Each body is one step of
+:mod:`spotshift.migration.steps`, recorded with ``recording.py`` (as the migration ops record it).
 """
 
-import json
 import warnings
 from typing import Any
 
 import dagster as dg
 
+import recording
 from assets.partitions import dataset_region_partitions, datasets_partitions
+from spotshift.errors import NotFoundError
+from spotshift.migration import steps
 
 # partitioned asset checks are a preview feature of Dagster 1.13; we use them knowingly
 warnings.filterwarnings("ignore", message=".*Specifying a partitions_def on an AssetCheckSpec.*")
-
-
-def _transfer_metadata(stats: Any) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "root": stats.root,
-        "bytes_full": dg.MetadataValue.int(stats.bytes_full),
-        "bytes_scanned": dg.MetadataValue.int(stats.bytes_scanned),
-        "bytes_changed": dg.MetadataValue.int(stats.bytes_changed),
-        "bytes_sent": dg.MetadataValue.int(stats.bytes_sent),
-        "chunks_total": dg.MetadataValue.int(stats.chunks_total),
-        "chunks_sent": dg.MetadataValue.int(stats.chunks_sent),
-        "seconds": dg.MetadataValue.float(round(stats.seconds, 3)),
-        "egress_usd": dg.MetadataValue.float(stats.egress_usd),
-        "store": dg.MetadataValue.url(stats.dst) if "://" in stats.dst else stats.dst,
-    }
-    if stats.transfer_amplification is not None:
-        meta["transfer_amplification"] = dg.MetadataValue.float(round(stats.transfer_amplification, 4))
-    return meta
 
 
 @dg.asset(
@@ -46,58 +31,10 @@ def _transfer_metadata(stats: Any) -> dict[str, Any]:
     "dataset's home region store as an immutable manifest.",
 )
 def dataset_fingerprints(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    return fingerprint_dataset_partition(
-        context.resources.stores,
-        context.resources.warehouse,
-        context.partition_key,
-        run_id=context.run_id,
-        log=context.log,
-    )
-
-
-def fingerprint_dataset_partition(
-    stores: Any, warehouse: Any, name: str, *, run_id: str, log: Any
-) -> dg.MaterializeResult:
-    """Fingerprint dataset ``name`` and commit the snapshot to its home store (what
-    ``dataset_fingerprints`` materializes; the migration ops call it too)."""
-    from spotshift.sync.datasets import get_dataset, snapshot_dataset
-
-    dataset = get_dataset(name)
-    home = stores.store_for(dataset.location)
-    fp, stats = snapshot_dataset(dataset, home)
-    warehouse.append("raw.transfers", [stats.to_row(run_id)])
-    m = fp.manifest
-    summary = m.summary()
-    log.info(
-        f"{dataset.name}: root {m.root}, {summary['files']} files, {summary['bytes']} bytes; "
-        f"read {fp.stats.bytes_read} bytes, {fp.stats.cache_hits} files from cache; sent {stats.bytes_sent} bytes"
-    )
+    result = steps.fingerprint_dataset(recording.move_env(context), context.partition_key)
     return dg.MaterializeResult(
-        metadata={
-            **_transfer_metadata(stats),
-            "files": dg.MetadataValue.int(summary["files"]),
-            "bytes": dg.MetadataValue.int(summary["bytes"]),
-            "chunks": dg.MetadataValue.int(summary["chunks"]),
-            "unique_chunks": dg.MetadataValue.int(summary["unique_chunks"]),
-            "bytes_read": dg.MetadataValue.int(fp.stats.bytes_read),
-            "cache_hits": dg.MetadataValue.int(fp.stats.cache_hits),
-            "location": dataset.location,
-            "source": dataset.source,
-            "chunking": dg.MetadataValue.json(m.params.to_dict()),
-        },
-        data_version=dg.DataVersion(m.root),
+        metadata=recording.fingerprint_metadata(result), data_version=dg.DataVersion(result.root)
     )
-
-
-def fingerprint_root(instance: dg.DagsterInstance, dataset: str) -> str | None:
-    """Root recorded by the latest materialization of ``dataset_fingerprints[dataset]``."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dataset_fingerprints.key, asset_partitions=[dataset]), limit=1
-    ).records
-    if not records or records[0].asset_materialization is None:
-        return None
-    value = records[0].asset_materialization.metadata.get("root")
-    return str(value.value) if value is not None else None
 
 
 class ReplicaConfig(dg.Config):
@@ -130,56 +67,15 @@ def _replica_keys(context: Any) -> tuple[str, str]:
 )
 def dataset_replicas(context: dg.AssetExecutionContext, config: ReplicaConfig) -> dg.MaterializeResult:
     name, region = _replica_keys(context)
-    return replicate_dataset_partition(
-        context.instance,
-        context.resources.stores,
-        context.resources.warehouse,
+    result = steps.replicate_dataset(
+        recording.move_env(context),
         name,
         region,
-        run_id=context.run_id,
-        log=context.log,
         check_existing=config.check_existing_chunks,
-    )
-
-
-def replicate_dataset_partition(
-    instance: dg.DagsterInstance,
-    stores: Any,
-    warehouse: Any,
-    name: str,
-    region: str,
-    *,
-    run_id: str,
-    log: Any,
-    check_existing: bool = False,
-) -> dg.MaterializeResult:
-    """Bring dataset ``name``'s fingerprinted snapshot into ``region``'s store (what ``dataset_replicas``
-    materializes; the migration ops call it too). The transfer is a ``raw.transfers`` row."""
-    from spotshift.errors import NotFoundError
-    from spotshift.sync.datasets import get_dataset, replicate_dataset
-
-    dataset = get_dataset(name)
-    root = fingerprint_root(instance, name)
-    if root is None:
-        raise NotFoundError(
-            f"dataset {name!r} has no fingerprint yet: materialize dataset_fingerprints[{name}] first"
-        )
-    stats = replicate_dataset(
-        dataset,
-        root,
-        stores.store_for(dataset.location),
-        stores.store_for(region),
-        region,
-        check_existing=check_existing,
-    )
-    warehouse.append("raw.transfers", [stats.to_row(run_id)])
-    log.info(
-        f"{name} -> {region}: sent {stats.chunks_sent} chunks, {stats.bytes_sent} bytes "
-        f"of {stats.bytes_full}; egress ${stats.egress_usd:.4f}"
+        check=False,  # the blocking asset check replica_matches_fingerprint does it
     )
     return dg.MaterializeResult(
-        metadata={**_transfer_metadata(stats), "src_location": dataset.location, "dst_location": region},
-        data_version=dg.DataVersion(root),
+        metadata=recording.replica_metadata(result), data_version=dg.DataVersion(result.root)
     )
 
 
@@ -193,32 +89,11 @@ def replicate_dataset_partition(
 )
 def replica_matches_fingerprint(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
     name, region = _replica_keys(context)
-    return replica_check_result(context.instance, context.resources.stores, name, region)
-
-
-def replica_check_result(
-    instance: dg.DagsterInstance, stores: Any, name: str, region: str
-) -> dg.AssetCheckResult:
-    """The ``replica_matches_fingerprint`` verdict for one (dataset, region)."""
-    from spotshift.sync.datasets import check_replica
-
-    expected = fingerprint_root(instance, name)
-    if expected is None:
-        return dg.AssetCheckResult(
-            passed=False, description=f"dataset_fingerprints[{name}] was never materialized"
-        )
-    result = check_replica(stores.store_for(region), name, expected)
-    return dg.AssetCheckResult(
-        passed=result.passed,
-        description=result.problem or f"replica in {region} is snapshot {expected}, all chunks present",
-        metadata={
-            "expected_root": expected,
-            "replica_root": result.replica_root or "",
-            "chunks_checked": dg.MetadataValue.int(result.chunks_checked),
-            "missing_or_wrong_size": dg.MetadataValue.json(result.missing[:20]),
-            "detail": dg.MetadataValue.json(json.loads(json.dumps(result.to_dict()))),
-        },
-    )
+    try:
+        check = steps.check_replica(recording.move_env(context), name, region)
+    except NotFoundError as exc:
+        return dg.AssetCheckResult(passed=False, description=str(exc))
+    return recording.replica_check(check, region)
 
 
 defs = dg.Definitions(

@@ -13,7 +13,14 @@ from resources.warehouse import WarehouseResource
 from spotshift.clock import virtual_now
 from spotshift.jobs import get_job
 from spotshift.placement.inputs import decide_for_job, record_decision
-from spotshift.placement.report import TABLE_COLUMNS, decision_markdown, limit_violations, table_rows
+from spotshift.placement.report import (
+    TABLE_COLUMNS,
+    decision_markdown,
+    limit_measures,
+    limit_violations,
+    table_rows,
+)
+from spotshift.units import usd
 
 LIMITS_CHECK = "target_within_job_limits"
 TABLE_ROWS = 25
@@ -47,8 +54,8 @@ def placement_plan(context: dg.AssetExecutionContext, warehouse: WarehouseResour
             "remaining_hours": decision.remaining_hours,
             "candidates": len(decision.candidates),
             "eligible": sum(1 for c in decision.candidates if c.eligible),
-            "expected_savings_usd": t.expected_savings_usd if t else 0.0,
-            "move_cost_usd": t.move_cost_usd if t else 0.0,
+            "expected_savings_usd": dg.MetadataValue.float(usd(t.expected_savings_usd if t else 0.0) or 0.0),
+            "move_cost_usd": dg.MetadataValue.float(usd(t.move_cost_usd if t else 0.0) or 0.0),
             "decision": dg.MetadataValue.md(decision_markdown(decision)),
             "ranked_candidates": dg.MetadataValue.table(records, schema),
         }
@@ -57,8 +64,17 @@ def placement_plan(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     yield dg.AssetCheckResult(
         check_name=LIMITS_CHECK,
         passed=not problems,
-        metadata={"violations": "; ".join(problems) or "none"},
+        metadata={
+            "violations": "; ".join(problems) or "none",
+            "violation_count": dg.MetadataValue.int(len(problems)),
+            **limit_metadata(decision, job),
+        },
     )
+
+
+def limit_metadata(decision: object, job: object) -> dict[str, dg.MetadataValue]:
+    """The target's measured figures against the job's limits, as plottable numbers."""
+    return {k: dg.MetadataValue.float(v) for k, v in limit_measures(decision, job).items()}  # type: ignore[arg-type]
 
 
 defs = dg.Definitions(assets=[placement_plan])

@@ -88,7 +88,9 @@ def raw_price_quotes_quality(
             description=outcome.summary(),
             metadata={
                 "snapshot_id": raw_price_quotes["snapshot_id"],
-                "rows": outcome.evaluated,
+                "rows": dg.MetadataValue.int(outcome.evaluated),
+                # the measured figures as numbers, so the UI plots them (quote age, not row counts)
+                **{key: dg.MetadataValue.float(value) for key, value in outcome.measured.items()},
                 "failures": dg.MetadataValue.json(json.loads(json.dumps(outcome.failures, default=str))),
             },
         )

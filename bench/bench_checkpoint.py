@@ -1,4 +1,4 @@
-"""Checkpoint benchmarks: emergency-checkpoint latency, tensor deltas vs CDC, encryption throughput.
+"""Checkpoint benchmarks: emergency-checkpoint latency, encryption throughput, verification before commit.
 
 1. **Emergency checkpoint latency** (notice -> commit marker in the region store) for 10M, 100M and
    500M-parameter training states (fp32 weights + AdamW moments + step counters: 12 bytes per
@@ -8,14 +8,7 @@
    plaintext hashing), encryption, local disk write and upload. Baseline in the same run: writing
    the same tensor bytes to the same disk in plain safetensors layout with fsync, no hashing, no
    encryption, no upload.
-2. **Delta between consecutive checkpoints 500 steps apart in a fine-tuning run**: a small GPT is
-   pre-trained, then fine-tuned on a different corpus three ways — all parameters; only the top
-   block + final norm + head (the rest frozen); LoRA adapters (rank 8) on the attention
-   projections with the base frozen (the "small parameter subsets" of seed 003). For the
-   checkpoints at fine-tuning steps 500 and 1000 it reports the encrypted tensor delta that
-   ``migrate_checkpoint`` ships, against the full stored checkpoint, and what content-defined
-   chunking (pyfastcdc, 64 KiB average, BLAKE3 per chunk) would reuse between the same two
-   checkpoints — as stored (encrypted) and as plaintext.
+2. Deltas between checkpoints 500 steps apart moved to ``bench/bench_delta.py`` (issue 20).
 3. **Encryption throughput** against a plain copy of the same bytes, in memory and to disk.
 4. **Verification before commit** (issue 11): ``copy_checkpoint`` of one committed checkpoint
    (100M parameters) with full verification first (migrations), verification alongside the
@@ -132,125 +125,6 @@ def bench_emergency(sizes: list[int], root: Path) -> list[dict[str, Any]]:
         shutil.rmtree(root / f"region-{n}", ignore_errors=True)
         shutil.rmtree(root / f"local-{n}", ignore_errors=True)
     return rows
-
-
-def cdc_reuse(old: bytes, new: bytes, avg: int = 64 << 10) -> float:
-    """Fraction of ``new``'s bytes in CDC chunks (pyfastcdc + BLAKE3) that also occur in ``old``."""
-    import blake3
-    from pyfastcdc import FastCDC
-
-    cdc = FastCDC(avg_size=avg)
-    seen = {blake3.blake3(c.data).digest(length=16) for c in cdc.cut_buf(old)}
-    reused = sum(c.length for c in cdc.cut_buf(new) if blake3.blake3(c.data).digest(length=16) in seen)
-    return reused / max(1, len(new))
-
-
-def stored_bytes_of(store: Any, job: str, ckpt: str) -> bytes:
-    from spotshift.checkpoint.format import StoredCheckpoint
-
-    ck = StoredCheckpoint(store, job, ckpt)
-    return b"".join(store.get_bytes(ck.prefix + ck.meta["parts"][p]["key"]) for p in ck.part_names())
-
-
-def bench_delta(quick: bool, root: Path) -> dict[str, Any]:
-    import torch
-
-    from spotshift.checkpoint.format import StoredCheckpoint, write_checkpoint
-    from spotshift.checkpoint.keys import LocalKeyProvider
-    from spotshift.checkpoint.migrate import migrate_checkpoint
-    from spotshift.sync.store import LocalChunkStore
-    from spotshift.training.data import prepare_tokens
-    from spotshift.training.trainer import TrainConfig, Trainer
-
-    gap = 50 if quick else 500
-    pretrain = 30 if quick else 300
-    model = (
-        {"vocab_size": 256, "d_model": 64, "n_layer": 2, "n_head": 4, "seq_len": 32}
-        if quick
-        else {"vocab_size": 256, "d_model": 128, "n_layer": 4, "n_head": 4, "seq_len": 64}
-    )
-    corpora = {}
-    for name, seed, vocab in (
-        ("pretrain", 1, "alpha beta gamma delta spot gpu price region"),
-        ("finetune", 2, "checkpoint resume preempt shift cheap cloud train moves"),
-    ):
-        import random
-
-        rng = random.Random(seed)
-        d = root / name
-        d.mkdir(parents=True, exist_ok=True)
-        words = vocab.split()
-        (d / "text.txt").write_text(" ".join(rng.choice(words) for _ in range(200_000)))
-        corpora[name] = prepare_tokens(name, str(d))
-
-    base = Trainer(
-        TrainConfig("pre", "pretrain", model, total_steps=pretrain, batch_size=8, learning_rate=1e-3),
-        corpora["pretrain"],
-    )
-    for _ in range(pretrain):
-        base.train_step()
-    pretrained = {k: v.clone() for k, v in base.model.state_dict().items()}
-    keys = LocalKeyProvider(create=True)
-    out: dict[str, Any] = {"model": model, "steps_apart": gap, "pretrain_steps": pretrain}
-    last = model["n_layer"] - 1
-    variants = {  # name: (extra model config, trainable patterns)
-        "full_finetune": ({}, None),
-        "top_block_finetune": ({}, [f"blocks.{last}.*", "ln_f.*", "head.*"]),
-        "lora_finetune": ({"lora_rank": 8}, ["*.lora_*"]),
-    }
-    for variant, (extra, trainable) in variants.items():
-        cfg = TrainConfig(
-            variant,
-            "finetune",
-            {**model, **extra},
-            total_steps=4 * gap,
-            batch_size=8,
-            learning_rate=1e-4,
-            trainable=trainable,
-        )
-        t = Trainer(cfg, corpora["finetune"])
-        missing, unexpected = t.model.load_state_dict(pretrained, strict=False)
-        assert not unexpected and all(".lora_" in m for m in missing)
-        src, dst = LocalChunkStore(root / f"{variant}-src"), LocalChunkStore(root / f"{variant}-dst")
-        refs = []
-        with Timer() as train:
-            for target in (gap, 2 * gap):
-                while t.step < target:
-                    t.train_step()
-                refs.append(
-                    write_checkpoint(src, t.payload(kind="periodic", location="gcp/us-central1"), keys)
-                )
-        first = migrate_checkpoint(src, variant, dst, keys, checkpoint_id=refs[0].checkpoint_id)
-        second = migrate_checkpoint(src, variant, dst, keys, checkpoint_id=refs[1].checkpoint_id)
-        old_ck, new_ck = (StoredCheckpoint(src, variant, r.checkpoint_id) for r in refs)
-        plain_old, plain_new = old_ck.read_parts(keys), new_ck.read_parts(keys)
-        out[variant] = {
-            "trainable_params": sum(p.numel() for p in t.params),
-            "total_params": sum(p.numel() for p in t.model.parameters()),
-            "train_s": round(train.seconds, 1),
-            "first_copy": first.method,
-            "method": second.method,
-            "bytes_full": second.bytes_full,
-            "bytes_sent": second.bytes_sent,
-            "delta_ratio": round(second.ratio, 4),
-            "meets_10pct_goal": second.ratio <= 0.10,
-            "tensors_sent": f"{second.tensors_sent}/{second.tensors_total}",
-            "migrate_s": round(second.seconds, 3),
-            "cdc_reuse_stored": round(
-                cdc_reuse(
-                    stored_bytes_of(src, variant, refs[0].checkpoint_id),
-                    stored_bytes_of(src, variant, refs[1].checkpoint_id),
-                ),
-                4,
-            ),
-            "cdc_reuse_plaintext": round(
-                cdc_reuse(b"".join(plain_old.values()), b"".join(plain_new.values())), 4
-            ),
-        }
-        print(f"delta {variant}: {out[variant]}", flush=True)
-        del t
-        torch.set_num_threads(1)
-    return out
 
 
 def bench_encryption(nbytes: int, root: Path) -> dict[str, Any]:
@@ -383,9 +257,7 @@ def bench_verification(n_params: int, root: Path, repeats: int = 3) -> dict[str,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes")
-    parser.add_argument(
-        "--only", choices=["emergency", "delta", "encryption", "verification"], help="run one part"
-    )
+    parser.add_argument("--only", choices=["emergency", "encryption", "verification"], help="run one part")
     args = parser.parse_args()
     import torch
 
@@ -400,7 +272,9 @@ def main() -> int:
             import json
 
             result = {
-                k: v for k, v in json.loads(previous.read_text()).items() if k not in ("benchmark", "machine")
+                k: v
+                for k, v in json.loads(previous.read_text()).items()
+                if k not in ("benchmark", "machine", "delta")  # delta: bench_delta.py since issue 20
             }
         sizes = [1_000_000, 4_000_000] if args.quick else [10_000_000, 100_000_000, 500_000_000]
         if args.only in (None, "encryption"):
@@ -408,8 +282,6 @@ def main() -> int:
             print(f"encryption: {result['encryption']}", flush=True)
         if args.only in (None, "emergency"):
             result["emergency_checkpoint"] = bench_emergency(sizes, root)
-        if args.only in (None, "delta"):
-            result["delta"] = bench_delta(args.quick, root)
         if args.only in (None, "verification"):
             result["verification"] = bench_verification(4_000_000 if args.quick else 100_000_000, root)
             print(f"verification: {result['verification']}", flush=True)

@@ -1,20 +1,27 @@
-"""Benchmark: ``mart_cost_metrics`` over millions of compute intervals, dbt-duckdb vs polars.
+"""Benchmark: ``mart_cost_metrics`` over millions of compute intervals, dbt-duckdb vs polars, full
+and incremental.
 
 1. Writes a warehouse with ``--rows`` compute intervals (10 million by default; 200,000 with
    ``--quick``) and proportional checkpoints, preemptions, transfers, migrations and quotes
    (:func:`spotshift.costs.fixtures.write_scaled_usage`, generated inside DuckDB).
-2. dbt: ``dbt build --select +mart_cost_metrics`` (models and seeds, no tests) in a child
-   process: wall time and the child's peak RSS. The same command on an empty warehouse gives
-   dbt's fixed start-up cost, reported separately.
+2. dbt, full build: ``dbt build --select +mart_cost_metrics`` (models and seeds, no tests) in a
+   child process: wall time, the child's peak RSS and the seconds of each model. The same command on an
+   empty warehouse gives dbt's fixed start-up cost, reported separately.
 3. polars, in its own child process: the same per-job metrics (effective and failed-spot
    GPU-hours, GPU-hours lost after the last checkpoint via ``join_asof``, cost per checkpoint up to
    the last checkpoint, amplification, recovery time, cost per million tokens) from Parquet
    exports of the raw tables (export time excluded, read time included): wall time, peak RSS.
 4. The job-level values of both must agree (relative difference < 1e-9), else exit 1.
+5. The next day: ``--new-rows`` more intervals (1 % of ``--rows`` by default: 100,000 at 10 M)
+   with their checkpoints, preemptions, transfers, migrations and quotes, then the same dbt
+   command, now incremental (the usage chain reads only the new raw rows): wall time and model
+   seconds; polars recomputes everything from new exports and must agree again.
 
-Writes ``bench/results/costs.json``. The dbt side does more than polars: it materializes every
-model upstream of the mart (staging views with de-duplication, price curves, the ASOF lookups,
-fct_gpu_usage with both savings baselines, fct_data_transfer) as tables on disk.
+Writes ``bench/results/costs.json`` (``costs_quick.json`` with ``--quick``, ``costs_<rows>.json``
+with another ``--rows``): one size per invocation, since 10 M rows take minutes on a shared box.
+The dbt side does more than polars: it materializes every model upstream of the mart (staging with
+de-duplication, price curves, the lookups, fct_gpu_usage with both savings baselines,
+fct_preemptions, fct_data_transfer) as tables on disk.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,6 +51,7 @@ DBT_SELECT = [
     "--resource-type",
     "seed",
 ]
+RAW_EXPORTS = ("compute_usage", "checkpoints", "transfers", "preemptions", "migrations")
 METRICS = (
     "effective_gpu_hours",
     "failed_spot_gpu_hours",
@@ -59,9 +68,12 @@ def polars_metrics(parquet_dir: Path) -> dict[tuple[str, str], float]:
     import polars as pl
 
     d = parquet_dir
+    # a key written twice keeps the version dbt's staging keeps (latest end / first commit / latest
+    # recovery, then the later write): the rows are in write order, keep="last" after a stable sort
     usage = (
         pl.scan_parquet(d / "compute_usage.parquet")
-        .unique(subset="usage_id", keep="any")
+        .filter(pl.col("ended_at") == pl.col("ended_at").max().over("usage_id"))
+        .unique(subset="usage_id", keep="last", maintain_order=True)
         .with_columns(
             wall_us=(pl.col("ended_at") - pl.col("started_at")).dt.total_microseconds().clip(lower_bound=0),
             failed=(pl.col("market") == "spot") & pl.col("ended_in_preemption"),
@@ -70,13 +82,23 @@ def polars_metrics(parquet_dir: Path) -> dict[tuple[str, str], float]:
             # billed hours: usd / price when both are known, else the interval's length
             hours=pl.when(pl.col("usd").is_not_null() & (pl.col("price_usd_hour") > 0))
             .then(pl.col("usd") / pl.col("price_usd_hour"))
-            .otherwise(pl.col("wall_us") / 3.6e9)
+            .otherwise(pl.col("wall_us") / 3.6e9),
+            usd=pl.coalesce("usd", pl.col("price_usd_hour") * pl.col("wall_us").clip(lower_bound=0) / 3.6e9),
         )
+        .filter(pl.col("usd").is_not_null())  # unpriced intervals stay out of the marts
         .with_columns(gpu_hours=pl.col("hours") * pl.col("gpu_count"))
     )
-    ckpt = pl.scan_parquet(d / "checkpoints.parquet").unique(subset=["job", "checkpoint_id"], keep="any")
+    ckpt = (
+        pl.scan_parquet(d / "checkpoints.parquet")
+        .filter(pl.col("created_at") == pl.col("created_at").min().over(["job", "checkpoint_id"]))
+        .unique(subset=["job", "checkpoint_id"], keep="first", maintain_order=True)
+    )
     transfers = pl.scan_parquet(d / "transfers.parquet").unique(subset="transfer_id", keep="any")
-    preempt = pl.scan_parquet(d / "preemptions.parquet").unique(subset="notice_id", keep="any")
+    preempt = (
+        pl.scan_parquet(d / "preemptions.parquet")
+        .sort("recovered_at", descending=True, nulls_last=True, maintain_order=True)
+        .unique(subset="notice_id", keep="first", maintain_order=True)
+    )
     migrations = pl.scan_parquet(d / "migrations.parquet")
 
     last = (
@@ -190,104 +212,193 @@ def _polars_child(parquet_dir: str) -> None:
     )
 
 
+def export_raw(warehouse: Path, parquet_dir: Path) -> None:
+    """The raw tables polars reads, as Parquet files in write order."""
+    import duckdb
+
+    parquet_dir.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        for table in RAW_EXPORTS:
+            con.execute(f"COPY raw.{table} TO '{parquet_dir / (table + '.parquet')}' (FORMAT parquet)")
+    finally:
+        con.close()
+
+
+def mart_job_metrics(warehouse: Path) -> dict[tuple[str, str], float]:
+    """The job-scope rows of ``mart_cost_metrics`` that polars computes too."""
+    import duckdb
+
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT scope, metric, value FROM mart_cost_metrics WHERE scope_kind = 'job'"
+        ).fetchall()
+    finally:
+        con.close()
+    return {(j, m): v for j, m, v in rows if m in METRICS}
+
+
+def worst_difference(dbt: dict[tuple[str, str], float], pol: dict[tuple[str, str], float]) -> float:
+    """Largest relative difference between the two sides (inf when a key is on one side only)."""
+    worst = 0.0
+    for key in dbt.keys() | pol.keys():
+        a, b = dbt.get(key), pol.get(key)
+        if a is None or b is None:
+            print(f"only one side has {key}: dbt={a} polars={b}", file=sys.stderr)
+            return float("inf")
+        worst = max(worst, abs(a - b) / max(abs(a), abs(b), 1e-12))
+    return worst
+
+
+def compare_with_polars(warehouse: Path, workdir: Path) -> float:
+    """Worst relative difference between the warehouse's mart and polars over its raw tables."""
+    export_raw(warehouse, workdir / "parquet")
+    return worst_difference(mart_job_metrics(warehouse), polars_metrics(workdir / "parquet"))
+
+
+def _polars_run(parquet: Path) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--polars-child", str(parquet)], capture_output=True, text=True, check=True
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds (user + system) of the waited-for child processes so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+class _Cpu:
+    """``with _Cpu() as c: <run a child>``; ``c.seconds``: the CPU time it took (a fairer comparison
+    than wall time when the machine is shared: a process waiting for a core uses none)."""
+
+    def __enter__(self) -> _Cpu:
+        self.c0 = _children_cpu_s()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = _children_cpu_s() - self.c0
+
+
+def _model_seconds(run) -> dict[str, float]:
+    return {
+        r["unique_id"].split(".")[-1]: round(r["execution_time"], 2)
+        for r in run.results
+        if r["unique_id"].startswith("model.")
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="200,000 rows (smoke test)")
     parser.add_argument("--rows", type=int, help="compute intervals (default 10,000,000)")
+    parser.add_argument("--new-rows", type=int, help="intervals of the next day (default 1 %% of --rows)")
     parser.add_argument("--jobs", type=int, default=2000, help="training jobs the rows belong to")
     parser.add_argument("--polars-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.polars_child:
         _polars_child(args.polars_child)
         return 0
+    rows = args.rows or (200_000 if args.quick else 10_000_000)
+    new_rows = args.new_rows if args.new_rows is not None else max(args.jobs, rows // 100)
+    if rows < args.jobs or new_rows < args.jobs:
+        print(f"--rows and --new-rows must be at least --jobs ({args.jobs})", file=sys.stderr)
+        return 2
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    with tempfile.TemporaryDirectory(prefix="bench-costs-") as tmp:
+        result = _run(Path(tmp), rows, new_rows, args.jobs)
+    result["quick"] = bool(args.quick)
+    name = "costs_quick" if args.quick else ("costs" if rows == 10_000_000 else f"costs_{rows}")
+    write_result(name, result)
+    if not result["agree"]:
+        print(f"dbt and polars disagree: {result['max_relative_difference']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run(tmpd: Path, rows: int, new_rows: int, jobs: int) -> dict:
     from spotshift.costs.dbt import run_dbt
     from spotshift.costs.fixtures import write_scaled_usage
     from spotshift.warehouse import connect
 
-    rows = args.rows or (200_000 if args.quick else 10_000_000)
-    with tempfile.TemporaryDirectory(prefix="bench-costs-") as tmp:
-        tmpd = Path(tmp)
-        empty = tmpd / "empty.duckdb"
-        warehouse = tmpd / "warehouse.duckdb"
-        with Timer() as t_gen, connect(warehouse) as con:
-            counts = write_scaled_usage(con, rows, jobs=args.jobs)
-        parquet = tmpd / "parquet"
-        parquet.mkdir()
-        with connect(warehouse) as con:
-            for table in ("compute_usage", "checkpoints", "transfers", "preemptions", "migrations"):
-                con.execute(f"COPY raw.{table} TO '{parquet / (table + '.parquet')}' (FORMAT parquet)")
-        warehouse_mib = warehouse.stat().st_size / 2**20
-        print(
-            f"generated {counts['compute_usage']:,} intervals in {t_gen.seconds:.1f}s ({warehouse_mib:,.0f} MiB)"
-        )
+    empty, warehouse = tmpd / "empty.duckdb", tmpd / "warehouse.duckdb"
+    with Timer() as t_gen, connect(warehouse) as con:
+        counts = write_scaled_usage(con, rows, jobs=jobs)
+    export_raw(warehouse, tmpd / "day1")
+    warehouse_mib = warehouse.stat().st_size / 2**20
+    print(
+        f"generated {counts['compute_usage']:,} intervals in {t_gen.seconds:.1f}s ({warehouse_mib:,.0f} MiB)"
+    )
 
+    with _Cpu() as base_cpu:
         base = run_dbt(DBT_SELECT, warehouse=empty)
-        print(f"dbt on an empty warehouse: {base.seconds:.1f}s")
-        run = run_dbt(DBT_SELECT, warehouse=warehouse)
-        dbt_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        models = {r["unique_id"].split(".")[-1]: round(r["execution_time"], 2) for r in run.results}
-        print(f"dbt +mart_cost_metrics: {run.seconds:.1f}s, peak {dbt_peak:,.0f} MiB")
+    print(f"dbt on an empty warehouse: {base.seconds:.1f}s")
+    with _Cpu() as full_cpu:
+        full = run_dbt(DBT_SELECT, warehouse=warehouse)
+    dbt_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"dbt +mart_cost_metrics, full: {full.seconds:.1f}s, peak {dbt_peak:,.0f} MiB")
+    with _Cpu() as pol_cpu:
+        pol = _polars_run(tmpd / "day1")
+    print(f"polars: {pol['seconds']:.1f}s, peak {pol['peak_rss_mib']:,.0f} MiB")
+    worst_full = worst_difference(mart_job_metrics(warehouse), {(j, m): v for j, m, v in pol["metrics"]})
+    shutil.rmtree(tmpd / "day1")
 
-        proc = subprocess.run(
-            [sys.executable, __file__, "--polars-child", str(parquet)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        pol = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"polars: {pol['seconds']:.1f}s, peak {pol['peak_rss_mib']:,.0f} MiB")
-
-        import duckdb
-
-        con = duckdb.connect(str(warehouse), read_only=True)
-        sql_rows = con.execute(
-            "SELECT scope, metric, value FROM mart_cost_metrics WHERE scope_kind = 'job'"
-        ).fetchall()
-        con.close()
-    dbt_metrics = {(j, m): v for j, m, v in sql_rows if m in METRICS}
-    pol_metrics = {(j, m): v for j, m, v in pol["metrics"]}
-    worst = 0.0
-    for key in dbt_metrics.keys() | pol_metrics.keys():
-        a, b = dbt_metrics.get(key), pol_metrics.get(key)
-        if a is None or b is None:
-            worst = float("inf")
-            print(f"only one side has {key}: dbt={a} polars={b}", file=sys.stderr)
-            continue
-        worst = max(worst, abs(a - b) / max(abs(a), abs(b), 1e-12))
-    agree = worst < 1e-9
-    result = {
+    with Timer() as t_gen2, connect(warehouse) as con:
+        after = write_scaled_usage(con, new_rows, jobs=jobs, start_row=counts["compute_usage"])
+    with _Cpu() as inc_cpu:
+        inc = run_dbt(DBT_SELECT, warehouse=warehouse)
+    print(
+        f"next day: +{after['compute_usage'] - counts['compute_usage']:,} intervals, "
+        f"dbt incremental {inc.seconds:.1f}s (models {sum(_model_seconds(inc).values()):.1f}s)"
+    )
+    export_raw(warehouse, tmpd / "day2")
+    pol2 = _polars_run(tmpd / "day2")
+    worst_inc = worst_difference(mart_job_metrics(warehouse), {(j, m): v for j, m, v in pol2["metrics"]})
+    worst = max(worst_full, worst_inc)
+    inc_models = _model_seconds(inc)
+    return {
         "rows": counts["compute_usage"],
-        "jobs": args.jobs,
-        "quick": bool(args.quick),
+        "jobs": jobs,
         "inputs": counts,
         "warehouse_mib": round(warehouse_mib, 1),
         "generate_s": round(t_gen.seconds, 2),
         "dbt": {
             "command": "dbt " + " ".join(DBT_SELECT),
-            "seconds": round(run.seconds, 2),
+            "seconds": round(full.seconds, 2),
             "startup_seconds_empty_warehouse": round(base.seconds, 2),
+            "cpu_seconds": round(full_cpu.seconds, 2),
+            "startup_cpu_seconds_empty_warehouse": round(base_cpu.seconds, 2),
             "peak_rss_mib": round(dbt_peak, 1),
-            "model_seconds": models,
-            "rows_per_second": round(counts["compute_usage"] / run.seconds),
+            "model_seconds": _model_seconds(full),
+            "rows_per_second": round(counts["compute_usage"] / full.seconds),
         },
         "polars": {
             "seconds": round(pol["seconds"], 2),
             "peak_rss_mib": round(pol["peak_rss_mib"], 1),
+            "cpu_seconds": round(pol_cpu.seconds, 2),
             "rows_per_second": round(counts["compute_usage"] / pol["seconds"]),
             "version": __import__("polars").__version__,
         },
-        "dbt_over_polars_time": round(run.seconds / pol["seconds"], 2),
-        "metrics_compared": len(dbt_metrics),
+        "dbt_over_polars_time": round(full.seconds / pol["seconds"], 2),
+        "dbt_over_polars_cpu": round(full_cpu.seconds / pol_cpu.seconds, 2),
+        "incremental": {
+            "new_rows": after["compute_usage"] - counts["compute_usage"],
+            "inputs_after": after,
+            "generate_s": round(t_gen2.seconds, 2),
+            "seconds": round(inc.seconds, 2),
+            "model_seconds": inc_models,
+            "models_total_seconds": round(sum(inc_models.values()), 2),
+            "cpu_seconds": round(inc_cpu.seconds, 2),
+            "cpu_seconds_minus_empty_warehouse_run": round(inc_cpu.seconds - base_cpu.seconds, 2),
+            "seconds_minus_empty_warehouse_run": round(inc.seconds - base.seconds, 2),
+            "polars_full_recompute_seconds": round(pol2["seconds"], 2),
+        },
+        "metrics_compared": len(pol["metrics"]) + len(pol2["metrics"]),
         "max_relative_difference": worst,
-        "agree": agree,
+        "agree": worst < 1e-9,
     }
-    name = "costs_quick" if args.quick else "costs"
-    write_result(name, result)
-    if not agree:
-        print(f"dbt and polars disagree: max relative difference {worst}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -11,9 +11,8 @@ import dagster as dg
 
 from resources.compute import ComputeBackendResource
 from resources.warehouse import WarehouseResource
+from spotshift.migration import contract
 from spotshift.training.runs import stop_with_checkpoint
-
-TAG_JOB = "spotshift/job"
 
 
 class EmergencyCheckpointConfig(dg.Config):
@@ -29,9 +28,9 @@ def emergency_checkpoint(
     compute: ComputeBackendResource,
     warehouse: WarehouseResource,
 ) -> dict[str, Any]:
-    job = config.job or context.run.tags.get(TAG_JOB, "")
+    job = config.job or context.run.tags.get(contract.TAG_JOB, "")
     if not job:
-        raise dg.Failure(f"emergency_checkpoint: no job (config job or tag {TAG_JOB})")
+        raise dg.Failure(f"emergency_checkpoint: no job (config job or tag {contract.TAG_JOB})")
     out = stop_with_checkpoint(
         compute.backend(),
         job,

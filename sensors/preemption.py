@@ -15,6 +15,7 @@ import dagster as dg
 from assets.partitions import regions_partitions
 from ops.migration import preemption_recovery_job
 from spotshift.home import region_store_url
+from spotshift.migration import contract
 from spotshift.placement.state import list_states
 from spotshift.sync.store import open_store
 from spotshift.training.preemption import read_notices
@@ -38,21 +39,15 @@ def preemption_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | 
         for notice in read_notices(open_store(region_store_url(location)), skip=seen):
             seen.add(notice["notice_id"])
             cursor["seen"] = [*cursor["seen"], notice["notice_id"]][-CURSOR_KEEP:]
-            config = {k: notice.get(k) for k in ("job", "location", "notice_id")}
-            config.update(
-                noticed_at=str(notice.get("virtual_noticed_at") or notice.get("noticed_at") or ""),
-                step=int(notice.get("step") or 0),
-            )
+            job, location, notice_id = notice["job"], notice["location"], notice["notice_id"]
+            noticed_at = str(notice.get("virtual_noticed_at") or notice.get("noticed_at") or "")
             requests.append(
                 dg.RunRequest(
-                    run_key=f"{notice['job']}:{notice['notice_id']}",
-                    run_config={"ops": {"plan_recovery": {"config": config}}},
-                    tags={
-                        "spotshift/job": notice["job"],
-                        "spotshift/trigger": "preemption",
-                        "spotshift/from": notice["location"],
-                        "spotshift/notice": notice["notice_id"],
-                    },
+                    run_key=contract.recovery_run_key(job, notice_id),
+                    run_config=contract.recovery_run_config(
+                        job, location, notice_id, noticed_at=noticed_at, step=int(notice.get("step") or 0)
+                    ),
+                    tags=contract.recovery_tags(job, location, notice_id),
                 )
             )
     if not requests:

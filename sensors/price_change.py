@@ -1,7 +1,8 @@
 """``price_change_sensor``: every 60 s, decide for every declared job whether it should move.
 
 Each evaluation runs the migration economics (:func:`spotshift.placement.inputs.decide_for_job`,
-the same function ``spotshift simulate`` calls) on the latest validated quote snapshot and records
+which assembles the job's inputs and calls :func:`spotshift.placement.economics.decide`, the
+function ``spotshift simulate`` calls too) on the latest validated quote snapshot and records
 the decision — move or stay, with its reasons — in ``raw.decisions``. When the decision changes the
 placement it requests ``migration_job`` with run key ``<job>:<from>-><to>:<quote snapshot id>``,
 so a re-evaluated tick never starts a second run for the same move; the JSON cursor remembers the
@@ -12,11 +13,12 @@ import json
 
 import dagster as dg
 
-from ops.migration import migration_job, move_run_config
+from ops.migration import migration_job
 from resources.compute import ComputeBackendResource
 from resources.warehouse import WarehouseResource
 from spotshift.clock import virtual_now
-from spotshift.placement.moves import jobs_to_decide, plan_from_decision
+from spotshift.migration import contract
+from spotshift.migration.plan import jobs_to_decide, plan_from_decision
 from spotshift.placement.state import load_state
 
 CURSOR_KEEP = 500  # run keys remembered (older ones are long finished; the daemon dedupes run keys too)
@@ -45,7 +47,11 @@ def price_change_sensor(
                 continue
             cursor["requested"] = [*cursor["requested"], plan.run_key][-CURSOR_KEEP:]
             requests.append(
-                dg.RunRequest(run_key=plan.run_key, run_config=move_run_config(plan), tags=plan.tags())
+                dg.RunRequest(
+                    run_key=plan.run_key,
+                    run_config=contract.move_run_config(plan.to_dict()),
+                    tags=plan.tags(),
+                )
             )
     if not notes:
         return dg.SkipReason("no declared job to decide for (all finished, migrating or not declared)")
@@ -64,7 +70,7 @@ def _busy_jobs(instance: dg.DagsterInstance) -> set[str]:
             ]
         )
     )
-    return {r.tags["spotshift/job"] for r in in_flight if "spotshift/job" in r.tags}
+    return {r.tags[contract.TAG_JOB] for r in in_flight if contract.TAG_JOB in r.tags}
 
 
 defs = dg.Definitions(sensors=[price_change_sensor])

@@ -8,11 +8,13 @@ the UI (Automation) or with ``dagster schedule start price_poll_schedule``.
 
 import dagster as dg
 
-from assets.quotes import gpu_quotes, raw_price_quotes
+from assets.quotes import gpu_quotes, raw_price_quotes, raw_price_quotes_quality
 
 price_poll_job = dg.define_asset_job(
     "price_poll_job",
-    selection=dg.AssetSelection.assets(raw_price_quotes, gpu_quotes),
+    # the snapshot's own quality checks; the dbt source tests on raw_price_quotes run with the marts
+    selection=dg.AssetSelection.assets(raw_price_quotes, gpu_quotes).without_checks()
+    | dg.AssetSelection.checks(raw_price_quotes_quality),
     description="Poll the configured price feed, validate the snapshot, publish main.gpu_quotes.",
     tags={"spotshift/domain": "prices"},
 )

@@ -14,69 +14,32 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
+
+from spotshift.cliutil import OneLineParser, emit_json
 
 #: modules that contribute command groups, in ``--help`` order
 COMMAND_MODULES: tuple[str, ...] = (
     "spotshift.pricing.commands",
     "spotshift.sync.commands",
     "spotshift.placement.commands",
+    "spotshift.migration.commands",
     "spotshift.simulate.commands",
     "spotshift.serving.simulate_commands",
+    "spotshift.serving.commands",
+    "spotshift.serving.router_commands",
     "spotshift.training.commands",
     "spotshift.checkpoint.commands",
     "spotshift.costs.commands",
 )
 
 
-def emit_json(obj: Any) -> None:
-    """Print one JSON object on one line (the ``--json`` contract of every command)."""
-    sys.stdout.write(json.dumps(obj, sort_keys=True, default=str) + "\n")
-    sys.stdout.flush()
-
-
-class _DeprecatedOption(argparse.Action):
-    """A renamed option's old spelling: stores into the new option's ``dest`` and warns once."""
-
-    def __init__(self, *args: Any, new_name: str = "", **kwargs: Any) -> None:
-        self.new_name = new_name
-        super().__init__(*args, **kwargs)
-
-    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
-        sys.stderr.write(f"spotshift: warning: {option_string} is deprecated; use {self.new_name}\n")
-        setattr(namespace, self.dest, values)
-
-
-def deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str, **kwargs: Any) -> None:
-    """Accept ``old`` (hidden from ``--help``) as a deprecated spelling of the already added ``new``.
-
-    One name per concept on the command line; a renamed option keeps working for scripts, with a
-    warning on stderr. ``kwargs`` are the conversion options of ``new`` (``type``, ``metavar``...).
-    """
-    dest = next(a.dest for a in parser._actions if new in a.option_strings)
-    parser.add_argument(
-        old, dest=dest, action=_DeprecatedOption, new_name=new, help=argparse.SUPPRESS, **kwargs
-    )
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse with the house rule for bad input: one line on stderr and exit 2, not a usage block.
-
-    Sub-command parsers inherit the class, so every ``spotshift ...`` usage error is one line that
-    names the command and points at its ``--help``.
-    """
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
-        sys.exit(2)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The full parser with every registered command group."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser with every registered command group; with ``command``, only the groups up to
+    the one that registers it (the rest are not imported: ``sync fingerprint`` is timed)."""
     parser = OneLineParser(
         prog="spotshift",
         description="Move GPU training and inference to where GPUs are cheapest, without losing a step.",
@@ -90,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     _register_home(sub)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+        if command is not None and command in sub.choices:
+            break
     return parser
 
 
@@ -162,8 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(given[0] if given and not given[0].startswith("-") else None)
+    args = parser.parse_args(given)
     try:
         return int(args.handler(args) or 0)
     except SpotshiftError as exc:

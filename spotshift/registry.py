@@ -61,7 +61,8 @@ def get(section: str, name: str, path: Path | None = None) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<path>.lock`` (created with its directory) for a read-modify-write of ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -76,7 +77,7 @@ def update(mutate: Callable[[dict[str, list[dict[str, Any]]]], None], path: Path
     import yaml
 
     p = path or config_path()
-    with _locked(p):
+    with locked(p):
         data = load(p)
         mutate(data)
         atomic_write_text(p, yaml.safe_dump(data, sort_keys=False, default_flow_style=False))

@@ -171,7 +171,11 @@ RAW_TABLES: dict[str, tuple[Column, ...]] = {
     "migrations": _cols(
         ("migration_id", "VARCHAR", "Run key of the migration"),
         ("job", "VARCHAR", "Training job name"),
-        ("trigger", "VARCHAR", "place | price | preemption | rollback"),
+        (
+            "trigger",
+            "VARCHAR",
+            "place | price | preemption (a rolled-back move keeps the trigger that started it)",
+        ),
         ("from_location", "VARCHAR", "provider/region the job left"),
         ("to_location", "VARCHAR", "provider/region the job moved to"),
         ("started_at", "TIMESTAMP", "Start of the migration (UTC)"),
@@ -210,6 +214,39 @@ RAW_TABLES: dict[str, tuple[Column, ...]] = {
         ("reasons", "VARCHAR", "JSON list of failed thresholds"),
         ("validated_at", "TIMESTAMP", "When the comparison finished (UTC)"),
     ),
+    "job_baselines": _cols(
+        ("job", "VARCHAR", "Training job name"),
+        (
+            "baseline",
+            "VARCHAR",
+            "stay_first_spot: the job's first spot placement kept, paying for its preemptions",
+        ),
+        ("location", "VARCHAR", "provider/region of the job's first spot placement"),
+        ("instance_type", "VARCHAR", "Instance type of the job's first spot placement"),
+        ("availability", "VARCHAR", "Spot availability the simulation replayed (trace file and its start)"),
+        (
+            "inputs_digest",
+            "VARCHAR",
+            "Hash of everything the simulation read (a changed input gives a new row)",
+        ),
+        ("computed_at", "TIMESTAMP", "Virtual-clock time of the computation (UTC)"),
+        ("work_hours", "DOUBLE", "Instance-hours of work simulated"),
+        (
+            "deadline_hours",
+            "DOUBLE",
+            "Deadline the simulation's on-demand safety net kept, hours after the start",
+        ),
+        ("preemptions", "INTEGER", "Preemptions the first spot location would have dealt the job"),
+        ("on_demand_hours", "DOUBLE", "Hours the deadline safety net ran on demand"),
+        ("compute_usd", "DOUBLE", "Simulated compute cost with the preemptions, USD"),
+        ("bound_compute_usd", "DOUBLE", "Simulated compute cost of the same work never preempted, USD"),
+        (
+            "preemption_factor",
+            "DOUBLE",
+            "compute_usd / bound_compute_usd: what the preemptions add to the never-preempted bound",
+        ),
+        ("deadline_met", "BOOLEAN", "The simulated job finished by its deadline"),
+    ),
     "inference_usage": _cols(
         ("window_start", "TIMESTAMP", "Start of the serving window (UTC)"),
         ("window_end", "TIMESTAMP", "End of the serving window (UTC)"),
@@ -222,6 +259,15 @@ RAW_TABLES: dict[str, tuple[Column, ...]] = {
         ("slo_violations", "BIGINT", "Requests over the SLO"),
         ("usd", "DOUBLE", "Serving cost of the window, USD"),
         ("usd_per_violation", "DOUBLE", "Penalty per SLO violation agreed with the business, USD"),
+        # per-replica windows written by `spotshift serve` (NULL in rows of hourly, per-location feeds)
+        ("endpoint", "VARCHAR", "Inference endpoint served"),
+        ("replica_id", "VARCHAR", "Replica that served the window"),
+        ("tokens_in", "BIGINT", "Prompt tokens in the window"),
+        ("tokens_out", "BIGINT", "Completion tokens in the window"),
+        ("p50_ms", "DOUBLE", "Observed median latency, ms"),
+        ("p95_ms", "DOUBLE", "Observed P95 latency, ms"),
+        ("replica_hours", "DOUBLE", "Hours the replica was up in the window"),
+        ("usd_per_hour", "DOUBLE", "Price of the replica's capacity in its market, USD per hour"),
     ),
 }
 
@@ -400,6 +446,19 @@ def ensure_schema(con: Any) -> None:
         con.execute(create_table_sql("raw", table, columns))
     for table, columns in MAIN_TABLES.items():
         con.execute(create_table_sql("main", table, columns))
+    _add_missing_columns(con)
+
+
+def _add_missing_columns(con: Any) -> None:
+    """Columns added to a table after a warehouse was created are appended (NULL in older rows)."""
+    have = set(
+        con.execute("SELECT table_schema, table_name, column_name FROM information_schema.columns").fetchall()
+    )
+    for schema, tables in (("raw", RAW_TABLES), ("main", MAIN_TABLES)):
+        for table, columns in tables.items():
+            for c in columns:
+                if (schema, table, c.name) not in have:
+                    con.execute(f'ALTER TABLE {schema}.{table} ADD COLUMN IF NOT EXISTS "{c.name}" {c.type}')
 
 
 def columns_of(qualified_table: str) -> tuple[Column, ...]:
@@ -504,8 +563,9 @@ FACT_KEYS: dict[str, tuple[str, ...]] = {
     "main.placement_candidates": ("decision_id",),
     "raw.migrations": ("migration_id", "status", "run_id"),
     "raw.preemptions": ("notice_id",),
+    "raw.job_baselines": ("job", "baseline", "inputs_digest"),
     "raw.shadow_validations": ("validation_id",),
-    "raw.inference_usage": ("window_start", "location", "market"),
+    "raw.inference_usage": ("window_start", "location", "market", "replica_id"),
     "raw.scaling_decisions": ("decision_id",),
 }
 

@@ -73,8 +73,9 @@ def register(sub: Any) -> None:
     mig = cs.add_parser(
         "migrate",
         help="copy a checkpoint to another store, as an encrypted tensor delta when the target has an older one",
-        description="Sends XOR+zstd tensor deltas against --base (default: the newest older checkpoint of the "
-        "job in the target), applies them at the target and verifies the content hash; falls back to a full "
+        description="Sends a lossless tensor delta (per-tensor bit transforms, byte planes, zstd) against --base "
+        "(default: the newest older checkpoint of the job in the target), applies it at the target, checks each "
+        "rebuilt tensor's digest and the content hash; falls back to a full "
         "copy when the delta is not smaller than 90% of it. Records the transfer in raw.transfers.",
     )
     mig.add_argument("src", help="source checkpoint path or URL")
@@ -100,7 +101,7 @@ def _open(path: str):  # noqa: ANN202
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
 
     ck = _open(args.path)
     s = ck.summary()
@@ -137,7 +138,7 @@ def _print_summary(s: dict[str, Any]) -> None:
 
 def _verify(args: argparse.Namespace) -> int:
     from spotshift.checkpoint.keys import open_key_provider
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
 
     ck = _open(args.path)
     report = ck.verify(open_key_provider(args.key_provider))
@@ -157,7 +158,7 @@ def _list(args: argparse.Namespace) -> int:
         list_checkpoints,
         parse_checkpoint_path,
     )
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.sync.store import open_store
 
     store_url, job, _ = parse_checkpoint_path(args.path)
@@ -196,7 +197,7 @@ def _list(args: argparse.Namespace) -> int:
 def _prune(args: argparse.Namespace) -> int:
     from spotshift.checkpoint.format import parse_checkpoint_path
     from spotshift.checkpoint.prune import prune_checkpoints
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.errors import ConfigError
     from spotshift.sync.store import open_store
 
@@ -225,7 +226,7 @@ def _migrate(args: argparse.Namespace) -> int:
     from spotshift.checkpoint.format import parse_checkpoint_path
     from spotshift.checkpoint.keys import open_key_provider
     from spotshift.checkpoint.migrate import migrate_checkpoint
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.sync.store import open_store
 
     store_url, job, ckpt = parse_checkpoint_path(args.src)

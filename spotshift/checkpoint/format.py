@@ -954,19 +954,22 @@ def parse_checkpoint_path(path: str) -> tuple[str, str, str | None]:
     Accepts ``<store>/checkpoints/<job>/<id>``, ``<store>/checkpoints/<job>[/latest]`` (newest), for
     ``file://``, ``s3://``, ``gs://`` URLs and plain local paths.
     """
+    from spotshift.cloud_errors import redact_url
+
+    shown = redact_url(path)  # errors name the path without the user-info a URL may carry
     text = path.strip().rstrip("/")
     if "://" not in text:
         text = Path(text).expanduser().resolve().as_uri()
     marker = "/checkpoints/"
     i = text.rfind(marker)
     if i < 0:
-        raise ConfigError(f"{path!r} is not a checkpoint path (expected <store>/checkpoints/<job>[/<id>])")
+        raise ConfigError(f"{shown!r} is not a checkpoint path (expected <store>/checkpoints/<job>[/<id>])")
     store_url, rest = text[:i], text[i + len(marker) :]
     segs = [s for s in rest.split("/") if s]
     if not segs or len(segs) > 2:
-        raise ConfigError(f"{path!r} is not a checkpoint path (expected <store>/checkpoints/<job>[/<id>])")
+        raise ConfigError(f"{shown!r} is not a checkpoint path (expected <store>/checkpoints/<job>[/<id>])")
     if store_url.endswith(":/") or store_url.endswith(":"):
-        raise ConfigError(f"{path!r}: the store part of the path is empty")
+        raise ConfigError(f"{shown!r}: the store part of the path is empty")
     ckpt = segs[1] if len(segs) == 2 and segs[1] != "latest" else None
     if ckpt is not None:
         step_of(ckpt)

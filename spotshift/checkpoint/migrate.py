@@ -13,7 +13,8 @@ process was killed before applying it: :func:`~spotshift.checkpoint.format.sweep
 
 The envelope carries the new checkpoint's metadata (without its encryption block), the base id
 and the wrapped key, and is sealed with the data key. At the target the delta is applied to the
-base held there, every part's plaintext hash and the content hash are verified, and the result is
+base held there (each rebuilt tensor checked against its digest in the delta:
+:mod:`spotshift.checkpoint.delta`), every part's plaintext hash and the content hash are verified, and the result is
 committed as an ordinary checkpoint (re-encrypted under a fresh key), then the delta object is
 deleted. Only the delta object crossed regions: that is ``bytes_sent``.
 

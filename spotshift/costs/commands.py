@@ -23,8 +23,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "report",
         help="print the cost tables (savings, metrics, migrations, FOCUS totals) from the warehouse",
-        description="Print what each job cost against always-on-demand and stay-on-first-spot, the six cost "
-        "metrics, migrations and FOCUS totals, from the dbt_costs marts. Builds the marts with dbt first "
+        description="Print what each job cost against two baselines (always on demand; staying on its first "
+        "spot location and paying for its preemptions, simulated on that location's availability trace in "
+        "$SPOTSHIFT_HOME/traces) and, apart, the never-preempted first-spot bound; the six cost metrics, "
+        "migrations by trigger and FOCUS totals, from the dbt_costs marts. Builds the marts with dbt first "
         "when they are missing or older than the raw facts.",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -69,7 +71,7 @@ def register(sub: Any) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.costs.marts import REPORT_MARTS, ensure_marts, open_marts, resolve_warehouse
     from spotshift.costs.report import format_text, read_report, write_cost_report
 
@@ -104,7 +106,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _focus_export(args: argparse.Namespace) -> int:
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.costs.focus import export_focus, focus_format
     from spotshift.costs.marts import ensure_marts, resolve_warehouse
 
@@ -136,7 +138,7 @@ def _focus_check(args: argparse.Namespace) -> int:
 
     import duckdb
 
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.costs.focus import focus_problems, read_relation
     from spotshift.errors import InputError
 

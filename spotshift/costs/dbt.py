@@ -201,8 +201,22 @@ def build_marts(
     reads ``SPOTSHIFT_DBT_TEST_SEVERITY``): problems in the facts come back as
     :meth:`DbtRun.warnings` and never stop a model; unit tests and SQL errors still fail.
     """
+    prepare_build(warehouse)
     args = ["build"]
     if select:
         args += ["--select", select]
     extra = {"SPOTSHIFT_DBT_TEST_SEVERITY": "warn"} if data_tests_warn else None
     return run_dbt(args, warehouse=warehouse, extra_env=extra, progress=progress)
+
+
+def prepare_build(warehouse: str | Path) -> int:
+    """What a ``dbt build`` needs besides the facts: the simulated stay-on-first-spot baselines of
+    :mod:`spotshift.costs.baselines` in ``raw.job_baselines`` (rows written; schema ensured).
+
+    Called before every build, by :func:`build_marts` and by Dagster's ``dbt_costs`` asset.
+    """
+    from spotshift.costs.baselines import record_baselines
+    from spotshift.warehouse import connect
+
+    with connect(warehouse) as con:
+        return record_baselines(con)

@@ -504,7 +504,44 @@ def generate_facts(
     _quotes(sim, last + timedelta(days=1))
     _inference(sim)
     _scaling(sim)
+    _baselines(sim)
     return sim.rows
+
+
+def _baselines(sim: _Sim) -> None:
+    """A simulated stay-on-first-spot row per job that ran on spot (``raw.job_baselines``), as
+    :mod:`spotshift.costs.baselines` writes it: each preemption the job met at its first location
+    adds a tenth to the never-preempted cost (a fixture's figure, not a simulation)."""
+    usage = sorted(sim.rows.get("compute_usage", []), key=lambda u: (u["started_at"], u["usage_id"]))
+    first: dict[str, dict[str, Any]] = {}
+    for u in usage:
+        if u["market"] == "spot":
+            first.setdefault(u["job"], u)
+    for job, u in sorted(first.items()):
+        location = f"{u['provider']}/{u['region']}"
+        hit = sum(1 for p in sim.rows.get("preemptions", []) if p["job"] == job and p["location"] == location)
+        bound = sum(x["usd"] for x in usage if x["job"] == job)
+        factor = 1.0 + 0.1 * hit
+        sim.add(
+            "job_baselines",
+            job=job,
+            baseline="stay_first_spot",
+            location=location,
+            instance_type=u["instance_type"],
+            availability=f"fixture trace {location.replace('/', '_')}.json",
+            inputs_digest=_id("baseline", job),
+            computed_at=u["started_at"],
+            work_hours=sum(
+                (x["ended_at"] - x["started_at"]).total_seconds() / 3600 for x in usage if x["job"] == job
+            ),
+            deadline_hours=None,
+            preemptions=hit,
+            on_demand_hours=0.0,
+            compute_usd=bound * factor,
+            bound_compute_usd=bound,
+            preemption_factor=factor,
+            deadline_met=True,
+        )
 
 
 def write_facts(con: Any, facts: Mapping[str, list[Mapping[str, Any]]]) -> dict[str, int]:
@@ -523,12 +560,17 @@ def write_fixture_warehouse(path: str | Path, seed: int = 7) -> dict[str, int]:
         return write_facts(con, generate_facts(seed))
 
 
-def write_scaled_usage(con: Any, usage_rows: int, *, jobs: int = 2000, seed: int = 11) -> dict[str, int]:
+def write_scaled_usage(
+    con: Any, usage_rows: int, *, jobs: int = 2000, seed: int = 11, start_row: int = 0
+) -> dict[str, int]:
     """Write ``usage_rows`` compute intervals (and proportional checkpoints, preemptions, transfers,
     migrations and 6-hourly quotes) for ``jobs`` jobs, generated inside DuckDB: the benchmark's input.
 
     Each job runs consecutive 0.5-3 h intervals over the four fixture locations; 85 % are spot, a
     third of those end in a preemption; every second interval commits a checkpoint halfway through.
+    ``start_row`` > 0 writes a later batch (the benchmark's "next day"): ids continue from it, each
+    job's intervals start after its last one in the warehouse, quotes after the last poll.
+    Returns the row count of each table afterwards.
     """
     from spotshift.warehouse import ensure_schema
 
@@ -544,25 +586,33 @@ def write_scaled_usage(con: Any, usage_rows: int, *, jobs: int = 2000, seed: int
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _scaled AS
         WITH locs(idx, provider, region, instance_type, od, ratio) AS (VALUES {locs}),
+        offsets AS (
+            -- a later batch: each job continues 10 minutes after its last interval
+            SELECT cast(substr(job, 5) AS bigint) AS job_no, max(ended_at) + INTERVAL 10 MINUTE AS after
+            FROM raw.compute_usage
+            WHERE {start_row} > 0 AND job LIKE 'job-%'
+            GROUP BY job
+        ),
         base AS (
             SELECT
-                i,
-                i // {per_job} AS job_no,
-                i % {per_job} AS k,
-                (hash(i, {seed}) % 1000000) / 1e6 AS u1,
-                (hash(i, {seed} + 1) % 1000000) / 1e6 AS u2,
-                (hash(i, {seed} + 2) % 1000000) / 1e6 AS u3
-            FROM range({per_job * jobs}) t(i)
+                n + {start_row} AS i,
+                n // {per_job} AS job_no,
+                n % {per_job} AS k,
+                (hash(n + {start_row}, {seed}) % 1000000) / 1e6 AS u1,
+                (hash(n + {start_row}, {seed} + 1) % 1000000) / 1e6 AS u2,
+                (hash(n + {start_row}, {seed} + 2) % 1000000) / 1e6 AS u3
+            FROM range({per_job * jobs}) t(n)
         ),
         timed AS (
             SELECT
                 *,
                 0.5 + 2.5 * u1 AS hours,
-                timestamp '{start}' + to_seconds(cast(job_no * 97 AS bigint) * 60)
+                coalesce(o.after, timestamp '{start}' + to_seconds(cast(job_no * 97 AS bigint) * 60))
                 + to_microseconds(cast(3.6e9 * (sum(0.5 + 2.5 * u1) OVER (PARTITION BY job_no ORDER BY k)
                                    - (0.5 + 2.5 * u1)) AS bigint)) AS started_at,
                 (job_no + k // 7) % {n_locs} AS loc_idx
             FROM base
+            LEFT JOIN offsets o USING (job_no)
         )
         SELECT
             t.*,
@@ -614,8 +664,9 @@ def write_scaled_usage(con: Any, usage_rows: int, *, jobs: int = 2000, seed: int
         FROM _scaled WHERE k % 49 = 48
     """)
     bounds = first_row(con, "SELECT min(started_at), max(ended_at) FROM _scaled")
+    last_poll = first_row(con, "SELECT max(polled_at) FROM raw.price_quotes")[0] if start_row else None
     quotes = []
-    at = _quote_time(bounds[0]) - _QUOTE_EVERY
+    at = last_poll + _QUOTE_EVERY if last_poll else _quote_time(bounds[0]) - _QUOTE_EVERY
     sim = _Sim(seed)
     while at <= bounds[1]:
         for loc in FIXTURE_LOCATIONS:

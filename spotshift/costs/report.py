@@ -1,12 +1,7 @@
 """The cost report: tables from the marts, as text (``spotshift report``), JSON, and Markdown with
 PNG plots (the ``cost_report`` asset).
 
-Plots (matplotlib, Agg backend, no display needed):
-
-* ``price_history.png`` — the spot price per GPU-hour of each region (cheapest instance of the
-  jobs' GPU model at each poll) over the jobs' time span, with each migration marked where it landed;
-* ``cumulative_cost.png`` — the fleet's cumulative actual cost (compute + egress) against always
-  on demand and staying on each job's first spot location, for the same work.
+Plots: :mod:`spotshift.costs.plots`.
 """
 
 from __future__ import annotations
@@ -18,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from spotshift.costs.marts import fetch_dicts
+from spotshift.costs.plots import COST_PLOT, PRICE_PLOT, plot_cumulative_cost, plot_price_history
 from spotshift.warehouse import first_row
 
-PRICE_PLOT = "price_history.png"
-COST_PLOT = "cumulative_cost.png"
 REPORT_MD = "cost_report.md"
 
 
@@ -74,8 +68,9 @@ def read_report(con: Any, warehouse: str | os.PathLike[str] = "") -> CostReport:
         con,
         """SELECT job, first_started_at, last_ended_at, first_spot_location, intervals, preemptions,
                   migrations, gpu_hours, productive_gpu_hours, compute_usd, egress_usd, actual_usd,
-                  on_demand_usd, first_spot_usd, saving_vs_on_demand_usd, saving_vs_on_demand,
-                  saving_vs_first_spot_usd, saving_vs_first_spot
+                  on_demand_usd, stay_first_spot_usd, stay_first_spot_basis, stay_first_spot_preemptions,
+                  first_spot_bound_usd, saving_vs_on_demand_usd, saving_vs_on_demand,
+                  saving_vs_stay_first_spot_usd, saving_vs_stay_first_spot
            FROM mart_savings ORDER BY job""",
     )
     totals = fetch_dicts(
@@ -85,10 +80,13 @@ def read_report(con: Any, warehouse: str | os.PathLike[str] = "") -> CostReport:
                   coalesce(sum(compute_usd), 0) AS compute_usd,
                   coalesce(sum(egress_usd), 0) AS egress_usd,
                   CASE WHEN count(on_demand_usd) = count(*) THEN sum(on_demand_usd) END AS on_demand_usd,
-                  CASE WHEN count(first_spot_usd) = count(*) THEN sum(first_spot_usd) END AS first_spot_usd
+                  CASE WHEN count(stay_first_spot_usd) = count(*) THEN sum(stay_first_spot_usd) END
+                      AS stay_first_spot_usd,
+                  CASE WHEN count(first_spot_bound_usd) = count(*) THEN sum(first_spot_bound_usd) END
+                      AS first_spot_bound_usd
            FROM mart_savings""",
     )[0]
-    for base in ("on_demand", "first_spot"):
+    for base in ("on_demand", "stay_first_spot"):
         b = totals[f"{base}_usd"]
         totals[f"saving_vs_{base}"] = (b - totals["actual_usd"]) / b if b else None
     metrics = fetch_dicts(
@@ -100,6 +98,7 @@ def read_report(con: Any, warehouse: str | os.PathLike[str] = "") -> CostReport:
     mig = fetch_dicts(
         con,
         """SELECT count(*) AS migrations,
+                  count(*) FILTER (WHERE trigger = 'place') AS placements,
                   count(*) FILTER (WHERE trigger = 'price') AS price_moves,
                   count(*) FILTER (WHERE trigger = 'preemption') AS preemption_recoveries,
                   count(*) FILTER (WHERE status = 'rolled_back') AS rolled_back,
@@ -109,6 +108,16 @@ def read_report(con: Any, warehouse: str | os.PathLike[str] = "") -> CostReport:
                   coalesce(sum(bytes_moved), 0) AS bytes_moved
            FROM fct_migrations""",
     )[0]
+    mig["by_trigger"] = fetch_dicts(
+        con,
+        """SELECT trigger, count(*) AS migrations,
+                  count(*) FILTER (WHERE status = 'cut_over') AS cut_over,
+                  count(*) FILTER (WHERE status = 'rolled_back') AS rolled_back,
+                  count(*) FILTER (WHERE status NOT IN ('cut_over', 'rolled_back')) AS other
+           FROM fct_migrations GROUP BY trigger
+           ORDER BY CASE trigger WHEN 'place' THEN 0 WHEN 'price' THEN 1 WHEN 'preemption' THEN 2 ELSE 3 END,
+                    trigger""",
+    )
     mig["rows"] = fetch_dicts(
         con,
         """SELECT migration_id, job, trigger, status, from_location, to_location, started_at, downtime_s,
@@ -137,6 +146,12 @@ def read_report(con: Any, warehouse: str | os.PathLike[str] = "") -> CostReport:
     notes = []
     if any(s["on_demand_usd"] is None for s in savings):
         notes.append("some intervals have no known on-demand price: their jobs show no on-demand baseline")
+    missing = [s for s in savings if s["stay_first_spot_usd"] is None and s["stay_first_spot_basis"]]
+    if missing:
+        notes.append(
+            f"stay on first spot is not shown for {len(missing)} job(s) ({missing[0]['stay_first_spot_basis']}): "
+            "put that location's availability trace in $SPOTSHIFT_HOME/traces/ to simulate it"
+        )
     return CostReport(str(warehouse), built_at, totals, savings, metrics, mig, alerts, focus, notes, unpriced)
 
 
@@ -154,6 +169,35 @@ def _num(v: float | None) -> str:
     if abs(v) >= 1000:
         return f"{v:,.0f}"
     return f"{v:.4g}" if abs(v) < 1 else f"{v:,.2f}"
+
+
+#: how the report names each migration trigger (an unknown one is shown as ``trigger <name>``)
+TRIGGER_LABELS = {
+    "place": "initial placement",
+    "price": "price move",
+    "preemption": "preemption recovery",
+}
+
+
+def migration_breakdown(mg: dict[str, Any]) -> str:
+    """``5 migrations = 1 initial placement + 2 price moves (1 rolled back) + 2 preemption recoveries``.
+
+    Every migration is counted under its trigger, so the parts add up to the total; a move that was
+    rolled back stays under the trigger that started it, with its status in brackets.
+    """
+    parts = []
+    for t in mg.get("by_trigger") or []:
+        label = TRIGGER_LABELS.get(t["trigger"], f"trigger {t['trigger']}")
+        n = int(t["migrations"])
+        plural = (
+            label if n == 1 else ("preemption recoveries" if t["trigger"] == "preemption" else label + "s")
+        )
+        status = [f"{int(t[k])} {k.replace('_', ' ')}" for k in ("rolled_back", "other") if t[k]]
+        status = [x.replace(" other", " failed") for x in status]
+        parts.append(f"{n} {plural}" + (f" ({', '.join(status)})" if status else ""))
+    total = int(mg["migrations"])
+    head = f"{total} migration{'s' if total != 1 else ''}"
+    return head + (" = " + " + ".join(parts) if parts else "")
 
 
 def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
@@ -176,10 +220,14 @@ def format_text(report: CostReport) -> str:
         + (f" (marts built {report.built_at:%Y-%m-%d %H:%M} UTC)" if report.built_at else ""),
         "",
         f"{t['jobs']} training job(s): actual ${_usd(t['actual_usd'])} (compute ${_usd(t['compute_usd'])} + egress "
-        f"${_usd(t['egress_usd'])}); always on demand ${_usd(t['on_demand_usd'])} (saving {_pct(t['saving_vs_on_demand'])}); "
-        f"stay on first spot ${_usd(t['first_spot_usd'])} (saving {_pct(t['saving_vs_first_spot'])})",
+        f"${_usd(t['egress_usd'])})",
+        f"  baseline always on demand ${_usd(t['on_demand_usd'])} (saving {_pct(t['saving_vs_on_demand'])})",
+        f"  baseline stay on first spot, paying for its preemptions ${_usd(t['stay_first_spot_usd'])} "
+        f"(saving {_pct(t['saving_vs_stay_first_spot'])})",
+        f"  bound: first spot never preempted ${_usd(t['first_spot_bound_usd'])} "
+        "(what staying would cost if never preempted: a lower bound for staying, not a baseline)",
         "",
-        "Savings per job (USD; baselines price the same productive work)",
+        "Savings per job (USD; baselines price the same productive work; bound = first spot never preempted)",
     ]
     rows = [
         [
@@ -187,8 +235,9 @@ def format_text(report: CostReport) -> str:
             _usd(s["actual_usd"]),
             _usd(s["on_demand_usd"]),
             _pct(s["saving_vs_on_demand"]),
-            _usd(s["first_spot_usd"]),
-            _pct(s["saving_vs_first_spot"]),
+            _usd(s["stay_first_spot_usd"]),
+            _pct(s["saving_vs_stay_first_spot"]),
+            _usd(s["first_spot_bound_usd"]),
             f"{s['gpu_hours']:,.1f}",
             str(s["preemptions"]),
             str(s["migrations"]),
@@ -196,9 +245,20 @@ def format_text(report: CostReport) -> str:
         for s in report.savings
     ]
     lines += _table(
-        ["job", "actual", "on-demand", "saving", "first-spot", "saving", "GPU-h", "preempted", "moves"],
+        [
+            "job",
+            "actual",
+            "on-demand",
+            "saving",
+            "stay-first-spot",
+            "saving",
+            "bound",
+            "GPU-h",
+            "preempted",
+            "moves",
+        ],
         rows,
-        set(range(1, 9)),
+        set(range(1, 10)),
     )
     lines += ["", "Cost metrics (! = data_transfer_amplification above 3.0)"]
     rows = [
@@ -214,8 +274,7 @@ def format_text(report: CostReport) -> str:
     mg = report.migrations
     lines += [
         "",
-        f"Migrations: {mg['migrations']} ({mg['price_moves']} on price, {mg['preemption_recoveries']} preemption "
-        f"recoveries, {mg['rolled_back']} rolled back); price moves that paid off: {mg['paid_off']}, realized net "
+        f"Migrations: {migration_breakdown(mg)}; price moves that paid off: {mg['paid_off']}, realized net "
         f"${_usd(mg['realized_net_savings_usd'])}; moved {mg['bytes_moved'] / 1e9:,.1f} GB for ${_usd(mg['egress_usd'])} egress",
     ]
     if report.amplification_alerts:
@@ -259,170 +318,6 @@ def format_text(report: CostReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --------------------------------------------------------------------------------------- plots
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-#: at most this many quoted locations besides those the jobs used or moved between
-PRICE_PLOT_LOCATIONS = 8
-
-
-def plot_price_history(con: Any, path: Path) -> Path:
-    """Spot price per GPU-hour per region over time, migrations marked; PNG at ``path``.
-
-    One GPU model: the one the jobs used most (else the most quoted). One line per location: the
-    cheapest spot instance of that model at each poll. Shown: every location a job ran in or moved
-    between, plus the cheapest others on average; the time axis covers the jobs' runs when there
-    are any (with a day either side), else all quotes.
-    """
-    import bisect
-
-    plt = _pyplot()
-    model = first_row(
-        con,
-        """SELECT coalesce(
-               (SELECT gpu_model FROM fct_gpu_usage WHERE gpu_model IS NOT NULL
-                GROUP BY 1 ORDER BY sum(gpu_hours) DESC, 1 LIMIT 1),
-               (SELECT gpu_model FROM stg_spotshift__price_quotes WHERE market = 'spot' AND gpu_model IS NOT NULL
-                GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1))""",
-    )[0]
-    window = first_row(
-        con, "SELECT min(started_at) - INTERVAL 1 DAY, max(ended_at) + INTERVAL 1 DAY FROM fct_gpu_usage"
-    )
-    rows = con.execute(
-        """WITH series AS (
-               SELECT location, polled_at, min(price_usd_gpu_hour) AS price
-               FROM stg_spotshift__price_quotes
-               WHERE market = 'spot' AND gpu_model = ?
-                 AND (CAST(? AS TIMESTAMP) IS NULL OR polled_at BETWEEN ? AND ?)
-               GROUP BY ALL
-           ),
-           involved AS (
-               SELECT location FROM fct_gpu_usage
-               UNION SELECT from_location FROM fct_migrations
-               UNION SELECT to_location FROM fct_migrations
-           ),
-           cheapest AS (
-               SELECT location FROM series GROUP BY 1 ORDER BY avg(price), 1 LIMIT ?
-           )
-           SELECT location, polled_at, price FROM series
-           WHERE location IN (SELECT location FROM involved UNION SELECT location FROM cheapest)
-           ORDER BY location, polled_at""",
-        [model, window[0], window[0], window[1], PRICE_PLOT_LOCATIONS],
-    ).fetchall()
-    moves = con.execute(
-        "SELECT trigger, status, ended_at, to_location FROM fct_migrations ORDER BY ended_at, migration_id"
-    ).fetchall()
-    series: dict[str, tuple[list, list]] = {}
-    for location, at, price in rows:
-        xs, ys = series.setdefault(location, ([], []))
-        xs.append(at)
-        ys.append(price)
-    # a price holds until the next poll: carry each line to the end of the window
-    end = window[1] or max((xs[-1] for xs, _ in series.values()), default=None)
-    fig, ax = plt.subplots(figsize=(11, 4.8), dpi=100)
-    for name, (xs, ys) in series.items():
-        if end is not None and xs[-1] < end:
-            xs, ys = [*xs, end], [*ys, ys[-1]]
-        ax.step(xs, ys, where="post", label=name, linewidth=1.2, marker="o", markersize=2, markevery=[0])
-    styles = {
-        "price": ("^", "tab:green", "price move"),
-        "preemption": ("x", "tab:red", "preemption recovery"),
-        "rollback": ("v", "tab:purple", "rollback"),
-    }
-    seen: set[str] = set()
-    for trigger, status, at, to in moves:
-        xs, ys = series.get(to, ([], []))
-        i = bisect.bisect_right(xs, at) - 1
-        if i < 0:
-            continue
-        marker, color, label = styles.get(trigger, ("o", "tab:gray", trigger))
-        if status == "rolled_back":
-            marker, color, label = "v", "tab:purple", "rolled back"
-        ax.scatter(
-            [at], [ys[i]], marker=marker, color=color, s=46, zorder=3, label=None if label in seen else label
-        )
-        seen.add(label)
-    ax.set_title(f"Spot price per GPU-hour by region ({model or 'no quotes'}), with migrations")
-    ax.set_ylabel("USD per GPU-hour (cheapest instance)")
-    ax.grid(alpha=0.3)
-    if series:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    else:
-        ax.text(
-            0.5,
-            0.5,
-            "no spot price quotes in the warehouse",
-            ha="center",
-            va="center",
-            transform=ax.transAxes,
-        )
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_cumulative_cost(con: Any, path: Path) -> Path:
-    """Cumulative actual cost against the two baselines over time (hourly buckets); PNG at ``path``."""
-    plt = _pyplot()
-    rows = con.execute(
-        """WITH events AS (
-               SELECT ended_at AS ts, usd AS actual, on_demand_usd AS on_demand, first_spot_usd AS first_spot
-               FROM fct_gpu_usage
-               UNION ALL
-               SELECT started_at, egress_usd, 0, 0 FROM fct_data_transfer WHERE job IS NOT NULL
-           ),
-           hourly AS (
-               SELECT date_trunc('hour', ts) + INTERVAL 1 HOUR AS ts, sum(actual) AS actual,
-                      sum(on_demand) AS on_demand, sum(first_spot) AS first_spot
-               FROM events GROUP BY 1
-           )
-           SELECT ts,
-                  sum(actual) OVER w, sum(on_demand) OVER w, sum(first_spot) OVER w
-           FROM hourly WINDOW w AS (ORDER BY ts ROWS UNBOUNDED PRECEDING) ORDER BY ts"""
-    ).fetchall()
-    fig, ax = plt.subplots(figsize=(10, 4.8), dpi=100)
-    if rows:
-        xs = [r[0] for r in rows]
-        ax.step(xs, [r[2] for r in rows], where="post", label="always on demand", color="tab:red")
-        ax.step(
-            xs, [r[3] for r in rows], where="post", label="stay on first spot location", color="tab:orange"
-        )
-        ax.step(
-            xs, [r[1] for r in rows], where="post", label="actual (spotshift)", color="tab:blue", linewidth=2
-        )
-        ax.legend(loc="upper left")
-    else:
-        ax.text(
-            0.5, 0.5, "no compute usage in the warehouse", ha="center", va="center", transform=ax.transAxes
-        )
-    ax.set_title("Cumulative cost of the same work: actual vs baselines")
-    ax.set_ylabel("USD")
-    ax.grid(alpha=0.3)
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def _save(fig: Any, path: Path) -> Path:
-    import io
-
-    from spotshift.atomic import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    _pyplot().close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
 # ------------------------------------------------------------------------------------ markdown
 
 
@@ -444,21 +339,24 @@ def render_markdown(report: CostReport, images: dict[str, str]) -> str:
         "",
         f"Marts built {report.built_at:%Y-%m-%d %H:%M} UTC." if report.built_at else "",
         "",
-        f"**{t['jobs']} training job(s): actual ${_usd(t['actual_usd'])}** — always on demand "
-        f"${_usd(t['on_demand_usd'])} (saving {_pct(t['saving_vs_on_demand'])}), stay on first spot "
-        f"${_usd(t['first_spot_usd'])} (saving {_pct(t['saving_vs_first_spot'])}).",
+        f"**{t['jobs']} training job(s): actual ${_usd(t['actual_usd'])}** — baselines for the same work: always "
+        f"on demand ${_usd(t['on_demand_usd'])} (saving {_pct(t['saving_vs_on_demand'])}); stay on first spot, "
+        f"paying for its preemptions, ${_usd(t['stay_first_spot_usd'])} (saving {_pct(t['saving_vs_stay_first_spot'])}). "
+        f"Bound, not a baseline: first spot never preempted ${_usd(t['first_spot_bound_usd'])}.",
         "",
         "## Savings per job",
         "",
-        "| job | actual $ | on-demand $ | saving | first-spot $ | saving | GPU-h | preempted | moves |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| job | actual $ | on-demand $ | saving | stay-first-spot $ | saving | bound $ (never preempted) "
+        "| GPU-h | preempted | moves |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in report.savings:
         out.append(
             f"| {s['job']} | {_usd(s['actual_usd'])} | {_usd(s['on_demand_usd'])} | {_pct(s['saving_vs_on_demand'])} "
-            f"| {_usd(s['first_spot_usd'])} | {_pct(s['saving_vs_first_spot'])} | {s['gpu_hours']:,.1f} "
-            f"| {s['preemptions']} | {s['migrations']} |"
+            f"| {_usd(s['stay_first_spot_usd'])} | {_pct(s['saving_vs_stay_first_spot'])} "
+            f"| {_usd(s['first_spot_bound_usd'])} | {s['gpu_hours']:,.1f} | {s['preemptions']} | {s['migrations']} |"
         )
+    out += ["", *(f"- {s['job']}: stay on first spot — {s['stay_first_spot_basis']}" for s in report.savings)]
     out += ["", f"![cumulative cost]({images[COST_PLOT]})", "", "## Cost metrics", ""]
     out += ["| scope | metric | value | unit | alert |", "|---|---|---:|---|---|"]
     for m in report.metrics:
@@ -471,9 +369,9 @@ def render_markdown(report: CostReport, images: dict[str, str]) -> str:
         "",
         "## Migrations",
         "",
-        f"{mg['migrations']} migration(s): {mg['price_moves']} on price ({mg['paid_off']} paid off, realized net "
-        f"${_usd(mg['realized_net_savings_usd'])}), {mg['preemption_recoveries']} preemption recoveries, "
-        f"{mg['rolled_back']} rolled back; {mg['bytes_moved'] / 1e9:,.1f} GB moved for ${_usd(mg['egress_usd'])} egress.",
+        f"{migration_breakdown(mg)}; price moves that paid off: {mg['paid_off']} (realized net "
+        f"${_usd(mg['realized_net_savings_usd'])}); {mg['bytes_moved'] / 1e9:,.1f} GB moved for "
+        f"${_usd(mg['egress_usd'])} egress.",
         "",
         f"![price history]({images[PRICE_PLOT]})",
         "",

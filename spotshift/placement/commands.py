@@ -129,7 +129,7 @@ def _model(text: str | None) -> dict[str, int]:
 
 
 def _jobs_add(args: argparse.Namespace) -> int:
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.clock import virtual_now
     from spotshift.jobs import TrainingJob, add_job
 
@@ -169,7 +169,7 @@ def _gpus(job: Any) -> str:
 
 
 def _jobs_list(args: argparse.Namespace) -> int:
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.jobs import load_jobs
     from spotshift.placement.state import load_state
 
@@ -199,7 +199,7 @@ def _jobs_list(args: argparse.Namespace) -> int:
 
 
 def _jobs_show(args: argparse.Namespace) -> int:
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.jobs import get_job
     from spotshift.placement.state import load_state
 
@@ -218,7 +218,7 @@ def _jobs_show(args: argparse.Namespace) -> int:
 
 
 def _jobs_remove(args: argparse.Namespace) -> int:
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.jobs import remove_job
 
     out = remove_job(args.name, force=args.force)
@@ -231,7 +231,7 @@ def _jobs_remove(args: argparse.Namespace) -> int:
 
 def _placement_plan(args: argparse.Namespace) -> int:
     from spotshift import warehouse
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.clock import virtual_now
     from spotshift.placement.inputs import decide_for_job, record_decision
 

@@ -76,3 +76,23 @@ def limit_violations(d: Decision, job: TrainingJob) -> list[str]:
     if job.max_usd_per_hour is not None and t.score_gpu_hour_usd * q.gpu_count > job.max_usd_per_hour + 1e-9:
         out.append(f"all-in {t.score_gpu_hour_usd * q.gpu_count:.2f} USD/h over {job.max_usd_per_hour:g}")
     return out
+
+
+def limit_measures(d: Decision, job: TrainingJob) -> dict[str, float]:
+    """The figures :func:`limit_violations` compares, as numbers (empty without a target).
+
+    ``target_usd_per_hour`` is the target's all-in hourly score next to ``max_usd_per_hour`` (when
+    the job sets one), and its topology score next to ``min_topology_score``.
+    """
+    t = d.target
+    if t is None:
+        return {}
+    q = t.quote
+    out = {
+        "target_usd_per_hour": round(t.score_gpu_hour_usd * q.gpu_count, 2),
+        "target_topology_score": float(q.topology_score),
+        "min_topology_score": float(job.min_topology_score),
+    }
+    if job.max_usd_per_hour is not None:
+        out["max_usd_per_hour"] = round(float(job.max_usd_per_hour), 2)
+    return out

@@ -137,7 +137,7 @@ def _normalize(args: argparse.Namespace) -> int:
 
 
 def _cheapest(args: argparse.Namespace) -> int:
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.errors import ConfigError, NotFoundError
     from spotshift.home import warehouse_path
     from spotshift.pricing.catalog import GPU_MODELS, canonical_gpu_model
@@ -176,7 +176,7 @@ def _cheapest(args: argparse.Namespace) -> int:
 
 
 def _poll(args: argparse.Namespace) -> int:
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.clock import virtual_now
     from spotshift.pricing.config import FeedConfig
     from spotshift.pricing.snapshots import poll_into_warehouse
@@ -232,7 +232,7 @@ def _synthetic(args: argparse.Namespace) -> int:
 
 
 def _catalog(args: argparse.Namespace) -> int:
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.pricing.catalog import load_catalog
 
     entries = [e for e in load_catalog() if not args.provider or e.provider == args.provider]

@@ -89,6 +89,9 @@ class CheckOutcome:
     description: str
     failures: list[dict[str, Any]] = field(default_factory=list)
     evaluated: int = 0  # rows the suite looked at
+    #: what the check measured, by name with its unit (``quote_age_hours``, ``unexpected_values``...):
+    #: numbers a UI can plot over time, passed or not
+    measured: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line."""
@@ -186,7 +189,30 @@ def validate_snapshot(
             gx.ValidationDefinition(name=name, data=batch, suite=suite)
         )
         result = definition.run(batch_parameters={"dataframe": frame.to_pandas()})
-        return CheckOutcome(name, bool(result.success), CHECKS[name], _failures(result), frame.height)
+        failures = _failures(result)
+        unexpected = sum(int(f.get("unexpected_count") or 0) for f in failures)
+        measured = {"unexpected_values": float(unexpected), **measure(name, frame)}
+        return CheckOutcome(name, bool(result.success), CHECKS[name], failures, frame.height, measured)
+
+    def measure(name: str, frame: Any) -> dict[str, float]:
+        """The check's own measurement (the figure its expectations bound), for plotting."""
+        if frame.height == 0:
+            return {}
+        if name == "quotes_price_ranges":
+            return {"max_price_per_gpu_hour_usd": float(frame["price_per_gpu_hour_usd"].max() or 0.0)}
+        if name == "quotes_spot_below_on_demand":
+            ratio = (frame["spot_usd_hour"] / frame["on_demand_usd_hour"]).max()
+            return {"max_spot_to_on_demand_ratio": float(ratio or 0.0)}
+        if name == "quotes_unique_per_snapshot":
+            keys = ["snapshot_id", *QUOTE_KEY]
+            return {"duplicate_quotes": float(frame.height - frame.select(keys).unique().height)}
+        if name == "quotes_fresh":
+            return {
+                "quote_age_hours": float(frame["quote_age_hours"].min()),
+                "oldest_quote_age_hours": float(frame["quote_age_hours"].max()),
+                "max_quote_age_hours": float(max_quote_age_hours),
+            }
+        return {}
 
     outcomes = [
         run(

@@ -10,6 +10,12 @@ The room follows training's split between doing and deciding:
   call: how many replicas of which market in which location, with its terms and reasons.
 * ``simulate`` — replays price history and availability traces against the autoscaler and the
   published baselines (all on-demand, all reserved, spot greedy, SpotHedge-like).
+* ``policy`` — the routing rule (SLO filter, 80 % cheapest / 20 % fastest, least outstanding
+  requests) per request and as a ``TrafficPolicy`` of weights with reasons; ``router`` and
+  ``router_app`` — ``spotshift router``, the reverse proxy that applies it (``pool``: its sharded
+  connection pools); ``nginx`` — the same
+  policy rendered for nginx; ``mtls`` — the local CA and certificate rotation for router <-> replica
+  mutual TLS.
 
 No Dagster here: sensors and jobs wire these functions, they never re-implement them.
 """

@@ -136,7 +136,7 @@ def parse_users(text: str) -> dict[str, float]:
 def _simulate_inference(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.errors import ConfigError
     from spotshift.serving.autoscale import ScalingParams
     from spotshift.serving.simulate import (

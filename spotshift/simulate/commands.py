@@ -131,7 +131,7 @@ def register(sub: Any) -> None:
         "--policies", metavar="NAMES", help="comma-separated subset of: " + ", ".join(POLICY_LABELS)
     )
     p.add_argument("--json", action="store_true", help='print {"policies": {name: {...}}, "scenario": {...}}')
-    from spotshift.cli import deprecated_alias
+    from spotshift.cliutil import deprecated_alias
 
     for old, new in (
         ("--ckpt-gb", "--checkpoint-gb"),
@@ -171,7 +171,7 @@ def _csv_list(text: str | None) -> list[str]:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.errors import ConfigError
     from spotshift.simulate.engine import POLICIES, Scenario
     from spotshift.simulate.run import SimulationRequest, parse_trace_map, run_simulation
@@ -249,7 +249,7 @@ _STATS_HEADER = f"{'trace':32s} {'hours':>8s} {'available':>10s} {'up spell h':>
 def _traces_generate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.errors import ConfigError
     from spotshift.simulate.traces import generate_trace, spell_stats, write_trace
 
@@ -271,7 +271,7 @@ def _traces_generate(args: argparse.Namespace) -> int:
 
 
 def _traces_stats(args: argparse.Namespace) -> int:
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.simulate.traces import read_trace, spell_stats
 
     stats = {f: spell_stats(read_trace(f)) for f in args.files}

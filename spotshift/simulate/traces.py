@@ -25,10 +25,11 @@ import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from spotshift.atomic import atomic_write_json
-from spotshift.errors import InputError, check_range
+from spotshift.errors import ConfigError, InputError, check_range
 from spotshift.jsondoc import parse_json
 
 #: published ranges (DESIGN §4) the generator draws per-zone parameters from
@@ -137,9 +138,72 @@ def parse_trace(raw: object, *, name: str = "", where: str = "availability trace
     return AvailabilityTrace(int(gap), tuple(out), name)
 
 
-def write_trace(path: str | Path, trace: AvailabilityTrace) -> Path:
-    """Write ``trace`` in the published JSON shape, atomically."""
-    return atomic_write_json(path, trace.to_json())
+def write_trace(path: str | Path, trace: AvailabilityTrace, *, start: datetime | None = None) -> Path:
+    """Write ``trace`` in the published JSON shape, atomically; ``start`` (UTC) is recorded as
+    ``metadata.start`` when the trace describes known times (readers of the shape ignore it)."""
+    doc = trace.to_json()
+    if start is not None:
+        doc["metadata"] = {**doc["metadata"], "start": start.isoformat()}  # type: ignore[dict-item]
+    return atomic_write_json(path, doc)
+
+
+def available_from(trace: AvailabilityTrace, hours: float) -> AvailabilityTrace:
+    """``trace`` with capacity everywhere from ``hours`` on (no wrap-around after it): the
+    availability a job met when losses past that time were not enforced (the demo's injector stops
+    delivering notices after a set number), so a baseline faces the same world."""
+    cut = max(0, int(math.floor(hours * 3600.0 / trace.gap_seconds + 1e-9)))
+    if cut >= len(trace.data):
+        return trace
+    return AvailabilityTrace(trace.gap_seconds, trace.data[:cut] + (1,) * (len(trace.data) - cut), trace.name)
+
+
+def availability_dir() -> Path:
+    """Where the spot availability the pipeline faces is kept: ``$SPOTSHIFT_HOME/traces``.
+
+    One trace per location, ``<provider>_<region>.json`` with ``metadata.start``: the demo's
+    preemption injector writes the traces it replays; a user may put real ones there. The cost
+    baselines (:mod:`spotshift.costs.baselines`) replay them.
+    """
+    from spotshift.home import spotshift_home
+
+    return spotshift_home() / "traces"
+
+
+def save_availability(
+    traces: Mapping[str, AvailabilityTrace], start: datetime, directory: str | Path | None = None
+) -> Path:
+    """Write one trace per ``provider/region`` of ``traces``, hour 0 at ``start``, into ``directory``."""
+    d = Path(directory) if directory is not None else availability_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    for location, trace in traces.items():
+        write_trace(d / f"{location.replace('/', '_')}.json", trace, start=start)
+    return d
+
+
+def load_availability(
+    location: str, directory: str | Path | None = None
+) -> tuple[AvailabilityTrace, datetime, Path] | None:
+    """The trace of ``location`` in ``directory`` with its start and file; None when there is none.
+
+    :class:`InputError` for a malformed file or one without ``metadata.start``.
+    """
+    from spotshift.clock import parse_utc
+
+    d = Path(directory) if directory is not None else availability_dir()
+    path = d / f"{location.replace('/', '_')}.json"
+    if not path.is_file():
+        return None
+    raw = parse_json(path.read_bytes(), f"availability trace {path}")
+    trace = parse_trace(raw, name=location, where=f"availability trace {path}")
+    start = raw["metadata"].get("start") if isinstance(raw, dict) else None
+    if not isinstance(start, str):
+        raise InputError(f"availability trace {path}: missing metadata.start (UTC time of its first tick)")
+    try:
+        return trace, parse_utc(start), path
+    except ConfigError:
+        raise InputError(
+            f"availability trace {path}: metadata.start {start!r} is not an ISO-8601 time"
+        ) from None
 
 
 def spell_stats(trace: AvailabilityTrace | Sequence[bool], gap_seconds: int | None = None) -> SpellStats:

@@ -27,6 +27,7 @@ This module imports only light dependencies at module level: the command line ti
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
@@ -176,6 +177,33 @@ def digest_function(algorithm: str) -> Callable[[Any], bytes]:
     raise ConfigError(f"digest {algorithm!r} is unknown (use one of {', '.join(DIGESTS)})")
 
 
+class _Blake3Hasher:
+    __slots__ = ("_h",)
+
+    def __init__(self) -> None:
+        import blake3
+
+        self._h = blake3.blake3()
+
+    def update(self, data: Any) -> None:
+        self._h.update(data)
+
+    def digest(self) -> bytes:
+        return self._h.digest(DIGEST_SIZE)
+
+
+def new_hasher(algorithm: str) -> Any:
+    """An incremental hasher (``update(data)``, ``digest()``) equal to :func:`digest_function` over
+    the concatenated updates: for data hashed in pieces as it is copied."""
+    if algorithm == "blake3-128":
+        return _Blake3Hasher()
+    if algorithm == "blake2b-128":
+        import hashlib
+
+        return hashlib.blake2b(digest_size=DIGEST_SIZE)
+    raise ConfigError(f"digest {algorithm!r} is unknown (use one of {', '.join(DIGESTS)})")
+
+
 def hex_digest_function(algorithm: str) -> Callable[[Any], str]:
     """``data -> hex digest`` (what chunk keys are named by)."""
     fn = digest_function(algorithm)
@@ -196,6 +224,38 @@ def iter_chunks(stream: BinaryIO, params: ChunkParams) -> Iterator[memoryview]:
             yield chunk.data
     else:
         yield from _iter_fastcdc2016(stream, params)
+
+
+def iter_mapped_chunks(data: memoryview, params: ChunkParams) -> Iterator[memoryview]:
+    """Cut a whole in-memory (or memory-mapped) buffer into chunks: views into ``data``, no copies.
+
+    Cuts exactly where :func:`iter_chunks` cuts the same bytes read as a stream. On a page-cached
+    file mapped with :func:`map_file` this costs about two thirds of the CPU of the stream path
+    (no read copies, no buffer shifting), which is what lets fingerprinting outrun SHA-256.
+    """
+    if params.engine == PYFASTCDC:
+        from pyfastcdc.cy import FastCDC
+
+        cdc = FastCDC(params.avg_size, min_size=params.min_size, max_size=params.max_size)
+        for chunk in cdc.cut_buf(data):
+            yield chunk.data
+    else:
+        from fastcdc.fastcdc_cy import fastcdc_cy
+
+        for chunk in fastcdc_cy(data, params.min_size, params.avg_size, params.max_size, False, None):
+            yield data[chunk.offset : chunk.offset + chunk.length]
+
+
+def map_file(fd: int, size: int) -> Any:
+    """A read-only shared mapping of the first ``size`` (> 0) bytes of open file ``fd``, read ahead
+    sequentially. Close it once every view into it is released."""
+    import mmap
+
+    m = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+    with contextlib.suppress(AttributeError, OSError):  # advice only
+        m.madvise(mmap.MADV_SEQUENTIAL)
+        m.madvise(mmap.MADV_WILLNEED)
+    return m
 
 
 def _iter_fastcdc2016(stream: BinaryIO, params: ChunkParams) -> Iterator[memoryview]:

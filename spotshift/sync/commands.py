@@ -70,7 +70,7 @@ def _io_options(p: argparse.ArgumentParser, record: bool = True) -> None:
 
 
 def _emit(obj: dict[str, Any]) -> None:
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
 
     emit_json(obj)
 
@@ -208,9 +208,10 @@ def _register_sync(sub: Any) -> None:
 
     pr = ss.add_parser(
         "prune",
-        help="keep the N newest snapshots per dataset and delete chunks nothing kept references",
+        help="keep the N newest snapshots per dataset and delete chunks and packs nothing kept references",
         description="Mark and sweep under the store's exclusive lock: forget all but the --keep newest snapshots "
-        "of each dataset (never the latest), then delete manifests and chunks no kept snapshot references. "
+        "of each dataset (never the latest), then delete manifests, chunks and pack files no kept snapshot "
+        "references (a pack goes only when none of its chunks is referenced: packs are never rewritten). "
         "Refuses (exit 2, nothing deleted) while a push, replicate or repair holds the store. Unreferenced "
         "objects younger than --grace-hours are kept (writers that take no lock, pushes to be rerun).",
     )
@@ -436,8 +437,9 @@ def _prune(args: argparse.Namespace) -> int:
     verb = "would delete" if r.dry_run else "deleted"
     print(
         f"{'dry run: ' if r.dry_run else ''}{store.url}: kept {r.kept_snapshots} snapshot(s), forgot "
-        f"{len(r.forgotten)}; {verb} {len(r.manifests_deleted)} manifest(s) and {r.chunks_deleted} chunk(s), "
-        f"{_hb(r.bytes_freed)}; {r.chunks_kept} chunk(s) referenced"
+        f"{len(r.forgotten)}; {verb} {len(r.manifests_deleted)} manifest(s), {r.chunks_deleted} chunk(s) and "
+        f"{r.packs_deleted} pack(s), {_hb(r.bytes_freed)}; {r.chunks_kept} chunk(s) in {r.packs_kept} pack(s) "
+        "or their own objects referenced"
     )
     for f in r.forgotten:
         print(f"  forgot {f['dataset']} {f['committed_at']} {f['root']}")

@@ -34,6 +34,15 @@ from spotshift.sync.chunking import ChunkParams, digest_function
 from spotshift.sync.fingerprint import Fingerprint, fingerprint, local_path
 from spotshift.sync.locks import store_lock
 from spotshift.sync.manifest import DIR, ROOT_PATH, SYMLINK, Diff, FileEntry, Manifest, diff
+from spotshift.sync.packs import (
+    Location,
+    PackPlan,
+    chunk_state,
+    has_pack,
+    present_in_packs,
+    read_chunk,
+    write_pack,
+)
 from spotshift.sync.refs import (
     Ref,
     check_dataset_name,
@@ -46,6 +55,7 @@ from spotshift.sync.refs import (
     store_manifest,
     write_ref,
 )
+from spotshift.sync.sender import Located, SourceSender
 from spotshift.sync.store import ChunkStore, LocalChunkStore, chunk_key, open_store, syncfs
 from spotshift.sync.transfer import BoundedPool, TransferStats, check_workers
 
@@ -114,24 +124,40 @@ def _target_manifest(store: ChunkStore, dataset: str, params: ChunkParams) -> tu
 
 def _plan(
     target: ChunkStore, dataset: str, manifest: Manifest, check_existing: bool, stats: TransferStats
-) -> Diff | None:
-    """What ``manifest`` has that the target's current snapshot lacks; None when the target is at it."""
+) -> tuple[Diff | None, dict[bytes, Location]]:
+    """What ``manifest`` has that the target's current snapshot lacks (None when the target is at
+    it), and where the target already has chunks (its snapshot's pack index).
+
+    With ``check_existing`` that snapshot is not trusted: every chunk counts as missing except
+    those its pack index places in a pack that is there and long enough (loose chunks are looked
+    up one by one when they are sent).
+    """
     _prepare_target(target)
-    old, read = (None, 0) if check_existing else _target_manifest(target, dataset, manifest.params)
+    old, read = _target_manifest(target, dataset, manifest.params)
     stats.bytes_scanned += read
+    if check_existing:
+        d = diff(manifest, None)
+        stats.files_changed = len(d.changed_files)
+        if old is None:
+            return d, {}
+        present = present_in_packs(target, d.missing_chunks(), old.locations)
+        d.target_chunks.update(present)
+        return d, present
     if old is not None and old.root == manifest.root:
         stats.dirs_pruned = 1
-        return None
+        return None, old.locations
     d = diff(manifest, old)
     stats.files_changed, stats.dirs_pruned = len(d.changed_files), d.dirs_pruned
-    return d
+    return d, old.locations if old is not None else {}
 
 
-@dataclass
-class _Located:
-    path: str
-    offset: int
-    length: int
+def _pack_index(manifest: Manifest, old: dict[bytes, Location], new: dict[bytes, Location]) -> Manifest:
+    """``manifest`` with the target's pack index: new packs, else where the target already had them."""
+    if not old and not new:
+        return manifest.with_locations({}) if manifest.locations else manifest
+    locs = {d: old[d] for d in manifest.unique_chunks() if d in old} if old else {}
+    locs.update(new)
+    return manifest.with_locations(locs)
 
 
 def _commit(
@@ -206,50 +232,29 @@ def push(
     # shared store lock from the plan to the commit: a prune never deletes a chunk this push found
     # present (and so did not send) before the manifest naming it is committed
     with store_lock(store, "shared", f"sync push {dataset}", wait_s=lock_wait_s):
-        d = _plan(store, dataset, manifest, check_existing, stats)
+        d, old_locs = _plan(store, dataset, manifest, check_existing, stats)
         if d is None:
             return _finish(stats, manifest, t0)
         missing = d.missing_chunks()
         # where each missing chunk can be read, in file order so reads stay sequential
-        located: dict[bytes, _Located] = {}
+        located: dict[bytes, Located] = {}
         for e in d.changed_files:
             for off, length, dig in e.chunks():
                 if dig in missing and dig not in located:
-                    located[dig] = _Located(e.path, off, length)
-        hfn = digest_function(manifest.params.digest)
-        writer = _chunk_writer(store)
-        task = progress.task(f"push {dataset}", total=sum(x.length for x in located.values()), unit="bytes")
-
-        def send(dig: bytes, loc: _Located) -> None:
-            hex_ = dig.hex()
-            if writer.has_chunk(hex_):
-                task.advance(loc.length)
-                return
-            abs_path = root_dir / loc.path
-            try:
-                fd = os.open(abs_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-            except OSError as exc:
-                raise InputError(f"{abs_path}: cannot read ({exc.strerror})") from None
-            try:
-                data = os.pread(fd, loc.length, loc.offset)
-            finally:
-                os.close(fd)
-            if len(data) != loc.length or hfn(data) != dig:
-                raise InputError(
-                    f"{abs_path} changed since it was fingerprinted (chunk at offset {loc.offset}); push again"
-                )
-            writer.put_chunk(hex_, data)
-            task.advance(loc.length)
-            with pool.lock:
-                stats.chunks_sent += 1
-                stats.bytes_sent += loc.length
-                stats.bytes_changed += loc.length
-
+                    located[dig] = Located(e.path, off, length)
+        plan = PackPlan((dig, loc.length) for dig, loc in located.items())
+        total = sum(x.length for x in located.values())
+        sender = SourceSender(root_dir, manifest.params, _chunk_writer(store), stats)
+        sender.task = progress.task(f"push {dataset}", total=total, unit="bytes")
         with BoundedPool(workers, _budget(manifest.params, budget_bytes)) as pool:
-            for dig, loc in located.items():
-                pool.submit(loc.length, send, dig, loc)
-        writer.flush()  # every chunk durable before the manifest that names it
-        _commit(store, dataset, manifest, None, stats)
+            sender.pool = pool
+            for dig, _ in plan.loose:
+                pool.submit(located[dig].length, sender.send_loose, dig, located[dig])
+            for pack_id, items in plan.packs:
+                parts = [(dig, located[dig]) for dig, _ in items]
+                pool.submit(sum(n for _, n in items), sender.send_pack, pack_id, parts)
+        sender.writer.flush()  # every chunk and pack durable before the manifest that names it
+        _commit(store, dataset, _pack_index(manifest, old_locs, plan.locations), None, stats)
         return _finish(stats, manifest, t0)
 
 
@@ -292,31 +297,56 @@ def replicate(
         bytes_scanned=len(raw),
     )
     with store_lock(dst, "shared", f"sync replicate {dataset}", wait_s=lock_wait_s):
-        d = _plan(dst, dataset, manifest, check_existing, stats)
+        d, old_locs = _plan(dst, dataset, manifest, check_existing, stats)
         if d is None:
             return _finish(stats, manifest, t0)
         missing = d.missing_chunks()
-        hexfn = _hex_fn(manifest.params)
+        hfn = digest_function(manifest.params.digest)
+        plan = PackPlan(missing.items())
         writer = _chunk_writer(dst)
         task = progress.task(f"replicate {dataset}", total=sum(missing.values()), unit="bytes")
 
-        def copy(hex_: str, length: int) -> None:
-            if writer.has_chunk(hex_):
+        def fetch(dig: bytes, length: int) -> bytes:
+            data = read_chunk(src, dig, length, hfn, manifest.locations.get(dig))
+            if data is None:
+                raise IntegrityError(
+                    f"chunk {dig.hex()} in {src.url} is missing or corrupt; run `spotshift sync verify --repair`"
+                )
+            return data
+
+        def sent(chunks: int, nbytes: int) -> None:
+            task.advance(nbytes)
+            with pool.lock:
+                stats.chunks_sent += chunks
+                stats.bytes_sent += nbytes
+                stats.bytes_changed += nbytes
+
+        def copy(dig: bytes, length: int) -> None:
+            if writer.has_chunk(dig.hex()):
                 task.advance(length)
                 return
-            data = src.get_chunk(hex_, verify=hexfn)
-            writer.put_chunk(hex_, data)
-            task.advance(length)
-            with pool.lock:
-                stats.chunks_sent += 1
-                stats.bytes_sent += len(data)
-                stats.bytes_changed += len(data)
+            writer.put_chunk(dig.hex(), fetch(dig, length))
+            sent(1, length)
+
+        def copy_pack(pack_id: str, items: list[tuple[bytes, int]]) -> None:
+            if has_pack(writer, pack_id, sum(n for _, n in items)):
+                task.advance(sum(n for _, n in items))
+                return
+            buf = bytearray()
+            for dig, length in items:
+                buf += fetch(dig, length)
+            write_pack(writer, pack_id, buf)
+            sent(len(items), len(buf))
 
         with BoundedPool(workers, _budget(manifest.params, budget_bytes)) as pool:
-            for dig, length in missing.items():
-                pool.submit(length, copy, dig.hex(), length)
-        writer.flush()  # every chunk durable before the manifest that names it
-        _commit(dst, dataset, manifest, raw, stats)
+            for dig, length in plan.loose:
+                pool.submit(length, copy, dig, length)
+            for pack_id, items in plan.packs:
+                pool.submit(sum(n for _, n in items), copy_pack, pack_id, items)
+        writer.flush()  # every chunk and pack durable before the manifest that names it
+        target = _pack_index(manifest, old_locs, plan.locations)
+        # the source's bytes describe the source's packs: rewrite them when either side has packs
+        _commit(dst, dataset, target, raw if target is manifest else None, stats)
         return _finish(stats, manifest, t0)
 
 
@@ -395,6 +425,7 @@ def pull(
             _restore_symlink(dest_dir / e.path, e)
     task = progress.task(f"pull {dataset}", total=sum(e.size for e in d.changed_files), unit="bytes")
     writer = _FileWriter(store, dest_dir, hfn, local_chunks, stats, mode_mask, task)
+    writer.locations = manifest.locations
     try:
         with BoundedPool(workers, _budget(manifest.params, budget_bytes)) as pool:
             writer.pool = pool
@@ -485,6 +516,7 @@ class _FileWriter:
         self.mode_mask = mode_mask
         self.task = task  # progress: bytes restored
         self.pool: BoundedPool | None = None
+        self.locations: dict[bytes, Location] = {}  # the snapshot's pack index
         self._open: dict[str, tuple[int, Path, FileEntry, list[int]]] = {}
         self._lock = threading.Lock()
 
@@ -515,10 +547,10 @@ class _FileWriter:
                     return data, True
             except OSError:
                 pass  # replaced meanwhile: fall back to the store
-        data = self.store.get_bytes(chunk_key(dig.hex()))
-        if len(data) != length or self.hfn(data) != dig:
+        data = read_chunk(self.store, dig, length, self.hfn, self.locations.get(dig))
+        if data is None:
             raise IntegrityError(
-                f"chunk {dig.hex()} in {self.store.url} is corrupt (content does not match its digest); "
+                f"chunk {dig.hex()} in {self.store.url} is missing or corrupt (no copy matches its digest); "
                 "run `spotshift sync verify --repair`"
             )
         return data, False
@@ -637,10 +669,12 @@ class _RepairSource:
             if not p.is_dir():
                 raise InputError(f"{p}: repair source is not a directory")
             # a directory holding a store (refs/ and chunks/) is a store, anything else is a source tree
-            self.store = LocalChunkStore(p) if (p / "chunks").is_dir() and (p / "refs").is_dir() else None
+            holds = (p / "chunks").is_dir() or (p / "packs").is_dir()
+            self.store = LocalChunkStore(p) if holds and (p / "refs").is_dir() else None
             self.dir = None if self.store else p.resolve()
         self._index: dict[str, dict[bytes, tuple[str, int, int]]] = {}
         self._fps: dict[str, Manifest] = {}
+        self._locations: dict[str, dict[bytes, Location]] = {}
 
     def describe(self) -> str:
         return self.store.url if self.store else str(self.dir)
@@ -656,11 +690,24 @@ class _RepairSource:
             self._index[params.key], self._fps[params.key] = idx, m
         return self._fps[params.key], self._index[params.key]
 
-    def chunk(self, hex_: str, params: ChunkParams) -> bytes | None:
+    def _store_locations(self, root: str) -> dict[bytes, Location]:
+        """The pack index of snapshot ``root`` in the source store (empty when it has none)."""
+        assert self.store is not None
+        if root not in self._locations:
+            try:
+                self._locations[root] = load_manifest(self.store, root)[0].locations
+            except (NotFoundError, IntegrityError):
+                self._locations[root] = {}
+        return self._locations[root]
+
+    def chunk(self, hex_: str, length: int, params: ChunkParams, root: str) -> bytes | None:
+        """A good copy of the chunk (checked against its digest), or None."""
         hexfn = _hex_fn(params)
         if self.store is not None:
+            dig = bytes.fromhex(hex_)
+            hfn = digest_function(params.digest)
             try:
-                return self.store.get_chunk(hex_, verify=hexfn)
+                return read_chunk(self.store, dig, length, hfn, self._store_locations(root).get(dig))
             except (NotFoundError, IntegrityError):
                 return None
         _, idx = self._tree(params)
@@ -778,18 +825,12 @@ def _check_chunks(
     workers: int | None,
     budget_bytes: int | None,
 ) -> None:
-    hexfn = _hex_fn(manifest.params)
+    hfn = digest_function(manifest.params.digest) if full else None
+    pack_sizes: dict[str, int | None] = {}  # presence checks: one size lookup per pack
 
     def check(hex_: str, length: int) -> None:
-        if full:
-            try:
-                data = store.get_bytes(chunk_key(hex_))
-                state = "ok" if len(data) == length and hexfn(data) == hex_ else "corrupt"
-            except NotFoundError:
-                state = "missing"
-        else:
-            size = store.size(chunk_key(hex_))
-            state = "missing" if size is None else ("ok" if size == length else "corrupt")
+        dig = bytes.fromhex(hex_)
+        state = chunk_state(store, dig, length, hfn, manifest.locations.get(dig), pack_sizes)  # type: ignore[arg-type]
         with pool.lock:
             checked[hex_] = state
 
@@ -811,19 +852,20 @@ def _check_chunks(
 def _repair_chunks(
     store: ChunkStore, manifest: Manifest, rep: DatasetReport, source: _RepairSource, checked: dict[str, str]
 ) -> None:
-    hexfn = _hex_fn(manifest.params)
+    hfn = digest_function(manifest.params.digest)
+    lengths = manifest.unique_chunks()
     for hex_ in [*rep.missing, *rep.corrupt]:
         if checked.get(hex_) == "ok":  # repaired for an earlier dataset of this run
             rep.repaired.append(hex_)
             continue
-        data = source.chunk(hex_, manifest.params)
+        dig = bytes.fromhex(hex_)
+        data = source.chunk(hex_, lengths[dig], manifest.params, manifest.root)
         if data is None:
             continue
-        store.put_bytes(chunk_key(hex_), data)  # overwrite the corrupt copy
-        try:
-            ok = hexfn(store.get_bytes(chunk_key(hex_))) == hex_
-        except NotFoundError:
-            ok = False
+        # a good copy as its own object: readers fall back to it when the packed copy is damaged
+        # (packs are never rewritten in place)
+        store.put_bytes(chunk_key(hex_), data)
+        ok = chunk_state(store, dig, len(data), hfn, manifest.locations.get(dig)) == "ok"
         if ok:
             checked[hex_] = "ok"
             rep.repaired.append(hex_)

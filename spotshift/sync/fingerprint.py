@@ -1,7 +1,9 @@
 """Fingerprint a directory tree: walk it, chunk new or changed files in parallel, build its manifest.
 
-Files are streamed (never read whole into memory) by :func:`spotshift.sync.chunking.iter_chunks`
-on ``workers`` threads, one file per thread at a time. Unchanged files come from the files cache
+Files are memory-mapped and cut in place (:func:`spotshift.sync.chunking.iter_mapped_chunks`:
+no read copies, the page cache is the only buffer) on ``workers`` threads, one file per thread at
+a time; files modified in the last :data:`HOT_FILE_S` seconds are streamed instead
+(:func:`~spotshift.sync.chunking.iter_chunks`), see :func:`chunk_file`. Unchanged files come from the files cache
 (:mod:`spotshift.sync.filescache`) without being read. Symlinks are recorded, never followed;
 sockets, FIFOs and device files are skipped and listed in the stats.
 
@@ -22,13 +24,22 @@ from typing import Any
 
 from spotshift.errors import InputError
 from spotshift.progress import NO_PROGRESS, Progress, Task
-from spotshift.sync.chunking import ChunkParams, default_workers, digest_function, iter_chunks
+from spotshift.sync.chunking import (
+    ChunkParams,
+    default_workers,
+    digest_function,
+    iter_chunks,
+    iter_mapped_chunks,
+    map_file,
+)
 from spotshift.sync.filescache import FilesCache, stat_key, unpack_chunks
 from spotshift.sync.manifest import DIR, FILE, ROOT_PATH, SYMLINK, FileEntry, Manifest
 from spotshift.sync.transfer import check_workers
 
 _O_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _COMMIT_EVERY_S = 1.0
+#: a file modified less than this long before it is read is streamed, not memory-mapped
+HOT_FILE_S = 2.0
 
 
 class FingerprintStats:
@@ -128,8 +139,10 @@ def chunk_file(
 ) -> tuple[os.stat_result, array, bytes, int]:
     """Chunk one regular file: ``(stat, lengths, digests, read_started_ns)``.
 
-    Raises :class:`InputError` naming the file when it cannot be read, or when it keeps changing
-    while it is read.
+    A file quiet for :data:`HOT_FILE_S` is memory-mapped and cut in place (no read copies); a file
+    modified more recently is streamed, because a writer that truncates a mapped file makes the
+    next access fault (SIGBUS) instead of failing a read. Raises :class:`InputError` naming the
+    file when it cannot be read, or when it keeps changing while it is read.
     """
     hfn = hfn or digest_function(params.digest)
     for _attempt in range(3):
@@ -144,16 +157,44 @@ def chunk_file(
             before = os.fstat(fd)
             lengths = array("I")
             parts: list[bytes] = []
+            quiet = started - max(before.st_mtime_ns, before.st_ctime_ns) > HOT_FILE_S * 1e9
             try:
-                for data in iter_chunks(f, params):  # type: ignore[arg-type]
-                    lengths.append(len(data))
-                    parts.append(hfn(data))
+                if not (
+                    before.st_size
+                    and quiet
+                    and _chunk_mapped(fd, before.st_size, params, hfn, lengths, parts)
+                ):
+                    for data in iter_chunks(f, params):  # type: ignore[arg-type]
+                        lengths.append(len(data))
+                        parts.append(hfn(data))
             except OSError as exc:
                 raise InputError(f"{abs_path}: read failed ({exc.strerror})") from None
             after = os.fstat(fd)
         if stat_key(before) == stat_key(after) and sum(lengths) == before.st_size:
             return before, lengths, b"".join(parts), started
     raise InputError(f"{abs_path}: file keeps changing while it is read; fingerprint it when it is quiet")
+
+
+def _chunk_mapped(fd: int, size: int, params: ChunkParams, hfn: Any, lengths: array, parts: list) -> bool:
+    """Cut the mapped file into ``lengths``/``parts``; False (nothing appended) where the file system
+    refuses the mapping (some FUSE and special file systems): then the file is streamed."""
+    try:
+        m = map_file(fd, size)
+    except OSError:
+        return False
+    try:
+        chunks = iter_mapped_chunks(memoryview(m), params)
+        try:
+            for data in chunks:
+                lengths.append(len(data))
+                parts.append(hfn(data))
+                data = None  # noqa: F841 - no view may outlive the mapping
+        finally:
+            chunks.close()
+    finally:
+        with contextlib.suppress(BufferError):  # a view still held (a traceback): unmapped when freed
+            m.close()
+    return True
 
 
 def _prefetch_parquet() -> Any:

@@ -5,10 +5,19 @@ followed) — with size, permission bits and mtime (ns), and for files their chu
 (offset, length, 128-bit digest). It is stored as a Parquet table, one row per chunk (files with
 no chunks — empty files — and non-files get one row with null chunk columns)::
 
-    path  kind  size  mode  mtime_ns  target  chunk_offset  chunk_length  digest
+    path  kind  size  mode  mtime_ns  target  chunk_offset  chunk_length  digest  [pack  pack_offset]
 
 with the chunking parameters, root and totals in the Parquet key-value metadata under
-``spotshift.manifest``.
+``spotshift.manifest``. Format 2 adds the pack index (``pack``, ``pack_offset``): for a chunk
+stored inside a pack file of this store (:mod:`spotshift.sync.packs`), the pack's id and the
+chunk's offset in it; null for a chunk stored as its own object. Format 1 manifests (no pack
+columns) stay readable, and a manifest with no packed chunk is still written as format 1.
+
+The pack index says where bytes live in one store, not what the snapshot is: it is not part of
+the Merkle root (a replica in another store has its own packs and the same root). It is checked
+like everything else in an untrusted manifest — ids are 32 hex digits, offsets within bounds,
+a chunk listed at one place only — and every chunk read from a pack is checked against its
+digest before it is used.
 
 Merkle tree (``H`` = the manifest's digest algorithm, 16 bytes)::
 
@@ -36,6 +45,12 @@ from spotshift.errors import IntegrityError
 from spotshift.sync.chunking import DIGEST_SIZE, ChunkParams, digest_function
 
 FORMAT_VERSION = 1
+#: the format of manifests with a pack index (see the module docstring)
+PACKED_FORMAT_VERSION = 2
+READABLE_VERSIONS = (FORMAT_VERSION, PACKED_FORMAT_VERSION)
+#: largest offset a pack index may name (1 TiB: packs are tens of MiB)
+MAX_PACK_OFFSET = 1 << 40
+PACK_COLUMNS = ("pack", "pack_offset")
 METADATA_KEY = b"spotshift.manifest"
 FILE, DIR, SYMLINK = "file", "dir", "symlink"
 KINDS = (FILE, DIR, SYMLINK)
@@ -153,9 +168,16 @@ class Manifest:
     every node's Merkle hash; :class:`IntegrityError` when the shape is broken.
     """
 
-    def __init__(self, params: ChunkParams, entries: list[FileEntry]):
+    def __init__(
+        self,
+        params: ChunkParams,
+        entries: list[FileEntry],
+        locations: dict[bytes, tuple[str, int]] | None = None,
+    ):
         self.params = params
         self.entries = entries
+        #: the pack index: digest -> (pack id, offset) of chunks stored in pack files of its store
+        self.locations: dict[bytes, tuple[str, int]] = locations if locations is not None else {}
         self.entries.sort(key=lambda e: e.path)
         self._by_path = {e.path: e for e in self.entries}
         if ROOT_PATH not in self._by_path:
@@ -194,6 +216,14 @@ class Manifest:
         self._hashes = hashes
         top = hashes[ROOT_PATH]
         self._root = h(b"spotshift/manifest-v1\0" + self.params.key.encode() + b"\0" + top).hex()
+
+    def with_locations(self, locations: dict[bytes, tuple[str, int]]) -> Manifest:
+        """The same snapshot (same entries, hashes and root) with another store's pack index."""
+        import copy
+
+        other = copy.copy(self)
+        other.locations = locations
+        return other
 
     # ---- queries -------------------------------------------------------------------------------
     @property
@@ -262,6 +292,10 @@ class Manifest:
         offsets, lengths = array("q"), array("q")
         has_chunk: list[bool] = []
         digests: list[bytes] = []
+        packs: list[bytes | None] = []
+        pack_offsets = array("q")
+        in_pack: list[bool] = []
+        locs = self.locations
         for e in self.entries:
             p = e.path.encode("utf-8", "surrogateescape")
             k = e.kind.encode()
@@ -274,9 +308,13 @@ class Manifest:
             mtimes.extend([e.mtime_ns] * n)
             targets.extend([t] * n)
             if e.chunk_count:
-                for off, length, _ in e.chunks():
+                for off, length, dig in e.chunks():
                     offsets.append(off)
                     lengths.append(length)
+                    loc = locs.get(dig) if locs else None
+                    packs.append(loc[0].encode() if loc else None)
+                    pack_offsets.append(loc[1] if loc else 0)
+                    in_pack.append(loc is not None)
                 has_chunk.extend([True] * e.chunk_count)
                 digests.append(e.digests)
             else:
@@ -284,6 +322,9 @@ class Manifest:
                 lengths.append(0)
                 has_chunk.append(False)
                 digests.append(bytes(DIGEST_SIZE))
+                packs.append(None)
+                pack_offsets.append(0)
+                in_pack.append(False)
         rows = len(paths)
         chunk_valid = _validity(has_chunk)
         columns = [
@@ -297,8 +338,12 @@ class Manifest:
             _fixed(pa.int64(), rows, lengths, chunk_valid),
             _fixed(pa.binary(DIGEST_SIZE), rows, b"".join(digests), chunk_valid),
         ]
+        names = list(COLUMNS)
+        if any(in_pack):
+            columns += [_strings(packs), _fixed(pa.int64(), rows, pack_offsets, _validity(in_pack))]
+            names += PACK_COLUMNS
         schema = pa.schema(
-            [(name, col.type) for name, col in zip(COLUMNS, columns, strict=True)],
+            [(name, col.type) for name, col in zip(names, columns, strict=True)],
             metadata={METADATA_KEY: json.dumps(self._metadata(), sort_keys=True).encode()},
         )
         table = pa.Table.from_arrays(columns, schema=schema)
@@ -309,8 +354,9 @@ class Manifest:
     def _metadata(self) -> dict[str, Any]:
         from spotshift import __version__
 
+        packed = bool(self.locations) and any(d in self.locations for d in self.unique_chunks())
         return {
-            "version": FORMAT_VERSION,
+            "version": PACKED_FORMAT_VERSION if packed else FORMAT_VERSION,
             "root": self.root,
             "params": self.params.to_dict(),
             "files": self.file_count,
@@ -342,11 +388,20 @@ class Manifest:
             params = ChunkParams(**meta["params"])  # type: ignore[index]
         except Exception:
             raise IntegrityError(f"manifest {name} has no valid spotshift.manifest metadata") from None
-        if meta.get("version") != FORMAT_VERSION:
-            raise IntegrityError(f"manifest {name} has format version {meta.get('version')}, expected 1")
+        version = meta.get("version")
+        if version not in READABLE_VERSIONS:
+            raise IntegrityError(f"manifest {name} has format version {version}, expected 1 or 2")
         try:
-            entries = _entries_from_columns(table.to_pydict())
-            manifest = cls(params, entries)
+            cols = table.to_pydict()
+            if (version == PACKED_FORMAT_VERSION) != all(c in cols for c in PACK_COLUMNS):
+                raise IntegrityError(f"format {version} {'needs' if version == 2 else 'has no'} pack columns")
+            entries = _entries_from_columns(cols)
+            locations = None
+            if version == PACKED_FORMAT_VERSION:
+                from spotshift.sync.packs import pack_index_from_columns
+
+                locations = pack_index_from_columns(cols)
+            manifest = cls(params, entries, locations)
         except IntegrityError as exc:
             raise IntegrityError(f"manifest {name} is malformed: {exc}") from None
         except (KeyError, TypeError, ValueError, OverflowError, struct.error) as exc:

@@ -15,7 +15,10 @@ marks the one each dataset's ``latest`` pointer names, and lists manifests no re
 3. **mark** — read and verify every manifest still referenced (kept records, every ``latest``,
    untracked manifests unless ``forget_untracked``); a referenced manifest that is missing or
    corrupt stops the prune before anything is deleted.
-4. **sweep** — delete manifests nothing references, then chunks no referenced manifest names.
+4. **sweep** — delete manifests nothing references, then chunks no referenced manifest names,
+   then pack files no referenced manifest's pack index names. A pack is deleted only when no
+   kept snapshot references any chunk in it; one that is partly referenced is kept whole (no
+   repacking: a live object is never rewritten, its dead bytes wait until the whole pack is).
    Objects younger than ``grace_s`` are never deleted: a writer that does not take locks (an
    older spotshift, another tool) or a push that died mid-way and will be rerun keep their fresh
    chunks, and clock skew between hosts stays harmless.
@@ -33,6 +36,7 @@ from typing import Any
 
 from spotshift.errors import ConfigError, IntegrityError, NotFoundError
 from spotshift.sync.locks import store_lock
+from spotshift.sync.packs import PACKS_PREFIX, referenced_packs
 from spotshift.sync.refs import (
     MANIFESTS_PREFIX,
     Ref,
@@ -127,6 +131,8 @@ class PruneReport:
     chunks_deleted: int = 0
     bytes_freed: int = 0
     chunks_kept: int = 0
+    packs_deleted: int = 0
+    packs_kept: int = 0
     young_kept: int = 0  # unreferenced objects inside the grace period
     stale_locks_removed: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -196,6 +202,7 @@ def _prune_locked(
     ]
     # 2. mark: every chunk a kept manifest names (verified; a broken kept snapshot stops us here)
     marked: set[str] = set()
+    packs: set[str] = set()
     for root in sorted(kept_roots):
         try:
             manifest, _ = load_manifest(store, root)
@@ -205,7 +212,9 @@ def _prune_locked(
                 "(repair it with `spotshift sync verify --repair`)"
             ) from None
         marked.update(d.hex() for d in manifest.unique_chunks())
+        packs |= referenced_packs(manifest.locations.values())
     report.chunks_kept = len(marked)
+    report.packs_kept = len(packs)
     # 3. sweep, in an order that never leaves a reference to something deleted
     apply = not report.dry_run
     for s in forget:
@@ -229,16 +238,24 @@ def _prune_locked(
         report.manifests_deleted.append(root)
         if apply:
             store.delete(manifest_key(root))
-    for info in store.list_objects(CHUNK_PREFIX):
-        digest = info.key.rsplit("/", 1)[-1]
-        if digest in marked:
+    report.chunks_deleted = _sweep(store, CHUNK_PREFIX, marked, cutoff, report)
+    report.packs_deleted = _sweep(store, PACKS_PREFIX, packs, cutoff, report)
+    if isinstance(store, LocalChunkStore) and apply:
+        store.remove_stale_temp_files()
+
+
+def _sweep(store: ChunkStore, prefix: str, marked: set[str], cutoff: datetime, report: PruneReport) -> int:
+    """Delete the objects under ``prefix`` whose name is not marked and that are older than the grace
+    period (only counted on a dry run); returns how many."""
+    deleted = 0
+    for info in store.list_objects(prefix):
+        if info.key.rsplit("/", 1)[-1] in marked:
             continue
         if info.modified > cutoff:
             report.young_kept += 1
             continue
-        report.chunks_deleted += 1
+        deleted += 1
         report.bytes_freed += info.size
-        if apply:
+        if not report.dry_run:
             store.delete(info.key)
-    if isinstance(store, LocalChunkStore) and apply:
-        store.remove_stale_temp_files()
+    return deleted

@@ -10,6 +10,8 @@ A store is a flat key space of immutable-or-replaceable objects behind a URL:
 Key layout shared by all users of a store:
 
 ``chunks/ab/abcdef...``      content-addressed chunks, named by the hex digest of their bytes
+``packs/ab/abcdef...``       pack files: small chunks written back to back (where each one is: the
+                             pack index of the manifests that use them, see :mod:`spotshift.sync.packs`)
 ``manifests/<root>.parquet`` immutable dataset manifests, named by their Merkle root
 ``refs/<name>/latest``       pointers, written last (a crash leaves garbage, never a broken snapshot)
 ``checkpoints/<job>/...``    checkpoint parts and commit markers
@@ -79,6 +81,11 @@ class ChunkStore(ABC):
     @abstractmethod
     def get_bytes(self, key: str) -> bytes:
         """The object's bytes; :class:`NotFoundError` when missing."""
+
+    @abstractmethod
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of the object from ``offset`` (fewer at its end); :class:`NotFoundError`
+        when missing. How chunks stored in pack files are read (a ranged GET on object stores)."""
 
     @abstractmethod
     def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
@@ -216,6 +223,35 @@ class LocalChunkStore(ChunkStore):
             return self._path(key).read_bytes()
         except FileNotFoundError:
             raise NotFoundError(f"{key} not found in {self.url}") from None
+
+    def new_temp(self) -> tuple[int, Path]:
+        """A new temp file in the store, open for writing: ``(fd, path)``, for :meth:`commit_temp`.
+
+        For writers that stream an object in pieces (no whole-object buffer); a writer killed
+        before the commit leaves it to :meth:`remove_stale_temp_files`.
+        """
+        tmp = self._tmp_path()
+        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644), tmp
+
+    def commit_temp(self, fd: int, tmp: Path, key: str, *, if_absent: bool = False) -> bool:
+        """Close the temp file of :meth:`new_temp` (fsynced first unless ``fsync_each=False``) and
+        move it to ``key``; with ``if_absent``, False (and nothing changed) when ``key`` exists."""
+        try:
+            if self.fsync_each:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        return self._commit(tmp, self._path(key), if_absent)
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except FileNotFoundError:
+            raise NotFoundError(f"{key} not found in {self.url}") from None
+        try:
+            return os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
 
     def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
         src = self._path(key)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from spotshift.errors import NotFoundError
+from spotshift.errors import IntegrityError, NotFoundError
 from spotshift.sync.store import BucketStore, ObjectInfo, register_scheme
 
 MiB = 1024 * 1024
@@ -97,6 +97,16 @@ class GCSChunkStore(BucketStore):
     # ---- reads -----------------------------------------------------------------------------------
     def get_bytes(self, key: str) -> bytes:
         return self._wrap(key, self._blob(key).download_as_bytes)
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        from google.api_core import exceptions as gexc
+
+        try:  # end is inclusive in the client's API
+            return self._wrap(key, self._blob(key).download_as_bytes, start=offset, end=offset + length - 1)
+        except gexc.RequestRangeNotSatisfiable:
+            raise IntegrityError(f"{key} in {self.url}: the range asked for is past its end") from None
 
     def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
         from spotshift.atomic import temp_path

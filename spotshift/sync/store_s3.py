@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from spotshift.cloud_errors import track_status
-from spotshift.errors import NotFoundError
+from spotshift.errors import IntegrityError, NotFoundError
 from spotshift.sync.store import BucketStore, ObjectInfo, register_scheme
 
 MiB = 1024 * 1024
@@ -85,6 +85,8 @@ class S3ChunkStore(BucketStore):
                 return NotFoundError(f"{what} not found in {self.url}")
             if code in ("PreconditionFailed", "412") or status == 412:
                 return _Exists()
+            if code == "InvalidRange" or status == 416:
+                return IntegrityError(f"{what} in {self.url}: the range asked for is past its end")
         return from_botocore(exc, f"s3 store {self.url}", what)
 
     # ---- writes ----------------------------------------------------------------------------------
@@ -169,6 +171,18 @@ class S3ChunkStore(BucketStore):
         from spotshift.cloud_errors import botocore_errors
 
         r = self._call(key, self.client.get_object, Key=self.object_name(key))
+        try:
+            return r["Body"].read()
+        except botocore_errors() as exc:
+            raise self._mapped(exc, key) from None
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        from spotshift.cloud_errors import botocore_errors
+
+        if length <= 0:
+            return b""
+        rng = f"bytes={offset}-{offset + length - 1}"
+        r = self._call(key, self.client.get_object, Key=self.object_name(key), Range=rng)
         try:
             return r["Body"].read()
         except botocore_errors() as exc:

@@ -49,7 +49,7 @@ def register(sub: Any) -> None:
         metavar="STEPS",
         help="checkpoint every STEPS steps (default: the job's checkpoint_every_steps)",
     )
-    from spotshift.cli import deprecated_alias
+    from spotshift.cliutil import deprecated_alias
 
     deprecated_alias(p, "--checkpoint-every", "--checkpoint-every-steps", type=int, metavar="STEPS")
     p.add_argument("--key-provider", help="key provider spec (default $SPOTSHIFT_KEY_PROVIDER or local)")
@@ -103,7 +103,7 @@ def _resume_arg(text: str) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.progress import progress_for
     from spotshift.training.backend import LocalProcessBackend
     from spotshift.training.runs import build_request, collect, train_location, watch_trainer
@@ -175,7 +175,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.training.backend import LocalProcessBackend
 
     backend = LocalProcessBackend()
@@ -196,7 +196,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from spotshift.cli import emit_json
+    from spotshift.cliutil import emit_json
     from spotshift.training.backend import LocalProcessBackend
     from spotshift.training.runs import stop_with_checkpoint
 

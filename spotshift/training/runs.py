@@ -145,7 +145,7 @@ def collect(
     backend: ComputeBackend, name: str, *, timeout_s: float | None = None, database: Any = None
 ) -> dict[str, Any]:
     """Wait for a trainer, move its facts into the warehouse, return its result (facts written included)."""
-    from spotshift.training.facts import ingest_facts
+    from spotshift.facts import ingest_facts
 
     result = backend.wait(name, timeout_s=timeout_s)
     info = backend.status(name)

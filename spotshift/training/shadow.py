@@ -31,12 +31,16 @@ from spotshift.errors import ConfigError
 from spotshift.training.backend import ComputeBackend, default_workdir
 from spotshift.training.request import TrainRequest
 
+#: roll back when the loss curves diverge by more than this (seed 000: "loss divergence > 0.01");
+#: the one definition every default (run config, asset config, ``spotshift move``) reads
+MAX_LOSS_DIFF = 0.01
+
 
 @dataclass(frozen=True)
 class ShadowThresholds:
     """Pass/fail limits of a shadow comparison."""
 
-    max_loss_diff: float = 0.01  # DESIGN §3: roll back when loss divergence > 0.01
+    max_loss_diff: float = MAX_LOSS_DIFF
     max_grad_norm_rel_diff: float = 0.05
     max_activation_rel_diff: float = 0.05
     require_identical_checkpoint: bool = False
@@ -71,6 +75,12 @@ class ShadowComparison:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ShadowComparison:
+        """Inverse of :meth:`to_dict`; keys that are not fields (e.g. a recorded ``loss_curves``) are ignored."""
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in raw.items() if k in names})
 
     def row(self) -> dict[str, Any]:
         """The ``raw.shadow_validations`` row."""
@@ -134,18 +144,7 @@ def compare_runs(
             )
     ca, cb = source["checkpoint"], target["checkpoint"]
     bytes_equal = ca["content_hash"] == cb["content_hash"] and ca["plain_bytes"] == cb["plain_bytes"]
-    reasons = []
-    if not loss_diff <= thresholds.max_loss_diff:
-        reasons.append(f"loss divergence {loss_diff:.4g} > {thresholds.max_loss_diff}")
-    if not grad_diff <= thresholds.max_grad_norm_rel_diff:
-        reasons.append(f"gradient-norm difference {grad_diff:.4g} > {thresholds.max_grad_norm_rel_diff}")
-    if not act_diff <= thresholds.max_activation_rel_diff:
-        reasons.append(
-            f"activation-statistics difference {act_diff:.4g} > {thresholds.max_activation_rel_diff}"
-        )
-    if thresholds.require_identical_checkpoint and not bytes_equal:
-        reasons.append("resulting checkpoints differ")
-    return ShadowComparison(
+    cmp = ShadowComparison(
         validation_id=str(uuid.uuid4()),
         job=job,
         source_location=source_location,
@@ -161,14 +160,17 @@ def compare_runs(
         target_checkpoint_hash=cb["content_hash"],
         source_checkpoint_bytes=int(ca["plain_bytes"]),
         target_checkpoint_bytes=int(cb["plain_bytes"]),
-        passed=not reasons,
-        reasons=reasons,
+        passed=False,
+        reasons=[],
         thresholds=asdict(thresholds),
         perturb=dict(perturb or {}),
         source_losses=[x["loss"] for x in a],
         target_losses=[y["loss"] for y in b],
         validated_at=virtual_now().isoformat(),
     )
+    blocked = [v for v in verdicts(cmp) if not v.passed and v.blocking]
+    cmp.passed, cmp.reasons = not blocked, [v.reason for v in blocked]
+    return cmp
 
 
 def _finite(x: float) -> float:
@@ -214,7 +216,7 @@ def _shadow_request(
 
 
 def _finish(backend: ComputeBackend, req: TrainRequest, timeout_s: float) -> dict[str, Any]:
-    from spotshift.training.facts import ingest_facts
+    from spotshift.facts import ingest_facts
 
     result = backend.wait(req.name, timeout_s=timeout_s)
     ingest_facts(req.workdir)
@@ -350,3 +352,69 @@ def run_shadow_validation(
         resumed=ckpt.ref().to_dict(),
         perturb=perturb,
     )
+
+
+@dataclass(frozen=True)
+class ShadowVerdict:
+    """One rule applied to a comparison. ``blocking``: a failure stops the move (else it warns)."""
+
+    name: str
+    passed: bool
+    blocking: bool
+    description: str
+    reason: str  # why it failed, for ``ShadowComparison.reasons``
+    # the measured values and their limit as numbers (the UI plots them across migrations)
+    measured: dict[str, float] = field(default_factory=dict)
+
+
+def _within(value: float, limit: float) -> bool:
+    # written so that NaN fails: a comparison with NaN is never within a limit
+    return bool(value <= limit)
+
+
+def verdicts(cmp: ShadowComparison) -> list[ShadowVerdict]:
+    """The shadow rules, the only place they are written (the comparison's ``passed``/``reasons``,
+    the asset checks of ``shadow_validation`` and the move's gate all read them):
+    ``loss_divergence``, ``grad_norms`` and ``activations`` block; ``checkpoint_bytes`` blocks only
+    when the thresholds require identical checkpoints, else it warns."""
+    thr = ShadowThresholds(**cmp.thresholds)
+    loss, grad, act = cmp.max_loss_diff, cmp.max_grad_norm_rel_diff, cmp.max_activation_rel_diff
+    return [
+        ShadowVerdict(
+            "loss_divergence",
+            _within(loss, thr.max_loss_diff),
+            True,
+            f"max |loss diff| {loss:.3g} over {cmp.steps} steps (limit {thr.max_loss_diff})",
+            f"loss divergence {loss:.4g} > {thr.max_loss_diff}",
+            {"max_loss_diff": float(loss), "limit": float(thr.max_loss_diff)},
+        ),
+        ShadowVerdict(
+            "grad_norms",
+            _within(grad, thr.max_grad_norm_rel_diff),
+            True,
+            f"max relative grad-norm diff {grad:.3g} (limit {thr.max_grad_norm_rel_diff})",
+            f"gradient-norm difference {grad:.4g} > {thr.max_grad_norm_rel_diff}",
+            {"max_grad_norm_rel_diff": float(grad), "limit": float(thr.max_grad_norm_rel_diff)},
+        ),
+        ShadowVerdict(
+            "activations",
+            _within(act, thr.max_activation_rel_diff),
+            True,
+            f"max relative activation-statistic diff {act:.3g} (limit {thr.max_activation_rel_diff})",
+            f"activation-statistics difference {act:.4g} > {thr.max_activation_rel_diff}",
+            {"max_activation_rel_diff": float(act), "limit": float(thr.max_activation_rel_diff)},
+        ),
+        ShadowVerdict(
+            "checkpoint_bytes",
+            bool(cmp.checkpoint_bytes_equal),
+            thr.require_identical_checkpoint,
+            f"resulting checkpoints: source {cmp.source_checkpoint_hash[:16]} ({cmp.source_checkpoint_bytes} "
+            f"bytes), target {cmp.target_checkpoint_hash[:16]} ({cmp.target_checkpoint_bytes} bytes)",
+            "resulting checkpoints differ",
+            {
+                "checkpoint_bytes_equal": 1.0 if cmp.checkpoint_bytes_equal else 0.0,
+                "source_checkpoint_bytes": float(cmp.source_checkpoint_bytes),
+                "target_checkpoint_bytes": float(cmp.target_checkpoint_bytes),
+            },
+        ),
+    ]

@@ -8,7 +8,7 @@ metadata endpoint, SIGTERM (SIGINT). On a notice it stops at the next step bound
 emergency checkpoint in the region store, writes ``events/preemption/<notice_id>.json`` there (for
 the preemption sensor), acknowledges the notice (Azure), logs how long it took against the
 deadline, and exits 0. Results go to ``<workdir>/result.json``; warehouse facts to
-``<workdir>/facts/`` (see :mod:`spotshift.training.facts`).
+``<workdir>/facts/`` (see :mod:`spotshift.facts`).
 
 Exit codes: 0 done (completed, stopped or preempted with a committed checkpoint), 1 unexpected
 failure, 2 bad input / integrity (one line in ``result.json`` and on stderr), 3 another trainer of
@@ -59,7 +59,7 @@ class _Run:
 
     def __init__(self, req: TrainRequest):
         from spotshift.clock import virtual_now
-        from spotshift.training.facts import FactLog
+        from spotshift.facts import FactLog
         from spotshift.training.preemption import StopController
 
         self.req = req
@@ -505,7 +505,7 @@ def run_request(req: TrainRequest) -> int:
 
 def _ingest_quietly(run: _Run) -> None:
     """Move this run's facts into the warehouse if the lock is free soon; otherwise leave them pending."""
-    from spotshift.training.facts import ingest_facts
+    from spotshift.facts import ingest_facts
 
     notice = run.controller.notice
     budget = 5.0 if notice is None else max(0.0, min(5.0, notice.remaining_s() - 2.0))

@@ -42,14 +42,25 @@ def test_definitions_load_with_dbt_models_as_assets(repo) -> None:
 def test_dbt_sources_sit_downstream_of_the_assets_that_write_them(repo) -> None:
     assert _parents(repo, "stg_spotshift__price_quotes") == {"raw_price_quotes"}
     assert _parents(repo, "stg_spotshift__transfers") == {"dataset_replicas", "checkpoint_replicas"}
-    assert _parents(repo, "stg_spotshift__checkpoints") == {"checkpoints"}
+    # the incremental staging tables also read the bookkeeping of which raw rows are new
+    assert _parents(repo, "stg_spotshift__checkpoints") == {"checkpoints", "int_raw_delta_bounds"}
     assert _parents(repo, "stg_spotshift__decisions") == {"placement_plan"}
-    assert _parents(repo, "stg_spotshift__compute_usage") == {"retrain_run"}
+    assert _parents(repo, "stg_spotshift__compute_usage") == {"retrain_run", "int_raw_delta_bounds"}
+    assert "retrain_run" in _parents(repo, "int_raw_delta_bounds")
     assert _parents(repo, "stg_spotshift__shadow_validations") == {"shadow_validation"}
     assert {"mart_cost_metrics", "mart_savings", "focus_cost_and_usage"} <= _parents(repo, "cost_report")
     checks = {c.to_user_string() for c in repo.asset_graph.asset_check_keys}
     assert "focus_cost_and_usage:focus_1_2_conformance" in checks
     assert any(c.startswith("mart_cost_metrics:") for c in checks)  # dbt data tests are asset checks
+    # dbt source tests are checks of the asset that writes the source (not observations)
+    assert any(c.startswith("raw_price_quotes:source_not_null_spotshift_price_quotes") for c in checks)
+    assert any(c.startswith("retrain_run:source_") for c in checks)
+
+
+def test_source_test_checks_run_with_the_cost_report_job(repo) -> None:
+    job = repo.get_job("cost_report_job")
+    selected = {k.to_user_string() for k in job.asset_layer.asset_graph.asset_check_keys}
+    assert any(k.startswith("raw_price_quotes:source_") for k in selected)
 
 
 def test_cost_report_schedule_runs_dbt_and_the_report_daily(repo) -> None:
@@ -94,6 +105,17 @@ def test_materialize_dbt_assets_and_cost_report_into_temp_home(spotshift_home: P
     ]
     md = report.metadata["report"].value
     assert "## Savings per job" in md and md.count("data:image/png;base64,") == 2
+    assert "Bound, not a baseline: first spot never preempted" in md
+    meta = report.metadata
+    usd_keys = [k for k in meta if k.endswith("_usd")]
+    assert {"actual_usd", "on_demand_usd", "bound_first_spot_never_preempted_usd"} <= set(usd_keys)
+    for key in usd_keys:  # USD to the cent, numbers the UI can plot
+        assert isinstance(meta[key], dg.FloatMetadataValue) and meta[key].value == round(
+            meta[key].value, 2
+        ), key
+    pct = meta["saving_vs_on_demand_pct"].value  # a percentage, not a bare fraction
+    assert isinstance(meta["saving_vs_on_demand_pct"], dg.FloatMetadataValue) and 1.0 < abs(pct) <= 100.0
+    assert "saving_vs_on_demand" not in meta
     reports = spotshift_home / "reports"
     for name in ("price_history.png", "cumulative_cost.png"):
         path = reports / name
@@ -101,4 +123,4 @@ def test_materialize_dbt_assets_and_cost_report_into_temp_home(spotshift_home: P
         assert report.metadata[name.replace(".png", "_png")].value == str(path)
     assert (reports / "cost_report.md").is_file()
     assert report.metadata["actual_usd"].value > 0
-    assert 0 < report.metadata["saving_vs_on_demand"].value < 1
+    assert 0 < report.metadata["saving_vs_on_demand_pct"].value < 100

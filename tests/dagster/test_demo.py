@@ -115,8 +115,19 @@ def test_demo_small_tells_the_same_whole_story_twice(tmp_path: Path, monkeypatch
     assert lines["rolled back (blocked shadow validation)"].strip() == "1"
     assert lines["deadline met"].strip().startswith("yes")
     assert lines["preemption recoveries"].strip().startswith("1 of 1")
-    for key in ("spotshift (actual)", "always on-demand, same work", "stay on the first spot region"):
-        assert lines[key].strip().startswith("$")
+    for key in (
+        "spotshift (actual)",
+        "baseline: always on-demand, same work",
+        "baseline: stay on the first spot region",
+        "bound: first spot region never reclaimed",
+    ):
+        assert lines[key].strip().startswith("$"), key
+    # the stay-on-first-spot baseline paid for its preemptions on the availability the demo enforced
+    assert "simulated with" in lines["baseline: stay on the first spot region"]
+    assert "a lower bound, not a baseline" in lines["bound: first spot region never reclaimed"]
+    assert (
+        lines["saving vs staying on the first spot region"].strip().startswith(("$", "none: spotshift cost"))
+    )
     assert (home / "reports" / "price_history.png").is_file()
 
     # one clock: every transfer inside the demo's virtual window, one FOCUS billing period, clock stopped

@@ -1,7 +1,6 @@
 """Issue 6 wiring: the sensors and the migration / recovery / rollback jobs, with real trainers.
 
-A tiny market (AWS and Azure A100 nodes, written straight into ``main.gpu_quotes``), a tiny dataset
-and a paced tiny trainer in a temp SPOTSHIFT_HOME; sensors evaluated with ``build_sensor_context``
+The world of tests/migration_support.py (a tiny market, dataset and paced trainer); sensors evaluated with ``build_sensor_context``
 against an ephemeral instance, jobs executed in process with explicit resources.
 """
 
@@ -10,14 +9,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pytest
 
-from ops.migration import TAG_PLAN, migration_job, move_run_config, preemption_recovery_job, rollback_job
+from ops.migration import migration_job, preemption_recovery_job, rollback_job
 from resources.compute import ComputeBackendResource
 from resources.keys import KeyProviderResource
 from resources.stores import RegionStoresResource
@@ -26,18 +25,26 @@ from sensors.preemption import preemption_sensor
 from sensors.price_change import price_change_sensor
 from sensors.run_status import migration_failure_sensor
 from spotshift import warehouse
-from spotshift.clock import VirtualClock, load_clock
-from spotshift.jobs import TrainingJob, add_job
-from spotshift.placement.moves import MovePlan
+from spotshift.clock import load_clock
+from spotshift.migration import contract
+from spotshift.migration.plan import MovePlan
+from spotshift.migration.state import load as load_move
 from spotshift.placement.state import load_state
-from spotshift.sync.datasets import Dataset, add_dataset
 from spotshift.training.backend import open_backend
 from spotshift.warehouse import first_row
-from tests.unit.placement.builders import make_quote
+from tests.migration_support import (
+    AWS,
+    AWS2,
+    AZURE,
+    JOB,
+    START,
+    declare_world,
+    live_trainers,
+    stop_all,
+    wait_for_checkpoint,
+    write_quotes,
+)
 
-JOB = "tiny"
-START = datetime(2025, 3, 3, 1, tzinfo=UTC)
-AWS, AZURE, AWS2 = "aws/us-east-1", "azure/eastus", "aws/us-west-2"
 CHAIN = [
     "dataset_fingerprints",
     "dataset_replicas",
@@ -57,52 +64,10 @@ def _resources(home: Path) -> dict[str, Any]:
     }
 
 
-def _quotes(snapshot: str, polled_at: datetime, prices: dict[str, float]) -> None:
-    rows = []
-    for location, spot in prices.items():
-        for market, price in (("spot", spot), ("on_demand", spot * 3)):
-            q = make_quote(location, price, market=market, instance_type="p4d.24xlarge")
-            rows.append(
-                {**q.to_dict(), "observed_at": polled_at, "snapshot_id": snapshot, "polled_at": polled_at}
-            )
-    with warehouse.connect() as con:
-        warehouse.append_rows(con, "main.gpu_quotes", rows)
-
-
-def _live(backend: Any) -> list[Any]:
-    return [t for t in backend.list() if t.alive and t.role == "train"]
-
-
 @pytest.fixture
 def world(spotshift_home: Path) -> Iterator[dict[str, Any]]:
     """Job, dataset, first quote snapshot, a frozen clock with paced trainers; stops trainers after."""
-    data = spotshift_home / "data"
-    data.mkdir()
-    for i in range(3):
-        (data / f"part-{i}.txt").write_text(("spot market checkpoint shard " * 400 + str(i)) * 10)
-    add_dataset(
-        Dataset(
-            name="corpus", source=str(data), location=AWS, min_chunk=4096, avg_chunk=16384, max_chunk=65536
-        )
-    )
-    # 0.05 s per step; virtual time only moves when the test advances it
-    VirtualClock(START.isoformat(), time.time(), 0.0, True, 3600.0 / 0.05).save()
-    add_job(
-        TrainingJob(
-            name=JOB,
-            dataset="corpus",
-            total_steps=2000,
-            work_hours=2000.0,
-            checkpoint_every_steps=10,
-            gpu_model="A100",
-            gpu_count=8,
-            min_topology_score=7.0,
-            allowed_locations=["aws/*", "azure/*"],
-            submitted_at=START.isoformat(),
-            deadline_hours=4000.0,
-        )
-    )
-    _quotes("snap-1", START, {AWS: 10.0, AWS2: 12.0, AZURE: 11.0})
+    declare_world(spotshift_home)
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("regions", [AWS, AWS2, AZURE])
     backend = open_backend("local")
@@ -114,9 +79,7 @@ def world(spotshift_home: Path) -> Iterator[dict[str, Any]]:
             "backend": backend,
         }
     finally:
-        for t in backend.list():
-            if t.alive:
-                backend.stop(t.name, reason="test over", timeout_s=60)
+        stop_all(backend)
 
 
 def _tick(sensor: Any, world: dict[str, Any], cursor: str | None) -> tuple[list[Any], str | None]:
@@ -161,30 +124,17 @@ def _place(world: dict[str, Any]) -> str | None:
     (placement,) = requests
     assert (
         placement.run_key.startswith(f"{JOB}:-->{AWS}:snap-1")
-        and placement.tags["spotshift/trigger"] == "place"
+        and placement.tags[contract.TAG_TRIGGER] == "place"
     )
     again, cursor = _tick(price_change_sensor, world, cursor)
     assert again == []  # a re-evaluated tick requests no duplicate run
     result = _execute(migration_job, world, placement)
     assert result.success
     assert _materialized(result) == ["dataset_fingerprints", "dataset_replicas", "retrain_run"]
-    (live,) = _live(world["backend"])
+    (live,) = live_trainers(world["backend"])
     assert live.location == AWS and load_state(JOB).location == AWS
-    _wait_for_checkpoint(world, step=20)
+    wait_for_checkpoint(step=20)
     return cursor
-
-
-def _wait_for_checkpoint(world: dict[str, Any], *, step: int, timeout_s: float = 60.0) -> None:
-    from spotshift.training.runs import latest_ref
-
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        state = load_state(JOB)
-        ref = latest_ref(JOB, state.location) if state.location else None
-        if ref is not None and ref["step"] >= step:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"no checkpoint at step {step} within {timeout_s}s")
 
 
 @pytest.mark.slow
@@ -193,7 +143,7 @@ def test_price_move_runs_the_chain_in_order_and_a_failing_shadow_rolls_back(worl
 
     # a week later Azure is much cheaper: the price sensor asks for exactly one move, with the contract key
     load_clock().advance(7 * 24 * 3600).save()
-    _quotes("snap-2", START + timedelta(days=7), {AWS: 10.0, AWS2: 12.0, AZURE: 4.0})
+    write_quotes("snap-2", START + timedelta(days=7), {AWS: 10.0, AWS2: 12.0, AZURE: 4.0})
     requests, cursor = _tick(price_change_sensor, world, cursor)
     (move,) = requests
     assert move.run_key == f"{JOB}:{AWS}->{AZURE}:snap-2"
@@ -211,7 +161,7 @@ def test_price_move_runs_the_chain_in_order_and_a_failing_shadow_rolls_back(worl
     assert result.success, result.all_events[-1]
     assert _materialized(result) == CHAIN
     assert all(_checks(result).values()) and "loss_divergence" in _checks(result)
-    (live,) = _live(world["backend"])
+    (live,) = live_trainers(world["backend"])
     assert live.location == AZURE
     state = load_state(JOB)
     assert (state.location, state.status, state.last_move["from"]) == (AZURE, "running", AWS)
@@ -222,7 +172,7 @@ def test_price_move_runs_the_chain_in_order_and_a_failing_shadow_rolls_back(worl
     assert status == "cut_over" and moved > 0
 
     # a perturbed target (20x learning rate): the blocking shadow checks stop the move before cutover
-    _wait_for_checkpoint(world, step=state_step(world) + 10)
+    wait_for_checkpoint(step=state_step(world) + 10)
     plan = MovePlan(
         job=JOB,
         trigger="price",
@@ -239,7 +189,7 @@ def test_price_move_runs_the_chain_in_order_and_a_failing_shadow_rolls_back(worl
     bad = dg.RunRequest(
         run_key=plan.run_key,
         tags=plan.tags(),
-        run_config=move_run_config(plan, shadow_steps=6, perturb_learning_rate=0.05),
+        run_config=contract.move_run_config(plan.to_dict(), shadow_steps=6, perturb_learning_rate=0.05),
     )
     failed = _execute(migration_job, world, bad)
     assert not failed.success
@@ -249,7 +199,8 @@ def test_price_move_runs_the_chain_in_order_and_a_failing_shadow_rolls_back(worl
         e.step_key == "cut_over" for e in failed.all_events if e.event_type_value == "STEP_SUCCESS"
     )
     run = world["instance"].get_run_by_id(failed.run_id)
-    assert json.loads(run.tags[TAG_PLAN])["to_location"] == AWS2
+    recorded = load_move(JOB)  # the move ledger, not a run tag, keeps the plan for the rollback
+    assert recorded is not None and recorded.run_id == failed.run_id and recorded.plan.to_location == AWS2
 
     # the run-failure sensor asks for the rollback; it resumes in the source and marks the target unfit
     failure = next(e for e in failed.all_events if e.event_type_value == "PIPELINE_FAILURE")
@@ -263,7 +214,7 @@ def test_price_move_runs_the_chain_in_order_and_a_failing_shadow_rolls_back(worl
     assert isinstance(rollback, dg.RunRequest) and rollback.run_key == f"rollback:{failed.run_id}"
     result = _execute(rollback_job, world, rollback)
     assert result.success
-    (live,) = _live(world["backend"])
+    (live,) = live_trainers(world["backend"])
     state = load_state(JOB)
     assert live.location == AZURE and state.location == AZURE and AWS2 in state.unfit
     with warehouse.connect() as con:
@@ -282,19 +233,19 @@ def state_step(world: dict[str, Any]) -> int:
 def test_interrupted_migration_restarts_and_finishes_with_one_trainer(world: dict[str, Any]) -> None:
     _place(world)
     load_clock().advance(7 * 24 * 3600).save()
-    _quotes("snap-2", START + timedelta(days=7), {AWS: 10.0, AWS2: 12.0, AZURE: 4.0})
+    write_quotes("snap-2", START + timedelta(days=7), {AWS: 10.0, AWS2: 12.0, AZURE: 4.0})
     (move,), _ = _tick(price_change_sensor, world, None)
     # the run dies after the target's probation (before the shadow comparison and the cutover)
     partial = _execute(migration_job, world, move, op_selection=["*resume_in_target"])
     assert partial.success and "shadow_validation" not in _materialized(partial)
-    assert _live(world["backend"]) == []  # drained, nothing started: never two trainers
+    assert live_trainers(world["backend"]) == []  # drained, nothing started: never two trainers
     assert load_state(JOB).status == "migrating"
     # the price sensor leaves a migrating job alone
     assert _tick(price_change_sensor, world, None)[0] == []
     # restarted with the same plan, the run redoes what is missing and cuts over
     result = _execute(migration_job, world, move)
     assert result.success
-    (live,) = _live(world["backend"])
+    (live,) = live_trainers(world["backend"])
     assert live.location == AZURE and load_state(JOB).status == "running"
 
 
@@ -302,20 +253,19 @@ def test_interrupted_migration_restarts_and_finishes_with_one_trainer(world: dic
 def test_interrupted_migration_rolls_back_with_one_trainer(world: dict[str, Any]) -> None:
     _place(world)
     load_clock().advance(7 * 24 * 3600).save()
-    _quotes("snap-2", START + timedelta(days=7), {AWS: 10.0, AWS2: 12.0, AZURE: 4.0})
+    write_quotes("snap-2", START + timedelta(days=7), {AWS: 10.0, AWS2: 12.0, AZURE: 4.0})
     (move,), _ = _tick(price_change_sensor, world, None)
     partial = _execute(migration_job, world, move, op_selection=["*sync_checkpoint"])
-    assert partial.success and _live(world["backend"]) == []
-    plan = json.loads(world["instance"].get_run_by_id(partial.run_id).tags[TAG_PLAN])
+    assert partial.success and live_trainers(world["backend"]) == []
     request = dg.RunRequest(
-        run_key=f"rollback:{partial.run_id}",
-        run_config={"ops": {"roll_back": {"config": {"plan_json": json.dumps(plan), "reason": "crashed"}}}},
+        run_key=contract.rollback_run_key(partial.run_id),
+        run_config=contract.rollback_run_config(JOB, failed_run_id=partial.run_id, reason="crashed"),
     )
     assert _execute(rollback_job, world, request).success
-    (live,) = _live(world["backend"])
+    (live,) = live_trainers(world["backend"])
     assert live.location == AWS and load_state(JOB).status == "running" and AZURE in load_state(JOB).unfit
     assert _execute(rollback_job, world, request).success  # idempotent
-    assert len(_live(world["backend"])) == 1
+    assert len(live_trainers(world["backend"])) == 1
 
 
 @pytest.mark.slow
@@ -344,7 +294,7 @@ def test_preemption_notice_to_recovery_elsewhere(world: dict[str, Any]) -> None:
     result = _execute(preemption_recovery_job, world, request)
     assert result.success
     assert "shadow_validation" not in _materialized(result) and "retrain_run" in _materialized(result)
-    (live,) = _live(world["backend"])
+    (live,) = live_trainers(world["backend"])
     assert live.location != AWS and load_state(JOB).location == live.location
     with warehouse.connect() as con:
         (kind, recovery_s) = first_row(

@@ -78,6 +78,13 @@ def test_placement_plan_materializes_and_records(spotshift_home: Path) -> None:
     assert "best-ranked feasible candidate" in md["decision"].value
     checks = result.get_asset_check_evaluations()
     assert [(c.check_name, c.passed) for c in checks] == [("target_within_job_limits", True)]
+    limits = checks[0].metadata  # measured values as numbers the UI can plot
+    assert isinstance(limits["violation_count"], dg.IntMetadataValue) and limits["violation_count"].value == 0
+    assert isinstance(limits["target_usd_per_hour"], dg.FloatMetadataValue)
+    assert limits["target_usd_per_hour"].value > 0
+    if "max_usd_per_hour" in limits:  # only when the job sets a ceiling
+        assert limits["target_usd_per_hour"].value <= limits["max_usd_per_hour"].value
+    assert limits["target_topology_score"].value >= limits["min_topology_score"].value
     with warehouse.connect(read_only=True) as con:
         assert con.execute("select job, action, best_location from raw.decisions").fetchall() == [
             ("llm-ft", "place", "gcp/us-east1")
@@ -116,6 +123,8 @@ def test_placement_plan_materializes_and_records(spotshift_home: Path) -> None:
     md = again.asset_materializations_for_node("placement_plan")[0].metadata
     assert md["action"].value == "move" and md["target"].value == "gcp/us-central1"
     assert md["expected_savings_usd"].value > md["move_cost_usd"].value
+    for key in ("expected_savings_usd", "move_cost_usd"):  # USD to the cent
+        assert isinstance(md[key], dg.FloatMetadataValue) and md[key].value == round(md[key].value, 2)
 
 
 def test_declared_jobs_sensor_adds_partitions(spotshift_home: Path) -> None:

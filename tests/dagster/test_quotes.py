@@ -34,8 +34,11 @@ def test_definitions_load_with_the_contract_names() -> None:
         for k in repo.asset_graph.asset_check_keys
         if k.asset_key.to_user_string() == "raw_price_quotes"
     }
-    assert checks == set(CHECKS)
+    # the snapshot's quality checks, and the dbt source tests of raw.price_quotes (run with the marts)
+    assert set(CHECKS) <= checks and all(c.startswith("source_") for c in checks - set(CHECKS))
     assert isinstance(definitions.defs.resources["prices"], PriceFeedResource)
+    poll = repo.get_job("price_poll_job")
+    assert "dbt_costs" not in poll.graph.node_dict  # a poll never runs dbt
 
 
 def run_poll(home: Path, history: Path, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
@@ -149,3 +152,26 @@ def test_resource_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPOTSHIFT_PRICE_FEED", "nope")
     with pytest.raises(ConfigError, match="price feed 'nope'"):  # a wrong value fails the load
         PriceFeedResource.from_env()
+
+
+def test_check_results_carry_measured_values_as_numbers(spotshift_home: Path) -> None:
+    """The UI plots check metadata: quote age in hours (not a row count), counts as ints, all numeric."""
+    frame = synthetic_history(weeks=3)
+    history = write_history_csv(frame, spotshift_home / "history.csv")
+    second_week = sorted(frame["observed_at"].unique().to_list())[1]
+    VirtualClock.starting(second_week + timedelta(hours=30), 0).save()  # inside the replayed history
+    result = run_poll(spotshift_home, history, dg.DagsterInstance.ephemeral())
+    assert result.success
+    by_name = {e.check_name: e.metadata for e in result.get_asset_check_evaluations()}
+    fresh = by_name["quotes_fresh"]
+    assert isinstance(fresh["quote_age_hours"], dg.FloatMetadataValue)
+    # the feed's newest quote is 30 virtual hours old at poll time
+    assert fresh["quote_age_hours"].value == pytest.approx(30.0, abs=0.01)
+    assert fresh["max_quote_age_hours"].value > fresh["quote_age_hours"].value
+    assert isinstance(
+        by_name["quotes_spot_below_on_demand"]["max_spot_to_on_demand_ratio"], dg.FloatMetadataValue
+    )
+    assert 0 < by_name["quotes_spot_below_on_demand"]["max_spot_to_on_demand_ratio"].value <= 1.01
+    for name, meta in by_name.items():
+        assert isinstance(meta["rows"], dg.IntMetadataValue), name
+        assert isinstance(meta["unexpected_values"], dg.FloatMetadataValue), name

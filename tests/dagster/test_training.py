@@ -7,6 +7,7 @@ which stops the asset downstream of it. Plus emergency_checkpoint on a live trai
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,8 @@ def test_definitions_expose_the_training_contracts() -> None:
     checks = {
         k.name: k
         for k in repo.asset_graph.asset_check_keys
-        if k.asset_key.to_user_string() == "shadow_validation"
-    }
+        if k.asset_key.to_user_string() == "shadow_validation" and not k.name.startswith("source_")
+    }  # source_*: the dbt source tests of the raw tables shadow_validation writes
     assert set(checks) == {"loss_divergence", "grad_norms", "activations", "checkpoint_bytes"}
     assert all(repo.asset_graph.get_check_spec(k).blocking for k in checks.values())
     assert "emergency_checkpoint_job" in {j.name for j in repo.get_all_jobs()}
@@ -152,6 +153,48 @@ def test_training_chain_and_blocking_shadow_checks(spotshift_home: Path) -> None
     assert usage >= 3 + 4  # three training runs and four shadow runs
 
 
+def test_shadow_check_results_carry_measured_values_as_numbers() -> None:
+    """Every shadow check records its measured value and limit as plottable numbers."""
+    import recording
+    from spotshift.training.shadow import ShadowComparison, verdicts
+
+    cmp = ShadowComparison(
+        validation_id="v1",
+        job="tiny",
+        source_location="aws/us-east-1",
+        target_location="gcp/us-central1",
+        checkpoint_id="c" * 32,
+        checkpoint="s6-cccc",
+        steps=6,
+        max_loss_diff=0.02,
+        max_grad_norm_rel_diff=0.01,
+        max_activation_rel_diff=0.03,
+        checkpoint_bytes_equal=False,
+        source_checkpoint_hash="a" * 64,
+        target_checkpoint_hash="b" * 64,
+        source_checkpoint_bytes=1000,
+        target_checkpoint_bytes=1004,
+        passed=False,
+        reasons=[],
+        thresholds={
+            "max_loss_diff": 0.01,
+            "max_grad_norm_rel_diff": 0.05,
+            "max_activation_rel_diff": 0.05,
+            "require_identical_checkpoint": False,
+        },
+    )
+    checks = recording.shadow_checks(verdicts(cmp), "tiny")
+    loss = checks["loss_divergence"]
+    assert not loss.passed
+    assert isinstance(loss.metadata["max_loss_diff"], dg.FloatMetadataValue)
+    assert loss.metadata["max_loss_diff"].value == 0.02 and loss.metadata["limit"].value == 0.01
+    assert (
+        checks["grad_norms"].passed and checks["grad_norms"].metadata["max_grad_norm_rel_diff"].value == 0.01
+    )
+    assert checks["activations"].metadata["limit"].value == 0.05
+    assert checks["checkpoint_bytes"].metadata["target_checkpoint_bytes"].value == 1004.0
+
+
 @pytest.mark.slow
 def test_emergency_checkpoint_op_stops_a_live_trainer(spotshift_home: Path) -> None:
     from ops.checkpoint import emergency_checkpoint_job
@@ -161,8 +204,11 @@ def test_emergency_checkpoint_op_stops_a_live_trainer(spotshift_home: Path) -> N
     declare_tiny_job(spotshift_home, total_steps=100000, every=100000)
     backend = LocalProcessBackend()
     backend.start(build_request("tiny", GCP, min_step_seconds=0.005))
+    deadline = time.monotonic() + 120
     while (backend.progress("tiny") or 0) < 5:
         assert backend.status("tiny").alive
+        assert time.monotonic() < deadline, "the trainer took no 5 steps within 120 s"
+        time.sleep(0.02)
     defs = dg.Definitions(jobs=[emergency_checkpoint_job], resources=_resources(spotshift_home))
     job = defs.get_job_def("emergency_checkpoint_job")
     result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), tags={"spotshift/job": "tiny"})

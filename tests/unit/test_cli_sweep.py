@@ -84,6 +84,13 @@ CASES: list[tuple[str, list[str]]] = [
     ("bad-int", ["jobs", "add", "j", "--dataset", "corpus", "--total-steps", "abc", "--work-hours", "1"]),
     ("bad-choice", ["quotes", "normalize", "--provider", "nope", "{T}/empty"]),
     ("unknown-option", ["sync", "verify", "file:///x", "--frobnicate"]),
+    # ---- router, tls
+    ("router-undeclared", ["router", "nosuch"]),
+    ("router-bad-slo", ["router", "chat", "--slo-ms", "nan"]),
+    ("router-bad-port", ["router", "chat", "--slo-ms", "500", "--port", "70000"]),
+    ("router-bad-user-region", ["router", "chat", "--slo-ms", "500", "--user-region", "mars"]),
+    ("tls-bad-role", ["tls", "{T}/tls", "--role", "admin"]),
+    ("tls-dir-is-a-file", ["tls", "{T}/empty", "--role", "client"]),
     # ---- quotes
     ("deep-json-aws", ["quotes", "normalize", "--provider", "aws", "{T}/deep.json"]),
     ("deep-json-gcp", ["quotes", "normalize", "--provider", "gcp", "{T}/deep.json"]),
@@ -347,6 +354,8 @@ CASES: list[tuple[str, list[str]]] = [
     ),
     ("jobs-show-unknown", ["jobs", "show", "nope"]),
     ("placement-unknown-job", ["placement", "plan", "nope"]),
+    ("move-unknown-job", ["move", "nope", "--to", "aws/us-east-1"]),
+    ("move-no-target", ["move", "nope"]),
     # ---- simulate / traces
     ("simulate-deadline-inf", ["simulate", "--deadline-hours", "inf"]),
     ("simulate-deadline-1e308", ["simulate", "--deadline-hours", "1e308"]),
@@ -370,6 +379,34 @@ CASES: list[tuple[str, list[str]]] = [
         "simulate-inference-demand-garbage",
         ["simulate-inference", "--slo-ms", "500", "--demand", "{T}/garbage.bin"],
     ),
+    # ---- serving
+    ("endpoints-add-slo-nan", ["endpoints", "add", "e", "--model", "{T}/s/checkpoints/j", "--slo-ms", "nan"]),
+    (
+        "endpoints-add-users-inf",
+        [
+            "endpoints",
+            "add",
+            "e",
+            "--model",
+            "{T}/s/checkpoints/j",
+            "--slo-ms",
+            "9",
+            "--users",
+            "us-east=inf",
+        ],
+    ),
+    (
+        "endpoints-add-model-userinfo",
+        ["endpoints", "add", "e", "--model", "s3://AKIAEXAMPLE:SECRETKEY@b/checkpoints", "--slo-ms", "9"],
+    ),
+    ("endpoints-show-unknown", ["endpoints", "show", "nope"]),
+    ("serve-unknown-endpoint", ["serve", "nope", "--location", "gcp/us-central1", "--market", "spot"]),
+    ("serve-bad-market", ["serve", "nope", "--location", "gcp/us-central1", "--market", "preemptible"]),
+    (
+        "loadgen-remote-host",
+        ["loadgen", "http://AKIAEXAMPLE:hunter2@10.1.2.3:80", "--rps", "1", "--duration", "1"],
+    ),
+    ("loadgen-rps-nan", ["loadgen", "http://127.0.0.1:9", "--rps", "nan", "--duration", "1"]),
     ("traces-hours-inf", ["traces", "generate", "{T}/out", "x", "--hours", "inf"]),
     ("traces-hours-nan", ["traces", "generate", "{T}/out", "x", "--hours", "nan"]),
     ("traces-hours-1e308", ["traces", "generate", "{T}/out", "x", "--hours", "1e308"]),

@@ -12,9 +12,23 @@
 --   placement (location + instance type) over the same interval, from raw.price_quotes; the first
 --   spot interval's own price when that location was never quoted. A job that never ran on spot
 --   (not allowed to) "stays" on demand: its first-spot baseline is its on-demand baseline.
+--
+-- Incremental (macros/incremental_usage.sql): see `usage` below.
+{{ config(**usage_chain_config('usage_id', post_hook=['delete from {{ this }} where usd is null'])) }}
+-- depends_on: {{ ref('int_raw_delta_bounds') }}
+-- depends_on: {{ ref('int_usage_changes') }}
 with usage as (
-    -- unpriced intervals (usd NULL) are listed by fct_unpriced_usage instead
-    select * from {{ ref('stg_spotshift__compute_usage') }} where usd is not null
+    -- unpriced intervals (usd NULL) are listed by fct_unpriced_usage instead. An incremental build
+    -- recomputes the intervals of changed jobs from their `since` (int_usage_changes), unpriced ones
+    -- included: delete+insert then replaces a rewritten interval that lost its price, and the
+    -- post-hook drops it.
+    select u.* from {{ ref('stg_spotshift__compute_usage') }} as u
+    {%- if usage_chain_incremental() %}
+    inner join {{ ref('int_usage_changes') }} as c
+        on u.job = c.job and greatest(u.started_at, u.ended_at) >= c.since
+    {%- else %}
+    where u.usd is not null
+    {%- endif %}
 ),
 
 lookups as (

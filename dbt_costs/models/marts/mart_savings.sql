@@ -1,7 +1,17 @@
--- One row per training job: what it actually cost (compute + attributed egress) next to the two
--- baselines for the same work (productive GPU time, see fct_gpu_usage): always on demand, and
--- staying on the job's first spot location. A baseline is NULL when any interval of the job could
--- not be priced under it (never a partial sum). Baselines carry no egress: they never move.
+-- One row per training job: what it actually cost (compute + attributed egress) next to its
+-- baselines for the same work (productive GPU time, see fct_gpu_usage), each labelled:
+--
+-- * on_demand_usd — always on demand (no preemptions);
+-- * stay_first_spot_usd — staying on the job's first spot placement AND paying for the preemptions
+--   that location deals it: the never-preempted cost times the preemption_factor the simulator's
+--   stay_first_spot policy measured on that location's availability trace over the job's time
+--   (stg_spotshift__job_baselines, written by spotshift.costs.baselines). NULL, with the reason in
+--   stay_first_spot_basis, when no trace of that location exists;
+-- * first_spot_bound_usd — the same location never preempted: a lower bound of what staying
+--   there costs (a job that stays is preempted when capacity goes), shown apart, never a baseline.
+--
+-- A baseline is NULL when any interval of the job could not be priced under it (never a partial
+-- sum). Baselines carry no egress: they never move.
 with usage as (
     select * from {{ ref('fct_gpu_usage') }}
 ),
@@ -35,15 +45,28 @@ per_job as (
         sum(productive_gpu_hours) as productive_gpu_hours,
         sum(usd) as compute_usd,
         case when count(on_demand_usd) = count(*) then sum(on_demand_usd) end as on_demand_usd,
-        case when count(first_spot_usd) = count(*) then sum(first_spot_usd) end as first_spot_usd,
+        case when count(first_spot_usd) = count(*) then sum(first_spot_usd) end as first_spot_bound_usd,
         count(*) filter (where first_spot_priced_from = 'quotes') as intervals_priced_from_quotes
     from usage
     group by job
 ),
 
+simulated as (
+    select * from {{ ref('stg_spotshift__job_baselines') }} where baseline = 'stay_first_spot'
+),
+
 totals as (
     select
         p.*,
+        s.preemption_factor,
+        s.preemptions as stay_first_spot_preemptions,
+        case
+            when p.first_spot_location is null then 'never ran on spot: stays on demand'
+            when s.job is not null
+                then 'simulated with ' || s.preemptions || ' preemption(s) of ' || s.location
+                    || ' (' || s.availability || ')'
+            else 'not computed: no availability trace of ' || p.first_spot_location
+        end as stay_first_spot_basis,
         coalesce(e.egress_usd, 0) as egress_usd,
         coalesce(e.bytes_sent, 0) as bytes_sent,
         coalesce(m.migrations, 0) as migrations,
@@ -52,6 +75,17 @@ totals as (
     from per_job as p
     left join egress as e on p.job = e.job
     left join migrations as m on p.job = m.job
+    left join simulated as s on p.job = s.job and p.first_spot_location = s.location
+),
+
+baselines as (
+    select
+        *,
+        case
+            when first_spot_location is null then first_spot_bound_usd
+            else first_spot_bound_usd * preemption_factor
+        end as stay_first_spot_usd
+    from totals
 )
 
 select
@@ -71,10 +105,14 @@ select
     egress_usd,
     actual_usd,
     on_demand_usd,
-    first_spot_usd,
+    stay_first_spot_usd,
+    stay_first_spot_basis,
+    stay_first_spot_preemptions,
+    first_spot_bound_usd,
     on_demand_usd - actual_usd as saving_vs_on_demand_usd,
     (on_demand_usd - actual_usd) / nullif(on_demand_usd, 0) as saving_vs_on_demand,
-    first_spot_usd - actual_usd as saving_vs_first_spot_usd,
-    (first_spot_usd - actual_usd) / nullif(first_spot_usd, 0) as saving_vs_first_spot,
+    stay_first_spot_usd - actual_usd as saving_vs_stay_first_spot_usd,
+    (stay_first_spot_usd - actual_usd) / nullif(stay_first_spot_usd, 0) as saving_vs_stay_first_spot,
+    first_spot_bound_usd - actual_usd as gap_to_first_spot_bound_usd,
     intervals_priced_from_quotes
-from totals
+from baselines

@@ -11,9 +11,12 @@ import pytest
 
 from spotshift.costs.dbt import DbtRun, build_marts
 from spotshift.costs.fixtures import generate_facts, write_facts
+from spotshift.simulate.traces import AvailabilityTrace, save_availability
 from spotshift.warehouse import connect
 
 HAND_JOB = "hand-tiny"
+#: availability of gcp/tiny-1 from the hand job's start (04:00): 1 h up, 1 h down, then up
+HAND_OUTAGE = AvailabilityTrace(600, tuple([1] * 6 + [0] * 6 + [1] * 200), "gcp/tiny-1")
 
 
 def _t(hhmm: str) -> datetime:
@@ -206,11 +209,18 @@ def hand_facts() -> dict[str, list[dict]]:
 @pytest.fixture(scope="session")
 def built_warehouse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DbtRun]:
     """A warehouse with fixture + hand-built facts and every dbt_costs mart built (one dbt build)."""
-    path = tmp_path_factory.mktemp("costs") / "warehouse.duckdb"
+    root = tmp_path_factory.mktemp("costs")
+    path = root / "warehouse.duckdb"
     with connect(path) as con:
         write_facts(con, generate_facts(seed=7))
         write_facts(con, hand_facts())
-    return path, build_marts(path)
+    with pytest.MonkeyPatch.context() as mp:
+        # a home of its own: the availability trace of the hand job's first spot location (capacity
+        # from 04:00 for 1 h, gone for 1 h, then back), nothing from a developer's ./.spotshift
+        mp.setenv("SPOTSHIFT_HOME", str(root / "home"))
+        mp.delenv("SPOTSHIFT_CONFIG", raising=False)
+        save_availability({"gcp/tiny-1": HAND_OUTAGE}, datetime(2024, 5, 1, 4, 0))
+        return path, build_marts(path)
 
 
 @pytest.fixture

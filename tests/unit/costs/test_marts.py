@@ -70,12 +70,14 @@ def test_hand_built_transfers_flag_amplification_per_transfer(built_warehouse: t
     assert job == [(HAND_JOB,)]  # the dataset transfer is attributed through the migration's run_id
 
 
-def test_hand_built_savings_against_both_baselines(built_warehouse: tuple[Path, DbtRun]) -> None:
+def test_hand_built_savings_against_labelled_baselines(built_warehouse: tuple[Path, DbtRun]) -> None:
     with connect(built_warehouse[0], read_only=True) as con:
         row = first_row(
             con,
-            """SELECT actual_usd, on_demand_usd, first_spot_usd, saving_vs_on_demand_usd, saving_vs_first_spot_usd,
-                      productive_gpu_hours, first_spot_location, preemptions, migrations
+            """SELECT actual_usd, on_demand_usd, first_spot_bound_usd, stay_first_spot_usd,
+                      saving_vs_on_demand_usd, saving_vs_stay_first_spot_usd, gap_to_first_spot_bound_usd,
+                      productive_gpu_hours, first_spot_location, preemptions, migrations,
+                      stay_first_spot_preemptions, stay_first_spot_basis
                FROM mart_savings WHERE job = ?""",
             [HAND_JOB],
         )
@@ -84,16 +86,29 @@ def test_hand_built_savings_against_both_baselines(built_warehouse: tuple[Path, 
             "SELECT trigger, realized_net_savings_usd, paid_off, egress_usd FROM fct_migrations WHERE job = ?",
             [HAND_JOB],
         )
-    actual, on_demand, first_spot, save_od, save_fs, productive, first_loc, preemptions, migrations = row
+        unlabelled = first_row(con, "SELECT count(*) FROM mart_savings WHERE stay_first_spot_basis IS NULL")[
+            0
+        ]
+    (actual, on_demand, bound, stay, save_od, save_stay, gap_bound, productive, first_loc, preemptions,
+     migrations, stay_preemptions, basis) = row  # fmt: skip
     assert actual == pytest.approx(36.12)
     # productive time: 1 h of h1 at list $24 + 2 h of h2 at list $32
     assert on_demand == pytest.approx(24.0 + 64.0)
-    # first spot = gcp/tiny-1: $1/GPU-h over h1, then $2/GPU-h (after the 06:00 quote) over h2
-    assert first_spot == pytest.approx(1.0 * 8 * 1 + 2.0 * 8 * 2)
+    # the bound = gcp/tiny-1 never preempted: $1/GPU-h over h1, then $2/GPU-h (after the 06:00 quote) over h2
+    assert bound == pytest.approx(1.0 * 8 * 1 + 2.0 * 8 * 2)
+    # staying pays for the outage of its trace: the simulator's $64 against its never-preempted $52
+    # (tests/unit/costs/test_baselines.py works them out by hand)
+    assert stay == pytest.approx(40.0 * 64.0 / 52.0)
+    assert (stay_preemptions, basis) == (
+        1,
+        "simulated with 1 preemption(s) of gcp/tiny-1 (trace gcp_tiny-1.json from 2024-05-01 04:00 UTC)",
+    )
     assert save_od == pytest.approx(88.0 - 36.12)
-    assert save_fs == pytest.approx(40.0 - 36.12)
+    assert save_stay == pytest.approx(stay - 36.12)
+    assert gap_bound == pytest.approx(40.0 - 36.12)
     assert productive == pytest.approx(24.0)
     assert (first_loc, preemptions, migrations) == ("gcp/tiny-1", 1, 1)
+    assert unlabelled == 0  # every job says how its stay-on-first-spot baseline was made, or why not
     # a preemption recovery was not a choice: no realized savings
     assert mig == ("preemption", None, None, pytest.approx(0.12))
 

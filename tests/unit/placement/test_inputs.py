@@ -159,7 +159,7 @@ def test_no_snapshot_is_a_clear_error(spotshift_home: Path) -> None:
 
 
 def test_unpriced_usage_is_priced_at_ingest_from_the_quote_in_force(wh, tmp_path: Path) -> None:
-    from spotshift.training.facts import FactLog, ingest_facts
+    from spotshift.facts import FactLog, ingest_facts
 
     wh.close()
     base = {"job": "llm-ft", "provider": "gcp", "region": "us-east1", "steps": 50, "run_id": "cli:train"}

@@ -16,9 +16,11 @@ from spotshift.cli import main
 from spotshift.clock import VirtualClock
 from spotshift.pricing.quote import QUOTE_FIELDS
 from spotshift.pricing.synthetic import synthetic_history, write_history_csv, write_synthetic_history
+from tests.conftest import REPO
 from tests.unit.pricing.conftest import FIXTURES
 
-CHECK_FIXTURE = Path("/work/shared/checks/data/aws_spot_history.json")
+#: the acceptance checks' AWS fixture, in ../shared beside the repository (as the real data is)
+CHECK_FIXTURE = REPO.parent / "shared" / "checks" / "data" / "aws_spot_history.json"
 
 
 @pytest.mark.parametrize(
@@ -108,7 +110,7 @@ def test_bad_input_in_a_real_process(tmp_path: Path) -> None:
 
 def test_acceptance_fixture_normalizes(capsys: pytest.CaptureFixture[str]) -> None:
     if not CHECK_FIXTURE.exists():
-        pytest.skip("acceptance fixture not present")
+        pytest.skip(f"{CHECK_FIXTURE.relative_to(REPO.parent)} not present beside the repository")
     assert main(["quotes", "normalize", "--provider", "aws", str(CHECK_FIXTURE), "--format", "json"]) == 0
     quotes = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert {q["instance_type"] for q in quotes} == {"p4de.24xlarge", "g6.xlarge"}

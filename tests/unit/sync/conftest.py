@@ -109,3 +109,19 @@ def gcs_server() -> Iterator[str]:
 def gcs_env(gcs_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server)
     return "spotshift-gcs"
+
+
+@pytest.fixture
+def loose_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every chunk its own object, as stores hold chunks of >= 1 MiB (the default sizes), so the
+    small-chunk test trees exercise the loose-chunk paths; pack files have their own tests."""
+    import spotshift.sync.packs as packs
+
+    monkeypatch.setattr(packs, "PACK_CHUNK_LIMIT", 0)
+
+
+def stored_objects(root: Path) -> list[Path]:
+    """The chunk and pack files of a local store, sorted."""
+    return sorted(
+        p for d in ("chunks", "packs") if (root / d).is_dir() for p in (root / d).rglob("*") if p.is_file()
+    )

@@ -9,7 +9,15 @@ import blake3
 import pytest
 
 from spotshift.errors import ConfigError
-from spotshift.sync.chunking import FASTCDC, PYFASTCDC, ChunkParams, digest_function, iter_chunks, parse_size
+from spotshift.sync.chunking import (
+    FASTCDC,
+    PYFASTCDC,
+    ChunkParams,
+    digest_function,
+    iter_chunks,
+    iter_mapped_chunks,
+    parse_size,
+)
 from tests.unit.sync.conftest import rand_bytes
 
 KiB, MiB = 1024, 1024 * 1024
@@ -105,3 +113,11 @@ def test_parse_size() -> None:
     for bad in ("", "abc", "-5", "0"):
         with pytest.raises(ConfigError):
             parse_size(bad)
+
+
+@pytest.mark.parametrize("engine", [PYFASTCDC, FASTCDC])
+def test_cutting_in_place_matches_the_stream(engine: str) -> None:
+    p = ChunkParams.resolve(1024, 4096, 16384, engine=engine)
+    for size in (0, 1, 1023, 5000, 200_000):
+        data = rand_bytes(size, size)
+        assert [bytes(c) for c in iter_mapped_chunks(memoryview(data), p)] == cut(data, p)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from spotshift.cli import main
-from spotshift.errors import CredentialsError, NotFoundError, SpotshiftError
+from spotshift.errors import CredentialsError, IntegrityError, NotFoundError, SpotshiftError
 from spotshift.sync.delta import pull, push, replicate, verify
 from spotshift.sync.store import ChunkStore, LocalChunkStore, open_store
 from tests.unit.sync.conftest import SMALL, make_tree, rand_bytes, tree_bytes
@@ -29,6 +29,16 @@ def contract(store: ChunkStore, tmp_path: Path, *, write_once_enforced: bool = T
     assert store.put_file("files/f.bin", src)
     store.get_file("files/f.bin", tmp_path / "back.bin")
     assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
+    # ranged reads (how chunks in pack files are read): exact ranges, short at the end
+    data = src.read_bytes()
+    assert store.get_range("files/f.bin", 1000, 5000) == data[1000:6000]
+    assert store.get_range("files/f.bin", 299_990, 100) == data[299_990:]
+    with pytest.raises(NotFoundError):
+        store.get_range("files/none.bin", 0, 10)
+    try:  # past the end (a tampered pack index): nothing, or an integrity error — never other bytes
+        assert store.get_range("files/f.bin", 400_000, 10) == b""
+    except IntegrityError as exc:
+        assert "past its end" in str(exc)
     assert sorted(store.list_keys("a/")) == ["a/b"]
     assert sorted(store.list_keys()) == ["a/b", "files/f.bin"]
     digest = "ab" * 16
@@ -122,12 +132,20 @@ def test_push_replicate_pull_verify_through_s3_and_gcs(
     assert verify(gcs, workers=w).ok and verify(s3).ok
     pull(gcs, tmp_path / "out", workers=w)
     assert tree_bytes(tmp_path / "out") == tree_bytes(src)
-    # a corrupt object in the cloud store is found and repaired from the other cloud
-    key = next(k for k in gcs.list_keys("chunks/"))
+    # small chunks travel in a few pack files, not one object per chunk
+    for store in (s3, gcs):
+        assert not list(store.list_keys("chunks/"))
+        assert 1 <= len(list(store.list_keys("packs/"))) < pushed.chunks_total / 10
+    # a corrupt pack in the cloud store is found and repaired from the other cloud (whose packs
+    # are other objects: the repair reads the ranges its own pack index names)
+    key = next(k for k in gcs.list_keys("packs/"))
     gcs.put_bytes(key, b"garbage")
     assert not verify(gcs, workers=w).ok
+    assert not verify(gcs, full=False, workers=w).ok  # a pack too short for its ranges
     assert verify(gcs, repair_from=s3, workers=w).ok
     assert verify(gcs, workers=w).ok
+    pull(gcs, tmp_path / "again", workers=w)
+    assert tree_bytes(tmp_path / "again") == tree_bytes(src)
 
 
 def test_gcs_store_contract(gcs_env: str, tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ def test_fingerprint_json_and_manifest_file(
     assert code == 0 and d["root"] in out and "files" in out
 
 
+@pytest.mark.usefixtures("loose_chunks")
 def test_push_pull_verify_repair_cycle(
     src: Path, tmp_path: Path, spotshift_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

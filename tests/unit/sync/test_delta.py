@@ -110,6 +110,7 @@ def test_replicate_between_regions_sends_only_missing_chunks(
     assert row["entity"] == "corpus" and row["method"] == "cdc_delta" and row["run_id"] == "run-1"
 
 
+@pytest.mark.usefixtures("loose_chunks")
 def test_verify_finds_corrupt_and_missing_chunks_and_repair_fixes_them(
     src: Path, store: LocalChunkStore, tmp_path: Path
 ) -> None:
@@ -224,7 +225,9 @@ def test_write_once_manifests_on_local_store(store: LocalChunkStore) -> None:
 
 _PUSH = """
 import sys
+import spotshift.sync.packs
 from spotshift.sync.chunking import ChunkParams
+spotshift.sync.packs.PACK_CHUNK_LIMIT = 0  # loose chunks (packed resume: test_packs.py)
 from spotshift.sync.delta import push
 push(sys.argv[1], sys.argv[2], "big", params=ChunkParams.resolve(4096, 16384, 65536), workers=1)
 """
@@ -257,7 +260,13 @@ def test_kill_9_mid_push_then_rerun_completes_and_no_pointer_is_premature(
     if read_ref(store, "big") is not None:
         assert verify(store).ok
     before = len(chunk_files(store))
-    resumed = push(src, store, "big", params=SMALL.__class__(4096, 16384, 65536))
+    import spotshift.sync.packs as packs
+
+    packs.PACK_CHUNK_LIMIT, limit = 0, packs.PACK_CHUNK_LIMIT
+    try:
+        resumed = push(src, store, "big", params=SMALL.__class__(4096, 16384, 65536))
+    finally:
+        packs.PACK_CHUNK_LIMIT = limit
     assert 0 < resumed.chunks_sent < resumed.chunks_total  # only what was still missing
     assert resumed.chunks_sent <= resumed.chunks_total - before + 8
     assert not list((store.root / ".tmp").iterdir())  # the killed writer's temp files are gone

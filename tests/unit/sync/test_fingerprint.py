@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+import spotshift.sync.fingerprint as fp_mod
 from spotshift.errors import InputError
+from spotshift.sync.chunking import FASTCDC, ChunkParams
 from spotshift.sync.filescache import FilesCache
 from spotshift.sync.fingerprint import fingerprint
 from tests.unit.sync.conftest import SMALL, make_tree, rand_bytes
@@ -161,3 +163,43 @@ def test_two_workers_agree_with_one(tree: Path) -> None:
     one = fingerprint(tree, SMALL, workers=1, use_cache=False)
     two = fingerprint(tree, SMALL, workers=2, use_cache=False)
     assert one.root == two.root
+
+
+@pytest.mark.parametrize(
+    "params",
+    [SMALL, ChunkParams.resolve(16 * 1024, 64 * 1024, 256 * 1024, engine=FASTCDC)],
+    ids=["pyfastcdc", "fastcdc-2016"],
+)
+def test_mapped_files_cut_exactly_like_streamed_files(
+    tmp_path: Path, spotshift_home: Path, monkeypatch: pytest.MonkeyPatch, params: ChunkParams
+) -> None:
+    root = tmp_path / "src"
+    root.mkdir()
+    for i, size in enumerate((1, 1000, 70_000, 300_000, 2_500_000)):
+        (root / f"f{i}.bin").write_bytes(rand_bytes(size, 40 + i))
+    mapped: list[int] = []
+    real_map = fp_mod.map_file
+    monkeypatch.setattr(fp_mod, "map_file", lambda fd, size: mapped.append(size) or real_map(fd, size))
+    monkeypatch.setattr(fp_mod, "HOT_FILE_S", 1e9)  # every file "just written": streamed
+    streamed = fingerprint(root, params, use_cache=False)
+    assert mapped == []
+    monkeypatch.setattr(fp_mod, "HOT_FILE_S", -1e9)  # every file quiet: memory-mapped
+    cut_in_place = fingerprint(root, params, use_cache=False)
+    assert sorted(mapped) == [1, 1000, 70_000, 300_000, 2_500_000]
+    assert cut_in_place.root == streamed.root
+    for a, b in zip(streamed.manifest.files(), cut_in_place.manifest.files(), strict=True):
+        assert list(a.chunks()) == list(b.chunks())
+
+
+def test_a_file_system_that_refuses_mappings_is_streamed(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    monkeypatch.setattr(fp_mod, "HOT_FILE_S", 1e9)
+    streamed = fingerprint(tree, SMALL, use_cache=False)
+
+    def refuse(fd: int, size: int) -> None:
+        raise OSError(errno.ENODEV, "No such device")
+
+    monkeypatch.setattr(fp_mod, "map_file", refuse)
+    monkeypatch.setattr(fp_mod, "HOT_FILE_S", -1e9)
+    assert fingerprint(tree, SMALL, use_cache=False).root == streamed.root

@@ -63,6 +63,7 @@ def test_snapshots_list_history_newest_first_with_latest_marked(
     assert all(s.dataset == "ds" and s.files == 1 and s.bytes == 300_000 and s.manifest_bytes for s in snaps)
 
 
+@pytest.mark.usefixtures("loose_chunks")
 def test_prune_keeps_n_newest_and_frees_what_only_forgotten_snapshots_used(
     tmp_path: Path, store: LocalChunkStore, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -97,6 +98,7 @@ def test_grace_period_keeps_young_unreferenced_chunks(tmp_path: Path, store: Loc
     assert all(d.ok for d in verify(store).datasets)
 
 
+@pytest.mark.usefixtures("loose_chunks")
 def test_dry_run_deletes_nothing(tmp_path: Path, store: LocalChunkStore) -> None:
     three_snapshots(tmp_path, store)
     before = set(store.list_keys(""))
@@ -127,6 +129,7 @@ class ParkingStore(LocalChunkStore):
         super().delete(key)
 
 
+@pytest.mark.usefixtures("loose_chunks")
 def test_prune_refuses_while_a_push_holds_chunks_it_has_not_committed(
     tmp_path: Path, spotshift_home: Path
 ) -> None:
@@ -156,6 +159,7 @@ def test_prune_refuses_while_a_push_holds_chunks_it_has_not_committed(
     assert not list(LocalChunkStore(root).list_keys(LOCKS_PREFIX))  # every lock released
 
 
+@pytest.mark.usefixtures("loose_chunks")
 def test_push_refuses_while_a_prune_is_sweeping(tmp_path: Path, spotshift_home: Path) -> None:
     root = tmp_path / "store"
     src, _ = three_snapshots(tmp_path, LocalChunkStore(root))

@@ -43,7 +43,7 @@ def replant(store: LocalChunkStore, edit) -> Manifest:  # type: ignore[no-untype
     manifest, _ = load_manifest(store, ref.root)
     entries = list(manifest.entries)
     edit(entries)
-    forged = Manifest(manifest.params, entries)
+    forged = Manifest(manifest.params, entries, manifest.locations)  # the pushed pack index
     store.put_bytes(manifest_key(forged.root), forged.to_parquet_bytes())
     write_ref(store, Ref.for_manifest("ds", forged))
     return forged

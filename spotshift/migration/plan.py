@@ -1,9 +1,9 @@
-"""Executing a placement change: the plan a migration carries, cutover, rollback, and their ledger.
+"""Planning a move and closing it: the plan a migration carries, cutover, rollback, and their facts.
 
-A :class:`MovePlan` is what ``price_change_sensor`` (from a :class:`~spotshift.placement.economics.Decision`)
-or ``preemption_sensor`` (from a notice, via :func:`recovery_plan`) hands to the Dagster jobs that
-move a training job. The jobs run the chain (delta sync, checkpoint migration, resume, shadow
-validation) with the libraries of those steps and finish here:
+A :class:`MovePlan` is what ``price_change_sensor`` (from a :class:`~spotshift.placement.economics.Decision`),
+``preemption_sensor`` (from a notice, via :func:`recovery_plan`) or ``spotshift move`` hands to the
+lifecycle (:mod:`spotshift.migration.steps`). The steps run the chain (delta sync, checkpoint
+migration, probation, shadow validation) and finish here:
 
 * :func:`cut_over` — the job now runs in the target: placement state updated (cooldown after a
   price move), ``raw.migrations`` row with status ``cut_over``, and for a preemption recovery the
@@ -18,12 +18,12 @@ leaves two live trainers of one job (the compute backend's per-job lock refuses 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from spotshift.errors import ConfigError, build_record
+from spotshift.migration import contract
 from spotshift.placement.economics import Decision
 
 TRIGGERS = ("place", "price", "preemption")
@@ -34,12 +34,12 @@ class MovePlan:
     """Where a job goes, on what, and why. ``from_location`` is empty when the job was not running."""
 
     job: str
-    trigger: str
-    from_location: str
     to_location: str
     market: str
     instance_type: str
     price_usd_hour: float
+    trigger: str = "price"
+    from_location: str = ""
     zone: str = ""
     list_price_usd_hour: float | None = None
     gpu_model: str = ""
@@ -81,14 +81,8 @@ class MovePlan:
         return build_record(cls, raw, "move plan")
 
     def tags(self) -> dict[str, str]:
-        """Run tags of the Dagster runs that execute this plan (the run coordinator limits one per job)."""
-        return {
-            "spotshift/job": self.job,
-            "spotshift/trigger": self.trigger,
-            "spotshift/from": self.from_location or "-",
-            "spotshift/to": self.to_location,
-            "spotshift/snapshot": self.snapshot_id or "-",
-        }
+        """Run tags of the runs that execute this plan (:func:`spotshift.migration.contract.move_tags`)."""
+        return contract.move_tags(self.job, self.trigger, self.from_location, self.to_location)
 
 
 def list_price(decision: Decision, location: str, instance_type: str) -> float | None:
@@ -117,6 +111,9 @@ def plan_from_decision(
     running = decision.current is not None and decision.current_running
     source = decision.current.location if running and decision.current is not None else ""
     terms = decision.terms
+    # the key names where the job was placed even when it is not running (as Decision.run_key does)
+    placed = decision.current.location if decision.current is not None else ""
+    run_key = contract.move_run_key(decision.job, placed, q.location, decision.snapshot_id)
     return MovePlan(
         job=decision.job,
         trigger=trigger or ("price" if running else "place"),
@@ -132,7 +129,9 @@ def plan_from_decision(
         gpu_model=q.gpu_model,
         gpu_count=q.gpu_count,
         snapshot_id=decision.snapshot_id,
-        run_key=decision.run_key() + ("" if running or state_version is None else f":v{state_version}"),
+        run_key=run_key
+        if running or state_version is None
+        else contract.placement_run_key(run_key, state_version),
         expected_savings_usd=terms.expected_savings_usd if terms is not None else 0.0,
         notice_id=notice_id,
     )
@@ -169,173 +168,9 @@ def recovery_plan(
     plan = replace(
         plan,
         from_location=preempted if preempted != plan.to_location else "",
-        run_key=f"{job}:{notice.get('notice_id', '')}",
+        run_key=contract.recovery_run_key(job, str(notice.get("notice_id", ""))),
     )
     return plan, decision
-
-
-def begin(plan: MovePlan, *, now: datetime) -> None:
-    """Mark the job as migrating (the price sensor leaves migrating jobs alone)."""
-    from spotshift.placement.state import set_status
-
-    set_status(plan.job, "migrating", now=now)
-
-
-def migration_row(
-    plan: MovePlan,
-    *,
-    status: str,
-    started_at: datetime,
-    ended_at: datetime,
-    run_id: str,
-    downtime_s: float | None = None,
-    bytes_moved: int | None = None,
-    egress_usd: float | None = None,
-) -> dict[str, Any]:
-    """The ``raw.migrations`` row of a finished move."""
-    return {
-        "migration_id": plan.run_key or f"{plan.job}:{plan.from_location or '-'}->{plan.to_location}",
-        "job": plan.job,
-        "trigger": "rollback" if status == "rolled_back" else plan.trigger,
-        "from_location": plan.from_location,
-        "to_location": plan.to_location,
-        "started_at": started_at,
-        "ended_at": ended_at,
-        "status": status,
-        "downtime_s": downtime_s,
-        "bytes_moved": bytes_moved,
-        "egress_usd": egress_usd,
-        "expected_savings_usd": plan.expected_savings_usd,
-        "run_id": run_id,
-    }
-
-
-def _record_once(con: Any, row: dict[str, Any]) -> bool:
-    from spotshift.warehouse import record_facts
-
-    # keyed by (migration_id, status, run_id): a re-executed step records nothing twice
-    return record_facts({"raw.migrations": [row]}, con=con).rows("raw.migrations") > 0
-
-
-def cut_over(
-    con: Any,
-    plan: MovePlan,
-    *,
-    now: datetime,
-    started_at: datetime,
-    run_id: str,
-    cooldown_hours: float,
-    downtime_s: float | None = None,
-    bytes_moved: int | None = None,
-    egress_usd: float | None = None,
-) -> dict[str, Any]:
-    """The job runs in the target now: placement state, ``raw.migrations``, recovery time. Idempotent."""
-    from spotshift.placement.state import record_placement
-
-    record_placement(
-        plan.job,
-        location=plan.to_location,
-        market=plan.market,
-        instance_type=plan.instance_type,
-        now=now,
-        price_usd_hour=plan.price_usd_hour,
-        zone=plan.zone,
-        trigger=plan.trigger,
-        run_key=plan.run_key,
-        cooldown_hours=cooldown_hours if plan.trigger == "price" else 0.0,
-        status="running",
-    )
-    row = migration_row(
-        plan,
-        status="cut_over",
-        started_at=started_at,
-        ended_at=now,
-        run_id=run_id,
-        downtime_s=downtime_s,
-        bytes_moved=bytes_moved,
-        egress_usd=egress_usd,
-    )
-    _record_once(con, row)
-    recovery_s = None
-    if plan.trigger == "preemption" and plan.notice_id:
-        recovery_s = record_recovery(con, plan.notice_id, recovered_at=now)
-    return {**row, "recovery_s": recovery_s}
-
-
-def record_recovery(con: Any, notice_id: str, *, recovered_at: datetime) -> float | None:
-    """Fill ``recovered_at``/``recovery_s`` of a preemption (notice to training resumed elsewhere)."""
-    from spotshift.clock import parse_utc
-    from spotshift.warehouse import first_row
-
-    row = first_row(
-        con,
-        "SELECT noticed_at FROM raw.preemptions WHERE notice_id = ? ORDER BY noticed_at LIMIT 1",
-        [notice_id],
-    )
-    if row is None or row[0] is None:
-        return None
-    noticed = row[0] if isinstance(row[0], datetime) else parse_utc(str(row[0]))
-    if noticed.tzinfo is None:
-        from datetime import UTC
-
-        noticed = noticed.replace(tzinfo=UTC)
-    recovery_s = max(0.0, (recovered_at - noticed).total_seconds())
-    con.execute(
-        "UPDATE raw.preemptions SET recovered_at = ?, recovery_s = ? WHERE notice_id = ?",
-        [recovered_at.replace(tzinfo=None) if recovered_at.tzinfo else recovered_at, recovery_s, notice_id],
-    )
-    return recovery_s
-
-
-def roll_back(
-    con: Any,
-    plan: MovePlan,
-    *,
-    now: datetime,
-    run_id: str,
-    reason: str,
-    unfit_hours: float,
-    restart_source: Any,
-    stop_trainer: Any,
-) -> dict[str, Any]:
-    """Undo a failed move: no trainer in the target, the job resumed in the source, the target unfit.
-
-    ``stop_trainer()`` stops any live trainer of the job (with a checkpoint); ``restart_source()``
-    resumes the job in ``plan.from_location`` from ``plan.from_checkpoint`` and returns when it runs.
-    A plan without a source (a placement or a recovery from a region that is gone) has nothing to
-    resume: the job is left ``preempted`` for the next decision to place it again. Idempotent.
-    """
-    from spotshift.placement.state import load_state, mark_unfit, record_placement, set_status
-
-    stopped = stop_trainer()
-    mark_unfit(plan.job, plan.to_location, until=now + timedelta(hours=unfit_hours), reason=reason, now=now)
-    resumed = None
-    if plan.from_location and plan.trigger == "price":
-        resumed = restart_source()
-        before = load_state(plan.job)
-        record_placement(
-            plan.job,
-            location=plan.from_location,
-            market=before.market or "spot",
-            instance_type=before.instance_type or plan.instance_type,
-            now=now,
-            price_usd_hour=before.price_usd_hour,
-            zone=before.zone,
-            trigger="rollback",
-            run_key=plan.run_key,
-            status="running",
-        )
-    else:
-        set_status(plan.job, "preempted", now=now)
-    row = migration_row(plan, status="rolled_back", started_at=now, ended_at=now, run_id=run_id)
-    _record_once(con, row)
-    return {
-        "stopped": stopped,
-        "resumed": resumed,
-        "reason": reason,
-        "unfit_until": (now + timedelta(hours=unfit_hours)).isoformat(),
-        "row": json.loads(json.dumps(row, default=str)),
-    }
 
 
 def job_finished(con: Any, job: Any) -> bool:
@@ -374,7 +209,7 @@ def jobs_to_decide(con: Any, backend: Any, *, busy: set[str], now: datetime) -> 
             continue
         if info is not None and info.alive:
             # the trainer defers its warehouse writes; its newest checkpoints matter to the decision
-            from spotshift.training.facts import ingest_facts
+            from spotshift.facts import ingest_facts
 
             ingest_facts(info.workdir, con=con, live=True)
         out.append(job.name)

@@ -1,0 +1,219 @@
+"""A model-less replica speaking the replica HTTP contract, for router tests and the router benchmark.
+
+It answers ``POST /v1/completions`` after ``service_ms`` (asyncio sleep, so replicas are cheap to
+run by the dozen) with a deterministic completion, ``/healthz`` and 503 while draining, exactly as
+:mod:`spotshift.serving.replica_api` specifies. It measures the *proxy*: with no model in the
+way, router overhead is the difference between calling it directly and through the router.
+(``spotshift serve`` with a real model is exercised by its own tests and one router integration
+test.)
+
+Run in-process with :class:`ServerThread`, or as a process (killable mid-request)::
+
+    python bench/_replica_peer.py --id r1 --service-ms 300 [--tls-dir DIR]   # prints the port
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from spotshift.serving import replica_api as api  # noqa: E402
+
+
+class PeerState:
+    """Mutable knobs of a running peer (tests flip ``draining``)."""
+
+    def __init__(self, replica_id: str, service_ms: float) -> None:
+        self.replica_id, self.service_ms = replica_id, service_ms
+        self.draining = False
+        self.served = 0
+        self.in_flight = 0
+
+
+def peer_app(state: PeerState) -> Any:
+    """The Starlette app of one peer."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    async def completions(request: Request) -> Response:
+        if state.draining:
+            return JSONResponse(
+                api.error_body("draining", f"replica {state.replica_id} is draining"),
+                api.DRAINING_STATUS,
+                headers={"Retry-After": "0", api.HEADER_DRAINING: "1"},
+            )
+        try:
+            req = api.parse_completion_request(json.loads(await request.body()))
+        except (ValueError, api.InputError) as exc:
+            return JSONResponse(api.error_body("invalid_request", str(exc)), 400)
+        state.in_flight += 1
+        t0 = time.perf_counter()
+        try:
+            if state.service_ms > 0:
+                await asyncio.sleep(state.service_ms / 1000.0)
+        finally:
+            state.in_flight -= 1
+        text = hashlib.sha256(f"{req.prompt}|{req.max_tokens}".encode()).hexdigest()[: req.max_tokens]
+        state.served += 1
+        body = api.completion_response(
+            completion_id="cmpl-" + text[:12],
+            created_s=0,
+            model="peer",
+            text=text,
+            prompt_tokens=len(req.prompt) // 4 + 1,
+            completion_tokens=req.max_tokens,
+        )
+        ms = f"{(time.perf_counter() - t0) * 1000:.3f}"
+        return JSONResponse(body, headers={api.HEADER_REPLICA: state.replica_id, api.HEADER_INFERENCE_MS: ms})
+
+    async def healthz(request: Request) -> Response:
+        status = "draining" if state.draining else "ok"
+        return JSONResponse(
+            {"status": status, "replica_id": state.replica_id, "in_flight": state.in_flight},
+            api.DRAINING_STATUS if state.draining else 200,
+        )
+
+    return Starlette(
+        routes=[
+            Route(api.COMPLETIONS_PATH, completions, methods=["POST"]),
+            Route(api.HEALTH_PATH, healthz),
+        ]
+    )
+
+
+def bound_socket() -> socket.socket:
+    """A listening-ready TCP socket on 127.0.0.1 with an ephemeral port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+class ReloadingTLS:
+    """ASGI wrapper that polls a :class:`~spotshift.serving.mtls.TLSReloader` from the server's own
+    event loop (as a replica does): the live TLS context is only ever changed by the thread that
+    runs the handshakes."""
+
+    def __init__(self, app: Any, reloader: Any, every_s: float = 0.05) -> None:
+        self.app, self.reloader, self.every_s = app, reloader, every_s
+
+    async def _poll(self) -> None:
+        while True:
+            self.reloader.check()
+            await asyncio.sleep(self.every_s)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        task = None
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                task = asyncio.create_task(self._poll())
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                if task:
+                    task.cancel()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+class ServerThread:
+    """Run an ASGI app under uvicorn in a background thread on an ephemeral port.
+
+    ``ssl``: uvicorn ``ssl_*`` options (:func:`spotshift.serving.mtls.uvicorn_ssl_options`); the
+    live TLS context is then ``self.config.ssl``, and ``self.reloader`` (a
+    :class:`~spotshift.serving.mtls.TLSReloader` polled in the server's loop) picks up rotated files.
+    """
+
+    def __init__(self, app: Any, ssl: dict[str, Any] | None = None) -> None:
+        import uvicorn
+
+        self.sock = bound_socket()
+        self.port = self.sock.getsockname()[1]
+        self.reloader = None
+        wrapper = _Late(app)
+        self.config = uvicorn.Config(
+            wrapper,
+            log_level="warning",
+            access_log=False,
+            lifespan="auto",
+            timeout_graceful_shutdown=5,
+            **(ssl or {}),
+        )
+        self.config.load()
+        if self.config.ssl:
+            from spotshift.serving.mtls import TLSReloader
+
+            self.reloader = TLSReloader(self.config.ssl, Path(ssl["ssl_certfile"]).parent)  # type: ignore[index]
+            wrapper.app = ReloadingTLS(app, self.reloader)
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.config.ssl else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+
+class _Late:
+    """Forwards to ``app``, which may be replaced before the server starts."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+def main() -> int:
+    """Serve one peer in this process; print its port on stdout, then serve until killed."""
+    import uvicorn
+
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--id", default="peer")
+    p.add_argument("--service-ms", type=float, default=0.0)
+    p.add_argument("--tls-dir", type=Path)
+    args = p.parse_args()
+    ssl_opts: dict[str, Any] = {}
+    if args.tls_dir:
+        from spotshift.serving.mtls import uvicorn_ssl_options
+
+        ssl_opts = uvicorn_ssl_options(args.tls_dir)
+    sock = bound_socket()
+    config = uvicorn.Config(
+        peer_app(PeerState(args.id, args.service_ms)), log_level="warning", access_log=False, **ssl_opts
+    )
+    print(sock.getsockname()[1], flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

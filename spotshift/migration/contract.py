@@ -1,0 +1,117 @@
+"""The orchestration contract of every job that moves something: run tags, run keys, run config.
+
+Sensors build run requests with these functions, the ops read what they name, the demo and the
+tests request runs the same way. Nothing here imports Dagster: a run request is the tuple
+(job name, run key, tags, run config), which the Dagster side wraps in ``dg.RunRequest``.
+
+Runs carry few tags, each one plain text a person can filter on in the UI: the training job (the
+run coordinator allows one run per job at a time), the trigger, source and target, and the notice
+or failed run they answer. The plan itself is not a tag: the move ledger
+(:mod:`spotshift.migration.ledger`) keeps it, keyed by job, for the rollback to read.
+
+Run keys are built from the external identity of what a sensor reacts to, never from the clock:
+
+* a price move or a placement: ``<job>:<from or ->-><to>:<quote snapshot id>`` (a placement of a
+  job that is not running appends ``:v<placement state version>``);
+* a preemption recovery: ``<job>:<notice id>``;
+* a rollback: ``rollback:<failed run id>``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: the training job a run acts on (the run coordinator limits runs per value of this tag)
+TAG_JOB = "spotshift/job"
+#: why the run exists: place | price | preemption | rollback | price_poll_schedule
+TAG_TRIGGER = "spotshift/trigger"
+TAG_FROM = "spotshift/from"
+TAG_TO = "spotshift/to"
+#: the preemption notice a recovery answers
+TAG_NOTICE = "spotshift/notice"
+#: the failed run a rollback undoes
+TAG_ROLLS_BACK = "spotshift/rolls_back"
+#: where ``checkpoints`` advances a job when its config names no location
+TAG_LOCATION = "spotshift/location"
+#: the kind of an op job (set on the job definition)
+TAG_KIND = "spotshift/kind"
+
+MIGRATION_JOB = "migration_job"
+RECOVERY_JOB = "preemption_recovery_job"
+ROLLBACK_JOB = "rollback_job"
+
+#: the op of each job that takes the run's config
+PLAN_MOVE_OP = "plan_move"
+PLAN_RECOVERY_OP = "plan_recovery"
+ROLL_BACK_OP = "roll_back"
+
+#: a tag's value when there is no source (a placement)
+NONE = "-"
+
+
+def move_run_key(job: str, from_location: str, to_location: str, snapshot_id: str) -> str:
+    """``<job>:<from>-><to>:<quote snapshot id>`` (``-`` for an empty part)."""
+    return f"{job}:{from_location or NONE}->{to_location or NONE}:{snapshot_id or NONE}"
+
+
+def placement_run_key(move_key: str, state_version: int) -> str:
+    """A placement's run key: the same snapshot can see a job preempted and placed more than once."""
+    return f"{move_key}:v{state_version}"
+
+
+def recovery_run_key(job: str, notice_id: str) -> str:
+    """``<job>:<notice id>``: one recovery per notice."""
+    return f"{job}:{notice_id}"
+
+
+def rollback_run_key(failed_run_id: str) -> str:
+    """``rollback:<failed run id>``: one rollback per failed run."""
+    return f"rollback:{failed_run_id}"
+
+
+def move_tags(job: str, trigger: str, from_location: str, to_location: str) -> dict[str, str]:
+    """Tags of a run that moves ``job`` (migration_job)."""
+    return {
+        TAG_JOB: job,
+        TAG_TRIGGER: trigger,
+        TAG_FROM: from_location or NONE,
+        TAG_TO: to_location,
+    }
+
+
+def recovery_tags(job: str, location: str, notice_id: str) -> dict[str, str]:
+    """Tags of a preemption recovery run."""
+    return {TAG_JOB: job, TAG_TRIGGER: "preemption", TAG_FROM: location, TAG_NOTICE: notice_id}
+
+
+def rollback_tags(failed_tags: dict[str, str], failed_run_id: str) -> dict[str, str]:
+    """Tags of the rollback of a failed run: its job, source and target, plus what it undoes."""
+    keep = {k: v for k, v in failed_tags.items() if k in (TAG_JOB, TAG_FROM, TAG_TO)}
+    return {**keep, TAG_TRIGGER: "rollback", TAG_ROLLS_BACK: failed_run_id}
+
+
+def move_run_config(plan: dict[str, Any], **options: Any) -> dict[str, Any]:
+    """Run config of ``migration_job``: the plan's fields (``MovePlan.to_dict()``) and the
+    validation options (``shadow_steps``, ``max_loss_diff``, ``perturb_learning_rate``)."""
+    return {"ops": {PLAN_MOVE_OP: {"config": {**plan, **options}}}}
+
+
+def recovery_run_config(
+    job: str, location: str, notice_id: str, *, noticed_at: str = "", step: int = 0
+) -> dict[str, Any]:
+    """Run config of ``preemption_recovery_job`` for one notice (what the trainer wrote)."""
+    config = {
+        "job": job,
+        "location": location,
+        "notice_id": notice_id,
+        "noticed_at": noticed_at,
+        "step": step,
+    }
+    return {"ops": {PLAN_RECOVERY_OP: {"config": config}}}
+
+
+def rollback_run_config(job: str, *, failed_run_id: str = "", reason: str = "") -> dict[str, Any]:
+    """Run config of ``rollback_job``: undo the move of ``job`` that run ``failed_run_id`` made (the
+    plan comes from the move ledger; an empty id rolls back the job's last recorded move)."""
+    config = {"job": job, "failed_run_id": failed_run_id, "reason": reason[:1000]}
+    return {"ops": {ROLL_BACK_OP: {"config": config}}}

@@ -1,0 +1,369 @@
+"""``spotshift router ENDPOINT``: the reverse proxy that routes each completion by cost under the SLO.
+
+Starlette under uvicorn receives requests (:mod:`spotshift.serving.router_app`); one
+``httpx.AsyncClient`` per replica, with pooled keep-alive connections, forwards them. For each ``POST /v1/completions`` the router:
+
+1. reads the user region (header ``X-Spotshift-User-Region``, else the router's default) and
+   estimates the request's tokens (``ceil(prompt characters / 4) + max_tokens``);
+2. asks :func:`spotshift.serving.policy.route` for a replica among the endpoint's live ones
+   (registry of :mod:`spotshift.serving.replica_api`, re-read every second), predicted from the
+   round trip, the router's live in-flight count per replica and the online inference-time
+   model, with a seeded draw (seed 000) for the 80/20 cheapest/fastest split;
+3. forwards the body; a replica that refuses (503 draining, 502, 504) or fails at the transport
+   level (connection refused, reset, died mid-request, timeout) is set aside and the request is
+   retried on another replica — completions are idempotent under greedy decoding, so a spot
+   replica that drains or dies fails no request while another replica lives;
+4. learns from the answer (the replica's ``X-Spotshift-Inference-Ms``, or the wall time when the
+   replica had a free slot) and returns it with ``X-Spotshift-Route`` (cheapest, fastest,
+   fallback) and ``X-Spotshift-Attempts``.
+
+No replica within the SLO: the request goes to the fastest, the router counts an SLO violation and
+signals the autoscaler through :func:`signal_path` (a JSON file of counters replaced atomically
+about once a second; :func:`read_router_signal`). Also served: ``GET /healthz``, ``GET /metrics``
+(Prometheus text) and ``GET /v1/policy`` (the current :class:`~spotshift.serving.policy.TrafficPolicy`).
+
+Mutual TLS (:mod:`spotshift.serving.mtls`): with ``tls`` the router presents a client certificate
+from the local CA, trusts only that CA, and rotates its certificate every 24 virtual hours,
+reloading the live context so pooled connections keep going.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spotshift.atomic import atomic_write_json
+from spotshift.errors import ConfigError
+from spotshift.serving import replica_api as api
+from spotshift.serving.latency import user_regions
+from spotshift.serving.policy import (
+    CHEAP_SHARE,
+    DEFAULT_SEED,
+    InferenceTimeModel,
+    ReplicaView,
+    TrafficPolicy,
+    evaluate,
+    route,
+    traffic_policy,
+)
+from spotshift.serving.pool import ReplicaPool
+
+RETRY_STATUSES = frozenset({502, 503, 504})
+DOWN_COOLDOWN_S = 1.0  # a replica that failed at the transport level gets no traffic for this long
+DRAINING_COOLDOWN_S = 5.0  # one that answered 503 (draining), unless the registry says ready sooner
+SIGNAL_FILE = "router_signal.json"
+
+
+def signal_path(endpoint: str) -> Path:
+    """The router's SLO signal for the autoscaler: ``$SPOTSHIFT_HOME/serving/<endpoint>/router_signal.json``."""
+    return api.registry_path(endpoint).with_name(SIGNAL_FILE)
+
+
+def read_router_signal(endpoint: str) -> dict[str, Any] | None:
+    """The router's counters for ``endpoint`` (``requests``, ``slo_violations``,
+    ``violations_by_user_region``, ``failed``, ``retries``, ``updated_at``); None when no router ran."""
+    try:
+        return json.loads(signal_path(endpoint).read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        raise ConfigError(f"{signal_path(endpoint)}: not a router signal file") from None
+
+
+def estimate_tokens(body: dict[str, Any]) -> float:
+    """Tokens a completion will cost, known before it runs: ``ceil(len(prompt) / 4) + max_tokens``."""
+    prompt = body.get("prompt", "")
+    max_tokens = body.get("max_tokens", 16)
+    n = len(prompt) if isinstance(prompt, str) else 0
+    return math.ceil(n / 4) + (max_tokens if isinstance(max_tokens, int) else 16)
+
+
+@dataclass
+class RouterConfig:
+    """How one router runs. ``replicas``: a fixed list (tests, benchmarks) instead of the registry."""
+
+    endpoint: str
+    slo_ms: float
+    user_region: str = "us-east"
+    users: dict[str, float] | None = None
+    seed: int = DEFAULT_SEED
+    cheap_share: float = CHEAP_SHARE
+    capacity_tokens_s: float = 2400.0
+    slots: int = 1
+    timeout_s: float = 30.0
+    max_connections: int = 64  # per replica (in shards, see serving.pool)
+    tls_dir: Path | None = None
+    replicas: Sequence[ReplicaView] | None = None
+    clock: Callable[[], Any] | None = None
+
+    def __post_init__(self) -> None:
+        api.check_endpoint_name(self.endpoint)
+        if not (math.isfinite(self.slo_ms) and self.slo_ms > 0):
+            raise ConfigError(f"router {self.endpoint}: --slo-ms must be a positive number")
+        if self.user_region not in user_regions():
+            raise ConfigError(f"router {self.endpoint}: user region {self.user_region!r} is unknown")
+        if not 0 <= self.cheap_share <= 1:
+            raise ConfigError(f"router {self.endpoint}: cheap_share must be within [0, 1]")
+
+
+@dataclass
+class Counters:
+    """What the router counts (exposed on /metrics and written to the signal file)."""
+
+    requests: int = 0
+    ok: int = 0
+    failed: int = 0
+    retries: int = 0
+    slo_violations: int = 0
+    by_route: dict[str, int] = field(default_factory=lambda: {"cheapest": 0, "fastest": 0, "fallback": 0})
+    violations_by_user_region: dict[str, int] = field(default_factory=dict)
+    last_violation_at: str | None = None
+
+
+class Router:
+    """The routing state of one endpoint: replicas, in-flight counts, the latency model, counters."""
+
+    def __init__(self, cfg: RouterConfig) -> None:
+        self.cfg = cfg
+        self.rng = random.Random(cfg.seed)
+        self.model = InferenceTimeModel()
+        self.outstanding: dict[str, int] = {}
+        self.set_aside: dict[str, float] = {}  # replica id -> monotonic time it may be used again
+        self.counters = Counters()
+        self.replicas: list[ReplicaView] = list(cfg.replicas or [])
+        self.clients: dict[str, ReplicaPool] = {}  # replica URL -> its connection pool
+        self._verify: Any = True
+        self._written: tuple[Any, ...] | None = None  # counters as last written to the signal file
+        self._rotator: Any = None
+        if cfg.replicas is None:
+            self.refresh()
+
+    # -- replicas -------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Re-read the endpoint's live replicas from the registry (fixed lists stay as given)."""
+        if self.cfg.replicas is not None:
+            return
+        self.replicas = [
+            ReplicaView(
+                r.replica_id,
+                r.url,
+                r.location,
+                r.market,
+                r.price_usd_per_hour,
+                self.cfg.capacity_tokens_s,
+                self.cfg.slots,
+                r.state,
+            )
+            for r in api.live_replicas(self.cfg.endpoint, include_draining=True)
+        ]
+
+    def _usable(self, excluded: set[str]) -> list[ReplicaView]:
+        now = time.monotonic()
+        return [
+            r
+            for r in self.replicas
+            if r.replica_id not in excluded and self.set_aside.get(r.replica_id, 0.0) <= now
+        ]
+
+    def policy(self) -> TrafficPolicy:
+        """The current rule as weights for the configured user mix (what backends render)."""
+        users = self.cfg.users or {self.cfg.user_region: 1.0}
+        return traffic_policy(
+            self.cfg.endpoint,
+            self.replicas,
+            users,
+            self.model,
+            self.cfg.slo_ms,
+            self.outstanding,
+            cheap_share=self.cfg.cheap_share,
+        )
+
+    # -- one request ----------------------------------------------------------------------------
+    async def forward(
+        self, body: bytes, user_region: str, tokens: float
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """Route and forward one completion; returns ``(status, body, headers)`` for the caller.
+
+        Retries on another replica after a refusal or a transport failure until every replica was
+        tried; then 503 naming the endpoint.
+        """
+        import httpx
+
+        self.counters.requests += 1
+        tried: set[str] = set()
+        attempts = 0
+        while True:
+            cands = evaluate(
+                self._usable(tried), self.outstanding, user_region, tokens, self.model, self.cfg.slo_ms
+            )
+            choice = route(cands, self.rng.random(), self.cfg.cheap_share)
+            if choice is None:
+                self.counters.failed += 1
+                msg = f"no replica of endpoint {self.cfg.endpoint} could serve the request (tried {attempts})"
+                return 503, json.dumps(api.error_body("unavailable", msg)).encode(), {}
+            if attempts == 0:
+                self.counters.by_route[choice.kind] += 1
+                if choice.slo_violation:
+                    self._violation(user_region)
+            else:
+                self.counters.retries += 1
+            attempts += 1
+            rep = choice.candidate.replica
+            rid = rep.replica_id
+            tried.add(rid)
+            busy = self.outstanding.get(rid, 0)
+            self.outstanding[rid] = busy + 1
+            t0 = time.perf_counter()
+            try:
+                resp = await self._client(rep.url).post(
+                    rep.url + api.COMPLETIONS_PATH,
+                    content=body,
+                    headers={"content-type": "application/json", api.HEADER_USER_REGION: user_region},
+                )
+            except httpx.TransportError:
+                self.set_aside[rid] = time.monotonic() + DOWN_COOLDOWN_S
+                continue
+            finally:
+                self.outstanding[rid] -= 1
+            wall_ms = (time.perf_counter() - t0) * 1000.0
+            if resp.status_code in RETRY_STATUSES:
+                cool = DRAINING_COOLDOWN_S if resp.status_code == 503 else DOWN_COOLDOWN_S
+                self.set_aside[rid] = time.monotonic() + cool
+                continue
+            if resp.status_code == 200:
+                self.counters.ok += 1
+                self._learn(rid, tokens, resp.headers.get(api.HEADER_INFERENCE_MS), wall_ms, busy < rep.slots)
+            headers = {
+                k: v
+                for k, v in resp.headers.items()
+                if k.lower() in ("content-type", "x-spotshift-replica", "x-spotshift-inference-ms")
+            }
+            headers["x-spotshift-route"] = choice.kind
+            headers["x-spotshift-attempts"] = str(attempts)
+            return resp.status_code, resp.content, headers
+
+    def _learn(self, rid: str, tokens: float, inference_ms: str | None, wall_ms: float, free: bool) -> None:
+        try:
+            ms = float(inference_ms) if inference_ms is not None else None
+        except ValueError:
+            ms = None
+        if ms is None and free:
+            ms = wall_ms  # no queueing happened: the wall time is service time (+ loopback)
+        if ms is not None:
+            self.model.observe(rid, tokens, ms)
+
+    def _violation(self, user_region: str) -> None:
+        c = self.counters
+        c.slo_violations += 1
+        c.violations_by_user_region[user_region] = c.violations_by_user_region.get(user_region, 0) + 1
+        now = self.cfg.clock() if self.cfg.clock else None
+        c.last_violation_at = (now.isoformat() if now is not None else None) or time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime()
+        )
+
+    # -- periodic -------------------------------------------------------------------------------
+    def flush_signal(self) -> None:
+        """Write the counters to :func:`signal_path` when they changed (atomic replace)."""
+        c = self.counters
+        state = (c.requests, c.ok, c.failed, c.retries, c.slo_violations)
+        if state == self._written:
+            return
+        self._written = state
+        atomic_write_json(
+            signal_path(self.cfg.endpoint),
+            {
+                "endpoint": self.cfg.endpoint,
+                "slo_ms": self.cfg.slo_ms,
+                "requests": c.requests,
+                "ok": c.ok,
+                "failed": c.failed,
+                "retries": c.retries,
+                "slo_violations": c.slo_violations,
+                "violations_by_user_region": dict(c.violations_by_user_region),
+                "last_violation_at": c.last_violation_at,
+                "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+            fsync=False,
+        )
+
+    def tick(self) -> None:
+        """Once a second: registry, signal file, certificate rotation."""
+        with contextlib.suppress(ConfigError):  # a half-written registry never stops routing
+            self.refresh()
+        self.flush_signal()
+        if self._rotator is not None and self._rotator.check():
+            from spotshift.serving.mtls import reload_context
+
+            reload_context(self.ssl_context, self._rotator.tls_dir, "client")
+
+    def metrics_text(self) -> str:
+        """Prometheus text exposition of the counters and in-flight gauges."""
+        c, ep = self.counters, self.cfg.endpoint
+        lines = ["# TYPE spotshift_router_requests_total counter"]
+        for outcome, n in (("ok", c.ok), ("failed", c.failed)):
+            lines.append(f'spotshift_router_requests_total{{endpoint="{ep}",outcome="{outcome}"}} {n}')
+        lines.append("# TYPE spotshift_router_routes_total counter")
+        for kind, n in sorted(c.by_route.items()):
+            lines.append(f'spotshift_router_routes_total{{endpoint="{ep}",route="{kind}"}} {n}')
+        lines += [
+            "# TYPE spotshift_router_retries_total counter",
+            f'spotshift_router_retries_total{{endpoint="{ep}"}} {c.retries}',
+            "# TYPE spotshift_router_slo_violations_total counter",
+            f'spotshift_router_slo_violations_total{{endpoint="{ep}"}} {c.slo_violations}',
+            "# TYPE spotshift_router_in_flight gauge",
+        ]
+        for rid, n in sorted(self.outstanding.items()):
+            lines.append(f'spotshift_router_in_flight{{endpoint="{ep}",replica="{rid}"}} {n}')
+        return "\n".join(lines) + "\n"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Set up mutual TLS when configured (pools open lazily, one per replica)."""
+        self.prepare_tls()
+
+    def prepare_tls(self) -> None:
+        """Issue the router's client certificate and build its TLS context (once; no-op without TLS)."""
+        if self.cfg.tls_dir is not None and self._rotator is None:
+            from spotshift.clock import virtual_now
+            from spotshift.serving.mtls import CertRotator, LocalCA, client_context
+
+            self._rotator = CertRotator(
+                LocalCA.open(),
+                Path(self.cfg.tls_dir),
+                f"router-{self.cfg.endpoint}",
+                "client",
+                self.cfg.clock or virtual_now,
+            )
+            self._rotator.check()
+            self.ssl_context = self._verify = client_context(Path(self.cfg.tls_dir))
+
+    def _client(self, url: str) -> ReplicaPool:
+        """The connection pool of one replica (created on first use)."""
+        pool = self.clients.get(url)
+        if pool is None:
+            if self._verify is True:  # one default context for every pool (building one costs ~0.1 s)
+                import ssl
+
+                self._verify = ssl.create_default_context()
+            pool = self.clients[url] = ReplicaPool(self._verify, self.cfg.max_connections, self.cfg.timeout_s)
+        return pool
+
+    async def close_gone(self) -> None:
+        """Close the pools of replicas that left the registry."""
+        live = {r.url for r in self.replicas}
+        for url in [u for u in self.clients if u not in live]:
+            await self.clients.pop(url).aclose()
+
+    async def stop(self) -> None:
+        """Close the clients and write the last counters."""
+        for client in self.clients.values():
+            await client.aclose()
+        self.clients.clear()
+        self.flush_signal()

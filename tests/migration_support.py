@@ -1,0 +1,91 @@
+"""The world the move tests share (Dagster ops and ``spotshift move`` alike): a tiny market (AWS and
+Azure A100 nodes, written straight into ``main.gpu_quotes``), a tiny dataset and a paced tiny
+trainer in the test's SPOTSHIFT_HOME, on a frozen virtual clock."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from spotshift import warehouse
+from spotshift.clock import VirtualClock
+from spotshift.jobs import TrainingJob, add_job
+from spotshift.placement.state import load_state
+from spotshift.sync.datasets import Dataset, add_dataset
+from tests.unit.placement.builders import make_quote
+
+JOB = "tiny"
+START = datetime(2025, 3, 3, 1, tzinfo=UTC)
+AWS, AZURE, AWS2 = "aws/us-east-1", "azure/eastus", "aws/us-west-2"
+
+
+def write_quotes(snapshot: str, polled_at: datetime, prices: dict[str, float]) -> None:
+    """One quote snapshot: spot at ``prices``, on-demand at three times that, per location."""
+    rows = []
+    for location, spot in prices.items():
+        for market, price in (("spot", spot), ("on_demand", spot * 3)):
+            q = make_quote(location, price, market=market, instance_type="p4d.24xlarge")
+            rows.append(
+                {**q.to_dict(), "observed_at": polled_at, "snapshot_id": snapshot, "polled_at": polled_at}
+            )
+    with warehouse.connect() as con:
+        warehouse.append_rows(con, "main.gpu_quotes", rows)
+
+
+def declare_world(home: Path) -> None:
+    """Dataset ``corpus`` (home AWS), job ``tiny``, the first snapshot; 0.05 s per step, and virtual
+    time only moves when the test advances it."""
+    data = home / "data"
+    data.mkdir()
+    for i in range(3):
+        (data / f"part-{i}.txt").write_text(("spot market checkpoint shard " * 400 + str(i)) * 10)
+    add_dataset(
+        Dataset(
+            name="corpus", source=str(data), location=AWS, min_chunk=4096, avg_chunk=16384, max_chunk=65536
+        )
+    )
+    VirtualClock(START.isoformat(), time.time(), 0.0, True, 3600.0 / 0.05).save()
+    add_job(
+        TrainingJob(
+            name=JOB,
+            dataset="corpus",
+            total_steps=2000,
+            work_hours=2000.0,
+            checkpoint_every_steps=10,
+            gpu_model="A100",
+            gpu_count=8,
+            min_topology_score=7.0,
+            allowed_locations=["aws/*", "azure/*"],
+            submitted_at=START.isoformat(),
+            deadline_hours=4000.0,
+        )
+    )
+    write_quotes("snap-1", START, {AWS: 10.0, AWS2: 12.0, AZURE: 11.0})
+
+
+def live_trainers(backend: Any) -> list[Any]:
+    """The live (training, not shadow) trainers."""
+    return [t for t in backend.list() if t.alive and t.role == "train"]
+
+
+def stop_all(backend: Any) -> None:
+    """Stop every live trainer (the end of a test)."""
+    for t in backend.list():
+        if t.alive:
+            backend.stop(t.name, reason="test over", timeout_s=60)
+
+
+def wait_for_checkpoint(*, step: int, timeout_s: float = 60.0) -> None:
+    """Wait until the job's current location holds a checkpoint at ``step`` or later."""
+    from spotshift.training.runs import latest_ref
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = load_state(JOB)
+        ref = latest_ref(JOB, state.location) if state.location else None
+        if ref is not None and ref["step"] >= step:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no checkpoint at step {step} within {timeout_s}s")
