@@ -40,6 +40,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 LOCATION = "spotshift"  # workspace.yaml's location_name
 RUN_TIMEOUT_S = 900.0
+#: how long the code server may take to load definitions.py (dagster's default is 180 s, which a
+#: busy 2-core machine exceeds when the dbt manifest is stale)
+STARTUP_TIMEOUT_S = 900
 
 
 @contextlib.contextmanager
@@ -70,7 +73,8 @@ def _demo_instance() -> Any:
         "module": "dagster._core.launcher.sync_in_memory_run_launcher",
         "class": "SyncInMemoryRunLauncher",
     }
-    ref = InstanceRef.from_dir(os.environ["DAGSTER_HOME"], overrides={"run_launcher": launcher})
+    overrides = {"run_launcher": launcher, "code_servers": {"local_startup_timeout": STARTUP_TIMEOUT_S}}
+    ref = InstanceRef.from_dir(os.environ["DAGSTER_HOME"], overrides=overrides)
     return dg.DagsterInstance.from_ref(ref)
 
 
@@ -87,6 +91,10 @@ class Daemon:
 
         self.dg = dg
         self.log_path = log_path
+        with _output_to(log_path):
+            # dbt parse, when the manifest is missing or stale, here rather than inside the code
+            # server's start-up window (resources/dbt.py prepares it on import)
+            import resources.dbt  # noqa: F401
         self.instance = _demo_instance()
         self.logger = logging.getLogger("spotshift.demo.daemon")
         self.logger.addHandler(logging.NullHandler())
@@ -99,10 +107,14 @@ class Daemon:
         entry = self.ctx.create_request_context().get_code_location_entries().get(LOCATION)
         if entry is None or entry.code_location is None:
             error = (
-                entry.load_error.message.strip().splitlines()[-1] if entry and entry.load_error else "absent"
+                entry.load_error.message.strip().splitlines()[0][:300]
+                if entry and entry.load_error
+                else "absent"
             )
             self.close()
-            raise SystemExit(f"demo: code location {LOCATION!r} of workspace.yaml did not load: {error}")
+            raise SystemExit(
+                f"demo: code location {LOCATION!r} of workspace.yaml did not load: {error} (traceback in {log_path})"
+            )
         self.repo = next(iter(entry.code_location.get_repositories().values()))
         self.queue = self._stack.enter_context(QueuedRunCoordinatorDaemon(interval_seconds=1))
         for name in sensors:
