@@ -112,13 +112,14 @@ def measure_allreduce(
     ``world_size`` GPUs are visible, else gloo on CPU. :class:`ConfigError` for bad arguments."""
     import statistics
 
-    import torch
-    import torch.multiprocessing as mp
-
     check_range(world_size, "world size", low=1, high=1024, integer=True)
     check_range(size_bytes, "all-reduce size (bytes)", low=3, high=MAX_SIZE_BYTES, integer=True)
     check_range(iterations, "iterations", low=0, high=10_000, integer=True)
     check_range(warmup, "warmup", low=-1, high=10_000, integer=True)
+
+    import torch
+    import torch.multiprocessing as mp
+
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world_size else "gloo"
     if backend not in ("nccl", "gloo"):

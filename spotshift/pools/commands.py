@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
         help="declare a private GPU pool",
         description="Declare owned GPUs. The default price is seed 000's owned 8x A100 node, $14.20 an "
         "hour including power, cooling and amortised hardware ($1.775 per GPU-hour); owning pays "
-        "only above ~70 %% utilisation (`spotshift pools report` says where you are).",
+        "only above ~70 percent utilisation (`spotshift pools report` says where you are).",
     )
     a.add_argument("name", help="pool name ([a-z0-9-_.])")
     a.add_argument("--gpu-model", required=True, help="GPU model of the pool, e.g. A100")
