@@ -111,3 +111,42 @@ def test_readme_cites_no_document_outside_the_repository() -> None:
     assert not found, found
     # the facts keep their sources: the reference article and the providers' documentation
     assert "## Sources" in text and "[R1]" in text and "Spot Instance interruption notices" in text
+
+
+HYBRID = "## Private pools, idle dev environments, topology checks"
+
+
+@pytest.mark.slow
+def test_hybrid_section_runs_top_to_bottom_as_written(tmp_path: Path) -> None:
+    commands = [c for c in shell_commands(section(README.read_text(), HYBRID)) if c]
+    assert all(c[0] == "spotshift" for c in commands), commands
+    cwd = tmp_path / "work"
+    (cwd / "data").mkdir(parents=True)
+    (cwd / "data" / "genomes.txt").write_text("ACGT" * 10000)
+    (cwd / "nb").mkdir()
+    (cwd / "nb" / "notes.md").write_text("# notebook\n" * 50)
+    fixtures = REPO / "tests" / "unit" / "placement" / "fixtures" / "topology"
+    (cwd / "topo.txt").write_text((fixtures / "two_4gpu_islands_sys.txt").read_text())
+    env = clean_env(tmp_path / "home", cwd)
+    script = Path(sys.executable).with_name("spotshift")
+    entry = [str(script)] if script.is_file() else [sys.executable, "-m", "spotshift.cli"]
+    out: dict[str, str] = {}
+    for argv in commands:
+        proc = subprocess.run(
+            [*entry, *argv[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+        )
+        assert proc.returncode == 0, (argv, proc.stdout[-2000:], proc.stderr[-2000:])
+        out[" ".join(argv[1:4])] = proc.stdout
+    assert out["topology score topo.txt"].startswith("score 4: PCIe only: islands of 4+4")
+    assert "bursts 1, repatriations 1" in out["pools report dc1"]
+    assert "burst gcp/" in out["pools submit dc1"] and "repatriated" in out["pools tick dc1"]
+    assert "hibernated" in out["devenvs check alice-nb"]
+    assert "team research: 32.0 idle GPU-hours not paid" in out["devenvs report --at"]
+    # resumed byte for byte: the restored tree's root was checked against the snapshot's
+    import json
+
+    events = json.loads((tmp_path / "home" / "devenvs" / "alice-nb.json").read_text())["events"]
+    roots = [(e["event"], e["root"]) for e in events if "root" in e]
+    assert [e for e, _ in roots] == ["hibernated", "resumed", "hibernated"] and len(
+        {r for _, r in roots}
+    ) == 1
