@@ -197,3 +197,18 @@ def test_cli(hybrid: Path) -> None:
     code, out, _ = _cli("pools", "list", "--json")
     assert {p["name"] for p in json.loads(out)["pools"]} == {"dc1", "dc2"}
     assert load_pool_state("dc2")["events"] == []
+
+
+def test_cost_report_carries_the_pool_and_devenv_sections(hybrid: Path) -> None:
+    from spotshift.clock import VirtualClock
+    from spotshift.costs.report import hybrid_sections
+
+    submit("dc1", "base", now=T0)
+    submit("dc1", "urgent", now=T0)
+    VirtualClock.starting(T0 + timedelta(hours=8), speed=0).save()
+    tick("dc1", now=T0 + timedelta(hours=8))
+    pools, devenvs = hybrid_sections()
+    (rep,) = pools
+    assert rep["pool"] == "dc1" and rep["bursts"] == 1 and rep["repatriations"] == 1
+    assert rep["burst_cost_usd"] > rep["waiting_cost_usd"] > 0  # the deadline was worth the premium
+    assert devenvs == {}  # none declared
