@@ -56,7 +56,7 @@ def register(sub: Any) -> None:
         "--at", metavar="TIME", help="ISO-8601 UTC time to act at (default: now on the virtual clock)"
     )
     s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.set_defaults(handler=_submit)
+    s.set_defaults(handler=_act)
 
     t = psub.add_parser("tick", help="advance a pool to now: finish, start, burst, repatriate")
     t.add_argument("pool", help="declared pool")
@@ -64,7 +64,7 @@ def register(sub: Any) -> None:
         "--at", metavar="TIME", help="ISO-8601 UTC time to act at (default: now on the virtual clock)"
     )
     t.add_argument("--json", action="store_true", help="print one JSON object")
-    t.set_defaults(handler=_tick)
+    t.set_defaults(handler=_act)
 
     r = psub.add_parser("report", help="utilisation, queue waits, burst hours, cost of bursting vs waiting")
     r.add_argument("pool", help="declared pool")
@@ -146,19 +146,16 @@ def _print_events(doc: dict[str, Any], since: int, as_json: bool) -> None:
     print(_summary(doc))
 
 
-def _submit(args: argparse.Namespace) -> int:
-    from spotshift.pools.scheduler import load_pool_state, submit
+def _act(args: argparse.Namespace) -> int:
+    """``submit`` and ``tick``: act on the pool, print the events it produced and where jobs are."""
+    from spotshift.pools.scheduler import load_pool_state, submit, tick
 
     before = len(load_pool_state(args.pool)["events"])
-    _print_events(submit(args.pool, args.job, now=_now(args)), before, args.json)
-    return 0
-
-
-def _tick(args: argparse.Namespace) -> int:
-    from spotshift.pools.scheduler import load_pool_state, tick
-
-    before = len(load_pool_state(args.pool)["events"])
-    _print_events(tick(args.pool, now=_now(args)), before, args.json)
+    if args.pools_command == "submit":
+        doc = submit(args.pool, args.job, now=_now(args))
+    else:
+        doc = tick(args.pool, now=_now(args))
+    _print_events(doc, before, args.json)
     return 0
 
 
