@@ -321,7 +321,7 @@ def _snapshot(env: DevEnv, location: str) -> dict[str, Any]:
     """Push the workspace to ``location``'s store and verify it there; the snapshot's facts."""
     from spotshift.sync.datasets import check_replica
     from spotshift.sync.delta import push
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
     from spotshift.training.runs import store_url_for
 
     store = open_store(store_url_for(location))
@@ -406,7 +406,7 @@ def resume(name: str, *, now: datetime) -> dict[str, Any]:
     is another region), checked against the snapshot's root, and the process started on GPUs."""
     from spotshift.sync.delta import pull, replicate
     from spotshift.sync.fingerprint import fingerprint
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
     from spotshift.training.runs import store_url_for
 
     env = get_devenv(name)
