@@ -182,30 +182,22 @@ def _tick(
 ) -> None:
     p = params or PlacementParams()
     # 1. finished work frees the pool; finished bursts leave the cloud
-    for r in [r for r in doc["running"] if _h(r["ends_at"], now) >= 0]:
-        doc["running"].remove(r)
-        hours = _h(r["started_at"], r["ends_at"])
-        _event(
-            doc,
-            parse_utc(r["ends_at"]),
-            r["job"],
-            "finished",
-            location=pool.location,
-            hours=hours,
-            cost_usd=hours * int(r["gpus"]) * pool.usd_per_gpu_hour,
-        )
-    for b in [b for b in doc["burst"] if _h(b["ends_at"], now) >= 0]:
-        doc["burst"].remove(b)
-        hours = _h(b["started_at"], b["ends_at"])
-        _event(
-            doc,
-            parse_utc(b["ends_at"]),
-            b["job"],
-            "finished",
-            location=b["location"],
-            hours=hours,
-            cost_usd=hours * float(b["usd_hour"]),
-        )
+    for kind, location, usd_hour in (
+        ("running", lambda e: pool.location, lambda e: int(e["gpus"]) * pool.usd_per_gpu_hour),
+        ("burst", lambda e: e["location"], lambda e: float(e["usd_hour"])),
+    ):
+        for e in [e for e in doc[kind] if _h(e["ends_at"], now) >= 0]:
+            doc[kind].remove(e)
+            hours = _h(e["started_at"], e["ends_at"])
+            _event(
+                doc,
+                parse_utc(e["ends_at"]),
+                e["job"],
+                "finished",
+                location=location(e),
+                hours=hours,
+                cost_usd=hours * usd_hour(e),
+            )
     # 2. the queue starts in order while its head fits
     while doc["queue"] and int(doc["queue"][0]["gpus"]) <= pool.gpus - _used(doc):
         q = doc["queue"].pop(0)
@@ -354,10 +346,6 @@ def _checkpoint_bytes(job_name: str) -> int:
     return int(row[0] or 0) if row else 0
 
 
-def _was_burst(events: list[dict[str, Any]], job: str) -> bool:
-    return any(e["job"] == job and e["event"] == "burst" for e in events)
-
-
 def default_offer(con: Any = None) -> OfferFn:
     """The cheapest feasible cloud placement of the latest prices, from the placement economics."""
 
@@ -420,14 +408,14 @@ def pool_report(pool_name: str, *, now: datetime) -> dict[str, Any]:
         busy += max(0.0, _h(at, stop)) * gpus
     capacity = window_h * pool.gpus
     util = busy / capacity if capacity > 0 else 0.0
-    # how long each job waited in the queue before it started on the pool or burst
-    waits = [
-        float(e["wait_hours"])
-        for e in events
-        if e["event"] in ("started", "burst")
-        and e.get("wait_hours", 0) > 0
-        or (e["event"] == "started" and e.get("wait_hours") == 0 and not _was_burst(events, e["job"]))
-    ]
+    # how long each submission waited in the queue before it started on the pool or burst
+    waits, queued = [], set()
+    for e in events:
+        if e["event"] == "submitted":
+            queued.add(e["job"])
+        elif e["event"] in ("started", "burst") and e["job"] in queued:
+            queued.discard(e["job"])
+            waits.append(float(e.get("wait_hours", 0.0)))
     bursts = [e for e in events if e["event"] == "burst"]
     burst_hours = sum(
         float(e["hours"])
