@@ -82,5 +82,7 @@ def build_resources() -> dict[str, object]:
 
 defs = dg.Definitions.merge(
     *(m.defs for m in DOMAIN_MODULES),
-    dg.Definitions(resources=build_resources()),
+    # steps run in the run worker's process: the control plane's jobs are short chains, and a
+    # process per step costs seconds of start-up each (dg.multiprocess_executor stays available)
+    dg.Definitions(resources=build_resources(), executor=dg.in_process_executor),
 )
