@@ -15,14 +15,18 @@ import dagster as dg
 import assets.checkpoints
 import assets.costs
 import assets.datasets
+import assets.devenvs
 import assets.inference
 import assets.placement
+import assets.pools
 import assets.quotes
 import assets.training
 import ops.checkpoint
+import ops.devenvs
 import ops.inference
 import ops.migration
 import sensors.datasets
+import sensors.devenvs
 import sensors.inference
 import sensors.jobs
 import sensors.preemption
@@ -64,6 +68,10 @@ DOMAIN_MODULES: list = [
     assets.inference,
     ops.inference,
     sensors.inference,
+    assets.pools,
+    assets.devenvs,
+    ops.devenvs,
+    sensors.devenvs,
 ]
 
 
@@ -82,5 +90,7 @@ def build_resources() -> dict[str, object]:
 
 defs = dg.Definitions.merge(
     *(m.defs for m in DOMAIN_MODULES),
-    dg.Definitions(resources=build_resources()),
+    # steps run in the run worker's process: the control plane's jobs are short chains, and a
+    # process per step costs seconds of start-up each (dg.multiprocess_executor stays available)
+    dg.Definitions(resources=build_resources(), executor=dg.in_process_executor),
 )
