@@ -29,7 +29,7 @@ def record_replica_notice(endpoint: str, replica_id: str, location: str, notice:
     """
     from spotshift.clock import virtual_now
     from spotshift.home import region_store_url
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
     from spotshift.warehouse import record_facts
 
     virtual_noticed = virtual_now()
@@ -78,7 +78,7 @@ def is_replica_notice(event: dict[str, Any]) -> bool:
 def replica_notices(endpoint: str, locations: list[str]) -> list[dict[str, Any]]:
     """Notice events of ``endpoint``'s replicas in the stores of ``locations``, oldest first."""
     from spotshift.home import region_store_url
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
     from spotshift.training.preemption import read_notices
 
     out = []

@@ -308,7 +308,7 @@ def test_spot_replica_drains_on_a_notice_finishing_in_flight_and_refusing_new(ho
         assert api.live_replicas("chat", include_draining=True) == []
         # the trainers' notice path: a write-once event in the region store and a raw.preemptions row
         from spotshift.home import region_store_url
-        from spotshift.sync.store import open_store
+        from spotshift.sync.store_url import open_store
         from spotshift.training.preemption import read_notices
         from spotshift.warehouse import connect
 
