@@ -645,9 +645,15 @@ def stage_cost_report(life: Lifecycle | None, inference: Any = None) -> None:
             "SELECT value FROM mart_cost_metrics WHERE scope_kind = 'fleet' AND scope = 'inference' "
             "AND metric = 'cost_per_million_tokens'",
         )
+    if inference is not None:  # measured on wall-clock replica time: in the report, not the summary
+        value = per_mtok[0]["value"] if per_mtok else None
+        print(
+            "inference cost per million tokens (served traffic of the act, replica time measured): "
+            + ("-" if value is None else f"${value:,.2f}")
+        )
     print_summary(life, savings[0] if savings else {}, migrations, preemptions)
     if inference is not None:
-        print_inference_summary(inference, per_mtok[0]["value"] if per_mtok else None)
+        print_inference_summary(inference)
 
 
 def print_summary(
@@ -701,8 +707,9 @@ def print_summary(
         print(f"{k:<{width}}  {v}")
 
 
-def print_inference_summary(act: Any, usd_per_mtok: float | None) -> None:
-    """The inference act's closing lines (same two-column layout as the summary)."""
+def print_inference_summary(act: Any) -> None:
+    """The inference act's closing lines (same two-column layout as the summary; deterministic:
+    the measured cost per million tokens is printed with the cost report above)."""
     load = act.load
     saving = 1 - act.day_usd / act.day_on_demand_usd if act.day_on_demand_usd else 0.0
     rows = [
@@ -715,10 +722,6 @@ def print_inference_summary(act: Any, usd_per_mtok: float | None) -> None:
             "inference: autoscaled day vs on-demand",
             f"${act.day_usd:,.2f} vs ${act.day_on_demand_usd:,.2f} ({saving:.0%} cheaper), "
             f"{act.slo_attainment:.3%} within the SLO",
-        ),
-        (
-            "inference: cost per million tokens",
-            "-" if usd_per_mtok is None else f"${usd_per_mtok:,.2f} (served traffic, mart_cost_metrics)",
         ),
     ]
     width = max(len(k) for k, _ in rows)
