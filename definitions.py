@@ -14,12 +14,15 @@ import dagster as dg
 
 import assets.checkpoints
 import assets.costs
+import assets.cutover
 import assets.datasets
 import assets.placement
 import assets.quotes
 import assets.training
 import ops.checkpoint
+import ops.cutover
 import ops.migration
+import sensors.cutover
 import sensors.datasets
 import sensors.jobs
 import sensors.preemption
@@ -57,6 +60,9 @@ DOMAIN_MODULES: list = [
     assets.datasets,
     sensors.datasets,
     assets.costs,
+    ops.cutover,
+    assets.cutover,
+    sensors.cutover,
 ]
 
 

@@ -142,6 +142,9 @@ class Router:
         self._verify: Any = True
         self._written: tuple[Any, ...] | None = None  # counters as last written to the signal file
         self._rotator: Any = None
+        from spotshift.serving.cutover_traffic import CutoverTraffic
+
+        self.cutover = CutoverTraffic(cfg.endpoint, cfg.seed)  # a cutover's split and mirror, if any
         if cfg.replicas is None:
             self.refresh()
 
@@ -199,10 +202,10 @@ class Router:
         self.counters.requests += 1
         tried: set[str] = set()
         attempts = 0
+        side = self.cutover.pick()  # a cutover in progress: source or target, drawn once per request
         while True:
-            cands = evaluate(
-                self._usable(tried), self.outstanding, user_region, tokens, self.model, self.cfg.slo_ms
-            )
+            usable = self.cutover.restrict(self._usable(tried), side)
+            cands = evaluate(usable, self.outstanding, user_region, tokens, self.model, self.cfg.slo_ms)
             choice = route(cands, self.rng.random(), self.cfg.cheap_share)
             if choice is None:
                 self.counters.failed += 1
@@ -229,10 +232,12 @@ class Router:
                 )
             except httpx.TransportError:
                 self.set_aside[rid] = time.monotonic() + DOWN_COOLDOWN_S
+                self.cutover.observe(rep, None, None, tokens)
                 continue
             finally:
                 self.outstanding[rid] -= 1
             wall_ms = (time.perf_counter() - t0) * 1000.0
+            self.cutover.observe(rep, resp.status_code, wall_ms, tokens)
             if resp.status_code in RETRY_STATUSES:
                 cool = DRAINING_COOLDOWN_S if resp.status_code == 503 else DOWN_COOLDOWN_S
                 self.set_aside[rid] = time.monotonic() + cool
@@ -240,6 +245,8 @@ class Router:
             if resp.status_code == 200:
                 self.counters.ok += 1
                 self._learn(rid, tokens, resp.headers.get(api.HEADER_INFERENCE_MS), wall_ms, busy < rep.slots)
+                if self.cutover.should_mirror(rep):  # shadow: compared, never returned
+                    self.cutover.spawn_mirror(self, body, user_region, tokens, resp.content)
             headers = {
                 k: v
                 for k, v in resp.headers.items()
@@ -294,10 +301,11 @@ class Router:
         )
 
     def tick(self) -> None:
-        """Once a second: registry, signal file, certificate rotation."""
+        """Once a second: registry, signal file, cutover weights and analysis, certificate rotation."""
         with contextlib.suppress(ConfigError):  # a half-written registry never stops routing
             self.refresh()
         self.flush_signal()
+        self.cutover.tick()
         if self._rotator is not None and self._rotator.check():
             from spotshift.serving.mtls import reload_context
 
