@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._replica_peer import PeerState, ServerThread, peer_app  # noqa: E402
+from bench._replica_peer import ServerThread  # noqa: E402, F401 (re-exported for the tests and the bench)
 from spotshift.clock import VirtualClock, load_clock, parse_utc  # noqa: E402
 from spotshift.serving import cutover as co  # noqa: E402
 from spotshift.serving import replica_api as api  # noqa: E402
@@ -47,15 +47,20 @@ def freeze_clock(start: datetime | None = None) -> None:
 class Peer:
     side: str
     record: api.ReplicaRecord
-    state: PeerState | None = None
-    server: ServerThread | None = None
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen
     draining_since: float | None = None
+
+    def control(self, **knobs: Any) -> dict[str, Any]:
+        """Set a knob of the peer process (``service_ms``, ``draining``); its answer has ``in_flight``."""
+        import httpx
+
+        return httpx.post(self.record.url + "/_peer", json=knobs, timeout=10, trust_env=False).json()
 
 
 @dataclass
 class Fleet:
-    """Peers of both sides of one endpoint, registered; :meth:`scale_to` follows the replica plan."""
+    """Peers of both sides of one endpoint, each its own process, registered in the endpoint's
+    registry; :meth:`scale_to` follows the replica plan."""
 
     endpoint: str = "chat"
     service_ms: float = 40.0
@@ -65,35 +70,39 @@ class Fleet:
     peers: list[Peer] = field(default_factory=list)
     peak: int = 0
     seq: int = 0
+    side_ms: dict[str, float] = field(default_factory=dict)
 
-    def add(self, side: str, *, process: bool = False) -> Peer:
+    def add(self, side: str) -> Peer:
         self.seq += 1
         rid = f"{self.endpoint}-{side}-{self.seq}"
         perturb = self.target_perturb if side == "target" else 0.0
         loc, usd = (SOURCE, self.source_usd) if side == "source" else (TARGET, self.target_usd)
-        if process:
-            cmd = [
-                sys.executable,
-                str(REPO / "bench" / "_replica_peer.py"),
-                "--id",
-                rid,
-                "--service-ms",
-                str(self.service_ms),
-                "--perturb",
-                str(perturb),
-            ]
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
-            port = int(proc.stdout.readline())  # type: ignore[union-attr]
-            pid, server, state = proc.pid, None, None
-        else:
-            state = PeerState(rid, self.service_ms, perturb)
-            server = ServerThread(peer_app(state)).__enter__()
-            port, pid, proc = server.port, os.getpid(), None
+        ms = self.side_ms.get(side, self.service_ms)
+        cmd = [
+            sys.executable,
+            str(REPO / "bench" / "_replica_peer.py"),
+            "--id",
+            rid,
+            "--service-ms",
+            str(ms),
+            "--perturb",
+            str(perturb),
+        ]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
+        port = int(proc.stdout.readline())  # type: ignore[union-attr]
         rec = api.ReplicaRecord(
-            rid, self.endpoint, f"http://127.0.0.1:{port}", loc, "spot", usd, pid, time.time(), f"ckpt-{side}"
+            rid,
+            self.endpoint,
+            f"http://127.0.0.1:{port}",
+            loc,
+            "spot",
+            usd,
+            proc.pid,
+            time.time(),
+            f"ckpt-{side}",
         )
         api.register(rec)
-        peer = Peer(side, rec, state, server, proc)
+        peer = Peer(side, rec, proc)
         self.peers.append(peer)
         self.peak = max(self.peak, self.count())
         return peer
@@ -106,61 +115,60 @@ class Fleet:
         return len(self.peers)
 
     def set_service_ms(self, side: str, ms: float) -> None:
+        """Every peer of ``side``, and those started later, answer after ``ms``."""
+        self.side_ms[side] = ms
         for p in self.peers:
-            if p.side == side and p.state is not None:
-                p.state.service_ms = ms
+            if p.side == side:
+                p.control(service_ms=ms)
 
     def drain(self, peer: Peer) -> None:
         peer.draining_since = time.monotonic()
-        if peer.state is not None:
-            peer.state.draining = True
+        peer.control(draining=True)
         api.set_state(self.endpoint, peer.record.replica_id, "draining")
 
     def kill(self, peer: Peer) -> None:
-        """SIGKILL a process peer (it cannot deregister)."""
-        assert peer.proc is not None
+        """SIGKILL a peer (it cannot deregister; its dead pid takes it out of the registry)."""
         os.kill(peer.proc.pid, signal.SIGKILL)
         peer.proc.wait()
         self.peers.remove(peer)
 
-    def scale_to(self, plan: dict[str, int]) -> None:
-        """Add first (make before break), then drain the surplus; finish drained peers."""
-        for side in ("target", "source"):
-            while len(self.live(side)) < plan[side]:
-                self.add(side)
+    def scale_to(self, plan: dict[str, int], cap: int | None = None) -> None:
+        """Drain the surplus first, stop drained peers once idle, then add what the plan lacks
+        while the running total (draining peers included) stays within ``cap``."""
         for side in ("source", "target"):
             surplus = len(self.live(side)) - plan[side]
             for p in self.live(side)[: max(0, surplus)]:
                 self.drain(p)
         for p in list(self.peers):
-            done = p.state is None or p.state.in_flight == 0
-            if p.draining_since is not None and time.monotonic() - p.draining_since > 0.3 and done:
+            settled = p.draining_since is not None and time.monotonic() - p.draining_since > 0.3
+            if settled and p.control()["in_flight"] == 0:
                 self._stop(p)
+        for side in ("target", "source"):
+            while len(self.live(side)) < plan[side] and (cap is None or self.count() < cap):
+                self.add(side)
 
     def _stop(self, p: Peer) -> None:
         api.deregister(self.endpoint, p.record.replica_id)
-        if p.server is not None:
-            p.server.__exit__(None, None, None)
-        if p.proc is not None:
-            p.proc.terminate()
-            p.proc.wait()
+        p.proc.terminate()
+        p.proc.wait()
         self.peers.remove(p)
 
     def close(self) -> None:
         for p in list(self.peers):
-            if p.proc is not None:
-                p.proc.kill()
-                p.proc.wait()
-                self.peers.remove(p)
-            else:
-                self._stop(p)
+            p.proc.kill()
+            p.proc.wait()
+        self.peers.clear()
 
 
 class Load:
     """Completions at ``rps`` to ``url`` from a background thread until :meth:`stop`; every status kept."""
 
-    def __init__(self, url: str, rps: float = 100.0, max_tokens: int = 8) -> None:
+    def __init__(self, url: str, rps: float = 100.0, max_tokens: int = 8, max_in_flight: int = 32) -> None:
         self.url, self.rps, self.max_tokens = url, rps, max_tokens
+        self.max_in_flight = (
+            max_in_flight  # beyond this, a request waits for a free slot (delayed, not dropped)
+        )
+        self.sent = 0
         self.statuses: Counter[Any] = Counter()
         self._stop = threading.Event()
         self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -172,23 +180,31 @@ class Load:
     async def _run(self) -> None:
         import httpx
 
-        async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+        limits = httpx.Limits(
+            max_connections=self.max_in_flight, max_keepalive_connections=self.max_in_flight
+        )
+        async with httpx.AsyncClient(timeout=30, trust_env=False, limits=limits) as client:
             tasks: set[asyncio.Task[Any]] = set()
+            slots = asyncio.Semaphore(self.max_in_flight)
             i = 0
             t0 = time.perf_counter()
 
             async def one(n: int) -> None:
-                body = {"prompt": PROMPTS[n % len(PROMPTS)], "max_tokens": self.max_tokens}
+                body = {"prompt": f"{PROMPTS[n % len(PROMPTS)]} {n % 97}", "max_tokens": self.max_tokens}
                 try:
                     r = await client.post(self.url + api.COMPLETIONS_PATH, json=body)
                     self.statuses[r.status_code] += 1
                 except httpx.HTTPError as exc:
                     self.statuses[type(exc).__name__] += 1
+                finally:
+                    slots.release()
 
             while not self._stop.is_set():
                 delay = t0 + i / self.rps - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                await slots.acquire()
+                self.sent += 1
                 task = asyncio.ensure_future(one(i))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -220,7 +236,7 @@ def drive(
         st = co.require_state(fleet.endpoint)
         if on_state is not None:
             on_state(st)
-        fleet.scale_to(co.replica_plan(st))
+        fleet.scale_to(co.replica_plan(st), co.fleet_cap(st.steady_replicas))
         if st.phase in until:
             return st
         if time.monotonic() > deadline:
@@ -235,4 +251,4 @@ def drive(
             ahead = (end - clock.now()).total_seconds()
             if ahead > 0:
                 clock.advance(ahead + 1).save()
-        time.sleep(0.05)
+        time.sleep(0.2)

@@ -62,11 +62,13 @@ class BigramModel:
             )
 
     def complete(self, prompt: str, max_tokens: int) -> str:
-        data = prompt.encode()
-        tok = data[-1] if data else 0
+        data = prompt.encode() or b"\0"
+        prev, tok = (sum(data) * 31) % 256, data[-1]
         out = []
-        for _ in range(max_tokens):
-            tok = int(self.weights[tok].argmax())
+        for i in range(max_tokens):
+            # logits of the last token plus a context row (the prompt so far), argmax: greedy decoding
+            logits = self.weights[tok] + self.weights[(prev + 7 * i) % 256]
+            prev, tok = (prev * 31 + tok) % 256, int(logits.argmax())
             out.append(tok)
         return bytes(out).hex()
 
@@ -116,10 +118,22 @@ def peer_app(state: PeerState) -> Any:
             api.DRAINING_STATUS if state.draining else 200,
         )
 
+    async def control(request: Request) -> Response:
+        """Test knobs of a peer in its own process: ``{"service_ms": N, "draining": true}``."""
+        knobs = json.loads(await request.body())
+        if "service_ms" in knobs:
+            state.service_ms = float(knobs["service_ms"])
+        if "draining" in knobs:
+            state.draining = bool(knobs["draining"])
+        return JSONResponse(
+            {"service_ms": state.service_ms, "draining": state.draining, "in_flight": state.in_flight}
+        )
+
     return Starlette(
         routes=[
             Route(api.COMPLETIONS_PATH, completions, methods=["POST"]),
             Route(api.HEALTH_PATH, healthz),
+            Route("/_peer", control, methods=["POST"]),
         ]
     )
 

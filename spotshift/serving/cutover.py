@@ -19,8 +19,9 @@ against the plan (<= ``cost_tolerance`` above it) and output agreement on the mi
 (>= ``min_agreement``, default every answer identical). A side with fewer than ``min_samples``
 requests in a window gives no verdict for the criteria that need it. :func:`decide` folds the
 verdicts into the :class:`CutoverState`: a failed criterion rolls back at once (target weight 0,
-the reason recorded); a stage whose hold has passed on the virtual clock, with at least one window
-passing every criterion and none failing, advances to the next.
+the reason recorded); a stage whose hold has passed on the virtual clock, with at least one passing
+window (latency and error rate judged and passed, cost and agreement passed or without data in that
+window) and none failing, advances to the next.
 
 The state lives in ``$SPOTSHIFT_HOME/serving/<endpoint>/cutover.json`` (:func:`state_path`),
 written under an exclusive lock with temp name + rename (:func:`update_state`), so the router
@@ -443,7 +444,7 @@ def replica_plan(
     else:
         steady = state_or_steady
     steady = max(1, int(steady))
-    cap = max(int(math.floor(max_ratio * steady + 1e-9)), steady + 1)
+    cap = fleet_cap(steady, max_ratio)
     if phase == "promoted":
         return {"source": min(floor, cap - steady), "target": steady}
     if phase in ("rolled_back", "failed_back"):
@@ -465,6 +466,12 @@ def replica_plan(
         else:
             source = max(floor, cap - target)
     return {"source": source, "target": target}
+
+
+def fleet_cap(steady: int, max_ratio: float = MAX_FLEET_RATIO) -> int:
+    """Most replicas a cutover may run at once: ``floor(max_ratio x steady)``, at least steady + 1."""
+    steady = max(1, int(steady))
+    return max(int(math.floor(max_ratio * steady + 1e-9)), steady + 1)
 
 
 def _iso(dt: datetime) -> str:
@@ -610,7 +617,8 @@ def decide(state: CutoverState, window: Window, now: datetime) -> CutoverState:
     if failed:
         why = "; ".join(f"{v.criterion}: {v.detail}" for v in failed)
         return roll_back(st, now, f"{stage.label} failed {why}", failed[0].criterion)
-    if all(v.passed for v in verdicts):
+    judged = {v.criterion: v.passed for v in verdicts}
+    if judged["p99_latency"] and judged["error_rate"]:  # the rest passed or had no data
         st.stage_passed_windows += 1
     return advance_if_due(st, now)
 

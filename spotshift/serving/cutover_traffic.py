@@ -67,7 +67,7 @@ class Split:
 class CutoverTraffic:
     """Split, mirror and windows of one endpoint's cutover (module docstring)."""
 
-    def __init__(self, endpoint: str, seed: int = 0, record_rows: bool = True) -> None:
+    def __init__(self, endpoint: str, seed: int = 0, record_rows: bool = False) -> None:
         self.endpoint = endpoint
         self.rng = random.Random(seed ^ SPLIT_SEED_SALT)
         self.split: Split | None = None
@@ -76,15 +76,26 @@ class CutoverTraffic:
         self.mirrors: set[asyncio.Task[Any]] = set()
         self.counts = {"to_target": 0, "to_source": 0, "mirrored": 0, "fallback": 0}
         self._recorded = 0
+        self._stamp: tuple[int, int] | None = None
         self.reload()
 
     # -- state ----------------------------------------------------------------------------------
     def reload(self) -> None:
-        """Pick up the persisted state (the router's first call resumes a cutover in progress)."""
+        """Pick up the persisted state (the router's first call resumes a cutover in progress); the
+        file is parsed again only when its modification time or size changed."""
+        try:
+            stat = co.state_path(self.endpoint).stat()
+            stamp: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            stamp = None
+        if stamp is not None and stamp == self._stamp:
+            return
+        self._stamp = stamp
         try:
             st = co.load_state(self.endpoint)
         except SpotshiftError as exc:  # a broken file never stops routing: keep the last weights
             log.warning("cutover state not read: %s", exc)
+            self._stamp = None
             return
         if st is None:
             self.split = None
