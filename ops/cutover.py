@@ -71,7 +71,7 @@ def stage_checks(state: co.CutoverState, stage: str) -> tuple[dict[str, Any], li
     return meta, results
 
 
-@dg.op(required_resource_keys={"warehouse"})
+@dg.op(name=ec.ADVANCE_OP, required_resource_keys={"warehouse"})
 def advance_cutover(context: dg.OpExecutionContext, config: StageConfig) -> str:
     """What the virtual clock moves: a held stage advances, a closed failback window decommissions."""
     st = ec.check(config.endpoint, record=False)

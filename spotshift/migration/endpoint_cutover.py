@@ -189,6 +189,7 @@ CUTOVER_ROLLBACK_JOB = "cutover_rollback_job"
 TAG_ENDPOINT = "spotshift/endpoint"
 TAG_CUTOVER = "spotshift/cutover"
 TAG_STAGE = "spotshift/stage"
+ADVANCE_OP = "advance_cutover"
 VALIDATE_OP = "validate_cutover_stage"
 ROLLBACK_OP = "roll_back_cutover"
 
@@ -209,9 +210,9 @@ def stage_tags(state: co.CutoverState, stage: str) -> dict[str, str]:
 
 
 def stage_run_config(endpoint: str, cutover_id: str, stage: str) -> dict[str, Any]:
-    return {
-        "ops": {VALIDATE_OP: {"config": {"endpoint": endpoint, "cutover_id": cutover_id, "stage": stage}}}
-    }
+    """Run config of ``cutover_job``: both ops name the endpoint, the cutover and the stage."""
+    config = {"config": {"endpoint": endpoint, "cutover_id": cutover_id, "stage": stage}}
+    return {"ops": {ADVANCE_OP: config, VALIDATE_OP: config}}
 
 
 def rollback_run_key(failed_run_id: str) -> str:
