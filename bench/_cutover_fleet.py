@@ -71,38 +71,41 @@ class Fleet:
     peak: int = 0
     seq: int = 0
     side_ms: dict[str, float] = field(default_factory=dict)
+    spares: list[tuple[str, str, subprocess.Popen, int]] = field(default_factory=list)
 
-    def add(self, side: str) -> Peer:
+    def _spawn(self, side: str) -> tuple[str, subprocess.Popen, int]:
         self.seq += 1
         rid = f"{self.endpoint}-{side}-{self.seq}"
         perturb = self.target_perturb if side == "target" else 0.0
-        loc, usd = (SOURCE, self.source_usd) if side == "source" else (TARGET, self.target_usd)
         ms = self.side_ms.get(side, self.service_ms)
-        cmd = [
-            sys.executable,
-            str(REPO / "bench" / "_replica_peer.py"),
-            "--id",
-            rid,
-            "--service-ms",
-            str(ms),
-            "--perturb",
-            str(perturb),
-        ]
+        cmd = [sys.executable, str(REPO / "bench" / "_replica_peer.py"), "--id", rid]
+        cmd += ["--service-ms", str(ms), "--perturb", str(perturb)]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
-        port = int(proc.stdout.readline())  # type: ignore[union-attr]
+        return rid, proc, int(proc.stdout.readline())  # type: ignore[union-attr]
+
+    def warm(self, side: str, n: int) -> None:
+        """Start ``n`` peer processes of ``side`` now, unregistered (no traffic, not counted as
+        replicas): :meth:`add` takes one instead of starting a process while the load runs, so the
+        ~1 s of CPU a Python start-up costs on this 2-core box stays out of the analysis windows."""
+        for _ in range(n):
+            self.spares.append((side, *self._spawn(side)))
+
+    def add(self, side: str) -> Peer:
+        spare = next((x for x in self.spares if x[0] == side), None)
+        if spare is not None:
+            self.spares.remove(spare)
+            _, rid, proc, port = spare
+        else:
+            rid, proc, port = self._spawn(side)
+        loc, usd = (SOURCE, self.source_usd) if side == "source" else (TARGET, self.target_usd)
+        url = f"http://127.0.0.1:{port}"
         rec = api.ReplicaRecord(
-            rid,
-            self.endpoint,
-            f"http://127.0.0.1:{port}",
-            loc,
-            "spot",
-            usd,
-            proc.pid,
-            time.time(),
-            f"ckpt-{side}",
+            rid, self.endpoint, url, loc, "spot", usd, proc.pid, time.time(), f"ckpt-{side}"
         )
-        api.register(rec)
         peer = Peer(side, rec, proc)
+        if spare is not None and side in self.side_ms:
+            peer.control(service_ms=self.side_ms[side])
+        api.register(rec)
         self.peers.append(peer)
         self.peak = max(self.peak, self.count())
         return peer
@@ -154,10 +157,11 @@ class Fleet:
         self.peers.remove(p)
 
     def close(self) -> None:
-        for p in list(self.peers):
-            p.proc.kill()
-            p.proc.wait()
+        for proc in [p.proc for p in self.peers] + [x[2] for x in self.spares]:
+            proc.kill()
+            proc.wait()
         self.peers.clear()
+        self.spares.clear()
 
 
 class Load:
@@ -180,8 +184,11 @@ class Load:
     async def _run(self) -> None:
         import httpx
 
+        # idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them under a request
         limits = httpx.Limits(
-            max_connections=self.max_in_flight, max_keepalive_connections=self.max_in_flight
+            max_connections=self.max_in_flight,
+            max_keepalive_connections=self.max_in_flight,
+            keepalive_expiry=2.0,
         )
         async with httpx.AsyncClient(timeout=30, trust_env=False, limits=limits) as client:
             tasks: set[asyncio.Task[Any]] = set()

@@ -50,6 +50,8 @@ def fleet(spotshift_home: Path):
     try:
         for _ in range(STEADY):
             f.add("source")
+        f.warm("target", STEADY)
+        f.warm("source", 2)
         yield f
     finally:
         f.close()
@@ -116,6 +118,7 @@ def test_perturbed_weights_are_caught_in_the_shadow_phase_before_any_live_traffi
     try:
         for _ in range(STEADY):
             fleet.add("source")
+        fleet.warm("target", 1)
         _start(fleet)  # the seed defaults
         router = _router()
         with ServerThread(build_app(router, tick_s=0.1)) as r:
