@@ -19,9 +19,10 @@ against the plan (<= ``cost_tolerance`` above it) and output agreement on the mi
 (>= ``min_agreement``, default every answer identical). A side with fewer than ``min_samples``
 requests in a window gives no verdict for the criteria that need it. :func:`decide` folds the
 verdicts into the :class:`CutoverState`: a failed criterion rolls back at once (target weight 0,
-the reason recorded); a stage whose hold has passed on the virtual clock, with at least one passing
-window (latency and error rate judged and passed, cost and agreement passed or without data in that
-window) and none failing, advances to the next.
+the reason recorded); a stage whose hold has passed on the virtual clock advances to the next at its
+next passing window (latency and error rate judged and passed, cost and agreement passed or without
+data in that window) when none failed; :func:`advance_if_due` (the Dagster sensor, ``cutover
+status``) also advances one whose hold passed after a passing window.
 
 The state lives in ``$SPOTSHIFT_HOME/serving/<endpoint>/cutover.json`` (:func:`state_path`),
 written under an exclusive lock with temp name + rename (:func:`update_state`), so the router
@@ -618,8 +619,9 @@ def decide(state: CutoverState, window: Window, now: datetime) -> CutoverState:
         why = "; ".join(f"{v.criterion}: {v.detail}" for v in failed)
         return roll_back(st, now, f"{stage.label} failed {why}", failed[0].criterion)
     judged = {v.criterion: v.passed for v in verdicts}
-    if judged["p99_latency"] and judged["error_rate"]:  # the rest passed or had no data
-        st.stage_passed_windows += 1
+    if not (judged["p99_latency"] and judged["error_rate"]):  # too little data: judge nothing, move nothing
+        return st
+    st.stage_passed_windows += 1  # latency and errors passed, cost and agreement passed or had no data
     return advance_if_due(st, now)
 
 

@@ -22,6 +22,12 @@ signals the autoscaler through :func:`signal_path` (a JSON file of counters repl
 about once a second; :func:`read_router_signal`). Also served: ``GET /healthz``, ``GET /metrics``
 (Prometheus text) and ``GET /v1/policy`` (the current :class:`~spotshift.serving.policy.TrafficPolicy`).
 
+A cutover in progress (``spotshift cutover``, :mod:`spotshift.serving.cutover_traffic`): each request
+first draws its side (source or target, by the persisted weights, re-read every second), the rule
+then picks within that side; a share of the source's answers is mirrored to the target and compared,
+never returned; every analysis interval the target is judged against the source and a failure sets
+its weight to 0 in the same tick.
+
 Mutual TLS (:mod:`spotshift.serving.mtls`): with ``tls`` the router presents a client certificate
 from the local CA, trusts only that CA, and rotates its certificate every 24 virtual hours,
 reloading the live context so pooled connections keep going.

@@ -154,7 +154,7 @@ def test_a_replica_killed_mid_stage_and_the_router_restarted_mid_cutover_fail_no
     assert load.failed == 0, load.statuses
     assert first.counters.retries >= 1
     persisted = co.require_state("chat")
-    assert persisted.phase == "live"
+    assert persisted.phase == "live", persisted.reason
     # a new router resumes at the persisted weights from its first request
     second = _router()
     assert second.cutover.split is not None
