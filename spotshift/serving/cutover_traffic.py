@@ -198,11 +198,7 @@ class CutoverTraffic:
         router.outstanding[rid] = router.outstanding.get(rid, 0) + 1
         t0 = time.perf_counter()
         try:
-            resp = await router._client(rep.url).post(
-                rep.url + api.COMPLETIONS_PATH,
-                content=body,
-                headers={"content-type": "application/json", api.HEADER_USER_REGION: user_region},
-            )
+            resp = await router.post_completion(rep, body, user_region)
         except httpx.TransportError:
             self.observe(rep, None, None, tokens)
             return

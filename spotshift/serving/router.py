@@ -231,11 +231,7 @@ class Router:
             self.outstanding[rid] = busy + 1
             t0 = time.perf_counter()
             try:
-                resp = await self._client(rep.url).post(
-                    rep.url + api.COMPLETIONS_PATH,
-                    content=body,
-                    headers={"content-type": "application/json", api.HEADER_USER_REGION: user_region},
-                )
+                resp = await self.post_completion(rep, body, user_region)
             except httpx.TransportError:
                 self.set_aside[rid] = time.monotonic() + DOWN_COOLDOWN_S
                 self.cutover.observe(rep, None, None, tokens)
@@ -261,6 +257,14 @@ class Router:
             headers["x-spotshift-route"] = choice.kind
             headers["x-spotshift-attempts"] = str(attempts)
             return resp.status_code, resp.content, headers
+
+    async def post_completion(self, rep: ReplicaView, body: bytes, user_region: str) -> Any:
+        """POST one completion to ``rep`` over its pooled connections (httpx errors propagate)."""
+        return await self._client(rep.url).post(
+            rep.url + api.COMPLETIONS_PATH,
+            content=body,
+            headers={"content-type": "application/json", api.HEADER_USER_REGION: user_region},
+        )
 
     def _learn(self, rid: str, tokens: float, inference_ms: str | None, wall_ms: float, free: bool) -> None:
         try:
