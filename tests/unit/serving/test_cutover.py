@@ -275,3 +275,15 @@ def test_cli_status_without_a_cutover_and_start_without_replicas(
     assert "has no cutover" in capsys.readouterr().err
     assert main(["cutover", "start", "chat", "--to", "aws/us-east-1", "--usd-per-hour", "1"]) == 2
     assert "no live replica to move from" in capsys.readouterr().err
+
+
+def test_serve_model_names_the_target_checkpoint_and_refuses_an_unknown_one(
+    spotshift_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = spotshift_home / "stores" / "x"
+    assert main(["endpoints", "add", "chat", "--model", f"{store}/checkpoints/tiny", "--slo-ms", "1000"]) == 0
+    capsys.readouterr()
+    argv = ["serve", "chat", "--location", "aws/us-east-1", "--market", "spot", "--usd-per-hour", "1"]
+    assert main([*argv, "--model", "no-such-job"]) == 2
+    err = capsys.readouterr().err
+    assert "'no-such-job' is neither a declared job" in err and len(err.strip().splitlines()) == 1
