@@ -378,6 +378,12 @@ CASES: list[tuple[str, list[str]]] = [
     ),
     ("simulate-gap-inf-flag", ["simulate", "--gap-seconds", "0"]),
     ("simulate-checkpoint-gb-inf", ["simulate", "--checkpoint-gb", "inf"]),
+    # ---- simulate-fleet
+    ("simulate-fleet-jobs-zero", ["simulate-fleet", "--jobs", "0"]),
+    ("simulate-fleet-days-nan", ["simulate-fleet", "--days", "nan"]),
+    ("simulate-fleet-days-huge", ["simulate-fleet", "--days", "1e308"]),
+    ("simulate-fleet-garbage-prices", ["simulate-fleet", "--prices", "{T}/garbage.bin"]),
+    ("simulate-fleet-start-garbage", ["simulate-fleet", "--start", "garbage"]),
     # ---- simulate-inference
     ("simulate-inference-slo-nan", ["simulate-inference", "--slo-ms", "nan", "--demand", "synthetic"]),
     ("simulate-inference-days-negative", ["simulate-inference", "--slo-ms", "500", "--days", "-3"]),
