@@ -67,6 +67,7 @@ class InferenceAct:
     preempted: str | None = None
     load: dict[str, Any] = field(default_factory=dict)
     drained: bool = False
+    drill_note: str = ""
 
 
 def home_locations(quotes: list[Any]) -> list[str]:
@@ -285,6 +286,15 @@ def run_act(model: str, start: datetime) -> InferenceAct:
     q_of = {q.location: q for q in quotes}
     markets = plan_days(start, [q_of[loc] for loc in act.locations], act)
     serving = [(loc, markets[loc]) for loc in act.locations]
+    if not any(m == "spot" for _, m in serving):
+        # no region passes the 0.6 rule at these prices, so the autoscaler ran no spot: the
+        # preemption drill still runs one replica on spot (the region nearest to passing), and says so
+        loc = min(
+            act.locations,
+            key=lambda x: (q_of[x].spot_usd_hour or math.inf) / (q_of[x].reserved_price() or 1.0),
+        )
+        serving = [(x, "spot" if x == loc else m) for x, m in serving]
+        act.drill_note = f"no region passes the 0.6 rule: the drill runs {loc} on spot anyway"
     act.serving = serving
     prices = {(loc, m): q_of[loc].price(m) or 0.0 for loc, m in serving}
     serve_and_preempt(serving, prices, act)
@@ -307,6 +317,8 @@ def print_act(act: InferenceAct) -> None:
     print(f"  day 2 cost {act.day_usd:.2f} USD vs all on-demand {act.day_on_demand_usd:.2f} USD "
           f"({saving:.0%} cheaper), {act.slo_attainment:.3%} of requests within the SLO")  # fmt: skip
     print("  serving: " + ", ".join(f"{loc} ({m})" for loc, m in act.serving))
+    if act.drill_note:
+        print(f"  ({act.drill_note})")
     load = act.load
     print(f"  load {load.get('requests')} requests from 3 user regions, {load.get('ok')} ok, "
           f"{load.get('errors')} failed; p50 {load.get('p50_ms')} ms, p99 {load.get('p99_ms')} ms")  # fmt: skip
