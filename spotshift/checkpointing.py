@@ -339,11 +339,12 @@ class Session:
             self.result["status"] = "stopped_at_step"
             self._stopped = True
             return
-        if (
+        total = self.req.config.get("total_steps")
+        if (total is None or self.step < total) and (
             self.step % self.req.checkpoint_every_steps == 0
             or time.monotonic() - self._last_saved_at >= self._every_s
         ):
-            self.save("periodic", sync=False)
+            self.save("periodic", sync=False)  # the last step's checkpoint is the final one (close)
 
     def save(
         self, kind: str = "periodic", *, sync: bool = False, timings: dict[str, float] | None = None

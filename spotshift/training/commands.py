@@ -92,8 +92,8 @@ def register(sub: Any) -> None:
         "--detach", action="store_true", help="start in the background and return (see spotshift trainers)"
     )
     r.add_argument("--json", action="store_true", help="print one JSON object (the run's result)")
-    r.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG ...]: what to run")
-    r.set_defaults(handler=_run)
+    # everything after `--` is the command (split off by spotshift.cli.main before parsing)
+    r.set_defaults(handler=_run, command=[])
 
     t = sub.add_parser("trainers", help="list or stop running trainer processes")
     ts = t.add_subparsers(dest="trainers_command", metavar="ACTION")
@@ -216,8 +216,6 @@ def _run(args: argparse.Namespace) -> int:
     from spotshift.training.runs import build_request, collect, train_location
 
     command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
     job = get_job(args.job)
     if not command and job.command is None:
         raise ConfigError(

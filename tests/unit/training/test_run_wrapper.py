@@ -41,8 +41,11 @@ def declare(home: Path) -> None:
     )
 
 
-def wait_for_step(backend: LocalProcessBackend, step: int, timeout: float = 120.0) -> int:
+def wait_for_step(backend: LocalProcessBackend, step: int, location: str, timeout: float = 120.0) -> int:
     t0 = time.monotonic()
+    while (info := backend.status("own")) is None or info.location != location:
+        assert time.monotonic() - t0 < timeout, "not started"
+        time.sleep(0.02)
     while (backend.progress("own") or 0) < step:
         info = backend.status("own")
         assert info is None or info.alive, f"run exited early: {backend.result('own')}"
@@ -74,7 +77,7 @@ def test_provider_notice_then_resume_to_the_same_hash(spotshift_home: Path, prov
         req = build_request("own", location, watchers={kind: md.url})
         req.poll_interval_s = 0.05
         backend.start(req)
-        wait_for_step(backend, 12)
+        wait_for_step(backend, 12, location)
         md.preempt(provider, in_seconds=20)
         result = backend.wait("own", timeout_s=60)
         acknowledged = list(md.state.acknowledged)
@@ -113,7 +116,7 @@ def test_spotshift_run_sigterm_then_move_and_finish_elsewhere(spotshift_home: Pa
         env=os.environ.copy(),
     )
     try:
-        wait_for_step(backend, 15)
+        wait_for_step(backend, 15, GCP)
         proc.send_signal(signal.SIGTERM)  # what the cloud sends the VM's processes
         out, err = proc.communicate(timeout=90)
     finally:
