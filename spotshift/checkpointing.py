@@ -271,36 +271,51 @@ class Session:
     def restore(self) -> int:
         """Load the newest checkpoint that verifies (or the one the run asked for) into the registered
         objects and the RNGs; returns its step (0 when there is none: a fresh start)."""
-        from spotshift.checkpoint.format import tensors_of
         from spotshift.training.trainer import set_rng_state
+
+        found = self.resume_states()
+        if found is None:
+            return 0
+        step, states, rng = found
+        label = str(self.result["resumed_from"]["url"])
+        if set(states) != set(self._objects):
+            raise ConfigError(
+                f"checkpoint {label}: holds {', '.join(sorted(states)) or 'nothing'}, but the session registered "
+                f"{', '.join(sorted(self._objects)) or 'nothing'}"
+            )
+        for name, obj in self._objects.items():
+            obj.load_state_dict(states[name])
+        set_rng_state(rng)
+        return step
+
+    def resume_states(self) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
+        """``(step, {name: state dict}, RNG states)`` of the checkpoint this run resumes, verified, without
+        loading anything (what integrations that load state their own way use); None for a fresh
+        start. The session continues from that step either way."""
+        from spotshift.checkpoint.format import tensors_of
         from spotshift.training.worker import resolve_resume
 
         self.keys, found = resolve_resume(self.req, self.region)
         self._restored = True
         if found is None:
             log.info("session %s: no checkpoint, starting from step 0", self.job)
-            return 0
+            return None
         if found.skipped:
             self.result["skipped_checkpoints"] = found.skipped
         ck = found.checkpoint
         sess = ck.meta["state"].get("session")
         if not isinstance(sess, dict) or sess.get("format") != SESSION_FORMAT:
             raise ConfigError(f"{ck.label}: not written by a spotshift Session (the built-in trainer's?)")
-        saved = sess.get("objects", {})
-        if set(saved) != set(self._objects):
-            raise ConfigError(
-                f"{ck.label}: holds {', '.join(sorted(saved)) or 'nothing'}, but the session registered "
-                f"{', '.join(sorted(self._objects)) or 'nothing'}"
-            )
         tensors = tensors_of(found.parts)
-        for name, obj in self._objects.items():
-            obj.load_state_dict(decode_state(saved[name], tensors.get(name, {}), what=f"{ck.label}: {name}"))
-        set_rng_state(ck.meta["state"]["rng"])
+        states = {
+            name: decode_state(doc, tensors.get(name, {}), what=f"{ck.label}: {name}")
+            for name, doc in sess.get("objects", {}).items()
+        }
         self.step = self.start_step = self._last_saved_step = ck.step
         self.tokens = self.start_tokens = int(ck.meta["tokens"])
         self.result["resumed_from"] = ck.ref().to_dict()
-        log.info("session %s: resumed %s at step %d", self.job, ck.checkpoint_id, ck.step)
-        return ck.step
+        log.info("session %s: resuming %s at step %d", self.job, ck.checkpoint_id, ck.step)
+        return ck.step, states, ck.meta["state"]["rng"]
 
     # -- the training loop ----------------------------------------------------------------------------
     @property
@@ -345,6 +360,10 @@ class Session:
             or time.monotonic() - self._last_saved_at >= self._every_s
         ):
             self.save("periodic", sync=False)  # the last step's checkpoint is the final one (close)
+
+    def saved_at(self, step: int) -> bool:
+        """Whether the last checkpoint this session wrote (or resumed) is of ``step``."""
+        return self._last_saved_step == step
 
     def save(
         self, kind: str = "periodic", *, sync: bool = False, timings: dict[str, float] | None = None
