@@ -51,7 +51,9 @@ class ByteBlocks(torch.utils.data.Dataset):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=int(os.environ.get("SPOTSHIFT_TOTAL_STEPS", "100")))
-    p.add_argument("--model", help="local directory of a pretrained model (default: a tiny GPT-2 from a config)")
+    p.add_argument(
+        "--model", help="local directory of a pretrained model (default: a tiny GPT-2 from a config)"
+    )
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--block", type=int, default=64)
@@ -64,7 +66,15 @@ def main() -> None:
         model = GPT2LMHeadModel.from_pretrained(args.model, local_files_only=True)
     else:
         model = GPT2LMHeadModel(
-            GPT2Config(vocab_size=256, n_positions=args.block, n_embd=64, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
+            GPT2Config(
+                vocab_size=256,
+                n_positions=args.block,
+                n_embd=64,
+                n_layer=2,
+                n_head=2,
+                bos_token_id=0,
+                eos_token_id=0,
+            )
         )
     targs = TrainingArguments(
         output_dir=os.environ.get("SPOTSHIFT_WORKDIR") or tempfile.mkdtemp(),
@@ -80,7 +90,9 @@ def main() -> None:
         disable_tqdm=True,
     )
     trainer = Trainer(
-        model=model, args=targs, train_dataset=ByteBlocks(os.environ.get("SPOTSHIFT_DATASET_SOURCE"), args.block)
+        model=model,
+        args=targs,
+        train_dataset=ByteBlocks(os.environ.get("SPOTSHIFT_DATASET_SOURCE"), args.block),
     )
     out = train(trainer)
     print(f"trained to step {out.global_step}", flush=True)
