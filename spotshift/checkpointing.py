@@ -547,7 +547,7 @@ class Session:
             location=self.location,
             state={"session": {"format": SESSION_FORMAT, "objects": objects}, "rng": rng_state()},
             parts=parts,
-            versions=runtime_versions(),
+            versions={**runtime_versions(), **_devices_and_dtypes(parts)},
         )
 
     def _write_result(self) -> None:
@@ -620,6 +620,17 @@ class Session:
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, _tb: Any) -> None:
         self.close(failed=exc)
+
+
+def _devices_and_dtypes(parts: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Where the checkpointed tensors lived and their dtypes (``"cpu"``, ``"float32,int64"``): recorded
+    in the checkpoint's ``versions`` so a move can tell what the state needs."""
+    devices, dtypes = set(), set()
+    for tensors in parts.values():
+        for t in tensors.values():
+            devices.add(str(getattr(t, "device", "cpu")).split(":")[0])
+            dtypes.add(str(t.dtype).removeprefix("torch."))
+    return {"devices": ",".join(sorted(devices)), "dtypes": ",".join(sorted(dtypes))}
 
 
 def read_notice_file(path: str | os.PathLike[str]) -> Any:

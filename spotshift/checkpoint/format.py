@@ -228,7 +228,8 @@ def content_hash_of(job: str, step: int, tokens: int, state: Any, plain_hashes: 
 
 
 def runtime_versions() -> dict[str, str]:
-    """torch / python / spotshift versions recorded with each checkpoint (not part of its identity)."""
+    """torch / python / spotshift versions (and CUDA / NCCL where torch has them) recorded with each
+    checkpoint (not part of its identity)."""
     import platform
 
     from spotshift import __version__
@@ -238,6 +239,11 @@ def runtime_versions() -> dict[str, str]:
         import torch
 
         out["torch"] = torch.__version__
+        if torch.version.cuda:
+            out["cuda"] = str(torch.version.cuda)
+        if torch.cuda.is_available() and hasattr(torch.cuda, "nccl"):
+            with contextlib.suppress(Exception):
+                out["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
     return out

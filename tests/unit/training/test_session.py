@@ -109,6 +109,12 @@ def test_sigterm_emergency_checkpoint_then_bitwise_resume(spotshift_home: Path, 
     st = open_store((tmp_path / "cut").as_uri())
     kinds = [StoredCheckpoint(st, "own", c).meta["kind"] for c in list_checkpoints(st, "own")]
     assert kinds == ["periodic", "emergency"]  # step 5 on the cadence, step 7 on the notice
+    versions = StoredCheckpoint(st, "own", list_checkpoints(st, "own")[-1]).meta["versions"]
+    assert (
+        versions["devices"] == "cpu"
+        and versions["dtypes"] == "float32"
+        and versions["torch"] == torch.__version__
+    )
     events = list(st.list_keys("events/preemption/"))
     assert len(events) == 1  # without the wrapper, the session writes the notice event itself
 
