@@ -178,8 +178,18 @@ def main() -> None:
         for n in sizes:
             parts = synthetic_state(n)
             state_bytes = sum(t.numel() * t.element_size() for part in parts.values() for t in part.values())
-            streamed = [one_trial(parts, root, streaming=True) for _ in range(trials)]
-            sequential = [one_trial(parts, root, streaming=False) for _ in range(base_trials)]
+            streamed, sequential = [], []
+            for i in range(max(trials, base_trials)):  # interleaved: both see the same load
+                if i < trials:
+                    streamed.append(one_trial(parts, root, streaming=True))
+                if i < base_trials:
+                    sequential.append(one_trial(parts, root, streaming=False))
+                print(
+                    f"  {n / 1e6:.0f}M trial {i + 1}: streamed {streamed[-1]:.2f}s"
+                    + (f", sequential {sequential[-1]:.2f}s" if i < base_trials else "")
+                    + f" (load {os.getloadavg()[0]:.1f})",
+                    flush=True,
+                )
             row = {
                 "params": n,
                 "state_bytes": state_bytes,

@@ -159,3 +159,21 @@ def test_run_without_a_command_is_refused(spotshift_home: Path) -> None:
     from spotshift.cli import main
 
     assert main(["run", "builtin", "--location", GCP]) == 2
+
+
+def test_until_step_and_the_shadow_comparison_of_a_move(spotshift_home: Path) -> None:
+    """A bounded run stops with a checkpoint; both sides of a move's shadow comparison resume it under
+    the wrapper and report the script's step_done metrics, which match (the script is deterministic)."""
+    from spotshift.training.shadow import run_shadow_validation
+
+    declare(spotshift_home)
+    backend = LocalProcessBackend()
+    backend.start(build_request("own", GCP, until_step=8, watchers={}))
+    first = collect(backend, "own")
+    assert first["status"] == "stopped_at_step" and first["step"] == 8 and first["checkpoint"]["step"] == 8
+    migrate_checkpoint(
+        open_store(region_store_url(GCP)), "own", open_store(region_store_url(AWS)), LocalKeyProvider()
+    )
+    cmp = run_shadow_validation(backend, "own", source_location=GCP, target_location=AWS, steps=3)
+    assert cmp.steps == 3 and len(cmp.source_losses) == 3 and all(x > 0 for x in cmp.source_losses)
+    assert cmp.source_losses == cmp.target_losses and cmp.checkpoint_bytes_equal and cmp.passed, cmp.reasons
