@@ -132,17 +132,24 @@ def _resume_arg(text: str) -> Any:
     return {"store_url": store_url, "checkpoint_id": ckpt or "latest"}
 
 
+def _location(args: argparse.Namespace, verb: str) -> tuple[str, dict[str, Any]]:
+    """``--location``, else where the job should run (said on stderr), and the usage to price it with."""
+    from spotshift.training.runs import train_location
+
+    if args.location:
+        return args.location, {}
+    location, usage, why = train_location(args.job)
+    sys.stderr.write(f"spotshift: {verb} {args.job} in {location}: {why}\n")
+    return location, usage
+
+
 def _train(args: argparse.Namespace) -> int:
     from spotshift.cliutil import emit_json
     from spotshift.progress import progress_for
     from spotshift.training.backend import LocalProcessBackend
-    from spotshift.training.runs import build_request, collect, train_location, watch_trainer
+    from spotshift.training.runs import build_request, collect, watch_trainer
 
-    usage: dict[str, Any] = {}
-    location = args.location
-    if not location:
-        location, usage, why = train_location(args.job)
-        sys.stderr.write(f"spotshift: training {args.job} in {location}: {why}\n")
+    location, usage = _location(args, "training")
     req = build_request(
         args.job,
         location,
@@ -184,6 +191,13 @@ def _train(args: argparse.Namespace) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    return _report(args, req, location, result)
+
+
+def _report(args: argparse.Namespace, req: Any, location: str, result: dict[str, Any]) -> int:
+    """Print a finished trainer's result (one line, or ``--json``); its exit code (2: raised)."""
+    from spotshift.cliutil import emit_json
+
     code = int(result.get("exit_code", 1))
     if code == 2:  # bad input or integrity: the trainer's one-line reason, exit 2
         from spotshift.errors import ConfigError
@@ -213,7 +227,7 @@ def _run(args: argparse.Namespace) -> int:
     from spotshift.errors import ConfigError
     from spotshift.jobs import get_job
     from spotshift.training.backend import LocalProcessBackend
-    from spotshift.training.runs import build_request, collect, train_location
+    from spotshift.training.runs import build_request, collect
 
     command = list(args.command)
     job = get_job(args.job)
@@ -221,11 +235,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"job {args.job!r} declares no --command: give one after `--` (spotshift run {args.job} -- python train.py)"
         )
-    usage: dict[str, Any] = {}
-    location = args.location
-    if not location:
-        location, usage, why = train_location(args.job)
-        sys.stderr.write(f"spotshift: running {args.job} in {location}: {why}\n")
+    location, usage = _location(args, "running")
     req = build_request(
         args.job,
         location,
@@ -272,20 +282,7 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    code = int(result.get("exit_code", 1))
-    if code == 2:
-        raise ConfigError(str(result.get("error")))
-    if args.json:
-        emit_json(result)
-    else:
-        ck = result.get("checkpoint") or {}
-        print(
-            f"{result.get('status')}: {req.job} in {location} at step {result.get('step')} "
-            f"({result.get('steps_run', 0)} steps run)"
-            + (f"; checkpoint {ck.get('url')}" if ck else "")
-            + (f"; error: {result.get('error')}" if result.get("error") else "")
-        )
-    return code
+    return _report(args, req, location, result)
 
 
 def _list(args: argparse.Namespace) -> int:
