@@ -603,6 +603,13 @@ class Session:
                     ),
                 )
             self._write_result()
+            if not self.supervised:  # nobody collects a lone session: move its facts into the warehouse now
+                from spotshift.facts import ingest_facts
+
+                try:
+                    ingest_facts(self.workdir, timeout_s=5.0)
+                except Exception as exc:  # they stay pending in <workdir>/facts for a later collector
+                    log.info("facts left pending in %s (%s)", self.workdir, exc)
         finally:
             self._closed = True
             self._metrics.close()

@@ -124,6 +124,15 @@ def test_sigterm_emergency_checkpoint_then_bitwise_resume(spotshift_home: Path, 
     assert first + rest == ref_losses  # the same floats at every step
     assert final_hash(tmp_path / "cut") == ref  # the same content hash: weights, moments, RNGs, schedule
 
+    from spotshift import warehouse
+
+    with warehouse.connect() as con:  # a lone session moves its facts into the warehouse when it closes
+        usage = con.execute(
+            "select steps, tokens, ended_in_preemption from raw.compute_usage where job = 'own' order by started_at"
+        ).fetchall()
+        pre = con.execute("select notice_kind, step from raw.preemptions").fetchall()
+    assert usage[-2:] == [(7, 7 * 32, True), (5, 5 * 32, False)] and pre == [("sigterm", 7)]
+
 
 def test_restore_refuses_other_objects_and_nothing_registered(spotshift_home: Path, tmp_path: Path) -> None:
     run(session(tmp_path, "a", checkpoint_every_steps=2), 2)
