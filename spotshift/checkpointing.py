@@ -212,7 +212,7 @@ class Session:
         self._old_handlers: dict[int, Any] = {}
         from spotshift.clock import virtual_now
         from spotshift.facts import FactLog
-        from spotshift.sync.store import open_store
+        from spotshift.sync.store_url import open_store
         from spotshift.training.backend import METRICS_FILE, NOTICE_FILE
         from spotshift.training.preemption import StopController
 
@@ -390,7 +390,7 @@ class Session:
             return
         from spotshift.checkpoint.keys import open_key_provider
         from spotshift.checkpoint.tiered import TieredCheckpointer
-        from spotshift.sync.store import open_store
+        from spotshift.sync.store_url import open_store
 
         if self.keys is None:  # never restored: a fresh lineage
             self.keys = open_key_provider(self.req.key_provider, create=True)

@@ -11,8 +11,18 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+from spotshift.pricing.egress import egress_usd_per_gb
+from spotshift.pricing.regions import region_of, zone_of
+
+
+def _virtual_now() -> datetime:
+    """Transfers are facts: stamped on the shared virtual clock like every other fact."""
+    from spotshift.clock import virtual_now
+
+    return virtual_now()
 
 
 @dataclass
@@ -27,7 +37,7 @@ class TransferStats:
     method: str = "cdc_delta"
     src_location: str | None = None
     dst_location: str | None = None
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started_at: datetime = field(default_factory=_virtual_now)
     seconds: float = 0.0
     #: content bytes read (or manifest bytes fetched) to decide what to send
     bytes_scanned: int = 0
@@ -63,11 +73,10 @@ class TransferStats:
         (cross-AZ transfers inside one region are billed, $0.01/GB).
         """
         if self.src_location and self.dst_location:
-            from spotshift.pricing.egress import egress_usd_per_gb
-
-            src, src_zone = _zoned(self.src_location)
-            dst, dst_zone = _zoned(self.dst_location)
-            self.egress_usd_per_gb = egress_usd_per_gb(src, dst, src_zone=src_zone, dst_zone=dst_zone)
+            src, dst = self.src_location, self.dst_location
+            self.egress_usd_per_gb = egress_usd_per_gb(
+                region_of(src), region_of(dst), src_zone=zone_of(src), dst_zone=zone_of(dst)
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, JSON-ready (the ``--json`` output of the command line)."""
@@ -100,12 +109,6 @@ class TransferStats:
             "root": self.root,
             "run_id": run_id,
         }
-
-
-def _zoned(location: str) -> tuple[str, str]:
-    """``"aws/us-east-1/us-east-1a"`` -> ``("aws/us-east-1", "us-east-1a")``; no zone -> ``""``."""
-    parts = location.split("/")
-    return ("/".join(parts[:2]), parts[2]) if len(parts) == 3 else (location, "")
 
 
 def record_transfers(

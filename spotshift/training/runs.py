@@ -76,10 +76,13 @@ def build_request(
     config = job_train_config(job)
     if not usage:
         usage = usage_from_quotes(job, location)
-    if min_step_seconds <= 0:
-        from spotshift.clock import load_clock
+    from spotshift.clock import load_clock
 
-        min_step_seconds = load_clock().step_pace_seconds(job.hours_per_step)
+    clock = load_clock()
+    if min_step_seconds <= 0:
+        min_step_seconds = clock.step_pace_seconds(job.hours_per_step)
+    # the live trainer (no bound) paces on a stepped clock; bounded runs inside a run do not wait on it
+    pace_on_clock = clock.paces_on_clock and until_step is None and job.hours_per_step > 0
     return TrainRequest(
         job=job.name,
         location=location,
@@ -97,6 +100,7 @@ def build_request(
         overrides=dict(overrides or {}),
         min_step_seconds=min_step_seconds,
         hours_per_step=job.hours_per_step,
+        pace_on_clock=pace_on_clock,
         usage=dict(usage or {}),
         run_id=run_id,
         command=command or job.argv,
@@ -130,7 +134,7 @@ def usage_from_quotes(job: Any, location: str, *, database: Any = None) -> dict[
 def resume_step(job: str, store_url: str, resume: Any) -> int:
     """The step a request with this ``resume`` would start from (0 for a fresh start)."""
     from spotshift.checkpoint.format import latest_checkpoint, step_of
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     if resume == "none":
         return 0
@@ -285,7 +289,7 @@ def stop_with_checkpoint(
 def latest_ref(job_name: str, location: str) -> dict[str, Any] | None:
     """The newest committed checkpoint of a job in a location's store (as a ref dict), or None."""
     from spotshift.checkpoint.format import open_checkpoint
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     try:
         return open_checkpoint(open_store(store_url_for(location)), job_name).ref().to_dict()
@@ -372,7 +376,7 @@ def replicate_latest(
     :class:`~spotshift.checkpoint.migrate.MigrationReport` (method ``present`` when nothing moved).
     """
     from spotshift.checkpoint.migrate import migrate_checkpoint
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     src_loc = source_location or current_location(job_name, database)
     if src_loc == region:
@@ -435,7 +439,7 @@ def resume_in_target(
 
     from spotshift.checkpoint.format import latest_checkpoint, step_of
     from spotshift.jobs import get_job
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     job = get_job(job_name)
     source = current_location(job_name, database)

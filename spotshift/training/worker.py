@@ -34,12 +34,14 @@ from typing import Any
 
 from spotshift.atomic import atomic_write_json
 from spotshift.errors import SpotshiftError
+from spotshift.pricing.regions import split_location
 from spotshift.training.backend import (
     METRICS_FILE,
     RESULT_FILE,
     STOP_REQUEST_FILE,
     acquire_trainer_lock,
 )
+from spotshift.training.pacing import ClockPacer
 from spotshift.training.request import TrainRequest
 
 log = logging.getLogger("spotshift.trainer")
@@ -119,7 +121,7 @@ class _Run:
 
     # -- the run -------------------------------------------------------------------------------------------
     def run(self) -> None:
-        from spotshift.sync.store import open_store
+        from spotshift.sync.store_url import open_store
         from spotshift.training.data import prepare_tokens
         from spotshift.training.trainer import TrainConfig, Trainer, config_for_resume
 
@@ -164,7 +166,7 @@ class _Run:
 
     def _run_training(self) -> None:
         from spotshift.checkpoint.tiered import TieredCheckpointer
-        from spotshift.sync.store import open_store
+        from spotshift.sync.store_url import open_store
 
         req, tr = self.req, self.trainer
         until = min(req.until_step or tr.cfg.total_steps, tr.cfg.total_steps)
@@ -178,9 +180,14 @@ class _Run:
         )
         last_saved_step = tr.step
         last_saved_at = time.monotonic()
-        every_s = req.checkpoint_every_minutes * 60.0
+        # a trainer paced on a stepped clock checkpoints on its step cadence only, synchronously:
+        # wall minutes and background uploads would make its story depend on the machine
+        pacer = ClockPacer(self.workdir, req.hours_per_step) if req.pace_on_clock else None
+        every_s = float("inf") if pacer else req.checkpoint_every_minutes * 60.0
         with self._metrics() as metrics:
             while tr.step < until and not self.controller.is_set():
+                if pacer is not None and not pacer.wait_turn(tr.step, self.controller):
+                    break
                 t_step = time.monotonic()
                 stats = tr.train_step()
                 metrics.write(
@@ -196,7 +203,7 @@ class _Run:
                     or time.monotonic() - last_saved_at >= every_s
                 )
                 if due and stats.step < until and not self.controller.is_set():
-                    self._save("periodic", sync=False)
+                    self._save("periodic", sync=pacer is not None)
                     last_saved_step, last_saved_at = stats.step, time.monotonic()
         if self.controller.is_set():
             self._emergency(last_saved_step)
@@ -377,7 +384,7 @@ def resolve_resume(req: TrainRequest, region: Any) -> tuple[Any, Any]:
         open_newest_verified,
     )
     from spotshift.checkpoint.keys import open_key_provider
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     if req.resume == "none":
         return open_key_provider(req.key_provider, create=req.role == "train"), None
@@ -485,7 +492,7 @@ def usage_fact(
     """The ``raw.compute_usage`` row of one run of ``req`` that ran ``steps`` steps since ``started``."""
     from spotshift.clock import virtual_now
 
-    provider, _, region = req.location.partition("/")
+    provider, region = split_location(req.location, zone=True)
     price = req.usage.get("price_usd_hour")
     return {
         "usage_id": str(uuid.uuid4()),

@@ -65,7 +65,7 @@ class CommandRun(_Run):
     """One run of a user command under the wrapper (signals and watchers as the built-in trainer's)."""
 
     def run(self) -> None:
-        from spotshift.sync.store import open_store
+        from spotshift.sync.store_url import open_store
 
         req = self.req
         self.region = open_store(req.store_url)

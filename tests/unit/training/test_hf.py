@@ -19,7 +19,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, 
 from spotshift.checkpoint.format import StoredCheckpoint, list_checkpoints  # noqa: E402
 from spotshift.checkpointing import Session  # noqa: E402
 from spotshift.integrations.hf import train  # noqa: E402
-from spotshift.sync.store import open_store  # noqa: E402
+from spotshift.sync.store_url import open_store  # noqa: E402
 
 STEPS = 10
 

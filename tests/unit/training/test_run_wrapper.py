@@ -17,7 +17,7 @@ import pytest
 from spotshift.checkpoint.keys import LocalKeyProvider
 from spotshift.checkpoint.migrate import migrate_checkpoint
 from spotshift.home import region_store_url
-from spotshift.sync.store import open_store
+from spotshift.sync.store_url import open_store
 from spotshift.training.backend import LocalProcessBackend
 from spotshift.training.notice_server import MetadataServer
 from spotshift.training.runs import build_request, collect

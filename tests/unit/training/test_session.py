@@ -18,7 +18,7 @@ from torch import nn
 from spotshift.checkpoint.format import StoredCheckpoint, list_checkpoints
 from spotshift.checkpointing import Session, decode_state, encode_state
 from spotshift.errors import ConfigError
-from spotshift.sync.store import open_store
+from spotshift.sync.store_url import open_store
 
 LOC = "gcp/us-central1"
 
