@@ -133,7 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
     given = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(given[0] if given and not given[0].startswith("-") else None)
+    command: list[str] | None = None
+    if given and given[0] == "run" and "--" in given:  # spotshift run JOB [options] -- COMMAND ARGS...
+        cut = given.index("--")
+        given, command = given[:cut], given[cut + 1 :]
     args = parser.parse_args(given)
+    if command is not None:
+        args.command = command
     try:
         return int(args.handler(args) or 0)
     except SpotshiftError as exc:

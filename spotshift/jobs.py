@@ -69,6 +69,20 @@ def check_model_config(cfg: Mapping[str, Any]) -> dict[str, int]:
     return out
 
 
+def command_argv(command: str) -> list[str]:
+    """A declared ``--command`` split like a POSIX shell would (no shell runs it); :class:`ConfigError`
+    when it is empty or its quotes do not close."""
+    import shlex
+
+    try:
+        argv = shlex.split(command) if isinstance(command, str) else None
+    except ValueError as exc:
+        raise ConfigError(f"command {command!r}: {exc}") from None
+    if not argv:
+        raise ConfigError("command is empty")
+    return argv
+
+
 @dataclass(frozen=True)
 class TrainingJob:
     """A declared training job. Names are DNS-label-like (``[a-z0-9-]``) so they work as partition keys."""
@@ -92,6 +106,10 @@ class TrainingJob:
     submitted_at: str | None = None  # ISO-8601 UTC (virtual clock)
     deadline_hours: float | None = None  # from submitted_at
     start_location: str | None = None  # provider/region to start in (None: let placement choose)
+    command: str | None = (
+        None  # your own training command (run under `spotshift run`); None: built-in trainer
+    )
+    command_cwd: str | None = None  # directory the command runs in (jobs add: the current directory)
 
     def __post_init__(self) -> None:
         from spotshift.pricing.regions import check_location, check_location_pattern
@@ -133,12 +151,19 @@ class TrainingJob:
                 raise ConfigError("allowed_locations must be a non-empty list of provider/region patterns")
             for pattern in self.allowed_locations:
                 check_location_pattern(pattern, "allowed location")
+            if self.command is not None:
+                command_argv(self.command)
             if self.start_location is not None:
                 check_location(self.start_location, "start_location")
                 if not self.allows(self.start_location):
                     raise ConfigError(f"start_location {self.start_location} is not an allowed location")
         except SpotshiftError as exc:
             raise ConfigError(f"job {n!r}: {exc}") from None
+
+    @property
+    def argv(self) -> list[str] | None:
+        """The declared command split into arguments (None for the built-in trainer)."""
+        return command_argv(self.command) if self.command is not None else None
 
     @property
     def hours_per_step(self) -> float:

@@ -6,6 +6,7 @@ Standard library only at module level: heavy imports happen inside the handlers.
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 
@@ -64,6 +65,12 @@ def register(sub: Any) -> None:
     a.add_argument("--seed", type=int, default=0, metavar="N", help="seed of weights and batches (default 0)")
     a.add_argument(
         "--model", metavar="KEY=INT,...", help="model config overrides, e.g. d_model=128,n_layer=4"
+    )
+    a.add_argument(
+        "--command",
+        metavar="CMD",
+        help="your own training command (e.g. 'python train.py --lr 3e-4'), run by `spotshift run` and by "
+        "moves in the current directory; it uses spotshift.checkpointing.Session (default: the built-in trainer)",
     )
     a.add_argument("--replace", action="store_true", help="replace an existing declaration of the same name")
     a.add_argument("--json", action="store_true", help="print the declaration as JSON")
@@ -153,6 +160,8 @@ def _jobs_add(args: argparse.Namespace) -> int:
         submitted_at=args.submitted_at or virtual_now().isoformat(),
         deadline_hours=args.deadline_hours,
         start_location=args.start_location,
+        command=args.command,
+        command_cwd=os.getcwd() if args.command else None,
     )
     add_job(job, replace=args.replace)
     if args.json:

@@ -10,6 +10,9 @@ the preemption sensor), acknowledges the notice (Azure), logs how long it took a
 deadline, and exits 0. Results go to ``<workdir>/result.json``; warehouse facts to
 ``<workdir>/facts/`` (see :mod:`spotshift.facts`).
 
+A request with a ``command`` runs that command under the wrapper instead of the built-in trainer
+(:mod:`spotshift.training.wrapper`; same lock, signals, notices, result and facts).
+
 Exit codes: 0 done (completed, stopped or preempted with a committed checkpoint), 1 unexpected
 failure, 2 bad input / integrity (one line in ``result.json`` and on stderr), 3 another trainer of
 the job holds the lock.
@@ -152,35 +155,8 @@ class _Run:
             self._run_training()
 
     def _resume(self) -> Any:
-        """The verified checkpoint to resume (a ``VerifiedCheckpoint``), or None for a fresh start.
-
-        Opens the key provider as a side effect: a run with nothing to resume starts the job's
-        lineage and may create its local key; any run that resumes only reads the key. ``auto``
-        (or a store without an id) takes the newest checkpoint there that verifies, recording the
-        newer ones it passed over in ``skipped_checkpoints``; an explicit id must verify.
-        """
-        from spotshift.checkpoint.format import (
-            StoredCheckpoint,
-            VerifiedCheckpoint,
-            list_checkpoints,
-            open_newest_verified,
-        )
-        from spotshift.checkpoint.keys import open_key_provider
-        from spotshift.sync.store_url import open_store
-
-        req = self.req
-        if req.resume == "none":
-            self.keys = open_key_provider(req.key_provider, create=req.role == "train")
-            return None
-        store = open_store(req.resume["store_url"]) if isinstance(req.resume, dict) else self.region
-        wanted = req.resume.get("checkpoint_id") if isinstance(req.resume, dict) else None
-        if wanted not in (None, "latest"):
-            self.keys = open_key_provider(req.key_provider)
-            ck = StoredCheckpoint(store, req.job, wanted)
-            return VerifiedCheckpoint(ck, ck.read_parts(self.keys))
-        fresh = not list_checkpoints(store, req.job)
-        self.keys = open_key_provider(req.key_provider, create=fresh and req.role == "train")
-        found = None if fresh else open_newest_verified(store, req.job, self.keys)
+        """The verified checkpoint to resume (see :func:`resolve_resume`); sets ``self.keys``."""
+        self.keys, found = resolve_resume(self.req, self.region)
         if found is not None and found.skipped:
             self.result["skipped_checkpoints"] = found.skipped
         return found
@@ -259,38 +235,12 @@ class _Run:
         return local_ref, event
 
     def _on_upload(self, event: Any) -> None:
-        if event.error or event.tier != "region":
-            return
-        from spotshift.checkpoint.format import StoredCheckpoint
-        from spotshift.clock import virtual_now
-
-        t = event.timings
-        total = time.perf_counter() - t["trigger_perf"] if "trigger_perf" in t else None
-        if "notice_monotonic" in t:
-            total = time.monotonic() - t["notice_monotonic"]
-        ck = StoredCheckpoint(self.region, self.req.job, event.ref.checkpoint_id)
-        self.result["checkpoint"] = event.ref.to_dict()
-        self.facts.append(
-            "raw.checkpoints",
-            {
-                "checkpoint_id": ck.content_hash,
-                "job": self.req.job,
-                "step": ck.step,
-                "tokens": ck.meta["tokens"],
-                "kind": event.kind,
-                "location": self.req.location,
-                "url": event.ref.url,
-                "bytes": ck.stored_bytes,
-                "created_at": virtual_now().isoformat(),
-                "serialize_s": t.get("serialize_s"),
-                "encrypt_s": t.get("encrypt_s"),
-                "upload_s": t.get("upload_s"),
-                "total_s": total,
-            },
-        )
+        row = checkpoint_fact(self.region, self.req, event)
+        if row is not None:
+            self.result["checkpoint"] = event.ref.to_dict()
+            self.facts.append("raw.checkpoints", row)
 
     def _emergency(self, last_saved_step: int) -> None:
-        from datetime import timedelta
 
         from spotshift.clock import virtual_now
         from spotshift.training.preemption import utc_now
@@ -348,47 +298,18 @@ class _Run:
             "timings": {k: round(v, 6) for k, v in timings.items() if k.endswith("_s")},
         }
         if notice.is_preemption:
-            record = {
-                "notice_id": notice.notice_id,
-                "job": self.req.job,
-                "location": self.req.location,
-                "kind": notice.kind,
-                "noticed_at": notice.noticed_at.isoformat(),
-                "deadline_at": notice.deadline_at.isoformat(),
-                "virtual_noticed_at": virtual_noticed.isoformat(),
-                "step": self.trainer.step,
-                "checkpoint": ckpt,
-                "checkpoint_committed_at": committed_wall.isoformat(),
-                "emergency_s": round(emergency_s, 4),
-                "deadline_margin_s": round(margin, 3),
-                "detail": notice.detail,
-            }
-            self.region.put_bytes(
-                f"events/preemption/{notice.notice_id}.json",
-                json.dumps(record, sort_keys=True).encode(),
-                if_absent=True,
+            record_preemption(
+                self.region,
+                self.facts,
+                self.req,
+                notice,
+                step=self.trainer.step,
+                checkpoint=ckpt,
+                emergency_s=emergency_s,
+                committed_wall=committed_wall,
+                virtual_noticed=virtual_noticed,
+                watcher=self.watcher_thread,
             )
-            self.facts.append(
-                "raw.preemptions",
-                {
-                    "notice_id": notice.notice_id,
-                    "job": self.req.job,
-                    "location": self.req.location,
-                    "notice_kind": notice.kind,
-                    "noticed_at": virtual_noticed.isoformat(),
-                    "deadline_at": (virtual_noticed + timedelta(seconds=notice.warning_s)).isoformat(),
-                    "checkpoint_committed_at": (virtual_noticed + timedelta(seconds=emergency_s)).isoformat(),
-                    "step": self.trainer.step,
-                },
-            )
-            if (
-                self.watcher_thread is not None
-                and (w := self.watcher_thread.watcher(notice.kind)) is not None
-            ):
-                try:
-                    w.acknowledge(notice)
-                except OSError as exc:
-                    log.warning("could not acknowledge %s: %s", notice.notice_id, exc)
         self.result["status"] = "preempted" if notice.is_preemption else "stopped"
         if "error" in self.result:
             self.result["exit_code_hint"] = 1
@@ -433,35 +354,166 @@ class _Run:
 
         req, tr = self.req, self.trainer
         steps = tr.step - self.start_step
-        provider, region = split_location(req.location, zone=True)
-        price = req.usage.get("price_usd_hour")
         self.facts.append(
             "raw.compute_usage",
-            {
-                "usage_id": str(uuid.uuid4()),
-                "job": req.job,
-                "provider": provider,
-                "region": region,
-                "instance_type": req.usage.get("instance_type"),
-                "gpu_model": req.usage.get("gpu_model"),
-                "market": req.usage.get("market"),
-                "started_at": self.started_virtual.isoformat(),
-                "ended_at": virtual_now().isoformat(),
-                "gpu_count": req.usage.get("gpu_count"),
-                "price_usd_hour": price,
-                "list_price_usd_hour": req.usage.get("list_price_usd_hour"),
-                # cost of the work the steps stand for (jobs.TrainingJob: work_hours / total_steps each)
-                "usd": price * steps * req.hours_per_step
-                if price is not None and req.hours_per_step
-                else None,
-                "ended_in_preemption": ended_in_preemption,
-                "steps": steps,
-                "tokens": tr.tokens - self.start_tokens,
-                "run_id": req.run_id or f"trainer-{os.getpid()}",
-            },
+            usage_fact(
+                req,
+                started=self.started_virtual,
+                steps=steps,
+                tokens=tr.tokens - self.start_tokens,
+                ended_in_preemption=ended_in_preemption,
+            ),
         )
         self.result.update({"step": tr.step, "tokens": tr.tokens, "steps_run": steps})
         self.result["ended_at"] = virtual_now().isoformat()
+
+
+def resolve_resume(req: TrainRequest, region: Any) -> tuple[Any, Any]:
+    """``(key provider, VerifiedCheckpoint or None)``: what a run of ``req`` resumes from.
+
+    Opens the key provider as a side effect: a run with nothing to resume starts the job's
+    lineage and may create its local key; any run that resumes only reads the key. ``auto``
+    (or a store without an id) takes the newest checkpoint there that verifies (the newer ones it
+    passed over are in its ``skipped``); an explicit id must verify. ``region`` is the open
+    region store of ``req``.
+    """
+    from spotshift.checkpoint.format import (
+        StoredCheckpoint,
+        VerifiedCheckpoint,
+        list_checkpoints,
+        open_newest_verified,
+    )
+    from spotshift.checkpoint.keys import open_key_provider
+    from spotshift.sync.store_url import open_store
+
+    if req.resume == "none":
+        return open_key_provider(req.key_provider, create=req.role == "train"), None
+    store = open_store(req.resume["store_url"]) if isinstance(req.resume, dict) else region
+    wanted = req.resume.get("checkpoint_id") if isinstance(req.resume, dict) else None
+    if wanted not in (None, "latest"):
+        keys = open_key_provider(req.key_provider)
+        ck = StoredCheckpoint(store, req.job, wanted)
+        return keys, VerifiedCheckpoint(ck, ck.read_parts(keys))
+    fresh = not list_checkpoints(store, req.job)
+    keys = open_key_provider(req.key_provider, create=fresh and req.role == "train")
+    return keys, (None if fresh else open_newest_verified(store, req.job, keys))
+
+
+def checkpoint_fact(region: Any, req: TrainRequest, event: Any) -> dict[str, Any] | None:
+    """The ``raw.checkpoints`` row of a finished region upload (None for failures and replicas)."""
+    if event.error or event.tier != "region":
+        return None
+    from spotshift.checkpoint.format import StoredCheckpoint
+    from spotshift.clock import virtual_now
+
+    t = event.timings
+    total = time.perf_counter() - t["trigger_perf"] if "trigger_perf" in t else None
+    if "notice_monotonic" in t:
+        total = time.monotonic() - t["notice_monotonic"]
+    ck = StoredCheckpoint(region, req.job, event.ref.checkpoint_id)
+    return {
+        "checkpoint_id": ck.content_hash,
+        "job": req.job,
+        "step": ck.step,
+        "tokens": ck.meta["tokens"],
+        "kind": event.kind,
+        "location": req.location,
+        "url": event.ref.url,
+        "bytes": ck.stored_bytes,
+        "created_at": virtual_now().isoformat(),
+        "serialize_s": t.get("serialize_s"),
+        "encrypt_s": t.get("encrypt_s"),
+        "upload_s": t.get("upload_s"),
+        "total_s": total,
+    }
+
+
+def record_preemption(
+    region: Any,
+    facts: Any,
+    req: TrainRequest,
+    notice: Any,
+    *,
+    step: int,
+    checkpoint: dict[str, Any] | None,
+    emergency_s: float,
+    committed_wall: Any,
+    virtual_noticed: Any,
+    watcher: Any = None,
+) -> None:
+    """After an emergency checkpoint: the notice event in the region store (``events/preemption/``,
+    what the preemption sensor reads), the ``raw.preemptions`` fact, and the provider's
+    acknowledgement (Azure) through ``watcher`` (a :class:`WatcherThread`) when given."""
+    from datetime import timedelta
+
+    record = {
+        "notice_id": notice.notice_id,
+        "job": req.job,
+        "location": req.location,
+        "kind": notice.kind,
+        "noticed_at": notice.noticed_at.isoformat(),
+        "deadline_at": notice.deadline_at.isoformat(),
+        "virtual_noticed_at": virtual_noticed.isoformat(),
+        "step": step,
+        "checkpoint": checkpoint,
+        "checkpoint_committed_at": committed_wall.isoformat(),
+        "emergency_s": round(emergency_s, 4),
+        "deadline_margin_s": round((notice.deadline_at - committed_wall).total_seconds(), 3),
+        "detail": notice.detail,
+    }
+    region.put_bytes(
+        f"events/preemption/{notice.notice_id}.json",
+        json.dumps(record, sort_keys=True).encode(),
+        if_absent=True,
+    )
+    facts.append(
+        "raw.preemptions",
+        {
+            "notice_id": notice.notice_id,
+            "job": req.job,
+            "location": req.location,
+            "notice_kind": notice.kind,
+            "noticed_at": virtual_noticed.isoformat(),
+            "deadline_at": (virtual_noticed + timedelta(seconds=notice.warning_s)).isoformat(),
+            "checkpoint_committed_at": (virtual_noticed + timedelta(seconds=emergency_s)).isoformat(),
+            "step": step,
+        },
+    )
+    if watcher is not None and (w := watcher.watcher(notice.kind)) is not None:
+        try:
+            w.acknowledge(notice)
+        except OSError as exc:
+            log.warning("could not acknowledge %s: %s", notice.notice_id, exc)
+
+
+def usage_fact(
+    req: TrainRequest, *, started: Any, steps: int, tokens: int, ended_in_preemption: bool
+) -> dict[str, Any]:
+    """The ``raw.compute_usage`` row of one run of ``req`` that ran ``steps`` steps since ``started``."""
+    from spotshift.clock import virtual_now
+
+    provider, region = split_location(req.location, zone=True)
+    price = req.usage.get("price_usd_hour")
+    return {
+        "usage_id": str(uuid.uuid4()),
+        "job": req.job,
+        "provider": provider,
+        "region": region,
+        "instance_type": req.usage.get("instance_type"),
+        "gpu_model": req.usage.get("gpu_model"),
+        "market": req.usage.get("market"),
+        "started_at": started.isoformat(),
+        "ended_at": virtual_now().isoformat(),
+        "gpu_count": req.usage.get("gpu_count"),
+        "price_usd_hour": price,
+        "list_price_usd_hour": req.usage.get("list_price_usd_hour"),
+        # cost of the work the steps stand for (jobs.TrainingJob: work_hours / total_steps each)
+        "usd": price * steps * req.hours_per_step if price is not None and req.hours_per_step else None,
+        "ended_in_preemption": ended_in_preemption,
+        "steps": steps,
+        "tokens": tokens,
+        "run_id": req.run_id or f"trainer-{os.getpid()}",
+    }
 
 
 def run_request(req: TrainRequest) -> int:
@@ -477,7 +529,12 @@ def run_request(req: TrainRequest) -> int:
         log.error(msg)
         sys.stderr.write(msg + "\n")
         return EXIT_LOCKED
-    run = _Run(req)
+    if req.command:  # your own training command under the wrapper
+        from spotshift.training.wrapper import CommandRun
+
+        run: _Run = CommandRun(req)
+    else:
+        run = _Run(req)
     run.install_signals()
     code = 0
     try:
