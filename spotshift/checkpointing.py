@@ -49,11 +49,10 @@ from pathlib import Path
 from typing import Any
 
 from spotshift.errors import ConfigError, IntegrityError, SpotshiftError
+from spotshift.training.request import REQUEST_ENV as REQUEST_ENV
 
 log = logging.getLogger("spotshift.session")
 
-#: environment variable naming the request file ``spotshift run`` writes for its command
-REQUEST_ENV = "SPOTSHIFT_RUN_REQUEST"
 SESSION_FORMAT = "spotshift-session/1"
 
 
@@ -293,7 +292,7 @@ class Session:
         loading anything (what integrations that load state their own way use); None for a fresh
         start. The session continues from that step either way."""
         from spotshift.checkpoint.format import tensors_of
-        from spotshift.training.worker import resolve_resume
+        from spotshift.training.trainer_run import resolve_resume
 
         self.keys, found = resolve_resume(self.req, self.region)
         self._restored = True
@@ -404,7 +403,7 @@ class Session:
         )
 
     def _on_upload(self, event: Any) -> None:
-        from spotshift.training.worker import checkpoint_fact
+        from spotshift.training.trainer_run import checkpoint_fact
 
         row = checkpoint_fact(self.region, self.req, event)
         if row is not None:
@@ -483,7 +482,7 @@ class Session:
         }
         self.result["status"] = "preempted" if notice.is_preemption else "stopped"
         if not self.supervised and notice.is_preemption:
-            from spotshift.training.worker import record_preemption
+            from spotshift.training.trainer_run import record_preemption
 
             record_preemption(
                 self.region,
@@ -590,7 +589,7 @@ class Session:
             elif self.tiers is not None:
                 self.tiers.close(timeout_s=0.5)
             if not self.supervised and self.req.role == "train":
-                from spotshift.training.worker import usage_fact
+                from spotshift.training.trainer_run import usage_fact
 
                 self.facts.append(
                     "raw.compute_usage",

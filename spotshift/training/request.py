@@ -14,6 +14,9 @@ from typing import Any
 
 from spotshift.errors import ConfigError, build_record
 
+#: environment variable naming the request file ``spotshift run`` writes for its command
+REQUEST_ENV = "SPOTSHIFT_RUN_REQUEST"
+
 ROLES = ("train", "shadow")
 
 

@@ -32,7 +32,8 @@ from typing import Any
 
 from spotshift.atomic import atomic_write_json
 from spotshift.training.backend import NOTICE_FILE, SESSION_FILE, STOPPING_FILE
-from spotshift.training.worker import _Run, record_preemption, usage_fact
+from spotshift.training.request import REQUEST_ENV
+from spotshift.training.trainer_run import TrainerRun, record_preemption, usage_fact
 
 log = logging.getLogger("spotshift.trainer")
 
@@ -44,8 +45,6 @@ DEADLINE_MARGIN_S = 0.5
 
 def command_env(req: Any, request_path: Path) -> dict[str, str]:
     """The environment of the command: ours plus what :meth:`Session.from_env` and scripts read."""
-    from spotshift.checkpointing import REQUEST_ENV
-
     env = {
         **os.environ,
         REQUEST_ENV: str(request_path),
@@ -61,7 +60,7 @@ def command_env(req: Any, request_path: Path) -> dict[str, str]:
     return env
 
 
-class CommandRun(_Run):
+class CommandRun(TrainerRun):
     """One run of a user command under the wrapper (signals and watchers as the built-in trainer's)."""
 
     def run(self) -> None:
