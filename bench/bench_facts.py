@@ -64,11 +64,10 @@ def run(mode: str, writers: int, n: int) -> dict[str, float | int]:
         if any(rcs):
             raise SystemExit(f"{mode}: a writer failed: exit codes {rcs}")
         pending = len(warehouse.pending_facts(db))
-        with Timer() as ingest:
-            with warehouse.connect(db) as con:
-                total, distinct = con.execute(
-                    "SELECT count(*), count(DISTINCT transfer_id) FROM raw.transfers"
-                ).fetchone()
+        with Timer() as ingest, warehouse.connect(db) as con:
+            total, distinct = con.execute(
+                "SELECT count(*), count(DISTINCT transfer_id) FROM raw.transfers"
+            ).fetchone()
     facts = writers * n
     return {
         "writers": writers,

@@ -100,9 +100,7 @@ warehouse.record_facts({"raw.transfers": rows, "raw.checkpoints": [{"checkpoint_
 def test_a_writer_killed_mid_write_leaves_no_partial_row(tmp_path: Path, where: str) -> None:
     db = tmp_path / "w.duckdb"
     warehouse.record_facts({"raw.transfers": [{"transfer_id": "before", "kind": "dataset"}]}, database=db)
-    proc = subprocess.run(
-        [sys.executable, "-c", _KILLED_WRITER, str(db), where], env=_env(), timeout=300
-    )
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(db), where], env=_env(), timeout=300)
     assert proc.returncode == -9
     pending = warehouse.facts_dir(db) / "pending"
     leftovers = [p.name for p in pending.iterdir()]
