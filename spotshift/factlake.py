@@ -125,6 +125,7 @@ def ingest(con: Any, lake: Path) -> dict[str, dict[str, int]]:
 
     remove_stale_temp_batches(lake)
     out: dict[str, dict[str, int]] = {}
+    con.execute("SET enable_progress_bar = false")  # ingestion runs inside commands and steps
     ensure_manifest(con)
     while True:
         batches = pending_batches(lake)[:ROUND_BATCHES]

@@ -13,9 +13,11 @@ units with the trainer.
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from spotshift import registry
@@ -221,3 +223,74 @@ def remove_job(name: str, *, force: bool = False) -> dict[str, Any]:
     had_state = path.exists()
     path.unlink(missing_ok=True)
     return {"job": name, "placement_state_removed": had_state, "status_was": state.status}
+
+
+def read_job_file(path: str | os.PathLike[str]) -> list[TrainingJob]:
+    """The jobs of a YAML or JSON list (one declaration per item), every one validated.
+
+    :class:`ConfigError` naming the file and the item when it is not a list of job declarations,
+    and :class:`NotFoundError` when it does not exist.
+    """
+    import json
+
+    import yaml
+
+    from spotshift.errors import NotFoundError
+
+    p = Path(path)
+    if not p.is_file():
+        raise NotFoundError(f"job file {p} does not exist")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix.lower() == ".json":
+            raw = json.loads(text)
+        else:
+            raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (ValueError, yaml.YAMLError):
+        raise ConfigError(
+            f"job file {p}: not valid {'JSON' if p.suffix.lower() == '.json' else 'YAML'}"
+        ) from None
+    if isinstance(raw, dict) and isinstance(raw.get(SECTION), list):
+        raw = raw[SECTION]  # a spotshift.yaml-shaped file: its jobs section
+    if not isinstance(raw, list):
+        raise ConfigError(f"job file {p}: expected a list of job declarations")
+    jobs, seen = [], set()
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise ConfigError(f"job file {p}: item {i} is not a mapping")
+        try:
+            job = TrainingJob.from_dict(item)
+        except ConfigError as exc:
+            raise ConfigError(f"job file {p}: item {i}: {exc}") from None
+        if job.name in seen:
+            raise ConfigError(f"job file {p}: item {i}: job {job.name!r} appears twice")
+        seen.add(job.name)
+        jobs.append(job)
+    return jobs
+
+
+def import_jobs(jobs: list[TrainingJob], *, replace: bool = False) -> None:
+    """Declare ``jobs`` in one atomic write of the declarations file (all or none).
+
+    Every job's dataset must be declared; a name already declared is refused unless ``replace``.
+    """
+    wanted = {j.name: j.to_dict() for j in jobs}
+
+    def mutate(data: dict[str, list[dict[str, Any]]]) -> None:
+        declared = {e.get("name") for e in data.get("datasets", [])}
+        for j in jobs:
+            if j.dataset not in declared:
+                raise ConfigError(
+                    f"job {j.name!r}: dataset {j.dataset!r} is not declared "
+                    f"(declare it with `spotshift datasets add {j.dataset} DIR`)"
+                )
+        items = data.setdefault(SECTION, [])
+        new = dict(wanted)
+        for i, e in enumerate(items):
+            if e["name"] in new:
+                if not replace:
+                    raise ConfigError(f"jobs: {e['name']!r} is already declared (use --replace)")
+                items[i] = new.pop(e["name"])  # replaced in place
+        items.extend(new.values())
+
+    registry.update(mutate)

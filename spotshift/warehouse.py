@@ -598,6 +598,7 @@ def record_facts(
     database: str | Path | None = None,
     con: Any = None,
     timeout_s: float | None = 0.0,
+    ingest: bool = True,
 ) -> FactsOutcome:
     """Record fact rows (``{"raw.transfers": [row, ...], ...}``); never lose them, never wait.
 
@@ -609,10 +610,12 @@ def record_facts(
       their table. A failed insert raises to the caller, whose source of the facts is still intact.
     * otherwise the rows land as one immutable Parquet batch in the warehouse's fact lake
       (:mod:`spotshift.factlake`: temp directory + fsync + rename), durable before this returns.
-      Then, if the warehouse's write lock can be had within ``timeout_s`` (default 0: one try,
-      no waiting), the pending batches are ingested into it at once; otherwise the batch stays
-      pending (``queued``) for the next process that opens the warehouse for writing. Many
-      processes can record at the same time: none waits on DuckDB's single-writer lock.
+      Then, with ``ingest``, if the warehouse's write lock can be had within ``timeout_s``
+      (default 0: one try, no waiting), the pending batches are ingested into it at once;
+      otherwise the batch stays pending (``queued``) for the next process that opens the
+      warehouse for writing (every write connection, and readers of the marts, ingest first).
+      Many processes can record at the same time: none waits on DuckDB's single-writer lock.
+      High-rate writers pass ``ingest=False``: they never open the DuckDB file at all.
 
     Ingestion is exactly-once by batch id and fact key; the tables of one call land together. A
     warehouse file that cannot be opened raises :class:`IntegrityError`; the facts wait in the lake.
@@ -631,6 +634,8 @@ def record_facts(
     target = resolve_path(database)
     batch = factlake.write_batch(factlake.lake_dir(target), tables)
     n = sum(b.num_rows for b in tables.values())
+    if not ingest:
+        return FactsOutcome({}, queued=True, batch=batch)
     try:
         c, drained = _open(target, read_only=False, timeout_s=timeout_s, own=batch.name)
     except WarehouseLockedError:
