@@ -201,7 +201,7 @@ def remove_job(name: str, *, force: bool = False) -> dict[str, Any]:
     latter (a state left behind by a crashed run), never a live trainer. Checkpoints and dataset
     replicas in the stores are data, not declarations: they are kept.
     """
-    from spotshift.placement.state import load_state, state_path
+    from spotshift.placement.state import delete_state, load_state
     from spotshift.training.backend import LocalProcessBackend
 
     get_job(name)  # not declared: the registry's one-line error
@@ -219,9 +219,7 @@ def remove_job(name: str, *, force: bool = False) -> dict[str, Any]:
             "to finish, or pass --force if no run of it is in progress (no trainer process is alive)"
         )
     registry.remove(SECTION, name)
-    path = state_path(name)
-    had_state = path.exists()
-    path.unlink(missing_ok=True)
+    had_state = delete_state(name)
     return {"job": name, "placement_state_removed": had_state, "status_was": state.status}
 
 
