@@ -184,13 +184,19 @@ def add_job(job: TrainingJob, *, replace: bool = False) -> None:
     Its dataset must be declared first (``spotshift datasets add``): a job training on nothing is
     refused here, not when its trainer starts.
     """
-    declared = {e.get("name") for e in registry.entries("datasets")}
-    if job.dataset not in declared:
-        raise ConfigError(
-            f"job {job.name!r}: dataset {job.dataset!r} is not declared "
-            f"(declare it with `spotshift datasets add {job.dataset} DIR`)"
-        )
+    _check_datasets([job], registry.entries("datasets"))
     registry.upsert(SECTION, job.to_dict(), replace=replace)
+
+
+def _check_datasets(jobs: list[TrainingJob], datasets: list[dict[str, Any]]) -> None:
+    """:class:`ConfigError` for the first job whose dataset is not among the ``datasets`` entries."""
+    declared = {e.get("name") for e in datasets}
+    for job in jobs:
+        if job.dataset not in declared:
+            raise ConfigError(
+                f"job {job.name!r}: dataset {job.dataset!r} is not declared "
+                f"(declare it with `spotshift datasets add {job.dataset} DIR`)"
+            )
 
 
 def remove_job(name: str, *, force: bool = False) -> dict[str, Any]:
@@ -275,13 +281,7 @@ def import_jobs(jobs: list[TrainingJob], *, replace: bool = False) -> None:
     wanted = {j.name: j.to_dict() for j in jobs}
 
     def mutate(data: dict[str, list[dict[str, Any]]]) -> None:
-        declared = {e.get("name") for e in data.get("datasets", [])}
-        for j in jobs:
-            if j.dataset not in declared:
-                raise ConfigError(
-                    f"job {j.name!r}: dataset {j.dataset!r} is not declared "
-                    f"(declare it with `spotshift datasets add {j.dataset} DIR`)"
-                )
+        _check_datasets(jobs, data.get("datasets", []))
         items = data.setdefault(SECTION, [])
         new = dict(wanted)
         for i, e in enumerate(items):
