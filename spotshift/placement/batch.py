@@ -14,7 +14,8 @@ terms — at a fraction of the cost:
    the quotes that fit its GPU requirement, with the same formulas and operation order as
    :func:`spotshift.placement.scoring.score_candidates`. Only a shortlist is handed to
    :func:`spotshift.placement.economics.decide`: the ``max_alternatives`` best-ranked eligible
-   quotes (plus as many as the current placement has), the best-ranked eligible quote of every
+   quotes (plus as many as the current placement has) for a running job — the best one for any
+   other — the best-ranked eligible quote of every
    location and market (where feasibility is decided: it depends only on location, market and
    the current placement), every quote of the current placement, the best preempted-only spot
    quote per location (for the "wait for spot" rule) and one spot quote of the snapshot (whether
@@ -189,7 +190,9 @@ def shortlist(
     cur = inp.current
     cur_ix = cols.by_key.get(cur.key, []) if cur is not None else []
     picked: set[int] = set(cur_ix)
-    picked.update(elig_ranked[: p.max_alternatives + len(cur_ix) + 1].tolist())
+    # a running job weighs its best alternatives; any other decision reads only the best candidate
+    running = cur is not None and inp.current_running
+    picked.update(elig_ranked[: p.max_alternatives + len(cur_ix) + 1 if running else 1].tolist())
     # best-ranked eligible quote of each location and market: where feasibility is decided
     group = cols.loc[elig_ranked] * 2 + cols.spot[elig_ranked]
     _, first = np.unique(group, return_index=True)
@@ -216,9 +219,9 @@ class JobInputs:
 def load_job_inputs(con: Any, jobs: list[TrainingJob]) -> dict[str, JobInputs]:
     """Footprint and latest checkpoint of every job in ``jobs``, from one query per fact table."""
     from spotshift.placement.inputs import (
-        _declared_dataset_location,
         checkpoint_presence_from,
         dataset_presence_from,
+        declared_dataset_locations,
     )
 
     latest = {
@@ -245,13 +248,13 @@ def load_job_inputs(con: Any, jobs: list[TrainingJob]) -> dict[str, JobInputs]:
     ).fetchall():
         datasets.setdefault(row[0], []).append(row[1:])
     by_dataset: dict[str, tuple[int, dict[str, int]]] = {}
+    declared_at = declared_dataset_locations()  # one read of the declarations, not one per dataset
     out = {}
     for job in jobs:
         ds = by_dataset.get(job.dataset)
         if ds is None:
             rows = datasets.get(job.dataset, [])
-            declared = _declared_dataset_location(job.dataset) if rows else None
-            ds = by_dataset[job.dataset] = dataset_presence_from(rows, declared)
+            ds = by_dataset[job.dataset] = dataset_presence_from(rows, declared_at.get(job.dataset))
         last = latest.get(job.name)
         ck: tuple[int, dict[str, int]] = (0, {})
         if last is not None:
@@ -280,16 +283,9 @@ def inputs_digest(
     snapshot_id: str, job: TrainingJob, state: PlacementState, ji: JobInputs, shared: str
 ) -> str:
     """Hash of what a decision for ``job`` reads, the clock excepted (``shared``: digest of the
-    tick-wide risks, preempted and parameters)."""
-    doc = {
-        "snapshot": snapshot_id,
-        "job": job.to_dict(),
-        "state": state.to_dict(),
-        "checkpoint": [str(x) for x in ji.latest_checkpoint] if ji.latest_checkpoint else None,
-        "footprint": ji.footprint.to_dict(),
-        "shared": shared,
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    tick-wide risks, preempted and parameters). Dataclass reprs name every field and value."""
+    text = repr((snapshot_id, job, state, ji.latest_checkpoint, ji.footprint, shared))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 @dataclass

@@ -119,15 +119,19 @@ def dataset_presence_from(rows: list[tuple[Any, ...]], declared: str | None) -> 
 
 
 def _declared_dataset_location(dataset: str) -> str | None:
-    from spotshift import registry
-    from spotshift.errors import ConfigError
+    return declared_dataset_locations().get(dataset)
 
-    try:
-        entry = registry.get("datasets", dataset)
-    except ConfigError:  # not declared: the location is optional
-        return None
-    loc = entry.get("location")
-    return loc if isinstance(loc, str) and "/" in loc else None
+
+def declared_dataset_locations() -> dict[str, str]:
+    """The declared ``provider/region`` of every declared dataset that has one, by name (the
+    location is optional)."""
+    from spotshift import registry
+
+    return {
+        str(e["name"]): e["location"]
+        for e in registry.entries("datasets")
+        if isinstance(e.get("location"), str) and "/" in e["location"]
+    }
 
 
 def _checkpoint_presence(con: Any, job: str) -> tuple[int, dict[str, int]]:
