@@ -2,8 +2,8 @@
 
 Three implementations of one small interface, ``store_for(location) -> ChunkStore``:
 
-* :class:`RegionStoresResource` — the embedded default: one local directory per region under
-  ``$SPOTSHIFT_HOME/stores`` (``spotshift.home.region_store_url``), or under ``root``.
+* :class:`RegionStoresResource` — the embedded default: the library's own region stores
+  (``spotshift.home.region_store_url``: ``$SPOTSHIFT_HOME/stores`` or a ``file://`` base), or under ``root``.
 * :class:`S3RegionStoresResource` — dagster-aws ``S3Resource`` (``endpoint_url``, ``region_name``,
   profile, ...) plus a bucket and prefix: region ``aws/us-east-1`` lives at
   ``s3://<bucket>/<prefix>/aws/us-east-1``.
@@ -17,29 +17,28 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import urlparse
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 from dagster_gcp import GCSResource
 
-from spotshift.errors import ConfigError
-from spotshift.pricing.egress import split_location
-from spotshift.sync.store import ChunkStore, LocalChunkStore, open_store
+from spotshift.home import region_path, region_store_url, stores_base
+from spotshift.sync.store import ChunkStore, LocalChunkStore
+from spotshift.sync.store_gcs import GCSChunkStore
+from spotshift.sync.store_s3 import S3ChunkStore
+from spotshift.sync.store_url import open_store
 
 
 class RegionStoresResource(dg.ConfigurableResource):
-    """Local region stores (the embedded default): ``<root>/<provider>/<region>``."""
+    """Local region stores (the embedded default): ``<root>/<provider>/<region>``; without ``root``,
+    wherever :func:`spotshift.home.region_store_url` puts them (as the library does)."""
 
     root: str = ""
 
     def store_for(self, location: str) -> ChunkStore:
-        provider, region = split_location(location)
         if self.root:
-            return LocalChunkStore(Path(self.root).expanduser() / provider / region)
-        from spotshift.home import region_store_url
-
-        return open_store(region_store_url(f"{provider}/{region}"))
+            return LocalChunkStore(region_path(location, str(Path(self.root).expanduser())))
+        return open_store(region_store_url(location))
 
 
 class S3RegionStoresResource(S3Resource):
@@ -52,11 +51,8 @@ class S3RegionStoresResource(S3Resource):
         return self  # assets call store_for(); S3Resource would hand them a bare boto3 client
 
     def store_for(self, location: str) -> ChunkStore:
-        from spotshift.sync.store_s3 import S3ChunkStore
-
-        provider, region = split_location(location)
         return S3ChunkStore(
-            self.bucket, f"{self.prefix.strip('/')}/{provider}/{region}", client=self.get_client()
+            self.bucket, region_path(location, self.prefix.strip("/")), client=self.get_client()
         )
 
 
@@ -70,30 +66,20 @@ class GCSRegionStoresResource(GCSResource):
         return self  # assets call store_for(); GCSResource would hand them a bare storage client
 
     def store_for(self, location: str) -> ChunkStore:
-        from spotshift.sync.store_gcs import GCSChunkStore
-
-        provider, region = split_location(location)
         return GCSChunkStore(
-            self.bucket, f"{self.prefix.strip('/')}/{provider}/{region}", client_factory=self.get_client
+            self.bucket, region_path(location, self.prefix.strip("/")), client_factory=self.get_client
         )
 
 
 def stores_resource_from_env() -> dg.ConfigurableResource:
-    """The region stores named by ``SPOTSHIFT_STORES_URL`` (``s3://bucket/prefix``, ``gs://bucket/prefix``,
-    ``file:///dir``); local stores under ``$SPOTSHIFT_HOME/stores`` when unset."""
-    url = os.environ.get("SPOTSHIFT_STORES_URL", "").strip()
-    if not url:
-        return RegionStoresResource()
-    parsed = urlparse(url)
-    prefix = parsed.path.strip("/") or "spotshift/stores"
-    if parsed.scheme == "s3":
+    """The region stores named by ``SPOTSHIFT_STORES_URL``, parsed by :func:`spotshift.home.stores_base`
+    (the library's own reading of it, so Dagster and the library use the same stores); local stores
+    under ``$SPOTSHIFT_HOME/stores`` when unset."""
+    base = stores_base()
+    if base.scheme == "s3":
         return S3RegionStoresResource(
-            bucket=parsed.netloc, prefix=prefix, endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3")
+            bucket=base.bucket, prefix=base.prefix, endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3")
         )
-    if parsed.scheme == "gs":
-        return GCSRegionStoresResource(bucket=parsed.netloc, prefix=prefix)
-    if parsed.scheme == "file":
-        return RegionStoresResource(root=parsed.path)
-    raise ConfigError(
-        f"SPOTSHIFT_STORES_URL={url!r}: use s3://bucket/prefix, gs://bucket/prefix or file:///dir"
-    )
+    if base.scheme == "gs":
+        return GCSRegionStoresResource(bucket=base.bucket, prefix=base.prefix)
+    return RegionStoresResource()

@@ -17,7 +17,7 @@ from ops.migration import preemption_recovery_job
 from spotshift.home import region_store_url
 from spotshift.migration import contract
 from spotshift.placement.state import list_states
-from spotshift.sync.store import open_store
+from spotshift.sync.store_url import open_store
 from spotshift.training.preemption import read_notices
 
 CURSOR_KEEP = 2000  # notice ids remembered

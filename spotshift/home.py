@@ -16,7 +16,13 @@ Layout (DESIGN §1, "state lives in three places only"):
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from spotshift.cloud_errors import redact_url
+from spotshift.errors import ConfigError
+from spotshift.pricing.regions import split_location
 
 
 def spotshift_home() -> Path:
@@ -41,31 +47,78 @@ def stores_root() -> Path:
     return spotshift_home() / "stores"
 
 
+#: the schemes SPOTSHIFT_STORES_URL may name
+STORES_SCHEMES = ("file", "s3", "gs")
+
+
+@dataclass(frozen=True)
+class StoresBase:
+    """Where the region stores live, parsed once from ``SPOTSHIFT_STORES_URL``.
+
+    ``scheme`` is ``file``, ``s3`` or ``gs``; ``bucket`` is empty for ``file``; ``prefix`` is the key
+    prefix inside the bucket (``""``: the bucket root), or the absolute directory for ``file``.
+    """
+
+    scheme: str
+    bucket: str
+    prefix: str
+
+    @property
+    def url(self) -> str:
+        """``file:///dir``, ``s3://bucket[/prefix]`` or ``gs://bucket[/prefix]`` (no trailing slash)."""
+        if self.scheme == "file":
+            return Path(self.prefix).as_uri()
+        return f"{self.scheme}://{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
+
+    def region_prefix(self, location: str) -> str:
+        """The key prefix (or, for ``file``, the directory) of ``location``'s store."""
+        return region_path(location, self.prefix)
+
+
+def region_path(location: str, base: str = "") -> str:
+    """``<base>/<provider>/<region>``: the one layout of region stores under any base (a bucket
+    prefix, a directory or a URL); ConfigError when ``location`` is not ``provider/region``."""
+    provider, region = split_location(location)
+    base = base.rstrip("/")
+    return f"{base}/{provider}/{region}" if base else f"{provider}/{region}"
+
+
+def stores_base() -> StoresBase:
+    """The parsed ``SPOTSHIFT_STORES_URL`` (``s3://bucket/prefix``, ``gs://bucket/prefix`` or
+    ``file:///dir``); the local ``$SPOTSHIFT_HOME/stores`` when unset. ConfigError naming the
+    variable for another scheme, a missing bucket or a relative file URL."""
+    url = os.environ.get("SPOTSHIFT_STORES_URL", "").strip()
+    if not url:
+        return StoresBase("file", "", str(stores_root()))
+    parsed = urlparse(url)
+    scheme = parsed.scheme.lower()
+    if scheme == "file" and parsed.netloc in ("", "localhost") and parsed.path.startswith("/"):
+        return StoresBase("file", "", unquote(parsed.path).rstrip("/") or "/")
+    if scheme in ("s3", "gs") and parsed.netloc and "@" not in parsed.netloc:
+        return StoresBase(scheme, parsed.netloc, parsed.path.strip("/"))
+    raise ConfigError(
+        f"SPOTSHIFT_STORES_URL={redact_url(url)!r}: use s3://bucket/prefix, gs://bucket/prefix or file:///dir"
+    )
+
+
 def stores_base_url() -> str:
-    """Where the region stores live: ``SPOTSHIFT_STORES_URL`` (``s3://bucket/prefix``,
-    ``gs://bucket/prefix`` or ``file:///dir``), else the local ``$SPOTSHIFT_HOME/stores``."""
-    env = os.environ.get("SPOTSHIFT_STORES_URL", "").strip()
-    return env.rstrip("/") if env else stores_root().as_uri()
+    """Where the region stores live, as a URL (see :func:`stores_base`)."""
+    return stores_base().url
 
 
 def region_store_url(location: str) -> str:
     """The object store URL of a ``provider/region`` location: ``<stores base>/<provider>/<region>``.
 
-    Every part of spotshift (dataset replicas, checkpoints, trainers, event notices) finds a
-    region's store through this one function.
+    Every part of spotshift (dataset replicas, checkpoints, trainers, event notices, the Dagster
+    stores resources) finds a region's store through this layout (:func:`region_path`).
     """
-    provider, _, region = location.partition("/")
-    if not provider or not region or "/" in region:
-        raise ValueError(f"location {location!r} is not of the form provider/region")
-    return f"{stores_base_url()}/{provider}/{region}"
+    return region_path(location, stores_base_url())
 
 
 def location_of_store(url: str) -> str | None:
     """``provider/region`` of a region store URL (inverse of :func:`region_store_url`), else None."""
     base = stores_base_url()
     if base.startswith("file://") and url.startswith("file://"):
-        from urllib.parse import unquote, urlparse
-
         try:
             rel = (
                 Path(unquote(urlparse(url).path))

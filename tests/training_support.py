@@ -90,7 +90,7 @@ def weights_of(store_url: str, job: str, checkpoint_id: str | None = None) -> di
     """The model tensors of a committed checkpoint (fully verified)."""
     from spotshift.checkpoint.format import open_checkpoint
     from spotshift.checkpoint.keys import open_key_provider
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     ck = open_checkpoint(open_store(store_url), job, checkpoint_id)
     return ck.load_tensors(open_key_provider())["model"]

@@ -94,7 +94,7 @@ def register(sub: Any) -> None:
 
 def _open(path: str):  # noqa: ANN202
     from spotshift.checkpoint.format import open_checkpoint, parse_checkpoint_path
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     store_url, job, ckpt = parse_checkpoint_path(path)
     return open_checkpoint(open_store(store_url), job, ckpt)
@@ -159,7 +159,7 @@ def _list(args: argparse.Namespace) -> int:
         parse_checkpoint_path,
     )
     from spotshift.cliutil import emit_json
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     store_url, job, _ = parse_checkpoint_path(args.path)
     store = open_store(store_url)
@@ -199,7 +199,7 @@ def _prune(args: argparse.Namespace) -> int:
     from spotshift.checkpoint.prune import prune_checkpoints
     from spotshift.cliutil import emit_json
     from spotshift.errors import ConfigError
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     store_url, job, ckpt = parse_checkpoint_path(args.path)
     if ckpt is not None:
@@ -227,7 +227,7 @@ def _migrate(args: argparse.Namespace) -> int:
     from spotshift.checkpoint.keys import open_key_provider
     from spotshift.checkpoint.migrate import migrate_checkpoint
     from spotshift.cliutil import emit_json
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     store_url, job, ckpt = parse_checkpoint_path(args.src)
     dst_url = (

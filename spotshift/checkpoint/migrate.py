@@ -34,7 +34,6 @@ import shutil
 import struct
 import tempfile
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,9 +53,11 @@ from spotshift.checkpoint.format import (
 )
 from spotshift.checkpoint.keys import KeyProvider
 from spotshift.checkpoint.tiered import copy_checkpoint
+from spotshift.clock import parse_utc
 from spotshift.errors import ConfigError, IntegrityError
 from spotshift.home import location_of_store
 from spotshift.sync.store import ChunkStore, LocalChunkStore
+from spotshift.sync.transfer import TransferStats
 
 DELTA_MAGIC = b"SSCKDLT1"
 DELTA_FORMAT = "spotshift-delta/1"
@@ -101,35 +102,34 @@ class MigrationReport:
         d["seconds"] = round(self.seconds, 4)
         return d
 
-    def transfer_row(self, run_id: str | None = None) -> dict[str, Any]:
-        """The ``raw.transfers`` row of this migration (kind ``checkpoint``)."""
-        per_gb = usd = None
-        if self.src_location and self.dst_location:
-            from spotshift.pricing.egress import egress_usd_per_gb
+    def transfer_stats(self) -> TransferStats:
+        """This migration as a transfer (kind ``checkpoint``, tensors counted as chunks, the content
+        hash as its root), priced by the egress table when both locations are known."""
+        stats = TransferStats(
+            dataset=self.job,
+            src=self.src_store,
+            dst=self.dst_store,
+            root=self.content_hash,
+            kind="checkpoint",
+            method=self.method,
+            src_location=self.src_location,
+            dst_location=self.dst_location,
+            seconds=self.seconds,
+            bytes_scanned=self.bytes_scanned,
+            bytes_changed=self.bytes_changed,
+            bytes_full=self.bytes_full,
+            chunks_total=self.tensors_total,
+            chunks_sent=self.tensors_sent,
+            bytes_sent=self.bytes_sent,
+        )
+        if self.started_at:
+            stats.started_at = parse_utc(self.started_at)
+        stats.price()
+        return stats
 
-            per_gb = egress_usd_per_gb(self.src_location, self.dst_location)
-            usd = per_gb * self.bytes_sent / 1e9
-        return {
-            "transfer_id": str(uuid.uuid4()),
-            "kind": "checkpoint",
-            "entity": self.job,
-            "method": self.method,
-            "src_location": self.src_location,
-            "dst_location": self.dst_location,
-            "started_at": self.started_at,
-            "seconds": self.seconds,
-            "bytes_scanned": self.bytes_scanned,
-            "bytes_changed": self.bytes_changed,
-            "bytes_full": self.bytes_full,
-            "chunks_total": self.tensors_total,
-            "chunks_sent": self.tensors_sent,
-            "bytes_sent": self.bytes_sent,
-            "egress_usd_per_gb": per_gb,
-            "egress_usd": usd,
-            "transfer_amplification": (self.bytes_sent / self.bytes_changed) if self.bytes_changed else None,
-            "root": self.content_hash,
-            "run_id": run_id,
-        }
+    def transfer_row(self, run_id: str | None = None) -> dict[str, Any]:
+        """The ``raw.transfers`` row of this migration (:meth:`TransferStats.to_row`, the one builder)."""
+        return self.transfer_stats().to_row(run_id)
 
 
 def choose_base(dst: ChunkStore, job: str, step: int, exclude: str) -> str | None:

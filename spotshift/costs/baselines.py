@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from spotshift.clock import as_utc
+from spotshift.pricing.regions import split_location
 
 BASELINE = "stay_first_spot"
 TABLE = "raw.job_baselines"
@@ -80,7 +81,7 @@ def _quotes(con: Any, fs: FirstSpot) -> Any:
     """The location's price history for the instance type, in the simulator's history shape."""
     import polars as pl
 
-    provider, _, region = fs.location.partition("/")
+    provider, region = split_location(fs.location, zone=True)
     rows = con.execute(
         """SELECT polled_at, lower(provider), region, instance_type, min(gpu_model), min(gpu_count),
                   min(price_usd_hour) FILTER (WHERE market = 'spot'),

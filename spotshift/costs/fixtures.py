@@ -26,6 +26,7 @@ from typing import Any
 
 from spotshift.pricing.egress import egress_usd_per_gb
 from spotshift.pricing.quote import effective_gpu_hour_usd
+from spotshift.sync.transfer import TransferStats
 from spotshift.warehouse import first_row
 
 #: the first virtual instant of the fixture timeline (naive UTC)
@@ -144,14 +145,11 @@ class _Sim:
         )
         bytes_changed = int(bytes_full * changed_frac)
         bytes_sent = bytes_full if full else int(bytes_changed * (1.02 + 0.05 * self.rng.random()))
-        rate = egress_usd_per_gb(src, dst)
-        egress = bytes_sent / 1e9 * rate
         chunks_total = max(1, bytes_full // (8 * 2**20))
-        self.add(
-            "transfers",
-            transfer_id=_id("transfer", run_id, kind),
+        stats = TransferStats(
+            dataset=job.dataset if kind == "dataset" else job.name,
+            root=_id("root", run_id, kind),
             kind=kind,
-            entity=job.dataset if kind == "dataset" else job.name,
             method="full" if full else ("cdc_delta" if kind == "dataset" else "tensor_delta"),
             src_location=src,
             dst_location=dst,
@@ -163,12 +161,11 @@ class _Sim:
             chunks_total=chunks_total,
             chunks_sent=max(1, int(chunks_total * bytes_sent / bytes_full)),
             bytes_sent=bytes_sent,
-            egress_usd_per_gb=rate,
-            egress_usd=egress,
-            transfer_amplification=bytes_sent / bytes_changed if bytes_changed else None,
-            root=_id("root", run_id, kind),
-            run_id=run_id,
+            transfer_id=_id("transfer", run_id, kind),
         )
+        stats.price()
+        self.add("transfers", **stats.to_row(run_id))
+        egress = stats.egress_usd
         return bytes_sent, egress
 
 

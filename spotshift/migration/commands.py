@@ -50,7 +50,7 @@ def _move(args: argparse.Namespace) -> int:
     from spotshift.jobs import get_job
     from spotshift.migration.run import move_by_hand
     from spotshift.migration.state import ShadowOptions
-    from spotshift.pricing.egress import split_location
+    from spotshift.pricing.regions import split_location
 
     get_job(args.job)
     split_location(args.to_location)

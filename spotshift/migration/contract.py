@@ -9,17 +9,20 @@ run coordinator allows one run per job at a time), the trigger, source and targe
 or failed run they answer. The plan itself is not a tag: the move ledger
 (:mod:`spotshift.migration.ledger`) keeps it, keyed by job, for the rollback to read.
 
-Run keys are built from the external identity of what a sensor reacts to, never from the clock:
-
-* a price move or a placement: ``<job>:<from or ->-><to>:<quote snapshot id>`` (a placement of a
-  job that is not running appends ``:v<placement state version>``);
-* a preemption recovery: ``<job>:<notice id>``;
-* a rollback: ``rollback:<failed run id>``.
+Run keys are built from the external identity of what a sensor reacts to, never from the clock;
+their formats live in :mod:`spotshift.runkeys` (placement names the run a decision asks for and
+must not import this package) and are re-exported here.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from spotshift import runkeys
+from spotshift.runkeys import move_run_key as move_run_key
+from spotshift.runkeys import placement_run_key as placement_run_key
+from spotshift.runkeys import recovery_run_key as recovery_run_key
+from spotshift.runkeys import rollback_run_key as rollback_run_key
 
 #: the training job a run acts on (the run coordinator limits runs per value of this tag)
 TAG_JOB = "spotshift/job"
@@ -45,28 +48,8 @@ PLAN_MOVE_OP = "plan_move"
 PLAN_RECOVERY_OP = "plan_recovery"
 ROLL_BACK_OP = "roll_back"
 
-#: a tag's value when there is no source (a placement)
-NONE = "-"
-
-
-def move_run_key(job: str, from_location: str, to_location: str, snapshot_id: str) -> str:
-    """``<job>:<from>-><to>:<quote snapshot id>`` (``-`` for an empty part)."""
-    return f"{job}:{from_location or NONE}->{to_location or NONE}:{snapshot_id or NONE}"
-
-
-def placement_run_key(move_key: str, state_version: int) -> str:
-    """A placement's run key: the same snapshot can see a job preempted and placed more than once."""
-    return f"{move_key}:v{state_version}"
-
-
-def recovery_run_key(job: str, notice_id: str) -> str:
-    """``<job>:<notice id>``: one recovery per notice."""
-    return f"{job}:{notice_id}"
-
-
-def rollback_run_key(failed_run_id: str) -> str:
-    """``rollback:<failed run id>``: one rollback per failed run."""
-    return f"rollback:{failed_run_id}"
+#: a tag's value when there is no source (a placement); run-key formats live in spotshift.runkeys
+NONE = runkeys.NONE
 
 
 def move_tags(job: str, trigger: str, from_location: str, to_location: str) -> dict[str, str]:

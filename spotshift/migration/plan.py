@@ -111,9 +111,7 @@ def plan_from_decision(
     running = decision.current is not None and decision.current_running
     source = decision.current.location if running and decision.current is not None else ""
     terms = decision.terms
-    # the key names where the job was placed even when it is not running (as Decision.run_key does)
-    placed = decision.current.location if decision.current is not None else ""
-    run_key = contract.move_run_key(decision.job, placed, q.location, decision.snapshot_id)
+    run_key = decision.run_key()
     return MovePlan(
         job=decision.job,
         trigger=trigger or ("price" if running else "place"),

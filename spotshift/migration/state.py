@@ -51,7 +51,7 @@ def local_env(*, run_id: str, log: Callable[[str], None] | None = None) -> MoveE
     """The embedded default: local trainer processes, stores under ``$SPOTSHIFT_HOME``, the key
     provider of ``$SPOTSHIFT_KEY_PROVIDER`` (else the local key file), the default warehouse."""
     from spotshift.checkpoint.keys import open_key_provider
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
     from spotshift.training.backend import open_backend
     from spotshift.training.runs import store_url_for
 

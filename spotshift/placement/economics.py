@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from spotshift import runkeys
 from spotshift.jobs import TrainingJob
 from spotshift.placement.params import PlacementParams
 from spotshift.placement.risk import RegionRisk
@@ -207,10 +208,12 @@ class Decision:
         return f"{self.job}:{self.snapshot_id or '-'}:{cur}:{self.action}"
 
     def run_key(self) -> str:
-        """Run key of the migration this decision requests: ``<job>:<from>-><to>:<quote snapshot id>``."""
-        src = self.current.location if self.current is not None else "-"
-        dst = self.target_location or "-"
-        return f"{self.job}:{src}->{dst}:{self.snapshot_id or '-'}"
+        """Run key of the migration this decision requests (:func:`spotshift.runkeys.move_run_key`).
+
+        The source is where the job was placed even when it is not running.
+        """
+        src = self.current.location if self.current is not None else ""
+        return runkeys.move_run_key(self.job, src, self.target_location or "", self.snapshot_id)
 
     def to_row(self) -> dict[str, Any]:
         """The ``raw.decisions`` row (columns of :data:`spotshift.warehouse.RAW_TABLES`)."""

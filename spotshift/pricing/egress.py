@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from spotshift.errors import ConfigError
+from spotshift.pricing.regions import split_location
 
 
 @dataclass(frozen=True)
@@ -99,14 +100,6 @@ def continent_of(region: str) -> str:
     return "other"
 
 
-def split_location(location: str) -> tuple[str, str]:
-    """``"gcp/us-central1"`` -> ``("gcp", "us-central1")``; :class:`ConfigError` when malformed."""
-    provider, sep, region = location.partition("/")
-    if not sep or not provider or not region:
-        raise ConfigError(f"location {location!r} is not of the form provider/region")
-    return provider.lower(), region
-
-
 def egress_usd_per_gb(
     src: str,
     dst: str,
@@ -122,8 +115,8 @@ def egress_usd_per_gb(
     Other provider: the source's internet egress rate.
     """
     rates = table or DEFAULT_EGRESS
-    sp, sr = split_location(src)
-    dp, dr = split_location(dst)
+    sp, sr = split_location(src, zone=True)
+    dp, dr = split_location(dst, zone=True)
     if sp not in rates:
         raise ConfigError(f"no egress prices for provider {sp!r} (location {src!r})")
     r = rates[sp]

@@ -54,6 +54,7 @@ from datetime import datetime
 from typing import Any
 
 from spotshift.errors import ConfigError
+from spotshift.pricing.regions import provider_of
 from spotshift.pricing.reserved import reserved_price_usd_hour
 from spotshift.serving.latency import rtt_ms
 from spotshift.serving.slo import ServingProfile, pool_sizer
@@ -101,7 +102,7 @@ class LocationQuote:
             return self.reserved_usd_hour
         if self.on_demand_usd_hour is None:
             return None
-        return reserved_price_usd_hour(self.location.split("/", 1)[0], self.on_demand_usd_hour)
+        return reserved_price_usd_hour(provider_of(self.location), self.on_demand_usd_hour)
 
     def price(self, market: str) -> float | None:
         """Price in ``market``."""

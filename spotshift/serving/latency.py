@@ -45,6 +45,7 @@ import functools
 import math
 
 from spotshift.errors import ConfigError
+from spotshift.pricing.regions import region_of
 
 FIBRE_KM_PER_MS = 199.86  # c / 1.5: light in silica fibre, km per millisecond (one way)
 ROUTE_FACTOR = 1.5  # cable path length / great-circle distance (see the module docstring)
@@ -338,10 +339,7 @@ def locations() -> tuple[str, ...]:
 
 def region_of_location(location: str) -> str:
     """``provider/region[/zone]`` -> ``provider/region`` (lower-case provider); ConfigError if unknown."""
-    parts = location.strip().split("/")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise ConfigError(f"location {location!r} is not of the form provider/region[/zone]")
-    key = f"{parts[0].lower()}/{parts[1]}"
+    key = region_of(location)
     if key not in LOCATION_SITES:
         raise ConfigError(
             f"location {location!r} is not in the latency table (spotshift.serving.latency.LOCATION_SITES)"

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spotshift.errors import ConfigError, IntegrityError, NotFoundError
+from spotshift.pricing.regions import region_of
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def _job_store_urls(job_name: str, location: str) -> list[str]:
         places.append(job.start_location)
     urls: list[str] = []
     for place in places:
-        url = store_url_for("/".join(place.split("/")[:2]))
+        url = store_url_for(region_of(place))
         if url not in urls:
             urls.append(url)
     return urls
@@ -97,7 +98,7 @@ def _open_verified(model_ref: str, location: str, keys: Any) -> tuple[Any, dict[
         open_newest_verified,
         parse_checkpoint_path,
     )
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     if "/checkpoints/" in model_ref or "://" in model_ref:
         store_url, job, ckpt_id = parse_checkpoint_path(model_ref)

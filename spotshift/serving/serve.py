@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from spotshift.errors import ConfigError
+from spotshift.pricing.regions import split_location
 from spotshift.serving import replica_api as api
 from spotshift.serving.replica import Replica, ReplicaConfig
 
@@ -270,8 +271,7 @@ def replica_price_usd_hour(location: str, market: str) -> float:
     from spotshift.pricing.snapshots import latest_quotes
     from spotshift.warehouse import connect
 
-    provider, _, region = location.partition("/")
-    region = region.split("/")[0]
+    provider, region = split_location(location, zone=True)
     try:
         with connect(read_only=True) as con:
             quotes = latest_quotes(con)

@@ -45,6 +45,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from spotshift.errors import ConfigError, InputError
+from spotshift.pricing.regions import provider_of, region_of
 from spotshift.serving.autoscale import (
     Launch,
     LocationQuote,
@@ -774,9 +775,7 @@ def build_sim_inputs(req: InferenceSimRequest) -> tuple[SimInputs, dict[str, Any
     probe = build_market(
         history, instance, start=start, hours=1.0, gap_seconds=3600, traces={}, regions=req.regions or None
     )
-    locations = [
-        loc for loc in probe.locations if loc.split("/")[0] + "/" + loc.split("/")[1] in LOCATION_SITES
-    ]
+    locations = [loc for loc in probe.locations if region_of(loc) in LOCATION_SITES]
     skipped = sorted(set(probe.locations) - set(locations))
     if not locations:
         raise ConfigError(
@@ -801,7 +800,7 @@ def build_sim_inputs(req: InferenceSimRequest) -> tuple[SimInputs, dict[str, Any
     spot = np.array([market.spot[i] for i in keep], dtype=float).T[:ticks]
     od = np.array([market.on_demand[i] for i in keep], dtype=float).T[:ticks]
     avail = np.array([market.available[i] for i in keep], dtype=bool).T[:ticks]
-    disc = np.array([reserved_discount(loc.split("/")[0]) for loc in locations])
+    disc = np.array([reserved_discount(provider_of(loc)) for loc in locations])
     reserved = od * (1.0 - disc[None, :])
     if np.isnan(od).all():
         raise ConfigError(

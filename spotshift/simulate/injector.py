@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from spotshift.pricing.regions import provider_of
 from spotshift.simulate.traces import AvailabilityTrace
 from spotshift.training.backend import ComputeBackend, TrainerInfo
 from spotshift.training.notice_server import MetadataServer
@@ -74,7 +75,7 @@ class PreemptionInjector:
 
     def __enter__(self) -> PreemptionInjector:
         for location in self.traces:
-            if location.partition("/")[0] in PROVIDER_KIND:
+            if provider_of(location) in PROVIDER_KIND:
                 self.servers[location] = MetadataServer()
         register_endpoints({loc: srv.url for loc, srv in self.servers.items()})
         return self
@@ -113,7 +114,7 @@ class PreemptionInjector:
             server = self.servers.get(info.location)
             if server is None:
                 continue
-            provider = info.location.partition("/")[0]
+            provider = provider_of(info.location)
             notice = server.preempt(provider)
             inj = Injection(info.job, info.location, info.pid, notice, now, time.monotonic())
             self._pending[info.pid] = inj
@@ -128,7 +129,7 @@ class PreemptionInjector:
         return delivered
 
     def _escalate(self, info: TrainerInfo, inj: Injection) -> None:
-        warning = WARNING_S.get(PROVIDER_KIND.get(info.location.partition("/")[0], ""), 30.0)
+        warning = WARNING_S.get(PROVIDER_KIND.get(provider_of(info.location), ""), 30.0)
         waited = time.monotonic() - inj.wall_at
         if waited > warning + self.kill_grace_s and inj.escalated != "sigkill":
             with contextlib.suppress(ProcessLookupError):

@@ -20,6 +20,7 @@ from typing import Any
 
 from spotshift.errors import ConfigError, InputError
 from spotshift.pricing.quote import NormalizedGPUQuote
+from spotshift.pricing.regions import split_location
 from spotshift.simulate.traces import AvailabilityTrace
 
 DEFAULT_INSTANCE = "a2-highgpu-8g"
@@ -69,7 +70,7 @@ class Market:
         out = []
         when = self.epoch_start[self.epoch[t]]
         for i, loc in enumerate(self.locations):
-            provider, _, region = loc.partition("/")
+            provider, region = split_location(loc, zone=True)
             for market, series in (("spot", self.spot), ("on_demand", self.on_demand)):
                 price = series[i][t]
                 if math.isnan(price):
@@ -171,7 +172,7 @@ def build_market(
             loc
             for loc in locs_all
             if any(
-                fnmatch.fnmatchcase(loc, pat) or fnmatch.fnmatchcase(loc.split("/", 1)[1], pat)
+                fnmatch.fnmatchcase(loc, pat) or fnmatch.fnmatchcase(split_location(loc, zone=True)[1], pat)
                 for pat in regions
             )
         ]

@@ -20,6 +20,7 @@ from typing import Any
 from spotshift.clock import as_utc, parse_utc
 from spotshift.errors import ConfigError
 from spotshift.placement.params import PlacementParams
+from spotshift.pricing.regions import split_location
 from spotshift.simulate.engine import (
     POLICIES,
     PolicyResult,
@@ -111,7 +112,7 @@ def _qualify(history: Any, names: Mapping[str, str], what: str) -> dict[str, str
     }
     by_region: dict[str, list[str]] = {}
     for loc in locs:
-        by_region.setdefault(loc.split("/", 1)[1], []).append(loc)
+        by_region.setdefault(split_location(loc, zone=True)[1], []).append(loc)
     out = {}
     for key, ref in names.items():
         if key in locs:

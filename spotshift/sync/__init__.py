@@ -6,7 +6,8 @@ Modules (imported lazily by callers; this package imports nothing so the command
 ``fingerprint``  :func:`~spotshift.sync.fingerprint.fingerprint` a directory -> manifest (files cache)
 ``manifest``     :class:`~spotshift.sync.manifest.Manifest` (Parquet, Merkle root) and :func:`diff`
 ``filescache``   the (size, mtime, inode) -> chunks cache under ``$SPOTSHIFT_HOME/cache``
-``store``        :class:`ChunkStore`, the local store and ``open_store(url)``; ``store_s3``, ``store_gcs``
+``store``        :class:`ChunkStore` and the local store; ``store_s3``, ``store_gcs`` the cloud ones
+``store_url``    ``open_store(url)``: the store behind a ``file://``, ``s3://`` or ``gs://`` URL
 ``refs``         manifests and ``latest`` pointers inside a store
 ``delta``        ``push``, ``replicate``, ``pull``, ``verify`` (with repair)
 ``transfer``     :class:`TransferStats` (a ``raw.transfers`` row) and the bounded-memory pool

@@ -371,7 +371,7 @@ def _replicate(args: argparse.Namespace) -> int:
     from spotshift.progress import progress_for
     from spotshift.sync.delta import replicate
     from spotshift.sync.refs import resolve_dataset
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     src = open_store(args.src_url)
     dataset = args.dataset or resolve_dataset(src, None)[0]
@@ -392,7 +392,7 @@ def _replicate(args: argparse.Namespace) -> int:
 
 def _snapshots(args: argparse.Namespace) -> int:
     from spotshift.sync.prune import list_snapshots
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     store = open_store(args.url)
     snaps = list_snapshots(store, args.dataset)
@@ -419,7 +419,7 @@ def _snapshots(args: argparse.Namespace) -> int:
 
 def _prune(args: argparse.Namespace) -> int:
     from spotshift.sync.prune import prune
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     store = open_store(args.url)
     r = prune(
@@ -456,7 +456,7 @@ def _verify(args: argparse.Namespace) -> int:
     from spotshift.errors import ConfigError
     from spotshift.sync.delta import VerifyReport, verify
     from spotshift.sync.refs import list_datasets
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     if (args.source or args.from_url) and not args.repair:
         raise ConfigError("--source/--from name where repairs come from; add --repair to repair")

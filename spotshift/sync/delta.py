@@ -56,7 +56,8 @@ from spotshift.sync.refs import (
     write_ref,
 )
 from spotshift.sync.sender import Located, SourceSender
-from spotshift.sync.store import ChunkStore, LocalChunkStore, chunk_key, open_store, syncfs
+from spotshift.sync.store import ChunkStore, LocalChunkStore, chunk_key, syncfs
+from spotshift.sync.store_url import open_store
 from spotshift.sync.transfer import BoundedPool, TransferStats, check_workers
 
 #: default bytes of chunk payload in flight per operation (the memory bound of a transfer)

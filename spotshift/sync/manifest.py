@@ -43,13 +43,12 @@ from typing import Any
 
 from spotshift.errors import IntegrityError
 from spotshift.sync.chunking import DIGEST_SIZE, ChunkParams, digest_function
+from spotshift.sync.packs import pack_index_from_columns
 
 FORMAT_VERSION = 1
 #: the format of manifests with a pack index (see the module docstring)
 PACKED_FORMAT_VERSION = 2
 READABLE_VERSIONS = (FORMAT_VERSION, PACKED_FORMAT_VERSION)
-#: largest offset a pack index may name (1 TiB: packs are tens of MiB)
-MAX_PACK_OFFSET = 1 << 40
 PACK_COLUMNS = ("pack", "pack_offset")
 METADATA_KEY = b"spotshift.manifest"
 FILE, DIR, SYMLINK = "file", "dir", "symlink"
@@ -398,8 +397,6 @@ class Manifest:
             entries = _entries_from_columns(cols)
             locations = None
             if version == PACKED_FORMAT_VERSION:
-                from spotshift.sync.packs import pack_index_from_columns
-
                 locations = pack_index_from_columns(cols)
             manifest = cls(params, entries, locations)
         except IntegrityError as exc:

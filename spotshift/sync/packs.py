@@ -41,6 +41,9 @@ PACK_CHUNK_LIMIT = 1 << 20
 #: a pack is closed once it holds this many bytes
 PACK_TARGET_BYTES = 16 << 20
 
+#: largest offset a pack index may name (1 TiB: packs are tens of MiB)
+MAX_PACK_OFFSET = 1 << 40
+
 _PACK_ID = re.compile(r"[0-9a-f]{32}")
 
 Location = tuple[str, int]  # (pack id, offset)
@@ -203,8 +206,6 @@ def referenced_packs(locations: Iterable[Location]) -> set[str]:
 def pack_index_from_columns(cols: dict[str, list[Any]]) -> dict[bytes, Location]:
     """The pack index of a format-2 manifest's columns, checked as untrusted input: pack ids of 32
     hex digits, offsets within bounds, each chunk at one place only (:class:`IntegrityError`)."""
-    from spotshift.sync.manifest import MAX_PACK_OFFSET
-
     out: dict[bytes, Location] = {}
     for i, (pack, off) in enumerate(zip(cols["pack"], cols["pack_offset"], strict=True)):
         if pack is None and off is None:

@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 from spotshift.atomic import TempFile, remove_stale_temp_files, stale_temp_files, temp_path
+from spotshift.cloud_errors import redact_url
 from spotshift.errors import ConfigError, IntegrityError, NotFoundError
 
 CHUNK_PREFIX = "chunks/"
@@ -339,7 +340,7 @@ class BucketStore(ChunkStore):
 
     @classmethod
     def from_url(cls, url: str) -> ChunkStore:
-        parsed = _parse_store_url(url)
+        parsed = parse_store_url(url)
         return cls(parsed.netloc, parsed.path)
 
     def object_name(self, key: str) -> str:
@@ -351,23 +352,12 @@ class BucketStore(ChunkStore):
         return name[len(self.prefix) + 1 :] if self.prefix else name
 
 
-#: URL scheme -> factory; cloud implementations register themselves lazily (see :func:`open_store`)
-_FACTORIES: dict[str, Callable[[str], ChunkStore]] = {}
-
-
-def register_scheme(scheme: str, factory: Callable[[str], ChunkStore]) -> None:
-    """Make ``open_store`` build ``factory(url)`` for URLs of ``scheme``."""
-    _FACTORIES[scheme] = factory
-
-
 #: S3 and GCS bucket names (the union of both providers' rules, as botocore checks them)
 _BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,220}[A-Za-z0-9]$")
 
 
-def _parse_store_url(url: str) -> Any:
+def parse_store_url(url: str) -> Any:
     """``urlparse(url)``, refusing credentials in the URL (never echoed: errors show :func:`redact_url`)."""
-    from spotshift.cloud_errors import redact_url
-
     try:
         parsed = urlparse(url)
         parsed.port  # noqa: B018 - validates the netloc
@@ -381,36 +371,3 @@ def _parse_store_url(url: str) -> Any:
     if "\0" in url:
         raise ConfigError(f"store URL {redact_url(url)!r} contains a NUL byte")
     return parsed
-
-
-def open_store(url: str) -> ChunkStore:
-    """The store behind ``url`` (``file://``, ``s3://``, ``gs://``, or a bare local path).
-
-    Raises :class:`ConfigError` for an unsupported scheme, a malformed URL or credentials in it.
-    """
-    from spotshift.cloud_errors import redact_url
-
-    parsed = _parse_store_url(url)
-    scheme = parsed.scheme.lower()
-    if scheme in ("", "file"):
-        if scheme == "file" and parsed.netloc not in ("", "localhost"):
-            raise ConfigError(f"store URL {redact_url(url)!r}: file URLs must be absolute (file:///path)")
-        path = unquote(parsed.path) if scheme == "file" else url
-        if not path:
-            raise ConfigError(f"store URL {redact_url(url)!r} has no path")
-        return LocalChunkStore(path)
-    if scheme not in _FACTORIES:
-        _load_builtin_scheme(scheme)
-    if scheme not in _FACTORIES:
-        raise ConfigError(
-            f"store URL {redact_url(url)!r}: unsupported scheme {scheme!r} (use file://, s3:// or gs://)"
-        )
-    return _FACTORIES[scheme](url)
-
-
-def _load_builtin_scheme(scheme: str) -> None:
-    # cloud SDKs are heavy: import them only when a URL asks for them
-    if scheme == "s3":
-        from spotshift.sync import store_s3  # noqa: F401  (registers "s3")
-    elif scheme == "gs":
-        from spotshift.sync import store_gcs  # noqa: F401  (registers "gs")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from spotshift.errors import IntegrityError, NotFoundError
-from spotshift.sync.store import BucketStore, ObjectInfo, register_scheme
+from spotshift.sync.store import BucketStore, ObjectInfo
 
 MiB = 1024 * 1024
 
@@ -154,6 +154,3 @@ def _new_client(project: str | None) -> Any:
 
         return storage.Client(project=project or "spotshift-emulator", credentials=AnonymousCredentials())
     return storage.Client(project=project)
-
-
-register_scheme("gs", GCSChunkStore.from_url)

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 from spotshift.cloud_errors import track_status
 from spotshift.errors import IntegrityError, NotFoundError
-from spotshift.sync.store import BucketStore, ObjectInfo, register_scheme
+from spotshift.sync.store import BucketStore, ObjectInfo
 
 MiB = 1024 * 1024
 
@@ -239,6 +239,3 @@ class S3ChunkStore(BucketStore):
 
 class _Exists(Exception):
     """Internal: a write-once precondition failed (the key exists)."""
-
-
-register_scheme("s3", S3ChunkStore.from_url)

@@ -14,6 +14,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from spotshift.pricing.egress import egress_usd_per_gb
+from spotshift.pricing.regions import region_of, zone_of
+
 
 @dataclass
 class TransferStats:
@@ -63,11 +66,10 @@ class TransferStats:
         (cross-AZ transfers inside one region are billed, $0.01/GB).
         """
         if self.src_location and self.dst_location:
-            from spotshift.pricing.egress import egress_usd_per_gb
-
-            src, src_zone = _zoned(self.src_location)
-            dst, dst_zone = _zoned(self.dst_location)
-            self.egress_usd_per_gb = egress_usd_per_gb(src, dst, src_zone=src_zone, dst_zone=dst_zone)
+            src, dst = self.src_location, self.dst_location
+            self.egress_usd_per_gb = egress_usd_per_gb(
+                region_of(src), region_of(dst), src_zone=zone_of(src), dst_zone=zone_of(dst)
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, JSON-ready (the ``--json`` output of the command line)."""
@@ -100,12 +102,6 @@ class TransferStats:
             "root": self.root,
             "run_id": run_id,
         }
-
-
-def _zoned(location: str) -> tuple[str, str]:
-    """``"aws/us-east-1/us-east-1a"`` -> ``("aws/us-east-1", "us-east-1a")``; no zone -> ``""``."""
-    parts = location.split("/")
-    return ("/".join(parts[:2]), parts[2]) if len(parts) == 3 else (location, "")
 
 
 def record_transfers(

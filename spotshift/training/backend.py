@@ -30,6 +30,7 @@ from typing import Any
 
 from spotshift.atomic import atomic_write_json
 from spotshift.errors import ConfigError, NotFoundError
+from spotshift.pricing.regions import split_location
 from spotshift.training.request import TrainRequest
 
 RESULT_FILE = "result.json"
@@ -48,7 +49,7 @@ def default_workdir(job: str, location: str, role: str = "train", side: str = ""
     """``$SPOTSHIFT_HOME/run/work/<job>/<provider>/<region>[/shadow-<side>]``."""
     from spotshift.home import run_dir
 
-    provider, _, region = location.partition("/")
+    provider, region = split_location(location, zone=True)
     base = run_dir() / "work" / job / provider / region
     return base / f"shadow-{side}" if role == "shadow" else base
 

@@ -40,6 +40,7 @@ from typing import Any
 
 from spotshift.clock import parse_utc
 from spotshift.errors import ConfigError
+from spotshift.pricing.regions import provider_of
 
 log = logging.getLogger("spotshift.preemption")
 
@@ -366,7 +367,7 @@ def register_endpoints(endpoints: dict[str, str | None]) -> None:
 def watcher_urls_for(location: str) -> dict[str, str]:
     """Which endpoints a trainer in ``location`` polls: the location's registered simulated instance
     metadata (local compute backend), else its provider's, when configured by environment."""
-    provider = location.partition("/")[0]
+    provider = provider_of(location)
     kind = PROVIDER_KIND.get(provider)
     if kind is None:
         return {}

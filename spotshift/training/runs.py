@@ -124,7 +124,7 @@ def usage_from_quotes(job: Any, location: str, *, database: Any = None) -> dict[
 def resume_step(job: str, store_url: str, resume: Any) -> int:
     """The step a request with this ``resume`` would start from (0 for a fresh start)."""
     from spotshift.checkpoint.format import latest_checkpoint, step_of
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     if resume == "none":
         return 0
@@ -279,7 +279,7 @@ def stop_with_checkpoint(
 def latest_ref(job_name: str, location: str) -> dict[str, Any] | None:
     """The newest committed checkpoint of a job in a location's store (as a ref dict), or None."""
     from spotshift.checkpoint.format import open_checkpoint
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     try:
         return open_checkpoint(open_store(store_url_for(location)), job_name).ref().to_dict()
@@ -366,7 +366,7 @@ def replicate_latest(
     :class:`~spotshift.checkpoint.migrate.MigrationReport` (method ``present`` when nothing moved).
     """
     from spotshift.checkpoint.migrate import migrate_checkpoint
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     src_loc = source_location or current_location(job_name, database)
     if src_loc == region:
@@ -429,7 +429,7 @@ def resume_in_target(
 
     from spotshift.checkpoint.format import latest_checkpoint, step_of
     from spotshift.jobs import get_job
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     job = get_job(job_name)
     source = current_location(job_name, database)

@@ -230,7 +230,7 @@ def _finish(backend: ComputeBackend, req: TrainRequest, timeout_s: float) -> dic
 def _checkpoint_in(job: str, location: str, checkpoint_id: str | None) -> Any:
     """The checkpoint both sides resume (default: newest in ``location``'s store)."""
     from spotshift.checkpoint.format import open_checkpoint
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
     from spotshift.training.runs import store_url_for
 
     return open_checkpoint(open_store(store_url_for(location)), job, checkpoint_id)
@@ -238,7 +238,7 @@ def _checkpoint_in(job: str, location: str, checkpoint_id: str | None) -> Any:
 
 def _require_replica(job: str, location: str, ckpt: Any) -> None:
     from spotshift.checkpoint.format import checkpoint_prefix
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
     from spotshift.training.runs import store_url_for
 
     if not open_store(store_url_for(location)).exists(checkpoint_prefix(job, ckpt.checkpoint_id) + "COMMIT"):

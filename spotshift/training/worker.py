@@ -31,6 +31,7 @@ from typing import Any
 
 from spotshift.atomic import atomic_write_json
 from spotshift.errors import SpotshiftError
+from spotshift.pricing.regions import split_location
 from spotshift.training.backend import (
     METRICS_FILE,
     RESULT_FILE,
@@ -116,7 +117,7 @@ class _Run:
 
     # -- the run -------------------------------------------------------------------------------------------
     def run(self) -> None:
-        from spotshift.sync.store import open_store
+        from spotshift.sync.store_url import open_store
         from spotshift.training.data import prepare_tokens
         from spotshift.training.trainer import TrainConfig, Trainer, config_for_resume
 
@@ -164,7 +165,7 @@ class _Run:
             open_newest_verified,
         )
         from spotshift.checkpoint.keys import open_key_provider
-        from spotshift.sync.store import open_store
+        from spotshift.sync.store_url import open_store
 
         req = self.req
         if req.resume == "none":
@@ -188,7 +189,7 @@ class _Run:
 
     def _run_training(self) -> None:
         from spotshift.checkpoint.tiered import TieredCheckpointer
-        from spotshift.sync.store import open_store
+        from spotshift.sync.store_url import open_store
 
         req, tr = self.req, self.trainer
         until = min(req.until_step or tr.cfg.total_steps, tr.cfg.total_steps)
@@ -426,7 +427,7 @@ class _Run:
 
         req, tr = self.req, self.trainer
         steps = tr.step - self.start_step
-        provider, _, region = req.location.partition("/")
+        provider, region = split_location(req.location, zone=True)
         price = req.usage.get("price_usd_hour")
         self.facts.append(
             "raw.compute_usage",

@@ -130,7 +130,7 @@ def test_fingerprint_and_replica_materialize_and_check(setup: tuple) -> None:
 
     # the check fails when a chunk of the replica disappears ...
     from spotshift.home import region_store_url
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     target = open_store(region_store_url(TARGET))
     from spotshift.sync.refs import load_manifest
@@ -143,7 +143,7 @@ def test_fingerprint_and_replica_materialize_and_check(setup: tuple) -> None:
     broken = _run(defs, "check_job", instance, key)
     assert not _check_passed(broken)
     measured = broken.get_asset_check_evaluations()[0].metadata  # plottable counts, not only text
-    assert measured["chunks_missing_or_wrong_size"].value == 1 and measured["chunks_checked"].value > 1
+    assert measured["chunks_missing_or_wrong_size"].value == lost and measured["chunks_checked"].value > 1
     # ... and when the source has a new fingerprint the replica does not have yet
     repair = {"ops": {"dataset_replicas": {"config": {"check_existing_chunks": True}}}}
     repaired = _run(defs, "replica_job", instance, key, repair)
@@ -243,3 +243,23 @@ def test_stores_resource_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPOTSHIFT_STORES_URL", "ftp://x")
     with pytest.raises(ConfigError, match="SPOTSHIFT_STORES_URL"):
         stores_resource_from_env()
+
+
+@pytest.mark.parametrize("base", ["s3://bkt/pre/", "s3://bkt", "gs://bkt", "gs://bkt/a/b", "file", ""])
+def test_dagster_and_the_library_find_a_region_in_the_same_store(
+    base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One reading of SPOTSHIFT_STORES_URL: the stores resource the Dagster assets write through
+    opens the very store the library (checkpoints, trainers, ``spotshift move``) reads."""
+    from resources.stores import stores_resource_from_env
+    from spotshift.home import region_store_url
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    if base == "file":
+        base = (tmp_path / "stores").as_uri()
+    if base:
+        monkeypatch.setenv("SPOTSHIFT_STORES_URL", base)
+    else:
+        monkeypatch.delenv("SPOTSHIFT_STORES_URL", raising=False)
+    for location in ("aws/us-east-1", "gcp/europe-west4"):
+        assert stores_resource_from_env().store_for(location).url == region_store_url(location)

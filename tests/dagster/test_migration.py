@@ -305,7 +305,7 @@ def test_preemption_notice_to_recovery_elsewhere(world: dict[str, Any]) -> None:
 
 def test_preemption_sensor_cursor_survives_a_restart(world: dict[str, Any]) -> None:
     from spotshift.home import region_store_url
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     store = open_store(region_store_url(AZURE))
     event = {

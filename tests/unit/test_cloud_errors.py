@@ -157,7 +157,7 @@ def test_gcs_store_garbage_endpoint_is_one_line_with_status(
 ) -> None:
     server = garbage(status)
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.base)
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     store = open_store("gs://bucket/p")
     for call in (

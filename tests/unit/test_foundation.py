@@ -21,7 +21,8 @@ from spotshift.jobs import DEFAULT_MODEL
 from spotshift.pricing.egress import continent_of, egress_usd, egress_usd_per_gb
 from spotshift.pricing.history import read_price_history
 from spotshift.pricing.quote import effective_gpu_hour_usd
-from spotshift.sync.store import LocalChunkStore, chunk_key, open_store
+from spotshift.sync.store import LocalChunkStore, chunk_key
+from spotshift.sync.store_url import open_store
 from spotshift.warehouse import first_row
 
 
@@ -331,5 +332,53 @@ def test_region_store_urls_follow_the_stores_base(
     assert region_store_url("aws/us-east-1") == "s3://bucket/spotshift/aws/us-east-1"
     assert location_of_store("s3://bucket/spotshift/aws/us-east-1") == "aws/us-east-1"
     assert location_of_store("s3://other/aws/us-east-1") is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="provider/region"):
         region_store_url("us-east-1")
+    with pytest.raises(ConfigError, match="provider/region"):
+        region_store_url("aws/us-east-1/us-east-1a")  # a zone has no store of its own
+
+
+@pytest.mark.parametrize(
+    ("url", "base"),
+    [
+        ("s3://bucket/a/b/", ("s3", "bucket", "a/b")),
+        ("s3://bucket", ("s3", "bucket", "")),
+        ("gs://bucket/p", ("gs", "bucket", "p")),
+        ("file:///srv/stores/", ("file", "", "/srv/stores")),
+    ],
+)
+def test_the_stores_url_is_read_in_one_place(url: str, base: tuple[str, str, str], monkeypatch) -> None:  # noqa: ANN001
+    from spotshift.home import stores_base, stores_base_url
+
+    monkeypatch.setenv("SPOTSHIFT_STORES_URL", url)
+    got = stores_base()
+    assert (got.scheme, got.bucket, got.prefix) == base
+    assert stores_base_url() == url.rstrip("/")
+    assert got.region_prefix("gcp/us-central1") == "/".join(p for p in (base[2], "gcp/us-central1") if p)
+
+
+@pytest.mark.parametrize("url", ["ftp://host/x", "s3://", "file://host/x", "s3://key:secret@bucket/p"])
+def test_a_bad_stores_url_names_the_variable_never_the_secret(url: str, monkeypatch) -> None:  # noqa: ANN001
+    from spotshift.home import region_store_url
+
+    monkeypatch.setenv("SPOTSHIFT_STORES_URL", url)
+    with pytest.raises(ConfigError, match="SPOTSHIFT_STORES_URL") as err:
+        region_store_url("aws/us-east-1")
+    assert "secret" not in str(err.value)
+
+
+def test_locations_are_split_in_one_place() -> None:
+    from spotshift.pricing.regions import provider_of, region_of, split_location, zone_of
+
+    assert split_location("GCP/us-central1") == ("gcp", "us-central1")
+    assert split_location("aws/us-east-1/us-east-1a", zone=True) == ("aws", "us-east-1")
+    assert (
+        region_of("aws/us-east-1/us-east-1a") == "aws/us-east-1"
+        and zone_of("aws/us-east-1/us-east-1a") == "us-east-1a"
+    )
+    assert zone_of("aws/us-east-1") == "" and provider_of("Azure/eastus") == "azure"
+    for bad in ("us-east-1", "aws/", "/us-east-1", "aws/us-east-1/us-east-1a", "a/b/c/d"):
+        with pytest.raises(ConfigError, match="not of the form provider/region"):
+            split_location(bad)
+    with pytest.raises(ConfigError, match=r"provider/region\[/zone\]"):
+        split_location("a/b/c/d", zone=True)

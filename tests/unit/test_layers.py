@@ -60,3 +60,67 @@ def test_no_command_module_imports_back_from_cli() -> None:
         and any(n == "spotshift.cli" or n.startswith("spotshift.cli.") for n in _imports(f))
     ]
     assert bad == []
+
+
+def _library_import_graph() -> dict[str, set[str]]:
+    """Module -> the spotshift modules it imports anywhere (top level or inside a function)."""
+    files = {}
+    for f in sorted((REPO / "spotshift").rglob("*.py")):
+        parts = f.relative_to(REPO).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+
+    def module_of(name: str) -> str | None:
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for mod, f in files.items():
+        targets = {module_of(n) for n in _imports(f) if n.startswith("spotshift.")}
+        graph[mod] = {t for t in targets if t and t != mod}
+    return graph
+
+
+def _loops(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_library_has_no_import_loop() -> None:
+    """No two spotshift modules import each other, directly or round a ring, counting the imports
+    inside functions too (an import moved into a function to dodge a loop is still a loop)."""
+    assert _loops(_library_import_graph()) == []
+
+
+def test_the_loop_finder_finds_a_loop() -> None:
+    assert _loops({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -24,8 +24,8 @@ from typing import Any
 
 from spotshift.errors import CredentialsError, InputError
 from spotshift.jsondoc import parse_json
-from spotshift.pricing.feeds import PriceFeed
 from spotshift.pricing.feeds._native import Record, list_field, load_json_document
+from spotshift.pricing.feeds.base import PriceFeed
 from spotshift.pricing.normalize import raw_price_frame
 
 PRICING_REGION = "us-east-1"  # the Price List query API lives in us-east-1 (and ap-south-1, eu-central-1)

@@ -20,8 +20,8 @@ from typing import Any
 
 from spotshift.cloud_errors import redact_url
 from spotshift.errors import InputError
-from spotshift.pricing.feeds import PriceFeed
 from spotshift.pricing.feeds._native import Record, list_field, load_json_document
+from spotshift.pricing.feeds.base import PriceFeed
 from spotshift.pricing.feeds.http import get_json
 from spotshift.pricing.normalize import raw_price_frame
 

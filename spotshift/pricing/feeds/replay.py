@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from spotshift.pricing.feeds import PriceFeed
+from spotshift.pricing.feeds.base import PriceFeed
 from spotshift.pricing.history import read_price_history
 
 REAL_HISTORY = "gcp_gpu_prices_2022_2024.csv"

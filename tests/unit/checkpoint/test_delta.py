@@ -17,7 +17,8 @@ from spotshift.checkpoint.migrate import apply_delta_object, migrate_checkpoint
 from spotshift.checkpoint.tiered import copy_checkpoint
 from spotshift.errors import ConfigError, IntegrityError
 from spotshift.home import location_of_store, region_store_url
-from spotshift.sync.store import LocalChunkStore, open_store
+from spotshift.sync.store import LocalChunkStore
+from spotshift.sync.store_url import open_store
 
 SRC, DST = "gcp/us-central1", "aws/us-east-1"
 

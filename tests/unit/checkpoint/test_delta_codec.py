@@ -250,7 +250,7 @@ def test_tampered_delta_object_is_refused_and_nothing_committed(spotshift_home: 
     from spotshift.checkpoint.keys import LocalKeyProvider
     from spotshift.checkpoint.migrate import _encrypt_delta, apply_delta_object, migrate_checkpoint
     from spotshift.home import region_store_url
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     src, dst = open_store(region_store_url("gcp/us-central1")), open_store(region_store_url("aws/us-east-1"))
     keys = LocalKeyProvider(create=True)

@@ -312,7 +312,7 @@ def test_tampered_checkpoint_is_refused_with_one_line(
     home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from spotshift.checkpoint.format import list_checkpoints
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     src = home / "stores" / "gcp" / "us-central1" / "checkpoints" / "tiny"
     shutil.copytree(src, tmp_path / "store" / "checkpoints" / "tiny")

@@ -10,7 +10,8 @@ import pytest
 from spotshift.cli import main
 from spotshift.errors import CredentialsError, IntegrityError, NotFoundError, SpotshiftError
 from spotshift.sync.delta import pull, push, replicate, verify
-from spotshift.sync.store import ChunkStore, LocalChunkStore, open_store
+from spotshift.sync.store import ChunkStore, LocalChunkStore
+from spotshift.sync.store_url import open_store
 from tests.unit.sync.conftest import SMALL, make_tree, rand_bytes, tree_bytes
 from tests.unit.test_cloud_errors import assert_clean, one_clean_line
 
@@ -190,7 +191,7 @@ def test_s3_url_with_user_info_is_refused_without_echo_against_moto(
 def test_s3_server_error_from_moto_names_store_and_status(
     s3_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     store = open_store(f"s3://{s3_env}/p")
     with pytest.raises(Exception) as info:

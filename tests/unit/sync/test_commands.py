@@ -186,7 +186,7 @@ def test_datasets_add_and_list(
     )
     assert last_json(out)["chunks_total"] == 1
     from spotshift.sync.refs import read_ref
-    from spotshift.sync.store import open_store
+    from spotshift.sync.store_url import open_store
 
     assert read_ref(open_store((tmp_path / "s").as_uri()), "seed").params["engine"] == "fastcdc-2016"  # type: ignore[union-attr]
 

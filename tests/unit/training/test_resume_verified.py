@@ -12,7 +12,7 @@ import pytest
 from spotshift.checkpoint.format import list_checkpoints
 from spotshift.cli import main
 from spotshift.home import region_store_url
-from spotshift.sync.store import open_store
+from spotshift.sync.store_url import open_store
 from spotshift.training.backend import default_workdir
 from tests.training_support import declare_tiny_job, forge_checkpoint
 

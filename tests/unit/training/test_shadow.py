@@ -10,7 +10,7 @@ from spotshift.checkpoint.keys import LocalKeyProvider
 from spotshift.checkpoint.migrate import migrate_checkpoint
 from spotshift.errors import ConfigError
 from spotshift.home import region_store_url
-from spotshift.sync.store import open_store
+from spotshift.sync.store_url import open_store
 from spotshift.training.backend import LocalProcessBackend
 from spotshift.training.runs import build_request, run_training
 from spotshift.training.shadow import ShadowThresholds, compare_runs, run_shadow_validation

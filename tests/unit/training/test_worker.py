@@ -21,7 +21,7 @@ from spotshift.checkpoint.keys import LocalKeyProvider
 from spotshift.checkpoint.migrate import migrate_checkpoint
 from spotshift.errors import ConfigError
 from spotshift.home import region_store_url
-from spotshift.sync.store import open_store
+from spotshift.sync.store_url import open_store
 from spotshift.training.backend import LocalProcessBackend, trainer_is_live
 from spotshift.training.data import prepare_tokens
 from spotshift.training.notice_server import MetadataServer
