@@ -13,7 +13,8 @@ the same script:
 * **baseline** (every writer inserts into the DuckDB file itself): each call waits for the
   single-writer lock (:func:`spotshift.warehouse.connect`), inserts its row and releases.
 
-Both must end with every fact present exactly once (``lost`` and ``duplicated`` are reported).
+Every fact of the lake paths must be present exactly once (``lost`` and ``duplicated`` are
+reported for all three paths; ``zero_lost`` is the lake's guarantee).
 """
 
 from __future__ import annotations
@@ -116,10 +117,11 @@ def main() -> int:
             "lake_try_ingest": try_,
             "baseline_direct_duckdb": base,
             "speedup_writers": round(lake["writers_facts_per_s"] / base["writers_facts_per_s"], 2),
-            "zero_lost": all(r["lost"] == 0 and r["duplicated"] == 0 for r in (lake, try_, base)),
+            # the lake's guarantee; the baseline's losses, if any, are reported as measured
+            "zero_lost": all(r["lost"] == 0 and r["duplicated"] == 0 for r in (lake, try_)),
         },
     )
-    return 0 if all(r["lost"] == 0 and r["duplicated"] == 0 for r in (lake, try_, base)) else 1
+    return 0 if all(r["lost"] == 0 and r["duplicated"] == 0 for r in (lake, try_)) else 1
 
 
 if __name__ == "__main__":
