@@ -59,14 +59,17 @@ class PostgresStateStore:
                 ) from None
             self._local.con, self._local.pid = con, os.getpid()
         if not self._ready:
-            self._run(
-                con,
-                lambda cur: cur.execute(
+
+            def create(cur: Any) -> None:
+                # concurrent CREATE TABLE IF NOT EXISTS can collide in the catalog: one at a time
+                cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"spotshift/{TABLE}",))
+                cur.execute(
                     f"CREATE TABLE IF NOT EXISTS {TABLE} (kind TEXT NOT NULL, key TEXT NOT NULL, "
                     "doc JSONB NOT NULL, version BIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
                     "PRIMARY KEY (kind, key))"
-                ),
-            )
+                )
+
+            self._run(con, create)
             self._ready = True
         return con
 
