@@ -34,6 +34,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "spotshift.training.commands",
     "spotshift.checkpoint.commands",
     "spotshift.costs.commands",
+    "spotshift.placement.topology_commands",
+    "spotshift.pools.commands",
+    "spotshift.devenvs.commands",
 )
 
 
