@@ -4,7 +4,7 @@ A warehouse holds one 10,000-quote snapshot over 12 regions (3 providers, 5 GPU 
 counts, spot and on-demand, zones), dataset and checkpoint transfers, preemptions and spot usage.
 N jobs are declared (``spotshift jobs import`` path: :func:`spotshift.jobs.import_jobs`), half of
 them running somewhere (live trainers, so the sensor decides for them), half new. One tick is
-:func:`spotshift.placement.batch.tick` — the jobs to decide for, batched inputs, vectorised
+:func:`spotshift.migration.plan.tick` — the jobs to decide for, batched inputs, vectorised
 shortlist, :func:`~spotshift.placement.economics.decide`, decisions recorded — exactly what
 ``price_change_sensor`` and ``spotshift placement decide-all`` run. Reported per N: tick seconds,
 p50/p99 of one decision inside the tick, and a second tick with unchanged inputs (skipped jobs).
@@ -160,7 +160,7 @@ def pct(values: list[float], q: float) -> float:
 
 def run_size(n: int, n_quotes: int, baseline_sample: int) -> dict:
     from spotshift import warehouse
-    from spotshift.placement.batch import tick
+    from spotshift.migration.plan import tick
     from spotshift.placement.inputs import decide_for_job
 
     rng = random.Random(n)

@@ -1,7 +1,7 @@
 """``price_change_sensor``: every 60 s, decide for every declared job whether it should move.
 
 Each evaluation runs the migration economics for every declared job on the latest validated quote
-snapshot through :func:`spotshift.placement.batch.tick` (inputs read once per tick, scoring
+snapshot through :func:`spotshift.migration.plan.tick` (inputs read once per tick, scoring
 vectorised, the same decisions as :func:`spotshift.placement.economics.decide` over the whole
 snapshot; ``spotshift placement decide-all`` runs the same tick from the command line) and
 records each decision — move or stay, with its reasons — in ``raw.decisions``. Jobs whose inputs
@@ -21,7 +21,7 @@ from resources.compute import ComputeBackendResource
 from resources.warehouse import WarehouseResource
 from spotshift.clock import virtual_now
 from spotshift.migration import contract
-from spotshift.migration.plan import plan_from_decision
+from spotshift.migration.plan import plan_from_decision, tick
 from spotshift.placement.state import load_state
 
 CURSOR_KEEP = 500  # run keys remembered (older ones are long finished; the daemon dedupes run keys too)
@@ -31,8 +31,6 @@ CURSOR_KEEP = 500  # run keys remembered (older ones are long finished; the daem
 def price_change_sensor(
     context: dg.SensorEvaluationContext, warehouse: WarehouseResource, compute: ComputeBackendResource
 ) -> dg.SensorResult | dg.SkipReason:
-    from spotshift.placement.batch import tick
-
     cursor = json.loads(context.cursor) if context.cursor else {"requested": [], "decisions": {}}
     busy = _busy_jobs(context.instance)
     now = virtual_now()

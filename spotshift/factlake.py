@@ -31,11 +31,12 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from spotshift.atomic import TEMP_PREFIX, fsync_dir, pid_alive, temp_path
+from spotshift.errors import IntegrityError
 
 LAKE_SUFFIX = ".facts"
 MANIFEST = "main.ingested_fact_batches"
@@ -113,7 +114,9 @@ def ensure_manifest(con: Any) -> None:
     )
 
 
-def ingest(con: Any, lake: Path) -> dict[str, dict[str, int]]:
+def ingest(
+    con: Any, lake: Path, tables: Mapping[str, tuple[tuple[str, ...], list[str]]], say: Callable[[str], None]
+) -> dict[str, dict[str, int]]:
     """Ingest every pending batch of ``lake`` through the write connection ``con``.
 
     Returns rows written per batch id and table. A batch the tables refuse (unreadable file,
@@ -121,8 +124,6 @@ def ingest(con: Any, lake: Path) -> dict[str, dict[str, int]]:
     others. Callers hold the warehouse's write lock (they have ``con``), so one ingestion runs
     at a time per warehouse.
     """
-    from spotshift.warehouse import IntegrityError, _say
-
     remove_stale_temp_batches(lake)
     out: dict[str, dict[str, int]] = {}
     con.execute("SET enable_progress_bar = false")  # ingestion runs inside commands and steps
@@ -135,18 +136,18 @@ def ingest(con: Any, lake: Path) -> dict[str, dict[str, int]]:
         fresh = [b for b in batches if b.name not in done]
         if fresh:
             try:
-                out.update(_ingest_round(con, fresh))
+                out.update(_ingest_round(con, fresh, tables))
             except _round_errors():
                 # one bad batch must not block the others: retry one by one, set aside the bad
                 for b in fresh:
                     try:
-                        out.update(_ingest_round(con, [b]))
+                        out.update(_ingest_round(con, [b], tables))
                     except _round_errors() as exc:
                         _reject(
                             lake,
                             b,
                             IntegrityError(f"fact batch {b} cannot be ingested ({type(exc).__name__})"),
-                            _say,
+                            say,
                         )
         moved = [b for b in batches if b.exists()]
         (lake / "ingested").mkdir(exist_ok=True)
@@ -170,24 +171,24 @@ def _round_errors() -> tuple[type[BaseException], ...]:
     return (duckdb.Error, ValueError, OSError)
 
 
-def _ingest_round(con: Any, batches: list[Path]) -> dict[str, dict[str, int]]:
+def _ingest_round(
+    con: Any, batches: list[Path], tables: Mapping[str, tuple[tuple[str, ...], list[str]]]
+) -> dict[str, dict[str, int]]:
     """Insert the rows of ``batches`` (oldest first) in one transaction; rows per batch and table."""
-    from spotshift.warehouse import FACT_KEYS, columns_of
-
     files: dict[str, list[str]] = {}
     out: dict[str, dict[str, int]] = {b.name: {} for b in batches}
     for b in batches:
         for f in sorted(b.glob("*.parquet")):
             table = f.name[: -len(".parquet")]
-            columns_of(table)  # ConfigError (a ValueError) for a table this version does not know
-            if table not in FACT_KEYS:
+            if table not in tables:  # a table this version does not know, or not a fact table
                 raise ValueError(f"{table} is not a fact table")
             files.setdefault(table, []).append(str(f))
             out[b.name][table] = 0
     con.execute("BEGIN TRANSACTION")
     try:
         for table, paths in files.items():
-            for batch_id, n in _insert_files(con, table, paths, FACT_KEYS[table]).items():
+            keys, columns = tables[table]
+            for batch_id, n in _insert_files(con, table, paths, keys, columns).items():
                 out[batch_id][table] = n
         con.execute(
             f"INSERT INTO {MANIFEST} SELECT unnest(?::VARCHAR[]), now()::TIMESTAMP, unnest(?::BIGINT[])",
@@ -200,14 +201,14 @@ def _ingest_round(con: Any, batches: list[Path]) -> dict[str, dict[str, int]]:
     return out
 
 
-def _insert_files(con: Any, table: str, paths: list[str], keys: tuple[str, ...]) -> dict[str, int]:
+def _insert_files(
+    con: Any, table: str, paths: list[str], keys: tuple[str, ...], columns: list[str]
+) -> dict[str, int]:
     """New rows of ``table`` from the Parquet ``paths``: a key already in the table, or first seen in
     an older batch of ``paths``, is skipped. Rows written per batch id."""
-    from spotshift.warehouse import columns_of
-
     src = "read_parquet(?::VARCHAR[], union_by_name = true, filename = true)"
     present = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}", [paths]).fetchall()}
-    cols = [c.name for c in columns_of(table) if c.name in present]
+    cols = [c for c in columns if c in present]
     quoted = ", ".join(f'"{c}"' for c in cols)
     key_cols = ", ".join(f'"{k}"' for k in keys)
     same_key = " AND ".join(f'f."{k}" IS NOT DISTINCT FROM s."{k}"' for k in keys)

@@ -685,8 +685,9 @@ def ingest_lake(
     lake = factlake.lake_dir(target)
     if not (lake / "pending").is_dir():
         return {}
+    tables = {t: (keys, [c.name for c in columns_of(t)]) for t, keys in FACT_KEYS.items()}
     with _INGEST_LOCK:
-        out = factlake.ingest(con, lake)
+        out = factlake.ingest(con, lake, tables, _say)
     others = {k: v for k, v in out.items() if k != own}
     rows = sum(sum(v.values()) for v in others.values())
     if rows:

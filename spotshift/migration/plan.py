@@ -18,6 +18,8 @@ leaves two live trainers of one job (the compute backend's per-job lock refuses 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -218,3 +220,32 @@ def jobs_to_decide(
             ingest_facts(info.workdir, con=con, live=True)
         out.append(job.name)
     return out
+
+
+def tick(
+    con: Any,
+    backend: Any,
+    *,
+    now: datetime,
+    busy: set[str] | None = None,
+    previous: Mapping[str, tuple[str, float]] | None = None,
+    params: Any = None,
+    record: bool = True,
+) -> Any:
+    """One ``price_change_sensor`` evaluation without Dagster: the jobs to decide for
+    (:func:`jobs_to_decide`), :func:`spotshift.placement.batch.decide_all`, and the decisions
+    recorded (``record``) through the write connection ``con``; the
+    :class:`~spotshift.placement.batch.TickResult`."""
+    from spotshift.jobs import load_jobs
+    from spotshift.placement.batch import decide_all, record_decisions
+
+    started = time.perf_counter()
+    declared = load_jobs()
+    names = jobs_to_decide(con, backend, busy=busy or set(), now=now, jobs=declared)
+    result = decide_all(
+        con, names, now=now, params=params, previous=previous, jobs={j.name: j for j in declared}
+    )
+    if record:
+        record_decisions(con, result.decisions)
+    result.seconds = time.perf_counter() - started
+    return result

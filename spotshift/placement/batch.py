@@ -438,31 +438,3 @@ def record_decisions(con: Any, decisions: list[Decision], *, candidates: int = 1
         "main.placement_candidates": [r for d in decisions for r in d.candidate_rows(candidates)],
     }
     return record_facts(facts, con=con).rows("raw.decisions")
-
-
-def tick(
-    con: Any,
-    backend: Any,
-    *,
-    now: datetime,
-    busy: set[str] | None = None,
-    previous: Mapping[str, tuple[str, float]] | None = None,
-    params: PlacementParams | None = None,
-    record: bool = True,
-) -> TickResult:
-    """One ``price_change_sensor`` evaluation without Dagster: the jobs to decide for
-    (:func:`spotshift.migration.plan.jobs_to_decide`), :func:`decide_all`, and the decisions
-    recorded (``record``) through the write connection ``con``."""
-    from spotshift.jobs import load_jobs
-    from spotshift.migration.plan import jobs_to_decide
-
-    started = time.perf_counter()
-    declared = load_jobs()
-    names = jobs_to_decide(con, backend, busy=busy or set(), now=now, jobs=declared)
-    result = decide_all(
-        con, names, now=now, params=params, previous=previous, jobs={j.name: j for j in declared}
-    )
-    if record:
-        record_decisions(con, result.decisions)
-    result.seconds = time.perf_counter() - started
-    return result

@@ -306,24 +306,8 @@ def _jobs_import(args: argparse.Namespace) -> int:
 
 
 def _placement_decide_all(args: argparse.Namespace) -> int:
-    from spotshift import warehouse
-    from spotshift.cliutil import emit_json
-    from spotshift.clock import virtual_now
-    from spotshift.placement.batch import tick
-    from spotshift.training.backend import open_backend
+    # the tick needs the trainers' liveness (spotshift.training) and the jobs the move lifecycle is not
+    # busy with (spotshift.migration), which placement never imports: the command lives beside them
+    import importlib
 
-    with warehouse.connect() as con:
-        result = tick(con, open_backend("local"), now=virtual_now(), record=not args.no_record)
-    summary = result.summary()
-    if args.json:
-        emit_json(summary)
-        return 0
-    by_action: dict[str, int] = {}
-    for d in result.decisions:
-        by_action[d.action] = by_action.get(d.action, 0) + 1
-    actions = ", ".join(f"{n} {a}" for a, n in sorted(by_action.items())) or "none"
-    print(
-        f"decided for {summary['jobs']} job(s) in {summary['seconds']:.2f} s: {actions}; "
-        f"{summary['moves']} change a placement"
-    )
-    return 0
+    return int(importlib.import_module("spotshift.migration.commands").decide_all(args))

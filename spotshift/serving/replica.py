@@ -309,7 +309,9 @@ class Replica:
             if not self.draining:
                 try:
                     await self.flush_usage()
-                except SpotshiftError as exc:  # pending in the fact lake (or lost with the disk): keep serving
+                except (
+                    SpotshiftError
+                ) as exc:  # pending in the fact lake (or lost with the disk): keep serving
                     log.warning("usage window not recorded: %s", exc)
 
 

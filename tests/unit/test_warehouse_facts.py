@@ -112,8 +112,8 @@ _KILL_AFTER_COMMIT = """
 import os, signal, sys
 from spotshift import factlake, warehouse
 real = factlake._ingest_round
-def ingest_then_die(con, batches):
-    out = real(con, batches)          # committed
+def ingest_then_die(*args):
+    out = real(*args)          # committed
     os.kill(os.getpid(), signal.SIGKILL)  # killed before the batch moves to ingested/
 factlake._ingest_round = ingest_then_die
 with warehouse.connect(sys.argv[1]):
