@@ -173,14 +173,6 @@ def recovery_plan(
     return plan, decision
 
 
-def job_finished(con: Any, job: Any) -> bool:
-    """Whether ``job`` (a TrainingJob) has a committed checkpoint at its last step."""
-    from spotshift.warehouse import first_row
-
-    row = first_row(con, "SELECT max(step) FROM raw.checkpoints WHERE job = ?", [job.name])
-    return row is not None and row[0] is not None and int(row[0]) >= job.total_steps
-
-
 def jobs_to_decide(
     con: Any, backend: Any, *, busy: set[str], now: datetime, jobs: list[Any] | None = None
 ) -> list[str]:
@@ -198,7 +190,7 @@ def jobs_to_decide(
     from spotshift.placement.state import load_state, set_status
 
     out = []
-    # one query for every job's last checkpointed step (job_finished, for thousands of jobs)
+    # one query for every job's last checkpointed step (thousands of jobs per tick)
     last_step = dict(con.execute("SELECT job, max(step) FROM raw.checkpoints GROUP BY job").fetchall())
     for job in jobs if jobs is not None else load_jobs():
         if job.name in busy:
@@ -207,7 +199,7 @@ def jobs_to_decide(
         if state.status in ("finished", "migrating"):
             continue
         step = last_step.get(job.name)
-        if step is not None and int(step) >= job.total_steps:  # job_finished
+        if step is not None and int(step) >= job.total_steps:  # its last step is checkpointed
             set_status(job.name, "finished", now=now)
             continue
         info = backend.status(job.name)
