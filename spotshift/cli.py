@@ -90,7 +90,7 @@ def _home(args: argparse.Namespace) -> int:
     from spotshift import home
     from spotshift.errors import ConfigError
     from spotshift.instance import read_storage
-    from spotshift.warehouse import spool_dir
+    from spotshift.warehouse import facts_dir
 
     if args.action != "init" and (args.postgres or args.force):
         raise ConfigError("--postgres and --force apply to `spotshift home init`")
@@ -104,7 +104,7 @@ def _home(args: argparse.Namespace) -> int:
         "spotshift_home": str(home.spotshift_home()),
         "dagster_home": str(home.dagster_home()),
         "warehouse": str(home.warehouse_path()),
-        "fact_spool": str(spool_dir()),
+        "fact_lake": str(facts_dir()),
         "stores": str(home.stores_root()),
         "config": str(home.config_path()),
         "instance": read_storage(cfg)[0].describe()
