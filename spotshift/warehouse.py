@@ -198,6 +198,9 @@ RAW_TABLES: dict[str, tuple[Column, ...]] = {
         ("recovered_at", "TIMESTAMP", "When training resumed elsewhere"),
         ("recovery_s", "DOUBLE", "Notice to resumed training, s"),
         ("step", "BIGINT", "Step of the emergency checkpoint"),
+        # replica preemptions (spotshift serve on spot; job is NULL for them)
+        ("endpoint", "VARCHAR", "Inference endpoint of a preempted replica"),
+        ("replica_id", "VARCHAR", "Preempted replica"),
     ),
     "shadow_validations": _cols(
         ("validation_id", "VARCHAR", "Unique id"),

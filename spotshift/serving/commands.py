@@ -53,7 +53,8 @@ def _register_serve(sub: Any) -> None:
     p.add_argument(
         "--tls-dir",
         metavar="DIR",
-        help="serve HTTPS requiring client certificates: ca.pem, server.pem, server-key.pem",
+        help="serve HTTPS requiring client certificates: ca.pem, server.pem, server-key.pem (reloaded when "
+        "they change; re-issued every 24 h of virtual time when DIR trusts the local CA)",
     )
     p.add_argument("--no-record", action="store_true", help="do not write raw.inference_usage (benchmarks)")
     p.set_defaults(handler=_serve)
