@@ -34,6 +34,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "spotshift.training.commands",
     "spotshift.checkpoint.commands",
     "spotshift.costs.commands",
+    "spotshift.costs.budget_commands",
 )
 
 

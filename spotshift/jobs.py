@@ -92,6 +92,7 @@ class TrainingJob:
     submitted_at: str | None = None  # ISO-8601 UTC (virtual clock)
     deadline_hours: float | None = None  # from submitted_at
     start_location: str | None = None  # provider/region to start in (None: let placement choose)
+    team: str | None = None  # team whose budget pays (spotshift budgets); None: no budget applies
 
     def __post_init__(self) -> None:
         from spotshift.pricing.regions import check_location, check_location_pattern
@@ -133,6 +134,10 @@ class TrainingJob:
                 raise ConfigError("allowed_locations must be a non-empty list of provider/region patterns")
             for pattern in self.allowed_locations:
                 check_location_pattern(pattern, "allowed location")
+            if self.team is not None:
+                from spotshift.budgets import check_team
+
+                check_team(self.team)
             if self.start_location is not None:
                 check_location(self.start_location, "start_location")
                 if not self.allows(self.start_location):

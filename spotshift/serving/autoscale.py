@@ -42,6 +42,9 @@ The rules, per user region ``u``, then per location:
 7. **Reconcile**: launch what the plan lacks; terminate what it has too many of (provisioning
    first, most expensive first), but never committed reserved replicas, and never ready replicas
    while that would leave less ready capacity than the demand now (make before break).
+8. **Budget** (``ScalingInputs.budget``): when the planned fleet for the rest of the month would
+   take the endpoint's team past its monthly limit, launches are withheld and the decision is
+   ``hold`` (:func:`spotshift.budgets.gate_scaling`).
 """
 
 from __future__ import annotations
@@ -236,6 +239,8 @@ class ScalingInputs:
     rtt_ms: Mapping[tuple[str, str], float] | None = None
     spot_risk: Mapping[str, float] = field(default_factory=dict)
     snapshot_id: str = ""
+    #: the endpoint's team budget this month (:class:`spotshift.budgets.BudgetStatus`); None: no cap
+    budget: Any = None
 
 
 @dataclass(frozen=True)
@@ -724,7 +729,7 @@ def decide_scaling(
         action = "scale_down"
     else:
         action = "hold"
-    return ScalingDecision(
+    decision = ScalingDecision(
         endpoint=inputs.endpoint,
         decided_at=inputs.now,
         snapshot_id=inputs.snapshot_id,
@@ -743,6 +748,11 @@ def decide_scaling(
         reasons=tuple(reasons),
         memory=mem,
     )
+    if inputs.budget is not None:  # 8. never start spend that would cross the team's monthly limit
+        from spotshift.budgets import gate_scaling
+
+        decision = gate_scaling(decision, inputs.budget)
+    return decision
 
 
 def _commit(
