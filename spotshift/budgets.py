@@ -29,7 +29,7 @@ from __future__ import annotations
 import calendar
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from spotshift import registry
@@ -105,7 +105,7 @@ def get_budget(team: str) -> Budget:
 
 def month_bounds(now: datetime) -> tuple[datetime, datetime]:
     """Start and end (exclusive) of the UTC calendar month of ``now`` (naive UTC datetimes)."""
-    n = now.astimezone(timezone.utc).replace(tzinfo=None) if now.tzinfo else now
+    n = now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
     start = n.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     days = calendar.monthrange(n.year, n.month)[1]
     return start, start + timedelta(days=days)
@@ -113,7 +113,7 @@ def month_bounds(now: datetime) -> tuple[datetime, datetime]:
 
 def hours_left_in_month(now: datetime) -> float:
     """Hours from ``now`` to the end of its calendar month."""
-    n = now.astimezone(timezone.utc).replace(tzinfo=None) if now.tzinfo else now
+    n = now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
     return max(0.0, (month_bounds(n)[1] - n).total_seconds() / 3600.0)
 
 
@@ -299,8 +299,12 @@ def gate_decision(decision: Any, status: BudgetStatus) -> Any:
     def cost(c: Any) -> float:
         return _month_cost(c.price_usd_hour, remaining, status.hours_left)
 
+    running = decision.current_running and decision.current is not None
+    cur = next((c for c in decision.candidates if c.key == decision.current.key), None) if running else None
     if status.fits(cost(decision.target)):
         return decision
+    if cur is not None and cost(decision.target) <= cost(cur):
+        return decision  # a move to a cheaper place lowers the spend already started
     over = (
         f"budget: {decision.target.location} {decision.target.quote.market} at {decision.target.price_usd_hour:.2f} USD/h "
         f"would add {cost(decision.target):,.2f} USD this month to team {b.name}'s "
@@ -310,7 +314,6 @@ def gate_decision(decision: Any, status: BudgetStatus) -> Any:
         (c for c in decision.candidates if c.eligible and status.fits(cost(c))),
         key=lambda c: c.price_usd_hour,
     )
-    running = decision.current_running and decision.current is not None
     if fitting:
         alt = fitting[0]
         if running and alt.key == decision.current.key:
@@ -331,7 +334,6 @@ def gate_decision(decision: Any, status: BudgetStatus) -> Any:
             ),
         )
     if running:
-        cur = next((c for c in decision.candidates if c.key == decision.current.key), None)
         return replace(
             decision,
             action="stay",

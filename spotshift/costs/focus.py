@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -414,7 +415,7 @@ def focus_metadata(columns: list[tuple[str, str]], rows: int) -> dict[str, Any]:
     ``columns``: (name, DuckDB type) of the exported relation.
     """
     import hashlib
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     names = [n for n, _ in columns]
     schema_id = hashlib.sha256("\n".join(f"{n} {t}" for n, t in columns).encode()).hexdigest()[:16]
@@ -453,7 +454,7 @@ def focus_metadata(columns: list[tuple[str, str]], rows: int) -> dict[str, Any]:
         "Schema": {
             "SchemaId": schema_id,
             "FocusVersion": FOCUS_VERSION,
-            "CreationDate": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "CreationDate": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "ColumnDefinition": [definition(n, t) for n, t in columns],
         },
         "NumericPrecision": {"DecimalPlaces": DECIMAL_PLACES, "Notation": "plain decimal (no exponent)"},

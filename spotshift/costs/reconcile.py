@@ -32,7 +32,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -235,7 +235,7 @@ def reconcile_export(
     wh = Path(warehouse)
     if not wh.is_file():
         raise NotFoundError(f"warehouse {wh} does not exist (nothing to reconcile against)")
-    result = Reconciliation(str(export), _sha256(path), now or datetime.now(timezone.utc))
+    result = Reconciliation(str(export), _sha256(path), now or datetime.now(UTC))
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")

@@ -197,6 +197,8 @@ select
     cast(round(c.list_unit_price, 10) as decimal(38, 10)) as ContractedUnitPrice,
     cast(round(c.billed_usd * c.fraction, 10) as decimal(38, 10)) as EffectiveCost,
     coalesce(p.provider_name, c.provider) as HostProviderName,
+    -- estimates, not invoiced charges: FOCUS requires InvoiceId null for charges without an invoice
+    cast(null as varchar) as InvoiceId,
     coalesce(p.provider_name, c.provider) as InvoiceIssuerName,
     cast(round(coalesce(c.list_usd, c.billed_usd) * c.fraction, 10) as decimal(38, 10)) as ListCost,
     cast(round(c.list_unit_price, 10) as decimal(38, 10)) as ListUnitPrice,
