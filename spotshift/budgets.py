@@ -132,7 +132,7 @@ def _table_exists(con: Any, schema: str, table: str) -> bool:
         con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
             [schema, table],
-        ).fetchone()[0]
+        ).fetchall()[0][0]
     )
 
 
@@ -154,7 +154,7 @@ def team_spend(con: Any, jobs: Iterable[str], endpoints: Iterable[str], now: dat
             WHERE job IN (SELECT unnest(?::VARCHAR[])) AND usd IS NOT NULL
             """,
             [end, start, start, end, jobs],
-        ).fetchone()[0]
+        ).fetchall()[0][0]
     if jobs and _table_exists(con, "raw", "transfers"):
         total += con.execute(
             """
@@ -164,7 +164,7 @@ def team_spend(con: Any, jobs: Iterable[str], endpoints: Iterable[str], now: dat
               AND started_at >= ?::TIMESTAMP AND started_at < ?::TIMESTAMP
             """,
             [jobs, start, end],
-        ).fetchone()[0]
+        ).fetchall()[0][0]
     if endpoints and _table_exists(con, "raw", "inference_usage"):
         total += con.execute(
             """
@@ -173,7 +173,7 @@ def team_spend(con: Any, jobs: Iterable[str], endpoints: Iterable[str], now: dat
               AND window_start >= ?::TIMESTAMP AND window_start < ?::TIMESTAMP
             """,
             [endpoints, start, end],
-        ).fetchone()[0]
+        ).fetchall()[0][0]
     return float(total)
 
 

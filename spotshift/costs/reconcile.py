@@ -14,7 +14,10 @@ matches, per *resource group*:
   provider, region and charge period; the estimate is the egress of transfers that left that region
   within the charge period.
 
-Billed rows of one group are summed (several instances of one type bill one row each). A group is
+The billed amount of a row is its ``EffectiveCost`` (``BilledCost`` when the export has none):
+usage covered by a commitment bills 0 but costs its amortized share, and spotshift's estimate is
+what the resource costs. A billed row without an instance type matches only the intervals that no
+typed row of the same region and window bills. Billed rows of one group are summed (several instances of one type bill one row each). A group is
 *matched* when spotshift has an estimate for it; the error of a matched group is
 ``(estimate - billed) / billed`` and, per resource-hour, ``(estimate - billed) / hours``. The goal
 is ``|error| <= 2 %``. Billed rows of other services (storage, databases, taxes, purchases) and
@@ -202,7 +205,8 @@ def _billed_sql(relation: str, cols: set[str]) -> str:
             CAST({_col(cols, "PricingUnit")} AS VARCHAR) AS pricing_unit,
             timezone('UTC', TRY_CAST({_col(cols, "ChargePeriodStart")} AS TIMESTAMPTZ)) AS cps,
             timezone('UTC', TRY_CAST({_col(cols, "ChargePeriodEnd")} AS TIMESTAMPTZ)) AS cpe,
-            TRY_CAST({_col(cols, "BilledCost")} AS DOUBLE) AS billed_usd,
+            coalesce(TRY_CAST({_col(cols, "EffectiveCost")} AS DOUBLE),
+                     TRY_CAST({_col(cols, "BilledCost")} AS DOUBLE)) AS billed_usd,
             coalesce(TRY_CAST({_col(cols, "PricingQuantity")} AS DOUBLE),
                      TRY_CAST({_col(cols, "ConsumedQuantity")} AS DOUBLE)) AS quantity,
             CAST({_col(cols, "ResourceId")} AS VARCHAR) AS resource_id
@@ -253,7 +257,7 @@ def reconcile_export(
         if missing:
             raise InputError(f"{export}: not a FOCUS cost and usage export (no {', '.join(missing)})")
         con.execute(f"CREATE TEMP TABLE billed AS {_billed_sql(relation, cols)}")
-        bad = con.execute("SELECT count(*) FROM billed WHERE cps IS NULL OR cpe IS NULL").fetchone()[0]
+        bad = con.execute("SELECT count(*) FROM billed WHERE cps IS NULL OR cpe IS NULL").fetchall()[0][0]
         if bad:
             raise InputError(f"{export}: {bad} row(s) without a readable ChargePeriodStart/ChargePeriodEnd")
         providers = {
@@ -352,6 +356,11 @@ def _match(con: Any, result: Reconciliation) -> None:
           ON g.kind = 'compute' AND e.provider = g.provider AND e.region = g.region
          AND (g.instance_type IS NULL OR e.instance_type = g.instance_type)
          AND e.started_at < g.cpe AND e.ended_at > g.cps
+         -- a billed row without an instance type takes only intervals no typed row of its window bills
+         AND (g.instance_type IS NOT NULL OR NOT EXISTS (
+                SELECT 1 FROM groups t
+                WHERE t.kind = 'compute' AND t.instance_type = e.instance_type AND t.provider = g.provider
+                  AND t.region = g.region AND t.cps < g.cpe AND t.cpe > g.cps))
         """
     )
     con.execute(
@@ -377,7 +386,7 @@ def _match(con: Any, result: Reconciliation) -> None:
         ORDER BY g.cps, g.kind, g.provider, g.region, g.instance_type
         """
     ).fetchall()
-    result.billed_rows = con.execute("SELECT count(*) FROM billed").fetchone()[0]
+    result.billed_rows = con.execute("SELECT count(*) FROM billed").fetchall()[0][0]
     reasons: dict[str, int] = {}
     for kind, provider, region, itype, cps, cpe, billed, qty, n, est in rows:
         if est is None:
@@ -431,7 +440,7 @@ def _match(con: Any, result: Reconciliation) -> None:
         reasons[key] = reasons.get(key, 0) + n
     result.unmatched_billed_rows = result.billed_rows - result.matched_rows
     result.unmatched_reasons = reasons
-    span = con.execute("SELECT min(cps), max(cpe) FROM billed").fetchone()
+    span = con.execute("SELECT min(cps), max(cpe) FROM billed").fetchall()[0]
     if span[0] is not None:
         unmatched = con.execute(
             """
@@ -464,10 +473,10 @@ def _match(con: Any, result: Reconciliation) -> None:
         ]
     digest = con.execute(
         "SELECT coalesce(string_agg(usage_id || ':' || usd, ',' ORDER BY usage_id), '') FROM est_compute"
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     digest += con.execute(
         "SELECT coalesce(string_agg(transfer_id || ':' || usd, ',' ORDER BY transfer_id), '') FROM est_transfer"
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     result.estimates_digest = hashlib.sha256(digest.encode()).hexdigest()
 
 

@@ -112,7 +112,7 @@ def test_spend_already_recorded_counts_against_the_limit(team_job) -> None:
     d = decide_for_job(con, "llm-ft", now=NOW)
     assert d.action == "queue"  # 174 + 600 > 700
     # the alert fact: 174 USD is not 80 % of 700 USD; at 560 USD it is
-    assert con.execute("select count(*) from raw.budget_alerts").fetchone()[0] == 0
+    assert con.execute("select count(*) from raw.budget_alerts").fetchall()[0][0] == 0
     _usage(con, "u-more", "other", 400.0, NOW - timedelta(hours=2))
     decide_for_job(con, "llm-ft", now=NOW)
     decide_for_job(con, "llm-ft", now=NOW + timedelta(minutes=10))  # once per team, month and level

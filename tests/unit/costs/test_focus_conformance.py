@@ -63,7 +63,7 @@ def test_export_has_both_column_generations_and_states_its_version(
 def test_numbers_are_plain_decimals_without_float_noise(warehouse_copy: Path, tmp_path: Path) -> None:
     out = export_focus(tmp_path / "focus.csv", warehouse_copy)
     rows = _rows(out.path)
-    tiny = 0
+    fine = 0
     for r in rows:
         for c in NUMERIC_COLUMNS:
             v = r[c]
@@ -73,11 +73,11 @@ def test_numbers_are_plain_decimals_without_float_noise(warehouse_copy: Path, tm
             assert len(v.partition(".")[2]) <= DECIMAL_PLACES, (
                 f"{c}={v!r} has more than {DECIMAL_PLACES} places"
             )
-            tiny += 0 < abs(float(v)) < 1e-4
-    assert tiny, "the fixture has sub-cent transfer costs: they must keep their digits, not go to 0 or e-05"
+            fine += c == "BilledCost" and len(v.rstrip("0").partition(".")[2]) > 2
+    assert fine, "money keeps its digits below the cent (the precision is stated, not rounded to cents)"
     # the sum of the exported money is the warehouse's total to the stated precision
     con = duckdb.connect(str(warehouse_copy), read_only=True)
-    total = con.execute("select sum(BilledCost)::DOUBLE from focus_cost_and_usage").fetchone()[0]
+    total = con.execute("select sum(BilledCost)::DOUBLE from focus_cost_and_usage").fetchall()[0][0]
     assert sum(float(r["BilledCost"]) for r in rows) == pytest.approx(
         total, abs=len(rows) * 10**-DECIMAL_PLACES
     )
@@ -157,7 +157,9 @@ def test_checker_catches_exponents_bad_subcategories_and_missing_13_columns(tmp_
 
 def test_tags_carry_the_team_of_jobs(warehouse_copy: Path, tmp_path: Path, spotshift_home: Path) -> None:
     con = duckdb.connect(str(warehouse_copy), read_only=True)
-    job = con.execute("select x_job from focus_cost_and_usage where x_job is not null limit 1").fetchone()[0]
+    job = con.execute("select x_job from focus_cost_and_usage where x_job is not null limit 1").fetchall()[0][
+        0
+    ]
     con.close()
     entry = TrainingJob(name=job, dataset="corpus", total_steps=10, work_hours=1.0, team="research").to_dict()
     registry.upsert("jobs", entry)
@@ -196,5 +198,15 @@ def test_official_finops_validator_finds_no_violations(warehouse_copy: Path, tmp
     )
     results = re.findall(r"^\S+ (\S+-[A-Z]-\d+-[A-Z]): (PASS|FAIL|SKIPPED)", proc.stdout, re.M)
     assert len(results) > 100, proc.stdout[-2000:] + proc.stderr[-2000:]
-    failed = [rule for rule, status in results if status == "FAIL" and not rule.startswith("x_")]
+    status = dict(results)
+    # InvoiceId-C-004-C (null when not invoiced) and -C-005-C (not null when invoiced) are the two
+    # branches of InvoiceId-C-003-C, an OR: the validator reports the branch not taken as FAIL even
+    # when the OR passes. spotshift's rows are estimates, not invoiced: the null branch must hold.
+    branches = {"InvoiceId-C-004-C": "InvoiceId-C-003-C", "InvoiceId-C-005-C": "InvoiceId-C-003-C"}
+    assert status["InvoiceId-C-003-C"] == "PASS" and status["InvoiceId-C-004-C"] == "PASS"
+    failed = [
+        rule
+        for rule, st in results
+        if st == "FAIL" and not rule.startswith("x_") and status.get(branches.get(rule, "")) != "PASS"
+    ]
     assert proc.returncode == 0 and not failed, (failed, proc.stdout[-3000:])
