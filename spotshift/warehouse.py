@@ -291,7 +291,7 @@ RAW_TABLES: dict[str, tuple[Column, ...]] = {
         ("matched_rows", "BIGINT", "Billed rows matched to a spotshift usage or transfer row"),
         ("unmatched_billed_rows", "BIGINT", "Billed rows with no spotshift row"),
         ("unmatched_estimate_rows", "BIGINT", "spotshift rows in the export's time range with no billed row"),
-        ("billed_usd", "DOUBLE", "BilledCost of the matched rows, USD"),
+        ("billed_usd", "DOUBLE", "EffectiveCost (else BilledCost) of the matched rows, USD"),
         ("estimated_usd", "DOUBLE", "spotshift's estimate of the matched rows, USD"),
         ("matched_hours", "DOUBLE", "Resource-hours of the matched compute rows"),
         ("error_usd_per_hour", "DOUBLE", "Estimate minus billed per matched resource-hour, USD"),

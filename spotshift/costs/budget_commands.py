@@ -38,7 +38,9 @@ def register(sub: Any) -> None:
     ls.add_argument("--warehouse", metavar="FILE", help="DuckDB warehouse (default as for `report`)")
     ls.add_argument("--json", action="store_true", help="print one JSON object")
     ls.set_defaults(handler=_budgets_list)
-    sh = actions.add_parser("show", help="one team: budget, spend, commitments, members and alerts")
+    sh = actions.add_parser(
+        "show", help="one team: budget, spend this month, commitments of running jobs, members"
+    )
     sh.add_argument("team", help="team with a budget")
     sh.add_argument("--warehouse", metavar="FILE", help="DuckDB warehouse (default as for `report`)")
     sh.add_argument("--json", action="store_true", help="print one JSON object")

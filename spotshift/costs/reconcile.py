@@ -281,7 +281,10 @@ def reconcile_export(
             """
         )
         wpath = str(wh).replace("'", "''")
-        con.execute(f"ATTACH '{wpath}' AS wh (READ_ONLY)")
+        try:
+            con.execute(f"ATTACH '{wpath}' AS wh (READ_ONLY)")
+        except duckdb.Error as exc:
+            raise InputError(f"warehouse {wh}: not readable ({str(exc).splitlines()[0][:200]})") from None
         _load_estimates(con)
         _match(con, result)
     finally:

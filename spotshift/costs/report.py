@@ -136,8 +136,8 @@ def read_report(con: Any, warehouse: str | os.PathLike[str] = "") -> CostReport:
     )
     focus = fetch_dicts(
         con,
-        """SELECT count(*) AS rows, coalesce(sum("BilledCost"), 0) AS billed_cost,
-                  coalesce(sum("ListCost"), 0) AS list_cost, min("BillingCurrency") AS currency,
+        """SELECT count(*) AS rows, coalesce(sum("BilledCost"), 0)::DOUBLE AS billed_cost,
+                  coalesce(sum("ListCost"), 0)::DOUBLE AS list_cost, min("BillingCurrency") AS currency,
                   count(DISTINCT "BillingPeriodStart") AS billing_periods
            FROM focus_cost_and_usage""",
     )[0]
