@@ -127,7 +127,8 @@ def team_members(team: str) -> tuple[list[str], list[str]]:
     return jobs, endpoints
 
 
-def _table_exists(con: Any, schema: str, table: str) -> bool:
+def table_exists(con: Any, schema: str, table: str) -> bool:
+    """Whether ``schema.table`` exists in the database of ``con``."""
     return bool(
         con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
@@ -141,7 +142,7 @@ def team_spend(con: Any, jobs: Iterable[str], endpoints: Iterable[str], now: dat
     start, end = month_bounds(now)
     jobs, endpoints = list(jobs), list(endpoints)
     total = 0.0
-    if jobs and _table_exists(con, "raw", "compute_usage"):
+    if jobs and table_exists(con, "raw", "compute_usage"):
         total += con.execute(
             """
             SELECT coalesce(sum(
@@ -155,7 +156,7 @@ def team_spend(con: Any, jobs: Iterable[str], endpoints: Iterable[str], now: dat
             """,
             [end, start, start, end, jobs],
         ).fetchall()[0][0]
-    if jobs and _table_exists(con, "raw", "transfers"):
+    if jobs and table_exists(con, "raw", "transfers"):
         total += con.execute(
             """
             SELECT coalesce(sum(egress_usd), 0)
@@ -165,7 +166,7 @@ def team_spend(con: Any, jobs: Iterable[str], endpoints: Iterable[str], now: dat
             """,
             [jobs, start, end],
         ).fetchall()[0][0]
-    if endpoints and _table_exists(con, "raw", "inference_usage"):
+    if endpoints and table_exists(con, "raw", "inference_usage"):
         total += con.execute(
             """
             SELECT coalesce(sum(usd), 0) FROM raw.inference_usage

@@ -175,11 +175,9 @@ def read_budgets(con: Any) -> list[dict[str, Any]]:
 
 def read_reconciliation(con: Any) -> dict[str, Any] | None:
     """The latest recorded reconciliation (without its per-row detail); None when there is none."""
-    exists = first_row(
-        con,
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'raw' AND table_name = 'reconciliations'",
-    )[0]
-    if not exists:
+    from spotshift.budgets import table_exists
+
+    if not table_exists(con, "raw", "reconciliations"):
         return None
     rows = fetch_dicts(
         con,
