@@ -15,12 +15,16 @@ import dagster as dg
 import assets.checkpoints
 import assets.costs
 import assets.datasets
+import assets.devenvs
 import assets.placement
+import assets.pools
 import assets.quotes
 import assets.training
 import ops.checkpoint
+import ops.devenvs
 import ops.migration
 import sensors.datasets
+import sensors.devenvs
 import sensors.jobs
 import sensors.preemption
 import sensors.price_change
@@ -57,6 +61,10 @@ DOMAIN_MODULES: list = [
     assets.datasets,
     sensors.datasets,
     assets.costs,
+    assets.pools,
+    assets.devenvs,
+    ops.devenvs,
+    sensors.devenvs,
 ]
 
 
@@ -74,5 +82,7 @@ def build_resources() -> dict[str, object]:
 
 defs = dg.Definitions.merge(
     *(m.defs for m in DOMAIN_MODULES),
-    dg.Definitions(resources=build_resources()),
+    # steps run in the run worker's process: the control plane's jobs are short chains, and a
+    # process per step costs seconds of start-up each (dg.multiprocess_executor stays available)
+    dg.Definitions(resources=build_resources(), executor=dg.in_process_executor),
 )

@@ -147,7 +147,10 @@ def resume_in_target(context: dg.OpExecutionContext, move: MoveState) -> Iterato
     is a K-step probation from the drained checkpoint that commits nothing (the comparison's target
     side, so a failed target leaves no checkpoint behind); for a placement or a preemption recovery
     it is the live trainer."""
-    result = steps.resume_in_target(recording.move_env(context), move)
+    try:
+        result = steps.resume_in_target(recording.move_env(context), move)
+    except MoveFailed as exc:  # the target's topology check refused it: roll back like a failed shadow
+        raise _failure(exc) from None
     yield dg.AssetMaterialization(
         recording.RETRAIN_RUN, partition=move.plan.job, metadata=recording.retrain_metadata(result)
     )

@@ -7,31 +7,36 @@
 3. ``data``      a small text corpus, declared as a dataset and fingerprinted (``dataset_fingerprints``)
 4. ``job``       a training job (8x A100-40GB, NVLink, spot allowed, deadline) declared
 5. ``prices``    ``price_poll_job``: ``raw_price_quotes`` -> blocking GX checks -> ``gpu_quotes``
-6. ``lifecycle`` the shared virtual clock runs weeks of market in minutes; every loop the demo
-                 evaluates ``price_change_sensor``, ``preemption_sensor`` and
-                 ``migration_failure_sensor`` against the Dagster instance and executes the runs they
-                 request (``migration_job``, ``preemption_recovery_job``, ``rollback_job``); the
-                 preemption injector turns generated availability traces into real provider-format
-                 notices to the trainer processes; one deliberately perturbed migration shows a
-                 blocked shadow validation and its rollback
+6. ``lifecycle`` a stepped virtual clock runs weeks of market in minutes: the demo advances it one
+                 training step (the GPU hours a step stands for) at a time and waits for the trainer
+                 to take that step; every few virtual hours, and at once after an event (a notice,
+                 new prices, a failed run, the trainer's exit), it ticks ``price_change_sensor``, ``preemption_sensor`` and
+                 ``migration_failure_sensor`` through the sensor daemon's tick function and the runs
+                 they request (``migration_job``, ``preemption_recovery_job``, ``rollback_job``) are
+                 launched through the code location, as the daemon launches them; the preemption
+                 injector turns generated availability traces into real provider-format notices to
+                 the trainer processes; one deliberately perturbed migration shows a blocked shadow
+                 validation and its rollback
 7. ``costs``     ``cost_report_job`` (dbt build of dbt_costs, then ``cost_report``) and the summary:
                  spotshift vs always-on-demand vs stay-on-first-spot, GB moved, recovery times,
                  deadline met
 
-Virtual time stops while a migration, recovery or rollback run executes (the job is not training
-then) and resumes a nominal changeover later (``PlacementParams.changeover_hours``): process
-start-up on a 2-core laptop is not what a cloud changeover costs, and the economics already
-charge that changeover. Recovery times are reported both ways. ``--small`` runs a shorter job
-(the end-to-end test uses it). Afterwards ``make ui`` shows every run, materialization and check.
+Virtual time advances by events, never by wall seconds, so the summary is the same on any machine
+and under any load. It stands still while a migration, recovery or rollback run executes and moves
+on a nominal changeover afterwards (``PlacementParams.changeover_hours``): process start-up on a
+2-core laptop is not what a cloud changeover costs, and the economics already charge that
+changeover. The clock is left stopped when the demo ends (:class:`spotshift.clock.ClockOwner`).
+``--small`` runs a shorter job (the end-to-end test uses it). Every run has the ``spotshift`` code
+location's origin (``scripts/demo_daemon.py``), so afterwards ``make ui`` shows the runs under their
+jobs, the sensors' ticks and cursors, and every materialization and check.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -55,8 +60,7 @@ JOB = "llm-finetune"
 DATASET = "corpus"
 DATA_LOCATION = "aws/us-east-1"
 GPU_MODEL, GPU_COUNT = "A100-40GB", 8
-# expected failures (the blocked shadow validation) are reported by the demo itself; `make ui` has the logs
-QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+SENSORS = ["preemption_sensor", "price_change_sensor", "migration_failure_sensor"]
 
 
 @dataclass(frozen=True)
@@ -67,16 +71,17 @@ class Settings:
     work_hours: float = 144.0
     deadline_hours: float = 240.0
     checkpoint_every_steps: int = 30
-    wall_seconds: float = 150.0  # wall time of the job's work if nothing interrupted it
+    price_every_hours: float = 1.0  # virtual hours between price_change_sensor ticks
+    preemption_every_hours: float = 6.0  # between preemption_sensor ticks (a notice ticks it at once)
     max_preemptions: int = 2  # notices delivered (the traces ask for more; see README)
     shadow_steps: int = 12
     corpus_mib: float = 2.0
     seed: int = 7
 
     @property
-    def speed(self) -> float:
-        """Virtual seconds per wall second."""
-        return self.work_hours * 3600.0 / self.wall_seconds
+    def step_hours(self) -> float:
+        """Virtual hours one training step stands for: the clock's step."""
+        return self.work_hours / self.total_steps
 
 
 SMALL = Settings(
@@ -84,7 +89,6 @@ SMALL = Settings(
     work_hours=96.0,
     deadline_hours=200.0,
     checkpoint_every_steps=20,
-    wall_seconds=60.0,
     max_preemptions=1,
     shadow_steps=8,
     corpus_mib=0.5,
@@ -236,10 +240,10 @@ def stage_data(home: Path, settings: Settings) -> None:
         ),
         replace=True,
     )
-    run = Runs.get()
-    run.instance.add_dynamic_partitions("datasets", [DATASET])
-    result = run.materialize("dataset_fingerprints", partition=DATASET)
-    meta = result.asset_materializations_for_node("dataset_fingerprints")[-1].metadata
+    Runs.get().instance.add_dynamic_partitions("datasets", [DATASET])
+    run = materialize("dataset_fingerprints", partition=DATASET)
+    mats = [e for e in run_events(run.run_id) if e.event_type_value == "ASSET_MATERIALIZATION"]
+    meta = mats[-1].event_specific_data.materialization.metadata
     print(
         f"{DATASET}: {meta['files'].value} files, {meta['bytes'].value} bytes, root {meta['root'].value[:16]}… "
         f"in {DATA_LOCATION}'s store"
@@ -277,91 +281,64 @@ def stage_job(market: Market, settings: Settings) -> Any:
     return job
 
 
-def stage_clock(market: Market, settings: Settings) -> None:
-    """Start the shared virtual clock at the job's start, paced trainers."""
-    from spotshift.clock import VirtualClock
+def stage_clock(market: Market, settings: Settings) -> Any:
+    """Own the shared clock: stepped, at the job's start, trainers paced on it (stopped on exit)."""
+    from spotshift.clock import ClockOwner, VirtualClock
 
     banner("clock")
-    VirtualClock.starting(market.start, settings.speed, pace_trainers=True).save()
+    owner = ClockOwner(VirtualClock.stepped_at(market.start, pace_trainers=True))
     print(
-        f"virtual clock at {market.start:%Y-%m-%d %H:%M} UTC, x{settings.speed:,.0f} "
-        f"({settings.speed / 3600:.2f} virtual hours per second); trainers take one step per "
-        f"{settings.work_hours / settings.total_steps * 60:.0f} virtual minutes of GPU work"
+        f"virtual clock at {market.start:%Y-%m-%d %H:%M} UTC, stepped by events (not by wall seconds): "
+        f"one step = {settings.step_hours * 60:.0f} virtual minutes of GPU work, price_change_sensor "
+        f"ticks every {settings.price_every_hours:g} virtual hours, preemption_sensor every "
+        f"{settings.preemption_every_hours:g}, both at once after a notice, new prices, a failed run or the "
+        "trainer's exit"
     )
+    return owner
 
 
 # ---------------------------------------------------------------------------------------------
 class Runs:
-    """Executes jobs and sensors of ``definitions.py`` against the persistent Dagster instance."""
+    """The demo's one :class:`demo_daemon.Daemon` (code location loaded once, sensors started)."""
 
-    _self: Runs | None = None
-
-    def __init__(self) -> None:
-        import dagster as dg
-
-        import definitions
-
-        self.dg = dg
-        self.defs = definitions.defs
-        self.repo = self.defs.get_repository_def()
-        self.instance = dg.DagsterInstance.get()
-        self.cursors: dict[str, str | None] = {}
+    _self: Any = None
 
     @classmethod
-    def get(cls) -> Runs:
+    def get(cls) -> Any:
         if cls._self is None:
-            cls._self = Runs()
+            from demo_daemon import Daemon
+
+            from spotshift.home import spotshift_home
+
+            cls._self = Daemon(spotshift_home() / "logs" / "demo-dagster.log", SENSORS)
         return cls._self
 
-    def materialize(self, asset: str, *, partition: str | None = None) -> Any:
-        job = self.defs.resolve_implicit_global_asset_job_def()
-        result = job.execute_in_process(
-            instance=self.instance,
-            run_config=QUIET,
-            partition_key=partition,
-            asset_selection=[self.dg.AssetKey(asset)],
-            raise_on_error=False,
-        )
-        if not result.success:
-            raise SystemExit(f"demo: materializing {asset} failed; see the run in `make ui`")
-        return result
+    @classmethod
+    def close(cls) -> None:
+        if cls._self is not None:
+            cls._self.close()
+            cls._self = None
 
-    def execute(self, job_name: str, run_config: dict[str, Any], tags: dict[str, str]) -> Any:
-        job = self.defs.resolve_job_def(job_name)
-        config = {**QUIET, **run_config}
-        return job.execute_in_process(
-            instance=self.instance, run_config=config, tags=tags, raise_on_error=False
-        )
 
-    def sensor(self, name: str) -> list[Any]:
-        """Evaluate sensor ``name`` once; returns its run requests (cursor kept between calls)."""
-        sensor = self.repo.get_sensor_def(name)
-        ctx = self.dg.build_sensor_context(
-            instance=self.instance,
-            cursor=self.cursors.get(name),
-            definitions=self.defs,
-            resources=self.defs.resources,
-        )
-        data = sensor.evaluate_tick(ctx)
-        if data.cursor is not None:
-            self.cursors[name] = data.cursor
-        return list(data.run_requests or [])
+def run_events(run_id: str) -> list[Any]:
+    """The run's materializations, check evaluations and step failures, in order."""
+    import dagster as dg
 
-    def failure_sensor(self, run_id: str) -> list[Any]:
-        """Evaluate ``migration_failure_sensor`` for a failed run."""
-        dg = self.dg
-        run = self.instance.get_run_by_id(run_id)
-        records = self.instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
-        event = records[-1].event_log_entry.dagster_event
-        ctx = dg.build_run_status_sensor_context(
-            sensor_name="migration_failure_sensor",
-            dagster_event=event,
-            dagster_instance=self.instance,
-            dagster_run=run,
-            repository_def=self.repo,
-        ).for_run_failure()
-        out = self.repo.get_sensor_def("migration_failure_sensor")(ctx)
-        return [out] if isinstance(out, dg.RunRequest) else []
+    kinds = {
+        dg.DagsterEventType.ASSET_MATERIALIZATION,
+        dg.DagsterEventType.ASSET_CHECK_EVALUATION,
+        dg.DagsterEventType.STEP_FAILURE,
+    }
+    logs = Runs.get().instance.all_logs(run_id, of_type=kinds)
+    return [e.dagster_event for e in logs if e.dagster_event is not None]
+
+
+def materialize(asset: str, *, partition: str) -> Any:
+    """Materialize one partition of ``asset`` through the code location; stop the demo if it fails."""
+    run = Runs.get().launch_assets([asset], partition=partition, tags={"spotshift/demo": "setup"})
+    if not run.is_success:
+        raise SystemExit(f"demo: materializing {asset}[{partition}] failed (run {run.run_id}); see `make ui`")
+    return run
 
 
 @dataclass
@@ -375,9 +352,9 @@ class Lifecycle:
     price_moves: list[dict[str, Any]] = field(default_factory=list)
     recoveries: list[dict[str, Any]] = field(default_factory=list)
     rollbacks: list[dict[str, Any]] = field(default_factory=list)
-    failed_runs: list[str] = field(default_factory=list)
     perturbed_done: bool = False
     finished_at: datetime | None = None
+    next_tick: dict[str, datetime] = field(default_factory=dict)
 
 
 def now() -> datetime:
@@ -386,86 +363,106 @@ def now() -> datetime:
     return virtual_now()
 
 
-@contextlib.contextmanager
-def clock_paused(settings: Settings) -> Any:
-    """Stop virtual time while a control-plane run executes; resume a nominal changeover later."""
+def advance(hours: float) -> None:
+    """Move the stepped clock ``hours`` on, then wait until the live trainer has taken the steps due."""
     from spotshift.clock import load_clock
-    from spotshift.placement.params import PlacementParams
+    from spotshift.training.backend import open_backend
+    from spotshift.training.pacing import wait_for_trainers
 
-    load_clock().paused().save()
-    try:
-        yield
-    finally:
-        load_clock().resumed(skip_seconds=PlacementParams().changeover_hours * 3600).save()
+    load_clock().advance(hours * 3600.0).save()
+    wait_for_trainers(open_backend("local"))
 
 
-def poll_prices(life: Lifecycle) -> None:
-    """Run ``price_poll_job`` when the market has a snapshot the warehouse has not seen."""
+def poll_prices(life: Lifecycle) -> bool:
+    """Run ``price_poll_job`` when the market has a snapshot the warehouse has not seen; then
+    ``placement_plan`` for the job, so the UI explains the decisions on the new prices."""
     due = [w for w in life.market.polls if w <= now() and w not in life.polled]
     if not due:
-        return
+        return False
     life.polled.update(due)
-    result = Runs.get().execute("price_poll_job", {}, {"spotshift/demo": "poll"})
+    run = Runs.get().launch("price_poll_job", {}, {"spotshift/demo": "poll"})
     mats = {
         e.asset_key.to_user_string()
-        for e in result.all_events
+        for e in run_events(run.run_id)
         if e.event_type_value == "ASSET_MATERIALIZATION"
     }
     status = "validated" if "gpu_quotes" in mats else "BLOCKED by a quality check"
     print(f"{now():%Y-%m-%d %H:%M}  prices    snapshot of {max(due):%Y-%m-%d} {status}")
+    if "gpu_quotes" in mats:
+        materialize("placement_plan", partition=JOB)
+    return True
 
 
-def run_request(life: Lifecycle, job_name: str, request: Any, label: str) -> Any:
-    """Execute one run a sensor requested, with virtual time paused; print the chain it ran."""
-    tags = {**request.tags, "dagster/run_key": request.run_key or ""}
-    t0 = time.monotonic()
-    with clock_paused(life.settings):
-        result = Runs.get().execute(job_name, request.run_config, tags)
-    wall = time.monotonic() - t0
-    chain = []
-    for e in result.all_events:
+def report_run(run: Any, label: str) -> None:
+    """Print one run a sensor (or the demo) launched: its outcome and the chain of assets it ran."""
+    chain: list[str] = []
+    failures = []
+    for e in run_events(run.run_id):
         if e.event_type_value == "ASSET_MATERIALIZATION":
             name = e.asset_key.to_user_string()
             if not chain or chain[-1] != name:
                 chain.append(name)
         elif e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed:
             chain.append(f"[{e.event_specific_data.check_name} FAILED]")
-    outcome = "ok" if result.success else "FAILED"
+        elif e.event_type_value == "STEP_FAILURE":
+            error = e.event_specific_data.error
+            message = (
+                error.cause.message if error and error.cause else error.message if error else ""
+            ).strip()
+            failures.append(f"{'':19s}{e.step_key} failed: {message[:400]}")
+    stats = Runs.get().instance.get_run_stats(run.run_id)
+    wall = (stats.end_time or 0) - (stats.start_time or stats.end_time or 0)
+    outcome = "ok" if run.is_success else "FAILED"
     print(
-        f"{now():%Y-%m-%d %H:%M}  {label:9s} {request.run_key}: {outcome} in {wall:.1f}s wall\n"
-        f"{'':19s}{' -> '.join(chain) or '(no materialization)'}"
+        f"{now():%Y-%m-%d %H:%M}  {label:9s} {run.tags.get('dagster/run_key', run.run_id)}: {outcome} "
+        f"in {wall:.1f}s wall\n{'':19s}{' -> '.join(chain) or '(no materialization)'}"
     )
-    if not result.success:
-        life.failed_runs.append(result.run_id)
-        for e in result.all_events:
-            if e.event_type_value == "STEP_FAILURE":
-                error = e.event_specific_data.error
-                message = (
-                    error.cause.message if error and error.cause else error.message if error else ""
-                ).strip()
-                print(f"{'':19s}{e.step_key} failed: {message[:400]}")
-    return result
+    for line in failures:
+        print(line)
 
 
-def handle_sensors(life: Lifecycle) -> None:
-    """Evaluate the three sensors and execute what they request, in the order a daemon would."""
+def execute(life: Lifecycle, run_ids: list[str], label: str) -> list[Any]:
+    """Execute requested moves: the changeover passes on the clock first (the job is live in its new
+    place at the end of it), then the runs; a failed one is rolled back the same way."""
+    from spotshift.placement.params import PlacementParams
+
+    if not run_ids:
+        return []
+    advance(PlacementParams().changeover_hours)
+    runs = Runs.get().wait(run_ids)
+    for run in runs:
+        report_run(run, label)
+    if any(not r.is_success for r in runs):
+        for rollback in execute(life, Runs.get().tick("migration_failure_sensor"), "rollback"):
+            life.rollbacks.append(
+                {"run_key": rollback.tags.get("dagster/run_key"), "ok": rollback.is_success}
+            )
+    return runs
+
+
+def due(life: Lifecycle, sensor: str, every_hours: float, force: bool) -> bool:
+    """Whether ``sensor`` ticks now: forced by an event, or ``every_hours`` of virtual time after its last tick."""
+    if not force and now() < life.next_tick.get(sensor, now()):
+        return False
+    life.next_tick[sensor] = now() + timedelta(hours=every_hours)
+    return True
+
+
+def handle_sensors(life: Lifecycle, *, force: bool = False) -> None:
+    """Tick the sensors on their virtual-time cadence, or at once after an event (``force``)."""
     from spotshift.migration import contract
 
-    runs = Runs.get()
-    for request in runs.sensor("preemption_sensor"):
-        result = run_request(life, contract.RECOVERY_JOB, request, "recovery")
-        life.recoveries.append({"run_key": request.run_key, "ok": result.success, "run_id": result.run_id})
-    for request in runs.sensor("price_change_sensor"):
-        trigger = request.tags.get(contract.TAG_TRIGGER, "price")
-        result = run_request(
-            life, contract.MIGRATION_JOB, request, "placement" if trigger == "place" else "migration"
-        )
+    daemon, settings = Runs.get(), life.settings
+    if due(life, "preemption_sensor", settings.preemption_every_hours, force):
+        for run in execute(life, daemon.tick("preemption_sensor"), "recovery"):
+            life.recoveries.append({"run_key": run.tags.get("dagster/run_key"), "ok": run.is_success})
+    if not due(life, "price_change_sensor", settings.price_every_hours, force):
+        return
+    for run_id in daemon.tick("price_change_sensor"):
+        trigger = daemon.instance.get_run_by_id(run_id).tags.get(contract.TAG_TRIGGER, "price")
+        (run,) = execute(life, [run_id], "placement" if trigger == "place" else "migration")
         if trigger == "price":
-            life.price_moves.append({"run_key": request.run_key, "ok": result.success})
-    while life.failed_runs:
-        for request in runs.failure_sensor(life.failed_runs.pop(0)):
-            result = run_request(life, contract.ROLLBACK_JOB, request, "rollback")
-            life.rollbacks.append({"run_key": request.run_key, "ok": result.success})
+            life.price_moves.append({"run_key": run.tags.get("dagster/run_key"), "ok": run.is_success})
 
 
 def perturbed_move(life: Lifecycle) -> None:
@@ -503,16 +500,28 @@ def perturbed_move(life: Lifecycle) -> None:
     print(
         f"{now():%Y-%m-%d %H:%M}  demo      a deliberately broken move: the target trains with 20x the learning rate"
     )
-    request = Runs.get().dg.RunRequest(
-        run_key=plan.run_key,
-        tags={**plan.tags(), "spotshift/demo": "perturbed"},
-        run_config=contract.move_run_config(
-            plan.to_dict(),
-            shadow_steps=life.settings.shadow_steps,
-            perturb_learning_rate=life.job.learning_rate * 20,
-        ),
+    config = contract.move_run_config(
+        plan.to_dict(),
+        shadow_steps=life.settings.shadow_steps,
+        perturb_learning_rate=life.job.learning_rate * 20,
     )
-    run_request(life, contract.MIGRATION_JOB, request, "migration")
+    tags = {**plan.tags(), "spotshift/demo": "perturbed", "dagster/run_key": plan.run_key}
+    execute(life, [Runs.get().submit(contract.MIGRATION_JOB, config, tags)], "migration")
+
+
+def deliver_notices(life: Lifecycle, injector: Any, backend: Any) -> bool:
+    """Deliver the notices due now; wait until each warned trainer has checkpointed and exited."""
+    from spotshift.training.runs import wait_for_exit
+
+    delivered = len(injector.injections)
+    injector.tick(now(), deliver=delivered < life.settings.max_preemptions)
+    for inj in injector.injections[delivered:]:
+        print(
+            f"{now():%Y-%m-%d %H:%M}  notice    {inj.location} reclaims its spot capacity "
+            f"({inj.provider_notice}): trainer pid {inj.pid} warned in its provider's format"
+        )
+        wait_for_exit(backend, JOB, location=inj.location, timeout_s=300.0)
+    return len(injector.injections) > delivered
 
 
 def stage_lifecycle(market: Market, job: Any, settings: Settings) -> Lifecycle:
@@ -530,42 +539,46 @@ def stage_lifecycle(market: Market, job: Any, settings: Settings) -> Lifecycle:
     traces = generate_traces(locations, hours=settings.deadline_hours * 2, seed=TRACE_SEED)
     backend = open_backend("local")
     deadline = job.deadline_at
+    Runs.get().tick("migration_failure_sensor")  # a run-status sensor's first tick sets its cursor
     with PreemptionInjector(traces, origin=market.start, backend=backend) as injector:
         while True:
-            poll_prices(life)
-            delivered = len(injector.injections)
-            injector.tick(now(), deliver=delivered < settings.max_preemptions)
-            for inj in injector.injections[delivered:]:
-                print(
-                    f"{now():%Y-%m-%d %H:%M}  notice    {inj.location} reclaims its spot capacity "
-                    f"({inj.provider_notice}): trainer pid {inj.pid} warned in its provider's format"
-                )
-            handle_sensors(life)
+            event = poll_prices(life)
+            event = deliver_notices(life, injector, backend) or event
+            info = backend.status(JOB)
+            event = event or load_state(JOB).status == "running" and not (info and info.alive)
+            handle_sensors(life, force=event)
             state = load_state(JOB)
             if state.status == "finished":
                 life.finished_at = now()
                 break
-            progress = _progress()
             if (
                 not life.perturbed_done
                 and state.status == "running"
-                and (any(m["ok"] for m in life.price_moves) or progress >= 0.6 * settings.total_steps)
+                and (any(m["ok"] for m in life.price_moves) or _progress() >= 0.6 * settings.total_steps)
             ):
                 perturbed_move(life)
             if now() > deadline + timedelta(hours=settings.deadline_hours):
                 print("demo: the job is far past its deadline; stopping")
                 break
-            time.sleep(0.5)
+            advance(settings.step_hours)
     save_enforced_availability(traces, market.start, injector.injections, settings.max_preemptions)
-    for info in backend.list():
-        if info.alive:
-            backend.stop(info.name, reason="demo over", timeout_s=60)
+    stop_trainers()
     print(
         f"{now():%Y-%m-%d %H:%M}  finished  {JOB} at step {_progress()} "
         f"({'before' if life.finished_at and life.finished_at <= deadline else 'AFTER'} the deadline "
         f"{deadline:%Y-%m-%d %H:%M})"
     )
     return life
+
+
+def stop_trainers() -> None:
+    """Stop every trainer still alive (with a checkpoint): none outlives the demo, whatever ends it."""
+    from spotshift.training.backend import open_backend
+
+    backend = open_backend("local")
+    for info in backend.list():
+        if info.alive:
+            backend.stop(info.name, reason="demo over", timeout_s=60)
 
 
 def save_enforced_availability(
@@ -597,12 +610,10 @@ def stage_cost_report(life: Lifecycle | None) -> None:
     from spotshift.costs.report import format_text, read_report, reports_dir
 
     banner("costs: dbt_costs (dbt build) -> cost_report")
-    dbt_log = io.StringIO()  # dagster-dbt echoes dbt's log to stdout (a run's compute log)
-    with contextlib.redirect_stdout(dbt_log):
-        result = Runs.get().execute("cost_report_job", {}, {"spotshift/demo": "costs"})
-    print(f"run {result.run_id}: {'success' if result.success else 'FAILED'}; report in {reports_dir()}")
-    if not result.success:
-        print("\n".join(dbt_log.getvalue().splitlines()[-30:]))
+    run = Runs.get().launch("cost_report_job", {}, {"spotshift/demo": "costs"})
+    print(f"run {run.run_id}: {'success' if run.is_success else 'FAILED'}; report in {reports_dir()}")
+    if not run.is_success:
+        report_run(run, "costs")
         raise SystemExit("demo: the cost report failed; see the run in `make ui`")
     with open_marts() as con:
         print(format_text(read_report(con, os.environ["SPOTSHIFT_WAREHOUSE"])), end="")
@@ -689,21 +700,30 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(k, v)
     settings = SMALL if args.small else Settings()
     t0 = time.monotonic()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # stop the clock and the code server on the way out
     home = stage_home()
     market = stage_market(home, need_providers=1 if args.prices_only else 2)
-    stage_clock(market, settings)
-    stage_prices_first()
-    life = None
-    if not args.prices_only:
-        stage_data(home, settings)
-        job = stage_job(market, settings)
-        life = stage_lifecycle(market, job, settings)
-    stage_cost_report(life)
+    try:
+        with stage_clock(market, settings):
+            stage_prices_first()
+            life = None
+            if not args.prices_only:
+                stage_data(home, settings)
+                job = stage_job(market, settings)
+                life = stage_lifecycle(market, job, settings)
+            stage_cost_report(life)
+    finally:
+        stop_trainers()
+        Runs.close()
     print(
         f"\ndemo took {time.monotonic() - t0:.0f}s. next: `make ui` (every run, materialization and check "
         "above is in the instance), `spotshift report`, `spotshift focus export costs.csv`, `spotshift simulate`"
     )
     return 0
+
+
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def stage_prices_first() -> None:
@@ -714,12 +734,12 @@ def stage_prices_first() -> None:
     from spotshift.warehouse import connect
 
     banner("prices: raw_price_quotes -> checks -> gpu_quotes")
-    result = Runs.get().execute("price_poll_job", {}, {"spotshift/demo": "poll"})
-    for event in result.all_events:
+    run = Runs.get().launch("price_poll_job", {}, {"spotshift/demo": "poll"})
+    for event in run_events(run.run_id):
         if event.event_type_value == "ASSET_CHECK_EVALUATION":
             ev = event.event_specific_data
             print(f"  check {ev.check_name:30s} {'passed' if ev.passed else 'FAILED'}")
-    if not result.success:
+    if not run.is_success:
         raise SystemExit("demo: the price poll failed; see the run in `make ui`")
     with connect(read_only=True) as con:
         quotes = latest_quotes(con)

@@ -35,6 +35,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "spotshift.checkpoint.commands",
     "spotshift.costs.commands",
     "spotshift.costs.budget_commands",
+    "spotshift.placement.topology_commands",
+    "spotshift.pools.commands",
+    "spotshift.devenvs.commands",
 )
 
 

@@ -8,6 +8,13 @@ process (daemon, run workers, trainers, the command line) reads the same time::
 
 With no clock file the clock is the real UTC time. ``speed == 0`` freezes time (tests advance it
 with :meth:`VirtualClock.advance`).
+
+A *stepped* clock (:meth:`VirtualClock.stepped_at`, what ``make demo`` uses) never moves by itself:
+its owner advances it event by event (:meth:`VirtualClock.advance`), so the same story gives the
+same times on any machine and under any load, and the clock is stopped whenever its owner is.
+Trainers pace on it (:attr:`VirtualClock.paces_on_clock`: one step per the hours it stands for of
+virtual time) instead of sleeping wall seconds. :class:`ClockOwner` saves a clock for the life of a
+``with`` block and leaves it stopped at its last reading when the block ends, however it ends.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ class VirtualClock:
     speed: float = 1.0  # virtual seconds per wall second
     pace_trainers: bool = False  # trainers take one step per (hours of work it stands for) of virtual time
     pace_speed: float = 0.0  # the speed pacing follows while the clock is paused (0: ``speed``)
+    stepped: bool = False  # moves only when its owner advances it (never with wall time)
 
     @classmethod
     def real(cls) -> VirtualClock:
@@ -67,6 +75,16 @@ class VirtualClock:
             raise ConfigError(f"clock speed must be >= 0, got {speed}")
         return cls(start.astimezone(UTC).isoformat(), time.time(), float(speed), pace_trainers, float(speed))
 
+    @classmethod
+    def stepped_at(cls, start: datetime, *, pace_trainers: bool = False) -> VirtualClock:
+        """A clock reading ``start`` that moves only by :meth:`advance` (event-driven virtual time)."""
+        return cls(start.astimezone(UTC).isoformat(), time.time(), 0.0, pace_trainers, 0.0, True)
+
+    @property
+    def paces_on_clock(self) -> bool:
+        """Trainers take one step per the virtual time it stands for, waiting on this clock."""
+        return self.stepped and self.pace_trainers
+
     def now(self) -> datetime:
         """Current virtual time (aware, UTC)."""
         base = parse_utc(self.origin_virtual)
@@ -80,16 +98,25 @@ class VirtualClock:
             self.speed,
             self.pace_trainers,
             self.pace_speed,
+            self.stepped,
         )
 
     def paused(self) -> VirtualClock:
         """This clock stopped at its current reading (pacing keeps following the running speed)."""
         return VirtualClock(
-            self.now().isoformat(), time.time(), 0.0, self.pace_trainers, self.pace_speed or self.speed
+            self.now().isoformat(),
+            time.time(),
+            0.0,
+            self.pace_trainers,
+            self.pace_speed or self.speed,
+            self.stepped,
         )
 
     def resumed(self, *, skip_seconds: float = 0.0) -> VirtualClock:
-        """A paused clock running again at its pacing speed, ``skip_seconds`` of virtual time later."""
+        """A paused clock running again at its pacing speed, ``skip_seconds`` of virtual time later
+        (a stepped clock only moves ``skip_seconds`` on)."""
+        if self.stepped:
+            return self.advance(skip_seconds)
         speed = self.speed or self.pace_speed
         start = self.now() + timedelta(seconds=skip_seconds)
         return VirtualClock(
@@ -103,7 +130,7 @@ class VirtualClock:
         virtual time of the GPU work it stands for, so intervals, costs and deadlines line up.
         """
         speed = self.pace_speed or self.speed
-        if not self.pace_trainers or speed <= 0 or hours_per_step <= 0:
+        if not self.pace_trainers or self.stepped or speed <= 0 or hours_per_step <= 0:
             return 0.0
         return hours_per_step * 3600.0 / speed
 
@@ -127,6 +154,7 @@ def load_clock(path: Path | None = None) -> VirtualClock:
             float(raw["speed"]),
             bool(raw.get("pace_trainers", False)),
             float(raw.get("pace_speed", 0.0)),
+            bool(raw.get("stepped", False)),
         )
     except FileNotFoundError:
         return VirtualClock.real()
@@ -139,3 +167,28 @@ def load_clock(path: Path | None = None) -> VirtualClock:
 def virtual_now() -> datetime:
     """Shortcut: the shared clock's current time."""
     return load_clock().now()
+
+
+class ClockOwner:
+    """Own the shared clock for the life of a ``with`` block; it is stopped when the owner stops.
+
+    Entering saves ``clock``; leaving — normally, by an exception or by SIGTERM turned into
+    ``SystemExit`` — saves it frozen at its last reading with pacing off, so no clock keeps running
+    after the process that drove it is gone and no later trainer waits on a clock nobody advances.
+    """
+
+    def __init__(self, clock: VirtualClock, path: Path | None = None):
+        self.path = path
+        clock.save(path)
+
+    def __enter__(self) -> ClockOwner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> VirtualClock:
+        """Save the shared clock frozen at its current reading, pacing off; returns it."""
+        stopped = VirtualClock(load_clock(self.path).now().isoformat(), time.time(), 0.0)
+        stopped.save(self.path)
+        return stopped

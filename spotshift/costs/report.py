@@ -43,6 +43,10 @@ class CostReport:
     unpriced: list[dict[str, Any]] = field(default_factory=list)
     #: data tests of the last build that found problems in the data (dbt warnings), one line each
     data_warnings: list[str] = field(default_factory=list)
+    #: private pools (spotshift pools): utilisation, queue waits, burst hours, bursting vs waiting
+    pools: list[dict[str, Any]] = field(default_factory=list)
+    #: dev environments (spotshift devenvs): idle GPU-hours and dollars not paid, per team
+    devenvs: dict[str, Any] = field(default_factory=dict)
     #: each team budget's burn this month (:meth:`spotshift.budgets.BudgetStatus.to_dict`)
     budgets: list[dict[str, Any]] = field(default_factory=list)
     #: the latest ``spotshift reconcile`` result (raw.reconciliations), None when never run
@@ -156,8 +160,20 @@ def read_report(con: Any, warehouse: str | os.PathLike[str] = "") -> CostReport:
             f"stay on first spot is not shown for {len(missing)} job(s) ({missing[0]['stay_first_spot_basis']}): "
             "put that location's availability trace in $SPOTSHIFT_HOME/traces/ to simulate it"
         )
+    pools, devenvs = hybrid_sections()
     report = CostReport(
-        str(warehouse), built_at, totals, savings, metrics, mig, alerts, focus, notes, unpriced
+        str(warehouse),
+        built_at,
+        totals,
+        savings,
+        metrics,
+        mig,
+        alerts,
+        focus,
+        notes,
+        unpriced,
+        pools=pools,
+        devenvs=devenvs,
     )
     report.budgets = read_budgets(con)
     report.reconciliation = read_reconciliation(con)
@@ -216,6 +232,20 @@ def budget_lines(report: CostReport) -> list[str]:
             f"{r['unmatched_billed_rows']} billed, {r['unmatched_estimate_rows']} estimated",
         ]
     return lines
+
+
+def hybrid_sections() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The private pools' reports and the dev environments' waste avoided per team, as of the virtual
+    clock's now (empty when none is declared); they live in their own state files, not the marts."""
+    from spotshift.clock import virtual_now
+    from spotshift.devenvs.env import load_devenvs
+    from spotshift.devenvs.runtime import waste_report
+    from spotshift.pools.pool import load_pools
+    from spotshift.pools.scheduler import pool_report
+
+    now = virtual_now()
+    pools = [pool_report(p.name, now=now) for p in load_pools()]
+    return pools, (waste_report(now=now) if load_devenvs() else {})
 
 
 def _usd(v: float | None) -> str:
@@ -378,6 +408,18 @@ def format_text(report: CostReport) -> str:
             lines.append(
                 f"  ... and {len(report.data_warnings) - 10} more (spotshift report --json lists all)"
             )
+    for p in report.pools:
+        lines += [
+            "",
+            f"Private pool {p['pool']} ({p['gpus']} GPUs at {p['location']}): utilisation {p['utilisation']:.0%} "
+            f"(owning pays above ~{p['breakeven_utilisation']:.0%}), queue waits mean {p['queue_wait_hours_mean']:.2f} h / "
+            f"max {p['queue_wait_hours_max']:.2f} h; {p['bursts']} burst(s), {p['repatriations']} back, "
+            f"{p['burst_hours']:.1f} burst hours; bursting ${_usd(p['burst_cost_usd'])} vs waiting ${_usd(p['waiting_cost_usd'])}",
+        ]
+    for team, w in sorted((report.devenvs.get("teams") or {}).items()):
+        lines.append(
+            f"Dev environments, team {team}: {w['gpu_hours']:,.1f} idle GPU-hours not paid, ${_usd(w['usd'])} avoided"
+        )
     lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines) + "\n"
 
@@ -466,6 +508,32 @@ def render_markdown(report: CostReport, images: dict[str, str]) -> str:
         out += [
             f"| {u['job']} | {u['location']} | {u['intervals']} | {u['steps']} | {u['reason']} |"
             for u in report.unpriced
+        ]
+    if report.pools:
+        out += [
+            "",
+            "## Private pools",
+            "",
+            "| pool | GPUs | utilisation | mean / max queue wait h | bursts | back | burst h | bursting $ | waiting $ |",
+        ]
+        out += ["|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        out += [
+            f"| {p['pool']} | {p['gpus']} | {p['utilisation']:.0%} | {p['queue_wait_hours_mean']:.2f} / "
+            f"{p['queue_wait_hours_max']:.2f} | {p['bursts']} | {p['repatriations']} | {p['burst_hours']:.1f} | "
+            f"{_usd(p['burst_cost_usd'])} | {_usd(p['waiting_cost_usd'])} |"
+            for p in report.pools
+        ]
+    if report.devenvs.get("teams"):
+        out += [
+            "",
+            "## Dev environments: waste avoided",
+            "",
+            "| team | idle GPU-hours not paid | USD avoided |",
+        ]
+        out += ["|---|---:|---:|"]
+        out += [
+            f"| {team} | {w['gpu_hours']:,.1f} | {_usd(w['usd'])} |"
+            for team, w in sorted(report.devenvs["teams"].items())
         ]
     out += [f"\n_Note: {n}._" for n in report.notes]
     return "\n".join(out) + "\n"

@@ -26,7 +26,7 @@ from typing import Any
 
 from spotshift.errors import ConfigError, NotFoundError
 from spotshift.migration.plan import MovePlan
-from spotshift.migration.state import MoveEnv, MoveState, save
+from spotshift.migration.state import MoveEnv, MoveFailed, MoveState, save
 
 # --- data ------------------------------------------------------------------------------------------
 
@@ -252,6 +252,7 @@ class RetrainResult:
     seconds_to_first_step: float | None = None
     checkpoint: dict[str, Any] | None = None
     probation: dict[str, Any] | None = None  # the target side of the shadow comparison
+    topology: dict[str, Any] | None = None  # the target's topology check (probation only)
 
     def apply(self, state: MoveState) -> MoveState:
         return save(replace(state, probation=self.probation)) if self.probation is not None else state
@@ -273,12 +274,32 @@ def _from_runs(job: str, out: dict[str, Any]) -> RetrainResult:
     )
 
 
+def check_topology(env: MoveEnv, plan: MovePlan) -> Any:
+    """The target's GPU topology, probed before anything runs there
+    (:func:`spotshift.placement.topology.probe_target`): the measured score is kept (it overrides the
+    catalog's from now on) and compared with the job's ``min_topology_score``. Returns the
+    :class:`~spotshift.placement.topology.TopologyCheck`; the caller refuses a failed one."""
+    from spotshift.jobs import get_job
+    from spotshift.placement.topology import probe_target
+
+    check = probe_target(plan.to_location, plan.instance_type, get_job(plan.job).min_topology_score)
+    env.log(f"topology check: {check.description}")
+    return check
+
+
 def probation(env: MoveEnv, state: MoveState) -> RetrainResult:
     """K steps in the target from the drained checkpoint, committing nothing: the shadow
-    comparison's target side (a failed target leaves no checkpoint behind)."""
+    comparison's target side (a failed target leaves no checkpoint behind).
+
+    The target's topology is checked first (:func:`check_topology`): a target below the job's
+    ``min_topology_score`` raises :class:`MoveFailed` like a failed shadow check, before any step runs
+    there, and the move rolls back."""
     from spotshift.training.shadow import run_shadow_side
 
     plan, t0 = state.plan, time.monotonic()
+    topology = check_topology(env, plan)
+    if not topology.passed:
+        raise MoveFailed(f"topology check of {plan.job} in {plan.to_location} failed: {topology.description}")
     side = run_shadow_side(
         env.backend,
         plan.job,
@@ -302,6 +323,7 @@ def probation(env: MoveEnv, state: MoveState) -> RetrainResult:
         loss_last=losses[-1],
         seconds=round(time.monotonic() - t0, 3),
         probation=side,
+        topology=topology.to_dict(),
     )
 
 

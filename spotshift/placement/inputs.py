@@ -67,7 +67,8 @@ def latest_snapshot(con: Any, as_of: datetime | None = None) -> tuple[str, datet
 
 
 def load_quotes(con: Any, snapshot_id: str) -> list[NormalizedGPUQuote]:
-    """Every quote of one snapshot as contract objects."""
+    """Every quote of one snapshot as contract objects, with the topology score measured on that
+    instance type in that location (``spotshift topology``, a move's probation) where one is kept."""
     cols = ", ".join(f'"{c}"' for c in QUOTE_FIELDS)
     rows = con.execute(f"SELECT {cols} FROM main.gpu_quotes WHERE snapshot_id = ?", [snapshot_id]).fetchall()
     out = []
@@ -79,7 +80,9 @@ def load_quotes(con: Any, snapshot_id: str) -> list[NormalizedGPUQuote]:
         for k in ("net_gbps", "storage_gbps", "topology_score"):
             d[k] = float(d[k]) if d[k] is not None else 0.0
         out.append(NormalizedGPUQuote(**d))
-    return out
+    from spotshift.placement.topology import apply_measured
+
+    return apply_measured(out)  # measured topology scores beat the catalog's documented ones
 
 
 def load_footprint(con: Any, job: TrainingJob) -> DataFootprint:

@@ -11,11 +11,18 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from spotshift.pricing.egress import egress_usd_per_gb
 from spotshift.pricing.regions import region_of, zone_of
+
+
+def _virtual_now() -> datetime:
+    """Transfers are facts: stamped on the shared virtual clock like every other fact."""
+    from spotshift.clock import virtual_now
+
+    return virtual_now()
 
 
 @dataclass
@@ -30,7 +37,7 @@ class TransferStats:
     method: str = "cdc_delta"
     src_location: str | None = None
     dst_location: str | None = None
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started_at: datetime = field(default_factory=_virtual_now)
     seconds: float = 0.0
     #: content bytes read (or manifest bytes fetched) to decide what to send
     bytes_scanned: int = 0

@@ -48,12 +48,17 @@ class MetadataServer:
                 pass
 
             def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    # the client gave up waiting (a trainer's poll timed out on a busy machine): it
+                    # polls again; a traceback on the demo's terminal would say something broke
+                    self.close_connection = True
 
             def do_PUT(self) -> None:  # noqa: N802
                 state.requests.append(("PUT", self.path))

@@ -55,6 +55,7 @@ class TrainRequest:
     overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides (perturbations)
     min_step_seconds: float = 0.0  # pace steps (demo: stand-in for a GPU step time)
     hours_per_step: float = 0.0  # instance-hours one step stands for (jobs.TrainingJob.hours_per_step)
+    pace_on_clock: bool = False  # one step per hours_per_step of a stepped virtual clock (training.pacing)
     usage: dict[str, Any] = field(default_factory=dict)  # market, instance_type, gpu_model, gpu_count, prices
     run_id: str | None = None
 
@@ -67,6 +68,8 @@ class TrainRequest:
             raise ConfigError("a shadow run needs shadow_steps > 0 and an explicit checkpoint to resume")
         if self.checkpoint_every_steps <= 0 or self.checkpoint_every_minutes <= 0:
             raise ConfigError("checkpoint cadence must be > 0 steps and > 0 minutes")
+        if self.pace_on_clock and self.hours_per_step <= 0:
+            raise ConfigError("a trainer paced on the clock needs hours_per_step > 0")
         if not (isinstance(self.resume, dict) or self.resume in ("auto", "none")):
             raise ConfigError(f"resume must be 'auto', 'none' or a checkpoint reference, got {self.resume!r}")
 

@@ -72,10 +72,13 @@ def build_request(
     config = job_train_config(job)
     if not usage:
         usage = usage_from_quotes(job, location)
-    if min_step_seconds <= 0:
-        from spotshift.clock import load_clock
+    from spotshift.clock import load_clock
 
-        min_step_seconds = load_clock().step_pace_seconds(job.hours_per_step)
+    clock = load_clock()
+    if min_step_seconds <= 0:
+        min_step_seconds = clock.step_pace_seconds(job.hours_per_step)
+    # the live trainer (no bound) paces on a stepped clock; bounded runs inside a run do not wait on it
+    pace_on_clock = clock.paces_on_clock and until_step is None and job.hours_per_step > 0
     return TrainRequest(
         job=job.name,
         location=location,
@@ -93,6 +96,7 @@ def build_request(
         overrides=dict(overrides or {}),
         min_step_seconds=min_step_seconds,
         hours_per_step=job.hours_per_step,
+        pace_on_clock=pace_on_clock,
         usage=dict(usage or {}),
         run_id=run_id,
     )

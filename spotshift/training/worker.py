@@ -38,6 +38,7 @@ from spotshift.training.backend import (
     STOP_REQUEST_FILE,
     acquire_trainer_lock,
 )
+from spotshift.training.pacing import ClockPacer
 from spotshift.training.request import TrainRequest
 
 log = logging.getLogger("spotshift.trainer")
@@ -203,9 +204,14 @@ class _Run:
         )
         last_saved_step = tr.step
         last_saved_at = time.monotonic()
-        every_s = req.checkpoint_every_minutes * 60.0
+        # a trainer paced on a stepped clock checkpoints on its step cadence only, synchronously:
+        # wall minutes and background uploads would make its story depend on the machine
+        pacer = ClockPacer(self.workdir, req.hours_per_step) if req.pace_on_clock else None
+        every_s = float("inf") if pacer else req.checkpoint_every_minutes * 60.0
         with self._metrics() as metrics:
             while tr.step < until and not self.controller.is_set():
+                if pacer is not None and not pacer.wait_turn(tr.step, self.controller):
+                    break
                 t_step = time.monotonic()
                 stats = tr.train_step()
                 metrics.write(
@@ -221,7 +227,7 @@ class _Run:
                     or time.monotonic() - last_saved_at >= every_s
                 )
                 if due and stats.step < until and not self.controller.is_set():
-                    self._save("periodic", sync=False)
+                    self._save("periodic", sync=pacer is not None)
                     last_saved_step, last_saved_at = stats.step, time.monotonic()
         if self.controller.is_set():
             self._emergency(last_saved_step)

@@ -1,14 +1,17 @@
 """``make demo`` at small size on a fresh clone (no ../shared/data): the whole story through Dagster.
 
 One training job on a two-or-more-provider market, placed by ``price_change_sensor``, preempted by
-the injector (a provider-format notice) and recovered by ``preemption_recovery_job``, moved on price
-with a passing shadow validation, one deliberately perturbed move blocked by its shadow checks and
-rolled back by ``migration_failure_sensor`` -> ``rollback_job``; then the dbt cost report.
+the injector (a provider-format notice) and recovered by ``preemption_recovery_job``, one
+deliberately perturbed move blocked by its shadow checks and rolled back by
+``migration_failure_sensor`` -> ``rollback_job``; then the dbt cost report. Run twice: the same
+summary both times, whatever the machine's load.
 """
 
 from __future__ import annotations
 
+import csv
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -16,41 +19,99 @@ from pathlib import Path
 
 import pytest
 
+from spotshift.clock import as_utc, parse_utc
 from tests.conftest import open_instance
+
+SENSORS = ["preemption_sensor", "price_change_sensor", "migration_failure_sensor"]
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
-def test_demo_small_tells_the_whole_story(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    home = tmp_path / "home"
+def run_demos(tmp_path: Path, names: list[str]) -> list[tuple[Path, str]]:
+    """``scripts/demo.py --small`` in fresh homes, all at once (each loads the machine for the
+    others); returns each home and the demo's output."""
     empty = tmp_path / "no-shared-data"
-    empty.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPOTSHIFT_", "DAGSTER_HOME"))}
-    env.update(SPOTSHIFT_HOME=str(home), SPOTSHIFT_SHARED_DATA=str(empty), PYTHONPATH=str(REPO))
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "demo.py"), "--small"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    out = proc.stdout
-    assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
-    assert "SYNTHETIC" in out and "Traceback" not in out + proc.stderr
+    empty.mkdir(exist_ok=True)
+    procs = []
+    for name in names:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SPOTSHIFT_", "DAGSTER_HOME"))}
+        env.update(
+            SPOTSHIFT_HOME=str(tmp_path / name), SPOTSHIFT_SHARED_DATA=str(empty), PYTHONPATH=str(REPO)
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(REPO / "scripts" / "demo.py"), "--small"],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    results = []
+    for name, proc in zip(names, procs, strict=True):
+        out, err = proc.communicate(timeout=2400)
+        assert proc.returncode == 0, out[-3000:] + err[-3000:]
+        assert "SYNTHETIC" in out and "Traceback" not in out + err
+        results.append((tmp_path / name, out))
+    return results
+
+
+def summary_of(out: str) -> str:
+    """The closing summary table (everything from ``== summary`` to the timing line)."""
+    return out[out.index("== summary") : out.index("\ndemo took")].strip()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2700)
+def test_demo_small_tells_the_same_whole_story_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs agree on the summary (virtual time advances by events, not wall seconds); every fact is
+    on the demo's virtual clock, which is stopped afterwards; every run has the code location's origin
+    and the sensors' ticks are recorded, so ``make ui`` shows them."""
+    import dagster as dg
+    from dagster._core.scheduler.instigation import InstigatorType
+
+    (home, out), (_, again) = run_demos(tmp_path, ["a", "b"])
+    assert summary_of(again) == summary_of(out)
+
     with open_instance(home / "dagster") as instance:
         runs = instance.get_runs()
         jobs = Counter(r.job_name for r in runs)
         failed = [r for r in runs if not r.is_success]
-    # placement + price move(s) + the perturbed move; a recovery; a rollback; the cost report
-    assert jobs["migration_job"] >= 3 and jobs["preemption_recovery_job"] >= 1 and jobs["rollback_job"] >= 1
+        origins = {
+            (r.remote_job_origin.location_name, r.remote_job_origin.job_name)
+            for r in runs
+            if r.remote_job_origin
+        }
+        by_sensor = Counter(r.tags.get("dagster/sensor_name") for r in runs)
+        states = {
+            s.instigator_name: s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+        }
+        ticks = {
+            name: instance.get_ticks(states[name].instigator_origin_id, states[name].selector_id)
+            for name in SENSORS
+            if name in states
+        }
+        placement_plans = instance.fetch_materializations(dg.AssetKey("placement_plan"), limit=10).records
+    # placement + the perturbed move (+ price moves); a recovery; a rollback; polls; the cost report
+    assert jobs["migration_job"] >= 2 and jobs["preemption_recovery_job"] >= 1 and jobs["rollback_job"] >= 1
     assert jobs["price_poll_job"] >= 1 and jobs["cost_report_job"] == 1
     # the only failed run is the deliberately perturbed migration (its rollback succeeded)
     assert [r.tags.get("spotshift/demo") for r in failed] == ["perturbed"]
-    summary = out[out.index("== summary") :]
-    lines = dict(line.split("  ", 1) for line in summary.splitlines()[1:] if "  " in line)
-    assert lines["price-driven migrations (cut over)"].strip() != "0"
+    # every run was launched through the code location make ui loads, under its own job
+    assert all(r.remote_job_origin is not None for r in runs)
+    assert origins == {("spotshift", r.job_name) for r in runs}
+    # the sensors' runs carry their sensor (not "manually launched"); ticks and cursors are recorded
+    assert by_sensor["price_change_sensor"] >= 1 and by_sensor["preemption_sensor"] >= 1
+    assert by_sensor["migration_failure_sensor"] == 1
+    assert sorted(ticks) == sorted(SENSORS) and all(states[n].is_running for n in SENSORS)
+    assert all(len(ticks[n]) >= 2 for n in SENSORS)
+    assert any(t.cursor for t in ticks["price_change_sensor"]) and any(
+        t.run_ids for t in ticks["preemption_sensor"]
+    )
+    assert placement_plans, "placement_plan was never materialized"
+
+    lines = dict(line.split("  ", 1) for line in summary_of(out).splitlines()[1:] if "  " in line)
     assert lines["rolled back (blocked shadow validation)"].strip() == "1"
     assert lines["deadline met"].strip().startswith("yes")
     assert lines["preemption recoveries"].strip().startswith("1 of 1")
@@ -68,10 +129,31 @@ def test_demo_small_tells_the_whole_story(tmp_path: Path, monkeypatch: pytest.Mo
         lines["saving vs staying on the first spot region"].strip().startswith(("$", "none: spotshift cost"))
     )
     assert (home / "reports" / "price_history.png").is_file()
+
+    # one clock: every transfer inside the demo's virtual window, one FOCUS billing period, clock stopped
+    start = parse_utc(re.search(r"job starts (\S+ \S+) UTC", out).group(1))  # type: ignore[union-attr]
+    finished = parse_utc(re.search(r"finished (\S+ \S+),", out).group(1))  # type: ignore[union-attr]
+    monkeypatch.setenv("SPOTSHIFT_HOME", str(home))
+    monkeypatch.delenv("SPOTSHIFT_WAREHOUSE", raising=False)
+    from spotshift.clock import load_clock
+    from spotshift.costs.focus import export_focus
+    from spotshift.warehouse import connect
+
+    with connect(read_only=True) as con:
+        first, last, n = con.execute(
+            "SELECT min(started_at), max(started_at), count(*) FROM raw.transfers"
+        ).fetchone()
+    assert n > 0 and start <= as_utc(first) and as_utc(last) <= finished
+    export = export_focus(tmp_path / "focus.csv")
+    with open(export.path, newline="") as f:
+        periods = {row["BillingPeriodStart"] for row in csv.DictReader(f)}
+    assert export.rows > 0 and len(periods) == 1
+    clock = load_clock()
+    assert clock.speed == 0.0 and not clock.stepped and not clock.pace_trainers
+    assert start < clock.now() and load_clock().now() == clock.now()
     # no trainer left behind
     from spotshift.training.backend import LocalProcessBackend
 
-    monkeypatch.setenv("SPOTSHIFT_HOME", str(home))
     assert [t for t in LocalProcessBackend().list() if t.alive] == []
 
 

@@ -376,6 +376,12 @@ CASES: list[tuple[str, list[str]]] = [
     ),
     ("simulate-gap-inf-flag", ["simulate", "--gap-seconds", "0"]),
     ("simulate-checkpoint-gb-inf", ["simulate", "--checkpoint-gb", "inf"]),
+    # ---- simulate-fleet
+    ("simulate-fleet-jobs-zero", ["simulate-fleet", "--jobs", "0"]),
+    ("simulate-fleet-days-nan", ["simulate-fleet", "--days", "nan"]),
+    ("simulate-fleet-days-huge", ["simulate-fleet", "--days", "1e308"]),
+    ("simulate-fleet-garbage-prices", ["simulate-fleet", "--prices", "{T}/garbage.bin"]),
+    ("simulate-fleet-start-garbage", ["simulate-fleet", "--start", "garbage"]),
     # ---- simulate-inference
     ("simulate-inference-slo-nan", ["simulate-inference", "--slo-ms", "nan", "--demand", "synthetic"]),
     ("simulate-inference-days-negative", ["simulate-inference", "--slo-ms", "500", "--days", "-3"]),
@@ -439,6 +445,50 @@ CASES: list[tuple[str, list[str]]] = [
     ("reconcile-garbage-parquet", ["reconcile", "{T}/garbage.parquet"]),
     ("reconcile-bad-extension", ["reconcile", "{T}/garbage.bin"]),
     ("reconcile-corrupt-warehouse", ["reconcile", "{T}/notfocus.csv"]),
+    # ---- topology, pools, dev environments (issue 19)
+    ("topology-score-garbage", ["topology", "score", "{T}/garbage.bin"]),
+    ("topology-score-deep-json", ["topology", "score", "{T}/deep.json"]),
+    (
+        "topology-check-bad-location",
+        ["topology", "check", "--location", "mars/olympus", "--instance-type", "x"],
+    ),
+    (
+        "topology-check-nan-score",
+        ["topology", "check", "--location", "aws/us-east-1", "--instance-type", "x", "--min-score", "nan"],
+    ),
+    ("topology-measure-world-0", ["topology", "measure", "--world-size", "0"]),
+    ("pools-add-negative-gpus", ["pools", "add", "dc", "--gpu-model", "A100", "--gpus", "-8"]),
+    (
+        "pools-add-inf-price",
+        ["pools", "add", "dc", "--gpu-model", "A100", "--gpus", "8", "--usd-per-gpu-hour", "inf"],
+    ),
+    (
+        "pools-add-cloud-location",
+        ["pools", "add", "dc", "--gpu-model", "A100", "--gpus", "8", "--location", "aws/us-east-1"],
+    ),
+    ("pools-submit-unknown", ["pools", "submit", "nope", "nojob"]),
+    ("pools-tick-bad-time", ["pools", "tick", "nope", "--at", "yesterday"]),
+    (
+        "devenvs-add-relative-missing",
+        ["devenvs", "add", "nb", "--workspace", "{T}/nope", "--command", "sleep 1", "--gpu-model", "A100"],
+    ),
+    (
+        "devenvs-add-nan-idle",
+        [
+            "devenvs",
+            "add",
+            "nb",
+            "--workspace",
+            "{T}/src",
+            "--command",
+            "sleep 1",
+            "--gpu-model",
+            "A100",
+            "--idle-hours",
+            "nan",
+        ],
+    ),
+    ("devenvs-resume-unknown", ["devenvs", "resume", "nope"]),
 ]
 
 #: cases that find a corrupt warehouse.duckdb in SPOTSHIFT_HOME

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -121,7 +122,9 @@ def test_watcher_survives_an_unreachable_endpoint() -> None:
     t.join(2)
 
 
-def test_which_watchers_a_location_gets(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_which_watchers_a_location_gets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # an empty home: no simulated instance metadata registered (a running demo registers some)
+    monkeypatch.setenv("SPOTSHIFT_HOME", str(tmp_path))
     for var in (
         "SPOTSHIFT_AWS_IMDS_URL",
         "SPOTSHIFT_GCP_METADATA_URL",
