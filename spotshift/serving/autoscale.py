@@ -44,6 +44,9 @@ The rules, per user region ``u``, then per location:
    while that would leave fewer ready replicas than the plan has (its replacements must be ready
    first) or less ready capacity than the demand now (make before break: a replacement that never
    comes, such as a spot launch into a region without capacity, costs nothing but the launch).
+8. **Budget** (``ScalingInputs.budget``): when the planned fleet for the rest of the month would
+   take the endpoint's team past its monthly limit, launches are withheld and the decision is
+   ``hold`` (:func:`spotshift.budgets.gate_scaling`).
 """
 
 from __future__ import annotations
@@ -238,6 +241,8 @@ class ScalingInputs:
     rtt_ms: Mapping[tuple[str, str], float] | None = None
     spot_risk: Mapping[str, float] = field(default_factory=dict)
     snapshot_id: str = ""
+    #: the endpoint's team budget this month (:class:`spotshift.budgets.BudgetStatus`); None: no cap
+    budget: Any = None
 
 
 @dataclass(frozen=True)
@@ -726,7 +731,7 @@ def decide_scaling(
         action = "scale_down"
     else:
         action = "hold"
-    return ScalingDecision(
+    decision = ScalingDecision(
         endpoint=inputs.endpoint,
         decided_at=inputs.now,
         snapshot_id=inputs.snapshot_id,
@@ -745,6 +750,11 @@ def decide_scaling(
         reasons=tuple(reasons),
         memory=mem,
     )
+    if inputs.budget is not None:  # 8. never start spend that would cross the team's monthly limit
+        from spotshift.budgets import gate_scaling
+
+        decision = gate_scaling(decision, inputs.budget)
+    return decision
 
 
 def _commit(
