@@ -162,6 +162,7 @@ def plan_scaling(
 ) -> ScalingPlan:
     """Gather ``ep``'s inputs (module docstring) and decide; pure apart from reading state.
     :class:`NotFoundError` while the endpoint has no usage history (or the warehouse no quotes)."""
+    from spotshift.budgets import budget_status, find_budget
     from spotshift.errors import NotFoundError
     from spotshift.serving.notices import recent_no_spot, replica_notices
     from spotshift.serving.router import read_router_signal
@@ -172,6 +173,8 @@ def plan_scaling(
     with connect(read_only=True) as con:
         history, rate_now = demand_history(con, ep.name, now, fp.step_s)
         quotes, snapshot_id = location_quotes_now(con, ep)
+        budget = find_budget(ep.team)  # the team's monthly limit gates launches (decide_scaling step 8)
+        budget_now = budget_status(con, budget, now) if budget is not None else None
     if not history:  # no usage yet: replicas started by hand are not scaled to zero on the first tick
         raise NotFoundError(f"endpoint {ep.name}: no request history in raw.inference_usage yet")
     records = api.live_replicas(ep.name, include_draining=True)
@@ -200,7 +203,7 @@ def plan_scaling(
     inputs = ScalingInputs(
         endpoint=ep.name, now=now, profile=profile_for(ep, cap), demand_tokens_s=demand,
         forecast_tokens_s=forecast, replicas=replicas, quotes=quotes, no_spot=no_spot,
-        allowed=[q.location for q in quotes], snapshot_id=snapshot_id,
+        allowed=[q.location for q in quotes], snapshot_id=snapshot_id, budget=budget_now,
     )  # fmt: skip
     decision = decide_scaling(inputs, mem, params)
     snapshot = {
@@ -214,6 +217,7 @@ def plan_scaling(
         "router_violations": violations,
         "launches": [[x.location, x.market, x.count] for x in decision.launches],
         "terminations": [x.replica_id for x in decision.terminations],
+        "budget": None if budget_now is None else round(budget_now.used_usd, 2),
     }
     digest = hashlib.sha256(json.dumps(snapshot, sort_keys=True).encode()).hexdigest()[:16]
     return ScalingPlan(decision, snapshot, f"{ep.name}:{digest}", violations)

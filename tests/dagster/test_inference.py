@@ -243,3 +243,24 @@ def test_replica_preemption_takes_the_notice_path_and_moves_spot_to_the_next_che
     spot_after = {loc for loc, m, _ in after.planned if m == "spot"}
     assert CENTRAL not in spot_after and spot_after, after.reasons
     assert sum(n for *_, n in after.planned) >= sum(n for *_, n in before.planned)
+
+
+def test_the_live_autoscaler_never_launches_past_the_team_budget(home: Path) -> None:
+    # the sensor's planning path reads the endpoint's team budget: over it, launches are withheld
+    assert main(["budgets", "set", "frugal", "--monthly-usd", "0.01"]) == 0
+    args = ["endpoints", "add", "capped", "--model", "tiny", "--slo-ms", "1000", "--users", "us-east=1"]
+    assert main([*args, "--allow", "gcp/*", "--team", "frugal"]) == 0
+    start = (datetime.now(UTC) - timedelta(minutes=5)).replace(second=0, microsecond=0)
+    row = {
+        "window_start": start, "window_end": start + timedelta(minutes=1), "location": EAST,
+        "market": "on_demand", "requests": 4500, "tokens": 180000, "endpoint": "capped",
+        "replica_id": "capped-r0",
+    }  # fmt: skip
+    warehouse.record_facts({"raw.inference_usage": [row]})
+    launcher = LocalReplicaLauncher()
+    capped = plan_scaling(get_endpoint("capped"), launcher, now=datetime.now(UTC)).decision
+    assert capped.action == "hold" and not capped.launches, capped.reasons
+    assert "past its 0.01 USD monthly limit" in capped.reasons[-1]
+    assert main(["budgets", "set", "frugal", "--monthly-usd", "1000000"]) == 0
+    funded = plan_scaling(get_endpoint("capped"), launcher, now=datetime.now(UTC)).decision
+    assert funded.launches, funded.reasons
