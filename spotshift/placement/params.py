@@ -37,6 +37,9 @@ class PlacementParams:
     wait_for_spot_when_ahead: bool = True
     #: expected spot outage when no risk estimate says otherwise (published preemption spells 1.4-3.1 h)
     default_outage_hours: float = 2.0
+    #: weigh "move later" (to a cheaper placement whose spot capacity is gone now, once it is
+    #: expected back) against moving now: stay and move once instead of twice when later pays more
+    move_later: bool = True
     #: evaluate the move economics for this many best-ranked alternatives
     max_alternatives: int = 25
 
