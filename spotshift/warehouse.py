@@ -269,6 +269,38 @@ RAW_TABLES: dict[str, tuple[Column, ...]] = {
         ("replica_hours", "DOUBLE", "Hours the replica was up in the window"),
         ("usd_per_hour", "DOUBLE", "Price of the replica's capacity in its market, USD per hour"),
     ),
+    # one row per stage of an inference endpoint's gradual cutover (spotshift.serving.cutover)
+    "cutovers": _cols(
+        ("cutover_id", "VARCHAR", "Id of the cutover (co-<hex>)"),
+        ("endpoint", "VARCHAR", "Inference endpoint moved"),
+        ("stage_index", "INTEGER", "Position of the stage (shadow stages first)"),
+        ("stage", "VARCHAR", "shadow-<percent> | live-<percent>"),
+        ("phase", "VARCHAR", "shadow | live"),
+        ("percent", "DOUBLE", "Share of live traffic mirrored (shadow) or routed (live) to the target, %"),
+        ("from_locations", "VARCHAR", "provider/region list the endpoint served from (comma-separated)"),
+        ("to_location", "VARCHAR", "provider/region the endpoint moves to"),
+        ("status", "VARCHAR", "passed | rolled_back | promoted | failed_back | decommissioned"),
+        ("started_at", "TIMESTAMP", "Stage start on the virtual clock (UTC)"),
+        ("ended_at", "TIMESTAMP", "Stage end on the virtual clock (UTC)"),
+        ("windows", "INTEGER", "Analysis windows in the stage"),
+        ("source_requests", "BIGINT", "Requests answered by the source in the stage's windows"),
+        ("target_requests", "BIGINT", "Requests answered by the target (routed and mirrored)"),
+        ("source_p99_ms", "DOUBLE", "Worst window P99 latency of the source, ms"),
+        ("target_p99_ms", "DOUBLE", "Worst window P99 latency of the target, ms"),
+        ("source_error_rate", "DOUBLE", "Errors / requests of the source"),
+        ("target_error_rate", "DOUBLE", "Errors / requests of the target"),
+        ("source_usd_per_mtok", "DOUBLE", "Cost per million tokens served by the source, USD"),
+        ("target_usd_per_mtok", "DOUBLE", "Cost per million tokens served by the target, USD"),
+        ("plan_usd_per_mtok", "DOUBLE", "Cost per million tokens the plan expected of the target, USD"),
+        ("mirrored", "BIGINT", "Mirrored requests compared"),
+        ("agreement", "DOUBLE", "Share of mirrored answers identical to the source's"),
+        ("reason", "VARCHAR", "Why the cutover rolled back (the failed criteria)"),
+        (
+            "replica_hours_saved",
+            "DOUBLE",
+            "Decommissioned: replica-hours the source floor saved over the failback window",
+        ),
+    ),
 }
 
 #: schema ``main``: curated tables written by assets (dbt models live next to them).
@@ -567,6 +599,7 @@ FACT_KEYS: dict[str, tuple[str, ...]] = {
     "raw.shadow_validations": ("validation_id",),
     "raw.inference_usage": ("window_start", "location", "market", "replica_id"),
     "raw.scaling_decisions": ("decision_id",),
+    "raw.cutovers": ("cutover_id", "stage", "status"),
 }
 
 SPOOL_SUFFIX = ".spool"
