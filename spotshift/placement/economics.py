@@ -35,7 +35,8 @@ The rules, in order:
    whose capacity is gone now (``no_spot``) and which is cheaper than the best alternative, reached
    after its expected outage (its savings and risk difference count for the share of the run left
    then, :func:`spotshift.placement.horizon.later_share`). When that move pays and nets more than
-   moving now, the job stays and moves once, later (``PlacementParams.move_later``).
+   moving now, the job stays and moves once, later (``PlacementParams.move_later``, off by default:
+   it did not pay on the policy benchmark).
 4. **Feasibility**: a plan is considered only if it can still finish by the deadline — an
    on-demand plan when ``work + plan overhead <= time left``, a spot plan when, after its overhead,
    the safety net is still possible. When no plan is feasible, the fastest on-demand one is chosen

@@ -148,12 +148,13 @@ def _move_later_inputs(outage_hours: float) -> object:
 def test_move_later_stays_for_a_cheaper_placement_coming_back_instead_of_moving_twice() -> None:
     # moving now to west nets (10 - 9.5) x 100 - 5.5 = 44.5 > the 20 margin; east (7.0, preempted) is
     # back in ~2 h: (10 - 7) x 98 - costs is far more, so stay now and move once
-    d = decide(_move_later_inputs(2.0))
+    on = PlacementParams(move_later=True)
+    d = decide(_move_later_inputs(2.0), on)
     assert d.action == "stay" and d.terms is not None and d.terms.pays
     assert any(r.startswith("move later: gcp/us-east1") for r in d.reasons)
-    # the option turned off: move to west now
-    off = decide(_move_later_inputs(2.0), PlacementParams(move_later=False))
+    # the option off (the default): move to west now
+    off = decide(_move_later_inputs(2.0))
     assert off.action == "move" and off.target_location == WEST
     # east expected back only after 99 of the 100 h left: moving now to west pays more
-    late = decide(_move_later_inputs(99.0))
+    late = decide(_move_later_inputs(99.0), on)
     assert late.action == "move" and late.target_location == WEST
