@@ -12,6 +12,7 @@ from spotshift import registry, warehouse
 from spotshift.errors import NotFoundError
 from spotshift.jobs import add_job
 from spotshift.placement import state
+from spotshift.placement.batch import decide_all
 from spotshift.placement.inputs import assemble_inputs, decide_for_job, record_decision
 from tests.unit.placement.builders import make_job, make_quote
 
@@ -247,6 +248,9 @@ def test_sensor_decision_uses_learned_co_interruptions(spotshift_home: Path, tog
         _seed_history(con, together=together)
         inp = assemble_inputs(con, "llm-ft", now=NOW)
         d = decide_for_job(con, "llm-ft", now=NOW)
+        # the sensor's batched tick decides the same
+        (batched,) = decide_all(con, ["llm-ft"], now=NOW).decisions
+    assert (batched.action, batched.target_location) == (d.action, d.target_location)
     c, e = inp.risks[CENTRAL], inp.risks[EAST]
     assert (c.observed_preemptions, e.observed_preemptions, inp.risks[WEST].observed_preemptions) == (5, 6, 5)
     if together:
