@@ -17,6 +17,7 @@ import assets.costs
 import assets.cutover
 import assets.datasets
 import assets.devenvs
+import assets.inference
 import assets.placement
 import assets.pools
 import assets.quotes
@@ -24,16 +25,18 @@ import assets.training
 import ops.checkpoint
 import ops.cutover
 import ops.devenvs
+import ops.inference
 import ops.migration
 import sensors.cutover
 import sensors.datasets
 import sensors.devenvs
+import sensors.inference
 import sensors.jobs
 import sensors.preemption
 import sensors.price_change
 import sensors.price_poll
 import sensors.run_status
-from resources.compute import ComputeBackendResource
+from resources.compute import ComputeBackendResource, ReplicaLauncherResource
 from resources.dbt import dbt_resource
 from resources.keys import KeyProviderResource
 from resources.prices import PriceFeedResource
@@ -47,6 +50,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 # dbt and every subprocess read the warehouse through the same variable as the resource
 os.environ.setdefault("SPOTSHIFT_WAREHOUSE", str(warehouse_path()))
 os.environ.setdefault("SPOTSHIFT_COMPUTE_BACKEND", "local")
+os.environ.setdefault("SPOTSHIFT_REPLICA_LAUNCHER", "local")
 os.environ.setdefault("SPOTSHIFT_KEY_PROVIDER", "")  # empty: the local key file under SPOTSHIFT_HOME
 
 DOMAIN_MODULES: list = [
@@ -64,6 +68,9 @@ DOMAIN_MODULES: list = [
     assets.datasets,
     sensors.datasets,
     assets.costs,
+    assets.inference,
+    ops.inference,
+    sensors.inference,
     assets.pools,
     assets.devenvs,
     ops.devenvs,
@@ -83,6 +90,7 @@ def build_resources() -> dict[str, object]:
         "compute": ComputeBackendResource(kind=dg.EnvVar("SPOTSHIFT_COMPUTE_BACKEND")),
         "keys": KeyProviderResource(spec=dg.EnvVar("SPOTSHIFT_KEY_PROVIDER")),
         "stores": stores_resource_from_env(),
+        "launcher": ReplicaLauncherResource(kind=dg.EnvVar("SPOTSHIFT_REPLICA_LAUNCHER")),
     }
 
 

@@ -13,3 +13,5 @@ dataset_region_partitions = dg.MultiPartitionsDefinition(
     {"dataset": datasets_partitions, "region": regions_partitions}
 )
 job_region_partitions = dg.MultiPartitionsDefinition({"job": jobs_partitions, "region": regions_partitions})
+
+endpoints_partitions = dg.DynamicPartitionsDefinition(name="endpoints")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from spotshift.serving.launcher import ReplicaLauncher, open_launcher
 from spotshift.training.backend import ComputeBackend, open_backend
 
 
@@ -14,3 +15,12 @@ class ComputeBackendResource(dg.ConfigurableResource):
 
     def backend(self) -> ComputeBackend:
         return open_backend(self.kind)
+
+
+class ReplicaLauncherResource(dg.ConfigurableResource):
+    """Where inference replicas are started and stopped (``local``: ``spotshift serve`` processes here)."""
+
+    kind: str = "local"
+
+    def launcher(self) -> ReplicaLauncher:
+        return open_launcher(self.kind)

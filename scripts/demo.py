@@ -17,7 +17,13 @@
                  injector turns generated availability traces into real provider-format notices to
                  the trainer processes; one deliberately perturbed migration shows a blocked shadow
                  validation and its rollback
-7. ``costs``     ``cost_report_job`` (dbt build of dbt_costs, then ``cost_report``) and the summary:
+7. ``inference`` the inference act (``scripts/demo_inference.py``): endpoint ``chat`` serving the
+                 job's model from three AWS regions for users in us-east, eu-west and ap-northeast;
+                 the autoscaler over two virtual days of a daily demand curve (spot where
+                 spot < 0.6 x reserved, reserved committed where not, decisions recorded); three
+                 real replicas behind the router under load, the spot one preempted mid-load with
+                 zero failed requests
+8. ``costs``     ``cost_report_job`` (dbt build of dbt_costs, then ``cost_report``) and the summary:
                  spotshift vs always-on-demand vs stay-on-first-spot, GB moved, recovery times,
                  deadline met
 
@@ -604,7 +610,19 @@ def _progress() -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-def stage_cost_report(life: Lifecycle | None) -> None:
+def stage_inference(market: Market) -> Any:
+    """The inference act (``scripts/demo_inference.py``) on the job's committed model."""
+    from scripts import demo_inference
+
+    banner("inference: endpoint chat in three regions, a daily curve, a spot preemption under load")
+    act = demo_inference.run_act(JOB, market.start)
+    demo_inference.print_act(act)
+    if act.load.get("errors") != 0 or act.load.get("ok") != act.load.get("requests"):
+        raise SystemExit(f"demo: requests failed during the spot preemption: {act.load}")
+    return act
+
+
+def stage_cost_report(life: Lifecycle | None, inference: Any = None) -> None:
     """Run ``cost_report_job`` (dbt build of dbt_costs, then ``cost_report``) and print the report."""
     from spotshift.costs.marts import fetch_dicts, open_marts
     from spotshift.costs.report import format_text, read_report, reports_dir
@@ -622,7 +640,20 @@ def stage_cost_report(life: Lifecycle | None) -> None:
         savings = fetch_dicts(con, "SELECT * FROM mart_savings WHERE job = ?", [JOB])
         migrations = fetch_dicts(con, "SELECT * FROM fct_migrations WHERE job = ?", [JOB])
         preemptions = fetch_dicts(con, "SELECT * FROM fct_preemptions WHERE job = ?", [JOB])
+        per_mtok = fetch_dicts(
+            con,
+            "SELECT value FROM mart_cost_metrics WHERE scope_kind = 'fleet' AND scope = 'inference' "
+            "AND metric = 'cost_per_million_tokens'",
+        )
+    if inference is not None:  # measured on wall-clock replica time: in the report, not the summary
+        value = per_mtok[0]["value"] if per_mtok else None
+        print(
+            "inference cost per million tokens (served traffic of the act, replica time measured): "
+            + ("-" if value is None else f"${value:,.2f}")
+        )
     print_summary(life, savings[0] if savings else {}, migrations, preemptions)
+    if inference is not None:
+        print_inference_summary(inference)
 
 
 def print_summary(
@@ -676,6 +707,28 @@ def print_summary(
         print(f"{k:<{width}}  {v}")
 
 
+def print_inference_summary(act: Any) -> None:
+    """The inference act's closing lines (same two-column layout as the summary; deterministic:
+    the measured cost per million tokens is printed with the cost report above)."""
+    load = act.load
+    saving = 1 - act.day_usd / act.day_on_demand_usd if act.day_on_demand_usd else 0.0
+    rows = [
+        ("inference: replicas", ", ".join(f"{loc} ({m})" for loc, m in act.serving)),
+        (
+            "inference: failed requests",
+            f"{load.get('errors')} of {load.get('requests')} ({act.preempted or 'no replica'} preempted mid-load)",
+        ),
+        (
+            "inference: autoscaled day vs on-demand",
+            f"${act.day_usd:,.2f} vs ${act.day_on_demand_usd:,.2f} ({saving:.0%} cheaper), "
+            f"{act.slo_attainment:.3%} within the SLO",
+        ),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
 def _verdict(savings: dict[str, Any]) -> str:
     """The saving against staying put, said plainly when there is none."""
     saved = savings.get("saving_vs_stay_first_spot_usd")
@@ -706,12 +759,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with stage_clock(market, settings):
             stage_prices_first()
-            life = None
+            life = inference = None
             if not args.prices_only:
                 stage_data(home, settings)
                 job = stage_job(market, settings)
                 life = stage_lifecycle(market, job, settings)
-            stage_cost_report(life)
+                inference = stage_inference(market)
+            stage_cost_report(life, inference)
     finally:
         stop_trainers()
         Runs.close()

@@ -17,6 +17,7 @@ from ops.migration import preemption_recovery_job
 from spotshift.home import region_store_url
 from spotshift.migration import contract
 from spotshift.placement.state import list_states
+from spotshift.serving.notices import is_replica_notice
 from spotshift.sync.store_url import open_store
 from spotshift.training.preemption import read_notices
 
@@ -37,6 +38,8 @@ def preemption_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | 
     requests = []
     for location in known_locations(context.instance):
         for notice in read_notices(open_store(region_store_url(location)), skip=seen):
+            if is_replica_notice(notice):  # a serving replica's: inference_autoscale_sensor replaces it
+                continue
             seen.add(notice["notice_id"])
             cursor["seen"] = [*cursor["seen"], notice["notice_id"]][-CURSOR_KEEP:]
             job, location, notice_id = notice["job"], notice["location"], notice["notice_id"]

@@ -35,6 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "spotshift.training.commands",
     "spotshift.checkpoint.commands",
     "spotshift.costs.commands",
+    "spotshift.costs.budget_commands",
     "spotshift.placement.topology_commands",
     "spotshift.pools.commands",
     "spotshift.devenvs.commands",

@@ -112,6 +112,7 @@ class TrainingJob:
         None  # your own training command (run under `spotshift run`); None: built-in trainer
     )
     command_cwd: str | None = None  # directory the command runs in (jobs add: the current directory)
+    team: str | None = None  # team whose budget pays (spotshift budgets); None: no budget applies
 
     def __post_init__(self) -> None:
         from spotshift.pricing.regions import check_location, check_location_pattern
@@ -155,6 +156,10 @@ class TrainingJob:
                 check_location_pattern(pattern, "allowed location")
             if self.command is not None:
                 command_argv(self.command)
+            if self.team is not None:
+                from spotshift.budgets import check_team
+
+                check_team(self.team)
             if self.start_location is not None:
                 check_location(self.start_location, "start_location")
                 if not self.allows(self.start_location):

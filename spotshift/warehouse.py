@@ -198,6 +198,9 @@ RAW_TABLES: dict[str, tuple[Column, ...]] = {
         ("recovered_at", "TIMESTAMP", "When training resumed elsewhere"),
         ("recovery_s", "DOUBLE", "Notice to resumed training, s"),
         ("step", "BIGINT", "Step of the emergency checkpoint"),
+        # replica preemptions (spotshift serve on spot; job is NULL for them)
+        ("endpoint", "VARCHAR", "Inference endpoint of a preempted replica"),
+        ("replica_id", "VARCHAR", "Preempted replica"),
     ),
     "shadow_validations": _cols(
         ("validation_id", "VARCHAR", "Unique id"),
@@ -300,6 +303,40 @@ RAW_TABLES: dict[str, tuple[Column, ...]] = {
             "DOUBLE",
             "Decommissioned: replica-hours the source floor saved over the failback window",
         ),
+    ),
+    "budget_alerts": _cols(
+        ("team", "VARCHAR", "Team whose budget the alert is about"),
+        ("month", "VARCHAR", "Calendar month (UTC) of the spend, YYYY-MM"),
+        ("level", "VARCHAR", "alert (soft level crossed) | limit (monthly limit reached)"),
+        ("raised_at", "TIMESTAMP", "Virtual-clock time the crossing was seen (UTC)"),
+        ("spent_usd", "DOUBLE", "Month-to-date spend of the team when the alert was raised, USD"),
+        ("threshold_usd", "DOUBLE", "The level crossed, USD"),
+        ("monthly_usd", "DOUBLE", "The team's monthly limit, USD"),
+    ),
+    "reconciliations": _cols(
+        (
+            "reconcile_id",
+            "VARCHAR",
+            "Unique id: content hash of the billing export and of the estimates it was matched to",
+        ),
+        ("reconciled_at", "TIMESTAMP", "Wall-clock time of the reconciliation (UTC)"),
+        ("export_file", "VARCHAR", "Billing export that was read (path as given)"),
+        ("export_sha256", "VARCHAR", "SHA-256 of the billing export"),
+        ("billed_rows", "BIGINT", "Usage rows in the billing export"),
+        ("matched_rows", "BIGINT", "Billed rows matched to a spotshift usage or transfer row"),
+        ("unmatched_billed_rows", "BIGINT", "Billed rows with no spotshift row"),
+        ("unmatched_estimate_rows", "BIGINT", "spotshift rows in the export's time range with no billed row"),
+        ("billed_usd", "DOUBLE", "EffectiveCost (else BilledCost) of the matched rows, USD"),
+        ("estimated_usd", "DOUBLE", "spotshift's estimate of the matched rows, USD"),
+        ("matched_hours", "DOUBLE", "Resource-hours of the matched compute rows"),
+        ("error_usd_per_hour", "DOUBLE", "Estimate minus billed per matched resource-hour, USD"),
+        (
+            "mean_abs_error_pct",
+            "DOUBLE",
+            "Mean absolute estimate-vs-billed error of the matched rows, percent",
+        ),
+        ("within_goal_share", "DOUBLE", "Share of matched rows whose error is within the 2 % goal"),
+        ("detail", "VARCHAR", "JSON: per-row matches and unmatched rows (capped)"),
     ),
 }
 
@@ -600,6 +637,8 @@ FACT_KEYS: dict[str, tuple[str, ...]] = {
     "raw.inference_usage": ("window_start", "location", "market", "replica_id"),
     "raw.scaling_decisions": ("decision_id",),
     "raw.cutovers": ("cutover_id", "stage", "status"),
+    "raw.budget_alerts": ("team", "month", "level"),
+    "raw.reconciliations": ("reconcile_id",),
 }
 
 _INGEST_LOCK = threading.Lock()  # threads of one process share DuckDB's per-process write access

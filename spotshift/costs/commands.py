@@ -47,14 +47,18 @@ def register(sub: Any) -> None:
     )
     p.set_defaults(handler=_report)
 
-    f = sub.add_parser("focus", help="FinOps FOCUS 1.2 cost and usage data: export and check")
+    f = sub.add_parser("focus", help="FinOps FOCUS 1.2/1.3 cost and usage data: export and check")
     actions = f.add_subparsers(dest="focus_action", metavar="ACTION")
     actions.required = True
     e = actions.add_parser(
         "export",
-        help="write the FOCUS 1.2 view as CSV or Parquet (chosen by the extension)",
-        description="Write focus_cost_and_usage (GPU compute, data transfer, inference) to OUT, atomically. "
-        "CSV timestamps are ISO 8601 UTC with Z; Parquet timestamps are UTC.",
+        help="write the FOCUS view (1.2 and 1.3 columns side by side) as CSV or Parquet (chosen by the extension)",
+        description="Write focus_cost_and_usage (GPU compute, data transfer, inference) to OUT, atomically, with "
+        "the FOCUS 1.2 provider columns (ProviderName, PublisherName; deprecated by 1.3) beside the 1.3 ones "
+        "(ServiceProviderName, HostProviderName). Numbers are plain decimals with 10 decimal places (money in "
+        "USD); Tags carry spotshift/team of each job and endpoint. CSV timestamps are ISO 8601 UTC with Z; "
+        "Parquet timestamps are UTC. OUT.metadata.json, written after OUT, states the FocusVersion (1.3) and "
+        "each column's type; Parquet files carry FocusVersion in their key-value metadata too.",
     )
     e.add_argument("out", metavar="OUT.csv|OUT.parquet", help="output file; its extension picks the format")
     e.add_argument("--warehouse", metavar="FILE", help="DuckDB warehouse (default as for `report`)")
@@ -63,9 +67,18 @@ def register(sub: Any) -> None:
     e.set_defaults(handler=_focus_export)
     c = actions.add_parser(
         "check",
-        help="check a FOCUS CSV/Parquet file against the FOCUS 1.2 rules (exit 1 on problems)",
+        help="check a FOCUS CSV/Parquet file against the FOCUS 1.2 and 1.3 rules (exit 1 on problems)",
+        description="Check FILE against the rules of each FOCUS version asked for: Mandatory columns, nulls, "
+        "allowed values (ServiceCategory, ServiceSubcategory per category), plain decimal notation of numbers, "
+        "ISO 4217 currency, charge periods, x_ prefix of custom columns. Exit 1 when a version has problems.",
     )
     c.add_argument("file", metavar="FILE.csv|FILE.parquet", help="FOCUS file to check")
+    c.add_argument(
+        "--focus-version",
+        choices=("1.2", "1.3", "both"),
+        default="both",
+        help="column set to check against (default both: the file must serve readers of either)",
+    )
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(handler=_focus_check)
 
@@ -123,12 +136,14 @@ def _focus_export(args: argparse.Namespace) -> int:
                 "rows": result.rows,
                 "billed_cost": result.billed_cost,
                 "currency": result.currency,
+                "focus_version": result.focus_version,
+                "metadata": str(result.metadata_path),
             }
         )
     else:
         print(
-            f"wrote {result.rows} FOCUS 1.2 rows ({result.currency} {result.billed_cost:,.2f} billed) "
-            f"to {result.path} ({result.format})"
+            f"wrote {result.rows} FOCUS 1.2/1.3 rows ({result.currency} {result.billed_cost:,.2f} billed) "
+            f"to {result.path} ({result.format}); FocusVersion {result.focus_version} in {result.metadata_path}"
         )
     return 0
 
@@ -154,16 +169,27 @@ def _focus_check(args: argparse.Namespace) -> int:
             raise InputError(
                 f"{args.file}: not a readable {Path(args.file).suffix[1:]} file ({exc})"
             ) from None
-        problems = focus_problems(con, relation)
+        versions = ("1.2", "1.3") if args.focus_version == "both" else (args.focus_version,)
+        by_version = {v: focus_problems(con, relation, v) for v in versions}
     finally:
         con.close()
+    problems = [f"FOCUS {v}: {p}" for v, ps in by_version.items() for p in ps]
+    label = " and ".join(versions)
     if args.json:
-        emit_json({"file": args.file, "rows": rows, "valid": not problems, "problems": problems})
+        emit_json(
+            {
+                "file": args.file,
+                "rows": rows,
+                "valid": not problems,
+                "problems": problems,
+                "versions": {v: {"valid": not ps, "problems": ps} for v, ps in by_version.items()},
+            }
+        )
     else:
         for p in problems:
             print(p)
         print(
             f"{args.file}: {rows} rows, "
-            + ("FOCUS 1.2 conformant" if not problems else f"{len(problems)} problem(s)")
+            + (f"FOCUS {label} conformant" if not problems else f"{len(problems)} problem(s)")
         )
     return 1 if problems else 0

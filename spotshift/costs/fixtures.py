@@ -502,7 +502,46 @@ def generate_facts(
     _inference(sim)
     _scaling(sim)
     _baselines(sim)
+    _budget_and_invoice(sim)
     return sim.rows
+
+
+def _budget_and_invoice(sim: _Sim) -> None:
+    """A soft budget alert of the fixture's team and one reconciliation against an invoice that
+    bills every interval 1 % above spotshift's estimate (``raw.budget_alerts``, ``raw.reconciliations``)."""
+    usage = sorted(sim.rows.get("compute_usage", []), key=lambda u: (u["started_at"], u["usage_id"]))
+    estimated = sum(u["usd"] for u in usage)
+    hours = sum((u["ended_at"] - u["started_at"]).total_seconds() / 3600 for u in usage)
+    last = max(u["ended_at"] for u in usage)
+    sim.add(
+        "budget_alerts",
+        team="ml",
+        month=last.strftime("%Y-%m"),
+        level="alert",
+        raised_at=last,
+        spent_usd=estimated,
+        threshold_usd=0.8 * estimated * 1.1,
+        monthly_usd=estimated * 1.1,
+    )
+    billed = estimated * 1.01
+    sim.add(
+        "reconciliations",
+        reconcile_id=_id("reconcile", "fixture"),
+        reconciled_at=last + timedelta(days=2),
+        export_file="fixture-invoice.csv",
+        export_sha256=_id("invoice", "fixture"),
+        billed_rows=len(usage) + 3,
+        matched_rows=len(usage),
+        unmatched_billed_rows=3,
+        unmatched_estimate_rows=0,
+        billed_usd=billed,
+        estimated_usd=estimated,
+        matched_hours=hours,
+        error_usd_per_hour=(estimated - billed) / hours if hours else None,
+        mean_abs_error_pct=100 * (billed - estimated) / billed if billed else None,
+        within_goal_share=1.0,
+        detail="{}",
+    )
 
 
 def _baselines(sim: _Sim) -> None:

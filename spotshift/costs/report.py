@@ -49,6 +49,10 @@ class CostReport:
     devenvs: dict[str, Any] = field(default_factory=dict)
     #: gradual cutovers of inference endpoints (fct_cutovers): outcome, cost per million tokens before/after
     cutovers: list[dict[str, Any]] = field(default_factory=list)
+    #: each team budget's burn this month (:meth:`spotshift.budgets.BudgetStatus.to_dict`)
+    budgets: list[dict[str, Any]] = field(default_factory=list)
+    #: the latest ``spotshift reconcile`` result (raw.reconciliations), None when never run
+    reconciliation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (timestamps as ISO strings)."""
@@ -138,8 +142,8 @@ def read_report(con: Any, warehouse: str | os.PathLike[str] = "") -> CostReport:
     )
     focus = fetch_dicts(
         con,
-        """SELECT count(*) AS rows, coalesce(sum("BilledCost"), 0) AS billed_cost,
-                  coalesce(sum("ListCost"), 0) AS list_cost, min("BillingCurrency") AS currency,
+        """SELECT count(*) AS rows, coalesce(sum("BilledCost"), 0)::DOUBLE AS billed_cost,
+                  coalesce(sum("ListCost"), 0)::DOUBLE AS list_cost, min("BillingCurrency") AS currency,
                   count(DISTINCT "BillingPeriodStart") AS billing_periods
            FROM focus_cost_and_usage""",
     )[0]
@@ -165,7 +169,7 @@ def read_report(con: Any, warehouse: str | os.PathLike[str] = "") -> CostReport:
            FROM fct_cutovers ORDER BY started_at, cutover_id""",
     )
     pools, devenvs = hybrid_sections()
-    return CostReport(
+    report = CostReport(
         str(warehouse),
         built_at,
         totals,
@@ -180,6 +184,63 @@ def read_report(con: Any, warehouse: str | os.PathLike[str] = "") -> CostReport:
         devenvs=devenvs,
         cutovers=cutovers,
     )
+    report.budgets = read_budgets(con)
+    report.reconciliation = read_reconciliation(con)
+    return report
+
+
+def read_budgets(con: Any) -> list[dict[str, Any]]:
+    """This month's burn of every declared team budget (virtual clock), from the raw facts of ``con``."""
+    from spotshift.budgets import budget_status, load_budgets
+    from spotshift.clock import virtual_now
+
+    now = virtual_now()
+    return [budget_status(con, b, now).to_dict() for b in load_budgets()]
+
+
+def read_reconciliation(con: Any) -> dict[str, Any] | None:
+    """The latest recorded reconciliation (without its per-row detail); None when there is none."""
+    from spotshift.budgets import table_exists
+
+    if not table_exists(con, "raw", "reconciliations"):
+        return None
+    rows = fetch_dicts(
+        con,
+        """SELECT reconcile_id, reconciled_at, export_file, billed_rows, matched_rows, unmatched_billed_rows,
+                  unmatched_estimate_rows, billed_usd, estimated_usd, matched_hours, error_usd_per_hour,
+                  mean_abs_error_pct, within_goal_share
+           FROM raw.reconciliations ORDER BY reconciled_at DESC, reconcile_id LIMIT 1""",
+    )
+    return rows[0] if rows else None
+
+
+def budget_lines(report: CostReport) -> list[str]:
+    """Text lines of the budget burn and the latest reconciliation (empty when neither exists)."""
+    lines: list[str] = []
+    if report.budgets:
+        lines += [
+            "",
+            "Budgets this month (spent / monthly limit; alert and limit levels raise raw.budget_alerts):",
+        ]
+        lines += [
+            f"  {b['team']} {b['month']}: ${_usd(b['spent_usd'])} of ${_usd(b['monthly_usd'])} "
+            f"({_pct(b['burn'])}, {b['level']}); running jobs commit ${_usd(b['committed_usd'])} more"
+            for b in report.budgets
+        ]
+    r = report.reconciliation
+    if r:
+        err, mae = r["error_usd_per_hour"], r["mean_abs_error_pct"]
+        err_text = "-" if err is None else f"{err:+.4f}"
+        mae_text = "-" if mae is None else f"{mae:.2f} %"
+        lines += [
+            "",
+            f"Reconciliation with the invoice ({r['export_file']}): {r['matched_rows']} of {r['billed_rows']} billed "
+            f"rows matched, billed ${_usd(r['billed_usd'])} vs estimated ${_usd(r['estimated_usd'])}; error "
+            f"{err_text} USD per resource-hour, mean |error| {mae_text}, "
+            f"{_pct(r['within_goal_share'])} of matched groups within 2 %; unmatched: "
+            f"{r['unmatched_billed_rows']} billed, {r['unmatched_estimate_rows']} estimated",
+        ]
+    return lines
 
 
 def hybrid_sections() -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -347,10 +408,11 @@ def format_text(report: CostReport) -> str:
     f = report.focus
     lines += [
         "",
-        f"FOCUS 1.2: {f['rows']} charge rows, billed {f['currency'] or 'USD'} {_usd(f['billed_cost'])} "
+        f"FOCUS 1.2/1.3: {f['rows']} charge rows, billed {f['currency'] or 'USD'} {_usd(f['billed_cost'])} "
         f"(list {_usd(f['list_cost'])}) over {f['billing_periods']} billing period(s); "
         "export with `spotshift focus export OUT.csv|OUT.parquet`",
     ]
+    lines += budget_lines(report)
     if report.unpriced:
         lines += [
             "",
@@ -471,11 +533,15 @@ def render_markdown(report: CostReport, images: dict[str, str]) -> str:
         out.append("")
     f = report.focus
     out += [
-        "## FOCUS 1.2",
+        "## FOCUS 1.2/1.3",
         "",
         f"{f['rows']} charge rows, billed {f['currency'] or 'USD'} {_usd(f['billed_cost'])} over "
         f"{f['billing_periods']} billing period(s): `spotshift focus export OUT.csv`.",
     ]
+    extra = budget_lines(report)
+    if extra:
+        out += ["", "## Budgets and reconciliation", ""]
+        out += [f"- {ln.strip()}" for ln in extra if ln.strip()]
     if report.unpriced:
         out += ["", "## Unpriced intervals", "", "Left out of every cost above.", ""]
         out += ["| job | location | intervals | steps | why |", "|---|---|---:|---:|---|"]

@@ -45,6 +45,11 @@ def register(sub: Any) -> None:
     a.add_argument("--submitted-at", help="ISO-8601 submission time (default: now on the virtual clock)")
     a.add_argument("--start-location", help="provider/region to start in (default: placement chooses)")
     a.add_argument(
+        "--team",
+        help="team whose monthly budget pays for the job (`spotshift budgets set TEAM`); placement never "
+        "starts spend that would cross the team's limit",
+    )
+    a.add_argument(
         "--checkpoint-every-steps",
         type=int,
         default=500,
@@ -186,6 +191,7 @@ def _jobs_add(args: argparse.Namespace) -> int:
         start_location=args.start_location,
         command=args.command,
         command_cwd=os.getcwd() if args.command else None,
+        team=args.team,
     )
     add_job(job, replace=args.replace)
     if args.json:

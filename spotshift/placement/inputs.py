@@ -329,8 +329,18 @@ def assemble_inputs(
 def decide_for_job(
     con: Any, job_name: str, *, now: datetime, params: PlacementParams | None = None
 ) -> Decision:
-    """Assemble the inputs for ``job_name`` and run :func:`decide`."""
-    return decide(assemble_inputs(con, job_name, now=now), params)
+    """Assemble the inputs for ``job_name`` and run :func:`decide`, then keep the decision within
+    the job's team budget (:func:`spotshift.budgets.gate_decision`; an alert fact at the soft limit)."""
+    inputs = assemble_inputs(con, job_name, now=now)
+    decision = decide(inputs, params)
+    from spotshift.budgets import budget_status, find_budget, gate_decision, record_alerts
+
+    budget = find_budget(inputs.job.team)
+    if budget is None:
+        return decision
+    status = budget_status(con, budget, now, exclude_job=job_name)
+    record_alerts(con, status, now)
+    return gate_decision(decision, status)
 
 
 def record_decision(con: Any, decision: Decision, *, candidates: bool = True) -> bool:

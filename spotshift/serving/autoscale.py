@@ -41,7 +41,12 @@ The rules, per user region ``u``, then per location:
    reserved (1-year term, never released within it), the rest stays on-demand.
 7. **Reconcile**: launch what the plan lacks; terminate what it has too many of (provisioning
    first, most expensive first), but never committed reserved replicas, and never ready replicas
-   while that would leave less ready capacity than the demand now (make before break).
+   while that would leave fewer ready replicas than the plan has (its replacements must be ready
+   first) or less ready capacity than the demand now (make before break: a replacement that never
+   comes, such as a spot launch into a region without capacity, costs nothing but the launch).
+8. **Budget** (``ScalingInputs.budget``): when the planned fleet for the rest of the month would
+   take the endpoint's team past its monthly limit, launches are withheld and the decision is
+   ``hold`` (:func:`spotshift.budgets.gate_scaling`).
 """
 
 from __future__ import annotations
@@ -236,6 +241,8 @@ class ScalingInputs:
     rtt_ms: Mapping[tuple[str, str], float] | None = None
     spot_risk: Mapping[str, float] = field(default_factory=dict)
     snapshot_id: str = ""
+    #: the endpoint's team budget this month (:class:`spotshift.budgets.BudgetStatus`); None: no cap
+    budget: Any = None
 
 
 @dataclass(frozen=True)
@@ -724,7 +731,7 @@ def decide_scaling(
         action = "scale_down"
     else:
         action = "hold"
-    return ScalingDecision(
+    decision = ScalingDecision(
         endpoint=inputs.endpoint,
         decided_at=inputs.now,
         snapshot_id=inputs.snapshot_id,
@@ -743,6 +750,11 @@ def decide_scaling(
         reasons=tuple(reasons),
         memory=mem,
     )
+    if inputs.budget is not None:  # 8. never start spend that would cross the team's monthly limit
+        from spotshift.budgets import gate_scaling
+
+        decision = gate_scaling(decision, inputs.budget)
+    return decision
 
 
 def _commit(
@@ -812,6 +824,13 @@ def _reconcile(
         return (q.price(r.market) if q else None) or 0.0
 
     ready_cap = sum(1 for r in inputs.replicas if r.state == "ready") * cap
+    # make before break: a ready replica is stopped only while the ready replicas left still number
+    # at least the plan's; replicas the plan adds (launched now or provisioning) must be ready first.
+    # The replacement may never come (a spot launch into a region without capacity fails):
+    # stopping the old replica first would leave its users without capacity for a cold start and
+    # relaunch it at the next decision.
+    ready_n = sum(1 for r in inputs.replicas if r.state == "ready")
+    planned_n = sum(counts.values())
     terminations: list[Termination] = []
     for r in sorted(excess, key=lambda r: (r.state != "provisioning", -price(r), r.replica_id)):
         if r.market == "reserved" and mem.committed.get(r.location, 0) >= len(
@@ -819,10 +838,11 @@ def _reconcile(
         ):
             continue  # committed: paid for anyway, keep serving
         if r.state == "ready":
-            if ready_cap - cap < demand_now:
+            if ready_n - 1 < planned_n or ready_cap - cap < demand_now:
                 reasons.append(f"keeping {r.replica_id} until replacements are ready (make before break)")
                 continue
             ready_cap -= cap
+            ready_n -= 1
         terminations.append(Termination(r.replica_id, r.location, r.market, "not in the plan"))
     return launches, terminations
 

@@ -53,7 +53,8 @@ def _register_serve(sub: Any) -> None:
     p.add_argument(
         "--tls-dir",
         metavar="DIR",
-        help="serve HTTPS requiring client certificates: ca.pem, server.pem, server-key.pem",
+        help="serve HTTPS requiring client certificates: ca.pem, server.pem, server-key.pem (reloaded when "
+        "they change; re-issued every 24 h of virtual time when DIR trusts the local CA)",
     )
     p.add_argument("--no-record", action="store_true", help="do not write raw.inference_usage (benchmarks)")
     p.set_defaults(handler=_serve)
@@ -145,6 +146,11 @@ def _register_endpoints(sub: Any) -> None:
         metavar="USD",
         help="penalty per request over the SLO (default 0.002)",
     )
+    add.add_argument(
+        "--team",
+        help="team whose monthly budget pays for the replicas (`spotshift budgets set TEAM`); the autoscaler "
+        "withholds launches that would cross the team's limit",
+    )
     add.add_argument("--replace", action="store_true", help="replace an endpoint of the same name")
     add.set_defaults(handler=_endpoints_add)
     ls = es.add_parser("list", help="list declared endpoints")
@@ -179,6 +185,7 @@ def _endpoints_add(args: argparse.Namespace) -> int:
         usd_per_violation=DEFAULT_USD_PER_VIOLATION
         if args.usd_per_violation is None
         else args.usd_per_violation,
+        team=args.team,
     )
     add_endpoint(endpoint, replace=args.replace)
     print(f"declared endpoint {endpoint.name}: model {endpoint.model}, SLO {endpoint.slo_ms:g} ms")

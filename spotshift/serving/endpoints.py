@@ -42,6 +42,7 @@ class Endpoint:
     users: dict[str, float] = field(default_factory=default_users)
     allowed_locations: list[str] = field(default_factory=lambda: ["*"])
     usd_per_violation: float = DEFAULT_USD_PER_VIOLATION
+    team: str | None = None  # team whose budget pays (spotshift budgets); None: no budget applies
 
     def __post_init__(self) -> None:
         from spotshift.pricing.regions import check_location_pattern
@@ -70,6 +71,10 @@ class Endpoint:
                 raise ConfigError("allowed_locations must be a non-empty list of provider/region patterns")
             for pattern in self.allowed_locations:
                 check_location_pattern(pattern, "allowed location")
+            if self.team is not None:
+                from spotshift.budgets import check_team
+
+                check_team(self.team)
         except SpotshiftError as exc:
             raise ConfigError(f"endpoint {self.name!r}: {exc}") from None
 

@@ -18,9 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spotshift.errors import ConfigError
+from spotshift.errors import ConfigError, SpotshiftError
 from spotshift.pricing.regions import split_location
 from spotshift.serving import replica_api as api
+from spotshift.serving.notices import record_replica_notice
 from spotshift.serving.replica import Replica, ReplicaConfig
 
 log = logging.getLogger("spotshift.serving")
@@ -44,54 +45,39 @@ def _uvicorn_server(config: Any, on_exit: Callable[[], None]) -> Any:
     return DrainingServer(config)
 
 
-def _tls_kwargs(tls_dir: Path | None) -> dict[str, Any]:
-    if tls_dir is None:
-        return {}
-    files = [tls_dir / api.TLS_CA_FILE, tls_dir / api.TLS_CERT_FILE, tls_dir / api.TLS_KEY_FILE]
-    for f in files:
-        if not f.is_file():
-            raise ConfigError(f"--tls-dir {tls_dir}: {f.name} is missing")
-    return {
-        "ssl_ca_certs": str(files[0]),
-        "ssl_certfile": str(files[1]),
-        "ssl_keyfile": str(files[2]),
-        "ssl_cert_reqs": ssl.CERT_REQUIRED,
-    }
+def _own_rotator(tls_dir: Path, name: str) -> Any:
+    """A :class:`~spotshift.serving.mtls.CertRotator` re-issuing this replica's server certificate every
+    24 h of virtual time, when ``tls_dir`` trusts the local CA of this ``SPOTSHIFT_HOME`` (the embedded
+    default); None when its certificates come from elsewhere (whoever issued them rotates them)."""
+    from spotshift.clock import virtual_now
+    from spotshift.serving.mtls import CertRotator, LocalCA, ca_dir
+
+    local = ca_dir() / api.TLS_CA_FILE
+    try:
+        if not local.is_file() or local.read_bytes() != (tls_dir / api.TLS_CA_FILE).read_bytes():
+            return None
+    except OSError:
+        return None
+    return CertRotator(LocalCA.open(), tls_dir, name, "server", virtual_now, issued_at=virtual_now())
 
 
-async def _reload_tls(server: Any, tls_dir: Path, stop: asyncio.Event) -> None:
-    """Load rotated certificate files into the live TLS context (new handshakes use them)."""
+async def _tls_loop(ctx: ssl.SSLContext, tls_dir: Path, name: str, stop: asyncio.Event) -> None:
+    """Every second: rotate this replica's own certificate when due, then load changed files into the
+    live TLS context (:class:`~spotshift.serving.mtls.TLSReloader`: new handshakes use them, open
+    connections finish on the old ones; a half-rotated pair is never loaded)."""
+    from spotshift.serving.mtls import TLSReloader
 
-    def stamp() -> tuple[float, ...]:
-        return tuple(
-            (tls_dir / n).stat().st_mtime for n in (api.TLS_CA_FILE, api.TLS_CERT_FILE, api.TLS_KEY_FILE)
-        )
-
-    seen = stamp()
+    reloader, rotator = TLSReloader(ctx, tls_dir), _own_rotator(tls_dir, name)
     while not stop.is_set():
         await asyncio.sleep(1.0)
-        try:
-            now = stamp()
-            if now != seen:
-                cert, key, ca = (
-                    str(tls_dir / n) for n in (api.TLS_CERT_FILE, api.TLS_KEY_FILE, api.TLS_CA_FILE)
-                )
-                # a rotation caught between its writes (new key, old certificate) must not reach the
-                # live context, which would keep the half it loaded: try a scratch context first
-                scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                scratch.load_cert_chain(cert, key)
-                scratch.load_verify_locations(ca)
-                ctx = server.config.ssl
-                ctx.load_cert_chain(cert, key)
-                ctx.load_verify_locations(ca)
-                seen = now
-                log.info("reloaded TLS certificates from %s", tls_dir)
-        except (OSError, ssl.SSLError) as exc:  # a rotation half done: keep the old chain, retry
-            log.warning(
-                "TLS reload from %s failed (%s); keeping the current certificates",
-                tls_dir,
-                type(exc).__name__,
-            )
+        if rotator is not None:
+            try:
+                if await asyncio.to_thread(rotator.check):
+                    log.info("issued a new server certificate in %s", tls_dir)
+            except (OSError, SpotshiftError) as exc:  # keep serving on the current certificate
+                log.warning("certificate rotation in %s failed (%s)", tls_dir, type(exc).__name__)
+        if reloader.check():
+            log.info("reloaded TLS certificates from %s", tls_dir)
 
 
 async def _watch_notices(replica: Replica, location: str, urls: dict[str, str]) -> None:
@@ -110,8 +96,17 @@ async def _watch_notices(replica: Replica, location: str, urls: dict[str, str]) 
         notice = controller.notice
         if notice is None:
             return
-        notice.assign_id(replica.cfg.endpoint, location)
-        report = await replica.drain(f"{notice.kind} notice {notice.notice_id}", notice.remaining_s())
+        notice.assign_id(replica.record.replica_id, location)
+        drain = asyncio.ensure_future(
+            replica.drain(f"{notice.kind} notice {notice.notice_id}", notice.remaining_s())
+        )
+        try:  # the trainers' notice path: region-store event + raw.preemptions (while draining)
+            await asyncio.to_thread(
+                record_replica_notice, replica.cfg.endpoint, replica.record.replica_id, location, notice
+            )
+        except (SpotshiftError, OSError) as exc:
+            log.warning("notice %s not recorded: %s", notice.notice_id, exc)
+        report = await drain
         log.warning("drained on %s: %s", notice.notice_id, report)
         w = thread.watcher(notice.kind)
         if w is not None:
@@ -151,6 +146,7 @@ def run_replica(
     notice endpoints when the market is spot (none otherwise); ``announce`` is called once registered."""
     import uvicorn
 
+    from spotshift.serving.mtls import uvicorn_ssl_options
     from spotshift.training.preemption import watcher_urls_for
 
     if watcher_urls is None:
@@ -164,7 +160,7 @@ def run_replica(
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=5,
-        **_tls_kwargs(tls_dir),
+        **(uvicorn_ssl_options(tls_dir) if tls_dir is not None else {}),
     )
 
     async def main() -> None:
@@ -197,7 +193,7 @@ def run_replica(
         if watcher_urls:
             tasks.append(asyncio.ensure_future(_watch_notices(replica, cfg.location, watcher_urls)))
         if tls_dir:
-            tasks.append(asyncio.ensure_future(_reload_tls(server, tls_dir, stop)))
+            tasks.append(asyncio.ensure_future(_tls_loop(config.ssl, tls_dir, record.replica_id, stop)))
         if "early_stop" in state:
             _start_drain(*state["early_stop"])
         await replica.finished.wait()
@@ -210,7 +206,9 @@ def run_replica(
         await asyncio.gather(*tasks, return_exceptions=True)
 
     try:
-        asyncio.run(main())
+        # uvicorn's own event loop (uvloop when installed), as `uvicorn.Server.run` would pick it
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+            runner.run(main())
     except SystemExit:  # uvicorn exits when it cannot bind (a port taken between check and bind)
         raise ConfigError(
             f"cannot listen on {cfg.host}:{cfg.port} (address in use or not permitted)"

@@ -39,7 +39,7 @@ replicas while ready spot replicas fall short of the target; ``spotshift`` is
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -51,6 +51,7 @@ from spotshift.serving.autoscale import (
     LocationQuote,
     ReplicaState,
     ScalerMemory,
+    ScalingDecision,
     ScalingInputs,
     ScalingParams,
     decide_scaling,
@@ -312,11 +313,14 @@ class AutoscalerPolicy:
         *,
         risk_aware: bool = False,
         skip_unchanged: bool = True,
+        on_decision: Callable[[int, ScalingDecision], None] | None = None,
     ) -> None:
+        """``on_decision(tick, decision)`` sees every decision made (the demo prints and records them)."""
         from spotshift.placement.risk import OnlineRiskEstimator
 
         self.name, self.sim, self.params = name, sim, params
         self.skip_unchanged = skip_unchanged
+        self.on_decision = on_decision
         self.memory = ScalerMemory()
         # spot risk learned from the availability seen so far (as the training simulator does)
         self.risk = OnlineRiskEstimator(sim.locations, gap_hours=sim.tick_s / 3600.0) if risk_aware else None
@@ -383,6 +387,8 @@ class AutoscalerPolicy:
         )
         d = decide_scaling(inputs, self.memory, p)
         self.decisions += 1
+        if self.on_decision is not None:
+            self.on_decision(t, d)
         self.memory = d.memory
         self._last_key = key if d.action == "hold" else None
         return list(d.launches), [x.replica_id for x in d.terminations]

@@ -128,6 +128,15 @@ def test_demo_small_tells_the_same_whole_story_twice(tmp_path: Path, monkeypatch
     assert (
         lines["saving vs staying on the first spot region"].strip().startswith(("$", "none: spotshift cost"))
     )
+    # the inference act: three regions, a spot replica preempted mid-load with no failed request, the
+    # 0.6 rule deciding spot or not per region, cost per million tokens from served traffic
+    assert lines["inference: failed requests"].strip().startswith("0 of ")
+    assert "no replica" not in lines["inference: failed requests"]
+    assert lines["inference: replicas"].count("aws/") == 3 and "(spot)" in lines["inference: replicas"]
+    assert re.search(r"inference cost per million tokens \(.*\): \$[\d,.]+\n", out)
+    assert "drained and deregistered: True" in out
+    rules = [line for line in out.splitlines() if line.strip().startswith("0.6 rule")]
+    assert len(rules) == 3 and all("0.6 x reserved" in r for r in rules)
     assert (home / "reports" / "price_history.png").is_file()
 
     # one clock: every transfer inside the demo's virtual window, one FOCUS billing period, clock stopped

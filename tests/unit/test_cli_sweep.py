@@ -34,6 +34,10 @@ def lab(tmp_path: Path, spotshift_home: Path, monkeypatch: pytest.MonkeyPatch) -
     (t / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     (t / "deep-object.json").write_text('{"a":' * 50_000 + "1" + "}" * 50_000)
     (t / "garbage.bin").write_bytes(bytes(range(256)) * 8)
+    (t / "garbage.parquet").write_bytes(bytes(range(256)) * 8)
+    (t / "notfocus.csv").write_text(
+        "BilledCost,ChargePeriodStart,ChargePeriodEnd,RegionId,ProviderName\n1,x,y,r,p\n"
+    )
     (t / "empty").write_text("")
     (t / "notjson.json").write_text("{'SpotPriceHistory': nope")
     (t / "src").mkdir()
@@ -458,6 +462,13 @@ CASES: list[tuple[str, list[str]]] = [
     ("focus-export-corrupt-warehouse", ["focus", "export", "{T}/out.csv"]),
     ("focus-export-bad-extension", ["focus", "export", "{T}/out.txt"]),
     ("focus-check-garbage", ["focus", "check", "{T}/garbage.bin"]),
+    ("budgets-negative", ["budgets", "set", "ml", "--monthly-usd", "-1"]),
+    ("budgets-alert-above-1", ["budgets", "set", "ml", "--monthly-usd", "10", "--alert", "2"]),
+    ("budgets-bad-team", ["budgets", "set", "Team A", "--monthly-usd", "10"]),
+    ("budgets-show-undeclared", ["budgets", "show", "nobody"]),
+    ("reconcile-garbage-parquet", ["reconcile", "{T}/garbage.parquet"]),
+    ("reconcile-bad-extension", ["reconcile", "{T}/garbage.bin"]),
+    ("reconcile-corrupt-warehouse", ["reconcile", "{T}/notfocus.csv"]),
     # ---- topology, pools, dev environments (issue 19)
     ("topology-score-garbage", ["topology", "score", "{T}/garbage.bin"]),
     ("topology-score-deep-json", ["topology", "score", "{T}/deep.json"]),
@@ -511,6 +522,7 @@ CORRUPT_WAREHOUSE = {
     "push-corrupt-warehouse",
     "report-corrupt-warehouse",
     "focus-export-corrupt-warehouse",
+    "reconcile-corrupt-warehouse",
 }
 #: cases that need a good store with one dataset at {T}/st
 NEED_STORE = {"pull-into-file", "pull-workers-0", "replicate-workers-negative", "verify-workers-0"}

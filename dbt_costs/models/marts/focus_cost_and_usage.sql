@@ -1,5 +1,5 @@
 {{ config(materialized='view') }}
--- FinOps FOCUS 1.2 cost and usage rows for everything spotshift ran or moved:
+-- FinOps FOCUS cost and usage rows (1.2 and 1.3 column generations side by side) for everything spotshift ran or moved:
 --   * GPU compute intervals (ServiceCategory Compute; spot = PricingCategory Dynamic, on demand =
 --     Standard), split at calendar-month boundaries so every charge period lies inside its
 --     billing period (costs prorated by time);
@@ -9,6 +9,12 @@
 -- FOCUS columns first (alphabetical, as in the spec), then spotshift's own x_ columns.
 -- BilledCost = EffectiveCost (no amortized commitments); ListCost = ContractedCost at the on-demand
 -- list price (no negotiated discounts are known to spotshift). Timestamps are UTC.
+-- Numbers are DECIMAL(38, 10), rounded to 10 decimal places:
+-- money and unit prices in USD to 1e-10, quantities (hours, GB) to 1e-10, so CSV exports are in
+-- plain decimal notation with no float noise.
+-- Provider columns: FOCUS 1.2 ProviderName and PublisherName (deprecated by 1.3, kept for 1.2
+-- readers) beside the FOCUS 1.3 ServiceProviderName and HostProviderName; spotshift rents
+-- instances directly from each cloud, so all four name the same company.
 with providers as (
     select * from {{ ref('focus_provider_services') }}
 ),
@@ -70,7 +76,8 @@ usage_charges as (
         u.ended_in_preemption as x_ended_in_preemption,
         cast(null as bigint) as x_bytes_sent,
         cast(null as varchar) as x_destination_location,
-        u.run_id as x_run_id
+        u.run_id as x_run_id,
+        cast(null as varchar) as x_endpoint
     from usage_rows as u
 ),
 
@@ -92,7 +99,7 @@ transfer_charges as (
         'GB' as pricing_unit,
         'Standard' as pricing_category,
         'Networking' as service_category,
-        'Data Transfer' as service_subcategory,
+        'Network Connectivity' as service_subcategory,
         'network' as service_kind,
         'Data transfer of ' || t.kind || ' ' || t.entity || ' from ' || t.src_location || ' to '
         || t.dst_location || ' (' || coalesce(t.method, 'copy') || ')' as charge_description,
@@ -110,7 +117,8 @@ transfer_charges as (
         cast(null as boolean) as x_ended_in_preemption,
         t.bytes_sent as x_bytes_sent,
         t.dst_location as x_destination_location,
-        t.run_id as x_run_id
+        t.run_id as x_run_id,
+        cast(null as varchar) as x_endpoint
     from {{ ref('fct_data_transfer') }} as t
     -- uploads from outside any cloud location ("local") are not a provider's charge
     where t.is_cross_location and t.src_location like '%/%' and (t.bytes_sent > 0 or t.egress_usd > 0)
@@ -153,7 +161,8 @@ inference_charges as (
         cast(null as boolean) as x_ended_in_preemption,
         cast(null as bigint) as x_bytes_sent,
         cast(null as varchar) as x_destination_location,
-        cast(null as varchar) as x_run_id
+        cast(null as varchar) as x_run_id,
+        nullif(i.endpoint, '') as x_endpoint
     from {{ ref('stg_spotshift__inference_usage') }} as i
 ),
 
@@ -166,7 +175,7 @@ charges as (
 )
 
 select
-    c.billed_usd * c.fraction as BilledCost,
+    cast(round(c.billed_usd * c.fraction, 10) as decimal(38, 10)) as BilledCost,
     c.provider || ':' || '{{ var("billing_account_id") }}' as BillingAccountId,
     '{{ var("billing_account_name") }}' as BillingAccountName,
     'USD' as BillingCurrency,
@@ -182,16 +191,19 @@ select
     c.commitment_discount_id as CommitmentDiscountId,
     case when c.commitment_discount_id is not null then 'Used' end as CommitmentDiscountStatus,
     case when c.commitment_discount_id is not null then 'Reserved Capacity' end as CommitmentDiscountType,
-    c.quantity * c.fraction as ConsumedQuantity,
+    cast(round(c.quantity * c.fraction, 10) as decimal(38, 10)) as ConsumedQuantity,
     c.pricing_unit as ConsumedUnit,
-    coalesce(c.list_usd, c.billed_usd) * c.fraction as ContractedCost,
-    c.list_unit_price as ContractedUnitPrice,
-    c.billed_usd * c.fraction as EffectiveCost,
+    cast(round(coalesce(c.list_usd, c.billed_usd) * c.fraction, 10) as decimal(38, 10)) as ContractedCost,
+    cast(round(c.list_unit_price, 10) as decimal(38, 10)) as ContractedUnitPrice,
+    cast(round(c.billed_usd * c.fraction, 10) as decimal(38, 10)) as EffectiveCost,
+    coalesce(p.provider_name, c.provider) as HostProviderName,
+    -- estimates, not invoiced charges: FOCUS requires InvoiceId null for charges without an invoice
+    cast(null as varchar) as InvoiceId,
     coalesce(p.provider_name, c.provider) as InvoiceIssuerName,
-    coalesce(c.list_usd, c.billed_usd) * c.fraction as ListCost,
-    c.list_unit_price as ListUnitPrice,
+    cast(round(coalesce(c.list_usd, c.billed_usd) * c.fraction, 10) as decimal(38, 10)) as ListCost,
+    cast(round(c.list_unit_price, 10) as decimal(38, 10)) as ListUnitPrice,
     c.pricing_category as PricingCategory,
-    c.quantity * c.fraction as PricingQuantity,
+    cast(round(c.quantity * c.fraction, 10) as decimal(38, 10)) as PricingQuantity,
     c.pricing_unit as PricingUnit,
     coalesce(p.provider_name, c.provider) as ProviderName,
     coalesce(p.provider_name, c.provider) as PublisherName,
@@ -203,9 +215,13 @@ select
         when c.service_kind = 'network' then coalesce(p.network_service_name, c.provider || ' networking')
         else coalesce(p.compute_service_name, c.provider || ' compute')
     end as ServiceName,
+    coalesce(p.provider_name, c.provider) as ServiceProviderName,
     c.service_subcategory as ServiceSubcategory,
     to_json(map_from_entries(list_filter(
-        [('spotshift/workload', c.x_workload), ('spotshift/job', c.x_job), ('spotshift/location', c.x_location)],
+        [
+            ('spotshift/workload', c.x_workload), ('spotshift/job', c.x_job),
+            ('spotshift/endpoint', c.x_endpoint), ('spotshift/location', c.x_location)
+        ],
         lambda e: e[2] is not null
     ))) as Tags,
     c.x_workload,
@@ -221,6 +237,7 @@ select
     c.x_ended_in_preemption,
     c.x_bytes_sent,
     c.x_destination_location,
-    c.x_run_id
+    c.x_run_id,
+    c.x_endpoint
 from charges as c
 left join providers as p on c.provider = p.provider

@@ -93,7 +93,8 @@ def test_focus_export_and_check(warehouse_copy: Path, tmp_path: Path, capsys) ->
     out = tmp_path / "focus.csv"
     code, stdout, err = run(capsys, "focus", "export", str(out), "--warehouse", str(warehouse_copy))
     assert code == 0, err
-    assert "FOCUS 1.2 rows" in stdout and out.is_file()
+    assert "FOCUS 1.2/1.3 rows" in stdout and out.is_file()
+    assert "FocusVersion 1.3" in stdout and (tmp_path / "focus.csv.metadata.json").is_file()
     code, stdout, _ = run(capsys, "focus", "check", str(out), "--json")
     assert code == 0 and json.loads(stdout)["valid"] is True
     lines = out.read_text().splitlines()

@@ -127,7 +127,7 @@ def test_focus_view_has_every_mandatory_column_and_valid_values(built_warehouse:
         )
         assert by_market == {"spot": "Dynamic", "on_demand": "Standard"}
         hand = con.execute(
-            f"""SELECT ServiceCategory, count(*), sum(BilledCost), min(ProviderName)
+            f"""SELECT ServiceCategory, count(*), sum(BilledCost)::DOUBLE, min(ProviderName)
                 FROM {FOCUS_VIEW} WHERE x_job = ? GROUP BY 1 ORDER BY 1""",
             [HAND_JOB],
         ).fetchall()
@@ -138,7 +138,9 @@ def test_focus_view_has_every_mandatory_column_and_valid_values(built_warehouse:
         # the fixture crosses a month boundary: usage split into two billing periods, costs preserved
         periods = first_row(con, f"SELECT count(DISTINCT BillingPeriodStart) FROM {FOCUS_VIEW}")[0]
         assert periods >= 2
-        compute = first_row(con, f"SELECT sum(BilledCost) FROM {FOCUS_VIEW} WHERE x_usage_id IS NOT NULL")[0]
+        compute = first_row(
+            con, f"SELECT sum(BilledCost)::DOUBLE FROM {FOCUS_VIEW} WHERE x_usage_id IS NOT NULL"
+        )[0]
         assert compute == pytest.approx(first_row(con, "SELECT sum(usd) FROM fct_gpu_usage")[0])
 
 
@@ -155,8 +157,8 @@ def test_focus_export_round_trips_as_valid_focus(warehouse_copy: Path, tmp_path:
     assert set(MANDATORY_COLUMNS) <= set(cols)
     stats = first_row(
         con,
-        f"""SELECT count(*), min(BilledCost), count(*) FILTER (WHERE BillingCurrency <> 'USD'),
-                   count(*) FILTER (WHERE ChargePeriodStart >= ChargePeriodEnd)
+        f"""SELECT count(*), min(BilledCost::DOUBLE), count(*) FILTER (WHERE BillingCurrency <> 'USD'),
+                   count(*) FILTER (WHERE ChargePeriodStart::TIMESTAMPTZ >= ChargePeriodEnd::TIMESTAMPTZ)
             FROM {rel}""",
     )
     assert stats[0] == result.rows and stats[1] >= 0 and stats[2:] == (0, 0)
@@ -178,7 +180,7 @@ def test_focus_problems_catches_broken_rows(warehouse_copy: Path) -> None:
         )
         con.execute("ALTER TABLE broken DROP COLUMN ChargeClass")
         con.execute("ALTER TABLE broken ADD COLUMN MyColumn VARCHAR")
-        problems = focus_problems(con, "broken")
+        problems = focus_problems(con, "broken", "1.2")
     text = "\n".join(problems)
     for expected in (
         "missing FOCUS 1.2 column ChargeClass",

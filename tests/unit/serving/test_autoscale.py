@@ -77,6 +77,10 @@ def test_spot_at_or_above_six_tenths_of_reserved_is_not_used() -> None:
     # the rule is per location: one cheap location gets spot, the others do not
     d = decide_scaling(inputs(quotes({**{loc: 1.90 for loc in US}, "gcp/us-east1": 1.5}), 10 * CAP))
     assert {loc for loc, m, _ in d.planned if m == "spot"} == {"gcp/us-east1"}
+    # exactly 0.6 x reserved is not below it (quoted reserved 2.5: the boundary 1.5 is exact)
+    at = [LocationQuote(loc, 5.0, 1.5, 2.5) for loc in US]
+    d = decide_scaling(inputs(at, 10 * CAP))
+    assert by_market(d, "spot") == 0 and all(not r.allowed for r in d.spot_rules)
 
 
 def test_target_is_headroom_times_the_forecast() -> None:
@@ -180,6 +184,32 @@ def test_preempted_spot_is_replaced_in_the_next_cheapest_unused_region() -> None
     assert launched == {"gcp/us-east4"}  # not the lost one, not the one already used: the next cheapest
     assert d.action == "replace" and not d.terminations
     assert any(r.location == lost and not r.allowed and "preempted" in r.reason for r in d.spot_rules)
+
+
+def test_a_replaced_replica_serves_until_its_replacement_is_ready() -> None:
+    # spot gets cheap enough while on-demand serves: the plan moves to spot, but the on-demand
+    # replicas keep serving until the spot ones are ready (the spot launch may fail for lack of
+    # capacity, which would otherwise leave the users without capacity for a cold start)
+    p = ScalingParams(floor_share=0.0)
+    first = decide_scaling(inputs(quotes({loc: None for loc in US}), 4 * CAP), None, p)
+    serving = running(first)
+    assert {r.market for r in serving} == {"on_demand"} and len(serving) == 5
+    cheap = quotes({"gcp/us-east4": 1.0, "gcp/us-central1": None, "gcp/us-east1": None, "gcp/us-west1": None})
+    d = decide_scaling(
+        inputs(cheap, 4 * CAP, now=T0 + timedelta(minutes=1), replicas=serving), first.memory, p
+    )
+    assert [(x.location, x.market, x.count) for x in d.launches] == [("gcp/us-east4", "spot", 5)]
+    assert d.terminations == ()  # nothing stopped before its replacement is ready
+    provisioning = tuple(ReplicaState(f"s{i}", "gcp/us-east4", "spot", "provisioning") for i in range(5))
+    later = decide_scaling(
+        inputs(cheap, 4 * CAP, now=T0 + timedelta(minutes=2), replicas=serving + provisioning), d.memory, p
+    )
+    assert later.launches == () and later.terminations == ()  # still provisioning: still serving
+    ready = tuple(ReplicaState(r.replica_id, r.location, r.market, "ready") for r in provisioning)
+    done = decide_scaling(
+        inputs(cheap, 4 * CAP, now=T0 + timedelta(minutes=5), replicas=serving + ready), later.memory, p
+    )
+    assert sorted(t.replica_id for t in done.terminations) == sorted(r.replica_id for r in serving)
 
 
 def test_make_before_break_and_memory_roundtrip() -> None:

@@ -306,6 +306,22 @@ def test_spot_replica_drains_on_a_notice_finishing_in_flight_and_refusing_new(ho
         err = r.stderr()
         assert "gcp_metadata notice" in err and "'abandoned': 0" in err, err
         assert api.live_replicas("chat", include_draining=True) == []
+        # the trainers' notice path: a write-once event in the region store and a raw.preemptions row
+        from spotshift.home import region_store_url
+        from spotshift.sync.store_url import open_store
+        from spotshift.training.preemption import read_notices
+        from spotshift.warehouse import connect
+
+        (event,) = [
+            e for e in read_notices(open_store(region_store_url(GCP))) if e.get("replica_id") == r.replica_id
+        ]
+        assert (event["endpoint"], event["location"], event["kind"]) == ("chat", GCP, "gcp_metadata")
+        with connect(read_only=True) as con:
+            row = con.execute(
+                "SELECT endpoint, job, location FROM raw.preemptions WHERE notice_id = ?",
+                [event["notice_id"]],
+            ).fetchone()
+        assert row == ("chat", None, GCP)
 
 
 def test_tampered_checkpoint_is_refused_with_one_line(
@@ -506,6 +522,52 @@ def test_replica_under_mutual_tls_refuses_clients_without_a_certificate_and_relo
                 )
                 assert time.monotonic() < deadline, "rotated certificate never served"
                 time.sleep(0.2)
+        assert r.stop() == 0
+    finally:
+        r.kill()
+
+
+def test_replica_rotates_its_own_certificate_every_virtual_day_without_a_failed_request(
+    home: Path, tmp_path: Path
+) -> None:
+    import ssl
+    from datetime import UTC, datetime
+
+    from spotshift.clock import VirtualClock, clock_path
+    from spotshift.serving.mtls import LocalCA
+
+    tls = tmp_path / "tls"
+    ca = LocalCA.open()  # the local CA of this SPOTSHIFT_HOME: the replica may re-issue its own leaf
+    ca.write_server_files(tls, "replica-1")
+    client = ca.write_client_file(tmp_path / "client", "router-test") / "client.pem"
+    args = ("--location", GCP, "--market", "on_demand", "--usd-per-hour", "1", "--no-record")
+    r = Replica("chat", *args, "--tls-dir", str(tls))
+    try:
+        ca_file = tls / api.TLS_CA_FILE
+        first = _server_serial(r.url, ca_file, (client, client))
+        VirtualClock.starting(datetime.now(UTC), speed=86_400 / 4).save()  # a virtual day every 4 s
+        try:
+            ctx = ssl.create_default_context(cafile=str(ca_file))
+            ctx.load_cert_chain(str(client))
+            statuses = []
+            deadline = time.monotonic() + 40
+            with httpx.Client(verify=ctx) as router:
+                while _server_serial(r.url, ca_file, (client, client)) == first:
+                    assert time.monotonic() < deadline, "the replica never re-issued its certificate"
+                    statuses.append(
+                        router.post(
+                            r.url + api.COMPLETIONS_PATH, json={"prompt": PROMPT, "max_tokens": 2}
+                        ).status_code
+                    )
+                    time.sleep(0.2)
+                statuses.append(
+                    router.post(
+                        r.url + api.COMPLETIONS_PATH, json={"prompt": PROMPT, "max_tokens": 2}
+                    ).status_code
+                )
+            assert set(statuses) == {200}
+        finally:
+            clock_path().unlink(missing_ok=True)
         assert r.stop() == 0
     finally:
         r.kill()
