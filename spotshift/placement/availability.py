@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from spotshift.errors import ConfigError
 from spotshift.placement.risk import PRIOR_OUTAGE_HOURS, RegionRisk
@@ -213,7 +214,7 @@ class AvailabilityModel:
         h = self.horizon_hours
         base = alpha * math.log1p(h / beta) / h
         co = self._co_factor(key, self.co_window_hours) if self.co_window_hours > 0 else 1.0
-        near = -math.log(max(co, 1e-12))
+        near = max(0.0, -math.log(max(co, 1e-12)))
         loc = location if location is not None else str(key)
         return RegionRisk(
             loc,
@@ -228,3 +229,70 @@ class AvailabilityModel:
     def risks(self) -> dict[str, RegionRisk]:
         """``{location: RegionRisk}`` for every key that is a location string."""
         return {k: self.risk(k) for k in self._up_hours if isinstance(k, str)}
+
+
+#: replay grid of :func:`model_from_history`: the simulator's 10-minute ticks
+HISTORY_TICK_HOURS = 1.0 / 6.0
+#: how far back :func:`model_from_history` replays the warehouse
+HISTORY_LOOKBACK_HOURS = 30 * 24.0
+
+
+def model_from_history(
+    notices: Iterable[tuple[str, datetime, datetime | None]],
+    spot_runs: Iterable[tuple[str, datetime, datetime | None]],
+    *,
+    now: datetime,
+    locations: Iterable[str] = (),
+    gap_hours: float = HISTORY_TICK_HOURS,
+    lookback_hours: float = HISTORY_LOOKBACK_HOURS,
+) -> AvailabilityModel:
+    """An :class:`AvailabilityModel` (location keys) fed by what the pipeline saw, replayed tick by
+    tick up to ``now`` — the model the simulator learns from traces, learned from the warehouse.
+
+    ``notices``: ``(location, noticed_at, recovered_at or None)`` per preemption notice;
+    ``spot_runs``: ``(location, started_at, ended_at or None = still running)`` per spot usage.
+    On a grid of ``gap_hours`` ticks ending at ``now`` (the last ``lookback_hours``), a location is
+    *down* from the tick of a notice up to (not including) the tick of its recovery (only the notice's
+    tick when it has none yet), *up* while some spot run covers the tick and it is not down, and
+    unobserved otherwise; the tick before a notice counts as up (the placement was running when it
+    was noticed), so every notice is an interruption. Notices of two locations within the model's
+    co-interruption window teach it their co-interruptions, and a notice inside the window before
+    ``now`` raises the near-term risk of the locations that followed it before.
+    """
+    if not gap_hours > 0 or not lookback_hours > 0:
+        raise ConfigError("availability history: gap_hours and lookback_hours must be > 0")
+    now = _aware(now)
+    notices = [(loc, _aware(t0), _aware(t1) if t1 is not None else None) for loc, t0, t1 in notices]
+    spot_runs = [(loc, _aware(t0), _aware(t1) if t1 is not None else now) for loc, t0, t1 in spot_runs]
+    starts = [t for _, t, _ in notices if t <= now] + [t for _, t, _ in spot_runs if t <= now]
+    model = AvailabilityModel(locations, gap_hours=gap_hours)
+    if not starts:
+        return model
+    span = min(lookback_hours, max(0.0, (now - min(starts)).total_seconds() / 3600.0))
+    n = max(1, math.ceil(span / gap_hours - 1e-9) + 1)
+    gap_s = gap_hours * 3600.0
+
+    def tick_of(t: datetime) -> int:
+        """Index of the tick holding ``t`` (the last tick ends at ``now``)."""
+        return n - 1 - math.floor((now - t).total_seconds() / gap_s)
+
+    state: dict[int, dict[str, bool]] = {}
+    for loc, t0, t1 in spot_runs:
+        for i in range(max(0, tick_of(t0)), min(n - 1, tick_of(t1)) + 1):
+            state.setdefault(i, {})[loc] = True
+    for loc, t0, t1 in notices:
+        i0 = tick_of(t0)
+        if t0 > now or i0 < 0:
+            continue
+        if i0 > 0 and state.get(i0 - 1, {}).get(loc) is not False:
+            state.setdefault(i0 - 1, {})[loc] = True
+        i1 = i0 + 1 if t1 is None or t1 > now else max(i0 + 1, tick_of(t1))
+        for i in range(i0, min(n, i1)):
+            state.setdefault(i, {})[loc] = False
+    for i in range(n):
+        model.observe(state.get(i, {}))
+    return model
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)

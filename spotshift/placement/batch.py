@@ -357,7 +357,7 @@ def decide_all(
     if snap is None:
         raise NotFoundError(_no_snapshot_message(con))
     cols = QuoteColumns.of(snap[0], load_quotes(con, snap[0]))
-    risks = load_risks(con, sorted({q.location for q in cols.quotes if q.market == "spot"}))
+    risks = load_risks(con, sorted({q.location for q in cols.quotes if q.market == "spot"}), now)
     no_spot = recently_preempted(con, risks, now)
     shared = hashlib.sha256(
         json.dumps(

@@ -16,6 +16,10 @@ The rules, in order:
    :mod:`spotshift.placement.scoring`). With no spot candidate: while the job is ahead of uniform
    progress (Can't Be Late) and spot capacity exists somewhere in principle, ``queue`` and wait for
    it; otherwise ``fallback_on_demand``; with nothing at all, ``queue``.
+   Waiting for a cheaper price (a better-ranked spot candidate preempted now, back after its mean
+   outage) is allowed only while the slack to the uniform-progress line
+   (:func:`spotshift.placement.horizon.uniform_progress_slack_hours`: time left - work left x
+   window / work; the required progress rate is work left / time left) covers the wait.
 3. **Running**: ``move`` only when, for the best alternative,
    ``expected_savings - move_cost > margin`` where
    ``expected_savings = (current - target effective instance-hour) x remaining hours``,
@@ -27,6 +31,12 @@ The rules, in order:
    not during the cooldown after a move, unless the current placement stopped qualifying (price
    cap, unfit, no longer allowed) or an interruption of the current placement is predicted and the
    move pays (:func:`spotshift.placement.horizon.ahead_of_interruption`).
+   **Move later** is the third option beside staying and moving now: the cheapest spot candidate
+   whose capacity is gone now (``no_spot``) and which is cheaper than the best alternative, reached
+   after its expected outage (its savings and risk difference count for the share of the run left
+   then, :func:`spotshift.placement.horizon.later_share`). When that move pays and nets more than
+   moving now, the job stays and moves once, later (``PlacementParams.move_later``, off by default:
+   it did not pay on the policy benchmark).
 4. **Feasibility**: a plan is considered only if it can still finish by the deadline — an
    on-demand plan when ``work + plan overhead <= time left``, a spot plan when, after its overhead,
    the safety net is still possible. When no plan is feasible, the fastest on-demand one is chosen
@@ -43,7 +53,13 @@ from typing import Any
 
 from spotshift import runkeys
 from spotshift.jobs import TrainingJob
-from spotshift.placement.horizon import ahead_of_interruption, expected_preemptions
+from spotshift.placement.horizon import (
+    ahead_of_interruption,
+    expected_preemptions,
+    later_share,
+    required_progress_rate,
+    uniform_progress_slack_hours,
+)
 from spotshift.placement.params import PlacementParams
 from spotshift.placement.risk import RegionRisk
 from spotshift.placement.scoring import (
@@ -77,10 +93,9 @@ def deadline_requires_on_demand(time_left_hours: float, remaining_hours: float, 
 def ahead_of_uniform_progress(
     remaining_hours: float, work_hours: float, time_left_hours: float, window_hours: float
 ) -> bool:
-    """Can't Be Late's Uniform Progress line: work left is at most the share of the window left."""
-    if work_hours <= 0 or window_hours <= 0:
-        return False
-    return remaining_hours <= work_hours * time_left_hours / window_hours
+    """Can't Be Late's Uniform Progress line: work left is at most the share of the window left
+    (:func:`~spotshift.placement.horizon.uniform_progress_slack_hours` >= 0)."""
+    return uniform_progress_slack_hours(remaining_hours, work_hours, time_left_hours, window_hours) >= -1e-9
 
 
 @dataclass(frozen=True)
@@ -401,10 +416,15 @@ def decide(inputs: DecisionInputs, params: PlacementParams | None = None) -> Dec
         waiting = _worth_waiting_for(cands, ok[0] if ok else None, inp, p, time_left, deadline)
         if waiting is not None:
             c, outage = waiting
+            line = uniform_progress_slack_hours(
+                remaining, job.work_hours, time_left or 0.0, _window_hours(job, deadline)
+            )
             reasons.append(
                 f"waiting for {_where(c)} (preempted, expected back in ~{outage:.1f} h): it ranks above "
                 f"{_where(ok[0]) if ok else 'every available candidate'} and the job is ahead of uniform progress "
-                f"({remaining:.1f} h of work left, {time_left:.1f} h to the deadline)"
+                f"({remaining:.1f} h of work left, {time_left:.1f} h to the deadline: required rate "
+                f"{required_progress_rate(remaining, time_left or 0.0):.2f}, {line:.1f} h of slack to the line "
+                f">= the {outage:.1f} h wait)"
             )
             return result("queue", None)
         if ok and (ok[0].market == "spot" or not job.spot_allowed):
@@ -506,6 +526,15 @@ def decide(inputs: DecisionInputs, params: PlacementParams | None = None) -> Dec
     if forced:
         reasons.append("move: the current placement no longer qualifies")
         return result("move", alt, terms, overhead(alt))
+    later = _move_later(cands, alt, inp, p, remaining, terms_for) if p.move_later else None
+    if later is not None and later[1].pays and later[1].net_usd > terms.net_usd:
+        w, lt, wait = later
+        reasons.append(
+            f"move later: {_where(w)} (spot capacity gone now, expected back in ~{wait:.1f} h) nets "
+            f"{_usd(lt.net_usd)} over the {max(0.0, remaining - wait):.1f} h left then, more than moving now "
+            f"({_usd(terms.net_usd)}): stay and move once"
+        )
+        return result("stay", cur_cand, terms)
     if inp.cooldown_until is not None and inp.now < inp.cooldown_until:
         if cur.market == "spot" and ahead_of_interruption(inp.risks.get(cur.location), terms.pays):
             reasons.append(
@@ -556,9 +585,51 @@ def _worth_waiting_for(
     risk = inp.risks.get(w.location)
     outage = risk.mean_outage_hours if risk is not None else p.default_outage_hours
     window = _window_hours(job, deadline)
-    if not ahead_of_uniform_progress(inp.remaining_hours, job.work_hours, time_left - outage, window):
-        return None
+    if uniform_progress_slack_hours(inp.remaining_hours, job.work_hours, time_left, window) < outage:
+        return None  # waiting out the outage would put the job behind the uniform-progress line
     return w, outage
+
+
+def _move_later(
+    cands: Sequence[Candidate],
+    now_best: Candidate,
+    inp: DecisionInputs,
+    p: PlacementParams,
+    remaining: float,
+    terms_for: Any,
+) -> tuple[Candidate, MoveTerms, float] | None:
+    """The "move later" option of a running job: the cheapest spot candidate rejected only because
+    its capacity is gone now (``no_spot``) and cheaper than ``now_best``, reached after its expected
+    outage; with its terms against staying (savings and risk difference over the share of the run
+    left after the wait, :func:`~spotshift.placement.horizon.later_share`; the staleness of half a
+    checkpoint interval, the expected age at a random moment) and the wait in hours."""
+    if not inp.no_spot or not inp.job.spot_allowed:
+        return None
+    gone = set(inp.no_spot.values())
+    waiting = [
+        c
+        for c in cands
+        if c.market == "spot"
+        and c.rejected
+        and all(r in gone for r in c.rejected)
+        and c.effective_instance_hour_usd < now_best.effective_instance_hour_usd
+    ]
+    if not waiting:
+        return None
+    w = min(waiting, key=lambda c: (c.effective_instance_hour_usd, c.location))
+    risk = inp.risks.get(w.location)
+    wait = risk.mean_outage_hours if risk is not None else p.default_outage_hours
+    share = later_share(remaining, wait)
+    t = terms_for(w)
+    later = MoveTerms(
+        expected_savings_usd=t.expected_savings_usd * share,
+        egress_usd=t.egress_usd,
+        downtime_usd=t.downtime_usd,
+        staleness_usd=inp.job.checkpoint_every_minutes / 120.0 * w.effective_instance_hour_usd,
+        risk_usd=t.risk_usd * share,
+        margin_usd=t.margin_usd,
+    )
+    return w, later, wait
 
 
 def _submitted(job: TrainingJob, deadline: datetime) -> datetime:

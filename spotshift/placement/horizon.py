@@ -58,3 +58,36 @@ def ahead_of_interruption(risk: RegionRisk | None, move_pays: bool) -> bool:
     predicted, and the move pays with every term (the near-term risk included). The cooldown guards
     against price-driven back-and-forth; it does not make a job sit out a predicted interruption."""
     return move_pays and predicted_interruption(risk)
+
+
+# ---- the deadline's uniform-progress line and "move later"
+
+
+def required_progress_rate(remaining_hours: float, time_left_hours: float) -> float:
+    """Can't Be Late's required progress rate: work left / time left (1.0: the job must run every
+    hour from now on; above 1: the deadline cannot be met; ``inf`` when no time is left)."""
+    if remaining_hours <= 0:
+        return 0.0
+    if time_left_hours <= 0:
+        return float("inf")
+    return remaining_hours / time_left_hours
+
+
+def uniform_progress_slack_hours(
+    remaining_hours: float, work_hours: float, time_left_hours: float, window_hours: float
+) -> float:
+    """Hours the job can go without progress and still be on or ahead of the uniform-progress line
+    (work ``work_hours`` spread evenly over the ``window_hours`` from submission to deadline):
+    ``time_left - remaining x window / work``. Negative when the job is behind the line; waiting for
+    a cheaper price for ``w`` hours is allowed only while ``w`` <= this slack."""
+    if work_hours <= 0 or window_hours <= 0:
+        return float("-inf")
+    return time_left_hours - remaining_hours * window_hours / work_hours
+
+
+def later_share(remaining_hours: float, wait_hours: float) -> float:
+    """Share of the remaining run a move made after ``wait_hours`` still covers (0..1): what a later
+    move's savings and risk difference are worth against moving now."""
+    if remaining_hours <= 0:
+        return 0.0
+    return max(0.0, min(1.0, (remaining_hours - max(0.0, wait_hours)) / remaining_hours))

@@ -21,8 +21,10 @@ Where each input comes from:
   sync found changed. The checkpoint: where ``raw.checkpoints`` wrote the latest one and where
   ``raw.transfers`` of kind ``checkpoint`` delivered it; places holding older checkpoints keep the
   share tensor deltas of this job did not resend (median ``bytes_sent / bytes_full``, 1.0 unknown);
-* preemption risk — ``raw.preemptions`` over spot hours of ``raw.compute_usage`` per location
-  (:func:`spotshift.placement.risk.risk_from_observations`), the prior for unobserved locations;
+* preemption risk — the notices of ``raw.preemptions`` and the spot runs of ``raw.compute_usage``
+  replayed into the simulator's availability model
+  (:func:`spotshift.placement.availability.model_from_history`: hazards, co-interruptions, a
+  predicted near-term interruption), the prior for unobserved locations;
 * spot capacity gone — locations with a preemption notice more recent than their estimated
   mean outage.
 """
@@ -36,9 +38,10 @@ from typing import Any
 from spotshift.clock import as_utc
 from spotshift.errors import NotFoundError
 from spotshift.jobs import TrainingJob, get_job
+from spotshift.placement.availability import model_from_history
 from spotshift.placement.economics import Decision, DecisionInputs, Placement, decide
 from spotshift.placement.params import PlacementParams
-from spotshift.placement.risk import RegionRisk, estimate, risk_from_observations
+from spotshift.placement.risk import RegionRisk
 from spotshift.placement.scoring import DataFootprint, gpu_model_matches
 from spotshift.placement.state import PlacementState, load_state
 from spotshift.pricing.quote import QUOTE_FIELDS, NormalizedGPUQuote
@@ -221,26 +224,29 @@ def _parse(text: str | None) -> datetime | None:
     return parse_utc(text) if text else None
 
 
-def load_risks(con: Any, locations: list[str]) -> dict[str, RegionRisk]:
-    """Per-location risk from the warehouse; the prior for ``locations`` never observed."""
-    pre = dict(con.execute("SELECT location, count(*) FROM raw.preemptions GROUP BY location").fetchall())
-    hours = dict(
-        con.execute(
-            "SELECT provider || '/' || region, "
-            "sum(date_diff('millisecond', started_at, ended_at)) / 3600000.0 "
-            "FROM raw.compute_usage WHERE market = 'spot' AND ended_at IS NOT NULL GROUP BY 1"
-        ).fetchall()
+def load_risks(con: Any, locations: list[str], now: datetime | None = None) -> dict[str, RegionRisk]:
+    """Per-location risk learned from the warehouse by the simulator's availability model
+    (:func:`spotshift.placement.availability.model_from_history`): the notices of
+    ``raw.preemptions`` (with their recovery) and the spot runs of ``raw.compute_usage`` replayed up
+    to ``now`` (default: the latest notice or usage seen), so hazards, co-interruptions and a
+    predicted near-term interruption come from one place; the prior for ``locations`` never observed."""
+    notices = con.execute("SELECT location, noticed_at, recovered_at FROM raw.preemptions").fetchall()
+    runs = con.execute(
+        "SELECT provider || '/' || region, started_at, ended_at FROM raw.compute_usage "
+        "WHERE market = 'spot' AND started_at IS NOT NULL"
+    ).fetchall()
+    if now is None:
+        seen = [t for _, t, _ in notices if t is not None] + [
+            t for _, a, b in runs for t in (a, b) if t is not None
+        ]
+        now = max((_utc(t) for t in seen), default=datetime.now(UTC))  # type: ignore[type-var]
+    model = model_from_history(
+        [(loc, t0, t1) for loc, t0, t1 in notices if loc and t0 is not None],
+        [(loc, t0, t1) for loc, t0, t1 in runs if loc],
+        now=now,
+        locations=locations,
     )
-    outage = dict(
-        con.execute(
-            "SELECT location, sum(date_diff('millisecond', noticed_at, recovered_at)) / 3600000.0 "
-            "FROM raw.preemptions WHERE recovered_at IS NOT NULL GROUP BY location"
-        ).fetchall()
-    )
-    risks = risk_from_observations(pre, {k: float(v or 0.0) for k, v in hours.items()}, outage or None)
-    for loc in locations:
-        risks.setdefault(loc, estimate(loc, 0, 0.0))
-    return risks
+    return model.risks()
 
 
 def recently_preempted(con: Any, risks: dict[str, RegionRisk], now: datetime) -> dict[str, str]:
@@ -297,7 +303,7 @@ def assemble_inputs(
         raise NotFoundError(_no_snapshot_message(con))
     quotes = load_quotes(con, snap[0])
     remaining, age = load_progress(con, job, state, now)
-    risks = load_risks(con, sorted({q.location for q in quotes if q.market == "spot"}))
+    risks = load_risks(con, sorted({q.location for q in quotes if q.market == "spot"}), now)
     current = None
     if state.location and state.market and state.instance_type:
         current = Placement(

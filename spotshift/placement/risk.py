@@ -12,8 +12,8 @@ The default prior is a mean available spell of 3 h (inside the published 0.7-10 
 
 Sources: :func:`risk_from_traces` (a trace's on->off transitions over its available hours),
 :class:`OnlineRiskEstimator` (the simulator feeds it the availability it has seen so far, so a
-policy never peeks at the future), and :func:`risk_from_observations` (counts from the warehouse:
-``raw.preemptions`` over spot hours of ``raw.compute_usage``).
+policy never peeks at the future). The pipeline learns from the warehouse with the richer
+:func:`spotshift.placement.availability.model_from_history` (hazards and co-interruptions).
 """
 
 from __future__ import annotations
@@ -71,26 +71,6 @@ def risk_from_traces(traces: Mapping[str, object]) -> dict[str, RegionRisk]:
             est.observe({location: a})
         out[location] = est.risk(location)
     return out
-
-
-def risk_from_observations(
-    preemptions: Mapping[str, int],
-    spot_hours: Mapping[str, float],
-    outage_hours: Mapping[str, float] | None = None,
-) -> dict[str, RegionRisk]:
-    """Risk per location from counted preemptions and spot running hours (e.g. from the warehouse)."""
-    outage_hours = outage_hours or {}
-    locations = set(preemptions) | set(spot_hours)
-    return {
-        loc: estimate(
-            loc,
-            int(preemptions.get(loc, 0)),
-            float(spot_hours.get(loc, 0.0)),
-            outage_hours=float(outage_hours.get(loc, 0.0)),
-            outages=int(preemptions.get(loc, 0)) if loc in outage_hours else 0,
-        )
-        for loc in sorted(locations)
-    }
 
 
 class OnlineRiskEstimator:

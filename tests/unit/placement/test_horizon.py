@@ -11,16 +11,20 @@ import numpy as np
 import pytest
 
 from spotshift.placement.availability import AvailabilityModel
-from spotshift.placement.economics import decide
+from spotshift.placement.economics import ahead_of_uniform_progress, decide
 from spotshift.placement.horizon import (
     PREDICTED_INTERRUPTION,
     expected_preemptions,
     expected_preemptions_array,
+    later_share,
     predicted_interruption,
+    required_progress_rate,
+    uniform_progress_slack_hours,
 )
+from spotshift.placement.params import PlacementParams
 from spotshift.placement.risk import RegionRisk
-from tests.unit.placement.builders import NOW
-from tests.unit.placement.test_economics import CENTRAL, EAST, running_inputs
+from tests.unit.placement.builders import NOW, make_job, make_quote
+from tests.unit.placement.test_economics import CENTRAL, EAST, PREEMPTED, WEST, running_inputs
 
 
 def risk(loc: str, rate: float = 0.0, near: float = 0.0, near_h: float = 1.0) -> RegionRisk:
@@ -89,3 +93,68 @@ def test_the_availability_model_predicts_the_follower_of_a_co_interruption() -> 
     assert seen
     assert all(predicted_interruption(r) and r.near_term_hours == 1.0 for r in seen)
     assert not predicted_interruption(model.risk("gcp/europe-west4"))
+
+
+def test_uniform_progress_line_hand_computed() -> None:
+    # 60 h of 100 h left, 150 h to a deadline 200 h after submission: the line asks for 75 h left
+    # by now (100 x 150 / 200), so the job is 30 h of waiting ahead of it
+    assert required_progress_rate(60.0, 150.0) == pytest.approx(0.4)
+    assert uniform_progress_slack_hours(60.0, 100.0, 150.0, 200.0) == pytest.approx(30.0)
+    assert uniform_progress_slack_hours(80.0, 100.0, 150.0, 200.0) == pytest.approx(-10.0)  # behind
+    assert ahead_of_uniform_progress(60.0, 100.0, 150.0, 200.0)
+    assert not ahead_of_uniform_progress(80.0, 100.0, 150.0, 200.0)
+    assert required_progress_rate(10.0, 0.0) == math.inf and required_progress_rate(0.0, 5.0) == 0.0
+    assert uniform_progress_slack_hours(10.0, 0.0, 5.0, 10.0) == -math.inf  # no line without work
+    assert later_share(100.0, 2.0) == pytest.approx(0.98) and later_share(10.0, 20.0) == 0.0
+
+
+@pytest.mark.parametrize(("time_left", "action"), [(183.5, "queue"), (182.5, "place")])
+def test_waiting_for_a_cheaper_price_needs_the_slack_to_cover_the_wait(time_left: float, action: str) -> None:
+    """Not running, 90 h of 100 h left, a 200 h window: the slack to the line is time left - 180 h.
+    East (cheaper) is preempted and expected back in 3 h: wait only with >= 3 h of slack."""
+    job = make_job(submitted_at=(NOW - timedelta(hours=200.0 - time_left)).isoformat(), deadline_hours=200.0)
+    d = decide(
+        running_inputs(
+            8.0,
+            job=job,
+            current=None,
+            remaining_hours=90.0,
+            no_spot={EAST: PREEMPTED},
+            risks={EAST: RegionRisk(EAST, 0.0, 3.0, 0.0, 0)},
+        )
+    )
+    assert d.action == action
+    if action == "queue":
+        assert any("waiting for gcp/us-east1" in r and "required rate 0.49" in r for r in d.reasons)
+    else:
+        assert d.target_location == CENTRAL
+
+
+def _move_later_inputs(outage_hours: float) -> object:
+    quotes = [
+        make_quote(CENTRAL, 10.0),
+        make_quote(WEST, 9.5),
+        make_quote(EAST, 7.0),
+        make_quote(CENTRAL, 30.0, market="on_demand"),
+    ]
+    return running_inputs(
+        0.0,
+        quotes=quotes,
+        no_spot={EAST: PREEMPTED},
+        risks={loc: RegionRisk(loc, 0.0, outage_hours, 0.0, 0) for loc in (CENTRAL, WEST, EAST)},
+    )
+
+
+def test_move_later_stays_for_a_cheaper_placement_coming_back_instead_of_moving_twice() -> None:
+    # moving now to west nets (10 - 9.5) x 100 - 5.5 = 44.5 > the 20 margin; east (7.0, preempted) is
+    # back in ~2 h: (10 - 7) x 98 - costs is far more, so stay now and move once
+    on = PlacementParams(move_later=True)
+    d = decide(_move_later_inputs(2.0), on)
+    assert d.action == "stay" and d.terms is not None and d.terms.pays
+    assert any(r.startswith("move later: gcp/us-east1") for r in d.reasons)
+    # the option off (the default): move to west now
+    off = decide(_move_later_inputs(2.0))
+    assert off.action == "move" and off.target_location == WEST
+    # east expected back only after 99 of the 100 h left: moving now to west pays more
+    late = decide(_move_later_inputs(99.0), on)
+    assert late.action == "move" and late.target_location == WEST
