@@ -13,7 +13,7 @@ Month-to-date spend of a team (:func:`team_spend`), calendar month of the virtua
 Committed spend adds, for every other job of the team whose placement state says it is running,
 its price for the hours left in the month (spend already started, not yet recorded).
 
-The gate (:func:`gate_decision` for training, :func:`gate_scaling` for the autoscaler) refuses a
+The gate (:func:`gate_decision` for training, :func:`spotshift.serving.autoscale.gate_scaling` for the autoscaler) refuses a
 new placement whose price for the rest of the month (capped at the job's remaining hours) would
 take committed spend past ``monthly_usd``: it goes to the cheapest eligible candidate that fits
 instead, stays where it runs (a running job's spend has already started), or queues, and the
@@ -34,20 +34,10 @@ from typing import Any
 
 from spotshift import registry
 from spotshift.errors import ConfigError, SpotshiftError, build_record, check_range
+from spotshift.teams import check_team as check_team
 
 SECTION = "budgets"
 DEFAULT_ALERT = 0.8
-
-
-def check_team(team: str, what: str = "team") -> str:
-    """``team`` if it is a DNS-label-like name (``[a-z0-9-_.]``, 1-63 characters); :class:`ConfigError` otherwise."""
-    if (
-        not isinstance(team, str)
-        or not 0 < len(team) <= 63
-        or any(c not in "abcdefghijklmnopqrstuvwxyz0123456789-_." for c in team)
-    ):
-        raise ConfigError(f"{what} {team!r}: use 1-63 characters of a-z, 0-9, '-', '_' and '.'")
-    return team
 
 
 @dataclass(frozen=True)
@@ -349,30 +339,5 @@ def gate_decision(decision: Any, status: BudgetStatus) -> Any:
             *decision.reasons,
             over,
             "budget: queued until the team's budget allows it (next month or a raise)",
-        ),
-    )
-
-
-def gate_scaling(decision: Any, status: BudgetStatus) -> Any:
-    """``decision`` (:class:`~spotshift.serving.autoscale.ScalingDecision`) with its launches withheld
-    when the planned fleet for the rest of the month would take the team past its cap."""
-    if not decision.launches:
-        return decision
-    fleet = max(decision.planned_usd_hour, decision.current_usd_hour) * status.hours_left
-    if status.fits(fleet):
-        return decision
-    b = status.budget
-    return replace(
-        decision,
-        action="hold",
-        launches=(),
-        terminations=(),
-        planned=decision.current,
-        planned_usd_hour=decision.current_usd_hour,
-        reasons=(
-            *decision.reasons,
-            f"budget: the planned fleet at {decision.planned_usd_hour:.2f} USD/h for the {status.hours_left:.0f} h left "
-            f"this month would take team {b.name} past its {b.monthly_usd:,.2f} USD monthly limit "
-            f"({status.used_usd:,.2f} USD spent): launches withheld",
         ),
     )

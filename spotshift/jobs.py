@@ -157,7 +157,7 @@ class TrainingJob:
             if self.command is not None:
                 command_argv(self.command)
             if self.team is not None:
-                from spotshift.budgets import check_team
+                from spotshift.teams import check_team
 
                 check_team(self.team)
             if self.start_location is not None:

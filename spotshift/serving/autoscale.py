@@ -46,7 +46,7 @@ The rules, per user region ``u``, then per location:
    comes, such as a spot launch into a region without capacity, costs nothing but the launch).
 8. **Budget** (``ScalingInputs.budget``): when the planned fleet for the rest of the month would
    take the endpoint's team past its monthly limit, launches are withheld and the decision is
-   ``hold`` (:func:`spotshift.budgets.gate_scaling`).
+   ``hold`` (:func:`gate_scaling`).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -751,8 +751,6 @@ def decide_scaling(
         memory=mem,
     )
     if inputs.budget is not None:  # 8. never start spend that would cross the team's monthly limit
-        from spotshift.budgets import gate_scaling
-
         decision = gate_scaling(decision, inputs.budget)
     return decision
 
@@ -857,3 +855,28 @@ def record_scaling_decision(con: Any, decision: ScalingDecision) -> bool:
 
     outcome = record_facts({"raw.scaling_decisions": [decision.to_row()]}, con=con)
     return bool(outcome.written.get("raw.scaling_decisions"))
+
+
+def gate_scaling(decision: ScalingDecision, status: Any) -> ScalingDecision:
+    """``decision`` with its launches withheld when the planned fleet for the rest of the month would
+    take the team past its cap (``status``: a :class:`spotshift.budgets.BudgetStatus`)."""
+    if not decision.launches:
+        return decision
+    fleet = max(decision.planned_usd_hour, decision.current_usd_hour) * status.hours_left
+    if status.fits(fleet):
+        return decision
+    b = status.budget
+    return replace(
+        decision,
+        action="hold",
+        launches=(),
+        terminations=(),
+        planned=decision.current,
+        planned_usd_hour=decision.current_usd_hour,
+        reasons=(
+            *decision.reasons,
+            f"budget: the planned fleet at {decision.planned_usd_hour:.2f} USD/h for the {status.hours_left:.0f} h left "
+            f"this month would take team {b.name} past its {b.monthly_usd:,.2f} USD monthly limit "
+            f"({status.used_usd:,.2f} USD spent): launches withheld",
+        ),
+    )

@@ -72,7 +72,7 @@ class Endpoint:
             for pattern in self.allowed_locations:
                 check_location_pattern(pattern, "allowed location")
             if self.team is not None:
-                from spotshift.budgets import check_team
+                from spotshift.teams import check_team
 
                 check_team(self.team)
         except SpotshiftError as exc:

@@ -13,7 +13,6 @@ from spotshift.budgets import (
     Budget,
     BudgetStatus,
     budget_status,
-    gate_scaling,
     hours_left_in_month,
     month_bounds,
     set_budget,
@@ -24,6 +23,7 @@ from spotshift.errors import ConfigError
 from spotshift.jobs import add_job, get_job
 from spotshift.placement import state
 from spotshift.placement.inputs import decide_for_job
+from spotshift.serving.autoscale import gate_scaling
 from tests.unit.placement.builders import make_job, make_quote
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
