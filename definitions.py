@@ -26,6 +26,7 @@ import ops.migration
 import sensors.datasets
 import sensors.devenvs
 import sensors.jobs
+import sensors.pools
 import sensors.preemption
 import sensors.price_change
 import sensors.price_poll
@@ -62,6 +63,7 @@ DOMAIN_MODULES: list = [
     sensors.datasets,
     assets.costs,
     assets.pools,
+    sensors.pools,
     assets.devenvs,
     ops.devenvs,
     sensors.devenvs,

@@ -269,6 +269,35 @@ RAW_TABLES: dict[str, tuple[Column, ...]] = {
         ("replica_hours", "DOUBLE", "Hours the replica was up in the window"),
         ("usd_per_hour", "DOUBLE", "Price of the replica's capacity in its market, USD per hour"),
     ),
+    "pool_events": _cols(
+        ("event_id", "VARCHAR", "Unique id: pool + position of the event in the pool's ledger"),
+        ("pool", "VARCHAR", "Private pool name"),
+        (
+            "location",
+            "VARCHAR",
+            "Where the event happened: onprem/<site> of the pool, or the cloud provider/region of a burst",
+        ),
+        ("at", "TIMESTAMP", "Virtual-clock time of the event (UTC)"),
+        ("job", "VARCHAR", "Training job name"),
+        (
+            "event",
+            "VARCHAR",
+            "submitted | started | waiting | burst | repatriated | finished | move_cut_over | move_rolled_back",
+        ),
+        ("gpus", "INTEGER", "GPUs of the job (submitted events), else null"),
+        ("hours", "DOUBLE", "Hours the finished or repatriated run lasted where it ran"),
+        ("cost_usd", "DOUBLE", "What those hours cost there, USD"),
+        ("wait_hours", "DOUBLE", "Hours the job waited in the queue (started, burst, waiting)"),
+        ("cost_pool_usd", "DOUBLE", "The decision's cost of running the work on the pool, USD"),
+        ("cost_cloud_usd", "DOUBLE", "The decision's cost of running it in the cloud, egress included, USD"),
+        ("egress_usd", "DOUBLE", "Egress the decision priced (data out of the site, checkpoint back), USD"),
+        ("reason", "VARCHAR", "Why the pool waited, burst or repatriated"),
+        (
+            "run_key",
+            "VARCHAR",
+            "Run key of the move that carried a start, burst or return out (move_* events; raw.migrations.migration_id)",
+        ),
+    ),
 }
 
 #: schema ``main``: curated tables written by assets (dbt models live next to them).
@@ -567,6 +596,7 @@ FACT_KEYS: dict[str, tuple[str, ...]] = {
     "raw.shadow_validations": ("validation_id",),
     "raw.inference_usage": ("window_start", "location", "market", "replica_id"),
     "raw.scaling_decisions": ("decision_id",),
+    "raw.pool_events": ("event_id",),
 }
 
 SPOOL_SUFFIX = ".spool"

@@ -26,7 +26,9 @@ from spotshift.errors import ConfigError, build_record
 from spotshift.migration import contract
 from spotshift.placement.economics import Decision
 
-TRIGGERS = ("place", "price", "preemption")
+TRIGGERS = ("place", "price", "preemption", "burst", "return")
+#: triggers of a move between a private pool's site and a cloud (spotshift.pools.lifecycle)
+POOL_TRIGGERS = ("burst", "return")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,13 @@ class MovePlan:
             raise ConfigError(f"move of {self.job!r}: target {self.to_location!r} is not provider/region")
         if self.from_location and self.from_location == self.to_location:
             raise ConfigError(f"move of {self.job!r}: source and target are both {self.to_location}")
+
+    @property
+    def validated(self) -> bool:
+        """Whether the target first runs a probation checked by the shadow validation (and the live
+        trainer starts at go-live): a price move, or a burst/return of a job with a source to compare
+        against. A placement or a recovery starts the live trainer right away."""
+        return self.trigger == "price" or (self.trigger in POOL_TRIGGERS and bool(self.from_location))
 
     def usage(self) -> dict[str, Any]:
         """What prices the trainer's ``raw.compute_usage`` interval in the target."""
