@@ -33,7 +33,7 @@ from spotshift.errors import ConfigError, IntegrityError, build_record
 from spotshift.home import spotshift_home
 
 STATUSES = ("unplaced", "starting", "running", "preempted", "migrating", "finished", "stopped")
-MARKETS = ("spot", "on_demand")
+MARKETS = ("spot", "on_demand", "owned")  # owned: a private pool's GPUs (spotshift.pools.site)
 
 
 def state_dir() -> Path:
@@ -74,7 +74,7 @@ class PlacementState:
             )
         if self.market is not None and self.market not in MARKETS:
             raise ConfigError(
-                f"placement state of {self.job!r}: market {self.market!r} not one of spot, on_demand"
+                f"placement state of {self.job!r}: market {self.market!r} not one of {', '.join(MARKETS)}"
             )
         if self.location is not None and "/" not in self.location:
             raise ConfigError(

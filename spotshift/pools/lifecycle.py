@@ -103,6 +103,9 @@ def pending_moves(pool_name: str, con: Any, *, backend: Any = None) -> list[Move
     newest: dict[str, dict[str, Any]] = {}
     for e in doc["events"]:
         if e["event"] in MOVE_EVENTS:
+            before = newest.get(e["job"], {})
+            if e["event"] == "started" and before.get("event") == "repatriated" and before["at"] == e["at"]:
+                continue  # the return's own start on the pool: the return moves the job
             newest[e["job"]] = e
         elif e["event"] == "finished":
             newest.pop(e["job"], None)

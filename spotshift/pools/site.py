@@ -64,3 +64,18 @@ def site_usage(location: str, gpu_count: int) -> dict[str, Any]:
         "price_usd_hour": price,
         "list_price_usd_hour": price,
     }
+
+
+def site_admits(job: Any, location: str) -> bool:
+    """Whether ``job`` (a TrainingJob) may run at ``location`` as a private site: a declared pool is
+    there and has the job's GPU model and count. A job's ``allowed_locations`` name the clouds it
+    may burst to; the pool it is submitted to is always allowed."""
+    if not is_private_site(location):
+        return False
+    from spotshift.placement.scoring import gpu_model_matches
+
+    try:
+        pool = site_pool(location)
+    except ConfigError:
+        return False
+    return gpu_model_matches(job.gpu_model, pool.gpu_model) and int(job.gpu_count) <= int(pool.gpus)

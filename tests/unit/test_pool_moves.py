@@ -129,17 +129,17 @@ def test_job_bursts_with_its_data_and_checkpoint_and_comes_back(site_world: Any)
 
     # base takes the whole pool: a real placement on the site
     code, doc, err = _cli("pools", "submit", "dc1", "base", "--at", T0.isoformat(), "--move", "--json")
-    assert code == 0, err
+    assert code == 0, (err, doc)
     (placed,) = doc["moves"]
     assert (placed["trigger"], placed["to_location"], placed["status"]) == ("place", SITE, "cut_over")
     assert backend.status("base").location == SITE and load_state("base").location == SITE
 
     # urgent would miss its deadline waiting 8 h: it bursts, data and checkpoint go to the cloud
     code, doc, err = _cli("pools", "submit", "dc1", "urgent", "--at", T0.isoformat(), "--move", "--json")
-    assert code == 0, err
+    assert code == 0, (err, doc)
     (burst,) = doc["moves"]
     assert (burst["trigger"], burst["to_location"], burst["status"]) == ("burst", AWS, "cut_over"), burst
-    assert burst["run_key"] == f"urgent:->{AWS}:pool-dc1@{T0.isoformat()}"
+    assert burst["run_key"] == f"urgent:-->{AWS}:pool-dc1@{T0.isoformat()}"
     assert backend.status("urgent").location == AWS
     # the dataset left the site, delta-synced and priced at the site's egress rate
     ((src, egress_rate, sent),) = _rows(
@@ -176,8 +176,10 @@ def test_job_bursts_with_its_data_and_checkpoint_and_comes_back(site_world: Any)
         "4",
         "--json",
     )
-    assert code == 0, err
-    (back,) = [m for m in doc["moves"] if m["job"] == "urgent"]
+    assert code == 0, (err, doc)
+    moved = [m for m in doc["moves"] if m["job"] == "urgent"]
+    assert len(moved) == 1, doc
+    (back,) = moved
     assert (back["trigger"], back["from_location"], back["to_location"]) == ("return", AWS, SITE)
     assert back["status"] == "cut_over", back
     assert "validate_shadow" in back["steps"] and back["shadow"]
