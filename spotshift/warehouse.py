@@ -277,7 +277,7 @@ RAW_TABLES: dict[str, tuple[Column, ...]] = {
             "VARCHAR",
             "Where the event happened: onprem/<site> of the pool, or the cloud provider/region of a burst",
         ),
-        ("at", "TIMESTAMP", "Virtual-clock time of the event (UTC)"),
+        ("event_at", "TIMESTAMP", "Virtual-clock time of the event (UTC)"),
         ("job", "VARCHAR", "Training job name"),
         (
             "event",

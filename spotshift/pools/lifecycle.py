@@ -192,7 +192,7 @@ def pool_fact_rows(pool_name: str) -> list[dict[str, Any]]:
                 "event_id": f"{pool.name}:{i}",
                 "pool": pool.name,
                 "location": e.get("location") or pool.location,
-                "at": parse_utc(e["at"]),
+                "event_at": parse_utc(e["at"]),
                 "job": e["job"],
                 "event": e["event"],
                 "gpus": e.get("gpus"),
