@@ -191,7 +191,8 @@ def job_finished(con: Any, job: Any) -> bool:
 def jobs_to_decide(con: Any, backend: Any, *, busy: set[str], now: datetime) -> list[str]:
     """Declared jobs the price sensor should run the economics for, in declaration order.
 
-    Skipped: jobs with a migration/recovery/rollback run in flight (``busy``), ``migrating`` or
+    Skipped: jobs with a migration/recovery/rollback run in flight (``busy``), jobs a private pool
+    runs, queues or has burst (:func:`spotshift.pools.lifecycle.pool_managed_jobs`), ``migrating`` or
     ``finished`` ones (a job whose last step is checkpointed is marked finished here), and
     ``running`` ones whose trainer is gone or stopping — a preemption the preemption sensor is
     handling. The
@@ -200,10 +201,12 @@ def jobs_to_decide(con: Any, backend: Any, *, busy: set[str], now: datetime) -> 
     """
     from spotshift.jobs import load_jobs
     from spotshift.placement.state import load_state, set_status
+    from spotshift.pools.lifecycle import pool_managed_jobs
 
     out = []
+    pooled = pool_managed_jobs()  # a private pool decides for its jobs (bursts, returns)
     for job in load_jobs():
-        if job.name in busy:
+        if job.name in busy or job.name in pooled:
             continue
         state = load_state(job.name)
         if state.status in ("finished", "migrating"):

@@ -208,3 +208,15 @@ def test_job_bursts_with_its_data_and_checkpoint_and_comes_back(site_world: Any)
     assert cloud_cost == pytest.approx(9 * 20.0)  # 9 h of the $20/h node in the cloud
     keys = {r[0] for r in _rows("SELECT run_key FROM raw.pool_events WHERE event = 'move_cut_over'")}
     assert {burst["run_key"], back["run_key"]} <= keys
+
+
+def test_the_price_sensor_leaves_pool_jobs_to_the_pool(site_world: Any) -> None:
+    from spotshift.migration.plan import jobs_to_decide
+    from spotshift.pools.scheduler import submit
+
+    with warehouse.connect() as con:
+        assert jobs_to_decide(con, site_world, busy=set(), now=T0) == ["base", "urgent"]
+    submit("dc1", "base", now=T0)
+    submit("dc1", "urgent", now=T0)  # burst: still the pool's to bring back
+    with warehouse.connect() as con:
+        assert jobs_to_decide(con, site_world, busy=set(), now=T0) == []
