@@ -14,6 +14,7 @@ import dagster as dg
 
 import assets.checkpoints
 import assets.costs
+import assets.cutover
 import assets.datasets
 import assets.devenvs
 import assets.placement
@@ -21,8 +22,10 @@ import assets.pools
 import assets.quotes
 import assets.training
 import ops.checkpoint
+import ops.cutover
 import ops.devenvs
 import ops.migration
+import sensors.cutover
 import sensors.datasets
 import sensors.devenvs
 import sensors.jobs
@@ -67,6 +70,9 @@ DOMAIN_MODULES: list = [
     assets.devenvs,
     ops.devenvs,
     sensors.devenvs,
+    ops.cutover,
+    assets.cutover,
+    sensors.cutover,
 ]
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import socket
 import sys
@@ -31,13 +30,47 @@ from spotshift.serving import replica_api as api  # noqa: E402
 
 
 class PeerState:
-    """Mutable knobs of a running peer (tests flip ``draining``)."""
+    """Mutable knobs of a running peer (tests flip ``draining`` and ``service_ms``).
 
-    def __init__(self, replica_id: str, service_ms: float) -> None:
+    ``perturb`` > 0: the peer's answers come from :class:`BigramModel` with its weights perturbed by
+    that much Gaussian noise (a numerically different kernel or a wrong checkpoint: no crash, some
+    greedy tokens differ); 0 answers exactly as every other peer."""
+
+    def __init__(self, replica_id: str, service_ms: float, perturb: float = 0.0) -> None:
         self.replica_id, self.service_ms = replica_id, service_ms
         self.draining = False
         self.served = 0
         self.in_flight = 0
+        self.model = BigramModel(perturb)
+
+
+class BigramModel:
+    """A byte-level bigram model with seeded weights decoded greedily: every peer with ``perturb``
+    0 gives the same tokens for a prompt; a perturbed one flips some argmaxes."""
+
+    _base: Any = None
+
+    def __init__(self, perturb: float = 0.0, seed: int = 0) -> None:
+        import numpy as np
+
+        if BigramModel._base is None:
+            BigramModel._base = np.random.default_rng(seed).standard_normal((256, 256))
+        self.weights = BigramModel._base
+        if perturb > 0:
+            self.weights = self.weights + perturb * np.random.default_rng(seed + 1).standard_normal(
+                (256, 256)
+            )
+
+    def complete(self, prompt: str, max_tokens: int) -> str:
+        data = prompt.encode() or b"\0"
+        prev, tok = (sum(data) * 31) % 256, data[-1]
+        out = []
+        for i in range(max_tokens):
+            # logits of the last token plus a context row (the prompt so far), argmax: greedy decoding
+            logits = self.weights[tok] + self.weights[(prev + 7 * i) % 256]
+            prev, tok = (prev * 31 + tok) % 256, int(logits.argmax())
+            out.append(tok)
+        return bytes(out).hex()
 
 
 def peer_app(state: PeerState) -> Any:
@@ -65,7 +98,7 @@ def peer_app(state: PeerState) -> Any:
                 await asyncio.sleep(state.service_ms / 1000.0)
         finally:
             state.in_flight -= 1
-        text = hashlib.sha256(f"{req.prompt}|{req.max_tokens}".encode()).hexdigest()[: req.max_tokens]
+        text = state.model.complete(req.prompt, req.max_tokens)
         state.served += 1
         body = api.completion_response(
             completion_id="cmpl-" + text[:12],
@@ -85,10 +118,22 @@ def peer_app(state: PeerState) -> Any:
             api.DRAINING_STATUS if state.draining else 200,
         )
 
+    async def control(request: Request) -> Response:
+        """Test knobs of a peer in its own process: ``{"service_ms": N, "draining": true}``."""
+        knobs = json.loads(await request.body())
+        if "service_ms" in knobs:
+            state.service_ms = float(knobs["service_ms"])
+        if "draining" in knobs:
+            state.draining = bool(knobs["draining"])
+        return JSONResponse(
+            {"service_ms": state.service_ms, "draining": state.draining, "in_flight": state.in_flight}
+        )
+
     return Starlette(
         routes=[
             Route(api.COMPLETIONS_PATH, completions, methods=["POST"]),
             Route(api.HEALTH_PATH, healthz),
+            Route("/_peer", control, methods=["POST"]),
         ]
     )
 
@@ -200,6 +245,7 @@ def main() -> int:
     p.add_argument("--id", default="peer")
     p.add_argument("--service-ms", type=float, default=0.0)
     p.add_argument("--tls-dir", type=Path)
+    p.add_argument("--perturb", type=float, default=0.0)
     args = p.parse_args()
     ssl_opts: dict[str, Any] = {}
     if args.tls_dir:
@@ -208,7 +254,10 @@ def main() -> int:
         ssl_opts = uvicorn_ssl_options(args.tls_dir)
     sock = bound_socket()
     config = uvicorn.Config(
-        peer_app(PeerState(args.id, args.service_ms)), log_level="warning", access_log=False, **ssl_opts
+        peer_app(PeerState(args.id, args.service_ms, args.perturb)),
+        log_level="warning",
+        access_log=False,
+        **ssl_opts,
     )
     print(sock.getsockname()[1], flush=True)
     uvicorn.Server(config).run(sockets=[sock])

@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "spotshift.serving.simulate_commands",
     "spotshift.serving.commands",
     "spotshift.serving.router_commands",
+    "spotshift.serving.cutover_commands",
     "spotshift.training.commands",
     "spotshift.checkpoint.commands",
     "spotshift.costs.commands",

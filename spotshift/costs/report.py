@@ -47,6 +47,8 @@ class CostReport:
     pools: list[dict[str, Any]] = field(default_factory=list)
     #: dev environments (spotshift devenvs): idle GPU-hours and dollars not paid, per team
     devenvs: dict[str, Any] = field(default_factory=dict)
+    #: gradual cutovers of inference endpoints (fct_cutovers): outcome, cost per million tokens before/after
+    cutovers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (timestamps as ISO strings)."""
@@ -156,6 +158,12 @@ def read_report(con: Any, warehouse: str | os.PathLike[str] = "") -> CostReport:
             f"stay on first spot is not shown for {len(missing)} job(s) ({missing[0]['stay_first_spot_basis']}): "
             "put that location's availability trace in $SPOTSHIFT_HOME/traces/ to simulate it"
         )
+    cutovers = fetch_dicts(
+        con,
+        """SELECT cutover_id, endpoint, from_locations, to_location, status, stages_passed, rolled_back_at_stage,
+                  reason, usd_per_mtok_before, usd_per_mtok_after, saving_per_mtok, replica_hours_saved, started_at
+           FROM fct_cutovers ORDER BY started_at, cutover_id""",
+    )
     pools, devenvs = hybrid_sections()
     return CostReport(
         str(warehouse),
@@ -170,6 +178,7 @@ def read_report(con: Any, warehouse: str | os.PathLike[str] = "") -> CostReport:
         unpriced,
         pools=pools,
         devenvs=devenvs,
+        cutovers=cutovers,
     )
 
 
@@ -185,6 +194,20 @@ def hybrid_sections() -> tuple[list[dict[str, Any]], dict[str, Any]]:
     now = virtual_now()
     pools = [pool_report(p.name, now=now) for p in load_pools()]
     return pools, (waste_report(now=now) if load_devenvs() else {})
+
+
+def _cutover_line(c: dict[str, Any]) -> str:
+    where = f"{c['endpoint']} {c['from_locations']} -> {c['to_location']}"
+    why = (
+        f" at {c['rolled_back_at_stage']}"
+        if c["status"] == "rolled_back" and c["rolled_back_at_stage"]
+        else ""
+    )
+    return (
+        f"{where}: {c['status']}{why} after {c['stages_passed']} stage(s); USD per million tokens "
+        f"{_num(c['usd_per_mtok_before'])} before, {_num(c['usd_per_mtok_after'])} after "
+        f"(saving {_pct(c['saving_per_mtok'])})"
+    )
 
 
 def _usd(v: float | None) -> str:
@@ -320,6 +343,9 @@ def format_text(report: CostReport) -> str:
                 f"  {a['kind']} {a['entity']} {a['src_location']} -> {a['dst_location']} ({a['method']}): "
                 f"{a['transfer_amplification']:.1f}x"
             )
+    if report.cutovers:
+        lines += ["", f"Inference cutovers: {len(report.cutovers)}"]
+        lines += [f"  {_cutover_line(c)}" for c in report.cutovers]
     f = report.focus
     lines += [
         "",
@@ -429,6 +455,20 @@ def render_markdown(report: CostReport, images: dict[str, str]) -> str:
             out.append(
                 f"| {a['kind']} {a['entity']} | {a['src_location']} | {a['dst_location']} | {a['method']} "
                 f"| {a['transfer_amplification']:.1f}x |"
+            )
+        out.append("")
+    if report.cutovers:
+        out += [
+            "## Inference cutovers",
+            "",
+            "| endpoint | from | to | outcome | stages passed | USD/Mtok before | USD/Mtok after | saving |",
+            "|---|---|---|---|---:|---:|---:|---:|",
+        ]
+        for c in report.cutovers:
+            status = c["status"] + (f" at {c['rolled_back_at_stage']}" if c["rolled_back_at_stage"] else "")
+            out.append(
+                f"| {c['endpoint']} | {c['from_locations']} | {c['to_location']} | {status} | {c['stages_passed']} "
+                f"| {_num(c['usd_per_mtok_before'])} | {_num(c['usd_per_mtok_after'])} | {_pct(c['saving_per_mtok'])} |"
             )
         out.append("")
     f = report.focus

@@ -25,7 +25,8 @@ The rules, in order:
    remaining runtime; negative when the target is safer) and
    ``margin = max(margin_min_usd, margin_fraction x remaining spend at the current price)``;
    not during the cooldown after a move, unless the current placement stopped qualifying (price
-   cap, unfit, no longer allowed).
+   cap, unfit, no longer allowed) or an interruption of the current placement is predicted and the
+   move pays (:func:`spotshift.placement.horizon.ahead_of_interruption`).
 4. **Feasibility**: a plan is considered only if it can still finish by the deadline — an
    on-demand plan when ``work + plan overhead <= time left``, a spot plan when, after its overhead,
    the safety net is still possible. When no plan is feasible, the fastest on-demand one is chosen
@@ -42,6 +43,7 @@ from typing import Any
 
 from spotshift import runkeys
 from spotshift.jobs import TrainingJob
+from spotshift.placement.horizon import ahead_of_interruption, expected_preemptions
 from spotshift.placement.params import PlacementParams
 from spotshift.placement.risk import RegionRisk
 from spotshift.placement.scoring import (
@@ -458,9 +460,9 @@ def decide(inputs: DecisionInputs, params: PlacementParams | None = None) -> Dec
         if cur_cand is not None:
             cur_risk = cur_cand.risk_gpu_hour_usd * gpus * cur_cand.amortization_hours
         else:
-            r = inp.risks.get(cur.location)
-            rate = r.preemptions_per_hour if r else 0.0
-            cur_risk = rate * remaining * preemption_cost_usd(cur_price, job, inp.footprint, p)
+            cur_risk = expected_preemptions(inp.risks.get(cur.location), remaining) * preemption_cost_usd(
+                cur_price, job, inp.footprint, p
+            )
     else:
         cur_risk = 0.0
     forced = None
@@ -505,6 +507,12 @@ def decide(inputs: DecisionInputs, params: PlacementParams | None = None) -> Dec
         reasons.append("move: the current placement no longer qualifies")
         return result("move", alt, terms, overhead(alt))
     if inp.cooldown_until is not None and inp.now < inp.cooldown_until:
+        if cur.market == "spot" and ahead_of_interruption(inp.risks.get(cur.location), terms.pays):
+            reasons.append(
+                f"move inside the cooldown, ahead of a predicted interruption of {cur.location}: net "
+                f"{_usd(terms.net_usd)} > margin {_usd(terms.margin_usd)}"
+            )
+            return result("move", alt, terms, overhead(alt))
         reasons.append(f"cooldown until {inp.cooldown_until.isoformat()}: stay")
         return result("stay", cur_cand, terms)
     if terms.pays:

@@ -35,6 +35,10 @@ class RegionRisk:
     mean_outage_hours: float
     observed_hours: float
     observed_preemptions: int
+    #: extra interruptions expected within the next ``near_term_hours`` beyond the long-run rate
+    #: (a predicted interruption, e.g. after a co-interruption; see :mod:`spotshift.placement.horizon`)
+    near_term_preemptions: float = 0.0
+    near_term_hours: float = 0.0
 
     def to_dict(self) -> dict[str, float | int | str]:
         """Plain dict (JSON-ready)."""

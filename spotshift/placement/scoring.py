@@ -15,7 +15,8 @@ per GPU-hour::
   idle while it is copied in: the avoided wait (checkpoint bytes at the cross-region throughput)
   at the candidate's instance price, amortized the same way.
 * ``preemption_risk`` (spot only) — expected preemptions over the remaining runtime
-  (:mod:`spotshift.placement.risk`) times the cost of one (changeover + half a checkpoint interval
+  (:func:`spotshift.placement.horizon.expected_preemptions`: the long-run rate of
+  :mod:`spotshift.placement.risk` plus a predicted near-term interruption) times the cost of one (changeover + half a checkpoint interval
   of redone work + checkpoint restore wait, at the instance price), per GPU-hour. Not in the
   seed's score; candidates are ranked by ``expected`` so that, with no risk data, the ranking is
   exactly the seed's.
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spotshift.jobs import TrainingJob
+from spotshift.placement.horizon import expected_preemptions
 from spotshift.placement.params import PlacementParams
 from spotshift.placement.risk import RegionRisk
 from spotshift.pricing.egress import egress_usd_per_gb
@@ -338,7 +340,7 @@ def score_candidates(
             r = risks.get(loc)
             if r is not None:
                 rate = r.preemptions_per_hour
-                risk_term = rate * runtime * price * per_preemption_h / spread
+                risk_term = expected_preemptions(r, runtime) * price * per_preemption_h / spread
         if cap is not None and score * gpus > cap:
             reasons.append(f"all-in {score * gpus:.2f} USD/h over max {cap:g}")
         expected = score + risk_term

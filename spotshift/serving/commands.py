@@ -41,6 +41,11 @@ def _register_serve(sub: Any) -> None:
     )
     p.add_argument("--key-provider", help="key provider spec (default $SPOTSHIFT_KEY_PROVIDER or local)")
     p.add_argument(
+        "--model",
+        metavar="CHECKPOINT",
+        help="serve this checkpoint path or job instead of the endpoint's model (a cutover's target)",
+    )
+    p.add_argument(
         "--no-network-delay",
         action="store_true",
         help="do not apply the user-region round trip (a replica really deployed in LOCATION)",
@@ -84,7 +89,13 @@ def _serve(args: argparse.Namespace) -> int:
         price = replica_price_usd_hour(location, args.market)
     check_range(price, "--usd-per-hour", low=0, high=1e6, low_inclusive=True)
     tls_dir = Path(args.tls_dir).expanduser().resolve() if args.tls_dir else None
-    model = load_served_model(endpoint.model, location, key_provider=args.key_provider)
+    model_ref = endpoint.model
+    if args.model:
+        from spotshift.serving.endpoints import check_model_ref
+
+        check_model_ref(args.model)
+        model_ref = args.model
+    model = load_served_model(model_ref, location, key_provider=args.key_provider)
     cfg = ReplicaConfig(
         endpoint=endpoint.name,
         location=location,

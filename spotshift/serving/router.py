@@ -22,6 +22,12 @@ signals the autoscaler through :func:`signal_path` (a JSON file of counters repl
 about once a second; :func:`read_router_signal`). Also served: ``GET /healthz``, ``GET /metrics``
 (Prometheus text) and ``GET /v1/policy`` (the current :class:`~spotshift.serving.policy.TrafficPolicy`).
 
+A cutover in progress (``spotshift cutover``, :mod:`spotshift.serving.cutover_traffic`): each request
+first draws its side (source or target, by the persisted weights, re-read every second), the rule
+then picks within that side; a share of the source's answers is mirrored to the target and compared,
+never returned; every analysis interval the target is judged against the source and a failure sets
+its weight to 0 in the same tick.
+
 Mutual TLS (:mod:`spotshift.serving.mtls`): with ``tls`` the router presents a client certificate
 from the local CA, trusts only that CA, and rotates its certificate every 24 virtual hours,
 reloading the live context so pooled connections keep going.
@@ -142,6 +148,9 @@ class Router:
         self._verify: Any = True
         self._written: tuple[Any, ...] | None = None  # counters as last written to the signal file
         self._rotator: Any = None
+        from spotshift.serving.cutover_traffic import CutoverTraffic
+
+        self.cutover = CutoverTraffic(cfg.endpoint, cfg.seed)  # a cutover's split and mirror, if any
         if cfg.replicas is None:
             self.refresh()
 
@@ -199,10 +208,10 @@ class Router:
         self.counters.requests += 1
         tried: set[str] = set()
         attempts = 0
+        side = self.cutover.pick()  # a cutover in progress: source or target, drawn once per request
         while True:
-            cands = evaluate(
-                self._usable(tried), self.outstanding, user_region, tokens, self.model, self.cfg.slo_ms
-            )
+            usable = self.cutover.restrict(self._usable(tried), side)
+            cands = evaluate(usable, self.outstanding, user_region, tokens, self.model, self.cfg.slo_ms)
             choice = route(cands, self.rng.random(), self.cfg.cheap_share)
             if choice is None:
                 self.counters.failed += 1
@@ -222,17 +231,15 @@ class Router:
             self.outstanding[rid] = busy + 1
             t0 = time.perf_counter()
             try:
-                resp = await self._client(rep.url).post(
-                    rep.url + api.COMPLETIONS_PATH,
-                    content=body,
-                    headers={"content-type": "application/json", api.HEADER_USER_REGION: user_region},
-                )
+                resp = await self.post_completion(rep, body, user_region)
             except httpx.TransportError:
                 self.set_aside[rid] = time.monotonic() + DOWN_COOLDOWN_S
+                self.cutover.observe(rep, None, None, tokens)
                 continue
             finally:
                 self.outstanding[rid] -= 1
             wall_ms = (time.perf_counter() - t0) * 1000.0
+            self.cutover.observe(rep, resp.status_code, wall_ms, tokens)
             if resp.status_code in RETRY_STATUSES:
                 cool = DRAINING_COOLDOWN_S if resp.status_code == 503 else DOWN_COOLDOWN_S
                 self.set_aside[rid] = time.monotonic() + cool
@@ -240,6 +247,8 @@ class Router:
             if resp.status_code == 200:
                 self.counters.ok += 1
                 self._learn(rid, tokens, resp.headers.get(api.HEADER_INFERENCE_MS), wall_ms, busy < rep.slots)
+                if self.cutover.should_mirror(rep):  # shadow: compared, never returned
+                    self.cutover.spawn_mirror(self, body, user_region, tokens, resp.content)
             headers = {
                 k: v
                 for k, v in resp.headers.items()
@@ -248,6 +257,14 @@ class Router:
             headers["x-spotshift-route"] = choice.kind
             headers["x-spotshift-attempts"] = str(attempts)
             return resp.status_code, resp.content, headers
+
+    async def post_completion(self, rep: ReplicaView, body: bytes, user_region: str) -> Any:
+        """POST one completion to ``rep`` over its pooled connections (httpx errors propagate)."""
+        return await self._client(rep.url).post(
+            rep.url + api.COMPLETIONS_PATH,
+            content=body,
+            headers={"content-type": "application/json", api.HEADER_USER_REGION: user_region},
+        )
 
     def _learn(self, rid: str, tokens: float, inference_ms: str | None, wall_ms: float, free: bool) -> None:
         try:
@@ -294,10 +311,11 @@ class Router:
         )
 
     def tick(self) -> None:
-        """Once a second: registry, signal file, certificate rotation."""
+        """Once a second: registry, signal file, cutover weights and analysis, certificate rotation."""
         with contextlib.suppress(ConfigError):  # a half-written registry never stops routing
             self.refresh()
         self.flush_signal()
+        self.cutover.tick()
         if self._rotator is not None and self._rotator.check():
             from spotshift.serving.mtls import reload_context
 

@@ -25,8 +25,10 @@ def _register_router(sub: Any) -> None:
         "fastest (seeded draws), least outstanding requests within a region. None within the SLO: the "
         "fastest, counted as an SLO violation in router_signal.json for the autoscaler. A replica that "
         "refuses (503 draining) or fails mid-request gets the request retried on another. Also serves "
-        "/healthz, /metrics (Prometheus) and /v1/policy (the routing weights and why). Prints one line "
-        "with its URL, runs until SIGTERM/Ctrl-C.",
+        "/healthz, /metrics (Prometheus) and /v1/policy (the routing weights and why). During a cutover "
+        "(spotshift cutover start) it splits requests between source and target by the cutover's weights, "
+        "mirrors a share to the target and compares the answers, and sets the target's weight to 0 when an "
+        "analysis window fails. Prints one line with its URL, runs until SIGTERM/Ctrl-C.",
     )
     p.add_argument("endpoint", help="declared endpoint (spotshift endpoints add)")
     p.add_argument(

@@ -23,19 +23,22 @@ accounting:
 
 Policies: ``on_demand``, ``stay_first_spot``, ``greedy_full``, ``greedy_delta``, ``uniform_progress``
 (Can't Be Late, single region), ``spotshift`` (:func:`spotshift.placement.economics.decide`, the
-function ``price_change_sensor`` calls) and ``hindsight`` (a lower bound, see
-:func:`hindsight_bound`).
+function ``price_change_sensor`` calls), ``hindsight`` (a lower bound, see :func:`hindsight_bound`)
+and ``optimum`` (the offline optimum that pays for moves, waits and the deadline, see
+:func:`spotshift.simulate.optimum.offline_optimum`). Every result carries its cost as a multiple
+of both (``vs_optimum``, ``vs_hindsight``) when they were run.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
 
-from spotshift.errors import ConfigError, check_range
+from spotshift.errors import ConfigError
 from spotshift.jobs import TrainingJob
+from spotshift.placement.availability import AvailabilityModel
 from spotshift.placement.economics import (
     DecisionInputs,
     Placement,
@@ -45,10 +48,11 @@ from spotshift.placement.economics import (
     safety_reserve_hours,
 )
 from spotshift.placement.params import PlacementParams
-from spotshift.placement.risk import OnlineRiskEstimator
 from spotshift.placement.scoring import DataFootprint
 from spotshift.pricing.egress import egress_usd_per_gb
 from spotshift.simulate.market import Market
+from spotshift.simulate.optimum import offline_optimum
+from spotshift.simulate.scenario import PolicyResult, Scenario
 
 POLICIES = (
     "on_demand",
@@ -58,90 +62,9 @@ POLICIES = (
     "uniform_progress",
     "spotshift",
     "hindsight",
+    "optimum",
 )
 NO_SPOT_REASON = "no spot capacity (preempted)"
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """The described job and the simulation knobs (hours are wall-clock hours)."""
-
-    work_hours: float = 400.0
-    deadline_hours: float = 700.0
-    data_gb: float = 2000.0
-    ckpt_gb: float = 300.0
-    checkpoint_interval_hours: float = 0.25
-    changeover_hours: float = 0.25
-    transfer_gbps: float = 10.0
-    checkpoint_delta_fraction: float = 1.0
-    data_location: str | None = None
-
-    def __post_init__(self) -> None:
-        # a simulation walks the horizon tick by tick: ten years bounds it; a PB bounds the sizes
-        years, petabyte_gb = 24 * 365 * 10.0, 1e6
-        check_range(self.work_hours, "--work-hours", low=0, high=years)
-        check_range(self.deadline_hours, "--deadline-hours", low=0, high=years)
-        check_range(self.data_gb, "--data-gb", low=0, high=petabyte_gb, low_inclusive=True)
-        check_range(self.ckpt_gb, "--checkpoint-gb", low=0, high=petabyte_gb, low_inclusive=True)
-        check_range(self.checkpoint_interval_hours, "--checkpoint-interval-hours", low=0, high=years)
-        check_range(self.changeover_hours, "--changeover-hours", low=0, high=years, low_inclusive=True)
-        if self.transfer_gbps != float("inf"):  # inf: an ideal network, copies take no time
-            check_range(self.transfer_gbps, "--transfer-gbps", low=0, high=1e6)
-        check_range(
-            self.checkpoint_delta_fraction, "--checkpoint-delta-fraction", low=0, high=1, low_inclusive=True
-        )
-        if self.deadline_hours < self.work_hours:
-            raise ConfigError(
-                f"--deadline-hours {self.deadline_hours:g} is shorter than the {self.work_hours:g} hours of work: "
-                "no policy can meet it"
-            )
-
-    @property
-    def data_bytes(self) -> int:
-        """Dataset size in bytes (GB = 1e9 bytes, as providers bill)."""
-        return int(self.data_gb * 1e9)
-
-    @property
-    def ckpt_bytes(self) -> int:
-        """Checkpoint size in bytes."""
-        return int(self.ckpt_gb * 1e9)
-
-    def transfer_hours(self, nbytes: float) -> float:
-        """Hours to copy ``nbytes`` across regions."""
-        return nbytes * 8.0 / (self.transfer_gbps * 1e9) / 3600.0
-
-
-@dataclass
-class PolicyResult:
-    """What one policy did and paid."""
-
-    name: str
-    cost_usd: float = 0.0
-    compute_usd: float = 0.0
-    egress_usd: float = 0.0
-    gb_moved: float = 0.0
-    moves: int = 0
-    preemptions: int = 0
-    spot_hours: float = 0.0
-    on_demand_hours: float = 0.0
-    finish_hours: float | None = None
-    deadline_met: bool = False
-    saving_vs_on_demand: float | None = None
-    lower_bound: bool = False
-    actions: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (rounded to cents / 0.001)."""
-        d = asdict(self)
-        for k in ("cost_usd", "compute_usd", "egress_usd"):
-            d[k] = round(d[k], 2)
-        for k in ("gb_moved", "spot_hours", "on_demand_hours"):
-            d[k] = round(d[k], 3)
-        if d["finish_hours"] is not None:
-            d["finish_hours"] = round(d["finish_hours"], 3)
-        if d["saving_vs_on_demand"] is not None:
-            d["saving_vs_on_demand"] = round(d["saving_vs_on_demand"], 4)
-        return d
 
 
 class _Copies:
@@ -389,7 +312,11 @@ def simulate(
     out = {name: run_policy(name, market, scenario, home, params) for name in POLICIES if name in wanted}
     base = out["on_demand"].cost_usd
     for r in out.values():
-        r.saving_vs_on_demand = (1.0 - r.cost_usd / base) if base > 0 else None
+        r.saving_vs_on_demand = (1.0 - r.cost_usd / base) if base > 0 and math.isfinite(r.cost_usd) else None
+    for ref, attr in (("optimum", "vs_optimum"), ("hindsight", "vs_hindsight")):
+        if ref in out and 0 < out[ref].cost_usd < math.inf:
+            for r in out.values():
+                setattr(r, attr, r.cost_usd / out[ref].cost_usd)
     return {k: v for k, v in out.items() if k in policies}
 
 
@@ -409,6 +336,8 @@ def run_policy(
         return _run_spotshift(market, scenario, home, params)
     if name == "hindsight":
         return hindsight_bound(market, scenario, home)
+    if name == "optimum":
+        return offline_optimum(market, scenario, home)
     raise ConfigError(f"unknown policy {name!r} (known: {', '.join(POLICIES)})")
 
 
@@ -490,27 +419,34 @@ def _run_uniform_progress(m: Market, sc: Scenario, home: str) -> PolicyResult:
     return _loop(run, tick, net=True)
 
 
-def _run_spotshift(m: Market, sc: Scenario, home: str, params: PlacementParams | None) -> PolicyResult:
-    """spotshift's own economics: :func:`decide` every tick, with what a sensor would know."""
-    run = _Run("spotshift", m, sc, home, delta=True)
-    p = (params or PlacementParams()).with_(
-        changeover_hours=sc.changeover_hours,
-        transfer_gbps=sc.transfer_gbps,
-        decision_interval_hours=m.gap_hours,
-    )
-    job = TrainingJob(
-        name="simulated",
+def simulated_job(m: Market, sc: Scenario, name: str, submit_tick: int) -> TrainingJob:
+    """The training job ``decide`` sees for a scenario submitted at tick ``submit_tick`` of ``m``."""
+    return TrainingJob(
+        name=name,
         dataset="simulated",
         total_steps=max(1, int(round(sc.work_hours * 100))),
         work_hours=sc.work_hours,
         checkpoint_every_minutes=sc.checkpoint_interval_hours * 60.0,
         gpu_model=m.gpu_model,
         gpu_count=m.gpu_count,
-        submitted_at=m.start.isoformat(),
+        submitted_at=m.time_at(submit_tick).isoformat(),
         deadline_hours=sc.deadline_hours,
     )
+
+
+def _run_spotshift(m: Market, sc: Scenario, home: str, params: PlacementParams | None) -> PolicyResult:
+    """spotshift's own economics: :func:`decide` every tick, with what a sensor would know: the
+    prices of the tick, where capacity is gone now, and the availability learned so far
+    (:class:`~spotshift.placement.availability.AvailabilityModel`: hazards, co-interruptions)."""
+    run = _Run("spotshift", m, sc, home, delta=True)
+    p = (params or PlacementParams()).with_(
+        changeover_hours=sc.changeover_hours,
+        transfer_gbps=sc.transfer_gbps,
+        decision_interval_hours=m.gap_hours,
+    )
+    job = simulated_job(m, sc, "simulated", 0)
     deadline = m.start + timedelta(hours=sc.deadline_hours)
-    risk = OnlineRiskEstimator(m.locations, gap_hours=m.gap_hours)
+    risk = AvailabilityModel(m.locations, gap_hours=m.gap_hours)
     quotes_cache: dict[int, list[Any]] = {}
     actions = run.res.actions
 

@@ -90,6 +90,12 @@ CASES: list[tuple[str, list[str]]] = [
     ("router-bad-port", ["router", "chat", "--slo-ms", "500", "--port", "70000"]),
     ("router-bad-user-region", ["router", "chat", "--slo-ms", "500", "--user-region", "mars"]),
     ("tls-bad-role", ["tls", "{T}/tls", "--role", "admin"]),
+    # ---- cutover
+    ("cutover-bad-location", ["cutover", "start", "chat", "--to", "mars/base", "--usd-per-hour", "1"]),
+    ("cutover-bad-stages", ["cutover", "start", "chat", "--to", "aws/us-east-1", "--stages", "50:1h,25:1h"]),
+    ("cutover-status-none", ["cutover", "status", "nosuch"]),
+    ("cutover-failback-none", ["cutover", "failback", "nosuch"]),
+    ("cutover-bad-endpoint-name", ["cutover", "rollback", "Bad Name!"]),
     ("tls-dir-is-a-file", ["tls", "{T}/empty", "--role", "client"]),
     # ---- quotes
     ("deep-json-aws", ["quotes", "normalize", "--provider", "aws", "{T}/deep.json"]),
@@ -372,6 +378,12 @@ CASES: list[tuple[str, list[str]]] = [
     ),
     ("simulate-gap-inf-flag", ["simulate", "--gap-seconds", "0"]),
     ("simulate-checkpoint-gb-inf", ["simulate", "--checkpoint-gb", "inf"]),
+    # ---- simulate-fleet
+    ("simulate-fleet-jobs-zero", ["simulate-fleet", "--jobs", "0"]),
+    ("simulate-fleet-days-nan", ["simulate-fleet", "--days", "nan"]),
+    ("simulate-fleet-days-huge", ["simulate-fleet", "--days", "1e308"]),
+    ("simulate-fleet-garbage-prices", ["simulate-fleet", "--prices", "{T}/garbage.bin"]),
+    ("simulate-fleet-start-garbage", ["simulate-fleet", "--start", "garbage"]),
     # ---- simulate-inference
     ("simulate-inference-slo-nan", ["simulate-inference", "--slo-ms", "nan", "--demand", "synthetic"]),
     ("simulate-inference-days-negative", ["simulate-inference", "--slo-ms", "500", "--days", "-3"]),

@@ -124,3 +124,28 @@ def test_cost_plot_spans_the_jobs_time_and_prices_the_preemptions() -> None:
     assert final[2] == pytest.approx(700.0)
     assert final[3] == pytest.approx(200.0 * 500.0 / 200.0)  # bound x the job's preemption factor
     assert final[4] == pytest.approx(200.0)
+
+
+def test_the_report_lists_cutovers_with_cost_per_million_tokens_before_and_after(
+    built_warehouse: tuple[Path, DbtRun],
+) -> None:
+    with connect(built_warehouse[0], read_only=True) as con:
+        report = read_report(con)
+        rows = con.execute(
+            "SELECT endpoint, status, stages_passed, rolled_back_at_stage, usd_per_mtok_before, usd_per_mtok_after "
+            "FROM fct_cutovers ORDER BY endpoint"
+        ).fetchall()
+    assert [r[:4] for r in rows] == [("chat", "promoted", 1, None), ("chat2", "rolled_back", 0, "live-25")]
+    assert rows[0][4] == pytest.approx(0.35) and rows[0][5] == pytest.approx(0.21)
+    text = format_text(report)
+    assert "Inference cutovers: 2" in text
+    assert (
+        "chat gcp/us-central1 -> aws/us-east-1: promoted after 1 stage(s); USD per million tokens 0.35"
+        in text
+    )
+    assert "chat2 gcp/us-central1 -> aws/us-east-1: rolled_back at live-25" in text
+    md = render_markdown(report, {"price_history.png": "p.png", "cumulative_cost.png": "c.png"})
+    assert (
+        "## Inference cutovers" in md
+        and "| chat2 | gcp/us-central1 | aws/us-east-1 | rolled_back at live-25 |" in md
+    )

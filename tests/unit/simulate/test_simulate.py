@@ -140,6 +140,21 @@ def small_history(seed: int) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+SMALL_LOCS = ["gcp/europe-west4", "gcp/us-central1", "gcp/us-east1"]
+
+
+def small_market(seed: int, hours: float):  # noqa: ANN201
+    """Three regions of :func:`small_history` on 10-minute ticks with generated traces for ``seed``."""
+    return build_market(
+        small_history(seed),
+        "x-8g",
+        start=datetime(2024, 1, 2, tzinfo=UTC),
+        hours=hours,
+        gap_seconds=600,
+        traces=generate_traces(SMALL_LOCS, hours, seed=seed),
+    )
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_spotshift_never_misses_a_deadline_on_demand_meets(seed: int) -> None:
     import random
@@ -153,16 +168,7 @@ def test_spotshift_never_misses_a_deadline_on_demand_meets(seed: int) -> None:
         ckpt_gb=rng.choice([5.0, 50.0]),
         changeover_hours=rng.choice([0.0, 0.25]),
     )
-    hours = sc.deadline_hours + sc.work_hours + 24
-    locs = ["gcp/europe-west4", "gcp/us-central1", "gcp/us-east1"]
-    m = build_market(
-        small_history(seed),
-        "x-8g",
-        start=datetime(2024, 1, 2, tzinfo=UTC),
-        hours=hours,
-        gap_seconds=600,
-        traces=generate_traces(locs, hours, seed=seed),
-    )
+    m = small_market(seed, sc.deadline_hours + sc.work_hours + 24)
     res = simulate(m, sc)
     assert res["on_demand"].deadline_met
     for name in ("spotshift", "stay_first_spot", "greedy_full", "greedy_delta", "uniform_progress"):
@@ -185,6 +191,7 @@ def test_deterministic_per_seed(tmp_path: Path, capsys) -> None:
     assert a != run_json(capsys, *args, "--seed", "6")
     assert set(a) == {
         "on_demand", "stay_first_spot", "greedy_full", "greedy_delta", "uniform_progress", "spotshift", "hindsight",
+        "optimum",
     }  # fmt: skip
     for r in a.values():
         assert {"cost_usd", "saving_vs_on_demand", "deadline_met", "moves", "gb_moved", "egress_usd"} <= set(
