@@ -29,7 +29,7 @@ help:
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,serving]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,serving,hf]'
 	@touch $(STAMP)
 
 venv: $(STAMP)

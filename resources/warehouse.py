@@ -23,7 +23,6 @@ class WarehouseResource(DuckDBResource):
 
     def append(self, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
         """Record fact rows of ``raw.<name>``/``main.<name>`` (:func:`spotshift.warehouse.record_facts`:
-        durable spool first, exactly-once ingestion); rows written now (0 when queued behind a lock)."""
-        return warehouse.record_facts(
-            {table: rows}, database=self.database, timeout_s=self.lock_timeout_s
-        ).rows(table)
+        a Parquet batch in the fact lake first, exactly-once ingestion); never waits for the lock;
+        rows written now (0 when they wait in the lake for the next write connection)."""
+        return warehouse.record_facts({table: rows}, database=self.database, timeout_s=0.0).rows(table)

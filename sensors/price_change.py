@@ -1,12 +1,15 @@
 """``price_change_sensor``: every 60 s, decide for every declared job whether it should move.
 
-Each evaluation runs the migration economics (:func:`spotshift.placement.inputs.decide_for_job`,
-which assembles the job's inputs and calls :func:`spotshift.placement.economics.decide`, the
-function ``spotshift simulate`` calls too) on the latest validated quote snapshot and records
-the decision — move or stay, with its reasons — in ``raw.decisions``. When the decision changes the
+Each evaluation runs the migration economics for every declared job on the latest validated quote
+snapshot through :func:`spotshift.migration.plan.tick` (inputs read once per tick, scoring
+vectorised, the same decisions as :func:`spotshift.placement.economics.decide` over the whole
+snapshot; ``spotshift placement decide-all`` runs the same tick from the command line) and
+records each decision — move or stay, with its reasons — in ``raw.decisions``. Jobs whose inputs
+did not change since their last decision (same snapshot, state, checkpoints, transfers, risks;
+no deadline) are re-decided only every 15 minutes of virtual time. When a decision changes the
 placement it requests ``migration_job`` with run key ``<job>:<from>-><to>:<quote snapshot id>``,
 so a re-evaluated tick never starts a second run for the same move; the JSON cursor remembers the
-run keys it requested and the last decision per job.
+run keys it requested, the last decision per job and the digest of its inputs.
 """
 
 import json
@@ -18,7 +21,7 @@ from resources.compute import ComputeBackendResource
 from resources.warehouse import WarehouseResource
 from spotshift.clock import virtual_now
 from spotshift.migration import contract
-from spotshift.migration.plan import jobs_to_decide, plan_from_decision
+from spotshift.migration.plan import plan_from_decision, tick
 from spotshift.placement.state import load_state
 
 CURSOR_KEEP = 500  # run keys remembered (older ones are long finished; the daemon dedupes run keys too)
@@ -28,31 +31,34 @@ CURSOR_KEEP = 500  # run keys remembered (older ones are long finished; the daem
 def price_change_sensor(
     context: dg.SensorEvaluationContext, warehouse: WarehouseResource, compute: ComputeBackendResource
 ) -> dg.SensorResult | dg.SkipReason:
-    from spotshift.placement.inputs import decide_for_job, record_decision
-
     cursor = json.loads(context.cursor) if context.cursor else {"requested": [], "decisions": {}}
     busy = _busy_jobs(context.instance)
     now = virtual_now()
     requests, notes = [], []
+    previous = {k: (v[0], v[1]) for k, v in cursor.get("inputs", {}).items()}
     with warehouse.get_connection() as con:
-        for job in jobs_to_decide(con, compute.backend(), busy=busy, now=now):
-            decision = decide_for_job(con, job, now=now)
-            record_decision(con, decision)
-            cursor["decisions"][job] = decision.decision_id
-            notes.append(f"{job}: {decision.action}")
-            if not decision.changes_placement:
-                continue
-            plan = plan_from_decision(decision, state_version=load_state(job).version)
-            if plan.run_key in cursor["requested"]:
-                continue
-            cursor["requested"] = [*cursor["requested"], plan.run_key][-CURSOR_KEEP:]
-            requests.append(
-                dg.RunRequest(
-                    run_key=plan.run_key,
-                    run_config=contract.move_run_config(plan.to_dict()),
-                    tags=plan.tags(),
-                )
+        result = tick(con, compute.backend(), now=now, busy=busy, previous=previous)
+    inputs = cursor.setdefault("inputs", {})
+    for decision in result.decisions:
+        job = decision.job
+        cursor["decisions"][job] = decision.decision_id
+        inputs[job] = [result.digests[job], now.timestamp()]
+        notes.append(f"{job}: {decision.action}")
+        if not decision.changes_placement:
+            continue
+        plan = plan_from_decision(decision, state_version=load_state(job).version)
+        if plan.run_key in cursor["requested"]:
+            continue
+        cursor["requested"] = [*cursor["requested"], plan.run_key][-CURSOR_KEEP:]
+        requests.append(
+            dg.RunRequest(
+                run_key=plan.run_key,
+                run_config=contract.move_run_config(plan.to_dict()),
+                tags=plan.tags(),
             )
+        )
+    if result.skipped:
+        notes.append(f"{result.skipped} job(s) unchanged since their last decision")
     if not notes:
         return dg.SkipReason("no declared job to decide for (all finished, migrating or not declared)")
     return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))

@@ -90,7 +90,7 @@ def _home(args: argparse.Namespace) -> int:
     from spotshift import home
     from spotshift.errors import ConfigError
     from spotshift.instance import read_storage
-    from spotshift.warehouse import spool_dir
+    from spotshift.warehouse import facts_dir
 
     if args.action != "init" and (args.postgres or args.force):
         raise ConfigError("--postgres and --force apply to `spotshift home init`")
@@ -104,7 +104,7 @@ def _home(args: argparse.Namespace) -> int:
         "spotshift_home": str(home.spotshift_home()),
         "dagster_home": str(home.dagster_home()),
         "warehouse": str(home.warehouse_path()),
-        "fact_spool": str(spool_dir()),
+        "fact_lake": str(facts_dir()),
         "stores": str(home.stores_root()),
         "config": str(home.config_path()),
         "instance": read_storage(cfg)[0].describe()
@@ -133,7 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
     given = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(given[0] if given and not given[0].startswith("-") else None)
+    command: list[str] | None = None
+    if given and given[0] == "run" and "--" in given:  # spotshift run JOB [options] -- COMMAND ARGS...
+        cut = given.index("--")
+        given, command = given[:cut], given[cut + 1 :]
     args = parser.parse_args(given)
+    if command is not None:
+        args.command = command
     try:
         return int(args.handler(args) or 0)
     except SpotshiftError as exc:

@@ -80,7 +80,8 @@ def ingest_facts(
     """Move pending facts of a trainer working directory into the warehouse; rows written per table.
 
     Through :func:`spotshift.warehouse.record_facts`: ingestion is exactly-once by each table's
-    fact key, and facts that meet a locked warehouse wait in its spool. ``live``: the trainer is
+    fact key, and facts that meet a locked warehouse wait in its fact lake (``timeout_s``: how long
+    to wait for the lock to ingest them now; default no wait). ``live``: the trainer is
     still running and appending, so its files are read but left in place (rows already in the
     warehouse are skipped by their key). ``con``: an open warehouse connection to use.
     """
@@ -92,8 +93,10 @@ def ingest_facts(
     facts = {t: _unique(t, rows) for t, rows in read_facts(files).items()}
     if facts.get("raw.compute_usage"):
         facts["raw.compute_usage"] = _priced(facts["raw.compute_usage"], database, con, timeout_s)
-    outcome = warehouse.record_facts(facts, database=database, con=con, timeout_s=timeout_s)
-    if not live:  # durable in the warehouse or its spool from here on
+    outcome = warehouse.record_facts(
+        facts, database=database, con=con, timeout_s=0.0 if timeout_s is None else timeout_s
+    )
+    if not live:  # durable in the warehouse or its fact lake from here on
         for p in files:
             os.replace(p, p.with_suffix(".done"))
     return {t: n for t, n in outcome.written.items() if n}

@@ -4,8 +4,9 @@ Layout (DESIGN §1, "state lives in three places only"):
 
 ``dagster/``            the Dagster instance (``DAGSTER_HOME``; SQLite storage by default)
 ``warehouse.duckdb``    the DuckDB warehouse (raw facts, gpu_quotes, dbt models)
-``warehouse.duckdb.spool/``  facts waiting for the warehouse (locked or unreadable), ingested by the
-                        next command that opens it for writing (:func:`spotshift.warehouse.record_facts`)
+``warehouse.duckdb.facts/``  the fact lake: immutable Parquet batches every fact writer lands without
+                        waiting on the warehouse lock; the warehouse (the analytics copy) ingests them
+                        exactly once (:mod:`spotshift.factlake`, :func:`spotshift.warehouse.record_facts`)
 ``stores/<provider>/<region>/``  the local object stores, one per simulated region
 ``spotshift.yaml``      declared datasets and training jobs (see :mod:`spotshift.registry`)
 ``cache/``              rebuildable caches (files cache of the fingerprinter, ...)

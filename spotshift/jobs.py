@@ -13,9 +13,11 @@ units with the trainer.
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from spotshift import registry
@@ -69,6 +71,20 @@ def check_model_config(cfg: Mapping[str, Any]) -> dict[str, int]:
     return out
 
 
+def command_argv(command: str) -> list[str]:
+    """A declared ``--command`` split like a POSIX shell would (no shell runs it); :class:`ConfigError`
+    when it is empty or its quotes do not close."""
+    import shlex
+
+    try:
+        argv = shlex.split(command) if isinstance(command, str) else None
+    except ValueError as exc:
+        raise ConfigError(f"command {command!r}: {exc}") from None
+    if not argv:
+        raise ConfigError("command is empty")
+    return argv
+
+
 @dataclass(frozen=True)
 class TrainingJob:
     """A declared training job. Names are DNS-label-like (``[a-z0-9-]``) so they work as partition keys."""
@@ -92,6 +108,10 @@ class TrainingJob:
     submitted_at: str | None = None  # ISO-8601 UTC (virtual clock)
     deadline_hours: float | None = None  # from submitted_at
     start_location: str | None = None  # provider/region to start in (None: let placement choose)
+    command: str | None = (
+        None  # your own training command (run under `spotshift run`); None: built-in trainer
+    )
+    command_cwd: str | None = None  # directory the command runs in (jobs add: the current directory)
 
     def __post_init__(self) -> None:
         from spotshift.pricing.regions import check_location, check_location_pattern
@@ -133,12 +153,19 @@ class TrainingJob:
                 raise ConfigError("allowed_locations must be a non-empty list of provider/region patterns")
             for pattern in self.allowed_locations:
                 check_location_pattern(pattern, "allowed location")
+            if self.command is not None:
+                command_argv(self.command)
             if self.start_location is not None:
                 check_location(self.start_location, "start_location")
                 if not self.allows(self.start_location):
                     raise ConfigError(f"start_location {self.start_location} is not an allowed location")
         except SpotshiftError as exc:
             raise ConfigError(f"job {n!r}: {exc}") from None
+
+    @property
+    def argv(self) -> list[str] | None:
+        """The declared command split into arguments (None for the built-in trainer)."""
+        return command_argv(self.command) if self.command is not None else None
 
     @property
     def hours_per_step(self) -> float:
@@ -182,13 +209,19 @@ def add_job(job: TrainingJob, *, replace: bool = False) -> None:
     Its dataset must be declared first (``spotshift datasets add``): a job training on nothing is
     refused here, not when its trainer starts.
     """
-    declared = {e.get("name") for e in registry.entries("datasets")}
-    if job.dataset not in declared:
-        raise ConfigError(
-            f"job {job.name!r}: dataset {job.dataset!r} is not declared "
-            f"(declare it with `spotshift datasets add {job.dataset} DIR`)"
-        )
+    _check_datasets([job], registry.entries("datasets"))
     registry.upsert(SECTION, job.to_dict(), replace=replace)
+
+
+def _check_datasets(jobs: list[TrainingJob], datasets: list[dict[str, Any]]) -> None:
+    """:class:`ConfigError` for the first job whose dataset is not among the ``datasets`` entries."""
+    declared = {e.get("name") for e in datasets}
+    for job in jobs:
+        if job.dataset not in declared:
+            raise ConfigError(
+                f"job {job.name!r}: dataset {job.dataset!r} is not declared "
+                f"(declare it with `spotshift datasets add {job.dataset} DIR`)"
+            )
 
 
 def remove_job(name: str, *, force: bool = False) -> dict[str, Any]:
@@ -199,7 +232,7 @@ def remove_job(name: str, *, force: bool = False) -> dict[str, Any]:
     latter (a state left behind by a crashed run), never a live trainer. Checkpoints and dataset
     replicas in the stores are data, not declarations: they are kept.
     """
-    from spotshift.placement.state import load_state, state_path
+    from spotshift.placement.state import delete_state, load_state
     from spotshift.training.backend import LocalProcessBackend
 
     get_job(name)  # not declared: the registry's one-line error
@@ -217,7 +250,70 @@ def remove_job(name: str, *, force: bool = False) -> dict[str, Any]:
             "to finish, or pass --force if no run of it is in progress (no trainer process is alive)"
         )
     registry.remove(SECTION, name)
-    path = state_path(name)
-    had_state = path.exists()
-    path.unlink(missing_ok=True)
+    had_state = delete_state(name)
     return {"job": name, "placement_state_removed": had_state, "status_was": state.status}
+
+
+def read_job_file(path: str | os.PathLike[str]) -> list[TrainingJob]:
+    """The jobs of a YAML or JSON list (one declaration per item), every one validated.
+
+    :class:`ConfigError` naming the file and the item when it is not a list of job declarations,
+    and :class:`NotFoundError` when it does not exist.
+    """
+    import json
+
+    import yaml
+
+    from spotshift.errors import NotFoundError
+
+    p = Path(path)
+    if not p.is_file():
+        raise NotFoundError(f"job file {p} does not exist")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix.lower() == ".json":
+            raw = json.loads(text)
+        else:
+            raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (ValueError, yaml.YAMLError):
+        raise ConfigError(
+            f"job file {p}: not valid {'JSON' if p.suffix.lower() == '.json' else 'YAML'}"
+        ) from None
+    if isinstance(raw, dict) and isinstance(raw.get(SECTION), list):
+        raw = raw[SECTION]  # a spotshift.yaml-shaped file: its jobs section
+    if not isinstance(raw, list):
+        raise ConfigError(f"job file {p}: expected a list of job declarations")
+    jobs, seen = [], set()
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise ConfigError(f"job file {p}: item {i} is not a mapping")
+        try:
+            job = TrainingJob.from_dict(item)
+        except ConfigError as exc:
+            raise ConfigError(f"job file {p}: item {i}: {exc}") from None
+        if job.name in seen:
+            raise ConfigError(f"job file {p}: item {i}: job {job.name!r} appears twice")
+        seen.add(job.name)
+        jobs.append(job)
+    return jobs
+
+
+def import_jobs(jobs: list[TrainingJob], *, replace: bool = False) -> None:
+    """Declare ``jobs`` in one atomic write of the declarations file (all or none).
+
+    Every job's dataset must be declared; a name already declared is refused unless ``replace``.
+    """
+    wanted = {j.name: j.to_dict() for j in jobs}
+
+    def mutate(data: dict[str, list[dict[str, Any]]]) -> None:
+        _check_datasets(jobs, data.get("datasets", []))
+        items = data.setdefault(SECTION, [])
+        new = dict(wanted)
+        for i, e in enumerate(items):
+            if e["name"] in new:
+                if not replace:
+                    raise ConfigError(f"jobs: {e['name']!r} is already declared (use --replace)")
+                items[i] = new.pop(e["name"])  # replaced in place
+        items.extend(new.values())
+
+    registry.update(mutate)

@@ -31,7 +31,8 @@ def load(path: Path | None = None) -> dict[str, list[dict[str, Any]]]:
     if not p.exists():
         return {}
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        # libyaml when available: thousands of declared jobs load in a fraction of the time
+        data = yaml.load(p.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -80,7 +81,8 @@ def update(mutate: Callable[[dict[str, list[dict[str, Any]]]], None], path: Path
     with locked(p):
         data = load(p)
         mutate(data)
-        atomic_write_text(p, yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+        atomic_write_text(p, yaml.dump(data, Dumper=dumper, sort_keys=False, default_flow_style=False))
 
 
 def upsert(section: str, entry: dict[str, Any], *, replace: bool = False, path: Path | None = None) -> None:

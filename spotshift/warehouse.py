@@ -461,7 +461,7 @@ def connect(
     """Context manager around :func:`open_connection` that closes the connection.
 
     A write connection also makes sure the schema exists and first ingests the facts queued in
-    the warehouse's spool (see :func:`record_facts`), saying so on stderr.
+    the pending batches of its fact lake (see :func:`record_facts`), saying so on stderr.
     """
     con, _ = _open(path, read_only=read_only, timeout_s=timeout_s)
     try:
@@ -473,7 +473,7 @@ def connect(
 def _open(
     path: str | Path | None, *, read_only: bool, timeout_s: float | None, own: str | None = None
 ) -> tuple[Any, dict[str, dict[str, int]]]:
-    """A connection (schema ensured and spool drained when writable) and what the drain wrote."""
+    """A connection (schema ensured and fact lake ingested when writable) and what the drain wrote."""
     target = resolve_path(path)
     con = open_connection(target, read_only=read_only, timeout_s=timeout_s)
     drained: dict[str, dict[str, int]] = {}
@@ -487,7 +487,7 @@ def _open(
                 if isinstance(exc, duckdb.Error):
                     raise _unusable(target, exc) from None
                 raise
-            drained = ingest_spool(con, target, own=own)
+            drained = ingest_lake(con, target, own=own)
     except BaseException:
         con.close()
         raise
@@ -535,7 +535,7 @@ def append_rows(con: Any, qualified_table: str, rows: Iterable[Mapping[str, Any]
     """Append ``rows`` (dicts keyed by column name) to a defined table; missing keys become NULL.
 
     The low-level insert: the pipeline's fact writers go through :func:`record_facts` (durable
-    spool, exactly-once ingestion); this is for seeding fixture and test warehouses. Unknown keys
+    fact lake, exactly-once ingestion); this is for seeding fixture and test warehouses. Unknown keys
     raise :class:`ConfigError`, so a typo never silently drops a fact. Returns the number of rows
     written. Large batches go through Arrow in one statement.
     """
@@ -632,29 +632,27 @@ FACT_KEYS: dict[str, tuple[str, ...]] = {
     "raw.pool_events": ("event_id",),
 }
 
-SPOOL_SUFFIX = ".spool"
-_SPOOL_MAGIC = b"SPOTSHIFT-FACTS-1\n"
 _INGEST_LOCK = threading.Lock()  # threads of one process share DuckDB's per-process write access
 
 
 @dataclass(frozen=True)
 class FactsOutcome:
-    """What :func:`record_facts` did: rows written per table now, or queued in the spool."""
+    """What :func:`record_facts` did: rows written to the analytics copy now, or queued in the lake."""
 
     written: dict[str, int]
     queued: bool = False
-    spool_file: Path | None = None
+    batch: Path | None = None
 
     def rows(self, table: str) -> int:
         """Rows of ``table`` written by this call (0 when queued or already present)."""
         return self.written.get(table, 0)
 
 
-def spool_dir(path: str | Path | None = None) -> Path:
-    """The spool of a warehouse: ``<warehouse file>.spool/`` beside it (under ``SPOTSHIFT_HOME``
-    for the default warehouse)."""
-    target = resolve_path(path)
-    return target.with_name(target.name + SPOOL_SUFFIX)
+def facts_dir(path: str | Path | None = None) -> Path:
+    """The fact lake of a warehouse: ``<warehouse file>.facts/`` beside it (see :mod:`spotshift.factlake`)."""
+    from spotshift.factlake import lake_dir
+
+    return lake_dir(resolve_path(path))
 
 
 def record_facts(
@@ -662,25 +660,31 @@ def record_facts(
     *,
     database: str | Path | None = None,
     con: Any = None,
-    timeout_s: float | None = None,
+    timeout_s: float | None = 0.0,
+    ingest: bool = True,
 ) -> FactsOutcome:
-    """Record fact rows (``{"raw.transfers": [row, ...], ...}``) in the warehouse; never lose them.
+    """Record fact rows (``{"raw.transfers": [row, ...], ...}``); never lose them, never wait.
 
-    The one path every fact writer takes. The rows are validated, then inserted in one transaction
-    that skips rows whose :data:`FACT_KEYS` are already in their table (the tables of one call
-    land together or not at all):
+    The one path every fact writer takes. The rows are validated (:class:`ConfigError` for an
+    unknown table or column), then:
 
     * ``con`` given (the caller holds the write lock, e.g. a sensor or an asset mid-transaction):
-      directly. A failed insert raises to the caller, whose source of the facts is still intact.
-    * otherwise the rows are first written durably to the warehouse's spool (one file, temp name +
-      fsync + rename), then the warehouse is opened, which ingests every queued file; each file is
-      deleted after its commit, so a crash in between leaves a file whose rows the next ingestion
-      finds present: every fact lands exactly once.
+      inserted directly, in one transaction that skips rows whose :data:`FACT_KEYS` are already in
+      their table. A failed insert raises to the caller, whose source of the facts is still intact.
+    * otherwise the rows land as one immutable Parquet batch in the warehouse's fact lake
+      (:mod:`spotshift.factlake`: temp directory + fsync + rename), durable before this returns.
+      Then, with ``ingest``, if the warehouse's write lock can be had within ``timeout_s``
+      (default 0: one try, no waiting), the pending batches are ingested into it at once;
+      otherwise the batch stays pending (``queued``) for the next process that opens the
+      warehouse for writing (every write connection, and readers of the marts, ingest first).
+      Many processes can record at the same time: none waits on DuckDB's single-writer lock.
+      High-rate writers pass ``ingest=False``: they never open the DuckDB file at all.
 
-    When the warehouse stays locked past ``timeout_s`` the facts stay queued (a warning on
-    stderr says so; the next command that opens the warehouse for writing ingests them). A
-    warehouse that cannot be opened raises :class:`IntegrityError`; the facts wait in the spool.
+    Ingestion is exactly-once by batch id and fact key; the tables of one call land together. A
+    warehouse file that cannot be opened raises :class:`IntegrityError`; the facts wait in the lake.
     """
+    from spotshift import factlake
+
     tables = {t: arrow_rows(t, rows) for t, rows in facts.items()}
     for t in tables:
         if t not in FACT_KEYS:
@@ -691,27 +695,25 @@ def record_facts(
     if con is not None:
         return FactsOutcome(_ingest_tables(con, tables))
     target = resolve_path(database)
-    f = _spool_write(spool_dir(target), tables)
+    batch = factlake.write_batch(factlake.lake_dir(target), tables)
     n = sum(b.num_rows for b in tables.values())
+    if not ingest:
+        return FactsOutcome({}, queued=True, batch=batch)
     try:
-        c, drained = _open(target, read_only=False, timeout_s=timeout_s, own=f.name)
-    except WarehouseLockedError as exc:
-        _say(
-            f"warning: {exc}; {n} fact row(s) ({', '.join(tables)}) queued in {f.parent}: the next command "
-            "that opens the warehouse for writing ingests them"
-        )
-        return FactsOutcome({}, queued=True, spool_file=f)
+        c, drained = _open(target, read_only=False, timeout_s=timeout_s, own=batch.name)
+    except WarehouseLockedError:
+        return FactsOutcome({}, queued=True, batch=batch)
     except IntegrityError as exc:
         raise IntegrityError(
-            f"{exc}; {n} fact row(s) ({', '.join(tables)}) wait in {f.parent} and are ingested once the "
+            f"{exc}; {n} fact row(s) ({', '.join(tables)}) wait in {batch.parent} and are ingested once the "
             "warehouse opens"
         ) from None
     c.close()
-    return FactsOutcome(drained.get(f.name, {}))
+    return FactsOutcome(drained.get(batch.name, {}))
 
 
 def ingest_pending(path: str | Path | None = None, *, timeout_s: float | None = None) -> None:
-    """Ingest queued facts before a reader looks (opens for writing only when some are queued)."""
+    """Ingest pending facts before a reader looks (opens for writing only when some are pending)."""
     if pending_facts(path):
         with connect(path, timeout_s=timeout_s):
             pass
@@ -724,54 +726,35 @@ def database_file(con: Any) -> Path | None:
 
 
 def pending_facts(path: str | Path | None = None) -> list[Path]:
-    """Spool files of the warehouse waiting to be ingested, oldest first."""
-    spool = spool_dir(path)
-    return sorted(spool.glob("*.facts")) if spool.is_dir() else []
+    """Fact batches of the warehouse waiting to be ingested, oldest first."""
+    from spotshift.factlake import pending_batches
+
+    return pending_batches(facts_dir(path))
 
 
-def ingest_spool(
+def ingest_lake(
     con: Any, path: str | Path | None = None, *, own: str | None = None
 ) -> dict[str, dict[str, int]]:
-    """Ingest the queued fact files of the warehouse ``con`` writes to; rows written per file and table.
+    """Ingest the pending fact batches of the warehouse ``con`` writes to; rows per batch and table.
 
-    Files are ingested oldest first, each in one transaction, deleted after the commit. Other
-    writers' files are announced on stderr (``own`` names the caller's file, which is not). A file
-    that cannot be read is moved to ``rejected/`` beside them, with a warning, so it never blocks
-    the others.
+    See :func:`spotshift.factlake.ingest`. Other writers' batches are announced on stderr when
+    they add rows (``own`` names the caller's batch, which is not).
     """
-    from spotshift.atomic import fsync_dir, remove_stale_temp_files
+    from spotshift import factlake
 
     target = resolve_path(path) if path is not None else database_file(con)
     if target is None:
         return {}
-    spool = spool_dir(target)
-    if not spool.is_dir():
+    lake = factlake.lake_dir(target)
+    if not (lake / "pending").is_dir():
         return {}
-    out: dict[str, dict[str, int]] = {}
+    tables = {t: (keys, [c.name for c in columns_of(t)]) for t, keys in FACT_KEYS.items()}
     with _INGEST_LOCK:
-        remove_stale_temp_files(spool)
-        for f in pending_facts(target):
-            try:
-                tables = _spool_read(f)
-            except FileNotFoundError:
-                continue  # ingested meanwhile by another thread of this process
-            except (IntegrityError, OSError) as exc:
-                _reject(spool, f, exc)
-                continue
-            try:
-                out[f.name] = _ingest_tables(con, tables)
-            except _data_errors() as exc:  # rows the tables refuse (a file from another version)
-                _reject(
-                    spool, f, IntegrityError(f"queued facts {f} do not fit the tables ({type(exc).__name__})")
-                )
-                continue
-            f.unlink(missing_ok=True)
-        if out:
-            fsync_dir(spool)
+        out = factlake.ingest(con, lake, tables, _say)
     others = {k: v for k, v in out.items() if k != own}
-    if others:
-        rows = sum(sum(v.values()) for v in others.values())
-        _say(f"ingested {len(others)} queued fact file(s) ({rows} new row(s)) from {spool} into {target}")
+    rows = sum(sum(v.values()) for v in others.values())
+    if rows:
+        _say(f"ingested {len(others)} pending fact batch(es) ({rows} new row(s)) from {lake} into {target}")
     return out
 
 
@@ -787,69 +770,8 @@ def _ingest_tables(con: Any, tables: Mapping[str, Any]) -> dict[str, int]:
     return written
 
 
-def _spool_write(spool: Path, tables: Mapping[str, Any]) -> Path:
-    """Write one spool file atomically (temp name, fsync, rename, fsync of the directory)."""
-    import io
-    import json
-    import os
-    import secrets
-
-    import pyarrow as pa
-
-    from spotshift.atomic import atomic_write_bytes
-
-    parts = []
-    for t, b in tables.items():
-        sink = io.BytesIO()
-        with pa.ipc.new_stream(sink, b.schema) as w:
-            w.write_table(b)
-        parts.append((t, sink.getvalue()))
-    header = json.dumps({"tables": [[t, len(data)] for t, data in parts]}).encode() + b"\n"
-    name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}.facts"
-    return atomic_write_bytes(spool / name, _SPOOL_MAGIC + header + b"".join(d for _, d in parts))
-
-
-def _spool_read(f: Path) -> dict[str, Any]:
-    import json
-
-    import pyarrow as pa
-
-    raw = f.read_bytes()
-    try:
-        if not raw.startswith(_SPOOL_MAGIC):
-            raise ValueError("not a spotshift facts file")
-        head_end = raw.index(b"\n", len(_SPOOL_MAGIC))
-        header = json.loads(raw[len(_SPOOL_MAGIC) : head_end])
-        pos = head_end + 1
-        tables: dict[str, Any] = {}
-        for table, length in header["tables"]:
-            columns_of(table)
-            tables[table] = pa.ipc.open_stream(raw[pos : pos + length]).read_all()
-            pos += length
-        if pos != len(raw):
-            raise ValueError("trailing bytes")
-    except (ValueError, KeyError, TypeError, pa.ArrowException, ConfigError) as exc:
-        raise IntegrityError(f"queued facts {f} are unreadable ({type(exc).__name__})") from None
-    return tables
-
-
-def _data_errors() -> tuple[type[BaseException], ...]:
-    import duckdb
-
-    return (duckdb.ConversionException, duckdb.BinderException, duckdb.ConstraintException)
-
-
-def _reject(spool: Path, f: Path, exc: BaseException) -> None:
-    import os
-
-    rejected = spool / "rejected"
-    rejected.mkdir(exist_ok=True)
-    os.replace(f, rejected / f.name)
-    _say(f"warning: {exc}; moved to {rejected} (not ingested; move it back into {spool} to retry)")
-
-
 def _say(message: str) -> None:
-    """One line on stderr (the spool is the user's data: they are told whenever it changes hands)."""
+    """One line on stderr (pending facts are the user's data: they are told whenever they change hands)."""
     import sys
 
     sys.stderr.write(f"spotshift: {' '.join(message.split())}\n")

@@ -228,7 +228,8 @@ def content_hash_of(job: str, step: int, tokens: int, state: Any, plain_hashes: 
 
 
 def runtime_versions() -> dict[str, str]:
-    """torch / python / spotshift versions recorded with each checkpoint (not part of its identity)."""
+    """torch / python / spotshift versions (and CUDA / NCCL where torch has them) recorded with each
+    checkpoint (not part of its identity)."""
     import platform
 
     from spotshift import __version__
@@ -238,6 +239,11 @@ def runtime_versions() -> dict[str, str]:
         import torch
 
         out["torch"] = torch.__version__
+        if torch.version.cuda:
+            out["cuda"] = str(torch.version.cuda)
+        if torch.cuda.is_available() and hasattr(torch.cuda, "nccl"):
+            with contextlib.suppress(Exception):
+                out["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
     return out
@@ -291,6 +297,18 @@ def _fsync_close(f: BinaryIO) -> None:
     f.close()
 
 
+class _Tee:
+    """A binary sink writing every chunk to several files (the stored bytes, once encrypted)."""
+
+    def __init__(self, files: list[BinaryIO]):
+        self.files = files
+
+    def write(self, data: Any) -> int:
+        for f in self.files:
+            f.write(data)
+        return len(data)
+
+
 def write_checkpoint(
     tier: LocalChunkStore,
     payload: CheckpointPayload,
@@ -298,6 +316,7 @@ def write_checkpoint(
     *,
     segment_bytes: int = crypto.DEFAULT_SEGMENT_BYTES,
     timings: dict[str, float] | None = None,
+    mirror: LocalChunkStore | None = None,
 ) -> CheckpointRef:
     """Serialize, encrypt and commit ``payload`` into a local store (the local disk tier).
 
@@ -305,6 +324,11 @@ def write_checkpoint(
     BLAKE3 (stored bytes) into a staging file; files are renamed into place once the content hash
     (and so the id) is known, then the sealed metadata, then ``COMMIT``, then ``latest``.
     ``timings`` receives ``serialize_s``, ``encrypt_s``, ``write_s``, ``wrap_s``, ``total_s``.
+
+    ``mirror`` (a second local-filesystem store: the region's store when it is a directory) gets
+    the same encrypted bytes in the same pass, staged, renamed and committed the same way after
+    ``tier`` (an emergency checkpoint: no second read, no second encryption, no window in which
+    the local copy could be altered before it is copied). Both commits carry the same marker.
     """
     timings = timings if timings is not None else {}
     for k in ("serialize_s", "encrypt_s", "write_s"):
@@ -319,8 +343,10 @@ def write_checkpoint(
     timings["wrap_s"] = time.perf_counter() - t0
 
     # staging files live in the store's temp dir, named so remove_stale_temp_files() clears a dead writer's
-    staging = tier.root / ".tmp"
-    staging.mkdir(parents=True, exist_ok=True)
+    stores = [tier] if mirror is None else [tier, mirror]
+    stagings = [st.root / ".tmp" for st in stores]
+    for staging in stagings:
+        staging.mkdir(parents=True, exist_ok=True)
     stage_prefix = f"{os.getpid()}.{ctx}."
     parts_meta: dict[str, dict[str, Any]] = {}
     try:
@@ -329,10 +355,10 @@ def write_checkpoint(
             chunks, n_tensors = _part_chunks(payload.parts[part], what=f"part {part}")
             timings["serialize_s"] += time.perf_counter() - t0
             key_name = f"{part}-{ctx}.enc"
-            out = open(staging / (stage_prefix + key_name), "wb")  # noqa: SIM115 - closed by _fsync_close
+            outs = [open(staging / (stage_prefix + key_name), "wb") for staging in stagings]  # noqa: SIM115
             try:
                 w = crypto.EncryptingWriter(
-                    out,
+                    outs[0] if len(outs) == 1 else _Tee(outs),
                     data_key,
                     part_index=index,
                     part_name=part,
@@ -343,10 +369,17 @@ def write_checkpoint(
                     w.write(chunk)
                 w.close()
                 t0 = time.perf_counter()
-                _fsync_close(out)
+                for out in outs:
+                    out.flush()
+                    if os.fstat(out.fileno()).st_size != w.stored_bytes:  # a short write never commits
+                        raise IntegrityError(
+                            f"part {part}: {out.name} is not the {w.stored_bytes} bytes written"
+                        )
+                    _fsync_close(out)
                 timings["write_s"] += time.perf_counter() - t0
             except BaseException:
-                out.close()
+                for out in outs:
+                    out.close()
                 raise
             parts_meta[part] = {
                 "index": index,
@@ -369,23 +402,27 @@ def write_checkpoint(
         meta["encryption"]["meta_tag"] = base64.b64encode(crypto.seal(data_key, sealed_bytes(meta))).decode()
         meta_bytes = json.dumps(meta, indent=1, sort_keys=True).encode()
         meta_key = f"meta-{ctx}.json"
-        with open(staging / (stage_prefix + meta_key), "wb") as mf:
-            mf.write(meta_bytes)
-            mf.flush()
-            os.fsync(mf.fileno())
-
         t0 = time.perf_counter()
-        final_dir = tier.root / checkpoint_prefix(payload.job, ckpt_id)
-        final_dir.mkdir(parents=True, exist_ok=True)
-        for name in [*(p["key"] for p in parts_meta.values()), meta_key]:
-            os.replace(staging / (stage_prefix + name), final_dir / name)
-        fsync_dir(final_dir)
+        for st, staging in zip(stores, stagings, strict=True):
+            with open(staging / (stage_prefix + meta_key), "wb") as mf:
+                mf.write(meta_bytes)
+                mf.flush()
+                os.fsync(mf.fileno())
+            final_dir = st.root / checkpoint_prefix(payload.job, ckpt_id)
+            final_dir.mkdir(parents=True, exist_ok=True)
+            for name in [*(p["key"] for p in parts_meta.values()), meta_key]:
+                os.replace(staging / (stage_prefix + name), final_dir / name)
+            fsync_dir(final_dir)
         timings["write_s"] += time.perf_counter() - t0
     finally:
-        for leftover in staging.glob(stage_prefix + "*"):
-            leftover.unlink(missing_ok=True)
+        for staging in stagings:
+            for leftover in staging.glob(stage_prefix + "*"):
+                leftover.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    commit_checkpoint(tier, payload.job, ckpt_id, meta_key, meta_bytes, payload.step, content_hash, data_key)
+    for st in stores:
+        commit_checkpoint(
+            st, payload.job, ckpt_id, meta_key, meta_bytes, payload.step, content_hash, data_key
+        )
     timings["write_s"] += time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     return CheckpointRef(tier.url, payload.job, ckpt_id, payload.step, content_hash)

@@ -177,12 +177,59 @@ class TieredCheckpointer:
         failed: the checkpoint then exists only locally).
         """
         timings = timings if timings is not None else {}
+        if sync and isinstance(self.region, LocalChunkStore):
+            return self._save_streaming(payload, timings)
         local_ref = write_checkpoint(self.local, payload, self.keys, timings=timings)
         if not sync:
             self._queue.put((local_ref, payload.kind, dict(timings)))
             return local_ref, None
         self._drop_pending()
         event = self._upload(local_ref, payload.kind, timings, replicate=False)
+        return local_ref, event
+
+    def _save_streaming(
+        self, payload: CheckpointPayload, timings: dict[str, float]
+    ) -> tuple[CheckpointRef, UploadEvent]:
+        """A synchronous save into a region store on a filesystem: one pass writes the encrypted parts
+        to the local tier and the region store at once (see ``write_checkpoint(mirror=...)``)."""
+        self._drop_pending()
+        with self._lock:  # after the upload in flight, like any upload
+            t0 = time.perf_counter()
+            try:
+                local_ref = write_checkpoint(
+                    self.local, payload, self.keys, timings=timings, mirror=self.region
+                )
+                ck = StoredCheckpoint(self.region, self.job, local_ref.checkpoint_id)
+                ref = CheckpointRef(
+                    self.region.url, self.job, local_ref.checkpoint_id, local_ref.step, local_ref.content_hash
+                )
+                timings["upload_s"] = 0.0  # streamed along: no upload after the local commit
+                event = UploadEvent(
+                    ref,
+                    payload.kind,
+                    "region",
+                    ck.stored_bytes,
+                    time.perf_counter() - t0,
+                    timings=dict(timings),
+                )
+            except Exception as exc:  # e.g. the region's disk is full: the local tier, then an upload
+                log.error(
+                    "streaming checkpoint of step %d to %s failed (%s): writing the local tier first",
+                    payload.step,
+                    self.region.url,
+                    exc,
+                )
+                event = None
+            if event is not None:
+                self._prune_local()
+        if event is None:
+            local_ref = write_checkpoint(self.local, payload, self.keys, timings=timings)
+            return local_ref, self._upload(local_ref, payload.kind, timings, replicate=False)
+        if self.on_upload is not None:
+            try:
+                self.on_upload(event)
+            except Exception:
+                log.exception("on_upload callback failed")
         return local_ref, event
 
     def _drop_pending(self) -> None:

@@ -83,3 +83,29 @@ def _move(args: argparse.Namespace) -> int:
         else:
             print(f"{plan.job}: {src} -> {plan.to_location}: rolled back ({outcome.error})")
     return 0 if outcome.status == "cut_over" else 1
+
+
+def decide_all(args: Any) -> int:
+    """``spotshift placement decide-all``: one price_change_sensor tick without Dagster
+    (:func:`spotshift.migration.plan.tick`), registered with the ``placement`` commands."""
+    from spotshift import warehouse
+    from spotshift.cliutil import emit_json
+    from spotshift.clock import virtual_now
+    from spotshift.migration.plan import tick
+    from spotshift.training.backend import open_backend
+
+    with warehouse.connect() as con:
+        result = tick(con, open_backend("local"), now=virtual_now(), record=not args.no_record)
+    summary = result.summary()
+    if args.json:
+        emit_json(summary)
+        return 0
+    by_action: dict[str, int] = {}
+    for d in result.decisions:
+        by_action[d.action] = by_action.get(d.action, 0) + 1
+    actions = ", ".join(f"{n} {a}" for a, n in sorted(by_action.items())) or "none"
+    print(
+        f"decided for {summary['jobs']} job(s) in {summary['seconds']:.2f} s: {actions}; "
+        f"{summary['moves']} change a placement"
+    )
+    return 0

@@ -18,6 +18,8 @@ leaves two live trainers of one job (the compute backend's per-job lock refuses 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -180,15 +182,9 @@ def recovery_plan(
     return plan, decision
 
 
-def job_finished(con: Any, job: Any) -> bool:
-    """Whether ``job`` (a TrainingJob) has a committed checkpoint at its last step."""
-    from spotshift.warehouse import first_row
-
-    row = first_row(con, "SELECT max(step) FROM raw.checkpoints WHERE job = ?", [job.name])
-    return row is not None and row[0] is not None and int(row[0]) >= job.total_steps
-
-
-def jobs_to_decide(con: Any, backend: Any, *, busy: set[str], now: datetime) -> list[str]:
+def jobs_to_decide(
+    con: Any, backend: Any, *, busy: set[str], now: datetime, jobs: list[Any] | None = None
+) -> list[str]:
     """Declared jobs the price sensor should run the economics for, in declaration order.
 
     Skipped: jobs with a migration/recovery/rollback run in flight (``busy``), jobs a private pool
@@ -197,7 +193,8 @@ def jobs_to_decide(con: Any, backend: Any, *, busy: set[str], now: datetime) -> 
     ``running`` ones whose trainer is gone or stopping — a preemption the preemption sensor is
     handling. The
     facts a live trainer has not written to the warehouse yet (its newest checkpoints, which set
-    the staleness of a move) are collected first.
+    the staleness of a move) are collected first. ``jobs``: the declared jobs, when the caller
+    has loaded them already.
     """
     from spotshift.jobs import load_jobs
     from spotshift.placement.state import load_state, set_status
@@ -205,13 +202,16 @@ def jobs_to_decide(con: Any, backend: Any, *, busy: set[str], now: datetime) -> 
 
     out = []
     pooled = pool_managed_jobs()  # a private pool decides for its jobs (bursts, returns)
-    for job in load_jobs():
+    # one query for every job's last checkpointed step (thousands of jobs per tick)
+    last_step = dict(con.execute("SELECT job, max(step) FROM raw.checkpoints GROUP BY job").fetchall())
+    for job in jobs if jobs is not None else load_jobs():
         if job.name in busy or job.name in pooled:
             continue
         state = load_state(job.name)
         if state.status in ("finished", "migrating"):
             continue
-        if job_finished(con, job):
+        step = last_step.get(job.name)
+        if step is not None and int(step) >= job.total_steps:  # its last step is checkpointed
             set_status(job.name, "finished", now=now)
             continue
         info = backend.status(job.name)
@@ -224,3 +224,32 @@ def jobs_to_decide(con: Any, backend: Any, *, busy: set[str], now: datetime) -> 
             ingest_facts(info.workdir, con=con, live=True)
         out.append(job.name)
     return out
+
+
+def tick(
+    con: Any,
+    backend: Any,
+    *,
+    now: datetime,
+    busy: set[str] | None = None,
+    previous: Mapping[str, tuple[str, float]] | None = None,
+    params: Any = None,
+    record: bool = True,
+) -> Any:
+    """One ``price_change_sensor`` evaluation without Dagster: the jobs to decide for
+    (:func:`jobs_to_decide`), :func:`spotshift.placement.batch.decide_all`, and the decisions
+    recorded (``record``) through the write connection ``con``; the
+    :class:`~spotshift.placement.batch.TickResult`."""
+    from spotshift.jobs import load_jobs
+    from spotshift.placement.batch import decide_all, record_decisions
+
+    started = time.perf_counter()
+    declared = load_jobs()
+    names = jobs_to_decide(con, backend, busy=busy or set(), now=now, jobs=declared)
+    result = decide_all(
+        con, names, now=now, params=params, previous=previous, jobs={j.name: j for j in declared}
+    )
+    if record:
+        record_decisions(con, result.decisions)
+    result.seconds = time.perf_counter() - started
+    return result

@@ -6,6 +6,7 @@ Standard library only at module level: heavy imports happen inside the handlers.
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 
@@ -65,6 +66,12 @@ def register(sub: Any) -> None:
     a.add_argument(
         "--model", metavar="KEY=INT,...", help="model config overrides, e.g. d_model=128,n_layer=4"
     )
+    a.add_argument(
+        "--command",
+        metavar="CMD",
+        help="your own training command (e.g. 'python train.py --lr 3e-4'), run by `spotshift run` and by "
+        "moves in the current directory; it uses spotshift.checkpointing.Session (default: the built-in trainer)",
+    )
     a.add_argument("--replace", action="store_true", help="replace an existing declaration of the same name")
     a.add_argument("--json", action="store_true", help="print the declaration as JSON")
     a.set_defaults(handler=_jobs_add)
@@ -90,6 +97,19 @@ def register(sub: Any) -> None:
     rm.add_argument("--json", action="store_true", help="print one JSON object")
     rm.set_defaults(handler=_jobs_remove)
 
+    im = jsub.add_parser(
+        "import",
+        help="declare many jobs at once from a YAML or JSON list",
+        description="Declare every job of FILE (a YAML or JSON list of job declarations, the fields of "
+        "`spotshift jobs list --json`: name, dataset, total_steps, work_hours, ...) in one atomic write. "
+        "All are validated first: one bad entry declares none. Names already declared are refused "
+        "unless --replace.",
+    )
+    im.add_argument("file", help="YAML (.yaml/.yml) or JSON (.json) file holding a list of jobs")
+    im.add_argument("--replace", action="store_true", help="replace existing declarations of the same names")
+    im.add_argument("--json", action="store_true", help="print one JSON object")
+    im.set_defaults(handler=_jobs_import)
+
     p = sub.add_parser("placement", help="rank placement candidates and decide for a declared job")
     psub = p.add_subparsers(dest="placement_command", metavar="ACTION")
     psub.required = True
@@ -105,6 +125,17 @@ def register(sub: Any) -> None:
     pl.add_argument("--record", action="store_true", help="write the decision to raw.decisions")
     pl.add_argument("--json", action="store_true", help="print one JSON object")
     pl.set_defaults(handler=_placement_plan)
+    da = psub.add_parser(
+        "decide-all",
+        help="run one price_change_sensor tick: decide for every declared job and record the decisions",
+        description="Decide for every declared job that is not finished, migrating or busy (what one "
+        "price_change_sensor tick runs: batched inputs, vectorised scoring, the decisions of "
+        "`placement plan`) over the latest quote snapshot, record them in raw.decisions, and print "
+        'the summary {"jobs": N, "seconds": S, "moves": M}. Requests no migration (Dagster does).',
+    )
+    da.add_argument("--no-record", action="store_true", help="decide without recording the decisions")
+    da.add_argument("--json", action="store_true", help='print {"jobs", "seconds", "moves", "skipped"}')
+    da.set_defaults(handler=_placement_decide_all)
 
 
 def _model(text: str | None) -> dict[str, int]:
@@ -153,6 +184,8 @@ def _jobs_add(args: argparse.Namespace) -> int:
         submitted_at=args.submitted_at or virtual_now().isoformat(),
         deadline_hours=args.deadline_hours,
         start_location=args.start_location,
+        command=args.command,
+        command_cwd=os.getcwd() if args.command else None,
     )
     add_job(job, replace=args.replace)
     if args.json:
@@ -266,3 +299,24 @@ def _placement_plan(args: argparse.Namespace) -> int:
     if args.record:
         print("recorded in raw.decisions" if recorded else "already recorded (same decision id)")
     return 0
+
+
+def _jobs_import(args: argparse.Namespace) -> int:
+    from spotshift.cliutil import emit_json
+    from spotshift.jobs import import_jobs, read_job_file
+
+    jobs = read_job_file(args.file)
+    import_jobs(jobs, replace=args.replace)
+    if args.json:
+        emit_json({"imported": len(jobs), "jobs": [j.name for j in jobs]})
+    else:
+        print(f"declared {len(jobs)} job(s) from {args.file}")
+    return 0
+
+
+def _placement_decide_all(args: argparse.Namespace) -> int:
+    # the tick needs the trainers' liveness (spotshift.training) and the jobs the move lifecycle is not
+    # busy with (spotshift.migration), which placement never imports: the command lives beside them
+    import importlib
+
+    return int(importlib.import_module("spotshift.migration.commands").decide_all(args))

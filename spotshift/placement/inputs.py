@@ -98,7 +98,12 @@ def _dataset_presence(con: Any, dataset: str) -> tuple[int, dict[str, int]]:
         "WHERE kind = 'dataset' AND entity = ? ORDER BY started_at, transfer_id",
         [dataset],
     ).fetchall()
-    declared = _declared_dataset_location(dataset)
+    return dataset_presence_from(rows, _declared_dataset_location(dataset))
+
+
+def dataset_presence_from(rows: list[tuple[Any, ...]], declared: str | None) -> tuple[int, dict[str, int]]:
+    """(dataset bytes, bytes present per location) from the dataset's ``raw.transfers`` rows
+    ``(src_location, dst_location, root, bytes_full, bytes_changed)`` in time order."""
     if not rows:
         return 0, {}
     latest_root, full, changed = rows[-1][2], int(rows[-1][3] or 0), int(rows[-1][4] or 0)
@@ -117,15 +122,19 @@ def _dataset_presence(con: Any, dataset: str) -> tuple[int, dict[str, int]]:
 
 
 def _declared_dataset_location(dataset: str) -> str | None:
-    from spotshift import registry
-    from spotshift.errors import ConfigError
+    return declared_dataset_locations().get(dataset)
 
-    try:
-        entry = registry.get("datasets", dataset)
-    except ConfigError:  # not declared: the location is optional
-        return None
-    loc = entry.get("location")
-    return loc if isinstance(loc, str) and "/" in loc else None
+
+def declared_dataset_locations() -> dict[str, str]:
+    """The declared ``provider/region`` of every declared dataset that has one, by name (the
+    location is optional)."""
+    from spotshift import registry
+
+    return {
+        str(e["name"]): e["location"]
+        for e in registry.entries("datasets")
+        if isinstance(e.get("location"), str) and "/" in e["location"]
+    }
 
 
 def _checkpoint_presence(con: Any, job: str) -> tuple[int, dict[str, int]]:
@@ -137,7 +146,7 @@ def _checkpoint_presence(con: Any, job: str) -> tuple[int, dict[str, int]]:
     )
     if latest is None:
         return 0, {}
-    ckpt_id, loc, nbytes = latest[0], latest[1], int(latest[2] or 0)
+    ckpt_id = latest[0]
     ratios = [
         r[0] / r[1]
         for r in con.execute(
@@ -146,21 +155,34 @@ def _checkpoint_presence(con: Any, job: str) -> tuple[int, dict[str, int]]:
             [job],
         ).fetchall()
     ]
-    keep = int(nbytes * (1.0 - min(1.0, statistics.median(ratios)))) if ratios else 0
-    present: dict[str, int] = {}
     older = con.execute(
         "SELECT DISTINCT location FROM raw.checkpoints WHERE job = ? AND checkpoint_id <> ? "
         "UNION SELECT DISTINCT dst_location FROM raw.transfers WHERE kind = 'checkpoint' AND entity = ? "
         "AND root <> ?",
         [job, ckpt_id, job, ckpt_id],
     ).fetchall()
-    for (where,) in older:
-        if where:
-            present[where] = keep
-    for (where,) in con.execute(
+    delivered = con.execute(
         "SELECT DISTINCT dst_location FROM raw.transfers WHERE kind = 'checkpoint' AND entity = ? AND root = ?",
         [job, ckpt_id],
-    ).fetchall():
+    ).fetchall()
+    return checkpoint_presence_from(latest, ratios, [r[0] for r in older], [r[0] for r in delivered])
+
+
+def checkpoint_presence_from(
+    latest: tuple[Any, ...] | None, ratios: list[float], older: list[str | None], delivered: list[str | None]
+) -> tuple[int, dict[str, int]]:
+    """(checkpoint bytes, bytes present per location) of a job's latest checkpoint ``(id, location,
+    bytes)``: ``older`` places hold older checkpoints (they keep the share tensor deltas did not resend,
+    median of ``ratios`` = bytes_sent / bytes_full), ``delivered`` ones received the latest."""
+    if latest is None:
+        return 0, {}
+    loc, nbytes = latest[1], int(latest[2] or 0)
+    keep = int(nbytes * (1.0 - min(1.0, statistics.median(ratios)))) if ratios else 0
+    present: dict[str, int] = {}
+    for where in older:
+        if where:
+            present[where] = keep
+    for where in delivered:
         if where:
             present[where] = nbytes
     if loc:
@@ -175,7 +197,14 @@ def load_progress(con: Any, job: TrainingJob, state: PlacementState, now: dateti
         "SELECT step, created_at FROM raw.checkpoints WHERE job = ? ORDER BY step DESC, created_at DESC LIMIT 1",
         [job.name],
     )
-    step, ckpt_at = (int(row[0] or 0), _utc(row[1])) if row else (0, None)
+    return progress_from(job, state, now, row)
+
+
+def progress_from(
+    job: TrainingJob, state: PlacementState, now: datetime, latest: tuple[Any, ...] | None
+) -> tuple[float, float]:
+    """:func:`load_progress` from the job's latest checkpoint ``(step, created_at)`` (None: none yet)."""
+    step, ckpt_at = (int(latest[0] or 0), _utc(latest[1])) if latest else (0, None)
     left = max(0.0, (job.total_steps - step) * job.hours_per_step)
     age = 0.0
     if state.running:

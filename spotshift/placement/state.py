@@ -2,7 +2,9 @@
 
 One small JSON file per job, ``$SPOTSHIFT_HOME/placement/<job>.json``, written atomically (temp +
 rename) under an exclusive lock so the sensor, the cutover and the rollback never lose each
-other's updates. Fields:
+other's updates. When the Dagster instance is on PostgreSQL the same documents live in its
+database instead (:mod:`spotshift.statestore`: one transaction per update under a row lock), so
+workers on several hosts share them; the functions below are the interface either way. Fields:
 
 ``status``          unplaced | starting | running | preempted | migrating | finished | stopped
 ``location``        ``provider/region`` the job runs in (or last ran in), ``null`` when never placed
@@ -31,7 +33,9 @@ from spotshift.atomic import atomic_write_json
 from spotshift.clock import parse_utc
 from spotshift.errors import ConfigError, IntegrityError, build_record
 from spotshift.home import spotshift_home
+from spotshift.statestore import shared_store
 
+KIND = "placement"  # documents of this kind in the PostgreSQL state store
 STATUSES = ("unplaced", "starting", "running", "preempted", "migrating", "finished", "stopped")
 MARKETS = ("spot", "on_demand", "owned")  # owned: a private pool's GPUs (spotshift.pools.site)
 
@@ -110,8 +114,13 @@ class PlacementState:
 
 
 def load_state(job: str) -> PlacementState:
-    """The job's state (an ``unplaced`` state when no file exists yet)."""
+    """The job's state (an ``unplaced`` state when none was written yet): from PostgreSQL when the
+    instance is on PostgreSQL (:mod:`spotshift.statestore`), else from its file."""
     p = state_path(job)
+    store = shared_store()
+    if store is not None:
+        raw = store.get(KIND, job)
+        return PlacementState(job) if raw is None else _from_store(raw, job, store)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -127,11 +136,32 @@ def load_state(job: str) -> PlacementState:
 
 
 def list_states() -> list[PlacementState]:
-    """Every job's state file, sorted by job name."""
+    """Every job's state, sorted by job name."""
+    store = shared_store()
+    if store is not None:
+        return [_from_store(raw, str(raw.get("job")), store) for raw in store.list(KIND)]
     d = state_dir()
     if not d.is_dir():
         return []
     return [load_state(p.stem) for p in sorted(d.glob("*.json")) if not p.name.startswith(".")]
+
+
+def delete_state(job: str) -> bool:
+    """Drop the job's state (file or PostgreSQL row); whether there was one."""
+    p = state_path(job)
+    store = shared_store()
+    if store is not None:
+        return bool(store.delete(KIND, job))
+    had = p.exists()
+    p.unlink(missing_ok=True)
+    return had
+
+
+def _from_store(raw: dict[str, Any], job: str, store: Any) -> PlacementState:
+    st = PlacementState.from_dict(raw, f"placement state of {job!r} in {store.describe()}")
+    if st.job != job:
+        raise IntegrityError(f"placement state of {job!r} in {store.describe()}: belongs to job {st.job!r}")
+    return st
 
 
 @contextlib.contextmanager
@@ -147,7 +177,20 @@ def _locked(job: str) -> Iterator[None]:
 
 
 def update_state(job: str, mutate: Callable[[PlacementState], None], *, now: datetime) -> PlacementState:
-    """Load, apply ``mutate`` in place, validate and write back atomically under the job's lock."""
+    """Load, apply ``mutate`` in place, validate and write back atomically under the job's lock
+    (in PostgreSQL: one transaction under the document's lock)."""
+    store = shared_store()
+    if store is not None:
+        state_path(job)  # the same name rule
+
+        def change(raw: dict[str, Any] | None) -> dict[str, Any]:
+            st = PlacementState(job) if raw is None else _from_store(raw, job, store)
+            mutate(st)
+            st.version += 1
+            st.updated_at = now.isoformat()
+            return PlacementState.from_dict(st.to_dict(), f"placement state of {job!r}").to_dict()
+
+        return _from_store(store.update(KIND, job, change), job, store)
     with _locked(job):
         st = load_state(job)
         mutate(st)

@@ -831,7 +831,7 @@ def record_scaling_decision(con: Any, decision: ScalingDecision) -> bool:
     """Record ``decision`` in ``raw.scaling_decisions`` (once per id); whether it was new.
 
     Through :func:`spotshift.warehouse.record_facts`, the one path facts take; ``con`` is a write
-    connection the caller holds (``None``: open the warehouse, or queue the row in its spool).
+    connection the caller holds (``None``: open the warehouse, or land the row in its fact lake).
     """
     from spotshift.warehouse import record_facts
 

@@ -694,7 +694,7 @@ def start_state(
     now: datetime,
 ) -> CutoverState:
     """A new cutover at its first stage."""
-    check_range(interval_s, "--interval-s", low=0, high=86400)
+    check_range(interval_s, "--interval-seconds", low=0, high=86400)
     check_range(steady_replicas, "steady replicas", low=1, high=1e6, low_inclusive=True, integer=True)
     check_range(source_floor, "--source-floor", low=0, high=1e6, low_inclusive=True, integer=True)
     check_range(failback_s, "--failback", low=0, high=365 * 86400, low_inclusive=True)

@@ -9,10 +9,12 @@ import argparse
 import sys
 from typing import Any
 
+from spotshift.cliutil import deprecated_alias
+
 DESCRIPTION = (
     "Moves an endpoint to a target location in stages the router applies: first a shadow phase (a share "
     "of live requests mirrored to the target, its answers compared with the source's and never returned), "
-    "then live stages (the target gets that share of requests). Every --interval-s the router compares "
+    "then live stages (the target gets that share of requests). Every --interval-seconds the router compares "
     "the target with the source: P99 latency regression (<= 10 % shadow, <= 15 % live), error-rate delta "
     "(<= 0.001), cost per million tokens against the plan, identical answers on the mirrored share; a "
     "failed comparison sets the target's weight to 0 at once and records why. Holds run on the virtual "
@@ -59,12 +61,13 @@ def register(sub: Any) -> None:
         help="live stages, percent:hold, ending at 100 (default 5:24h,25:48h,50:72h,100:0)",
     )
     s.add_argument(
-        "--interval-s",
+        "--interval-seconds",
         type=float,
         default=60.0,
         metavar="N",
         help="analysis window, wall seconds (default 60)",
     )
+    deprecated_alias(s, "--interval-s", "--interval-seconds", type=float, metavar="N")
     s.add_argument(
         "--usd-per-hour",
         type=float,
@@ -138,7 +141,7 @@ def register(sub: Any) -> None:
         ("failback", "100 %% back on the source in one step, within the failback window", _failback),
     ):
         c = csub.add_parser(name, help=helptext)
-        c.add_argument("endpoint")
+        c.add_argument("endpoint", help="endpoint with a cutover (spotshift cutover start)")
         c.add_argument("--json", action="store_true", help="print the state as one JSON object")
         if name == "rollback":
             c.add_argument("--reason", default="rollback requested", help="recorded with the rollback")
@@ -212,7 +215,7 @@ def _start(args: argparse.Namespace) -> int:
             model=args.model,
             shadow=args.shadow,
             stages=args.stages,
-            interval_s=args.interval_s,
+            interval_s=args.interval_seconds,
             thresholds=th,
             usd_per_hour=args.usd_per_hour,
             capacity_tokens_s=args.capacity_tokens_s,

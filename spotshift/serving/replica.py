@@ -282,7 +282,7 @@ class Replica:
         await asyncio.to_thread(api.deregister, self.cfg.endpoint, self.record.replica_id)
         try:
             await self.flush_usage(final=True)
-        except SpotshiftError as exc:  # the rows stay in the warehouse's spool; the drain goes on
+        except SpotshiftError as exc:  # the rows stay in the warehouse's fact lake; the drain goes on
             log.warning("last usage window not recorded: %s", exc)
         self.drained.set()
         self.report = {
@@ -309,7 +309,9 @@ class Replica:
             if not self.draining:
                 try:
                     await self.flush_usage()
-                except SpotshiftError as exc:  # queued in the spool (or lost with the disk): keep serving
+                except (
+                    SpotshiftError
+                ) as exc:  # pending in the fact lake (or lost with the disk): keep serving
                     log.warning("usage window not recorded: %s", exc)
 
 

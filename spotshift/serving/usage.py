@@ -7,7 +7,7 @@ p50/p95/p99 (numpy's linear interpolation over the window's requests), requests 
 SLO, the hours the replica was up inside the window and what they cost at the replica's price
 (``usd = replica_hours x usd_per_hour``; a reserved replica is paid whether it serves or not, and
 so is every idle window: a replica writes a row for each minute it is up, even with no requests).
-Rows go through :func:`spotshift.warehouse.record_facts`, the one fact path: durable in the spool
+Rows go through :func:`spotshift.warehouse.record_facts`, the one fact path: durable in the fact lake
 first, ingested once, so dbt's ``cost_per_million_tokens`` and ``latency_slo_violation_cost`` and the
 FOCUS export are computed from served traffic.
 """
@@ -128,8 +128,8 @@ class UsageWindows:
         }
 
 
-def record_usage(rows: list[dict[str, Any]], *, timeout_s: float = 5.0) -> int:
-    """Record replica windows as ``raw.inference_usage`` facts (spooled when the warehouse is busy).
+def record_usage(rows: list[dict[str, Any]], *, timeout_s: float = 0.0) -> int:
+    """Record replica windows as ``raw.inference_usage`` facts (left in the fact lake when the warehouse is busy).
 
     Returns the number of rows handed over. Rows are idempotent facts (keyed by window start,
     location, market and replica id): recording a window twice writes it once.

@@ -115,7 +115,7 @@ def record_transfers(
     stats: list[TransferStats], run_id: str | None = None, warehouse: str | None = None
 ) -> Any:
     """Record transfers in ``raw.transfers`` of the warehouse (default: ``$SPOTSHIFT_HOME``'s) through
-    :func:`spotshift.warehouse.record_facts`: queued in its spool when it is locked, never lost."""
+    :func:`spotshift.warehouse.record_facts`: landed in its fact lake, never waiting on its lock, never lost."""
     from spotshift import warehouse as wh
 
     return wh.record_facts({"raw.transfers": [s.to_row(run_id) for s in stats]}, database=warehouse)

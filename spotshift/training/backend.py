@@ -37,6 +37,10 @@ RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.jsonl"
 STOP_REQUEST_FILE = "stop-request.json"
 STOPPING_FILE = "stopping.json"  # written by a trainer the moment it starts to stop (notice or request)
+NOTICE_FILE = "notice.json"  # `spotshift run`: the notice the wrapper hands its command's Session
+SESSION_FILE = (
+    "session.json"  # `spotshift run`: what the command's Session reports (step, checkpoint, notice)
+)
 
 
 def trainers_dir() -> Path:
@@ -216,7 +220,14 @@ class LocalProcessBackend(ComputeBackend):
                 )
             workdir = Path(request.workdir)
             workdir.mkdir(parents=True, exist_ok=True)
-            for stale in (RESULT_FILE, STOP_REQUEST_FILE, METRICS_FILE, STOPPING_FILE):
+            for stale in (
+                RESULT_FILE,
+                STOP_REQUEST_FILE,
+                METRICS_FILE,
+                STOPPING_FILE,
+                NOTICE_FILE,
+                SESSION_FILE,
+            ):
                 (workdir / stale).unlink(missing_ok=True)
             req_path = request.save(workdir / "request.json")
             out = open(workdir / "trainer.out", "ab")  # noqa: SIM115 - handed to the child

@@ -6,6 +6,7 @@ Standard library at import time; torch is only imported by the trainer process i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 from typing import Any
@@ -65,6 +66,35 @@ def register(sub: Any) -> None:
     )
     p.set_defaults(handler=_train)
 
+    r = sub.add_parser(
+        "run",
+        help="run your own training command for a declared job (notices, checkpoints, moves)",
+        description="Runs COMMAND for JOB in LOCATION under spotshift's wrapper: the command's "
+        "spotshift.checkpointing.Session (Session.from_env()) checkpoints to LOCATION's region store on the "
+        "job's cadence and resumes from its newest checkpoint; the wrapper watches the provider's preemption "
+        "notices, forwards SIGTERM, waits for the emergency checkpoint until the deadline, and records usage. "
+        "Without COMMAND the job's declared --command runs. The command's output is shown on stderr.",
+        usage="spotshift run JOB [--location L] [options] [-- COMMAND [ARG ...]]",
+    )
+    r.add_argument("job", help="declared job name (spotshift jobs add NAME ... [--command CMD])")
+    r.add_argument(
+        "--location",
+        help="provider/region to run in (default: where the job last checkpointed, else its start_location, "
+        "else where `spotshift placement plan` places it)",
+    )
+    r.add_argument(
+        "--resume",
+        default="auto",
+        help="auto (newest checkpoint in LOCATION's store that verifies, default) | none | a checkpoint path/URL",
+    )
+    r.add_argument("--key-provider", help="key provider spec (default $SPOTSHIFT_KEY_PROVIDER or local)")
+    r.add_argument(
+        "--detach", action="store_true", help="start in the background and return (see spotshift trainers)"
+    )
+    r.add_argument("--json", action="store_true", help="print one JSON object (the run's result)")
+    # everything after `--` is the command (split off by spotshift.cli.main before parsing)
+    r.set_defaults(handler=_run, command=[])
+
     t = sub.add_parser("trainers", help="list or stop running trainer processes")
     ts = t.add_subparsers(dest="trainers_command", metavar="ACTION")
     ts.required = True
@@ -102,17 +132,24 @@ def _resume_arg(text: str) -> Any:
     return {"store_url": store_url, "checkpoint_id": ckpt or "latest"}
 
 
+def _location(args: argparse.Namespace, verb: str) -> tuple[str, dict[str, Any]]:
+    """``--location``, else where the job should run (said on stderr), and the usage to price it with."""
+    from spotshift.training.runs import train_location
+
+    if args.location:
+        return args.location, {}
+    location, usage, why = train_location(args.job)
+    sys.stderr.write(f"spotshift: {verb} {args.job} in {location}: {why}\n")
+    return location, usage
+
+
 def _train(args: argparse.Namespace) -> int:
     from spotshift.cliutil import emit_json
     from spotshift.progress import progress_for
     from spotshift.training.backend import LocalProcessBackend
-    from spotshift.training.runs import build_request, collect, train_location, watch_trainer
+    from spotshift.training.runs import build_request, collect, watch_trainer
 
-    usage: dict[str, Any] = {}
-    location = args.location
-    if not location:
-        location, usage, why = train_location(args.job)
-        sys.stderr.write(f"spotshift: training {args.job} in {location}: {why}\n")
+    location, usage = _location(args, "training")
     req = build_request(
         args.job,
         location,
@@ -154,6 +191,13 @@ def _train(args: argparse.Namespace) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    return _report(args, req, location, result)
+
+
+def _report(args: argparse.Namespace, req: Any, location: str, result: dict[str, Any]) -> int:
+    """Print a finished trainer's result (one line, or ``--json``); its exit code (2: raised)."""
+    from spotshift.cliutil import emit_json
+
     code = int(result.get("exit_code", 1))
     if code == 2:  # bad input or integrity: the trainer's one-line reason, exit 2
         from spotshift.errors import ConfigError
@@ -172,6 +216,73 @@ def _train(args: argparse.Namespace) -> int:
             + (f"; error: {result.get('error')}" if result.get("error") else "")
         )
     return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    import os
+    import time
+    from pathlib import Path
+
+    from spotshift.cliutil import emit_json
+    from spotshift.errors import ConfigError
+    from spotshift.jobs import get_job
+    from spotshift.training.backend import LocalProcessBackend
+    from spotshift.training.runs import build_request, collect
+
+    command = list(args.command)
+    job = get_job(args.job)
+    if not command and job.command is None:
+        raise ConfigError(
+            f"job {args.job!r} declares no --command: give one after `--` (spotshift run {args.job} -- python train.py)"
+        )
+    location, usage = _location(args, "running")
+    req = build_request(
+        args.job,
+        location,
+        resume=_resume_arg(args.resume),
+        key_provider=args.key_provider,
+        usage=usage or None,
+        run_id="cli:run",
+        command=command or None,
+    )
+    backend = LocalProcessBackend()
+    info = backend.start(req)
+    if args.detach:
+        out = {"started": True, **info.to_dict()}
+        emit_json(out) if args.json else print(
+            f"started {info.name} in {info.location} (pid {info.pid}); output in {info.workdir}/trainer.out"
+        )
+        return 0
+
+    def forward(signum: int, _frame: Any) -> None:
+        if signum == signal.SIGTERM:  # what a cloud sends before reclaiming the VM: a preemption notice
+            os.kill(info.pid, signal.SIGTERM)
+        else:
+            sys.stderr.write("stopping at the next step boundary (checkpointing)...\n")
+            backend.stop(req.name, reason="interrupted from the command line", wait=False)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    out_path, pos = Path(info.workdir) / "trainer.out", 0
+    try:
+        with contextlib.suppress(OSError):
+            pos = out_path.stat().st_size  # earlier runs' output
+        while True:
+            alive = (backend.status(req.name) or info).alive
+            with contextlib.suppress(OSError), open(out_path, "rb") as f:
+                f.seek(pos)
+                chunk = f.read()
+                pos += len(chunk)
+                if chunk:
+                    sys.stderr.buffer.write(chunk)
+                    sys.stderr.flush()
+            if not alive:
+                break
+            time.sleep(0.2)
+        result = collect(backend, req.name)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return _report(args, req, location, result)
 
 
 def _list(args: argparse.Namespace) -> int:

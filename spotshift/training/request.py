@@ -14,6 +14,9 @@ from typing import Any
 
 from spotshift.errors import ConfigError, build_record
 
+#: environment variable naming the request file ``spotshift run`` writes for its command
+REQUEST_ENV = "SPOTSHIFT_RUN_REQUEST"
+
 ROLES = ("train", "shadow")
 
 
@@ -58,8 +61,20 @@ class TrainRequest:
     pace_on_clock: bool = False  # one step per hours_per_step of a stepped virtual clock (training.pacing)
     usage: dict[str, Any] = field(default_factory=dict)  # market, instance_type, gpu_model, gpu_count, prices
     run_id: str | None = None
+    command: list[str] | None = (
+        None  # your own training command (``spotshift run``); None: the built-in trainer
+    )
+    command_cwd: str | None = None  # where the command runs (default: the trainer's working directory)
 
     def __post_init__(self) -> None:
+        if self.command is not None and (
+            not isinstance(self.command, list)
+            or not self.command
+            or not all(isinstance(a, str) for a in self.command)
+        ):
+            raise ConfigError(
+                f"train request command must be a non-empty list of strings, got {self.command!r}"
+            )
         if self.role not in ROLES:
             raise ConfigError(f"trainer role {self.role!r} is not one of {', '.join(ROLES)}")
         if "/" not in self.location:

@@ -7,6 +7,7 @@ time (the command line imports this module lazily anyway).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from spotshift.errors import ConfigError, NotFoundError
@@ -51,11 +52,14 @@ def build_request(
     min_step_seconds: float = 0.0,
     watchers: dict[str, str] | None = None,
     checkpoint_every_steps: int | None = None,
+    command: list[str] | None = None,
 ) -> TrainRequest:
     """A training request for declared job ``job_name`` in ``location``.
 
     ``steps`` bounds the run to that many steps past the checkpoint it resumes from (resolved
-    here, so the bound is absolute); ``until_step`` sets the absolute bound directly.
+    here, so the bound is absolute); ``until_step`` sets the absolute bound directly. ``command``
+    runs that command under the wrapper instead of the built-in trainer (default: the job's
+    declared ``command``, if any).
     """
     from spotshift.jobs import get_job
 
@@ -101,6 +105,8 @@ def build_request(
         pace_on_clock=pace_on_clock,
         usage=dict(usage or {}),
         run_id=run_id,
+        command=command or job.argv,
+        command_cwd=os.getcwd() if command else job.command_cwd,
     )
 
 

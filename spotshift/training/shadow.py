@@ -29,7 +29,7 @@ from typing import Any
 
 from spotshift.errors import ConfigError
 from spotshift.training.backend import ComputeBackend, default_workdir
-from spotshift.training.request import TrainRequest
+from spotshift.training.request import TrainRequest, job_train_config
 
 #: roll back when the loss curves diverge by more than this (seed 000: "loss divergence > 0.01");
 #: the one definition every default (run config, asset config, ``spotshift move``) reads
@@ -193,8 +193,9 @@ def _shadow_request(
     from spotshift.training.runs import dataset_source, store_url_for, usage_from_quotes
 
     url = store_url_for(location)
-    cfg = ckpt.meta["state"]["train_config"]
     declared = get_job(job)
+    # the built-in trainer's checkpoints carry its config; a Session's (your own command) do not
+    cfg = ckpt.meta["state"].get("train_config") or job_train_config(declared)
     return TrainRequest(
         job=job,
         location=location,
@@ -212,6 +213,8 @@ def _shadow_request(
         run_id=run_id,
         hours_per_step=declared.hours_per_step,
         usage=usage or usage_from_quotes(declared, location),
+        command=declared.argv,
+        command_cwd=declared.command_cwd,
     )
 
 

@@ -187,23 +187,12 @@ class Trainer:
             {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k not in ("params", "lr")}
             for g in self.optimizer.state_dict()["param_groups"]
         ]
-        np_state = np.random.get_state()
         return {
             "train_config": self.cfg.to_dict(),
             "model_config": self.cfg.model,
             "num_threads": torch.get_num_threads(),
             "optimizer": {"type": "AdamW", "param_groups": groups, "param_names": self.trainable_names},
-            "rng": {
-                "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
-                "python": _python_rng_to_json(random.getstate()),
-                "numpy": [
-                    np_state[0],
-                    np_state[1].tolist(),
-                    int(np_state[2]),
-                    int(np_state[3]),
-                    float(np_state[4]),
-                ],
-            },
+            "rng": rng_state(),
             "data_position": self.sampler.position(self.step),
         }
 
@@ -267,13 +256,38 @@ class Trainer:
             g["params"] = list(range(len(self.trainable_names)))
             groups.append(g)
         self.optimizer.load_state_dict({"state": per_param, "param_groups": groups})
-        rng = state["rng"]
-        torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(rng["torch"])), dtype=torch.uint8))
-        random.setstate(_python_rng_from_json(rng["python"]))
-        n = rng["numpy"]
-        np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+        set_rng_state(state["rng"])
         self.step = int(ckpt.meta["step"])
         self.tokens = int(ckpt.meta["tokens"])
+
+
+def rng_state() -> dict[str, Any]:
+    """The Python, NumPy and torch (CPU, and CUDA when initialised) RNG states as JSON.
+
+    What a checkpoint carries so that a resumed run draws the same random numbers as the run
+    that never stopped; :func:`set_rng_state` puts them back.
+    """
+    np_state = np.random.get_state()
+    out: dict[str, Any] = {
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+        "python": _python_rng_to_json(random.getstate()),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
+    return out
+
+
+def set_rng_state(rng: Mapping[str, Any]) -> None:
+    """Restore the RNG states :func:`rng_state` captured (CUDA's only when this process has CUDA)."""
+    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(rng["torch"])), dtype=torch.uint8))
+    random.setstate(_python_rng_from_json(rng["python"]))
+    n = rng["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    if rng.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(
+            [torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8) for s in rng["cuda"]]
+        )
 
 
 def _python_rng_to_json(state: tuple[Any, ...]) -> list[Any]:

@@ -1,9 +1,11 @@
-"""A fact is never lost (issue 11, defect 4): facts go through one durable path, the warehouse spool.
+"""A fact is never lost (issue 11, defect 4; issue 17 item 3): facts go through one durable path, the fact lake.
 
-* a ``sync push`` that meets a locked warehouse queues its ``raw.transfers`` row and says so; the
-  next command that opens the warehouse for writing ingests it,
-* a corrupt warehouse is one line (exit 2) and the facts wait in the spool,
-* a ``kill -9`` between the insert and the removal of the spool file does not count a fact twice,
+* a ``sync push`` that meets a locked warehouse does not wait: its ``raw.transfers`` row lands in
+  the lake and the next command that opens the warehouse for writing ingests it,
+* a corrupt warehouse is one line (exit 2) and the facts wait in the lake,
+* a ``kill -9`` between the insert and the move of the batch to ``ingested/`` does not count a fact twice,
+* 8 processes x 1,000 facts at once: every fact present exactly once; a writer killed mid-write
+  leaves no partial row,
 * every fact writer of the pipeline goes through :func:`spotshift.warehouse.record_facts`.
 """
 
@@ -14,11 +16,12 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from spotshift import warehouse
+from spotshift import factlake, warehouse
 from spotshift.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,10 +65,11 @@ def test_push_under_a_held_lock_queues_the_row_and_the_next_writer_ingests_it(
     holder.start()
     try:
         assert ready.wait(60)
-        monkeypatch.setenv("SPOTSHIFT_WAREHOUSE_LOCK_TIMEOUT_S", "0.5")
+        monkeypatch.setenv("SPOTSHIFT_WAREHOUSE_LOCK_TIMEOUT_S", "600")  # a writer must not wait for it
+        started = time.monotonic()
         assert main(["sync", "push", str(tree), (tmp_path / "store").as_uri(), "--json"]) == 0
+        assert time.monotonic() - started < 120
         out, err = capsys.readouterr()
-        assert "queued in" in err and "still locked" in err, err
         assert len(warehouse.pending_facts(db)) == 1
     finally:
         release.set()
@@ -75,7 +79,7 @@ def test_push_under_a_held_lock_queues_the_row_and_the_next_writer_ingests_it(
     (tree / "b.bin").write_bytes(os.urandom(10_000))
     assert main(["sync", "push", str(tree), (tmp_path / "store").as_uri()]) == 0
     err = capsys.readouterr().err
-    assert "ingested 1 queued fact file(s)" in err, err
+    assert "ingested 1 pending fact batch(es) (1 new row(s))" in err, err
     rows = transfer_rows(db)
     assert len(rows) == 2 and rows[0] == (pushed["transfer_id"], pushed["bytes_sent"])
     assert warehouse.pending_facts(db) == []
@@ -101,33 +105,34 @@ def test_corrupt_warehouse_is_one_line_and_the_facts_wait(
     with warehouse.connect(db) as con:
         n = con.execute("SELECT count(*) FROM raw.transfers").fetchone()[0]
     assert n == 1
-    assert "ingested 1 queued fact file(s)" in capsys.readouterr().err
+    assert "ingested 1 pending fact batch(es)" in capsys.readouterr().err
 
 
 _KILL_AFTER_COMMIT = """
 import os, signal, sys
-from spotshift import warehouse
-real = warehouse._ingest_tables
-def ingest_then_die(con, tables):
-    out = real(con, tables)          # committed
-    os.kill(os.getpid(), signal.SIGKILL)  # killed before the spool file is removed
-warehouse._ingest_tables = ingest_then_die
+from spotshift import factlake, warehouse
+real = factlake._ingest_round
+def ingest_then_die(*args):
+    out = real(*args)          # committed
+    os.kill(os.getpid(), signal.SIGKILL)  # killed before the batch moves to ingested/
+factlake._ingest_round = ingest_then_die
 with warehouse.connect(sys.argv[1]):
     pass
 """
 
 
-def test_kill_9_between_insert_and_spool_removal_counts_each_fact_once(tmp_path: Path) -> None:
+def test_kill_9_between_insert_and_batch_move_counts_each_fact_once(tmp_path: Path) -> None:
     db = tmp_path / "w.duckdb"
     with warehouse.connect(db):
         pass
     rows = [{"transfer_id": f"t{i}", "kind": "dataset", "bytes_sent": i} for i in range(3)]
-    spool = warehouse.spool_dir(db)
-    warehouse._spool_write(spool, {"raw.transfers": warehouse.arrow_rows("raw.transfers", rows)})
+    factlake.write_batch(
+        warehouse.facts_dir(db), {"raw.transfers": warehouse.arrow_rows("raw.transfers", rows)}
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-c", _KILL_AFTER_COMMIT, str(db)], env=env, timeout=120)
     assert proc.returncode == -9
-    assert len(warehouse.pending_facts(db)) == 1  # the file survived the kill
+    assert len(warehouse.pending_facts(db)) == 1  # the batch is still pending after the kill
     with warehouse.connect(db) as con:
         n, total = con.execute("SELECT count(*), sum(bytes_sent) FROM raw.transfers").fetchone()
     assert (n, total) == (3, 3)
@@ -156,21 +161,23 @@ def test_record_facts_ingests_exactly_once_and_keeps_tables_together(tmp_path: P
     assert warehouse.pending_facts(db) == []
 
 
-def test_an_unreadable_spool_file_is_set_aside_and_never_blocks_the_others(
+def test_an_unreadable_batch_is_set_aside_and_never_blocks_the_others(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = tmp_path / "w.duckdb"
-    spool = warehouse.spool_dir(db)
-    spool.mkdir(parents=True)
-    (spool / "00000000000000000001-1-aaaa.facts").write_bytes(b"garbage")
-    warehouse._spool_write(
-        spool, {"raw.transfers": warehouse.arrow_rows("raw.transfers", [{"transfer_id": "ok"}])}
+    lake = warehouse.facts_dir(db)
+    bad = lake / "pending" / "00000000000000000001-1-aaaa"
+    bad.mkdir(parents=True)
+    (bad / "raw.transfers.parquet").write_bytes(b"garbage")
+    factlake.write_batch(
+        lake, {"raw.transfers": warehouse.arrow_rows("raw.transfers", [{"transfer_id": "ok"}])}
     )
     with warehouse.connect(db) as con:
         assert con.execute("SELECT transfer_id FROM raw.transfers").fetchall() == [("ok",)]
     err = capsys.readouterr().err
-    assert "unreadable" in err and "rejected" in err
-    assert (spool / "rejected" / "00000000000000000001-1-aaaa.facts").is_file()
+    assert "cannot be ingested" in err and "rejected" in err
+    assert (lake / "rejected" / bad.name / "raw.transfers.parquet").is_file()
+    assert warehouse.pending_facts(db) == []
 
 
 def test_every_fact_writer_goes_through_record_facts() -> None:

@@ -59,3 +59,16 @@ def test_bench_delta_quick() -> None:
         assert 0 < fams[fam]["low_planes_h0_ratio"] < 1 and 0 < fams[fam]["mantissa_lzma_ratio"] <= 1.01
     big = doc["large_tensors"]
     assert big["v1"]["encode_mb_s"] > 0 and big["v2"]["decode_mb_s"] > 0 and 0 < big["v2"]["ratio"] < 1
+
+
+@pytest.mark.slow
+def test_bench_emergency_quick() -> None:
+    doc = run_quick("emergency")
+    over = doc["step_done_overhead"]
+    assert over["per_call_us_median"] > 0 and over["share_of_100ms_step_pct"] > 0
+    for row in doc["sizes"]:
+        assert (
+            row["streaming"]["p95_s"] > 0
+            and row["sequential_baseline"]["p50_s"] > 0
+            and row["speedup_p50"] > 0
+        )

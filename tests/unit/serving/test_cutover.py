@@ -251,7 +251,7 @@ def test_cli_start_status_rollback_failback(spotshift_home: Path, capsys: pytest
     [
         (["--to", "nowhere"], "--to"),
         (["--to", "aws/us-east-1", "--stages", "5:24h"], "last live stage must be 100"),
-        (["--to", "aws/us-east-1", "--interval-s", "0"], "--interval-s"),
+        (["--to", "aws/us-east-1", "--interval-seconds", "0"], "--interval-seconds"),
         (["--to", "aws/us-east-1", "--market", "free"], "invalid choice"),
         (["--to", "gcp/us-central1"], "already serves from gcp/us-central1"),
     ],

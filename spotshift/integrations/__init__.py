@@ -1,0 +1,1 @@
+"""Integrations of spotshift sessions with training frameworks (each needs its extra)."""

@@ -1,0 +1,68 @@
+"""Emergency checkpoints stream to the local tier and the region store in one pass (issue 16 item 6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spotshift.checkpoint.format import StoredCheckpoint, list_checkpoints
+from spotshift.checkpoint.keys import LocalKeyProvider
+from spotshift.checkpoint.tiered import TieredCheckpointer
+from spotshift.sync.store import LocalChunkStore
+from tests.unit.checkpoint.test_commands import JOB, payload
+
+
+@pytest.fixture
+def keys(spotshift_home: Path) -> LocalKeyProvider:
+    return LocalKeyProvider(create=True)
+
+
+def test_sync_save_commits_the_same_bytes_in_both_stores_in_one_pass(
+    keys: LocalKeyProvider, tmp_path: Path
+) -> None:
+    region = LocalChunkStore(tmp_path / "region")
+    events: list[Any] = []
+    tiers = TieredCheckpointer(
+        job=JOB, local_dir=tmp_path / "local", region_store=region, keys=keys, on_upload=events.append
+    )
+    timings: dict[str, float] = {}
+    try:
+        local_ref, event = tiers.save(payload(9), sync=True, timings=timings)
+    finally:
+        tiers.close()
+    assert event is not None and event.error is None and event.tier == "region" and events == [event]
+    assert timings["upload_s"] == 0.0  # nothing left to upload after the commit
+    assert list_checkpoints(region, JOB) == list_checkpoints(tiers.local, JOB) == [local_ref.checkpoint_id]
+    ck = StoredCheckpoint(region, JOB, local_ref.checkpoint_id)
+    assert ck.verify(keys)["ok"]  # every check of `spotshift ckpt verify`
+    prefix = ck.prefix
+    for key in region.list_keys(prefix):
+        if not key.endswith("COMMIT"):
+            assert (region.root / key).read_bytes() == (tiers.local.root / key).read_bytes(), key
+    assert not any((region.root / ".tmp").iterdir()) and not any((tiers.local.root / ".tmp").iterdir())
+
+
+def test_a_failing_region_write_falls_back_to_local_then_upload(
+    keys: LocalKeyProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import spotshift.checkpoint.tiered as tiered
+
+    real = tiered.write_checkpoint
+
+    def region_disk_full(*args: Any, mirror: Any = None, **kw: Any) -> Any:
+        if mirror is not None:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(tiered, "write_checkpoint", region_disk_full)
+    region = LocalChunkStore(tmp_path / "region")
+    tiers = TieredCheckpointer(job=JOB, local_dir=tmp_path / "local", region_store=region, keys=keys)
+    try:
+        ref, event = tiers.save(payload(4), sync=True)
+    finally:
+        tiers.close()
+    assert event is not None and event.error is None and event.seconds >= 0
+    assert list_checkpoints(region, JOB) == [ref.checkpoint_id]
+    assert StoredCheckpoint(region, JOB, ref.checkpoint_id).verify(keys)["ok"]
