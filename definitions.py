@@ -32,6 +32,7 @@ import sensors.datasets
 import sensors.devenvs
 import sensors.inference
 import sensors.jobs
+import sensors.pools
 import sensors.preemption
 import sensors.price_change
 import sensors.price_poll
@@ -72,6 +73,7 @@ DOMAIN_MODULES: list = [
     ops.inference,
     sensors.inference,
     assets.pools,
+    sensors.pools,
     assets.devenvs,
     ops.devenvs,
     sensors.devenvs,

@@ -9,6 +9,7 @@ import dagster as dg
 
 from resources.warehouse import WarehouseResource
 from spotshift.clock import virtual_now
+from spotshift.pools.lifecycle import record_pool_facts
 from spotshift.pools.pool import load_pools
 from spotshift.pools.scheduler import pool_report, tick
 
@@ -20,6 +21,7 @@ def private_pools(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
     with warehouse.get_connection() as con:
         for pool in load_pools():
             tick(pool.name, now=now, con=con)
+            record_pool_facts(pool.name, con=con)  # raw.pool_events (pool_move_sensor moves the jobs)
     for pool in load_pools():
         reports.append(pool_report(pool.name, now=now))
     context.log.info(f"{len(reports)} private pools advanced to {now.isoformat()}")

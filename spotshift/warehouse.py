@@ -338,6 +338,35 @@ RAW_TABLES: dict[str, tuple[Column, ...]] = {
         ("within_goal_share", "DOUBLE", "Share of matched rows whose error is within the 2 % goal"),
         ("detail", "VARCHAR", "JSON: per-row matches and unmatched rows (capped)"),
     ),
+    "pool_events": _cols(
+        ("event_id", "VARCHAR", "Unique id: pool + position of the event in the pool's ledger"),
+        ("pool", "VARCHAR", "Private pool name"),
+        (
+            "location",
+            "VARCHAR",
+            "Where the event happened: onprem/<site> of the pool, or the cloud provider/region of a burst",
+        ),
+        ("event_at", "TIMESTAMP", "Virtual-clock time of the event (UTC)"),
+        ("job", "VARCHAR", "Training job name"),
+        (
+            "event",
+            "VARCHAR",
+            "submitted | started | waiting | burst | repatriated | finished | move_cut_over | move_rolled_back",
+        ),
+        ("gpus", "INTEGER", "GPUs of the job (submitted events), else null"),
+        ("hours", "DOUBLE", "Hours the finished or repatriated run lasted where it ran"),
+        ("cost_usd", "DOUBLE", "What those hours cost there, USD"),
+        ("wait_hours", "DOUBLE", "Hours the job waited in the queue (started, burst, waiting)"),
+        ("cost_pool_usd", "DOUBLE", "The decision's cost of running the work on the pool, USD"),
+        ("cost_cloud_usd", "DOUBLE", "The decision's cost of running it in the cloud, egress included, USD"),
+        ("egress_usd", "DOUBLE", "Egress the decision priced (data out of the site, checkpoint back), USD"),
+        ("reason", "VARCHAR", "Why the pool waited, burst or repatriated"),
+        (
+            "run_key",
+            "VARCHAR",
+            "Run key of the move that carried a start, burst or return out (move_* events; raw.migrations.migration_id)",
+        ),
+    ),
 }
 
 #: schema ``main``: curated tables written by assets (dbt models live next to them).
@@ -639,6 +668,7 @@ FACT_KEYS: dict[str, tuple[str, ...]] = {
     "raw.cutovers": ("cutover_id", "stage", "status"),
     "raw.budget_alerts": ("team", "month", "level"),
     "raw.reconciliations": ("reconcile_id",),
+    "raw.pool_events": ("event_id",),
 }
 
 _INGEST_LOCK = threading.Lock()  # threads of one process share DuckDB's per-process write access

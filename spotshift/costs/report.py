@@ -292,6 +292,8 @@ TRIGGER_LABELS = {
     "place": "initial placement",
     "price": "price move",
     "preemption": "preemption recovery",
+    "burst": "burst from a private pool",
+    "return": "return to a private pool",
 }
 
 

@@ -117,9 +117,7 @@ def go_live(env: MoveEnv, state: MoveState) -> CutOverResult:
     from spotshift.placement.params import PlacementParams
 
     plan = state.plan
-    live = (
-        start_live(env, plan.job, plan.to_location, usage=plan.usage()) if plan.trigger == "price" else None
-    )
+    live = start_live(env, plan.job, plan.to_location, usage=plan.usage()) if plan.validated else None
     drained = state.drained_at_wall
     with warehouse.connect(env.database) as con:
         row = record_cut_over(
@@ -252,7 +250,7 @@ def record_cut_over(
         zone=plan.zone,
         trigger=plan.trigger,
         run_key=plan.run_key,
-        cooldown_hours=cooldown_hours if plan.trigger == "price" else 0.0,
+        cooldown_hours=cooldown_hours if plan.validated else 0.0,
         status="running",
     )
     row = migration_row(
@@ -320,7 +318,7 @@ def undo_move(
     stopped = stop_trainer()
     mark_unfit(plan.job, plan.to_location, until=now + timedelta(hours=unfit_hours), reason=reason, now=now)
     resumed = None
-    if plan.from_location and plan.trigger == "price":
+    if plan.from_location and plan.validated:
         resumed = restart_source()
         before = load_state(plan.job)
         record_placement(

@@ -28,7 +28,9 @@ from spotshift.errors import ConfigError, build_record
 from spotshift.migration import contract
 from spotshift.placement.economics import Decision
 
-TRIGGERS = ("place", "price", "preemption")
+TRIGGERS = ("place", "price", "preemption", "burst", "return")
+#: triggers of a move between a private pool's site and a cloud (spotshift.pools.lifecycle)
+POOL_TRIGGERS = ("burst", "return")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,13 @@ class MovePlan:
             raise ConfigError(f"move of {self.job!r}: target {self.to_location!r} is not provider/region")
         if self.from_location and self.from_location == self.to_location:
             raise ConfigError(f"move of {self.job!r}: source and target are both {self.to_location}")
+
+    @property
+    def validated(self) -> bool:
+        """Whether the target first runs a probation checked by the shadow validation (and the live
+        trainer starts at go-live): a price move, or a burst/return of a job with a source to compare
+        against. A placement or a recovery starts the live trainer right away."""
+        return self.trigger == "price" or (self.trigger in POOL_TRIGGERS and bool(self.from_location))
 
     def usage(self) -> dict[str, Any]:
         """What prices the trainer's ``raw.compute_usage`` interval in the target."""
@@ -178,7 +187,8 @@ def jobs_to_decide(
 ) -> list[str]:
     """Declared jobs the price sensor should run the economics for, in declaration order.
 
-    Skipped: jobs with a migration/recovery/rollback run in flight (``busy``), ``migrating`` or
+    Skipped: jobs with a migration/recovery/rollback run in flight (``busy``), jobs a private pool
+    runs, queues or has burst (:func:`spotshift.pools.lifecycle.pool_managed_jobs`), ``migrating`` or
     ``finished`` ones (a job whose last step is checkpointed is marked finished here), and
     ``running`` ones whose trainer is gone or stopping — a preemption the preemption sensor is
     handling. The
@@ -188,12 +198,14 @@ def jobs_to_decide(
     """
     from spotshift.jobs import load_jobs
     from spotshift.placement.state import load_state, set_status
+    from spotshift.pools.lifecycle import pool_managed_jobs
 
     out = []
+    pooled = pool_managed_jobs()  # a private pool decides for its jobs (bursts, returns)
     # one query for every job's last checkpointed step (thousands of jobs per tick)
     last_step = dict(con.execute("SELECT job, max(step) FROM raw.checkpoints GROUP BY job").fetchall())
     for job in jobs if jobs is not None else load_jobs():
-        if job.name in busy:
+        if job.name in busy or job.name in pooled:
             continue
         state = load_state(job.name)
         if state.status in ("finished", "migrating"):

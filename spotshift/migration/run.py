@@ -85,7 +85,7 @@ def _chain(env: MoveEnv, state: MoveState, outcome: MoveOutcome) -> MoveState:
     )
     state = state.after(carry)
     state = state.after(results.setdefault("resume_in_target", steps.resume_in_target(env, state)))
-    if plan.trigger == "price":
+    if plan.validated:
         shadow = results["validate_shadow"] = cutover.validate_move(env, state)
         gate_shadow(shadow, plan)
     live = results["go_live"] = cutover.go_live(env, state)

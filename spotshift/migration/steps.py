@@ -369,6 +369,6 @@ def retrain(
 def resume_in_target(env: MoveEnv, state: MoveState) -> RetrainResult:
     """The move's step in the target: a price move's probation, or the live trainer of a placement
     or a preemption recovery."""
-    if state.plan.trigger == "price":
+    if state.plan.validated:
         return probation(env, state)
     return start_live(env, state.plan.job, state.plan.to_location, usage=state.plan.usage())

@@ -367,7 +367,12 @@ def usage_for(
     force at ``as_of`` when given): the cheapest quote there that fits the job's GPU requirement
     (and ``market``/``instance_type`` when given), with the on-demand (list) price of the same
     instance. Empty when nothing fits: the interval stays unpriced and the cost report lists it
-    (``fct_unpriced_usage``)."""
+    (``fct_unpriced_usage``). A private pool's site (``onprem/<site>``) is priced from the pool's
+    $/GPU-hour (:func:`spotshift.pools.site.site_usage`)."""
+    from spotshift.pools.site import is_private_site, site_usage
+
+    if is_private_site(location):
+        return site_usage(location, job.gpu_count)
     snap = latest_snapshot(con, as_of)
     if snap is None:
         return {}

@@ -37,7 +37,7 @@ from spotshift.statestore import shared_store
 
 KIND = "placement"  # documents of this kind in the PostgreSQL state store
 STATUSES = ("unplaced", "starting", "running", "preempted", "migrating", "finished", "stopped")
-MARKETS = ("spot", "on_demand")
+MARKETS = ("spot", "on_demand", "owned")  # owned: a private pool's GPUs (spotshift.pools.site)
 
 
 def state_dir() -> Path:
@@ -78,7 +78,7 @@ class PlacementState:
             )
         if self.market is not None and self.market not in MARKETS:
             raise ConfigError(
-                f"placement state of {self.job!r}: market {self.market!r} not one of spot, on_demand"
+                f"placement state of {self.job!r}: market {self.market!r} not one of {', '.join(MARKETS)}"
             )
         if self.location is not None and "/" not in self.location:
             raise ConfigError(

@@ -14,6 +14,7 @@ from spotshift.cliutil import emit_json
 def register(sub: Any) -> None:
     """Add the ``pools`` command group."""
     from spotshift.pools.pool import DEFAULT_USD_PER_GPU_HOUR
+    from spotshift.pools.site import DEFAULT_SITE_EGRESS_USD_PER_GB
 
     p = sub.add_parser("pools", help="private GPU pools: queue, burst to the cheapest cloud, come back")
     psub = p.add_subparsers(dest="pools_command", metavar="ACTION")
@@ -37,7 +38,11 @@ def register(sub: Any) -> None:
     )
     a.add_argument("--location", default="", help="onprem/<site> (default onprem/<name>)")
     a.add_argument(
-        "--egress-usd-per-gb", type=float, default=0.0, help="what the site pays per GB sent out (default 0)"
+        "--egress-usd-per-gb",
+        type=float,
+        default=DEFAULT_SITE_EGRESS_USD_PER_GB,
+        help=f"what the site pays per GB sent out (default {DEFAULT_SITE_EGRESS_USD_PER_GB}: an assumption, "
+        "committed IP transit at ~$0.50 per Mbps-month, 30 percent average use)",
     )
     a.add_argument("--replace", action="store_true", help="replace an existing pool of that name")
     a.set_defaults(handler=_add)
@@ -56,6 +61,7 @@ def register(sub: Any) -> None:
         "--at", metavar="TIME", help="ISO-8601 UTC time to act at (default: now on the virtual clock)"
     )
     s.add_argument("--json", action="store_true", help="print one JSON object")
+    _move_arguments(s)
     s.set_defaults(handler=_act)
 
     t = psub.add_parser("tick", help="advance a pool to now: finish, start, burst, repatriate")
@@ -64,6 +70,7 @@ def register(sub: Any) -> None:
         "--at", metavar="TIME", help="ISO-8601 UTC time to act at (default: now on the virtual clock)"
     )
     t.add_argument("--json", action="store_true", help="print one JSON object")
+    _move_arguments(t)
     t.set_defaults(handler=_act)
 
     r = psub.add_parser("report", help="utilisation, queue waits, burst hours, cost of bursting vs waiting")
@@ -73,6 +80,22 @@ def register(sub: Any) -> None:
     )
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.set_defaults(handler=_report)
+
+
+def _move_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--move",
+        action="store_true",
+        help="carry the starts, bursts and returns out as real moves (dataset delta-synced, checkpoint "
+        "encrypted and carried, probation + shadow validation, go-live or rollback), as pool_move_sensor does",
+    )
+    p.add_argument(
+        "--shadow-steps",
+        type=int,
+        default=20,
+        metavar="K",
+        help="with --move: steps of a burst's or return's probation and shadow run (default 20)",
+    )
 
 
 def _add(args: argparse.Namespace) -> int:
@@ -127,7 +150,7 @@ def _now(args: argparse.Namespace) -> Any:
     return parse_utc(args.at) if args.at else virtual_now()
 
 
-def _print_events(doc: dict[str, Any], since: int, as_json: bool) -> None:
+def _print_events(doc: dict[str, Any], since: int, as_json: bool, moves: list[dict[str, Any]]) -> None:
     new = doc["events"][since:]
     if as_json:
         emit_json(
@@ -137,26 +160,50 @@ def _print_events(doc: dict[str, Any], since: int, as_json: bool) -> None:
                 "queue": doc["queue"],
                 "burst": doc["burst"],
                 "events": new,
+                "moves": moves,
             }
         )
         return
     for e in new:
-        why = e.get("choice", {}).get("reason", "")
+        why = e.get("choice", {}).get("reason", "") or e.get("reason", "")
         print(f"{e['at']} {e['job']}: {e['event']} {e.get('location', '')} {why}".rstrip())
+    for m in moves:
+        print(f"move {m['run_key']}: {m['status']} {m['error']}".rstrip())
     print(_summary(doc))
 
 
 def _act(args: argparse.Namespace) -> int:
-    """``submit`` and ``tick``: act on the pool, print the events it produced and where jobs are."""
+    """``submit`` and ``tick``: act on the pool, record its ledger as ``raw.pool_events``, carry the
+    moves out with ``--move``, print the events it produced and where jobs are. Exit 1 when a move
+    was rolled back."""
+    import sys
+
+    from spotshift.errors import ConfigError
+    from spotshift.pools.lifecycle import carry_out, record_pool_facts
     from spotshift.pools.scheduler import load_pool_state, submit, tick
 
+    if args.shadow_steps <= 0:
+        raise ConfigError(f"--shadow-steps must be > 0, got {args.shadow_steps}")
     before = len(load_pool_state(args.pool)["events"])
     if args.pools_command == "submit":
-        doc = submit(args.pool, args.job, now=_now(args))
+        submit(args.pool, args.job, now=_now(args))
     else:
-        doc = tick(args.pool, now=_now(args))
-    _print_events(doc, before, args.json)
-    return 0
+        tick(args.pool, now=_now(args))
+    moves: list[dict[str, Any]] = []
+    if args.move:
+        from spotshift.migration.state import ShadowOptions
+
+        def log(message: str) -> None:
+            sys.stderr.write(f"{message}\n")
+
+        outcomes = carry_out(
+            args.pool, shadow=ShadowOptions(shadow_steps=args.shadow_steps), log=None if args.json else log
+        )
+        moves = [o.to_dict() for o in outcomes]
+    else:
+        record_pool_facts(args.pool)
+    _print_events(load_pool_state(args.pool), before, args.json, moves)
+    return 1 if any(m["status"] != "cut_over" for m in moves) else 0
 
 
 def _report(args: argparse.Namespace) -> int:

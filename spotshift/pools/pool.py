@@ -11,6 +11,7 @@ from typing import Any
 
 from spotshift import registry
 from spotshift.errors import ConfigError, SpotshiftError, build_record, check_range
+from spotshift.pools.site import DEFAULT_SITE_EGRESS_USD_PER_GB
 
 SECTION = "pools"
 
@@ -34,8 +35,9 @@ class PrivatePool:
     gpus: int
     usd_per_gpu_hour: float = DEFAULT_USD_PER_GPU_HOUR
     location: str = ""
-    egress_usd_per_gb: float = 0.0
-    """What the site pays to send a GB out (its transit); cloud ingress is free. The return trip of a
+    egress_usd_per_gb: float = DEFAULT_SITE_EGRESS_USD_PER_GB
+    """What the site pays to send a GB out (its transit; default: the stated assumption of
+    :data:`spotshift.pools.site.DEFAULT_SITE_EGRESS_USD_PER_GB`); cloud ingress is free. The return trip of a
     burst (checkpoint back) is priced at the cloud's internet egress rate."""
 
     def __post_init__(self) -> None:

@@ -11,7 +11,9 @@ List prices (USD per GB, first pricing tier), as published by the providers in 2
   $0.087/GB (Microsoft network, after the first 100 GB). https://azure.microsoft.com/pricing/details/bandwidth/
 * Cross-AZ inside one region: $0.01/GB (seed 002's playbook).
 
-Leaving a cloud for another cloud is billed by the source as internet egress. The table is a
+Leaving a cloud for another cloud, or for a private pool's site, is billed by the source as internet
+egress; leaving a private site costs the pool's own rate (:mod:`spotshift.pools.site`, default an
+assumption stated there). The table is a
 default: users with negotiated rates pass their own table to :func:`egress_usd_per_gb`.
 """
 
@@ -21,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from spotshift.errors import ConfigError
+from spotshift.pools.site import PRIVATE_PROVIDER, site_egress_usd_per_gb
 from spotshift.pricing.regions import split_location
 
 
@@ -112,11 +115,15 @@ def egress_usd_per_gb(
 
     Same region and zone (or zones unknown): 0. Same region, different zones: cross-AZ rate.
     Same provider, other region: inter-region rate of the source (same or cross continent).
-    Other provider: the source's internet egress rate.
+    Other provider: the source's internet egress rate. Out of a private site (``onprem/<site>``):
+    the rate of the pool declared there (:mod:`spotshift.pools.site`); into one: the source's
+    internet egress rate.
     """
     rates = table or DEFAULT_EGRESS
     sp, sr = split_location(src, zone=True)
     dp, dr = split_location(dst, zone=True)
+    if sp == PRIVATE_PROVIDER and sp not in rates:  # out of a private pool's site: its own rate
+        return 0.0 if (dp, dr) == (sp, sr) else site_egress_usd_per_gb(f"{sp}/{sr}")
     if sp not in rates:
         raise ConfigError(f"no egress prices for provider {sp!r} (location {src!r})")
     r = rates[sp]

@@ -178,13 +178,24 @@ _GLOB_CHARS = set("*?[")
 
 def check_location(location: str, what: str = "location", *, zone: bool = False) -> str:
     """``location`` if it is ``provider/region`` of a known region (``provider/region/zone`` with
-    ``zone``, the zone named after its region as the clouds do); else :class:`ConfigError` naming
+    ``zone``, the zone named after its region as the clouds do) or ``onprem/<site>`` of a declared
+    private pool; else :class:`ConfigError` naming
     ``what`` and the reason."""
     parts = location.split("/") if isinstance(location, str) else []
     if len(parts) not in ((2, 3) if zone else (2,)) or not all(p.strip() for p in parts):
         shape = "provider/region or provider/region/zone" if zone else "provider/region"
         raise ConfigError(f"{what} {location!r} is not of the form {shape}")
     provider, region = parts[0], parts[1]
+    if provider == "onprem" and len(parts) == 2:  # a private pool's site (spotshift.pools.site)
+        from spotshift.pools.site import site_pool
+
+        try:
+            site_pool(location)
+        except ConfigError:
+            raise ConfigError(
+                f"{what} {location!r}: no private pool is declared there (spotshift pools add)"
+            ) from None
+        return location
     _check_provider(provider, what, location)
     if region not in KNOWN_REGIONS[provider]:
         raise ConfigError(

@@ -64,7 +64,9 @@ def build_request(
     from spotshift.jobs import get_job
 
     job = get_job(job_name)
-    if not job.allows(location):
+    from spotshift.pools.site import site_admits
+
+    if not job.allows(location) and not site_admits(job, location):
         raise ConfigError(
             f"job {job_name!r} is not allowed in {location} (allowed: {', '.join(job.allowed_locations)})"
         )

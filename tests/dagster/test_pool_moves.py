@@ -1,0 +1,69 @@
+"""Issue 19 in Dagster: ``pool_move_sensor`` turns the pools' bursts and returns into ``migration_job``
+runs with deterministic run keys (once: a key with a ``raw.migrations`` row is done), adds the pool's
+site to the ``regions`` partitions, and ``private_pools`` records the ledger as ``raw.pool_events``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+
+from spotshift import warehouse
+from spotshift.jobs import TrainingJob, add_job
+from spotshift.pools.pool import PrivatePool, add_pool
+from spotshift.pools.scheduler import submit
+from spotshift.sync.datasets import Dataset, add_dataset
+from tests.dagster.test_hybrid import load_defs
+from tests.migration_support import write_quotes
+
+T0 = datetime(2025, 3, 3, 0, tzinfo=UTC)
+
+
+def test_pool_move_sensor_requests_each_move_once(spotshift_home: Path) -> None:
+    add_pool(PrivatePool(name="dc1", gpu_model="A100", gpus=8))
+    data = spotshift_home / "data"
+    data.mkdir()
+    (data / "a.bin").write_bytes(b"x" * 1000)
+    add_dataset(Dataset(name="genomes", source=str(data), location="onprem/dc1"))
+    common = dict(
+        dataset="genomes",
+        total_steps=10,
+        gpu_model="A100",
+        gpu_count=8,
+        allowed_locations=["aws/*"],
+        submitted_at=T0.isoformat(),
+    )
+    add_job(TrainingJob(name="base", work_hours=8.0, **common))  # type: ignore[arg-type]
+    add_job(TrainingJob(name="urgent", work_hours=20.0, deadline_hours=24.0, **common))  # type: ignore[arg-type]
+    write_quotes("snap-1", T0, {"aws/us-east-1": 20.0})
+    submit("dc1", "base", now=T0)
+    submit("dc1", "urgent", now=T0)
+
+    defs = load_defs()
+    sensor = defs.get_sensor_def("pool_move_sensor")
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {k: defs.resources[k] for k in ("warehouse", "compute")}
+    result = sensor(dg.build_sensor_context(instance=instance, definitions=defs, resources=resources))
+    keys = {r.run_key: r for r in result.run_requests}
+    place = f"base:-->onprem/dc1:pool-dc1@{T0.isoformat()}"
+    burst = f"urgent:-->aws/us-east-1:pool-dc1@{T0.isoformat()}"
+    assert set(keys) == {place, burst}
+    config = keys[burst].run_config["ops"]["plan_move"]["config"]
+    assert (config["trigger"], config["to_location"], config["from_location"]) == (
+        "burst",
+        "aws/us-east-1",
+        "",
+    )
+    assert keys[place].run_config["ops"]["plan_move"]["config"]["market"] == "owned"
+    assert result.dynamic_partitions_requests[0].partition_keys == ["onprem/dc1"]
+    # the ledger is in the warehouse; a move with a raw.migrations row is not requested again
+    with warehouse.connect() as con:
+        events = con.execute("SELECT job, event FROM raw.pool_events ORDER BY event_id").fetchall()
+        assert ("urgent", "burst") in events and ("base", "started") in events
+        con.execute(
+            "INSERT INTO raw.migrations (migration_id, job, trigger, status) VALUES (?, 'urgent', 'burst', 'cut_over')",
+            [burst],
+        )
+    again = sensor(dg.build_sensor_context(instance=instance, definitions=defs, resources=resources))
+    assert {r.run_key for r in again.run_requests} == {place}
