@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlparse
 
 from spotshift.cloud_errors import redact_url
 from spotshift.errors import ConfigError
-from spotshift.pricing.regions import split_location
+from spotshift.locations import split_location
 
 
 def spotshift_home() -> Path:

@@ -97,7 +97,7 @@ def cheapest_place(env: DevEnv, *, pinned: bool = True) -> Place:
 
     from spotshift import warehouse
     from spotshift.placement.inputs import latest_snapshot, load_quotes
-    from spotshift.placement.scoring import gpu_model_matches
+    from spotshift.pricing.catalog import gpu_model_matches
 
     quotes: list[Any] = []
     try:

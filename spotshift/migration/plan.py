@@ -198,7 +198,7 @@ def jobs_to_decide(
     """
     from spotshift.jobs import load_jobs
     from spotshift.placement.state import load_state, set_status
-    from spotshift.pools.lifecycle import pool_managed_jobs
+    from spotshift.pools.scheduler import pool_managed_jobs
 
     out = []
     pooled = pool_managed_jobs()  # a private pool decides for its jobs (bursts, returns)

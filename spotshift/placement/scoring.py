@@ -42,6 +42,7 @@ from spotshift.jobs import TrainingJob
 from spotshift.placement.horizon import expected_preemptions
 from spotshift.placement.params import PlacementParams
 from spotshift.placement.risk import RegionRisk
+from spotshift.pricing.catalog import gpu_model_matches as gpu_model_matches
 from spotshift.pricing.egress import egress_usd_per_gb
 from spotshift.pricing.quote import NormalizedGPUQuote
 
@@ -146,14 +147,6 @@ def preemption_cost_usd(
         + params.transfer_hours(footprint.checkpoint_bytes)
     )
     return price_usd_hour * hours
-
-
-def gpu_model_matches(wanted: str | None, offered: str) -> bool:
-    """Case-insensitive; ``A100`` matches ``a100`` and ``A100-40GB``; ``A100-80GB`` does not match ``a100``."""
-    if not wanted:
-        return True
-    w, o = wanted.strip().lower(), offered.strip().lower()
-    return o == w or o.startswith(w + "-")
 
 
 @dataclass(frozen=True, slots=True)

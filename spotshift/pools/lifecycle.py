@@ -217,16 +217,3 @@ def record_pool_facts(pool_name: str, *, database: Any = None, con: Any = None) 
     return warehouse.record_facts({"raw.pool_events": rows}, database=database, con=con).rows(
         "raw.pool_events"
     )
-
-
-def pool_managed_jobs() -> set[str]:
-    """Jobs a declared pool runs, queues or has burst: the pools decide where they go (the price
-    sensor and the placement economics leave them alone)."""
-    from spotshift.pools.pool import load_pools
-    from spotshift.pools.scheduler import load_pool_state
-
-    out: set[str] = set()
-    for pool in load_pools():
-        doc = load_pool_state(pool.name)
-        out.update(e["job"] for k in ("running", "queue", "burst") for e in doc[k])
-    return out

@@ -11,9 +11,15 @@ from typing import Any
 
 from spotshift import registry
 from spotshift.errors import ConfigError, SpotshiftError, build_record, check_range
-from spotshift.pools.site import DEFAULT_SITE_EGRESS_USD_PER_GB
 
 SECTION = "pools"
+
+#: Assumption (no seed gives a figure): a private site buys committed IP transit, billed per Mbps
+#: at the 95th percentile, not per GB. At ~$0.50 per Mbps-month (2024 list prices of large transit
+#: carriers in US/EU metros) a link averaging 30 % of its 95th percentile carries about
+#: 0.3 x 324 GB = 97 GB per Mbps-month, i.e. ~$0.005 per GB sent. Set the pool's own rate with
+#: ``spotshift pools add --egress-usd-per-gb``.
+DEFAULT_SITE_EGRESS_USD_PER_GB = 0.005
 
 #: seed 000, benchmark table: on-prem DGX, cost per training hour of an 8x A100 node including
 #: power, cooling and amortised hardware ("$14.20*")
@@ -37,7 +43,7 @@ class PrivatePool:
     location: str = ""
     egress_usd_per_gb: float = DEFAULT_SITE_EGRESS_USD_PER_GB
     """What the site pays to send a GB out (its transit; default: the stated assumption of
-    :data:`spotshift.pools.site.DEFAULT_SITE_EGRESS_USD_PER_GB`); cloud ingress is free. The return trip of a
+    :data:`DEFAULT_SITE_EGRESS_USD_PER_GB`); cloud ingress is free. The return trip of a
     burst (checkpoint back) is priced at the cloud's internet egress rate."""
 
     def __post_init__(self) -> None:

@@ -120,7 +120,7 @@ def submit(
     """Queue declared job ``job_name`` on the pool (it must need the pool's GPU model and fit in it),
     then :func:`tick`. Returns the pool's state."""
     from spotshift.jobs import get_job
-    from spotshift.placement.scoring import gpu_model_matches
+    from spotshift.pricing.catalog import gpu_model_matches
     from spotshift.registry import locked
 
     pool, job = get_pool(pool_name), get_job(job_name)
@@ -456,3 +456,15 @@ def pool_report(pool_name: str, *, now: datetime) -> dict[str, Any]:
             for e in bursts
         ],
     }
+
+
+def pool_managed_jobs() -> set[str]:
+    """Jobs a declared pool runs, queues or has burst: the pools decide where they go (the price
+    sensor and the placement economics leave them alone)."""
+    from spotshift.pools.pool import load_pools
+
+    out: set[str] = set()
+    for pool in load_pools():
+        doc = load_pool_state(pool.name)
+        out.update(e["job"] for k in ("running", "queue", "burst") for e in doc[k])
+    return out

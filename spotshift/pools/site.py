@@ -16,18 +16,12 @@ from __future__ import annotations
 from typing import Any
 
 from spotshift.errors import ConfigError
+from spotshift.pools.pool import DEFAULT_SITE_EGRESS_USD_PER_GB as DEFAULT_SITE_EGRESS_USD_PER_GB
 
 #: the provider part of a private site's location
 PRIVATE_PROVIDER = "onprem"
 #: the market a pool's GPUs are "bought" on (owned capacity, no spot)
 POOL_MARKET = "owned"
-
-#: Assumption (no seed gives a figure): a private site buys committed IP transit, billed per Mbps
-#: at the 95th percentile, not per GB. At ~$0.50 per Mbps-month (2024 list prices of large transit
-#: carriers in US/EU metros) a link averaging 30 % of its 95th percentile carries about
-#: 0.3 x 324 GB = 97 GB per Mbps-month, i.e. ~$0.005 per GB sent. Set the pool's own rate with
-#: ``spotshift pools add --egress-usd-per-gb``.
-DEFAULT_SITE_EGRESS_USD_PER_GB = 0.005
 
 
 def is_private_site(location: str) -> bool:
@@ -72,7 +66,7 @@ def site_admits(job: Any, location: str) -> bool:
     may burst to; the pool it is submitted to is always allowed."""
     if not is_private_site(location):
         return False
-    from spotshift.placement.scoring import gpu_model_matches
+    from spotshift.pricing.catalog import gpu_model_matches
 
     try:
         pool = site_pool(location)

@@ -260,3 +260,11 @@ def load_catalog() -> Catalog:
     """The catalog shipped with spotshift (``spotshift/pricing/catalog.csv``), parsed once per process."""
     with resources.as_file(resources.files("spotshift.pricing") / "catalog.csv") as p:
         return read_catalog(p)
+
+
+def gpu_model_matches(wanted: str | None, offered: str) -> bool:
+    """Case-insensitive; ``A100`` matches ``a100`` and ``A100-40GB``; ``A100-80GB`` does not match ``a100``."""
+    if not wanted:
+        return True
+    w, o = wanted.strip().lower(), offered.strip().lower()
+    return o == w or o.startswith(w + "-")

@@ -19,6 +19,10 @@ from __future__ import annotations
 import fnmatch
 
 from spotshift.errors import ConfigError
+from spotshift.locations import provider_of as provider_of
+from spotshift.locations import region_of as region_of
+from spotshift.locations import split_location as split_location
+from spotshift.locations import zone_of as zone_of
 
 KNOWN_REGIONS: dict[str, frozenset[str]] = {
     "aws": frozenset(
@@ -204,38 +208,6 @@ def check_location(location: str, what: str = "location", *, zone: bool = False)
     if len(parts) == 3 and not (parts[2].startswith(region) or provider == "azure"):
         raise ConfigError(f"{what} {location!r}: zone {parts[2]!r} is not in region {region}")
     return location
-
-
-def split_location(location: str, *, zone: bool = False) -> tuple[str, str]:
-    """``"gcp/us-central1"`` -> ``("gcp", "us-central1")``, the provider lower-case; with ``zone``, a
-    ``provider/region/zone`` is accepted too and its zone dropped. :class:`ConfigError` when malformed
-    (whether the region exists is :func:`check_location`'s question).
-
-    The one place a location is cut into its parts: nothing splits ``provider/region`` by hand.
-    """
-    parts = location.strip().split("/") if isinstance(location, str) else []
-    if len(parts) not in ((2, 3) if zone else (2,)) or not all(parts):
-        shape = "provider/region[/zone]" if zone else "provider/region"
-        raise ConfigError(f"location {location!r} is not of the form {shape}")
-    return parts[0].lower(), parts[1]
-
-
-def region_of(location: str) -> str:
-    """``provider/region[/zone]`` -> ``provider/region`` (the zone dropped); ConfigError when malformed."""
-    provider, region = split_location(location, zone=True)
-    return f"{provider}/{region}"
-
-
-def zone_of(location: str) -> str:
-    """The zone of a ``provider/region/zone`` location (``""`` without one); ConfigError when malformed."""
-    split_location(location, zone=True)
-    parts = location.strip().split("/")
-    return parts[2] if len(parts) == 3 else ""
-
-
-def provider_of(location: str) -> str:
-    """The provider of a location, lower-case (``""`` for an empty string); no check of the rest."""
-    return location.partition("/")[0].lower()
 
 
 def check_location_pattern(pattern: str, what: str = "location pattern") -> str:
