@@ -209,11 +209,17 @@ def serve_and_preempt(
     serving: list[tuple[str, str]], prices: dict[tuple[str, str], float], act: InferenceAct
 ) -> None:
     """Start the replicas and the router, load them, preempt the spot replica mid-load, stop all."""
+    from spotshift.clock import VirtualClock, load_clock
     from spotshift.serving import replica_api as api
     from spotshift.serving.loadgen import run_load
     from spotshift.training.notice_server import MetadataServer
     from spotshift.training.preemption import register_endpoints
 
+    # the act serves in real time: the stepped clock runs at wall speed while replicas serve (their
+    # usage windows are on this clock, so the act's facts are dated in the demo's virtual May 2024)
+    # and goes back to its own kind (stepped, frozen) at its reading once they have stopped
+    paced = load_clock()
+    VirtualClock(paced.now().isoformat(), time.time(), 1.0).save()
     spot = next((loc for loc, m in serving if m == "spot"), None)
     server = MetadataServer() if spot else None
     if spot and server:
@@ -261,6 +267,10 @@ def serve_and_preempt(
         if spot and server:
             register_endpoints({spot: None})
             server.close()
+        now = load_clock().now().isoformat()
+        VirtualClock(
+            now, time.time(), paced.speed, paced.pace_trainers, paced.pace_speed, paced.stepped
+        ).save()
 
 
 def run_act(model: str, start: datetime) -> InferenceAct:

@@ -52,7 +52,7 @@ def register(sub: Any) -> None:
         description="Read a FOCUS 1.2/1.3 cost and usage export (AWS Data Exports, Azure Cost Management, GCP "
         "billing export in FOCUS form; .csv or .parquet), match its usage rows to spotshift's compute and "
         "transfer rows by resource, region and time window, and report the estimate-vs-billed error per "
-        "resource-hour (goal: within 2 %% on matched rows) and the rows on either side that did not match. "
+        "resource-hour (goal: within 2 % on matched rows) and the rows on either side that did not match. "
         "The result is recorded in raw.reconciliations; `spotshift report` shows the latest.",
     )
     r.add_argument("export", metavar="EXPORT.csv|EXPORT.parquet", help="the provider's FOCUS export")

@@ -503,7 +503,41 @@ def generate_facts(
     _scaling(sim)
     _baselines(sim)
     _budget_and_invoice(sim)
+    _cutover_and_pool(sim)
     return sim.rows
+
+
+def _cutover_and_pool(sim: _Sim) -> None:
+    """One promoted live stage of an endpoint cutover (``raw.cutovers``) and a private pool's burst of
+    one job and its return (``raw.pool_events``), dated after the fixture's last interval."""
+    last = max(u["ended_at"] for u in sim.rows["compute_usage"])
+    sim.add(
+        "cutovers",
+        cutover_id="co-fixture", endpoint="chat", stage_index=6, stage="live-100", phase="live",
+        percent=100.0, from_locations="aws/us-east-1", to_location="gcp/us-central1", status="promoted",
+        started_at=last, ended_at=last + timedelta(hours=1), windows=60, source_requests=0,
+        target_requests=12000, source_p99_ms=410.0, target_p99_ms=402.0, source_error_rate=0.0,
+        target_error_rate=0.0, source_usd_per_mtok=6.10, target_usd_per_mtok=4.90,
+        plan_usd_per_mtok=5.00, mirrored=0, agreement=None, reason=None, replica_hours_saved=None,
+    )  # fmt: skip
+    job = sim.rows["compute_usage"][0]["job"]
+    common = {"pool": "dgx", "job": job, "gpus": None, "hours": None, "cost_usd": None}
+    sim.add(
+        "pool_events", event_id="dgx:0", location="onprem/lab", event_at=last, event="submitted",
+        **{**common, "gpus": 8}, wait_hours=None, cost_pool_usd=None, cost_cloud_usd=None,
+        egress_usd=None, reason=None, run_key=None,
+    )  # fmt: skip
+    sim.add(
+        "pool_events", event_id="dgx:1", location="aws/us-east-1", event_at=last + timedelta(hours=1),
+        event="burst", **common, wait_hours=1.0, cost_pool_usd=180.0, cost_cloud_usd=150.0,
+        egress_usd=4.0, reason="queue wait breaks the deadline", run_key=f"{job}:onprem/lab->aws/us-east-1:pool-dgx@1",
+    )  # fmt: skip
+    sim.add(
+        "pool_events", event_id="dgx:2", location="onprem/lab", event_at=last + timedelta(hours=10),
+        event="repatriated", **{**common, "hours": 9.0, "cost_usd": 180.0}, wait_hours=None,
+        cost_pool_usd=40.0, cost_cloud_usd=60.0, egress_usd=2.0, reason="the pool has room",
+        run_key=f"{job}:aws/us-east-1->onprem/lab:pool-dgx@2",
+    )  # fmt: skip
 
 
 def _budget_and_invoice(sim: _Sim) -> None:
@@ -679,7 +713,8 @@ def write_scaled_usage(
         INSERT INTO raw.preemptions
         SELECT
             'n' || i, 'job-' || job_no, provider || '/' || region, 'sigterm',
-            ended_at - INTERVAL 30 SECOND, ended_at, NULL, ended_at + INTERVAL 6 MINUTE, 390.0, k * 1000
+            ended_at - INTERVAL 30 SECOND, ended_at, NULL, ended_at + INTERVAL 6 MINUTE, 390.0, k * 1000,
+            NULL, NULL
         FROM _scaled WHERE market = 'spot' AND u2 < 0.28
     """)
     con.execute("""

@@ -28,9 +28,9 @@ import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from spotshift.clock import load_clock
 from spotshift.errors import InputError, SpotshiftError
 from spotshift.serving import replica_api as api
 from spotshift.serving.usage import ReplicaIdentity, UsageWindows, record_usage
@@ -111,6 +111,9 @@ class Replica:
         self.drain_reason = ""
         self.report: dict[str, Any] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        # usage windows on the shared clock (the real time unless a virtual clock is saved, as in the
+        # demo), read once at start: one clock for every fact
+        self.clock = load_clock()
         self.metrics = _Metrics(
             {
                 "endpoint": cfg.endpoint,
@@ -129,7 +132,7 @@ class Replica:
                 cfg.slo_ms,
                 cfg.usd_per_violation,
             ),
-            datetime.now(UTC),
+            self.clock.now(),
         )
 
     # -- HTTP ------------------------------------------------------------------------------------
@@ -236,7 +239,7 @@ class Replica:
         self.metrics.tokens_in.inc(result.prompt_tokens)
         self.metrics.tokens_out.inc(result.completion_tokens)
         self.metrics.latency.observe(latency_s)
-        self.usage.add(datetime.now(UTC), latency_s * 1000.0, result.prompt_tokens, result.completion_tokens)
+        self.usage.add(self.clock.now(), latency_s * 1000.0, result.prompt_tokens, result.completion_tokens)
 
     async def healthz(self, request: Any) -> Any:
         """``GET /healthz``: 200 ready / 503 draining, with the registry record and live counts."""
@@ -297,7 +300,7 @@ class Replica:
 
     async def flush_usage(self, *, final: bool = False) -> int:
         """Record the usage windows that are over (all of them, with ``final``)."""
-        rows = self.usage.roll(datetime.now(UTC), final=final)
+        rows = self.usage.roll(self.clock.now(), final=final)
         if rows and self.cfg.record_usage:
             await asyncio.to_thread(record_usage, rows)
         return len(rows)

@@ -257,7 +257,7 @@ def _check_usage_and_marts(home: Path, tmp_path: Path, replica_id: str, *, reque
     finally:
         con.close()
     assert denominator == pytest.approx(tokens / 1e6) and value == pytest.approx(usd / (tokens / 1e6))
-    assert focus[0] == n_rows and focus[1] == pytest.approx(usd)
+    assert focus[0] == n_rows and float(focus[1]) == pytest.approx(usd)  # FOCUS money is DECIMAL(38,10)
 
 
 def test_spot_replica_drains_on_a_notice_finishing_in_flight_and_refusing_new(home: Path) -> None:
