@@ -20,7 +20,7 @@ import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -507,19 +507,54 @@ def generate_facts(
     return sim.rows
 
 
+CUTOVER_T0 = datetime(2024, 5, 2, 0, 0, tzinfo=UTC)
+
+
+def cutover_rows(t0: datetime = CUTOVER_T0) -> list[dict[str, Any]]:
+    """raw.cutovers rows as the cutover library writes them: endpoint chat promoted to aws/us-east-1
+    (live 25 % for 1 h, then 100 %), endpoint chat2 rolled back at live-25 by a 4x slower target."""
+    from spotshift.serving import cutover as co
+
+    def window(tgt_ms: float) -> Any:
+        w = co.Window(0.0, 1.0)
+        for i in range(40):
+            w.source.add(50.0 + i % 3, True, 100, 0.35)  # source: 0.35 USD per million tokens
+            w.target.add(tgt_ms + i % 3, True, 100, 0.21)  # target: 0.21
+        w.mirrored = w.agreed = 10
+        return w
+
+    rows: list[dict[str, Any]] = []
+    for endpoint, tgt_ms in (("chat", 50.0), ("chat2", 200.0)):
+        st = co.start_state(
+            endpoint,
+            to_location="aws/us-east-1",
+            market="spot",
+            model="",
+            source_locations=["gcp/us-central1"],
+            shadow=(),
+            live=co.parse_stages("25:1h,100:0", "live", "--stages"),
+            thresholds=co.Thresholds(),
+            interval_s=60.0,
+            plan_usd_per_mtok=0.21,
+            source_usd_per_mtok=0.35,
+            steady_replicas=4,
+            source_floor=1,
+            failback_s=7 * 86400.0,
+            now=t0,
+        )
+        st = co.decide(st, window(tgt_ms), t0 + timedelta(minutes=1))
+        st = co.decide(st, window(tgt_ms), t0 + timedelta(hours=1, minutes=1))
+        rows += [{**r, "cutover_id": f"co-fixture-{endpoint}"} for r in st.stage_rows]  # deterministic ids
+    return rows
+
+
 def _cutover_and_pool(sim: _Sim) -> None:
-    """One promoted live stage of an endpoint cutover (``raw.cutovers``) and a private pool's burst of
-    one job and its return (``raw.pool_events``), dated after the fixture's last interval."""
+    """Two endpoint cutovers, one promoted and one rolled back (``raw.cutovers``,
+    :func:`cutover_rows`), and a private pool's burst of one job and its return
+    (``raw.pool_events``, dated after the fixture's last interval)."""
     last = max(u["ended_at"] for u in sim.rows["compute_usage"])
-    sim.add(
-        "cutovers",
-        cutover_id="co-fixture", endpoint="chat", stage_index=6, stage="live-100", phase="live",
-        percent=100.0, from_locations="aws/us-east-1", to_location="gcp/us-central1", status="promoted",
-        started_at=last, ended_at=last + timedelta(hours=1), windows=60, source_requests=0,
-        target_requests=12000, source_p99_ms=410.0, target_p99_ms=402.0, source_error_rate=0.0,
-        target_error_rate=0.0, source_usd_per_mtok=6.10, target_usd_per_mtok=4.90,
-        plan_usd_per_mtok=5.00, mirrored=0, agreement=None, reason=None, replica_hours_saved=None,
-    )  # fmt: skip
+    for row in cutover_rows():
+        sim.add("cutovers", **row)
     job = sim.rows["compute_usage"][0]["job"]
     common = {"pool": "dgx", "job": job, "gpus": None, "hours": None, "cost_usd": None}
     sim.add(

@@ -34,7 +34,7 @@ from spotshift.sync.chunking import (
 )
 from spotshift.sync.filescache import FilesCache, stat_key, unpack_chunks
 from spotshift.sync.manifest import DIR, FILE, ROOT_PATH, SYMLINK, FileEntry, Manifest
-from spotshift.sync.transfer import check_workers
+from spotshift.sync.workers import check_workers
 
 _O_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _COMMIT_EVERY_S = 1.0

@@ -16,6 +16,8 @@ from typing import Any
 
 from spotshift.pricing.egress import egress_usd_per_gb
 from spotshift.pricing.regions import region_of, zone_of
+from spotshift.sync.workers import MAX_WORKERS as MAX_WORKERS
+from spotshift.sync.workers import check_workers as check_workers
 
 
 def _virtual_now() -> datetime:
@@ -119,20 +121,6 @@ def record_transfers(
     from spotshift import warehouse as wh
 
     return wh.record_facts({"raw.transfers": [s.to_row(run_id) for s in stats]}, database=warehouse)
-
-
-#: most parallel transfers or chunking threads one operation may ask for
-MAX_WORKERS = 1024
-
-
-def check_workers(workers: int | None, default: int) -> int:
-    """``workers`` when it is a whole number within 1-1024, ``default`` when None; else
-    :class:`~spotshift.errors.ConfigError` (``--workers 0`` or ``-3`` is a mistake, not "default")."""
-    from spotshift.errors import check_range
-
-    if workers is None:
-        return default
-    return int(check_range(workers, "--workers", low=0, high=MAX_WORKERS, integer=True))
 
 
 class BoundedPool:

@@ -206,50 +206,6 @@ def hand_facts() -> dict[str, list[dict]]:
     }
 
 
-CUTOVER_T0 = datetime(2024, 5, 2, 0, 0)
-
-
-def cutover_rows() -> list[dict]:
-    """raw.cutovers rows as the cutover library writes them: endpoint chat promoted to aws/us-east-1
-    (live 25 % for 1 h, then 100 %), endpoint chat2 rolled back at live-25 by a 4x slower target."""
-    from datetime import UTC, timedelta
-
-    from spotshift.serving import cutover as co
-
-    def window(tgt_ms: float) -> co.Window:
-        w = co.Window(0.0, 1.0)
-        for i in range(40):
-            w.source.add(50.0 + i % 3, True, 100, 0.35)  # source: 0.35 USD per million tokens
-            w.target.add(tgt_ms + i % 3, True, 100, 0.21)  # target: 0.21
-        w.mirrored = w.agreed = 10
-        return w
-
-    t0 = CUTOVER_T0.replace(tzinfo=UTC)
-    rows = []
-    for endpoint, tgt_ms in (("chat", 50.0), ("chat2", 200.0)):
-        st = co.start_state(
-            endpoint,
-            to_location="aws/us-east-1",
-            market="spot",
-            model="",
-            source_locations=["gcp/us-central1"],
-            shadow=(),
-            live=co.parse_stages("25:1h,100:0", "live", "--stages"),
-            thresholds=co.Thresholds(),
-            interval_s=60.0,
-            plan_usd_per_mtok=0.21,
-            source_usd_per_mtok=0.35,
-            steady_replicas=4,
-            source_floor=1,
-            failback_s=7 * 86400.0,
-            now=t0,
-        )
-        st = co.decide(st, window(tgt_ms), t0 + timedelta(minutes=1))
-        st = co.decide(st, window(tgt_ms), t0 + timedelta(hours=1, minutes=1))
-        rows += st.stage_rows
-    return rows
-
-
 @pytest.fixture(scope="session")
 def built_warehouse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DbtRun]:
     """A warehouse with fixture + hand-built facts and every dbt_costs mart built (one dbt build)."""
@@ -258,7 +214,6 @@ def built_warehouse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Dbt
     with connect(path) as con:
         write_facts(con, generate_facts(seed=7))
         write_facts(con, hand_facts())
-        write_facts(con, {"cutovers": cutover_rows()})
     with pytest.MonkeyPatch.context() as mp:
         # a home of its own: the availability trace of the hand job's first spot location (capacity
         # from 04:00 for 1 h, gone for 1 h, then back), nothing from a developer's ./.spotshift
