@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -44,8 +43,8 @@ def run_request(req: TrainRequest) -> int:
     workdir = Path(req.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     setup_logging(workdir)
-    lock_fd = acquire_trainer_lock(req.name)
-    if lock_fd is None:
+    lock = acquire_trainer_lock(req.name)
+    if lock is None:
         msg = (
             f"job {req.job}: another trainer ({req.name}) is already running; refusing to start a second one"
         )
@@ -78,7 +77,7 @@ def run_request(req: TrainRequest) -> int:
         atomic_write_json(workdir / RESULT_FILE, run.result)
     if code == 0:
         _ingest_quietly(run)
-    os.close(lock_fd)
+    lock.release()
     return code
 
 
