@@ -107,6 +107,11 @@ def from_botocore(exc: BaseException, who: str, what: str) -> SpotshiftError:
             f"{who}: no AWS credentials (use a role: web identity with AWS_ROLE_ARN + "
             "AWS_WEB_IDENTITY_TOKEN_FILE, or an instance/task role; else AWS_PROFILE)"
         )
+    if isinstance(exc, bx.InvalidConfigError):  # e.g. a web identity token file but no role
+        return ConfigError(
+            f"{who}: the AWS credentials configuration is incomplete (AWS_WEB_IDENTITY_TOKEN_FILE needs "
+            "AWS_ROLE_ARN; or check the profile)"
+        )
     if isinstance(exc, bx.NoRegionError):
         return ConfigError(f"{who}: no AWS region configured (set AWS_DEFAULT_REGION)")
     if isinstance(exc, bx.ClientError):
