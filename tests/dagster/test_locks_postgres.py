@@ -86,6 +86,14 @@ def test_run_lock_in_postgres_one_holder_and_released_when_killed(
         assert rival.communicate(timeout=120)[0].strip() == "held" and rival.returncode == 0
     finally:
         holder.kill()
+    # a holder whose session the server ends (restart, network cut) can tell it lost the lock
+    mine = runlocks.acquire("solo")
+    assert mine is not None and mine.alive() and runlocks.acquire("solo", wait_s=0) is None
+    store = state.shared_store()
+    assert store is not None
+    store.query_one("SELECT pg_terminate_backend(%s)", (mine._session.get_backend_pid(),))
+    assert not mine.alive() and not runlocks.held("solo")
+    mine.release()
 
 
 @pytest.mark.services
