@@ -33,7 +33,8 @@ itself and writes the notice event and facts the wrapper would have written.
 
 ``step_done`` metrics (any numbers) go to ``metrics.jsonl`` in the working directory: what
 ``spotshift trainers list`` shows and what the shadow comparison of a move compares (``loss``,
-``grad_norm``). On a step that does not checkpoint it costs one JSON line and one ``stat``.
+``grad_norm``). On a step that does not checkpoint it costs one JSON line and one ``stat`` (and one
+all-reduce of two flags in a multi-process job: :mod:`spotshift.training.distributed`).
 """
 
 from __future__ import annotations
@@ -108,25 +109,18 @@ class Session(SessionCheckpoints, SessionNotices):
         _supervised: bool = False,
     ):
         if _request is None:
-            every_steps, every_min = 500, 15.0
-            with contextlib.suppress(SpotshiftError):
-                declared = get_job(job)
-                every_steps, every_min = declared.checkpoint_every_steps, declared.checkpoint_every_minutes
-            _request = TrainRequest(
-                job=job,
-                location=location,
+            _request = _standalone_request(
+                job,
+                location,
                 workdir=str(workdir or default_workdir(job, location)),
                 store_url=store_url or store_url_for(location),
-                dataset_source="",
-                config={},
                 resume=resume,
                 until_step=until_step,
-                checkpoint_every_steps=checkpoint_every_steps or every_steps,
-                checkpoint_every_minutes=checkpoint_every_minutes or every_min,
+                checkpoint_every_steps=checkpoint_every_steps,
+                checkpoint_every_minutes=checkpoint_every_minutes,
                 key_provider=key_provider,
                 watchers=watchers,
                 sigterm_grace_s=sigterm_grace_s,
-                run_id="session",
             )
         self.req = _request
         self.job, self.location = self.req.job, self.req.location
@@ -361,3 +355,28 @@ class Session(SessionCheckpoints, SessionNotices):
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, _tb: Any) -> None:
         self.close(failed=exc)
+
+
+def _standalone_request(
+    job: str,
+    location: str,
+    *,
+    checkpoint_every_steps: int | None,
+    checkpoint_every_minutes: float | None,
+    **fields: Any,
+) -> TrainRequest:
+    """The request of a Session without ``spotshift run``: the job's declared cadence unless overridden."""
+    every_steps, every_min = 500, 15.0
+    with contextlib.suppress(SpotshiftError):
+        declared = get_job(job)
+        every_steps, every_min = declared.checkpoint_every_steps, declared.checkpoint_every_minutes
+    return TrainRequest(
+        job=job,
+        location=location,
+        dataset_source="",
+        config={},
+        checkpoint_every_steps=checkpoint_every_steps or every_steps,
+        checkpoint_every_minutes=checkpoint_every_minutes or every_min,
+        run_id="session",
+        **fields,
+    )

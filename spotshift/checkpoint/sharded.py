@@ -35,6 +35,7 @@ import dataclasses
 import io
 import pickle
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -168,7 +169,11 @@ def load_sharded_state(
     if META_PART not in parts:
         raise IntegrityError(f"sharded checkpoint has no {META_PART} part")
     metadata = pickle.loads(parts[META_PART][_META_TENSOR].numpy().tobytes())  # noqa: S301 - verified first
-    dcp.load(state_dict, storage_reader=_make_reader(metadata, parts), process_group=group)
+    with (
+        warnings.catch_warnings()
+    ):  # one process restoring (2 -> 1) is intended: no "no process group" warning
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state_dict, storage_reader=_make_reader(metadata, parts), process_group=group)
 
 
 def _make_reader(metadata: Any, parts: Mapping[str, Mapping[str, Any]]) -> Any:
