@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -75,6 +77,8 @@ def main() -> None:
     model = DistributedDataParallel(CharMLP(context=args.context))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     torch.manual_seed(1000 + rank)  # each rank its own batches (the Session keeps each rank's RNG)
+    random.seed(rank)  # every RNG the checkpoint records is seeded: the same run, the same content hash
+    np.random.seed(rank)
 
     with Session.from_env() as s:  # joins the process group: every rank is part of the session
         s.register(model=model, optimizer=opt)

@@ -316,13 +316,7 @@ def _encrypt_parts(
     for part in sorted(payload.parts):
         index = 0 if part == META_PART else int(part.removeprefix("shard-")) + 1
         out[part] = staging.encrypt_part(
-            part,
-            index,
-            payload.parts[part],
-            env.data_key,
-            ctx=env.ctx,
-            segment_bytes=segment_bytes,
-            timings=timings,
+            part, index, payload.parts[part], env, segment_bytes=segment_bytes, timings=timings
         )
     return out
 

@@ -102,20 +102,23 @@ def test_shards_before_commit_restore_on_one_process_and_refuse_a_bad_shard(
         assert expected in str(err.value) and "\n" not in str(err.value), err.value
 
 
-def _wait_for_step(backend: LocalProcessBackend, job: str, step: int, timeout: float = 300.0) -> None:
+def _wait_for_step(
+    backend: LocalProcessBackend, job: str, location: str, step: int, timeout: float = 300.0
+) -> None:
     t0 = time.monotonic()
+    while (info := backend.status(job)) is None or info.location != location or not info.alive:
+        assert time.monotonic() - t0 < timeout, "not started"
+        time.sleep(0.05)
     while (backend.progress(job) or 0) < step:
         info = backend.status(job)
-        assert info is None or info.alive or time.monotonic() - t0 < 5, (
-            f"run exited early: {backend.result(job)}"
-        )
+        assert info is None or info.alive, f"run exited early: {backend.result(job)}"
         assert time.monotonic() - t0 < timeout, "no progress"
         time.sleep(0.05)
 
 
 def test_sigterm_under_spotshift_run_stops_both_ranks_and_resumes_bitwise(spotshift_home: Path) -> None:
-    steps = 24
-    command = " ".join([*TORCHRUN, str(EXAMPLE), "--steps", str(steps), "--step-seconds", "0.05"])
+    steps = 30
+    command = " ".join([*TORCHRUN, str(EXAMPLE), "--steps", str(steps), "--step-seconds", "0.25"])
     declare_tiny_job(spotshift_home, name="ddp", total_steps=steps, every=10, command=command)
     env = _env()
     reference = subprocess.run(
@@ -132,7 +135,7 @@ def test_sigterm_under_spotshift_run_stops_both_ranks_and_resumes_bitwise(spotsh
         stderr=subprocess.PIPE,
     )
     try:
-        _wait_for_step(LocalProcessBackend(), "ddp", 12)
+        _wait_for_step(LocalProcessBackend(), "ddp", GCP, 12)
         proc.send_signal(signal.SIGTERM)  # what the cloud sends the VM's processes
         out, err = proc.communicate(timeout=300)
     finally:
