@@ -167,6 +167,8 @@ class Session(SessionCheckpoints, SessionNotices):
         self._install_signals()
         if not self.supervised and self.rank == 0:
             self._start_watchers()
+        if self.ranks is not None:
+            self._write_result()  # "running": the wrapper holds SIGTERM back from torchrun (wrapper._may_signal)
 
     @classmethod
     def from_env(cls) -> Session:

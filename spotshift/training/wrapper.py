@@ -14,6 +14,9 @@ checkpoint committed), the ``raw.compute_usage`` fact of the steps the command r
 ``result.json`` (``status``, ``step``, ``checkpoint``, ``notice``, ``emergency``, ``command_exit_code``).
 The Session writes the ``raw.checkpoints`` facts of its uploads itself.
 
+A multi-process command (``torchrun``) whose Session reported ``running`` gets no SIGTERM until its
+emergency checkpoint is done (:meth:`CommandRun._may_signal`).
+
 A command that does not use a Session still runs, gets SIGTERM on a notice and is recorded; its
 result then says that no emergency checkpoint was reported (exit code 1).
 """
@@ -121,12 +124,23 @@ class CommandRun(TrainerRun):
                 self.result["error"] = "the command did not finish before the notice's deadline (killed)"
                 self._signal(signal.SIGKILL)
                 break
-            waited = time.monotonic() - notice.monotonic_at
-            if not signalled and ((self.workdir / SESSION_FILE).exists() or waited >= SESSION_GRACE_S):
+            if not signalled and self._may_signal(time.monotonic() - notice.monotonic_at):
                 self._signal(signal.SIGTERM)  # forward: a Session takes it as the notice, others stop
                 signalled = True
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=min(0.05, left))
+
+    def _may_signal(self, waited: float) -> bool:
+        """Whether to forward SIGTERM now: once the Session reported its emergency checkpoint, or
+        ``SESSION_GRACE_S`` after the notice when there is no Session. A multi-process Session reports
+        ``running`` from its start and is left alone until it is done: each rank reads ``notice.json``
+        itself, and a SIGTERM to ``torchrun`` would start its own countdown (30 s) to SIGKILL of the
+        ranks, cutting a longer emergency checkpoint short (the deadline kill still applies)."""
+        try:
+            status = json.loads((self.workdir / SESSION_FILE).read_text()).get("status")
+        except (OSError, ValueError, AttributeError):
+            return waited >= SESSION_GRACE_S
+        return status != "running"
 
     def _signal(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
