@@ -34,7 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from spotshift.atomic import atomic_write_json
+from spotshift.checkpoint.format import StoredCheckpoint, latest_checkpoint
+from spotshift.clock import parse_utc, virtual_now
+from spotshift.errors import ConfigError
+from spotshift.sync.store_url import open_store
 from spotshift.training.backend import NOTICE_FILE, SESSION_FILE, STOPPING_FILE
+from spotshift.training.preemption import utc_now
 from spotshift.training.request import REQUEST_ENV
 from spotshift.training.trainer_run import TrainerRun, record_preemption, usage_fact
 
@@ -67,8 +72,6 @@ class CommandRun(TrainerRun):
     """One run of a user command under the wrapper (signals and watchers as the built-in trainer's)."""
 
     def run(self) -> None:
-        from spotshift.sync.store_url import open_store
-
         req = self.req
         self.region = open_store(req.store_url)
         request_path = self.workdir / "request.json"
@@ -86,8 +89,6 @@ class CommandRun(TrainerRun):
                 start_new_session=True,  # its own process group: a notice reaches every process of it
             )
         except OSError as exc:
-            from spotshift.errors import ConfigError
-
             raise ConfigError(f"job {req.job}: cannot start {req.command[0]!r}: {exc.strerror}") from None
         self.result["command_pid"] = self.proc.pid
         self.result["status"] = "running"
@@ -148,9 +149,6 @@ class CommandRun(TrainerRun):
 
     # -- after the command exited ----------------------------------------------------------------------
     def _collect(self, code: int) -> None:
-        from spotshift.clock import parse_utc, virtual_now
-        from spotshift.training.preemption import utc_now
-
         req = self.req
         try:
             sess = json.loads((self.workdir / SESSION_FILE).read_text())
@@ -236,7 +234,5 @@ class CommandRun(TrainerRun):
         self.result["ended_at"] = virtual_now().isoformat()
 
     def _latest_ref(self) -> dict[str, Any] | None:
-        from spotshift.checkpoint.format import StoredCheckpoint, latest_checkpoint
-
         found = latest_checkpoint(self.region, self.req.job)
         return StoredCheckpoint(self.region, self.req.job, found).ref().to_dict() if found else None
