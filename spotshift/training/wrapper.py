@@ -174,46 +174,7 @@ class CommandRun(TrainerRun):
         notice = self.controller.notice
         status = str(sess.get("status") or "failed")
         if notice is not None:
-            emergency = sess.get("emergency")
-            ckpt = sess.get("checkpoint") or sess.get("resumed_from") or self._latest_ref()
-            if emergency and not sess.get("error"):
-                emergency_s = float(emergency["seconds"])
-                committed_wall = parse_utc(emergency["committed_at"])
-                self.result["emergency"] = emergency
-            else:
-                self.result.setdefault(
-                    "error",
-                    sess.get("error")
-                    or f"the command exited ({code}) without reporting an emergency checkpoint "
-                    "(does it call Session.step_done?)",
-                )
-                emergency_s, committed_wall = time.monotonic() - notice.monotonic_at, utc_now()
-            self.result["notice"] = notice.to_dict()
-            margin = (notice.deadline_at - committed_wall).total_seconds()
-            log.warning(
-                "emergency checkpoint of step %d committed %.3fs after the notice, %.1fs before the deadline%s",
-                step,
-                emergency_s,
-                margin,
-                "" if margin > 0 else " (DEADLINE MISSED)",
-            )
-            if notice.is_preemption:
-                virtual = emergency.get("virtual_noticed_at") if emergency else None
-                record_preemption(
-                    self.region,
-                    self.facts,
-                    req,
-                    notice,
-                    step=step,
-                    checkpoint=ckpt,
-                    emergency_s=emergency_s,
-                    committed_wall=committed_wall,
-                    virtual_noticed=parse_utc(virtual) if virtual else virtual_now(),
-                    watcher=self.watcher_thread,
-                )
-            self.result["status"] = "preempted" if notice.is_preemption else "stopped"
-            if "error" in self.result:
-                self.result["exit_code_hint"] = 1
+            self._after_notice(notice, sess, step, code)
         elif code != 0 or status not in ("completed", "stopped_at_step"):
             self.result["status"] = "failed"
             self.result["error"] = sess.get("error") or f"the command exited with code {code}"
@@ -232,6 +193,51 @@ class CommandRun(TrainerRun):
                 ),
             )
         self.result["ended_at"] = virtual_now().isoformat()
+
+    def _after_notice(self, notice: Any, sess: dict[str, Any], step: int, code: int) -> None:
+        """The result and facts of a run a notice ended: the emergency checkpoint the Session reported
+        (or the error that it reported none), the notice event and ``raw.preemptions``."""
+        req = self.req
+        emergency = sess.get("emergency")
+        ckpt = sess.get("checkpoint") or sess.get("resumed_from") or self._latest_ref()
+        if emergency and not sess.get("error"):
+            emergency_s = float(emergency["seconds"])
+            committed_wall = parse_utc(emergency["committed_at"])
+            self.result["emergency"] = emergency
+        else:
+            self.result.setdefault(
+                "error",
+                sess.get("error")
+                or f"the command exited ({code}) without reporting an emergency checkpoint "
+                "(does it call Session.step_done?)",
+            )
+            emergency_s, committed_wall = time.monotonic() - notice.monotonic_at, utc_now()
+        self.result["notice"] = notice.to_dict()
+        margin = (notice.deadline_at - committed_wall).total_seconds()
+        log.warning(
+            "emergency checkpoint of step %d committed %.3fs after the notice, %.1fs before the deadline%s",
+            step,
+            emergency_s,
+            margin,
+            "" if margin > 0 else " (DEADLINE MISSED)",
+        )
+        if notice.is_preemption:
+            virtual = emergency.get("virtual_noticed_at") if emergency else None
+            record_preemption(
+                self.region,
+                self.facts,
+                req,
+                notice,
+                step=step,
+                checkpoint=ckpt,
+                emergency_s=emergency_s,
+                committed_wall=committed_wall,
+                virtual_noticed=parse_utc(virtual) if virtual else virtual_now(),
+                watcher=self.watcher_thread,
+            )
+        self.result["status"] = "preempted" if notice.is_preemption else "stopped"
+        if "error" in self.result:
+            self.result["exit_code_hint"] = 1
 
     def _latest_ref(self) -> dict[str, Any] | None:
         found = latest_checkpoint(self.region, self.req.job)
