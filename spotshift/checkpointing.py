@@ -31,6 +31,11 @@ commits the emergency checkpoint in the region store, reports it in ``session.js
 sets ``should_stop``. Without the wrapper the session watches the notice endpoints and SIGTERM
 itself and writes the notice event and facts the wrapper would have written.
 
+In a process ``torchrun`` started (``WORLD_SIZE`` > 1) the same API runs on every rank: one sharded
+checkpoint through ``torch.distributed.checkpoint`` with every rank's shard in place before rank 0
+writes ``COMMIT``, notices and the checkpoint cadence agreed at each ``step_done``, each rank's
+RNGs restored (:mod:`spotshift.training.distributed`, :mod:`spotshift.checkpoint.sharded`).
+
 ``step_done`` metrics (any numbers) go to ``metrics.jsonl`` in the working directory: what
 ``spotshift trainers list`` shows and what the shadow comparison of a move compares (``loss``,
 ``grad_norm``). On a step that does not checkpoint it costs one JSON line and one ``stat`` (and one
