@@ -24,8 +24,6 @@ import argparse
 import os
 import random
 import time
-from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -33,19 +31,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 from torch.nn.parallel import DistributedDataParallel
+from train_plain import load_text  # the corpus reader of the single-process example (same directory)
 
 from spotshift.checkpointing import Session
-
-FALLBACK_TEXT = "spot prices move; checkpoints keep the work. " * 200
-
-
-def load_text(source: str | None) -> bytes:
-    """The bytes of every ``*.txt`` file under the dataset source (``file://`` URL or path), sorted."""
-    if not source:
-        return FALLBACK_TEXT.encode()
-    root = Path(urlparse(source).path if source.startswith("file://") else source)
-    files = sorted(root.rglob("*.txt")) if root.is_dir() else [root]
-    return b"".join(p.read_bytes() for p in files) or FALLBACK_TEXT.encode()
 
 
 class CharMLP(nn.Module):

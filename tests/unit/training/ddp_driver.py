@@ -38,5 +38,6 @@ if RANK == 0 and os.environ.get("DDP_TEST_SEEN"):
 
     sharded.commit_checkpoint = _recording_commit
 
+sys.path.insert(0, str(EXAMPLE.parent))  # what running the example as a script puts first
 sys.argv = [str(EXAMPLE), *sys.argv[1:]]
 runpy.run_path(str(EXAMPLE), run_name="__main__")

@@ -43,6 +43,8 @@ def _env(**extra: str) -> dict[str, str]:
 def _example_module() -> object:
     import importlib.util
 
+    if str(EXAMPLE.parent) not in sys.path:
+        sys.path.insert(0, str(EXAMPLE.parent))  # it imports train_plain from its directory
     spec = importlib.util.spec_from_file_location("train_ddp", EXAMPLE)
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
