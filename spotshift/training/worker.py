@@ -5,8 +5,8 @@ anything), resume from the requested checkpoint (verified, in whatever store it 
 periodic checkpoints (local disk, background upload to the region store, optional cross-region
 copies), and stop at the first of: ``until_step``, a preemption notice from the provider's
 metadata endpoint, SIGTERM (SIGINT). On a notice it stops at the next step boundary, commits an
-emergency checkpoint in the region store, writes ``events/preemption/<notice_id>.json`` there (for
-the preemption sensor), acknowledges the notice (Azure), logs how long it took against the
+emergency checkpoint in the region store, records the notice event (for the preemption sensor:
+``events/preemption/<notice_id>.json`` there, or a row in PostgreSQL, :mod:`~spotshift.training.notice_events`), acknowledges the notice (Azure), logs how long it took against the
 deadline, and exits 0. Results go to ``<workdir>/result.json``; warehouse facts to
 ``<workdir>/facts/`` (see :mod:`spotshift.facts`).
 
