@@ -125,7 +125,7 @@ class S3ChunkStore(BucketStore):
                 body = stream.read(self.part_size)
                 if not body and upload.parts:
                     break
-                upload.send(body)
+                upload.send(body, len(upload.parts) + 1)
                 if len(body) < self.part_size:
                     break
             upload.finish()
@@ -141,7 +141,13 @@ class S3ChunkStore(BucketStore):
         """A streaming multipart upload of ``key``: parts of ``part_size`` go up while the caller
         still writes (:class:`~spotshift.sync.object_writer.ObjectWriter`); the object exists once
         ``close()`` returns, and not at all after ``abort()`` or a killed writer."""
-        return ObjectWriter(_S3Upload(self, key), what=f"{key} in {self.url}", piece_bytes=self.part_size)
+        return ObjectWriter(
+            _S3Upload(self, key),
+            what=f"{key} in {self.url}",
+            piece_bytes=self.part_size,
+            workers=4,
+            max_pending=4,
+        )
 
     def _abort(self, k: str, upload_id: str) -> None:
         # best effort: a bucket lifecycle rule reaps what is left
@@ -233,10 +239,9 @@ class _S3Upload:
             key, store.client.create_multipart_upload, Key=self.name, ChecksumAlgorithm="CRC32"
         )
         self.upload_id = created["UploadId"]
-        self.parts: list[dict[str, Any]] = []
+        self.parts: dict[int, dict[str, Any]] = {}
 
-    def send(self, piece: bytes) -> None:
-        number = len(self.parts) + 1
+    def send(self, piece: bytes, number: int) -> None:
         r = self.store._call(
             self.key,
             self.store.client.upload_part,
@@ -247,7 +252,7 @@ class _S3Upload:
             ChecksumAlgorithm="CRC32",
         )
         part = {"PartNumber": number, "ETag": r["ETag"], "ChecksumCRC32": r.get("ChecksumCRC32")}
-        self.parts.append({k: v for k, v in part.items() if v is not None})
+        self.parts[number] = {k: v for k, v in part.items() if v is not None}
 
     def finish(self) -> None:
         extra: dict[str, Any] = {"IfNoneMatch": "*"} if self.if_absent else {}
@@ -256,7 +261,7 @@ class _S3Upload:
             self.store.client.complete_multipart_upload,
             Key=self.name,
             UploadId=self.upload_id,
-            MultipartUpload={"Parts": self.parts},
+            MultipartUpload={"Parts": [self.parts[n] for n in sorted(self.parts)]},
             **extra,
         )
 
