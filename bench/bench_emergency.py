@@ -107,7 +107,7 @@ def start_peer(kind: str) -> tuple[subprocess.Popen[bytes], str]:
         import boto3
 
         boto3.client("s3").create_bucket(Bucket="bench")
-    return proc, f"{kind}://bench"
+    return proc, ("s3://bench" if kind == "s3" else "gs://bench")
 
 
 def one_trial(
