@@ -91,8 +91,8 @@ def write_streaming(
             sent.append(prefix + f"{part}-{env.ctx}.enc")
             try:
                 m = staging.encrypt_part(
-                    part, index, payload.parts[part], env.data_key,
-                    ctx=env.ctx, segment_bytes=segment_bytes, timings=timings, also=upload,
+                    part, index, payload.parts[part], env,
+                    segment_bytes=segment_bytes, timings=timings, also=upload,
                 )  # fmt: skip
                 t0 = time.perf_counter()
                 upload.close(expect_bytes=m["stored_bytes"])  # the store has the whole object now

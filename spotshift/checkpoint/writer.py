@@ -108,9 +108,8 @@ class Staging:
         part: str,
         index: int,
         data: Any,
-        data_key: bytes,
+        env: Envelope,
         *,
-        ctx: str,
         segment_bytes: int,
         timings: dict[str, float],
         also: Any = None,
@@ -121,13 +120,13 @@ class Staging:
         t0 = time.perf_counter()
         chunks, n_tensors = _part_chunks(data, what=f"part {part}")
         timings["serialize_s"] += time.perf_counter() - t0
-        key_name = f"{part}-{ctx}.enc"
+        key_name = f"{part}-{env.ctx}.enc"
         outs = [open(d / (self.prefix + key_name), "wb") for d in self.dirs]  # noqa: SIM115
         sinks: list[Any] = [*outs, *([also] if also is not None else [])]
         try:
             w = crypto.EncryptingWriter(
                 sinks[0] if len(sinks) == 1 else _Tee(sinks),
-                data_key,
+                env.data_key,
                 part_index=index,
                 part_name=part,
                 segment_bytes=segment_bytes,
@@ -219,15 +218,9 @@ def write_checkpoint(
     try:
         parts_meta = {
             part: staging.encrypt_part(
-                part,
-                index,
-                payload.parts[part],
-                env.data_key,
-                ctx=env.ctx,
-                segment_bytes=segment_bytes,
-                timings=timings,
+                part, i, payload.parts[part], env, segment_bytes=segment_bytes, timings=timings
             )
-            for index, part in enumerate(sorted(payload.parts))
+            for i, part in enumerate(sorted(payload.parts))
         }
         plain_hashes = {p: m["plain_hash"] for p, m in parts_meta.items()}
         content_hash = content_hash_of(payload.job, payload.step, payload.tokens, payload.state, plain_hashes)
