@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from spotshift.cloud_errors import track_status
+from spotshift.cloud_errors import botocore_errors, from_botocore, track_status
 from spotshift.errors import IntegrityError, NotFoundError
 from spotshift.sync.object_writer import ObjectWriter
 from spotshift.sync.store import BucketStore, ObjectInfo
@@ -54,18 +54,19 @@ class S3ChunkStore(BucketStore):
             retries: dict[str, Any] = {"mode": "standard"}
             if not os.environ.get("AWS_MAX_ATTEMPTS"):
                 retries["max_attempts"] = 5
-            client = boto3.session.Session().client(
-                "s3",
-                endpoint_url=endpoint_url or None,
-                region_name=region_name or None,
-                config=Config(max_pool_connections=32, retries=retries),
-            )
+            try:  # resolves the credentials (a web identity role: AssumeRoleWithWebIdentity)
+                client = boto3.session.Session().client(
+                    "s3",
+                    endpoint_url=endpoint_url or None,
+                    region_name=region_name or None,
+                    config=Config(max_pool_connections=32, retries=retries),
+                )
+            except botocore_errors() as exc:
+                raise from_botocore(exc, f"s3 store {self.url}", "credentials") from None
         self.client = track_status(client)
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
         """``fn(Bucket=..., **kwargs)`` with botocore errors mapped to spotshift errors naming ``what``."""
-        from spotshift.cloud_errors import botocore_errors
-
         try:
             return fn(Bucket=self.bucket, **kwargs)
         except botocore_errors() as exc:
@@ -74,8 +75,6 @@ class S3ChunkStore(BucketStore):
     def _mapped(self, exc: BaseException, what: str) -> Exception:
         """The store's own meanings (missing key, write-once refusal), else the shared translation."""
         from botocore.exceptions import ClientError
-
-        from spotshift.cloud_errors import from_botocore
 
         if isinstance(exc, ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -156,8 +155,6 @@ class S3ChunkStore(BucketStore):
 
     # ---- reads -----------------------------------------------------------------------------------
     def get_bytes(self, key: str) -> bytes:
-        from spotshift.cloud_errors import botocore_errors
-
         r = self._call(key, self.client.get_object, Key=self.object_name(key))
         try:
             return r["Body"].read()
@@ -165,8 +162,6 @@ class S3ChunkStore(BucketStore):
             raise self._mapped(exc, key) from None
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
-        from spotshift.cloud_errors import botocore_errors
-
         if length <= 0:
             return b""
         rng = f"bytes={offset}-{offset + length - 1}"
@@ -178,7 +173,6 @@ class S3ChunkStore(BucketStore):
 
     def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
         from spotshift.atomic import temp_path
-        from spotshift.cloud_errors import botocore_errors
 
         r = self._call(key, self.client.get_object, Key=self.object_name(key))
         dest = Path(path)
@@ -207,8 +201,6 @@ class S3ChunkStore(BucketStore):
         return int(r["ContentLength"])
 
     def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        from spotshift.cloud_errors import botocore_errors
-
         base = f"{self.prefix}/" if self.prefix else ""
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=base + prefix
