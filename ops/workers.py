@@ -42,7 +42,9 @@ def celery_executor_for(settings: ExecutorSettings, retries: Any = None) -> Any:
 
     def submit(app: Any, plan_context: Any, step: Any, queue: str, priority: int, known_state: Any) -> Any:
         run = plan_context.dagster_run
-        resolved = settings.queue_name(contract.step_queue(queue, run.run_id, dict(run.tags)))
+        resolved = contract.step_queue(queue, run.run_id, dict(run.tags))
+        if queue in (contract.QUEUE_SOURCE, contract.QUEUE_TARGET):  # a region: the deployment's name of it
+            resolved = settings.queue_name(resolved)
         plan_context.log.info(f'step "{step.key}" ({queue}) goes to the Celery queue "{resolved}"')
         # dagster-celery's own submission (pinned to 0.29.x by the workers extra)
         return _submit_task(app, plan_context, step, resolved, priority, known_state)

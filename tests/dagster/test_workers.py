@@ -79,6 +79,20 @@ def celery_home(
     finally:
         processes.stop_workers(timeout_s=5)
         stop_all(backend)
+        _delete_queues([AWS, AZURE, "dagster"])
+
+
+def _delete_queues(names: list[str]) -> None:
+    """Remove this test's queues from the shared broker (Celery declares them durable)."""
+    from kombu import Connection
+
+    from spotshift.workers.settings import load_settings
+
+    settings = load_settings()
+    with Connection(settings.broker_url()) as conn:
+        channel = conn.default_channel
+        for name in names:
+            channel.queue_delete(settings.queue_name(name))
 
 
 def _execute(instance: Any, plan: MovePlan, **options: Any) -> Any:
