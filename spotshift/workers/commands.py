@@ -69,6 +69,10 @@ def _show(workers: list[Any], as_json: bool) -> None:
     if as_json:
         emit_json({"workers": [asdict(w) for w in workers]})
         return
+    if not workers:
+        print("no workers running; start them with `spotshift workers start --region provider/region`")
+        return
+    print(f"{'worker':40s} {'queue':24s} {'pid':12s} state")
     for w in workers:
         print(f"{w.name:40s} {w.queue:24s} pid {w.pid:<8d} {'alive' if w.alive else 'gone'}")
 
