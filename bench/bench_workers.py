@@ -5,10 +5,10 @@ The production shape on one machine: a Dagster instance on PostgreSQL (a scratch
 (``spotshift workers start``) and real trainers. A chain is ``migration_job`` for a job's first
 placement: plan (control queue), fingerprint, dataset sync, checkpoint carry, live trainer started,
 cut over (the region's queue), each step a Celery task. ``--chains`` jobs, each with its own small
-dataset, are submitted at once (one orchestrating thread per run, as the run coordinator would
-start them side by side) and timed until every run has finished; then the same with two workers
+dataset, are submitted at once (one orchestrating process per run, as the run launcher starts
+them side by side; each has loaded the code location before the clock starts) and timed until every run has finished; then the same with two workers
 on the region's queue, in the same script. Workers are started and ready (code location loaded)
-before the clock starts, and so is the code location in the orchestrating process. The live trainers are stopped between the two rounds.
+before the clock starts. The live trainers are stopped between the two rounds.
 
 ``--quick``: 2 chains (the suite does not run this benchmark: it needs PostgreSQL and RabbitMQ).
 """
@@ -20,7 +20,6 @@ import os
 import secrets
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,51 +73,68 @@ def _wait_ready(workers: list[Any], timeout_s: float = 600.0) -> None:
             time.sleep(0.5)
 
 
-def _round(instance: Any, home: Path, workers_per_region: int, chains: int) -> dict[str, Any]:
+def _chain_process(name: str) -> int:
+    """One chain's orchestrating process, as the run launcher starts one per run: load the code
+    location, say ``ready``, wait for ``go`` on stdin, run ``migration_job`` for the job's placement."""
     import dagster as dg
     from dagster._core.definitions.reconstruct import ReconstructableRepository
 
     from spotshift.migration import contract
     from spotshift.migration.plan import MovePlan
+
+    repo = ReconstructableRepository.for_module("definitions", "defs", working_directory=str(ROOT))
+    job = repo.get_reconstructable_job(contract.MIGRATION_JOB)
+    job.get_definition()  # the code location, loaded before the clock starts
+    plan = MovePlan(job=name, trigger="place", to_location=REGION, market="spot",
+                    instance_type="p4d.24xlarge", price_usd_hour=10.0, gpu_model="A100-40GB",
+                    gpu_count=8, snapshot_id="bench", run_key=f"{name}:-->{REGION}:bench")  # fmt: skip
+    instance = dg.DagsterInstance.get()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    try:
+        result = dg.execute_job(job, instance=instance, run_config=contract.move_run_config(plan.to_dict()),
+                                tags=plan.tags(), raise_on_error=False)  # fmt: skip
+    finally:
+        instance.dispose()
+    return 0 if result.success else 1
+
+
+def _round(home: Path, workers_per_region: int, chains: int) -> dict[str, Any]:
+    import subprocess
+
     from spotshift.training.backend import open_backend
     from spotshift.workers import processes
 
     names = [f"w{workers_per_region}-{i}" for i in range(chains)]
     _declare(home, names)
     workers = processes.start_workers([REGION], per_region=workers_per_region, code_dir=ROOT)
+    runs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--chain", n],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )  # fmt: skip
+        for n in names
+    ]
+    for run in runs:
+        if run.stdout.readline().strip() != "ready":  # type: ignore[union-attr]
+            raise SystemExit("a chain's process did not start")
     _wait_ready(workers)
-    repo = ReconstructableRepository.for_module("definitions", "defs", working_directory=str(ROOT))
-    repo.get_reconstructable_job(contract.MIGRATION_JOB).get_definition()  # the code location, loaded untimed
-    results: dict[str, bool] = {}
-
-    def chain(name: str) -> None:
-        plan = MovePlan(job=name, trigger="place", to_location=REGION, market="spot",
-                        instance_type="p4d.24xlarge", price_usd_hour=10.0, gpu_model="A100-40GB",
-                        gpu_count=8, snapshot_id="bench", run_key=f"{name}:-->{REGION}:bench")  # fmt: skip
-        result = dg.execute_job(
-            repo.get_reconstructable_job(contract.MIGRATION_JOB),
-            instance=instance,
-            run_config=contract.move_run_config(plan.to_dict()),
-            tags=plan.tags(),
-            raise_on_error=False,
-        )
-        results[name] = result.success
-
     load = os.getloadavg()[0]
     with Timer() as t:
-        threads = [threading.Thread(target=chain, args=(n,)) for n in names]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        for run in runs:
+            run.stdin.write("go\n")  # type: ignore[union-attr]
+            run.stdin.flush()  # type: ignore[union-attr]
+        codes = [run.wait() for run in runs]
     processes.stop_workers(timeout_s=30)
     backend = open_backend("local")
     for info in backend.list():
         if info.alive:
             backend.stop(info.name, reason="benchmark round over", timeout_s=60)
-    failed = sorted(n for n, ok in results.items() if not ok)
-    if failed:
-        raise SystemExit(f"chains failed with {workers_per_region} worker(s): {', '.join(failed)}")
+    if any(codes):
+        raise SystemExit(f"chains failed with {workers_per_region} worker(s): exit codes {codes}")
     return {
         "workers_on_region_queue": workers_per_region,
         "chains": chains,
@@ -132,7 +148,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="2 chains per round")
     parser.add_argument("--chains", type=int, default=4, help="placement chains per round (default 4)")
+    parser.add_argument("--chain", help=argparse.SUPPRESS)  # internal: one chain's orchestrating process
     args = parser.parse_args()
+    if args.chain:
+        return _chain_process(args.chain)
     chains = 2 if args.quick else args.chains
     db = f"spotshift_bench_{secrets.token_hex(4)}"
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,26 +166,20 @@ def main() -> int:
             DAGSTER_HOME=str(home / "dagster"),
             PYTHONPATH=str(ROOT),
         )
-        import dagster as dg
-
         from spotshift.clock import VirtualClock
         from spotshift.home import init_home
 
         _admin(f'CREATE DATABASE "{db}"')
-        instance = None
         try:
             init_home()
             VirtualClock(
                 datetime(2025, 3, 3, 1, tzinfo=UTC).isoformat(), time.time(), 0.0, True, 3600.0 / 0.05
             ).save()
-            instance = dg.DagsterInstance.get()
-            one = _round(instance, home, 1, chains)
+            one = _round(home, 1, chains)
             print(f"1 worker:  {one}", flush=True)
-            two = _round(instance, home, 2, chains)
+            two = _round(home, 2, chains)
             print(f"2 workers: {two}", flush=True)
         finally:
-            if instance is not None:
-                instance.dispose()
             _admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
     write_result(
         "workers" if not args.quick else "workers_quick",
