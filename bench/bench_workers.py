@@ -108,31 +108,37 @@ def _round(home: Path, workers_per_region: int, chains: int) -> dict[str, Any]:
     names = [f"w{workers_per_region}-{i}" for i in range(chains)]
     _declare(home, names)
     workers = processes.start_workers([REGION], per_region=workers_per_region, code_dir=ROOT)
-    runs = [
-        subprocess.Popen(
-            [sys.executable, __file__, "--chain", n],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )  # fmt: skip
-        for n in names
-    ]
-    for run in runs:
-        if run.stdout.readline().strip() != "ready":  # type: ignore[union-attr]
-            raise SystemExit("a chain's process did not start")
-    _wait_ready(workers)
-    load = os.getloadavg()[0]
-    with Timer() as t:
+    runs: list[Any] = []
+    try:
+        for n in names:
+            runs.append(
+                subprocess.Popen(
+                    [sys.executable, __file__, "--chain", n],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    cwd=ROOT,
+                )
+            )
         for run in runs:
-            run.stdin.write("go\n")  # type: ignore[union-attr]
-            run.stdin.flush()  # type: ignore[union-attr]
-        codes = [run.wait() for run in runs]
-    processes.stop_workers(timeout_s=30)
-    backend = open_backend("local")
-    for info in backend.list():
-        if info.alive:
-            backend.stop(info.name, reason="benchmark round over", timeout_s=60)
+            if run.stdout.readline().strip() != "ready":
+                raise SystemExit("a chain's process did not start")
+        _wait_ready(workers)
+        load = os.getloadavg()[0]
+        with Timer() as t:
+            for run in runs:
+                run.stdin.write("go\n")
+                run.stdin.flush()
+            codes = [run.wait() for run in runs]
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+        processes.stop_workers(timeout_s=30)
+        backend = open_backend("local")
+        for info in backend.list():
+            if info.alive:
+                backend.stop(info.name, reason="benchmark round over", timeout_s=60)
     if any(codes):
         raise SystemExit(f"chains failed with {workers_per_region} worker(s): exit codes {codes}")
     return {
@@ -172,6 +178,9 @@ def main() -> int:
         _admin(f'CREATE DATABASE "{db}"')
         try:
             init_home()
+            import dagster as dg
+
+            dg.DagsterInstance.get().dispose()  # the schema, created once (the chains' processes start at once)
             VirtualClock(
                 datetime(2025, 3, 3, 1, tzinfo=UTC).isoformat(), time.time(), 0.0, True, 3600.0 / 0.05
             ).save()
