@@ -152,6 +152,8 @@ def test_each_step_runs_on_a_worker_of_the_region_it_touches(celery_home: Any) -
 
 
 def test_a_worker_killed_mid_step_hands_the_step_to_another_worker_of_its_region(celery_home: Any) -> None:
+    import dagster as dg
+
     workers = processes.start_workers([AWS, AZURE], per_region=2, code_dir=REPO)
     assert _execute(celery_home, PLACE).success
     backend = open_backend("local")
@@ -164,7 +166,11 @@ def test_a_worker_killed_mid_step_hands_the_step_to_another_worker_of_its_region
         while not done.is_set():
             live = live_trainers(backend)
             seen["most_live"] = max(seen["most_live"], len(live))
-            run = celery_home.get_runs(limit=1)[0]
+            runs = celery_home.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": MOVE.run_key}))
+            if not runs:  # the move's run is not created yet
+                time.sleep(0.05)
+                continue
+            run = runs[0]
             hosts = [h for step, h in _step_workers(celery_home, run.run_id) if step == "cut_over"]
             finished = celery_home.get_run_step_stats(run.run_id, step_keys=["cut_over"])
             if finished and finished[0].end_time is not None:
