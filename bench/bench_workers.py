@@ -73,6 +73,18 @@ def _wait_ready(workers: list[Any], timeout_s: float = 600.0) -> None:
             time.sleep(0.5)
 
 
+def _delete_queues() -> None:
+    """Remove this run's queues from the shared broker (Celery declares them durable)."""
+    from kombu import Connection
+
+    from spotshift.workers.settings import load_settings
+
+    settings = load_settings()
+    with Connection(settings.broker_url()) as conn:
+        for name in (REGION, settings.control_queue):
+            conn.default_channel.queue_delete(settings.queue_name(name))
+
+
 def _chain_process(name: str) -> int:
     """One chain's orchestrating process, as the run launcher starts one per run: load the code
     location, say ``ready``, wait for ``go`` on stdin, run ``migration_job`` for the job's placement."""
@@ -189,6 +201,7 @@ def main() -> int:
             two = _round(home, 2, chains)
             print(f"2 workers: {two}", flush=True)
         finally:
+            _delete_queues()
             _admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
     write_result(
         "workers" if not args.quick else "workers_quick",
