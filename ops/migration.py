@@ -38,9 +38,9 @@ import recording
 from ops.workers import move_executor
 from spotshift.migration import contract, cutover, steps
 from spotshift.migration.plan import MovePlan
-from spotshift.migration.run import gate_replica, gate_shadow
+from spotshift.migration.run import begin_move, gate_replica, gate_shadow
 from spotshift.migration.run import plan_recovery as decide_recovery
-from spotshift.migration.state import MoveFailed, MoveState, ShadowOptions, begin, load
+from spotshift.migration.state import MoveFailed, MoveState, ShadowOptions, load
 
 RESOURCES = {"compute", "stores", "keys", "warehouse"}
 #: where a step runs under the Celery executor: a worker of the source's or the target's region
@@ -59,10 +59,12 @@ def _failure(exc: MoveFailed) -> dg.Failure:
     required_resource_keys=RESOURCES,
 )
 def plan_move(context: dg.OpExecutionContext) -> MoveState:
-    """The move the price sensor decided (or the job's first placement), recorded in the ledger."""
+    """The move the price sensor decided (or the job's first placement), recorded in the ledger once
+    the checkpoint compatibility matrix lets it go (a known-bad pair raises ``IncompatibleCheckpoint``
+    here: nothing moved, nothing to roll back)."""
     config = context.op_config
     plan = recording.config_of(MovePlan, config)
-    return begin(recording.move_env(context), plan, recording.config_of(ShadowOptions, config))
+    return begin_move(recording.move_env(context), plan, recording.config_of(ShadowOptions, config))
 
 
 class RecoveryConfig(dg.Config):
@@ -85,7 +87,7 @@ def plan_recovery(context: dg.OpExecutionContext, config: RecoveryConfig) -> Ite
     plan, why = decide_recovery(env, config.model_dump())
     context.log.info(why)
     if plan is not None:
-        yield dg.Output(begin(env, plan))
+        yield dg.Output(begin_move(env, plan))
 
 
 @dg.op(required_resource_keys=RESOURCES, tags=IN_SOURCE)
