@@ -27,7 +27,7 @@ from spotshift.clock import parse_utc, virtual_now
 from spotshift.migration.compat import record_probe
 from spotshift.migration.plan import MovePlan
 from spotshift.migration.state import MoveEnv, MoveState, save
-from spotshift.migration.steps import RetrainResult, start_live
+from spotshift.migration.steps import RetrainResult, live_in_target
 from spotshift.training.shadow import ShadowComparison, ShadowThresholds, ShadowVerdict
 
 
@@ -130,7 +130,7 @@ def go_live(env: MoveEnv, state: MoveState) -> CutOverResult:
     from spotshift.placement.params import PlacementParams
 
     plan = state.plan
-    live = start_live(env, plan.job, plan.to_location, usage=plan.usage()) if plan.validated else None
+    live = live_in_target(env, plan) if plan.validated else None
     drained = state.drained_at_wall
     with warehouse.connect(env.database) as con:
         row = record_cut_over(

@@ -240,7 +240,7 @@ class RetrainResult:
     """The job run in the target: a K-step probation (commits nothing), a bounded run, or live."""
 
     job: str
-    mode: str  # probation | trained | detached | started
+    mode: str  # probation | trained | detached | started | adopted (cut_over retried)
     target_location: str
     source_location: str = ""
     resumed_from: str = ""
@@ -378,4 +378,22 @@ def resume_in_target(env: MoveEnv, state: MoveState) -> RetrainResult:
     or a preemption recovery."""
     if state.plan.validated:
         return probation(env, state)
-    return start_live(env, state.plan.job, state.plan.to_location, usage=state.plan.usage())
+    return live_in_target(env, state.plan)
+
+
+def live_in_target(env: MoveEnv, plan: MovePlan) -> RetrainResult:
+    """Start the job's live trainer in the target, or adopt the one already running there: a step
+    retried after its worker died finds the trainer the first attempt started (the source was
+    drained and one move of a job runs at a time, so a live trainer in the target is this move's)."""
+    running = env.backend.status(plan.job)
+    if (
+        running is not None
+        and running.alive
+        and running.role == "train"
+        and running.location == plan.to_location
+    ):
+        env.log(
+            f"{plan.job}: live trainer already running in {plan.to_location} (pid {running.pid}): adopted"
+        )
+        return RetrainResult(job=plan.job, mode="adopted", target_location=plan.to_location, pid=running.pid)
+    return start_live(env, plan.job, plan.to_location, usage=plan.usage())
