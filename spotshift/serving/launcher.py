@@ -96,13 +96,25 @@ class ReplicaLauncher(ABC):
 
 
 class LocalReplicaLauncher(ReplicaLauncher):
-    """Replicas as detached local ``spotshift serve`` processes (survive the process that started them)."""
+    """Replicas as detached local ``spotshift serve`` processes (survive the process that started them).
+
+    ``program``: what runs after the interpreter, before ``serve ENDPOINT --location ...`` (default
+    ``-m spotshift.cli``). Another program must keep ``spotshift serve``'s contract: take those
+    arguments, register in the endpoint's registry once listening (with its own pid), and drain on
+    SIGTERM (503 to new requests, in-flight ones finish, deregister, exit) — the benchmarks' model-less
+    peer (``bench/_replica_peer.py``) does."""
 
     kind = "local"
 
-    def __init__(self, python: str | None = None, extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        python: str | None = None,
+        extra_args: tuple[str, ...] = (),
+        program: tuple[str, ...] = ("-m", "spotshift.cli"),
+    ):
         self.python = python or sys.executable
         self.extra_args = extra_args
+        self.program = program
         self._procs: dict[int, subprocess.Popen[bytes]] = {}  # reaped when they exit, in this process
 
     def start(self, endpoint: str, location: str, market: str, *, usd_per_hour: float) -> LaunchInfo:
@@ -115,7 +127,7 @@ class LocalReplicaLauncher(ReplicaLauncher):
         d.mkdir(parents=True, exist_ok=True)
         launch_id = f"{location.replace('/', '-')}-{market}-{time.time_ns()}"
         log = d / f"{launch_id}.log"
-        cmd = [self.python, "-m", "spotshift.cli", "serve", endpoint, "--location", location]
+        cmd = [self.python, *self.program, "serve", endpoint, "--location", location]
         cmd += ["--market", market, "--usd-per-hour", f"{usd_per_hour:.6f}", *self.extra_args]
         with open(log, "ab") as out:
             proc = subprocess.Popen(
