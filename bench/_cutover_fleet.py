@@ -50,7 +50,7 @@ class Fleet:
     (:class:`~spotshift.serving.launcher.LocalReplicaLauncher` running the model-less peer under
     ``spotshift serve``'s contract); :meth:`follow` is the cutover's own
     :func:`~spotshift.serving.cutover_replicas.follow`. A sampler thread counts the replicas
-    running (registered, draining included, and launches still provisioning) every 20 ms:
+    running (registered, draining included, and launches still provisioning) every 100 ms:
     :attr:`peak` is the most seen at once."""
 
     endpoint: str = "chat"
@@ -87,7 +87,7 @@ class Fleet:
         while not self._stop.is_set():
             with contextlib.suppress(Exception):  # a registry mid-rename: the next sample reads it
                 self.peak = max(self.peak, self.count())
-            time.sleep(0.02)
+            time.sleep(0.1)
 
     def add(self, side: str, n: int = 1) -> list[api.ReplicaRecord]:
         """Start ``n`` replicas of ``side`` through the launcher and wait until they are registered."""

@@ -261,13 +261,16 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--usd-per-hour", type=float, required=True)
     p.add_argument("--knobs", type=Path)
     p.add_argument("--service-ms", type=float, default=40.0)
+    p.add_argument("--model", default="", help="ignored: a peer has no model")
     args = p.parse_args(argv)
     knobs = json.loads(args.knobs.read_text()).get(args.location, {}) if args.knobs else {}
     sock = bound_socket()
     port = sock.getsockname()[1]
     rid = api.replica_id_for(args.endpoint, args.location, port)
     state = PeerState(rid, float(knobs.get("service_ms", args.service_ms)), float(knobs.get("perturb", 0.0)))
-    config = uvicorn.Config(peer_app(state), log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        peer_app(state), log_level="warning", access_log=False, timeout_graceful_shutdown=5
+    )
 
     async def run() -> None:
         loop = asyncio.get_running_loop()

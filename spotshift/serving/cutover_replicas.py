@@ -207,7 +207,8 @@ class _Pass:
                     self.notes.append(f"no {side} launch spec in the cutover state: {side} not launched")
                     break
                 loc, market, usd = spec
-                info = self.launcher.start(self.state.endpoint, loc, market, usd_per_hour=usd)
+                model = self.state.model if side == "target" else ""  # a new checkpoint: the target's
+                info = self.launcher.start(self.state.endpoint, loc, market, usd_per_hour=usd, model=model)
                 self.ms.append(Member(info.launch_id, side, loc, market, "provisioning", info.started_at_s))
                 self.peak = max(self.peak, len(self.ms))
                 self.launched.append(

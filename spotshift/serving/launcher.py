@@ -79,8 +79,11 @@ class ReplicaLauncher(ABC):
     kind: str
 
     @abstractmethod
-    def start(self, endpoint: str, location: str, market: str, *, usd_per_hour: float) -> LaunchInfo:
-        """Start one replica; it registers itself once it listens."""
+    def start(
+        self, endpoint: str, location: str, market: str, *, usd_per_hour: float, model: str = ""
+    ) -> LaunchInfo:
+        """Start one replica; it registers itself once it listens. ``model``: a checkpoint or job to
+        serve instead of the endpoint's (a cutover's target); empty: the endpoint's."""
 
     @abstractmethod
     def stop(self, endpoint: str, replica_id: str, *, timeout_s: float = 60.0) -> StopReport:
@@ -117,8 +120,11 @@ class LocalReplicaLauncher(ReplicaLauncher):
         self.program = program
         self._procs: dict[int, subprocess.Popen[bytes]] = {}  # reaped when they exit, in this process
 
-    def start(self, endpoint: str, location: str, market: str, *, usd_per_hour: float) -> LaunchInfo:
-        """Start ``spotshift serve ENDPOINT --location L --market M --usd-per-hour P`` on a free port."""
+    def start(
+        self, endpoint: str, location: str, market: str, *, usd_per_hour: float, model: str = ""
+    ) -> LaunchInfo:
+        """Start ``spotshift serve ENDPOINT --location L --market M --usd-per-hour P [--model M]`` on
+        a free port."""
         import psutil
 
         if market not in api.MARKETS:
@@ -129,6 +135,8 @@ class LocalReplicaLauncher(ReplicaLauncher):
         log = d / f"{launch_id}.log"
         cmd = [self.python, *self.program, "serve", endpoint, "--location", location]
         cmd += ["--market", market, "--usd-per-hour", f"{usd_per_hour:.6f}", *self.extra_args]
+        if model:
+            cmd += ["--model", model]
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -100,8 +101,10 @@ async def run_load(
     max_tokens: int = 8,
     seed: int = 0,
     timeout_s: float = 30.0,
+    stop: threading.Event | None = None,
 ) -> LoadResult:
-    """Send ``rps x duration_s`` completions to ``url`` on the open-loop schedule; wait for every answer."""
+    """Send ``rps x duration_s`` completions to ``url`` on the open-loop schedule; wait for every answer.
+    ``stop``: once set, no further request is sent (``requests`` counts those sent)."""
     import httpx
     import numpy as np
 
@@ -136,6 +139,9 @@ async def run_load(
         tasks = []
         start = time.perf_counter()
         for i in range(n):
+            if stop is not None and stop.is_set():
+                n = i
+                break
             delay = start + i / rps - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)

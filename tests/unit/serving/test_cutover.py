@@ -208,7 +208,10 @@ HOLD = ["--no-scale"]
 def test_cli_start_status_rollback_failback(spotshift_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     VirtualClock.starting(T0, 0.0).save()
     _register_source(4)
-    assert main(["cutover", "start", "chat", "--to", "aws/us-east-1", "--usd-per-hour", "1.8", "--json", *HOLD]) == 0
+    assert (
+        main(["cutover", "start", "chat", "--to", "aws/us-east-1", "--usd-per-hour", "1.8", "--json", *HOLD])
+        == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     assert doc["phase"] == "shadow" and doc["stage"] == "shadow-5" and doc["mirror_share"] == 0.05
     assert doc["steady_replicas"] == 4 and doc["source_locations"] == ["gcp/us-central1"]

@@ -41,7 +41,9 @@ class Launcher(ReplicaLauncher):
         n = len(api.live_replicas(self.endpoint, include_draining=True)) + len(self.pending)
         self.peak = max(self.peak, n)
 
-    def start(self, endpoint: str, location: str, market: str, *, usd_per_hour: float) -> LaunchInfo:
+    def start(
+        self, endpoint: str, location: str, market: str, *, usd_per_hour: float, model: str = ""
+    ) -> LaunchInfo:
         self.seq += 1
         info = LaunchInfo(
             f"l{self.seq}", endpoint, location, market, usd_per_hour, os.getpid(), 0.0, "", time.time()
