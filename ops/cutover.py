@@ -98,17 +98,15 @@ def follow_plan(context: dg.OpExecutionContext, endpoint: str, launcher: Replica
     )
 
 
-@dg.op(name=ec.ADVANCE_OP, required_resource_keys={"warehouse"})
-def advance_cutover(
-    context: dg.OpExecutionContext, config: StageConfig, launcher: ReplicaLauncherResource
-) -> str:
+@dg.op(name=ec.ADVANCE_OP, required_resource_keys={"warehouse", "launcher"})
+def advance_cutover(context: dg.OpExecutionContext, config: StageConfig) -> str:
     """What the virtual clock moves (a held stage advances, a closed failback window
     decommissions); then the replicas follow the plan of where the cutover now is."""
     st = ec.check(config.endpoint, record=False)
     context.log.info(
         f"cutover {st.cutover_id} of {st.endpoint}: {st.phase} {st.current.label if st.current else ''}"
     )
-    follow_plan(context, config.endpoint, launcher)
+    follow_plan(context, config.endpoint, context.resources.launcher)
     return config.endpoint
 
 
@@ -157,10 +155,8 @@ class RollbackConfig(dg.Config):
     reason: str = "cutover_job failed"
 
 
-@dg.op(name=ec.ROLLBACK_OP, required_resource_keys={"warehouse"})
-def roll_back_cutover(
-    context: dg.OpExecutionContext, config: RollbackConfig, launcher: ReplicaLauncherResource
-) -> None:
+@dg.op(name=ec.ROLLBACK_OP, required_resource_keys={"warehouse", "launcher"})
+def roll_back_cutover(context: dg.OpExecutionContext, config: RollbackConfig) -> None:
     """Target weight 0 (or a promoted cutover failed back); the stage rows recorded; the source
     scaled back to the steady state and the target drained."""
     st = ec.rollback(config.endpoint, config.reason, record=False)
@@ -168,7 +164,7 @@ def roll_back_cutover(
     context.log.info(
         f"cutover {st.cutover_id} of {st.endpoint}: {st.phase}; target weight {st.target_weight:g}"
     )
-    follow_plan(context, config.endpoint, launcher)
+    follow_plan(context, config.endpoint, context.resources.launcher)
 
 
 @dg.job(name=ec.CUTOVER_ROLLBACK_JOB, tags={"spotshift/kind": "cutover"})
