@@ -11,7 +11,9 @@ import argparse
 import sys
 from typing import Any
 
-from spotshift.cliutil import deprecated_alias
+from spotshift.cliutil import deprecated_alias, emit_json
+from spotshift.clock import virtual_now
+from spotshift.errors import check_range
 from spotshift.serving.cutover_stages import DEFAULT_SHADOW_SHARES, DEFAULT_STAGES
 
 DESCRIPTION = (
@@ -38,6 +40,21 @@ def register(sub: Any) -> None:
     csub = p.add_subparsers(dest="cutover_command", metavar="ACTION")
     csub.required = True
 
+    _register_start(csub)
+    for name, helptext, handler in (
+        ("status", "show the cutover (advances a stage whose hold passed; records raw.cutovers)", _status),
+        ("rollback", "target weight 0 now (a promoted cutover fails back)", _rollback),
+        ("failback", "100 %% back on the source in one step, within the failback window", _failback),
+    ):
+        c = csub.add_parser(name, help=helptext)
+        c.add_argument("endpoint", help="endpoint with a cutover (spotshift cutover start)")
+        _common(c)
+        if name == "rollback":
+            c.add_argument("--reason", default="rollback requested", help="recorded with the rollback")
+        c.set_defaults(handler=handler)
+
+
+def _register_start(csub: Any) -> None:
     s = csub.add_parser("start", help="begin a cutover to PROVIDER/REGION", description=DESCRIPTION)
     s.add_argument("endpoint", help="endpoint to move (its live replicas are the source)")
     s.add_argument("--to", required=True, metavar="PROVIDER/REGION", help="target location")
@@ -141,18 +158,6 @@ def register(sub: Any) -> None:
     _common(s)
     s.set_defaults(handler=_start)
 
-    for name, helptext, handler in (
-        ("status", "show the cutover (advances a stage whose hold passed; records raw.cutovers)", _status),
-        ("rollback", "target weight 0 now (a promoted cutover fails back)", _rollback),
-        ("failback", "100 %% back on the source in one step, within the failback window", _failback),
-    ):
-        c = csub.add_parser(name, help=helptext)
-        c.add_argument("endpoint", help="endpoint with a cutover (spotshift cutover start)")
-        _common(c)
-        if name == "rollback":
-            c.add_argument("--reason", default="rollback requested", help="recorded with the rollback")
-        c.set_defaults(handler=handler)
-
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the state as one JSON object")
@@ -172,7 +177,6 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _done(st: Any, args: argparse.Namespace) -> int:
     """Replicas follow the plan (unless --no-scale), then the state is printed."""
-    from spotshift.errors import check_range
     from spotshift.migration.endpoint_cutover import scale_replicas
     from spotshift.serving.launcher import open_launcher
 
@@ -185,8 +189,6 @@ def _done(st: Any, args: argparse.Namespace) -> int:
 
 
 def _print(st: Any, as_json: bool, step: Any = None) -> None:
-    from spotshift.cliutil import emit_json
-    from spotshift.clock import virtual_now
     from spotshift.serving.cutover import summary
 
     doc = summary(st, virtual_now())
@@ -237,7 +239,6 @@ def _print(st: Any, as_json: bool, step: Any = None) -> None:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from spotshift.errors import check_range
     from spotshift.migration.endpoint_cutover import StartOptions, start
     from spotshift.serving.cutover import Thresholds
 

@@ -18,6 +18,7 @@ deregisters, exits 0), so a scale-down fails no request behind a router.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from spotshift.atomic import atomic_write_json
 from spotshift.errors import ConfigError, NotFoundError
+from spotshift.home import run_dir
 from spotshift.serving import replica_api as api
 from spotshift.training.backend import _process_alive  # the one pid + start-time liveness check
 
@@ -60,8 +62,6 @@ class StopReport:
 
 def launches_dir(endpoint: str) -> Path:
     """``$SPOTSHIFT_HOME/run/replicas/<endpoint>``: one JSON file per launch not yet cleaned up."""
-    from spotshift.home import run_dir
-
     return run_dir() / "replicas" / api.check_endpoint_name(endpoint)
 
 
@@ -161,8 +161,6 @@ class LocalReplicaLauncher(ReplicaLauncher):
         d = launches_dir(endpoint)
         for path in sorted(d.glob("*.json")) if d.is_dir() else []:
             try:
-                import json
-
                 out.append((path, LaunchInfo(**json.loads(path.read_text()))))
             except (OSError, ValueError, TypeError):
                 raise ConfigError(f"{path}: not a replica launch file") from None

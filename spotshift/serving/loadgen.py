@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from spotshift.cloud_errors import redact_url
 from spotshift.errors import ConfigError, check_range
 from spotshift.serving import replica_api as api
+from spotshift.serving.latency import user_regions
 
 MAX_RPS = 5_000.0
 MAX_DURATION_S = 3_600.0
@@ -57,8 +59,6 @@ class LoadResult:
 
 def completions_url(url: str) -> str:
     """``url`` checked to be loopback http(s); a bare base URL gets ``/v1/completions``."""
-    from spotshift.cloud_errors import redact_url
-
     parsed = urlparse(url)
     shown = redact_url(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -82,8 +82,6 @@ def check_load(rps: float, duration_s: float) -> None:
 def _regions(users: dict[str, float] | None, n: int, seed: int) -> list[str | None]:
     if not users:
         return [None] * n
-    from spotshift.serving.latency import user_regions
-
     for region in users:
         if region not in user_regions():
             raise ConfigError(f"--users: user region {region!r} is not one of {', '.join(user_regions())}")
