@@ -45,7 +45,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--rps", type=float, default=30.0)
-    p.add_argument("--interval-s", type=float, default=2.0)
+    p.add_argument("--interval-s", type=float, default=3.0)
     p.add_argument("--slow-ms", type=float, default=2500.0)
     args = p.parse_args()
     home = tempfile.mkdtemp(prefix="spotshift-bench-cutover-")
