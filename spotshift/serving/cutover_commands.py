@@ -42,7 +42,11 @@ def register(sub: Any) -> None:
 
     _register_start(csub)
     for name, helptext, handler in (
-        ("status", "show the cutover (advances a stage whose hold passed; records raw.cutovers)", _status),
+        (
+            "status",
+            "show the cutover (advances a stage whose hold passed; records raw.cutovers; replicas follow)",
+            _status,
+        ),
         ("rollback", "target weight 0 now (a promoted cutover fails back)", _rollback),
         ("failback", "100 %% back on the source in one step, within the failback window", _failback),
     ):
