@@ -17,7 +17,8 @@ starts and stops it exactly as it does a model server::
 
     python bench/_replica_peer.py serve ENDPOINT --location L --market M --usd-per-hour P [--knobs FILE]
 
-It registers in the endpoint's registry once listening; the first SIGTERM drains it (503 to new
+It warms up (a few completions to itself), then registers in the endpoint's registry; the first
+SIGTERM drains it (503 to new
 requests, in-flight ones finish, then it deregisters and exits 0). ``--knobs``: a JSON file
 ``{location: {"service_ms": N, "perturb": F}}`` read at start (per-side behaviour of a benchmark).
 """
@@ -247,6 +248,15 @@ class _Late:
         await self.app(scope, receive, send)
 
 
+def _warm_up(url: str, n: int = 3) -> None:
+    """A few completions to itself before registering (imports and first-request paths loaded)."""
+    import httpx
+
+    with httpx.Client(timeout=30, trust_env=False) as client:
+        for i in range(n):
+            client.post(url + api.COMPLETIONS_PATH, json={"prompt": f"warm {i}", "max_tokens": 4})
+
+
 def serve_main(argv: list[str]) -> int:
     """``serve ENDPOINT --location L --market M --usd-per-hour P``: a registered, draining replica."""
     import os
@@ -288,6 +298,7 @@ def serve_main(argv: list[str]) -> int:
         task = asyncio.ensure_future(server.serve(sockets=[sock]))
         while not server.started:
             await asyncio.sleep(0.01)
+        await asyncio.to_thread(_warm_up, f"http://127.0.0.1:{port}")  # first requests are not cold
         rec = api.ReplicaRecord(
             rid, args.endpoint, f"http://127.0.0.1:{port}", args.location, args.market,
             args.usd_per_hour, os.getpid(), time.time(), "peer",
