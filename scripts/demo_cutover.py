@@ -119,7 +119,7 @@ def drive(launcher: Any, act: CutoverAct, timeout_s: float = CUTOVER_TIMEOUT_S) 
 
 def one_cutover(act: CutoverAct, launcher: Any, price: float, model: str = "") -> None:
     """Start a cutover to ``act.target`` and drive it to its end; its outcome appended to ``act``."""
-    from spotshift.migration.endpoint_cutover import StartOptions, start
+    from spotshift.migration.endpoint_cutover import StartOptions, record_rows, start
     from spotshift.serving import cutover as co
 
     th = co.Thresholds(min_samples=4, p99_slack_ms=1500.0)
@@ -130,6 +130,7 @@ def one_cutover(act: CutoverAct, launcher: Any, price: float, model: str = "") -
     st = start(ENDPOINT, opts)
     act.cap = co.fleet_cap(st.steady_replicas)
     st = drive(launcher, act)
+    record_rows(st)  # raw.cutovers: one row per stage (the cost report lists the cutover)
     rows = {r["stage"]: r for r in st.stage_rows}
     act.outcomes.append(
         {
