@@ -11,6 +11,10 @@ take; the decisions themselves are :mod:`spotshift.serving.cutover`, the measuri
 * :func:`check` — what time alone changes: a stage whose hold passed (with a passing window)
   advances, a promoted cutover past its failback window is decommissioned; stage rows recorded.
 * :func:`rollback` / :func:`failback` — 100 % on the source in one step, the reason recorded.
+* :func:`scale_replicas` — the endpoint's replicas follow the plan of the current phase and stage
+  (:func:`spotshift.serving.cutover_replicas.follow`: target launched, source drained to its floor,
+  or back), through the replica launcher. ``cutover_job`` and ``cutover_rollback_job`` take it after
+  every change; the command line after each verb.
 
 Every step writes the state under its lock (temp + rename) and records the new ``raw.cutovers``
 rows; each is idempotent.
@@ -18,11 +22,21 @@ rows; each is idempotent.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from spotshift.errors import ConfigError
+from spotshift.clock import virtual_now
+from spotshift.errors import ConfigError, check_range
+from spotshift.home import spotshift_home
+from spotshift.pricing.regions import check_location
+from spotshift.registry import locked
 from spotshift.serving import cutover as co
+from spotshift.serving import replica_api as api
+from spotshift.serving.cutover_facts import record_stage_rows
+from spotshift.serving.cutover_replicas import DEFAULT_STOP_TIMEOUT_S
+from spotshift.serving.launcher import ReplicaLauncher
+from spotshift.serving.serve import replica_price_usd_hour
 
 
 @dataclass(frozen=True)
@@ -51,12 +65,6 @@ def usd_per_mtok(usd_per_hour: float, capacity_tokens_s: float) -> float:
 def start(endpoint: str, opts: StartOptions, *, record: bool = True) -> co.CutoverState:
     """Begin a cutover of ``endpoint`` to ``opts.to_location``; ConfigError (one line) when one is in
     progress, the target is where the endpoint already serves, or there is no source to move from."""
-    from spotshift.clock import virtual_now
-    from spotshift.errors import check_range
-    from spotshift.pricing.regions import check_location
-    from spotshift.registry import locked
-    from spotshift.serving import replica_api as api
-
     api.check_endpoint_name(endpoint)
     to = check_location(opts.to_location, "--to")
     if opts.market not in api.MARKETS:
@@ -76,8 +84,6 @@ def start(endpoint: str, opts: StartOptions, *, record: bool = True) -> co.Cutov
         )
     price = opts.usd_per_hour
     if price is None:
-        from spotshift.serving.serve import replica_price_usd_hour
-
         price = replica_price_usd_hour(to, opts.market)
     check_range(price, "--usd-per-hour", low=0, high=1e6, low_inclusive=True)
     src_cost = (
@@ -116,6 +122,8 @@ def start(endpoint: str, opts: StartOptions, *, record: bool = True) -> co.Cutov
             source_floor=opts.source_floor,
             failback_s=opts.failback_s,
             now=now,
+            source_mix=source_mix(sources),
+            target_usd_per_hour=float(price),
         )
         co.save_state(st)
     if record:
@@ -125,8 +133,6 @@ def start(endpoint: str, opts: StartOptions, *, record: bool = True) -> co.Cutov
 
 def check(endpoint: str, *, record: bool = True) -> co.CutoverState:
     """Advance on the clock (hold passed after a passing window; failback window over)."""
-    from spotshift.clock import virtual_now
-
     now = virtual_now()
 
     def change(st: co.CutoverState) -> co.CutoverState | None:
@@ -141,8 +147,6 @@ def check(endpoint: str, *, record: bool = True) -> co.CutoverState:
 
 def rollback(endpoint: str, reason: str = "rollback requested", *, record: bool = True) -> co.CutoverState:
     """Target weight 0 at once (a cutover in progress); a promoted one fails back. Idempotent."""
-    from spotshift.clock import virtual_now
-
     now = virtual_now()
 
     def change(st: co.CutoverState) -> co.CutoverState | None:
@@ -160,8 +164,6 @@ def rollback(endpoint: str, reason: str = "rollback requested", *, record: bool 
 
 def failback(endpoint: str, *, record: bool = True) -> co.CutoverState:
     """100 % back on the source in one step within the failback window (ConfigError after it)."""
-    from spotshift.clock import virtual_now
-
     now = virtual_now()
 
     def change(st: co.CutoverState) -> co.CutoverState | None:
@@ -175,10 +177,26 @@ def failback(endpoint: str, *, record: bool = True) -> co.CutoverState:
     return st
 
 
+def source_mix(sources: list[api.ReplicaRecord]) -> list[dict[str, Any]]:
+    """The source's replicas per (location, market) with their price: where it scales back to."""
+    counts = Counter((r.location, r.market) for r in sources)
+    price = {(r.location, r.market): r.price_usd_per_hour for r in sources}
+    return [
+        {"location": loc, "market": m, "usd_per_hour": float(price[(loc, m)]), "count": n}
+        for (loc, m), n in sorted(counts.items())
+    ]
+
+
+def scale_replicas(
+    endpoint: str, launcher: ReplicaLauncher, *, stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S
+) -> co.FollowStep:
+    """The endpoint's replicas follow its cutover's plan now (one pass of
+    :func:`spotshift.serving.cutover_replicas.follow`); NotFoundError without a cutover."""
+    return co.follow(co.require_state(endpoint), launcher, stop_timeout_s=stop_timeout_s)
+
+
 def record_rows(state: co.CutoverState, *, con: Any = None) -> int:
     """Record the state's stage rows in ``raw.cutovers`` (already recorded ones are skipped)."""
-    from spotshift.serving.cutover_facts import record_stage_rows
-
     return record_stage_rows(list(state.stage_rows), con=con)
 
 
@@ -234,8 +252,6 @@ def finished_stages(state: co.CutoverState) -> list[str]:
 
 def cutover_endpoints() -> list[str]:
     """Endpoints with a cutover state file under ``$SPOTSHIFT_HOME/serving``."""
-    from spotshift.home import spotshift_home
-
     root = spotshift_home() / "serving"
     if not root.is_dir():
         return []

@@ -15,13 +15,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from spotshift.cloud_errors import redact_url
 from spotshift.errors import ConfigError, check_range
 from spotshift.serving import replica_api as api
+from spotshift.serving.latency import user_regions
 
 MAX_RPS = 5_000.0
 MAX_DURATION_S = 3_600.0
@@ -56,8 +59,6 @@ class LoadResult:
 
 def completions_url(url: str) -> str:
     """``url`` checked to be loopback http(s); a bare base URL gets ``/v1/completions``."""
-    from spotshift.cloud_errors import redact_url
-
     parsed = urlparse(url)
     shown = redact_url(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -81,8 +82,6 @@ def check_load(rps: float, duration_s: float) -> None:
 def _regions(users: dict[str, float] | None, n: int, seed: int) -> list[str | None]:
     if not users:
         return [None] * n
-    from spotshift.serving.latency import user_regions
-
     for region in users:
         if region not in user_regions():
             raise ConfigError(f"--users: user region {region!r} is not one of {', '.join(user_regions())}")
@@ -100,8 +99,10 @@ async def run_load(
     max_tokens: int = 8,
     seed: int = 0,
     timeout_s: float = 30.0,
+    stop: threading.Event | None = None,
 ) -> LoadResult:
-    """Send ``rps x duration_s`` completions to ``url`` on the open-loop schedule; wait for every answer."""
+    """Send ``rps x duration_s`` completions to ``url`` on the open-loop schedule; wait for every answer.
+    ``stop``: once set, no further request is sent (``requests`` counts those sent)."""
     import httpx
     import numpy as np
 
@@ -136,6 +137,9 @@ async def run_load(
         tasks = []
         start = time.perf_counter()
         for i in range(n):
+            if stop is not None and stop.is_set():
+                n = i
+                break
             delay = start + i / rps - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
