@@ -1,14 +1,18 @@
 """``spotshift router ENDPOINT``: the reverse proxy that routes each completion by cost under the SLO.
 
-Starlette under uvicorn receives requests (:mod:`spotshift.serving.router_app`); one
-``httpx.AsyncClient`` per replica, with pooled keep-alive connections, forwards them. For each ``POST /v1/completions`` the router:
+uvicorn (uvloop, httptools) receives requests (:mod:`spotshift.serving.router_app`); one
+``aiohttp`` session with pooled keep-alive connections to every replica
+(:mod:`spotshift.serving.pool`) forwards them. For each ``POST /v1/completions`` the router:
 
 1. reads the user region (header ``X-Spotshift-User-Region``, else the router's default) and
    estimates the request's tokens (``ceil(prompt characters / 4) + max_tokens``);
 2. asks :func:`spotshift.serving.policy.route` for a replica among the endpoint's live ones
    (registry of :mod:`spotshift.serving.replica_api`, re-read every second), predicted from the
    round trip, the router's live in-flight count per replica and the online inference-time
-   model, with a seeded draw (seed 000) for the 80/20 cheapest/fastest split;
+   model, with a seeded draw (seed 000) for the 80/20 cheapest/fastest split; a replica meets the
+   SLO when its prediction plus the router's p99 prediction error
+   (:class:`~spotshift.serving.margin.PredictionMargin`, learned from the answers) does, so
+   cost-first routing does not fill the cheapest replica to the SLO at the mean and past it at the tail;
 3. forwards the body; a replica that refuses (503 draining, 502, 504) or fails at the transport
    level (connection refused, reset, died mid-request, timeout) is set aside and the request is
    retried on another replica — completions are idempotent under greedy decoding, so a spot
@@ -49,6 +53,7 @@ from spotshift.atomic import atomic_write_json
 from spotshift.errors import ConfigError
 from spotshift.serving import replica_api as api
 from spotshift.serving.latency import user_regions
+from spotshift.serving.margin import PredictionMargin
 from spotshift.serving.policy import (
     CHEAP_SHARE,
     DEFAULT_SEED,
@@ -59,7 +64,7 @@ from spotshift.serving.policy import (
     route,
     traffic_policy,
 )
-from spotshift.serving.pool import ReplicaPool
+from spotshift.serving.pool import ReplicaAnswer, ReplicaPool, ReplicaUnreachable
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 DOWN_COOLDOWN_S = 1.0  # a replica that failed at the transport level gets no traffic for this long
@@ -104,7 +109,7 @@ class RouterConfig:
     capacity_tokens_s: float = 2400.0
     slots: int = 1
     timeout_s: float = 30.0
-    max_connections: int = 64  # per replica (in shards, see serving.pool)
+    max_connections: int = 64  # keep-alive connections per replica
     tls_dir: Path | None = None
     replicas: Sequence[ReplicaView] | None = None
     clock: Callable[[], Any] | None = None
@@ -140,11 +145,13 @@ class Router:
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)
         self.model = InferenceTimeModel()
+        self.margin = PredictionMargin()
         self.outstanding: dict[str, int] = {}
         self.set_aside: dict[str, float] = {}  # replica id -> monotonic time it may be used again
         self.counters = Counters()
         self.replicas: list[ReplicaView] = list(cfg.replicas or [])
-        self.clients: dict[str, ReplicaPool] = {}  # replica URL -> its connection pool
+        self.pool: ReplicaPool | None = None  # keep-alive connections to every replica
+        self._headers: dict[str, dict[str, str]] = {}  # user region -> request headers to replicas
         self._verify: Any = True
         self._written: tuple[Any, ...] | None = None  # counters as last written to the signal file
         self._rotator: Any = None
@@ -203,15 +210,14 @@ class Router:
         Retries on another replica after a refusal or a transport failure until every replica was
         tried; then 503 naming the endpoint.
         """
-        import httpx
-
         self.counters.requests += 1
         tried: set[str] = set()
         attempts = 0
         side = self.cutover.pick()  # a cutover in progress: source or target, drawn once per request
         while True:
             usable = self.cutover.restrict(self._usable(tried), side)
-            cands = evaluate(usable, self.outstanding, user_region, tokens, self.model, self.cfg.slo_ms)
+            slo = self.margin.effective_slo(self.cfg.slo_ms)  # the prediction at its p99 meets the SLO
+            cands = evaluate(usable, self.outstanding, user_region, tokens, self.model, slo)
             choice = route(cands, self.rng.random(), self.cfg.cheap_share)
             if choice is None:
                 self.counters.failed += 1
@@ -232,7 +238,7 @@ class Router:
             t0 = time.perf_counter()
             try:
                 resp = await self.post_completion(rep, body, user_region)
-            except httpx.TransportError:
+            except ReplicaUnreachable:
                 self.set_aside[rid] = time.monotonic() + DOWN_COOLDOWN_S
                 self.cutover.observe(rep, None, None, tokens)
                 continue
@@ -246,6 +252,7 @@ class Router:
                 continue
             if resp.status_code == 200:
                 self.counters.ok += 1
+                self.margin.observe(choice.candidate.predicted_ms, wall_ms)
                 self._learn(rid, tokens, resp.headers.get(api.HEADER_INFERENCE_MS), wall_ms, busy < rep.slots)
                 if self.cutover.should_mirror(rep):  # shadow: compared, never returned
                     self.cutover.spawn_mirror(self, body, user_region, tokens, resp.content)
@@ -258,13 +265,16 @@ class Router:
             headers["x-spotshift-attempts"] = str(attempts)
             return resp.status_code, resp.content, headers
 
-    async def post_completion(self, rep: ReplicaView, body: bytes, user_region: str) -> Any:
-        """POST one completion to ``rep`` over its pooled connections (httpx errors propagate)."""
-        return await self._client(rep.url).post(
-            rep.url + api.COMPLETIONS_PATH,
-            content=body,
-            headers={"content-type": "application/json", api.HEADER_USER_REGION: user_region},
-        )
+    async def post_completion(self, rep: ReplicaView, body: bytes, user_region: str) -> ReplicaAnswer:
+        """POST one completion to ``rep`` over the pooled keep-alive connections; transport
+        failures raise :class:`~spotshift.serving.pool.ReplicaUnreachable` (an ``httpx.TransportError``)."""
+        headers = self._headers.get(user_region)
+        if headers is None:
+            headers = self._headers[user_region] = {
+                "content-type": "application/json",
+                api.HEADER_USER_REGION: user_region,
+            }
+        return await self._pool().post(rep.url + api.COMPLETIONS_PATH, body, headers)
 
     def _learn(self, rid: str, tokens: float, inference_ms: str | None, wall_ms: float, free: bool) -> None:
         try:
@@ -335,6 +345,8 @@ class Router:
             f'spotshift_router_retries_total{{endpoint="{ep}"}} {c.retries}',
             "# TYPE spotshift_router_slo_violations_total counter",
             f'spotshift_router_slo_violations_total{{endpoint="{ep}"}} {c.slo_violations}',
+            "# TYPE spotshift_router_prediction_margin_ms gauge",
+            f'spotshift_router_prediction_margin_ms{{endpoint="{ep}"}} {self.margin.ms:.3f}',
             "# TYPE spotshift_router_in_flight gauge",
         ]
         for rid, n in sorted(self.outstanding.items()):
@@ -362,26 +374,15 @@ class Router:
             self._rotator.check()
             self.ssl_context = self._verify = client_context(Path(self.cfg.tls_dir))
 
-    def _client(self, url: str) -> ReplicaPool:
-        """The connection pool of one replica (created on first use)."""
-        pool = self.clients.get(url)
-        if pool is None:
-            if self._verify is True:  # one default context for every pool (building one costs ~0.1 s)
-                import ssl
-
-                self._verify = ssl.create_default_context()
-            pool = self.clients[url] = ReplicaPool(self._verify, self.cfg.max_connections, self.cfg.timeout_s)
-        return pool
-
-    async def close_gone(self) -> None:
-        """Close the pools of replicas that left the registry."""
-        live = {r.url for r in self.replicas}
-        for url in [u for u in self.clients if u not in live]:
-            await self.clients.pop(url).aclose()
+    def _pool(self) -> ReplicaPool:
+        """The connection pool to every replica (created on first use, inside the event loop)."""
+        if self.pool is None:
+            self.pool = ReplicaPool(self._verify, self.cfg.max_connections, self.cfg.timeout_s)
+        return self.pool
 
     async def stop(self) -> None:
         """Close the clients and write the last counters."""
-        for client in self.clients.values():
-            await client.aclose()
-        self.clients.clear()
+        if self.pool is not None:
+            await self.pool.aclose()
+            self.pool = None
         self.flush_signal()
