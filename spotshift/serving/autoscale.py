@@ -62,6 +62,7 @@ from spotshift.serving.scaling_plan import (
     market_counts,
     plan_user_regions,
     rtt_lookup,
+    wanted_by_region,
     wanted_replicas,
 )
 from spotshift.serving.scaling_types import (
@@ -100,6 +101,7 @@ __all__ = [
     "hysteresis_step",
     "location_quotes",
     "record_scaling_decision",
+    "wanted_by_region",
     "wanted_replicas",
 ]
 
@@ -187,10 +189,11 @@ def _targets(
     updates ``mem``."""
     cap = inputs.profile.capacity_tokens_s
     out = []
-    for u in sorted(set(inputs.demand_tokens_s) | set(inputs.forecast_tokens_s)):
+    wanted_of = wanted_by_region(inputs.demand_tokens_s, inputs.forecast_tokens_s, cap, p)
+    for u in sorted(wanted_of):
         demand = max(0.0, float(inputs.demand_tokens_s.get(u, 0.0)))
         forecast = max(0.0, float(inputs.forecast_tokens_s.get(u, 0.0))) if p.use_forecast else 0.0
-        wanted = wanted_replicas(demand, forecast, cap, p)
+        wanted = wanted_of[u]
         overload = demand > mem.granted.get(u, 0) * cap
         granted, hyst = hysteresis_step(u, wanted, overload, now_s, mem, p)
         out.append((u, demand, forecast, wanted, granted, hyst))

@@ -30,6 +30,38 @@ def wanted_replicas(
     return math.ceil(p.headroom * max(0.0, level) / capacity_tokens_s - 1e-9)
 
 
+def wanted_by_region(
+    demand_tokens_s: Mapping[str, float],
+    forecast_tokens_s: Mapping[str, float],
+    capacity_tokens_s: float,
+    p: ScalingParams,
+) -> dict[str, int]:
+    """Rule 1 for every user region at once: whole replicas per region.
+
+    Each region's level is ``headroom x max(forecast, demand now) / capacity`` replicas. Rounded
+    region by region (:func:`wanted_replicas`), every region pays for its own fraction of a
+    replica; with ``pool_rounding`` the endpoint's headroom is counted once: ``ceil`` of the summed
+    levels handed out by largest remainder (ties by name), each region keeping at least the whole
+    replicas its own forecast needs without headroom (``ceil(max(forecast, demand) / capacity)``). A region whose fraction is not rounded up is served by the pools of the
+    others: every pool is shared by the user regions whose round trip to it keeps the SLO (the
+    router's rule), and the eligibility of rule 3 is what makes that hold.
+    """
+    regions = sorted(set(demand_tokens_s) | set(forecast_tokens_s))
+    levels = {}
+    for u in regions:
+        d = max(0.0, float(demand_tokens_s.get(u, 0.0)))
+        f = max(0.0, float(forecast_tokens_s.get(u, 0.0))) if p.use_forecast else 0.0
+        levels[u] = p.headroom * max(d, f) / capacity_tokens_s
+    if not p.pool_rounding or len(regions) < 2:
+        return {u: math.ceil(x - 1e-9) for u, x in levels.items()}
+    whole = {u: math.floor(x + 1e-9) for u, x in levels.items()}
+    spare = math.ceil(sum(levels.values()) - 1e-9) - sum(whole.values())
+    for u in sorted(regions, key=lambda u: (-(levels[u] - whole[u]), u))[: max(0, spare)]:
+        whole[u] += 1
+    # the headroom is what is pooled: each region keeps whole replicas for its own forecast
+    return {u: max(n, math.ceil(levels[u] / p.headroom - 1e-9)) for u, n in whole.items()}
+
+
 def rtt_lookup(inputs: ScalingInputs) -> Callable[[str, str], float]:
     if inputs.rtt_ms is not None:
         table = inputs.rtt_ms

@@ -99,6 +99,7 @@ class ScalingParams:
     risk_step: float = 0.05
     markets: tuple[str, ...] = MARKETS
     use_forecast: bool = True
+    pool_rounding: bool = True  # rule 1: round the endpoint's replicas once, not per user region
 
     def __post_init__(self) -> None:
         checks = [

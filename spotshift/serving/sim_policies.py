@@ -20,7 +20,7 @@ from spotshift.serving.autoscale import (
     ScalingParams,
     decide_scaling,
     hysteresis_step,
-    wanted_replicas,
+    wanted_by_region,
 )
 from spotshift.serving.sim_world import SimInputs, SimReplica
 
@@ -85,7 +85,7 @@ class AutoscalerPolicy:
         # a tick whose decisive inputs equal the last "hold" tick's (and no hysteresis timer expires
         # yet) would hold again: skip the call, the launches and terminations are identical
         key = (
-            tuple(wanted_replicas(demand[u], forecast[u], cap, p) for u in sim.users),
+            tuple(sorted(wanted_by_region(demand, forecast, cap, p).items())),
             tuple(demand[u] > self.memory.granted.get(u, 0) * cap for u in sim.users),
             tuple(s[:3] for s in states),
             tuple(sorted(no_spot)),
