@@ -95,7 +95,9 @@ class ScalingParams:
     downscale_delay_s: float = 1200.0
     slo_target: float = 0.999
     commit_window_s: float = 86_400.0
-    preemption_penalty_hours: float = 1.0
+    # a preemption costs ~1.5 h of the replica: its replacement's cold start billed, late requests
+    # meanwhile, the location's spot lost for the cooldown (chosen on the benchmark windows, README)
+    preemption_penalty_hours: float = 1.5
     risk_step: float = 0.05
     markets: tuple[str, ...] = MARKETS
     use_forecast: bool = True
