@@ -11,7 +11,9 @@ human-readable reasons.
 The rules, per user region ``u``, then per location:
 
 1. **Target** (seed 000, issue 14): ``headroom x max(forecast 10 min ahead, demand now)`` in
-   tokens/s, in whole replicas of ``capacity_tokens_s`` (the capacity measured at the SLO).
+   tokens/s, in whole replicas of ``capacity_tokens_s`` (the capacity measured at the SLO); with
+   ``pool_rounding`` the endpoint's replicas are rounded once over the user regions (each keeping
+   whole replicas for its own forecast), :func:`~spotshift.serving.scaling_plan.wanted_by_region`.
 2. **Hysteresis** (SkyServe's published delays): the granted target moves up only after the wanted
    one stayed above it for ``upscale_delay_s`` (300 s), down after ``downscale_delay_s`` (1200 s)
    below. Demand *now* above the granted capacity (an overload, not a forecast) lifts the target at
