@@ -57,7 +57,7 @@ class ReplicaPool:
             limit=0,  # no global cap: the per-replica cap bounds each replica's queue
             limit_per_host=self.max_connections,
             keepalive_timeout=KEEPALIVE_S,
-            ssl=self.verify if self.verify is not True else None,
+            ssl=self.verify,  # an SSLContext (mutual TLS), True (default verification) or False
             use_dns_cache=True,
         )
         self._session = aiohttp.ClientSession(
