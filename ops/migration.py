@@ -33,9 +33,9 @@ import dagster as dg
 import recording
 from spotshift.migration import contract, cutover, steps
 from spotshift.migration.plan import MovePlan
-from spotshift.migration.run import gate_replica, gate_shadow
+from spotshift.migration.run import begin_move, gate_replica, gate_shadow
 from spotshift.migration.run import plan_recovery as decide_recovery
-from spotshift.migration.state import MoveFailed, MoveState, ShadowOptions, begin, load
+from spotshift.migration.state import MoveFailed, MoveState, ShadowOptions, load
 
 RESOURCES = {"compute", "stores", "keys", "warehouse"}
 
@@ -50,10 +50,12 @@ def _failure(exc: MoveFailed) -> dg.Failure:
     required_resource_keys=RESOURCES,
 )
 def plan_move(context: dg.OpExecutionContext) -> MoveState:
-    """The move the price sensor decided (or the job's first placement), recorded in the ledger."""
+    """The move the price sensor decided (or the job's first placement), recorded in the ledger once
+    the checkpoint compatibility matrix lets it go (a known-bad pair raises ``IncompatibleCheckpoint``
+    here: nothing moved, nothing to roll back)."""
     config = context.op_config
     plan = recording.config_of(MovePlan, config)
-    return begin(recording.move_env(context), plan, recording.config_of(ShadowOptions, config))
+    return begin_move(recording.move_env(context), plan, recording.config_of(ShadowOptions, config))
 
 
 class RecoveryConfig(dg.Config):
@@ -76,7 +78,7 @@ def plan_recovery(context: dg.OpExecutionContext, config: RecoveryConfig) -> Ite
     plan, why = decide_recovery(env, config.model_dump())
     context.log.info(why)
     if plan is not None:
-        yield dg.Output(begin(env, plan))
+        yield dg.Output(begin_move(env, plan))
 
 
 @dg.op(required_resource_keys=RESOURCES)

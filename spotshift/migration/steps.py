@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from spotshift.errors import ConfigError, NotFoundError
+from spotshift.errors import ConfigError, NotFoundError, SpotshiftError
+from spotshift.migration.compat import record_probe
 from spotshift.migration.plan import MovePlan
 from spotshift.migration.state import MoveEnv, MoveFailed, MoveState, save
 
@@ -293,25 +294,31 @@ def probation(env: MoveEnv, state: MoveState) -> RetrainResult:
 
     The target's topology is checked first (:func:`check_topology`): a target below the job's
     ``min_topology_score`` raises :class:`MoveFailed` like a failed shadow check, before any step runs
-    there, and the move rolls back."""
+    there, and the move rolls back. When the move probes an unproven runtime pair
+    (:mod:`spotshift.migration.compat`), a probation that fails in the target marks the pair known bad
+    and raises :class:`MoveFailed`."""
     from spotshift.training.shadow import run_shadow_side
 
     plan, t0 = state.plan, time.monotonic()
     topology = check_topology(env, plan)
     if not topology.passed:
         raise MoveFailed(f"topology check of {plan.job} in {plan.to_location} failed: {topology.description}")
-    side = run_shadow_side(
-        env.backend,
-        plan.job,
-        side="target",
-        location=plan.to_location,
-        steps=state.shadow.shadow_steps,
-        checkpoint_id=state.from_checkpoint,
-        perturb=state.shadow.perturb(),
-        key_provider=env.key_spec,
-        run_id=env.run_id,
-        usage=plan.usage(),
-    )
+    try:
+        side = run_shadow_side(
+            env.backend,
+            plan.job,
+            side="target",
+            location=plan.to_location,
+            steps=state.shadow.shadow_steps,
+            checkpoint_id=state.from_checkpoint,
+            perturb=state.shadow.perturb(),
+            key_provider=env.key_spec,
+            run_id=env.run_id,
+            usage=plan.usage(),
+        )
+    except SpotshiftError as exc:  # the probe of an unproven runtime pair failed in the target
+        record_probe(env, state, passed=False, reason=f"probation failed in the target: {exc}")
+        raise MoveFailed(f"probation of {plan.job} in {plan.to_location} failed: {exc}") from None
     losses = [s["loss"] for s in side["steps"]]
     return RetrainResult(
         job=plan.job,
