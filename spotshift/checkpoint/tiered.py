@@ -180,12 +180,24 @@ class TieredCheckpointer:
         if sync and isinstance(self.region, LocalChunkStore):
             return self._save_streaming(payload, timings)
         local_ref = write_checkpoint(self.local, payload, self.keys, timings=timings)
+        return local_ref, self.upload(local_ref, payload.kind, sync=sync, timings=timings)
+
+    def upload(
+        self,
+        local_ref: CheckpointRef,
+        kind: str,
+        *,
+        sync: bool = False,
+        timings: dict[str, float] | None = None,
+    ) -> UploadEvent | None:
+        """Upload a checkpoint committed on the local tier (by :meth:`save`, or by the ranks of a sharded
+        write): now (``sync``: no replication; the event, its ``error`` set on failure) or queued (None)."""
+        timings = timings if timings is not None else {}
         if not sync:
-            self._queue.put((local_ref, payload.kind, dict(timings)))
-            return local_ref, None
+            self._queue.put((local_ref, kind, dict(timings)))
+            return None
         self._drop_pending()
-        event = self._upload(local_ref, payload.kind, timings, replicate=False)
-        return local_ref, event
+        return self._upload(local_ref, kind, timings, replicate=False)
 
     def _save_streaming(
         self, payload: CheckpointPayload, timings: dict[str, float]
