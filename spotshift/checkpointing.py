@@ -147,7 +147,7 @@ class Session(SessionCheckpoints, SessionNotices):
         self._last_saved_at = time.monotonic()
         self._every_s = self.req.checkpoint_every_minutes * 60.0
         self._shadow_steps: list[dict[str, Any]] = []
-        self._lock_fd: int | None = None
+        self._lock: Any = None  # a runlocks.HeldLock
         self._watcher: Any = None
         self._old_handlers: dict[int, Any] = {}
         self._sharded_restore = False
@@ -162,8 +162,8 @@ class Session(SessionCheckpoints, SessionNotices):
         self.started_virtual = virtual_now()
         self.result: dict[str, Any] = {"job": self.job, "location": self.location, "status": "running"}
         if not self.supervised and self.rank == 0:
-            self._lock_fd = acquire_trainer_lock(self.req.name)
-            if self._lock_fd is None:
+            self._lock = acquire_trainer_lock(self.req.name)
+            if self._lock is None:
                 raise ConfigError(
                     f"job {self.job}: another trainer of it is running; refusing to start a second one"
                 )
@@ -351,9 +351,9 @@ class Session(SessionCheckpoints, SessionNotices):
             for sig, old in self._old_handlers.items():
                 with contextlib.suppress(ValueError, OSError, TypeError):
                     signal.signal(sig, old)
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
             if self.ranks is not None:
                 self.ranks.close()
 

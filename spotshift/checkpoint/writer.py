@@ -112,16 +112,20 @@ class Staging:
         *,
         segment_bytes: int,
         timings: dict[str, float],
+        also: Any = None,
     ) -> dict[str, Any]:
-        """Serialize and encrypt one part into staging; its metadata entry (sizes, hashes, key)."""
+        """Serialize and encrypt one part into staging; its metadata entry (sizes, hashes, key).
+        ``also``: one more sink of the same encrypted bytes (an object store's streaming upload; the
+        caller closes it)."""
         t0 = time.perf_counter()
         chunks, n_tensors = _part_chunks(data, what=f"part {part}")
         timings["serialize_s"] += time.perf_counter() - t0
         key_name = f"{part}-{env.ctx}.enc"
         outs = [open(d / (self.prefix + key_name), "wb") for d in self.dirs]  # noqa: SIM115
+        sinks: list[Any] = [*outs, *([also] if also is not None else [])]
         try:
             w = crypto.EncryptingWriter(
-                outs[0] if len(outs) == 1 else _Tee(outs),
+                sinks[0] if len(sinks) == 1 else _Tee(sinks),
                 env.data_key,
                 part_index=index,
                 part_name=part,

@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from spotshift.cloud_errors import track_status
+from spotshift.cloud_errors import botocore_errors, from_botocore, track_status
 from spotshift.errors import IntegrityError, NotFoundError
+from spotshift.sync.object_writer import ObjectWriter
 from spotshift.sync.store import BucketStore, ObjectInfo
 
 MiB = 1024 * 1024
@@ -53,18 +54,19 @@ class S3ChunkStore(BucketStore):
             retries: dict[str, Any] = {"mode": "standard"}
             if not os.environ.get("AWS_MAX_ATTEMPTS"):
                 retries["max_attempts"] = 5
-            client = boto3.session.Session().client(
-                "s3",
-                endpoint_url=endpoint_url or None,
-                region_name=region_name or None,
-                config=Config(max_pool_connections=32, retries=retries),
-            )
+            try:  # resolves the credentials (a web identity role: AssumeRoleWithWebIdentity)
+                client = boto3.session.Session().client(
+                    "s3",
+                    endpoint_url=endpoint_url or None,
+                    region_name=region_name or None,
+                    config=Config(max_pool_connections=32, retries=retries),
+                )
+            except botocore_errors() as exc:
+                raise from_botocore(exc, f"s3 store {self.url}", "credentials") from None
         self.client = track_status(client)
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
         """``fn(Bucket=..., **kwargs)`` with botocore errors mapped to spotshift errors naming ``what``."""
-        from spotshift.cloud_errors import botocore_errors
-
         try:
             return fn(Bucket=self.bucket, **kwargs)
         except botocore_errors() as exc:
@@ -73,8 +75,6 @@ class S3ChunkStore(BucketStore):
     def _mapped(self, exc: BaseException, what: str) -> Exception:
         """The store's own meanings (missing key, write-once refusal), else the shared translation."""
         from botocore.exceptions import ClientError
-
-        from spotshift.cloud_errors import from_botocore
 
         if isinstance(exc, ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -116,50 +116,37 @@ class S3ChunkStore(BucketStore):
         return True
 
     def _multipart(self, key: str, stream: Any, if_absent: bool) -> bool:
-        k = self.object_name(key)
         if if_absent and self.exists(key):
             return False
-        upload = self._call(key, self.client.create_multipart_upload, Key=k, ChecksumAlgorithm="CRC32")
-        upload_id = upload["UploadId"]
-        parts = []
+        upload = _S3Upload(self, key, if_absent=if_absent)
         try:
-            number = 1
             while True:
                 body = stream.read(self.part_size)
-                if not body and number > 1:
+                if not body and upload.parts:
                     break
-                r = self._call(
-                    key,
-                    self.client.upload_part,
-                    Key=k,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=body,
-                    ChecksumAlgorithm="CRC32",
-                )
-                parts.append(
-                    {"PartNumber": number, "ETag": r["ETag"], "ChecksumCRC32": r.get("ChecksumCRC32")}
-                )
-                number += 1
+                upload.send(body, len(upload.parts) + 1)
                 if len(body) < self.part_size:
                     break
-            parts = [{k2: v for k2, v in p.items() if v is not None} for p in parts]
-            extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
-            self._call(
-                key,
-                self.client.complete_multipart_upload,
-                Key=k,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-                **extra,
-            )
+            upload.finish()
         except _Exists:
-            self._abort(k, upload_id)
+            upload.abort()
             return False
         except BaseException:
-            self._abort(k, upload_id)
+            upload.abort()
             raise
         return True
+
+    def open_upload(self, key: str) -> ObjectWriter:
+        """A streaming multipart upload of ``key``: parts of ``part_size`` go up while the caller
+        still writes (:class:`~spotshift.sync.object_writer.ObjectWriter`); the object exists once
+        ``close()`` returns, and not at all after ``abort()`` or a killed writer."""
+        return ObjectWriter(
+            _S3Upload(self, key),
+            what=f"{key} in {self.url}",
+            piece_bytes=self.part_size,
+            workers=4,
+            max_pending=4,
+        )
 
     def _abort(self, k: str, upload_id: str) -> None:
         # best effort: a bucket lifecycle rule reaps what is left
@@ -168,8 +155,6 @@ class S3ChunkStore(BucketStore):
 
     # ---- reads -----------------------------------------------------------------------------------
     def get_bytes(self, key: str) -> bytes:
-        from spotshift.cloud_errors import botocore_errors
-
         r = self._call(key, self.client.get_object, Key=self.object_name(key))
         try:
             return r["Body"].read()
@@ -177,8 +162,6 @@ class S3ChunkStore(BucketStore):
             raise self._mapped(exc, key) from None
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
-        from spotshift.cloud_errors import botocore_errors
-
         if length <= 0:
             return b""
         rng = f"bytes={offset}-{offset + length - 1}"
@@ -190,7 +173,6 @@ class S3ChunkStore(BucketStore):
 
     def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
         from spotshift.atomic import temp_path
-        from spotshift.cloud_errors import botocore_errors
 
         r = self._call(key, self.client.get_object, Key=self.object_name(key))
         dest = Path(path)
@@ -219,8 +201,6 @@ class S3ChunkStore(BucketStore):
         return int(r["ContentLength"])
 
     def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        from spotshift.cloud_errors import botocore_errors
-
         base = f"{self.prefix}/" if self.prefix else ""
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=base + prefix
@@ -239,3 +219,43 @@ class S3ChunkStore(BucketStore):
 
 class _Exists(Exception):
     """Internal: a write-once precondition failed (the key exists)."""
+
+
+class _S3Upload:
+    """One multipart upload (an :class:`~spotshift.sync.object_writer.Upload`): parts numbered in order,
+    each with a CRC32 S3 checks on arrival; ``finish`` completes it (write-once with ``if_absent``)."""
+
+    def __init__(self, store: S3ChunkStore, key: str, *, if_absent: bool = False):
+        self.store, self.key, self.name, self.if_absent = store, key, store.object_name(key), if_absent
+        created = store._call(
+            key, store.client.create_multipart_upload, Key=self.name, ChecksumAlgorithm="CRC32"
+        )
+        self.upload_id = created["UploadId"]
+        self.parts: dict[int, dict[str, Any]] = {}
+
+    def send(self, piece: bytes, number: int) -> None:
+        r = self.store._call(
+            self.key,
+            self.store.client.upload_part,
+            Key=self.name,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=piece,
+            ChecksumAlgorithm="CRC32",
+        )
+        part = {"PartNumber": number, "ETag": r["ETag"], "ChecksumCRC32": r.get("ChecksumCRC32")}
+        self.parts[number] = {k: v for k, v in part.items() if v is not None}
+
+    def finish(self) -> None:
+        extra: dict[str, Any] = {"IfNoneMatch": "*"} if self.if_absent else {}
+        self.store._call(
+            self.key,
+            self.store.client.complete_multipart_upload,
+            Key=self.name,
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": [self.parts[n] for n in sorted(self.parts)]},
+            **extra,
+        )
+
+    def abort(self) -> None:
+        self.store._abort(self.name, self.upload_id)
