@@ -113,7 +113,8 @@ MART_KEYS = [
     "written to $SPOTSHIFT_HOME/reports/.",
 )
 def cost_report(context: AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    from spotshift.costs.report import read_report, reports_dir, write_cost_report
+    from spotshift.costs.report import read_report, reports_dir
+    from spotshift.costs.report_markdown import write_cost_report
 
     with warehouse.get_connection() as con:
         files = write_cost_report(con, reports_dir(), warehouse.database)

@@ -93,7 +93,13 @@ def polars_metrics(parquet_dir: Path) -> dict[tuple[str, str], float]:
         .filter(pl.col("created_at") == pl.col("created_at").min().over(["job", "checkpoint_id"]))
         .unique(subset=["job", "checkpoint_id"], keep="first", maintain_order=True)
     )
-    transfers = pl.scan_parquet(d / "transfers.parquet").unique(subset="transfer_id", keep="any")
+    # a transfer written twice: the latest start, then the later write (as dbt's staging)
+    transfers = (
+        pl.scan_parquet(d / "transfers.parquet")
+        .filter(pl.col("transfer_id").is_not_null() & pl.col("started_at").is_not_null())
+        .sort("started_at", maintain_order=True)
+        .unique(subset="transfer_id", keep="last", maintain_order=True)
+    )
     preempt = (
         pl.scan_parquet(d / "preemptions.parquet")
         .sort("recovered_at", descending=True, nulls_last=True, maintain_order=True)

@@ -649,7 +649,8 @@ def stage_cutover(inference: Any) -> Any:
 def stage_cost_report(life: Lifecycle | None, inference: Any = None, cutover: Any = None) -> None:
     """Run ``cost_report_job`` (dbt build of dbt_costs, then ``cost_report``) and print the report."""
     from spotshift.costs.marts import fetch_dicts, open_marts
-    from spotshift.costs.report import format_text, read_report, reports_dir
+    from spotshift.costs.report import read_report, reports_dir
+    from spotshift.costs.report_text import format_text
 
     banner("costs: dbt_costs (dbt build) -> cost_report")
     run = Runs.get().launch("cost_report_job", {}, {"spotshift/demo": "costs"})

@@ -1,6 +1,7 @@
 {#-
     Incremental builds of the usage chain (stg_spotshift__compute_usage, stg_spotshift__checkpoints,
-    int_job_first_spot, int_usage_lookups, fct_gpu_usage, fct_preemptions).
+    stg_spotshift__transfers, stg_spotshift__preemptions, int_job_first_spot, int_usage_lookups,
+    fct_gpu_usage, fct_preemptions, fct_data_transfer).
 
     Raw tables are append-only (spotshift never updates or deletes a raw row; a correction is a new
     row with the same key), so the rows a build has not seen yet are those at a row position
@@ -13,8 +14,9 @@
 -#}
 
 {% macro usage_incremental_models() %}
-    {{ return(['stg_spotshift__compute_usage', 'stg_spotshift__checkpoints', 'int_job_first_spot',
-               'int_usage_lookups', 'fct_gpu_usage', 'fct_preemptions']) }}
+    {{ return(['stg_spotshift__compute_usage', 'stg_spotshift__checkpoints', 'stg_spotshift__transfers',
+               'stg_spotshift__preemptions', 'int_job_first_spot', 'int_usage_lookups', 'fct_gpu_usage',
+               'fct_preemptions', 'fct_data_transfer']) }}
 {% endmacro %}
 
 {#- The config of every model of the chain: config(**usage_chain_config('<unique key>')). Extra
@@ -30,7 +32,7 @@
 {% endmacro %}
 
 {% macro usage_delta_tables() %}
-    {{ return(['compute_usage', 'checkpoints', 'migrations', 'preemptions', 'price_quotes']) }}
+    {{ return(['compute_usage', 'checkpoints', 'migrations', 'preemptions', 'price_quotes', 'transfers']) }}
 {% endmacro %}
 
 {% macro watermark_relation() %}

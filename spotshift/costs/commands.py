@@ -86,7 +86,9 @@ def register(sub: Any) -> None:
 def _report(args: argparse.Namespace) -> int:
     from spotshift.cliutil import emit_json
     from spotshift.costs.marts import REPORT_MARTS, ensure_marts, open_marts, resolve_warehouse
-    from spotshift.costs.report import format_text, read_report, write_cost_report
+    from spotshift.costs.report import read_report
+    from spotshift.costs.report_markdown import write_cost_report
+    from spotshift.costs.report_text import format_text
 
     path = resolve_warehouse(args.warehouse)
     mode = "never" if args.no_build else ("always" if args.rebuild else "auto")
@@ -120,7 +122,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _focus_export(args: argparse.Namespace) -> int:
     from spotshift.cliutil import emit_json
-    from spotshift.costs.focus import export_focus, focus_format
+    from spotshift.costs.focus_export import export_focus, focus_format
     from spotshift.costs.marts import ensure_marts, resolve_warehouse
 
     focus_format(args.out)  # a bad extension is an error before anything is read or built
@@ -154,7 +156,8 @@ def _focus_check(args: argparse.Namespace) -> int:
     import duckdb
 
     from spotshift.cliutil import emit_json
-    from spotshift.costs.focus import focus_problems, read_relation
+    from spotshift.costs.focus import focus_problems
+    from spotshift.costs.focus_export import read_relation
     from spotshift.errors import InputError
 
     relation = read_relation(args.file)

@@ -1,7 +1,8 @@
-"""FinOps FOCUS 1.2 and 1.3: the rules a cost-and-usage dataset must meet, and the export of spotshift's view.
+"""FinOps FOCUS 1.2 and 1.3: the rules a cost-and-usage dataset must meet, and their check.
 
-``dbt_costs`` builds the view ``focus_cost_and_usage``; :func:`export_focus` writes it as CSV
-(timestamps ISO 8601 with ``Z``) or Parquet (UTC timestamps), atomically. :func:`focus_problems`
+``dbt_costs`` builds the view ``focus_cost_and_usage``;
+:func:`spotshift.costs.focus_export.export_focus` writes it as CSV (timestamps ISO 8601 with
+``Z``) or Parquet (UTC timestamps), atomically. :func:`focus_problems`
 checks any relation DuckDB can read (the view, an exported file, a provider's own FOCUS export)
 against the FOCUS requirements spotshift relies on, for the 1.2 column set and the 1.3 column set
 (1.3 adds ``ServiceProviderName`` and ``HostProviderName`` and deprecates ``ProviderName`` and
@@ -21,10 +22,6 @@ published text; the tests also run an independent validator where one installs).
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-from datetime import UTC
-from pathlib import Path
 from typing import Any
 
 from spotshift.errors import InputError
@@ -233,7 +230,8 @@ SUBCATEGORIES: dict[str, tuple[str, ...]] = {
 SUBCATEGORIES = {cat: (*subs, f"Other ({cat})") for cat, subs in SUBCATEGORIES.items()}
 
 
-def _q(name: str) -> str:
+def quote_column(name: str) -> str:
+    """``name`` as a double-quoted SQL identifier."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -254,6 +252,103 @@ DATETIME_COLUMNS: tuple[str, ...] = (
     "ChargePeriodStart",
     "ChargePeriodEnd",
 )
+
+
+def _text(c: str) -> str:
+    return f"CAST({quote_column(c)} AS VARCHAR)"
+
+
+def _num(c: str) -> str:
+    return f"TRY_CAST({quote_column(c)} AS DOUBLE)"
+
+
+def _when(c: str) -> str:
+    return f"TRY_CAST({quote_column(c)} AS TIMESTAMPTZ)"
+
+
+def _value_rules(have: set[str]) -> list[tuple[str, str]]:
+    """(condition, label) per column-level rule: nulls, numbers, datetimes, allowed values."""
+    rules: list[tuple[str, str]] = []
+    rules += [(f"{quote_column(c)} IS NULL", f"{c} is null") for c in NON_NULL_COLUMNS if c in have]
+    rules += [
+        (f"{quote_column(c)} IS NOT NULL AND {_num(c)} IS NULL", f"{c} not a number")
+        for c in NUMERIC_COLUMNS
+        if c in have
+    ]
+    rules += [
+        (
+            f"{quote_column(c)} IS NOT NULL AND NOT regexp_full_match({_text(c)}, '-?[0-9]+(\\.[0-9]+)?')",
+            f"{c} not in plain decimal notation",
+        )
+        for c in NUMERIC_COLUMNS
+        if c in have
+    ]
+    rules += [
+        (f"{quote_column(c)} IS NOT NULL AND {_when(c)} IS NULL", f"{c} not an ISO 8601 datetime")
+        for c in DATETIME_COLUMNS
+        if c in have
+    ]
+    for col, values in ALLOWED_VALUES.items():
+        if col in have:
+            allowed = ", ".join("'" + v + "'" for v in values)
+            rules.append((f"{_text(col)} NOT IN ({allowed})", f"{col} not an allowed value"))
+    if {"ServiceSubcategory", "ServiceCategory"} <= have:
+        for cat, subs in SUBCATEGORIES.items():
+            allowed = ", ".join("'" + v + "'" for v in subs)
+            rules.append(
+                (
+                    f"{_text('ServiceCategory')} = '{cat}' AND {_text('ServiceSubcategory')} NOT IN ({allowed})",
+                    f"ServiceSubcategory not allowed under {cat}",
+                )
+            )
+    return rules
+
+
+def _row_rules(have: set[str]) -> list[tuple[str, str]]:
+    """(condition, label) per rule across columns: usage rows, commitments, currency, periods."""
+    rules: list[tuple[str, str]] = []
+    if "ChargeCategory" in have:
+        usage = f"{_text('ChargeCategory')} IN ('Usage', 'Purchase')" + (
+            ' AND "ChargeClass" IS NULL' if "ChargeClass" in have else ""
+        )
+        for col in ("PricingCategory", "PricingQuantity", "PricingUnit"):
+            if col in have:
+                rules.append(
+                    (f"{usage} AND {quote_column(col)} IS NULL", f"{col} is null on a usage or purchase row")
+                )
+        for col in ("BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "PricingQuantity"):
+            if col in have:
+                rules.append((f"{usage} AND {_num(col)} < 0", f"{col} negative on a usage or purchase row"))
+    if {"PricingCategory", "CommitmentDiscountId"} <= have:
+        rules.append(
+            (
+                f"{_text('PricingCategory')} = 'Committed' AND \"CommitmentDiscountId\" IS NULL",
+                "Committed without CommitmentDiscountId",
+            )
+        )
+    if "BillingCurrency" in have:
+        rules.append(
+            (
+                f"NOT regexp_full_match({_text('BillingCurrency')}, '[A-Z]{{3}}')",
+                "BillingCurrency not an ISO 4217 code",
+            )
+        )
+    pairs = (
+        (("ChargePeriodStart", "ChargePeriodEnd"), "ChargePeriodStart not before ChargePeriodEnd"),
+        (("BillingPeriodStart", "BillingPeriodEnd"), "BillingPeriodStart not before BillingPeriodEnd"),
+    )
+    for (start, end), label in pairs:
+        if {start, end} <= have:
+            rules.append((f"{_when(start)} >= {_when(end)}", label))
+    if set(DATETIME_COLUMNS) <= have:
+        rules.append(
+            (
+                f"{_when('ChargePeriodStart')} < {_when('BillingPeriodStart')} "
+                f"OR {_when('ChargePeriodEnd')} > {_when('BillingPeriodEnd')}",
+                "charge period outside its billing period",
+            )
+        )
+    return rules
 
 
 def focus_problems(con: Any, relation: str = FOCUS_VIEW, version: str = FOCUS_VERSION) -> list[str]:
@@ -281,88 +376,7 @@ def focus_problems(con: Any, relation: str = FOCUS_VIEW, version: str = FOCUS_VE
         for c in columns
         if c not in KNOWN_COLUMNS and not c.startswith("x_")
     ]
-
-    def text(c: str) -> str:
-        return f"CAST({_q(c)} AS VARCHAR)"
-
-    def num(c: str) -> str:
-        return f"TRY_CAST({_q(c)} AS DOUBLE)"
-
-    def when(c: str) -> str:
-        return f"TRY_CAST({_q(c)} AS TIMESTAMPTZ)"
-
-    rules: list[tuple[str, str]] = []
-    rules += [(f"{_q(c)} IS NULL", f"{c} is null") for c in NON_NULL_COLUMNS if c in have]
-    rules += [
-        (f"{_q(c)} IS NOT NULL AND {num(c)} IS NULL", f"{c} not a number")
-        for c in NUMERIC_COLUMNS
-        if c in have
-    ]
-    rules += [
-        (
-            f"{_q(c)} IS NOT NULL AND NOT regexp_full_match({text(c)}, '-?[0-9]+(\\.[0-9]+)?')",
-            f"{c} not in plain decimal notation",
-        )
-        for c in NUMERIC_COLUMNS
-        if c in have
-    ]
-    rules += [
-        (f"{_q(c)} IS NOT NULL AND {when(c)} IS NULL", f"{c} not an ISO 8601 datetime")
-        for c in DATETIME_COLUMNS
-        if c in have
-    ]
-    for col, values in ALLOWED_VALUES.items():
-        if col in have:
-            allowed = ", ".join("'" + v + "'" for v in values)
-            rules.append((f"{text(col)} NOT IN ({allowed})", f"{col} not an allowed value"))
-    if {"ServiceSubcategory", "ServiceCategory"} <= have:
-        for cat, subs in SUBCATEGORIES.items():
-            allowed = ", ".join("'" + v + "'" for v in subs)
-            rules.append(
-                (
-                    f"{text('ServiceCategory')} = '{cat}' AND {text('ServiceSubcategory')} NOT IN ({allowed})",
-                    f"ServiceSubcategory not allowed under {cat}",
-                )
-            )
-    if "ChargeCategory" in have:
-        usage = f"{text('ChargeCategory')} IN ('Usage', 'Purchase')" + (
-            ' AND "ChargeClass" IS NULL' if "ChargeClass" in have else ""
-        )
-        for col in ("PricingCategory", "PricingQuantity", "PricingUnit"):
-            if col in have:
-                rules.append((f"{usage} AND {_q(col)} IS NULL", f"{col} is null on a usage or purchase row"))
-        for col in ("BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "PricingQuantity"):
-            if col in have:
-                rules.append((f"{usage} AND {num(col)} < 0", f"{col} negative on a usage or purchase row"))
-    if {"PricingCategory", "CommitmentDiscountId"} <= have:
-        rules.append(
-            (
-                f"{text('PricingCategory')} = 'Committed' AND \"CommitmentDiscountId\" IS NULL",
-                "Committed without CommitmentDiscountId",
-            )
-        )
-    if "BillingCurrency" in have:
-        rules.append(
-            (
-                f"NOT regexp_full_match({text('BillingCurrency')}, '[A-Z]{{3}}')",
-                "BillingCurrency not an ISO 4217 code",
-            )
-        )
-    pairs = (
-        (("ChargePeriodStart", "ChargePeriodEnd"), "ChargePeriodStart not before ChargePeriodEnd"),
-        (("BillingPeriodStart", "BillingPeriodEnd"), "BillingPeriodStart not before BillingPeriodEnd"),
-    )
-    for (start, end), label in pairs:
-        if {start, end} <= have:
-            rules.append((f"{when(start)} >= {when(end)}", label))
-    if set(DATETIME_COLUMNS) <= have:
-        rules.append(
-            (
-                f"{when('ChargePeriodStart')} < {when('BillingPeriodStart')} "
-                f"OR {when('ChargePeriodEnd')} > {when('BillingPeriodEnd')}",
-                "charge period outside its billing period",
-            )
-        )
+    rules = _value_rules(have) + _row_rules(have)
     if not rules:
         return problems
     counts = first_row(
@@ -371,178 +385,3 @@ def focus_problems(con: Any, relation: str = FOCUS_VIEW, version: str = FOCUS_VE
     )
     problems += [f"{label}: {n} row(s)" for (_, label), n in zip(rules, counts, strict=True) if n]
     return problems
-
-
-@dataclass(frozen=True)
-class FocusExport:
-    """What :func:`export_focus` wrote: the data file and its metadata file beside it."""
-
-    path: Path
-    format: str
-    rows: int
-    billed_cost: float
-    currency: str
-    metadata_path: Path | None = None
-    focus_version: str = FOCUS_VERSION
-
-
-def metadata_path_for(out: str | os.PathLike[str]) -> Path:
-    """Where the metadata of the export ``out`` goes: ``OUT.metadata.json`` beside it."""
-    p = Path(out)
-    return p.with_name(p.name + ".metadata.json")
-
-
-def _sql_text(value: str | None) -> str:
-    return "NULL" if value is None else "'" + str(value).replace("'", "''") + "'"
-
-
-def team_tags_relation() -> str:
-    """A SQL relation ``(kind, name, team)`` of every declared job and endpoint that names a team."""
-    from spotshift.jobs import load_jobs
-    from spotshift.serving.endpoints import load_endpoints
-
-    rows = [("job", j.name, j.team) for j in load_jobs() if j.team]
-    rows += [("endpoint", e.name, e.team) for e in load_endpoints() if e.team]
-    if not rows:
-        return "(SELECT NULL::VARCHAR AS kind, NULL::VARCHAR AS name, NULL::VARCHAR AS team WHERE false)"
-    values = ", ".join(f"({_sql_text(k)}, {_sql_text(n)}, {_sql_text(t)})" for k, n, t in rows)
-    return f"(SELECT * FROM (VALUES {values}) AS v(kind, name, team))"
-
-
-def focus_metadata(columns: list[tuple[str, str]], rows: int) -> dict[str, Any]:
-    """The export's metadata document: FOCUS version, the column generations and each column's type.
-
-    ``columns``: (name, DuckDB type) of the exported relation.
-    """
-    import hashlib
-    from datetime import datetime
-
-    names = [n for n, _ in columns]
-    schema_id = hashlib.sha256("\n".join(f"{n} {t}" for n, t in columns).encode()).hexdigest()[:16]
-
-    def definition(name: str, dtype: str) -> dict[str, Any]:
-        d: dict[str, Any] = {"ColumnName": name}
-        u = dtype.upper()
-        if u.startswith("DECIMAL"):
-            d.update(DataType="Decimal", NumberScale=DECIMAL_PLACES)
-        elif u.startswith("TIMESTAMP"):
-            d.update(DataType="DateTime")
-        elif u in ("BIGINT", "INTEGER", "DOUBLE"):
-            d.update(DataType="Numeric")
-        elif u == "BOOLEAN":
-            d.update(DataType="Boolean")
-        elif name == "Tags" or u == "JSON":
-            d.update(DataType="JSON")
-        else:
-            d.update(DataType="String")
-        if name.startswith("x_"):
-            d["ProviderTagPrefixes"] = ["x_"]
-        return d
-
-    return {
-        "FocusVersion": FOCUS_VERSION,
-        "ColumnGenerations": {
-            "1.2": [
-                c
-                for c in names
-                if c in KNOWN_COLUMNS and c not in ("HostProviderName", "ServiceProviderName")
-            ],
-            "1.3": [c for c in names if c in KNOWN_COLUMNS],
-        },
-        "DeprecatedColumns": {"ProviderName": "1.3", "PublisherName": "1.3"},
-        "DataGenerator": {"DataGenerator": "spotshift"},
-        "Schema": {
-            "SchemaId": schema_id,
-            "FocusVersion": FOCUS_VERSION,
-            "CreationDate": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "ColumnDefinition": [definition(n, t) for n, t in columns],
-        },
-        "NumericPrecision": {"DecimalPlaces": DECIMAL_PLACES, "Notation": "plain decimal (no exponent)"},
-        "Rows": rows,
-    }
-
-
-def focus_format(out: str | os.PathLike[str]) -> str:
-    """``csv`` or ``parquet`` from the output file's extension; :class:`InputError` otherwise."""
-    suffix = Path(out).suffix.lower()
-    formats = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-    if suffix not in formats:
-        raise InputError(f"{out}: unknown extension {suffix or '(none)'!r}; use .csv or .parquet")
-    return formats[suffix]
-
-
-def export_focus(out: str | os.PathLike[str], warehouse: str | os.PathLike[str] | None = None) -> FocusExport:
-    """Write the FOCUS view of ``warehouse`` to ``out`` (``.csv`` or ``.parquet``), atomically.
-
-    Every FOCUS 1.2 and 1.3 column is written (the 1.2 provider columns beside the 1.3 ones),
-    numbers as decimals with :data:`DECIMAL_PLACES` places, ``Tags`` with each job's and endpoint's
-    ``spotshift/team``. ``OUT.metadata.json`` (written after the data file) states the
-    ``FocusVersion``; Parquet files also carry it in their key-value metadata.
-
-    Raises :class:`InputError` for an unknown extension or a missing output directory and
-    :class:`NotFoundError` when the warehouse or the view does not exist (build the marts first).
-    """
-    import json
-
-    from spotshift.atomic import atomic_write_text, fsync_dir, temp_path
-    from spotshift.costs.marts import open_marts
-
-    fmt = focus_format(out)
-    target = Path(out).expanduser().resolve()
-    if not target.parent.is_dir():
-        raise InputError(f"{out}: directory {target.parent} does not exist")
-    with open_marts(warehouse, require=(FOCUS_VIEW,)) as con:
-        con.execute("SET TimeZone = 'UTC'")
-        described = con.execute(f"DESCRIBE {FOCUS_VIEW}").fetchall()
-        select = []
-        for name, dtype, *_ in described:
-            col = "f." + _q(name)
-            if dtype.upper().startswith("TIMESTAMP"):
-                if fmt == "csv":
-                    select.append(f"strftime({col}, '%Y-%m-%dT%H:%M:%SZ') AS {_q(name)}")
-                else:
-                    select.append(f"timezone('UTC', {col}) AS {_q(name)}")
-            elif name == "Tags":
-                team = "coalesce(tj.team, te.team)"
-                select.append(
-                    f"CAST(CASE WHEN {team} IS NULL THEN {col}::JSON "
-                    f"ELSE json_merge_patch(coalesce({col}::JSON, '{{}}'::JSON), json_object('spotshift/team', {team})) "
-                    f"END AS VARCHAR) AS {_q(name)}"
-                )
-            else:
-                select.append(col)
-        teams = team_tags_relation()
-        query = (
-            f"SELECT {', '.join(select)} FROM {FOCUS_VIEW} AS f "
-            f"LEFT JOIN {teams} AS tj ON tj.kind = 'job' AND tj.name = f.x_job "
-            f"LEFT JOIN {teams} AS te ON te.kind = 'endpoint' AND te.name = f.x_endpoint "
-            'ORDER BY f."ChargePeriodStart", f."ChargeDescription"'
-        )
-        meta = focus_metadata([(n, t) for n, t, *_ in described], 0)
-        if fmt == "csv":
-            options = "FORMAT csv, HEADER true"
-        else:
-            options = f"FORMAT parquet, COMPRESSION zstd, KV_METADATA {{FocusVersion: '{FOCUS_VERSION}'}}"
-        tmp = temp_path(target.parent)  # pid-named: a killed export's leftover is recognisable
-        try:
-            con.execute(f"COPY ({query}) TO '{str(tmp).replace(chr(39), chr(39) * 2)}' ({options})")
-            rows, billed, currency = first_row(
-                con,
-                f'SELECT count(*), coalesce(sum("BilledCost"), 0), coalesce(min("BillingCurrency"), \'USD\') FROM {FOCUS_VIEW}',
-            )
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    fsync_dir(target.parent)
-    meta["Rows"] = int(rows)
-    meta_path = atomic_write_text(metadata_path_for(target), json.dumps(meta, indent=2) + "\n")
-    return FocusExport(target, fmt, int(rows), float(billed), str(currency), Path(meta_path), FOCUS_VERSION)
-
-
-def read_relation(path: str | os.PathLike[str]) -> str:
-    """The DuckDB relation expression that reads an exported FOCUS file."""
-    fmt = focus_format(path)
-    p = str(Path(path)).replace("'", "''")
-    # CSV as text: the check sees numbers as written (an exponent is a problem), not as re-printed
-    return f"read_csv('{p}', header = true, all_varchar = true)" if fmt == "csv" else f"read_parquet('{p}')"

@@ -41,8 +41,12 @@ def test_definitions_load_with_dbt_models_as_assets(repo) -> None:
 
 def test_dbt_sources_sit_downstream_of_the_assets_that_write_them(repo) -> None:
     assert _parents(repo, "stg_spotshift__price_quotes") == {"raw_price_quotes"}
-    assert _parents(repo, "stg_spotshift__transfers") == {"dataset_replicas", "checkpoint_replicas"}
     # the incremental staging tables also read the bookkeeping of which raw rows are new
+    assert _parents(repo, "stg_spotshift__transfers") == {
+        "dataset_replicas",
+        "checkpoint_replicas",
+        "int_raw_delta_bounds",
+    }
     assert _parents(repo, "stg_spotshift__checkpoints") == {"checkpoints", "int_raw_delta_bounds"}
     assert _parents(repo, "stg_spotshift__decisions") == {"placement_plan"}
     assert _parents(repo, "stg_spotshift__compute_usage") == {"retrain_run", "int_raw_delta_bounds"}

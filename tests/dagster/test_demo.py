@@ -157,7 +157,7 @@ def test_demo_small_tells_the_same_whole_story_twice(tmp_path: Path, monkeypatch
     monkeypatch.setenv("SPOTSHIFT_HOME", str(home))
     monkeypatch.delenv("SPOTSHIFT_WAREHOUSE", raising=False)
     from spotshift.clock import load_clock
-    from spotshift.costs.focus import export_focus
+    from spotshift.costs.focus_export import export_focus
     from spotshift.warehouse import connect
 
     with connect(read_only=True) as con:

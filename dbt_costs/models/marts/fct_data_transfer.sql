@@ -3,8 +3,29 @@
 -- run_id); otherwise job is NULL (replication not tied to one job).
 -- transfer_amplification = bytes sent / bytes that changed (seed 000's "killer metric"; alert
 -- above var amplification_alert_threshold, 3.0).
+--
+-- Incremental (macros/incremental_usage.sql): the transfers with unseen raw rows, plus every
+-- transfer of a migration run whose migrations have unseen raw rows (the run's job may change; the
+-- run ids of every version of such a migration, so a run that lost it is recomputed too).
+{{ config(**usage_chain_config('transfer_id')) }}
+-- depends_on: {{ ref('int_raw_delta_bounds') }}
 with transfers as (
     select * from {{ ref('stg_spotshift__transfers') }}
+    {%- if usage_chain_incremental() %}
+    where transfer_id in (
+        select transfer_id from {{ source('spotshift', 'transfers') }}
+        where rowid >= {{ raw_delta_from('transfers') }}
+    )
+    or run_id in (
+        select m.run_id
+        from {{ source('spotshift', 'migrations') }} as m
+        semi join (
+            select migration_id from {{ source('spotshift', 'migrations') }}
+            where rowid >= {{ raw_delta_from('migrations') }}
+        ) as d on m.migration_id = d.migration_id
+        where m.run_id is not null
+    )
+    {%- endif %}
 ),
 
 migration_runs as (

@@ -34,16 +34,26 @@ inference as (
     select * from {{ ref('stg_spotshift__inference_usage') }}
 ),
 
+-- one pass over the intervals: the job's totals and its spend from its start to its last
+-- checkpoint (the interval running at that moment prorated; NULL without checkpoints)
 usage_by_job as (
     select
-        job,
-        sum(gpu_hours) as gpu_hours,
-        sum(gpu_hours) filter (where is_failed_spot_attempt) as failed_spot_gpu_hours,
-        sum(lost_gpu_hours) as lost_gpu_hours,
-        sum(usd) as compute_usd,
-        sum(tokens) as tokens_processed
-    from usage
-    group by job
+        u.job,
+        sum(u.gpu_hours) as gpu_hours,
+        sum(u.gpu_hours) filter (where u.is_failed_spot_attempt) as failed_spot_gpu_hours,
+        sum(u.lost_gpu_hours) as lost_gpu_hours,
+        sum(u.usd) as compute_usd,
+        sum(u.tokens) as tokens_processed,
+        sum(
+            case
+                when u.ended_at <= c.last_checkpoint_at then u.usd
+                when u.started_at >= c.last_checkpoint_at then 0.0
+                else u.usd * epoch(c.last_checkpoint_at - u.started_at) / epoch(u.ended_at - u.started_at)
+            end
+        ) as compute_usd_to_last_checkpoint
+    from usage as u
+    left join checkpoints as c on u.job = c.job
+    group by u.job
 ),
 
 egress_by_job as (
@@ -51,22 +61,6 @@ egress_by_job as (
     from transfers
     where job is not null
     group by job
-),
-
--- spend from the job's start to its last checkpoint (the interval running at that moment prorated)
-spend_to_last_checkpoint as (
-    select
-        u.job,
-        sum(
-            case
-                when u.ended_at <= c.last_checkpoint_at then u.usd
-                when u.started_at >= c.last_checkpoint_at then 0.0
-                else u.usd * epoch(c.last_checkpoint_at - u.started_at) / epoch(u.ended_at - u.started_at)
-            end
-        ) as compute_usd
-    from usage as u
-    inner join checkpoints as c on u.job = c.job
-    group by u.job
 ),
 
 egress_to_last_checkpoint as (
@@ -82,10 +76,10 @@ job_metrics as (
         'job' as scope_kind,
         c.job as scope,
         'training_cost_per_checkpoint' as metric,
-        s.compute_usd + coalesce(e.egress_usd, 0) as numerator,
+        s.compute_usd_to_last_checkpoint + coalesce(e.egress_usd, 0) as numerator,
         cast(c.checkpoints as double) as denominator
     from checkpoints as c
-    inner join spend_to_last_checkpoint as s on c.job = s.job
+    inner join usage_by_job as s on c.job = s.job
     left join egress_to_last_checkpoint as e on c.job = e.job
 
     union all
@@ -131,16 +125,17 @@ fleet_training_metrics as (
     where metric = 'training_cost_per_checkpoint'
     having count(*) > 0
 
+    -- the fleet's interval totals from the jobs' (every interval has a job): no second pass
     union all
-    select 'fleet', 'training', 'effective_gpu_hours', sum(gpu_hours), null from usage having count(*) > 0
+    select 'fleet', 'training', 'effective_gpu_hours', sum(gpu_hours), null from usage_by_job having count(*) > 0
 
     union all
-    select 'fleet', 'training', 'failed_spot_gpu_hours', coalesce(sum(gpu_hours) filter (where is_failed_spot_attempt), 0), null
-    from usage
+    select 'fleet', 'training', 'failed_spot_gpu_hours', coalesce(sum(failed_spot_gpu_hours), 0), null
+    from usage_by_job
     having count(*) > 0
 
     union all
-    select 'fleet', 'training', 'lost_gpu_hours', sum(lost_gpu_hours), null from usage having count(*) > 0
+    select 'fleet', 'training', 'lost_gpu_hours', sum(lost_gpu_hours), null from usage_by_job having count(*) > 0
 
     union all
     select 'fleet', 'training', 'data_transfer_amplification', sum(bytes_sent), sum(bytes_changed)

@@ -12,7 +12,8 @@ import pytest
 
 from spotshift.cli import main
 from spotshift.costs.fixtures import generate_facts, write_facts
-from spotshift.costs.report import CostReport, format_text
+from spotshift.costs.report import CostReport
+from spotshift.costs.report_text import format_text
 from spotshift.warehouse import append_rows, connect
 
 from .conftest import HAND_JOB

@@ -22,11 +22,9 @@ from spotshift.costs.focus import (
     MANDATORY_COLUMNS_1_3,
     NUMERIC_COLUMNS,
     SUBCATEGORIES,
-    export_focus,
     focus_problems,
-    metadata_path_for,
-    read_relation,
 )
+from spotshift.costs.focus_export import export_focus, metadata_path_for, read_relation
 from spotshift.jobs import TrainingJob
 
 DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")

@@ -22,10 +22,13 @@ SELECT = ["--select", "+mart_cost_metrics", "--resource-type", "model", "--resou
 CHAIN = {
     "stg_spotshift__compute_usage": "usage_id",
     "stg_spotshift__checkpoints": "job, checkpoint_id",
+    "stg_spotshift__transfers": "transfer_id",
+    "stg_spotshift__preemptions": "notice_id",
     "int_job_first_spot": "job",
     "int_usage_lookups": "usage_id",
     "fct_gpu_usage": "usage_id",
     "fct_preemptions": "notice_id",
+    "fct_data_transfer": "transfer_id",
     "mart_cost_metrics": "scope_kind, scope, metric",
 }
 
@@ -70,11 +73,19 @@ def _row(con: duckdb.DuckDBPyConnection, sql: str) -> dict:
     return dict(zip(names, cur.fetchall()[0], strict=True))
 
 
+def _run_dataset_transfer(con: duckdb.DuckDBPyConnection) -> None:
+    """Day one: a dataset transfer of run late-run, whose migration is not written yet (no job)."""
+    t = _row(con, "SELECT * FROM raw.transfers ORDER BY transfer_id")
+    t.update(transfer_id="late-run-ds", kind="dataset", entity="ds-late", run_id="late-run")
+    append_rows(con, "raw.transfers", [t])
+
+
 def _late_and_rewritten(con: duckdb.DuckDBPyConnection) -> None:
     """Facts a day later that reach back in time: a spot interval before job-1's first one, a
     rewrite of an interval (later end, other cost), a rewrite that loses its price, a checkpoint in
-    the middle of job-2's history, a cut-over migration of job-3 in the past, a re-delivered quote
-    poll in the middle of a price curve, a preemption's recovery recorded late."""
+    the middle of job-2's history, a cut-over migration of job-3 in the past (its run made a
+    dataset transfer on day one, which now belongs to job-3), a rewritten transfer, a re-delivered
+    quote poll in the middle of a price curve, a preemption's recovery recorded late."""
     first = _row(con, "SELECT * FROM raw.compute_usage WHERE job = 'job-1' ORDER BY started_at")
     early = {
         **first,
@@ -136,6 +147,14 @@ def _late_and_rewritten(con: duckdb.DuckDBPyConnection) -> None:
             )
         ],
     )
+    moved = _row(con, "SELECT * FROM raw.transfers WHERE kind = 'checkpoint' ORDER BY transfer_id OFFSET 7")
+    moved.update(
+        started_at=moved["started_at"] + timedelta(seconds=30),
+        bytes_sent=moved["bytes_sent"] * 2,
+        egress_usd=moved["egress_usd"] * 2,
+        transfer_amplification=None,
+    )
+    append_rows(con, "raw.transfers", [moved])
     requote = _row(
         con, "SELECT * FROM raw.price_quotes WHERE market = 'spot' ORDER BY polled_at DESC OFFSET 40"
     )
@@ -156,6 +175,7 @@ def day_two(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     with connect(inc) as con:
         write_facts(con, generate_facts(seed=7))
         write_scaled_usage(con, 4000, jobs=8)
+        _run_dataset_transfer(con)
     _build(inc)  # day one: full (no watermarks yet)
     with connect(inc) as con:
         write_scaled_usage(con, 400, jobs=8, start_row=4000)
@@ -217,6 +237,10 @@ def test_incremental_build_takes_late_and_rewritten_rows(day_two: tuple[Path, Pa
             con.execute("SELECT count(*) FROM fct_gpu_usage WHERE migration_id = 'late-mig'").fetchone()[0]
             >= 1
         )
+        # the day-one transfer of the late migration's run now belongs to its job
+        assert con.execute(
+            "SELECT job FROM fct_data_transfer WHERE transfer_id = 'late-run-ds'"
+        ).fetchone() == ("job-3",)
         # the preemption's late recovery is the recorded one
         assert con.execute(
             "SELECT count(*) FROM fct_preemptions WHERE job = 'job-6' AND recovery_source = 'recorded' AND recovery_s = 120"

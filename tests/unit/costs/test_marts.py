@@ -12,10 +12,9 @@ from spotshift.costs.dbt import DbtRun
 from spotshift.costs.focus import (
     FOCUS_VIEW,
     MANDATORY_COLUMNS,
-    export_focus,
     focus_problems,
-    read_relation,
 )
+from spotshift.costs.focus_export import export_focus, read_relation
 from spotshift.costs.marts import REPORT_MARTS, marts_state
 from spotshift.warehouse import RAW_TABLES, append_rows, connect, first_row
 

@@ -11,7 +11,9 @@ import pytest
 
 from spotshift.costs.dbt import DbtRun
 from spotshift.costs.plots import cost_series, price_series
-from spotshift.costs.report import format_text, migration_breakdown, read_report, render_markdown
+from spotshift.costs.report import read_report
+from spotshift.costs.report_markdown import render_markdown
+from spotshift.costs.report_text import format_text, migration_breakdown
 from spotshift.migration.cutover import migration_row
 from spotshift.migration.plan import MovePlan
 from spotshift.warehouse import connect
