@@ -275,7 +275,7 @@ def _month_cost(price_usd_hour: float, remaining_hours: float, hours_left: float
 
 
 def gate_decision(decision: Any, status: BudgetStatus) -> Any:
-    """``decision`` (:class:`~spotshift.placement.economics.Decision`) kept within the team's cap.
+    """``decision`` (:class:`~spotshift.placement.decision.Decision`) kept within the team's cap.
 
     A decision that starts no new spend is returned as it is. One that would (place, move,
     fallback to on demand) keeps its target when the target's price for the rest of the month

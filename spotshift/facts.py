@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from spotshift.warehouse import FACT_KEYS
+from spotshift.warehouse_tables import FACT_KEYS
 
 #: tables a trainer writes facts for -> the columns that identify a fact (the warehouse's FACT_KEYS)
 ROW_KEYS: dict[str, tuple[str, ...]] = {

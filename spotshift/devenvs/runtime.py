@@ -319,8 +319,8 @@ def observe(name: str, *, now: datetime) -> Activity:
 
 def _snapshot(env: DevEnv, location: str) -> dict[str, Any]:
     """Push the workspace to ``location``'s store and verify it there; the snapshot's facts."""
+    from spotshift.sync.archiver import push
     from spotshift.sync.datasets import check_replica
-    from spotshift.sync.delta import push
     from spotshift.sync.store_url import open_store
     from spotshift.training.runs import store_url_for
 
@@ -404,8 +404,9 @@ def resume(name: str, *, now: datetime) -> dict[str, Any]:
     """Bring a hibernated or downsized environment back in one step, in the cheapest suitable place:
     the workspace restored byte for byte from its snapshot (replicated there first when the place
     is another region), checked against the snapshot's root, and the process started on GPUs."""
-    from spotshift.sync.delta import pull, replicate
     from spotshift.sync.fingerprint import fingerprint
+    from spotshift.sync.replicator import replicate
+    from spotshift.sync.restorer import pull
     from spotshift.sync.store_url import open_store
     from spotshift.training.runs import store_url_for
 

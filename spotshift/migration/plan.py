@@ -1,6 +1,6 @@
 """Planning a move and closing it: the plan a migration carries, cutover, rollback, and their facts.
 
-A :class:`MovePlan` is what ``price_change_sensor`` (from a :class:`~spotshift.placement.economics.Decision`),
+A :class:`MovePlan` is what ``price_change_sensor`` (from a :class:`~spotshift.placement.decision.Decision`),
 ``preemption_sensor`` (from a notice, via :func:`recovery_plan`) or ``spotshift move`` hands to the
 lifecycle (:mod:`spotshift.migration.steps`). The steps run the chain (delta sync, checkpoint
 migration, probation, shadow validation) and finish here:
@@ -26,7 +26,7 @@ from typing import Any
 
 from spotshift.errors import ConfigError, build_record
 from spotshift.migration import contract
-from spotshift.placement.economics import Decision
+from spotshift.placement.decision import Decision
 
 TRIGGERS = ("place", "price", "preemption", "burst", "return")
 #: triggers of a move between a private pool's site and a cloud (spotshift.pools.lifecycle)

@@ -182,7 +182,7 @@ def snapshot_dataset(dataset: Dataset, home_store: Any, *, workers: int | None =
 
     Returns ``(Fingerprint, TransferStats)``; the snapshot's root is ``stats.root``.
     """
-    from spotshift.sync.delta import push
+    from spotshift.sync.archiver import push
     from spotshift.sync.fingerprint import fingerprint
 
     fp = fingerprint(dataset.source_path, dataset.params, prefetch_parquet=True)
@@ -210,9 +210,9 @@ def replicate_dataset(
 ) -> Any:
     """Copy snapshot ``root`` of the dataset from its home store to ``target_location``'s store (delta only).
 
-    ``check_existing`` re-checks every chunk of an already-current replica (see ``delta.replicate``).
+    ``check_existing`` re-checks every chunk of an already-current replica (see :func:`spotshift.sync.replicator.replicate`).
     """
-    from spotshift.sync.delta import replicate
+    from spotshift.sync.replicator import replicate
 
     return replicate(
         home_store,
@@ -232,7 +232,7 @@ def check_replica(store: Any, dataset: str, expected_root: str, *, full: bool = 
     ``full`` also reads every chunk and checks its digest (otherwise presence and size).
     """
     from spotshift.errors import SpotshiftError
-    from spotshift.sync.delta import verify
+    from spotshift.sync.checker import verify
     from spotshift.sync.refs import read_ref
 
     result = ReplicaCheck(dataset, store.url, expected_root)
