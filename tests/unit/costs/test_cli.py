@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from spotshift.cli import main
-from spotshift.costs.fixtures import generate_facts, write_facts
 from spotshift.costs.report import CostReport, format_text
 from spotshift.warehouse import append_rows, connect
+from tests.fixtures_costs import generate_facts, write_facts
 
 from .conftest import HAND_JOB
 
