@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spotshift import factlake
 from spotshift.errors import ConfigError, IntegrityError
+from spotshift.factlake import lake_dir, pending_batches
 from spotshift.warehouse_connection import WarehouseLockedError, open_connection, resolve_path, unusable
 from spotshift.warehouse_tables import FACT_KEYS, arrow_rows, columns_of, ensure_schema, insert_batch
 
@@ -96,8 +98,6 @@ class FactsOutcome:
 
 def facts_dir(path: str | Path | None = None) -> Path:
     """The fact lake of a warehouse: ``<warehouse file>.facts/`` beside it (see :mod:`spotshift.factlake`)."""
-    from spotshift.factlake import lake_dir
-
     return lake_dir(resolve_path(path))
 
 
@@ -129,8 +129,6 @@ def record_facts(
     Ingestion is exactly-once by batch id and fact key; the tables of one call land together. A
     warehouse file that cannot be opened raises :class:`IntegrityError`; the facts wait in the lake.
     """
-    from spotshift import factlake
-
     tables = {t: arrow_rows(t, rows) for t, rows in facts.items()}
     for t in tables:
         if t not in FACT_KEYS:
@@ -173,8 +171,6 @@ def database_file(con: Any) -> Path | None:
 
 def pending_facts(path: str | Path | None = None) -> list[Path]:
     """Fact batches of the warehouse waiting to be ingested, oldest first."""
-    from spotshift.factlake import pending_batches
-
     return pending_batches(facts_dir(path))
 
 
@@ -186,8 +182,6 @@ def ingest_lake(
     See :func:`spotshift.factlake.ingest`. Other writers' batches are announced on stderr when
     they add rows (``own`` names the caller's batch, which is not).
     """
-    from spotshift import factlake
-
     target = resolve_path(path) if path is not None else database_file(con)
     if target is None:
         return {}

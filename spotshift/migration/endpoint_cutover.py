@@ -21,8 +21,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from spotshift.errors import ConfigError
+from spotshift.clock import virtual_now
+from spotshift.errors import ConfigError, check_range
+from spotshift.home import spotshift_home
+from spotshift.pricing.regions import check_location
+from spotshift.registry import locked
 from spotshift.serving import cutover as co
+from spotshift.serving import replica_api as api
+from spotshift.serving.cutover_facts import record_stage_rows
+from spotshift.serving.serve import replica_price_usd_hour
 
 
 @dataclass(frozen=True)
@@ -51,12 +58,6 @@ def usd_per_mtok(usd_per_hour: float, capacity_tokens_s: float) -> float:
 def start(endpoint: str, opts: StartOptions, *, record: bool = True) -> co.CutoverState:
     """Begin a cutover of ``endpoint`` to ``opts.to_location``; ConfigError (one line) when one is in
     progress, the target is where the endpoint already serves, or there is no source to move from."""
-    from spotshift.clock import virtual_now
-    from spotshift.errors import check_range
-    from spotshift.pricing.regions import check_location
-    from spotshift.registry import locked
-    from spotshift.serving import replica_api as api
-
     api.check_endpoint_name(endpoint)
     to = check_location(opts.to_location, "--to")
     if opts.market not in api.MARKETS:
@@ -76,8 +77,6 @@ def start(endpoint: str, opts: StartOptions, *, record: bool = True) -> co.Cutov
         )
     price = opts.usd_per_hour
     if price is None:
-        from spotshift.serving.serve import replica_price_usd_hour
-
         price = replica_price_usd_hour(to, opts.market)
     check_range(price, "--usd-per-hour", low=0, high=1e6, low_inclusive=True)
     src_cost = (
@@ -125,8 +124,6 @@ def start(endpoint: str, opts: StartOptions, *, record: bool = True) -> co.Cutov
 
 def check(endpoint: str, *, record: bool = True) -> co.CutoverState:
     """Advance on the clock (hold passed after a passing window; failback window over)."""
-    from spotshift.clock import virtual_now
-
     now = virtual_now()
 
     def change(st: co.CutoverState) -> co.CutoverState | None:
@@ -141,8 +138,6 @@ def check(endpoint: str, *, record: bool = True) -> co.CutoverState:
 
 def rollback(endpoint: str, reason: str = "rollback requested", *, record: bool = True) -> co.CutoverState:
     """Target weight 0 at once (a cutover in progress); a promoted one fails back. Idempotent."""
-    from spotshift.clock import virtual_now
-
     now = virtual_now()
 
     def change(st: co.CutoverState) -> co.CutoverState | None:
@@ -160,8 +155,6 @@ def rollback(endpoint: str, reason: str = "rollback requested", *, record: bool 
 
 def failback(endpoint: str, *, record: bool = True) -> co.CutoverState:
     """100 % back on the source in one step within the failback window (ConfigError after it)."""
-    from spotshift.clock import virtual_now
-
     now = virtual_now()
 
     def change(st: co.CutoverState) -> co.CutoverState | None:
@@ -177,8 +170,6 @@ def failback(endpoint: str, *, record: bool = True) -> co.CutoverState:
 
 def record_rows(state: co.CutoverState, *, con: Any = None) -> int:
     """Record the state's stage rows in ``raw.cutovers`` (already recorded ones are skipped)."""
-    from spotshift.serving.cutover_facts import record_stage_rows
-
     return record_stage_rows(list(state.stage_rows), con=con)
 
 
@@ -234,8 +225,6 @@ def finished_stages(state: co.CutoverState) -> list[str]:
 
 def cutover_endpoints() -> list[str]:
     """Endpoints with a cutover state file under ``$SPOTSHIFT_HOME/serving``."""
-    from spotshift.home import spotshift_home
-
     root = spotshift_home() / "serving"
     if not root.is_dir():
         return []

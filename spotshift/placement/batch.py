@@ -31,14 +31,29 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from spotshift.jobs import TrainingJob
+from spotshift.errors import NotFoundError
+from spotshift.jobs import TrainingJob, load_jobs
 from spotshift.placement.decision import Decision, DecisionInputs, Placement
 from spotshift.placement.economics import decide
+from spotshift.placement.footprint import (
+    checkpoint_presence_from,
+    dataset_presence_from,
+    declared_dataset_locations,
+)
+from spotshift.placement.inputs import (
+    _no_snapshot_message,
+    latest_snapshot,
+    load_quotes,
+    load_risks,
+    progress_from,
+    recently_preempted,
+)
 from spotshift.placement.params import PlacementParams
 from spotshift.placement.scoring import DataFootprint
 from spotshift.placement.shortlist import QuoteColumns, shortlist
-from spotshift.placement.state import PlacementState
+from spotshift.placement.state import PlacementState, load_state
 from spotshift.pricing.quote import NormalizedGPUQuote
+from spotshift.warehouse import record_facts
 
 #: a job with unchanged inputs is still re-decided this often (virtual-clock hours)
 DEFAULT_RECHECK_HOURS = 0.25
@@ -54,12 +69,6 @@ class JobInputs:
 
 def load_job_inputs(con: Any, jobs: list[TrainingJob]) -> dict[str, JobInputs]:
     """Footprint and latest checkpoint of every job in ``jobs``, from one query per fact table."""
-    from spotshift.placement.footprint import (
-        checkpoint_presence_from,
-        dataset_presence_from,
-        declared_dataset_locations,
-    )
-
     latest = {
         r[0]: r[1:]
         for r in con.execute(
@@ -167,18 +176,6 @@ def decide_all(
     skipped. :class:`~spotshift.errors.NotFoundError` when the warehouse has no quote snapshot.
     The decisions are not recorded (:func:`record_decisions`).
     """
-    from spotshift.errors import NotFoundError
-    from spotshift.jobs import load_jobs
-    from spotshift.placement.inputs import (
-        _no_snapshot_message,
-        latest_snapshot,
-        load_quotes,
-        load_risks,
-        progress_from,
-        recently_preempted,
-    )
-    from spotshift.placement.state import load_state
-
     started = time.perf_counter()
     p = params or PlacementParams()
     names = list(job_names)
@@ -265,8 +262,6 @@ def _with_quotes(inp: DecisionInputs, quotes: list[NormalizedGPUQuote]) -> Decis
 def record_decisions(con: Any, decisions: list[Decision], *, candidates: int = 10) -> int:
     """Record ``decisions`` in ``raw.decisions`` (and their ``candidates`` best candidates in
     ``main.placement_candidates``) in one transaction; decisions newly written."""
-    from spotshift.warehouse import record_facts
-
     if not decisions:
         return 0
     facts = {

@@ -30,7 +30,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from spotshift.clock import as_utc
+from spotshift import warehouse
+from spotshift.budgets import budget_status, find_budget, gate_decision, record_alerts
+from spotshift.clock import as_utc, parse_utc
 from spotshift.errors import NotFoundError
 from spotshift.jobs import TrainingJob, get_job
 from spotshift.placement.availability import model_from_history
@@ -41,8 +43,11 @@ from spotshift.placement.params import PlacementParams
 from spotshift.placement.risk import RegionRisk
 from spotshift.placement.scoring import gpu_model_matches
 from spotshift.placement.state import PlacementState, load_state
+from spotshift.placement.topology import apply_measured
+from spotshift.pools.site import is_private_site, site_usage
 from spotshift.pricing.quote import QUOTE_FIELDS, NormalizedGPUQuote
 from spotshift.warehouse import first_row as _first
+from spotshift.warehouse import record_facts
 
 NO_SPOT_REASON = "no spot capacity (preempted)"
 
@@ -80,7 +85,6 @@ def load_quotes(con: Any, snapshot_id: str) -> list[NormalizedGPUQuote]:
         for k in ("net_gbps", "storage_gbps", "topology_score"):
             d[k] = float(d[k]) if d[k] is not None else 0.0
         out.append(NormalizedGPUQuote(**d))
-    from spotshift.placement.topology import apply_measured
 
     return apply_measured(out)  # measured topology scores beat the catalog's documented ones
 
@@ -111,8 +115,6 @@ def progress_from(
 
 
 def _parse(text: str | None) -> datetime | None:
-    from spotshift.clock import parse_utc
-
     return parse_utc(text) if text else None
 
 
@@ -159,8 +161,6 @@ def recently_preempted(con: Any, risks: dict[str, RegionRisk], now: datetime) ->
 def _no_snapshot_message(con: Any) -> str:
     """Why placement has no validated quotes, and what to do about it."""
     import duckdb
-
-    from spotshift import warehouse
 
     try:
         row = warehouse.first_row(
@@ -225,7 +225,6 @@ def decide_for_job(
     the job's team budget (:func:`spotshift.budgets.gate_decision`; an alert fact at the soft limit)."""
     inputs = assemble_inputs(con, job_name, now=now)
     decision = decide(inputs, params)
-    from spotshift.budgets import budget_status, find_budget, gate_decision, record_alerts
 
     budget = find_budget(inputs.job.team)
     if budget is None:
@@ -238,8 +237,6 @@ def decide_for_job(
 def record_decision(con: Any, decision: Decision, *, candidates: bool = True) -> bool:
     """Append the decision to ``raw.decisions`` (and its candidates to ``main.placement_candidates``)
     unless a decision with the same id was recorded before; returns whether it was written."""
-    from spotshift.warehouse import record_facts
-
     facts = {"raw.decisions": [decision.to_row()]}
     if candidates:
         facts["main.placement_candidates"] = decision.candidate_rows()
@@ -261,8 +258,6 @@ def usage_for(
     instance. Empty when nothing fits: the interval stays unpriced and the cost report lists it
     (``fct_unpriced_usage``). A private pool's site (``onprem/<site>``) is priced from the pool's
     $/GPU-hour (:func:`spotshift.pools.site.site_usage`)."""
-    from spotshift.pools.site import is_private_site, site_usage
-
     if is_private_site(location):
         return site_usage(location, job.gpu_count)
     snap = latest_snapshot(con, as_of)

@@ -30,10 +30,12 @@ from typing import Any
 import numpy as np
 
 from spotshift.errors import ConfigError
+from spotshift.placement.availability import AvailabilityModel
 from spotshift.placement.decision import DecisionInputs, Placement
 from spotshift.placement.economics import decide
 from spotshift.placement.horizon import expected_preemptions_array
 from spotshift.placement.params import PlacementParams
+from spotshift.pricing.egress import egress_usd_per_gb
 from spotshift.simulate.engine import NO_SPOT_REASON, Scenario, _Copies, simulated_job
 from spotshift.simulate.market import Market
 
@@ -190,9 +192,6 @@ def simulate_fleet(
     (the model observes every tick; decisions use the latest publication). ``screen=False`` calls
     :func:`decide` for every active job at every tick (the reference the batched run must equal).
     """
-    from spotshift.placement.availability import AvailabilityModel
-    from spotshift.pricing.egress import egress_usd_per_gb
-
     n = len(jobs)
     T = m.n_ticks
     dt = m.gap_hours

@@ -43,6 +43,7 @@ from array import array
 from collections.abc import Iterator
 from typing import Any
 
+from spotshift import __version__
 from spotshift.errors import IntegrityError
 from spotshift.sync.chunking import DIGEST_SIZE, ChunkParams, digest_function
 from spotshift.sync.entries import DIR, FILE, ROOT_PATH, SYMLINK, FileEntry, entries_from_columns, leaf_hash
@@ -283,8 +284,6 @@ class Manifest:
         return sink.getvalue()
 
     def _metadata(self) -> dict[str, Any]:
-        from spotshift import __version__
-
         packed = bool(self.locations) and any(d in self.locations for d in self.unique_chunks())
         return {
             "version": PACKED_FORMAT_VERSION if packed else FORMAT_VERSION,

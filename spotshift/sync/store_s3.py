@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from spotshift.cloud_errors import track_status
+from spotshift.atomic import temp_path
+from spotshift.cloud_errors import botocore_errors, from_botocore, track_status
 from spotshift.errors import IntegrityError, NotFoundError
 from spotshift.sync.store import BucketStore, ObjectInfo
 
@@ -63,8 +64,6 @@ class S3ChunkStore(BucketStore):
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
         """``fn(Bucket=..., **kwargs)`` with botocore errors mapped to spotshift errors naming ``what``."""
-        from spotshift.cloud_errors import botocore_errors
-
         try:
             return fn(Bucket=self.bucket, **kwargs)
         except botocore_errors() as exc:
@@ -73,8 +72,6 @@ class S3ChunkStore(BucketStore):
     def _mapped(self, exc: BaseException, what: str) -> Exception:
         """The store's own meanings (missing key, write-once refusal), else the shared translation."""
         from botocore.exceptions import ClientError
-
-        from spotshift.cloud_errors import from_botocore
 
         if isinstance(exc, ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -168,8 +165,6 @@ class S3ChunkStore(BucketStore):
 
     # ---- reads -----------------------------------------------------------------------------------
     def get_bytes(self, key: str) -> bytes:
-        from spotshift.cloud_errors import botocore_errors
-
         r = self._call(key, self.client.get_object, Key=self.object_name(key))
         try:
             return r["Body"].read()
@@ -177,8 +172,6 @@ class S3ChunkStore(BucketStore):
             raise self._mapped(exc, key) from None
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
-        from spotshift.cloud_errors import botocore_errors
-
         if length <= 0:
             return b""
         rng = f"bytes={offset}-{offset + length - 1}"
@@ -189,9 +182,6 @@ class S3ChunkStore(BucketStore):
             raise self._mapped(exc, key) from None
 
     def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
-        from spotshift.atomic import temp_path
-        from spotshift.cloud_errors import botocore_errors
-
         r = self._call(key, self.client.get_object, Key=self.object_name(key))
         dest = Path(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -219,8 +209,6 @@ class S3ChunkStore(BucketStore):
         return int(r["ContentLength"])
 
     def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        from spotshift.cloud_errors import botocore_errors
-
         base = f"{self.prefix}/" if self.prefix else ""
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=base + prefix
