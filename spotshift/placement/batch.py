@@ -192,17 +192,7 @@ def decide_all(
     cols = QuoteColumns.of(snap[0], load_quotes(con, snap[0]))
     risks = load_risks(con, sorted({q.location for q in cols.quotes if q.market == "spot"}), now)
     no_spot = recently_preempted(con, risks, now)
-    shared = hashlib.sha256(
-        json.dumps(
-            {
-                "risks": {k: repr(v) for k, v in sorted(risks.items())},
-                "no_spot": no_spot,
-                "params": p.to_dict(),
-            },
-            sort_keys=True,
-            default=str,
-        ).encode()
-    ).hexdigest()
+    shared = _shared_digest(risks, no_spot, p)
     per_job = load_job_inputs(con, declared)
     previous = previous or {}
     now_s = now.timestamp()
@@ -225,32 +215,51 @@ def decide_all(
             skipped += 1
             continue
         t0 = time.perf_counter()
-        ck = ji.latest_checkpoint
-        remaining, age = progress_from(job, state, now, (ck[3], ck[4]) if ck else None)
-        current = None
-        if state.location and state.market and state.instance_type:
-            current = Placement(
-                state.location, state.market, state.instance_type, state.zone, state.price_usd_hour
-            )
-        inp = DecisionInputs(
-            job=job,
-            quotes=(),
-            now=now,
-            remaining_hours=remaining,
-            footprint=ji.footprint,
-            current=current,
-            current_running=state.running,
-            checkpoint_age_hours=age,
-            risks=risks,
-            no_spot=no_spot,
-            unfit=state.unfit_at(now),
-            cooldown_until=state.cooldown_until_dt(),
-            snapshot_id=cols.snapshot_id,
-        )
+        inp = _job_inputs(job, state, ji, now, risks, no_spot, cols.snapshot_id)
         quotes = shortlist(cols, inp, p, allowed_cache=allowed_cache)
         decisions.append(decide(_with_quotes(inp, quotes), p))
         timings.append(time.perf_counter() - t0)
     return TickResult(decisions, skipped, time.perf_counter() - started, digests, timings)
+
+
+def _shared_digest(risks: Mapping[str, Any], no_spot: Mapping[str, str], p: PlacementParams) -> str:
+    """Digest of the inputs every job of the tick shares (risks, lost spot capacity, parameters)."""
+    doc = {"risks": {k: repr(v) for k, v in sorted(risks.items())}, "no_spot": no_spot, "params": p.to_dict()}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _job_inputs(
+    job: TrainingJob,
+    state: PlacementState,
+    ji: JobInputs,
+    now: datetime,
+    risks: Mapping[str, Any],
+    no_spot: Mapping[str, str],
+    snapshot_id: str,
+) -> DecisionInputs:
+    """One job's decision inputs from the tick's bulk reads (its quotes come from the shortlist)."""
+    ck = ji.latest_checkpoint
+    remaining, age = progress_from(job, state, now, (ck[3], ck[4]) if ck else None)
+    current = None
+    if state.location and state.market and state.instance_type:
+        current = Placement(
+            state.location, state.market, state.instance_type, state.zone, state.price_usd_hour
+        )
+    return DecisionInputs(
+        job=job,
+        quotes=(),
+        now=now,
+        remaining_hours=remaining,
+        footprint=ji.footprint,
+        current=current,
+        current_running=state.running,
+        checkpoint_age_hours=age,
+        risks=risks,
+        no_spot=no_spot,
+        unfit=state.unfit_at(now),
+        cooldown_until=state.cooldown_until_dt(),
+        snapshot_id=snapshot_id,
+    )
 
 
 def _with_quotes(inp: DecisionInputs, quotes: list[NormalizedGPUQuote]) -> DecisionInputs:
