@@ -13,6 +13,7 @@ from spotshift import warehouse
 from spotshift.clock import VirtualClock
 from spotshift.jobs import TrainingJob, add_job
 from spotshift.placement.state import load_state
+from spotshift.pools.pool import PrivatePool, add_pool
 from spotshift.sync.datasets import Dataset, add_dataset
 from tests.unit.placement.builders import make_quote
 
@@ -63,6 +64,28 @@ def declare_world(home: Path) -> None:
         )
     )
     write_quotes("snap-1", START, {AWS: 10.0, AWS2: 12.0, AZURE: 11.0})
+
+
+def declare_pool_world(home: Path, *, dataset_location: str, t0: datetime) -> None:
+    """A private pool ``dc1`` (8 A100s) with two 8-GPU jobs submitted at ``t0``: ``base`` (8 h) fits,
+    ``urgent`` (20 h, deadline 24 h) must burst to the cloud (quotes: aws/us-east-1 at $20/h).
+    The dataset ``genomes`` lives at ``dataset_location``."""
+    add_pool(PrivatePool(name="dc1", gpu_model="A100", gpus=8))
+    data = home / "data"
+    data.mkdir()
+    (data / "a.bin").write_bytes(b"x" * 1000)
+    add_dataset(Dataset(name="genomes", source=str(data), location=dataset_location))
+    common = dict(
+        dataset="genomes",
+        total_steps=10,
+        gpu_model="A100",
+        gpu_count=8,
+        allowed_locations=["aws/*"],
+        submitted_at=t0.isoformat(),
+    )
+    add_job(TrainingJob(name="base", work_hours=8.0, **common))  # type: ignore[arg-type]
+    add_job(TrainingJob(name="urgent", work_hours=20.0, deadline_hours=24.0, **common))  # type: ignore[arg-type]
+    write_quotes("snap-1", t0, {"aws/us-east-1": 20.0})
 
 
 def live_trainers(backend: Any) -> list[Any]:

@@ -11,11 +11,8 @@ import dagster as dg
 from spotshift.clock import VirtualClock, load_clock
 from spotshift.devenvs import runtime
 from spotshift.devenvs.env import DevEnv, add_devenv
-from spotshift.jobs import TrainingJob, add_job
-from spotshift.pools.pool import PrivatePool, add_pool
-from spotshift.pools.scheduler import load_pool_state
-from spotshift.sync.datasets import Dataset, add_dataset
-from tests.migration_support import write_quotes
+from spotshift.pools.scheduler import load_pool_state, submit
+from tests.migration_support import declare_pool_world, write_quotes
 
 T0 = datetime(2025, 3, 3, 0, tzinfo=UTC)
 
@@ -41,24 +38,7 @@ def test_definitions_carry_the_issue_19_names(spotshift_home: Path) -> None:
 
 
 def test_private_pools_asset_bursts_and_brings_back(spotshift_home: Path) -> None:
-    data = spotshift_home / "data"
-    data.mkdir()
-    (data / "a.bin").write_bytes(b"x" * 1000)
-    add_dataset(Dataset(name="genomes", source=str(data), location="aws/us-east-1"))
-    common = dict(
-        dataset="genomes",
-        total_steps=10,
-        gpu_model="A100",
-        gpu_count=8,
-        allowed_locations=["aws/*"],
-        submitted_at=T0.isoformat(),
-    )
-    add_job(TrainingJob(name="base", work_hours=8.0, **common))  # type: ignore[arg-type]
-    add_job(TrainingJob(name="urgent", work_hours=20.0, deadline_hours=24.0, **common))  # type: ignore[arg-type]
-    write_quotes("snap-1", T0, {"aws/us-east-1": 20.0})
-    add_pool(PrivatePool(name="dc1", gpu_model="A100", gpus=8))
-    from spotshift.pools.scheduler import submit
-
+    declare_pool_world(spotshift_home, dataset_location="aws/us-east-1", t0=T0)
     submit("dc1", "base", now=T0)
     doc = submit("dc1", "urgent", now=T0)
     assert [b["job"] for b in doc["burst"]] == ["urgent"]

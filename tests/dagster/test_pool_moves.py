@@ -10,33 +10,15 @@ from pathlib import Path
 import dagster as dg
 
 from spotshift import warehouse
-from spotshift.jobs import TrainingJob, add_job
-from spotshift.pools.pool import PrivatePool, add_pool
 from spotshift.pools.scheduler import submit
-from spotshift.sync.datasets import Dataset, add_dataset
 from tests.dagster.test_hybrid import load_defs
-from tests.migration_support import write_quotes
+from tests.migration_support import declare_pool_world
 
 T0 = datetime(2025, 3, 3, 0, tzinfo=UTC)
 
 
 def test_pool_move_sensor_requests_each_move_once(spotshift_home: Path) -> None:
-    add_pool(PrivatePool(name="dc1", gpu_model="A100", gpus=8))
-    data = spotshift_home / "data"
-    data.mkdir()
-    (data / "a.bin").write_bytes(b"x" * 1000)
-    add_dataset(Dataset(name="genomes", source=str(data), location="onprem/dc1"))
-    common = dict(
-        dataset="genomes",
-        total_steps=10,
-        gpu_model="A100",
-        gpu_count=8,
-        allowed_locations=["aws/*"],
-        submitted_at=T0.isoformat(),
-    )
-    add_job(TrainingJob(name="base", work_hours=8.0, **common))  # type: ignore[arg-type]
-    add_job(TrainingJob(name="urgent", work_hours=20.0, deadline_hours=24.0, **common))  # type: ignore[arg-type]
-    write_quotes("snap-1", T0, {"aws/us-east-1": 20.0})
+    declare_pool_world(spotshift_home, dataset_location="onprem/dc1", t0=T0)
     submit("dc1", "base", now=T0)
     submit("dc1", "urgent", now=T0)
 
