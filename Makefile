@@ -16,7 +16,7 @@ export PYTHONPATH := $(CURDIR)
 
 PYTEST_ARGS ?= -n 2
 
-.PHONY: help venv demo test bench ui lint
+.PHONY: help venv demo test bench ui lint workers workers-stop
 
 help:
 	@echo "make demo   create .venv, install, run the end-to-end pipeline, print the cost report"
@@ -24,12 +24,13 @@ help:
 	@echo "make bench  run the benchmarks (JSON under bench/results/)"
 	@echo "make ui     start the Dagster UI on http://127.0.0.1:3000"
 	@echo "make lint   ruff"
+	@echo "make workers REGIONS=\"aws/us-east-1 gcp/us-central1\"  start Celery workers per region (home init --executor celery)"
 
 # one place for installs: pyproject.toml extras (torch==2.13.0 resolves to the local CPU wheel)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,serving,hf]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,serving,hf,workers]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -47,6 +48,16 @@ bench: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/spotshift home init > /dev/null
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+# one Celery worker per region queue plus one for the control queue (WORKERS_PER_REGION=2 for more)
+REGIONS ?=
+WORKERS_PER_REGION ?= 1
+workers: $(STAMP)
+	@test -n "$(REGIONS)" || { echo 'make workers: name the regions, e.g. REGIONS="aws/us-east-1 gcp/us-central1"' >&2; exit 2; }
+	$(BIN)/spotshift workers start --per-region $(WORKERS_PER_REGION) $(foreach r,$(REGIONS),--region $(r))
+
+workers-stop: $(STAMP)
+	$(BIN)/spotshift workers stop
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,10 +1,13 @@
-"""``checkpoints`` (per training job) and ``checkpoint_replicas`` (per job x region).
+"""``checkpoints`` (per training job), ``checkpoint_replicas`` (per job x region) and
+``checkpoint_compatibility`` (the runtime pairs moves have proven or found bad).
 
 ``checkpoints`` advances a job's trainer for a bounded number of steps (or picks up its newest
 committed checkpoint, or stops its live trainer with one); ``checkpoint_replicas`` brings the newest
 checkpoint into a region's store, as an encrypted tensor delta when the region holds an older one.
 The work is in :mod:`spotshift.training.runs` and :mod:`spotshift.migration.steps` (``carry_checkpoint``,
-the step the migration ops record too).
+the step the migration ops record too). ``checkpoint_compatibility`` is the matrix of
+:mod:`spotshift.checkpoint.compat`, built from the facts the moves' probations record; every move
+checks it before it begins (:mod:`spotshift.migration.compat`).
 """
 
 import dagster as dg
@@ -14,6 +17,8 @@ from assets.partitions import job_region_partitions, jobs_partitions
 from resources.compute import ComputeBackendResource
 from resources.keys import KeyProviderResource
 from resources.warehouse import WarehouseResource
+from spotshift import warehouse as wh
+from spotshift.checkpoint.compat import matrix_view
 from spotshift.errors import NotFoundError
 from spotshift.migration import contract, steps
 from spotshift.training.runs import advance_job
@@ -78,4 +83,29 @@ def checkpoint_replicas(context: dg.AssetExecutionContext) -> dg.MaterializeResu
     return dg.MaterializeResult(metadata=recording.carry_metadata(result))
 
 
-defs = dg.Definitions(assets=[checkpoints, checkpoint_replicas])
+@dg.asset(group_name="training", deps=[recording.SHADOW_VALIDATION])
+def checkpoint_compatibility(warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """(source runtime, target runtime) pairs already proven by a move (its probation resumed the
+    checkpoint in the target and matched the shadow comparison) or known bad (a probe failed there);
+    a move of a known-bad pair is refused before any byte moves, an unproven pair is probed."""
+    with wh.connect(warehouse.database) as con:
+        view = matrix_view(con)
+    rows = [
+        f"| {p['verdict']} | {p['source_runtime']} | {p['target_runtime']} | {p['job']} | {p['reason']} |"
+        for p in view["pairs"]
+    ]
+    table = "\n".join(
+        ["| verdict | source runtime | target runtime | job | reason |", "|---|---|---|---|---|", *rows]
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "proven": dg.MetadataValue.int(view["proven"]),
+            "known_bad": dg.MetadataValue.int(view["known_bad"]),
+            "pairs": dg.MetadataValue.json(view["pairs"]),
+            "runtimes": dg.MetadataValue.json({"local": view["local"], **view["declared"]}),
+            "matrix": dg.MetadataValue.md(table),
+        }
+    )
+
+
+defs = dg.Definitions(assets=[checkpoints, checkpoint_replicas, checkpoint_compatibility])

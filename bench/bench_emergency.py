@@ -12,6 +12,12 @@
 2. **step_done overhead** on steps that do not checkpoint: the median cost of one call (metrics
    line + notice check), as a share of a 100 ms step.
 
+``--store s3`` / ``--store gcs``: the region store is an S3 bucket (``moto_server``) or a GCS bucket
+(``gcp-storage-emulator``), each a separate process serving HTTP on this machine; the streamed path
+is then a multipart / resumable upload per part running alongside the encryption, the baseline the
+same sequential path (local commit, then the verified upload). Results go to
+``emergency_<store>.json``.
+
 ``--quick``: small sizes and few trials (the test suite proves the benchmark runs).
 """
 
@@ -23,6 +29,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -65,16 +72,57 @@ def _notice(workdir: Path) -> None:
     (workdir / "notice.json").write_text(json.dumps(doc))
 
 
-def one_trial(parts: dict[str, dict[str, Any]], root: Path, *, streaming: bool) -> float:
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_peer(kind: str) -> tuple[subprocess.Popen[bytes], str]:
+    """An S3 (moto_server) or GCS (gcp-storage-emulator) peer in its own process; returns it and the
+    bucket URL base, with the environment pointed at it."""
+    port, bindir = _free_port(), Path(sys.executable).parent
+    if kind == "s3":
+        cmd = [str(bindir / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+        os.environ.update(
+            AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
+        )
+        os.environ["AWS_ENDPOINT_URL_S3"] = f"http://127.0.0.1:{port}"
+    else:
+        cmd = [str(bindir / "gcp-storage-emulator"), "start", "--host", "127.0.0.1", "--port", str(port)]
+        cmd += ["--in-memory", "--default-bucket", "bench"]
+        os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import socket
+
+    for _ in range(600):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    if kind == "s3":
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="bench")
+    return proc, ("s3://bench" if kind == "s3" else "gs://bench")
+
+
+def one_trial(
+    parts: dict[str, dict[str, Any]], root: Path, *, streaming: bool, bucket: str = "", trial: int = 0
+) -> float:
     """Seconds from a notice to ``step_done`` returning with the emergency checkpoint committed."""
     from spotshift.checkpoint.format import list_checkpoints
     from spotshift.checkpointing import Session
     from spotshift.sync.store import LocalChunkStore
+    from spotshift.sync.store_url import open_store
 
     region_dir, workdir = root / "region", root / "work"
     shutil.rmtree(region_dir, ignore_errors=True)
     shutil.rmtree(workdir, ignore_errors=True)
-    region = LocalChunkStore(region_dir)
+    region = open_store(f"{bucket}/t{trial}-{int(streaming)}") if bucket else LocalChunkStore(region_dir)
     s = Session(
         "bench",
         "gcp/us-central1",
@@ -95,6 +143,9 @@ def one_trial(parts: dict[str, dict[str, Any]], root: Path, *, streaming: bool) 
     seconds = time.monotonic() - t0
     assert s.should_stop and list_checkpoints(region, "bench"), "no committed emergency checkpoint"
     s.close()
+    if bucket:  # the peers keep objects in memory
+        for key in list(region.list_keys("")):
+            region.delete(key)
     shutil.rmtree(region_dir, ignore_errors=True)
     shutil.rmtree(workdir, ignore_errors=True)
     return seconds
@@ -160,6 +211,12 @@ def main() -> None:
     p.add_argument("--sizes", default="100e6,500e6,1e9", help="parameter counts, comma-separated")
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--baseline-trials", type=int, default=3)
+    p.add_argument(
+        "--store",
+        choices=["local", "s3", "gcs"],
+        default="local",
+        help="region store: a directory, an S3 bucket (moto_server) or a GCS bucket (the emulator)",
+    )
     args = p.parse_args()
     sizes = [int(2e6), int(8e6)] if args.quick else [int(float(x)) for x in args.sizes.split(",")]
     trials = 2 if args.quick else args.trials
@@ -167,8 +224,10 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-emergency-", dir=os.environ.get("SPOTSHIFT_BENCH_DIR")))
     os.environ.setdefault("SPOTSHIFT_HOME", str(root / "home"))
     load_before = os.getloadavg()
+    peer, bucket = start_peer(args.store) if args.store != "local" else (None, "")
     result: dict[str, Any] = {
         "quick": args.quick,
+        "store": args.store,
         "load_average_before": [round(x, 1) for x in load_before],
         "sizes": [],
     }
@@ -181,9 +240,9 @@ def main() -> None:
             streamed, sequential = [], []
             for i in range(max(trials, base_trials)):  # interleaved: both see the same load
                 if i < trials:
-                    streamed.append(one_trial(parts, root, streaming=True))
+                    streamed.append(one_trial(parts, root, streaming=True, bucket=bucket, trial=i))
                 if i < base_trials:
-                    sequential.append(one_trial(parts, root, streaming=False))
+                    sequential.append(one_trial(parts, root, streaming=False, bucket=bucket, trial=i))
                 print(
                     f"  {n / 1e6:.0f}M trial {i + 1}: streamed {streamed[-1]:.2f}s"
                     + (f", sequential {sequential[-1]:.2f}s" if i < base_trials else "")
@@ -206,8 +265,12 @@ def main() -> None:
             gc.collect()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+        if peer is not None:
+            peer.terminate()
+            peer.wait(timeout=30)
     result["peak_rss_mib"] = peak_rss_mib()
-    write_result("emergency" + ("_quick" if args.quick else ""), result)
+    name = "emergency" + ("" if args.store == "local" else f"_{args.store}")
+    write_result(name + ("_quick" if args.quick else ""), result)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ blocking check (replica root, shadow thresholds) fails its op, so nothing after 
 run fails -> ``migration_failure_sensor`` -> ``rollback_job``. The ops pass a typed
 :class:`~spotshift.migration.state.MoveState` along, also kept in the move ledger, which is where
 the rollback reads the failed move's plan. ``spotshift move`` runs the same steps without Dagster.
+
+The three jobs run on ``move_executor`` (``ops/workers.py``): in-process by default, or each step on
+a Celery worker of the region it touches when the home is configured for it; the ``IN_SOURCE`` /
+``IN_TARGET`` op tags say which side that is.
 """
 
 from collections.abc import Iterator
@@ -31,13 +35,18 @@ from typing import Any
 import dagster as dg
 
 import recording
+from ops.workers import move_executor
 from spotshift.migration import contract, cutover, steps
 from spotshift.migration.plan import MovePlan
-from spotshift.migration.run import gate_replica, gate_shadow
+from spotshift.migration.run import begin_move, gate_replica, gate_shadow
 from spotshift.migration.run import plan_recovery as decide_recovery
-from spotshift.migration.state import MoveFailed, MoveState, ShadowOptions, begin, load
+from spotshift.migration.state import MoveFailed, MoveState, ShadowOptions, load
 
 RESOURCES = {"compute", "stores", "keys", "warehouse"}
+#: where a step runs under the Celery executor: a worker of the source's or the target's region
+#: (ops/workers.py); plan_move and plan_recovery touch no region and go to the control queue
+IN_SOURCE = {contract.CELERY_QUEUE_TAG: contract.QUEUE_SOURCE}
+IN_TARGET = {contract.CELERY_QUEUE_TAG: contract.QUEUE_TARGET}
 
 
 def _failure(exc: MoveFailed) -> dg.Failure:
@@ -50,10 +59,12 @@ def _failure(exc: MoveFailed) -> dg.Failure:
     required_resource_keys=RESOURCES,
 )
 def plan_move(context: dg.OpExecutionContext) -> MoveState:
-    """The move the price sensor decided (or the job's first placement), recorded in the ledger."""
+    """The move the price sensor decided (or the job's first placement), recorded in the ledger once
+    the checkpoint compatibility matrix lets it go (a known-bad pair raises ``IncompatibleCheckpoint``
+    here: nothing moved, nothing to roll back)."""
     config = context.op_config
     plan = recording.config_of(MovePlan, config)
-    return begin(recording.move_env(context), plan, recording.config_of(ShadowOptions, config))
+    return begin_move(recording.move_env(context), plan, recording.config_of(ShadowOptions, config))
 
 
 class RecoveryConfig(dg.Config):
@@ -76,10 +87,10 @@ def plan_recovery(context: dg.OpExecutionContext, config: RecoveryConfig) -> Ite
     plan, why = decide_recovery(env, config.model_dump())
     context.log.info(why)
     if plan is not None:
-        yield dg.Output(begin(env, plan))
+        yield dg.Output(begin_move(env, plan))
 
 
-@dg.op(required_resource_keys=RESOURCES)
+@dg.op(required_resource_keys=RESOURCES, tags=IN_SOURCE)
 def fingerprint_dataset(context: dg.OpExecutionContext, move: MoveState) -> Iterator[Any]:
     """``dataset_fingerprints[dataset]``: re-fingerprint the job's dataset (files cache: cheap when unchanged)."""
     from spotshift.jobs import get_job
@@ -93,7 +104,7 @@ def fingerprint_dataset(context: dg.OpExecutionContext, move: MoveState) -> Iter
     yield dg.Output(move.after(result))
 
 
-@dg.op(required_resource_keys=RESOURCES)
+@dg.op(required_resource_keys=RESOURCES, tags=IN_TARGET)
 def sync_dataset(context: dg.OpExecutionContext, move: MoveState) -> Iterator[Any]:
     """``dataset_replicas[dataset|target]``: delta-sync the snapshot to the target; blocking root check."""
     result = steps.replicate_dataset(recording.move_env(context), move.dataset, move.plan.to_location)
@@ -110,7 +121,7 @@ def sync_dataset(context: dg.OpExecutionContext, move: MoveState) -> Iterator[An
     yield dg.Output(move.after(result))
 
 
-@dg.op(required_resource_keys=RESOURCES)
+@dg.op(required_resource_keys=RESOURCES, tags=IN_SOURCE)
 def drain_source(context: dg.OpExecutionContext, move: MoveState) -> Iterator[Any]:
     """``checkpoints[job]``: stop the job's live trainer at a step boundary with a committed checkpoint;
     the move starts from the source's newest checkpoint."""
@@ -124,7 +135,7 @@ def drain_source(context: dg.OpExecutionContext, move: MoveState) -> Iterator[An
     yield dg.Output(move.after(result))
 
 
-@dg.op(required_resource_keys=RESOURCES)
+@dg.op(required_resource_keys=RESOURCES, tags=IN_TARGET)
 def sync_checkpoint(context: dg.OpExecutionContext, move: MoveState) -> Iterator[Any]:
     """``checkpoint_replicas[job|target]``: the newest checkpoint into the target (tensor delta when it can)."""
     plan = move.plan
@@ -141,7 +152,7 @@ def sync_checkpoint(context: dg.OpExecutionContext, move: MoveState) -> Iterator
     yield dg.Output(move.after(result))
 
 
-@dg.op(required_resource_keys=RESOURCES)
+@dg.op(required_resource_keys=RESOURCES, tags=IN_TARGET)
 def resume_in_target(context: dg.OpExecutionContext, move: MoveState) -> Iterator[Any]:
     """``retrain_run[job]``: the job resumed in the target. Before a price move's shadow validation it
     is a K-step probation from the drained checkpoint that commits nothing (the comparison's target
@@ -157,7 +168,7 @@ def resume_in_target(context: dg.OpExecutionContext, move: MoveState) -> Iterato
     yield dg.Output(move.after(result))
 
 
-@dg.op(required_resource_keys=RESOURCES)
+@dg.op(required_resource_keys=RESOURCES, tags=IN_TARGET)
 def validate_shadow(context: dg.OpExecutionContext, move: MoveState) -> Iterator[Any]:
     """``shadow_validation[job]``: source and target resumed from the drained checkpoint for K steps,
     compared; its blocking checks stop the move (and trigger the rollback) when they fail."""
@@ -176,7 +187,7 @@ def validate_shadow(context: dg.OpExecutionContext, move: MoveState) -> Iterator
     yield dg.Output(move)
 
 
-@dg.op(required_resource_keys=RESOURCES)
+@dg.op(required_resource_keys=RESOURCES, tags=IN_TARGET)
 def cut_over(context: dg.OpExecutionContext, move: MoveState) -> MoveState:
     """The job runs in the target: live trainer started (after a price move's probation), placement
     state updated, ``raw.migrations`` row, recovery time of a preemption."""
@@ -197,7 +208,7 @@ class RollbackConfig(dg.Config):
     unfit_hours: float = 24.0
 
 
-@dg.op(name=contract.ROLL_BACK_OP, required_resource_keys=RESOURCES)
+@dg.op(name=contract.ROLL_BACK_OP, required_resource_keys=RESOURCES, tags=IN_SOURCE)
 def roll_back(context: dg.OpExecutionContext, config: RollbackConfig) -> dict[str, Any]:
     """Stop the target, resume in the source from its own newest checkpoint, mark the target unfit."""
     move = load(config.job)
@@ -217,6 +228,7 @@ def roll_back(context: dg.OpExecutionContext, config: RollbackConfig) -> dict[st
 
 @dg.job(
     name=contract.MIGRATION_JOB,
+    executor_def=move_executor,
     tags={contract.TAG_KIND: "migration"},
     description="Move a training job: delta sync, checkpoint "
     "migration, resume in the target, shadow validation, cutover (rolled back on failure).",
@@ -230,6 +242,7 @@ def migration_job() -> None:
 
 @dg.job(
     name=contract.RECOVERY_JOB,
+    executor_def=move_executor,
     tags={contract.TAG_KIND: "preemption_recovery"},
     description="Resume a preempted job elsewhere from its "
     "emergency checkpoint: the migration chain without the shadow wait.",
@@ -242,6 +255,7 @@ def preemption_recovery_job() -> None:
 
 @dg.job(
     name=contract.ROLLBACK_JOB,
+    executor_def=move_executor,
     tags={contract.TAG_KIND: "rollback"},
     description="Undo a failed move: stop the target, resume in the "
     "source, mark the target unfit for a cooldown.",

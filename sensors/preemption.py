@@ -2,8 +2,10 @@
 
 A trainer that receives a provider notice (AWS IMDS ``spot/instance-action``, GCP
 ``instance/preempted``, Azure Scheduled Events ``Preempt``, or SIGTERM) commits an emergency
-checkpoint and writes ``events/preemption/<notice id>.json`` into its region's object store. This
-sensor lists those events in every known region's store and requests ``preemption_recovery_job``
+checkpoint and records the notice event (``events/preemption/<notice id>.json`` in its region's
+object store, or a row in PostgreSQL when the instance is on PostgreSQL:
+:mod:`spotshift.training.notice_events`). This sensor reads those events for every known region
+and requests ``preemption_recovery_job``
 with run key ``<job>:<notice id>``; the JSON cursor remembers the notice ids it acted on, so a
 re-evaluated tick never starts a second recovery for one notice.
 """
@@ -14,12 +16,10 @@ import dagster as dg
 
 from assets.partitions import regions_partitions
 from ops.migration import preemption_recovery_job
-from spotshift.home import region_store_url
 from spotshift.migration import contract
 from spotshift.placement.state import list_states
 from spotshift.serving.notices import is_replica_notice
-from spotshift.sync.store_url import open_store
-from spotshift.training.preemption import read_notices
+from spotshift.training.notice_events import read_notices
 
 CURSOR_KEEP = 2000  # notice ids remembered
 
@@ -37,7 +37,7 @@ def preemption_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | 
     seen = set(cursor["seen"])
     requests = []
     for location in known_locations(context.instance):
-        for notice in read_notices(open_store(region_store_url(location)), skip=seen):
+        for notice in read_notices(location, skip=seen):
             if is_replica_notice(notice):  # a serving replica's: inference_autoscale_sensor replaces it
                 continue
             seen.add(notice["notice_id"])

@@ -39,6 +39,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "spotshift.placement.topology_commands",
     "spotshift.pools.commands",
     "spotshift.devenvs.commands",
+    "spotshift.workers.commands",
 )
 
 
@@ -83,6 +84,18 @@ def _register_home(sub: Any) -> None:
         action="store_true",
         help="init: rewrite dagster.yaml even if it is set up for another storage",
     )
+    p.add_argument(
+        "--executor",
+        choices=["in_process", "celery"],
+        help="init: where the steps of moves run: in_process (default) or celery (workers per region, "
+        "spotshift workers start); written to $SPOTSHIFT_HOME/executor.json",
+    )
+    p.add_argument(
+        "--broker",
+        metavar="URL",
+        help="init --executor celery: the RabbitMQ broker (default amqp://guest@127.0.0.1:5672//; a "
+        "password is read from $SPOTSHIFT_CELERY_BROKER_PASSWORD, never written)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_home)
 
@@ -92,12 +105,17 @@ def _home(args: argparse.Namespace) -> int:
     from spotshift.errors import ConfigError
     from spotshift.instance import read_storage
     from spotshift.warehouse import facts_dir
+    from spotshift.workers.settings import load_settings, write_settings
 
-    if args.action != "init" and (args.postgres or args.force):
-        raise ConfigError("--postgres and --force apply to `spotshift home init`")
+    if args.action != "init" and (args.postgres or args.force or args.executor or args.broker):
+        raise ConfigError("--postgres, --force, --executor and --broker apply to `spotshift home init`")
+    if args.broker and args.executor != "celery":
+        raise ConfigError("--broker needs --executor celery")
     if args.action == "init":
         notes: list[str] = []
         home.init_home(postgres_url=args.postgres, force=args.force, notes=notes)
+        if args.executor:
+            write_settings(args.executor, args.broker, notes)
         for note in notes:
             sys.stderr.write(f"spotshift: note: {note}\n")
     cfg = home.dagster_home() / "dagster.yaml"
@@ -111,6 +129,7 @@ def _home(args: argparse.Namespace) -> int:
         "instance": read_storage(cfg)[0].describe()
         if cfg.exists()
         else "not initialised (spotshift home init)",
+        "executor": load_settings().describe(),
     }
     if args.json:
         emit_json(paths)

@@ -104,8 +104,13 @@ def from_botocore(exc: BaseException, who: str, what: str) -> SpotshiftError:
 
     if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
         return CredentialsError(
-            f"{who}: no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or use "
-            "an instance/task role)"
+            f"{who}: no AWS credentials (use a role: web identity with AWS_ROLE_ARN + "
+            "AWS_WEB_IDENTITY_TOKEN_FILE, or an instance/task role; else AWS_PROFILE)"
+        )
+    if isinstance(exc, bx.InvalidConfigError):  # e.g. a web identity token file but no role
+        return ConfigError(
+            f"{who}: the AWS credentials configuration is incomplete (AWS_WEB_IDENTITY_TOKEN_FILE needs "
+            "AWS_ROLE_ARN; or check the profile)"
         )
     if isinstance(exc, bx.NoRegionError):
         return ConfigError(f"{who}: no AWS region configured (set AWS_DEFAULT_REGION)")
@@ -153,6 +158,8 @@ _AWS_CREDENTIAL_CODES = {
     "UnrecognizedClientException",
     "SignatureDoesNotMatch",
     "InvalidAccessKeyId",
+    "InvalidIdentityToken",  # AssumeRoleWithWebIdentity refused the token
+    "IDPRejectedClaim",
 }
 
 
@@ -167,8 +174,9 @@ def from_google(exc: BaseException, who: str, what: str) -> SpotshiftError:
         return type(inner)(f"{inner} after retries")
     if isinstance(exc, ga.DefaultCredentialsError):
         return CredentialsError(
-            f"{who}: no Google credentials (set GOOGLE_APPLICATION_CREDENTIALS or run "
-            "`gcloud auth application-default login`; STORAGE_EMULATOR_HOST for an emulator)"
+            f"{who}: no Google credentials (set GOOGLE_APPLICATION_CREDENTIALS to an external_account "
+            "file (workload identity federation) or run `gcloud auth application-default login`; "
+            "STORAGE_EMULATOR_HOST for an emulator)"
         )
     if isinstance(exc, ga.RefreshError):
         return CredentialsError(f"{who}: Google credentials were rejected")

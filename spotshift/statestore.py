@@ -33,6 +33,8 @@ from spotshift.instance import PASSWORD_ENV, read_storage
 TABLE = "spotshift_state"
 _CACHE: dict[str, Any] = {}
 _CACHE_LOCK = threading.Lock()
+KEEPALIVE_OPTIONS = "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
+"""Server-side TCP keepalives of a lock-holding session: a vanished peer is dropped after ~25 s."""
 
 
 class PostgresStateStore:
@@ -96,15 +98,72 @@ class PostgresStateStore:
 
         return self._run(con, work)
 
-    def list(self, kind: str) -> list[dict[str, Any]]:
-        """Every document of ``kind``, by key."""
+    def list(self, kind: str, *, field: str = "", value: str = "") -> list[dict[str, Any]]:
+        """Every document of ``kind`` by key; with ``field``, only those whose top-level ``field``
+        is the string ``value``."""
         con = self._con()
 
         def work(cur: Any) -> Any:
-            cur.execute(f"SELECT doc FROM {TABLE} WHERE kind = %s ORDER BY key", (kind,))
+            if field:
+                cur.execute(
+                    f"SELECT doc FROM {TABLE} WHERE kind = %s AND doc->>%s = %s ORDER BY key",
+                    (kind, field, value),
+                )
+            else:
+                cur.execute(f"SELECT doc FROM {TABLE} WHERE kind = %s ORDER BY key", (kind,))
             return [r[0] for r in cur.fetchall()]
 
         return self._run(con, work)
+
+    def insert_once(self, kind: str, key: str, doc: dict[str, Any]) -> bool:
+        """Write the document only if ``(kind, key)`` has none (write-once, one transaction):
+        whether this call wrote it. A second writer of the key, concurrent or later, changes nothing."""
+        con = self._con()
+
+        def work(cur: Any) -> Any:
+            cur.execute(
+                f"INSERT INTO {TABLE} (kind, key, doc, version, updated_at) VALUES (%s, %s, %s::jsonb, 1, now()) "
+                "ON CONFLICT (kind, key) DO NOTHING",
+                (kind, key, json.dumps(doc, sort_keys=True)),
+            )
+            return cur.rowcount == 1
+
+        return self._run(con, work)
+
+    def session(self) -> Any:
+        """A new autocommit connection of its own (for session-scoped advisory locks: closing it, or
+        the process dying, ends the session and releases them). The server probes an idle peer with
+        TCP keepalives (:data:`KEEPALIVE_OPTIONS`), so the session of a holder whose host vanished
+        without closing its socket ends within about 25 s."""
+        import psycopg2
+
+        try:
+            con = psycopg2.connect(connect_timeout=10, options=KEEPALIVE_OPTIONS, **self.params)
+        except psycopg2.Error as exc:
+            raise ConfigError(f"state store {self.label}: cannot connect ({type(exc).__name__})") from None
+        con.autocommit = True
+        return con
+
+    def query_one(self, sql: str, args: tuple[Any, ...]) -> Any:
+        """The first row of one read-only statement on this thread's connection, or None."""
+        con = self._con()
+
+        def work(cur: Any) -> Any:
+            cur.execute(sql, args)
+            return cur.fetchone()
+
+        return self._run(con, work)
+
+    def execute(self, con: Any, sql: str, args: tuple[Any, ...]) -> Any:
+        """One statement on ``con`` (a :meth:`session`); its first row, or None. Errors as one line."""
+        import psycopg2
+
+        try:
+            with con.cursor() as cur:
+                cur.execute(sql, args)
+                return cur.fetchone() if cur.description else None
+        except psycopg2.Error as exc:
+            raise ConfigError(f"state store {self.label}: {type(exc).__name__}") from None
 
     def update(
         self, kind: str, key: str, change: Callable[[dict[str, Any] | None], dict[str, Any]]

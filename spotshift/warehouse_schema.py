@@ -357,4 +357,32 @@ RAW_TABLES: dict[str, tuple[Column, ...]] = {
             "Run key of the move that carried a start, burst or return out (move_* events; raw.migrations.migration_id)",
         ),
     ),
+    "checkpoint_compatibility": define_columns(
+        ("recorded_at", "TIMESTAMP", "Virtual-clock time the verdict was recorded (UTC)"),
+        ("run_id", "VARCHAR", "Run of the move that probed or proved the pair"),
+        ("job", "VARCHAR", "Training job name"),
+        ("checkpoint_id", "VARCHAR", "Checkpoint the move carried"),
+        ("source_location", "VARCHAR", "Where the checkpoint was written (provider/region)"),
+        ("target_location", "VARCHAR", "Where the move resumed it (provider/region)"),
+        (
+            "source_runtime",
+            "VARCHAR",
+            "Runtime that wrote the checkpoint: torch, python, cuda, nccl versions",
+        ),
+        (
+            "target_runtime",
+            "VARCHAR",
+            "Runtime of the target location: declared image versions, else the local one",
+        ),
+        ("source_versions", "VARCHAR", "JSON: the source runtime's fields and where they came from"),
+        ("target_versions", "VARCHAR", "JSON: the target runtime's fields, declaration name and image"),
+        (
+            "devices",
+            "VARCHAR",
+            "Devices the checkpointed tensors lived on (session checkpoints), comma-separated",
+        ),
+        ("dtypes", "VARCHAR", "Dtypes of the checkpointed tensors (session checkpoints), comma-separated"),
+        ("verdict", "VARCHAR", "probing (the probation is the probe) | proven | known_bad"),
+        ("reason", "VARCHAR", "Why: the probe, the matched shadow comparison, or the failure in the target"),
+    ),
 }

@@ -73,6 +73,7 @@ FACT_KEYS: dict[str, tuple[str, ...]] = {
     "raw.budget_alerts": ("team", "month", "level"),
     "raw.reconciliations": ("reconcile_id",),
     "raw.pool_events": ("event_id",),
+    "raw.checkpoint_compatibility": ("run_id", "source_runtime", "target_runtime", "verdict"),
 }
 
 

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from spotshift.checkpoint import compat
 from spotshift.pricing.egress import egress_usd_per_gb
 from spotshift.pricing.quote import effective_gpu_hour_usd
 from spotshift.sync.transfer import TransferStats
@@ -505,6 +506,7 @@ def generate_facts(
     _baselines(sim)
     _budget_and_invoice(sim)
     _cutover_and_pool(sim)
+    _compatibility(sim)
     return sim.rows
 
 
@@ -574,6 +576,32 @@ def _cutover_and_pool(sim: _Sim) -> None:
         cost_pool_usd=40.0, cost_cloud_usd=60.0, egress_usd=2.0, reason="the pool has room",
         run_key=f"{job}:aws/us-east-1->onprem/lab:pool-dgx@2",
     )  # fmt: skip
+
+
+def _compatibility(sim: _Sim) -> None:
+    """``raw.checkpoint_compatibility``: one probe proven (local CPU runtime -> a declared CUDA image)
+    and one known bad (the CUDA image -> an older torch), as the move lifecycle records them."""
+    last = max(u["ended_at"] for u in sim.rows["compute_usage"])
+    job = sim.rows["compute_usage"][0]["job"]
+    cpu = compat.Runtime("2.13.0+cpu", "3.11", declared_by="checkpoint")
+    cuda = compat.Runtime(
+        "2.13.0", "3.11", "12.4", "2.21.5", declared_by="gcp", image="pytorch:2.13-cuda12.4"
+    )
+    old = compat.Runtime("2.9.1", "3.10", "12.1", "2.18.1", declared_by="azure", image="pytorch:2.9-cuda12.1")
+    probes = (
+        ("probe-1", cpu, cuda, "aws/us-east-1", "gcp/us-central1", compat.PROVEN, "probation matched the shadow"),
+        ("probe-2", cuda, old, "gcp/us-central1", "azure/eastus", compat.KNOWN_BAD, "probation failed: no load"),
+    )  # fmt: skip
+    probing = "unproven pair: the probation probes it"
+    moves = [m for p in probes for m in ((*p[:5], compat.PROBING, probing), p)]
+    for i, (run, src, tgt, src_loc, tgt_loc, verdict, reason) in enumerate(moves):
+        sim.rows.setdefault("checkpoint_compatibility", []).append(
+            compat.compat_fact(
+                run_id=_id("run", run), job=job, checkpoint_id=f"s{1000 * (i // 2 + 1):010d}-{_id('ck', run)[:16]}",
+                source_location=src_loc, target_location=tgt_loc, source=src, target=tgt, verdict=verdict,
+                reason=reason, recorded_at=last + timedelta(hours=2 + i), devices="cpu", dtypes="float32,int64",
+            )
+        )  # fmt: skip
 
 
 def _budget_and_invoice(sim: _Sim) -> None:

@@ -112,3 +112,28 @@ def wait_for_checkpoint(*, step: int, timeout_s: float = 60.0) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"no checkpoint at step {step} within {timeout_s}s")
+
+
+def write_checkpoint_in(location: str, *, versions: dict[str, str] | None = None, step: int = 10) -> Any:
+    """A committed checkpoint of ``tiny`` in ``location``'s store, written by the runtime ``versions``
+    (default: this process's), without a trainer; returns its ref."""
+    import torch
+
+    from spotshift.checkpoint.format import CheckpointPayload, write_checkpoint
+    from spotshift.checkpoint.keys import open_key_provider
+    from spotshift.sync.store_url import open_store
+    from spotshift.training.runs import store_url_for
+
+    payload = CheckpointPayload(
+        job=JOB,
+        step=step,
+        tokens=step * 64,
+        kind="periodic",
+        location=location,
+        state={"data_position": step},
+        parts={"model": {"w": torch.arange(16, dtype=torch.float32)}},
+        versions=dict(versions or {}),
+    )
+    return write_checkpoint(
+        open_store(store_url_for(location)), payload, open_key_provider(None, create=True)
+    )

@@ -45,6 +45,17 @@ def register(sub: Any) -> None:
     ver.add_argument("--json", action="store_true", help="print one JSON object")
     ver.set_defaults(handler=_verify)
 
+    cp = cs.add_parser(
+        "compat",
+        help="show the checkpoint compatibility matrix: runtime pairs proven or known bad by moves",
+        description="A runtime is torch, Python (major.minor), CUDA and NCCL. A location runs the 'runtimes' "
+        "entry of spotshift.yaml named after its provider/region, else after its provider, else the local "
+        "runtime. A move whose probation matched the shadow comparison proves its pair; a failed probe marks "
+        "it known bad, and moves of a known-bad pair are refused (exit 2) before any byte moves.",
+    )
+    cp.add_argument("--json", action="store_true", help="print one JSON object")
+    cp.set_defaults(handler=_compat)
+
     ls = cs.add_parser(
         "list",
         help="list the committed checkpoints of a job in a store, and what killed writers left there",
@@ -147,6 +158,29 @@ def _verify(args: argparse.Namespace) -> int:
     else:
         print(
             f"ok: {report['checkpoint']} step {report['step']} verified ({report['stored_bytes']:,} bytes, {report['seconds']:.2f}s)"
+        )
+    return 0
+
+
+def _compat(args: argparse.Namespace) -> int:
+    from spotshift import warehouse
+    from spotshift.checkpoint.compat import Runtime, matrix_view
+    from spotshift.cliutil import emit_json
+
+    with warehouse.connect() as con:
+        view = matrix_view(con)
+    if args.json:
+        emit_json(view)
+        return 0
+    print(f"local runtime: {Runtime(**view['local']).key}")
+    for name, rt in view["declared"].items():
+        print(f"runtime of {name}: {Runtime(**rt).key}" + (f" (image {rt['image']})" if rt["image"] else ""))
+    if not view["pairs"]:
+        print("no runtime pair tried yet: the first move between two runtimes probes its pair")
+    for p in view["pairs"]:
+        print(f"{p['verdict']:<9} {p['source_runtime']}  ->  {p['target_runtime']}")
+        print(
+            f"          by move {p['run_id']} of {p['job']} ({p['source_location']} -> {p['target_location']}): {p['reason']}"
         )
     return 0
 

@@ -195,7 +195,10 @@ class AwsKmsKeyProvider(KeyProvider):
         try:
             return getattr(self.client(), op)(**kwargs)
         except NoCredentialsError:
-            raise CredentialsError(f"{what}: no AWS credentials for KMS key {self.key}") from None
+            raise CredentialsError(
+                f"{what}: no AWS credentials for KMS key {self.key} (use a role: AWS_ROLE_ARN + "
+                "AWS_WEB_IDENTITY_TOKEN_FILE, or an instance/task role)"
+            ) from None
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("InvalidCiphertextException", "IncorrectKeyException"):

@@ -36,6 +36,7 @@ from spotshift.checkpoint.format import (
     write_checkpoint,
 )
 from spotshift.checkpoint.keys import KeyProvider
+from spotshift.checkpoint.streaming import can_stream, write_streaming
 from spotshift.sync.store import ChunkStore, LocalChunkStore
 
 log = logging.getLogger("spotshift.checkpoint")
@@ -177,33 +178,49 @@ class TieredCheckpointer:
         failed: the checkpoint then exists only locally).
         """
         timings = timings if timings is not None else {}
-        if sync and isinstance(self.region, LocalChunkStore):
+        if sync and (isinstance(self.region, LocalChunkStore) or can_stream(self.region)):
             return self._save_streaming(payload, timings)
         local_ref = write_checkpoint(self.local, payload, self.keys, timings=timings)
+        return local_ref, self.upload(local_ref, payload.kind, sync=sync, timings=timings)
+
+    def upload(
+        self,
+        local_ref: CheckpointRef,
+        kind: str,
+        *,
+        sync: bool = False,
+        timings: dict[str, float] | None = None,
+    ) -> UploadEvent | None:
+        """Upload a checkpoint committed on the local tier (by :meth:`save`, or by the ranks of a sharded
+        write): now (``sync``: no replication; the event, its ``error`` set on failure) or queued (None)."""
+        timings = timings if timings is not None else {}
         if not sync:
-            self._queue.put((local_ref, payload.kind, dict(timings)))
-            return local_ref, None
+            self._queue.put((local_ref, kind, dict(timings)))
+            return None
         self._drop_pending()
-        event = self._upload(local_ref, payload.kind, timings, replicate=False)
-        return local_ref, event
+        return self._upload(local_ref, kind, timings, replicate=False)
 
     def _save_streaming(
         self, payload: CheckpointPayload, timings: dict[str, float]
     ) -> tuple[CheckpointRef, UploadEvent]:
-        """A synchronous save into a region store on a filesystem: one pass writes the encrypted parts
-        to the local tier and the region store at once (see ``write_checkpoint(mirror=...)``)."""
+        """A synchronous save: one pass writes the encrypted parts to the local tier and the region
+        store at once — ``write_checkpoint(mirror=...)`` for a store on a filesystem, streaming
+        uploads for S3 and GCS (:func:`~spotshift.checkpoint.streaming.write_streaming`)."""
         self._drop_pending()
         with self._lock:  # after the upload in flight, like any upload
             t0 = time.perf_counter()
             try:
-                local_ref = write_checkpoint(
-                    self.local, payload, self.keys, timings=timings, mirror=self.region
-                )
+                if isinstance(self.region, LocalChunkStore):
+                    local_ref = write_checkpoint(
+                        self.local, payload, self.keys, timings=timings, mirror=self.region
+                    )
+                else:
+                    local_ref = write_streaming(self.local, self.region, payload, self.keys, timings=timings)
                 ck = StoredCheckpoint(self.region, self.job, local_ref.checkpoint_id)
                 ref = CheckpointRef(
                     self.region.url, self.job, local_ref.checkpoint_id, local_ref.step, local_ref.content_hash
                 )
-                timings["upload_s"] = 0.0  # streamed along: no upload after the local commit
+                timings["upload_s"] = timings.get("upload_wait_s", 0.0)  # streamed along the encryption
                 event = UploadEvent(
                     ref,
                     payload.kind,

@@ -19,6 +19,9 @@ from __future__ import annotations
 from typing import Any
 
 from spotshift import runkeys
+from spotshift.errors import ConfigError
+from spotshift.locations import region_of
+from spotshift.migration import ledger
 from spotshift.runkeys import move_run_key as move_run_key
 from spotshift.runkeys import placement_run_key as placement_run_key
 from spotshift.runkeys import recovery_run_key as recovery_run_key
@@ -47,6 +50,12 @@ ROLLBACK_JOB = "rollback_job"
 PLAN_MOVE_OP = "plan_move"
 PLAN_RECOVERY_OP = "plan_recovery"
 ROLL_BACK_OP = "roll_back"
+
+#: dagster-celery's per-op queue tag. A move's ops name the side of the move they act on in it
+#: (``{source}`` / ``{target}``); :func:`step_queue` turns that into the region's queue for one run.
+CELERY_QUEUE_TAG = "dagster-celery/queue"
+QUEUE_SOURCE = "{source}"
+QUEUE_TARGET = "{target}"
 
 #: a tag's value when there is no source (a placement); run-key formats live in spotshift.runkeys
 NONE = runkeys.NONE
@@ -98,3 +107,27 @@ def rollback_run_config(job: str, *, failed_run_id: str = "", reason: str = "") 
     plan comes from the move ledger; an empty id rolls back the job's last recorded move)."""
     config = {"job": job, "failed_run_id": failed_run_id, "reason": reason[:1000]}
     return {"ops": {ROLL_BACK_OP: {"config": config}}}
+
+
+def step_queue(queue_tag: str, run_id: str, run_tags: dict[str, str]) -> str:
+    """The Celery queue of one step of a move run: a ``{source}`` / ``{target}`` queue tag becomes
+    the queue of that side's region (``provider/region``), any other tag value is a queue name.
+
+    The sides come from the move's plan in the move ledger once this run's plan step recorded it
+    (a recovery learns its target only then), else from the run's ``spotshift/from`` and
+    ``spotshift/to`` tags. A ``{source}`` step of a move without a source (a first placement)
+    runs in the target. ConfigError when the run names neither side.
+    """
+    if queue_tag not in (QUEUE_SOURCE, QUEUE_TARGET):
+        return queue_tag
+    job = run_tags.get(TAG_JOB, "")
+    recorded = ledger.load_move(job) if job else None
+    if recorded is not None and recorded.get("run_id") == run_id:
+        source, target = recorded["plan"].get("from_location", ""), recorded["plan"].get("to_location", "")
+    else:
+        source, target = run_tags.get(TAG_FROM, ""), run_tags.get(TAG_TO, "")
+    source, target = ("" if v == NONE else v for v in (source, target))
+    location = source if queue_tag == QUEUE_SOURCE and source else target
+    if not location:
+        raise ConfigError(f"run {run_id} of {job or '?'}: no {queue_tag[1:-1]} location to route a step to")
+    return region_of(location)

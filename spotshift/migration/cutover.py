@@ -24,9 +24,10 @@ from typing import Any
 
 from spotshift import warehouse
 from spotshift.clock import parse_utc, virtual_now
+from spotshift.migration.compat import record_probe
 from spotshift.migration.plan import MovePlan
 from spotshift.migration.state import MoveEnv, MoveState, save
-from spotshift.migration.steps import RetrainResult, start_live
+from spotshift.migration.steps import RetrainResult, live_in_target
 from spotshift.placement.params import PlacementParams
 from spotshift.placement.state import load_state, mark_unfit, record_placement, set_status
 from spotshift.training import runs
@@ -90,11 +91,13 @@ def validate_shadow(
 
 
 def validate_move(env: MoveEnv, state: MoveState) -> ShadowResult | None:
-    """The move's shadow validation against its probation (None: a placement has no source)."""
+    """The move's shadow validation against its probation (None: a placement has no source). When
+    the probation probed an unproven runtime pair, its outcome goes into the compatibility matrix
+    (:func:`~spotshift.migration.compat.record_probe`: proven, or known bad)."""
     plan = state.plan
     if not plan.from_location:
         return None
-    return validate_shadow(
+    result = validate_shadow(
         env,
         plan.job,
         source=plan.from_location,
@@ -106,6 +109,16 @@ def validate_move(env: MoveEnv, state: MoveState) -> ShadowResult | None:
         target_result=state.probation,
         usage={"target": plan.usage()},
     )
+    failed = "; ".join(f"{v.name}: {v.description}" for v in result.blocked)
+    record_probe(
+        env,
+        state,
+        passed=not failed,
+        reason=f"shadow comparison blocked: {failed}"
+        if failed
+        else "probation matched the shadow comparison",
+    )
+    return result
 
 
 @dataclass
@@ -123,7 +136,7 @@ def go_live(env: MoveEnv, state: MoveState) -> CutOverResult:
     """Cut over: the live trainer in the target (after a price move's probation), placement state
     (cooldown after a price move), ``raw.migrations`` row, recovery time of a preemption."""
     plan = state.plan
-    live = start_live(env, plan.job, plan.to_location, usage=plan.usage()) if plan.validated else None
+    live = live_in_target(env, plan) if plan.validated else None
     drained = state.drained_at_wall
     with warehouse.connect(env.database) as con:
         row = record_cut_over(

@@ -17,6 +17,7 @@ from spotshift.clock import virtual_now
 from spotshift.errors import ConfigError, SpotshiftError
 from spotshift.jobs import get_job
 from spotshift.migration import contract, cutover, steps
+from spotshift.migration.compat import check_move
 from spotshift.migration.plan import MovePlan, plan_from_decision, recovery_plan
 from spotshift.migration.state import MoveEnv, MoveFailed, MoveState, ShadowOptions, begin, local_env
 from spotshift.placement.inputs import decide_for_job
@@ -95,12 +96,21 @@ def _chain(env: MoveEnv, state: MoveState, outcome: MoveOutcome) -> MoveState:
     return state.after(live)
 
 
+def begin_move(env: MoveEnv, plan: MovePlan, shadow: ShadowOptions | None = None) -> MoveState:
+    """The pre-move step of every move (``spotshift move``, ``migration_job``, ``preemption_recovery_job``):
+    the checkpoint compatibility check (:func:`~spotshift.migration.compat.check_move`: a known-bad
+    pair raises :class:`~spotshift.checkpoint.compat.IncompatibleCheckpoint` before anything starts),
+    then :func:`~spotshift.migration.state.begin`."""
+    return begin(env, plan, shadow, compat=check_move(env, plan).to_dict())
+
+
 def run_move(
     env: MoveEnv, plan: MovePlan, *, shadow: ShadowOptions | None = None, unfit_hours: float = 24.0
 ) -> MoveOutcome:
     """Move ``plan.job`` to ``plan.to_location`` end to end; a failure rolls the move back (the target
-    stopped, the source resumed, the target unfit for ``unfit_hours``) and is reported, not raised."""
-    state = begin(env, plan, shadow)
+    stopped, the source resumed, the target unfit for ``unfit_hours``) and is reported, not raised.
+    A move the compatibility matrix refuses raises before it begins (nothing to roll back)."""
+    state = begin_move(env, plan, shadow)
     outcome = MoveOutcome(plan, "moving")
     try:
         _chain(env, state, outcome)

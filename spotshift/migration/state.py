@@ -94,6 +94,7 @@ class MoveState:
     drained_at_wall: float | None = None
     probation: dict[str, Any] | None = None
     status: str = "moving"  # moving | cut_over | rolled_back
+    compat: dict[str, Any] | None = None  # the pre-move compatibility check (spotshift.migration.compat)
 
     def after(self, result: Any) -> MoveState:
         """This state with a step's result folded in."""
@@ -126,9 +127,17 @@ def load(job: str) -> MoveState | None:
     return MoveState.from_dict(raw) if raw is not None else None
 
 
-def begin(env: MoveEnv, plan: MovePlan, shadow: ShadowOptions | None = None) -> MoveState:
+def begin(
+    env: MoveEnv,
+    plan: MovePlan,
+    shadow: ShadowOptions | None = None,
+    *,
+    compat: dict[str, Any] | None = None,
+) -> MoveState:
     """Start a move: the job is marked ``migrating`` (the price sensor leaves it alone) and the
-    move is recorded in the ledger. A restarted run of the same plan keeps what the first found."""
+    move is recorded in the ledger. A restarted run of the same plan keeps what the first found.
+    ``compat``: the pre-move compatibility check (:func:`spotshift.migration.run.begin_move` runs
+    it first, so a refused move never gets here)."""
     before = load(plan.job)
     set_status(plan.job, "migrating", now=virtual_now())
     src = plan.from_location or "(not running)"
@@ -136,12 +145,15 @@ def begin(env: MoveEnv, plan: MovePlan, shadow: ShadowOptions | None = None) -> 
         f"{plan.trigger} move of {plan.job}: {src} -> {plan.to_location} ({plan.market} {plan.instance_type})"
     )
     if before is not None and before.plan == plan and before.status == "moving":
-        return save(replace(before, run_id=env.run_id, shadow=shadow or before.shadow))
+        return save(
+            replace(before, run_id=env.run_id, shadow=shadow or before.shadow, compat=compat or before.compat)
+        )
     return save(
         MoveState(
             plan=plan,
             run_id=env.run_id,
             started_at=virtual_now().isoformat(),
             shadow=shadow or ShadowOptions(),
+            compat=compat,
         )
     )

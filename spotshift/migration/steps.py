@@ -24,8 +24,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from spotshift.errors import ConfigError, NotFoundError
+from spotshift.errors import ConfigError, NotFoundError, SpotshiftError
 from spotshift.jobs import get_job
+from spotshift.migration.compat import record_probe
 from spotshift.migration.plan import MovePlan
 from spotshift.migration.state import MoveEnv, MoveFailed, MoveState, save
 from spotshift.placement.topology import probe_target
@@ -233,7 +234,7 @@ class RetrainResult:
     """The job run in the target: a K-step probation (commits nothing), a bounded run, or live."""
 
     job: str
-    mode: str  # probation | trained | detached | started
+    mode: str  # probation | trained | detached | started | adopted (cut_over retried)
     target_location: str
     source_location: str = ""
     resumed_from: str = ""
@@ -284,23 +285,29 @@ def probation(env: MoveEnv, state: MoveState) -> RetrainResult:
 
     The target's topology is checked first (:func:`check_topology`): a target below the job's
     ``min_topology_score`` raises :class:`MoveFailed` like a failed shadow check, before any step runs
-    there, and the move rolls back."""
+    there, and the move rolls back. When the move probes an unproven runtime pair
+    (:mod:`spotshift.migration.compat`), a probation that fails in the target marks the pair known bad
+    and raises :class:`MoveFailed`."""
     plan, t0 = state.plan, time.monotonic()
     topology = check_topology(env, plan)
     if not topology.passed:
         raise MoveFailed(f"topology check of {plan.job} in {plan.to_location} failed: {topology.description}")
-    side = run_shadow_side(
-        env.backend,
-        plan.job,
-        side="target",
-        location=plan.to_location,
-        steps=state.shadow.shadow_steps,
-        checkpoint_id=state.from_checkpoint,
-        perturb=state.shadow.perturb(),
-        key_provider=env.key_spec,
-        run_id=env.run_id,
-        usage=plan.usage(),
-    )
+    try:
+        side = run_shadow_side(
+            env.backend,
+            plan.job,
+            side="target",
+            location=plan.to_location,
+            steps=state.shadow.shadow_steps,
+            checkpoint_id=state.from_checkpoint,
+            perturb=state.shadow.perturb(),
+            key_provider=env.key_spec,
+            run_id=env.run_id,
+            usage=plan.usage(),
+        )
+    except SpotshiftError as exc:  # the probe of an unproven runtime pair failed in the target
+        record_probe(env, state, passed=False, reason=f"probation failed in the target: {exc}")
+        raise MoveFailed(f"probation of {plan.job} in {plan.to_location} failed: {exc}") from None
     losses = [s["loss"] for s in side["steps"]]
     return RetrainResult(
         job=plan.job,
@@ -356,4 +363,22 @@ def resume_in_target(env: MoveEnv, state: MoveState) -> RetrainResult:
     or a preemption recovery."""
     if state.plan.validated:
         return probation(env, state)
-    return start_live(env, state.plan.job, state.plan.to_location, usage=state.plan.usage())
+    return live_in_target(env, state.plan)
+
+
+def live_in_target(env: MoveEnv, plan: MovePlan) -> RetrainResult:
+    """Start the job's live trainer in the target, or adopt the one already running there: a step
+    retried after its worker died finds the trainer the first attempt started (the source was
+    drained and one move of a job runs at a time, so a live trainer in the target is this move's)."""
+    running = env.backend.status(plan.job)
+    if (
+        running is not None
+        and running.alive
+        and running.role == "train"
+        and running.location == plan.to_location
+    ):
+        env.log(
+            f"{plan.job}: live trainer already running in {plan.to_location} (pid {running.pid}): adopted"
+        )
+        return RetrainResult(job=plan.job, mode="adopted", target_location=plan.to_location, pid=running.pid)
+    return start_live(env, plan.job, plan.to_location, usage=plan.usage())

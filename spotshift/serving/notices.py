@@ -1,8 +1,9 @@
 """Replica preemptions on the trainers' notice path.
 
 A spot replica that gets its provider's notice (the trainer's watchers, polled by
-:mod:`spotshift.serving.serve`) records it exactly where a trainer does: the event
-``events/preemption/<notice id>.json`` in its region's object store (write-once) and a
+:mod:`spotshift.serving.serve`) records it exactly where a trainer does: the notice event
+(:func:`~spotshift.training.notice_events.record_notice`: write-once, in its region's object store
+or in PostgreSQL) and a
 ``raw.preemptions`` row through :func:`spotshift.warehouse.record_facts`. The event carries
 ``endpoint`` and ``replica_id`` (``job`` names the endpoint, as :func:`read_notices` requires one):
 ``preemption_sensor`` leaves such events to the inference autoscaler, which reads them with
@@ -12,24 +13,22 @@ replica is replaced in the next-cheapest place.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 from typing import Any
 
 from spotshift.clock import parse_utc
+from spotshift.training.notice_events import read_notices, record_notice
 
 NO_SPOT_AFTER_NOTICE_S = 1800.0  # a preempted location gets no new spot replica for 30 min (as the simulator)
 
 
 def record_replica_notice(endpoint: str, replica_id: str, location: str, notice: Any) -> dict[str, Any]:
-    """Write the notice event to ``location``'s store and its ``raw.preemptions`` row; returns the event.
+    """Record the notice event (once) and its ``raw.preemptions`` row; returns the event.
 
     ``notice`` is a :class:`~spotshift.training.preemption.PreemptionNotice` whose id is assigned.
     Times in the row are on the virtual clock (as the trainer's); the event keeps both.
     """
     from spotshift.clock import virtual_now
-    from spotshift.home import region_store_url
-    from spotshift.sync.store_url import open_store
     from spotshift.warehouse import record_facts
 
     virtual_noticed = virtual_now()
@@ -45,11 +44,7 @@ def record_replica_notice(endpoint: str, replica_id: str, location: str, notice:
         "virtual_noticed_at": virtual_noticed.isoformat(),
         "detail": notice.detail,
     }
-    open_store(region_store_url(location)).put_bytes(
-        f"events/preemption/{notice.notice_id}.json",
-        json.dumps(event, sort_keys=True).encode(),
-        if_absent=True,
-    )
+    record_notice(event)
     record_facts(
         {
             "raw.preemptions": [
@@ -77,13 +72,9 @@ def is_replica_notice(event: dict[str, Any]) -> bool:
 
 def replica_notices(endpoint: str, locations: list[str]) -> list[dict[str, Any]]:
     """Notice events of ``endpoint``'s replicas in the stores of ``locations``, oldest first."""
-    from spotshift.home import region_store_url
-    from spotshift.sync.store_url import open_store
-    from spotshift.training.preemption import read_notices
-
     out = []
     for loc in sorted(set(locations)):
-        out += [e for e in read_notices(open_store(region_store_url(loc))) if e.get("endpoint") == endpoint]
+        out += [e for e in read_notices(loc) if e.get("endpoint") == endpoint]
     return sorted(out, key=lambda e: (str(e.get("virtual_noticed_at", "")), e["notice_id"]))
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from spotshift.atomic import temp_path
 from spotshift.cloud_errors import from_google, google_errors
 from spotshift.errors import IntegrityError, NotFoundError
+from spotshift.sync.object_writer import ObjectWriter
 from spotshift.sync.store import BucketStore, ObjectInfo
 
 MiB = 1024 * 1024
@@ -94,6 +95,13 @@ class GCSChunkStore(BucketStore):
             return False
         return True
 
+    def open_upload(self, key: str) -> ObjectWriter:
+        """A streaming resumable upload of ``key`` in ``chunk_size`` pieces, sent while the caller
+        still writes (:class:`~spotshift.sync.object_writer.ObjectWriter`); the object exists once
+        ``close()`` returns, and not at all after ``abort()`` or a killed writer (an unfinished
+        resumable session creates nothing)."""
+        return ObjectWriter(_GCSUpload(self, key), what=f"{key} in {self.url}", piece_bytes=self.chunk_size)
+
     # ---- reads -----------------------------------------------------------------------------------
     def get_bytes(self, key: str) -> bytes:
         return self._wrap(key, self._blob(key).download_as_bytes)
@@ -138,6 +146,33 @@ class GCSChunkStore(BucketStore):
     def delete(self, key: str) -> None:
         with contextlib.suppress(NotFoundError):
             self._wrap(key, self._blob(key).delete)
+
+
+class _GCSUpload:
+    """One resumable upload (an :class:`~spotshift.sync.object_writer.Upload`) through the client's
+    ``BlobWriter``, CRC32C-checked; its session starts with the first chunk."""
+
+    def __init__(self, store: GCSChunkStore, key: str):
+        self.store, self.key = store, key
+        self.writer: Any = None
+
+    def send(self, piece: bytes, number: int) -> None:
+        del number  # one worker: the pieces arrive in order
+        if self.writer is None:  # opened in the uploading thread: the thread's own client
+            blob = self.store._blob(self.key)
+            self.writer = self.store._wrap(
+                self.key, blob.open, "wb", chunk_size=self.store.chunk_size, checksum="crc32c"
+            )
+        self.store._wrap(self.key, self.writer.write, piece)
+
+    def finish(self) -> None:
+        if self.writer is None:
+            self.store.put_bytes(self.key, b"")
+            return
+        self.store._wrap(self.key, self.writer.close)
+
+    def abort(self) -> None:
+        self.writer = None  # the session is never finished: no object
 
 
 class _Exists(Exception):

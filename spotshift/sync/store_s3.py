@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 from spotshift.atomic import temp_path
 from spotshift.cloud_errors import botocore_errors, from_botocore, track_status
 from spotshift.errors import IntegrityError, NotFoundError
+from spotshift.sync.object_writer import ObjectWriter
 from spotshift.sync.store import BucketStore, ObjectInfo
 
 MiB = 1024 * 1024
@@ -54,12 +55,15 @@ class S3ChunkStore(BucketStore):
             retries: dict[str, Any] = {"mode": "standard"}
             if not os.environ.get("AWS_MAX_ATTEMPTS"):
                 retries["max_attempts"] = 5
-            client = boto3.session.Session().client(
-                "s3",
-                endpoint_url=endpoint_url or None,
-                region_name=region_name or None,
-                config=Config(max_pool_connections=32, retries=retries),
-            )
+            try:  # resolves the credentials (a web identity role: AssumeRoleWithWebIdentity)
+                client = boto3.session.Session().client(
+                    "s3",
+                    endpoint_url=endpoint_url or None,
+                    region_name=region_name or None,
+                    config=Config(max_pool_connections=32, retries=retries),
+                )
+            except botocore_errors() as exc:
+                raise from_botocore(exc, f"s3 store {self.url}", "credentials") from None
         self.client = track_status(client)
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
@@ -113,50 +117,37 @@ class S3ChunkStore(BucketStore):
         return True
 
     def _multipart(self, key: str, stream: Any, if_absent: bool) -> bool:
-        k = self.object_name(key)
         if if_absent and self.exists(key):
             return False
-        upload = self._call(key, self.client.create_multipart_upload, Key=k, ChecksumAlgorithm="CRC32")
-        upload_id = upload["UploadId"]
-        parts = []
+        upload = _S3Upload(self, key, if_absent=if_absent)
         try:
-            number = 1
             while True:
                 body = stream.read(self.part_size)
-                if not body and number > 1:
+                if not body and upload.parts:
                     break
-                r = self._call(
-                    key,
-                    self.client.upload_part,
-                    Key=k,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=body,
-                    ChecksumAlgorithm="CRC32",
-                )
-                parts.append(
-                    {"PartNumber": number, "ETag": r["ETag"], "ChecksumCRC32": r.get("ChecksumCRC32")}
-                )
-                number += 1
+                upload.send(body, len(upload.parts) + 1)
                 if len(body) < self.part_size:
                     break
-            parts = [{k2: v for k2, v in p.items() if v is not None} for p in parts]
-            extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
-            self._call(
-                key,
-                self.client.complete_multipart_upload,
-                Key=k,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-                **extra,
-            )
+            upload.finish()
         except _Exists:
-            self._abort(k, upload_id)
+            upload.abort()
             return False
         except BaseException:
-            self._abort(k, upload_id)
+            upload.abort()
             raise
         return True
+
+    def open_upload(self, key: str) -> ObjectWriter:
+        """A streaming multipart upload of ``key``: parts of ``part_size`` go up while the caller
+        still writes (:class:`~spotshift.sync.object_writer.ObjectWriter`); the object exists once
+        ``close()`` returns, and not at all after ``abort()`` or a killed writer."""
+        return ObjectWriter(
+            _S3Upload(self, key),
+            what=f"{key} in {self.url}",
+            piece_bytes=self.part_size,
+            workers=4,
+            max_pending=4,
+        )
 
     def _abort(self, k: str, upload_id: str) -> None:
         # best effort: a bucket lifecycle rule reaps what is left
@@ -227,3 +218,43 @@ class S3ChunkStore(BucketStore):
 
 class _Exists(Exception):
     """Internal: a write-once precondition failed (the key exists)."""
+
+
+class _S3Upload:
+    """One multipart upload (an :class:`~spotshift.sync.object_writer.Upload`): parts numbered in order,
+    each with a CRC32 S3 checks on arrival; ``finish`` completes it (write-once with ``if_absent``)."""
+
+    def __init__(self, store: S3ChunkStore, key: str, *, if_absent: bool = False):
+        self.store, self.key, self.name, self.if_absent = store, key, store.object_name(key), if_absent
+        created = store._call(
+            key, store.client.create_multipart_upload, Key=self.name, ChecksumAlgorithm="CRC32"
+        )
+        self.upload_id = created["UploadId"]
+        self.parts: dict[int, dict[str, Any]] = {}
+
+    def send(self, piece: bytes, number: int) -> None:
+        r = self.store._call(
+            self.key,
+            self.store.client.upload_part,
+            Key=self.name,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=piece,
+            ChecksumAlgorithm="CRC32",
+        )
+        part = {"PartNumber": number, "ETag": r["ETag"], "ChecksumCRC32": r.get("ChecksumCRC32")}
+        self.parts[number] = {k: v for k, v in part.items() if v is not None}
+
+    def finish(self) -> None:
+        extra: dict[str, Any] = {"IfNoneMatch": "*"} if self.if_absent else {}
+        self.store._call(
+            self.key,
+            self.store.client.complete_multipart_upload,
+            Key=self.name,
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": [self.parts[n] for n in sorted(self.parts)]},
+            **extra,
+        )
+
+    def abort(self) -> None:
+        self.store._abort(self.name, self.upload_id)

@@ -6,8 +6,9 @@ a pid file per trainer under ``$SPOTSHIFT_HOME/run/trainers/<name>.json`` so any
 (the command line, another Dagster run) finds it. ``<name>`` is the job for training runs and
 ``<job>.shadow-<side>`` for shadow runs.
 
-Never two live trainers for one job: the worker holds an exclusive ``flock`` on
-``run/trainers/<name>.lock`` for its whole life (the kernel drops it when the process dies, even
+Never two live trainers for one job: the worker holds the run-level lock of ``<name>``
+(:mod:`spotshift.runlocks`: an ``flock`` on ``run/trainers/<name>.lock``, or a PostgreSQL advisory
+lock when the instance is on PostgreSQL) for its whole life (released when the process dies, even
 on SIGKILL) and exits 3 if it cannot take it; the backend refuses to start a trainer while that
 lock is held or the pid file names a live process (:func:`trainer_is_live` checks both, and is what
 other parts of spotshift should call). Standard library + psutil only.
@@ -28,9 +29,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from spotshift import runlocks
 from spotshift.atomic import atomic_write_json
 from spotshift.errors import ConfigError, NotFoundError
 from spotshift.pricing.regions import split_location
+from spotshift.runlocks import HeldLock
 from spotshift.training.request import TrainRequest
 
 RESULT_FILE = "result.json"
@@ -58,43 +61,16 @@ def default_workdir(job: str, location: str, role: str = "train", side: str = ""
     return base / f"shadow-{side}" if role == "shadow" else base
 
 
-def lock_path(name: str) -> Path:
-    """The lock a live trainer of ``name`` holds (kernel-released when the process dies, even on SIGKILL)."""
-    return trainers_dir() / f"{name}.lock"
-
-
-def acquire_trainer_lock(name: str, *, wait_s: float = 2.0) -> int | None:
-    """An fd holding the exclusive lock of ``name`` (keep it open), or None when a live process holds it."""
-    path = lock_path(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + wait_s  # a backend probing the lock holds it for microseconds
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                return None
-            time.sleep(0.05)
+def acquire_trainer_lock(name: str, *, wait_s: float = 2.0) -> HeldLock | None:
+    """The run-level lock of trainer ``name`` (:mod:`spotshift.runlocks`; keep the handle, call
+    ``release()`` at the end), or None when a live process holds it."""
+    return runlocks.acquire(name, wait_s=wait_s)
 
 
 def lock_held(name: str) -> bool:
-    """Whether a live process holds the trainer lock of ``name``."""
-    path = lock_path(name)
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing releases a lock we took
-    return False
+    """Whether a live process holds the trainer lock of ``name`` (here, or on any host of a
+    PostgreSQL instance)."""
+    return runlocks.held(name)
 
 
 @dataclass

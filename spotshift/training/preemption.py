@@ -425,27 +425,3 @@ class WatcherThread(threading.Thread):
 
     def watcher(self, kind: str) -> NoticeWatcher | None:
         return next((w for w in self.watchers if w.kind == kind), None)
-
-
-NOTICE_PREFIX = "events/preemption/"
-
-
-def read_notices(store: Any, *, skip: set[str] | frozenset[str] = frozenset()) -> list[dict[str, Any]]:
-    """Preemption notices trainers wrote to ``store`` (``events/preemption/<notice_id>.json``), oldest
-    first, except the ids in ``skip``. A malformed event raises :class:`ConfigError` naming it."""
-    out = []
-    for key in store.list_keys(NOTICE_PREFIX):
-        notice_id = key[len(NOTICE_PREFIX) :].removesuffix(".json")
-        if not key.endswith(".json") or notice_id in skip:
-            continue
-        try:
-            raw = json.loads(store.get_bytes(key))
-        except ValueError:
-            raise ConfigError(f"preemption notice {key} in {store.url}: not valid JSON") from None
-        missing = [k for k in ("notice_id", "job", "location") if not raw.get(k)]
-        if missing or raw.get("notice_id") != notice_id:
-            raise ConfigError(
-                f"preemption notice {key} in {store.url}: missing or wrong {', '.join(missing) or 'notice_id'}"
-            )
-        out.append(raw)
-    return sorted(out, key=lambda r: (str(r.get("noticed_at", "")), r["notice_id"]))

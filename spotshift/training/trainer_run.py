@@ -22,6 +22,7 @@ from spotshift.training.backend import (
     METRICS_FILE,
     STOP_REQUEST_FILE,
 )
+from spotshift.training.notice_events import record_notice
 from spotshift.training.pacing import ClockPacer
 from spotshift.training.request import TrainRequest
 
@@ -421,8 +422,8 @@ def record_preemption(
     virtual_noticed: Any,
     watcher: Any = None,
 ) -> None:
-    """After an emergency checkpoint: the notice event in the region store (``events/preemption/``,
-    what the preemption sensor reads), the ``raw.preemptions`` fact, and the provider's
+    """After an emergency checkpoint: the notice event (:func:`~spotshift.training.notice_events.record_notice`:
+    the region store, or PostgreSQL; what the preemption sensor reads), the ``raw.preemptions`` fact, and the provider's
     acknowledgement (Azure) through ``watcher`` (a :class:`WatcherThread`) when given."""
     from datetime import timedelta
 
@@ -441,11 +442,7 @@ def record_preemption(
         "deadline_margin_s": round((notice.deadline_at - committed_wall).total_seconds(), 3),
         "detail": notice.detail,
     }
-    region.put_bytes(
-        f"events/preemption/{notice.notice_id}.json",
-        json.dumps(record, sort_keys=True).encode(),
-        if_absent=True,
-    )
+    record_notice(record, store=region)
     facts.append(
         "raw.preemptions",
         {

@@ -5,8 +5,8 @@ anything), resume from the requested checkpoint (verified, in whatever store it 
 periodic checkpoints (local disk, background upload to the region store, optional cross-region
 copies), and stop at the first of: ``until_step``, a preemption notice from the provider's
 metadata endpoint, SIGTERM (SIGINT). On a notice it stops at the next step boundary, commits an
-emergency checkpoint in the region store, writes ``events/preemption/<notice_id>.json`` there (for
-the preemption sensor), acknowledges the notice (Azure), logs how long it took against the
+emergency checkpoint in the region store, records the notice event (for the preemption sensor:
+``events/preemption/<notice_id>.json`` there, or a row in PostgreSQL, :mod:`~spotshift.training.notice_events`), acknowledges the notice (Azure), logs how long it took against the
 deadline, and exits 0. Results go to ``<workdir>/result.json``; warehouse facts to
 ``<workdir>/facts/`` (see :mod:`spotshift.facts`).
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -44,8 +43,8 @@ def run_request(req: TrainRequest) -> int:
     workdir = Path(req.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     setup_logging(workdir)
-    lock_fd = acquire_trainer_lock(req.name)
-    if lock_fd is None:
+    lock = acquire_trainer_lock(req.name)
+    if lock is None:
         msg = (
             f"job {req.job}: another trainer ({req.name}) is already running; refusing to start a second one"
         )
@@ -78,7 +77,7 @@ def run_request(req: TrainRequest) -> int:
         atomic_write_json(workdir / RESULT_FILE, run.result)
     if code == 0:
         _ingest_quietly(run)
-    os.close(lock_fd)
+    lock.release()
     return code
 
 

@@ -14,6 +14,9 @@ checkpoint committed), the ``raw.compute_usage`` fact of the steps the command r
 ``result.json`` (``status``, ``step``, ``checkpoint``, ``notice``, ``emergency``, ``command_exit_code``).
 The Session writes the ``raw.checkpoints`` facts of its uploads itself.
 
+A multi-process command (``torchrun``) whose Session reported ``running`` gets no SIGTERM until its
+emergency checkpoint is done (:meth:`CommandRun._may_signal`).
+
 A command that does not use a Session still runs, gets SIGTERM on a notice and is recorded; its
 result then says that no emergency checkpoint was reported (exit code 1).
 """
@@ -31,7 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from spotshift.atomic import atomic_write_json
+from spotshift.checkpoint.format import StoredCheckpoint, latest_checkpoint
+from spotshift.clock import parse_utc, virtual_now
+from spotshift.errors import ConfigError
+from spotshift.sync.store_url import open_store
 from spotshift.training.backend import NOTICE_FILE, SESSION_FILE, STOPPING_FILE
+from spotshift.training.preemption import utc_now
 from spotshift.training.request import REQUEST_ENV
 from spotshift.training.trainer_run import TrainerRun, record_preemption, usage_fact
 
@@ -64,8 +72,6 @@ class CommandRun(TrainerRun):
     """One run of a user command under the wrapper (signals and watchers as the built-in trainer's)."""
 
     def run(self) -> None:
-        from spotshift.sync.store_url import open_store
-
         req = self.req
         self.region = open_store(req.store_url)
         request_path = self.workdir / "request.json"
@@ -83,8 +89,6 @@ class CommandRun(TrainerRun):
                 start_new_session=True,  # its own process group: a notice reaches every process of it
             )
         except OSError as exc:
-            from spotshift.errors import ConfigError
-
             raise ConfigError(f"job {req.job}: cannot start {req.command[0]!r}: {exc.strerror}") from None
         self.result["command_pid"] = self.proc.pid
         self.result["status"] = "running"
@@ -121,12 +125,23 @@ class CommandRun(TrainerRun):
                 self.result["error"] = "the command did not finish before the notice's deadline (killed)"
                 self._signal(signal.SIGKILL)
                 break
-            waited = time.monotonic() - notice.monotonic_at
-            if not signalled and ((self.workdir / SESSION_FILE).exists() or waited >= SESSION_GRACE_S):
+            if not signalled and self._may_signal(time.monotonic() - notice.monotonic_at):
                 self._signal(signal.SIGTERM)  # forward: a Session takes it as the notice, others stop
                 signalled = True
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=min(0.05, left))
+
+    def _may_signal(self, waited: float) -> bool:
+        """Whether to forward SIGTERM now: once the Session reported its emergency checkpoint, or
+        ``SESSION_GRACE_S`` after the notice when there is no Session. A multi-process Session reports
+        ``running`` from its start and is left alone until it is done: each rank reads ``notice.json``
+        itself, and a SIGTERM to ``torchrun`` would start its own countdown (30 s) to SIGKILL of the
+        ranks, cutting a longer emergency checkpoint short (the deadline kill still applies)."""
+        try:
+            status = json.loads((self.workdir / SESSION_FILE).read_text()).get("status")
+        except (OSError, ValueError, AttributeError):
+            return waited >= SESSION_GRACE_S
+        return status != "running"
 
     def _signal(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -134,9 +149,6 @@ class CommandRun(TrainerRun):
 
     # -- after the command exited ----------------------------------------------------------------------
     def _collect(self, code: int) -> None:
-        from spotshift.clock import parse_utc, virtual_now
-        from spotshift.training.preemption import utc_now
-
         req = self.req
         try:
             sess = json.loads((self.workdir / SESSION_FILE).read_text())
@@ -162,46 +174,7 @@ class CommandRun(TrainerRun):
         notice = self.controller.notice
         status = str(sess.get("status") or "failed")
         if notice is not None:
-            emergency = sess.get("emergency")
-            ckpt = sess.get("checkpoint") or sess.get("resumed_from") or self._latest_ref()
-            if emergency and not sess.get("error"):
-                emergency_s = float(emergency["seconds"])
-                committed_wall = parse_utc(emergency["committed_at"])
-                self.result["emergency"] = emergency
-            else:
-                self.result.setdefault(
-                    "error",
-                    sess.get("error")
-                    or f"the command exited ({code}) without reporting an emergency checkpoint "
-                    "(does it call Session.step_done?)",
-                )
-                emergency_s, committed_wall = time.monotonic() - notice.monotonic_at, utc_now()
-            self.result["notice"] = notice.to_dict()
-            margin = (notice.deadline_at - committed_wall).total_seconds()
-            log.warning(
-                "emergency checkpoint of step %d committed %.3fs after the notice, %.1fs before the deadline%s",
-                step,
-                emergency_s,
-                margin,
-                "" if margin > 0 else " (DEADLINE MISSED)",
-            )
-            if notice.is_preemption:
-                virtual = emergency.get("virtual_noticed_at") if emergency else None
-                record_preemption(
-                    self.region,
-                    self.facts,
-                    req,
-                    notice,
-                    step=step,
-                    checkpoint=ckpt,
-                    emergency_s=emergency_s,
-                    committed_wall=committed_wall,
-                    virtual_noticed=parse_utc(virtual) if virtual else virtual_now(),
-                    watcher=self.watcher_thread,
-                )
-            self.result["status"] = "preempted" if notice.is_preemption else "stopped"
-            if "error" in self.result:
-                self.result["exit_code_hint"] = 1
+            self._after_notice(notice, sess, step, code)
         elif code != 0 or status not in ("completed", "stopped_at_step"):
             self.result["status"] = "failed"
             self.result["error"] = sess.get("error") or f"the command exited with code {code}"
@@ -221,8 +194,51 @@ class CommandRun(TrainerRun):
             )
         self.result["ended_at"] = virtual_now().isoformat()
 
-    def _latest_ref(self) -> dict[str, Any] | None:
-        from spotshift.checkpoint.format import StoredCheckpoint, latest_checkpoint
+    def _after_notice(self, notice: Any, sess: dict[str, Any], step: int, code: int) -> None:
+        """The result and facts of a run a notice ended: the emergency checkpoint the Session reported
+        (or the error that it reported none), the notice event and ``raw.preemptions``."""
+        req = self.req
+        emergency = sess.get("emergency")
+        ckpt = sess.get("checkpoint") or sess.get("resumed_from") or self._latest_ref()
+        if emergency and not sess.get("error"):
+            emergency_s = float(emergency["seconds"])
+            committed_wall = parse_utc(emergency["committed_at"])
+            self.result["emergency"] = emergency
+        else:
+            self.result.setdefault(
+                "error",
+                sess.get("error")
+                or f"the command exited ({code}) without reporting an emergency checkpoint "
+                "(does it call Session.step_done?)",
+            )
+            emergency_s, committed_wall = time.monotonic() - notice.monotonic_at, utc_now()
+        self.result["notice"] = notice.to_dict()
+        margin = (notice.deadline_at - committed_wall).total_seconds()
+        log.warning(
+            "emergency checkpoint of step %d committed %.3fs after the notice, %.1fs before the deadline%s",
+            step,
+            emergency_s,
+            margin,
+            "" if margin > 0 else " (DEADLINE MISSED)",
+        )
+        if notice.is_preemption:
+            virtual = emergency.get("virtual_noticed_at") if emergency else None
+            record_preemption(
+                self.region,
+                self.facts,
+                req,
+                notice,
+                step=step,
+                checkpoint=ckpt,
+                emergency_s=emergency_s,
+                committed_wall=committed_wall,
+                virtual_noticed=parse_utc(virtual) if virtual else virtual_now(),
+                watcher=self.watcher_thread,
+            )
+        self.result["status"] = "preempted" if notice.is_preemption else "stopped"
+        if "error" in self.result:
+            self.result["exit_code_hint"] = 1
 
+    def _latest_ref(self) -> dict[str, Any] | None:
         found = latest_checkpoint(self.region, self.req.job)
         return StoredCheckpoint(self.region, self.req.job, found).ref().to_dict() if found else None

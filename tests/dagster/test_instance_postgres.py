@@ -12,37 +12,11 @@ import json
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import open_instance, require_service
-
-PG_HOST, PG_PORT = "127.0.0.1", 5432
-
-
-def _admin(url: str, sql: str) -> None:
-    import psycopg2
-
-    con = psycopg2.connect(url)
-    con.autocommit = True
-    try:
-        con.cursor().execute(sql)
-    finally:
-        con.close()
-
-
-@pytest.fixture
-def scratch_database() -> Iterator[str]:
-    require_service("PostgreSQL", PG_HOST, PG_PORT)
-    name = f"spotshift_test_{secrets.token_hex(4)}"
-    admin = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/test"
-    _admin(admin, f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
-    finally:
-        _admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+from tests.conftest import open_instance
 
 
 def test_postgres_backed_instance_stores_runs(

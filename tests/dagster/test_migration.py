@@ -24,7 +24,8 @@ from resources.warehouse import WarehouseResource
 from sensors.preemption import preemption_sensor
 from sensors.price_change import price_change_sensor
 from sensors.run_status import migration_failure_sensor
-from spotshift import warehouse
+from spotshift import registry, warehouse
+from spotshift.checkpoint import compat
 from spotshift.clock import load_clock
 from spotshift.migration import contract
 from spotshift.migration.plan import MovePlan
@@ -139,6 +140,8 @@ def _place(world: dict[str, Any]) -> str | None:
 
 @pytest.mark.slow
 def test_price_move_runs_the_chain_in_order_and_a_failing_shadow_rolls_back(world: dict[str, Any]) -> None:
+    # Azure runs another image: the move there is the first between these runtimes (a probe)
+    registry.upsert(compat.SECTION, {"name": "azure", "torch": "2.13.0", "python": "3.11", "cuda": "12.4"})
     cursor = _place(world)
 
     # a week later Azure is much cheaper: the price sensor asks for exactly one move, with the contract key
@@ -170,6 +173,16 @@ def test_price_move_runs_the_chain_in_order_and_a_failing_shadow_rolls_back(worl
             con, "SELECT status, bytes_moved FROM raw.migrations WHERE migration_id = ?", [move.run_key]
         )
     assert status == "cut_over" and moved > 0
+    # the probation matched the shadow comparison: the runtime pair is proven, the probe marked as such
+    with warehouse.connect() as con:
+        facts = con.execute(
+            "SELECT verdict, source_runtime, target_runtime FROM raw.checkpoint_compatibility WHERE run_id = ?",
+            [result.run_id],
+        ).fetchall()
+        pair = compat.verdict(compat.load_matrix(con), compat.local_runtime(), compat.runtime_for(AZURE))
+    assert sorted(f[0] for f in facts) == ["probing", "proven"]
+    assert {f[1:] for f in facts} == {(compat.local_runtime().key, compat.runtime_for(AZURE).key)}
+    assert pair.verdict == compat.PROVEN and result.run_id in pair.reason
 
     # a perturbed target (20x learning rate): the blocking shadow checks stop the move before cutover
     wait_for_checkpoint(step=state_step(world) + 10)

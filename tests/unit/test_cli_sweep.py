@@ -513,6 +513,9 @@ CASES: list[tuple[str, list[str]]] = [
         ],
     ),
     ("devenvs-resume-unknown", ["devenvs", "resume", "nope"]),
+    ("workers-start-in-process-home", ["workers", "start", "--region", "aws/us-east-1"]),
+    ("workers-stop-unknown", ["workers", "stop", "--name", "nope"]),
+    ("workers-run-no-queue", ["workers", "run"]),
 ]
 
 #: cases that find a corrupt warehouse.duckdb in SPOTSHIFT_HOME

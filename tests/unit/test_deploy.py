@@ -68,7 +68,7 @@ def test_dockerfile_builds_the_code_location_it_serves() -> None:
     for p in copied:
         assert (REPO / p).exists(), f"COPY {p}: no such file in the repository"
     runs = " ".join(rest for word, rest in ins if word == "RUN")
-    assert "pip install" in runs and "'.[serving]'" in runs and "dbt parse" in runs
+    assert "pip install" in runs and "'.[serving,workers]'" in runs and "dbt parse" in runs
     user = [rest for word, rest in ins if word == "USER"]
     assert user and user[-1] not in ("root", "0")
     cmd = yaml.safe_load([rest for word, rest in ins if word == "CMD"][-1])
@@ -105,3 +105,35 @@ def test_helm_values_run_the_image_on_postgres_without_secrets() -> None:
         coord["config"]["queuedRunCoordinator"]["tagConcurrencyLimits"]
         == ours["run_coordinator"]["config"]["tag_concurrency_limits"]
     )
+
+
+def test_worker_pools_serve_one_region_queue_each_with_the_values_broker() -> None:
+    from spotshift.cli import build_parser
+    from spotshift.pricing.regions import check_location
+
+    WORKERS = REPO / "deploy" / "workers.yaml"
+    values = yaml.safe_load(VALUES.read_text())
+    (dep,) = values["dagster-user-deployments"]["deployments"]
+    code_env = {e["name"]: e["value"] for e in dep["env"]}
+    assert code_env["SPOTSHIFT_EXECUTOR"] == "celery"
+    launcher = dict(v.split("=", 1) for v in values["runLauncher"]["config"]["k8sRunLauncher"]["envVars"])
+    assert launcher["SPOTSHIFT_CELERY_BROKER"] == code_env["SPOTSHIFT_CELERY_BROKER"]
+    served = []
+    for doc in yaml.safe_load_all(WORKERS.read_text()):
+        assert doc["kind"] == "Deployment"
+        (container,) = doc["spec"]["template"]["spec"]["containers"]
+        cmd = container["command"]
+        args = build_parser("workers").parse_args(cmd[1:])  # the CLI accepts the container's command
+        assert cmd[0] == "spotshift" and args.workers_command == "run"
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["SPOTSHIFT_EXECUTOR"] == "celery"
+        assert env["SPOTSHIFT_CELERY_BROKER"] == code_env["SPOTSHIFT_CELERY_BROKER"]
+        assert not [k for k, v in env.items() if re.search(r"password", k, re.I) and v], "a password inline"
+        assert container["image"] == f"{dep['image']['repository']}:{dep['image']['tag']}"
+        if args.region:
+            check_location(args.region)
+            region = args.region.split("/")[1]
+            assert doc["spec"]["template"]["spec"]["nodeSelector"]["topology.kubernetes.io/region"] == region
+            assert doc["spec"]["replicas"] >= 2  # a killed worker's step goes to the other one
+        served.append(args.region or "control")
+    assert "control" in served and len(served) == len(set(served)) >= 3

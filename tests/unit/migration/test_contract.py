@@ -71,3 +71,22 @@ def test_move_state_round_trips_through_the_ledger(spotshift_home: Path) -> None
     (spotshift_home / "moves" / "tiny.json").write_text("{not json")
     with pytest.raises(ConfigError, match="move ledger .*tiny.json"):
         load("tiny")
+
+
+def test_a_step_goes_to_the_queue_of_the_region_of_its_side(spotshift_home: Path) -> None:
+    tags = {**PLAN.tags(), "spotshift/to": "azure/eastus"}
+    assert contract.step_queue("{source}", "run-1", tags) == "aws/us-east-1"
+    assert contract.step_queue("{target}", "run-1", tags) == "azure/eastus"
+    assert contract.step_queue("gpu-pool", "run-1", tags) == "gpu-pool"  # a plain queue name stays
+    # a recovery names no target in its tags: the plan its plan step recorded does (zone dropped)
+    recovery = MovePlan(
+        job="tiny", trigger="preemption", from_location="aws/us-east-1", to_location="gcp/us-central1/us-central1-a",
+        market="spot", instance_type="a2-highgpu-8g", price_usd_hour=9.0, notice_id="n-1",
+    )  # fmt: skip
+    save(MoveState(plan=recovery, run_id="run-2", started_at="2025-03-03T00:00:00+00:00"))
+    notice = contract.recovery_tags("tiny", "aws/us-east-1", "n-1")
+    assert contract.step_queue("{target}", "run-2", notice) == "gcp/us-central1"
+    placement = {**PLAN.tags(), "spotshift/from": contract.NONE}
+    assert contract.step_queue("{source}", "run-4", placement) == "azure/eastus"  # no source: the target
+    with pytest.raises(ConfigError, match="no target location"):  # another run's plan is not this run's
+        contract.step_queue("{target}", "run-3", notice)

@@ -307,14 +307,10 @@ def test_spot_replica_drains_on_a_notice_finishing_in_flight_and_refusing_new(ho
         assert "gcp_metadata notice" in err and "'abandoned': 0" in err, err
         assert api.live_replicas("chat", include_draining=True) == []
         # the trainers' notice path: a write-once event in the region store and a raw.preemptions row
-        from spotshift.home import region_store_url
-        from spotshift.sync.store_url import open_store
-        from spotshift.training.preemption import read_notices
+        from spotshift.training.notice_events import read_notices
         from spotshift.warehouse import connect
 
-        (event,) = [
-            e for e in read_notices(open_store(region_store_url(GCP))) if e.get("replica_id") == r.replica_id
-        ]
+        (event,) = [e for e in read_notices(GCP) if e.get("replica_id") == r.replica_id]
         assert (event["endpoint"], event["location"], event["kind"]) == ("chat", GCP, "gcp_metadata")
         with connect(read_only=True) as con:
             row = con.execute(

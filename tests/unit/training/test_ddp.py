@@ -1,0 +1,164 @@
+"""Multi-process jobs: examples/train_ddp.py under ``torchrun`` (2 ranks, CPU, gloo), with real
+processes. Every rank's shard is in place before rank 0 writes ``COMMIT``; the sharded checkpoint
+restores on one process (DCP resharding 2 -> 1); a missing or altered shard is refused with one
+line; SIGTERM to ``spotshift run JOB -- torchrun ...`` stops both ranks and the run resumes to the
+content hash of an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from spotshift.checkpoint.format import StoredCheckpoint, list_checkpoints
+from spotshift.checkpoint.keys import open_key_provider
+from spotshift.checkpointing import Session
+from spotshift.errors import IntegrityError
+from spotshift.home import region_store_url
+from spotshift.sync.store_url import open_store
+from spotshift.training.backend import LocalProcessBackend
+from tests.training_support import declare_tiny_job
+
+pytestmark = pytest.mark.slow
+
+HERE = Path(__file__).resolve().parent
+EXAMPLE = HERE.parents[2] / "examples" / "train_ddp.py"
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+GCP, WEST = "gcp/us-central1", "gcp/us-west1"
+CLI = [sys.executable, "-c", "import sys; from spotshift.cli import main; sys.exit(main())"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return {**env, "PYTHONPATH": str(HERE.parents[2]), **extra}
+
+
+def _example_module() -> object:
+    import importlib.util
+
+    if str(EXAMPLE.parent) not in sys.path:
+        sys.path.insert(0, str(EXAMPLE.parent))  # it imports train_plain from its directory
+    spec = importlib.util.spec_from_file_location("train_ddp", EXAMPLE)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_shards_before_commit_restore_on_one_process_and_refuse_a_bad_shard(
+    spotshift_home: Path, tmp_path: Path
+) -> None:
+    seen = tmp_path / "seen.jsonl"
+    run = subprocess.run(
+        [*TORCHRUN, str(HERE / "ddp_driver.py"), "--steps", "6"],
+        env=_env(SPOTSHIFT_JOB="ddp", SPOTSHIFT_LOCATION=GCP, DDP_TEST_SEEN=str(seen), DDP_TEST_SLOW_S="1.0"),
+        capture_output=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr.decode()[-3000:]
+    region = open_store(region_store_url(GCP))
+    (ckpt_id,) = list_checkpoints(region, "ddp")  # the final checkpoint of step 6
+    ck = StoredCheckpoint(region, "ddp", ckpt_id)
+    assert ck.part_names() == ["dcp-metadata", "shard-00000", "shard-00001"]
+    ck.verify(open_key_provider())
+    # rank 1 placed its shard a second late: rank 0 still saw both when it wrote COMMIT
+    (at_commit,) = [json.loads(line) for line in seen.read_text().splitlines()]
+    shards = {f.split("-")[0] + "-" + f.split("-")[1] for f in at_commit["files"] if f.startswith("shard-")}
+    assert shards == {"shard-00000", "shard-00001"}, at_commit
+
+    # 2 -> 1: one process (no process group) restores what two ranks wrote, resharded by DCP
+    stored: dict[str, torch.Tensor] = {}
+    for part, tensors in ck.load_tensors(open_key_provider()).items():
+        if part.startswith("shard-"):
+            stored.update({name.split("@")[0]: t for name, t in tensors.items()})
+    mod = _example_module()
+    model = mod.CharMLP()  # type: ignore[attr-defined]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    with Session("ddp", GCP, watchers={}) as s:
+        s.register(model=model, optimizer=opt)
+        assert s.restore() == 6
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, stored[f"model.{name}"]), name
+    assert torch.equal(
+        opt.state_dict()["state"][0]["exp_avg"], stored["optimizer.state.embed.weight.exp_avg"]
+    )
+
+    # a missing shard, then an altered one: refused, one line naming the shard
+    shard1 = next(region.root.glob(f"checkpoints/ddp/{ckpt_id}/shard-00001-*.enc"))
+    saved = shard1.read_bytes()
+    for damage, expected in ((b"", "part shard-00001 is missing"), (b"flip", "shard-00001 does not match")):
+        if damage:
+            shard1.write_bytes(saved[:100] + bytes([saved[100] ^ 1]) + saved[101:])
+        else:
+            shard1.unlink()
+        with pytest.raises(IntegrityError) as err, Session("ddp", GCP, watchers={}) as s:
+            s.register(model=mod.CharMLP(), optimizer=opt)  # type: ignore[attr-defined]
+            s.restore()
+        assert expected in str(err.value) and "\n" not in str(err.value), err.value
+
+
+def _wait_for_step(
+    backend: LocalProcessBackend, job: str, location: str, step: int, timeout: float = 300.0
+) -> None:
+    t0 = time.monotonic()
+    while (info := backend.status(job)) is None or info.location != location or not info.alive:
+        assert time.monotonic() - t0 < timeout, "not started"
+        time.sleep(0.05)
+    while (backend.progress(job) or 0) < step:
+        info = backend.status(job)
+        assert info is None or info.alive, f"run exited early: {backend.result(job)}"
+        assert time.monotonic() - t0 < timeout, "no progress"
+        time.sleep(0.05)
+
+
+def test_sigterm_under_spotshift_run_stops_both_ranks_and_resumes_bitwise(spotshift_home: Path) -> None:
+    steps = 30
+    command = " ".join([*TORCHRUN, str(EXAMPLE), "--steps", str(steps), "--step-seconds", "0.25"])
+    declare_tiny_job(spotshift_home, name="ddp", total_steps=steps, every=10, command=command)
+    env = _env()
+    reference = subprocess.run(
+        [*CLI, "run", "ddp", "--location", WEST, "--json"], env=env, capture_output=True
+    )
+    assert reference.returncode == 0, reference.stderr.decode()[-3000:]
+    ref = json.loads(reference.stdout)
+    assert ref["status"] == "completed" and ref["checkpoint"]["step"] == steps, ref
+
+    proc = subprocess.Popen(
+        [*CLI, "run", "ddp", "--location", GCP, "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for_step(LocalProcessBackend(), "ddp", GCP, 12)
+        proc.send_signal(signal.SIGTERM)  # what the cloud sends the VM's processes
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    stopped = json.loads(out)
+    assert stopped["status"] == "preempted" and stopped["notice"]["kind"] == "sigterm", stopped
+    step = stopped["step"]
+    assert 12 <= step < steps and stopped["checkpoint"]["step"] == step
+    for rank in (0, 1):  # the notice reached both ranks: each stopped at that step after the commit
+        assert f"rank {rank}: stopping at step {step}: checkpoint committed".encode() in err
+    ck = StoredCheckpoint(open_store(region_store_url(GCP)), "ddp", stopped["checkpoint"]["checkpoint_id"])
+    assert (
+        ck.part_names() == ["dcp-metadata", "shard-00000", "shard-00001"] and ck.meta["kind"] == "emergency"
+    )
+
+    resumed = subprocess.run([*CLI, "run", "ddp", "--location", GCP, "--json"], env=env, capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+    done = json.loads(resumed.stdout)
+    assert done["status"] == "completed" and done["resumed_from"]["step"] == step, done
+    assert done["checkpoint"]["content_hash"] == ref["checkpoint"]["content_hash"], (
+        "not bitwise after SIGTERM"
+    )
