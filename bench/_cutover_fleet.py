@@ -1,10 +1,11 @@
 """A cutover under load, for the cutover tests and ``bench/bench_cutover.py``.
 
-:class:`Fleet` runs model-less peers (:mod:`bench._replica_peer`) registered in the endpoint's real
-replica registry, a real :class:`~spotshift.serving.router.Router` over HTTP that reads it, and
-scales each side to :func:`spotshift.serving.cutover.replica_plan` as the cutover moves: a
-replica taken away drains (503 to new requests, in-flight ones finish) before it is deregistered,
-as ``spotshift serve`` does. :class:`Load` sends completions at a fixed rate and keeps every status.
+:class:`Fleet` starts model-less peers (:mod:`bench._replica_peer`, each its own process keeping
+``spotshift serve``'s contract: registers once listening, drains on SIGTERM) through the replica
+launcher, and makes them follow the cutover's plan with the cutover's own
+:func:`spotshift.serving.cutover_replicas.follow` (a replica taken away drains: 503 to new
+requests, in-flight ones finish, then it deregisters and exits); a real
+:class:`~spotshift.serving.router.Router` over HTTP reads the registry. :class:`Load` sends completions at a fixed rate and keeps every status.
 :func:`drive` plays the operator's clock: the virtual clock is frozen, and once a stage has a
 passing window the clock jumps to the end of the stage's hold, so the whole seed schedule (weeks of
 holds) runs in seconds while every decision is the router's.
@@ -13,9 +14,9 @@ holds) runs in seconds while every decision is the router's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -44,124 +45,108 @@ def freeze_clock(start: datetime | None = None) -> None:
 
 
 @dataclass
-class Peer:
-    side: str
-    record: api.ReplicaRecord
-    proc: subprocess.Popen
-    draining_since: float | None = None
-
-    def control(self, **knobs: Any) -> dict[str, Any]:
-        """Set a knob of the peer process (``service_ms``, ``draining``); its answer has ``in_flight``."""
-        import httpx
-
-        return httpx.post(self.record.url + "/_peer", json=knobs, timeout=10, trust_env=False).json()
-
-
-@dataclass
 class Fleet:
-    """Peers of both sides of one endpoint, each its own process, registered in the endpoint's
-    registry; :meth:`scale_to` follows the replica plan."""
+    """Replicas of both sides of one endpoint, started and stopped through the replica launcher
+    (:class:`~spotshift.serving.launcher.LocalReplicaLauncher` running the model-less peer under
+    ``spotshift serve``'s contract); :meth:`follow` is the cutover's own
+    :func:`~spotshift.serving.cutover_replicas.follow`. A sampler thread counts the replicas
+    running (registered, draining included, and launches still provisioning) every 100 ms:
+    :attr:`peak` is the most seen at once."""
 
     endpoint: str = "chat"
     service_ms: float = 40.0
     source_usd: float = 3.0
     target_usd: float = 1.8
     target_perturb: float = 0.0
-    peers: list[Peer] = field(default_factory=list)
     peak: int = 0
-    seq: int = 0
-    side_ms: dict[str, float] = field(default_factory=dict)
-    spares: list[tuple[str, str, subprocess.Popen, int]] = field(default_factory=list)
+    steps: list[Any] = field(default_factory=list)
 
-    def _spawn(self, side: str) -> tuple[str, subprocess.Popen, int]:
-        self.seq += 1
-        rid = f"{self.endpoint}-{side}-{self.seq}"
-        perturb = self.target_perturb if side == "target" else 0.0
-        ms = self.side_ms.get(side, self.service_ms)
-        cmd = [sys.executable, str(REPO / "bench" / "_replica_peer.py"), "--id", rid]
-        cmd += ["--service-ms", str(ms), "--perturb", str(perturb)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
-        return rid, proc, int(proc.stdout.readline())  # type: ignore[union-attr]
+    def __post_init__(self) -> None:
+        from spotshift.home import run_dir
+        from spotshift.serving.launcher import LocalReplicaLauncher
 
-    def warm(self, side: str, n: int) -> None:
-        """Start ``n`` peer processes of ``side`` now, unregistered (no traffic, not counted as
-        replicas): :meth:`add` takes one instead of starting a process while the load runs, so the
-        ~1 s of CPU a Python start-up costs on this 2-core box stays out of the analysis windows."""
-        for _ in range(n):
-            self.spares.append((side, *self._spawn(side)))
+        self.knobs_path = run_dir() / "peer-knobs.json"
+        self.knobs: dict[str, dict[str, float]] = {
+            SOURCE: {"service_ms": self.service_ms},
+            TARGET: {"service_ms": self.service_ms, "perturb": self.target_perturb},
+        }
+        self._write_knobs()
+        program = (str(REPO / "bench" / "_replica_peer.py"),)
+        self.launcher = LocalReplicaLauncher(program=program, extra_args=("--knobs", str(self.knobs_path)))
+        self._counter = LocalReplicaLauncher(program=program)  # the sampler's own (no shared state)
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
 
-    def add(self, side: str) -> Peer:
-        spare = next((x for x in self.spares if x[0] == side), None)
-        if spare is not None:
-            self.spares.remove(spare)
-            _, rid, proc, port = spare
-        else:
-            rid, proc, port = self._spawn(side)
+    def _write_knobs(self) -> None:
+        from spotshift.atomic import atomic_write_json
+
+        atomic_write_json(self.knobs_path, self.knobs)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):  # a registry mid-rename: the next sample reads it
+                self.peak = max(self.peak, self.count())
+            time.sleep(0.1)
+
+    def add(self, side: str, n: int = 1) -> list[api.ReplicaRecord]:
+        """Start ``n`` replicas of ``side`` through the launcher and wait until they are registered."""
         loc, usd = (SOURCE, self.source_usd) if side == "source" else (TARGET, self.target_usd)
-        url = f"http://127.0.0.1:{port}"
-        rec = api.ReplicaRecord(
-            rid, self.endpoint, url, loc, "spot", usd, proc.pid, time.time(), f"ckpt-{side}"
-        )
-        peer = Peer(side, rec, proc)
-        if spare is not None and side in self.side_ms:
-            peer.control(service_ms=self.side_ms[side])
-        api.register(rec)
-        self.peers.append(peer)
-        self.peak = max(self.peak, self.count())
-        return peer
+        infos = [self.launcher.start(self.endpoint, loc, "spot", usd_per_hour=usd) for _ in range(n)]
+        return [self.launcher.wait_registered(i, timeout_s=120) for i in infos]
 
-    def live(self, side: str | None = None) -> list[Peer]:
-        return [p for p in self.peers if p.draining_since is None and (side is None or p.side == side)]
+    def follow(self, state: co.CutoverState) -> Any:
+        """One pass of the cutover's replicas following its plan (launches and drains)."""
+        step = co.follow(state, self.launcher, stop_timeout_s=30.0)
+        self.peak = max(self.peak, step.peak)
+        if step.changed:
+            self.steps.append(step)
+        return step
+
+    def live(self, side: str | None = None) -> list[api.ReplicaRecord]:
+        """Ready replicas (of ``side``: target = at :data:`TARGET`)."""
+        return [
+            r
+            for r in api.live_replicas(self.endpoint)
+            if side is None or (r.location == TARGET) == (side == "target")
+        ]
 
     def count(self) -> int:
-        """Replicas running (draining ones included: they still cost)."""
-        return len(self.peers)
+        """Replicas running: registered (draining included) and launches still provisioning."""
+        registered = api.live_replicas(self.endpoint, include_draining=True)
+        return len(registered) + len(self._counter.provisioning(self.endpoint))
 
     def set_service_ms(self, side: str, ms: float) -> None:
-        """Every peer of ``side``, and those started later, answer after ``ms``."""
-        self.side_ms[side] = ms
-        for p in self.peers:
-            if p.side == side:
-                p.control(service_ms=ms)
+        """Every replica of ``side``, and those launched later, answer after ``ms``."""
+        self.knobs[SOURCE if side == "source" else TARGET]["service_ms"] = ms
+        self._write_knobs()
+        for r in self.live(side):
+            _control(r, service_ms=ms)
 
-    def drain(self, peer: Peer) -> None:
-        peer.draining_since = time.monotonic()
-        peer.control(draining=True)
-        api.set_state(self.endpoint, peer.record.replica_id, "draining")
-
-    def kill(self, peer: Peer) -> None:
-        """SIGKILL a peer (it cannot deregister; its dead pid takes it out of the registry)."""
-        os.kill(peer.proc.pid, signal.SIGKILL)
-        peer.proc.wait()
-        self.peers.remove(peer)
-
-    def scale_to(self, plan: dict[str, int], cap: int | None = None) -> None:
-        """Drain the surplus first, stop drained peers once idle, then add what the plan lacks
-        while the running total (draining peers included) stays within ``cap``."""
-        for side in ("source", "target"):
-            surplus = len(self.live(side)) - plan[side]
-            for p in self.live(side)[: max(0, surplus)]:
-                self.drain(p)
-        for p in list(self.peers):
-            settled = p.draining_since is not None and time.monotonic() - p.draining_since > 0.3
-            if settled and p.control()["in_flight"] == 0:
-                self._stop(p)
-        for side in ("target", "source"):
-            while len(self.live(side)) < plan[side] and (cap is None or self.count() < cap):
-                self.add(side)
-
-    def _stop(self, p: Peer) -> None:
-        api.deregister(self.endpoint, p.record.replica_id)
-        p.proc.terminate()
-        p.proc.wait()
-        self.peers.remove(p)
+    def kill(self, record: api.ReplicaRecord) -> None:
+        """SIGKILL a replica (it cannot deregister; its dead pid takes it out of the registry)."""
+        os.kill(record.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(record.pid, 0)  # our child (the launcher started it): reaped, no zombie left
+        deadline = time.monotonic() + 10
+        while any(r.replica_id == record.replica_id for r in api.live_replicas(self.endpoint)):
+            assert time.monotonic() < deadline, "a killed replica is still listed live"
+            time.sleep(0.02)
 
     def close(self) -> None:
-        for proc in [p.proc for p in self.peers] + [x[2] for x in self.spares]:
-            proc.kill()
-            proc.wait()
-        self.peers.clear()
-        self.spares.clear()
+        self._stop.set()
+        pids = {r.pid for r in api.live_replicas(self.endpoint, include_draining=True)}
+        pids |= {i.pid for i in self._counter.provisioning(self.endpoint)}
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _control(record: api.ReplicaRecord, **knobs: Any) -> dict[str, Any]:
+    """Set a knob of a running peer (``service_ms``, ``draining``); its answer has ``in_flight``."""
+    import httpx
+
+    return httpx.post(record.url + "/_peer", json=knobs, timeout=10, trust_env=False).json()
 
 
 class Load:
@@ -243,7 +228,7 @@ def drive(
         st = co.require_state(fleet.endpoint)
         if on_state is not None:
             on_state(st)
-        fleet.scale_to(co.replica_plan(st), co.fleet_cap(st.steady_replicas))
+        fleet.follow(st)
         if st.phase in until:
             return st
         if time.monotonic() > deadline:

@@ -10,6 +10,17 @@ test.)
 Run in-process with :class:`ServerThread`, or as a process (killable mid-request)::
 
     python bench/_replica_peer.py --id r1 --service-ms 300 [--tls-dir DIR]   # prints the port
+
+or as a launchable replica, keeping ``spotshift serve``'s contract, so that
+:class:`~spotshift.serving.launcher.LocalReplicaLauncher` (``program=("bench/_replica_peer.py",)``)
+starts and stops it exactly as it does a model server::
+
+    python bench/_replica_peer.py serve ENDPOINT --location L --market M --usd-per-hour P [--knobs FILE]
+
+It warms up (a few completions to itself), then registers in the endpoint's registry; the first
+SIGTERM drains it (503 to new
+requests, in-flight ones finish, then it deregisters and exits 0). ``--knobs``: a JSON file
+``{location: {"service_ms": N, "perturb": F}}`` read at start (per-side behaviour of a benchmark).
 """
 
 from __future__ import annotations
@@ -237,10 +248,87 @@ class _Late:
         await self.app(scope, receive, send)
 
 
+def _warm_up(url: str, n: int = 3) -> None:
+    """A few completions to itself before registering (imports and first-request paths loaded)."""
+    import httpx
+
+    with httpx.Client(timeout=30, trust_env=False) as client:
+        for i in range(n):
+            client.post(url + api.COMPLETIONS_PATH, json={"prompt": f"warm {i}", "max_tokens": 4})
+
+
+def serve_main(argv: list[str]) -> int:
+    """``serve ENDPOINT --location L --market M --usd-per-hour P``: a registered, draining replica."""
+    import os
+    import signal as _signal
+
+    import uvicorn
+
+    p = argparse.ArgumentParser(prog="_replica_peer.py serve")
+    p.add_argument("endpoint")
+    p.add_argument("--location", required=True)
+    p.add_argument("--market", required=True)
+    p.add_argument("--usd-per-hour", type=float, required=True)
+    p.add_argument("--knobs", type=Path)
+    p.add_argument("--service-ms", type=float, default=40.0)
+    p.add_argument("--model", default="", help="ignored: a peer has no model")
+    args = p.parse_args(argv)
+    knobs = json.loads(args.knobs.read_text()).get(args.location, {}) if args.knobs else {}
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    rid = api.replica_id_for(args.endpoint, args.location, port)
+    state = PeerState(rid, float(knobs.get("service_ms", args.service_ms)), float(knobs.get("perturb", 0.0)))
+    config = uvicorn.Config(
+        peer_app(state), log_level="warning", access_log=False, timeout_graceful_shutdown=5
+    )
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        drain = asyncio.Event()
+
+        class DrainingServer(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                if state.draining:  # a second signal forces
+                    super().handle_exit(sig, frame)
+                    return
+                state.draining = True
+                loop.call_soon_threadsafe(drain.set)
+
+        server = DrainingServer(config)
+        task = asyncio.ensure_future(server.serve(sockets=[sock]))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(_warm_up, f"http://127.0.0.1:{port}")  # first requests are not cold
+        rec = api.ReplicaRecord(
+            rid, args.endpoint, f"http://127.0.0.1:{port}", args.location, args.market,
+            args.usd_per_hour, os.getpid(), time.time(), "peer",
+        )  # fmt: skip
+        await asyncio.to_thread(api.register, rec)
+        print(port, flush=True)
+        if early:  # stopped while starting: drain at once
+            state.draining = True
+            drain.set()
+        await drain.wait()
+        await asyncio.to_thread(api.set_state, args.endpoint, rid, "draining")
+        await asyncio.sleep(0.2)  # requests the router sent before it saw the drain arrive (and get 503)
+        while state.in_flight:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(api.deregister, args.endpoint, rid)
+        server.should_exit = True
+        await task
+
+    early: list[int] = []  # a SIGTERM before uvicorn's handler is in place: drain once started
+    _signal.signal(_signal.SIGTERM, lambda sig, _frame: early.append(sig))
+    asyncio.run(run())
+    return 0
+
+
 def main() -> int:
     """Serve one peer in this process; print its port on stdout, then serve until killed."""
     import uvicorn
 
+    if len(sys.argv) > 1 and sys.argv[1] == "serve":
+        return serve_main(sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--id", default="peer")
     p.add_argument("--service-ms", type=float, default=0.0)

@@ -1,9 +1,11 @@
 """Gradual cutover under constant load (issue 15): a whole promotion, then a rollback.
 
 One process: a real router (:class:`~spotshift.serving.router.Router` over HTTP under uvicorn),
-model-less replica peers (``bench/_replica_peer.py``, 40 ms per answer) registered in the endpoint's
-registry and scaled to the cutover's replica plan (a replica taken away drains first), and an
-open-loop load of constant rate through the router for the whole run
+model-less replica peers (``bench/_replica_peer.py``, 40 ms per answer, each its own process under
+``spotshift serve``'s contract) started and drained through the replica launcher by the cutover's own
+follower (:func:`spotshift.serving.cutover_replicas.follow`: target launched as it takes weight,
+source drained — 503 to new requests, in-flight ones finish, deregistered — within 1.25x the steady
+state), and an open-loop load of constant rate through the router for the whole run
 (:class:`bench._cutover_fleet.Load`). The virtual clock is frozen and jumps to the end of a
 stage's hold once the stage had a passing window, so the seed schedule (shadow 5..50 %, live
 5/25/50/100 %) runs in seconds while every decision is the router's, from real windows.
@@ -18,8 +20,8 @@ stage's hold once the stage had a passing window, so the seed schedule (shadow 5
 Reported: non-2xx responses over both (goal 0); breach -> weight 0 (goal <= 2 intervals), from the
 first answer of the slowed target the router saw (a latency breach exists only once an answer is
 late: before that no analysis can see it), and also from the moment the target was slowed (which
-adds the slow answer's own duration); peak replicas / steady state (goal <= 1.25; draining replicas
-counted until they are gone). The box is shared: the load average is recorded.
+adds the slow answer's own duration); peak replicas / steady state (goal <= 1.25), sampled every
+100 ms over everything running: ready, draining (until gone) and launches still provisioning. The box is shared: the load average is recorded.
 ``--quick``: a shorter load and a coarser schedule (the test suite's smoke run).
 """
 
@@ -43,7 +45,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--rps", type=float, default=30.0)
-    p.add_argument("--interval-s", type=float, default=2.0)
+    p.add_argument("--interval-s", type=float, default=3.0)
     p.add_argument("--slow-ms", type=float, default=2500.0)
     args = p.parse_args()
     home = tempfile.mkdtemp(prefix="spotshift-bench-cutover-")
@@ -62,10 +64,7 @@ def main() -> int:
     th = co.Thresholds(min_samples=3, p99_slack_ms=400.0)
     shadow = "5,25,50" if args.quick else co.DEFAULT_SHADOW
     fleet = Fleet(service_ms=40.0)
-    for _ in range(STEADY):
-        fleet.add("source")
-    fleet.warm("target", STEADY)
-    fleet.warm("source", STEADY)
+    fleet.add("source", STEADY)
     router = Router(RouterConfig(fleet.endpoint, slo_ms=5000))
     load1 = os.getloadavg()
     out: dict[str, object] = {}
@@ -90,13 +89,11 @@ def main() -> int:
             stages = [row["stage"] for row in st.stage_rows]
             peak_promotion = fleet.peak
             back = failback(fleet.endpoint, record=False)
-            settle = time.monotonic() + 30
+            settle = time.monotonic() + 120
             while (
                 len(fleet.live("source")) < STEADY or fleet.count() > STEADY
             ) and time.monotonic() < settle:
-                fleet.scale_to(
-                    co.replica_plan(back), co.fleet_cap(STEADY)
-                )  # drained targets go, sources come
+                fleet.follow(back)  # drained targets go, sources come back
                 time.sleep(0.2)
             failback_peak = fleet.peak
 
@@ -154,7 +151,7 @@ def main() -> int:
                 watch(st2)
                 time.sleep(0.01)
             time.sleep(1.0)
-            fleet.scale_to(co.replica_plan(st2))
+            fleet.follow(co.require_state(fleet.endpoint))  # the target drained, the source at steady
             statuses = load.stop()
             total_s = time.perf_counter() - t0
         failed = sum(n for k, n in statuses.items() if k != 200)

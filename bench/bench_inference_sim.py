@@ -100,9 +100,9 @@ def scenario(prices: str | None, start: str, days: float, seed: int, regions: tu
     }
 
 
-def speed(prices: str | None, quick: bool) -> dict:
+def speed(prices: str | None, quick: bool, days: float = 30.0) -> dict:
     """A month (a day with --quick) of one-minute ticks over a handful of regions: wall time per policy."""
-    days = 1.0 if quick else 30.0
+    days = 1.0 if quick else days
     req = InferenceSimRequest(prices=prices, start="2024-03-01", days=days, regions=SPEED_REGIONS)
     with Timer() as tb:
         sim, _ = build_sim_inputs(req)
@@ -118,6 +118,12 @@ def speed(prices: str | None, quick: bool) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--days",
+        type=float,
+        default=30.0,
+        help="length of each window in days (default 30; results go to inference_sim_<days>d.json unless 30)",
+    )
     args = ap.parse_args()
     real = shared_data_file(REAL_HISTORY)
     prices = str(real) if real is not None else None
@@ -132,14 +138,14 @@ def main() -> int:
     if args.quick:
         windows = [("2024-03-01", 1.0, 0, ("us-*", "europe-west4", "asia-northeast1"))]
     else:
-        windows = [("2023-09-01", 30.0, 0, ()), ("2024-06-01", 30.0, 1, ())]
+        windows = [("2023-09-01", args.days, 0, ()), ("2024-06-01", args.days, 1, ())]
     if real is None:  # the generated market starts 2023-01-04 and prices four GCP regions
         windows = [("2023-02-01", w[1], w[2], ()) for w in windows]
     # the windows are independent: one process each (two cores; results in window order)
     with ProcessPoolExecutor(max_workers=min(2, len(windows))) as pool:
         futures = [pool.submit(scenario, prices, *w) for w in windows]
         result["scenarios"] = [f.result() for f in futures]
-    result["speed"] = speed(prices, args.quick) if real is not None else None
+    result["speed"] = speed(prices, args.quick, min(args.days, 30.0)) if real is not None else None
     verdicts = [s["verdict"] for s in result["scenarios"]]  # type: ignore[index]
     result["targets_met"] = {
         "saving_ge_50pct": all(v["saving_ge_50pct"] for v in verdicts),
@@ -156,7 +162,8 @@ def main() -> int:
     }
     print("targets", result["targets_met"])
     result["peak_rss_mib"] = round(peak_rss_mib(), 1)
-    write_result("inference_sim" + ("_quick" if args.quick else ""), result)
+    name = "inference_sim" + ("_quick" if args.quick else "" if args.days == 30.0 else f"_{args.days:g}d")
+    write_result(name, result)
     return 0
 
 

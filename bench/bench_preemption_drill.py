@@ -35,7 +35,9 @@ from bench._common import write_result  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 ENDPOINT = "drill"
 SLO_MS = 1000.0
-START_TIMEOUT_S = 300.0  # torch import + checkpoint verification per replica on a loaded machine
+START_TIMEOUT_S = (
+    900.0  # torch import + checkpoint verification per replica on a loaded machine (load 45: > 5 min)
+)
 SPOT = (("gcp/us-east4", 0.9), ("gcp/us-central1", 0.95), ("aws/us-east-1", 1.0), ("aws/us-east-2", 1.05))
 ON_DEMAND = (("gcp/us-east1", 3.0),)
 NOTICED = ("gcp/us-east4", "aws/us-east-1")  # half of the spot replicas, one per provider

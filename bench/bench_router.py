@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -43,21 +44,25 @@ def spawn(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
 
 
 async def closed_loop(url: str, seconds: float, concurrency: int = 64) -> float:
-    """Completed requests per second with ``concurrency`` requests always outstanding."""
-    import httpx
+    """Completed requests per second with ``concurrency`` requests always outstanding (the same
+    aiohttp client as ``spotshift loadgen``)."""
+    import aiohttp
 
     from spotshift.serving.replica_api import COMPLETIONS_PATH
 
     done = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=30, trust_env=False) as client:
+    body = json.dumps({"prompt": "ceiling", "max_tokens": 4}).encode()
+    headers = {"content-type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, trust_env=False) as client:
         stop = time.perf_counter() + seconds
 
         async def worker() -> None:
             nonlocal done
             while time.perf_counter() < stop:
-                r = await client.post(url + COMPLETIONS_PATH, json={"prompt": "ceiling", "max_tokens": 4})
-                done += r.status_code == 200
+                async with client.post(url + COMPLETIONS_PATH, data=body, headers=headers) as r:
+                    await r.read()
+                    done += r.status == 200
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -138,6 +143,7 @@ def main() -> int:
     from spotshift.serving.nginx import NginxBackend, nginx_binary
     from spotshift.serving.policy import InferenceTimeModel, ReplicaView, traffic_policy
 
+    load_start = round(os.getloadavg()[0], 2)
     home = Path(tempfile.mkdtemp(prefix="spotshift-bench-router-"))
     env = {**os.environ, "SPOTSHIFT_HOME": str(home), "PYTHONPATH": str(REPO)}
     os.environ["SPOTSHIFT_HOME"] = str(home)
@@ -194,6 +200,7 @@ def main() -> int:
         "throughput_ceiling_rps": ceiling,
         "targets_met": {rate: row["router_meets_targets"] for rate, row in rows.items()},
         "note": nginx_note,
+        "load_average_start_1m": load_start,
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
     write_result("router_quick" if args.quick else "router", result)

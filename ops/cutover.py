@@ -6,11 +6,13 @@
     advance_cutover -> validate_cutover_stage
 
 ``advance_cutover`` moves what the clock alone moves (a stage whose hold passed, a failback window
-that closed); ``validate_cutover_stage`` records ``cutover_validation`` for the stage with one
+that closed), then makes the endpoint's replicas follow the plan of the phase and stage it is in
+(target replicas launched, source replicas drained, within 1.25x the steady state) through the
+``launcher`` resource; ``validate_cutover_stage`` records ``cutover_validation`` for the stage with one
 blocking check per criterion (``p99_latency``, ``error_rate``, ``cost_per_million_tokens``,
 ``output_agreement``) and the stage's ``raw.cutovers`` rows. A failed check fails the op, so the run
 fails -> ``cutover_failure_sensor`` -> ``cutover_rollback_job`` (target weight 0; idempotent when
-the router already did it). In the UI the runs of one cutover are its stages in order, like the
+the router already did it; the source scaled back, the target drained). In the UI the runs of one cutover are its stages in order, like the
 steps of a training migration, and the failed check names the criterion.
 """
 
@@ -19,6 +21,8 @@ from typing import Any
 
 import dagster as dg
 
+from resources.compute import ReplicaLauncherResource
+from spotshift.errors import SpotshiftError
 from spotshift.migration import endpoint_cutover as ec
 from spotshift.serving import cutover as co
 
@@ -71,13 +75,38 @@ def stage_checks(state: co.CutoverState, stage: str) -> tuple[dict[str, Any], li
     return meta, results
 
 
-@dg.op(name=ec.ADVANCE_OP, required_resource_keys={"warehouse"})
+def follow_plan(context: dg.OpExecutionContext, endpoint: str, launcher: ReplicaLauncherResource) -> None:
+    """One pass of the replicas following the cutover's plan; what it did as output metadata."""
+    try:
+        step = ec.scale_replicas(endpoint, launcher.launcher())
+    except SpotshiftError as exc:
+        raise dg.Failure(f"cutover of {endpoint}: replicas not scaled: {exc}") from None
+    context.log.info(
+        f"cutover replicas of {endpoint}: source {step.after['source']} + target {step.after['target']} "
+        f"(plan {step.plan['source']} + {step.plan['target']}, cap {step.cap}); launched "
+        f"{len(step.launched)}, drained {len(step.drained)}"
+    )
+    context.add_output_metadata(
+        {
+            "replicas_source": step.after["source"],
+            "replicas_target": step.after["target"],
+            "launched": len(step.launched),
+            "drained": len(step.drained),
+            "fleet_cap": step.cap,
+            "scaled": dg.MetadataValue.json(step.to_dict()),
+        }
+    )
+
+
+@dg.op(name=ec.ADVANCE_OP, required_resource_keys={"warehouse", "launcher"})
 def advance_cutover(context: dg.OpExecutionContext, config: StageConfig) -> str:
-    """What the virtual clock moves: a held stage advances, a closed failback window decommissions."""
+    """What the virtual clock moves (a held stage advances, a closed failback window
+    decommissions); then the replicas follow the plan of where the cutover now is."""
     st = ec.check(config.endpoint, record=False)
     context.log.info(
         f"cutover {st.cutover_id} of {st.endpoint}: {st.phase} {st.current.label if st.current else ''}"
     )
+    follow_plan(context, config.endpoint, context.resources.launcher)
     return config.endpoint
 
 
@@ -126,14 +155,16 @@ class RollbackConfig(dg.Config):
     reason: str = "cutover_job failed"
 
 
-@dg.op(name=ec.ROLLBACK_OP, required_resource_keys={"warehouse"})
+@dg.op(name=ec.ROLLBACK_OP, required_resource_keys={"warehouse", "launcher"})
 def roll_back_cutover(context: dg.OpExecutionContext, config: RollbackConfig) -> None:
-    """Target weight 0 (or a promoted cutover failed back); the stage rows recorded."""
+    """Target weight 0 (or a promoted cutover failed back); the stage rows recorded; the source
+    scaled back to the steady state and the target drained."""
     st = ec.rollback(config.endpoint, config.reason, record=False)
     context.resources.warehouse.append("raw.cutovers", list(st.stage_rows))
     context.log.info(
         f"cutover {st.cutover_id} of {st.endpoint}: {st.phase}; target weight {st.target_weight:g}"
     )
+    follow_plan(context, config.endpoint, context.resources.launcher)
 
 
 @dg.job(name=ec.CUTOVER_ROLLBACK_JOB, tags={"spotshift/kind": "cutover"})

@@ -23,7 +23,11 @@
                  spot < 0.6 x reserved, reserved committed where not, decisions recorded); three
                  real replicas behind the router under load, the spot one preempted mid-load with
                  zero failed requests
-8. ``costs``     ``cost_report_job`` (dbt build of dbt_costs, then ``cost_report``) and the summary:
+8. ``cutover``   the cutover act (``scripts/demo_cutover.py``): under constant load, ``chat`` moved to
+                 its cheapest location twice: a target serving an early checkpoint is caught in the
+                 shadow phase and rolled back automatically; a good one promotes to 100 %; replicas
+                 launched and drained by the cutover's follower; zero failed requests
+9. ``costs``     ``cost_report_job`` (dbt build of dbt_costs, then ``cost_report``) and the summary:
                  spotshift vs always-on-demand vs stay-on-first-spot, GB moved, recovery times,
                  deadline met
 
@@ -622,7 +626,27 @@ def stage_inference(market: Market) -> Any:
     return act
 
 
-def stage_cost_report(life: Lifecycle | None, inference: Any = None) -> None:
+def stage_cutover(inference: Any) -> Any:
+    """The cutover act (``scripts/demo_cutover.py``) on the inference act's endpoint and locations."""
+    from scripts import demo_cutover
+    from spotshift.serving.control import location_quotes_now
+    from spotshift.serving.endpoints import get_endpoint
+    from spotshift.warehouse import connect
+
+    banner(
+        "cutover: chat moved to its cheapest region under load; a wrong target rolled back, a good one promoted"
+    )
+    with connect(read_only=True) as con:
+        quotes, _ = location_quotes_now(con, get_endpoint(demo_cutover.ENDPOINT))
+    act = demo_cutover.run_act(JOB, inference.locations, {q.location: q for q in quotes})
+    demo_cutover.print_act(act)
+    phases = [o["phase"] for o in act.outcomes]
+    if phases != ["rolled_back", "promoted"] or act.load.get("errors") != 0:
+        raise SystemExit(f"demo: the cutovers ended {phases} with load {act.load}")
+    return act
+
+
+def stage_cost_report(life: Lifecycle | None, inference: Any = None, cutover: Any = None) -> None:
     """Run ``cost_report_job`` (dbt build of dbt_costs, then ``cost_report``) and print the report."""
     from spotshift.costs.marts import fetch_dicts, open_marts
     from spotshift.costs.report import format_text, read_report, reports_dir
@@ -653,7 +677,7 @@ def stage_cost_report(life: Lifecycle | None, inference: Any = None) -> None:
         )
     print_summary(life, savings[0] if savings else {}, migrations, preemptions)
     if inference is not None:
-        print_inference_summary(inference)
+        print_inference_summary(inference, cutover)
 
 
 def print_summary(
@@ -707,9 +731,9 @@ def print_summary(
         print(f"{k:<{width}}  {v}")
 
 
-def print_inference_summary(act: Any) -> None:
-    """The inference act's closing lines (same two-column layout as the summary; deterministic:
-    the measured cost per million tokens is printed with the cost report above)."""
+def print_inference_summary(act: Any, cutover: Any = None) -> None:
+    """The inference and cutover acts' closing lines (same two-column layout as the summary;
+    deterministic: the measured cost per million tokens and request counts are printed above)."""
     load = act.load
     saving = 1 - act.day_usd / act.day_on_demand_usd if act.day_on_demand_usd else 0.0
     rows = [
@@ -724,6 +748,14 @@ def print_inference_summary(act: Any) -> None:
             f"{act.slo_attainment:.3%} within the SLO",
         ),
     ]
+    for i, o in enumerate(cutover.outcomes if cutover is not None else [], 1):
+        how = f"{o['criterion']}" if o["phase"] == "rolled_back" else " ".join(o["stages"])
+        rows.append((f"cutover {i}: {o['model']}", f"{o['phase']} at {o['stage']} ({how})"))
+    if cutover is not None:
+        rows.append(("cutover: failed requests", str(cutover.load.get("errors"))))
+        rows.append(
+            ("cutover: replicas at most", f"{cutover.peak} (steady {cutover.steady}, cap {cutover.cap})")
+        )
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
@@ -759,13 +791,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with stage_clock(market, settings):
             stage_prices_first()
-            life = inference = None
+            life = inference = cutover = None
             if not args.prices_only:
                 stage_data(home, settings)
                 job = stage_job(market, settings)
                 life = stage_lifecycle(market, job, settings)
                 inference = stage_inference(market)
-            stage_cost_report(life, inference)
+                cutover = stage_cutover(inference)
+            stage_cost_report(life, inference, cutover)
     finally:
         stop_trainers()
         Runs.close()

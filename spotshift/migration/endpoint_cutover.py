@@ -11,6 +11,10 @@ take; the decisions themselves are :mod:`spotshift.serving.cutover`, the measuri
 * :func:`check` — what time alone changes: a stage whose hold passed (with a passing window)
   advances, a promoted cutover past its failback window is decommissioned; stage rows recorded.
 * :func:`rollback` / :func:`failback` — 100 % on the source in one step, the reason recorded.
+* :func:`scale_replicas` — the endpoint's replicas follow the plan of the current phase and stage
+  (:func:`spotshift.serving.cutover_replicas.follow`: target launched, source drained to its floor,
+  or back), through the replica launcher. ``cutover_job`` and ``cutover_rollback_job`` take it after
+  every change; the command line after each verb.
 
 Every step writes the state under its lock (temp + rename) and records the new ``raw.cutovers``
 rows; each is idempotent.
@@ -18,6 +22,7 @@ rows; each is idempotent.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +34,8 @@ from spotshift.registry import locked
 from spotshift.serving import cutover as co
 from spotshift.serving import replica_api as api
 from spotshift.serving.cutover_facts import record_stage_rows
+from spotshift.serving.cutover_replicas import DEFAULT_STOP_TIMEOUT_S
+from spotshift.serving.launcher import ReplicaLauncher
 from spotshift.serving.serve import replica_price_usd_hour
 
 
@@ -115,6 +122,8 @@ def start(endpoint: str, opts: StartOptions, *, record: bool = True) -> co.Cutov
             source_floor=opts.source_floor,
             failback_s=opts.failback_s,
             now=now,
+            source_mix=source_mix(sources),
+            target_usd_per_hour=float(price),
         )
         co.save_state(st)
     if record:
@@ -166,6 +175,24 @@ def failback(endpoint: str, *, record: bool = True) -> co.CutoverState:
     if record:
         record_rows(st)
     return st
+
+
+def source_mix(sources: list[api.ReplicaRecord]) -> list[dict[str, Any]]:
+    """The source's replicas per (location, market) with their price: where it scales back to."""
+    counts = Counter((r.location, r.market) for r in sources)
+    price = {(r.location, r.market): r.price_usd_per_hour for r in sources}
+    return [
+        {"location": loc, "market": m, "usd_per_hour": float(price[(loc, m)]), "count": n}
+        for (loc, m), n in sorted(counts.items())
+    ]
+
+
+def scale_replicas(
+    endpoint: str, launcher: ReplicaLauncher, *, stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S
+) -> co.FollowStep:
+    """The endpoint's replicas follow its cutover's plan now (one pass of
+    :func:`spotshift.serving.cutover_replicas.follow`); NotFoundError without a cutover."""
+    return co.follow(co.require_state(endpoint), launcher, stop_timeout_s=stop_timeout_s)
 
 
 def record_rows(state: co.CutoverState, *, con: Any = None) -> int:

@@ -1,6 +1,8 @@
 """``spotshift cutover start|status|rollback|failback``: gradual cutover of an inference endpoint.
 
-Standard library at import time (the heavy parts load inside the handlers).
+Light at import time (every ``spotshift`` invocation imports each command module): the stage
+defaults from :mod:`spotshift.serving.cutover_stages`; the rest (warehouse, launcher, serving
+modules) loads inside the handlers.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ import argparse
 import sys
 from typing import Any
 
-from spotshift.cliutil import deprecated_alias
+from spotshift.cliutil import deprecated_alias, emit_json
+from spotshift.clock import virtual_now
+from spotshift.errors import check_range
+from spotshift.serving.cutover_stages import DEFAULT_SHADOW_SHARES, DEFAULT_STAGES
 
 DESCRIPTION = (
     "Moves an endpoint to a target location in stages the router applies: first a shadow phase (a share "
@@ -19,7 +24,10 @@ DESCRIPTION = (
     "(<= 0.001), cost per million tokens against the plan, identical answers on the mirrored share; a "
     "failed comparison sets the target's weight to 0 at once and records why. Holds run on the virtual "
     "clock. After promotion the source stays warm at --source-floor replicas for --failback-days; "
-    "'cutover failback' restores it in one step. State: $SPOTSHIFT_HOME/serving/<endpoint>/cutover.json."
+    "'cutover failback' restores it in one step. After each action the endpoint's replicas follow the stage's "
+    "plan through the replica launcher (target replicas launched, source replicas drained to the rest, "
+    "the total within 1.25x the steady state; the source back on a rollback); --no-scale leaves them. "
+    "State: $SPOTSHIFT_HOME/serving/<endpoint>/cutover.json."
 )
 
 
@@ -32,6 +40,25 @@ def register(sub: Any) -> None:
     csub = p.add_subparsers(dest="cutover_command", metavar="ACTION")
     csub.required = True
 
+    _register_start(csub)
+    for name, helptext, handler in (
+        (
+            "status",
+            "show the cutover (advances a stage whose hold passed; records raw.cutovers; replicas follow)",
+            _status,
+        ),
+        ("rollback", "target weight 0 now (a promoted cutover fails back)", _rollback),
+        ("failback", "100 %% back on the source in one step, within the failback window", _failback),
+    ):
+        c = csub.add_parser(name, help=helptext)
+        c.add_argument("endpoint", help="endpoint with a cutover (spotshift cutover start)")
+        _common(c)
+        if name == "rollback":
+            c.add_argument("--reason", default="rollback requested", help="recorded with the rollback")
+        c.set_defaults(handler=handler)
+
+
+def _register_start(csub: Any) -> None:
     s = csub.add_parser("start", help="begin a cutover to PROVIDER/REGION", description=DESCRIPTION)
     s.add_argument("endpoint", help="endpoint to move (its live replicas are the source)")
     s.add_argument("--to", required=True, metavar="PROVIDER/REGION", help="target location")
@@ -49,14 +76,14 @@ def register(sub: Any) -> None:
     )
     s.add_argument(
         "--shadow",
-        default="5,15,25,35,45,50",
+        default=DEFAULT_SHADOW_SHARES,
         metavar="P[:HOLD],...",
         help="shadow shares in percent (default 5,15,25,35,45,50: the first held 48h, the others "
         "24h); 'none' skips the shadow phase",
     )
     s.add_argument(
         "--stages",
-        default="5:24h,25:48h,50:72h,100:0",
+        default=DEFAULT_STAGES,
         metavar="P:HOLD,...",
         help="live stages, percent:hold, ending at 100 (default 5:24h,25:48h,50:72h,100:0)",
     )
@@ -132,28 +159,44 @@ def register(sub: Any) -> None:
         metavar="N",
         help="requests per side and window before latency and errors are judged (default 20)",
     )
-    s.add_argument("--json", action="store_true", help="print the state as one JSON object")
+    _common(s)
     s.set_defaults(handler=_start)
 
-    for name, helptext, handler in (
-        ("status", "show the cutover (advances a stage whose hold passed; records raw.cutovers)", _status),
-        ("rollback", "target weight 0 now (a promoted cutover fails back)", _rollback),
-        ("failback", "100 %% back on the source in one step, within the failback window", _failback),
-    ):
-        c = csub.add_parser(name, help=helptext)
-        c.add_argument("endpoint", help="endpoint with a cutover (spotshift cutover start)")
-        c.add_argument("--json", action="store_true", help="print the state as one JSON object")
-        if name == "rollback":
-            c.add_argument("--reason", default="rollback requested", help="recorded with the rollback")
-        c.set_defaults(handler=handler)
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the state as one JSON object")
+    p.add_argument(
+        "--no-scale",
+        action="store_true",
+        help="only change the weights: launch and drain no replica (another system scales them)",
+    )
+    p.add_argument(
+        "--stop-timeout-seconds",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="how long a drained replica may take to finish its requests and exit (default 60)",
+    )
 
 
-def _print(st: Any, as_json: bool) -> None:
-    from spotshift.cliutil import emit_json
-    from spotshift.clock import virtual_now
+def _done(st: Any, args: argparse.Namespace) -> int:
+    """Replicas follow the plan (unless --no-scale), then the state is printed."""
+    from spotshift.migration.endpoint_cutover import scale_replicas
+    from spotshift.serving.launcher import open_launcher
+
+    step = None
+    if not args.no_scale:
+        check_range(args.stop_timeout_seconds, "--stop-timeout-seconds", low=0, high=86400)
+        step = scale_replicas(st.endpoint, open_launcher(), stop_timeout_s=args.stop_timeout_seconds)
+    _print(st, args.json, step)
+    return 0
+
+
+def _print(st: Any, as_json: bool, step: Any = None) -> None:
     from spotshift.serving.cutover import summary
 
     doc = summary(st, virtual_now())
+    doc["scaled"] = step.to_dict() if step is not None else None
     if as_json:
         emit_json(doc)
         return
@@ -190,10 +233,16 @@ def _print(st: Any, as_json: bool) -> None:
         w(f"  failback window until {doc['failback_until']}\n")
     if doc["replica_hours_saved"] is not None:
         w(f"  source decommissioned; replica-hours saved {doc['replica_hours_saved']:g}\n")
+    if step is not None:
+        w(
+            f"  replicas now source {step.after['source']} + target {step.after['target']} "
+            f"(launched {len(step.launched)}, drained {len(step.drained)}; cap {step.cap})\n"
+        )
+        for note in step.notes:
+            w(f"  note: {note}\n")
 
 
 def _start(args: argparse.Namespace) -> int:
-    from spotshift.errors import check_range
     from spotshift.migration.endpoint_cutover import StartOptions, start
     from spotshift.serving.cutover import Thresholds
 
@@ -224,26 +273,22 @@ def _start(args: argparse.Namespace) -> int:
             failback_s=args.failback_days * 86400.0,
         ),
     )
-    _print(st, args.json)
-    return 0
+    return _done(st, args)
 
 
 def _status(args: argparse.Namespace) -> int:
     from spotshift.migration.endpoint_cutover import check
 
-    _print(check(args.endpoint), args.json)
-    return 0
+    return _done(check(args.endpoint), args)
 
 
 def _rollback(args: argparse.Namespace) -> int:
     from spotshift.migration.endpoint_cutover import rollback
 
-    _print(rollback(args.endpoint, args.reason), args.json)
-    return 0
+    return _done(rollback(args.endpoint, args.reason), args)
 
 
 def _failback(args: argparse.Namespace) -> int:
     from spotshift.migration.endpoint_cutover import failback
 
-    _print(failback(args.endpoint), args.json)
-    return 0
+    return _done(failback(args.endpoint), args)

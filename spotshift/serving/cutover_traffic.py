@@ -35,9 +35,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from spotshift.clock import virtual_now
 from spotshift.errors import SpotshiftError
 from spotshift.serving import cutover as co
 from spotshift.serving import replica_api as api
+from spotshift.serving.cutover_facts import record_stage_rows
 from spotshift.serving.policy import ReplicaView
 
 log = logging.getLogger("spotshift.serving")
@@ -230,8 +232,6 @@ class CutoverTraffic:
             return
         w.ended = now
         self.window = co.Window(now)
-        from spotshift.clock import virtual_now
-
         cid = split.cutover_id
 
         def change(st: co.CutoverState) -> co.CutoverState | None:
@@ -254,8 +254,6 @@ def _text(content: bytes) -> str | None:
 
 
 def _record_rows(rows: list[dict[str, Any]]) -> None:
-    from spotshift.serving.cutover_facts import record_stage_rows
-
     try:
         record_stage_rows(rows)
     except SpotshiftError as exc:  # the rows stay in the state file; cutover status records them

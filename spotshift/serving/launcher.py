@@ -18,6 +18,7 @@ deregisters, exits 0), so a scale-down fails no request behind a router.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from spotshift.atomic import atomic_write_json
 from spotshift.errors import ConfigError, NotFoundError
+from spotshift.home import run_dir
 from spotshift.serving import replica_api as api
 from spotshift.training.backend import _process_alive  # the one pid + start-time liveness check
 
@@ -60,8 +62,6 @@ class StopReport:
 
 def launches_dir(endpoint: str) -> Path:
     """``$SPOTSHIFT_HOME/run/replicas/<endpoint>``: one JSON file per launch not yet cleaned up."""
-    from spotshift.home import run_dir
-
     return run_dir() / "replicas" / api.check_endpoint_name(endpoint)
 
 
@@ -79,8 +79,11 @@ class ReplicaLauncher(ABC):
     kind: str
 
     @abstractmethod
-    def start(self, endpoint: str, location: str, market: str, *, usd_per_hour: float) -> LaunchInfo:
-        """Start one replica; it registers itself once it listens."""
+    def start(
+        self, endpoint: str, location: str, market: str, *, usd_per_hour: float, model: str = ""
+    ) -> LaunchInfo:
+        """Start one replica; it registers itself once it listens. ``model``: a checkpoint or job to
+        serve instead of the endpoint's (a cutover's target); empty: the endpoint's."""
 
     @abstractmethod
     def stop(self, endpoint: str, replica_id: str, *, timeout_s: float = 60.0) -> StopReport:
@@ -96,17 +99,32 @@ class ReplicaLauncher(ABC):
 
 
 class LocalReplicaLauncher(ReplicaLauncher):
-    """Replicas as detached local ``spotshift serve`` processes (survive the process that started them)."""
+    """Replicas as detached local ``spotshift serve`` processes (survive the process that started them).
+
+    ``program``: what runs after the interpreter, before ``serve ENDPOINT --location ...`` (default
+    ``-m spotshift.cli``). Another program must keep ``spotshift serve``'s contract: take those
+    arguments, register in the endpoint's registry once listening (with its own pid), and drain on
+    SIGTERM (503 to new requests, in-flight ones finish, deregister, exit) — the benchmarks' model-less
+    peer (``bench/_replica_peer.py``) does."""
 
     kind = "local"
 
-    def __init__(self, python: str | None = None, extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        python: str | None = None,
+        extra_args: tuple[str, ...] = (),
+        program: tuple[str, ...] = ("-m", "spotshift.cli"),
+    ):
         self.python = python or sys.executable
         self.extra_args = extra_args
+        self.program = program
         self._procs: dict[int, subprocess.Popen[bytes]] = {}  # reaped when they exit, in this process
 
-    def start(self, endpoint: str, location: str, market: str, *, usd_per_hour: float) -> LaunchInfo:
-        """Start ``spotshift serve ENDPOINT --location L --market M --usd-per-hour P`` on a free port."""
+    def start(
+        self, endpoint: str, location: str, market: str, *, usd_per_hour: float, model: str = ""
+    ) -> LaunchInfo:
+        """Start ``spotshift serve ENDPOINT --location L --market M --usd-per-hour P [--model M]`` on
+        a free port."""
         import psutil
 
         if market not in api.MARKETS:
@@ -115,8 +133,10 @@ class LocalReplicaLauncher(ReplicaLauncher):
         d.mkdir(parents=True, exist_ok=True)
         launch_id = f"{location.replace('/', '-')}-{market}-{time.time_ns()}"
         log = d / f"{launch_id}.log"
-        cmd = [self.python, "-m", "spotshift.cli", "serve", endpoint, "--location", location]
+        cmd = [self.python, *self.program, "serve", endpoint, "--location", location]
         cmd += ["--market", market, "--usd-per-hour", f"{usd_per_hour:.6f}", *self.extra_args]
+        if model:
+            cmd += ["--model", model]
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
@@ -141,8 +161,6 @@ class LocalReplicaLauncher(ReplicaLauncher):
         d = launches_dir(endpoint)
         for path in sorted(d.glob("*.json")) if d.is_dir() else []:
             try:
-                import json
-
                 out.append((path, LaunchInfo(**json.loads(path.read_text()))))
             except (OSError, ValueError, TypeError):
                 raise ConfigError(f"{path}: not a replica launch file") from None

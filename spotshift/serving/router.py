@@ -1,18 +1,24 @@
 """``spotshift router ENDPOINT``: the reverse proxy that routes each completion by cost under the SLO.
 
-Starlette under uvicorn receives requests (:mod:`spotshift.serving.router_app`); one
-``httpx.AsyncClient`` per replica, with pooled keep-alive connections, forwards them. For each ``POST /v1/completions`` the router:
+uvicorn (uvloop, httptools) receives requests (:mod:`spotshift.serving.router_app`); one
+``aiohttp`` session with pooled keep-alive connections to every replica
+(:mod:`spotshift.serving.pool`) forwards them. For each ``POST /v1/completions`` the router:
 
 1. reads the user region (header ``X-Spotshift-User-Region``, else the router's default) and
    estimates the request's tokens (``ceil(prompt characters / 4) + max_tokens``);
 2. asks :func:`spotshift.serving.policy.route` for a replica among the endpoint's live ones
    (registry of :mod:`spotshift.serving.replica_api`, re-read every second), predicted from the
    round trip, the router's live in-flight count per replica and the online inference-time
-   model, with a seeded draw (seed 000) for the 80/20 cheapest/fastest split;
+   model, with a seeded draw (seed 000) for the 80/20 cheapest/fastest split; a replica meets the
+   SLO when its prediction plus the router's p99 prediction error
+   (:class:`~spotshift.serving.margin.PredictionMargin`, learned from the answers) does, so
+   cost-first routing does not fill the cheapest replica to the SLO at the mean and past it at the tail;
 3. forwards the body; a replica that refuses (503 draining, 502, 504) or fails at the transport
    level (connection refused, reset, died mid-request, timeout) is set aside and the request is
    retried on another replica — completions are idempotent under greedy decoding, so a spot
-   replica that drains or dies fails no request while another replica lives;
+   replica that drains or dies fails no request while another replica lives; when every live
+   replica was tried or is set aside for a moment, the request waits (twice, at most 1 s each)
+   for the first to come back before it fails;
 4. learns from the answer (the replica's ``X-Spotshift-Inference-Ms``, or the wall time when the
    replica had a free slot) and returns it with ``X-Spotshift-Route`` (cheapest, fastest,
    fallback) and ``X-Spotshift-Attempts``.
@@ -35,23 +41,19 @@ reloading the live context so pooled connections keep going.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-import math
 import random
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from spotshift.atomic import atomic_write_json
 from spotshift.errors import ConfigError
 from spotshift.serving import replica_api as api
-from spotshift.serving.latency import user_regions
+from spotshift.serving.margin import PredictionMargin
 from spotshift.serving.policy import (
-    CHEAP_SHARE,
-    DEFAULT_SEED,
     InferenceTimeModel,
     ReplicaView,
     TrafficPolicy,
@@ -59,78 +61,30 @@ from spotshift.serving.policy import (
     route,
     traffic_policy,
 )
-from spotshift.serving.pool import ReplicaPool
+from spotshift.serving.pool import ReplicaAnswer, ReplicaPool, ReplicaUnreachable
+from spotshift.serving.router_state import (
+    SIGNAL_FILE,
+    Counters,
+    RouterConfig,
+    estimate_tokens,
+    read_router_signal,
+    signal_path,
+)
+
+__all__ = [
+    "SIGNAL_FILE",
+    "Counters",
+    "Router",
+    "RouterConfig",
+    "estimate_tokens",
+    "read_router_signal",
+    "signal_path",
+]
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 DOWN_COOLDOWN_S = 1.0  # a replica that failed at the transport level gets no traffic for this long
 DRAINING_COOLDOWN_S = 5.0  # one that answered 503 (draining), unless the registry says ready sooner
-SIGNAL_FILE = "router_signal.json"
-
-
-def signal_path(endpoint: str) -> Path:
-    """The router's SLO signal for the autoscaler: ``$SPOTSHIFT_HOME/serving/<endpoint>/router_signal.json``."""
-    return api.registry_path(endpoint).with_name(SIGNAL_FILE)
-
-
-def read_router_signal(endpoint: str) -> dict[str, Any] | None:
-    """The router's counters for ``endpoint`` (``requests``, ``slo_violations``,
-    ``violations_by_user_region``, ``failed``, ``retries``, ``updated_at``); None when no router ran."""
-    try:
-        return json.loads(signal_path(endpoint).read_text())
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        raise ConfigError(f"{signal_path(endpoint)}: not a router signal file") from None
-
-
-def estimate_tokens(body: dict[str, Any]) -> float:
-    """Tokens a completion will cost, known before it runs: ``ceil(len(prompt) / 4) + max_tokens``."""
-    prompt = body.get("prompt", "")
-    max_tokens = body.get("max_tokens", 16)
-    n = len(prompt) if isinstance(prompt, str) else 0
-    return math.ceil(n / 4) + (max_tokens if isinstance(max_tokens, int) else 16)
-
-
-@dataclass
-class RouterConfig:
-    """How one router runs. ``replicas``: a fixed list (tests, benchmarks) instead of the registry."""
-
-    endpoint: str
-    slo_ms: float
-    user_region: str = "us-east"
-    users: dict[str, float] | None = None
-    seed: int = DEFAULT_SEED
-    cheap_share: float = CHEAP_SHARE
-    capacity_tokens_s: float = 2400.0
-    slots: int = 1
-    timeout_s: float = 30.0
-    max_connections: int = 64  # per replica (in shards, see serving.pool)
-    tls_dir: Path | None = None
-    replicas: Sequence[ReplicaView] | None = None
-    clock: Callable[[], Any] | None = None
-
-    def __post_init__(self) -> None:
-        api.check_endpoint_name(self.endpoint)
-        if not (math.isfinite(self.slo_ms) and self.slo_ms > 0):
-            raise ConfigError(f"router {self.endpoint}: --slo-ms must be a positive number")
-        if self.user_region not in user_regions():
-            raise ConfigError(f"router {self.endpoint}: user region {self.user_region!r} is unknown")
-        if not 0 <= self.cheap_share <= 1:
-            raise ConfigError(f"router {self.endpoint}: cheap_share must be within [0, 1]")
-
-
-@dataclass
-class Counters:
-    """What the router counts (exposed on /metrics and written to the signal file)."""
-
-    requests: int = 0
-    ok: int = 0
-    failed: int = 0
-    retries: int = 0
-    slo_violations: int = 0
-    by_route: dict[str, int] = field(default_factory=lambda: {"cheapest": 0, "fastest": 0, "fallback": 0})
-    violations_by_user_region: dict[str, int] = field(default_factory=dict)
-    last_violation_at: str | None = None
+SET_ASIDE_WAITS = 2  # rounds a request waits (<= DOWN_COOLDOWN_S each) for a set-aside replica
 
 
 class Router:
@@ -140,11 +94,13 @@ class Router:
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)
         self.model = InferenceTimeModel()
+        self.margin = PredictionMargin()
         self.outstanding: dict[str, int] = {}
         self.set_aside: dict[str, float] = {}  # replica id -> monotonic time it may be used again
         self.counters = Counters()
         self.replicas: list[ReplicaView] = list(cfg.replicas or [])
-        self.clients: dict[str, ReplicaPool] = {}  # replica URL -> its connection pool
+        self.pool: ReplicaPool | None = None  # keep-alive connections to every replica
+        self._headers: dict[str, dict[str, str]] = {}  # user region -> request headers to replicas
         self._verify: Any = True
         self._written: tuple[Any, ...] | None = None  # counters as last written to the signal file
         self._rotator: Any = None
@@ -181,6 +137,18 @@ class Router:
             if r.replica_id not in excluded and self.set_aside.get(r.replica_id, 0.0) <= now
         ]
 
+    def _back_in(self, tried: set[str]) -> float | None:
+        """Seconds until a ready replica that is only set aside (not tried for this request) is
+        usable again; None when there is none."""
+        now = time.monotonic()
+        times = [
+            self.set_aside.get(r.replica_id, 0.0) - now
+            for r in self.replicas
+            if r.state == "ready"
+            and (r.replica_id not in tried or self.set_aside.get(r.replica_id, 0.0) > now)
+        ]
+        return max(0.0, min(times)) if times else None
+
     def policy(self) -> TrafficPolicy:
         """The current rule as weights for the configured user mix (what backends render)."""
         users = self.cfg.users or {self.cfg.user_region: 1.0}
@@ -203,16 +171,22 @@ class Router:
         Retries on another replica after a refusal or a transport failure until every replica was
         tried; then 503 naming the endpoint.
         """
-        import httpx
-
         self.counters.requests += 1
         tried: set[str] = set()
-        attempts = 0
+        attempts = waits = 0
         side = self.cutover.pick()  # a cutover in progress: source or target, drawn once per request
         while True:
             usable = self.cutover.restrict(self._usable(tried), side)
-            cands = evaluate(usable, self.outstanding, user_region, tokens, self.model, self.cfg.slo_ms)
+            slo = self.margin.effective_slo(self.cfg.slo_ms)  # the prediction at its p99 meets the SLO
+            cands = evaluate(usable, self.outstanding, user_region, tokens, self.model, slo)
             choice = route(cands, self.rng.random(), self.cfg.cheap_share)
+            if choice is None and waits < SET_ASIDE_WAITS and (wait := self._back_in(tried)) is not None:
+                # every live replica was tried or is set aside for a moment (a dropped keep-alive
+                # connection, a timeout on a loaded box): wait for the first to come back, retry
+                waits += 1
+                tried.clear()
+                await asyncio.sleep(min(wait, DOWN_COOLDOWN_S))
+                continue
             if choice is None:
                 self.counters.failed += 1
                 msg = f"no replica of endpoint {self.cfg.endpoint} could serve the request (tried {attempts})"
@@ -232,7 +206,7 @@ class Router:
             t0 = time.perf_counter()
             try:
                 resp = await self.post_completion(rep, body, user_region)
-            except httpx.TransportError:
+            except ReplicaUnreachable:
                 self.set_aside[rid] = time.monotonic() + DOWN_COOLDOWN_S
                 self.cutover.observe(rep, None, None, tokens)
                 continue
@@ -246,6 +220,7 @@ class Router:
                 continue
             if resp.status_code == 200:
                 self.counters.ok += 1
+                self.margin.observe(choice.candidate.predicted_ms, wall_ms)
                 self._learn(rid, tokens, resp.headers.get(api.HEADER_INFERENCE_MS), wall_ms, busy < rep.slots)
                 if self.cutover.should_mirror(rep):  # shadow: compared, never returned
                     self.cutover.spawn_mirror(self, body, user_region, tokens, resp.content)
@@ -258,13 +233,16 @@ class Router:
             headers["x-spotshift-attempts"] = str(attempts)
             return resp.status_code, resp.content, headers
 
-    async def post_completion(self, rep: ReplicaView, body: bytes, user_region: str) -> Any:
-        """POST one completion to ``rep`` over its pooled connections (httpx errors propagate)."""
-        return await self._client(rep.url).post(
-            rep.url + api.COMPLETIONS_PATH,
-            content=body,
-            headers={"content-type": "application/json", api.HEADER_USER_REGION: user_region},
-        )
+    async def post_completion(self, rep: ReplicaView, body: bytes, user_region: str) -> ReplicaAnswer:
+        """POST one completion to ``rep`` over the pooled keep-alive connections; transport
+        failures raise :class:`~spotshift.serving.pool.ReplicaUnreachable` (an ``httpx.TransportError``)."""
+        headers = self._headers.get(user_region)
+        if headers is None:
+            headers = self._headers[user_region] = {
+                "content-type": "application/json",
+                api.HEADER_USER_REGION: user_region,
+            }
+        return await self._pool().post(rep.url + api.COMPLETIONS_PATH, body, headers)
 
     def _learn(self, rid: str, tokens: float, inference_ms: str | None, wall_ms: float, free: bool) -> None:
         try:
@@ -335,6 +313,8 @@ class Router:
             f'spotshift_router_retries_total{{endpoint="{ep}"}} {c.retries}',
             "# TYPE spotshift_router_slo_violations_total counter",
             f'spotshift_router_slo_violations_total{{endpoint="{ep}"}} {c.slo_violations}',
+            "# TYPE spotshift_router_prediction_margin_ms gauge",
+            f'spotshift_router_prediction_margin_ms{{endpoint="{ep}"}} {self.margin.ms:.3f}',
             "# TYPE spotshift_router_in_flight gauge",
         ]
         for rid, n in sorted(self.outstanding.items()):
@@ -362,26 +342,15 @@ class Router:
             self._rotator.check()
             self.ssl_context = self._verify = client_context(Path(self.cfg.tls_dir))
 
-    def _client(self, url: str) -> ReplicaPool:
-        """The connection pool of one replica (created on first use)."""
-        pool = self.clients.get(url)
-        if pool is None:
-            if self._verify is True:  # one default context for every pool (building one costs ~0.1 s)
-                import ssl
-
-                self._verify = ssl.create_default_context()
-            pool = self.clients[url] = ReplicaPool(self._verify, self.cfg.max_connections, self.cfg.timeout_s)
-        return pool
-
-    async def close_gone(self) -> None:
-        """Close the pools of replicas that left the registry."""
-        live = {r.url for r in self.replicas}
-        for url in [u for u in self.clients if u not in live]:
-            await self.clients.pop(url).aclose()
+    def _pool(self) -> ReplicaPool:
+        """The connection pool to every replica (created on first use, inside the event loop)."""
+        if self.pool is None:
+            self.pool = ReplicaPool(self._verify, self.cfg.max_connections, self.cfg.timeout_s)
+        return self.pool
 
     async def stop(self) -> None:
         """Close the clients and write the last counters."""
-        for client in self.clients.values():
-            await client.aclose()
-        self.clients.clear()
+        if self.pool is not None:
+            await self.pool.aclose()
+            self.pool = None
         self.flush_signal()

@@ -39,518 +39,61 @@ replicas while ready spot replicas fall short of the target; ``spotshift`` is
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
-from spotshift.errors import ConfigError, InputError
-from spotshift.pricing.regions import provider_of, region_of
-from spotshift.serving.autoscale import (
-    Launch,
-    LocationQuote,
-    ReplicaState,
-    ScalerMemory,
-    ScalingDecision,
-    ScalingInputs,
-    ScalingParams,
-    decide_scaling,
-    hysteresis_step,
-    wanted_replicas,
+from spotshift.errors import ConfigError
+from spotshift.serving.autoscale import LocationQuote, ScalingParams
+from spotshift.serving.sim_build import (
+    InferenceSimReport,
+    InferenceSimRequest,
+    build_sim_inputs,
 )
-from spotshift.serving.forecast import ForecastParams, rolling_forecasts
-from spotshift.serving.slo import ServingProfile, pool_sizer, within_slo_share
+from spotshift.serving.sim_demand import (
+    DEFAULT_USERS,
+    UTC_OFFSETS,
+    SyntheticDemand,
+    demand_on_grid,
+    read_demand_csv,
+)
+from spotshift.serving.sim_policies import AutoscalerPolicy, SpotHedgePolicy
+from spotshift.serving.sim_route import COST_ROUTING_SHARE, ROUTER_SLO_TARGET, route_flows
+from spotshift.serving.sim_world import (
+    POLICIES,
+    POLICY_LABELS,
+    PolicyOutcome,
+    SimInputs,
+    SimReplica,
+    forecasts_for,
+)
+from spotshift.serving.slo import within_slo_share
 
-POLICIES = ("on_demand", "reserved", "spot_greedy", "spothedge", "spotshift")
-POLICY_LABELS = {
-    "on_demand": "all on-demand",
-    "reserved": "all reserved (1-year)",
-    "spot_greedy": "spot greedy (cheapest region)",
-    "spothedge": "SpotHedge-like (SkyServe)",
-    "spotshift": "spotshift autoscaler + router",
-}
-COST_ROUTING_SHARE = 0.8  # seed 000: 80 % of traffic to the cheapest replicas meeting the SLO
-ROUTER_SLO_TARGET = 0.9999  # the router fills a pool for a user region while this share stays within the SLO
-
-#: UTC offsets (hours) of the user regions' population centres, for the synthetic daily curve
-UTC_OFFSETS = {
-    "us-east": -5.0,
-    "us-west": -8.0,
-    "sa-east": -3.0,
-    "eu-west": 0.0,
-    "eu-central": 1.0,
-    "ap-south": 5.5,
-    "ap-southeast": 8.0,
-    "ap-northeast": 9.0,
-    "au-east": 10.0,
-}
-DEFAULT_USERS = {"us-east": 0.4, "us-west": 0.2, "eu-west": 0.25, "ap-northeast": 0.15}
-
-
-@dataclass(frozen=True)
-class SyntheticDemand:
-    """A documented, seeded daily demand curve per user region (tokens/s).
-
-    ``rate = peak x share x diurnal(local hour) x weekly(local day) x noise``: diurnal is
-    ``0.55 - 0.35 cos(2 pi (h - 3) / 24)`` (trough 0.2 at 03:00, peak 0.9 at 15:00 local, the shape
-    of interactive web traffic), weekends at ``weekend_factor``, noise lognormal per tick with
-    ``noise_sigma`` plus a slowly varying AR(1) component (``drift_sigma``, 1-hour memory), so
-    forecasts have something to miss. Deterministic for ``seed``.
-    """
-
-    users: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_USERS))
-    peak_tokens_s: float = 60_000.0
-    weekend_factor: float = 0.8
-    noise_sigma: float = 0.05
-    drift_sigma: float = 0.08
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.users:
-            raise ConfigError("demand: no user regions")
-        for u, share in self.users.items():
-            if u not in UTC_OFFSETS:
-                raise ConfigError(f"demand: user region {u!r} is not one of {', '.join(UTC_OFFSETS)}")
-            if not (isinstance(share, (int, float)) and math.isfinite(share) and share > 0):
-                raise ConfigError(f"demand: share of {u} must be > 0, got {share!r}")
-        if not (self.peak_tokens_s > 0 and math.isfinite(self.peak_tokens_s)):
-            raise ConfigError("demand: peak tokens/s must be > 0")
-
-    def generate(self, start: datetime, ticks: int, tick_s: int) -> tuple[list[str], Any]:
-        """(user regions, array ``[ticks, regions]`` of tokens/s)."""
-        import numpy as np
-
-        users = sorted(self.users)
-        total = sum(self.users.values())
-        t = np.arange(ticks) * tick_s + start.timestamp()
-        out = np.empty((ticks, len(users)))
-        for j, u in enumerate(users):
-            rng = np.random.default_rng([self.seed, j])
-            local = t / 3600.0 + UTC_OFFSETS[u]
-            hour = np.mod(local, 24.0)
-            weekday = np.floor(local / 24.0 + 3).astype(int) % 7  # 1970-01-01 was a Thursday (3)
-            curve = 0.55 - 0.35 * np.cos(2 * np.pi * (hour - 3.0) / 24.0)
-            curve = curve * np.where(weekday >= 5, self.weekend_factor, 1.0)
-            phi = math.exp(-tick_s / 3600.0)
-            shocks = rng.normal(0.0, self.drift_sigma * math.sqrt(1 - phi * phi), ticks)
-            drift = np.empty(ticks)
-            level = rng.normal(0.0, self.drift_sigma)
-            for i in range(ticks):
-                level = phi * level + shocks[i]
-                drift[i] = level
-            noise = rng.normal(0.0, self.noise_sigma, ticks)
-            out[:, j] = self.peak_tokens_s * self.users[u] / total * curve * np.exp(drift + noise)
-        return users, out
-
-
-def read_demand_csv(path: str, tokens_per_request: float) -> tuple[list[str], list[datetime], Any]:
-    """A demand CSV: ``timestamp,user_region,tokens_s`` (or ``requests_s``), any order.
-
-    Returns (user regions, sorted distinct timestamps, array ``[times, regions]`` of tokens/s; a
-    region without a row at a time holds its previous rate, 0 before its first).
-    """
-    import csv
-
-    import numpy as np
-
-    from spotshift.clock import parse_utc
-
-    rows: list[tuple[datetime, str, float]] = []
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            cols = reader.fieldnames or []
-            rate_col = "tokens_s" if "tokens_s" in cols else ("requests_s" if "requests_s" in cols else None)
-            if "timestamp" not in cols or "user_region" not in cols or rate_col is None:
-                raise InputError(
-                    f"demand {path}: needs columns timestamp, user_region and tokens_s (or requests_s)"
-                )
-            for i, row in enumerate(reader):
-                where = f"demand {path} line {i + 2}"
-                try:
-                    when = parse_utc((row["timestamp"] or "").strip())
-                except ConfigError:
-                    raise InputError(f"{where}: timestamp {row['timestamp']!r} is not ISO-8601") from None
-                u = (row["user_region"] or "").strip()
-                if u not in UTC_OFFSETS:
-                    raise InputError(f"{where}: user region {u!r} is not one of {', '.join(UTC_OFFSETS)}")
-                try:
-                    rate = float(row[rate_col])
-                except (TypeError, ValueError):
-                    raise InputError(f"{where}: {rate_col} {row[rate_col]!r} is not a number") from None
-                if not math.isfinite(rate) or rate < 0:
-                    raise InputError(f"{where}: {rate_col} {rate!r} is not a rate >= 0")
-                rows.append((when, u, rate * (tokens_per_request if rate_col == "requests_s" else 1.0)))
-    except FileNotFoundError:
-        raise InputError(f"demand {path}: no such file") from None
-    except UnicodeDecodeError:
-        raise InputError(f"demand {path}: not UTF-8 text") from None
-    if not rows:
-        raise InputError(f"demand {path}: no rows")
-    users = sorted({u for _, u, _ in rows})
-    times = sorted({w for w, _, _ in rows})
-    index = {w: i for i, w in enumerate(times)}
-    arr = np.full((len(times), len(users)), np.nan)
-    for w, u, r in rows:
-        arr[index[w], users.index(u)] = r
-    for j in range(len(users)):  # hold the previous rate
-        last = 0.0
-        for i in range(len(times)):
-            if np.isnan(arr[i, j]):
-                arr[i, j] = last
-            last = arr[i, j]
-    return users, times, arr
-
-
-def demand_on_grid(times: Sequence[datetime], rates: Any, start: datetime, ticks: int, tick_s: int) -> Any:
-    """Rates at given times held until the next time, sampled on the tick grid."""
-    import numpy as np
-
-    stamps = np.array([t.timestamp() for t in times])
-    grid = start.timestamp() + np.arange(ticks) * tick_s
-    idx = np.searchsorted(stamps, grid, side="right") - 1
-    out = np.where(idx[:, None] >= 0, rates[np.maximum(idx, 0)], 0.0)
-    return out
-
-
-@dataclass
-class SimReplica:
-    """A replica inside the simulator."""
-
-    replica_id: str
-    loc: int
-    market: str
-    launched: int
-    ready_at: int
-    owner: str = ""
-
-    def state_at(self, t: int) -> str:
-        """provisioning or ready at tick ``t``."""
-        return "ready" if t >= self.ready_at else "provisioning"
-
-
-@dataclass
-class PolicyOutcome:
-    """What one policy did and what it cost (the ``--json`` per-policy object)."""
-
-    name: str
-    cost_usd: float
-    saving_vs_on_demand: float | None
-    slo_attainment: float
-    availability: float
-    requests: float
-    late_requests: float
-    failed_requests: float
-    cost_by_market_usd: dict[str, float]
-    replica_hours: dict[str, float]
-    mean_ready_replicas: float
-    preemptions: int
-    failed_spot_launches: int
-    launches: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        return dict(self.__dict__)
-
-
-@dataclass(frozen=True)
-class SimInputs:
-    """The world every policy faces: grid, locations, prices, availability, demand, forecasts."""
-
-    start: datetime
-    tick_s: int
-    locations: list[str]
-    users: list[str]
-    spot: Any  # [T, L] USD/h, nan = not offered
-    on_demand: Any  # [T, L]
-    reserved: Any  # [T, L]
-    available: Any  # [T, L] bool
-    epoch: Any  # [T] quote snapshot index
-    demand: Any  # [T, U] tokens/s
-    forecast: Any  # [T, U] tokens/s (what the live loop would have forecast, made before the tick)
-    rtt: Any  # [U, L] ms
-    profile: ServingProfile
-
-    @property
-    def ticks(self) -> int:
-        """Ticks in the window."""
-        return int(self.demand.shape[0])
-
-
-def forecasts_for(demand: Any, tick_s: int, params: ForecastParams | None = None) -> Any:
-    """Per tick, the forecast made at the end of the last complete forecast step before it.
-
-    Before the first complete step the demand of the previous tick stands in.
-    """
-    import numpy as np
-
-    p = params or ForecastParams()
-    if p.step_s % tick_s:
-        raise ConfigError(f"forecast step {p.step_s} s is not a whole number of {tick_s} s ticks")
-    k = p.step_s // tick_s
-    T, U = demand.shape
-    steps = T // k
-    out = np.empty_like(demand)
-    for j in range(U):
-        agg = demand[: steps * k, j].reshape(steps, k).mean(axis=1) if steps else np.empty(0)
-        f = rolling_forecasts(agg, p) if steps else np.empty(0)
-        step_idx = np.arange(T) // k - 1  # the last complete step before tick t
-        prev = np.concatenate([[demand[0, j]], demand[:-1, j]])
-        out[:, j] = np.where(
-            step_idx >= 0, f[np.clip(step_idx, 0, max(0, steps - 1))] if steps else 0.0, prev
-        )
-    return out
-
-
-class AutoscalerPolicy:
-    """Drives :func:`decide_scaling` tick by tick (the same function the live loop calls)."""
-
-    def __init__(
-        self,
-        name: str,
-        sim: SimInputs,
-        params: ScalingParams,
-        *,
-        risk_aware: bool = False,
-        skip_unchanged: bool = True,
-        on_decision: Callable[[int, ScalingDecision], None] | None = None,
-    ) -> None:
-        """``on_decision(tick, decision)`` sees every decision made (the demo prints and records them)."""
-        from spotshift.placement.risk import OnlineRiskEstimator
-
-        self.name, self.sim, self.params = name, sim, params
-        self.skip_unchanged = skip_unchanged
-        self.on_decision = on_decision
-        self.memory = ScalerMemory()
-        # spot risk learned from the availability seen so far (as the training simulator does)
-        self.risk = OnlineRiskEstimator(sim.locations, gap_hours=sim.tick_s / 3600.0) if risk_aware else None
-        self._risk: dict[str, float] = {}
-        self._risk_every = max(1, 3600 // sim.tick_s)
-        self._last_key: Any = None
-        self.decisions = 0
-        # quote snapshot ids must name their quotes: derive them from this window's prices
-        import hashlib
-
-        digest = hashlib.blake2b(digest_size=8)
-        digest.update("|".join(sim.locations).encode())
-        for arr in (sim.spot, sim.on_demand, sim.reserved):
-            digest.update(arr.tobytes())
-        self.quotes_id = digest.hexdigest()
-
-    def step(
-        self,
-        t: int,
-        replicas: Mapping[str, SimReplica],
-        quotes: list[LocationQuote],
-        no_spot: Mapping[str, str],
-    ) -> tuple[list[Launch], list[str]]:
-        sim, p = self.sim, self.params
-        cap = sim.profile.capacity_tokens_s
-        demand = {u: float(sim.demand[t - 1 if t else 0, j]) for j, u in enumerate(sim.users)}
-        forecast = {u: float(sim.forecast[t, j]) for j, u in enumerate(sim.users)}
-        states = sorted(
-            (sim.locations[r.loc], r.market, r.state_at(t), r.replica_id) for r in replicas.values()
-        )
-        risk: dict[str, float] = self._risk
-        if self.risk is not None:
-            self.risk.observe({loc: bool(sim.available[t, i]) for i, loc in enumerate(sim.locations)})
-            if t % self._risk_every == 0:  # estimates move slowly: refresh them hourly
-                risk = self._risk = {
-                    loc: round(self.risk.risk(loc).preemptions_per_hour / p.risk_step) * p.risk_step
-                    for loc in sim.locations
-                }
-        # a tick whose decisive inputs equal the last "hold" tick's (and no hysteresis timer expires
-        # yet) would hold again: skip the call, the launches and terminations are identical
-        key = (
-            tuple(wanted_replicas(demand[u], forecast[u], cap, p) for u in sim.users),
-            tuple(demand[u] > self.memory.granted.get(u, 0) * cap for u in sim.users),
-            tuple(s[:3] for s in states),
-            tuple(sorted(no_spot)),
-            int(sim.epoch[t]),
-            int((sim.start.timestamp() + t * sim.tick_s) // 3600),
-            tuple(sorted(risk.items())),
-        )
-        now_s = sim.start.timestamp() + t * sim.tick_s
-        if self.skip_unchanged and key == self._last_key and now_s < self.memory.next_change_s(p):
-            return [], []
-        inputs = ScalingInputs(
-            endpoint=self.name,
-            now=sim.start + timedelta(seconds=t * sim.tick_s),
-            profile=sim.profile,
-            demand_tokens_s=demand,
-            forecast_tokens_s=forecast,
-            replicas=[ReplicaState(rid, loc, m, st) for loc, m, st, rid in states],
-            quotes=quotes,
-            no_spot=no_spot,
-            spot_risk=risk,
-            snapshot_id=f"{self.quotes_id}#{int(sim.epoch[t])}",
-        )
-        d = decide_scaling(inputs, self.memory, p)
-        self.decisions += 1
-        if self.on_decision is not None:
-            self.on_decision(t, d)
-        self.memory = d.memory
-        self._last_key = key if d.action == "hold" else None
-        return list(d.launches), [x.replica_id for x in d.terminations]
-
-
-class SpotHedgePolicy:
-    """SpotHedge as published (SkyServe, NSDI'24), one service per user region over the locations
-    that meet its SLO; see the module docstring."""
-
-    def __init__(self, sim: SimInputs, extra: int = 1, params: ScalingParams | None = None) -> None:
-        self.name, self.sim, self.extra = "spothedge", sim, extra
-        self.params = replace(params or ScalingParams(), headroom=1.0, use_forecast=False)
-        self.memory = ScalerMemory()
-        prof = sim.profile
-        self.eligible: dict[str, list[int]] = {}
-        for j, u in enumerate(sim.users):
-            ok = [i for i in range(len(sim.locations)) if sim.rtt[j, i] + prof.inference_ms <= prof.slo_ms]
-            self.eligible[u] = ok or [int(sim.rtt[j].argmin())]
-        self.decisions = 0
-
-    def step(
-        self,
-        t: int,
-        replicas: Mapping[str, SimReplica],
-        quotes: list[LocationQuote],
-        no_spot: Mapping[str, str],
-    ) -> tuple[list[Launch], list[str]]:
-        sim = self.sim
-        cap = sim.profile.capacity_tokens_s
-        now_s = sim.start.timestamp() + t * sim.tick_s
-        launches: list[Launch] = []
-        stops: list[str] = []
-        by_loc = {q.location: q for q in quotes}
-        self.decisions += 1
-        for j, u in enumerate(sim.users):
-            load = float(sim.demand[t - 1 if t else 0, j])
-            wanted = math.ceil(load / cap - 1e-9)  # reactive: SkyServe scales on the load it sees
-            granted, _ = hysteresis_step(u, wanted, False, now_s, self.memory, self.params)
-            mine = [r for r in replicas.values() if r.owner == u]
-            spot = [r for r in mine if r.market == "spot"]
-            od = [r for r in mine if r.market == "on_demand"]
-            # spot: target + N_extra, each new one in the cheapest region not already used
-            want_spot = granted + self.extra if granted else 0
-            cands = [
-                i
-                for i in self.eligible[u]
-                if sim.locations[i] not in no_spot and (by_loc[sim.locations[i]].spot_usd_hour is not None)
-            ]
-            used = {r.loc for r in spot}
-            for _ in range(max(0, want_spot - len(spot))):
-                if not cands:
-                    break
-                fresh = [i for i in cands if i not in used]
-                pool = fresh or cands
-                counts = {i: sum(1 for r in spot if r.loc == i) for i in pool}
-                i = min(pool, key=lambda x: (counts[x], by_loc[sim.locations[x]].spot_usd_hour, x))
-                used.add(i)
-                launches.append(Launch(sim.locations[i], "spot", 1, f"spothedge:{u}"))
-                spot.append(SimReplica("", i, "spot", t, t, u))
-            if len(spot) > want_spot:
-                extra = sorted(
-                    (r for r in spot if r.replica_id),
-                    key=lambda r: (
-                        r.state_at(t) == "ready",
-                        -(by_loc[sim.locations[r.loc]].spot_usd_hour or 0.0),
-                    ),
-                )
-                stops += [r.replica_id for r in extra[: len(spot) - want_spot]]
-            # dynamic on-demand fallback: cover the target while ready spot replicas fall short
-            ready_spot = sum(1 for r in spot if r.replica_id and r.state_at(t) == "ready")
-            want_od = max(0, granted - ready_spot)
-            if want_od > len(od):
-                i = min(
-                    (x for x in self.eligible[u] if by_loc[sim.locations[x]].on_demand_usd_hour is not None),
-                    key=lambda x: (by_loc[sim.locations[x]].on_demand_usd_hour, x),
-                    default=None,
-                )
-                if i is not None:
-                    launches.append(
-                        Launch(sim.locations[i], "on_demand", want_od - len(od), f"spothedge:{u}")
-                    )
-            elif want_od < len(od):
-                extra_od = sorted(od, key=lambda r: (r.state_at(t) == "ready", r.replica_id))
-                stops += [r.replica_id for r in extra_od[: len(od) - want_od]]
-        return launches, stops
-
-
-def _route(sim: SimInputs, ready: Any, price: Any, mode: str) -> tuple[Any, Any]:
-    """Flows ``[T, U, L]`` (tokens/s) and unserved ``[T, U]`` for ready counts ``[T, L]``.
-
-    A pool takes a user region's traffic only up to the load at which that region's requests still
-    meet the SLO at :data:`ROUTER_SLO_TARGET` (:class:`~spotshift.serving.slo.PoolSizer`: the
-    router's "replicas whose predicted latency meets the SLO").
-    """
-    import numpy as np
-
-    T, L = ready.shape
-    U = len(sim.users)
-    prof = sim.profile
-    cap = prof.capacity_tokens_s
-    sizer = pool_sizer(prof, ROUTER_SLO_TARGET)
-    n_idx = np.minimum(ready.astype(int), sizer.max_replicas)
-    load = np.zeros((T, L))
-    cap_of_pool = np.full((T, L), np.inf)  # the strictest limit of the user regions a pool serves
-    flows = np.zeros((T, U, L))
-    reachable = (sim.rtt + prof.inference_ms) <= prof.slo_ms  # [U, L]: the SLO is reachable at all
-    order_users = sorted(range(U), key=lambda j: (int(reachable[j].sum()), j))
-    rows = np.arange(T)
-    left_all = np.zeros((T, U))
-    for j in order_users:
-        table = np.stack([sizer.row(float(sim.rtt[j, i])) for i in range(L)])  # [L, n + 1]
-        own = table[np.arange(L)[None, :], n_idx] * ready * cap  # [T, L]
-        usable = own > 0
-        limit = np.minimum(own, cap_of_pool)
-        demand = sim.demand[:, j].copy()
-        if mode == "cost":
-            parts = [
-                (demand * COST_ROUTING_SHARE, np.where(usable, price, np.inf)),
-                (demand * (1 - COST_ROUTING_SHARE), np.where(usable, sim.rtt[j][None, :], np.inf)),
-            ]
-            left = np.zeros(T)
-            for part, key in parts:
-                order = np.argsort(key, axis=1, kind="stable")
-                for r in range(L):
-                    loc = order[:, r]
-                    room = np.maximum(limit[rows, loc] - load[rows, loc], 0.0)
-                    take = np.where(np.isfinite(key[rows, loc]), np.minimum(part, room), 0.0)
-                    flows[rows, j, loc] += take
-                    load[rows, loc] += take
-                    part = part - take
-                left += part
-        else:  # least load: spread by free room among the pools meeting the SLO
-            free = np.maximum(limit - load, 0.0)
-            total = free.sum(axis=1)
-            share = np.where(total[:, None] > 0, free / np.where(total > 0, total, 1.0)[:, None], 0.0)
-            take = np.minimum(share * demand[:, None], free)
-            flows[:, j, :] += take
-            load += take
-            left = demand - take.sum(axis=1)
-        cap_of_pool = np.where(flows[:, j, :] > 0, np.minimum(cap_of_pool, own), cap_of_pool)
-        left_all[:, j] = np.maximum(left, 0.0)
-    # overflow: spread over the pools that can reach the SLO at all, in proportion to their spare
-    # capacity to saturation (least outstanding requests); none: the fastest pool with replicas;
-    # with no ready replica anywhere the traffic fails
-    unserved = np.zeros((T, U))
-    saturation = ready * cap / prof.saturation_ratio
-    any_ready = ready.sum(axis=1) > 0
-    for j in range(U):
-        left = left_all[:, j]
-        if not left.any():
-            continue
-        spare = np.where(reachable[j][None, :] & (ready > 0), np.maximum(saturation - load, 0.0), 0.0)
-        total = spare.sum(axis=1)
-        share = np.where(total[:, None] > 0, spare / np.where(total > 0, total, 1.0)[:, None], 0.0)
-        fast_key = np.where(ready > 0, sim.rtt[j][None, :], np.inf)
-        fastest = fast_key.argmin(axis=1)
-        add = share * left[:, None]
-        add[rows, fastest] += np.where((total <= 0) & any_ready, left, 0.0)
-        flows[:, j, :] += add
-        load += add
-        unserved[:, j] = np.where(any_ready, 0.0, left)
-    return flows, unserved
+__all__ = [
+    "COST_ROUTING_SHARE",
+    "DEFAULT_USERS",
+    "POLICIES",
+    "POLICY_LABELS",
+    "ROUTER_SLO_TARGET",
+    "UTC_OFFSETS",
+    "AutoscalerPolicy",
+    "InferenceSimReport",
+    "InferenceSimRequest",
+    "PolicyOutcome",
+    "SimInputs",
+    "SimReplica",
+    "SpotHedgePolicy",
+    "SyntheticDemand",
+    "build_sim_inputs",
+    "compare",
+    "demand_on_grid",
+    "forecasts_for",
+    "make_policy",
+    "read_demand_csv",
+    "route_flows",
+    "run_inference_simulation",
+    "run_policy",
+]
 
 
 def run_policy(
@@ -568,63 +111,83 @@ def run_policy(
     ``policy``: any object with the policies' ``step`` method, run under ``name`` (tests drive the
     accounting with it); ``skip_unchanged=False`` calls the autoscaler on every tick.
     """
+    route_mode = "cost"
+    if policy is None:
+        policy, route_mode = make_policy(sim, name, params, spothedge_extra, skip_unchanged)
+    replay = _replay(sim, name, policy, no_spot_cooldown_s)
+    return _outcome(sim, name, replay, route_mode)
+
+
+def make_policy(
+    sim: SimInputs,
+    name: str,
+    params: ScalingParams | None,
+    spothedge_extra: int = 1,
+    skip_unchanged: bool = True,
+) -> tuple[Any, str]:
+    """The policy called ``name`` (:data:`POLICIES`) and how its router spreads traffic."""
+    base = params or ScalingParams()
+    markets = {
+        "on_demand": replace(base, markets=("on_demand",)),
+        "reserved": replace(base, markets=("reserved",)),
+        "spot_greedy": replace(base, markets=("spot",), floor_share=0.0),
+    }
+    if name in markets:
+        return AutoscalerPolicy(name, sim, markets[name], skip_unchanged=skip_unchanged), "cost"
+    if name == "spotshift":
+        return AutoscalerPolicy(name, sim, base, risk_aware=True, skip_unchanged=skip_unchanged), "cost"
+    if name == "spothedge":
+        return SpotHedgePolicy(sim, spothedge_extra, base), "least_load"
+    raise ConfigError(f"unknown policy {name!r} (known: {', '.join(POLICIES)})")
+
+
+@dataclass
+class _Replay:
+    """Replicas alive (per market) and ready per tick and location, and the event counts."""
+
+    alive: dict[str, Any]
+    ready: Any
+    preemptions: int = 0
+    failed_launches: int = 0
+    launched: int = 0
+
+
+def _quotes_at(sim: SimInputs, t: int) -> list[LocationQuote]:
+    def price(arr: Any, i: int) -> float | None:
+        return None if math.isnan(arr[t, i]) else float(arr[t, i])
+
+    return [
+        LocationQuote(loc, price(sim.on_demand, i), price(sim.spot, i), price(sim.reserved, i))
+        for i, loc in enumerate(sim.locations)
+    ]
+
+
+def _replay(sim: SimInputs, name: str, policy: Any, no_spot_cooldown_s: float) -> _Replay:
+    """Tick by tick: preemptions, the policy's launches and stops, replicas alive and ready."""
     import numpy as np
 
-    base = params or ScalingParams()
-    if policy is not None:
-        route_mode = "cost"
-    elif name == "on_demand":
-        policy = AutoscalerPolicy(
-            name, sim, replace(base, markets=("on_demand",)), skip_unchanged=skip_unchanged
-        )
-        route_mode = "cost"
-    elif name == "reserved":
-        policy = AutoscalerPolicy(
-            name, sim, replace(base, markets=("reserved",)), skip_unchanged=skip_unchanged
-        )
-        route_mode = "cost"
-    elif name == "spot_greedy":
-        policy = AutoscalerPolicy(
-            name, sim, replace(base, markets=("spot",), floor_share=0.0), skip_unchanged=skip_unchanged
-        )
-        route_mode = "cost"
-    elif name == "spotshift":
-        policy = AutoscalerPolicy(name, sim, base, risk_aware=True, skip_unchanged=skip_unchanged)
-        route_mode = "cost"
-    elif name == "spothedge":
-        policy = SpotHedgePolicy(sim, spothedge_extra, base)
-        route_mode = "least_load"
-    else:
-        raise ConfigError(f"unknown policy {name!r} (known: {', '.join(POLICIES)})")
     T, L = sim.ticks, len(sim.locations)
     loc_index = {loc: i for i, loc in enumerate(sim.locations)}
     cold = math.ceil(sim.profile.cold_start_s / sim.tick_s - 1e-9)
     cooldown = math.ceil(no_spot_cooldown_s / sim.tick_s)
-    alive = {m: np.zeros((T, L), dtype=np.int32) for m in ("spot", "on_demand", "reserved")}
-    ready = np.zeros((T, L), dtype=np.int32)
+    out = _Replay(
+        {m: np.zeros((T, L), dtype=np.int32) for m in ("spot", "on_demand", "reserved")},
+        np.zeros((T, L), dtype=np.int32),
+    )
     replicas: dict[str, SimReplica] = {}
     no_spot_until: dict[int, tuple[int, str]] = {}
-    counter = preemptions = failed = launched = 0
+    counter = 0
     quotes_cache: dict[int, list[LocationQuote]] = {}
     for t in range(T):
         avail = sim.available[t]
         for rid in [rid for rid, r in replicas.items() if r.market == "spot" and not avail[r.loc]]:
             r = replicas.pop(rid)
-            preemptions += 1
+            out.preemptions += 1
             no_spot_until[r.loc] = (t + cooldown, "preempted")
         no_spot = {sim.locations[i]: why for i, (until, why) in no_spot_until.items() if until > t}
         ep = int(sim.epoch[t])
         if ep not in quotes_cache:
-            quotes_cache.clear()
-            quotes_cache[ep] = [
-                LocationQuote(
-                    loc,
-                    None if math.isnan(sim.on_demand[t, i]) else float(sim.on_demand[t, i]),
-                    None if math.isnan(sim.spot[t, i]) else float(sim.spot[t, i]),
-                    None if math.isnan(sim.reserved[t, i]) else float(sim.reserved[t, i]),
-                )
-                for i, loc in enumerate(sim.locations)
-            ]
+            quotes_cache = {ep: _quotes_at(sim, t)}
         launches, stops = policy.step(t, replicas, quotes_cache[ep], no_spot)
         for rid in stops:
             replicas.pop(rid, None)
@@ -632,7 +195,7 @@ def run_policy(
             i = loc_index[launch.location]
             for _ in range(launch.count):
                 if launch.market == "spot" and (not avail[i] or math.isnan(sim.spot[t, i])):
-                    failed += 1
+                    out.failed_launches += 1
                     no_spot_until[i] = (t + cooldown, "spot launch failed: no capacity")
                     continue
                 counter += 1
@@ -640,11 +203,19 @@ def run_policy(
                 rid = f"{name}-{counter}"
                 # the window opens on a running service: what the policy starts at tick 0 is warm
                 replicas[rid] = SimReplica(rid, i, launch.market, t, t + cold if t else 0, owner)
-                launched += 1
+                out.launched += 1
         for r in replicas.values():
-            alive[r.market][t, r.loc] += 1
+            out.alive[r.market][t, r.loc] += 1
             if t >= r.ready_at:
-                ready[t, r.loc] += 1
+                out.ready[t, r.loc] += 1
+    return out
+
+
+def _outcome(sim: SimInputs, name: str, rp: _Replay, route_mode: str) -> tuple[PolicyOutcome, dict[str, Any]]:
+    """Cost, routing and SLO attainment of a replay."""
+    import numpy as np
+
+    alive, ready = rp.alive, rp.ready
     hours = sim.tick_s / 3600.0
     spot_p = np.nan_to_num(sim.spot, nan=0.0)
     od_p = np.nan_to_num(sim.on_demand, nan=0.0)
@@ -657,7 +228,7 @@ def run_policy(
     }
     # routing order: the price of the ready replicas of each location (cheapest market first)
     price = np.where(alive["spot"] > 0, spot_p, np.where(alive["reserved"] > 0, 0.0, od_p))
-    flows, unserved = _route(sim, ready.astype(float), price, route_mode)
+    flows, unserved = route_flows(sim, ready.astype(float), price, route_mode)
     load = flows.sum(axis=1)  # [T, L]
     share = within_slo_share(
         sim.profile, sim.rtt[None, :, :], load[:, None, :], ready[:, None, :].astype(float)
@@ -682,9 +253,9 @@ def run_policy(
             "reserved": float(committed.sum() * hours),
         },
         mean_ready_replicas=float(ready.sum(axis=1).mean()),
-        preemptions=preemptions,
-        failed_spot_launches=failed,
-        launches=launched,
+        preemptions=rp.preemptions,
+        failed_spot_launches=rp.failed_launches,
+        launches=rp.launched,
     )
     return outcome, {"alive": alive, "ready": ready, "committed": committed, "flows": flows, "share": share}
 
@@ -703,160 +274,6 @@ def compare(
     for o in out.values():
         o.saving_vs_on_demand = 1.0 - o.cost_usd / base if base > 0 else None
     return {n: out[n] for n in policies}
-
-
-@dataclass(frozen=True)
-class InferenceSimRequest:
-    """What the user asked for (flags of ``spotshift simulate-inference``)."""
-
-    profile: ServingProfile = field(default_factory=ServingProfile)
-    prices: str | None = None
-    traces_dir: str | None = None
-    demand_csv: str | None = None
-    synthetic: SyntheticDemand = field(default_factory=SyntheticDemand)
-    instance: str | None = None
-    start: str | None = None
-    days: float = 7.0
-    tick_s: int = 60
-    regions: Sequence[str] = ()
-    seed: int = 0
-    trace_gap_seconds: int = 600
-    policies: tuple[str, ...] = POLICIES
-    params: ScalingParams = field(default_factory=ScalingParams)
-    spothedge_extra: int = 1
-
-
-DEFAULT_INSTANCE = "a2-ultragpu-1g"  # one A100-80GB: a common single-GPU LLM serving instance
-
-
-@dataclass
-class InferenceSimReport:
-    """The scenario as run and one outcome per policy."""
-
-    scenario: dict[str, Any]
-    policies: dict[str, PolicyOutcome]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``--json`` document."""
-        return {"policies": {k: v.to_dict() for k, v in self.policies.items()}, "scenario": self.scenario}
-
-
-def build_sim_inputs(req: InferenceSimRequest) -> tuple[SimInputs, dict[str, Any]]:
-    """Load prices, traces and demand and lay them on the tick grid (reusing ``spotshift.simulate``)."""
-    import numpy as np
-
-    from spotshift.clock import parse_utc
-    from spotshift.pricing.catalog import canonical_gpu_model
-    from spotshift.pricing.reserved import reserved_discount
-    from spotshift.serving.latency import LOCATION_SITES, rtt_ms
-    from spotshift.simulate.market import build_market, choose_instance, default_start
-    from spotshift.simulate.run import load_history
-    from spotshift.simulate.traces import generate_traces, load_trace_dir
-
-    if req.tick_s <= 0 or 86_400 % req.tick_s:
-        raise ConfigError(f"--tick-seconds must divide a day, got {req.tick_s}")
-    if req.policies and (bad := [p for p in req.policies if p not in POLICIES]):
-        raise ConfigError(f"--policies: unknown {', '.join(bad)} (known: {', '.join(POLICIES)})")
-    if req.spothedge_extra < 0:
-        raise ConfigError("--spothedge-extra must be >= 0")
-    history, prices_desc = load_history(req.prices, req.seed)
-    types = set(history["instance_type"].to_list())
-    wanted = req.instance or (DEFAULT_INSTANCE if DEFAULT_INSTANCE in types else None)
-    instance = choose_instance(history, wanted)
-    times: list[datetime] | None = None
-    if req.demand_csv:
-        users, times, rates = read_demand_csv(req.demand_csv, req.profile.tokens_per_request)
-        start = times[0] if not req.start else parse_utc(req.start)
-        span_days = (times[-1] - times[0]).total_seconds() / 86_400.0 + req.tick_s / 86_400.0
-        days = span_days if not req.start else req.days
-    else:
-        start = parse_utc(req.start) if req.start else default_start(history, instance)
-        days = req.days
-    if not (days > 0 and math.isfinite(days)):
-        raise ConfigError(f"--days must be > 0, got {days}")
-    ticks = int(round(days * 86_400 / req.tick_s))
-    if ticks < 2:
-        raise ConfigError("the window is shorter than two ticks")
-    hours = ticks * req.tick_s / 3600.0
-    probe = build_market(
-        history, instance, start=start, hours=1.0, gap_seconds=3600, traces={}, regions=req.regions or None
-    )
-    locations = [loc for loc in probe.locations if region_of(loc) in LOCATION_SITES]
-    skipped = sorted(set(probe.locations) - set(locations))
-    if not locations:
-        raise ConfigError(
-            f"none of the {len(probe.locations)} locations of the history is in the latency table"
-        )
-    if req.traces_dir:
-        traces = load_trace_dir(req.traces_dir, locations)
-        traces_desc = req.traces_dir
-    else:
-        traces = generate_traces(locations, hours, seed=req.seed, gap_seconds=req.trace_gap_seconds)
-        traces_desc = f"generated(seed={req.seed}, gap_seconds={req.trace_gap_seconds})"
-    market = build_market(
-        history,
-        instance,
-        start=start,
-        hours=hours,
-        gap_seconds=req.tick_s,
-        traces=traces,
-        regions=[f"{loc}" for loc in locations],
-    )
-    keep = [market.locations.index(loc) for loc in locations]
-    spot = np.array([market.spot[i] for i in keep], dtype=float).T[:ticks]
-    od = np.array([market.on_demand[i] for i in keep], dtype=float).T[:ticks]
-    avail = np.array([market.available[i] for i in keep], dtype=bool).T[:ticks]
-    disc = np.array([reserved_discount(provider_of(loc)) for loc in locations])
-    reserved = od * (1.0 - disc[None, :])
-    if np.isnan(od).all():
-        raise ConfigError(
-            f"no on-demand price for {instance} from {start.isoformat()}; choose another --start"
-        )
-    if req.demand_csv:
-        demand = demand_on_grid(times or [], rates, start, ticks, req.tick_s)
-        demand_desc = req.demand_csv
-    else:
-        users, demand = req.synthetic.generate(start, ticks, req.tick_s)
-        demand_desc = (
-            f"synthetic(seed={req.synthetic.seed}, peak_tokens_s={req.synthetic.peak_tokens_s:g}, users="
-            + ",".join(f"{u}={s:g}" for u, s in sorted(req.synthetic.users.items()))
-            + ")"
-        )
-    rtt = np.array([[rtt_ms(u, loc) for loc in locations] for u in users])
-    sim = SimInputs(
-        start=start,
-        tick_s=req.tick_s,
-        locations=locations,
-        users=list(users),
-        spot=spot,
-        on_demand=od,
-        reserved=reserved,
-        available=avail,
-        epoch=np.asarray(market.epoch[:ticks]),
-        demand=demand,
-        forecast=forecasts_for(demand, req.tick_s),
-        rtt=rtt,
-        profile=req.profile,
-    )
-    scenario = {
-        "instance_type": instance,
-        "gpu_model": canonical_gpu_model(market.gpu_model) or market.gpu_model,
-        "start": start.isoformat(),
-        "days": ticks * req.tick_s / 86_400.0,
-        "tick_s": req.tick_s,
-        "locations": locations,
-        "skipped_locations": skipped,
-        "users": list(users),
-        "prices": prices_desc,
-        "traces": traces_desc,
-        "demand": demand_desc,
-        "profile": req.profile.to_dict(),
-        "params": req.params.to_dict(),
-        "spothedge_extra": req.spothedge_extra,
-        "seed": req.seed,
-        "spot_available_share": {loc: float(avail[:, i].mean()) for i, loc in enumerate(locations)},
-    }
-    return sim, scenario
 
 
 def run_inference_simulation(req: InferenceSimRequest) -> InferenceSimReport:

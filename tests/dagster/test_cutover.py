@@ -1,11 +1,16 @@
 """Dagster side of a cutover: the stage sensor's run keys, ``cutover_job`` with its blocking checks,
-the run-failure sensor's rollback, ``raw.cutovers`` rows; windows come from the library as the
-router would write them (the router itself is tested in tests/unit/serving/test_cutover_router.py)."""
+the run-failure sensor's rollback, ``raw.cutovers`` rows, the replicas following each stage through
+the launcher resource; windows come from the library as the router would write them (the router
+itself is tested in tests/unit/serving/test_cutover_router.py). The source replicas are real
+processes (``sleep``) the launcher drains with SIGTERM; target launches are real ``spotshift serve``
+processes that exit at once (no endpoint declared here), so the target side stays empty."""
 
 from __future__ import annotations
 
-import os
+import contextlib
+import subprocess
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +19,7 @@ import dagster as dg
 import pytest
 
 from ops.cutover import cutover_job, cutover_rollback_job
+from resources.compute import ReplicaLauncherResource
 from resources.warehouse import WarehouseResource
 from sensors.cutover import cutover_failure_sensor, cutover_stage_sensor
 from spotshift import warehouse
@@ -35,9 +41,10 @@ def _window(tgt_ms: float) -> co.Window:
 
 
 @pytest.fixture
-def world(spotshift_home: Path) -> dict[str, Any]:
+def world(spotshift_home: Path) -> Iterator[dict[str, Any]]:
     VirtualClock.starting(T0, 0.0).save()
-    for i in range(4):
+    procs = [subprocess.Popen(["sleep", "600"]) for _ in range(4)]
+    for i, proc in enumerate(procs):
         api.register(
             api.ReplicaRecord(
                 f"chat-s{i}",
@@ -46,7 +53,7 @@ def world(spotshift_home: Path) -> dict[str, Any]:
                 "gcp/us-central1",
                 "spot",
                 3.0,
-                os.getpid(),
+                proc.pid,
                 time.time(),
                 "ck",
             )
@@ -56,10 +63,29 @@ def world(spotshift_home: Path) -> dict[str, Any]:
         ec.StartOptions("aws/us-east-1", shadow="5:1h", stages="5:1h,100:0", usd_per_hour=1.8),
         record=False,
     )
-    return {
-        "instance": dg.DagsterInstance.ephemeral(),
-        "resources": {"warehouse": WarehouseResource(database=str(spotshift_home / "warehouse.duckdb"))},
-    }
+    try:
+        yield {
+            "instance": dg.DagsterInstance.ephemeral(),
+            "resources": {
+                "warehouse": WarehouseResource(database=str(spotshift_home / "warehouse.duckdb")),
+                "launcher": ReplicaLauncherResource(kind="local"),
+            },
+        }
+    finally:
+        for proc in procs:
+            with contextlib.suppress(OSError):
+                proc.kill()
+                proc.wait()
+
+
+def _scaled(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    """What the replicas did in a run (the op's ``scaled`` output metadata)."""
+    for e in result.all_events:
+        if e.event_type_value == "STEP_OUTPUT":
+            meta = e.event_specific_data.metadata
+            if "scaled" in meta:
+                return meta["scaled"].value
+    raise AssertionError("no replica step in the run")
 
 
 def _window_in(tgt_ms: float, hours: float = 0.0) -> co.CutoverState:
@@ -115,11 +141,17 @@ def test_the_stage_sensor_advances_on_the_clock_and_runs_each_stage_once(world: 
     _window_in(50.0, hours=1.01)  # live-5 passes after its hold: promoted
     requests, cursor = _tick(world, cursor)
     assert [r.run_key for r in requests] == [f"chat:{cid}:live-5", f"chat:{cid}:live-100"]
-    for r in requests:
-        assert _run(cutover_job, world, r).success
+    runs = [_run(cutover_job, world, r) for r in requests]
+    assert all(r.success for r in runs)
     with warehouse.connect(read_only=True) as con:
         rows = con.execute("SELECT stage, status FROM raw.cutovers ORDER BY stage_index").fetchall()
     assert rows == [("shadow-5", "passed"), ("live-5", "passed"), ("live-100", "promoted")]
+    # promoted: the source drained to its floor through the launcher (SIGTERM, process gone)
+    scaled = _scaled(runs[0])
+    assert scaled["phase"] == "promoted" and scaled["plan"] == {"source": 1, "target": 4}
+    assert len([d for d in scaled["drained"] if d["side"] == "source"]) == 3
+    assert scaled["peak"] <= 5
+    assert len(api.live_replicas("chat")) == 1
 
 
 def test_a_failed_check_fails_the_run_and_the_failure_sensor_rolls_back(world: dict[str, Any]) -> None:
@@ -148,6 +180,8 @@ def test_a_failed_check_fails_the_run_and_the_failure_sensor_rolls_back(world: d
     assert _run(cutover_rollback_job, world, rollback).success
     after = co.require_state("chat")
     assert after.phase == "rolled_back" and after.target_weight == 0.0
+    assert _scaled(failed)["plan"] == {"source": 4, "target": 0}
+    assert len([r for r in api.live_replicas("chat") if r.location == "gcp/us-central1"]) == 4
     with warehouse.connect(read_only=True) as con:
         statuses = dict(con.execute("SELECT stage, status FROM raw.cutovers").fetchall())
     assert statuses == {"shadow-5": "passed", "live-5": "rolled_back"}

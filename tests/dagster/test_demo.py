@@ -135,6 +135,18 @@ def test_demo_small_tells_the_same_whole_story_twice(tmp_path: Path, monkeypatch
     assert lines["inference: replicas"].count("aws/") == 3 and "(spot)" in lines["inference: replicas"]
     assert re.search(r"inference cost per million tokens \(.*\): \$[\d,.]+\n", out)
     assert "drained and deregistered: True" in out
+    # the cutover act under load: a target serving an early checkpoint caught in the shadow phase and
+    # rolled back automatically, a good one promoted to 100 %; no failed request; replicas within the cap
+    assert (
+        lines["cutover 1: early checkpoint"].strip().startswith("rolled_back at shadow-50 (output_agreement)")
+    )
+    assert lines["cutover 2: the job's model"].strip().startswith("promoted at live-100")
+    assert lines["cutover: failed requests"].strip() == "0"
+    peak, cap = re.fullmatch(
+        r"(\d+) \(steady 2, cap (\d+)\)", lines["cutover: replicas at most"].strip()
+    ).groups()  # type: ignore[union-attr]
+    assert int(peak) <= int(cap) == 3
+    assert re.search(r"load through both: (\d+) requests from 3 user regions, \1 ok, 0 failed", out)
     rules = [line for line in out.splitlines() if line.strip().startswith("0.6 rule")]
     assert len(rules) == 3 and all("0.6 x reserved" in r for r in rules)
     assert (home / "reports" / "price_history.png").is_file()

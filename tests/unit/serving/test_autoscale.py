@@ -237,3 +237,17 @@ def test_decision_row_is_a_warehouse_fact(tmp_path) -> None:
         assert record_scaling_decision(con, d) is False  # same id: written once
         got = con.execute("SELECT endpoint, action, spot_replicas FROM raw.scaling_decisions").fetchall()
     assert got == [("chat", d.action, by_market(d, "spot"))]
+
+
+def test_pooled_rounding_counts_the_endpoints_headroom_once_and_keeps_each_regions_forecast() -> None:
+    from spotshift.serving.autoscale import wanted_by_region
+
+    demand = {"us-east": 90.0, "eu-west": 90.0, "ap-northeast": 90.0}  # 0.9 replicas each
+    pooled = wanted_by_region(demand, {}, 100.0, ScalingParams())
+    # ceil(3 x 1.2 x 0.9) = 4 replicas for the endpoint, every region keeps ceil(0.9) = 1
+    assert sum(pooled.values()) == 4 and min(pooled.values()) == 1
+    assert pooled == {"ap-northeast": 2, "eu-west": 1, "us-east": 1}  # largest remainder, ties by name
+    apart = wanted_by_region(demand, {}, 100.0, ScalingParams(pool_rounding=False))
+    assert apart == {u: 2 for u in demand}  # ceil(1.08) per region: 6
+    big = wanted_by_region({"us-east": 1000.0, "eu-west": 10.0}, {}, 100.0, ScalingParams())
+    assert big == {"us-east": 12, "eu-west": 1}  # ceil(12.12) = 13 = 12 + the small region's own replica

@@ -201,24 +201,31 @@ def _register_source(n: int = 2) -> None:
         )
 
 
+# the sources here are records of this test's own process: the weights change, no replica is touched
+HOLD = ["--no-scale"]
+
+
 def test_cli_start_status_rollback_failback(spotshift_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     VirtualClock.starting(T0, 0.0).save()
     _register_source(4)
-    assert main(["cutover", "start", "chat", "--to", "aws/us-east-1", "--usd-per-hour", "1.8", "--json"]) == 0
+    assert (
+        main(["cutover", "start", "chat", "--to", "aws/us-east-1", "--usd-per-hour", "1.8", "--json", *HOLD])
+        == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     assert doc["phase"] == "shadow" and doc["stage"] == "shadow-5" and doc["mirror_share"] == 0.05
     assert doc["steady_replicas"] == 4 and doc["source_locations"] == ["gcp/us-central1"]
     assert doc["plan_usd_per_mtok"] == pytest.approx(1.8 / (2400 * 3600) * 1e6)
     # a second start while one is in progress: one line, exit 2
-    assert main(["cutover", "start", "chat", "--to", "aws/us-east-1", "--usd-per-hour", "1.8"]) == 2
+    assert main(["cutover", "start", "chat", "--to", "aws/us-east-1", "--usd-per-hour", "1.8", *HOLD]) == 2
     assert "cutover in progress" in capsys.readouterr().err
-    assert main(["cutover", "status", "chat"]) == 0
+    assert main(["cutover", "status", "chat", *HOLD]) == 0
     out = capsys.readouterr().out
     assert "phase shadow, stage shadow-5 (1/10" in out and "hold left 48.0 h" in out
-    assert main(["cutover", "rollback", "chat", "--reason", "operator says no", "--json"]) == 0
+    assert main(["cutover", "rollback", "chat", "--reason", "operator says no", "--json", *HOLD]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["phase"] == "rolled_back" and doc["target_weight"] == 0 and doc["reason"] == "operator says no"
-    assert main(["cutover", "failback", "chat"]) == 0  # already on the source: nothing to do
+    assert main(["cutover", "failback", "chat", *HOLD]) == 0  # already on the source: nothing to do
     capsys.readouterr()
     # a promoted cutover fails back in one step
     assert (
@@ -235,13 +242,14 @@ def test_cli_start_status_rollback_failback(spotshift_home: Path, capsys: pytest
                 "none",
                 "--stages",
                 "100:0",
+                *HOLD,
             ]
         )
         == 0
     )
     capsys.readouterr()
     load_clock().advance(86400).save()
-    assert main(["cutover", "failback", "chat", "--json"]) == 0
+    assert main(["cutover", "failback", "chat", "--json", *HOLD]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["phase"] == "failed_back" and doc["replicas"] == {"source": 4, "target": 0}
 

@@ -1,10 +1,12 @@
 """A cutover through the real router over HTTP, under constant load (issue 15 "Done when").
 
-Peers (``bench/_replica_peer.py``, each its own process) are registered in the endpoint's registry
-and scaled to the cutover's replica plan; the router reads the registry and the cutover state,
+Replicas (``bench/_replica_peer.py`` under ``spotshift serve``'s contract, each its own process) are
+started and drained through the replica launcher by the cutover's own follower
+(:func:`spotshift.serving.cutover_replicas.follow`); the router reads the registry and the cutover state,
 mirrors, splits and analyses; the frozen virtual clock jumps to the end of each stage's hold once
 the stage has a passing window (:func:`bench._cutover_fleet.drive`). Every test counts the status
-of every request the load sent: none may be other than 200.
+of every request the load sent: none may be other than 200; a sampler counts the replicas running
+(draining and provisioning ones included): never more than 1.25x the steady state.
 """
 
 from __future__ import annotations
@@ -39,6 +41,17 @@ def _start(fleet: Fleet, interval_s: float = 1.0, **kw: str) -> co.CutoverState:
     return start(fleet.endpoint, opts, record=False)
 
 
+def _settle(fleet: Fleet, st: co.CutoverState, timeout_s: float = 120.0) -> dict[str, int]:
+    """Follow the plan until every replica it launched is ready; the ready replicas per side."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        step = fleet.follow(st)
+        ready = {"source": len(fleet.live("source")), "target": len(fleet.live("target"))}
+        if ready == step.plan or time.monotonic() > deadline:
+            return ready
+        time.sleep(0.2)
+
+
 def _router(endpoint: str = "chat") -> Router:
     return Router(RouterConfig(endpoint, slo_ms=5000))
 
@@ -48,17 +61,14 @@ def fleet(spotshift_home: Path):
     freeze_clock()
     f = Fleet(service_ms=40.0)
     try:
-        for _ in range(STEADY):
-            f.add("source")
-        f.warm("target", STEADY)
-        f.warm("source", 2)
+        f.add("source", STEADY)
         yield f
     finally:
         f.close()
 
 
 def test_a_good_target_promotes_through_every_stage_with_no_failed_request(fleet: Fleet) -> None:
-    _start(fleet, interval_s=2.0)  # the seed defaults: shadow 5..50 %, then live 5/25/50/100 %
+    _start(fleet, interval_s=3.0)  # the seed defaults: shadow 5..50 %, then live 5/25/50/100 %
     router = _router()
     seen: list[str] = []
 
@@ -75,7 +85,10 @@ def test_a_good_target_promotes_through_every_stage_with_no_failed_request(fleet
     assert load.failed == 0, load.statuses
     assert [r["status"] for r in st.stage_rows] == ["passed"] * (len(st.stages) - 1) + ["promoted"]
     assert st.target_weight == 1.0 and router.cutover.split.target_weight == 1.0
+    # no double fleet: the source drained as the target took weight, every launch and drain by the follower
     assert fleet.peak <= 1.25 * STEADY, fleet.peak
+    assert _settle(fleet, st) == {"source": 1, "target": STEADY}
+    assert sum(len(s.drained) for s in fleet.steps) >= STEADY - 1
     shadow_rows = [r for r in st.stage_rows if r["phase"] == "shadow"]
     assert all(r["agreement"] == 1.0 for r in shadow_rows), shadow_rows
     # promoted: the source is kept warm at its floor, the target carries the steady state
@@ -84,6 +97,9 @@ def test_a_good_target_promotes_through_every_stage_with_no_failed_request(fleet
     back = failback("chat", record=False)
     assert back.phase == "failed_back" and back.target_weight == 0.0
     assert co.replica_plan(back) == {"source": STEADY, "target": 0}
+    # the source back to the steady state, the target drained
+    assert _settle(fleet, back) == {"source": STEADY, "target": 0}
+    assert fleet.peak <= 1.25 * STEADY, fleet.peak
 
 
 def test_a_slow_target_is_rolled_back_at_its_first_live_stage(fleet: Fleet) -> None:
@@ -108,6 +124,8 @@ def test_a_slow_target_is_rolled_back_at_its_first_live_stage(fleet: Fleet) -> N
     assert st.target_weight == 0.0 and router.cutover.split.target_weight == 0.0
     assert load.failed == 0, load.statuses
     assert co.replica_plan(st) == {"source": STEADY, "target": 0}
+    assert _settle(fleet, st) == {"source": STEADY, "target": 0}
+    assert fleet.peak <= 1.25 * STEADY, fleet.peak
 
 
 def test_perturbed_weights_are_caught_in_the_shadow_phase_before_any_live_traffic(
@@ -116,9 +134,7 @@ def test_perturbed_weights_are_caught_in_the_shadow_phase_before_any_live_traffi
     freeze_clock()
     fleet = Fleet(service_ms=40.0, target_perturb=0.3)  # some greedy tokens differ, nothing crashes
     try:
-        for _ in range(STEADY):
-            fleet.add("source")
-        fleet.warm("target", 1)
+        fleet.add("source", STEADY)
         _start(fleet)  # the seed defaults
         router = _router()
         with ServerThread(build_app(router, tick_s=0.1)) as r:
@@ -144,10 +160,10 @@ def test_a_replica_killed_mid_stage_and_the_router_restarted_mid_cutover_fail_no
         load = Load(r.url, rps=RPS).start()
         drive(fleet, until=("live",), timeout_s=300)  # the first live stage
         deadline = time.monotonic() + 20
-        while not any(first.outstanding.get(p.record.replica_id, 0) for p in fleet.live("source")):
+        while not any(first.outstanding.get(p.replica_id, 0) for p in fleet.live("source")):
             assert time.monotonic() < deadline
             time.sleep(0.002)
-        victim = next(p for p in fleet.live("source") if first.outstanding.get(p.record.replica_id, 0))
+        victim = next(p for p in fleet.live("source") if first.outstanding.get(p.replica_id, 0))
         fleet.kill(victim)  # SIGKILL with requests in flight
         time.sleep(2.0)
         load.stop()

@@ -110,7 +110,8 @@ def test_rotation_every_24_virtual_hours_drops_no_request(tmp_path: Path) -> Non
         async def load(stop: asyncio.Event) -> tuple[int, int]:
             ok = failed = 0
             limits = httpx.Limits(max_connections=8, max_keepalive_connections=2)
-            async with httpx.AsyncClient(verify=client_ctx, limits=limits) as client:
+            # a generous timeout: on a loaded box a slow answer is not a dropped request
+            async with httpx.AsyncClient(verify=client_ctx, limits=limits, timeout=60.0) as client:
                 while not stop.is_set():
                     rs = await asyncio.gather(
                         *(client.post(srv.url + COMPLETIONS_PATH, json=BODY) for _ in range(8)),

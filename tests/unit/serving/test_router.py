@@ -223,3 +223,15 @@ def test_cli_router_serves_registered_replicas_and_rejects_bad_input(spotshift_h
             # uvicorn shuts down gracefully, then re-raises SIGTERM (the conventional exit status)
             assert proc.wait(timeout=15) in (0, -signal.SIGTERM)
     assert read_router_signal("chat")["ok"] == 1  # the shutdown path wrote the last counters
+
+
+def test_a_request_waits_for_a_replica_set_aside_for_a_moment_instead_of_failing(
+    spotshift_home: Path,
+) -> None:
+    with ServerThread(peer_app(PeerState("fast", 0))) as a:
+        router = Router(RouterConfig("chat", slo_ms=500, replicas=[view(FAST, a.url)]))
+        with ServerThread(build_app(router)) as r:
+            # as after a dropped keep-alive connection or a timeout on a loaded box
+            router.set_aside["fast"] = time.monotonic() + 1.8  # two waits of <= 1 s cover it
+            resp = httpx.post(r.url + api.COMPLETIONS_PATH, json=BODY, timeout=10)
+    assert resp.status_code == 200 and router.counters.failed == 0
