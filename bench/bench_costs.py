@@ -3,7 +3,7 @@ and incremental.
 
 1. Writes a warehouse with ``--rows`` compute intervals (10 million by default; 200,000 with
    ``--quick``) and proportional checkpoints, preemptions, transfers, migrations and quotes
-   (:func:`spotshift.costs.fixtures.write_scaled_usage`, generated inside DuckDB).
+   (:func:`tests.fixtures_costs.write_scaled_usage`, generated inside DuckDB).
 2. dbt, full build: ``dbt build --select +mart_cost_metrics`` (models and seeds, no tests) in a
    child process: wall time, the child's peak RSS and the seconds of each model. The same command on an
    empty warehouse gives dbt's fixed start-up cost, reported separately.
@@ -326,8 +326,8 @@ def main() -> int:
 
 def _run(tmpd: Path, rows: int, new_rows: int, jobs: int) -> dict:
     from spotshift.costs.dbt import run_dbt
-    from spotshift.costs.fixtures import write_scaled_usage
     from spotshift.warehouse import connect
+    from tests.fixtures_costs import write_scaled_usage
 
     empty, warehouse = tmpd / "empty.duckdb", tmpd / "warehouse.duckdb"
     with Timer() as t_gen, connect(warehouse) as con:

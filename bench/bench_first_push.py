@@ -122,8 +122,8 @@ def bench(work: Path, files: int, size: int, rounds: int, restic: str | None) ->
 def store_objects(work: Path, src: Path) -> dict[str, int]:
     """Objects a 64 KiB-chunk push leaves in the store: loose (before packs) against packed."""
     import spotshift.sync.packs as packs
+    from spotshift.sync.archiver import push
     from spotshift.sync.chunking import ChunkParams
-    from spotshift.sync.delta import push
 
     params = ChunkParams.resolve(16 * 1024, 64 * 1024, 256 * 1024)
     out = {}

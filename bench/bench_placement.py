@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import Timer, peak_rss_mib, write_result  # noqa: E402
 from spotshift.jobs import TrainingJob  # noqa: E402
-from spotshift.placement.economics import DecisionInputs, Placement, decide  # noqa: E402
+from spotshift.placement.decision import DecisionInputs, Placement  # noqa: E402
+from spotshift.placement.economics import decide  # noqa: E402
 from spotshift.placement.risk import estimate  # noqa: E402
 from spotshift.placement.scoring import DataFootprint  # noqa: E402
 from spotshift.pricing.quote import NormalizedGPUQuote, effective_gpu_hour_usd  # noqa: E402

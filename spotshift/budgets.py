@@ -34,7 +34,11 @@ from typing import Any
 
 from spotshift import registry
 from spotshift.errors import ConfigError, SpotshiftError, build_record, check_range
+from spotshift.jobs import load_jobs
+from spotshift.placement.state import load_state
+from spotshift.serving.endpoints import load_endpoints
 from spotshift.teams import check_team as check_team
+from spotshift.warehouse import record_facts
 
 SECTION = "budgets"
 DEFAULT_ALERT = 0.8
@@ -109,9 +113,6 @@ def hours_left_in_month(now: datetime) -> float:
 
 def team_members(team: str) -> tuple[list[str], list[str]]:
     """Names of the declared jobs and endpoints of ``team``."""
-    from spotshift.jobs import load_jobs
-    from spotshift.serving.endpoints import load_endpoints
-
     jobs = [j.name for j in load_jobs() if j.team == team]
     endpoints = [e.name for e in load_endpoints() if e.team == team]
     return jobs, endpoints
@@ -170,8 +171,6 @@ def team_spend(con: Any, jobs: Iterable[str], endpoints: Iterable[str], now: dat
 
 def running_commitments(jobs: Iterable[str], now: datetime, *, exclude: str | None = None) -> float:
     """USD the running jobs among ``jobs`` (placement state) will spend until the month ends."""
-    from spotshift.placement.state import load_state
-
     hours = hours_left_in_month(now)
     total = 0.0
     for name in jobs:
@@ -262,8 +261,6 @@ def alert_rows(status: BudgetStatus, now: datetime) -> list[dict[str, Any]]:
 
 def record_alerts(con: Any, status: BudgetStatus, now: datetime) -> int:
     """Record the alert facts of ``status`` (idempotent per team, month and level); rows written."""
-    from spotshift.warehouse import record_facts
-
     rows = alert_rows(status, now)
     if not rows:
         return 0
@@ -275,7 +272,7 @@ def _month_cost(price_usd_hour: float, remaining_hours: float, hours_left: float
 
 
 def gate_decision(decision: Any, status: BudgetStatus) -> Any:
-    """``decision`` (:class:`~spotshift.placement.economics.Decision`) kept within the team's cap.
+    """``decision`` (:class:`~spotshift.placement.decision.Decision`) kept within the team's cap.
 
     A decision that starts no new spend is returned as it is. One that would (place, move,
     fallback to on demand) keeps its target when the target's price for the rest of the month

@@ -20,7 +20,7 @@ files of a batch are never modified after the rename.
 
 Ingestion is exactly-once: the rows of every pending batch are inserted in one transaction that
 also records the batch ids in ``main.ingested_fact_batches``; a row whose fact key
-(:data:`spotshift.warehouse.FACT_KEYS`) is already in its table, or that an older batch of the
+(:data:`spotshift.warehouse_tables.FACT_KEYS`) is already in its table, or that an older batch of the
 same round carries, is skipped. Only after the commit are the batch directories moved to
 ``ingested/``; a crash in between leaves batches the next ingestion finds recorded and just moves.
 """

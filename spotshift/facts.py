@@ -17,7 +17,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from spotshift.warehouse import FACT_KEYS
+from spotshift import warehouse
+from spotshift.clock import parse_utc
+from spotshift.errors import SpotshiftError
+from spotshift.jobs import get_job
+from spotshift.placement.inputs import usage_for
+from spotshift.warehouse_tables import FACT_KEYS
 
 #: tables a trainer writes facts for -> the columns that identify a fact (the warehouse's FACT_KEYS)
 ROW_KEYS: dict[str, tuple[str, ...]] = {
@@ -85,8 +90,6 @@ def ingest_facts(
     still running and appending, so its files are read but left in place (rows already in the
     warehouse are skipped by their key). ``con``: an open warehouse connection to use.
     """
-    from spotshift import warehouse
-
     files = pending_fact_files(workdir)
     if not files:
         return {}
@@ -113,10 +116,6 @@ def price_usage_row(con: Any, row: dict[str, Any]) -> dict[str, Any]:
     """
     if row.get("price_usd_hour") is not None or row.get("usd") is not None:
         return row
-    from spotshift.clock import parse_utc
-    from spotshift.errors import SpotshiftError
-    from spotshift.jobs import get_job
-    from spotshift.placement.inputs import usage_for
 
     try:
         job = get_job(str(row["job"]))
@@ -140,9 +139,6 @@ def _priced(
     A warehouse that is locked past ``timeout_s`` (or cannot be opened) leaves the rows unpriced:
     they are recorded all the same, and the report lists them (``fct_unpriced_usage``).
     """
-    from spotshift import warehouse
-    from spotshift.errors import SpotshiftError
-
     if all(r.get("price_usd_hour") is not None or r.get("usd") is not None for r in rows):
         return rows
     if con is not None:

@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlparse
 
 from spotshift.cloud_errors import redact_url
 from spotshift.errors import ConfigError
+from spotshift.instance import write_instance_config
 from spotshift.locations import split_location
 
 
@@ -187,8 +188,6 @@ def init_home(
     ``dagster.yaml`` for another storage is a :class:`~spotshift.errors.ConfigError` unless
     ``force`` (see :mod:`spotshift.instance`).
     """
-    from spotshift.instance import write_instance_config
-
     home = spotshift_home()
     _, _, said = write_instance_config(
         dagster_home(), postgres_url=postgres_url, force=force, max_concurrent_runs=max_concurrent_runs

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlparse
 
+from spotshift.atomic import atomic_write_text
 from spotshift.errors import ConfigError
 
 PASSWORD_ENV = "SPOTSHIFT_DAGSTER_POSTGRES_PASSWORD"
@@ -186,8 +187,6 @@ def write_instance_config(
     :class:`ConfigError` (nothing written) when the file describes another storage than the one
     asked for, unless ``force``.
     """
-    from spotshift.atomic import atomic_write_text
-
     cfg = dagster_home / "dagster.yaml"
     wanted = wanted_storage(postgres_url)
     notes: list[str] = []

@@ -22,7 +22,11 @@ from typing import Any
 
 from spotshift import registry
 from spotshift.clock import parse_utc
-from spotshift.errors import ConfigError, SpotshiftError, build_record, check_range
+from spotshift.errors import ConfigError, NotFoundError, SpotshiftError, build_record, check_range
+from spotshift.placement.state import delete_state, load_state
+from spotshift.pricing.regions import check_location, check_location_pattern
+from spotshift.teams import check_team
+from spotshift.training.backend import LocalProcessBackend
 
 SECTION = "jobs"
 
@@ -115,8 +119,6 @@ class TrainingJob:
     team: str | None = None  # team whose budget pays (spotshift budgets); None: no budget applies
 
     def __post_init__(self) -> None:
-        from spotshift.pricing.regions import check_location, check_location_pattern
-
         n = self.name
         if (
             not isinstance(n, str)
@@ -157,8 +159,6 @@ class TrainingJob:
             if self.command is not None:
                 command_argv(self.command)
             if self.team is not None:
-                from spotshift.teams import check_team
-
                 check_team(self.team)
             if self.start_location is not None:
                 check_location(self.start_location, "start_location")
@@ -237,9 +237,6 @@ def remove_job(name: str, *, force: bool = False) -> dict[str, Any]:
     latter (a state left behind by a crashed run), never a live trainer. Checkpoints and dataset
     replicas in the stores are data, not declarations: they are kept.
     """
-    from spotshift.placement.state import delete_state, load_state
-    from spotshift.training.backend import LocalProcessBackend
-
     get_job(name)  # not declared: the registry's one-line error
     live = [t for t in LocalProcessBackend().list() if t.job == name]
     if live:
@@ -268,8 +265,6 @@ def read_job_file(path: str | os.PathLike[str]) -> list[TrainingJob]:
     import json
 
     import yaml
-
-    from spotshift.errors import NotFoundError
 
     p = Path(path)
     if not p.is_file():

@@ -19,6 +19,8 @@ import sys
 import threading
 from typing import Any
 
+from spotshift.sync.chunking import human_bytes
+
 #: ``SPOTSHIFT_PROGRESS`` values
 ALWAYS, NEVER = ("1", "always", "on", "yes"), ("0", "never", "off", "no")
 
@@ -115,8 +117,6 @@ class RichProgress(Progress):
 def _amount_column_class() -> Any:
     from rich.progress import ProgressColumn
     from rich.text import Text
-
-    from spotshift.sync.chunking import human_bytes
 
     class AmountColumn(ProgressColumn):
         """``12.0/40.0 MiB 25.1 MiB/s`` for bytes, ``30/60 steps 4.2/s`` otherwise."""

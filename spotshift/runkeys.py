@@ -1,7 +1,7 @@
 """Run-key formats of the runs that move a job, shared by the deciding side and the move contract.
 
 A run key is built from the external identity of what a sensor reacts to, never from the clock.
-:class:`spotshift.placement.economics.Decision` names the run it asks for and
+:class:`spotshift.placement.decision.Decision` names the run it asks for and
 :mod:`spotshift.migration.contract` requests it; placement must not import the move lifecycle, so
 the formats live here, below both.
 

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 from spotshift.errors import ConfigError
+from spotshift.home import dagster_home
+from spotshift.instance import PASSWORD_ENV, read_storage
 
 TABLE = "spotshift_state"
 _CACHE: dict[str, Any] = {}
@@ -202,9 +204,6 @@ class PostgresStateStore:
 def shared_store() -> PostgresStateStore | None:
     """The PostgreSQL store when the Dagster instance of this home is on PostgreSQL, else None
     (the file implementations apply). Cached per ``dagster.yaml`` version."""
-    from spotshift.home import dagster_home
-    from spotshift.instance import PASSWORD_ENV, read_storage
-
     cfg = dagster_home() / "dagster.yaml"
     try:
         st = cfg.stat()

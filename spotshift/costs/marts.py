@@ -55,7 +55,8 @@ def open_marts(
     :class:`NotFoundError` when the file or any required mart is missing (the message says how
     to build them).
     """
-    from spotshift.warehouse import ingest_pending, open_connection
+    from spotshift.warehouse import ingest_pending
+    from spotshift.warehouse_connection import open_connection
 
     path = resolve_warehouse(warehouse)
     if not path.is_file():
@@ -78,7 +79,9 @@ def open_marts(
 
 def marts_state(warehouse: str | os.PathLike[str] | None = None) -> tuple[MartsState, str]:
     """``("missing"|"stale"|"fresh", reason)`` of the report marts of ``warehouse``."""
-    from spotshift.warehouse import RAW_TABLES, ingest_pending, open_connection
+    from spotshift.warehouse import ingest_pending
+    from spotshift.warehouse_connection import open_connection
+    from spotshift.warehouse_schema import RAW_TABLES
 
     path = resolve_warehouse(warehouse)
     if not path.is_file():

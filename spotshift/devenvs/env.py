@@ -12,6 +12,8 @@ from typing import Any
 
 from spotshift import registry
 from spotshift.errors import ConfigError, SpotshiftError, build_record, check_range
+from spotshift.pricing.catalog import canonical_gpu_model
+from spotshift.pricing.regions import check_location, check_location_pattern
 
 SECTION = "devenvs"
 #: seed 001: "automated downsizing of idle notebooks and training environments after 4 hours"
@@ -43,9 +45,6 @@ class DevEnv:
     """CPU use of the process group, in cores, above which a sample counts as activity."""
 
     def __post_init__(self) -> None:
-        from spotshift.pricing.catalog import canonical_gpu_model
-        from spotshift.pricing.regions import check_location, check_location_pattern
-
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise ConfigError(f"devenv {self.name!r}: name must be 1-41 of a-z, 0-9 and '-'")
         try:

@@ -29,9 +29,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from spotshift import warehouse
+from spotshift.atomic import atomic_write_json
 from spotshift.clock import as_utc, parse_utc
 from spotshift.devenvs.env import DevEnv, get_devenv, load_devenvs
 from spotshift.errors import ConfigError, IntegrityError
+from spotshift.home import spotshift_home
+from spotshift.jsondoc import parse_json
+from spotshift.placement.inputs import latest_snapshot, load_quotes
+from spotshift.pricing.catalog import gpu_model_matches
+from spotshift.registry import locked
+from spotshift.sync.archiver import push
+from spotshift.sync.datasets import check_replica
+from spotshift.sync.fingerprint import fingerprint
+from spotshift.sync.replicator import replicate
+from spotshift.sync.restorer import pull
+from spotshift.sync.store_url import open_store
+from spotshift.training.runs import store_url_for
 
 HEARTBEAT_ENV = "SPOTSHIFT_DEVENV_HEARTBEAT"
 REQUESTS_ENV = "SPOTSHIFT_DEVENV_REQUESTS"
@@ -40,8 +54,6 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # processes this process sta
 
 
 def _dir() -> Path:
-    from spotshift.home import spotshift_home
-
     return spotshift_home() / "devenvs"
 
 
@@ -51,8 +63,6 @@ def state_path(name: str) -> Path:
 
 def load_env_state(name: str) -> dict[str, Any]:
     """The environment's state document (status ``declared`` when it never started)."""
-    from spotshift.jsondoc import parse_json
-
     path = state_path(name)
     if not path.exists():
         return {"name": name, "status": "declared", "events": []}
@@ -63,8 +73,6 @@ def load_env_state(name: str) -> dict[str, Any]:
 
 
 def _save(doc: dict[str, Any]) -> None:
-    from spotshift.atomic import atomic_write_json
-
     _dir().mkdir(parents=True, exist_ok=True)
     atomic_write_json(state_path(doc["name"]), doc)
 
@@ -94,10 +102,6 @@ def cheapest_place(env: DevEnv, *, pinned: bool = True) -> Place:
     count in an allowed location (``pinned``: only its declared location, when it has one). No
     quotes: the declared location at an unknown price (0), else :class:`ConfigError`."""
     import fnmatch
-
-    from spotshift import warehouse
-    from spotshift.placement.inputs import latest_snapshot, load_quotes
-    from spotshift.pricing.catalog import gpu_model_matches
 
     quotes: list[Any] = []
     try:
@@ -206,8 +210,6 @@ def _stop(pid: int | None, start: str | None) -> None:
 
 
 def _locked(name: str) -> Any:
-    from spotshift.registry import locked
-
     _dir().mkdir(parents=True, exist_ok=True)
     return locked(state_path(name))
 
@@ -319,11 +321,6 @@ def observe(name: str, *, now: datetime) -> Activity:
 
 def _snapshot(env: DevEnv, location: str) -> dict[str, Any]:
     """Push the workspace to ``location``'s store and verify it there; the snapshot's facts."""
-    from spotshift.sync.datasets import check_replica
-    from spotshift.sync.delta import push
-    from spotshift.sync.store_url import open_store
-    from spotshift.training.runs import store_url_for
-
     store = open_store(store_url_for(location))
     stats = push(env.workspace, store, env.store_name, src_location=location, dst_location=location)
     check = check_replica(store, env.store_name, stats.root, full=True)
@@ -404,11 +401,6 @@ def resume(name: str, *, now: datetime) -> dict[str, Any]:
     """Bring a hibernated or downsized environment back in one step, in the cheapest suitable place:
     the workspace restored byte for byte from its snapshot (replicated there first when the place
     is another region), checked against the snapshot's root, and the process started on GPUs."""
-    from spotshift.sync.delta import pull, replicate
-    from spotshift.sync.fingerprint import fingerprint
-    from spotshift.sync.store_url import open_store
-    from spotshift.training.runs import store_url_for
-
     env = get_devenv(name)
     with _locked(name):
         doc = load_env_state(name)

@@ -28,7 +28,17 @@ from spotshift.migration.compat import record_probe
 from spotshift.migration.plan import MovePlan
 from spotshift.migration.state import MoveEnv, MoveState, save
 from spotshift.migration.steps import RetrainResult, live_in_target
-from spotshift.training.shadow import ShadowComparison, ShadowThresholds, ShadowVerdict
+from spotshift.placement.params import PlacementParams
+from spotshift.placement.state import load_state, mark_unfit, record_placement, set_status
+from spotshift.training import runs
+from spotshift.training.shadow import (
+    ShadowComparison,
+    ShadowThresholds,
+    ShadowVerdict,
+    run_shadow_validation,
+    verdicts,
+)
+from spotshift.warehouse import first_row, record_facts
 
 
 @dataclass
@@ -62,8 +72,6 @@ def validate_shadow(
 ) -> ShadowResult:
     """Source and target resumed from the same checkpoint, K steps each, compared; the comparison
     is a ``raw.shadow_validations`` row. ``target_result``: the probation already ran the target."""
-    from spotshift.training.shadow import run_shadow_validation, verdicts
-
     cmp = run_shadow_validation(
         env.backend,
         job,
@@ -127,8 +135,6 @@ class CutOverResult:
 def go_live(env: MoveEnv, state: MoveState) -> CutOverResult:
     """Cut over: the live trainer in the target (after a price move's probation), placement state
     (cooldown after a price move), ``raw.migrations`` row, recovery time of a preemption."""
-    from spotshift.placement.params import PlacementParams
-
     plan = state.plan
     live = live_in_target(env, plan) if plan.validated else None
     drained = state.drained_at_wall
@@ -164,7 +170,6 @@ class RollbackResult:
 def roll_back(env: MoveEnv, plan: MovePlan, *, reason: str, unfit_hours: float = 24.0) -> RollbackResult:
     """Stop any trainer of the job (with a checkpoint), resume it in the source from the source's own
     newest checkpoint, mark the target unfit for ``unfit_hours``; ``raw.migrations`` row. Idempotent."""
-    from spotshift.training import runs
 
     def stop_trainer() -> bool:
         info = env.backend.status(plan.job)
@@ -232,8 +237,6 @@ def migration_row(
 
 
 def _record_once(con: Any, row: dict[str, Any]) -> bool:
-    from spotshift.warehouse import record_facts
-
     # keyed by (migration_id, status, run_id): a re-executed step records nothing twice
     return record_facts({"raw.migrations": [row]}, con=con).rows("raw.migrations") > 0
 
@@ -251,8 +254,6 @@ def record_cut_over(
     egress_usd: float | None = None,
 ) -> dict[str, Any]:
     """The job runs in the target now: placement state, ``raw.migrations``, recovery time. Idempotent."""
-    from spotshift.placement.state import record_placement
-
     record_placement(
         plan.job,
         location=plan.to_location,
@@ -285,9 +286,6 @@ def record_cut_over(
 
 def record_recovery(con: Any, notice_id: str, *, recovered_at: datetime) -> float | None:
     """Fill ``recovered_at``/``recovery_s`` of a preemption (notice to training resumed elsewhere)."""
-    from spotshift.clock import parse_utc
-    from spotshift.warehouse import first_row
-
     row = first_row(
         con,
         "SELECT noticed_at FROM raw.preemptions WHERE notice_id = ? ORDER BY noticed_at LIMIT 1",
@@ -326,8 +324,6 @@ def undo_move(
     A plan without a source (a placement or a recovery from a region that is gone) has nothing to
     resume: the job is left ``preempted`` for the next decision to place it again. Idempotent.
     """
-    from spotshift.placement.state import load_state, mark_unfit, record_placement, set_status
-
     stopped = stop_trainer()
     mark_unfit(plan.job, plan.to_location, until=now + timedelta(hours=unfit_hours), reason=reason, now=now)
     resumed = None

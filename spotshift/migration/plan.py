@@ -1,6 +1,6 @@
 """Planning a move and closing it: the plan a migration carries, cutover, rollback, and their facts.
 
-A :class:`MovePlan` is what ``price_change_sensor`` (from a :class:`~spotshift.placement.economics.Decision`),
+A :class:`MovePlan` is what ``price_change_sensor`` (from a :class:`~spotshift.placement.decision.Decision`),
 ``preemption_sensor`` (from a notice, via :func:`recovery_plan`) or ``spotshift move`` hands to the
 lifecycle (:mod:`spotshift.migration.steps`). The steps run the chain (delta sync, checkpoint
 migration, probation, shadow validation) and finish here:
@@ -25,8 +25,15 @@ from datetime import datetime
 from typing import Any
 
 from spotshift.errors import ConfigError, build_record
+from spotshift.facts import ingest_facts
+from spotshift.jobs import load_jobs
 from spotshift.migration import contract
-from spotshift.placement.economics import Decision
+from spotshift.placement.batch import decide_all, record_decisions
+from spotshift.placement.decision import Decision
+from spotshift.placement.economics import decide
+from spotshift.placement.inputs import assemble_inputs
+from spotshift.placement.state import load_state, set_status
+from spotshift.pools.scheduler import pool_managed_jobs
 
 TRIGGERS = ("place", "price", "preemption", "burst", "return")
 #: triggers of a move between a private pool's site and a cloud (spotshift.pools.lifecycle)
@@ -159,10 +166,6 @@ def recovery_plan(
     """
     from dataclasses import replace
 
-    from spotshift.placement.economics import decide
-    from spotshift.placement.inputs import assemble_inputs
-    from spotshift.placement.state import set_status
-
     set_status(job, "preempted", now=now)
     inputs = assemble_inputs(con, job, now=now)
     preempted = str(notice.get("location", ""))
@@ -196,10 +199,6 @@ def jobs_to_decide(
     the staleness of a move) are collected first. ``jobs``: the declared jobs, when the caller
     has loaded them already.
     """
-    from spotshift.jobs import load_jobs
-    from spotshift.placement.state import load_state, set_status
-    from spotshift.pools.scheduler import pool_managed_jobs
-
     out = []
     pooled = pool_managed_jobs()  # a private pool decides for its jobs (bursts, returns)
     # one query for every job's last checkpointed step (thousands of jobs per tick)
@@ -219,7 +218,6 @@ def jobs_to_decide(
             continue
         if info is not None and info.alive:
             # the trainer defers its warehouse writes; its newest checkpoints matter to the decision
-            from spotshift.facts import ingest_facts
 
             ingest_facts(info.workdir, con=con, live=True)
         out.append(job.name)
@@ -240,9 +238,6 @@ def tick(
     (:func:`jobs_to_decide`), :func:`spotshift.placement.batch.decide_all`, and the decisions
     recorded (``record``) through the write connection ``con``; the
     :class:`~spotshift.placement.batch.TickResult`."""
-    from spotshift.jobs import load_jobs
-    from spotshift.placement.batch import decide_all, record_decisions
-
     started = time.perf_counter()
     declared = load_jobs()
     names = jobs_to_decide(con, backend, busy=busy or set(), now=now, jobs=declared)

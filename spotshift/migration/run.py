@@ -15,10 +15,14 @@ from typing import Any
 from spotshift import warehouse
 from spotshift.clock import virtual_now
 from spotshift.errors import ConfigError, SpotshiftError
-from spotshift.migration import cutover, steps
+from spotshift.jobs import get_job
+from spotshift.migration import contract, cutover, steps
 from spotshift.migration.compat import check_move
 from spotshift.migration.plan import MovePlan, plan_from_decision, recovery_plan
-from spotshift.migration.state import MoveEnv, MoveFailed, MoveState, ShadowOptions, begin
+from spotshift.migration.state import MoveEnv, MoveFailed, MoveState, ShadowOptions, begin, local_env
+from spotshift.placement.inputs import decide_for_job
+from spotshift.placement.state import load_state
+from spotshift.training.runs import wait_for_exit
 
 
 @dataclass
@@ -71,8 +75,6 @@ def gate_shadow(result: cutover.ShadowResult | None, plan: MovePlan) -> None:
 
 
 def _chain(env: MoveEnv, state: MoveState, outcome: MoveOutcome) -> MoveState:
-    from spotshift.jobs import get_job
-
     plan, results = state.plan, outcome.results
     fp = results["fingerprint_dataset"] = steps.fingerprint_dataset(env, get_job(plan.job).dataset)
     state = state.after(fp)
@@ -127,10 +129,6 @@ def plan_to(con: Any, job: str, location: str, *, now: datetime) -> MovePlan:
     (:class:`ConfigError` naming why when there is none, or when the job already runs there)."""
     from dataclasses import replace
 
-    from spotshift.migration import contract
-    from spotshift.placement.inputs import decide_for_job
-    from spotshift.placement.state import load_state
-
     decision = decide_for_job(con, job, now=now)
     here = [c for c in decision.candidates if c.location == location]
     if not here:
@@ -155,8 +153,6 @@ def move_by_hand(
     job: str, location: str, *, shadow: ShadowOptions | None = None, run_id: str, log: Any = None
 ) -> MoveOutcome:
     """``spotshift move``: plan the move from the latest prices and run it on the embedded default."""
-    from spotshift.migration.state import local_env
-
     env = local_env(run_id=run_id, log=log)
     with warehouse.connect(env.database) as con:
         plan = plan_to(con, job, location, now=virtual_now())
@@ -170,9 +166,6 @@ def plan_recovery(env: MoveEnv, notice: dict[str, Any]) -> tuple[MovePlan | None
     nothing to do: the notice is already handled (the job runs elsewhere), the job is finished, or
     the decision is to queue for capacity (the price sensor places the job when that changes).
     """
-    from spotshift.placement.state import load_state
-    from spotshift.training.runs import wait_for_exit
-
     job, location = str(notice["job"]), str(notice["location"])
     if wait_for_exit(env.backend, job, location=location):
         env.log(f"waited for the preempted trainer of {job} in {location} to exit")

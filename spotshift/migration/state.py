@@ -13,10 +13,15 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from spotshift import warehouse
+from spotshift.checkpoint.keys import open_key_provider
 from spotshift.clock import virtual_now
 from spotshift.errors import SpotshiftError
 from spotshift.migration import ledger
 from spotshift.migration.plan import MovePlan
+from spotshift.placement.state import set_status
+from spotshift.sync.store_url import open_store
+from spotshift.training.backend import open_backend
+from spotshift.training.runs import store_url_for
 from spotshift.training.shadow import MAX_LOSS_DIFF
 
 
@@ -50,11 +55,6 @@ class MoveEnv:
 def local_env(*, run_id: str, log: Callable[[str], None] | None = None) -> MoveEnv:
     """The embedded default: local trainer processes, stores under ``$SPOTSHIFT_HOME``, the key
     provider of ``$SPOTSHIFT_KEY_PROVIDER`` (else the local key file), the default warehouse."""
-    from spotshift.checkpoint.keys import open_key_provider
-    from spotshift.sync.store_url import open_store
-    from spotshift.training.backend import open_backend
-    from spotshift.training.runs import store_url_for
-
     return MoveEnv(
         backend=open_backend("local"),
         store_for=lambda location: open_store(store_url_for(location)),
@@ -138,8 +138,6 @@ def begin(
     move is recorded in the ledger. A restarted run of the same plan keeps what the first found.
     ``compat``: the pre-move compatibility check (:func:`spotshift.migration.run.begin_move` runs
     it first, so a refused move never gets here)."""
-    from spotshift.placement.state import set_status
-
     before = load(plan.job)
     set_status(plan.job, "migrating", now=virtual_now())
     src = plan.from_location or "(not running)"

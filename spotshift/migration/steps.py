@@ -25,9 +25,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from spotshift.errors import ConfigError, NotFoundError, SpotshiftError
+from spotshift.jobs import get_job
 from spotshift.migration.compat import record_probe
 from spotshift.migration.plan import MovePlan
 from spotshift.migration.state import MoveEnv, MoveFailed, MoveState, save
+from spotshift.placement.topology import probe_target
+from spotshift.sync import datasets as sync_datasets
+from spotshift.sync.datasets import get_dataset, snapshot_dataset
+from spotshift.sync.refs import read_ref
+from spotshift.training import runs
+from spotshift.training.runs import current_location, latest_ref, replicate_latest, stop_with_checkpoint
+from spotshift.training.shadow import run_shadow_side
 
 # --- data ------------------------------------------------------------------------------------------
 
@@ -53,8 +61,6 @@ class FingerprintResult:
 def fingerprint_dataset(env: MoveEnv, name: str) -> FingerprintResult:
     """Fingerprint dataset ``name`` (files cache: cheap when unchanged) and commit the snapshot to its
     home store; the push is a ``raw.transfers`` row."""
-    from spotshift.sync.datasets import get_dataset, snapshot_dataset
-
     dataset = get_dataset(name)
     fp, stats = snapshot_dataset(dataset, env.store_for(dataset.location))
     env.record("raw.transfers", [stats.to_row(env.run_id)])
@@ -79,9 +85,6 @@ def fingerprint_dataset(env: MoveEnv, name: str) -> FingerprintResult:
 
 def expected_root(env: MoveEnv, name: str) -> str:
     """The root a replica of ``name`` must have: the ``latest`` ref in the dataset's home store."""
-    from spotshift.sync.datasets import get_dataset
-    from spotshift.sync.refs import read_ref
-
     dataset = get_dataset(name)
     ref = read_ref(env.store_for(dataset.location), name)
     if ref is None:
@@ -116,9 +119,7 @@ class ReplicaResult:
 def check_replica(env: MoveEnv, name: str, region: str) -> Any:
     """Whether ``region``'s replica of ``name`` is the home store's snapshot, every chunk present
     (a :class:`~spotshift.sync.datasets.ReplicaCheck`)."""
-    from spotshift.sync.datasets import check_replica as check
-
-    return check(env.store_for(region), name, expected_root(env, name))
+    return sync_datasets.check_replica(env.store_for(region), name, expected_root(env, name))
 
 
 def replicate_dataset(
@@ -127,12 +128,9 @@ def replicate_dataset(
     """Bring the home store's snapshot of ``name`` into ``region``'s store (only missing chunks are
     sent), record the transfer, and (``check``) check the replica. The caller decides what a failed
     check does (a move fails and rolls back)."""
-    from spotshift.sync.datasets import get_dataset
-    from spotshift.sync.datasets import replicate_dataset as replicate
-
     dataset = get_dataset(name)
     root = expected_root(env, name)
-    stats = replicate(
+    stats = sync_datasets.replicate_dataset(
         dataset,
         root,
         env.store_for(dataset.location),
@@ -175,8 +173,6 @@ class DrainResult:
 def drain_source(env: MoveEnv, plan: MovePlan) -> DrainResult:
     """Stop the job's live trainer (wherever it runs) with a committed checkpoint. A restarted run
     finds the source already drained: its newest checkpoint is still where the move starts."""
-    from spotshift.training.runs import latest_ref, stop_with_checkpoint
-
     info = env.backend.status(plan.job)
     stopped, location, ckpt, drained_at = False, plan.from_location, None, None
     if info is not None and info.alive:
@@ -215,8 +211,6 @@ def carry_checkpoint(env: MoveEnv, job: str, region: str, *, source: str = "") -
     region holds an older one); the transfer is a ``raw.transfers`` row. ``source`` empty: where the
     job last checkpointed. Nothing to carry (a first placement, or already there): ``report`` None
     when the job never checkpointed, method ``present`` when the region is the source."""
-    from spotshift.training.runs import current_location, latest_ref, replicate_latest
-
     if not source:
         try:
             source = current_location(job, env.database)
@@ -280,9 +274,6 @@ def check_topology(env: MoveEnv, plan: MovePlan) -> Any:
     (:func:`spotshift.placement.topology.probe_target`): the measured score is kept (it overrides the
     catalog's from now on) and compared with the job's ``min_topology_score``. Returns the
     :class:`~spotshift.placement.topology.TopologyCheck`; the caller refuses a failed one."""
-    from spotshift.jobs import get_job
-    from spotshift.placement.topology import probe_target
-
     check = probe_target(plan.to_location, plan.instance_type, get_job(plan.job).min_topology_score)
     env.log(f"topology check: {check.description}")
     return check
@@ -297,8 +288,6 @@ def probation(env: MoveEnv, state: MoveState) -> RetrainResult:
     there, and the move rolls back. When the move probes an unproven runtime pair
     (:mod:`spotshift.migration.compat`), a probation that fails in the target marks the pair known bad
     and raises :class:`MoveFailed`."""
-    from spotshift.training.shadow import run_shadow_side
-
     plan, t0 = state.plan, time.monotonic()
     topology = check_topology(env, plan)
     if not topology.passed:
@@ -339,8 +328,6 @@ def start_live(
 ) -> RetrainResult:
     """The job's live trainer in ``location`` for the rest of the job (from its newest checkpoint,
     which must be there, or from scratch); returns once it has taken its first step."""
-    from spotshift.training import runs
-
     out = runs.start_live(
         env.backend,
         job,
@@ -358,9 +345,7 @@ def retrain(
 ) -> RetrainResult:
     """Resume the job in ``target`` from the checkpoint replicated there: ``steps`` (default the
     job's cadence) waited for, or ``detach`` for the rest of the job (``retrain_run``'s own config)."""
-    from spotshift.training.runs import resume_in_target
-
-    out = resume_in_target(
+    out = runs.resume_in_target(
         env.backend,
         job,
         target,

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from spotshift.errors import ConfigError, check_range
+from spotshift.placement.topology import EXPECTED_ALLREDUCE_GBPS_8X_A100
 
 MAX_SIZE_BYTES = 1 << 32  # 4 GiB: the seed measures 1 GB; more is a typo
 
@@ -137,7 +138,6 @@ def measure_allreduce(
             times = [float(x) for x in f.read().split(",")]
     median = statistics.median(times)
     alg, bus = bus_bandwidth_gbps(numel * 4, median, world_size)
-    from spotshift.placement.topology import EXPECTED_ALLREDUCE_GBPS_8X_A100
 
     expected = EXPECTED_ALLREDUCE_GBPS_8X_A100 if backend == "nccl" and world_size == 8 else None
     return AllReduceResult(backend, world_size, numel * 4, iterations, median, alg, bus, 2 * alg, expected)

@@ -15,7 +15,12 @@ def register(sub: Any) -> None:
     j = sub.add_parser("jobs", help="declare and inspect training jobs")
     jsub = j.add_subparsers(dest="jobs_command", metavar="ACTION")
     jsub.required = True
+    _add_jobs_add(jsub)
+    _add_jobs_manage(jsub)
+    _register_placement(sub)
 
+
+def _add_jobs_add(jsub: Any) -> None:
     a = jsub.add_parser(
         "add",
         help="declare a training job",
@@ -81,6 +86,9 @@ def register(sub: Any) -> None:
     a.add_argument("--json", action="store_true", help="print the declaration as JSON")
     a.set_defaults(handler=_jobs_add)
 
+
+def _add_jobs_manage(jsub: Any) -> None:
+    """``jobs list | show | remove | import``."""
     ls = jsub.add_parser("list", help="list declared jobs with their placement")
     ls.add_argument("--json", action="store_true", help="print one JSON object")
     ls.set_defaults(handler=_jobs_list)
@@ -115,6 +123,8 @@ def register(sub: Any) -> None:
     im.add_argument("--json", action="store_true", help="print one JSON object")
     im.set_defaults(handler=_jobs_import)
 
+
+def _register_placement(sub: Any) -> None:
     p = sub.add_parser("placement", help="rank placement candidates and decide for a declared job")
     psub = p.add_subparsers(dest="placement_command", metavar="ACTION")
     psub.required = True

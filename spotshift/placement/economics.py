@@ -3,24 +3,26 @@
 :func:`decide` is the one decision function of spotshift. ``price_change_sensor`` calls it with
 inputs assembled from the warehouse (:mod:`spotshift.placement.inputs`); ``spotshift simulate``
 calls the same function tick by tick for its ``spotshift`` policy. It takes plain data and returns
-a :class:`Decision` carrying the action, the target, every term and human-readable reasons.
+a :class:`~spotshift.placement.decision.Decision` carrying the action, the target, every term and human-readable reasons.
 
 The rules, in order:
 
-1. **Deadline safety net** (shared with every spot policy of the simulator):
-   :func:`deadline_requires_on_demand` — when the slack (time to deadline minus work left) no longer
-   exceeds :func:`safety_reserve_hours` (changeover + transfer to the fastest on-demand placement +
+1. **Deadline safety net** (:func:`deadline_safety_net`; the arithmetic is shared with every spot
+   policy of the simulator, :mod:`spotshift.placement.deadline`):
+   :func:`~spotshift.placement.deadline.deadline_requires_on_demand` — when the slack (time to deadline minus work left) no longer
+   exceeds :func:`~spotshift.placement.deadline.safety_reserve_hours` (changeover + transfer to the fastest on-demand placement +
    one checkpoint interval of possibly lost work + one decision interval), go to on-demand and
    stay there (``fallback_on_demand``; ``stay`` once on on-demand).
-2. **Not running** (new job, or preempted): ``place`` on the best-ranked feasible candidate (see
+2. **Not running** (new job, or preempted; :func:`place_job`): ``place`` on the best-ranked feasible candidate (see
    :mod:`spotshift.placement.scoring`). With no spot candidate: while the job is ahead of uniform
    progress (Can't Be Late) and spot capacity exists somewhere in principle, ``queue`` and wait for
    it; otherwise ``fallback_on_demand``; with nothing at all, ``queue``.
    Waiting for a cheaper price (a better-ranked spot candidate preempted now, back after its mean
    outage) is allowed only while the slack to the uniform-progress line
    (:func:`spotshift.placement.horizon.uniform_progress_slack_hours`: time left - work left x
-   window / work; the required progress rate is work left / time left) covers the wait.
-3. **Running**: ``move`` only when, for the best alternative,
+   window / work; the required progress rate is work left / time left) covers the wait
+   (:func:`spotshift.placement.waiting.worth_waiting_for`).
+3. **Running** (:func:`stay_or_move`): ``move`` only when, for the best alternative,
    ``expected_savings - move_cost > margin`` where
    ``expected_savings = (current - target effective instance-hour) x remaining hours``,
    ``move_cost = egress (bytes not already at the target) + changeover downtime at the current
@@ -36,261 +38,35 @@ The rules, in order:
    after its expected outage (its savings and risk difference count for the share of the run left
    then, :func:`spotshift.placement.horizon.later_share`). When that move pays and nets more than
    moving now, the job stays and moves once, later (``PlacementParams.move_later``, off by default:
-   it did not pay on the policy benchmark).
-4. **Feasibility**: a plan is considered only if it can still finish by the deadline — an
-   on-demand plan when ``work + plan overhead <= time left``, a spot plan when, after its overhead,
+   it did not pay on the policy benchmark; :func:`spotshift.placement.waiting.move_later`).
+4. **Feasibility** (:meth:`spotshift.placement.situation.Situation.feasible`, applied by the rules above): a plan is considered
+   only if it can still finish by the deadline — an on-demand plan when ``work + plan overhead <= time left``, a spot plan when, after its overhead,
    the safety net is still possible. When no plan is feasible, the fastest on-demand one is chosen
    and the reasons say the deadline can no longer be met.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from spotshift import runkeys
-from spotshift.jobs import TrainingJob
+from spotshift.placement.deadline import (
+    ahead_of_uniform_progress,
+    deadline_requires_on_demand,
+    safety_reserve_hours,
+    window_hours,
+)
+from spotshift.placement.decision import Decision, DecisionInputs, MoveTerms
 from spotshift.placement.horizon import (
     ahead_of_interruption,
     expected_preemptions,
-    later_share,
     required_progress_rate,
     uniform_progress_slack_hours,
 )
 from spotshift.placement.params import PlacementParams
-from spotshift.placement.risk import RegionRisk
-from spotshift.placement.scoring import (
-    Candidate,
-    DataFootprint,
-    preemption_cost_usd,
-    score_candidates,
-)
-from spotshift.pricing.quote import NormalizedGPUQuote
-
-ACTIONS = ("place", "move", "stay", "fallback_on_demand", "queue")
-
-
-def safety_reserve_hours(
-    changeover_hours: float,
-    transfer_hours: float,
-    checkpoint_interval_hours: float,
-    decision_interval_hours: float,
-) -> float:
-    """Slack to keep for switching to on-demand: the switch itself (changeover + copy to the
-    on-demand place), the work a preemption can still destroy (one checkpoint interval), and the
-    time until the next decision."""
-    return changeover_hours + transfer_hours + checkpoint_interval_hours + decision_interval_hours
-
-
-def deadline_requires_on_demand(time_left_hours: float, remaining_hours: float, reserve_hours: float) -> bool:
-    """The deadline safety net: True when the remaining slack only just covers the remaining work."""
-    return time_left_hours - remaining_hours <= reserve_hours
-
-
-def ahead_of_uniform_progress(
-    remaining_hours: float, work_hours: float, time_left_hours: float, window_hours: float
-) -> bool:
-    """Can't Be Late's Uniform Progress line: work left is at most the share of the window left
-    (:func:`~spotshift.placement.horizon.uniform_progress_slack_hours` >= 0)."""
-    return uniform_progress_slack_hours(remaining_hours, work_hours, time_left_hours, window_hours) >= -1e-9
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a job runs (or last ran): location, market, instance type, and the price it pays."""
-
-    location: str
-    market: str
-    instance_type: str
-    zone: str = ""
-    price_usd_hour: float | None = None
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        """(location, market, instance type), comparable with :attr:`Candidate.key`."""
-        return (self.location, self.market, self.instance_type)
-
-    @classmethod
-    def of(cls, candidate: Candidate) -> Placement:
-        """The placement a candidate stands for."""
-        q = candidate.quote
-        return cls(q.location, q.market, q.instance_type, q.zone, q.price_usd_hour)
-
-
-@dataclass(frozen=True)
-class DecisionInputs:
-    """Everything :func:`decide` looks at. Plain data; the caller gathers it.
-
-    ``remaining_hours``: instance-hours of work left (counting work since the last checkpoint as
-    done; a preempted job passes the work left from its last checkpoint). ``current_running``:
-    False when the current placement was preempted or stopped (the job must be placed again).
-    ``checkpoint_age_hours``: work done since the last committed checkpoint. ``no_spot``: locations
-    whose spot capacity is known to be gone now; ``unfit``: locations not to use at all.
-    """
-
-    job: TrainingJob
-    quotes: Sequence[NormalizedGPUQuote]
-    now: datetime
-    remaining_hours: float
-    footprint: DataFootprint = field(default_factory=DataFootprint)
-    current: Placement | None = None
-    current_running: bool = True
-    checkpoint_age_hours: float = 0.0
-    risks: Mapping[str, RegionRisk] = field(default_factory=dict)
-    no_spot: Mapping[str, str] = field(default_factory=dict)
-    unfit: Mapping[str, str] = field(default_factory=dict)
-    cooldown_until: datetime | None = None
-    deadline_at: datetime | None = None
-    snapshot_id: str = ""
-
-
-@dataclass(frozen=True)
-class MoveTerms:
-    """The economics of moving from the current placement to one alternative, USD."""
-
-    expected_savings_usd: float
-    egress_usd: float
-    downtime_usd: float
-    staleness_usd: float
-    risk_usd: float
-    margin_usd: float
-
-    @property
-    def move_cost_usd(self) -> float:
-        """Egress + downtime + staleness + risk."""
-        return self.egress_usd + self.downtime_usd + self.staleness_usd + self.risk_usd
-
-    @property
-    def net_usd(self) -> float:
-        """Savings minus move cost."""
-        return self.expected_savings_usd - self.move_cost_usd
-
-    @property
-    def pays(self) -> bool:
-        """The move beats its cost by more than the hysteresis margin."""
-        return self.net_usd > self.margin_usd
-
-    def to_dict(self) -> dict[str, float]:
-        """Every term plus the derived totals."""
-        return {
-            "expected_savings_usd": self.expected_savings_usd,
-            "egress_usd": self.egress_usd,
-            "downtime_usd": self.downtime_usd,
-            "staleness_usd": self.staleness_usd,
-            "risk_usd": self.risk_usd,
-            "move_cost_usd": self.move_cost_usd,
-            "margin_usd": self.margin_usd,
-            "net_usd": self.net_usd,
-        }
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The outcome of :func:`decide`: what to do, where, and why (every term and reason)."""
-
-    job: str
-    action: str
-    decided_at: datetime
-    snapshot_id: str
-    current: Placement | None
-    current_running: bool
-    target: Candidate | None
-    best: Candidate | None
-    candidates: tuple[Candidate, ...]
-    terms: MoveTerms | None
-    remaining_hours: float
-    deadline_slack_hours: float | None
-    overhead_hours: float
-    reasons: tuple[str, ...]
-
-    @property
-    def target_location(self) -> str | None:
-        """Where the job should run after this decision (None when queued)."""
-        return self.target.location if self.target is not None else None
-
-    @property
-    def changes_placement(self) -> bool:
-        """The job has to be (re)started somewhere: place, move or fallback to a new placement."""
-        if self.target is None or self.action in ("stay", "queue"):
-            return False
-        return not (self.current_running and self.current is not None and self.current.key == self.target.key)
-
-    @property
-    def decision_id(self) -> str:
-        """Deterministic id: job, quote snapshot, current location and action."""
-        cur = self.current.location if self.current is not None and self.current_running else "-"
-        return f"{self.job}:{self.snapshot_id or '-'}:{cur}:{self.action}"
-
-    def run_key(self) -> str:
-        """Run key of the migration this decision requests (:func:`spotshift.runkeys.move_run_key`).
-
-        The source is where the job was placed even when it is not running.
-        """
-        src = self.current.location if self.current is not None else ""
-        return runkeys.move_run_key(self.job, src, self.target_location or "", self.snapshot_id)
-
-    def to_row(self) -> dict[str, Any]:
-        """The ``raw.decisions`` row (columns of :data:`spotshift.warehouse.RAW_TABLES`)."""
-        t = self.terms
-        cur_price = None
-        if self.current is not None and self.current_running:
-            cur_price = self.current.price_usd_hour
-        return {
-            "decision_id": self.decision_id,
-            "decided_at": self.decided_at,
-            "job": self.job,
-            "snapshot_id": self.snapshot_id,
-            "action": self.action,
-            "current_location": self.current.location
-            if self.current is not None and self.current_running
-            else "",
-            "best_location": self.best.location if self.best is not None else "",
-            "current_usd_hour": cur_price,
-            "best_usd_hour": self.best.price_usd_hour if self.best is not None else None,
-            "remaining_hours": self.remaining_hours,
-            "expected_savings_usd": t.expected_savings_usd if t else None,
-            "move_cost_usd": t.move_cost_usd if t else None,
-            "margin_usd": t.margin_usd if t else None,
-            "deadline_slack_hours": self.deadline_slack_hours,
-            "reasons": json.dumps(list(self.reasons)),
-        }
-
-    def candidate_rows(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """Rows of ``main.placement_candidates``: every scored candidate with every term."""
-        rows = []
-        for c in self.candidates[:limit] if limit else self.candidates:
-            row = c.to_row()
-            row.update(
-                decision_id=self.decision_id,
-                job=self.job,
-                snapshot_id=self.snapshot_id,
-                decided_at=self.decided_at,
-                chosen=self.target is not None and c.key == self.target.key and c.quote == self.target.quote,
-            )
-            rows.append(row)
-        return rows
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (the command line's ``--json``)."""
-        return {
-            "job": self.job,
-            "action": self.action,
-            "decided_at": self.decided_at.isoformat(),
-            "snapshot_id": self.snapshot_id,
-            "current": None if self.current is None else self.current.__dict__,
-            "current_running": self.current_running,
-            "target": None if self.target is None else self.target.to_row(),
-            "best": None if self.best is None else self.best.to_row(),
-            "terms": None if self.terms is None else self.terms.to_dict(),
-            "remaining_hours": self.remaining_hours,
-            "deadline_slack_hours": self.deadline_slack_hours,
-            "overhead_hours": self.overhead_hours,
-            "reasons": list(self.reasons),
-            "run_key": self.run_key() if self.changes_placement else None,
-        }
+from spotshift.placement.scoring import Candidate, preemption_cost_usd
+from spotshift.placement.situation import Situation
+from spotshift.placement.waiting import move_later, worth_waiting_for
 
 
 def _usd(x: float) -> str:
@@ -304,352 +80,217 @@ def _where(c: Candidate) -> str:
 
 def decide(inputs: DecisionInputs, params: PlacementParams | None = None) -> Decision:
     """Decide place | move | stay | fallback_on_demand | queue for one job (rules in the module doc)."""
-    p = params or PlacementParams()
-    inp = inputs
-    job = inp.job
-    remaining = max(0.0, float(inp.remaining_hours))
-    ckpt_interval = job.checkpoint_every_minutes / 60.0
-    deadline = inp.deadline_at or job.deadline_at
-    time_left = (deadline - inp.now).total_seconds() / 3600.0 if deadline is not None else None
-    slack = None if time_left is None else time_left - remaining
-    cands = score_candidates(
-        job,
-        inp.quotes,
-        inp.footprint,
-        remaining_hours=remaining,
-        risks=inp.risks,
-        no_spot=inp.no_spot,
-        unfit=inp.unfit,
-        params=p,
+    s = Situation.of(inputs, params or PlacementParams())
+    if s.remaining <= 0:
+        s.reasons.append("no work left")
+        return s.result("stay" if s.running else "queue", s.cur_cand if s.running else None)
+    net = deadline_safety_net(s)
+    if net is not None:
+        return net
+    return place_job(s) if s.cur is None else stay_or_move(s)
+
+
+def deadline_safety_net(s: Situation) -> Decision | None:
+    """Rule 1: when the slack no longer exceeds the reserve, go to on-demand and stay there;
+    None while the deadline is safe (or the job has no deadline, or may not use spot)."""
+    job, p, cur = s.job, s.p, s.cur
+    if s.time_left is None or not job.spot_allowed:
+        return None
+    od = s.on_demand
+    fastest_od_transfer = min((c.transfer_hours for c in od), default=0.0)
+    ckpt_interval = s.checkpoint_interval_hours
+    reserve = safety_reserve_hours(
+        p.changeover_hours, fastest_od_transfer, ckpt_interval, p.decision_interval_hours
     )
-    eligible = [c for c in cands if c.eligible]
-    best = eligible[0] if eligible else None
-    running = inp.current is not None and inp.current_running
-    cur = inp.current if running else None
-    cur_cand = _match_current(cands, cur) if cur is not None else None
-    if cur is not None and cur.price_usd_hour is None and cur_cand is not None:
-        cur = Placement(cur.location, cur.market, cur.instance_type, cur.zone, cur_cand.price_usd_hour)
-    current_for_record = cur if cur is not None else inp.current
-    reasons: list[str] = []
+    if not deadline_requires_on_demand(s.time_left, s.remaining, reserve):
+        return None
+    s.reasons.append(
+        f"deadline safety net: slack {s.time_left - s.remaining:.2f} h <= reserve {reserve:.2f} h "
+        f"(changeover {p.changeover_hours:g} h + copy {fastest_od_transfer:.2f} h + checkpoint interval "
+        f"{ckpt_interval:.2f} h + decision interval {p.decision_interval_hours:.2f} h)"
+    )
+    if cur is not None and cur.market == "on_demand":
+        s.reasons.append("already on on-demand: stay until the job finishes")
+        return s.result("stay", s.cur_cand)
+    if not od:
+        s.reasons.append("no eligible on-demand quote")
+        return s.result("stay", s.cur_cand) if cur is not None else s.result("queue", None)
+    ok = [c for c in od if s.feasible(c)]
+    target = ok[0] if ok else s.fastest_on_demand(od)
+    s.reasons.append(f"switch to on-demand: {_where(target)}")
+    return s.go("fallback_on_demand", target)
 
-    def result(
-        action: str, target: Candidate | None, terms: MoveTerms | None = None, overhead: float = 0.0
-    ) -> Decision:
-        return Decision(
-            job=job.name,
-            action=action,
-            decided_at=inp.now,
-            snapshot_id=inp.snapshot_id,
-            current=current_for_record,
-            current_running=running,
-            target=target,
-            best=best,
-            candidates=tuple(cands),
-            terms=terms,
-            remaining_hours=remaining,
-            deadline_slack_hours=slack,
-            overhead_hours=overhead,
-            reasons=tuple(reasons),
+
+def place_job(s: Situation) -> Decision:
+    """Rule 2: a job that is not running is placed on the best-ranked feasible candidate, waits for
+    spot capacity while ahead of uniform progress, or falls back to on-demand."""
+    inp, job = s.inp, s.job
+    if inp.current is not None and not inp.current_running:
+        s.reasons.append(
+            f"{inp.current.location} {inp.current.market} is no longer running (preempted or stopped)"
+        )
+    eligible = s.eligible
+    ok = [c for c in eligible if s.feasible(c)]
+    waiting = worth_waiting_for(s.cands, ok[0] if ok else None, inp, s.p, s.time_left, s.deadline)
+    if waiting is not None:
+        return _wait_for(s, *waiting, best_available=ok[0] if ok else None)
+    if ok and (ok[0].market == "spot" or not job.spot_allowed):
+        s.reasons.append(f"best-ranked feasible candidate: {_where(ok[0])}")
+        return s.go("place", ok[0])
+    if any(c.market == "spot" for c in ok):
+        # on-demand ranks first (unusual: spot above on-demand); it is the cheapest place
+        s.reasons.append(f"on-demand ranks above every spot quote: {_where(ok[0])}")
+        return s.go("place", ok[0])
+    spot_quotes = [c for c in s.cands if c.market == "spot"]
+    if job.spot_allowed:
+        s.reasons.append(_why_no_spot(spot_quotes, eligible))
+        if (
+            s.p.wait_for_spot_when_ahead
+            and s.time_left is not None
+            and spot_quotes
+            and ahead_of_uniform_progress(
+                s.remaining, job.work_hours, s.time_left, window_hours(job, s.deadline)
+            )
+        ):
+            s.reasons.append(
+                f"ahead of uniform progress ({s.remaining:.1f} h of work left, {s.time_left:.1f} h to the "
+                "deadline): waiting for spot capacity costs nothing"
+            )
+            return s.result("queue", None)
+    od = s.on_demand
+    action = "fallback_on_demand" if job.spot_allowed else "place"
+    od_ok = [c for c in od if s.feasible(c)]
+    if od_ok:
+        s.reasons.append(f"fall back to on-demand: {_where(od_ok[0])}")
+        return s.go(action, od_ok[0])
+    if od:
+        return s.go(action, s.fastest_on_demand(od))
+    s.reasons.append(_why_nothing(s.cands))
+    return s.result("queue", None)
+
+
+def _wait_for(s: Situation, c: Candidate, outage: float, best_available: Candidate | None) -> Decision:
+    """Queue for a preempted spot candidate worth waiting for, saying why the wait is affordable."""
+    time_left = s.time_left or 0.0
+    line = uniform_progress_slack_hours(
+        s.remaining, s.job.work_hours, time_left, window_hours(s.job, s.deadline)
+    )
+    s.reasons.append(
+        f"waiting for {_where(c)} (preempted, expected back in ~{outage:.1f} h): it ranks above "
+        f"{_where(best_available) if best_available is not None else 'every available candidate'} and the job is ahead of "
+        f"uniform progress ({s.remaining:.1f} h of work left, {s.time_left:.1f} h to the deadline: required rate "
+        f"{required_progress_rate(s.remaining, time_left):.2f}, {line:.1f} h of slack to the line "
+        f">= the {outage:.1f} h wait)"
+    )
+    return s.result("queue", None)
+
+
+@dataclass(frozen=True)
+class _StayCost:
+    """What staying costs, against which each alternative's :class:`MoveTerms` are computed."""
+
+    s: Situation
+    price_usd_hour: float
+    effective_hour_usd: float
+    risk_usd: float
+    margin_usd: float
+
+    @classmethod
+    def of(cls, s: Situation, price: float) -> _StayCost:
+        cur, cur_cand, job, p = s.cur, s.cur_cand, s.job, s.p
+        assert cur is not None
+        eff = cur_cand.effective_instance_hour_usd if cur_cand is not None else price
+        risk = 0.0
+        if cur.market == "spot" and cur_cand is not None:
+            risk = cur_cand.risk_gpu_hour_usd * job.gpu_count * cur_cand.amortization_hours
+        elif cur.market == "spot":
+            risk = expected_preemptions(s.inp.risks.get(cur.location), s.remaining) * preemption_cost_usd(
+                price, job, s.inp.footprint, p
+            )
+        margin = max(p.margin_min_usd, p.margin_fraction * eff * s.remaining)
+        return cls(s, price, eff, risk, margin)
+
+    def terms_for(self, c: Candidate) -> MoveTerms:
+        """The economics of moving to ``c`` now."""
+        s = self.s
+        target_risk = c.risk_gpu_hour_usd * s.job.gpu_count * c.amortization_hours
+        return MoveTerms(
+            expected_savings_usd=(self.effective_hour_usd - c.effective_instance_hour_usd) * s.remaining,
+            egress_usd=c.transfer.egress_usd,
+            downtime_usd=s.p.changeover_hours * self.price_usd_hour,
+            staleness_usd=s.inp.checkpoint_age_hours * c.effective_instance_hour_usd,
+            risk_usd=target_risk - self.risk_usd,
+            margin_usd=self.margin_usd,
         )
 
-    def overhead(c: Candidate) -> float:
-        """Hours without progress if the job goes to ``c`` now."""
-        if cur is not None and c.key == cur.key:
-            return 0.0
-        if cur is not None:  # planned move: copies are pre-staged while the source still runs
-            return p.changeover_hours + inp.checkpoint_age_hours
-        return p.changeover_hours + c.transfer_hours
 
-    base_reserve = safety_reserve_hours(p.changeover_hours, 0.0, ckpt_interval, p.decision_interval_hours)
-
-    def feasible(c: Candidate) -> bool:
-        if time_left is None:
-            return True
-        need = remaining + overhead(c)
-        if c.market == "on_demand":
-            return need <= time_left + 1e-9
-        return time_left - need > base_reserve
-
-    if remaining <= 0:
-        reasons.append("no work left")
-        return result("stay" if running else "queue", cur_cand if running else None)
-
-    od = [c for c in eligible if c.market == "on_demand"]
-
-    # 1. deadline safety net
-    if time_left is not None and job.spot_allowed:
-        fastest_od_transfer = min((c.transfer_hours for c in od), default=0.0)
-        reserve = safety_reserve_hours(
-            p.changeover_hours, fastest_od_transfer, ckpt_interval, p.decision_interval_hours
-        )
-        if deadline_requires_on_demand(time_left, remaining, reserve):
-            reasons.append(
-                f"deadline safety net: slack {slack:.2f} h <= reserve {reserve:.2f} h "
-                f"(changeover {p.changeover_hours:g} h + copy {fastest_od_transfer:.2f} h + checkpoint interval "
-                f"{ckpt_interval:.2f} h + decision interval {p.decision_interval_hours:.2f} h)"
-            )
-            if cur is not None and cur.market == "on_demand":
-                reasons.append("already on on-demand: stay until the job finishes")
-                return result("stay", cur_cand)
-            if not od:
-                reasons.append("no eligible on-demand quote")
-                if cur is not None:
-                    return result("stay", cur_cand)
-                return result("queue", None)
-            ok = [c for c in od if feasible(c)]
-            if ok:
-                target = ok[0]
-            else:
-                target = min(od, key=lambda c: (overhead(c), c.expected_gpu_hour_usd))
-                reasons.append("no plan can meet the deadline any more: taking the fastest on-demand plan")
-            reasons.append(f"switch to on-demand: {_where(target)}")
-            return result("fallback_on_demand", target, overhead=overhead(target))
-
-    # 2. not running: place
-    if cur is None:
-        if inp.current is not None and not inp.current_running:
-            reasons.append(
-                f"{inp.current.location} {inp.current.market} is no longer running (preempted or stopped)"
-            )
-        ok = [c for c in eligible if feasible(c)]
-        spot_ok = [c for c in ok if c.market == "spot"]
-        waiting = _worth_waiting_for(cands, ok[0] if ok else None, inp, p, time_left, deadline)
-        if waiting is not None:
-            c, outage = waiting
-            line = uniform_progress_slack_hours(
-                remaining, job.work_hours, time_left or 0.0, _window_hours(job, deadline)
-            )
-            reasons.append(
-                f"waiting for {_where(c)} (preempted, expected back in ~{outage:.1f} h): it ranks above "
-                f"{_where(ok[0]) if ok else 'every available candidate'} and the job is ahead of uniform progress "
-                f"({remaining:.1f} h of work left, {time_left:.1f} h to the deadline: required rate "
-                f"{required_progress_rate(remaining, time_left or 0.0):.2f}, {line:.1f} h of slack to the line "
-                f">= the {outage:.1f} h wait)"
-            )
-            return result("queue", None)
-        if ok and (ok[0].market == "spot" or not job.spot_allowed):
-            target = ok[0]
-            reasons.append(f"best-ranked feasible candidate: {_where(target)}")
-            return result("place", target, overhead=overhead(target))
-        if spot_ok:
-            # on-demand ranks first (unusual: spot above on-demand); it is the cheapest place
-            target = ok[0]
-            reasons.append(f"on-demand ranks above every spot quote: {_where(target)}")
-            return result("place", target, overhead=overhead(target))
-        spot_quotes = [c for c in cands if c.market == "spot"]
-        if job.spot_allowed:
-            reasons.append(_why_no_spot(spot_quotes, eligible))
-            window = _window_hours(job, deadline)
-            if (
-                p.wait_for_spot_when_ahead
-                and time_left is not None
-                and spot_quotes
-                and ahead_of_uniform_progress(remaining, job.work_hours, time_left, window)
-            ):
-                reasons.append(
-                    f"ahead of uniform progress ({remaining:.1f} h of work left, {time_left:.1f} h to the "
-                    "deadline): waiting for spot capacity costs nothing"
-                )
-                return result("queue", None)
-        od_ok = [c for c in od if feasible(c)]
-        if od_ok:
-            target = od_ok[0]
-            reasons.append(f"fall back to on-demand: {_where(target)}")
-            return result(
-                "fallback_on_demand" if job.spot_allowed else "place", target, overhead=overhead(target)
-            )
-        if od:
-            target = min(od, key=lambda c: (overhead(c), c.expected_gpu_hour_usd))
-            reasons.append("no plan can meet the deadline any more: taking the fastest on-demand plan")
-            return result(
-                "fallback_on_demand" if job.spot_allowed else "place", target, overhead=overhead(target)
-            )
-        reasons.append(_why_nothing(cands))
-        return result("queue", None)
-
-    # 3. running: stay or move
-    cur_price = cur.price_usd_hour
-    if cur_price is None:
-        reasons.append(
+def stay_or_move(s: Situation) -> Decision:
+    """Rule 3: a running job moves to its best feasible alternative only when the move beats its
+    cost by the margin, outside the cooldown (unless forced or ahead of a predicted interruption),
+    and when moving later does not net more."""
+    cur, inp, remaining = s.cur, s.inp, s.remaining
+    assert cur is not None
+    if cur.price_usd_hour is None:
+        s.reasons.append(
             f"current placement {cur.location} {cur.market} {cur.instance_type} has no known price: stay"
         )
-        return result("stay", cur_cand)
-    cur_eff_hour = cur_cand.effective_instance_hour_usd if cur_cand is not None else cur_price
-    gpus = job.gpu_count
-    if cur.market == "spot":
-        if cur_cand is not None:
-            cur_risk = cur_cand.risk_gpu_hour_usd * gpus * cur_cand.amortization_hours
-        else:
-            cur_risk = expected_preemptions(inp.risks.get(cur.location), remaining) * preemption_cost_usd(
-                cur_price, job, inp.footprint, p
-            )
-    else:
-        cur_risk = 0.0
+        return s.result("stay", s.cur_cand)
     forced = None
-    if cur_cand is not None and not cur_cand.eligible:
-        forced = "; ".join(cur_cand.rejected)
-        reasons.append(f"current placement no longer qualifies: {forced}")
-    margin = max(p.margin_min_usd, p.margin_fraction * cur_eff_hour * remaining)
-
-    def terms_for(c: Candidate) -> MoveTerms:
-        target_risk = c.risk_gpu_hour_usd * gpus * c.amortization_hours
-        return MoveTerms(
-            expected_savings_usd=(cur_eff_hour - c.effective_instance_hour_usd) * remaining,
-            egress_usd=c.transfer.egress_usd,
-            downtime_usd=p.changeover_hours * cur_price,
-            staleness_usd=inp.checkpoint_age_hours * c.effective_instance_hour_usd,
-            risk_usd=target_risk - cur_risk,
-            margin_usd=margin,
-        )
-
-    alternatives = [c for c in eligible if c.key != cur.key][: p.max_alternatives]
-    infeasible = [c for c in alternatives if not feasible(c)]
-    alternatives = [c for c in alternatives if feasible(c)]
-    scored = sorted(
-        ((terms_for(c), c) for c in alternatives),
-        key=lambda tc: (-tc[0].net_usd, tc[1].expected_gpu_hour_usd, tc[1].location),
-    )
-    if infeasible:
-        reasons.append(
-            f"{len(infeasible)} alternative(s) skipped: after the move they could no longer finish by the deadline"
-        )
+    if s.cur_cand is not None and not s.cur_cand.eligible:
+        forced = "; ".join(s.cur_cand.rejected)
+        s.reasons.append(f"current placement no longer qualifies: {forced}")
+    stay = _StayCost.of(s, cur.price_usd_hour)
+    scored = _scored_alternatives(s, stay)
     if not scored:
-        reasons.append("no feasible alternative: stay")
-        return result("stay", cur_cand)
+        s.reasons.append("no feasible alternative: stay")
+        return s.result("stay", s.cur_cand)
     terms, alt = scored[0]
-    detail = (
+    s.reasons.append(
         f"best alternative {_where(alt)}: saves {_usd(terms.expected_savings_usd)} over {remaining:.1f} h; "
         f"move costs {_usd(terms.move_cost_usd)} (egress {terms.egress_usd:.2f}, downtime {terms.downtime_usd:.2f}, "
         f"staleness {terms.staleness_usd:.2f}, risk {terms.risk_usd:+.2f}); margin {_usd(terms.margin_usd)}"
     )
-    reasons.append(detail)
     if forced:
-        reasons.append("move: the current placement no longer qualifies")
-        return result("move", alt, terms, overhead(alt))
-    later = _move_later(cands, alt, inp, p, remaining, terms_for) if p.move_later else None
+        s.reasons.append("move: the current placement no longer qualifies")
+        return s.go("move", alt, terms)
+    later = move_later(s.cands, alt, inp, s.p, remaining, stay.terms_for) if s.p.move_later else None
     if later is not None and later[1].pays and later[1].net_usd > terms.net_usd:
         w, lt, wait = later
-        reasons.append(
+        s.reasons.append(
             f"move later: {_where(w)} (spot capacity gone now, expected back in ~{wait:.1f} h) nets "
             f"{_usd(lt.net_usd)} over the {max(0.0, remaining - wait):.1f} h left then, more than moving now "
             f"({_usd(terms.net_usd)}): stay and move once"
         )
-        return result("stay", cur_cand, terms)
+        return s.result("stay", s.cur_cand, terms)
     if inp.cooldown_until is not None and inp.now < inp.cooldown_until:
         if cur.market == "spot" and ahead_of_interruption(inp.risks.get(cur.location), terms.pays):
-            reasons.append(
+            s.reasons.append(
                 f"move inside the cooldown, ahead of a predicted interruption of {cur.location}: net "
                 f"{_usd(terms.net_usd)} > margin {_usd(terms.margin_usd)}"
             )
-            return result("move", alt, terms, overhead(alt))
-        reasons.append(f"cooldown until {inp.cooldown_until.isoformat()}: stay")
-        return result("stay", cur_cand, terms)
+            return s.go("move", alt, terms)
+        s.reasons.append(f"cooldown until {inp.cooldown_until.isoformat()}: stay")
+        return s.result("stay", s.cur_cand, terms)
     if terms.pays:
-        reasons.append(f"move: net {_usd(terms.net_usd)} > margin {_usd(terms.margin_usd)}")
-        return result("move", alt, terms, overhead(alt))
-    reasons.append(f"stay: net {_usd(terms.net_usd)} <= margin {_usd(terms.margin_usd)}")
-    return result("stay", cur_cand, terms)
+        s.reasons.append(f"move: net {_usd(terms.net_usd)} > margin {_usd(terms.margin_usd)}")
+        return s.go("move", alt, terms)
+    s.reasons.append(f"stay: net {_usd(terms.net_usd)} <= margin {_usd(terms.margin_usd)}")
+    return s.result("stay", s.cur_cand, terms)
 
 
-def _window_hours(job: TrainingJob, deadline: datetime | None) -> float:
-    """Submission-to-deadline hours (the uniform-progress window)."""
-    if job.deadline_hours:
-        return job.deadline_hours
-    if deadline is None:
-        return 0.0
-    return (deadline - _submitted(job, deadline)).total_seconds() / 3600.0
-
-
-def _worth_waiting_for(
-    cands: Sequence[Candidate],
-    best_available: Candidate | None,
-    inp: DecisionInputs,
-    p: PlacementParams,
-    time_left: float | None,
-    deadline: datetime | None,
-) -> tuple[Candidate, float] | None:
-    """A preempted spot candidate that ranks above everything available now, when the job is far
-    enough ahead of uniform progress to wait out its expected outage; with that outage (hours)."""
-    job = inp.job
-    if not (p.wait_for_spot_when_ahead and job.spot_allowed and time_left is not None and inp.no_spot):
-        return None
-    reasons = set(inp.no_spot.values())
-    waiting = [
-        c for c in cands if c.market == "spot" and c.rejected and all(r in reasons for r in c.rejected)
-    ]
-    if not waiting:
-        return None
-    w = min(waiting, key=lambda c: (c.expected_gpu_hour_usd, c.location))
-    if best_available is not None and w.expected_gpu_hour_usd >= best_available.expected_gpu_hour_usd:
-        return None
-    risk = inp.risks.get(w.location)
-    outage = risk.mean_outage_hours if risk is not None else p.default_outage_hours
-    window = _window_hours(job, deadline)
-    if uniform_progress_slack_hours(inp.remaining_hours, job.work_hours, time_left, window) < outage:
-        return None  # waiting out the outage would put the job behind the uniform-progress line
-    return w, outage
-
-
-def _move_later(
-    cands: Sequence[Candidate],
-    now_best: Candidate,
-    inp: DecisionInputs,
-    p: PlacementParams,
-    remaining: float,
-    terms_for: Any,
-) -> tuple[Candidate, MoveTerms, float] | None:
-    """The "move later" option of a running job: the cheapest spot candidate rejected only because
-    its capacity is gone now (``no_spot``) and cheaper than ``now_best``, reached after its expected
-    outage; with its terms against staying (savings and risk difference over the share of the run
-    left after the wait, :func:`~spotshift.placement.horizon.later_share`; the staleness of half a
-    checkpoint interval, the expected age at a random moment) and the wait in hours."""
-    if not inp.no_spot or not inp.job.spot_allowed:
-        return None
-    gone = set(inp.no_spot.values())
-    waiting = [
-        c
-        for c in cands
-        if c.market == "spot"
-        and c.rejected
-        and all(r in gone for r in c.rejected)
-        and c.effective_instance_hour_usd < now_best.effective_instance_hour_usd
-    ]
-    if not waiting:
-        return None
-    w = min(waiting, key=lambda c: (c.effective_instance_hour_usd, c.location))
-    risk = inp.risks.get(w.location)
-    wait = risk.mean_outage_hours if risk is not None else p.default_outage_hours
-    share = later_share(remaining, wait)
-    t = terms_for(w)
-    later = MoveTerms(
-        expected_savings_usd=t.expected_savings_usd * share,
-        egress_usd=t.egress_usd,
-        downtime_usd=t.downtime_usd,
-        staleness_usd=inp.job.checkpoint_every_minutes / 120.0 * w.effective_instance_hour_usd,
-        risk_usd=t.risk_usd * share,
-        margin_usd=t.margin_usd,
+def _scored_alternatives(s: Situation, stay: _StayCost) -> list[tuple[MoveTerms, Candidate]]:
+    """The feasible alternatives among the best-ranked ``max_alternatives``, best net first."""
+    assert s.cur is not None
+    alternatives = [c for c in s.eligible if c.key != s.cur.key][: s.p.max_alternatives]
+    infeasible = [c for c in alternatives if not s.feasible(c)]
+    if infeasible:
+        s.reasons.append(
+            f"{len(infeasible)} alternative(s) skipped: after the move they could no longer finish by the deadline"
+        )
+    return sorted(
+        ((stay.terms_for(c), c) for c in alternatives if s.feasible(c)),
+        key=lambda tc: (-tc[0].net_usd, tc[1].expected_gpu_hour_usd, tc[1].location),
     )
-    return w, later, wait
-
-
-def _submitted(job: TrainingJob, deadline: datetime) -> datetime:
-    from datetime import timedelta
-
-    from spotshift.clock import parse_utc
-
-    if job.submitted_at:
-        return parse_utc(job.submitted_at)
-    return deadline - timedelta(hours=job.deadline_hours or 0.0)
-
-
-def _match_current(cands: Sequence[Candidate], cur: Placement) -> Candidate | None:
-    same = [c for c in cands if c.key == cur.key]
-    if not same:
-        return None
-    for c in same:
-        if c.quote.zone == cur.zone:
-            return c
-    return same[0]
 
 
 def _why_no_spot(spot: Sequence[Candidate], eligible: Sequence[Candidate]) -> str:
@@ -675,14 +316,4 @@ def _why_nothing(cands: Sequence[Candidate]) -> str:
     return "queue: nothing qualifies (" + "; ".join(f"{k} x{n}" for k, n in top) + ")"
 
 
-__all__ = [
-    "ACTIONS",
-    "Decision",
-    "DecisionInputs",
-    "MoveTerms",
-    "Placement",
-    "ahead_of_uniform_progress",
-    "deadline_requires_on_demand",
-    "decide",
-    "safety_reserve_hours",
-]
+__all__ = ["deadline_safety_net", "decide", "place_job", "stay_or_move"]

@@ -1,4 +1,4 @@
-"""Assemble :class:`~spotshift.placement.economics.DecisionInputs` for a declared job from the
+"""Assemble :class:`~spotshift.placement.decision.DecisionInputs` for a declared job from the
 warehouse and the job's placement state, decide, and record the decision.
 
 This is what ``placement_plan`` and ``price_change_sensor`` call::
@@ -15,12 +15,8 @@ Where each input comes from:
 * current placement, cooldown, unfit targets — :mod:`spotshift.placement.state`;
 * work left — the job's latest checkpoint in ``raw.checkpoints`` (steps x ``hours_per_step``),
   minus the time run since that checkpoint (or since the placement started, if later);
-* bytes present per location — the dataset: destinations (and sources) of ``raw.transfers`` of
-  kind ``dataset`` for the latest manifest root, plus the dataset's declared ``location`` in the
-  registry when it has one; older roots count as stale replicas holding all but the bytes the last
-  sync found changed. The checkpoint: where ``raw.checkpoints`` wrote the latest one and where
-  ``raw.transfers`` of kind ``checkpoint`` delivered it; places holding older checkpoints keep the
-  share tensor deltas of this job did not resend (median ``bytes_sent / bytes_full``, 1.0 unknown);
+* bytes present per location — :mod:`spotshift.placement.footprint` (dataset and checkpoint
+  replicas from ``raw.transfers`` and ``raw.checkpoints``);
 * preemption risk — the notices of ``raw.preemptions`` and the spot runs of ``raw.compute_usage``
   replayed into the simulator's availability model
   (:func:`spotshift.placement.availability.model_from_history`: hazards, co-interruptions, a
@@ -31,21 +27,27 @@ Where each input comes from:
 
 from __future__ import annotations
 
-import statistics
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from spotshift.clock import as_utc
+from spotshift import warehouse
+from spotshift.budgets import budget_status, find_budget, gate_decision, record_alerts
+from spotshift.clock import as_utc, parse_utc
 from spotshift.errors import NotFoundError
 from spotshift.jobs import TrainingJob, get_job
 from spotshift.placement.availability import model_from_history
-from spotshift.placement.economics import Decision, DecisionInputs, Placement, decide
+from spotshift.placement.decision import Decision, DecisionInputs, Placement
+from spotshift.placement.economics import decide
+from spotshift.placement.footprint import load_footprint
 from spotshift.placement.params import PlacementParams
 from spotshift.placement.risk import RegionRisk
-from spotshift.placement.scoring import DataFootprint, gpu_model_matches
+from spotshift.placement.scoring import gpu_model_matches
 from spotshift.placement.state import PlacementState, load_state
+from spotshift.placement.topology import apply_measured
+from spotshift.pools.site import is_private_site, site_usage
 from spotshift.pricing.quote import QUOTE_FIELDS, NormalizedGPUQuote
 from spotshift.warehouse import first_row as _first
+from spotshift.warehouse import record_facts
 
 NO_SPOT_REASON = "no spot capacity (preempted)"
 
@@ -83,114 +85,8 @@ def load_quotes(con: Any, snapshot_id: str) -> list[NormalizedGPUQuote]:
         for k in ("net_gbps", "storage_gbps", "topology_score"):
             d[k] = float(d[k]) if d[k] is not None else 0.0
         out.append(NormalizedGPUQuote(**d))
-    from spotshift.placement.topology import apply_measured
 
     return apply_measured(out)  # measured topology scores beat the catalog's documented ones
-
-
-def load_footprint(con: Any, job: TrainingJob) -> DataFootprint:
-    """Dataset and latest-checkpoint bytes of ``job`` and what of them each location holds."""
-    dataset_bytes, dataset_present = _dataset_presence(con, job.dataset)
-    ckpt_bytes, ckpt_present = _checkpoint_presence(con, job.name)
-    return DataFootprint(dataset_bytes, ckpt_bytes, dataset_present, ckpt_present)
-
-
-def _dataset_presence(con: Any, dataset: str) -> tuple[int, dict[str, int]]:
-    rows = con.execute(
-        "SELECT src_location, dst_location, root, bytes_full, bytes_changed FROM raw.transfers "
-        "WHERE kind = 'dataset' AND entity = ? ORDER BY started_at, transfer_id",
-        [dataset],
-    ).fetchall()
-    return dataset_presence_from(rows, _declared_dataset_location(dataset))
-
-
-def dataset_presence_from(rows: list[tuple[Any, ...]], declared: str | None) -> tuple[int, dict[str, int]]:
-    """(dataset bytes, bytes present per location) from the dataset's ``raw.transfers`` rows
-    ``(src_location, dst_location, root, bytes_full, bytes_changed)`` in time order."""
-    if not rows:
-        return 0, {}
-    latest_root, full, changed = rows[-1][2], int(rows[-1][3] or 0), int(rows[-1][4] or 0)
-    present: dict[str, int] = {}
-    stale_keep = max(0, full - changed)
-    for src, dst, root, _, _ in rows:
-        if root == latest_root:
-            for loc in (src, dst):
-                if loc:
-                    present[loc] = full
-        elif dst and present.get(dst, 0) < full:
-            present[dst] = stale_keep
-    if declared:
-        present.setdefault(declared, stale_keep)
-    return full, present
-
-
-def _declared_dataset_location(dataset: str) -> str | None:
-    return declared_dataset_locations().get(dataset)
-
-
-def declared_dataset_locations() -> dict[str, str]:
-    """The declared ``provider/region`` of every declared dataset that has one, by name (the
-    location is optional)."""
-    from spotshift import registry
-
-    return {
-        str(e["name"]): e["location"]
-        for e in registry.entries("datasets")
-        if isinstance(e.get("location"), str) and "/" in e["location"]
-    }
-
-
-def _checkpoint_presence(con: Any, job: str) -> tuple[int, dict[str, int]]:
-    latest = _first(
-        con,
-        "SELECT checkpoint_id, location, bytes FROM raw.checkpoints WHERE job = ? "
-        "ORDER BY step DESC, created_at DESC LIMIT 1",
-        [job],
-    )
-    if latest is None:
-        return 0, {}
-    ckpt_id = latest[0]
-    ratios = [
-        r[0] / r[1]
-        for r in con.execute(
-            "SELECT bytes_sent, bytes_full FROM raw.transfers WHERE kind = 'checkpoint' AND entity = ? "
-            "AND method = 'tensor_delta' AND bytes_full > 0 AND bytes_sent IS NOT NULL",
-            [job],
-        ).fetchall()
-    ]
-    older = con.execute(
-        "SELECT DISTINCT location FROM raw.checkpoints WHERE job = ? AND checkpoint_id <> ? "
-        "UNION SELECT DISTINCT dst_location FROM raw.transfers WHERE kind = 'checkpoint' AND entity = ? "
-        "AND root <> ?",
-        [job, ckpt_id, job, ckpt_id],
-    ).fetchall()
-    delivered = con.execute(
-        "SELECT DISTINCT dst_location FROM raw.transfers WHERE kind = 'checkpoint' AND entity = ? AND root = ?",
-        [job, ckpt_id],
-    ).fetchall()
-    return checkpoint_presence_from(latest, ratios, [r[0] for r in older], [r[0] for r in delivered])
-
-
-def checkpoint_presence_from(
-    latest: tuple[Any, ...] | None, ratios: list[float], older: list[str | None], delivered: list[str | None]
-) -> tuple[int, dict[str, int]]:
-    """(checkpoint bytes, bytes present per location) of a job's latest checkpoint ``(id, location,
-    bytes)``: ``older`` places hold older checkpoints (they keep the share tensor deltas did not resend,
-    median of ``ratios`` = bytes_sent / bytes_full), ``delivered`` ones received the latest."""
-    if latest is None:
-        return 0, {}
-    loc, nbytes = latest[1], int(latest[2] or 0)
-    keep = int(nbytes * (1.0 - min(1.0, statistics.median(ratios)))) if ratios else 0
-    present: dict[str, int] = {}
-    for where in older:
-        if where:
-            present[where] = keep
-    for where in delivered:
-        if where:
-            present[where] = nbytes
-    if loc:
-        present[loc] = nbytes
-    return nbytes, present
 
 
 def load_progress(con: Any, job: TrainingJob, state: PlacementState, now: datetime) -> tuple[float, float]:
@@ -219,8 +115,6 @@ def progress_from(
 
 
 def _parse(text: str | None) -> datetime | None:
-    from spotshift.clock import parse_utc
-
     return parse_utc(text) if text else None
 
 
@@ -267,8 +161,6 @@ def recently_preempted(con: Any, risks: dict[str, RegionRisk], now: datetime) ->
 def _no_snapshot_message(con: Any) -> str:
     """Why placement has no validated quotes, and what to do about it."""
     import duckdb
-
-    from spotshift import warehouse
 
     try:
         row = warehouse.first_row(
@@ -333,7 +225,6 @@ def decide_for_job(
     the job's team budget (:func:`spotshift.budgets.gate_decision`; an alert fact at the soft limit)."""
     inputs = assemble_inputs(con, job_name, now=now)
     decision = decide(inputs, params)
-    from spotshift.budgets import budget_status, find_budget, gate_decision, record_alerts
 
     budget = find_budget(inputs.job.team)
     if budget is None:
@@ -346,8 +237,6 @@ def decide_for_job(
 def record_decision(con: Any, decision: Decision, *, candidates: bool = True) -> bool:
     """Append the decision to ``raw.decisions`` (and its candidates to ``main.placement_candidates``)
     unless a decision with the same id was recorded before; returns whether it was written."""
-    from spotshift.warehouse import record_facts
-
     facts = {"raw.decisions": [decision.to_row()]}
     if candidates:
         facts["main.placement_candidates"] = decision.candidate_rows()
@@ -369,8 +258,6 @@ def usage_for(
     instance. Empty when nothing fits: the interval stays unpriced and the cost report lists it
     (``fct_unpriced_usage``). A private pool's site (``onprem/<site>``) is priced from the pool's
     $/GPU-hour (:func:`spotshift.pools.site.site_usage`)."""
-    from spotshift.pools.site import is_private_site, site_usage
-
     if is_private_site(location):
         return site_usage(location, job.gpu_count)
     snap = latest_snapshot(con, as_of)

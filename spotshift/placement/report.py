@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from spotshift.jobs import TrainingJob
-from spotshift.placement.economics import Decision
+from spotshift.placement.decision import Decision
 from spotshift.pricing.catalog import gpu_model_matches
 
 #: candidate-table columns shown in the UI (subset of :meth:`Candidate.to_row`), in order

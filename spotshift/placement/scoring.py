@@ -244,6 +244,8 @@ def _with_rank(c: Candidate, rank: int | None) -> Candidate:
     )
 
 
+# Over 80 lines on purpose: the per-quote loop runs for thousands of quotes per decision (and every
+# simulator tick); its body stays inline, in the operation order spotshift.placement.shortlist mirrors.
 def score_candidates(
     job: TrainingJob,
     quotes: Iterable[NormalizedGPUQuote],

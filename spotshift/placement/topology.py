@@ -35,7 +35,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from spotshift.atomic import atomic_write_json
+from spotshift.clock import virtual_now
 from spotshift.errors import InputError
+from spotshift.home import spotshift_home
+from spotshift.jsondoc import parse_json
+from spotshift.pricing.regions import check_location
 
 PCIE_LINKS = ("PIX", "PXB", "PHB", "NODE", "SYS")
 """PCIe link kinds, best first (nvidia-smi's legend order, reversed)."""
@@ -288,8 +293,6 @@ class Measurement:
 
 
 def _measured_path() -> Any:
-    from spotshift.home import spotshift_home
-
     return spotshift_home() / "topology" / "measured.json"
 
 
@@ -299,8 +302,6 @@ def _key(location: str, instance_type: str) -> str:
 
 def load_measurements() -> dict[str, Measurement]:
     """Every kept measurement by ``location|instance_type``."""
-    from spotshift.jsondoc import parse_json
-
     path = _measured_path()
     if not path.exists():
         return {}
@@ -322,10 +323,6 @@ def record_measurement(
     allreduce_bus_gbps: float | None = None,
 ) -> Measurement:
     """Keep ``measured`` for ``(location, instance_type)`` (atomic rewrite; replaces an older one)."""
-    from spotshift.atomic import atomic_write_json
-    from spotshift.clock import virtual_now
-    from spotshift.pricing.regions import check_location
-
     check_location(location, "topology location")
     entries = load_measurements()
     m = Measurement(

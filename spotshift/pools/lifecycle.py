@@ -25,10 +25,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from spotshift.clock import parse_utc
+from spotshift import warehouse
+from spotshift.clock import parse_utc, virtual_now
+from spotshift.jobs import get_job
 from spotshift.migration import contract
 from spotshift.migration.plan import MovePlan
+from spotshift.migration.run import run_move
+from spotshift.migration.state import local_env
 from spotshift.pools.pool import PrivatePool, get_pool
+from spotshift.pools.scheduler import _event, _save, load_pool_state, state_path
+from spotshift.pools.site import site_usage
+from spotshift.registry import locked
 
 #: ledger events that ask for a move
 MOVE_EVENTS = ("started", "burst", "repatriated")
@@ -42,9 +49,6 @@ def _live_location(backend: Any, job: str) -> str:
 def plan_for_event(pool: PrivatePool, event: dict[str, Any], *, backend: Any = None) -> MovePlan | None:
     """The move one ledger event asks for (None: nothing to move). ``backend``: where trainers run
     (the source of a burst is the pool's site only when the job's trainer is alive there)."""
-    from spotshift.jobs import get_job
-    from spotshift.pools.site import site_usage
-
     job = get_job(str(event["job"]))
     kind, at = event["event"], str(event["at"])
     live = _live_location(backend, job.name)
@@ -96,8 +100,6 @@ def _done_run_keys(con: Any) -> set[str]:
 def pending_moves(pool_name: str, con: Any, *, backend: Any = None) -> list[MovePlan]:
     """The moves the pool's ledger asks for that ``raw.migrations`` has no row for, oldest first;
     per job only its newest request counts (a burst superseded by its return is not run)."""
-    from spotshift.pools.scheduler import load_pool_state
-
     pool = get_pool(pool_name)
     doc = load_pool_state(pool.name)
     newest: dict[str, dict[str, Any]] = {}
@@ -137,10 +139,6 @@ def carry_out(
     the run key)."""
     import uuid
 
-    from spotshift import warehouse
-    from spotshift.migration.run import run_move
-    from spotshift.migration.state import local_env
-
     env = env or local_env(run_id=run_id or f"pool-{uuid.uuid4().hex[:12]}", log=log)
     with warehouse.connect(env.database) as con:
         plans = pending_moves(pool_name, con, backend=env.backend)
@@ -154,10 +152,6 @@ def carry_out(
 
 
 def _note(pool_name: str, plan: MovePlan, status: str, error: str) -> None:
-    from spotshift.clock import virtual_now
-    from spotshift.pools.scheduler import _event, _save, load_pool_state, state_path
-    from spotshift.registry import locked
-
     with locked(state_path(pool_name)):
         doc = load_pool_state(pool_name)
         _event(
@@ -176,8 +170,6 @@ def _note(pool_name: str, plan: MovePlan, status: str, error: str) -> None:
 def pool_fact_rows(pool_name: str) -> list[dict[str, Any]]:
     """``raw.pool_events`` rows of the pool's ledger (one per event; ids are ledger positions, so
     re-recording writes nothing new)."""
-    from spotshift.pools.scheduler import load_pool_state
-
     pool = get_pool(pool_name)
     doc = load_pool_state(pool.name)
     rows = []
@@ -211,8 +203,6 @@ def pool_fact_rows(pool_name: str) -> list[dict[str, Any]]:
 
 def record_pool_facts(pool_name: str, *, database: Any = None, con: Any = None) -> int:
     """Record the pool's ledger as ``raw.pool_events`` facts; rows written now."""
-    from spotshift import warehouse
-
     rows = pool_fact_rows(pool_name)
     return warehouse.record_facts({"raw.pool_events": rows}, database=database, con=con).rows(
         "raw.pool_events"

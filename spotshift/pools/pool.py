@@ -11,6 +11,7 @@ from typing import Any
 
 from spotshift import registry
 from spotshift.errors import ConfigError, SpotshiftError, build_record, check_range
+from spotshift.pricing.catalog import canonical_gpu_model
 
 SECTION = "pools"
 
@@ -47,8 +48,6 @@ class PrivatePool:
     burst (checkpoint back) is priced at the cloud's internet egress rate."""
 
     def __post_init__(self) -> None:
-        from spotshift.pricing.catalog import canonical_gpu_model
-
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise ConfigError(f"pool {self.name!r}: name must use only a-z, 0-9, '-', '_' and '.'")
         try:

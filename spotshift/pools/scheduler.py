@@ -23,11 +23,21 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from spotshift import warehouse
+from spotshift.atomic import atomic_write_json
 from spotshift.clock import as_utc, parse_utc
 from spotshift.errors import ConfigError
+from spotshift.home import spotshift_home
+from spotshift.jobs import get_job
+from spotshift.jsondoc import parse_json
+from spotshift.placement.inputs import decide_for_job
 from spotshift.placement.params import PlacementParams
 from spotshift.pools.economics import burst_or_wait, stay_or_repatriate
-from spotshift.pools.pool import BREAKEVEN_UTILISATION, PrivatePool, get_pool
+from spotshift.pools.pool import BREAKEVEN_UTILISATION, PrivatePool, get_pool, load_pools
+from spotshift.pricing.catalog import gpu_model_matches
+from spotshift.pricing.egress import DEFAULT_EGRESS
+from spotshift.registry import locked
+from spotshift.sync.datasets import get_dataset
 
 
 @dataclass(frozen=True)
@@ -46,8 +56,6 @@ OfferFn = Callable[[str, datetime], CloudOffer | None]
 
 
 def state_path(pool: str) -> Path:
-    from spotshift.home import spotshift_home
-
     return spotshift_home() / "pools" / f"{pool}.json"
 
 
@@ -57,8 +65,6 @@ def _empty(pool: str) -> dict[str, Any]:
 
 def load_pool_state(pool: str) -> dict[str, Any]:
     """The pool's state document (empty when nothing was ever submitted)."""
-    from spotshift.jsondoc import parse_json
-
     path = state_path(pool)
     if not path.exists():
         return _empty(pool)
@@ -71,8 +77,6 @@ def load_pool_state(pool: str) -> dict[str, Any]:
 
 
 def _save(doc: dict[str, Any]) -> None:
-    from spotshift.atomic import atomic_write_json
-
     path = state_path(doc["pool"])
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, doc)
@@ -119,10 +123,6 @@ def submit(
 ) -> dict[str, Any]:
     """Queue declared job ``job_name`` on the pool (it must need the pool's GPU model and fit in it),
     then :func:`tick`. Returns the pool's state."""
-    from spotshift.jobs import get_job
-    from spotshift.pricing.catalog import gpu_model_matches
-    from spotshift.registry import locked
-
     pool, job = get_pool(pool_name), get_job(job_name)
     if not gpu_model_matches(job.gpu_model, pool.gpu_model):
         raise ConfigError(
@@ -154,8 +154,6 @@ def tick(
     params: PlacementParams | None = None,
 ) -> dict[str, Any]:
     """Advance the pool to ``now`` (see the module docstring); returns its state."""
-    from spotshift.registry import locked
-
     pool = get_pool(pool_name)
     path = state_path(pool.name)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,8 +165,6 @@ def tick(
 
 
 def _deadline_left(job_name: str, now: datetime) -> float | None:
-    from spotshift.jobs import get_job
-
     deadline = get_job(job_name).deadline_at
     return None if deadline is None else _h(now, deadline)
 
@@ -319,9 +315,6 @@ def _data_gb(job_name: str) -> tuple[float, float]:
 
     The dataset: the bytes of its declared source directory. The checkpoint: the newest committed
     one's bytes in ``raw.checkpoints`` when the warehouse has one, else 0."""
-    from spotshift.jobs import get_job
-    from spotshift.sync.datasets import get_dataset
-
     job = get_job(job_name)
     total = 0
     try:
@@ -334,8 +327,6 @@ def _data_gb(job_name: str) -> tuple[float, float]:
 
 
 def _checkpoint_bytes(job_name: str) -> int:
-    from spotshift import warehouse
-
     try:
         with warehouse.connect() as con:
             row = warehouse.first_row(
@@ -359,10 +350,6 @@ def cloud_offer(job_name: str, now: datetime, *, con: Any = None) -> CloudOffer 
     """Where ``job_name`` would burst now: the target of the placement decision (eligible offers only:
     allowed locations, GPU model and count, topology, price cap), or None when nothing qualifies."""
     from contextlib import nullcontext
-
-    from spotshift import warehouse
-    from spotshift.placement.inputs import decide_for_job
-    from spotshift.pricing.egress import DEFAULT_EGRESS
 
     ctx = nullcontext(con) if con is not None else warehouse.connect()
     with ctx as c:
@@ -461,8 +448,6 @@ def pool_report(pool_name: str, *, now: datetime) -> dict[str, Any]:
 def pool_managed_jobs() -> set[str]:
     """Jobs a declared pool runs, queues or has burst: the pools decide where they go (the price
     sensor and the placement economics leave them alone)."""
-    from spotshift.pools.pool import load_pools
-
     out: set[str] = set()
     for pool in load_pools():
         doc = load_pool_state(pool.name)

@@ -17,6 +17,8 @@ from typing import Any
 
 from spotshift.errors import ConfigError
 from spotshift.pools.pool import DEFAULT_SITE_EGRESS_USD_PER_GB as DEFAULT_SITE_EGRESS_USD_PER_GB
+from spotshift.pools.pool import load_pools
+from spotshift.pricing.catalog import gpu_model_matches
 
 #: the provider part of a private site's location
 PRIVATE_PROVIDER = "onprem"
@@ -31,8 +33,6 @@ def is_private_site(location: str) -> bool:
 
 def site_pool(location: str) -> Any:
     """The declared pool at ``location`` (``onprem/<site>``); :class:`ConfigError` when none is."""
-    from spotshift.pools.pool import load_pools
-
     site = "/".join(location.strip().split("/")[:2])
     for pool in load_pools():
         if pool.location == site:
@@ -66,7 +66,6 @@ def site_admits(job: Any, location: str) -> bool:
     may burst to; the pool it is submitted to is always allowed."""
     if not is_private_site(location):
         return False
-    from spotshift.pricing.catalog import gpu_model_matches
 
     try:
         pool = site_pool(location)

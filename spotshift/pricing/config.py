@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spotshift.errors import ConfigError
+from spotshift.pricing.expectations import DEFAULT_MAX_QUOTE_AGE_HOURS
 from spotshift.pricing.feeds import FEED_NAMES, PriceFeed, open_feed
 
 
@@ -69,8 +70,6 @@ class FeedConfig:
     @property
     def quote_age_limit_hours(self) -> float:
         """Freshness limit used by the ``quotes_fresh`` check."""
-        from spotshift.pricing.expectations import DEFAULT_MAX_QUOTE_AGE_HOURS
-
         if self.max_quote_age_hours is not None:
             return self.max_quote_age_hours
         return DEFAULT_MAX_QUOTE_AGE_HOURS["replay" if self.feed == "replay" else "live"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from spotshift.pricing.catalog import canonical_gpu_model, load_catalog
 from spotshift.pricing.quote import MARKETS, QUOTE_FIELDS, NormalizedGPUQuote
 
 #: a quote above this many USD per GPU-hour is a feed error, not a price (the dearest list
@@ -158,8 +159,6 @@ def normalize_frame(
     authoritative; a feed's own GPU spelling that disagrees is counted, not trusted).
     """
     import polars as pl
-
-    from spotshift.pricing.catalog import canonical_gpu_model, load_catalog
 
     catalog = catalog or load_catalog()
     schema = raw_price_schema()

@@ -23,6 +23,7 @@ from spotshift.locations import provider_of as provider_of
 from spotshift.locations import region_of as region_of
 from spotshift.locations import split_location as split_location
 from spotshift.locations import zone_of as zone_of
+from spotshift.pools.site import site_pool
 
 KNOWN_REGIONS: dict[str, frozenset[str]] = {
     "aws": frozenset(
@@ -191,8 +192,6 @@ def check_location(location: str, what: str = "location", *, zone: bool = False)
         raise ConfigError(f"{what} {location!r} is not of the form {shape}")
     provider, region = parts[0], parts[1]
     if provider == "onprem" and len(parts) == 2:  # a private pool's site (spotshift.pools.site)
-        from spotshift.pools.site import site_pool
-
         try:
             site_pool(location)
         except ConfigError:

@@ -18,8 +18,10 @@ from datetime import datetime
 from typing import Any
 
 from spotshift.errors import NotFoundError
+from spotshift.pricing.expectations import validate_snapshot
 from spotshift.pricing.normalize import QUOTE_KEY, NormalizationReport, quote_schema
 from spotshift.pricing.quote import QUOTE_FIELDS
+from spotshift.warehouse import connect, record_facts
 
 RAW_TABLE = "raw.price_quotes"
 CURATED_TABLE = "main.gpu_quotes"
@@ -85,8 +87,6 @@ def store_snapshot(con: Any, snapshot: QuoteSnapshot, table: str = RAW_TABLE) ->
     Goes through :func:`spotshift.warehouse.record_facts` (keyed by ``snapshot_id``): the check and
     the insert run in one transaction.
     """
-    from spotshift.warehouse import record_facts
-
     return record_facts({table: snapshot.table().iter_rows(named=True)}, con=con).rows(table)
 
 
@@ -201,9 +201,6 @@ def poll_into_warehouse(
     Freshness is measured on the feed's own clock (:meth:`PriceFeed.clock`: ``now`` for live feeds,
     the replayed time for the replay feed).
     """
-    from spotshift.pricing.expectations import validate_snapshot
-    from spotshift.warehouse import connect
-
     snapshot = take_snapshot(feed, now)
     with connect(warehouse_path) as con:
         raw_written = store_snapshot(con, snapshot, RAW_TABLE)

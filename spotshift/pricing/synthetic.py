@@ -29,6 +29,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from spotshift.atomic import atomic_write_bytes
+from spotshift.clock import parse_utc
+from spotshift.pricing.catalog import load_catalog
+from spotshift.pricing.history import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
+
 SOURCE = "synthetic"
 
 AWS_PRICING = "https://aws.amazon.com/ec2/pricing/on-demand/"
@@ -182,9 +187,6 @@ def synthetic_history(seed: int = 0, start: str = "2023-01-04", weeks: int = 104
     import numpy as np
     import polars as pl
 
-    from spotshift.clock import parse_utc
-    from spotshift.pricing.catalog import load_catalog
-
     if weeks < 1:
         raise ValueError(f"weeks must be >= 1, got {weeks}")
     t0 = parse_utc(start)
@@ -259,9 +261,6 @@ def write_history_csv(history: Any, path: str | Path) -> Path:
     Timestamps are ISO-8601 UTC; a null spot price is written empty.
     """
     import polars as pl
-
-    from spotshift.atomic import atomic_write_bytes
-    from spotshift.pricing.history import OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 
     out = history.with_columns(
         pl.col("observed_at").dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S%.6f+00:00")

@@ -285,7 +285,7 @@ class ScalingDecision:
         return f"{self.endpoint}:{self.decided_at.isoformat()}:{self.action}"
 
     def to_row(self) -> dict[str, Any]:
-        """The ``raw.scaling_decisions`` row (columns of :data:`spotshift.warehouse.RAW_TABLES`)."""
+        """The ``raw.scaling_decisions`` row (columns of :data:`spotshift.warehouse_schema.RAW_TABLES`)."""
 
         def by_market(rows: tuple[tuple[str, str, int], ...], market: str) -> int:
             return sum(n for _, m, n in rows if m == market)

@@ -18,7 +18,7 @@ accounting:
   changeover is billed at the source's price and the work since the last checkpoint is redone —
   the same terms the migration economics charge.
 * **Deadline safety net**: every spot policy switches to on-demand (in the region holding the
-  latest checkpoint) when :func:`spotshift.placement.economics.deadline_requires_on_demand` says
+  latest checkpoint) when :func:`spotshift.placement.deadline.deadline_requires_on_demand` says
   so, and stays there; the ``spotshift`` policy gets this from :func:`decide` itself.
 
 Policies: ``on_demand``, ``stay_first_spot``, ``greedy_full``, ``greedy_delta``, ``uniform_progress``
@@ -39,14 +39,13 @@ from typing import Any
 from spotshift.errors import ConfigError
 from spotshift.jobs import TrainingJob
 from spotshift.placement.availability import AvailabilityModel
-from spotshift.placement.economics import (
-    DecisionInputs,
-    Placement,
+from spotshift.placement.deadline import (
     ahead_of_uniform_progress,
     deadline_requires_on_demand,
-    decide,
     safety_reserve_hours,
 )
+from spotshift.placement.decision import DecisionInputs, Placement
+from spotshift.placement.economics import decide
 from spotshift.placement.params import PlacementParams
 from spotshift.placement.scoring import DataFootprint
 from spotshift.pricing.egress import egress_usd_per_gb

@@ -30,9 +30,12 @@ from typing import Any
 import numpy as np
 
 from spotshift.errors import ConfigError
-from spotshift.placement.economics import DecisionInputs, Placement, decide
+from spotshift.placement.availability import AvailabilityModel
+from spotshift.placement.decision import DecisionInputs, Placement
+from spotshift.placement.economics import decide
 from spotshift.placement.horizon import expected_preemptions_array
 from spotshift.placement.params import PlacementParams
+from spotshift.pricing.egress import egress_usd_per_gb
 from spotshift.simulate.engine import NO_SPOT_REASON, Scenario, _Copies, simulated_job
 from spotshift.simulate.market import Market
 
@@ -143,7 +146,7 @@ def stay_is_certain(
       can happen, one ahead of a predicted interruption, so the same bound serves there): for
       every candidate ``c`` that is not the current placement and can run now (``cand_price``
       finite: priced, and spot with capacity), the move's net with every term of
-      :class:`~spotshift.placement.economics.MoveTerms` (savings, downtime, staleness, risk at the
+      :class:`~spotshift.placement.decision.MoveTerms` (savings, downtime, staleness, risk at the
       target and here) and egress at its lower bound ``egress_lb`` (n, c) is <= the hysteresis
       margin. Feasibility and the ``max_alternatives`` cut only remove alternatives, so they are
       not needed for the bound.
@@ -189,9 +192,6 @@ def simulate_fleet(
     (the model observes every tick; decisions use the latest publication). ``screen=False`` calls
     :func:`decide` for every active job at every tick (the reference the batched run must equal).
     """
-    from spotshift.placement.availability import AvailabilityModel
-    from spotshift.pricing.egress import egress_usd_per_gb
-
     n = len(jobs)
     T = m.n_ticks
     dt = m.gap_hours

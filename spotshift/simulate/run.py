@@ -19,8 +19,11 @@ from typing import Any
 
 from spotshift.clock import as_utc, parse_utc
 from spotshift.errors import ConfigError
+from spotshift.home import shared_data_file
 from spotshift.placement.params import PlacementParams
+from spotshift.pricing.history import read_price_history
 from spotshift.pricing.regions import split_location
+from spotshift.pricing.synthetic import synthetic_history
 from spotshift.simulate.engine import (
     POLICIES,
     PolicyResult,
@@ -73,21 +76,11 @@ class SimulationReport:
 
 def load_history(prices: str | None, seed: int = 0) -> tuple[Any, str]:
     """(price history frame, description of where it came from); ``seed`` seeds the generated market."""
-    from spotshift.home import shared_data_file
-    from spotshift.pricing.history import read_price_history
-
     if prices:
         return read_price_history(prices), str(prices)
     real = shared_data_file(REAL_HISTORY)
     if real is not None:
         return read_price_history(real), str(real)
-    try:
-        from spotshift.pricing.synthetic import synthetic_history  # type: ignore[import-not-found]
-    except ImportError:
-        raise ConfigError(
-            f"no price history: ../shared/data/{REAL_HISTORY} is absent and the generated market "
-            "(spotshift.pricing.synthetic) is not installed; pass --prices CSV"
-        ) from None
     return synthetic_history(seed=seed), f"synthetic(seed={seed})"
 
 

@@ -29,7 +29,9 @@ from datetime import datetime
 from pathlib import Path
 
 from spotshift.atomic import atomic_write_json
+from spotshift.clock import parse_utc
 from spotshift.errors import ConfigError, InputError, check_range
+from spotshift.home import spotshift_home
 from spotshift.jsondoc import parse_json
 
 #: published ranges (DESIGN §4) the generator draws per-zone parameters from
@@ -164,8 +166,6 @@ def availability_dir() -> Path:
     preemption injector writes the traces it replays; a user may put real ones there. The cost
     baselines (:mod:`spotshift.costs.baselines`) replay them.
     """
-    from spotshift.home import spotshift_home
-
     return spotshift_home() / "traces"
 
 
@@ -187,8 +187,6 @@ def load_availability(
 
     :class:`InputError` for a malformed file or one without ``metadata.start``.
     """
-    from spotshift.clock import parse_utc
-
     d = Path(directory) if directory is not None else availability_dir()
     path = d / f"{location.replace('/', '_')}.json"
     if not path.is_file():

@@ -24,8 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from spotshift import registry
-from spotshift.errors import ConfigError, build_record
+from spotshift.errors import ConfigError, SpotshiftError, build_record
+from spotshift.jobs import load_jobs
+from spotshift.pricing.regions import check_location
+from spotshift.sync.archiver import push
+from spotshift.sync.checker import verify
 from spotshift.sync.chunking import ChunkParams
+from spotshift.sync.fingerprint import fingerprint, local_path
+from spotshift.sync.refs import check_dataset_name, read_ref
+from spotshift.sync.replicator import replicate
 
 SECTION = "datasets"
 DEFAULT_LOCATION = "gcp/us-central1"
@@ -47,9 +54,6 @@ class Dataset:
     description: str = ""
 
     def __post_init__(self) -> None:
-        from spotshift.sync.fingerprint import local_path
-        from spotshift.sync.refs import check_dataset_name
-
         check_dataset_name(self.name)
         if not self.source:
             raise ConfigError(f"dataset {self.name!r}: source is empty")
@@ -59,7 +63,6 @@ class Dataset:
             raise ConfigError(
                 f"dataset {self.name!r}: source {self.source!r} must be a local directory or file:/// URL"
             ) from None
-        from spotshift.pricing.regions import check_location
 
         try:
             check_location(self.location)
@@ -78,8 +81,6 @@ class Dataset:
     @property
     def source_path(self) -> Path:
         """The local directory holding the original files."""
-        from spotshift.sync.fingerprint import local_path
-
         return Path(local_path(self.source)).expanduser()
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,8 +136,6 @@ def add_dataset(dataset: Dataset, *, replace: bool = False) -> None:
 def remove_dataset(name: str) -> None:
     """Undeclare dataset ``name``. Refused (:class:`ConfigError`) while a declared job trains on it;
     its snapshots in the stores are kept (``spotshift sync prune`` reclaims them)."""
-    from spotshift.jobs import load_jobs
-
     get_dataset(name)  # not declared: the registry's one-line error
     users = sorted(j.name for j in load_jobs() if j.dataset == name)
     if users:
@@ -182,9 +181,6 @@ def snapshot_dataset(dataset: Dataset, home_store: Any, *, workers: int | None =
 
     Returns ``(Fingerprint, TransferStats)``; the snapshot's root is ``stats.root``.
     """
-    from spotshift.sync.delta import push
-    from spotshift.sync.fingerprint import fingerprint
-
     fp = fingerprint(dataset.source_path, dataset.params, prefetch_parquet=True)
     stats = push(
         fp,
@@ -210,10 +206,8 @@ def replicate_dataset(
 ) -> Any:
     """Copy snapshot ``root`` of the dataset from its home store to ``target_location``'s store (delta only).
 
-    ``check_existing`` re-checks every chunk of an already-current replica (see ``delta.replicate``).
+    ``check_existing`` re-checks every chunk of an already-current replica (see :func:`spotshift.sync.replicator.replicate`).
     """
-    from spotshift.sync.delta import replicate
-
     return replicate(
         home_store,
         target_store,
@@ -231,10 +225,6 @@ def check_replica(store: Any, dataset: str, expected_root: str, *, full: bool = 
 
     ``full`` also reads every chunk and checks its digest (otherwise presence and size).
     """
-    from spotshift.errors import SpotshiftError
-    from spotshift.sync.delta import verify
-    from spotshift.sync.refs import read_ref
-
     result = ReplicaCheck(dataset, store.url, expected_root)
     try:
         ref = read_ref(store, dataset)

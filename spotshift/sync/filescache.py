@@ -19,6 +19,7 @@ import threading
 from array import array
 from pathlib import Path
 
+from spotshift.home import cache_dir
 from spotshift.sync.chunking import DIGEST_SIZE
 
 #: a file whose mtime/ctime is this close to the moment it was read is not cached (see module doc)
@@ -40,8 +41,6 @@ CREATE TABLE IF NOT EXISTS files (
 
 
 def default_cache_path() -> Path:
-    from spotshift.home import cache_dir
-
     return cache_dir() / "files.sqlite"
 
 

@@ -32,8 +32,9 @@ from spotshift.sync.chunking import (
     iter_mapped_chunks,
     map_file,
 )
+from spotshift.sync.entries import DIR, FILE, ROOT_PATH, SYMLINK, FileEntry
 from spotshift.sync.filescache import FilesCache, stat_key, unpack_chunks
-from spotshift.sync.manifest import DIR, FILE, ROOT_PATH, SYMLINK, FileEntry, Manifest
+from spotshift.sync.manifest import Manifest
 from spotshift.sync.workers import check_workers
 
 _O_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)

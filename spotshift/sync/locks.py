@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from spotshift.atomic import pid_alive
-from spotshift.errors import SpotshiftError
+from spotshift.errors import NotFoundError, SpotshiftError
 from spotshift.sync.store import ChunkStore
 
 LOCKS_PREFIX = "locks/"
@@ -74,8 +74,6 @@ class LockInfo:
 
 def read_locks(store: ChunkStore) -> dict[str, LockInfo]:
     """Every lock object of ``store`` by key (unreadable ones count as fresh exclusive locks: be safe)."""
-    from spotshift.errors import NotFoundError
-
     out: dict[str, LockInfo] = {}
     for key in store.list_keys(LOCKS_PREFIX):
         try:

@@ -28,7 +28,10 @@ Merkle tree (``H`` = the manifest's digest algorithm, 16 bytes)::
 
 The root covers every column, so a manifest whose rows do not hash to the root it is named by has
 been truncated or tampered with and is refused (:class:`IntegrityError` naming it). Equal directory
-hashes mean equal subtrees: :func:`diff` skips them without looking at their files.
+hashes mean equal subtrees: :func:`spotshift.sync.diff.diff` skips them without looking at their files.
+
+The entries themselves, their leaf hashes and their checks as untrusted input are in
+:mod:`spotshift.sync.entries`.
 """
 
 from __future__ import annotations
@@ -36,13 +39,14 @@ from __future__ import annotations
 import io
 import json
 import struct
-import sys
 from array import array
 from collections.abc import Iterator
 from typing import Any
 
+from spotshift import __version__
 from spotshift.errors import IntegrityError
 from spotshift.sync.chunking import DIGEST_SIZE, ChunkParams, digest_function
+from spotshift.sync.entries import DIR, FILE, ROOT_PATH, SYMLINK, FileEntry, entries_from_columns, leaf_hash
 from spotshift.sync.packs import pack_index_from_columns
 
 FORMAT_VERSION = 1
@@ -51,68 +55,8 @@ PACKED_FORMAT_VERSION = 2
 READABLE_VERSIONS = (FORMAT_VERSION, PACKED_FORMAT_VERSION)
 PACK_COLUMNS = ("pack", "pack_offset")
 METADATA_KEY = b"spotshift.manifest"
-FILE, DIR, SYMLINK = "file", "dir", "symlink"
-KINDS = (FILE, DIR, SYMLINK)
 _KIND_BYTE = {FILE: b"f", DIR: b"d", SYMLINK: b"l"}
-ROOT_PATH = "."
 COLUMNS = ("path", "kind", "size", "mode", "mtime_ns", "target", "chunk_offset", "chunk_length", "digest")
-
-
-def _u32_le(values: array) -> bytes:
-    if sys.byteorder == "little":
-        return values.tobytes()
-    swapped = array("I", values)
-    swapped.byteswap()
-    return swapped.tobytes()
-
-
-class FileEntry:
-    """One entry of a snapshot. ``lengths``/``digests`` are compact (uint32 array, 16 bytes each)."""
-
-    __slots__ = ("path", "kind", "size", "mode", "mtime_ns", "target", "lengths", "digests")
-
-    def __init__(
-        self,
-        path: str,
-        kind: str,
-        size: int = 0,
-        mode: int = 0o644,
-        mtime_ns: int = 0,
-        target: str | None = None,
-        lengths: array | None = None,
-        digests: bytes = b"",
-    ):
-        self.path = path
-        self.kind = kind
-        self.size = size
-        self.mode = mode
-        self.mtime_ns = mtime_ns
-        self.target = target
-        self.lengths = lengths if lengths is not None else array("I")
-        self.digests = digests
-
-    @property
-    def name(self) -> str:
-        return self.path.rsplit("/", 1)[-1]
-
-    @property
-    def parent(self) -> str:
-        return self.path.rsplit("/", 1)[0] if "/" in self.path else ROOT_PATH
-
-    @property
-    def chunk_count(self) -> int:
-        return len(self.lengths)
-
-    def chunks(self) -> Iterator[tuple[int, int, bytes]]:
-        """``(offset, length, digest)`` of each chunk, in file order."""
-        offset = 0
-        d = self.digests
-        for i, length in enumerate(self.lengths):
-            yield offset, length, d[i * DIGEST_SIZE : (i + 1) * DIGEST_SIZE]
-            offset += length
-
-    def __repr__(self) -> str:
-        return f"FileEntry({self.path!r}, {self.kind}, size={self.size}, chunks={self.chunk_count})"
 
 
 def _validity(flags: list[bool]) -> bytes | None:
@@ -147,17 +91,6 @@ def _strings(values: list[bytes | None]) -> Any:
     return pa.Array.from_buffers(
         pa.large_string(), len(values), [nulls, pa.py_buffer(offsets.tobytes()), pa.py_buffer(data)]
     )
-
-
-def leaf_hash(entry: FileEntry, h: Any) -> bytes:
-    """Merkle hash of a file or symlink entry (see module docstring)."""
-    if entry.kind == FILE:
-        head = struct.pack("<QIqI", entry.size, entry.mode, entry.mtime_ns, len(entry.lengths))
-        return h(b"spotshift/file\0" + head + _u32_le(entry.lengths) + entry.digests)
-    if entry.kind == SYMLINK:
-        target = (entry.target or "").encode("utf-8", "surrogateescape")
-        return h(b"spotshift/link\0" + struct.pack("<Iq", entry.mode, entry.mtime_ns) + target)
-    raise ValueError(f"{entry.kind} has no leaf hash")
 
 
 class Manifest:
@@ -351,8 +284,6 @@ class Manifest:
         return sink.getvalue()
 
     def _metadata(self) -> dict[str, Any]:
-        from spotshift import __version__
-
         packed = bool(self.locations) and any(d in self.locations for d in self.unique_chunks())
         return {
             "version": PACKED_FORMAT_VERSION if packed else FORMAT_VERSION,
@@ -394,7 +325,7 @@ class Manifest:
             cols = table.to_pydict()
             if (version == PACKED_FORMAT_VERSION) != all(c in cols for c in PACK_COLUMNS):
                 raise IntegrityError(f"format {version} {'needs' if version == 2 else 'has no'} pack columns")
-            entries = _entries_from_columns(cols)
+            entries = entries_from_columns(cols)
             locations = None
             if version == PACKED_FORMAT_VERSION:
                 locations = pack_index_from_columns(cols)
@@ -409,172 +340,3 @@ class Manifest:
                     f"manifest {name} is tampered: its content hashes to {manifest.root}, not the root {want} of {what}"
                 )
         return manifest
-
-
-def _entries_from_columns(cols: dict[str, list[Any]]) -> list[FileEntry]:
-    entries: list[FileEntry] = []
-    cur: FileEntry | None = None
-    dig_parts: list[bytes] = []
-    n = len(cols["path"])
-    for i in range(n):
-        path = cols["path"][i]
-        if cur is None or path != cur.path:
-            if cur is not None:
-                _finish(cur, dig_parts)
-            if path in ("", None):
-                raise IntegrityError(f"row {i} has an empty path")
-            _check_path(path)
-            kind = cols["kind"][i]
-            if kind not in KINDS:
-                raise IntegrityError(f"{path}: unknown kind {kind!r}")
-            cur = FileEntry(
-                path,
-                kind,
-                int(cols["size"][i]),
-                int(cols["mode"][i]),
-                int(cols["mtime_ns"][i]),
-                cols["target"][i],
-            )
-            _check_entry(cur)
-            entries.append(cur)
-            dig_parts = []
-        off, length, dig = cols["chunk_offset"][i], cols["chunk_length"][i], cols["digest"][i]
-        if off is None:
-            continue
-        if cur.kind != FILE:
-            raise IntegrityError(f"{path}: a {cur.kind} cannot have chunks")
-        if off != sum(cur.lengths) or not length or length <= 0 or dig is None or len(dig) != DIGEST_SIZE:
-            raise IntegrityError(f"{path}: chunk at offset {off} is out of order or incomplete")
-        cur.lengths.append(length)
-        dig_parts.append(dig)
-    if cur is not None:
-        _finish(cur, dig_parts)
-    seen: set[str] = set()
-    for e in entries:
-        if e.path in seen:
-            raise IntegrityError(f"{e.path}: listed twice")
-        seen.add(e.path)
-    # Manifest() then refuses entries whose parent is not a directory entry: a restore never
-    # writes through a symlink it created itself
-    return entries
-
-
-#: longest symlink target Linux stores (PATH_MAX including the terminating NUL)
-MAX_LINK_TARGET_BYTES = 4095
-
-
-def _check_entry(e: FileEntry) -> None:
-    """Refuse entry fields no file system entry can have (a manifest is untrusted input)."""
-    if not 0 <= e.mode <= 0o7777:
-        raise IntegrityError(f"{e.path}: mode {e.mode} is not a permission mode (0-0o7777)")
-    if e.size < 0:
-        raise IntegrityError(f"{e.path}: negative size {e.size}")
-    if e.kind == SYMLINK:
-        if not e.target:
-            raise IntegrityError(f"{e.path}: symlink without target")
-        if "\0" in e.target:
-            raise IntegrityError(f"{e.path}: symlink target contains a NUL byte")
-        if len(e.target.encode("utf-8", "surrogateescape")) > MAX_LINK_TARGET_BYTES:
-            raise IntegrityError(f"{e.path}: symlink target longer than {MAX_LINK_TARGET_BYTES} bytes")
-
-
-def _finish(entry: FileEntry, dig_parts: list[bytes]) -> None:
-    entry.digests = b"".join(dig_parts)
-    if entry.kind == FILE and sum(entry.lengths) != entry.size:
-        raise IntegrityError(f"{entry.path}: chunks cover {sum(entry.lengths)} bytes of {entry.size}")
-
-
-def _check_path(path: str) -> None:
-    if path == ROOT_PATH:
-        return
-    parts = path.split("/")
-    if path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in path:
-        raise IntegrityError(f"unsafe path {path!r}")
-
-
-class Diff:
-    """What differs between a source snapshot and a target snapshot (see :func:`diff`).
-
-    ``target_chunks`` holds the digests the target snapshot references in the subtrees that differ.
-    """
-
-    def __init__(self) -> None:
-        self.changed_files: list[FileEntry] = []
-        self.target_chunks: set[bytes] = set()
-        self.dirs_pruned = 0
-        self.files_unchanged = 0
-
-    def missing_chunks(self) -> dict[bytes, int]:
-        """digest -> length of chunks of changed files that the target snapshot does not reference."""
-        out: dict[bytes, int] = {}
-        known = self.target_chunks
-        for e in self.changed_files:
-            for _, length, d in e.chunks():
-                if d not in known:
-                    out[d] = length
-        return out
-
-    @property
-    def changed_bytes(self) -> int:
-        return sum(e.size for e in self.changed_files)
-
-
-def diff(src: Manifest, dst: Manifest | None) -> Diff:
-    """Files of ``src`` that differ from ``dst``, walking both Merkle trees from the top.
-
-    A directory whose hash is equal on both sides is skipped whole (counted in ``dirs_pruned``).
-    Chunks referenced by ``dst`` entries inside differing directories are collected in
-    ``target_chunks`` so moved or renamed content is not sent again. Chunking parameters must
-    match for chunk digests to be comparable; when they do not, every file counts as changed.
-    """
-    out = Diff()
-    if dst is not None and dst.params != src.params:
-        dst = None
-    if dst is not None and dst.root == src.root:
-        out.dirs_pruned = 1
-        out.files_unchanged = src.file_count
-        return out
-
-    def add_all_chunks(m: Manifest, entry: FileEntry) -> None:
-        if entry.kind == FILE:
-            out.target_chunks.update(
-                entry.digests[i : i + DIGEST_SIZE] for i in range(0, len(entry.digests), DIGEST_SIZE)
-            )
-        elif entry.kind == DIR:
-            for c in m.children(entry.path):
-                add_all_chunks(m, c)
-
-    def add_all_files(entry: FileEntry) -> None:
-        if entry.kind == FILE:
-            out.changed_files.append(entry)
-        elif entry.kind == DIR:
-            for c in src.children(entry.path):
-                add_all_files(c)
-
-    def walk(path: str) -> None:
-        matched: set[str] = set()
-        for child in src.children(path):
-            other = dst.get(child.path) if dst is not None else None
-            if other is not None and other.kind == child.kind:
-                if dst.node_hash(child.path) == src.node_hash(child.path):  # type: ignore[union-attr]
-                    matched.add(child.path)
-                    if child.kind == DIR:
-                        out.dirs_pruned += 1
-                    elif child.kind == FILE:
-                        out.files_unchanged += 1
-                    continue
-                if child.kind == DIR:
-                    walk(child.path)
-                    matched.add(child.path)
-                    continue
-            add_all_files(child)
-        if dst is not None:
-            for other in dst.children(path):
-                if other.path not in matched:
-                    add_all_chunks(dst, other)
-
-    if dst is None:
-        add_all_files(src.get(ROOT_PATH))  # type: ignore[arg-type]
-    else:
-        walk(ROOT_PATH)
-    return out

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from spotshift.errors import IntegrityError, NotFoundError, SpotshiftError
-from spotshift.sync.store import ChunkStore, chunk_key
+from spotshift.sync.store import ChunkStore, LocalChunkStore, chunk_key
 
 PACKS_PREFIX = "packs/"
 #: chunks shorter than this go into pack files; longer ones are objects of their own
@@ -105,8 +105,6 @@ def write_pack(store: ChunkStore, pack_id: str, data: bytearray) -> int:
     """Write one pack (its chunks' bytes in plan order, filled in place by the caller) in one
     sequential write, write-once (an existing pack of that id holds the same bytes); returns its size.
     """
-    from spotshift.sync.store import LocalChunkStore
-
     payload = data if isinstance(store, LocalChunkStore) else bytes(data)  # SDKs want bytes
     store.put_bytes(pack_key(pack_id), payload, if_absent=True)  # type: ignore[arg-type]
     return len(data)

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from spotshift.atomic import temp_path
+from spotshift.cloud_errors import from_google, google_errors
 from spotshift.errors import IntegrityError, NotFoundError
 from spotshift.sync.object_writer import ObjectWriter
 from spotshift.sync.store import BucketStore, ObjectInfo
@@ -67,8 +69,6 @@ class GCSChunkStore(BucketStore):
         :func:`spotshift.cloud_errors.from_google`); a 412 means "exists", a 404 "missing"."""
         from google.api_core import exceptions as gexc
 
-        from spotshift.cloud_errors import from_google, google_errors
-
         try:
             return fn(*args, **kwargs)
         except gexc.PreconditionFailed:
@@ -117,8 +117,6 @@ class GCSChunkStore(BucketStore):
             raise IntegrityError(f"{key} in {self.url}: the range asked for is past its end") from None
 
     def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
-        from spotshift.atomic import temp_path
-
         dest = Path(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_path(dest.parent)

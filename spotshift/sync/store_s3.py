@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from spotshift.atomic import temp_path
 from spotshift.cloud_errors import botocore_errors, from_botocore, track_status
 from spotshift.errors import IntegrityError, NotFoundError
 from spotshift.sync.object_writer import ObjectWriter
@@ -172,8 +173,6 @@ class S3ChunkStore(BucketStore):
             raise self._mapped(exc, key) from None
 
     def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
-        from spotshift.atomic import temp_path
-
         r = self._call(key, self.client.get_object, Key=self.object_name(key))
         dest = Path(path)
         dest.parent.mkdir(parents=True, exist_ok=True)

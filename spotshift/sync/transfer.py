@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from spotshift import warehouse as wh
+from spotshift.clock import virtual_now
 from spotshift.pricing.egress import egress_usd_per_gb
 from spotshift.pricing.regions import region_of, zone_of
 from spotshift.sync.workers import MAX_WORKERS as MAX_WORKERS
@@ -22,8 +24,6 @@ from spotshift.sync.workers import check_workers as check_workers
 
 def _virtual_now() -> datetime:
     """Transfers are facts: stamped on the shared virtual clock like every other fact."""
-    from spotshift.clock import virtual_now
-
     return virtual_now()
 
 
@@ -118,8 +118,6 @@ def record_transfers(
 ) -> Any:
     """Record transfers in ``raw.transfers`` of the warehouse (default: ``$SPOTSHIFT_HOME``'s) through
     :func:`spotshift.warehouse.record_facts`: landed in its fact lake, never waiting on its lock, never lost."""
-    from spotshift import warehouse as wh
-
     return wh.record_facts({"raw.transfers": [s.to_row(run_id) for s in stats]}, database=warehouse)
 
 

@@ -24,12 +24,12 @@ from sensors.run_status import migration_failure_sensor
 from spotshift import registry, warehouse
 from spotshift.checkpoint import compat
 from spotshift.clock import virtual_now
-from spotshift.costs.fixtures import generate_facts
 from spotshift.migration import contract
 from spotshift.migration.plan import MovePlan
 from spotshift.migration.state import load as load_move
 from spotshift.sync.store_url import open_store
 from spotshift.training.runs import store_url_for
+from tests.fixtures_costs import generate_facts
 from tests.migration_support import AWS, AZURE, JOB, declare_world, write_checkpoint_in
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from spotshift.costs.fixtures import write_fixture_warehouse
+from tests.fixtures_costs import write_fixture_warehouse
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from spotshift import factlake, warehouse
+from spotshift.warehouse_tables import arrow_rows
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -119,9 +120,9 @@ def test_batches_are_immutable_and_a_re_recorded_fact_lands_once(tmp_path: Path)
     db = tmp_path / "w.duckdb"
     lake = warehouse.facts_dir(db)
     row = {"transfer_id": "t1", "kind": "dataset", "bytes_sent": 7}
-    first = factlake.write_batch(lake, {"raw.transfers": warehouse.arrow_rows("raw.transfers", [row])})
+    first = factlake.write_batch(lake, {"raw.transfers": arrow_rows("raw.transfers", [row])})
     second = factlake.write_batch(
-        lake, {"raw.transfers": warehouse.arrow_rows("raw.transfers", [{**row, "bytes_sent": 8}])}
+        lake, {"raw.transfers": arrow_rows("raw.transfers", [{**row, "bytes_sent": 8}])}
     )
     before = {b.name: (b / "raw.transfers.parquet").read_bytes() for b in (first, second)}
     with warehouse.connect(db) as con:

@@ -24,6 +24,8 @@ from spotshift.pricing.quote import effective_gpu_hour_usd
 from spotshift.sync.store import LocalChunkStore, chunk_key
 from spotshift.sync.store_url import open_store
 from spotshift.warehouse import first_row
+from spotshift.warehouse_connection import open_connection
+from spotshift.warehouse_schema import RAW_TABLES
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -59,7 +61,7 @@ def test_warehouse_schema_and_append(tmp_path: Path) -> None:
                 "select table_name from information_schema.tables where table_schema='raw'"
             ).fetchall()
         }
-    assert tables == set(warehouse.RAW_TABLES)
+    assert tables == set(RAW_TABLES)
 
 
 def test_warehouse_append_rejects_unknown_column(tmp_path: Path) -> None:
@@ -98,7 +100,7 @@ def test_warehouse_lock_timeout_is_a_clear_error(tmp_path: Path) -> None:
     proc.start()
     assert ready.wait(30)
     with pytest.raises(ConfigError, match="still locked"):
-        warehouse.open_connection(db, timeout_s=0.3)
+        open_connection(db, timeout_s=0.3)
     proc.join()
 
 

@@ -4,7 +4,11 @@
 * placement only decides: it imports nothing from ``spotshift.training`` or ``spotshift.migration``
   (the move lifecycle imports placement, never the other way round), so the two rooms have no loop;
 * ``ops/`` imports nothing from ``assets/``; ``recording.py`` (Dagster glue) imports neither;
-* command modules import the shared CLI helpers from ``spotshift.cliutil``, never back from ``spotshift.cli``.
+* command modules import the shared CLI helpers from ``spotshift.cliutil``, never back from ``spotshift.cli``;
+* no import of a spotshift module inside a function in the rooms below, except of a module that loads a
+  heavy third-party package (torch, transformers, Great Expectations, dbt) when imported, and in the
+  command-line modules (``cli.py``, ``commands.py``, ``*_commands.py``: ``spotshift sync fingerprint``
+  is timed with its start-up, so handlers import the engine when they run; see :mod:`spotshift.cli`).
 """
 
 from __future__ import annotations
@@ -124,3 +128,103 @@ def test_the_library_has_no_import_loop() -> None:
 
 def test_the_loop_finder_finds_a_loop() -> None:
     assert _loops({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+#: rooms whose functions import no spotshift module (top-level ``spotshift/*.py`` is listed as "")
+HOISTED_ROOMS = ("placement", "pricing", "sync", "migration", "pools", "simulate", "devenvs", "")
+#: owned elsewhere for now (issue 13): the Session API keeps its lazy imports
+NOT_YET = {"spotshift/checkpointing.py"}
+#: third-party packages heavy enough to import only where used
+HEAVY_PACKAGES = ("torch", "transformers", "great_expectations", "dbt")
+
+
+def _is_command_module(path: Path) -> bool:
+    return path.name in ("cli.py", "commands.py") or path.name.endswith("_commands.py")
+
+
+def _module_level_imports(path: Path) -> set[str]:
+    """Imports outside every function (module body, classes, if/try blocks)."""
+    out: set[str] = set()
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.Import):
+                out.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                out.add(node.module)
+                out.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, (ast.ClassDef, ast.If, ast.Try, ast.With)):
+                visit(node.body)
+                for extra in ("orelse", "finalbody"):
+                    visit(getattr(node, extra, []))
+                for h in getattr(node, "handlers", []):
+                    visit(h.body)
+
+    visit(ast.parse(path.read_text(), str(path)).body)
+    return out
+
+
+def _heavy_modules() -> set[str]:
+    """spotshift modules that load a heavy third-party package when imported (through module-level
+    imports, their own or their dependencies')."""
+    files = {}
+    for f in sorted((REPO / "spotshift").rglob("*.py")):
+        parts = f.relative_to(REPO).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    deps: dict[str, set[str]] = {}
+    heavy: set[str] = set()
+    for mod, f in files.items():
+        names = _module_level_imports(f)
+        deps[mod] = {n for n in names if n in files and n != mod}
+        deps[mod] |= {".".join(mod.split(".")[:i]) for i in range(1, mod.count(".") + 1)}
+        if any(n.split(".")[0] in HEAVY_PACKAGES for n in names):
+            heavy.add(mod)
+    changed = True
+    while changed:
+        changed = False
+        for mod, ds in deps.items():
+            if mod not in heavy and ds & heavy:
+                heavy.add(mod)
+                changed = True
+    return heavy
+
+
+def function_level_spotshift_imports(root: Path = REPO) -> list[str]:
+    """``path:line module`` for every import of a spotshift module inside a function of the rooms
+    in :data:`HOISTED_ROOMS` that is not allowed (see the module doc)."""
+    heavy = _heavy_modules()
+    bad = []
+    for room in HOISTED_ROOMS:
+        folder = root / "spotshift" / room
+        files = sorted(folder.glob("*.py")) if not room else sorted(folder.rglob("*.py"))
+        for f in files:
+            rel = f.relative_to(root)
+            if str(rel) in NOT_YET or _is_command_module(f):
+                continue
+            for fn in ast.walk(ast.parse(f.read_text(), str(f))):
+                if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.Import):
+                        names = [a.name for a in node.names]
+                    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                        names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+                    else:
+                        continue
+                    spot = [n for n in names if n == "spotshift" or n.startswith("spotshift.")]
+                    if spot and not any(n in heavy for n in spot):
+                        bad.append(f"{rel}:{node.lineno} {names[0]}")
+    return sorted(set(bad))
+
+
+def test_no_function_level_imports_of_spotshift_modules() -> None:
+    """An import inside a function hides a dependency (and, between spotshift modules, often a loop):
+    only heavy third-party packages, and the modules that load them, are imported where used."""
+    assert function_level_spotshift_imports() == []
+
+
+def test_the_heavy_closure_is_what_pulls_torch() -> None:
+    """The allow-list is computed, not written down: the trainer imports torch, the run helpers do not."""
+    heavy = _heavy_modules()
+    assert "spotshift.training.trainer" in heavy
+    assert "spotshift.placement.economics" not in heavy

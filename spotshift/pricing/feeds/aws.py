@@ -22,8 +22,10 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from spotshift.cloud_errors import botocore_errors, from_botocore, track_status
 from spotshift.errors import CredentialsError, InputError
 from spotshift.jsondoc import parse_json
+from spotshift.pricing.catalog import load_catalog
 from spotshift.pricing.feeds._native import Record, list_field, load_json_document
 from spotshift.pricing.feeds.base import PriceFeed
 from spotshift.pricing.normalize import raw_price_frame
@@ -199,8 +201,6 @@ class AwsFeed(PriceFeed):
         self._instance_types = list(instance_types) if instance_types else None
 
     def _client(self, service: str, region: str) -> Any:
-        from spotshift.cloud_errors import track_status
-
         if self._factory is not None:
             return track_status(self._factory(service, region))
         import boto3
@@ -215,14 +215,10 @@ class AwsFeed(PriceFeed):
 
     def instance_types(self) -> list[str]:
         """The instance types asked about (default: every AWS type of the catalog)."""
-        from spotshift.pricing.catalog import load_catalog
-
         return self._instance_types or load_catalog().instance_types("aws")
 
     def _call(self, what: str, region: str, fn: Callable[[], Any]) -> Any:
         """``fn()`` with every botocore error as one line naming this feed, the call and the status."""
-        from spotshift.cloud_errors import botocore_errors, from_botocore
-
         try:
             return fn()
         except botocore_errors() as exc:

@@ -20,6 +20,7 @@ from typing import Any
 
 from spotshift.cloud_errors import redact_url
 from spotshift.errors import InputError
+from spotshift.pricing.catalog import load_catalog
 from spotshift.pricing.feeds._native import Record, list_field, load_json_document
 from spotshift.pricing.feeds.base import PriceFeed
 from spotshift.pricing.feeds.http import get_json
@@ -114,8 +115,6 @@ class AzureFeed(PriceFeed):
 
     def instance_types(self) -> list[str]:
         """VM sizes asked about (default: every Azure size of the catalog)."""
-        from spotshift.pricing.catalog import load_catalog
-
         return self._instance_types or load_catalog().instance_types("azure")
 
     def list_items(self) -> list[Any]:

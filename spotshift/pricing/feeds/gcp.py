@@ -36,6 +36,7 @@ from typing import Any
 
 from spotshift.cloud_errors import redact_url
 from spotshift.errors import CredentialsError, InputError
+from spotshift.pricing.catalog import load_catalog
 from spotshift.pricing.feeds._native import Record, list_field, load_json_document, to_number
 from spotshift.pricing.feeds.base import PriceFeed
 from spotshift.pricing.feeds.http import get_json
@@ -118,8 +119,6 @@ def parse_skus(
     present. ``observed_at`` is the newest ``effectiveTime`` of the three (``observed_at`` when
     the SKUs carry none).
     """
-    from spotshift.pricing.catalog import load_catalog
-
     parts: dict[tuple[str, str, str, str], tuple[float, str, datetime | None]] = {}
     for i, sku in enumerate(skus):
         label = str(sku.get("skuId") or sku.get("description") or "") if isinstance(sku, dict) else ""

@@ -25,8 +25,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from spotshift.home import shared_data_file
 from spotshift.pricing.feeds.base import PriceFeed
 from spotshift.pricing.history import read_price_history
+from spotshift.pricing.normalize import raw_price_schema
+from spotshift.pricing.synthetic import synthetic_history
 
 REAL_HISTORY = "gcp_gpu_prices_2022_2024.csv"
 SNAPSHOT_KEY = ("provider", "region", "zone", "instance_type")
@@ -61,8 +64,6 @@ def load_history_file(path: str | Path) -> Any:
 
 def resolve_history(path: str | Path | None = None) -> History:
     """The history commands and assets replay (see module docstring for the order)."""
-    from spotshift.home import shared_data_file
-
     chosen = str(path) if path else os.environ.get("SPOTSHIFT_PRICES", "")
     if chosen:
         return History(load_history_file(chosen), str(Path(chosen).expanduser()))
@@ -74,8 +75,6 @@ def resolve_history(path: str | Path | None = None) -> History:
 
 @functools.cache
 def _synthetic_cached() -> Any:
-    from spotshift.pricing.synthetic import synthetic_history
-
     return synthetic_history()
 
 
@@ -100,8 +99,6 @@ def snapshot_at(history: Any, now: datetime, delist_after: timedelta = timedelta
 def history_to_raw(history: Any) -> Any:
     """History rows (wide: on-demand and spot columns) -> raw price frame (long: one row per market)."""
     import polars as pl
-
-    from spotshift.pricing.normalize import raw_price_schema
 
     common = [
         pl.col("provider"),

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from spotshift.costs.dbt import DbtRun, build_marts
-from spotshift.costs.fixtures import generate_facts, write_facts
 from spotshift.simulate.traces import AvailabilityTrace, save_availability
 from spotshift.warehouse import connect
+from tests.fixtures_costs import generate_facts, write_facts
 
 HAND_JOB = "hand-tiny"
 #: availability of gcp/tiny-1 from the hand job's start (04:00): 1 h up, 1 h down, then up

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from spotshift.costs.baselines import TABLE, first_spot_placements, record_baselines
-from spotshift.costs.fixtures import write_facts
 from spotshift.simulate.traces import AvailabilityTrace, save_availability
 from spotshift.warehouse import connect
+from tests.fixtures_costs import write_facts
 from tests.unit.costs.conftest import HAND_JOB, HAND_OUTAGE, _t, hand_facts
 
 OUTAGE = HAND_OUTAGE

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from spotshift.cli import main
-from spotshift.costs.fixtures import generate_facts, write_facts
 from spotshift.costs.report import CostReport
 from spotshift.costs.report_text import format_text
 from spotshift.warehouse import append_rows, connect
+from tests.fixtures_costs import generate_facts, write_facts
 
 from .conftest import HAND_JOB
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from spotshift.costs.fixtures import FIXTURE_START, generate_facts, write_scaled_usage
-from spotshift.warehouse import RAW_TABLES, connect, first_row
+from spotshift.warehouse import connect, first_row
+from spotshift.warehouse_schema import RAW_TABLES
+from tests.fixtures_costs import FIXTURE_START, generate_facts, write_scaled_usage
 
 
 def test_generate_facts_covers_every_raw_table_and_is_deterministic() -> None:

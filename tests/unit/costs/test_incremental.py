@@ -13,9 +13,9 @@ import duckdb
 import pytest
 
 from spotshift.costs.dbt import run_dbt
-from spotshift.costs.fixtures import generate_facts, write_facts, write_scaled_usage
 from spotshift.warehouse import append_rows, connect
 from tests.conftest import REPO
+from tests.fixtures_costs import generate_facts, write_facts, write_scaled_usage
 
 SELECT = ["--select", "+mart_cost_metrics", "--resource-type", "model", "--resource-type", "seed"]
 #: models whose rows an incremental build must leave exactly as a full refresh writes them

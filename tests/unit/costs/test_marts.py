@@ -16,7 +16,8 @@ from spotshift.costs.focus import (
 )
 from spotshift.costs.focus_export import export_focus, read_relation
 from spotshift.costs.marts import REPORT_MARTS, marts_state
-from spotshift.warehouse import RAW_TABLES, append_rows, connect, first_row
+from spotshift.warehouse import append_rows, connect, first_row
+from spotshift.warehouse_schema import RAW_TABLES
 
 from .conftest import HAND_JOB
 

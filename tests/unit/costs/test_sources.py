@@ -5,7 +5,7 @@ from __future__ import annotations
 import yaml
 
 from spotshift.costs.dbt import dbt_project_dir
-from spotshift.warehouse import RAW_TABLES
+from spotshift.warehouse_schema import RAW_TABLES
 
 
 def _source() -> dict:

@@ -7,18 +7,17 @@ from datetime import timedelta
 
 import pytest
 
-from spotshift.placement.economics import (
-    DecisionInputs,
-    Placement,
+from spotshift.placement.deadline import (
     ahead_of_uniform_progress,
     deadline_requires_on_demand,
-    decide,
     safety_reserve_hours,
 )
+from spotshift.placement.decision import DecisionInputs, Placement
+from spotshift.placement.economics import decide
 from spotshift.placement.params import PlacementParams
 from spotshift.placement.risk import RegionRisk
 from spotshift.placement.scoring import DataFootprint
-from spotshift.warehouse import RAW_TABLES
+from spotshift.warehouse_schema import RAW_TABLES
 from tests.unit.placement.builders import NOW, make_job, make_quote
 
 GB = 10**9

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from spotshift.placement.availability import AvailabilityModel
-from spotshift.placement.economics import ahead_of_uniform_progress, decide
+from spotshift.placement.deadline import ahead_of_uniform_progress
+from spotshift.placement.economics import decide
 from spotshift.placement.horizon import (
     PREDICTED_INTERRUPTION,
     expected_preemptions,

@@ -224,7 +224,8 @@ def test_make_before_break_and_memory_roundtrip() -> None:
 
 
 def test_decision_row_is_a_warehouse_fact(tmp_path) -> None:
-    from spotshift.warehouse import RAW_TABLES, connect
+    from spotshift.warehouse import connect
+    from spotshift.warehouse_schema import RAW_TABLES
 
     d = decide_scaling(inputs(quotes({loc: 1.5 for loc in US}), 8 * CAP))
     row = d.to_row()

@@ -244,27 +244,8 @@ def test_malformed_traces_and_flags_exit_2(tmp_path: Path, capsys) -> None:
     assert "no such file" in capsys.readouterr().err
 
 
-def test_missing_synthetic_market_is_a_config_error(monkeypatch, tmp_path) -> None:
-    import builtins
-
-    from spotshift.simulate import run
-
-    monkeypatch.setattr("spotshift.home.shared_data_file", lambda name: None)
-    real_import = builtins.__import__
-
-    def no_synthetic(name, *a, **k):
-        if name == "spotshift.pricing.synthetic":
-            raise ImportError(name)
-        return real_import(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", no_synthetic)
-    with pytest.raises(ConfigError, match="pass --prices CSV"):
-        run.load_history(None)
-
-
 def test_generated_market_is_the_fallback(monkeypatch, capsys) -> None:
-    import sys
-    import types
+    from spotshift.simulate import run
 
     calls = []
 
@@ -272,10 +253,8 @@ def test_generated_market_is_the_fallback(monkeypatch, capsys) -> None:
         calls.append(seed)
         return small_history(seed)
 
-    monkeypatch.setattr("spotshift.home.shared_data_file", lambda name: None)
-    monkeypatch.setitem(
-        sys.modules, "spotshift.pricing.synthetic", types.SimpleNamespace(synthetic_history=synthetic_history)
-    )
+    monkeypatch.setattr(run, "shared_data_file", lambda name: None)  # no real history on this machine
+    monkeypatch.setattr(run, "synthetic_history", synthetic_history)
     pol = run_json(
         capsys, "--work-hours", "10", "--deadline-hours", "15", "--seed", "3", "--start", "2024-01-02"
     )

@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 
 from spotshift.errors import IntegrityError
-from spotshift.sync.delta import pull, push, replicate
+from spotshift.sync.archiver import push
 from spotshift.sync.filescache import RACY_WINDOW_NS, FilesCache
 from spotshift.sync.manifest import Manifest
 from spotshift.sync.packs import pack_key
 from spotshift.sync.refs import load_manifest, read_ref
+from spotshift.sync.replicator import replicate
+from spotshift.sync.restorer import pull
 from spotshift.sync.store import LocalChunkStore, chunk_key
 from tests.unit.sync.conftest import SMALL, make_tree, tree_bytes
 

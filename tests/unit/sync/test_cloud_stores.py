@@ -9,7 +9,10 @@ import pytest
 
 from spotshift.cli import main
 from spotshift.errors import CredentialsError, IntegrityError, NotFoundError, SpotshiftError
-from spotshift.sync.delta import pull, push, replicate, verify
+from spotshift.sync.archiver import push
+from spotshift.sync.checker import verify
+from spotshift.sync.replicator import replicate
+from spotshift.sync.restorer import pull
 from spotshift.sync.store import ChunkStore, LocalChunkStore
 from spotshift.sync.store_url import open_store
 from tests.unit.sync.conftest import SMALL, make_tree, rand_bytes, tree_bytes

@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 
 from spotshift.errors import IntegrityError, NotFoundError
-from spotshift.sync.delta import pull, push, replicate, verify
+from spotshift.sync.archiver import push
+from spotshift.sync.checker import verify
 from spotshift.sync.fingerprint import fingerprint
 from spotshift.sync.refs import list_datasets, manifest_key, read_ref
+from spotshift.sync.replicator import replicate
+from spotshift.sync.restorer import pull
 from spotshift.sync.store import LocalChunkStore
 from spotshift.sync.transfer import BoundedPool
 from tests.unit.sync.conftest import SMALL, make_tree, rand_bytes, tree_bytes
@@ -228,7 +231,7 @@ import sys
 import spotshift.sync.packs
 from spotshift.sync.chunking import ChunkParams
 spotshift.sync.packs.PACK_CHUNK_LIMIT = 0  # loose chunks (packed resume: test_packs.py)
-from spotshift.sync.delta import push
+from spotshift.sync.archiver import push
 push(sys.argv[1], sys.argv[2], "big", params=ChunkParams.resolve(4096, 16384, 65536), workers=1)
 """
 

@@ -11,8 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from spotshift.errors import IntegrityError
+from spotshift.sync.diff import diff
+from spotshift.sync.entries import FileEntry
 from spotshift.sync.fingerprint import fingerprint
-from spotshift.sync.manifest import COLUMNS, FileEntry, Manifest, diff
+from spotshift.sync.manifest import COLUMNS, Manifest
 from tests.unit.sync.conftest import SMALL, make_tree, rand_bytes
 
 

@@ -9,10 +9,13 @@ import pytest
 
 import spotshift.sync.packs as packs
 from spotshift.errors import IntegrityError
-from spotshift.sync.delta import pull, push, replicate, verify
+from spotshift.sync.archiver import push
+from spotshift.sync.checker import verify
 from spotshift.sync.manifest import METADATA_KEY, Manifest
 from spotshift.sync.prune import prune
 from spotshift.sync.refs import load_manifest, manifest_key, read_ref
+from spotshift.sync.replicator import replicate
+from spotshift.sync.restorer import pull
 from spotshift.sync.store import LocalChunkStore
 from tests.unit.sync.conftest import SMALL, make_tree, rand_bytes, stored_objects, tree_bytes
 

@@ -16,10 +16,12 @@ import pytest
 
 from spotshift.cli import main
 from spotshift.errors import ConfigError, IntegrityError
-from spotshift.sync.delta import pull, push, verify
+from spotshift.sync.archiver import push
+from spotshift.sync.checker import verify
 from spotshift.sync.locks import LOCKS_PREFIX, STALE_AFTER_S, LockedError, LockInfo, read_locks
 from spotshift.sync.prune import list_snapshots, prune
 from spotshift.sync.refs import manifest_key
+from spotshift.sync.restorer import pull
 from spotshift.sync.store import CHUNK_PREFIX, LocalChunkStore
 from tests.unit.sync.conftest import SMALL, rand_bytes
 

@@ -9,6 +9,7 @@ import pytest
 from spotshift import warehouse
 from spotshift.home import location_of_store
 from spotshift.sync.transfer import TransferStats, record_transfers
+from spotshift.warehouse_schema import RAW_TABLES
 
 
 @pytest.mark.parametrize(
@@ -39,7 +40,7 @@ def test_rows_match_the_warehouse_table(spotshift_home: Path) -> None:
     )
     s.price()
     row = s.to_row("run-7")
-    assert set(row) == {c.name for c in warehouse.RAW_TABLES["transfers"]}
+    assert set(row) == {c.name for c in RAW_TABLES["transfers"]}
     assert record_transfers([s, TransferStats("other")], run_id="run-7").rows("raw.transfers") == 2
     with warehouse.connect() as con:
         got = con.execute(

@@ -18,9 +18,12 @@ import pytest
 
 from spotshift.cli import main
 from spotshift.errors import InputError, IntegrityError
-from spotshift.sync.delta import pull, push, verify
-from spotshift.sync.manifest import SYMLINK, FileEntry, Manifest
+from spotshift.sync.archiver import push
+from spotshift.sync.checker import verify
+from spotshift.sync.entries import SYMLINK, FileEntry
+from spotshift.sync.manifest import Manifest
 from spotshift.sync.refs import Ref, load_manifest, manifest_key, read_ref, write_ref
+from spotshift.sync.restorer import pull
 from spotshift.sync.store import LocalChunkStore
 from tests.unit.sync.conftest import SMALL
 

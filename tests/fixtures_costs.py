@@ -1,7 +1,7 @@
-"""Fixture warehouses: realistic raw facts for tests, demos of the cost analytics, and benchmarks.
+"""Fixture warehouses: realistic raw facts for tests and benchmarks (test data, not library code).
 
 :func:`generate_facts` simulates a few training jobs on a small multi-cloud spot market and returns
-rows for every table of :data:`spotshift.warehouse.RAW_TABLES`: spot intervals (some ending in a
+rows for every table of :data:`spotshift.warehouse_schema.RAW_TABLES`: spot intervals (some ending in a
 preemption, with or without an emergency checkpoint), on-demand intervals, periodic checkpoints,
 price quotes every 6 hours, placement decisions, price- and preemption-triggered migrations with
 their dataset and checkpoint transfers (one job with full copies whose amplification trips the 3.0
@@ -28,7 +28,8 @@ from spotshift.checkpoint import compat
 from spotshift.pricing.egress import egress_usd_per_gb
 from spotshift.pricing.quote import effective_gpu_hour_usd
 from spotshift.sync.transfer import TransferStats
-from spotshift.warehouse import first_row
+from spotshift.warehouse import append_rows, connect, first_row
+from spotshift.warehouse_tables import ensure_schema
 
 #: the first virtual instant of the fixture timeline (naive UTC)
 FIXTURE_START = datetime(2024, 3, 30, 0, 0, 0)
@@ -679,16 +680,12 @@ def _baselines(sim: _Sim) -> None:
 
 def write_facts(con: Any, facts: Mapping[str, list[Mapping[str, Any]]]) -> dict[str, int]:
     """Append ``facts`` (table name -> rows) to schema ``raw`` of an open connection; returns row counts."""
-    from spotshift.warehouse import append_rows, ensure_schema
-
     ensure_schema(con)
     return {table: append_rows(con, f"raw.{table}", rows) for table, rows in facts.items()}
 
 
 def write_fixture_warehouse(path: str | Path, seed: int = 7) -> dict[str, int]:
     """Create (or extend) the DuckDB warehouse at ``path`` with :func:`generate_facts` rows."""
-    from spotshift.warehouse import connect
-
     with connect(path) as con:
         return write_facts(con, generate_facts(seed))
 
@@ -705,8 +702,6 @@ def write_scaled_usage(
     job's intervals start after its last one in the warehouse, quotes after the last poll.
     Returns the row count of each table afterwards.
     """
-    from spotshift.warehouse import ensure_schema
-
     ensure_schema(con)
     per_job = max(1, usage_rows // jobs)
     locs = ", ".join(

@@ -1,0 +1,109 @@
+"""``push``: snapshot a directory into a store, sending only the chunks the store lacks
+(the archiver; the shared plan/commit steps are in :mod:`spotshift.sync.delta`)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from spotshift.errors import ConfigError
+from spotshift.progress import NO_PROGRESS, Progress
+from spotshift.sync.chunking import ChunkParams
+from spotshift.sync.delta import (
+    LOCK_WAIT_S,
+    as_store,
+    bytes_in_flight,
+    chunk_writer,
+    commit,
+    finish,
+    io_workers,
+    plan_transfer,
+    transfer_location,
+    with_pack_index,
+)
+from spotshift.sync.fingerprint import Fingerprint, fingerprint, local_path
+from spotshift.sync.locks import store_lock
+from spotshift.sync.packs import PackPlan
+from spotshift.sync.refs import check_dataset_name
+from spotshift.sync.sender import Located, SourceSender
+from spotshift.sync.store import ChunkStore
+from spotshift.sync.transfer import BoundedPool, TransferStats
+
+
+def push(
+    source: str | os.PathLike[str] | Fingerprint,
+    store: ChunkStore | str,
+    dataset: str,
+    *,
+    params: ChunkParams | None = None,
+    source_dir: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+    budget_bytes: int | None = None,
+    src_location: str | None = None,
+    dst_location: str | None = None,
+    check_existing: bool = False,
+    lock_wait_s: float = LOCK_WAIT_S,
+    progress: Progress = NO_PROGRESS,
+) -> TransferStats:
+    """Snapshot the directory ``source`` into ``store`` as ``dataset``; send only missing chunks.
+
+    ``source`` may be a :class:`Fingerprint` already computed (then ``source_dir`` names the tree
+    it describes). Chunks of the store's current snapshot are trusted to be present unless
+    ``check_existing`` (then every chunk is looked up and missing ones are sent again). Raises
+    :class:`InputError` when a file changed since it was fingerprinted. Holds a shared lock on
+    ``store`` (:mod:`spotshift.sync.locks`) while it plans, sends and commits; waits up to
+    ``lock_wait_s`` while a prune holds the store (then :class:`~spotshift.sync.locks.LockedError`).
+    """
+    t0 = time.perf_counter()
+    check_dataset_name(dataset)
+    store = as_store(store)
+    workers = io_workers(workers, store)
+    src_location = transfer_location(src_location)
+    dst_location = transfer_location(dst_location, store.url)
+    if isinstance(source, Fingerprint):
+        if source_dir is None:
+            raise ConfigError("push of a Fingerprint needs source_dir")
+        fp, root_dir = source, Path(local_path(source_dir)).resolve()
+    else:
+        root_dir = Path(local_path(source)).resolve()
+        fp = fingerprint(root_dir, params, prefetch_parquet=True, progress=progress)
+    manifest = fp.manifest
+    stats = TransferStats(
+        dataset,
+        src=str(root_dir),
+        dst=store.url,
+        src_location=src_location,
+        dst_location=dst_location,
+        bytes_scanned=fp.stats.bytes_read,
+    )
+    # shared store lock from the plan to the commit: a prune never deletes a chunk this push found
+    # present (and so did not send) before the manifest naming it is committed
+    with store_lock(store, "shared", f"sync push {dataset}", wait_s=lock_wait_s):
+        d, old_locs = plan_transfer(store, dataset, manifest, check_existing, stats)
+        if d is None:
+            return finish(stats, manifest, t0)
+        missing = d.missing_chunks()
+        # where each missing chunk can be read, in file order so reads stay sequential
+        located: dict[bytes, Located] = {}
+        for e in d.changed_files:
+            for off, length, dig in e.chunks():
+                if dig in missing and dig not in located:
+                    located[dig] = Located(e.path, off, length)
+        plan = PackPlan((dig, loc.length) for dig, loc in located.items())
+        total = sum(x.length for x in located.values())
+        sender = SourceSender(root_dir, manifest.params, chunk_writer(store), stats)
+        sender.task = progress.task(f"push {dataset}", total=total, unit="bytes")
+        with BoundedPool(workers, bytes_in_flight(manifest.params, budget_bytes)) as pool:
+            sender.pool = pool
+            for dig, _ in plan.loose:
+                pool.submit(located[dig].length, sender.send_loose, dig, located[dig])
+            for pack_id, items in plan.packs:
+                parts = [(dig, located[dig]) for dig, _ in items]
+                pool.submit(sum(n for _, n in items), sender.send_pack, pack_id, parts)
+        sender.writer.flush()  # every chunk and pack durable before the manifest that names it
+        commit(store, dataset, with_pack_index(manifest, old_locs, plan.locations), None, stats)
+        return finish(stats, manifest, t0)
+
+
+# ---- replicate -------------------------------------------------------------------------------------
