@@ -31,7 +31,6 @@ import pytest
 from spotshift.home import init_home
 from spotshift.training.notice_events import record_notice
 from tests.conftest import open_instance
-from tests.dagster.test_instance_postgres import scratch_database  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 GCP = "gcp/us-central1"

@@ -32,7 +32,6 @@ from spotshift.placement import state
 from spotshift.sync.store_url import open_store
 from spotshift.training.notice_events import read_notices
 from tests.conftest import open_instance
-from tests.dagster.test_instance_postgres import scratch_database  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 GCP = "gcp/us-central1"

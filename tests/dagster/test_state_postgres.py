@@ -22,7 +22,6 @@ import pytest
 
 from spotshift.cli import main
 from spotshift.placement import state
-from tests.dagster.test_instance_postgres import scratch_database  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2025, 3, 1, tzinfo=UTC)
