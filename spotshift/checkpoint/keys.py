@@ -175,7 +175,9 @@ class AwsKmsKeyProvider(KeyProvider):
         if self._client is None:
             import boto3
 
-            self._client = boto3.client(
+            # A session of its own, like the S3 store: boto3's default session caches the first
+            # credentials it resolved for the whole process, whatever the environment says now.
+            self._client = boto3.session.Session().client(
                 "kms", region_name=self.region or "us-east-1", endpoint_url=self.endpoint_url
             )
         return self._client

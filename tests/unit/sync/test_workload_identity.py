@@ -64,15 +64,21 @@ def _bucket() -> str:
     return name
 
 
-def test_s3_store_and_kms_use_assumed_role_credentials(web_identity: str) -> None:
+def test_s3_store_and_kms_use_assumed_role_credentials(
+    web_identity: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+
+    # Some earlier code in this process resolved other credentials on boto3's default session
+    # (which caches them for the life of the process): spotshift's clients must not reuse them.
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    boto3.setup_default_session(aws_access_key_id="AKIAEARLIER", aws_secret_access_key="earlier")
     store = S3ChunkStore(_bucket(), "wi")
     assert store.put_bytes("a/b", b"payload") and store.get_bytes("a/b") == b"payload"
     creds = store.client._request_signer._credentials
     assert creds.method == "assume-role-with-web-identity"  # not a key from the environment or a file
     frozen = creds.get_frozen_credentials()
     assert frozen.token and frozen.access_key.startswith("ASIA")  # STS session credentials
-    import boto3
-
     key_id = boto3.client("kms").create_key(Description="spotshift KEK")["KeyMetadata"]["KeyId"]
     kp = AwsKmsKeyProvider(key_id, region="us-east-1")
     dk = secrets.token_bytes(32)
