@@ -1,7 +1,7 @@
 """The offline optimum: the cheapest way to finish the job by its deadline, knowing the future.
 
 :func:`offline_optimum` solves a dynamic programme over the simulator's tick grid. Unlike
-:func:`spotshift.simulate.engine.hindsight_bound` (the cheapest hours anywhere, as if moves were free
+:func:`spotshift.simulate.policies.hindsight_bound` (the cheapest hours anywhere, as if moves were free
 and spot never preempted), it pays for everything a real plan pays for:
 
 * **compute** at each tick's price of the placement it runs on (spot only while capacity exists;
