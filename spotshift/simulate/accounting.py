@@ -17,6 +17,9 @@ from spotshift.pricing.egress import egress_usd_per_gb
 from spotshift.simulate.market import Market
 from spotshift.simulate.scenario import PolicyResult, Scenario
 
+#: the reason a simulated decision sees for a location without spot capacity (the sensor's wording)
+NO_SPOT_REASON = "no spot capacity (preempted)"
+
 
 class Copies:
     """Where the dataset and the latest checkpoint are, and what a start somewhere must copy."""

@@ -30,8 +30,8 @@ import numpy as np
 from spotshift.errors import ConfigError
 from spotshift.placement.decision import DecisionInputs, Placement
 from spotshift.placement.economics import decide
-from spotshift.placement.inputs import NO_SPOT_REASON
 from spotshift.placement.params import PlacementParams
+from spotshift.simulate.accounting import NO_SPOT_REASON
 from spotshift.simulate.fleet_screen import screen_queued, screen_running
 from spotshift.simulate.fleet_state import FleetJob, FleetResult, FleetRisk, FleetState
 from spotshift.simulate.market import Market

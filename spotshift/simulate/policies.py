@@ -14,10 +14,9 @@ from spotshift.placement.availability import AvailabilityModel
 from spotshift.placement.deadline import ahead_of_uniform_progress
 from spotshift.placement.decision import DecisionInputs, Placement
 from spotshift.placement.economics import decide
-from spotshift.placement.inputs import NO_SPOT_REASON
 from spotshift.placement.params import PlacementParams
 from spotshift.pricing.egress import egress_usd_per_gb
-from spotshift.simulate.accounting import PolicyRun, run_loop
+from spotshift.simulate.accounting import NO_SPOT_REASON, PolicyRun, run_loop
 from spotshift.simulate.market import Market
 from spotshift.simulate.scenario import PolicyResult, Scenario
 
