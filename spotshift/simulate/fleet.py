@@ -7,11 +7,12 @@ and the decision function ``price_change_sensor`` calls, :func:`spotshift.placem
 Jobs do not compete for capacity (as in the one-job simulator, a trace says whether spot capacity
 exists in a location; the fleet does not consume it).
 
-Batched: the job state is a set of numpy arrays advanced for all jobs at once each tick. Python runs
-per job only where something happens: a preemption, a start, and a call of ``decide``. ``decide``
-is called for every job that is not running, and for a running job unless
-:func:`stay_is_certain` proves, from a bound on every term of the move economics, that ``decide``
-would say ``stay`` (or would change nothing) at this tick. The bound is exact arithmetic on the
+Batched: the job state is a set of numpy arrays (:class:`~spotshift.simulate.fleet_state.FleetState`)
+advanced for all jobs at once each tick. Python runs per job only where something happens: a
+preemption, a start, and a call of ``decide``. ``decide`` is called for every job that is not
+running, and for a running job unless :func:`~spotshift.simulate.fleet_screen.stay_is_certain`
+proves, from a bound on every term of the move economics, that ``decide`` would say ``stay`` (or
+would change nothing) at this tick. The bound is exact arithmetic on the
 same terms, so the batched run makes the same decisions as calling ``decide`` for every job at
 every tick (``screen=False`` does that; a test compares both).
 
