@@ -109,7 +109,9 @@ def _register_home(sub: Any) -> None:
 
 def _home(args: argparse.Namespace) -> int:
     from spotshift import home
+    from spotshift.cloud_errors import redact_url
     from spotshift.errors import ConfigError
+    from spotshift.factlake_remote import FACTS_URL_ENV
     from spotshift.instance import read_storage
     from spotshift.warehouse import facts_dir
     from spotshift.workers.settings import load_settings, write_settings
@@ -136,7 +138,7 @@ def _home(args: argparse.Namespace) -> int:
         "spotshift_home": str(home.spotshift_home()),
         "dagster_home": str(home.dagster_home()),
         "warehouse": str(home.warehouse_path()),
-        "fact_lake": str(facts_dir()),
+        "fact_lake": redact_url(os.environ.get(FACTS_URL_ENV, "").strip()) or str(facts_dir()),
         "stores": str(home.stores_root()),
         "config": str(home.config_path()),
         "instance": read_storage(cfg)[0].describe()
