@@ -9,8 +9,10 @@ The library does the work: :mod:`spotshift.devenvs.runtime`.
 import dagster as dg
 
 from spotshift.clock import virtual_now
+from spotshift.devenvs.activity import observe
 from spotshift.devenvs.env import load_devenvs
-from spotshift.devenvs.runtime import load_env_state, observe, waste_report
+from spotshift.devenvs.runtime import waste_report
+from spotshift.devenvs.state import load_env_state
 
 
 @dg.asset(group_name="devenvs", kinds={"python"}, description=__doc__)

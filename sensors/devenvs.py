@@ -9,7 +9,8 @@ import dagster as dg
 
 from ops.devenvs import hibernate_job
 from spotshift.clock import virtual_now
-from spotshift.devenvs.runtime import idle_candidates, load_env_state
+from spotshift.devenvs.runtime import idle_candidates
+from spotshift.devenvs.state import load_env_state
 
 
 @dg.sensor(job=hibernate_job, minimum_interval_seconds=300, description=__doc__)

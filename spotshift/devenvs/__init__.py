@@ -9,5 +9,8 @@ Cost Governance": downsizing idle notebooks and training environments after 4 ho
   store and verified there, process stopped, workspace released) or ``cpu`` (the same snapshot,
   then the process restarted without GPUs on a CPU instance). ``resume`` restores the workspace
   byte for byte in the cheapest suitable place and starts the process again.
+  The pieces: :mod:`~spotshift.devenvs.state` (the state document), :mod:`~spotshift.devenvs.place`
+  (where it runs), :mod:`~spotshift.devenvs.process` (the process group),
+  :mod:`~spotshift.devenvs.activity` (idle detection).
 * :func:`~spotshift.devenvs.runtime.waste_report` — idle GPU-hours (and dollars) not paid, per team.
 """

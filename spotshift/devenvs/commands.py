@@ -117,7 +117,7 @@ def _line(doc: dict[str, Any]) -> str:
 
 def _list(args: argparse.Namespace) -> int:
     from spotshift.devenvs.env import load_devenvs
-    from spotshift.devenvs.runtime import load_env_state
+    from spotshift.devenvs.state import load_env_state
 
     rows = []
     for env in load_devenvs():
@@ -142,11 +142,13 @@ def _list(args: argparse.Namespace) -> int:
 
 def _verb(args: argparse.Namespace) -> int:
     from spotshift.devenvs import runtime
+    from spotshift.devenvs.activity import observe
+    from spotshift.devenvs.state import load_env_state
 
     now = _now(args)
     if args.verb == "check":
-        act = runtime.observe(args.name, now=now)
-        doc = runtime.act_on_idle(args.name, now=now) if act.over_limit else runtime.load_env_state(args.name)
+        act = observe(args.name, now=now)
+        doc = runtime.act_on_idle(args.name, now=now) if act.over_limit else load_env_state(args.name)
         if args.json:
             emit_json({"activity": act.__dict__, "status": doc["status"]})
         else:

@@ -9,5 +9,7 @@ Seed 001 ("Hybrid Bursting from Private AI Clusters"), seed 000 (pattern C2H, da
 * :mod:`~spotshift.pools.economics` — wait or burst, stay or come back: both choices costed.
 * :mod:`~spotshift.pools.scheduler` — finite capacity, a FIFO queue, bursts and repatriations as
   the virtual clock advances (``spotshift pools submit|tick``, asset ``private_pools``); every
-  event kept in the pool's ledger, summarised by :func:`~spotshift.pools.scheduler.pool_report`.
+  event kept in the pool's ledger (:mod:`~spotshift.pools.state`), summarised by
+  :func:`~spotshift.pools.scheduler.pool_report`; where a job would burst and what the trip costs:
+  :mod:`~spotshift.pools.offers`.
 """

@@ -126,7 +126,7 @@ def _summary(doc: dict[str, Any]) -> str:
 
 def _list(args: argparse.Namespace) -> int:
     from spotshift.pools.pool import load_pools
-    from spotshift.pools.scheduler import load_pool_state
+    from spotshift.pools.state import load_pool_state
 
     rows = []
     for pool in load_pools():
@@ -180,7 +180,8 @@ def _act(args: argparse.Namespace) -> int:
 
     from spotshift.errors import ConfigError
     from spotshift.pools.lifecycle import carry_out, record_pool_facts
-    from spotshift.pools.scheduler import load_pool_state, submit, tick
+    from spotshift.pools.scheduler import submit, tick
+    from spotshift.pools.state import load_pool_state
 
     if args.shadow_steps <= 0:
         raise ConfigError(f"--shadow-steps must be > 0, got {args.shadow_steps}")

@@ -33,8 +33,8 @@ from spotshift.migration.plan import MovePlan
 from spotshift.migration.run import run_move
 from spotshift.migration.state import local_env
 from spotshift.pools.pool import PrivatePool, get_pool
-from spotshift.pools.scheduler import _event, _save, load_pool_state, state_path
 from spotshift.pools.site import site_usage
+from spotshift.pools.state import load_pool_state, record_event, save_pool_state, state_path
 from spotshift.registry import locked
 
 #: ledger events that ask for a move
@@ -154,7 +154,7 @@ def carry_out(
 def _note(pool_name: str, plan: MovePlan, status: str, error: str) -> None:
     with locked(state_path(pool_name)):
         doc = load_pool_state(pool_name)
-        _event(
+        record_event(
             doc,
             virtual_now(),
             plan.job,
@@ -164,7 +164,7 @@ def _note(pool_name: str, plan: MovePlan, status: str, error: str) -> None:
             run_key=plan.run_key,
             **({"reason": error[:300]} if error else {}),
         )
-        _save(doc)
+        save_pool_state(doc)
 
 
 def pool_fact_rows(pool_name: str) -> list[dict[str, Any]]:

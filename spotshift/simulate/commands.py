@@ -23,7 +23,13 @@ POLICY_LABELS = {
 
 
 def register(sub: Any) -> None:
-    """Add the ``simulate`` and ``traces`` command groups."""
+    """Add the ``simulate``, ``simulate-fleet`` and ``traces`` command groups."""
+    _register_simulate(sub)
+    _register_fleet(sub)
+    _register_traces(sub)
+
+
+def _register_simulate(sub: Any) -> None:
     p = sub.add_parser(
         "simulate",
         help="compare placement policies on a price history and availability traces",
@@ -88,6 +94,11 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--seed", type=int, default=0, metavar="N", help="seed of the generated traces (default 0)"
     )
+    _add_simulation_args(p)
+
+
+def _add_simulation_args(p: argparse.ArgumentParser) -> None:
+    """The rest of ``simulate``'s options: where, how the job checkpoints and moves, which policies."""
     p.add_argument(
         "--regions",
         metavar="PATTERNS",
@@ -145,6 +156,8 @@ def register(sub: Any) -> None:
         deprecated_alias(p, old, new, type=float)
     p.set_defaults(handler=_simulate)
 
+
+def _register_fleet(sub: Any) -> None:
     f = sub.add_parser(
         "simulate-fleet",
         help="run spotshift's policy for many generated jobs on one market (batched)",
@@ -169,6 +182,8 @@ def register(sub: Any) -> None:
     f.add_argument("--json", action="store_true", help="print the result as JSON")
     f.set_defaults(handler=_simulate_fleet)
 
+
+def _register_traces(sub: Any) -> None:
     t = sub.add_parser("traces", help="generate or summarize spot availability traces (DESIGN §4 JSON)")
     tsub = t.add_subparsers(dest="traces_command", metavar="ACTION")
     tsub.required = True

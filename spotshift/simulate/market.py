@@ -167,18 +167,7 @@ def build_market(
         raise ConfigError(f"instance type {instance_type!r} is not in the price history")
     df = df.with_columns((pl.col("provider") + "/" + pl.col("region")).alias("loc"))
     if regions:
-        locs_all = sorted(set(df["loc"].to_list()))
-        keep = [
-            loc
-            for loc in locs_all
-            if any(
-                fnmatch.fnmatchcase(loc, pat) or fnmatch.fnmatchcase(split_location(loc, zone=True)[1], pat)
-                for pat in regions
-            )
-        ]
-        if not keep:
-            raise ConfigError(f"--regions {','.join(regions)} matches none of the {len(locs_all)} locations")
-        df = df.filter(pl.col("loc").is_in(keep))
+        df = _keep_regions(df, regions)
     gpu_models = sorted(set(df["gpu_model"].to_list()))
     gpu_counts = sorted(set(df["gpu_count"].to_list()))
     if len(gpu_counts) != 1:
@@ -188,13 +177,55 @@ def build_market(
         .agg(pl.col("spot_hour").min(), pl.col("ondemand_hour").min())
         .sort(["loc", "observed_at"])
     )
-    import numpy as np
-
     locations = sorted(set(df["loc"].to_list()))
     gap_h = gap_seconds / 3600.0
     n = int(math.ceil(hours / gap_h - 1e-9))
     ticks = [start + timedelta(seconds=k * gap_seconds) for k in range(n)]
-    # the last observation at or before each tick (searchsorted on epoch microseconds, vectorised)
+    spot_m, od_m = _price_grid(df, locations, start, n, gap_seconds)
+    available = []
+    for loc in locations:
+        tr = traces.get(loc)
+        available.append(tr.resampled(gap_seconds, n * gap_h) if tr is not None else [True] * n)
+    epoch, changed = _epochs(spot_m, od_m, n, bool(locations))
+    return Market(
+        instance_type=instance_type,
+        gpu_model=gpu_models[0],
+        gpu_count=int(gpu_counts[0]),
+        locations=locations,
+        start=start,
+        gap_hours=gap_h,
+        spot=[row.tolist() for row in spot_m],
+        on_demand=[row.tolist() for row in od_m],
+        available=available,
+        epoch=epoch,
+        epoch_start=[ticks[k] for k in changed],
+    )
+
+
+def _keep_regions(df: Any, regions: Sequence[str]) -> Any:
+    """The rows of ``df`` whose location matches one of the shell patterns ``regions``."""
+    import polars as pl
+
+    locs_all = sorted(set(df["loc"].to_list()))
+    keep = [
+        loc
+        for loc in locs_all
+        if any(
+            fnmatch.fnmatchcase(loc, pat) or fnmatch.fnmatchcase(split_location(loc, zone=True)[1], pat)
+            for pat in regions
+        )
+    ]
+    if not keep:
+        raise ConfigError(f"--regions {','.join(regions)} matches none of the {len(locs_all)} locations")
+    return df.filter(pl.col("loc").is_in(keep))
+
+
+def _price_grid(df: Any, locations: list[str], start: datetime, n: int, gap_seconds: int) -> tuple[Any, Any]:
+    """(spot, on-demand) prices per location on ``n`` ticks from ``start``: the last observation at or
+    before each tick (searchsorted on epoch microseconds, vectorised); NaN before the first."""
+    import numpy as np
+    import polars as pl
+
     t0_us = int(start.timestamp() * 1_000_000)
     grid_us = t0_us + np.arange(n, dtype=np.int64) * int(gap_seconds * 1_000_000)
     spot_m = np.full((len(locations), n), np.nan)
@@ -208,14 +239,15 @@ def build_market(
         seen = j >= 0
         spot_m[i, seen] = s_vals[j[seen]]
         od_m[i, seen] = o_vals[j[seen]]
-    spot = [row.tolist() for row in spot_m]
-    od = [row.tolist() for row in od_m]
-    available = []
-    for loc in locations:
-        tr = traces.get(loc)
-        available.append(tr.resampled(gap_seconds, n * gap_h) if tr is not None else [True] * n)
-    # a new epoch whenever any price changes (NaN equal to NaN)
-    both = np.concatenate([spot_m, od_m]) if locations else np.zeros((0, n))
+    return spot_m, od_m
+
+
+def _epochs(spot_m: Any, od_m: Any, n: int, any_location: bool) -> tuple[list[int], list[int]]:
+    """(epoch of each tick, ticks where an epoch starts): a new epoch whenever any price changes
+    (NaN equal to NaN)."""
+    import numpy as np
+
+    both = np.concatenate([spot_m, od_m]) if any_location else np.zeros((0, n))
     if n:
         prev, cur = both[:, :-1], both[:, 1:]
         same = (prev == cur) | (np.isnan(prev) & np.isnan(cur))
@@ -223,18 +255,4 @@ def build_market(
     else:
         changed = np.zeros(0, dtype=bool)
     epoch_arr = np.cumsum(changed) - 1
-    epoch = epoch_arr.tolist()
-    epoch_start = [ticks[k] for k in np.flatnonzero(changed).tolist()]
-    return Market(
-        instance_type=instance_type,
-        gpu_model=gpu_models[0],
-        gpu_count=int(gpu_counts[0]),
-        locations=locations,
-        start=start,
-        gap_hours=gap_h,
-        spot=spot,
-        on_demand=od,
-        available=available,
-        epoch=epoch,
-        epoch_start=epoch_start,
-    )
+    return epoch_arr.tolist(), np.flatnonzero(changed).tolist()

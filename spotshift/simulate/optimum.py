@@ -1,7 +1,7 @@
 """The offline optimum: the cheapest way to finish the job by its deadline, knowing the future.
 
 :func:`offline_optimum` solves a dynamic programme over the simulator's tick grid. Unlike
-:func:`spotshift.simulate.engine.hindsight_bound` (the cheapest hours anywhere, as if moves were free
+:func:`spotshift.simulate.policies.hindsight_bound` (the cheapest hours anywhere, as if moves were free
 and spot never preempted), it pays for everything a real plan pays for:
 
 * **compute** at each tick's price of the placement it runs on (spot only while capacity exists;
@@ -104,6 +104,177 @@ class _MinPlus:
         return out
 
 
+class _Programme:
+    """The dynamic programme of :func:`offline_optimum` over one market and scenario.
+
+    Tables over work counts ``w`` (whole ticks of work done): ``run[j, w]`` the cheapest cost of
+    running at placement ``j = 2 l + market`` (0 spot, 1 on-demand) at the current tick, ``idle[l, w]``
+    stopped with the checkpoint in location ``l``, ``pending[t % ring, j, w]`` arrivals whose overhead
+    ends at tick ``t``. Prices are ``inf`` where a placement cannot run."""
+
+    def __init__(self, m: Market, sc: Scenario, home: str) -> None:
+        self.gap = gap = m.gap_hours
+        self.L = L = len(m.locations)
+        self.n_ticks = n_ticks = m.n_ticks
+        spot = np.asarray(m.spot, dtype=np.float64).reshape(L, n_ticks)
+        od = np.asarray(m.on_demand, dtype=np.float64).reshape(L, n_ticks)
+        avail = np.asarray(m.available, dtype=bool).reshape(L, n_ticks)
+        self.D = min(n_ticks, int(math.floor(sc.deadline_hours / gap + 1e-9)))
+        self.W = W = max(1, int(math.ceil(sc.work_hours / gap - 1e-9)))
+        self.last_frac = sc.work_hours / gap - (W - 1)
+        price = self.price = np.empty((2 * L, n_ticks))
+        price[0::2] = np.where(avail & ~np.isnan(spot), spot, np.inf)
+        price[1::2] = np.where(~np.isnan(od), od, np.inf)
+        finite = np.isfinite(price)
+        zero = np.zeros((2 * L, 1))
+        self.cum = np.concatenate([zero, np.cumsum(np.where(finite, price, 0.0), axis=1)], axis=1)
+        self.bad = np.concatenate([zero, np.cumsum(~finite, axis=1)], axis=1)
+        h = m.locations.index(home)
+        self._moves(m, sc, h)
+        self.cidx = _checkpoint_index(W, gap, sc.checkpoint_interval_hours)
+        self.starts = np.flatnonzero(np.concatenate([[True], self.cidx[1:] != self.cidx[:-1]]))
+        self.run = np.full((2 * L, W + 1), np.inf)
+        self.idle = np.full((L, W + 1), np.inf)
+        self.idle[h, 0] = 0.0
+        self.pending = np.full((self.ring, 2 * L, W + 1), np.inf)
+
+    def _moves(self, m: Market, sc: Scenario, h: int) -> None:
+        """Egress [from, to] (from != to) without and with a checkpoint to bring, and the overheads
+        (whole ticks) of a start in place and of a cold start elsewhere."""
+        L, gap = self.L, self.gap
+        names = m.locations
+        rate = np.array([[egress_usd_per_gb(a, b) if a != b else 0.0 for b in names] for a in names])
+        ckpt_gb = sc.ckpt_gb * min(1.0, sc.checkpoint_delta_fraction)
+        data_to = np.ones(L, dtype=bool)  # the target needs the dataset (from home or the source)
+        data_to[h] = False
+        e0 = np.where(data_to[None, :], np.minimum(rate[h][None, :], rate) * sc.data_gb, 0.0)
+        e1 = e0 + rate * ckpt_gb
+        self.mp0, self.mp1 = _MinPlus(e0), _MinPlus(e1)
+
+        def ticks(hours: float) -> int:
+            return int(math.floor(hours / gap + 1e-9))
+
+        self.k_chg = ticks(sc.changeover_hours)
+        self.k_other = [
+            [
+                ticks(
+                    sc.changeover_hours
+                    + sc.transfer_hours(data_to[b] * sc.data_gb * 1e9 + has * ckpt_gb * 1e9)
+                )
+                for b in range(L)
+            ]
+            for has in (0, 1)
+        ]
+        self.ring = max(self.k_chg, max(max(r) for r in self.k_other)) + 1
+
+    def window_cost(self, a: int, k: int) -> np.ndarray:
+        """(2L,) cost of overhead ticks [a, a + k) per placement (inf when unusable or past the grid)."""
+        if k == 0:
+            return np.zeros(2 * self.L)
+        if a + k > self.n_ticks:
+            return np.full(2 * self.L, np.inf)
+        c = (self.cum[:, a + k] - self.cum[:, a]) * self.gap
+        return np.where(self.bad[:, a + k] - self.bad[:, a] > 0, np.inf, c)
+
+    def rollback_into(self, dst: np.ndarray, vals: np.ndarray, lo: int, hi: int) -> None:
+        """dst[:, c(w)] = min(dst, min of vals[:, w] over each checkpoint group) for w in [lo, hi]."""
+        starts = self.starts
+        seg = starts[(starts > lo) & (starts <= hi)]
+        seg = np.concatenate([[lo], seg])
+        mins = np.minimum.reduceat(vals, seg - lo, axis=1)
+        tg = self.cidx[seg]
+        dst[:, tg] = np.minimum(dst[:, tg], mins)
+
+    def land(
+        self, arrive: np.ndarray, t: int, k: int, rows: np.ndarray, lo: int, hi: int, ok: np.ndarray
+    ) -> None:
+        """Arrivals (len(rows), hi - lo + 1) running at placements ``rows`` from tick t + k."""
+        if k == 0:
+            tgt = self.run
+            arrive = np.where(ok[rows][:, None], arrive, np.inf)
+        else:
+            if t + k >= self.n_ticks:
+                return
+            tgt = self.pending[(t + k) % self.ring]
+        tgt[rows, lo : hi + 1] = np.minimum(tgt[rows, lo : hi + 1], arrive)
+
+    def cold_starts(self, t: int, lo: int, hi: int, ok: np.ndarray) -> None:
+        """Starts from a stopped state; overhead ticks [t, t + k) billed at the target's price."""
+        L = self.L
+        for has, (a, b) in ((0, (0, 0)), (1, (max(1, lo), hi))):
+            if a > b or (has == 0 and lo > 0):
+                continue
+            src = self.idle[:, a : b + 1]
+            if not np.isfinite(src).any():
+                continue
+            other = (self.mp1 if has else self.mp0)(src)
+            # same location (no copy, changeover only), or from another location (copies)
+            for tgt_loc_k, reach in (([self.k_chg] * L, src), (self.k_other[has], other)):
+                for k in sorted(set(tgt_loc_k)):
+                    locs = np.array([b_ for b_ in range(L) if tgt_loc_k[b_] == k])
+                    oc = self.window_cost(t, k)
+                    for mk in (0, 1):
+                        rows = 2 * locs + mk
+                        self.land(reach[locs] + oc[rows][:, None], t, k, rows, a, b, ok)
+
+    def planned_moves(self, t: int, lo: int, hi: int, ok: np.ndarray, p_t: np.ndarray) -> None:
+        """Moves from a running placement: changeover billed at the source's price, copies pre-staged;
+        the target must have capacity from now on."""
+        k_chg, gap, L, run, inf = self.k_chg, self.gap, self.L, self.run, np.inf
+        if not (t + k_chg < self.n_ticks or k_chg == 0):
+            return
+        sl = slice(lo, hi + 1)
+        down = np.where(ok, np.where(ok, p_t, 0.0) * gap * k_chg, inf)
+        src = np.full((L, self.W + 1), inf)
+        self.rollback_into(
+            src, np.minimum(run[0::2, sl] + down[0::2, None], run[1::2, sl] + down[1::2, None]), lo, hi
+        )
+        lo2 = int(self.cidx[lo])
+        if not np.isfinite(src[:, lo2 : hi + 1]).any():
+            return
+        reach = np.full((L, hi + 1 - lo2), inf)
+        if lo2 == 0:
+            reach[:, :1] = self.mp0(src[:, :1])
+        a = max(1, lo2)
+        if a <= hi:
+            reach[:, a - lo2 :] = self.mp1(src[:, a : hi + 1])
+        reach = np.minimum(reach, src[:, lo2 : hi + 1])  # change of market in place
+        feasible = np.isfinite(self.window_cost(t, k_chg)) if k_chg else ok
+        for mk in (0, 1):
+            rows = np.arange(L) * 2 + mk
+            arr = np.where(feasible[rows][:, None], reach, inf)
+            self.land(arr, t, k_chg, rows, lo2, hi, ok)
+
+    def solve(self) -> tuple[float, int]:
+        """(cheapest cost of finishing by the deadline, the tick the work ends in); inf and -1 when
+        no plan finishes in time."""
+        run, W, D, gap, inf = self.run, self.W, self.D, self.gap, np.inf
+        best, best_t = inf, -1
+        for t in range(D):
+            lo, hi = max(0, W - (D - t)), min(W - 1, t)
+            sl = slice(lo, hi + 1)
+            slot = self.pending[t % self.ring]
+            run[:, sl] = np.minimum(run[:, sl], slot[:, sl])
+            slot[:] = inf
+            p_t = self.price[:, t]
+            ok = np.isfinite(p_t)
+            # stops (voluntary, or forced by lost capacity): back to the last checkpoint, where it ran
+            self.rollback_into(self.idle, np.minimum(run[0::2, sl], run[1::2, sl]), lo, hi)
+            run[~ok] = inf
+            self.cold_starts(t, lo, hi, ok)
+            self.planned_moves(t, lo, hi, ok, p_t)
+            # one tick of work
+            cost_t = (p_t * gap)[:, None]
+            done = run[:, W - 1] + p_t * gap * self.last_frac
+            f = float(done.min())
+            if f < best:
+                best, best_t = f, t
+            run[:, lo + 1 : hi + 2] = run[:, sl] + cost_t
+            run[:, lo] = inf
+            run[:, W] = inf
+        return best, best_t
+
+
 def offline_optimum(m: Market, sc: Scenario, home: str) -> PolicyResult:
     """The cheapest plan that finishes ``sc`` by its deadline on ``m`` with perfect foresight.
 
@@ -112,147 +283,11 @@ def offline_optimum(m: Market, sc: Scenario, home: str) -> PolicyResult:
     When no plan can finish in time the result has ``deadline_met`` False and an infinite cost.
     """
     res = PolicyResult(NAME, lower_bound=True)
-    gap = m.gap_hours
-    L = len(m.locations)
-    h = m.locations.index(home)
-    n_ticks = m.n_ticks
-    spot = np.asarray(m.spot, dtype=np.float64).reshape(L, n_ticks)
-    od = np.asarray(m.on_demand, dtype=np.float64).reshape(L, n_ticks)
-    avail = np.asarray(m.available, dtype=bool).reshape(L, n_ticks)
-    D = min(n_ticks, int(math.floor(sc.deadline_hours / gap + 1e-9)))
-    W = max(1, int(math.ceil(sc.work_hours / gap - 1e-9)))
-    last_frac = sc.work_hours / gap - (W - 1)
-    # placements j = 2 l + market (0 spot, 1 on-demand); price inf where it cannot run
-    price = np.empty((2 * L, n_ticks))
-    price[0::2] = np.where(avail & ~np.isnan(spot), spot, np.inf)
-    price[1::2] = np.where(~np.isnan(od), od, np.inf)
-    finite = np.isfinite(price)
-    cum = np.concatenate([np.zeros((2 * L, 1)), np.cumsum(np.where(finite, price, 0.0), axis=1)], axis=1)
-    bad = np.concatenate([np.zeros((2 * L, 1)), np.cumsum(~finite, axis=1)], axis=1)
-
-    def window_cost(a: int, k: int) -> np.ndarray:
-        """(2L,) cost of overhead ticks [a, a + k) per placement (inf when unusable or past the grid)."""
-        if k == 0:
-            return np.zeros(2 * L)
-        if a + k > n_ticks:
-            return np.full(2 * L, np.inf)
-        c = (cum[:, a + k] - cum[:, a]) * gap
-        return np.where(bad[:, a + k] - bad[:, a] > 0, np.inf, c)
-
-    # egress [from, to] (a != to) without and with a checkpoint to bring, and the cold-start overheads
-    names = m.locations
-    rate = np.array([[egress_usd_per_gb(a, b) if a != b else 0.0 for b in names] for a in names])
-    ckpt_gb = sc.ckpt_gb * min(1.0, sc.checkpoint_delta_fraction)
-    data_to = np.ones(L, dtype=bool)  # the target needs the dataset (from home or the source)
-    data_to[h] = False
-    e0 = np.where(data_to[None, :], np.minimum(rate[h][None, :], rate) * sc.data_gb, 0.0)
-    e1 = e0 + rate * ckpt_gb
-    mp0, mp1 = _MinPlus(e0), _MinPlus(e1)
-
-    def ticks(hours: float) -> int:
-        return int(math.floor(hours / gap + 1e-9))
-
-    k_chg = ticks(sc.changeover_hours)
-    k_other = [
-        [
-            ticks(
-                sc.changeover_hours + sc.transfer_hours(data_to[b] * sc.data_gb * 1e9 + has * ckpt_gb * 1e9)
-            )
-            for b in range(L)
-        ]
-        for has in (0, 1)
-    ]
-    k_max = max(k_chg, max(max(r) for r in k_other))
-    ring = k_max + 1
-    cidx = _checkpoint_index(W, gap, sc.checkpoint_interval_hours)
-    starts = np.flatnonzero(np.concatenate([[True], cidx[1:] != cidx[:-1]]))
-    inf = np.inf
-    run = np.full((2 * L, W + 1), inf)
-    idle = np.full((L, W + 1), inf)
-    idle[h, 0] = 0.0
-    pending = np.full((ring, 2 * L, W + 1), inf)
-    best, best_t = inf, -1
-
-    def rollback_into(dst: np.ndarray, vals: np.ndarray, lo: int, hi: int) -> None:
-        """dst[:, c(w)] = min(dst, min of vals[:, w] over each checkpoint group) for w in [lo, hi]."""
-        seg = starts[(starts > lo) & (starts <= hi)]
-        seg = np.concatenate([[lo], seg])
-        mins = np.minimum.reduceat(vals, seg - lo, axis=1)
-        tg = cidx[seg]
-        dst[:, tg] = np.minimum(dst[:, tg], mins)
-
-    def land(arrive: np.ndarray, t: int, k: int, rows: np.ndarray, lo: int, hi: int, ok: np.ndarray) -> None:
-        """Arrivals (len(rows), hi - lo + 1) running at placements ``rows`` from tick t + k."""
-        if k == 0:
-            tgt = run
-            arrive = np.where(ok[rows][:, None], arrive, inf)
-        else:
-            if t + k >= n_ticks:
-                return
-            tgt = pending[(t + k) % ring]
-        tgt[rows, lo : hi + 1] = np.minimum(tgt[rows, lo : hi + 1], arrive)
-
-    for t in range(D):
-        lo, hi = max(0, W - (D - t)), min(W - 1, t)
-        sl = slice(lo, hi + 1)
-        slot = pending[t % ring]
-        run[:, sl] = np.minimum(run[:, sl], slot[:, sl])
-        slot[:] = inf
-        p_t = price[:, t]
-        ok = np.isfinite(p_t)
-        # stops (voluntary, or forced by lost capacity): back to the last checkpoint, where it ran
-        rollback_into(idle, np.minimum(run[0::2, sl], run[1::2, sl]), lo, hi)
-        run[~ok] = inf
-        # cold starts from a stopped state; overhead ticks [t, t + k) billed at the target's price
-        for has, (a, b) in ((0, (0, 0)), (1, (max(1, lo), hi))):
-            if a > b or (has == 0 and lo > 0):
-                continue
-            src = idle[:, a : b + 1]
-            if not np.isfinite(src).any():
-                continue
-            other = (mp1 if has else mp0)(src)
-            # same location (no copy, changeover only), or from another location (copies)
-            for tgt_loc_k, reach in (([k_chg] * L, src), (k_other[has], other)):
-                for k in sorted(set(tgt_loc_k)):
-                    locs = np.array([b_ for b_ in range(L) if tgt_loc_k[b_] == k])
-                    oc = window_cost(t, k)
-                    for mk in (0, 1):
-                        rows = 2 * locs + mk
-                        land(reach[locs] + oc[rows][:, None], t, k, rows, a, b, ok)
-        # planned moves from a running placement: changeover billed at the source's price, copies
-        # pre-staged; the target must have capacity from now on
-        if t + k_chg < n_ticks or k_chg == 0:
-            down = np.where(ok, np.where(ok, p_t, 0.0) * gap * k_chg, inf)
-            src = np.full((L, W + 1), inf)
-            rollback_into(
-                src, np.minimum(run[0::2, sl] + down[0::2, None], run[1::2, sl] + down[1::2, None]), lo, hi
-            )
-            lo2 = int(cidx[lo])
-            if np.isfinite(src[:, lo2 : hi + 1]).any():
-                reach = np.full((L, hi + 1 - lo2), inf)
-                if lo2 == 0:
-                    reach[:, :1] = mp0(src[:, :1])
-                a = max(1, lo2)
-                if a <= hi:
-                    reach[:, a - lo2 :] = mp1(src[:, a : hi + 1])
-                reach = np.minimum(reach, src[:, lo2 : hi + 1])  # change of market in place
-                feasible = np.isfinite(window_cost(t, k_chg)) if k_chg else ok
-                for mk in (0, 1):
-                    rows = np.arange(L) * 2 + mk
-                    arr = np.where(feasible[rows][:, None], reach, inf)
-                    land(arr, t, k_chg, rows, lo2, hi, ok)
-        # one tick of work
-        cost_t = (p_t * gap)[:, None]
-        done = run[:, W - 1] + p_t * gap * last_frac
-        f = float(done.min())
-        if f < best:
-            best, best_t = f, t
-        run[:, lo + 1 : hi + 2] = run[:, sl] + cost_t
-        run[:, lo] = inf
-        run[:, W] = inf
+    dp = _Programme(m, sc, home)
+    best, best_t = dp.solve()
     if math.isfinite(best):
         res.cost_usd = best
-        res.finish_hours = best_t * gap + last_frac * gap
+        res.finish_hours = best_t * dp.gap + dp.last_frac * dp.gap
         res.deadline_met = res.finish_hours <= sc.deadline_hours + 1e-9
     else:
         res.cost_usd = math.inf

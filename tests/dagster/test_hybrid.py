@@ -9,9 +9,10 @@ from pathlib import Path
 import dagster as dg
 
 from spotshift.clock import VirtualClock, load_clock
-from spotshift.devenvs import runtime
+from spotshift.devenvs import process, runtime, state
 from spotshift.devenvs.env import DevEnv, add_devenv
-from spotshift.pools.scheduler import load_pool_state, submit
+from spotshift.pools.scheduler import submit
+from spotshift.pools.state import load_pool_state
 from tests.migration_support import declare_pool_world, write_quotes
 
 T0 = datetime(2025, 3, 3, 0, tzinfo=UTC)
@@ -90,7 +91,7 @@ def test_idle_sensor_requests_hibernate_job_once_and_the_job_hibernates(spotshif
             run_config=req.run_config, instance=instance
         )
         assert run.success
-        assert runtime.load_env_state("nb")["status"] == "hibernated" and not ws.exists()
+        assert state.load_env_state("nb")["status"] == "hibernated" and not ws.exists()
         result = dg.materialize([defs.get_assets_def("devenvs")], instance=instance)
         md = result.asset_materializations_for_node("devenvs")[0].metadata
         assert md["waste_avoided_by_team"].value["research"]["gpu_hours"] == 0.0  # hibernated just now
@@ -100,4 +101,4 @@ def test_idle_sensor_requests_hibernate_job_once_and_the_job_hibernates(spotshif
         assert md["idle_gpu_hours_avoided"].value == 16.0 and md["usd_avoided"].value == 60.0
         assert load_clock().now() == T0 + timedelta(hours=7)
     finally:
-        runtime._stop(doc.get("pid"), doc.get("pid_start"))
+        process.stop(doc.get("pid"), doc.get("pid_start"))

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from spotshift.cli import main
-from spotshift.devenvs import runtime
+from spotshift.devenvs import activity, process, runtime, state
 from spotshift.devenvs.env import DevEnv, add_devenv
 from spotshift.errors import ConfigError
 from tests.migration_support import write_quotes
@@ -83,22 +83,22 @@ def test_idle_env_hibernated_and_resumed_byte_for_byte(workspace: Path) -> None:
     pid = doc["pid"]
     try:
         # idle 1 h: below the limit
-        assert not runtime.observe("alice-nb", now=T0 + timedelta(hours=1)).over_limit
+        assert not activity.observe("alice-nb", now=T0 + timedelta(hours=1)).over_limit
         # the user's tools touch the heartbeat file at 2 h: awake again
         hb = Path(os.environ["SPOTSHIFT_HOME"]) / "devenvs" / "alice-nb.heartbeat"
         hb.write_text("x")
-        act = runtime.observe("alice-nb", now=T0 + timedelta(hours=2))
+        act = activity.observe("alice-nb", now=T0 + timedelta(hours=2))
         assert act.active == ["heartbeat"] and act.idle_hours == 0.0
         # requests served count too
         (hb.parent / "alice-nb.requests").write_text("3")
-        assert runtime.observe("alice-nb", now=T0 + timedelta(hours=3)).active == ["3 requests"]
-        assert not runtime.observe("alice-nb", now=T0 + timedelta(hours=6)).over_limit  # 3 h idle
+        assert activity.observe("alice-nb", now=T0 + timedelta(hours=3)).active == ["3 requests"]
+        assert not activity.observe("alice-nb", now=T0 + timedelta(hours=6)).over_limit  # 3 h idle
         # 4.5 h without activity: the policy applies
         doc = runtime.act_on_idle("alice-nb", now=T0 + timedelta(hours=7, minutes=30))
     except BaseException:
-        runtime._stop(pid, None)
+        process.stop(pid, None)
         raise
-    assert doc["status"] == "hibernated" and not runtime._alive(pid, None)
+    assert doc["status"] == "hibernated" and not process.alive(pid, None)
     assert not workspace.exists()  # released: the snapshot in the region store is verified
     assert doc["snapshot"]["location"] == AWS and doc["snapshot"]["bytes_sent"] > 300_000
     assert "idle 4.50 h >= 4 h" in doc["events"][-1]["reason"]
@@ -115,12 +115,12 @@ def test_idle_env_hibernated_and_resumed_byte_for_byte(workspace: Path) -> None:
         assert doc["status"] == "running" and doc["location"] == AZURE and doc["usd_hour"] == 27.0
         assert doc["events"][-1]["bytes_replicated"] > 300_000  # the snapshot went to Azure's store first
         assert _tree(workspace) == before
-        assert runtime._alive(doc["pid"], doc["pid_start"])
+        assert process.alive(doc["pid"], doc["pid_start"])
         rep = runtime.waste_report(now=T0 + timedelta(hours=20))
         assert rep["teams"]["research"]["gpu_hours"] == pytest.approx(24.0)  # awake again: no more avoided
     finally:
         runtime.hibernate("alice-nb", now=T0 + timedelta(hours=20))  # and stops the process
-    assert not runtime._alive(doc["pid"], doc["pid_start"])
+    assert not process.alive(doc["pid"], doc["pid_start"])
 
 
 def test_cpu_use_counts_as_activity_and_cpu_policy_downsizes(workspace: Path) -> None:
@@ -142,7 +142,7 @@ def test_cpu_use_counts_as_activity_and_cpu_policy_downsizes(workspace: Path) ->
         import time
 
         time.sleep(1.5)
-        act = runtime.observe("bob-ci", now=T0 + timedelta(hours=2))
+        act = activity.observe("bob-ci", now=T0 + timedelta(hours=2))
         assert act.active and act.active[0].startswith("cpu") and not act.over_limit
         doc = runtime.downsize("bob-ci", now=T0 + timedelta(hours=3))
         assert doc["status"] == "downsized" and doc["usd_hour"] == pytest.approx(0.2016)
@@ -152,7 +152,7 @@ def test_cpu_use_counts_as_activity_and_cpu_policy_downsizes(workspace: Path) ->
         doc = runtime.resume("bob-ci", now=T0 + timedelta(hours=5))
         assert doc["status"] == "running" and doc["instance_type"] == "p4d.24xlarge"
     finally:
-        runtime._stop(doc.get("pid"), doc.get("pid_start"))
+        process.stop(doc.get("pid"), doc.get("pid_start"))
 
 
 def test_refusals(workspace: Path) -> None:
@@ -196,8 +196,8 @@ def test_cli_walkthrough(workspace: Path) -> None:
         code, out, _ = _cli("devenvs", "check", "carol-nb", "--at", (T0 + timedelta(hours=5)).isoformat())
         assert code == 0 and "hibernated" in out
     finally:
-        doc = runtime.load_env_state("carol-nb")
-        runtime._stop(doc.get("pid"), doc.get("pid_start"))
+        doc = state.load_env_state("carol-nb")
+        process.stop(doc.get("pid"), doc.get("pid_start"))
     code, out, _ = _cli("devenvs", "report", "--at", (T0 + timedelta(hours=7)).isoformat())
     assert code == 0 and "team vision: 16.0 idle GPU-hours not paid, $60.00 avoided" in out
     code, out, _ = _cli(

@@ -16,7 +16,8 @@ from spotshift.errors import ConfigError
 from spotshift.jobs import TrainingJob, add_job
 from spotshift.pools import economics
 from spotshift.pools.pool import DEFAULT_USD_PER_GPU_HOUR, PrivatePool, add_pool
-from spotshift.pools.scheduler import load_pool_state, pool_report, submit, tick
+from spotshift.pools.scheduler import pool_report, submit, tick
+from spotshift.pools.state import load_pool_state
 from spotshift.sync.datasets import Dataset, add_dataset
 from tests.migration_support import write_quotes
 
