@@ -179,11 +179,11 @@ def _full(chunks: dict[str, torch.Tensor], fqn: str) -> torch.Tensor:
     return torch.cat([t for _, t in found])
 
 
-def test_fsdp_sigterm_resumes_bitwise_and_one_process_restores_the_shards(spotshift_home: Path) -> None:
+def test_fsdp_sigterm_resumes_bitwise_and_reshards_to_one_and_three_ranks(spotshift_home: Path) -> None:
     """FSDP2 (``fully_shard``) under ``spotshift run JOB -- torchrun ...``: SIGTERM stops both ranks
     after the emergency checkpoint committed, each rank's shard holds its half of every parameter and
-    AdamW moment, the resumed run ends bitwise where an uninterrupted one does, and one plain process
-    restores the full state from the two halves (DCP resharding 2 -> 1)."""
+    AdamW moment, the resumed run ends bitwise where an uninterrupted one does, and DCP reshards the
+    two halves: one plain process (2 -> 1) and three FSDP ranks (2 -> 3) restore the full state."""
     steps = 16
     declare_tiny_job(spotshift_home, name="fsdp", total_steps=steps, every=5)
     command = ["--", *TORCHRUN, str(FSDP_EXAMPLE), "--steps", str(steps), "--step-seconds", "0.2"]
@@ -250,3 +250,20 @@ def test_fsdp_sigterm_resumes_bitwise_and_one_process_restores_the_shards(spotsh
     assert torch.equal(
         opt.state_dict()["state"][0]["exp_avg_sq"], _full(chunks, "optimizer.state.embed.weight.exp_avg_sq")
     )
+
+    # 2 -> 3: three FSDP ranks (uneven shards: 86, 86, 84 rows) restore the same full state
+    out = spotshift_home / "three.pt"
+    three = subprocess.run(
+        [*TORCHRUN[:-1], "3", str(HERE / "fsdp_reshard_driver.py")],
+        env=_env(SPOTSHIFT_JOB="fsdp", SPOTSHIFT_LOCATION=GCP, FSDP_TEST_OUT=str(out)),
+        capture_output=True,
+        timeout=300,
+    )
+    assert three.returncode == 0, three.stderr.decode()[-3000:]
+    got = torch.load(out, weights_only=True)
+    assert got["step"] == steps and got["rows"] == 86, {k: got[k] for k in ("step", "rows")}
+    for name, value in got["model"].items():
+        assert torch.equal(value, _full(chunks, f"model.{name}")), name
+    for fqn, moments in got["optimizer"].items():
+        for moment in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(moments[moment], _full(chunks, f"optimizer.state.{fqn}.{moment}")), fqn
