@@ -186,7 +186,8 @@ def test_fsdp_sigterm_resumes_bitwise_and_reshards_to_one_and_three_ranks(spotsh
     two halves: one plain process (2 -> 1) and three FSDP ranks (2 -> 3) restore the full state."""
     steps = 16
     declare_tiny_job(spotshift_home, name="fsdp", total_steps=steps, every=5)
-    command = ["--", *TORCHRUN, str(FSDP_EXAMPLE), "--steps", str(steps), "--step-seconds", "0.2"]
+    command = ["--", *TORCHRUN, str(FSDP_EXAMPLE), "--steps", str(steps)]
+    paced = [*command, "--step-seconds", "0.2"]  # time to send SIGTERM mid-run (pacing changes no bits)
     env = _env()
     reference = subprocess.run(
         [*CLI, "run", "fsdp", "--location", WEST, "--json", *command], env=env, capture_output=True
@@ -196,7 +197,7 @@ def test_fsdp_sigterm_resumes_bitwise_and_reshards_to_one_and_three_ranks(spotsh
     assert ref["status"] == "completed" and ref["checkpoint"]["step"] == steps, ref
 
     proc = subprocess.Popen(
-        [*CLI, "run", "fsdp", "--location", GCP, "--json", *command],
+        [*CLI, "run", "fsdp", "--location", GCP, "--json", *paced],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
