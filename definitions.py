@@ -37,6 +37,7 @@ import sensors.preemption
 import sensors.price_change
 import sensors.price_poll
 import sensors.run_status
+from ops.step_store import move_io_manager
 from resources.compute import ComputeBackendResource, ReplicaLauncherResource
 from resources.dbt import dbt_resource
 from resources.keys import KeyProviderResource
@@ -93,6 +94,9 @@ def build_resources() -> dict[str, object]:
         "keys": KeyProviderResource(spec=dg.EnvVar("SPOTSHIFT_KEY_PROVIDER")),
         "stores": stores_resource_from_env(),
         "launcher": ReplicaLauncherResource(kind=dg.EnvVar("SPOTSHIFT_REPLICA_LAUNCHER")),
+        # step results (the move chains' MoveState): the step store when configured, else
+        # $DAGSTER_HOME/storage as Dagster's default (ops/step_store.py)
+        "io_manager": move_io_manager,
     }
 
 

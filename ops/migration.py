@@ -26,7 +26,8 @@ the rollback reads the failed move's plan. ``spotshift move`` runs the same step
 
 The three jobs run on ``move_executor`` (``ops/workers.py``): in-process by default, or each step on
 a Celery worker of the region it touches when the home is configured for it; the ``IN_SOURCE`` /
-``IN_TARGET`` op tags say which side that is.
+``IN_TARGET`` op tags say which side that is. The steps hand each other their results through the
+code location's IO manager (``ops/step_store.py``): a store every worker reaches when one is set.
 """
 
 from collections.abc import Iterator

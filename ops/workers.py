@@ -8,6 +8,11 @@ becomes a dagster-celery task on the broker. The move ops carry dagster-celery's
 plan, so the target's workers sync into the target store, run the probation and go live, and the
 source's workers drain. Steps without the tag (planning) go to the control queue.
 
+A step goes to a queue only when a worker consumes it: the queues a run can name before it starts
+are checked first, the others when their step is due, each waiting up to
+``SPOTSHIFT_WORKER_WAIT_SECONDS`` (:mod:`spotshift.workers.queues`); then the run fails in one line
+naming the queue, before anything of the move is done when the queue was known at the start.
+
 A worker acknowledges a step's message only once the step is done and hands it back when the
 worker dies mid-step (``task_acks_late`` + ``task_reject_on_worker_lost``), so a step whose
 worker is killed runs again on another worker of its region's queue; the steps are idempotent.
@@ -22,7 +27,9 @@ from typing import Any
 
 import dagster as dg
 
+from spotshift.errors import ConfigError
 from spotshift.migration import contract
+from spotshift.workers import queues
 from spotshift.workers.settings import ExecutorSettings, load_settings
 
 #: the Celery settings the executor and every worker share (one function builds both apps)
@@ -40,11 +47,29 @@ def celery_executor_for(settings: ExecutorSettings, retries: Any = None) -> Any:
     from dagster._core.execution.retries import RetryMode
     from dagster_celery.executor import CeleryExecutor, _submit_task
 
-    def submit(app: Any, plan_context: Any, step: Any, queue: str, priority: int, known_state: Any) -> Any:
+    wait_s = queues.wait_seconds()
+
+    served: set[str] = set()  # queues seen with a worker during this run
+
+    def resolve(queue: str, plan_context: Any) -> tuple[str, str]:
+        """(the broker's queue name, the command that starts a worker for it)."""
         run = plan_context.dagster_run
-        resolved = contract.step_queue(queue, run.run_id, dict(run.tags))
+        region = contract.step_queue(queue, run.run_id, dict(run.tags))
         if queue in (contract.QUEUE_SOURCE, contract.QUEUE_TARGET):  # a region: the deployment's name of it
-            resolved = settings.queue_name(resolved)
+            return settings.queue_name(region), queues.start_hint(region, settings.control_queue)
+        return region, queues.start_hint(settings.control_queue, settings.control_queue)
+
+    def ensure_workers(plan_context: Any, wanted: dict[str, str]) -> None:
+        missing = {q: hint for q, hint in wanted.items() if q not in served}
+        if missing:
+            queues.wait_for_workers(
+                settings.broker_url(), missing.items(), timeout_s=wait_s, log=plan_context.log.warning
+            )
+            served.update(missing)
+
+    def submit(app: Any, plan_context: Any, step: Any, queue: str, priority: int, known_state: Any) -> Any:
+        resolved, hint = resolve(queue, plan_context)
+        ensure_workers(plan_context, {resolved: hint})
         plan_context.log.info(f'step "{step.key}" ({queue}) goes to the Celery queue "{resolved}"')
         # dagster-celery's own submission (pinned to 0.29.x by the workers extra)
         return _submit_task(app, plan_context, step, resolved, priority, known_state)
@@ -52,7 +77,19 @@ def celery_executor_for(settings: ExecutorSettings, retries: Any = None) -> Any:
     class RegionCeleryExecutor(CeleryExecutor):
         def execute(self, plan_context: Any, execution_plan: Any) -> Any:
             from dagster_celery.core_execution_loop import core_celery_execution_loop
+            from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG
 
+            # every queue known before the first step has a worker, or nothing runs (a recovery
+            # learns its target only from its plan step: that queue is checked when its step is due)
+            wanted: dict[str, str] = {}
+            for step in execution_plan.get_steps_to_execute_in_topo_order():
+                tag = step.tags.get(DAGSTER_CELERY_QUEUE_TAG, settings.queue_name(settings.control_queue))
+                try:
+                    name, hint = resolve(tag, plan_context)
+                except ConfigError:
+                    continue
+                wanted[name] = hint
+            ensure_workers(plan_context, wanted)
             return core_celery_execution_loop(plan_context, execution_plan, step_execution_fn=submit)
 
     return RegionCeleryExecutor(

@@ -96,26 +96,41 @@ def _register_home(sub: Any) -> None:
         help="init --executor celery: the RabbitMQ broker (default amqp://guest@127.0.0.1:5672//; a "
         "password is read from $SPOTSHIFT_CELERY_BROKER_PASSWORD, never written)",
     )
+    p.add_argument(
+        "--step-store",
+        metavar="URL",
+        help="init --executor: where the steps of a move hand each other their results, a store every "
+        "worker reaches (s3://bucket/prefix, gs://bucket/prefix, file:///shared/path); default the "
+        "instance's storage directory, which workers must then share",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_home)
 
 
 def _home(args: argparse.Namespace) -> int:
     from spotshift import home
+    from spotshift.cloud_errors import redact_url
     from spotshift.errors import ConfigError
+    from spotshift.factlake_remote import FACTS_URL_ENV
     from spotshift.instance import read_storage
     from spotshift.warehouse import facts_dir
     from spotshift.workers.settings import load_settings, write_settings
 
-    if args.action != "init" and (args.postgres or args.force or args.executor or args.broker):
-        raise ConfigError("--postgres, --force, --executor and --broker apply to `spotshift home init`")
+    if args.action != "init" and (
+        args.postgres or args.force or args.executor or args.broker or args.step_store
+    ):
+        raise ConfigError(
+            "--postgres, --force, --executor, --broker and --step-store apply to `spotshift home init`"
+        )
     if args.broker and args.executor != "celery":
         raise ConfigError("--broker needs --executor celery")
+    if args.step_store and not args.executor:
+        raise ConfigError("--step-store needs --executor")
     if args.action == "init":
         notes: list[str] = []
         home.init_home(postgres_url=args.postgres, force=args.force, notes=notes)
         if args.executor:
-            write_settings(args.executor, args.broker, notes)
+            write_settings(args.executor, args.broker, notes, step_store=args.step_store)
         for note in notes:
             sys.stderr.write(f"spotshift: note: {note}\n")
     cfg = home.dagster_home() / "dagster.yaml"
@@ -123,7 +138,7 @@ def _home(args: argparse.Namespace) -> int:
         "spotshift_home": str(home.spotshift_home()),
         "dagster_home": str(home.dagster_home()),
         "warehouse": str(home.warehouse_path()),
-        "fact_lake": str(facts_dir()),
+        "fact_lake": redact_url(os.environ.get(FACTS_URL_ENV, "").strip()) or str(facts_dir()),
         "stores": str(home.stores_root()),
         "config": str(home.config_path()),
         "instance": read_storage(cfg)[0].describe()

@@ -49,6 +49,11 @@ def lake_dir(target: Path) -> Path:
     return target.with_name(target.name + LAKE_SUFFIX)
 
 
+def new_batch_name() -> str:
+    """A batch name that sorts by time and no other writer picks: ``<time ns>-<pid>-<random>``."""
+    return f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
 def write_batch(lake: Path, tables: Mapping[str, Any]) -> Path:
     """Write ``tables`` (``{"raw.transfers": arrow_table, ...}``) as one pending batch; its path.
 
@@ -69,8 +74,7 @@ def write_batch(lake: Path, tables: Mapping[str, Any]) -> Path:
                 f.flush()
                 os.fsync(f.fileno())
         fsync_dir(tmp)
-        name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"
-        final = pending / name
+        final = pending / new_batch_name()
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -132,7 +136,7 @@ def ingest(
         batches = pending_batches(lake)[:ROUND_BATCHES]
         if not batches:
             break
-        done = _recorded(con, [b.name for b in batches])
+        done = recorded(con, [b.name for b in batches])
         fresh = [b for b in batches if b.name not in done]
         if fresh:
             try:
@@ -158,7 +162,9 @@ def ingest(
     return out
 
 
-def _recorded(con: Any, names: list[str]) -> set[str]:
+def recorded(con: Any, names: list[str]) -> set[str]:
+    """Which of the batch ``names`` the warehouse ``con`` has ingested (manifest ensured)."""
+    ensure_manifest(con)
     rows = con.execute(
         f"SELECT batch_id FROM {MANIFEST} WHERE batch_id IN (SELECT unnest(?::VARCHAR[]))", [names]
     ).fetchall()

@@ -13,14 +13,15 @@ lock and every caller keeps its connection short.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spotshift import factlake
-from spotshift.errors import ConfigError, IntegrityError
+from spotshift import factlake, factlake_remote
+from spotshift.errors import ConfigError, IntegrityError, SpotshiftError
 from spotshift.factlake import lake_dir, pending_batches
 from spotshift.warehouse_connection import WarehouseLockedError, open_connection, resolve_path, unusable
 from spotshift.warehouse_tables import FACT_KEYS, arrow_rows, columns_of, ensure_schema, insert_batch
@@ -139,26 +140,33 @@ def record_facts(
     if con is not None:
         return FactsOutcome(_ingest_tables(con, tables))
     target = resolve_path(database)
-    batch = factlake.write_batch(factlake.lake_dir(target), tables)
+    store = factlake_remote.facts_store()
+    if store is not None:  # a lake every machine reaches (SPOTSHIFT_FACTS_URL)
+        name, batch, where = factlake_remote.write_batch(store, tables), None, f"{store.url}/pending"
+    else:
+        batch = factlake.write_batch(factlake.lake_dir(target), tables)
+        name, where = batch.name, str(batch.parent)
     n = sum(b.num_rows for b in tables.values())
     if not ingest:
         return FactsOutcome({}, queued=True, batch=batch)
     try:
-        c, drained = _open(target, read_only=False, timeout_s=timeout_s, own=batch.name)
+        c, drained = _open(target, read_only=False, timeout_s=timeout_s, own=name)
     except WarehouseLockedError:
         return FactsOutcome({}, queued=True, batch=batch)
     except IntegrityError as exc:
         raise IntegrityError(
-            f"{exc}; {n} fact row(s) ({', '.join(tables)}) wait in {batch.parent} and are ingested once the "
+            f"{exc}; {n} fact row(s) ({', '.join(tables)}) wait in {where} and are ingested once the "
             "warehouse opens"
         ) from None
     c.close()
-    return FactsOutcome(drained.get(batch.name, {}))
+    return FactsOutcome(drained.get(name, {}))
 
 
 def ingest_pending(path: str | Path | None = None, *, timeout_s: float | None = None) -> None:
-    """Ingest pending facts before a reader looks (opens for writing only when some are pending)."""
-    if pending_facts(path):
+    """Ingest pending facts before a reader looks (opens for writing only when some are pending,
+    here or in the store of ``SPOTSHIFT_FACTS_URL``)."""
+    store = factlake_remote.facts_store()
+    if pending_facts(path) or (store is not None and factlake_remote.committed_batches(store)):
         with connect(path, timeout_s=timeout_s):
             pass
 
@@ -186,6 +194,7 @@ def ingest_lake(
     if target is None:
         return {}
     lake = factlake.lake_dir(target)
+    _pull_remote(con, lake)
     if not (lake / "pending").is_dir():
         return {}
     tables = {t: (keys, [c.name for c in columns_of(t)]) for t, keys in FACT_KEYS.items()}
@@ -196,6 +205,18 @@ def ingest_lake(
     if rows:
         _say(f"ingested {len(others)} pending fact batch(es) ({rows} new row(s)) from {lake} into {target}")
     return out
+
+
+def _pull_remote(con: Any, lake: Path) -> None:
+    """Bring the committed batches of ``SPOTSHIFT_FACTS_URL`` into ``lake`` (a store that fails is
+    one warning line: its facts wait there for the next write connection)."""
+    try:
+        store = factlake_remote.facts_store()
+        if store is not None:
+            with _INGEST_LOCK:
+                factlake_remote.pull(store, lake, lambda names: factlake.recorded(con, names), _say)
+    except SpotshiftError as exc:
+        _say(f"warning: facts in {os.environ.get(factlake_remote.FACTS_URL_ENV, '')!s} not pulled: {exc}")
 
 
 def _ingest_tables(con: Any, tables: Mapping[str, Any]) -> dict[str, int]:

@@ -5,9 +5,10 @@ Which checkpoint
 
 An endpoint's ``model`` is either a checkpoint path (``<store>/checkpoints/<job>/<id>``: that one,
 which must verify; ``.../<job>`` or ``.../latest``: the newest that verifies) or a declared job's
-name: the newest verified checkpoint of the job in the replica's own region store
-(``spotshift.home.region_store_url``) when it holds any, else in the store of the region the job
-runs in (its placement state) or starts in. Every part is checked against its hash, the seal and
+name: the job's newest verified checkpoint among the replica's own region store
+(``spotshift.home.region_store_url``), the store of the region the job runs in (its placement
+state) and the one it starts in — read from the replica's own store when that one holds the newest,
+so that every replica of the endpoint serves the same checkpoint wherever it runs. Every part is checked against its hash, the seal and
 the key before a single tensor is loaded (:meth:`~spotshift.checkpoint.format.StoredCheckpoint.read_parts`);
 a checkpoint that fails is refused with the checkpoint reader's one-line :class:`IntegrityError`.
 
@@ -97,6 +98,7 @@ def _open_verified(model_ref: str, location: str, keys: Any) -> tuple[Any, dict[
         list_checkpoints,
         open_newest_verified,
         parse_checkpoint_path,
+        step_of,
     )
     from spotshift.sync.store_url import open_store
 
@@ -110,12 +112,18 @@ def _open_verified(model_ref: str, location: str, keys: Any) -> tuple[Any, dict[
         if found is None:
             raise NotFoundError(f"no committed checkpoint of job {job!r} in {store.url}")
         return found.checkpoint, found.parts
-    for url in _job_store_urls(model_ref, location):
+    # every replica of a job's model serves the job's newest checkpoint, wherever it runs: a store
+    # that holds only older ones (a region the job left) must not make one replica answer otherwise
+    newest: list[tuple[int, int, Any]] = []
+    for order, url in enumerate(_job_store_urls(model_ref, location)):
         store = open_store(url)
-        if list_checkpoints(store, model_ref):
-            found = open_newest_verified(store, model_ref, keys)
-            if found is not None:
-                return found.checkpoint, found.parts
+        ids = list_checkpoints(store, model_ref)
+        if ids:
+            newest.append((-step_of(ids[-1]), order, store))
+    for _, _, store in sorted(newest, key=lambda t: t[:2]):
+        found = open_newest_verified(store, model_ref, keys)
+        if found is not None:
+            return found.checkpoint, found.parts
     raise NotFoundError(
         f"job {model_ref!r} has no committed checkpoint in the stores of {location} or where it runs"
     )

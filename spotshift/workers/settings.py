@@ -24,12 +24,16 @@ from spotshift.atomic import atomic_write_json
 from spotshift.cloud_errors import redact_url
 from spotshift.errors import ConfigError
 from spotshift.home import spotshift_home
+from spotshift.sync.store import parse_store_url
 
 EXECUTOR_ENV = "SPOTSHIFT_EXECUTOR"
 BROKER_ENV = "SPOTSHIFT_CELERY_BROKER"
 BROKER_PASSWORD_ENV = "SPOTSHIFT_CELERY_BROKER_PASSWORD"
 #: put before every queue name, so deployments (or test runs) can share one broker
 QUEUE_PREFIX_ENV = "SPOTSHIFT_CELERY_QUEUE_PREFIX"
+#: where the steps of a move hand each other their results (a store URL; default: the instance's
+#: storage directory, which every worker must then share)
+STEP_STORE_ENV = "SPOTSHIFT_STEP_STORE"
 #: the embedded default and the distributed executor
 EXECUTORS = ("in_process", "celery")
 #: RabbitMQ on this machine (guest/guest is RabbitMQ's own default account, loopback only)
@@ -47,6 +51,7 @@ class ExecutorSettings:
     broker: str = DEFAULT_BROKER
     queue_prefix: str = ""
     control_queue: str = CONTROL_QUEUE
+    step_store: str = ""
 
     @property
     def distributed(self) -> bool:
@@ -69,9 +74,10 @@ class ExecutorSettings:
 
     def describe(self) -> str:
         """One line for people: the executor and the broker without credentials."""
+        steps = f"; step results in {self.step_store}" if self.step_store else ""
         if not self.distributed:
-            return "in-process (every step in the run's process)"
-        return f"celery on {redact_url(self.broker)} (one queue per region)"
+            return f"in-process (every step in the run's process){steps}"
+        return f"celery on {redact_url(self.broker)} (one queue per region){steps}"
 
 
 def settings_path() -> Path:
@@ -108,13 +114,14 @@ def check_kind(kind: str, source: str) -> str:
 def load_settings() -> ExecutorSettings:
     """The executor in force: ``SPOTSHIFT_EXECUTOR`` / ``SPOTSHIFT_CELERY_BROKER`` over
     ``executor.json`` over the in-process default. ConfigError naming the file or variable."""
-    kind, broker, prefix = "in_process", DEFAULT_BROKER, ""
+    kind, broker, prefix, step_store = "in_process", DEFAULT_BROKER, "", ""
     path = settings_path()
     if path.exists():
         try:
             raw = json.loads(path.read_text())
             kind, broker = str(raw["executor"]), str(raw.get("broker") or DEFAULT_BROKER)
             prefix = str(raw.get("queue_prefix") or "")
+            step_store = str(raw.get("step_store") or "")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path}: not an executor settings file ({type(exc).__name__})") from None
         check_kind(kind, str(path))
@@ -125,18 +132,37 @@ def load_settings() -> ExecutorSettings:
         parse_broker(env_broker)
         broker = env_broker
     prefix = os.environ.get(QUEUE_PREFIX_ENV, prefix).strip()
-    return ExecutorSettings(kind, broker, prefix)
+    step_store = os.environ.get(STEP_STORE_ENV, step_store).strip()
+    if step_store:
+        check_step_store(step_store, STEP_STORE_ENV if os.environ.get(STEP_STORE_ENV) else str(path))
+    return ExecutorSettings(kind, broker, prefix, step_store=step_store)
 
 
-def write_settings(kind: str, broker: str | None = None, notes: list[str] | None = None) -> ExecutorSettings:
+def check_step_store(url: str, source: str) -> str:
+    """``url`` when it names a store (``file:///path``, ``s3://bucket/prefix``, ``gs://...``) without
+    credentials in it; ConfigError naming ``source`` otherwise (the URL redacted)."""
+    parsed = parse_store_url(url)
+    if parsed.scheme.lower() not in ("file", "s3", "gs") or not (parsed.netloc or parsed.path.strip("/")):
+        raise ConfigError(
+            f"{source}: step store {redact_url(url)!r}: use file:///path, s3://bucket/prefix or gs://bucket/prefix"
+        )
+    return url
+
+
+def write_settings(
+    kind: str, broker: str | None = None, notes: list[str] | None = None, step_store: str | None = None
+) -> ExecutorSettings:
     """Write ``executor.json`` (atomically, the broker without its password); ``notes`` receives
     what the user must do (export the password variable)."""
     check_kind(kind, "--executor")
     url, had_password = parse_broker(broker or DEFAULT_BROKER)
-    atomic_write_json(settings_path(), {"executor": kind, "broker": url})
+    record = {"executor": kind, "broker": url}
+    if step_store:
+        record["step_store"] = check_step_store(step_store, "--step-store")
+    atomic_write_json(settings_path(), record)
     if had_password and notes is not None and not os.environ.get(BROKER_PASSWORD_ENV):
         notes.append(
             f"the broker password is not written to {settings_path()}: export {BROKER_PASSWORD_ENV} "
             "in the environment of every Dagster process and worker"
         )
-    return ExecutorSettings(kind, url)
+    return ExecutorSettings(kind, url, step_store=step_store or "")

@@ -198,3 +198,20 @@ def test_a_worker_killed_mid_step_hands_the_step_to_another_worker_of_its_region
     assert live.location == AZURE and load_state(JOB).location == AZURE
     assert _migrations(MOVE.run_key) == [("cut_over", moved.run_id)]  # committed once
     assert load_move(JOB).status == "cut_over"
+
+
+def test_a_move_to_a_region_without_workers_fails_in_one_line_before_any_step(
+    celery_home: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPOTSHIFT_WORKER_WAIT_SECONDS", "1")  # no worker started at all
+    result = _execute(celery_home, PLACE)
+    assert not result.success
+    said = " ".join(
+        f"{e.message} {getattr(e.dagster_event, 'event_specific_data', '')}"
+        for e in celery_home.all_logs(result.run_id)
+    )
+    prefix = os.environ["SPOTSHIFT_CELERY_QUEUE_PREFIX"]
+    assert f'no worker serves the Celery queues "{prefix}dagster", "{prefix}{AWS}"' in said, said[-2000:]
+    assert f"spotshift workers start --region {AWS}" in said
+    assert _step_workers(celery_home, result.run_id) == []  # not even the planning step was sent
+    assert load_move(JOB) is None and live_trainers(open_backend("local")) == []
