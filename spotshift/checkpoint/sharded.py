@@ -25,7 +25,7 @@ shard is never committed, and none of the ranks waits forever for another.
 Restoring (:func:`load_sharded_state`) runs DCP's load planner over the verified plaintext parts:
 on the same world size each rank takes its own items; on another one (2 -> 1 tested) DCP
 reshards, which works for whatever DCP can reshard (a DDP model and its optimizer on any world
-size; FSDP/DTensor states as DCP allows). The ranks must share the store they write to (the local
+size; FSDP2 DTensor shards 2 -> 1 and 2 -> 3 tested). The ranks must share the store they write to (the local
 tier of one machine, or a shared filesystem).
 """
 

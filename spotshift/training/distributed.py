@@ -15,8 +15,9 @@ gloo group of its own for its control messages, so it works whatever backend the
   own ``state_dict()``. :mod:`spotshift.checkpoint.sharded` writes it: every rank's shard
   encrypted and placed before rank 0 writes ``COMMIT``.
 * Each rank's RNG states are kept per rank; a resume on the same world size restores each rank's
-  own, so a deterministic script resumes bitwise. On another world size DCP reshards the state;
-  ranks the writer did not have keep their seeds (bitwise equality with an uninterrupted run on
+  own, so a deterministic script resumes bitwise (DDP and FSDP2 ``fully_shard`` tested). On another
+  world size DCP reshards the state (FSDP2 2 -> 1 and 2 -> 3 tested); ranks the writer did not have
+  keep their seeds (bitwise equality with an uninterrupted run on
   the old world size is then not expected: the arithmetic differs).
 """
 
