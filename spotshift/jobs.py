@@ -198,9 +198,20 @@ class TrainingJob:
         return build_record(cls, raw, f"job {raw.get('name', '?')!r}")
 
 
+_LOADED: dict[str, tuple[TrainingJob, ...]] = {}  # declarations digest -> its validated jobs
+
+
 def load_jobs() -> list[TrainingJob]:
-    """Every declared job, validated."""
-    return [TrainingJob.from_dict(e) for e in registry.entries(SECTION)]
+    """Every declared job, validated (each content of the declarations file is validated once per
+    process: thousands of jobs are not rebuilt on every tick; the jobs are frozen)."""
+    cached = _LOADED.get(registry.content_digest())
+    if cached is not None:
+        return list(cached)
+    digest, data = registry.load_keyed()
+    jobs = tuple(TrainingJob.from_dict(e) for e in data.get(SECTION, []))
+    _LOADED.clear()  # one content at a time
+    _LOADED[digest] = jobs
+    return list(jobs)
 
 
 def get_job(name: str) -> TrainingJob:
