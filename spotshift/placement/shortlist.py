@@ -210,17 +210,25 @@ def shortlist(
     waiting = ranked[(ok & preempted)[order]]
     _, first = np.unique(cols.loc[waiting], return_index=True)
     picked.update(waiting[first].tolist())
-    if cheapest and len(elig_ranked):
-        el = idx[eligible]
-        g, pr = cols.loc[el] * 2 + cols.spot[el], cols.price[el]
-        low = np.full(2 * n_loc, np.inf)
-        np.minimum.at(low, g, pr)
-        picked.update(el[pr == low[g]].tolist())
+    if cheapest:
+        picked.update(_cheapest(cols, idx[eligible]))
     if cols.any_spot is not None:
         picked.add(cols.any_spot)
     if not len(elig_ranked):  # a queue decision says what rejected the quotes: show some
         picked.update(cols.first_per_location)
     return [cols.quotes[i] for i in sorted(picked)]
+
+
+def _cheapest(cols: QuoteColumns, el: Any) -> list[int]:
+    """The cheapest of the quotes ``el`` (indices) in each location and market (all tied ones)."""
+    import numpy as np
+
+    if not len(el):
+        return []
+    g, pr = cols.loc[el] * 2 + cols.spot[el], cols.price[el]
+    low = np.full(2 * len(cols.locations), np.inf)
+    np.minimum.at(low, g, pr)
+    return el[pr == low[g]].tolist()
 
 
 __all__ = ["QuoteColumns", "shortlist"]

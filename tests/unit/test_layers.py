@@ -250,7 +250,6 @@ SIZE_ALLOW_LIST = {
     "spotshift/training/notice_server.py:MetadataServer.__init__",
     "spotshift/checkpoint/commands.py:register",
     "spotshift/checkpoint/migrate.py:migrate_checkpoint",
-    "spotshift/placement/scoring.py:score_candidates",
     "spotshift/pricing/expectations.py:validate_snapshot",
     "spotshift/pricing/history.py:read_price_history",
     "spotshift/pricing/normalize.py:normalize_frame",
