@@ -107,9 +107,9 @@ class QuoteColumns:
         fit = self._fit_digest.get(fit_key)
         if fit is None:
             fit = self._fit_digest[fit_key] = hashlib.blake2b(
-                b"".join(self._rows[i] for i in self.fitting(job).tolist()), digest_size=8
-            ).digest()
-        cur = b"".join(self._rows[i] for i in self.by_key.get(current, [])) if current else b""
+                b"".join(sorted(self._rows[i] for i in self.fitting(job).tolist())), digest_size=8
+            ).digest()  # sorted: the order the snapshot was read in does not matter
+        cur = b"".join(sorted(self._rows[i] for i in self.by_key.get(current, []))) if current else b""
         return hashlib.blake2b(fit + cur + self._shape, digest_size=8).hexdigest()
 
     def fitting(self, job: TrainingJob) -> Any:
