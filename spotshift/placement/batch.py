@@ -17,8 +17,18 @@ terms — at a fraction of the cost:
    beyond it are not recorded), and reasons that count rejected quotes count those of the
    shortlist.
 3. **Only jobs whose inputs changed.** :func:`inputs_digest` hashes what a decision reads except
-   the clock; a job whose digest equals the one of its last decision, decided less than
-   ``recheck_hours`` ago, and without a deadline (its safety net depends on the clock) is skipped.
+   the clock — the snapshot's quotes the job can read (prices and all, not the snapshot id:
+   :meth:`~spotshift.placement.shortlist.QuoteColumns.candidates_digest`), its declaration,
+   placement state, checkpoint, footprint, the tick-wide risks and its team's budget status; a
+   job whose digest equals the one of its last decision, decided less than ``recheck_hours`` ago,
+   and without a deadline (its safety net depends on the clock) is skipped.
+4. **The team budget, as the per-job path applies it.** A job of a team with a budget has its
+   decision kept within the cap by :func:`spotshift.budgets.gate_decision`, with the team's spend
+   read once per tick (:func:`spotshift.budgets.team_tally`), and its shortlist holds the
+   cheapest eligible quotes the gate may pick instead.
+
+Declarations and placement states come from one read each (:func:`spotshift.jobs.load_jobs`,
+cached by the declarations' content digest; :func:`spotshift.placement.state.load_states`).
 """
 
 from __future__ import annotations
