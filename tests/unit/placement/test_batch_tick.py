@@ -3,7 +3,8 @@
 * on ~300 jobs under team budgets, the batched tick (one read of the declarations and states,
   vectorised shortlist, the team cap) decides what the per-job path
   (:func:`spotshift.placement.inputs.decide_for_job`, which applies the cap) decides, on a first
-  tick and on a second one where some jobs' inputs changed and the others are skipped;
+  tick and on a second one where some jobs' inputs changed and the others are skipped; when the
+  cap picks the cheapest candidate instead of the best-ranked one, the shortlist holds it;
 * a job is skipped while its inputs are unchanged and re-decided as soon as one of them changes:
   the prices of its candidate quotes, its placement state, its declaration; a job with a deadline
   every tick, any job at least every 15 minutes of virtual time.
@@ -21,6 +22,7 @@ from spotshift.budgets import Budget, set_budget, team_tally
 from spotshift.jobs import TrainingJob, import_jobs, load_jobs
 from spotshift.migration.plan import tick
 from spotshift.placement import state
+from spotshift.placement.batch import decide_all
 from spotshift.placement.inputs import decide_for_job
 from tests.unit.placement.builders import make_job, make_quote
 from tests.unit.placement.test_batch import _same
@@ -214,3 +216,23 @@ def test_a_job_is_skipped_until_an_input_of_its_decision_changes(
     assert run(t, prev)[0] == ["deadline", "l4", "placed", "redeclared"]
     # 15 virtual minutes after its last decision every job is re-decided
     assert run(NOW + timedelta(minutes=16), prev)[0] == sorted(names)
+
+
+def test_the_cap_picks_the_cheapest_quote_even_when_it_ranks_below_the_best(spotshift_home: Path) -> None:
+    # the best-ranked quote (fast network) is over the team's limit; the cheaper one, ranked below
+    # it by its effective GPU-hour, fits: the batched shortlist must still hold it
+    quotes = [
+        make_quote("gcp/us-central1", 12.0, market="on_demand", instance_type="fast", net_gbps=400, storage_gbps=16),
+        make_quote("gcp/us-central1", 10.0, market="on_demand", instance_type="slow", net_gbps=10, storage_gbps=0.5),
+    ]  # fmt: skip
+    with warehouse.connect() as con:
+        _snapshot(con, quotes, "s1", NOW - timedelta(minutes=1))
+    registry.upsert("datasets", {"name": "corpus", "location": LOCATIONS[0]})
+    set_budget(Budget(name="team-a", monthly_usd=1_100.0))
+    import_jobs([make_job(name="capped", min_topology_score=0.0, work_hours=100.0, team="team-a")])
+    with warehouse.connect() as con:
+        (batched,) = decide_all(con, ["capped"], now=NOW).decisions
+        full = decide_for_job(con, "capped", now=NOW)
+    assert full.target.quote.instance_type == "slow", full.reasons
+    assert any("within the limit instead" in r for r in full.reasons)
+    assert {k: v for k, v in _same(full, batched).items() if v[0] != v[1]} == {}
