@@ -12,11 +12,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from bench._cutover_fleet import Fleet, Load, ServerThread, drive, freeze_clock
 from spotshift.clock import parse_utc
 from spotshift.errors import ConfigError
 from spotshift.migration.endpoint_cutover import StartOptions, start
@@ -24,6 +26,7 @@ from spotshift.serving import cutover as co
 from spotshift.serving import replica_api as api
 from spotshift.serving.launcher import LaunchInfo
 from spotshift.serving.router import Router, RouterConfig
+from spotshift.serving.router_app import build_app
 from tests.unit.serving.test_cutover_replicas import SOURCE, Launcher
 
 OLD, NEW = "s0000000100-aaaa", "s0000000200-bbbb"
@@ -118,3 +121,63 @@ def test_a_new_checkpoint_in_the_same_location_is_cut_over_stage_by_stage(spotsh
     _follow(back, launcher)
     assert _by_checkpoint() == {"source": 4, "target": 0}
     assert launcher.peak <= 5, launcher.peak
+
+
+# -- through the real router over HTTP, under load (peers of tests/unit/serving/test_cutover_router.py) --
+
+
+def _peer_fleet(perturb: float = 0.0) -> Fleet:
+    fleet = Fleet(service_ms=40.0)
+    if perturb:  # the new checkpoint's answers differ (a wrong checkpoint: no crash, other tokens)
+        fleet.knobs[f"checkpoint:{NEW}"] = {"perturb": perturb}
+        fleet._write_knobs()
+    fleet.add("source", 4)
+    return fleet
+
+
+def _run(fleet: Fleet, spotshift_home: Path) -> tuple[co.CutoverState, Load, Router]:
+    model = f"{spotshift_home}/stores/x/checkpoints/tiny/{NEW}"
+    opts = StartOptions(
+        to_location=SOURCE, model=model, shadow="50:1h", stages="25:1h,50:1h,100:0", interval_s=1.0,
+        thresholds=co.Thresholds(min_samples=3, p99_slack_ms=400.0), usd_per_hour=fleet.source_usd,
+    )  # fmt: skip
+    start("chat", opts, record=False)
+    router = Router(RouterConfig("chat", slo_ms=5000))
+    with ServerThread(build_app(router, tick_s=0.1)) as r:
+        load = Load(r.url, rps=30.0).start()
+        st = drive(fleet, timeout_s=300)
+        load.stop()
+    return st, load, router
+
+
+@pytest.mark.slow
+def test_a_new_checkpoint_in_place_promotes_under_load_with_no_failed_request(spotshift_home: Path) -> None:
+    freeze_clock()
+    fleet = _peer_fleet()
+    try:
+        st, load, router = _run(fleet, spotshift_home)
+        assert st.phase == "promoted", st.reason
+        assert load.failed == 0, load.statuses
+        assert router.cutover.counts["to_target"] > 0
+        assert fleet.peak <= 5, fleet.peak
+        deadline = time.monotonic() + 120
+        while Counter(r.checkpoint for r in api.live_replicas("chat")) != {NEW: 4, "peer": 1}:
+            assert time.monotonic() < deadline, api.live_replicas("chat")
+            fleet.follow(st)
+            time.sleep(0.2)
+    finally:
+        fleet.close()
+
+
+@pytest.mark.slow
+def test_a_wrong_new_checkpoint_in_place_is_caught_in_the_shadow_phase(spotshift_home: Path) -> None:
+    freeze_clock()
+    fleet = _peer_fleet(perturb=0.3)
+    try:
+        st, load, router = _run(fleet, spotshift_home)
+        assert st.phase == "rolled_back" and st.rolled_back_at_stage == "shadow-50"
+        assert st.failed_criterion == "output_agreement", st.reason
+        assert router.cutover.counts["to_target"] == 0
+        assert load.failed == 0, load.statuses
+    finally:
+        fleet.close()
