@@ -72,7 +72,8 @@ def _register_start(csub: Any) -> None:
         "--model",
         default="",
         metavar="CHECKPOINT",
-        help="checkpoint the target serves (default: the endpoint's model)",
+        help="checkpoint the target serves (default: the endpoint's model); with --to a location the "
+        "endpoint already serves from, its replicas there on their current checkpoint are the source",
     )
     s.add_argument(
         "--shadow",

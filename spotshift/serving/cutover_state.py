@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -72,6 +72,9 @@ class CutoverState:
     # ``usd_per_hour``, ``count``): where the source scales back to on a rollback or failback
     source_mix: list[dict[str, Any]] = field(default_factory=list)
     target_usd_per_hour: float | None = None  # price of a target replica (launches)
+    # a cutover to a new checkpoint (``--model``) in a location the source already serves from: the
+    # checkpoints the source served there at the start, which keep those replicas on the source side
+    source_checkpoints: list[str] = field(default_factory=list)
 
     @property
     def stages(self) -> list[Stage]:
@@ -95,6 +98,13 @@ class CutoverState:
         f["live"] = [Stage(**s) for s in f["live"]]
         f["thresholds"] = Thresholds(**f["thresholds"])
         return cls(**f)
+
+
+def side_of(to_location: str, source_checkpoints: Sequence[str], location: str, checkpoint: str) -> str:
+    """``target`` for a replica at ``location`` serving ``checkpoint`` when it runs in the cutover's
+    ``to_location`` and not one of ``source_checkpoints`` (what the source served there at the start:
+    a cutover to a new checkpoint in the same location); else ``source``."""
+    return "target" if location == to_location and checkpoint not in source_checkpoints else "source"
 
 
 def state_path(endpoint: str) -> Path:

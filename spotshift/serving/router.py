@@ -125,6 +125,7 @@ class Router:
                 self.cfg.capacity_tokens_s,
                 self.cfg.slots,
                 r.state,
+                r.checkpoint,
             )
             for r in api.live_replicas(self.cfg.endpoint, include_draining=True)
         ]
