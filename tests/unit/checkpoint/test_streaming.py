@@ -51,8 +51,8 @@ def test_a_failing_region_write_falls_back_to_local_then_upload(
 
     real = tiered.write_checkpoint
 
-    def region_disk_full(*args: Any, mirror: Any = None, **kw: Any) -> Any:
-        if mirror is not None:
+    def region_disk_full(*args: Any, mirror: Any = None, linked: Any = None, **kw: Any) -> Any:
+        if mirror is not None or linked is not None:
             raise OSError(28, "No space left on device")
         return real(*args, **kw)
 
