@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from spotshift.atomic import fsync_dir
+from spotshift.atomic import fsync_dir, start_writeback
 from spotshift.checkpoint import crypto
 from spotshift.checkpoint.catalog import read_latest_pointer, sweep_dead_writers
 from spotshift.checkpoint.codec import (
@@ -51,14 +51,26 @@ def _fsync_close(f: BinaryIO) -> None:
 
 
 class _Tee:
-    """A binary sink writing every chunk to several files (the stored bytes, once encrypted)."""
+    """A binary sink writing every chunk to several files (the stored bytes, once encrypted), and
+    the object store's stream ``also``. Every ``kick_bytes`` it starts the write-back of what the
+    files got since the last kick (:func:`~spotshift.atomic.start_writeback`), so the disk works
+    from the first segment on and the final fsync finds little left to write."""
 
-    def __init__(self, files: list[BinaryIO]):
-        self.files = files
+    def __init__(self, files: list[BinaryIO], also: Any = None, kick_bytes: int = 32 << 20):
+        self.files, self.also, self.kick_bytes = files, also, kick_bytes
+        self.written = self.kicked = 0
 
     def write(self, data: Any) -> int:
         for f in self.files:
             f.write(data)
+        if self.also is not None:
+            self.also.write(data)
+        self.written += len(data)
+        if self.written - self.kicked >= self.kick_bytes:
+            for f in self.files:
+                f.flush()
+                start_writeback(f.fileno(), self.kicked, self.written - self.kicked)
+            self.kicked = self.written
         return len(data)
 
 
@@ -123,15 +135,16 @@ class Staging:
         timings["serialize_s"] += time.perf_counter() - t0
         key_name = f"{part}-{env.ctx}.enc"
         outs = [open(d / (self.prefix + key_name), "wb") for d in self.dirs]  # noqa: SIM115
-        sinks: list[Any] = [*outs, *([also] if also is not None else [])]
+        w = None
         try:
             w = crypto.EncryptingWriter(
-                sinks[0] if len(sinks) == 1 else _Tee(sinks),
+                _Tee(outs, also),
                 env.data_key,
                 part_index=index,
                 part_name=part,
                 segment_bytes=segment_bytes,
                 timings=timings,
+                pipelined=also is None,  # an object store's upload stays on the caller's thread
             )
             for chunk in chunks:
                 w.write(chunk)
@@ -144,6 +157,8 @@ class Staging:
                 _fsync_close(out)
             timings["write_s"] += time.perf_counter() - t0
         except BaseException:
+            if w is not None:
+                w.abort()
             for out in outs:
                 out.close()
             raise
