@@ -111,7 +111,8 @@ def test_promotion_declares_the_new_model_and_failback_the_old_one(
     assert get_endpoint("chat").model == new and st.model_declared
     co.follow(st, launcher)
     launcher.settle()
-    assert _checkpoints() == {f"{SOURCE}:{OLD}": 1, f"{TARGET}:{NEW}": 4}  # target on NEW, source at its floor
+    # the target on the new model, the source at its floor
+    assert _checkpoints() == {f"{SOURCE}:{OLD}": 1, f"{TARGET}:{NEW}": 4}
     _autoscaler_launch(launcher, monkeypatch)
     launcher.settle()
     assert _checkpoints()[f"{TARGET}:{NEW}"] == 5  # the autoscaler's replica serves the new model
