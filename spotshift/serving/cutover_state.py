@@ -163,10 +163,11 @@ def update_state(endpoint: str, change: Callable[[CutoverState], CutoverState | 
 
 def declare_model(state: CutoverState) -> CutoverState:
     """Bring the endpoint's declared model in line with ``state`` (under the cutover lock; the state
-    is saved first, so a crash in between is mended by the next :func:`update_state`): promoted or
-    decommissioned, the declaration names the cutover's ``model`` (the autoscaler launches it);
-    failed back, the ``source_model`` again (only while it still names ``model``). A rollback before
-    promotion, or a cutover without ``model``, leaves the declaration alone."""
+    is saved first, so a crash in between is mended by the next :func:`update_state`, e.g. ``cutover
+    status`` or the stage sensor): promoted or decommissioned, the declaration names the cutover's
+    ``model`` (the autoscaler launches it); failed back, the ``source_model`` again (only while it
+    still names ``model``). A rollback before promotion, or a cutover without ``model``, leaves the
+    declaration alone."""
     want = state.phase in ("promoted", "decommissioned")
     if not state.model or not state.source_model or want == state.model_declared:
         return state
