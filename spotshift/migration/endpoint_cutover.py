@@ -36,6 +36,7 @@ from spotshift.serving import cutover as co
 from spotshift.serving import replica_api as api
 from spotshift.serving.cutover_facts import record_stage_rows
 from spotshift.serving.cutover_replicas import DEFAULT_STOP_TIMEOUT_S
+from spotshift.serving.endpoints import check_model_ref, declared_model
 from spotshift.serving.launcher import ReplicaLauncher
 from spotshift.serving.serve import replica_price_usd_hour
 
@@ -77,6 +78,8 @@ def start(endpoint: str, opts: StartOptions, *, record: bool = True) -> co.Cutov
     live_replicas = api.live_replicas(endpoint)
     # a new checkpoint (--model) where the endpoint already serves: what it serves there is the source
     kept = sorted({r.checkpoint for r in live_replicas if r.location == to}) if opts.model else []
+    if opts.model:
+        check_model_ref(opts.model)  # what the target serves, and the endpoint declares once promoted
     _check_new_checkpoint(opts.model, kept)
     sources = [r for r in live_replicas if co.side_of(to, kept, r.location, r.checkpoint) == "source"]
     if any(r.location == to for r in live_replicas) and not sources:
@@ -133,6 +136,7 @@ def start(endpoint: str, opts: StartOptions, *, record: bool = True) -> co.Cutov
             source_mix=source_mix(sources),
             target_usd_per_hour=float(price),
             source_checkpoints=kept,
+            source_model=declared_model(endpoint),
         )
         co.save_state(st)
     if record:

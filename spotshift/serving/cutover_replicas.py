@@ -213,7 +213,9 @@ class _Pass:
                     self.notes.append(f"no {side} launch spec in the cutover state: {side} not launched")
                     break
                 loc, market, usd = spec
-                model = self.state.model if side == "target" else ""  # a new checkpoint: the target's
+                # a new checkpoint: the target's; the source's as declared at the start (once promoted
+                # the endpoint declares the new one)
+                model = self.state.model if side == "target" else self.state.source_model
                 info = self.launcher.start(self.state.endpoint, loc, market, usd_per_hour=usd, model=model)
                 self.ms.append(Member(info.launch_id, side, loc, market, "provisioning", info.started_at_s))
                 self.peak = max(self.peak, len(self.ms))

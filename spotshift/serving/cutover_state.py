@@ -30,6 +30,7 @@ from spotshift.serving.cutover_stages import (
     Stage,
     Thresholds,
 )
+from spotshift.serving.endpoints import set_endpoint_model
 
 
 @dataclass
@@ -75,6 +76,10 @@ class CutoverState:
     # a cutover to a new checkpoint (``--model``) in a location the source already serves from: the
     # checkpoints the source served there at the start, which keep those replicas on the source side
     source_checkpoints: list[str] = field(default_factory=list)
+    # what the endpoint declared it serves at the start (``spotshift endpoints``; empty: not declared):
+    # a cutover with ``model`` declares ``model`` once promoted and this again on a failback
+    source_model: str = ""
+    model_declared: bool = False  # the declaration names ``model`` by this cutover's doing
 
     @property
     def stages(self) -> list[Stage]:
@@ -153,7 +158,25 @@ def update_state(endpoint: str, change: Callable[[CutoverState], CutoverState | 
     with locked(state_path(endpoint)):
         st = require_state(endpoint)
         new = change(st)
-        return save_state(new) if new is not None else st
+        return declare_model(save_state(new) if new is not None else st)
+
+
+def declare_model(state: CutoverState) -> CutoverState:
+    """Bring the endpoint's declared model in line with ``state`` (under the cutover lock; the state
+    is saved first, so a crash in between is mended by the next :func:`update_state`, e.g. ``cutover
+    status`` or the stage sensor): promoted or decommissioned, the declaration names the cutover's
+    ``model`` (the autoscaler launches it); failed back, the ``source_model`` again (only while it
+    still names ``model``). A rollback before promotion, or a cutover without ``model``, leaves the
+    declaration alone."""
+    want = state.phase in ("promoted", "decommissioned")
+    if not state.model or not state.source_model or want == state.model_declared:
+        return state
+    if want:
+        set_endpoint_model(state.endpoint, state.model)
+    else:
+        set_endpoint_model(state.endpoint, state.source_model, only_if=state.model)
+    state.model_declared = want
+    return save_state(state)
 
 
 def new_cutover_id() -> str:

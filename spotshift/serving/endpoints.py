@@ -135,6 +135,35 @@ def get_endpoint(name: str) -> Endpoint:
     return Endpoint.from_dict(registry.get(SECTION, name))
 
 
+def declared_model(name: str) -> str:
+    """The model endpoint ``name`` declares; empty when it is not declared."""
+    if not any(e.get("name") == name for e in registry.entries(SECTION)):
+        return ""
+    return get_endpoint(name).model
+
+
+def set_endpoint_model(name: str, model: str, *, only_if: str | None = None) -> bool:
+    """Declare ``model`` as what endpoint ``name`` serves, in one atomic write of the declarations
+    file (under its lock, temp + rename); with ``only_if``, only while it declares that model.
+    False (nothing written) when ``name`` is not declared, ``only_if`` does not match, or it
+    already declares ``model``. A cutover's promotion and failback use it (:mod:`spotshift.serving.cutover_state`)."""
+    changed = False
+
+    def mutate(data: dict[str, list[dict[str, Any]]]) -> None:
+        nonlocal changed
+        for e in data.get(SECTION, []):
+            if e.get("name") != name or e.get("model") == model:
+                continue
+            if only_if is None or e.get("model") == only_if:
+                Endpoint.from_dict({**e, "model": model})  # still a valid declaration
+                e["model"] = model
+                changed = True
+
+    if declared_model(name):
+        registry.update(mutate)
+    return changed
+
+
 def remove_endpoint(name: str) -> Endpoint:
     """Undeclare endpoint ``name``; refused while a live replica serves it. Returns what was removed."""
     from spotshift.serving.replica_api import live_replicas
