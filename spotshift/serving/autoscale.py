@@ -83,6 +83,7 @@ from spotshift.serving.scaling_types import (
     UserRegionTerms,
     location_quotes,
 )
+from spotshift.warehouse import record_facts
 
 __all__ = [
     "ACTIONS",
@@ -324,8 +325,6 @@ def record_scaling_decision(con: Any, decision: ScalingDecision) -> bool:
     Through :func:`spotshift.warehouse.record_facts`, the one path facts take; ``con`` is a write
     connection the caller holds (``None``: open the warehouse, or land the row in its fact lake).
     """
-    from spotshift.warehouse import record_facts
-
     outcome = record_facts({"raw.scaling_decisions": [decision.to_row()]}, con=con)
     return bool(outcome.written.get("raw.scaling_decisions"))
 

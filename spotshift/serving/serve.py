@@ -18,11 +18,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spotshift.errors import ConfigError, SpotshiftError
+from spotshift.clock import virtual_now
+from spotshift.errors import ConfigError, NotFoundError, SpotshiftError
 from spotshift.pricing.regions import split_location
+from spotshift.pricing.reserved import reserved_price_usd_hour
+from spotshift.pricing.snapshots import latest_quotes
 from spotshift.serving import replica_api as api
+from spotshift.serving.mtls import CertRotator, LocalCA, TLSReloader, ca_dir, uvicorn_ssl_options
 from spotshift.serving.notices import record_replica_notice
 from spotshift.serving.replica import Replica, ReplicaConfig
+from spotshift.training.preemption import StopController, WatcherThread, build_watchers, watcher_urls_for
+from spotshift.warehouse import connect
 
 log = logging.getLogger("spotshift.serving")
 
@@ -49,9 +55,6 @@ def _own_rotator(tls_dir: Path, name: str) -> Any:
     """A :class:`~spotshift.serving.mtls.CertRotator` re-issuing this replica's server certificate every
     24 h of virtual time, when ``tls_dir`` trusts the local CA of this ``SPOTSHIFT_HOME`` (the embedded
     default); None when its certificates come from elsewhere (whoever issued them rotates them)."""
-    from spotshift.clock import virtual_now
-    from spotshift.serving.mtls import CertRotator, LocalCA, ca_dir
-
     local = ca_dir() / api.TLS_CA_FILE
     try:
         if not local.is_file() or local.read_bytes() != (tls_dir / api.TLS_CA_FILE).read_bytes():
@@ -65,8 +68,6 @@ async def _tls_loop(ctx: ssl.SSLContext, tls_dir: Path, name: str, stop: asyncio
     """Every second: rotate this replica's own certificate when due, then load changed files into the
     live TLS context (:class:`~spotshift.serving.mtls.TLSReloader`: new handshakes use them, open
     connections finish on the old ones; a half-rotated pair is never loaded)."""
-    from spotshift.serving.mtls import TLSReloader
-
     reloader, rotator = TLSReloader(ctx, tls_dir), _own_rotator(tls_dir, name)
     while not stop.is_set():
         await asyncio.sleep(1.0)
@@ -82,8 +83,6 @@ async def _tls_loop(ctx: ssl.SSLContext, tls_dir: Path, name: str, stop: asyncio
 
 async def _watch_notices(replica: Replica, location: str, urls: dict[str, str]) -> None:
     """Poll the provider's notices (the trainer's watchers); on a notice, drain before its deadline."""
-    from spotshift.training.preemption import StopController, WatcherThread, build_watchers
-
     watchers = build_watchers(urls)
     if not watchers:
         return
@@ -145,9 +144,6 @@ def run_replica(
     """Serve until drained; returns the drain report. ``watcher_urls`` defaults to the location's
     notice endpoints when the market is spot (none otherwise); ``announce`` is called once registered."""
     import uvicorn
-
-    from spotshift.serving.mtls import uvicorn_ssl_options
-    from spotshift.training.preemption import watcher_urls_for
 
     if watcher_urls is None:
         watcher_urls = watcher_urls_for(cfg.location) if cfg.market == "spot" else {}
@@ -263,11 +259,6 @@ def replica_price_usd_hour(location: str, market: str) -> float:
     on-demand for on_demand, and :func:`spotshift.pricing.reserved.reserved_price_usd_hour` of the
     on-demand quote for reserved. :class:`NotFoundError` (one line saying what to do) without quotes."""
     import polars as pl
-
-    from spotshift.errors import NotFoundError
-    from spotshift.pricing.reserved import reserved_price_usd_hour
-    from spotshift.pricing.snapshots import latest_quotes
-    from spotshift.warehouse import connect
 
     provider, region = split_location(location, zone=True)
     try:

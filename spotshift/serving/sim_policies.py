@@ -10,6 +10,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+from spotshift.placement.risk import OnlineRiskEstimator
 from spotshift.serving.autoscale import (
     Launch,
     LocationQuote,
@@ -39,8 +40,6 @@ class AutoscalerPolicy:
         on_decision: Callable[[int, ScalingDecision], None] | None = None,
     ) -> None:
         """``on_decision(tick, decision)`` sees every decision made (the demo prints and records them)."""
-        from spotshift.placement.risk import OnlineRiskEstimator
-
         self.name, self.sim, self.params = name, sim, params
         self.skip_unchanged = skip_unchanged
         self.on_decision = on_decision
