@@ -252,8 +252,6 @@ SIZE_ALLOW_LIST = {
     "spotshift/checkpoint/commands.py:register",
     "spotshift/checkpoint/migrate.py:migrate_checkpoint",
     "spotshift/placement/scoring.py:score_candidates",
-    "spotshift/serving/cutover_commands.py:_register_start",
-    "spotshift/serving/simulate_commands.py:register",
 }
 
 
