@@ -143,21 +143,10 @@ def run_replica(
 ) -> dict[str, Any]:
     """Serve until drained; returns the drain report. ``watcher_urls`` defaults to the location's
     notice endpoints when the market is spot (none otherwise); ``announce`` is called once registered."""
-    import uvicorn
-
     if watcher_urls is None:
         watcher_urls = watcher_urls_for(cfg.location) if cfg.market == "spot" else {}
     state: dict[str, Any] = {}
-    config = uvicorn.Config(
-        _Lazy(state),
-        host=cfg.host,
-        port=cfg.port,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        timeout_graceful_shutdown=5,
-        **(uvicorn_ssl_options(tls_dir) if tls_dir is not None else {}),
-    )
+    config = _uvicorn_config(cfg, state, tls_dir)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -173,11 +162,8 @@ def run_replica(
                 state["drain_task"] = asyncio.ensure_future(state["replica"].drain(reason, deadline_s))
 
         serve_task = asyncio.ensure_future(server.serve())
-        while not server.started:
-            if serve_task.done():
-                serve_task.result()  # bind failure: raise it
-                return
-            await asyncio.sleep(0.01)
+        if not await _started(server, serve_task):
+            return
         port = server.servers[0].sockets[0].getsockname()[1]
         record = _record(cfg, port, checkpoint=checkpoint, tls=tls_dir is not None)
         replica = Replica(cfg, model, record)
@@ -185,11 +171,7 @@ def run_replica(
         await asyncio.to_thread(api.register, record)
         if announce:
             announce(record)
-        tasks = [asyncio.ensure_future(replica.usage_loop())]
-        if watcher_urls:
-            tasks.append(asyncio.ensure_future(_watch_notices(replica, cfg.location, watcher_urls)))
-        if tls_dir:
-            tasks.append(asyncio.ensure_future(_tls_loop(config.ssl, tls_dir, record.replica_id, stop)))
+        tasks = _side_tasks(replica, watcher_urls, tls_dir, config.ssl, stop)
         if "early_stop" in state:
             _start_drain(*state["early_stop"])
         await replica.finished.wait()
@@ -210,6 +192,49 @@ def run_replica(
             f"cannot listen on {cfg.host}:{cfg.port} (address in use or not permitted)"
         ) from None
     return state.get("report", {})
+
+
+def _uvicorn_config(cfg: ReplicaConfig, state: dict[str, Any], tls_dir: Path | None) -> Any:
+    """The replica's uvicorn config: the app is looked up in ``state`` once the port is known
+    (:class:`_Lazy`), no access log, no lifespan, 5 s graceful shutdown, TLS when ``tls_dir``."""
+    import uvicorn
+
+    return uvicorn.Config(
+        _Lazy(state),
+        host=cfg.host,
+        port=cfg.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+        **(uvicorn_ssl_options(tls_dir) if tls_dir is not None else {}),
+    )
+
+
+async def _started(server: Any, serve_task: asyncio.Future[Any]) -> bool:
+    """Wait until uvicorn listens: True; False when it stopped first (a bind failure is raised)."""
+    while not server.started:
+        if serve_task.done():
+            serve_task.result()  # bind failure: raise it
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+def _side_tasks(
+    replica: Replica,
+    watcher_urls: dict[str, str],
+    tls_dir: Path | None,
+    ssl_context: Any,
+    stop: asyncio.Event,
+) -> list[asyncio.Future[Any]]:
+    """What runs beside the server: usage windows, the provider's notices (spot), TLS rotation."""
+    tasks = [asyncio.ensure_future(replica.usage_loop())]
+    if watcher_urls:
+        tasks.append(asyncio.ensure_future(_watch_notices(replica, replica.cfg.location, watcher_urls)))
+    if tls_dir:
+        tasks.append(asyncio.ensure_future(_tls_loop(ssl_context, tls_dir, replica.record.replica_id, stop)))
+    return tasks
 
 
 def check_port_free(host: str, port: int) -> None:
