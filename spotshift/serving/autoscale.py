@@ -65,12 +65,8 @@ from spotshift.serving.scaling_plan import (
     plan_user_regions,
     rtt_lookup,
     wanted_by_region,
-    wanted_replicas,
 )
 from spotshift.serving.scaling_types import (
-    ACTIONS,
-    MARKETS,
-    REPLICA_STATES,
     Launch,
     LocationQuote,
     ReplicaState,
@@ -78,35 +74,10 @@ from spotshift.serving.scaling_types import (
     ScalingDecision,
     ScalingInputs,
     ScalingParams,
-    SpotRule,
     Termination,
     UserRegionTerms,
-    location_quotes,
 )
 from spotshift.warehouse import record_facts
-
-__all__ = [
-    "ACTIONS",
-    "MARKETS",
-    "REPLICA_STATES",
-    "Launch",
-    "LocationQuote",
-    "ReplicaState",
-    "ScalerMemory",
-    "ScalingDecision",
-    "ScalingInputs",
-    "ScalingParams",
-    "SpotRule",
-    "Termination",
-    "UserRegionTerms",
-    "decide_scaling",
-    "gate_scaling",
-    "hysteresis_step",
-    "location_quotes",
-    "record_scaling_decision",
-    "wanted_by_region",
-    "wanted_replicas",
-]
 
 
 def decide_scaling(

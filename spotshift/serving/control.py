@@ -35,7 +35,14 @@ from spotshift.clock import parse_utc
 from spotshift.errors import ConfigError, NotFoundError
 from spotshift.pricing.snapshots import latest_quotes
 from spotshift.serving import replica_api as api
-from spotshift.serving.autoscale import (
+from spotshift.serving.autoscale import decide_scaling, record_scaling_decision
+from spotshift.serving.endpoints import Endpoint
+from spotshift.serving.forecast import ForecastParams, forecast_demand
+from spotshift.serving.launcher import ReplicaLauncher
+from spotshift.serving.notices import recent_no_spot, replica_notices
+from spotshift.serving.policy import InferenceTimeModel, ReplicaView, traffic_policy
+from spotshift.serving.router_state import read_router_signal
+from spotshift.serving.scaling_types import (
     Launch,
     LocationQuote,
     ReplicaState,
@@ -46,15 +53,7 @@ from spotshift.serving.autoscale import (
     SpotRule,
     Termination,
     UserRegionTerms,
-    decide_scaling,
-    record_scaling_decision,
 )
-from spotshift.serving.endpoints import Endpoint
-from spotshift.serving.forecast import ForecastParams, forecast_demand
-from spotshift.serving.launcher import ReplicaLauncher
-from spotshift.serving.notices import recent_no_spot, replica_notices
-from spotshift.serving.policy import InferenceTimeModel, ReplicaView, traffic_policy
-from spotshift.serving.router_state import read_router_signal
 from spotshift.serving.serve import replica_price_usd_hour
 from spotshift.serving.slo import ServingProfile
 from spotshift.warehouse import connect

@@ -14,8 +14,8 @@ from spotshift.errors import ConfigError
 from spotshift.pricing.catalog import canonical_gpu_model
 from spotshift.pricing.regions import provider_of, region_of
 from spotshift.pricing.reserved import reserved_discount
-from spotshift.serving.autoscale import ScalingParams
 from spotshift.serving.latency import LOCATION_SITES, rtt_ms
+from spotshift.serving.scaling_types import ScalingParams
 from spotshift.serving.sim_demand import SyntheticDemand, demand_on_grid, read_demand_csv
 from spotshift.serving.sim_world import POLICIES, PolicyOutcome, SimInputs, forecasts_for
 from spotshift.serving.slo import ServingProfile

@@ -11,7 +11,9 @@ from datetime import timedelta
 from typing import Any
 
 from spotshift.placement.risk import OnlineRiskEstimator
-from spotshift.serving.autoscale import (
+from spotshift.serving.autoscale import decide_scaling
+from spotshift.serving.scaling_plan import hysteresis_step, wanted_by_region
+from spotshift.serving.scaling_types import (
     Launch,
     LocationQuote,
     ReplicaState,
@@ -19,9 +21,6 @@ from spotshift.serving.autoscale import (
     ScalingDecision,
     ScalingInputs,
     ScalingParams,
-    decide_scaling,
-    hysteresis_step,
-    wanted_by_region,
 )
 from spotshift.serving.sim_world import SimInputs, SimReplica
 

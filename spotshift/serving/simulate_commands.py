@@ -165,7 +165,7 @@ def _simulate_inference(args: argparse.Namespace) -> int:
 
     from spotshift.cliutil import emit_json
     from spotshift.errors import ConfigError
-    from spotshift.serving.autoscale import ScalingParams
+    from spotshift.serving.scaling_types import ScalingParams
     from spotshift.serving.simulate import (
         POLICY_LABELS,
         InferenceSimRequest,
