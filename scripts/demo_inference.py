@@ -103,8 +103,9 @@ def plan_days(start: datetime, quotes: list[Any], act: InferenceAct) -> dict[str
     market it used there on the second day and fills ``act``'s plan fields."""
     import numpy as np
 
-    from spotshift.serving.autoscale import ScalingParams, record_scaling_decision
+    from spotshift.serving.autoscale import record_scaling_decision
     from spotshift.serving.latency import rtt_ms
+    from spotshift.serving.scaling_types import ScalingParams
     from spotshift.serving.simulate import (
         AutoscalerPolicy,
         SimInputs,

@@ -136,6 +136,7 @@ def test_the_loop_finder_finds_a_loop() -> None:
 
 #: rooms whose functions import no spotshift module (top-level ``spotshift/*.py`` is listed as "")
 HOISTED_ROOMS = ("placement", "pricing", "sync", "migration", "pools", "simulate", "devenvs", "")
+HOISTED_ROOMS += ("serving", "costs", "integrations", "workers")
 #: owned elsewhere for now (issue 13): the Session API keeps its lazy imports
 NOT_YET = {"spotshift/checkpointing.py"}
 #: third-party packages heavy enough to import only where used
@@ -251,12 +252,6 @@ SIZE_ALLOW_LIST = {
     "spotshift/checkpoint/commands.py:register",
     "spotshift/checkpoint/migrate.py:migrate_checkpoint",
     "spotshift/placement/scoring.py:score_candidates",
-    "spotshift/pricing/expectations.py:validate_snapshot",
-    "spotshift/pricing/history.py:read_price_history",
-    "spotshift/pricing/normalize.py:normalize_frame",
-    "spotshift/serving/cutover_commands.py:_register_start",
-    "spotshift/serving/serve.py:run_replica",
-    "spotshift/serving/simulate_commands.py:register",
 }
 
 
