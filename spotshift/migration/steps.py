@@ -35,7 +35,7 @@ from spotshift.sync.datasets import get_dataset, snapshot_dataset
 from spotshift.sync.refs import read_ref
 from spotshift.training import runs
 from spotshift.training.runs import current_location, latest_ref, replicate_latest, stop_with_checkpoint
-from spotshift.training.shadow import run_shadow_side
+from spotshift.training.shadow_run import run_shadow_side
 
 # --- data ------------------------------------------------------------------------------------------
 

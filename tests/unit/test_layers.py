@@ -241,15 +241,10 @@ LONG_MARK = "# long:"
 #: being split on other branches (issue 13 item 3); the lead empties this on merge.
 #: ``path`` for a module, ``path:qualname`` for a function.
 SIZE_ALLOW_LIST = {
-    "spotshift/training/shadow.py",
     "spotshift/training/preemption.py",
     "spotshift/training/trainer_run.py",
     "spotshift/training/runs.py",
     "spotshift/training/runs.py:resume_in_target",
-    "spotshift/training/commands.py:register",
-    "spotshift/training/notice_server.py:MetadataServer.__init__",
-    "spotshift/checkpoint/commands.py:register",
-    "spotshift/checkpoint/migrate.py:migrate_checkpoint",
     "spotshift/placement/scoring.py:score_candidates",
     "spotshift/pricing/expectations.py:validate_snapshot",
     "spotshift/pricing/history.py:read_price_history",
