@@ -241,8 +241,6 @@ LONG_MARK = "# long:"
 #: being split on other branches (issue 13 item 3); the lead empties this on merge.
 #: ``path`` for a module, ``path:qualname`` for a function.
 SIZE_ALLOW_LIST = {
-    "spotshift/training/runs.py",
-    "spotshift/training/runs.py:resume_in_target",
     "spotshift/placement/scoring.py:score_candidates",
     "spotshift/pricing/expectations.py:validate_snapshot",
     "spotshift/pricing/history.py:read_price_history",
