@@ -214,7 +214,7 @@ def serve_and_preempt(
     from spotshift.serving import replica_api as api
     from spotshift.serving.loadgen import run_load
     from spotshift.training.notice_server import MetadataServer
-    from spotshift.training.preemption import register_endpoints
+    from spotshift.training.preemption_endpoints import register_endpoints
 
     # the act serves in real time: the stepped clock runs at wall speed while replicas serve (their
     # usage windows are on this clock, so the act's facts are dated in the demo's virtual May 2024)
