@@ -4,7 +4,7 @@
 ``checkpoints`` advances a job's trainer for a bounded number of steps (or picks up its newest
 committed checkpoint, or stops its live trainer with one); ``checkpoint_replicas`` brings the newest
 checkpoint into a region's store, as an encrypted tensor delta when the region holds an older one.
-The work is in :mod:`spotshift.training.runs` and :mod:`spotshift.migration.steps` (``carry_checkpoint``,
+The work is in :mod:`spotshift.training.advance` and :mod:`spotshift.migration.steps` (``carry_checkpoint``,
 the step the migration ops record too). ``checkpoint_compatibility`` is the matrix of
 :mod:`spotshift.checkpoint.compat`, built from the facts the moves' probations record; every move
 checks it before it begins (:mod:`spotshift.migration.compat`).
@@ -21,7 +21,7 @@ from spotshift import warehouse as wh
 from spotshift.checkpoint.compat import matrix_view
 from spotshift.errors import NotFoundError
 from spotshift.migration import contract, steps
-from spotshift.training.runs import advance_job
+from spotshift.training.advance import advance_job
 
 
 class CheckpointsConfig(dg.Config):

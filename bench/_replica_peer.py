@@ -271,9 +271,16 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--usd-per-hour", type=float, required=True)
     p.add_argument("--knobs", type=Path)
     p.add_argument("--service-ms", type=float, default=40.0)
-    p.add_argument("--model", default="", help="ignored: a peer has no model")
+    p.add_argument(
+        "--model",
+        default="",
+        help="a peer has no model: registered as the checkpoint it serves (last path part)",
+    )
     args = p.parse_args(argv)
-    knobs = json.loads(args.knobs.read_text()).get(args.location, {}) if args.knobs else {}
+    checkpoint = args.model.rstrip("/").rsplit("/", 1)[-1] if args.model else "peer"
+    all_knobs = json.loads(args.knobs.read_text()) if args.knobs else {}
+    # knobs per location, overridden per checkpoint ("checkpoint:<id>") for a new one in the same place
+    knobs = {**all_knobs.get(args.location, {}), **all_knobs.get(f"checkpoint:{checkpoint}", {})}
     sock = bound_socket()
     port = sock.getsockname()[1]
     rid = api.replica_id_for(args.endpoint, args.location, port)
@@ -301,7 +308,7 @@ def serve_main(argv: list[str]) -> int:
         await asyncio.to_thread(_warm_up, f"http://127.0.0.1:{port}")  # first requests are not cold
         rec = api.ReplicaRecord(
             rid, args.endpoint, f"http://127.0.0.1:{port}", args.location, args.market,
-            args.usd_per_hour, os.getpid(), time.time(), "peer",
+            args.usd_per_hour, os.getpid(), time.time(), checkpoint,
         )  # fmt: skip
         await asyncio.to_thread(api.register, rec)
         print(port, flush=True)

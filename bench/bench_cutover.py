@@ -56,8 +56,9 @@ def main() -> int:
     from bench._cutover_fleet import TARGET, Fleet, Load, ServerThread, drive, freeze_clock
     from spotshift.migration.endpoint_cutover import StartOptions, failback, start
     from spotshift.serving import cutover as co
-    from spotshift.serving.router import Router, RouterConfig
+    from spotshift.serving.router import Router
     from spotshift.serving.router_app import build_app
+    from spotshift.serving.router_state import RouterConfig
 
     freeze_clock()
     # a few samples per window on this box, and router queueing of hundreds of ms: see the docstring

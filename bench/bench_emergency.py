@@ -5,10 +5,12 @@
    notice arrives (``notice.json``, as the wrapper writes it), the next ``step_done`` commits the
    emergency checkpoint and returns with ``should_stop`` set; the time from the notice to that
    return (the region's ``COMMIT`` exists then). The region store is a directory (the embedded
-   default), so the encrypted bytes stream to the local tier and the region store in one pass.
-   Baseline in the same script, same sizes: the sequential path (write and commit the local tier,
-   then copy to the region store verifying alongside) that was the emergency path before.
-   p50/p95/max over ``--trials`` trials.
+   default) on the local tier's filesystem, so the encrypted bytes are written once, to the region
+   store, and the local tier hard-links them after the region's ``COMMIT``. Baselines in the same
+   script, same sizes, interleaved: the mirrored path (one pass writing the same bytes to both
+   tiers, committed in both: the emergency path until the link; ``--mirror-trials``) and the
+   sequential path (write and commit the local tier, then copy to the region store verifying
+   alongside: the path before that; ``--baseline-trials``). p50/p95/max over ``--trials`` trials.
 2. **step_done overhead** on steps that do not checkpoint: the median cost of one call (metrics
    line + notice check), as a share of a 100 ms step.
 
@@ -111,7 +113,7 @@ def start_peer(kind: str) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def one_trial(
-    parts: dict[str, dict[str, Any]], root: Path, *, streaming: bool, bucket: str = "", trial: int = 0
+    parts: dict[str, dict[str, Any]], root: Path, *, mode: str = "streamed", bucket: str = "", trial: int = 0
 ) -> float:
     """Seconds from a notice to ``step_done`` returning with the emergency checkpoint committed."""
     from spotshift.checkpoint.format import list_checkpoints
@@ -122,7 +124,7 @@ def one_trial(
     region_dir, workdir = root / "region", root / "work"
     shutil.rmtree(region_dir, ignore_errors=True)
     shutil.rmtree(workdir, ignore_errors=True)
-    region = open_store(f"{bucket}/t{trial}-{int(streaming)}") if bucket else LocalChunkStore(region_dir)
+    region = open_store(f"{bucket}/t{trial}-{mode}") if bucket else LocalChunkStore(region_dir)
     s = Session(
         "bench",
         "gcp/us-central1",
@@ -134,9 +136,10 @@ def one_trial(
     s.register(state=Holder(parts))
     s.restore()
     s.step_done(1)
-    if not streaming:  # the sequential path: local tier first, then the region copy (verified alongside)
+    if mode != "streamed":  # a baseline path (see the module doc)
         s._ensure_tiers()
-        s.tiers._save_streaming = lambda payload, timings: _sequential(s.tiers, payload, timings)
+        path = _sequential if mode == "sequential" else _mirrored
+        s.tiers._save_streaming = lambda payload, timings: path(s.tiers, payload, timings)
     _notice(workdir)
     t0 = time.monotonic()
     s.step_done(2)
@@ -156,6 +159,30 @@ def _sequential(tiers: Any, payload: Any, timings: dict[str, float]) -> Any:
 
     local_ref = write_checkpoint(tiers.local, payload, tiers.keys, timings=timings)
     return local_ref, tiers._upload(local_ref, payload.kind, timings, replicate=False)
+
+
+def _mirrored(tiers: Any, payload: Any, timings: dict[str, float]) -> Any:
+    from spotshift.checkpoint.format import write_checkpoint
+    from spotshift.checkpoint.tiered import UploadEvent
+
+    t0 = time.perf_counter()
+    ref = write_checkpoint(tiers.local, payload, tiers.keys, timings=timings, mirror=tiers.region)
+    return ref, UploadEvent(ref, payload.kind, "region", 0, time.perf_counter() - t0)
+
+
+def hardware_anchor(root: Path, gib: float = 2.0) -> dict[str, Any]:
+    """What the disk (write + fsync of ``gib`` GiB, where the stores are), AES-GCM and BLAKE3 do now
+    (``probe_emergency_hw.py``): the floor the emergency path is held against, under the same load."""
+    import probe_emergency_hw as hw
+
+    disk = hw.disk_write(root / "anchor.bin", int(gib * (1 << 30)))
+    return {
+        "disk_write_fsync_gb_s": disk["gb_s"],
+        "disk_write_fsync_gib": gib,
+        "aes_gcm_gb_s_1thread": hw.throughput(hw.aes_gcm_segment(), 1 << 30),
+        "blake3_gb_s_1thread": hw.throughput(hw.blake3_segment(), 1 << 30),
+        "load_average": [round(x, 1) for x in os.getloadavg()],
+    }
 
 
 def stats(xs: list[float]) -> dict[str, float]:
@@ -209,8 +236,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--sizes", default="100e6,500e6,1e9", help="parameter counts, comma-separated")
-    p.add_argument("--trials", type=int, default=20)
-    p.add_argument("--baseline-trials", type=int, default=3)
+    p.add_argument("--trials", default="20", help="streamed trials: one count, or one per size (20,6)")
+    p.add_argument("--baseline-trials", type=int, default=3, help="trials of the sequential path")
+    p.add_argument("--mirror-trials", type=int, default=3, help="trials of the mirrored path (local only)")
     p.add_argument(
         "--store",
         choices=["local", "s3", "gcs"],
@@ -219,8 +247,9 @@ def main() -> None:
     )
     args = p.parse_args()
     sizes = [int(2e6), int(8e6)] if args.quick else [int(float(x)) for x in args.sizes.split(",")]
-    trials = 2 if args.quick else args.trials
+    counts = [2] if args.quick else [int(x) for x in str(args.trials).split(",")]
     base_trials = 1 if args.quick else args.baseline_trials
+    mirror_trials = 0 if args.store != "local" else (1 if args.quick else args.mirror_trials)
     root = Path(tempfile.mkdtemp(prefix="bench-emergency-", dir=os.environ.get("SPOTSHIFT_BENCH_DIR")))
     os.environ.setdefault("SPOTSHIFT_HOME", str(root / "home"))
     load_before = os.getloadavg()
@@ -234,27 +263,48 @@ def main() -> None:
     try:
         result["step_done_overhead"] = bench_step_done(500 if args.quick else 5000, root)
         print(f"step_done: {result['step_done_overhead']}", flush=True)
-        for n in sizes:
+        if not args.quick:
+            result["hardware_anchor"] = hardware_anchor(root)
+            print(f"hardware: {result['hardware_anchor']}", flush=True)
+        for k, n in enumerate(sizes):
+            trials = counts[min(k, len(counts) - 1)]
             parts = synthetic_state(n)
             state_bytes = sum(t.numel() * t.element_size() for part in parts.values() for t in part.values())
-            streamed, sequential = [], []
-            for i in range(max(trials, base_trials)):  # interleaved: both see the same load
-                if i < trials:
-                    streamed.append(one_trial(parts, root, streaming=True, bucket=bucket, trial=i))
-                if i < base_trials:
-                    sequential.append(one_trial(parts, root, streaming=False, bucket=bucket, trial=i))
+            runs: dict[str, list[float]] = {"streamed": [], "mirror": [], "sequential": []}
+            wanted = {"streamed": trials, "mirror": mirror_trials, "sequential": base_trials}
+            for i in range(max(wanted.values())):  # interleaved: all see the same load
+                line = []
+                for mode, xs in runs.items():
+                    if i < wanted[mode]:
+                        xs.append(one_trial(parts, root, mode=mode, bucket=bucket, trial=i))
+                        line.append(f"{mode} {xs[-1]:.2f}s")
                 print(
-                    f"  {n / 1e6:.0f}M trial {i + 1}: streamed {streamed[-1]:.2f}s"
-                    + (f", sequential {sequential[-1]:.2f}s" if i < base_trials else "")
-                    + f" (load {os.getloadavg()[0]:.1f})",
+                    f"  {n / 1e6:.0f}M trial {i + 1}: {', '.join(line)} (load {os.getloadavg()[0]:.1f})",
                     flush=True,
                 )
+            streamed, sequential = runs["streamed"], runs["sequential"]
             row = {
                 "params": n,
                 "state_bytes": state_bytes,
                 "streaming": stats(streamed),
                 "sequential_baseline": stats(sequential),
+                **({"mirror_baseline": stats(runs["mirror"])} if runs["mirror"] else {}),
+                "trials_s": {mode: [round(x, 3) for x in xs] for mode, xs in runs.items() if xs},
                 "speedup_p50": round(statistics.median(sequential) / statistics.median(streamed), 2),
+                **(
+                    {
+                        "speedup_vs_mirror_p50": round(
+                            statistics.median(runs["mirror"]) / statistics.median(streamed), 2
+                        )
+                    }
+                    if runs["mirror"]
+                    else {}
+                ),
+                "disk_floor_s": round(
+                    state_bytes / result["hardware_anchor"]["disk_write_fsync_gb_s"] / 1e9, 2
+                )
+                if "hardware_anchor" in result
+                else None,
                 "load_average_after": [round(x, 1) for x in os.getloadavg()],
             }
             if n == int(500e6):

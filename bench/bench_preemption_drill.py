@@ -78,7 +78,7 @@ def main() -> int:
     from spotshift.serving import replica_api as api
     from spotshift.serving.loadgen import run_load
     from spotshift.training.notice_server import MetadataServer
-    from spotshift.training.preemption import register_endpoints
+    from spotshift.training.preemption_endpoints import register_endpoints
     from tests.training_support import declare_tiny_job
 
     declare_tiny_job(home, total_steps=400, every=40)

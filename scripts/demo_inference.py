@@ -103,8 +103,9 @@ def plan_days(start: datetime, quotes: list[Any], act: InferenceAct) -> dict[str
     market it used there on the second day and fills ``act``'s plan fields."""
     import numpy as np
 
-    from spotshift.serving.autoscale import ScalingParams, record_scaling_decision
+    from spotshift.serving.autoscale import record_scaling_decision
     from spotshift.serving.latency import rtt_ms
+    from spotshift.serving.scaling_types import ScalingParams
     from spotshift.serving.simulate import (
         AutoscalerPolicy,
         SimInputs,
@@ -213,7 +214,7 @@ def serve_and_preempt(
     from spotshift.serving import replica_api as api
     from spotshift.serving.loadgen import run_load
     from spotshift.training.notice_server import MetadataServer
-    from spotshift.training.preemption import register_endpoints
+    from spotshift.training.preemption_endpoints import register_endpoints
 
     # the act serves in real time: the stepped clock runs at wall speed while replicas serve (their
     # usage windows are on this clock, so the act's facts are dated in the demo's virtual May 2024)

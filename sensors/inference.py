@@ -18,9 +18,9 @@ from ops.inference import scale_endpoint_job
 from resources.compute import ReplicaLauncherResource
 from spotshift.clock import virtual_now
 from spotshift.errors import SpotshiftError
-from spotshift.serving.autoscale import ScalerMemory
 from spotshift.serving.control import decision_to_doc, plan_scaling
 from spotshift.serving.endpoints import load_endpoints
+from spotshift.serving.scaling_types import ScalerMemory
 
 
 @dg.sensor(job=scale_endpoint_job, minimum_interval_seconds=60, description=__doc__)

@@ -78,7 +78,7 @@ from spotshift.training.session_state import decode_state as decode_state
 from spotshift.training.session_state import encode_state as encode_state
 from spotshift.training.session_state import read_notice_file as read_notice_file
 from spotshift.training.trainer import set_rng_state
-from spotshift.training.trainer_run import usage_fact
+from spotshift.training.trainer_record import usage_fact
 
 log = logging.getLogger("spotshift.session")
 

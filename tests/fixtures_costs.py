@@ -455,7 +455,8 @@ def _scaling(sim: _Sim) -> None:
     the fixture market (one endpoint, users in us-east, demand of the inference windows)."""
     from datetime import UTC
 
-    from spotshift.serving.autoscale import LocationQuote, ReplicaState, ScalingInputs, decide_scaling
+    from spotshift.serving.autoscale import decide_scaling
+    from spotshift.serving.scaling_types import LocationQuote, ReplicaState, ScalingInputs
     from spotshift.serving.slo import ServingProfile
 
     demand_by_hour: dict[datetime, float] = {}

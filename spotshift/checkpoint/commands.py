@@ -21,7 +21,15 @@ def register(sub: Any) -> None:
     )
     cs = p.add_subparsers(dest="ckpt_command", metavar="ACTION")
     cs.required = True
+    _register_inspect(cs)
+    _register_verify(cs)
+    _register_compat(cs)
+    _register_list(cs)
+    _register_prune(cs)
+    _register_migrate(cs)
 
+
+def _register_inspect(cs: Any) -> None:
     insp = cs.add_parser(
         "inspect",
         help="show a checkpoint's metadata and check its parts are present and whole (no key needed)",
@@ -34,6 +42,8 @@ def register(sub: Any) -> None:
     insp.add_argument("--json", action="store_true", help="print one JSON object")
     insp.set_defaults(handler=_inspect)
 
+
+def _register_verify(cs: Any) -> None:
     ver = cs.add_parser(
         "verify",
         help="verify commit marker, sizes, hashes, key, seal, every segment and the content hash",
@@ -45,6 +55,8 @@ def register(sub: Any) -> None:
     ver.add_argument("--json", action="store_true", help="print one JSON object")
     ver.set_defaults(handler=_verify)
 
+
+def _register_compat(cs: Any) -> None:
     cp = cs.add_parser(
         "compat",
         help="show the checkpoint compatibility matrix: runtime pairs proven or known bad by moves",
@@ -56,6 +68,8 @@ def register(sub: Any) -> None:
     cp.add_argument("--json", action="store_true", help="print one JSON object")
     cp.set_defaults(handler=_compat)
 
+
+def _register_list(cs: Any) -> None:
     ls = cs.add_parser(
         "list",
         help="list the committed checkpoints of a job in a store, and what killed writers left there",
@@ -68,6 +82,8 @@ def register(sub: Any) -> None:
     ls.add_argument("--json", action="store_true", help="print one JSON object")
     ls.set_defaults(handler=_list)
 
+
+def _register_prune(cs: Any) -> None:
     pr = cs.add_parser(
         "prune",
         help="keep the newest N committed checkpoints of a job in a store, delete the rest",
@@ -81,6 +97,8 @@ def register(sub: Any) -> None:
     pr.add_argument("--json", action="store_true", help="print one JSON object")
     pr.set_defaults(handler=_prune)
 
+
+def _register_migrate(cs: Any) -> None:
     mig = cs.add_parser(
         "migrate",
         help="copy a checkpoint to another store, as an encrypted tensor delta when the target has an older one",

@@ -18,7 +18,9 @@ field of it is refused before a single tensor is trusted.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
 import blake3
@@ -52,12 +54,42 @@ def stored_size(plain_bytes: int, segment_bytes: int) -> int:
     return HEADER_BYTES + plain_bytes + TAG_BYTES * segments
 
 
+class _Lane:
+    """One worker thread running calls in submission order, at most ``depth`` of them pending (the
+    caller waits beyond that, so memory stays at ``depth`` segments); the first error is raised."""
+
+    def __init__(self, name: str, depth: int):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._pending: deque[Future[None]] = deque()
+        self._depth = depth
+
+    def submit(self, fn: Callable[..., None], *args: object) -> None:
+        self._pending.append(self._pool.submit(fn, *args))
+        while len(self._pending) > self._depth or (self._pending and self._pending[0].done()):
+            self._pending.popleft().result()
+
+    def drain(self, *, check: bool = True) -> None:
+        try:
+            while self._pending:
+                fut = self._pending.popleft()
+                if check:
+                    fut.result()
+                else:
+                    fut.exception()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 class EncryptingWriter:
     """A write-only binary sink that encrypts into ``out`` segment by segment.
 
     It also hashes (BLAKE3) the plaintext and the stored bytes as they pass, so a checkpoint needs
     one pass over its tensors. ``timings`` (if given) accumulates ``serialize_s`` (plaintext
     hashing), ``encrypt_s`` and ``write_s`` (stored hashing and writing).
+
+    ``pipelined``: the plaintext hash and the stored hash + write each run on a worker thread, in
+    order, alongside the encryption (BLAKE3 and file writes release the GIL); :meth:`close`
+    returns once all of it is done. The caller keeps written buffers unchanged until then.
     """
 
     def __init__(
@@ -69,6 +101,7 @@ class EncryptingWriter:
         part_name: str,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         timings: dict[str, float] | None = None,
+        pipelined: bool = False,
     ):
         import time
 
@@ -89,6 +122,18 @@ class EncryptingWriter:
         self.stored_bytes = 0
         self._emit(MAGIC + struct.pack(">II", segment_bytes, part_index))
         self.closed = False
+        self._lanes = (_Lane("ckpt-plain-hash", 64), _Lane("ckpt-write", 4)) if pipelined else None
+
+    def _run(self, lane: int, fn: Callable[..., None], data: object) -> None:
+        if self._lanes is None:
+            fn(data)
+        else:
+            self._lanes[lane].submit(fn, data)
+
+    def _hash_plain(self, mv: memoryview) -> None:
+        t0 = self._clock()
+        self.plain_hash.update(mv)
+        self.timings["serialize_s"] += self._clock() - t0  # hashing the plaintext is part of the format
 
     def _emit(self, data: bytes) -> None:
         t0 = self._clock()
@@ -104,29 +149,28 @@ class EncryptingWriter:
         )
         self.timings["encrypt_s"] += self._clock() - t0
         self._segment += 1
-        self._emit(sealed)
+        self._run(1, self._emit, sealed)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Append plaintext; full segments are sealed as soon as more data is known to follow."""
         mv = memoryview(data).cast("B")
         n = len(mv)
-        t0 = self._clock()
-        self.plain_hash.update(mv)
-        self.timings["serialize_s"] += self._clock() - t0  # hashing the plaintext is part of the format
+        self._run(0, self._hash_plain, mv)
         self.plain_bytes += n
         seg = self.segment_bytes
-        # fast path: whole segments straight from the caller's buffer (no copy into _buf)
-        if not self._buf:
-            while len(mv) > seg:
-                self._seal_segment(mv[:seg], final=False)
-                mv = mv[seg:]
-            self._buf += mv
-            return n
+        if self._buf:  # top up the pending segment; seal it once more data is known to follow
+            take = min(seg - len(self._buf), len(mv))
+            self._buf += mv[:take]
+            mv = mv[take:]
+            if not mv:
+                return n
+            self._seal_segment(self._buf, final=False)
+            self._buf = bytearray()
+        # whole segments straight from the caller's buffer (no copy); the tail waits in _buf
+        while len(mv) > seg:
+            self._seal_segment(mv[:seg], final=False)
+            mv = mv[seg:]
         self._buf += mv
-        while len(self._buf) > seg:
-            head = bytes(self._buf[:seg])
-            del self._buf[:seg]
-            self._seal_segment(head, final=False)
         return n
 
     def close(self) -> None:
@@ -135,6 +179,16 @@ class EncryptingWriter:
             self._seal_segment(self._buf, final=True)
             self._buf = bytearray()
             self.closed = True
+            if self._lanes is not None:
+                for lane in self._lanes:
+                    lane.drain()
+
+    def abort(self) -> None:
+        """Stop the worker threads (after a failure; their errors are dropped). ``out`` is the caller's."""
+        self.closed = True
+        if self._lanes is not None:
+            for lane in self._lanes:
+                lane.drain(check=False)
 
 
 def iter_decrypt(

@@ -33,6 +33,7 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 from spotshift.errors import ConfigError, CredentialsError, IntegrityError
+from spotshift.home import spotshift_home
 
 #: environment variable naming the default key provider spec
 KEY_PROVIDER_ENV = "SPOTSHIFT_KEY_PROVIDER"
@@ -75,8 +76,6 @@ class KeyProvider(ABC):
 
 def default_key_path() -> Path:
     """The local KEK file: ``$SPOTSHIFT_HOME/keys/kek.key``."""
-    from spotshift.home import spotshift_home
-
     return spotshift_home() / "keys" / "kek.key"
 
 

@@ -53,9 +53,9 @@ from spotshift.checkpoint.format import (
 )
 from spotshift.checkpoint.keys import KeyProvider
 from spotshift.checkpoint.tiered import copy_checkpoint
-from spotshift.clock import parse_utc
+from spotshift.clock import parse_utc, virtual_now
 from spotshift.errors import ConfigError, IntegrityError
-from spotshift.home import location_of_store
+from spotshift.home import cache_dir, location_of_store
 from spotshift.sync.store import ChunkStore, LocalChunkStore
 from spotshift.sync.transfer import TransferStats
 
@@ -256,8 +256,6 @@ def write_plain_checkpoint(
     if isinstance(dst, LocalChunkStore):
         ref = write_checkpoint(dst, payload, keys)
     else:
-        from spotshift.home import cache_dir
-
         cache_dir().mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix="ckpt-apply-", dir=cache_dir()))
         try:
@@ -304,8 +302,6 @@ def migrate_checkpoint(
     ``max_delta_ratio`` of the full checkpoint. Locations default to the region of a local region
     store (``None`` for other URLs).
     """
-    from spotshift.clock import virtual_now
-
     t0 = time.perf_counter()
     started = virtual_now().isoformat()
     ckpt = open_checkpoint(src, job, checkpoint_id)
@@ -334,29 +330,9 @@ def migrate_checkpoint(
     if base is not None and not dst.exists(checkpoint_prefix(job, base) + "COMMIT"):
         raise ConfigError(f"base checkpoint {job}/{base} is not committed in {dst.url}")
     base_id = None if full else (base or choose_base(dst, job, ckpt.step, ckpt.checkpoint_id))
-    if base_id is not None:
-        new_plain = ckpt.read_parts(keys)
-        base_src = src if src.exists(checkpoint_prefix(job, base_id) + "COMMIT") else dst
-        base_plain = StoredCheckpoint(base_src, job, base_id).read_parts(keys)
-        plain, stats = compute_delta(new_plain, base_plain)
-        obj = _encrypt_delta(job, ckpt, base_id, plain, keys)
-        report.bytes_scanned = ckpt.stored_bytes + sum(len(b) for b in base_plain.values())
-        report.tensors_total = stats.tensors_total
-        if len(obj) <= max_delta_ratio * report.bytes_full:
-            key = f"checkpoints/{job}/{INCOMING}/{os.getpid()}.{ckpt.checkpoint_id}.{secrets.token_hex(4)}.delta"
-            dst.put_bytes(key, obj)
-            apply_delta_object(dst, key, keys)
-            report.method = "tensor_delta"
-            report.base = base_id
-            report.bytes_sent = len(obj)
-            report.bytes_changed = stats.bytes_changed
-            report.tensors_sent = stats.tensors_sent
-            report.delta_plain_bytes = stats.plain_bytes
-            report.seconds = time.perf_counter() - t0
-            return report
-        report.notes.append(
-            f"delta ({len(obj)} bytes) not smaller than {max_delta_ratio:.0%} of the checkpoint: full copy"
-        )
+    if base_id is not None and _send_delta(src, dst, ckpt, base_id, keys, report, max_delta_ratio):
+        report.seconds = time.perf_counter() - t0
+        return report
     report.bytes_sent = copy_checkpoint(src, dst, job, ckpt.checkpoint_id, keys)
     report.method = "full"
     report.bytes_scanned = report.bytes_scanned or ckpt.stored_bytes
@@ -365,3 +341,40 @@ def migrate_checkpoint(
     report.tensors_sent = report.tensors_total
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _send_delta(
+    src: ChunkStore,
+    dst: ChunkStore,
+    ckpt: StoredCheckpoint,
+    base_id: str,
+    keys: KeyProvider,
+    report: MigrationReport,
+    max_delta_ratio: float,
+) -> bool:
+    """Ship ``ckpt`` to ``dst`` as an encrypted tensor delta against ``base_id`` and apply it there,
+    filling ``report``; ``False`` (with a note) when the delta is larger than ``max_delta_ratio`` of
+    the full checkpoint, so the caller copies it whole."""
+    job = ckpt.job
+    new_plain = ckpt.read_parts(keys)
+    base_src = src if src.exists(checkpoint_prefix(job, base_id) + "COMMIT") else dst
+    base_plain = StoredCheckpoint(base_src, job, base_id).read_parts(keys)
+    plain, stats = compute_delta(new_plain, base_plain)
+    obj = _encrypt_delta(job, ckpt, base_id, plain, keys)
+    report.bytes_scanned = ckpt.stored_bytes + sum(len(b) for b in base_plain.values())
+    report.tensors_total = stats.tensors_total
+    if len(obj) > max_delta_ratio * report.bytes_full:
+        report.notes.append(
+            f"delta ({len(obj)} bytes) not smaller than {max_delta_ratio:.0%} of the checkpoint: full copy"
+        )
+        return False
+    key = f"checkpoints/{job}/{INCOMING}/{os.getpid()}.{ckpt.checkpoint_id}.{secrets.token_hex(4)}.delta"
+    dst.put_bytes(key, obj)
+    apply_delta_object(dst, key, keys)
+    report.method = "tensor_delta"
+    report.base = base_id
+    report.bytes_sent = len(obj)
+    report.bytes_changed = stats.bytes_changed
+    report.tensors_sent = stats.tensors_sent
+    report.delta_plain_bytes = stats.plain_bytes
+    return True

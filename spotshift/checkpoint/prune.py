@@ -23,6 +23,7 @@ from spotshift.checkpoint.format import (
     list_checkpoints,
     read_latest_pointer,
 )
+from spotshift.checkpoint.migrate import delta_envelope
 from spotshift.errors import ConfigError, IntegrityError, NotFoundError
 from spotshift.sync.store import ChunkStore
 
@@ -50,8 +51,6 @@ def incoming_delta_bases(store: ChunkStore, job: str) -> dict[str, str]:
     """Undelivered deltas of ``job`` in ``store`` and the base checkpoint each one needs.
 
     :class:`IntegrityError` naming the first delta whose envelope cannot be read."""
-    from spotshift.checkpoint.migrate import delta_envelope
-
     out = {}
     for key in sorted(store.list_keys(f"{job_prefix(job)}incoming/")):
         try:

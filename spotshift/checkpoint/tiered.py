@@ -37,6 +37,7 @@ from spotshift.checkpoint.format import (
 )
 from spotshift.checkpoint.keys import KeyProvider
 from spotshift.checkpoint.streaming import can_stream, write_streaming
+from spotshift.checkpoint.writer import same_filesystem
 from spotshift.sync.store import ChunkStore, LocalChunkStore
 
 log = logging.getLogger("spotshift.checkpoint")
@@ -204,13 +205,22 @@ class TieredCheckpointer:
         self, payload: CheckpointPayload, timings: dict[str, float]
     ) -> tuple[CheckpointRef, UploadEvent]:
         """A synchronous save: one pass writes the encrypted parts to the local tier and the region
-        store at once — ``write_checkpoint(mirror=...)`` for a store on a filesystem, streaming
-        uploads for S3 and GCS (:func:`~spotshift.checkpoint.streaming.write_streaming`)."""
+        store at once — on one filesystem the region's copy is written and committed first and the
+        local tier gets hard links of its files (``write_checkpoint(linked=...)``: the bytes are
+        written once), on two ``write_checkpoint(mirror=...)``; streaming uploads for S3 and GCS
+        (:func:`~spotshift.checkpoint.streaming.write_streaming`)."""
         self._drop_pending()
         with self._lock:  # after the upload in flight, like any upload
             t0 = time.perf_counter()
             try:
-                if isinstance(self.region, LocalChunkStore):
+                if isinstance(self.region, LocalChunkStore) and same_filesystem(self.local, self.region):
+                    ref = write_checkpoint(
+                        self.region, payload, self.keys, timings=timings, linked=self.local
+                    )
+                    local_ref = CheckpointRef(
+                        self.local.url, ref.job, ref.checkpoint_id, ref.step, ref.content_hash
+                    )
+                elif isinstance(self.region, LocalChunkStore):
                     local_ref = write_checkpoint(
                         self.local, payload, self.keys, timings=timings, mirror=self.region
                     )

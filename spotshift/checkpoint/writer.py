@@ -13,11 +13,12 @@ import base64
 import json
 import os
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from spotshift.atomic import fsync_dir
+from spotshift.atomic import fsync_dir, start_writeback
 from spotshift.checkpoint import crypto
 from spotshift.checkpoint.catalog import read_latest_pointer, sweep_dead_writers
 from spotshift.checkpoint.codec import (
@@ -50,14 +51,26 @@ def _fsync_close(f: BinaryIO) -> None:
 
 
 class _Tee:
-    """A binary sink writing every chunk to several files (the stored bytes, once encrypted)."""
+    """A binary sink writing every chunk to several files (the stored bytes, once encrypted), and
+    the object store's stream ``also``. Every ``kick_bytes`` it starts the write-back of what the
+    files got since the last kick (:func:`~spotshift.atomic.start_writeback`), so the disk works
+    from the first segment on and the final fsync finds little left to write."""
 
-    def __init__(self, files: list[BinaryIO]):
-        self.files = files
+    def __init__(self, files: list[BinaryIO], also: Any = None, kick_bytes: int = 32 << 20):
+        self.files, self.also, self.kick_bytes = files, also, kick_bytes
+        self.written = self.kicked = 0
 
     def write(self, data: Any) -> int:
         for f in self.files:
             f.write(data)
+        if self.also is not None:
+            self.also.write(data)
+        self.written += len(data)
+        if self.written - self.kicked >= self.kick_bytes:
+            for f in self.files:
+                f.flush()
+                start_writeback(f.fileno(), self.kicked, self.written - self.kicked)
+            self.kicked = self.written
         return len(data)
 
 
@@ -122,15 +135,16 @@ class Staging:
         timings["serialize_s"] += time.perf_counter() - t0
         key_name = f"{part}-{env.ctx}.enc"
         outs = [open(d / (self.prefix + key_name), "wb") for d in self.dirs]  # noqa: SIM115
-        sinks: list[Any] = [*outs, *([also] if also is not None else [])]
+        w = None
         try:
             w = crypto.EncryptingWriter(
-                sinks[0] if len(sinks) == 1 else _Tee(sinks),
+                _Tee(outs, also),
                 env.data_key,
                 part_index=index,
                 part_name=part,
                 segment_bytes=segment_bytes,
                 timings=timings,
+                pipelined=also is None,  # an object store's upload stays on the caller's thread
             )
             for chunk in chunks:
                 w.write(chunk)
@@ -143,6 +157,8 @@ class Staging:
                 _fsync_close(out)
             timings["write_s"] += time.perf_counter() - t0
         except BaseException:
+            if w is not None:
+                w.abort()
             for out in outs:
                 out.close()
             raise
@@ -194,6 +210,7 @@ def write_checkpoint(
     segment_bytes: int = crypto.DEFAULT_SEGMENT_BYTES,
     timings: dict[str, float] | None = None,
     mirror: LocalChunkStore | None = None,
+    linked: LocalChunkStore | None = None,
 ) -> CheckpointRef:
     """Serialize, encrypt and commit ``payload`` into a local store (the local disk tier).
 
@@ -206,6 +223,11 @@ def write_checkpoint(
     the same encrypted bytes in the same pass, staged, renamed and committed the same way after
     ``tier`` (an emergency checkpoint: no second read, no second encryption, no window in which
     the local copy could be altered before it is copied). Both commits carry the same marker.
+
+    ``linked`` (a store on the same filesystem as ``tier``: the local tier when the region's store
+    is a directory beside it) gets hard links of ``tier``'s files only after ``tier``'s ``COMMIT``
+    and ``latest`` (the bytes are durable by then), then its own ``COMMIT`` and ``latest``: the
+    bytes are written once, and the commit a deadline waits for is ``tier``'s.
     """
     timings = timings if timings is not None else {}
     for k in ("serialize_s", "encrypt_s", "write_s"):
@@ -213,6 +235,8 @@ def write_checkpoint(
     t_start = time.perf_counter()
     sweep_dead_writers(tier, payload.job)
     env = Envelope.new(keys, payload.job, timings)
+    if mirror is not None and linked is not None:
+        raise ValueError("write_checkpoint: give a mirror or a linked store, not both")
     stores = [tier] if mirror is None else [tier, mirror]
     staging = Staging(stores, env.ctx)
     try:
@@ -222,6 +246,7 @@ def write_checkpoint(
             )
             for i, part in enumerate(sorted(payload.parts))
         }
+        parts_names = [m["key"] for m in parts_meta.values()]
         plain_hashes = {p: m["plain_hash"] for p, m in parts_meta.items()}
         content_hash = content_hash_of(payload.job, payload.step, payload.tokens, payload.state, plain_hashes)
         ckpt_id = checkpoint_id_for(payload.step, content_hash)
@@ -243,7 +268,38 @@ def write_checkpoint(
         )
     timings["write_s"] += time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
+    if linked is not None:  # after tier's COMMIT: never a link to bytes that are not durable
+        t0 = time.perf_counter()
+        link_files(tier, linked, checkpoint_prefix(payload.job, ckpt_id), [*parts_names, meta_key])
+        commit_checkpoint(
+            linked, payload.job, ckpt_id, meta_key, meta_bytes, payload.step, content_hash, env.data_key
+        )
+        timings["link_s"] = time.perf_counter() - t0
     return CheckpointRef(tier.url, payload.job, ckpt_id, payload.step, content_hash)
+
+
+def link_files(src: LocalChunkStore, dst: LocalChunkStore, prefix: str, names: list[str]) -> None:
+    """Hard-link ``prefix + name`` of committed, durable files from ``src`` into ``dst`` (a copy,
+    fsynced, where the filesystem refuses links), then fsync ``dst``'s directory once."""
+    src_dir, dst_dir = src.root / prefix, dst.root / prefix
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        target = dst_dir / name
+        target.unlink(missing_ok=True)  # a cut-short earlier write of the same id
+        try:
+            os.link(src_dir / name, target)
+        except OSError:
+            shutil.copyfile(src_dir / name, target)
+            with open(target, "rb+") as f:
+                os.fsync(f.fileno())
+    fsync_dir(dst_dir)
+
+
+def same_filesystem(a: LocalChunkStore, b: LocalChunkStore) -> bool:
+    """Whether two local stores live on one filesystem (so :func:`link_files` links)."""
+    for st in (a, b):
+        st.root.mkdir(parents=True, exist_ok=True)
+    return os.stat(a.root).st_dev == os.stat(b.root).st_dev
 
 
 def _part_chunks(part: Any, *, what: str) -> tuple[list[Any], int]:

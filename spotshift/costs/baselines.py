@@ -35,8 +35,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from spotshift.clock import as_utc
+from spotshift.clock import as_utc, virtual_now
+from spotshift.jobs import load_jobs
+from spotshift.placement.params import PlacementParams
 from spotshift.pricing.regions import split_location
+from spotshift.simulate.engine import Scenario, run_policy
+from spotshift.simulate.market import build_market
+from spotshift.simulate.traces import AvailabilityTrace, availability_dir, load_availability
+from spotshift.warehouse import record_facts
 
 BASELINE = "stay_first_spot"
 TABLE = "raw.job_baselines"
@@ -106,9 +112,6 @@ def _quotes(con: Any, fs: FirstSpot) -> Any:
 
 def _scenario(fs: FirstSpot, job: Any | None) -> Any:
     """The simulated job: the declaration's work, deadline and checkpoint interval (see module doc)."""
-    from spotshift.placement.params import PlacementParams
-    from spotshift.simulate.engine import Scenario
-
     changeover = PlacementParams().changeover_hours
     if job is None:
         work = max(fs.billed_hours, 1e-3)
@@ -139,8 +142,6 @@ def _scenario(fs: FirstSpot, job: Any | None) -> Any:
 
 def _aligned(trace: Any, trace_start: datetime, at: datetime) -> Any:
     """``trace`` rotated so its tick 0 is ``at`` (traces wrap around, as the injector reads them)."""
-    from spotshift.simulate.traces import AvailabilityTrace
-
     offset = math.floor((at - trace_start).total_seconds() / trace.gap_seconds) % len(trace.data)
     return AvailabilityTrace(trace.gap_seconds, trace.data[offset:] + trace.data[:offset], trace.name)
 
@@ -166,10 +167,6 @@ def simulate_stay_first_spot(
     None: no availability trace of the first spot location, no quote of it, or a price missing
     where the simulated job needed one (the simulator's cost is then not a number).
     """
-    from spotshift.simulate.engine import run_policy
-    from spotshift.simulate.market import build_market
-    from spotshift.simulate.traces import load_availability
-
     found = load_availability(fs.location, directory)
     if found is None:
         return None
@@ -217,11 +214,6 @@ def record_baselines(con: Any, *, now: datetime | None = None, directory: Any = 
     ``con`` is a writable warehouse connection; the marts read the rows (``mart_savings``). Cheap
     when there is nothing to do: without an availability directory no job is even looked up.
     """
-    from spotshift.clock import virtual_now
-    from spotshift.jobs import load_jobs
-    from spotshift.simulate.traces import availability_dir
-    from spotshift.warehouse import record_facts
-
     d = availability_dir() if directory is None else Path(directory)
     if not d.is_dir() or not any(d.glob("*.json")):
         return 0

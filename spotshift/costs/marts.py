@@ -14,8 +14,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from spotshift.costs.dbt import build_marts, dbt_project_dir, project_changed_since
 from spotshift.errors import ConfigError, NotFoundError
-from spotshift.warehouse import first_row
+from spotshift.home import warehouse_path
+from spotshift.progress import NO_PROGRESS
+from spotshift.warehouse import first_row, ingest_pending
+from spotshift.warehouse_connection import open_connection
+from spotshift.warehouse_schema import RAW_TABLES
 
 #: the relations ``spotshift report`` reads
 REPORT_MARTS: tuple[str, ...] = (
@@ -33,8 +38,6 @@ MartsState = Literal["missing", "stale", "fresh"]
 
 def resolve_warehouse(warehouse: str | os.PathLike[str] | None = None) -> Path:
     """The warehouse file: ``warehouse`` when given, else :func:`spotshift.home.warehouse_path`."""
-    from spotshift.home import warehouse_path
-
     return Path(warehouse).expanduser().resolve() if warehouse else warehouse_path()
 
 
@@ -55,9 +58,6 @@ def open_marts(
     :class:`NotFoundError` when the file or any required mart is missing (the message says how
     to build them).
     """
-    from spotshift.warehouse import ingest_pending
-    from spotshift.warehouse_connection import open_connection
-
     path = resolve_warehouse(warehouse)
     if not path.is_file():
         raise NotFoundError(
@@ -79,10 +79,6 @@ def open_marts(
 
 def marts_state(warehouse: str | os.PathLike[str] | None = None) -> tuple[MartsState, str]:
     """``("missing"|"stale"|"fresh", reason)`` of the report marts of ``warehouse``."""
-    from spotshift.warehouse import ingest_pending
-    from spotshift.warehouse_connection import open_connection
-    from spotshift.warehouse_schema import RAW_TABLES
-
     path = resolve_warehouse(warehouse)
     if not path.is_file():
         return "missing", f"warehouse {path} does not exist"
@@ -119,8 +115,6 @@ def _project_changed_since(built_at: Any) -> str | None:
     """A dbt_costs file modified after ``built_at`` (naive UTC), or None."""
     from datetime import UTC
 
-    from spotshift.costs.dbt import dbt_project_dir, project_changed_since
-
     if built_at is None:
         return "never built"
     try:
@@ -144,8 +138,6 @@ def ensure_marts(
     ``warnings`` list, data tests run as warnings (a problem in the facts never aborts the build)
     and the list receives one line per test that found rows.
     """
-    from spotshift.costs.dbt import build_marts
-
     if mode not in ("auto", "always", "never"):
         raise ConfigError(f"unknown build mode {mode!r}")
     path = resolve_warehouse(warehouse)
@@ -161,7 +153,6 @@ def ensure_marts(
         return False, f"marts {state}: {reason}"
     if mode == "auto" and state == "fresh":
         return False, reason
-    from spotshift.progress import NO_PROGRESS
 
     run = build_marts(path, data_tests_warn=warnings is not None, progress=progress or NO_PROGRESS)
     if warnings is not None:

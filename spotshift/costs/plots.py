@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from spotshift.atomic import atomic_write_bytes
 from spotshift.warehouse import first_row
 
 PRICE_PLOT = "price_history.png"
@@ -227,8 +228,6 @@ def plot_cumulative_cost(con: Any, path: Path) -> Path:
 
 def _save(fig: Any, path: Path) -> Path:
     import io
-
-    from spotshift.atomic import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

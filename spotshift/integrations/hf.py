@@ -35,6 +35,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from spotshift.checkpointing import Session
+from spotshift.errors import ConfigError
 
 #: the part names a Trainer's state is checkpointed under (keep them: they are the checkpoint's parts)
 PARTS = ("model", "optimizer", "scheduler", "trainer_state")
@@ -120,7 +121,6 @@ def export_resume_dir(session: Session, directory: str | Path) -> Path | None:
     import torch
     from safetensors.torch import save_file
 
-    from spotshift.errors import ConfigError
     from spotshift.training.trainer import _python_rng_from_json
 
     found = session.resume_states()

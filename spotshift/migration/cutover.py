@@ -30,14 +30,14 @@ from spotshift.migration.state import MoveEnv, MoveState, save
 from spotshift.migration.steps import RetrainResult, live_in_target
 from spotshift.placement.params import PlacementParams
 from spotshift.placement.state import load_state, mark_unfit, record_placement, set_status
-from spotshift.training import runs
+from spotshift.training import relocate, runs
 from spotshift.training.shadow import (
     ShadowComparison,
     ShadowThresholds,
     ShadowVerdict,
-    run_shadow_validation,
     verdicts,
 )
+from spotshift.training.shadow_run import run_shadow_validation
 from spotshift.warehouse import first_row, record_facts
 
 
@@ -181,7 +181,7 @@ def roll_back(env: MoveEnv, plan: MovePlan, *, reason: str, unfit_hours: float =
         return True
 
     def restart_source() -> dict[str, Any]:
-        return runs.start_live(
+        return relocate.start_live(
             env.backend,
             plan.job,
             plan.from_location,

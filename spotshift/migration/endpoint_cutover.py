@@ -26,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from spotshift.checkpoint.catalog import parse_checkpoint_path
 from spotshift.clock import virtual_now
 from spotshift.errors import ConfigError, check_range
 from spotshift.home import spotshift_home
@@ -35,6 +36,7 @@ from spotshift.serving import cutover as co
 from spotshift.serving import replica_api as api
 from spotshift.serving.cutover_facts import record_stage_rows
 from spotshift.serving.cutover_replicas import DEFAULT_STOP_TIMEOUT_S
+from spotshift.serving.endpoints import check_model_ref, declared_model
 from spotshift.serving.launcher import ReplicaLauncher
 from spotshift.serving.serve import replica_price_usd_hour
 
@@ -64,7 +66,8 @@ def usd_per_mtok(usd_per_hour: float, capacity_tokens_s: float) -> float:
 
 def start(endpoint: str, opts: StartOptions, *, record: bool = True) -> co.CutoverState:
     """Begin a cutover of ``endpoint`` to ``opts.to_location``; ConfigError (one line) when one is in
-    progress, the target is where the endpoint already serves, or there is no source to move from."""
+    progress, the target is where the endpoint already serves (unless ``opts.model`` is a new checkpoint:
+    then the replicas serving the old one there are the source), or there is no source to move from."""
     api.check_endpoint_name(endpoint)
     to = check_location(opts.to_location, "--to")
     if opts.market not in api.MARKETS:
@@ -73,9 +76,17 @@ def start(endpoint: str, opts: StartOptions, *, record: bool = True) -> co.Cutov
     shadow = co.parse_stages(opts.shadow, "shadow", "--shadow")
     live = co.parse_stages(opts.stages, "live", "--stages")
     live_replicas = api.live_replicas(endpoint)
-    sources = [r for r in live_replicas if r.location != to]
+    # a new checkpoint (--model) where the endpoint already serves: what it serves there is the source
+    kept = sorted({r.checkpoint for r in live_replicas if r.location == to}) if opts.model else []
+    if opts.model:
+        check_model_ref(opts.model)  # what the target serves, and the endpoint declares once promoted
+    _check_new_checkpoint(opts.model, kept)
+    sources = [r for r in live_replicas if co.side_of(to, kept, r.location, r.checkpoint) == "source"]
     if any(r.location == to for r in live_replicas) and not sources:
-        raise ConfigError(f"endpoint {endpoint!r} already serves from {to}: nothing to cut over")
+        raise ConfigError(
+            f"endpoint {endpoint!r} already serves from {to}: nothing to cut over "
+            "(--model CHECKPOINT moves it to a new checkpoint there)"
+        )
     steady = opts.steady_replicas if opts.steady_replicas is not None else len(sources)
     if steady < 1:
         raise ConfigError(
@@ -124,11 +135,22 @@ def start(endpoint: str, opts: StartOptions, *, record: bool = True) -> co.Cutov
             now=now,
             source_mix=source_mix(sources),
             target_usd_per_hour=float(price),
+            source_checkpoints=kept,
+            source_model=declared_model(endpoint),
         )
         co.save_state(st)
     if record:
         record_rows(st)
     return st
+
+
+def _check_new_checkpoint(model: str, kept: list[str]) -> None:
+    """ConfigError when ``--model`` names by id a checkpoint the target location already serves."""
+    if not kept or "/checkpoints/" not in model:
+        return
+    _, _, checkpoint_id = parse_checkpoint_path(model)
+    if checkpoint_id in kept:
+        raise ConfigError(f"--model {model!r}: the endpoint already serves checkpoint {checkpoint_id} there")
 
 
 def check(endpoint: str, *, record: bool = True) -> co.CutoverState:

@@ -33,9 +33,10 @@ from spotshift.placement.topology import probe_target
 from spotshift.sync import datasets as sync_datasets
 from spotshift.sync.datasets import get_dataset, snapshot_dataset
 from spotshift.sync.refs import read_ref
-from spotshift.training import runs
-from spotshift.training.runs import current_location, latest_ref, replicate_latest, stop_with_checkpoint
-from spotshift.training.shadow import run_shadow_side
+from spotshift.training import relocate
+from spotshift.training.relocate import replicate_latest
+from spotshift.training.runs import current_location, latest_ref, stop_with_checkpoint
+from spotshift.training.shadow_run import run_shadow_side
 
 # --- data ------------------------------------------------------------------------------------------
 
@@ -328,7 +329,7 @@ def start_live(
 ) -> RetrainResult:
     """The job's live trainer in ``location`` for the rest of the job (from its newest checkpoint,
     which must be there, or from scratch); returns once it has taken its first step."""
-    out = runs.start_live(
+    out = relocate.start_live(
         env.backend,
         job,
         location,
@@ -345,7 +346,7 @@ def retrain(
 ) -> RetrainResult:
     """Resume the job in ``target`` from the checkpoint replicated there: ``steps`` (default the
     job's cadence) waited for, or ``detach`` for the rest of the job (``retrain_run``'s own config)."""
-    out = runs.resume_in_target(
+    out = relocate.resume_in_target(
         env.backend,
         job,
         target,

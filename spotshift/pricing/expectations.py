@@ -12,8 +12,9 @@ Five checks, each one GX suite run over a pandas view of the snapshot (:data:`CH
                                  the feed's clock (``PriceFeed.clock``: the virtual clock for live
                                  feeds, the replayed time for a replay), and none is from the future
 
-Great Expectations takes ~6 s to import, so it is imported inside :func:`validate_snapshot`,
-never at module load (Dagster loads this code location often).
+Great Expectations takes ~6 s to import, so it is imported inside the functions that build and run
+the suites (:func:`validate_snapshot`'s steps), never at module load (Dagster loads this code
+location often).
 """
 
 from __future__ import annotations
@@ -165,129 +166,161 @@ def validate_snapshot(
     ``now`` is the feed's clock (:meth:`spotshift.pricing.feeds.PriceFeed.clock`). Returns one :class:`CheckOutcome` per check, in
     :data:`CHECKS` order.
     """
-    import logging
-
-    import polars as pl
-
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
-    import great_expectations as gx
-    import great_expectations.expectations as gxe
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-    from great_expectations.expectations.row_conditions import Column
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batches = context.data_sources.add_pandas("spotshift_quotes")
+    context, batches = _ephemeral_context()
 
     def run(name: str, frame: Any, expectations: list[Any]) -> CheckOutcome:
-        asset = batches.add_dataframe_asset(name)
-        batch = asset.add_batch_definition_whole_dataframe(f"{name}_whole")
-        suite = context.suites.add(gx.ExpectationSuite(name=f"{name}_suite"))
-        for e in expectations:
-            suite.add_expectation(e)
-        definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=name, data=batch, suite=suite)
-        )
-        result = definition.run(batch_parameters={"dataframe": frame.to_pandas()})
-        failures = _failures(result)
-        unexpected = sum(int(f.get("unexpected_count") or 0) for f in failures)
-        measured = {"unexpected_values": float(unexpected), **measure(name, frame)}
-        return CheckOutcome(name, bool(result.success), CHECKS[name], failures, frame.height, measured)
+        return _run_suite(context, batches, name, frame, expectations, max_quote_age_hours)
 
-    def measure(name: str, frame: Any) -> dict[str, float]:
-        """The check's own measurement (the figure its expectations bound), for plotting."""
-        if frame.height == 0:
-            return {}
-        if name == "quotes_price_ranges":
-            return {"max_price_per_gpu_hour_usd": float(frame["price_per_gpu_hour_usd"].max() or 0.0)}
-        if name == "quotes_spot_below_on_demand":
-            ratio = (frame["spot_usd_hour"] / frame["on_demand_usd_hour"]).max()
-            return {"max_spot_to_on_demand_ratio": float(ratio or 0.0)}
-        if name == "quotes_unique_per_snapshot":
-            keys = ["snapshot_id", *QUOTE_KEY]
-            return {"duplicate_quotes": float(frame.height - frame.select(keys).unique().height)}
-        if name == "quotes_fresh":
-            return {
-                "quote_age_hours": float(frame["quote_age_hours"].min()),
-                "oldest_quote_age_hours": float(frame["quote_age_hours"].max()),
-                "max_quote_age_hours": float(max_quote_age_hours),
-            }
-        return {}
-
-    outcomes = [
-        run(
-            "quotes_keys_not_null",
-            snapshot,
-            [gxe.ExpectTableRowCountToBeBetween(min_value=1)]
-            + [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in KEY_COLUMNS]
-            + [
-                gxe.ExpectColumnValuesToBeInSet(column="provider", value_set=list(PROVIDERS)),
-                gxe.ExpectColumnValuesToBeInSet(column="market", value_set=list(MARKETS)),
-            ],
-        )
-    ]
-
-    per_gpu = snapshot.with_columns(
-        (pl.col("price_usd_hour") / pl.col("gpu_count").cast(pl.Float64)).alias("price_per_gpu_hour_usd")
-    )
-    present = sorted(set(per_gpu["gpu_model"].drop_nulls().to_list()) & set(PRICE_RANGE_PER_GPU_HOUR))
-    outcomes.append(
-        run(
-            "quotes_price_ranges",
-            per_gpu,
-            [
-                gxe.ExpectColumnValuesToBeInSet(column="gpu_model", value_set=list(PRICE_RANGE_PER_GPU_HOUR)),
-                gxe.ExpectColumnValuesToBeBetween(
-                    column="effective_gpu_hour_usd", min_value=0, strict_min=True
-                ),
-            ]
-            + [
-                gxe.ExpectColumnValuesToBeBetween(
-                    column="price_per_gpu_hour_usd",
-                    min_value=PRICE_RANGE_PER_GPU_HOUR[m][0],
-                    max_value=PRICE_RANGE_PER_GPU_HOUR[m][1],
-                    row_condition=Column("gpu_model") == m,
-                )
-                for m in present
-            ],
-        )
-    )
-
-    outcomes.append(
+    per_gpu = _with_price_per_gpu(snapshot)
+    return [
+        run("quotes_keys_not_null", snapshot, _keys_not_null_expectations()),
+        run("quotes_price_ranges", per_gpu, _price_range_expectations(per_gpu)),
         run(
             "quotes_spot_below_on_demand",
             spot_vs_on_demand(snapshot, spot_tolerance),
-            [
-                gxe.ExpectColumnPairValuesAToBeGreaterThanB(
-                    column_A="on_demand_limit_usd_hour", column_B="spot_usd_hour", or_equal=True
-                )
-            ],
-        )
-    )
-
-    outcomes.append(
+            _spot_below_on_demand_expectations(),
+        ),
+        run("quotes_unique_per_snapshot", snapshot, _unique_expectations()),
         run(
-            "quotes_unique_per_snapshot",
-            snapshot,
-            [gxe.ExpectCompoundColumnsToBeUnique(column_list=["snapshot_id", *QUOTE_KEY])],
-        )
+            "quotes_fresh",
+            _quote_ages(snapshot, now),
+            _fresh_expectations(max_quote_age_hours, future_tolerance_hours),
+        ),
+    ]
+
+
+def _ephemeral_context() -> tuple[Any, Any]:
+    """A Great Expectations ephemeral context (quiet, no progress bars) and its pandas data source."""
+    import logging
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context, context.data_sources.add_pandas("spotshift_quotes")
+
+
+def _run_suite(
+    context: Any, batches: Any, name: str, frame: Any, expectations: list[Any], max_quote_age_hours: float
+) -> CheckOutcome:
+    """Check ``name``: its expectations as one suite over ``frame``, with what it measured."""
+    import great_expectations as gx
+
+    asset = batches.add_dataframe_asset(name)
+    batch = asset.add_batch_definition_whole_dataframe(f"{name}_whole")
+    suite = context.suites.add(gx.ExpectationSuite(name=f"{name}_suite"))
+    for e in expectations:
+        suite.add_expectation(e)
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=name, data=batch, suite=suite)
+    )
+    result = definition.run(batch_parameters={"dataframe": frame.to_pandas()})
+    failures = _failures(result)
+    unexpected = sum(int(f.get("unexpected_count") or 0) for f in failures)
+    measured = {"unexpected_values": float(unexpected), **_measure(name, frame, max_quote_age_hours)}
+    return CheckOutcome(name, bool(result.success), CHECKS[name], failures, frame.height, measured)
+
+
+def _measure(name: str, frame: Any, max_quote_age_hours: float) -> dict[str, float]:
+    """The check's own measurement (the figure its expectations bound), for plotting."""
+    if frame.height == 0:
+        return {}
+    if name == "quotes_price_ranges":
+        return {"max_price_per_gpu_hour_usd": float(frame["price_per_gpu_hour_usd"].max() or 0.0)}
+    if name == "quotes_spot_below_on_demand":
+        ratio = (frame["spot_usd_hour"] / frame["on_demand_usd_hour"]).max()
+        return {"max_spot_to_on_demand_ratio": float(ratio or 0.0)}
+    if name == "quotes_unique_per_snapshot":
+        keys = ["snapshot_id", *QUOTE_KEY]
+        return {"duplicate_quotes": float(frame.height - frame.select(keys).unique().height)}
+    if name == "quotes_fresh":
+        return {
+            "quote_age_hours": float(frame["quote_age_hours"].min()),
+            "oldest_quote_age_hours": float(frame["quote_age_hours"].max()),
+            "max_quote_age_hours": float(max_quote_age_hours),
+        }
+    return {}
+
+
+def _keys_not_null_expectations() -> list[Any]:
+    """``quotes_keys_not_null``: at least one row, no null key, known provider and market."""
+    import great_expectations.expectations as gxe
+
+    return (
+        [gxe.ExpectTableRowCountToBeBetween(min_value=1)]
+        + [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in KEY_COLUMNS]
+        + [
+            gxe.ExpectColumnValuesToBeInSet(column="provider", value_set=list(PROVIDERS)),
+            gxe.ExpectColumnValuesToBeInSet(column="market", value_set=list(MARKETS)),
+        ]
     )
 
-    ages = snapshot.select(
+
+def _with_price_per_gpu(snapshot: Any) -> Any:
+    """The snapshot with ``price_per_gpu_hour_usd`` (the figure :data:`PRICE_RANGE_PER_GPU_HOUR` bounds)."""
+    import polars as pl
+
+    return snapshot.with_columns(
+        (pl.col("price_usd_hour") / pl.col("gpu_count").cast(pl.Float64)).alias("price_per_gpu_hour_usd")
+    )
+
+
+def _price_range_expectations(per_gpu: Any) -> list[Any]:
+    """``quotes_price_ranges``: known GPU models, effective GPU-hour > 0, each present model in range."""
+    import great_expectations.expectations as gxe
+    from great_expectations.expectations.row_conditions import Column
+
+    present = sorted(set(per_gpu["gpu_model"].drop_nulls().to_list()) & set(PRICE_RANGE_PER_GPU_HOUR))
+    return [
+        gxe.ExpectColumnValuesToBeInSet(column="gpu_model", value_set=list(PRICE_RANGE_PER_GPU_HOUR)),
+        gxe.ExpectColumnValuesToBeBetween(column="effective_gpu_hour_usd", min_value=0, strict_min=True),
+    ] + [
+        gxe.ExpectColumnValuesToBeBetween(
+            column="price_per_gpu_hour_usd",
+            min_value=PRICE_RANGE_PER_GPU_HOUR[m][0],
+            max_value=PRICE_RANGE_PER_GPU_HOUR[m][1],
+            row_condition=Column("gpu_model") == m,
+        )
+        for m in present
+    ]
+
+
+def _spot_below_on_demand_expectations() -> list[Any]:
+    """``quotes_spot_below_on_demand``, over :func:`spot_vs_on_demand`'s rows."""
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="on_demand_limit_usd_hour", column_B="spot_usd_hour", or_equal=True
+        )
+    ]
+
+
+def _unique_expectations() -> list[Any]:
+    """``quotes_unique_per_snapshot``: each quote key once per snapshot."""
+    import great_expectations.expectations as gxe
+
+    return [gxe.ExpectCompoundColumnsToBeUnique(column_list=["snapshot_id", *QUOTE_KEY])]
+
+
+def _quote_ages(snapshot: Any, now: datetime) -> Any:
+    """One column, ``quote_age_hours``: how long before ``now`` each quote was observed."""
+    import polars as pl
+
+    return snapshot.select(
         (
             (pl.lit(now).cast(pl.Datetime("us", "UTC")) - pl.col("observed_at")).dt.total_seconds() / 3600.0
         ).alias("quote_age_hours")
     )
-    outcomes.append(
-        run(
-            "quotes_fresh",
-            ages,
-            [
-                gxe.ExpectColumnMinToBeBetween(column="quote_age_hours", max_value=max_quote_age_hours),
-                gxe.ExpectColumnValuesToBeBetween(
-                    column="quote_age_hours", min_value=-future_tolerance_hours
-                ),
-            ],
-        )
-    )
-    return outcomes
+
+
+def _fresh_expectations(max_quote_age_hours: float, future_tolerance_hours: float) -> list[Any]:
+    """``quotes_fresh``: the newest quote recent enough, none further in the future than the tolerance."""
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnMinToBeBetween(column="quote_age_hours", max_value=max_quote_age_hours),
+        gxe.ExpectColumnValuesToBeBetween(column="quote_age_hours", min_value=-future_tolerance_hours),
+    ]

@@ -50,6 +50,33 @@ def read_price_history(path: str | Path) -> Any:
     import polars as pl
 
     p = Path(path)
+    raw = _read_raw(p)
+    for col in ("instance_type", "gpu_model", "region"):
+        _bad_line(raw, p, raw[col].is_null() | (raw[col].str.strip_chars() == ""), col, "is empty")
+    observed = _observed_at(raw, p)
+    gpu_count = _gpu_count(raw, p)
+    ondemand, spot = _prices(raw, p)
+    out = pl.DataFrame(
+        {
+            "observed_at": observed,
+            "provider": _text_or(raw, "provider", "gcp"),
+            "region": raw["region"].str.strip_chars(),
+            "zone": _text_or(raw, "zone", ""),
+            "instance_type": raw["instance_type"].str.strip_chars(),
+            "gpu_model": raw["gpu_model"].str.strip_chars(),
+            "gpu_count": gpu_count,
+            "ondemand_hour": ondemand,
+            "spot_hour": spot,
+            "source": _text_or(raw, "source", "replay"),
+        }
+    )
+    return out.sort("observed_at", maintain_order=True)
+
+
+def _read_raw(p: Path) -> Any:
+    """The CSV as text columns; :class:`InputError` when missing, unreadable, short of a column or empty."""
+    import polars as pl
+
     if not p.is_file():
         raise InputError(f"price history {p}: no such file")
     try:
@@ -62,16 +89,22 @@ def read_price_history(path: str | Path) -> Any:
         raise InputError(f"price history {p}: missing column(s) {', '.join(missing)}")
     if raw.height == 0:
         raise InputError(f"price history {p}: no rows")
+    return raw
 
-    def bad_line(mask: Any, column: str, what: str) -> None:
-        idx = mask.arg_true()
-        if len(idx):
-            i = int(idx[0])
-            value = raw[column][i]
-            raise InputError(f"price history {p} line {i + 2}: {column} {value!r} {what}")
 
-    for col in ("instance_type", "gpu_model", "region"):
-        bad_line(raw[col].is_null() | (raw[col].str.strip_chars() == ""), col, "is empty")
+def _bad_line(raw: Any, p: Path, mask: Any, column: str, what: str) -> None:
+    """:class:`InputError` naming the first line where ``mask`` holds (line 1 is the header)."""
+    idx = mask.arg_true()
+    if len(idx):
+        i = int(idx[0])
+        value = raw[column][i]
+        raise InputError(f"price history {p} line {i + 2}: {column} {value!r} {what}")
+
+
+def _observed_at(raw: Any, p: Path) -> Any:
+    """``observed_at`` as aware UTC datetimes, any ISO-8601 spelling."""
+    import polars as pl
+
     stamps = raw["observed_at"].str.strip_chars()
     # fast vectorized path for the usual full form with offset; any other ISO-8601 spelling (a date,
     # no offset, "Z", a space separator) is parsed once per distinct value, so rows may mix forms
@@ -82,42 +115,51 @@ def read_price_history(path: str | Path) -> Any:
         observed = observed.fill_null(
             stamps.replace_strict(parsed, default=None, return_dtype=pl.Datetime("us", "UTC"))
         )
-    bad_line(observed.is_null(), "observed_at", "is not an ISO-8601 timestamp")
+    _bad_line(raw, p, observed.is_null(), "observed_at", "is not an ISO-8601 timestamp")
+    return observed
+
+
+def _gpu_count(raw: Any, p: Path) -> Any:
+    """``gpu_count`` as positive Int32."""
+    import polars as pl
+
     gpu_count = raw["gpu_count"].str.strip_chars().cast(pl.Int32, strict=False)
-    bad_line(gpu_count.is_null() | (gpu_count <= 0), "gpu_count", "is not a positive integer")
+    _bad_line(raw, p, gpu_count.is_null() | (gpu_count <= 0), "gpu_count", "is not a positive integer")
+    return gpu_count
+
+
+def _prices(raw: Any, p: Path) -> tuple[Any, Any]:
+    """``(ondemand_hour, spot_hour)`` as finite Float64 >= 0 (spot null where the cell is empty)."""
+    import polars as pl
+
     ondemand = raw["ondemand_hour"].str.strip_chars().cast(pl.Float64, strict=False)
-    bad_line(
-        ondemand.is_null() | ~ondemand.is_finite() | (ondemand < 0), "ondemand_hour", "is not a price >= 0"
+    _bad_line(
+        raw,
+        p,
+        ondemand.is_null() | ~ondemand.is_finite() | (ondemand < 0),
+        "ondemand_hour",
+        "is not a price >= 0",
     )
     spot_text = raw["spot_hour"].fill_null("").str.strip_chars()
     spot = spot_text.cast(pl.Float64, strict=False)
-    bad_line(
+    _bad_line(
+        raw,
+        p,
         (spot_text != "") & (spot.is_null() | ~spot.is_finite() | (spot < 0)),
         "spot_hour",
         "is not a price >= 0",
     )
+    return ondemand, spot
 
-    def text_or(col: str, default: str) -> Any:
-        if col in raw.columns:
-            return (
-                raw[col].fill_null(default).str.strip_chars().str.to_lowercase()
-                if col == "provider"
-                else raw[col].fill_null(default)
-            )
-        return pl.Series(col, [default] * raw.height)
 
-    out = pl.DataFrame(
-        {
-            "observed_at": observed,
-            "provider": text_or("provider", "gcp"),
-            "region": raw["region"].str.strip_chars(),
-            "zone": text_or("zone", ""),
-            "instance_type": raw["instance_type"].str.strip_chars(),
-            "gpu_model": raw["gpu_model"].str.strip_chars(),
-            "gpu_count": gpu_count,
-            "ondemand_hour": ondemand,
-            "spot_hour": spot,
-            "source": text_or("source", "replay"),
-        }
-    )
-    return out.sort("observed_at", maintain_order=True)
+def _text_or(raw: Any, col: str, default: str) -> Any:
+    """Optional text column ``col`` (nulls as ``default``; provider lower-cased), or ``default`` throughout."""
+    import polars as pl
+
+    if col in raw.columns:
+        return (
+            raw[col].fill_null(default).str.strip_chars().str.to_lowercase()
+            if col == "provider"
+            else raw[col].fill_null(default)
+        )
+    return pl.Series(col, [default] * raw.height)

@@ -160,7 +160,31 @@ def normalize_frame(
     """
     import polars as pl
 
-    catalog = catalog or load_catalog()
+    df = _with_catalog(raw, catalog or load_catalog())
+    df = df.with_columns(_reject_reason(max_gpu_hour_usd))
+    report = NormalizationReport()
+    _count_rejected(df.filter(pl.col("reject_reason").is_not_null()), report)
+    ok = df.filter(pl.col("reject_reason").is_null())
+    _count_gpu_model_disagreements(ok, report)
+    if latest_only:
+        before = ok.height
+        ok = ok.sort("observed_at", maintain_order=True).unique(
+            subset=list(QUOTE_KEY), keep="last", maintain_order=True
+        )
+        report.superseded = before - ok.height
+    report.accepted = ok.height
+    quotes = ok.with_columns(
+        pl.col("price_per_hour").alias("price_usd_hour"),
+        (pl.col("price_per_hour") * pl.col("effective_factor")).alias("effective_gpu_hour_usd"),
+    ).select([pl.col(c).cast(t) for c, t in quote_schema().items()])
+    return quotes, report
+
+
+def _with_catalog(raw: Any, catalog: Any) -> Any:
+    """``raw`` cast to :func:`raw_price_schema`, joined to the catalog's facts of its instance type
+    (null where the type is unknown). :class:`ValueError` when a raw column is missing."""
+    import polars as pl
+
     schema = raw_price_schema()
     missing = [c for c in schema if c not in raw.columns]
     if missing:
@@ -176,9 +200,15 @@ def normalize_frame(
         "topology_score",
         "effective_factor",
     )
-    df = df.join(cat, on=["provider", "instance_type"], how="left")
+    return df.join(cat, on=["provider", "instance_type"], how="left")
+
+
+def _reject_reason(max_gpu_hour_usd: float) -> Any:
+    """The ``reject_reason`` column: the first rule a row breaks, null for a row accepted."""
+    import polars as pl
+
     price = pl.col("price_per_hour")
-    reason = (
+    return (
         pl.when(~pl.col("market").is_in(list(MARKETS)) | pl.col("market").is_null())
         .then(pl.lit("unknown_market"))
         .when(pl.col("currency").is_null() | (pl.col("currency") != "USD"))
@@ -196,21 +226,28 @@ def normalize_frame(
         .otherwise(pl.lit(None, dtype=pl.String))
         .alias("reject_reason")
     )
-    df = df.with_columns(reason)
 
-    report = NormalizationReport()
-    rejected = df.filter(pl.col("reject_reason").is_not_null())
-    if rejected.height:
-        counts = rejected.group_by("reject_reason").len()
-        report.rejected = {r: int(n) for r, n in counts.iter_rows()}
-        unknown = (
-            rejected.filter(pl.col("reject_reason") == "unknown_instance_type")
-            .group_by("provider", "instance_type")
-            .len()
-        )
-        report.unknown_instance_types = {f"{p}/{t}": int(n) for p, t, n in unknown.iter_rows()}
 
-    ok = df.filter(pl.col("reject_reason").is_null())
+def _count_rejected(rejected: Any, report: NormalizationReport) -> None:
+    """Count the rejected rows into ``report``: by reason, and the unknown instance types by name."""
+    import polars as pl
+
+    if not rejected.height:
+        return
+    counts = rejected.group_by("reject_reason").len()
+    report.rejected = {r: int(n) for r, n in counts.iter_rows()}
+    unknown = (
+        rejected.filter(pl.col("reject_reason") == "unknown_instance_type")
+        .group_by("provider", "instance_type")
+        .len()
+    )
+    report.unknown_instance_types = {f"{p}/{t}": int(n) for p, t, n in unknown.iter_rows()}
+
+
+def _count_gpu_model_disagreements(ok: Any, report: NormalizationReport) -> None:
+    """Count into ``report`` the accepted rows whose feed GPU spelling is not the catalog's model."""
+    import polars as pl
+
     # compare spellings per distinct combination, not per row (a history has millions of rows)
     hints = (
         ok.filter(pl.col("gpu_model_hint").is_not_null() & (pl.col("gpu_model_hint") != ""))
@@ -221,19 +258,6 @@ def normalize_frame(
         if canonical_gpu_model(h) != m:
             key = f"{p}/{t}: {h} -> {m}"
             report.gpu_model_disagreements[key] = report.gpu_model_disagreements.get(key, 0) + int(n)
-
-    if latest_only:
-        before = ok.height
-        ok = ok.sort("observed_at", maintain_order=True).unique(
-            subset=list(QUOTE_KEY), keep="last", maintain_order=True
-        )
-        report.superseded = before - ok.height
-    report.accepted = ok.height
-    quotes = ok.with_columns(
-        pl.col("price_per_hour").alias("price_usd_hour"),
-        (pl.col("price_per_hour") * pl.col("effective_factor")).alias("effective_gpu_hour_usd"),
-    ).select([pl.col(c).cast(t) for c, t in quote_schema().items()])
-    return quotes, report
 
 
 def quotes_from_frame(quotes: Any) -> list[NormalizedGPUQuote]:

@@ -65,12 +65,8 @@ from spotshift.serving.scaling_plan import (
     plan_user_regions,
     rtt_lookup,
     wanted_by_region,
-    wanted_replicas,
 )
 from spotshift.serving.scaling_types import (
-    ACTIONS,
-    MARKETS,
-    REPLICA_STATES,
     Launch,
     LocationQuote,
     ReplicaState,
@@ -78,34 +74,10 @@ from spotshift.serving.scaling_types import (
     ScalingDecision,
     ScalingInputs,
     ScalingParams,
-    SpotRule,
     Termination,
     UserRegionTerms,
-    location_quotes,
 )
-
-__all__ = [
-    "ACTIONS",
-    "MARKETS",
-    "REPLICA_STATES",
-    "Launch",
-    "LocationQuote",
-    "ReplicaState",
-    "ScalerMemory",
-    "ScalingDecision",
-    "ScalingInputs",
-    "ScalingParams",
-    "SpotRule",
-    "Termination",
-    "UserRegionTerms",
-    "decide_scaling",
-    "gate_scaling",
-    "hysteresis_step",
-    "location_quotes",
-    "record_scaling_decision",
-    "wanted_by_region",
-    "wanted_replicas",
-]
+from spotshift.warehouse import record_facts
 
 
 def decide_scaling(
@@ -324,8 +296,6 @@ def record_scaling_decision(con: Any, decision: ScalingDecision) -> bool:
     Through :func:`spotshift.warehouse.record_facts`, the one path facts take; ``con`` is a write
     connection the caller holds (``None``: open the warehouse, or land the row in its fact lake).
     """
-    from spotshift.warehouse import record_facts
-
     outcome = record_facts({"raw.scaling_decisions": [decision.to_row()]}, con=con)
     return bool(outcome.written.get("raw.scaling_decisions"))
 

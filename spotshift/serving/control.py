@@ -30,9 +30,19 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from spotshift.budgets import budget_status, find_budget
 from spotshift.clock import parse_utc
+from spotshift.errors import ConfigError, NotFoundError
+from spotshift.pricing.snapshots import latest_quotes
 from spotshift.serving import replica_api as api
-from spotshift.serving.autoscale import (
+from spotshift.serving.autoscale import decide_scaling, record_scaling_decision
+from spotshift.serving.endpoints import Endpoint
+from spotshift.serving.forecast import ForecastParams, forecast_demand
+from spotshift.serving.launcher import ReplicaLauncher
+from spotshift.serving.notices import recent_no_spot, replica_notices
+from spotshift.serving.policy import InferenceTimeModel, ReplicaView, traffic_policy
+from spotshift.serving.router_state import read_router_signal
+from spotshift.serving.scaling_types import (
     Launch,
     LocationQuote,
     ReplicaState,
@@ -43,13 +53,10 @@ from spotshift.serving.autoscale import (
     SpotRule,
     Termination,
     UserRegionTerms,
-    decide_scaling,
-    record_scaling_decision,
 )
-from spotshift.serving.endpoints import Endpoint
-from spotshift.serving.forecast import ForecastParams, forecast_demand
-from spotshift.serving.launcher import ReplicaLauncher
+from spotshift.serving.serve import replica_price_usd_hour
 from spotshift.serving.slo import ServingProfile
+from spotshift.warehouse import connect
 
 DEFAULT_CAPACITY_TOKENS_S = 2400.0  # the serving profile's measured default (serving/slo.py)
 HISTORY_S = 4 * 86_400  # the forecast fits on four days at most
@@ -75,8 +82,6 @@ def endpoint_inventory(endpoint: str, launcher: ReplicaLauncher) -> dict[str, li
 def endpoint_traffic_policy(ep: Endpoint, capacity_tokens_s: float = DEFAULT_CAPACITY_TOKENS_S) -> Any:
     """The :class:`~spotshift.serving.policy.TrafficPolicy` for ``ep``'s user mix over its registered
     replicas, with the router's prior inference-time model (no live latencies outside the router)."""
-    from spotshift.serving.policy import InferenceTimeModel, ReplicaView, traffic_policy
-
     views = [
         ReplicaView(
             r.replica_id, r.url, r.location, r.market, r.price_usd_per_hour, capacity_tokens_s, 1, r.state
@@ -120,8 +125,6 @@ def location_quotes_now(con: Any, ep: Endpoint) -> tuple[list[LocationQuote], st
     the quote snapshot ids they come from (as :func:`~spotshift.serving.serve.replica_price_usd_hour`)."""
     import polars as pl
 
-    from spotshift.pricing.snapshots import latest_quotes
-
     q = latest_quotes(con).with_columns(
         (pl.col("provider") + "/" + pl.col("region")).alias("loc"),
         (pl.col("price_usd_hour") / pl.col("gpu_count")).alias("per_gpu"),
@@ -162,12 +165,6 @@ def plan_scaling(
 ) -> ScalingPlan:
     """Gather ``ep``'s inputs (module docstring) and decide; pure apart from reading state.
     :class:`NotFoundError` while the endpoint has no usage history (or the warehouse no quotes)."""
-    from spotshift.budgets import budget_status, find_budget
-    from spotshift.errors import NotFoundError
-    from spotshift.serving.notices import recent_no_spot, replica_notices
-    from spotshift.serving.router import read_router_signal
-    from spotshift.warehouse import connect
-
     fp = ForecastParams()
     mem = memory or ScalerMemory()
     with connect(read_only=True) as con:
@@ -232,8 +229,6 @@ def decision_to_doc(d: ScalingDecision) -> dict[str, Any]:
 
 def decision_from_doc(doc: Mapping[str, Any]) -> ScalingDecision:
     """The :class:`ScalingDecision` of :func:`decision_to_doc`; :class:`ConfigError` when malformed."""
-    from spotshift.errors import ConfigError
-
     try:
         d = dict(doc)
         return ScalingDecision(
@@ -303,13 +298,10 @@ def apply_scaling(
 
 
 def _launch_price(launch: Launch, quotes: Mapping[str, LocationQuote] | None) -> float:
-    from spotshift.errors import NotFoundError
-
     if quotes is not None and launch.location in quotes:
         price = quotes[launch.location].price(launch.market)
         if price is not None:
             return float(price)
-    from spotshift.serving.serve import replica_price_usd_hour
 
     try:
         return replica_price_usd_hour(launch.location, launch.market)

@@ -82,6 +82,7 @@ from spotshift.serving.cutover_state import (
     new_cutover_id,
     require_state,
     save_state,
+    side_of,
     stage_row,
     stage_verdicts,
     stage_windows,
@@ -96,7 +97,7 @@ __all__ = [
     "MAX_WINDOWS", "NEXT_SHADOW_HOLD_H", "PHASES", "STATE_FILE", "CutoverState", "FollowStep", "Side",
     "Stage", "Thresholds", "Verdict", "Window", "advance_if_due", "analyse", "decide", "decommission_if_due",
     "enter_stage", "failback", "fleet_cap", "follow", "load_state", "new_cutover_id", "parse_duration_s",
-    "parse_stages", "percentile", "replica_plan", "require_state", "roll_back", "save_state", "stage_row",
+    "parse_stages", "percentile", "replica_plan", "require_state", "roll_back", "save_state", "side_of", "stage_row",
     "stage_verdicts", "stage_windows", "start_state", "state_path", "summary", "update_state", "window_doc",
 ]  # fmt: skip
 
@@ -227,11 +228,16 @@ def start_state(
     now: datetime,
     source_mix: Sequence[dict[str, Any]] = (),
     target_usd_per_hour: float | None = None,
+    source_checkpoints: Sequence[str] = (),
+    source_model: str = "",
 ) -> CutoverState:
     """A new cutover at its first stage. ``source_mix``: the source's replicas per location and
     market at the start (``location``, ``market``, ``usd_per_hour``, ``count``), where a rollback
     or failback launches the source back; ``target_usd_per_hour``: the price target replicas are
-    launched at."""
+    launched at; ``source_checkpoints``: what the source serves at ``to_location`` (a new checkpoint
+    in the same location, :func:`side_of`); ``source_model``: the model the endpoint declares at the
+    start (a promotion with ``model`` declares ``model`` instead, a failback this again:
+    :func:`~spotshift.serving.cutover_state.declare_model`)."""
     check_range(interval_s, "--interval-seconds", low=0, high=86400)
     check_range(steady_replicas, "steady replicas", low=1, high=1e6, low_inclusive=True, integer=True)
     check_range(source_floor, "--source-floor", low=0, high=1e6, low_inclusive=True, integer=True)
@@ -257,6 +263,8 @@ def start_state(
         started_at=iso(now),
         source_mix=[dict(e) for e in source_mix],
         target_usd_per_hour=None if target_usd_per_hour is None else float(target_usd_per_hour),
+        source_checkpoints=sorted(source_checkpoints),
+        source_model=source_model,
     )
     return enter_stage(st, 0, now)
 
@@ -275,6 +283,8 @@ def summary(state: CutoverState, now: datetime | None = None) -> dict[str, Any]:
         "to_location": state.to_location,
         "market": state.market,
         "model": state.model,
+        "source_model": state.source_model,
+        "model_declared": state.model_declared,
         "source_locations": state.source_locations,
         "phase": state.phase,
         "stage": stage.label if stage else None,

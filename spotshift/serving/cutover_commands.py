@@ -24,7 +24,9 @@ DESCRIPTION = (
     "(<= 0.001), cost per million tokens against the plan, identical answers on the mirrored share; a "
     "failed comparison sets the target's weight to 0 at once and records why. Holds run on the virtual "
     "clock. After promotion the source stays warm at --source-floor replicas for --failback-days; "
-    "'cutover failback' restores it in one step. After each action the endpoint's replicas follow the stage's "
+    "'cutover failback' restores it in one step. With --model the endpoint declares the new checkpoint "
+    "once promoted (the autoscaler launches it) and the old one again on a failback; a rollback before "
+    "promotion leaves the declaration as it was. After each action the endpoint's replicas follow the stage's "
     "plan through the replica launcher (target replicas launched, source replicas drained to the rest, "
     "the total within 1.25x the steady state; the source back on a rollback); --no-scale leaves them. "
     "State: $SPOTSHIFT_HOME/serving/<endpoint>/cutover.json."
@@ -61,6 +63,16 @@ def register(sub: Any) -> None:
 def _register_start(csub: Any) -> None:
     s = csub.add_parser("start", help="begin a cutover to PROVIDER/REGION", description=DESCRIPTION)
     s.add_argument("endpoint", help="endpoint to move (its live replicas are the source)")
+    _target_options(s)
+    _stage_options(s)
+    _capacity_options(s)
+    _guard_options(s)
+    _common(s)
+    s.set_defaults(handler=_start)
+
+
+def _target_options(s: argparse.ArgumentParser) -> None:
+    """Where the target replicas run, on which market, serving which checkpoint."""
     s.add_argument("--to", required=True, metavar="PROVIDER/REGION", help="target location")
     s.add_argument(
         "--market",
@@ -72,8 +84,13 @@ def _register_start(csub: Any) -> None:
         "--model",
         default="",
         metavar="CHECKPOINT",
-        help="checkpoint the target serves (default: the endpoint's model)",
+        help="checkpoint the target serves (default: the endpoint's model); with --to a location the "
+        "endpoint already serves from, its replicas there on their current checkpoint are the source",
     )
+
+
+def _stage_options(s: argparse.ArgumentParser) -> None:
+    """The shadow shares, the live stages and the analysis window."""
     s.add_argument(
         "--shadow",
         default=DEFAULT_SHADOW_SHARES,
@@ -95,6 +112,10 @@ def _register_start(csub: Any) -> None:
         help="analysis window, wall seconds (default 60)",
     )
     deprecated_alias(s, "--interval-s", "--interval-seconds", type=float, metavar="N")
+
+
+def _capacity_options(s: argparse.ArgumentParser) -> None:
+    """Prices and replica counts: the plan the target is costed against, the warm source."""
     s.add_argument(
         "--usd-per-hour",
         type=float,
@@ -128,6 +149,10 @@ def _register_start(csub: Any) -> None:
         metavar="D",
         help="failback window after promotion, virtual days (default 7)",
     )
+
+
+def _guard_options(s: argparse.ArgumentParser) -> None:
+    """The limits a comparison of target and source must stay within."""
     s.add_argument("--max-p99-regression-shadow", type=float, default=0.10, metavar="F", help="default 0.10")
     s.add_argument("--max-p99-regression", type=float, default=0.15, metavar="F", help="live (default 0.15)")
     s.add_argument(
@@ -159,8 +184,6 @@ def _register_start(csub: Any) -> None:
         metavar="N",
         help="requests per side and window before latency and errors are judged (default 20)",
     )
-    _common(s)
-    s.set_defaults(handler=_start)
 
 
 def _common(p: argparse.ArgumentParser) -> None:

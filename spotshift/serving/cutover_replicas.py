@@ -7,7 +7,8 @@ source for the rest (never below the failback floor), the total capped at :func:
 :func:`follow` makes the endpoint's replicas match the plan of the state's current phase and stage,
 through the :class:`~spotshift.serving.launcher.ReplicaLauncher` the autoscaler applies its
 decisions with (no second way to start or stop a replica): a replica runs on the *target* side when
-its location is the cutover's ``to_location``, else on the *source* side; ready, draining and
+its location is the cutover's ``to_location`` (for a new checkpoint where the source already serves:
+and it does not serve the source's checkpoint there), else on the *source* side; ready, draining and
 still-provisioning replicas all count. One pass, under the endpoint's cutover-replicas lock (two
 followers never launch the same replica twice):
 
@@ -38,8 +39,8 @@ from spotshift.errors import ConfigError, NotFoundError
 from spotshift.registry import locked
 from spotshift.serving import replica_api as api
 from spotshift.serving.cutover_stages import DEFAULT_SOURCE_FLOOR, LIVE_MIRROR_SHARE, MAX_FLEET_RATIO, Stage
-from spotshift.serving.cutover_state import CutoverState, state_path
-from spotshift.serving.launcher import ReplicaLauncher
+from spotshift.serving.cutover_state import CutoverState, side_of, state_path
+from spotshift.serving.launcher import LaunchInfo, ReplicaLauncher
 
 SIDES = ("source", "target")
 DEFAULT_STOP_TIMEOUT_S = 60.0
@@ -135,15 +136,20 @@ class FollowStep:
 def members(state: CutoverState, launcher: ReplicaLauncher) -> list[Member]:
     """The endpoint's replicas (registered, draining included) and launches still provisioning, by side."""
 
-    def side(location: str) -> str:
-        return "target" if location == state.to_location else "source"
+    def side(r: api.ReplicaRecord) -> str:
+        return side_of(state.to_location, state.source_checkpoints, r.location, r.checkpoint)
+
+    def launch_side(i: LaunchInfo) -> str:  # no checkpoint before it listens: what it was asked to serve
+        if i.location != state.to_location or (state.source_checkpoints and i.model != state.model):
+            return "source"
+        return "target"
 
     out = [
-        Member(r.replica_id, side(r.location), r.location, r.market, r.state, r.started_at_s)
+        Member(r.replica_id, side(r), r.location, r.market, r.state, r.started_at_s)
         for r in api.live_replicas(state.endpoint, include_draining=True)
     ]
     out += [
-        Member(i.launch_id, side(i.location), i.location, i.market, "provisioning", i.started_at_s)
+        Member(i.launch_id, launch_side(i), i.location, i.market, "provisioning", i.started_at_s)
         for i in launcher.provisioning(state.endpoint)
     ]
     return out
@@ -207,7 +213,9 @@ class _Pass:
                     self.notes.append(f"no {side} launch spec in the cutover state: {side} not launched")
                     break
                 loc, market, usd = spec
-                model = self.state.model if side == "target" else ""  # a new checkpoint: the target's
+                # a new checkpoint: the target's; the source's as declared at the start (once promoted
+                # the endpoint declares the new one)
+                model = self.state.model if side == "target" else self.state.source_model
                 info = self.launcher.start(self.state.endpoint, loc, market, usd_per_hour=usd, model=model)
                 self.ms.append(Member(info.launch_id, side, loc, market, "provisioning", info.started_at_s))
                 self.peak = max(self.peak, len(self.ms))

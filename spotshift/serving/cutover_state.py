@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +30,7 @@ from spotshift.serving.cutover_stages import (
     Stage,
     Thresholds,
 )
+from spotshift.serving.endpoints import set_endpoint_model
 
 
 @dataclass
@@ -72,6 +73,13 @@ class CutoverState:
     # ``usd_per_hour``, ``count``): where the source scales back to on a rollback or failback
     source_mix: list[dict[str, Any]] = field(default_factory=list)
     target_usd_per_hour: float | None = None  # price of a target replica (launches)
+    # a cutover to a new checkpoint (``--model``) in a location the source already serves from: the
+    # checkpoints the source served there at the start, which keep those replicas on the source side
+    source_checkpoints: list[str] = field(default_factory=list)
+    # what the endpoint declared it serves at the start (``spotshift endpoints``; empty: not declared):
+    # a cutover with ``model`` declares ``model`` once promoted and this again on a failback
+    source_model: str = ""
+    model_declared: bool = False  # the declaration names ``model`` by this cutover's doing
 
     @property
     def stages(self) -> list[Stage]:
@@ -95,6 +103,13 @@ class CutoverState:
         f["live"] = [Stage(**s) for s in f["live"]]
         f["thresholds"] = Thresholds(**f["thresholds"])
         return cls(**f)
+
+
+def side_of(to_location: str, source_checkpoints: Sequence[str], location: str, checkpoint: str) -> str:
+    """``target`` for a replica at ``location`` serving ``checkpoint`` when it runs in the cutover's
+    ``to_location`` and not one of ``source_checkpoints`` (what the source served there at the start:
+    a cutover to a new checkpoint in the same location); else ``source``."""
+    return "target" if location == to_location and checkpoint not in source_checkpoints else "source"
 
 
 def state_path(endpoint: str) -> Path:
@@ -143,7 +158,25 @@ def update_state(endpoint: str, change: Callable[[CutoverState], CutoverState | 
     with locked(state_path(endpoint)):
         st = require_state(endpoint)
         new = change(st)
-        return save_state(new) if new is not None else st
+        return declare_model(save_state(new) if new is not None else st)
+
+
+def declare_model(state: CutoverState) -> CutoverState:
+    """Bring the endpoint's declared model in line with ``state`` (under the cutover lock; the state
+    is saved first, so a crash in between is mended by the next :func:`update_state`, e.g. ``cutover
+    status`` or the stage sensor): promoted or decommissioned, the declaration names the cutover's
+    ``model`` (the autoscaler launches it); failed back, the ``source_model`` again (only while it
+    still names ``model``). A rollback before promotion, or a cutover without ``model``, leaves the
+    declaration alone."""
+    want = state.phase in ("promoted", "decommissioned")
+    if not state.model or not state.source_model or want == state.model_declared:
+        return state
+    if want:
+        set_endpoint_model(state.endpoint, state.model)
+    else:
+        set_endpoint_model(state.endpoint, state.source_model, only_if=state.model)
+    state.model_declared = want
+    return save_state(state)
 
 
 def new_cutover_id() -> str:

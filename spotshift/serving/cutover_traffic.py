@@ -6,8 +6,9 @@
 new ones, never a mix, and a router restarted mid-cutover routes at the persisted weights from its
 first request.
 
-* **Split**: a replica is on the *target* side when it runs in the cutover's ``to_location``, else on
-  the *source* side. Each request draws its side once (a seeded generator of its own, so the
+* **Split**: a replica is on the *target* side when it runs in the cutover's ``to_location`` (and,
+  for a new checkpoint where the source already serves, does not serve the source's checkpoint:
+  :func:`spotshift.serving.cutover.side_of`), else on the *source* side. Each request draws its side once (a seeded generator of its own, so the
   router's 80/20 draws are unchanged): target with probability ``target_weight``. The router's
   rule then picks within that side; a side with no usable replica left falls back to the other, so a
   weight change or a lost replica never fails a request. Requests in flight on the target when its
@@ -60,6 +61,7 @@ class Split:
     mirror_share: float
     interval_s: float
     version: int
+    source_checkpoints: tuple[str, ...] = ()
 
     @property
     def measuring(self) -> bool:
@@ -116,6 +118,7 @@ class CutoverTraffic:
             st.mirror_share,
             st.interval_s,
             st.version,
+            tuple(st.source_checkpoints),
         )
         if self.split.measuring and (self.window is None):
             self.window = co.Window(time.monotonic())
@@ -129,7 +132,9 @@ class CutoverTraffic:
     # -- per request ----------------------------------------------------------------------------
     def side_of(self, replica: ReplicaView) -> str:
         split = self.split
-        return "target" if split is not None and replica.location == split.to_location else "source"
+        if split is None:
+            return "source"
+        return co.side_of(split.to_location, split.source_checkpoints, replica.location, replica.checkpoint)
 
     def pick(self) -> str | None:
         """The side this request goes to (None: no cutover, route over every replica)."""

@@ -15,7 +15,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from spotshift import registry
+from spotshift.checkpoint.format import parse_checkpoint_path
+from spotshift.cloud_errors import redact_url
 from spotshift.errors import ConfigError, SpotshiftError, build_record, check_range
+from spotshift.pricing.regions import check_location_pattern
+from spotshift.serving.latency import user_regions
+from spotshift.serving.replica_api import check_endpoint_name, live_replicas
+from spotshift.serving.simulate import DEFAULT_USERS
+from spotshift.teams import check_team
 
 SECTION = "endpoints"
 MAX_SLO_MS = 600_000.0
@@ -26,8 +33,6 @@ DEFAULT_USD_PER_VIOLATION = 0.002
 
 def default_users() -> dict[str, float]:
     """The simulator's default user mix (us-east 0.4, us-west 0.2, eu-west 0.25, ap-northeast 0.15)."""
-    from spotshift.serving.simulate import DEFAULT_USERS
-
     return dict(DEFAULT_USERS)
 
 
@@ -45,17 +50,11 @@ class Endpoint:
     team: str | None = None  # team whose budget pays (spotshift budgets); None: no budget applies
 
     def __post_init__(self) -> None:
-        from spotshift.pricing.regions import check_location_pattern
-        from spotshift.serving.latency import user_regions
-        from spotshift.serving.replica_api import check_endpoint_name
-
         try:
             check_endpoint_name(self.name)
             if not isinstance(self.model, str) or not self.model.strip():
                 raise ConfigError("model is empty (a job name or a checkpoint path)")
             if "@" in self.model.partition("://")[2].partition("/")[0]:
-                from spotshift.cloud_errors import redact_url
-
                 raise ConfigError(
                     f"model {redact_url(self.model)!r} carries credentials in its URL: stores take them from the environment"
                 )
@@ -72,8 +71,6 @@ class Endpoint:
             for pattern in self.allowed_locations:
                 check_location_pattern(pattern, "allowed location")
             if self.team is not None:
-                from spotshift.teams import check_team
-
                 check_team(self.team)
         except SpotshiftError as exc:
             raise ConfigError(f"endpoint {self.name!r}: {exc}") from None
@@ -107,8 +104,6 @@ def normalised_users(users: dict[str, float]) -> dict[str, float]:
 
 def check_model_ref(model: str) -> None:
     """A job name must be declared; a checkpoint path must parse (it is opened when a replica starts)."""
-    from spotshift.checkpoint.format import parse_checkpoint_path
-
     if "/checkpoints/" in model or "://" in model:
         parse_checkpoint_path(model)
         return
@@ -135,10 +130,37 @@ def get_endpoint(name: str) -> Endpoint:
     return Endpoint.from_dict(registry.get(SECTION, name))
 
 
+def declared_model(name: str) -> str:
+    """The model endpoint ``name`` declares; empty when it is not declared."""
+    if not any(e.get("name") == name for e in registry.entries(SECTION)):
+        return ""
+    return get_endpoint(name).model
+
+
+def set_endpoint_model(name: str, model: str, *, only_if: str | None = None) -> bool:
+    """Declare ``model`` as what endpoint ``name`` serves, in one atomic write of the declarations
+    file (under its lock, temp + rename); with ``only_if``, only while it declares that model.
+    False (nothing written) when ``name`` is not declared, ``only_if`` does not match, or it
+    already declares ``model``. A cutover's promotion and failback use it (:mod:`spotshift.serving.cutover_state`)."""
+    changed = False
+
+    def mutate(data: dict[str, list[dict[str, Any]]]) -> None:
+        nonlocal changed
+        for e in data.get(SECTION, []):
+            if e.get("name") != name or e.get("model") == model:
+                continue
+            if only_if is None or e.get("model") == only_if:
+                Endpoint.from_dict({**e, "model": model})  # still a valid declaration
+                e["model"] = model
+                changed = True
+
+    if declared_model(name):
+        registry.update(mutate)
+    return changed
+
+
 def remove_endpoint(name: str) -> Endpoint:
     """Undeclare endpoint ``name``; refused while a live replica serves it. Returns what was removed."""
-    from spotshift.serving.replica_api import live_replicas
-
     endpoint = get_endpoint(name)
     live = live_replicas(name, include_draining=True)
     if live:

@@ -37,7 +37,7 @@ from spotshift.training.backend import _process_alive  # the one pid + start-tim
 
 @dataclass(frozen=True)
 class LaunchInfo:
-    """One replica start: where, what market and price, which process, where its log goes."""
+    """One replica start: where, what market and price, which process, where its log goes, what model."""
 
     launch_id: str
     endpoint: str
@@ -48,6 +48,7 @@ class LaunchInfo:
     create_time: float
     log: str
     started_at_s: float
+    model: str = ""  # the checkpoint or job it was asked to serve (empty: the endpoint's)
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ class LocalReplicaLauncher(ReplicaLauncher):
             psutil.Process(proc.pid).create_time(),
             str(log),
             time.time(),
+            model,
         )
         atomic_write_json(d / f"{launch_id}.json", asdict(info))
         return info

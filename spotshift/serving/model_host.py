@@ -30,8 +30,21 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from spotshift.checkpoint.format import (
+    StoredCheckpoint,
+    list_checkpoints,
+    open_newest_verified,
+    parse_checkpoint_path,
+    step_of,
+    tensors_of,
+)
+from spotshift.checkpoint.keys import open_key_provider
 from spotshift.errors import ConfigError, IntegrityError, NotFoundError
+from spotshift.jobs import get_job
+from spotshift.placement.state import load_state
 from spotshift.pricing.regions import region_of
+from spotshift.sync.store_url import open_store
+from spotshift.training.runs import store_url_for
 
 
 @dataclass(frozen=True)
@@ -72,10 +85,6 @@ class ServedModel:
 
 
 def _job_store_urls(job_name: str, location: str) -> list[str]:
-    from spotshift.jobs import get_job
-    from spotshift.placement.state import load_state
-    from spotshift.training.runs import store_url_for
-
     job = get_job(job_name)
     places = [location]
     state = load_state(job_name)
@@ -93,15 +102,6 @@ def _job_store_urls(job_name: str, location: str) -> list[str]:
 
 def _open_verified(model_ref: str, location: str, keys: Any) -> tuple[Any, dict[str, bytes]]:
     """(StoredCheckpoint, verified plaintext parts) for an endpoint's model reference."""
-    from spotshift.checkpoint.format import (
-        StoredCheckpoint,
-        list_checkpoints,
-        open_newest_verified,
-        parse_checkpoint_path,
-        step_of,
-    )
-    from spotshift.sync.store_url import open_store
-
     if "/checkpoints/" in model_ref or "://" in model_ref:
         store_url, job, ckpt_id = parse_checkpoint_path(model_ref)
         store = open_store(store_url)
@@ -137,8 +137,6 @@ def load_served_model(
     Raises :class:`IntegrityError` (one line naming the checkpoint) when it does not verify,
     :class:`NotFoundError` when there is none, :class:`ConfigError` for a bad reference or key.
     """
-    from spotshift.checkpoint.format import tensors_of
-    from spotshift.checkpoint.keys import open_key_provider
     from spotshift.training.model import TinyGPT
     from spotshift.training.trainer import configure_determinism
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from spotshift.clock import parse_utc
+from spotshift.clock import parse_utc, virtual_now
 from spotshift.training.notice_events import read_notices, record_notice
+from spotshift.warehouse import record_facts
 
 NO_SPOT_AFTER_NOTICE_S = 1800.0  # a preempted location gets no new spot replica for 30 min (as the simulator)
 
@@ -28,9 +29,6 @@ def record_replica_notice(endpoint: str, replica_id: str, location: str, notice:
     ``notice`` is a :class:`~spotshift.training.preemption.PreemptionNotice` whose id is assigned.
     Times in the row are on the virtual clock (as the trainer's); the event keeps both.
     """
-    from spotshift.clock import virtual_now
-    from spotshift.warehouse import record_facts
-
     virtual_noticed = virtual_now()
     event = {
         "notice_id": notice.notice_id,

@@ -42,7 +42,8 @@ class ReplicaView:
 
     ``price_usd_hour``: what the replica costs in its market; ``capacity_tokens_s``: tokens/s it
     serves within the SLO (measured, see :mod:`spotshift.serving.slo`); ``slots``: requests it
-    serves in parallel. ``state``: ``ready`` or ``draining`` (draining replicas get no traffic).
+    serves in parallel. ``state``: ``ready`` or ``draining`` (draining replicas get no traffic);
+    ``checkpoint``: the checkpoint it serves (a cutover's side, empty when not known).
     """
 
     replica_id: str
@@ -53,6 +54,7 @@ class ReplicaView:
     capacity_tokens_s: float = 1000.0
     slots: int = 1
     state: str = "ready"
+    checkpoint: str = ""
 
     def __post_init__(self) -> None:
         region_of_location(self.location)  # ConfigError naming an unknown location

@@ -31,8 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from spotshift.clock import load_clock
-from spotshift.errors import InputError, SpotshiftError
+from spotshift.errors import ConfigError, InputError, SpotshiftError
+from spotshift.jsondoc import parse_json
 from spotshift.serving import replica_api as api
+from spotshift.serving.latency import rtt_ms
 from spotshift.serving.usage import ReplicaIdentity, UsageWindows, record_usage
 
 log = logging.getLogger("spotshift.serving")
@@ -167,8 +169,6 @@ class Replica:
         region = request.headers.get(api.HEADER_USER_REGION)
         if not region or not self.cfg.emulate_network:
             return 0.0
-        from spotshift.errors import ConfigError
-        from spotshift.serving.latency import rtt_ms
 
         try:
             return rtt_ms(region.strip(), self.cfg.location) / 1000.0
@@ -319,6 +319,4 @@ class Replica:
 
 
 async def _json_body(request: Any) -> Any:
-    from spotshift.jsondoc import parse_json
-
     return parse_json(await request.body(), "completion request")

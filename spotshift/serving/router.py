@@ -24,9 +24,10 @@ uvicorn (uvloop, httptools) receives requests (:mod:`spotshift.serving.router_ap
    fallback) and ``X-Spotshift-Attempts``.
 
 No replica within the SLO: the request goes to the fastest, the router counts an SLO violation and
-signals the autoscaler through :func:`signal_path` (a JSON file of counters replaced atomically
-about once a second; :func:`read_router_signal`). Also served: ``GET /healthz``, ``GET /metrics``
-(Prometheus text) and ``GET /v1/policy`` (the current :class:`~spotshift.serving.policy.TrafficPolicy`).
+signals the autoscaler through :func:`~spotshift.serving.router_state.signal_path` (a JSON file of
+counters replaced atomically about once a second;
+:func:`~spotshift.serving.router_state.read_router_signal`). Also served: ``GET /healthz``,
+``GET /metrics`` (Prometheus text) and ``GET /v1/policy`` (the current :class:`~spotshift.serving.policy.TrafficPolicy`).
 
 A cutover in progress (``spotshift cutover``, :mod:`spotshift.serving.cutover_traffic`): each request
 first draws its side (source or target, by the persisted weights, re-read every second), the rule
@@ -50,9 +51,12 @@ from pathlib import Path
 from typing import Any
 
 from spotshift.atomic import atomic_write_json
+from spotshift.clock import virtual_now
 from spotshift.errors import ConfigError
 from spotshift.serving import replica_api as api
+from spotshift.serving.cutover_traffic import CutoverTraffic
 from spotshift.serving.margin import PredictionMargin
+from spotshift.serving.mtls import CertRotator, LocalCA, client_context, reload_context
 from spotshift.serving.policy import (
     InferenceTimeModel,
     ReplicaView,
@@ -63,23 +67,10 @@ from spotshift.serving.policy import (
 )
 from spotshift.serving.pool import ReplicaAnswer, ReplicaPool, ReplicaUnreachable
 from spotshift.serving.router_state import (
-    SIGNAL_FILE,
     Counters,
     RouterConfig,
-    estimate_tokens,
-    read_router_signal,
     signal_path,
 )
-
-__all__ = [
-    "SIGNAL_FILE",
-    "Counters",
-    "Router",
-    "RouterConfig",
-    "estimate_tokens",
-    "read_router_signal",
-    "signal_path",
-]
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 DOWN_COOLDOWN_S = 1.0  # a replica that failed at the transport level gets no traffic for this long
@@ -104,7 +95,6 @@ class Router:
         self._verify: Any = True
         self._written: tuple[Any, ...] | None = None  # counters as last written to the signal file
         self._rotator: Any = None
-        from spotshift.serving.cutover_traffic import CutoverTraffic
 
         self.cutover = CutoverTraffic(cfg.endpoint, cfg.seed)  # a cutover's split and mirror, if any
         if cfg.replicas is None:
@@ -125,6 +115,7 @@ class Router:
                 self.cfg.capacity_tokens_s,
                 self.cfg.slots,
                 r.state,
+                r.checkpoint,
             )
             for r in api.live_replicas(self.cfg.endpoint, include_draining=True)
         ]
@@ -295,8 +286,6 @@ class Router:
         self.flush_signal()
         self.cutover.tick()
         if self._rotator is not None and self._rotator.check():
-            from spotshift.serving.mtls import reload_context
-
             reload_context(self.ssl_context, self._rotator.tls_dir, "client")
 
     def metrics_text(self) -> str:
@@ -329,9 +318,6 @@ class Router:
     def prepare_tls(self) -> None:
         """Issue the router's client certificate and build its TLS context (once; no-op without TLS)."""
         if self.cfg.tls_dir is not None and self._rotator is None:
-            from spotshift.clock import virtual_now
-            from spotshift.serving.mtls import CertRotator, LocalCA, client_context
-
             self._rotator = CertRotator(
                 LocalCA.open(),
                 Path(self.cfg.tls_dir),

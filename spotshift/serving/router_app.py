@@ -16,7 +16,8 @@ from typing import Any
 from spotshift.errors import ConfigError
 from spotshift.serving import replica_api as api
 from spotshift.serving.latency import user_regions
-from spotshift.serving.router import Router, RouterConfig, estimate_tokens
+from spotshift.serving.router import Router
+from spotshift.serving.router_state import RouterConfig, estimate_tokens
 
 
 class _Completions:

@@ -60,8 +60,8 @@ def _register_router(sub: Any) -> None:
 
 def _router(args: argparse.Namespace) -> int:
     from spotshift.errors import ConfigError
-    from spotshift.serving.router import RouterConfig
     from spotshift.serving.router_app import run_router
+    from spotshift.serving.router_state import RouterConfig
 
     slo, users = args.slo_ms, None
     try:

@@ -18,11 +18,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spotshift.errors import ConfigError, SpotshiftError
+from spotshift.clock import virtual_now
+from spotshift.errors import ConfigError, NotFoundError, SpotshiftError
 from spotshift.pricing.regions import split_location
+from spotshift.pricing.reserved import reserved_price_usd_hour
+from spotshift.pricing.snapshots import latest_quotes
 from spotshift.serving import replica_api as api
+from spotshift.serving.mtls import CertRotator, LocalCA, TLSReloader, ca_dir, uvicorn_ssl_options
 from spotshift.serving.notices import record_replica_notice
 from spotshift.serving.replica import Replica, ReplicaConfig
+from spotshift.training.preemption import StopController, WatcherThread, build_watchers, watcher_urls_for
+from spotshift.warehouse import connect
 
 log = logging.getLogger("spotshift.serving")
 
@@ -49,9 +55,6 @@ def _own_rotator(tls_dir: Path, name: str) -> Any:
     """A :class:`~spotshift.serving.mtls.CertRotator` re-issuing this replica's server certificate every
     24 h of virtual time, when ``tls_dir`` trusts the local CA of this ``SPOTSHIFT_HOME`` (the embedded
     default); None when its certificates come from elsewhere (whoever issued them rotates them)."""
-    from spotshift.clock import virtual_now
-    from spotshift.serving.mtls import CertRotator, LocalCA, ca_dir
-
     local = ca_dir() / api.TLS_CA_FILE
     try:
         if not local.is_file() or local.read_bytes() != (tls_dir / api.TLS_CA_FILE).read_bytes():
@@ -65,8 +68,6 @@ async def _tls_loop(ctx: ssl.SSLContext, tls_dir: Path, name: str, stop: asyncio
     """Every second: rotate this replica's own certificate when due, then load changed files into the
     live TLS context (:class:`~spotshift.serving.mtls.TLSReloader`: new handshakes use them, open
     connections finish on the old ones; a half-rotated pair is never loaded)."""
-    from spotshift.serving.mtls import TLSReloader
-
     reloader, rotator = TLSReloader(ctx, tls_dir), _own_rotator(tls_dir, name)
     while not stop.is_set():
         await asyncio.sleep(1.0)
@@ -82,8 +83,6 @@ async def _tls_loop(ctx: ssl.SSLContext, tls_dir: Path, name: str, stop: asyncio
 
 async def _watch_notices(replica: Replica, location: str, urls: dict[str, str]) -> None:
     """Poll the provider's notices (the trainer's watchers); on a notice, drain before its deadline."""
-    from spotshift.training.preemption import StopController, WatcherThread, build_watchers
-
     watchers = build_watchers(urls)
     if not watchers:
         return
@@ -144,24 +143,10 @@ def run_replica(
 ) -> dict[str, Any]:
     """Serve until drained; returns the drain report. ``watcher_urls`` defaults to the location's
     notice endpoints when the market is spot (none otherwise); ``announce`` is called once registered."""
-    import uvicorn
-
-    from spotshift.serving.mtls import uvicorn_ssl_options
-    from spotshift.training.preemption import watcher_urls_for
-
     if watcher_urls is None:
         watcher_urls = watcher_urls_for(cfg.location) if cfg.market == "spot" else {}
     state: dict[str, Any] = {}
-    config = uvicorn.Config(
-        _Lazy(state),
-        host=cfg.host,
-        port=cfg.port,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        timeout_graceful_shutdown=5,
-        **(uvicorn_ssl_options(tls_dir) if tls_dir is not None else {}),
-    )
+    config = _uvicorn_config(cfg, state, tls_dir)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -177,11 +162,8 @@ def run_replica(
                 state["drain_task"] = asyncio.ensure_future(state["replica"].drain(reason, deadline_s))
 
         serve_task = asyncio.ensure_future(server.serve())
-        while not server.started:
-            if serve_task.done():
-                serve_task.result()  # bind failure: raise it
-                return
-            await asyncio.sleep(0.01)
+        if not await _started(server, serve_task):
+            return
         port = server.servers[0].sockets[0].getsockname()[1]
         record = _record(cfg, port, checkpoint=checkpoint, tls=tls_dir is not None)
         replica = Replica(cfg, model, record)
@@ -189,11 +171,7 @@ def run_replica(
         await asyncio.to_thread(api.register, record)
         if announce:
             announce(record)
-        tasks = [asyncio.ensure_future(replica.usage_loop())]
-        if watcher_urls:
-            tasks.append(asyncio.ensure_future(_watch_notices(replica, cfg.location, watcher_urls)))
-        if tls_dir:
-            tasks.append(asyncio.ensure_future(_tls_loop(config.ssl, tls_dir, record.replica_id, stop)))
+        tasks = _side_tasks(replica, watcher_urls, tls_dir, config.ssl, stop)
         if "early_stop" in state:
             _start_drain(*state["early_stop"])
         await replica.finished.wait()
@@ -214,6 +192,49 @@ def run_replica(
             f"cannot listen on {cfg.host}:{cfg.port} (address in use or not permitted)"
         ) from None
     return state.get("report", {})
+
+
+def _uvicorn_config(cfg: ReplicaConfig, state: dict[str, Any], tls_dir: Path | None) -> Any:
+    """The replica's uvicorn config: the app is looked up in ``state`` once the port is known
+    (:class:`_Lazy`), no access log, no lifespan, 5 s graceful shutdown, TLS when ``tls_dir``."""
+    import uvicorn
+
+    return uvicorn.Config(
+        _Lazy(state),
+        host=cfg.host,
+        port=cfg.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+        **(uvicorn_ssl_options(tls_dir) if tls_dir is not None else {}),
+    )
+
+
+async def _started(server: Any, serve_task: asyncio.Future[Any]) -> bool:
+    """Wait until uvicorn listens: True; False when it stopped first (a bind failure is raised)."""
+    while not server.started:
+        if serve_task.done():
+            serve_task.result()  # bind failure: raise it
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+def _side_tasks(
+    replica: Replica,
+    watcher_urls: dict[str, str],
+    tls_dir: Path | None,
+    ssl_context: Any,
+    stop: asyncio.Event,
+) -> list[asyncio.Future[Any]]:
+    """What runs beside the server: usage windows, the provider's notices (spot), TLS rotation."""
+    tasks = [asyncio.ensure_future(replica.usage_loop())]
+    if watcher_urls:
+        tasks.append(asyncio.ensure_future(_watch_notices(replica, replica.cfg.location, watcher_urls)))
+    if tls_dir:
+        tasks.append(asyncio.ensure_future(_tls_loop(ssl_context, tls_dir, replica.record.replica_id, stop)))
+    return tasks
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -263,11 +284,6 @@ def replica_price_usd_hour(location: str, market: str) -> float:
     on-demand for on_demand, and :func:`spotshift.pricing.reserved.reserved_price_usd_hour` of the
     on-demand quote for reserved. :class:`NotFoundError` (one line saying what to do) without quotes."""
     import polars as pl
-
-    from spotshift.errors import NotFoundError
-    from spotshift.pricing.reserved import reserved_price_usd_hour
-    from spotshift.pricing.snapshots import latest_quotes
-    from spotshift.warehouse import connect
 
     provider, region = split_location(location, zone=True)
     try:

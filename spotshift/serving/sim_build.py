@@ -9,12 +9,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from spotshift.clock import parse_utc
 from spotshift.errors import ConfigError
+from spotshift.pricing.catalog import canonical_gpu_model
 from spotshift.pricing.regions import provider_of, region_of
-from spotshift.serving.autoscale import ScalingParams
+from spotshift.pricing.reserved import reserved_discount
+from spotshift.serving.latency import LOCATION_SITES, rtt_ms
+from spotshift.serving.scaling_types import ScalingParams
 from spotshift.serving.sim_demand import SyntheticDemand, demand_on_grid, read_demand_csv
 from spotshift.serving.sim_world import POLICIES, PolicyOutcome, SimInputs, forecasts_for
 from spotshift.serving.slo import ServingProfile
+from spotshift.simulate.market import build_market, choose_instance, default_start
+from spotshift.simulate.run import load_history
+from spotshift.simulate.traces import generate_traces, load_trace_dir
 
 
 @dataclass(frozen=True)
@@ -66,11 +73,6 @@ def _check(req: InferenceSimRequest) -> None:
 def build_sim_inputs(req: InferenceSimRequest) -> tuple[SimInputs, dict[str, Any]]:
     """Load prices, traces and demand and lay them on the tick grid (reusing ``spotshift.simulate``)."""
     import numpy as np
-
-    from spotshift.clock import parse_utc
-    from spotshift.serving.latency import rtt_ms
-    from spotshift.simulate.market import choose_instance, default_start
-    from spotshift.simulate.run import load_history
 
     _check(req)
     history, prices_desc = load_history(req.prices, req.seed)
@@ -145,11 +147,6 @@ def _market_on_grid(
     """The history and the traces (given or generated) laid on the grid (``spotshift.simulate``)."""
     import numpy as np
 
-    from spotshift.pricing.reserved import reserved_discount
-    from spotshift.serving.latency import LOCATION_SITES
-    from spotshift.simulate.market import build_market
-    from spotshift.simulate.traces import generate_traces, load_trace_dir
-
     probe = build_market(
         history, instance, start=start, hours=1.0, gap_seconds=3600, traces={}, regions=req.regions or None
     )
@@ -198,8 +195,6 @@ def _scenario(
     demand_desc: str,
 ) -> dict[str, Any]:
     """The scenario as run (the ``--json`` document's ``scenario``)."""
-    from spotshift.pricing.catalog import canonical_gpu_model
-
     return {
         "instance_type": instance,
         "gpu_model": canonical_gpu_model(market.gpu_model) or market.gpu_model,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from spotshift.clock import parse_utc
 from spotshift.errors import ConfigError, InputError
 
 #: UTC offsets (hours) of the user regions' population centres, for the synthetic daily curve
@@ -91,8 +92,6 @@ def read_demand_csv(path: str, tokens_per_request: float) -> tuple[list[str], li
     import csv
 
     import numpy as np
-
-    from spotshift.clock import parse_utc
 
     rows: list[tuple[datetime, str, float]] = []
     try:

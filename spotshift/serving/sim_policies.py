@@ -10,7 +10,10 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from spotshift.serving.autoscale import (
+from spotshift.placement.risk import OnlineRiskEstimator
+from spotshift.serving.autoscale import decide_scaling
+from spotshift.serving.scaling_plan import hysteresis_step, wanted_by_region
+from spotshift.serving.scaling_types import (
     Launch,
     LocationQuote,
     ReplicaState,
@@ -18,9 +21,6 @@ from spotshift.serving.autoscale import (
     ScalingDecision,
     ScalingInputs,
     ScalingParams,
-    decide_scaling,
-    hysteresis_step,
-    wanted_by_region,
 )
 from spotshift.serving.sim_world import SimInputs, SimReplica
 
@@ -39,8 +39,6 @@ class AutoscalerPolicy:
         on_decision: Callable[[int, ScalingDecision], None] | None = None,
     ) -> None:
         """``on_decision(tick, decision)`` sees every decision made (the demo prints and records them)."""
-        from spotshift.placement.risk import OnlineRiskEstimator
-
         self.name, self.sim, self.params = name, sim, params
         self.skip_unchanged = skip_unchanged
         self.on_decision = on_decision

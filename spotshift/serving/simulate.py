@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from spotshift.errors import ConfigError
-from spotshift.serving.autoscale import LocationQuote, ScalingParams
+from spotshift.serving.scaling_types import LocationQuote, ScalingParams
 from spotshift.serving.sim_build import (
     InferenceSimReport,
     InferenceSimRequest,

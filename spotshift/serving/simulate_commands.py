@@ -10,22 +10,34 @@ from typing import Any
 
 POLICY_NAMES = ("on_demand", "reserved", "spot_greedy", "spothedge", "spotshift")
 
+DESCRIPTION = (
+    "Replay a GPU price history (CSV of the shape of ../shared/data/gcp_gpu_prices_2022_2024.csv), spot "
+    "availability traces (JSON, real or generated) and request demand per user region, one tick a minute, "
+    "and compare: all on-demand, all reserved (1-year), spot greedy, a SpotHedge-like policy (SkyServe, "
+    "NSDI'24) and spotshift's autoscaler + router. Per policy: cost_usd, saving_vs_on_demand, "
+    "slo_attainment (share of requests within the SLO: round trip + queueing + inference, with cold "
+    "starts and preemptions with notice) and availability (share of requests that found a ready "
+    "replica). Deterministic for a given --seed."
+)
+
 
 def register(sub: Any) -> None:
     """Add the ``simulate-inference`` command."""
     p = sub.add_parser(
         "simulate-inference",
         help="compare inference autoscaling policies on a price history, availability traces and demand",
-        description=(
-            "Replay a GPU price history (CSV of the shape of ../shared/data/gcp_gpu_prices_2022_2024.csv), spot "
-            "availability traces (JSON, real or generated) and request demand per user region, one tick a minute, "
-            "and compare: all on-demand, all reserved (1-year), spot greedy, a SpotHedge-like policy (SkyServe, "
-            "NSDI'24) and spotshift's autoscaler + router. Per policy: cost_usd, saving_vs_on_demand, "
-            "slo_attainment (share of requests within the SLO: round trip + queueing + inference, with cold "
-            "starts and preemptions with notice) and availability (share of requests that found a ready "
-            "replica). Deterministic for a given --seed."
-        ),
+        description=DESCRIPTION,
     )
+    _input_options(p)
+    _window_options(p)
+    _synthetic_demand_options(p)
+    _replica_options(p)
+    _policy_options(p)
+    p.set_defaults(handler=_simulate_inference)
+
+
+def _input_options(p: argparse.ArgumentParser) -> None:
+    """The inputs: price history, availability traces, demand, and the SLO."""
     p.add_argument(
         "--prices",
         metavar="CSV",
@@ -41,6 +53,10 @@ def register(sub: Any) -> None:
         help="demand CSV (timestamp,user_region,tokens_s or requests_s) or 'synthetic' (daily curve per user region)",
     )
     p.add_argument("--slo-ms", type=float, required=True, metavar="N", help="end-to-end latency SLO, ms")
+
+
+def _window_options(p: argparse.ArgumentParser) -> None:
+    """Which replicas, where and when: instance type, window, location patterns."""
     p.add_argument("--instance", metavar="TYPE", help="instance type of a replica (default a2-ultragpu-1g)")
     p.add_argument("--start", metavar="DATE", help="ISO date/time the window starts (default: from the data)")
     p.add_argument("--days", type=float, default=7.0, metavar="D", help="window length in days (default 7)")
@@ -49,6 +65,10 @@ def register(sub: Any) -> None:
         metavar="PATTERNS",
         help="comma-separated location patterns to consider, e.g. 'us-*,europe-*'",
     )
+
+
+def _synthetic_demand_options(p: argparse.ArgumentParser) -> None:
+    """The synthetic demand curve: user regions and global peak."""
     p.add_argument(
         "--users",
         metavar="REGION=SHARE,...",
@@ -61,6 +81,10 @@ def register(sub: Any) -> None:
         metavar="N",
         help="synthetic demand: global peak tokens/s",
     )
+
+
+def _replica_options(p: argparse.ArgumentParser) -> None:
+    """What one replica does: capacity, request size, latency, cold start, spread."""
     p.add_argument(
         "--capacity-tokens-s",
         type=float,
@@ -95,6 +119,10 @@ def register(sub: Any) -> None:
         metavar="F",
         help="share of traffic that keeps the SLO after losing every spot replica of one location",
     )
+
+
+def _policy_options(p: argparse.ArgumentParser) -> None:
+    """The policies compared, their seed and the output."""
     p.add_argument(
         "--spothedge-extra",
         type=int,
@@ -107,7 +135,6 @@ def register(sub: Any) -> None:
         "--policies", metavar="NAMES", help="comma-separated subset of: " + ", ".join(POLICY_NAMES)
     )
     p.add_argument("--json", action="store_true", help='print {"policies": {name: {...}}, "scenario": {...}}')
-    p.set_defaults(handler=_simulate_inference)
 
 
 def _csv_list(text: str | None) -> list[str]:
@@ -138,7 +165,7 @@ def _simulate_inference(args: argparse.Namespace) -> int:
 
     from spotshift.cliutil import emit_json
     from spotshift.errors import ConfigError
-    from spotshift.serving.autoscale import ScalingParams
+    from spotshift.serving.scaling_types import ScalingParams
     from spotshift.serving.simulate import (
         POLICY_LABELS,
         InferenceSimRequest,

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from spotshift.warehouse import record_facts
+
 WINDOW_S = 60
 
 
@@ -134,8 +136,6 @@ def record_usage(rows: list[dict[str, Any]], *, timeout_s: float = 0.0) -> int:
     Returns the number of rows handed over. Rows are idempotent facts (keyed by window start,
     location, market and replica id): recording a window twice writes it once.
     """
-    from spotshift.warehouse import record_facts
-
     if rows:
         record_facts({"raw.inference_usage": rows}, timeout_s=timeout_s)
     return len(rows)

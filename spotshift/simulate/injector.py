@@ -2,7 +2,7 @@
 
 Each simulated region gets its own instance-metadata server (:class:`MetadataServer`, speaking the
 AWS IMDS / GCP metadata / Azure Scheduled Events protocols), registered for that location so a
-trainer started there polls it (:func:`spotshift.training.preemption.register_endpoints`). On every
+trainer started there polls it (:func:`spotshift.training.preemption_endpoints.register_endpoints`). On every
 :meth:`PreemptionInjector.tick` the injector reads each region's availability trace at the shared
 virtual clock's time; a spot trainer running in a region whose capacity is gone receives a notice
 in its provider's format, exactly as on a real instance. The trainer then checkpoints at the next
@@ -31,7 +31,8 @@ from spotshift.pricing.regions import provider_of
 from spotshift.simulate.traces import AvailabilityTrace
 from spotshift.training.backend import ComputeBackend, TrainerInfo
 from spotshift.training.notice_server import MetadataServer
-from spotshift.training.preemption import PROVIDER_KIND, WARNING_S, register_endpoints
+from spotshift.training.preemption import PROVIDER_KIND, WARNING_S
+from spotshift.training.preemption_endpoints import register_endpoints
 
 
 @dataclass

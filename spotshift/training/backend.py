@@ -31,7 +31,9 @@ from typing import Any
 
 from spotshift import runlocks
 from spotshift.atomic import atomic_write_json
+from spotshift.clock import virtual_now
 from spotshift.errors import ConfigError, NotFoundError
+from spotshift.home import run_dir
 from spotshift.pricing.regions import split_location
 from spotshift.runlocks import HeldLock
 from spotshift.training.request import TrainRequest
@@ -47,15 +49,11 @@ SESSION_FILE = (
 
 
 def trainers_dir() -> Path:
-    from spotshift.home import run_dir
-
     return run_dir() / "trainers"
 
 
 def default_workdir(job: str, location: str, role: str = "train", side: str = "") -> Path:
     """``$SPOTSHIFT_HOME/run/work/<job>/<provider>/<region>[/shadow-<side>]``."""
-    from spotshift.home import run_dir
-
     provider, region = split_location(location, zone=True)
     base = run_dir() / "work" / job / provider / region
     return base / f"shadow-{side}" if role == "shadow" else base
@@ -218,8 +216,6 @@ class LocalProcessBackend(ComputeBackend):
                 )
             finally:
                 out.close()
-            from spotshift.clock import virtual_now
-
             info = TrainerInfo(
                 name=name,
                 job=request.job,
@@ -333,8 +329,6 @@ class LocalProcessBackend(ComputeBackend):
         if info is None:
             raise NotFoundError(f"no trainer named {name} has been started")
         if info.alive:
-            from spotshift.clock import virtual_now
-
             atomic_write_json(
                 Path(info.workdir) / STOP_REQUEST_FILE,
                 {"reason": reason, "preemption": preemption, "requested_at": virtual_now().isoformat()},

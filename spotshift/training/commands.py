@@ -11,8 +11,16 @@ import signal
 import sys
 from typing import Any
 
+from spotshift.cliutil import deprecated_alias, emit_json
+
 
 def register(sub: Any) -> None:
+    _register_train(sub)
+    _register_run(sub)
+    _register_trainers(sub)
+
+
+def _register_train(sub: Any) -> None:
     p = sub.add_parser(
         "train",
         help="start or resume a declared training job as a trainer process",
@@ -50,8 +58,6 @@ def register(sub: Any) -> None:
         metavar="STEPS",
         help="checkpoint every STEPS steps (default: the job's checkpoint_every_steps)",
     )
-    from spotshift.cliutil import deprecated_alias
-
     deprecated_alias(p, "--checkpoint-every", "--checkpoint-every-steps", type=int, metavar="STEPS")
     p.add_argument("--key-provider", help="key provider spec (default $SPOTSHIFT_KEY_PROVIDER or local)")
     p.add_argument(
@@ -66,6 +72,8 @@ def register(sub: Any) -> None:
     )
     p.set_defaults(handler=_train)
 
+
+def _register_run(sub: Any) -> None:
     r = sub.add_parser(
         "run",
         help="run your own training command for a declared job (notices, checkpoints, moves)",
@@ -95,6 +103,8 @@ def register(sub: Any) -> None:
     # everything after `--` is the command (split off by spotshift.cli.main before parsing)
     r.set_defaults(handler=_run, command=[])
 
+
+def _register_trainers(sub: Any) -> None:
     t = sub.add_parser("trainers", help="list or stop running trainer processes")
     ts = t.add_subparsers(dest="trainers_command", metavar="ACTION")
     ts.required = True
@@ -144,7 +154,6 @@ def _location(args: argparse.Namespace, verb: str) -> tuple[str, dict[str, Any]]
 
 
 def _train(args: argparse.Namespace) -> int:
-    from spotshift.cliutil import emit_json
     from spotshift.progress import progress_for
     from spotshift.training.backend import LocalProcessBackend
     from spotshift.training.runs import build_request, collect, watch_trainer
@@ -196,7 +205,6 @@ def _train(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace, req: Any, location: str, result: dict[str, Any]) -> int:
     """Print a finished trainer's result (one line, or ``--json``); its exit code (2: raised)."""
-    from spotshift.cliutil import emit_json
 
     code = int(result.get("exit_code", 1))
     if code == 2:  # bad input or integrity: the trainer's one-line reason, exit 2
@@ -223,7 +231,6 @@ def _run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from spotshift.cliutil import emit_json
     from spotshift.errors import ConfigError
     from spotshift.jobs import get_job
     from spotshift.training.backend import LocalProcessBackend
@@ -286,7 +293,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from spotshift.cliutil import emit_json
     from spotshift.training.backend import LocalProcessBackend
 
     backend = LocalProcessBackend()
@@ -307,7 +313,6 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from spotshift.cliutil import emit_json
     from spotshift.training.backend import LocalProcessBackend
     from spotshift.training.runs import stop_with_checkpoint
 

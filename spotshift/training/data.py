@@ -27,6 +27,7 @@ import numpy as np
 
 from spotshift.atomic import atomic_write_json
 from spotshift.errors import ConfigError
+from spotshift.home import cache_dir
 
 SHARD_TOKENS = 64 << 20
 SAMPLER = "random-windows/v1"
@@ -69,8 +70,6 @@ class TokenShards:
 def prepare_tokens(dataset: str, source: str, cache_root: Path | None = None) -> TokenShards:
     """Tokenize ``source`` into shards (cached); :class:`ConfigError` when it cannot be read."""
     import blake3
-
-    from spotshift.home import cache_dir
 
     root, files = dataset_files(source)
     listing = hashlib.sha256()

@@ -34,93 +34,101 @@ class _State:
         self.requests: list[tuple[str, str]] = []
 
 
+class _Server(ThreadingHTTPServer):
+    def __init__(self, address: tuple[str, int], state: _State):
+        super().__init__(address, _Handler)
+        self.state = state
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One request against the shared :class:`_State` of its :class:`_Server`."""
+
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:  # keep test output quiet
+        pass
+
+    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        try:
+            self.send_response(status)
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            # the client gave up waiting (a trainer's poll timed out on a busy machine): it
+            # polls again; a traceback on the demo's terminal would say something broke
+            self.close_connection = True
+
+    def do_PUT(self) -> None:  # noqa: N802
+        state = self.server.state
+        state.requests.append(("PUT", self.path))
+        if urlparse(self.path).path != "/latest/api/token":
+            return self._send(404)
+        ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
+        if not ttl or not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
+            return self._send(400)
+        token = secrets.token_urlsafe(24)
+        with state.lock:
+            state.tokens.add(token)
+        self._send(200, token.encode(), {"Content-Type": "text/plain"})
+
+    def do_GET(self) -> None:  # noqa: N802
+        state = self.server.state
+        state.requests.append(("GET", self.path))
+        path = urlparse(self.path).path
+        if path == "/latest/meta-data/spot/instance-action":
+            if self.headers.get("X-aws-ec2-metadata-token") not in state.tokens:
+                return self._send(401)
+            with state.lock:
+                action = state.aws_action
+            if action is None:
+                return self._send(404)
+            return self._send(200, json.dumps(action).encode(), {"Content-Type": "application/json"})
+        if path == "/computeMetadata/v1/instance/preempted":
+            if self.headers.get("Metadata-Flavor") != "Google":
+                return self._send(403)
+            body = b"TRUE" if state.gcp_preempted else b"FALSE"
+            return self._send(200, body, {"Metadata-Flavor": "Google", "Content-Type": "text/plain"})
+        if path == "/metadata/scheduledevents":
+            if self.headers.get("Metadata") != "true":
+                return self._send(400)
+            with state.lock:
+                doc = {
+                    "DocumentIncarnation": state.azure_incarnation,
+                    "Events": list(state.azure_events),
+                }
+            return self._send(200, json.dumps(doc).encode(), {"Content-Type": "application/json"})
+        self._send(404)
+
+    def do_POST(self) -> None:  # noqa: N802
+        state = self.server.state
+        state.requests.append(("POST", self.path))
+        if urlparse(self.path).path != "/metadata/scheduledevents" or self.headers.get("Metadata") != "true":
+            return self._send(400)
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            doc = json.loads(self.rfile.read(length) or b"{}")
+            ids = [r["EventId"] for r in doc.get("StartRequests", [])]
+        except (ValueError, KeyError, TypeError):
+            return self._send(400)
+        with state.lock:
+            state.acknowledged.extend(ids)
+            before = len(state.azure_events)
+            state.azure_events = [e for e in state.azure_events if e["EventId"] not in ids]
+            if len(state.azure_events) != before:
+                state.azure_incarnation += 1
+        self._send(200)
+
+
 class MetadataServer:
     """``with MetadataServer() as md: ...; md.preempt("aws", in_seconds=120)``; ``md.url`` is the base URL."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self.state = _State()
-        state = self.state
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # keep test output quiet
-                pass
-
-            def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-                try:
-                    self.send_response(status)
-                    for k, v in (headers or {}).items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    # the client gave up waiting (a trainer's poll timed out on a busy machine): it
-                    # polls again; a traceback on the demo's terminal would say something broke
-                    self.close_connection = True
-
-            def do_PUT(self) -> None:  # noqa: N802
-                state.requests.append(("PUT", self.path))
-                if urlparse(self.path).path != "/latest/api/token":
-                    return self._send(404)
-                ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
-                if not ttl or not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
-                    return self._send(400)
-                token = secrets.token_urlsafe(24)
-                with state.lock:
-                    state.tokens.add(token)
-                self._send(200, token.encode(), {"Content-Type": "text/plain"})
-
-            def do_GET(self) -> None:  # noqa: N802
-                state.requests.append(("GET", self.path))
-                path = urlparse(self.path).path
-                if path == "/latest/meta-data/spot/instance-action":
-                    if self.headers.get("X-aws-ec2-metadata-token") not in state.tokens:
-                        return self._send(401)
-                    with state.lock:
-                        action = state.aws_action
-                    if action is None:
-                        return self._send(404)
-                    return self._send(200, json.dumps(action).encode(), {"Content-Type": "application/json"})
-                if path == "/computeMetadata/v1/instance/preempted":
-                    if self.headers.get("Metadata-Flavor") != "Google":
-                        return self._send(403)
-                    body = b"TRUE" if state.gcp_preempted else b"FALSE"
-                    return self._send(200, body, {"Metadata-Flavor": "Google", "Content-Type": "text/plain"})
-                if path == "/metadata/scheduledevents":
-                    if self.headers.get("Metadata") != "true":
-                        return self._send(400)
-                    with state.lock:
-                        doc = {
-                            "DocumentIncarnation": state.azure_incarnation,
-                            "Events": list(state.azure_events),
-                        }
-                    return self._send(200, json.dumps(doc).encode(), {"Content-Type": "application/json"})
-                self._send(404)
-
-            def do_POST(self) -> None:  # noqa: N802
-                state.requests.append(("POST", self.path))
-                if (
-                    urlparse(self.path).path != "/metadata/scheduledevents"
-                    or self.headers.get("Metadata") != "true"
-                ):
-                    return self._send(400)
-                length = int(self.headers.get("Content-Length") or 0)
-                try:
-                    doc = json.loads(self.rfile.read(length) or b"{}")
-                    ids = [r["EventId"] for r in doc.get("StartRequests", [])]
-                except (ValueError, KeyError, TypeError):
-                    return self._send(400)
-                with state.lock:
-                    state.acknowledged.extend(ids)
-                    before = len(state.azure_events)
-                    state.azure_events = [e for e in state.azure_events if e["EventId"] not in ids]
-                    if len(state.azure_events) != before:
-                        state.azure_incarnation += 1
-                self._send(200)
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server = _Server((host, port), self.state)
         self._server.daemon_threads = True
         self._server.block_on_close = False
         self._thread = threading.Thread(

@@ -17,7 +17,8 @@ SIGTERM                the process signal                               configur
 
 Base URLs come from ``SPOTSHIFT_AWS_IMDS_URL``, ``SPOTSHIFT_GCP_METADATA_URL`` and
 ``SPOTSHIFT_AZURE_METADATA_URL`` (so tests and the preemption injector point trainers at local
-servers, see :mod:`spotshift.training.notice_server`), or a trainer request names them
+servers, see :mod:`spotshift.training.notice_server`; per simulated location:
+:mod:`spotshift.training.preemption_endpoints`), or a trainer request names them
 explicitly. On a real instance set ``SPOTSHIFT_PREEMPTION_WATCHERS=aws`` (or gcp, azure) to poll
 the provider's link-local default address. Deadlines are wall-clock UTC: the provider's clock.
 """
@@ -41,6 +42,7 @@ from typing import Any
 from spotshift.clock import parse_utc
 from spotshift.errors import ConfigError
 from spotshift.pricing.regions import provider_of
+from spotshift.training.preemption_endpoints import registered_endpoints
 
 log = logging.getLogger("spotshift.preemption")
 
@@ -318,50 +320,6 @@ WATCHER_CLASSES: dict[str, type[NoticeWatcher]] = {
     "gcp_metadata": GcpMetadataWatcher,
     "azure_scheduled_events": AzureScheduledEventsWatcher,
 }
-
-
-def metadata_endpoints_path() -> Any:
-    """Per-location metadata endpoints of the local compute backend's simulated instances.
-
-    ``{"gcp/us-central1": "http://127.0.0.1:PORT", ...}``, written by the preemption injector
-    (:mod:`spotshift.simulate.injector`) so that a trainer in one simulated region sees only that
-    region's notices.
-    """
-    from spotshift.home import run_dir
-
-    return run_dir() / "metadata-endpoints.json"
-
-
-def registered_endpoints() -> dict[str, str]:
-    """The per-location endpoints in :func:`metadata_endpoints_path` (empty when none)."""
-    try:
-        raw = json.loads(metadata_endpoints_path().read_text())
-    except FileNotFoundError:
-        return {}
-    except ValueError:
-        raise ConfigError(f"{metadata_endpoints_path()}: not valid JSON") from None
-    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
-        raise ConfigError(f"{metadata_endpoints_path()}: expected {{location: url}}")
-    return raw
-
-
-def register_endpoints(endpoints: dict[str, str | None]) -> None:
-    """Set (url) or remove (None) the metadata endpoint of each location, atomically."""
-    import fcntl
-
-    from spotshift.atomic import atomic_write_json
-
-    path = metadata_endpoints_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        current = registered_endpoints()
-        for location, url in endpoints.items():
-            if url is None:
-                current.pop(location, None)
-            else:
-                current[location] = url
-        atomic_write_json(path, current)
 
 
 def watcher_urls_for(location: str) -> dict[str, str]:

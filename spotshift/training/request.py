@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spotshift.atomic import atomic_write_json
 from spotshift.errors import ConfigError, build_record
 
 #: environment variable naming the request file ``spotshift run`` writes for its command
@@ -101,8 +102,6 @@ class TrainRequest:
         return build_record(cls, raw, "train request")
 
     def save(self, path: str | Path) -> Path:
-        from spotshift.atomic import atomic_write_json
-
         return atomic_write_json(path, self.to_dict())
 
     @classmethod

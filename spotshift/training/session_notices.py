@@ -25,7 +25,7 @@ from spotshift.training.preemption import (
     watcher_urls_for,
 )
 from spotshift.training.session_state import notice_from_dict, read_notice_file
-from spotshift.training.trainer_run import record_preemption
+from spotshift.training.trainer_record import record_preemption
 
 log = logging.getLogger("spotshift.session")
 

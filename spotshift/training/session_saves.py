@@ -28,7 +28,7 @@ from spotshift.sync.store_url import open_store
 from spotshift.training.distributed import SHARDED, restore_sharded, save_sharded
 from spotshift.training.session_state import SESSION_FORMAT, decode_state, devices_and_dtypes, encode_state
 from spotshift.training.trainer import rng_state
-from spotshift.training.trainer_run import checkpoint_fact, resolve_resume
+from spotshift.training.trainer_record import checkpoint_fact, resolve_resume
 
 log = logging.getLogger("spotshift.session")
 

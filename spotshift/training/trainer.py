@@ -28,6 +28,7 @@ from spotshift.checkpoint.keys import KeyProvider
 from spotshift.errors import ConfigError, IntegrityError, build_record
 from spotshift.training.data import BatchSampler, TokenShards
 from spotshift.training.model import TinyGPT, check_model_config
+from spotshift.training.request import job_train_config
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,6 @@ class TrainConfig:
     @classmethod
     def from_job(cls, job: Any, **overrides: Any) -> TrainConfig:
         """From a :class:`spotshift.jobs.TrainingJob`, with optional overrides."""
-        from spotshift.training.request import job_train_config
-
         base = {**job_train_config(job), **overrides}
         return cls.from_dict(base)
 

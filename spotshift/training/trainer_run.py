@@ -1,6 +1,6 @@
 """One trainer run inside the trainer process (:mod:`spotshift.training.worker`): the built-in
-trainer's :class:`TrainerRun` and the helpers the wrapper and :class:`spotshift.checkpointing.Session`
-share with it (resume resolution, checkpoint, preemption and usage facts)."""
+trainer's :class:`TrainerRun`. What it resumes and the facts it records, shared with the wrapper and
+:class:`spotshift.checkpointing.Session`: :mod:`spotshift.training.trainer_record`."""
 
 from __future__ import annotations
 
@@ -11,20 +11,34 @@ import os
 import signal
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from spotshift.atomic import atomic_write_json
+from spotshift.checkpoint.format import StoredCheckpoint, write_checkpoint
+from spotshift.checkpoint.tiered import TieredCheckpointer
+from spotshift.clock import virtual_now
 from spotshift.errors import SpotshiftError
-from spotshift.pricing.regions import split_location
+from spotshift.facts import FactLog
+from spotshift.sync.store import LocalChunkStore
+from spotshift.sync.store_url import open_store
 from spotshift.training.backend import (
     METRICS_FILE,
     STOP_REQUEST_FILE,
+    STOPPING_FILE,
 )
-from spotshift.training.notice_events import record_notice
+from spotshift.training.data import prepare_tokens
 from spotshift.training.pacing import ClockPacer
+from spotshift.training.preemption import (
+    PreemptionNotice,
+    StopController,
+    WatcherThread,
+    build_watchers,
+    utc_now,
+    watcher_urls_for,
+)
 from spotshift.training.request import TrainRequest
+from spotshift.training.trainer_record import checkpoint_fact, record_preemption, resolve_resume, usage_fact
 
 log = logging.getLogger("spotshift.trainer")
 
@@ -44,10 +58,6 @@ class TrainerRun:
     """State of one trainer process (kept together so the emergency path can reach everything)."""
 
     def __init__(self, req: TrainRequest):
-        from spotshift.clock import virtual_now
-        from spotshift.facts import FactLog
-        from spotshift.training.preemption import StopController
-
         self.req = req
         self.workdir = Path(req.workdir)
         self.controller = StopController()
@@ -71,8 +81,6 @@ class TrainerRun:
     def _on_signal(self, signum: int, _frame: Any) -> None:
         from datetime import timedelta
 
-        from spotshift.training.preemption import PreemptionNotice, utc_now
-
         reason = None
         with contextlib.suppress(OSError, ValueError):
             reason = json.loads((self.workdir / STOP_REQUEST_FILE).read_text())
@@ -90,8 +98,6 @@ class TrainerRun:
         self.controller.request(notice)
 
     def start_watchers(self) -> None:
-        from spotshift.training.preemption import WatcherThread, build_watchers, watcher_urls_for
-
         urls = self.req.watchers if self.req.watchers is not None else watcher_urls_for(self.req.location)
         watchers = build_watchers(urls)
         if watchers:
@@ -103,8 +109,6 @@ class TrainerRun:
 
     # -- the run -------------------------------------------------------------------------------------------
     def run(self) -> None:
-        from spotshift.sync.store_url import open_store
-        from spotshift.training.data import prepare_tokens
         from spotshift.training.trainer import TrainConfig, Trainer, config_for_resume
 
         req = self.req
@@ -147,9 +151,6 @@ class TrainerRun:
         return open(self.workdir / METRICS_FILE, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
 
     def _run_training(self) -> None:
-        from spotshift.checkpoint.tiered import TieredCheckpointer
-        from spotshift.sync.store_url import open_store
-
         req, tr = self.req, self.trainer
         until = min(req.until_step or tr.cfg.total_steps, tr.cfg.total_steps)
         self.tiers = TieredCheckpointer(
@@ -223,17 +224,11 @@ class TrainerRun:
             self.facts.append("raw.checkpoints", row)
 
     def _emergency(self, last_saved_step: int) -> None:
-
-        from spotshift.clock import virtual_now
-        from spotshift.training.preemption import utc_now
-
         notice = self.controller.notice
         assert notice is not None
         notice.assign_id(self.req.job, self.req.location)
         virtual_noticed = virtual_now()
         # tell the control plane at once (the notice event in the store comes after the checkpoint)
-        from spotshift.training.backend import STOPPING_FILE
-
         atomic_write_json(
             self.workdir / STOPPING_FILE,
             {"notice_id": notice.notice_id, "kind": notice.kind, "preemption": notice.is_preemption},
@@ -298,9 +293,6 @@ class TrainerRun:
         self._finish(ended_in_preemption=notice.is_preemption)
 
     def _run_shadow(self) -> None:
-        from spotshift.checkpoint.format import write_checkpoint
-        from spotshift.sync.store import LocalChunkStore
-
         tr, steps = self.trainer, []
         with self._metrics() as metrics:
             for _ in range(self.req.shadow_steps):
@@ -318,8 +310,6 @@ class TrainerRun:
                 steps.append(rec)
         out = LocalChunkStore(self.workdir / "shadow-out")
         ref = write_checkpoint(out, tr.payload(kind="periodic", location=self.req.location), self.keys)
-        from spotshift.checkpoint.format import StoredCheckpoint
-
         ck = StoredCheckpoint(out, self.req.job, ref.checkpoint_id)
         self.result["shadow"] = {
             "side": self.req.shadow_side,
@@ -331,8 +321,6 @@ class TrainerRun:
         self._finish(ended_in_preemption=False)
 
     def _finish(self, *, ended_in_preemption: bool) -> None:
-        from spotshift.clock import virtual_now
-
         req, tr = self.req, self.trainer
         steps = tr.step - self.start_step
         self.facts.append(
@@ -347,147 +335,3 @@ class TrainerRun:
         )
         self.result.update({"step": tr.step, "tokens": tr.tokens, "steps_run": steps})
         self.result["ended_at"] = virtual_now().isoformat()
-
-
-def resolve_resume(req: TrainRequest, region: Any) -> tuple[Any, Any]:
-    """``(key provider, VerifiedCheckpoint or None)``: what a run of ``req`` resumes from.
-
-    Opens the key provider as a side effect: a run with nothing to resume starts the job's
-    lineage and may create its local key; any run that resumes only reads the key. ``auto``
-    (or a store without an id) takes the newest checkpoint there that verifies (the newer ones it
-    passed over are in its ``skipped``); an explicit id must verify. ``region`` is the open
-    region store of ``req``.
-    """
-    from spotshift.checkpoint.format import (
-        StoredCheckpoint,
-        VerifiedCheckpoint,
-        list_checkpoints,
-        open_newest_verified,
-    )
-    from spotshift.checkpoint.keys import open_key_provider
-    from spotshift.sync.store_url import open_store
-
-    if req.resume == "none":
-        return open_key_provider(req.key_provider, create=req.role == "train"), None
-    store = open_store(req.resume["store_url"]) if isinstance(req.resume, dict) else region
-    wanted = req.resume.get("checkpoint_id") if isinstance(req.resume, dict) else None
-    if wanted not in (None, "latest"):
-        keys = open_key_provider(req.key_provider)
-        ck = StoredCheckpoint(store, req.job, wanted)
-        return keys, VerifiedCheckpoint(ck, ck.read_parts(keys))
-    fresh = not list_checkpoints(store, req.job)
-    keys = open_key_provider(req.key_provider, create=fresh and req.role == "train")
-    return keys, (None if fresh else open_newest_verified(store, req.job, keys))
-
-
-def checkpoint_fact(region: Any, req: TrainRequest, event: Any) -> dict[str, Any] | None:
-    """The ``raw.checkpoints`` row of a finished region upload (None for failures and replicas)."""
-    if event.error or event.tier != "region":
-        return None
-    from spotshift.checkpoint.format import StoredCheckpoint
-    from spotshift.clock import virtual_now
-
-    t = event.timings
-    total = time.perf_counter() - t["trigger_perf"] if "trigger_perf" in t else None
-    if "notice_monotonic" in t:
-        total = time.monotonic() - t["notice_monotonic"]
-    ck = StoredCheckpoint(region, req.job, event.ref.checkpoint_id)
-    return {
-        "checkpoint_id": ck.content_hash,
-        "job": req.job,
-        "step": ck.step,
-        "tokens": ck.meta["tokens"],
-        "kind": event.kind,
-        "location": req.location,
-        "url": event.ref.url,
-        "bytes": ck.stored_bytes,
-        "created_at": virtual_now().isoformat(),
-        "serialize_s": t.get("serialize_s"),
-        "encrypt_s": t.get("encrypt_s"),
-        "upload_s": t.get("upload_s"),
-        "total_s": total,
-    }
-
-
-def record_preemption(
-    region: Any,
-    facts: Any,
-    req: TrainRequest,
-    notice: Any,
-    *,
-    step: int,
-    checkpoint: dict[str, Any] | None,
-    emergency_s: float,
-    committed_wall: Any,
-    virtual_noticed: Any,
-    watcher: Any = None,
-) -> None:
-    """After an emergency checkpoint: the notice event (:func:`~spotshift.training.notice_events.record_notice`:
-    the region store, or PostgreSQL; what the preemption sensor reads), the ``raw.preemptions`` fact, and the provider's
-    acknowledgement (Azure) through ``watcher`` (a :class:`WatcherThread`) when given."""
-    from datetime import timedelta
-
-    record = {
-        "notice_id": notice.notice_id,
-        "job": req.job,
-        "location": req.location,
-        "kind": notice.kind,
-        "noticed_at": notice.noticed_at.isoformat(),
-        "deadline_at": notice.deadline_at.isoformat(),
-        "virtual_noticed_at": virtual_noticed.isoformat(),
-        "step": step,
-        "checkpoint": checkpoint,
-        "checkpoint_committed_at": committed_wall.isoformat(),
-        "emergency_s": round(emergency_s, 4),
-        "deadline_margin_s": round((notice.deadline_at - committed_wall).total_seconds(), 3),
-        "detail": notice.detail,
-    }
-    record_notice(record, store=region)
-    facts.append(
-        "raw.preemptions",
-        {
-            "notice_id": notice.notice_id,
-            "job": req.job,
-            "location": req.location,
-            "notice_kind": notice.kind,
-            "noticed_at": virtual_noticed.isoformat(),
-            "deadline_at": (virtual_noticed + timedelta(seconds=notice.warning_s)).isoformat(),
-            "checkpoint_committed_at": (virtual_noticed + timedelta(seconds=emergency_s)).isoformat(),
-            "step": step,
-        },
-    )
-    if watcher is not None and (w := watcher.watcher(notice.kind)) is not None:
-        try:
-            w.acknowledge(notice)
-        except OSError as exc:
-            log.warning("could not acknowledge %s: %s", notice.notice_id, exc)
-
-
-def usage_fact(
-    req: TrainRequest, *, started: Any, steps: int, tokens: int, ended_in_preemption: bool
-) -> dict[str, Any]:
-    """The ``raw.compute_usage`` row of one run of ``req`` that ran ``steps`` steps since ``started``."""
-    from spotshift.clock import virtual_now
-
-    provider, region = split_location(req.location, zone=True)
-    price = req.usage.get("price_usd_hour")
-    return {
-        "usage_id": str(uuid.uuid4()),
-        "job": req.job,
-        "provider": provider,
-        "region": region,
-        "instance_type": req.usage.get("instance_type"),
-        "gpu_model": req.usage.get("gpu_model"),
-        "market": req.usage.get("market"),
-        "started_at": started.isoformat(),
-        "ended_at": virtual_now().isoformat(),
-        "gpu_count": req.usage.get("gpu_count"),
-        "price_usd_hour": price,
-        "list_price_usd_hour": req.usage.get("list_price_usd_hour"),
-        # cost of the work the steps stand for (jobs.TrainingJob: work_hours / total_steps each)
-        "usd": price * steps * req.hours_per_step if price is not None and req.hours_per_step else None,
-        "ended_in_preemption": ended_in_preemption,
-        "steps": steps,
-        "tokens": tokens,
-        "run_id": req.run_id or f"trainer-{os.getpid()}",
-    }

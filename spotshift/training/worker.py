@@ -27,6 +27,7 @@ from pathlib import Path
 
 from spotshift.atomic import atomic_write_json
 from spotshift.errors import SpotshiftError
+from spotshift.facts import ingest_facts
 from spotshift.training.backend import (
     RESULT_FILE,
     acquire_trainer_lock,
@@ -83,8 +84,6 @@ def run_request(req: TrainRequest) -> int:
 
 def _ingest_quietly(run: TrainerRun) -> None:
     """Move this run's facts into the warehouse if the lock is free soon; otherwise leave them pending."""
-    from spotshift.facts import ingest_facts
-
     notice = run.controller.notice
     budget = 5.0 if notice is None else max(0.0, min(5.0, notice.remaining_s() - 2.0))
     if budget <= 0:

@@ -41,7 +41,8 @@ from spotshift.sync.store_url import open_store
 from spotshift.training.backend import NOTICE_FILE, SESSION_FILE, STOPPING_FILE
 from spotshift.training.preemption import utc_now
 from spotshift.training.request import REQUEST_ENV
-from spotshift.training.trainer_run import TrainerRun, record_preemption, usage_fact
+from spotshift.training.trainer_record import record_preemption, usage_fact
+from spotshift.training.trainer_run import TrainerRun
 
 log = logging.getLogger("spotshift.trainer")
 

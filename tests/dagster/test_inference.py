@@ -23,10 +23,10 @@ import pytest
 from spotshift import warehouse
 from spotshift.cli import main
 from spotshift.serving import replica_api as api
-from spotshift.serving.autoscale import ScalerMemory, ScalingParams
 from spotshift.serving.control import decision_to_doc, plan_scaling
 from spotshift.serving.endpoints import get_endpoint
 from spotshift.serving.launcher import LocalReplicaLauncher
+from spotshift.serving.scaling_types import ScalerMemory, ScalingParams
 from tests.training_support import declare_tiny_job
 from tests.unit.placement.builders import make_quote
 

@@ -28,7 +28,7 @@ from spotshift.pools.site import DEFAULT_SITE_EGRESS_USD_PER_GB
 from spotshift.pricing.egress import egress_usd_per_gb
 from spotshift.pricing.regions import check_location
 from spotshift.sync.datasets import Dataset, add_dataset
-from spotshift.training import runs
+from spotshift.training import relocate, runs
 from spotshift.training.backend import open_backend
 from tests.migration_support import stop_all, write_quotes
 
@@ -122,7 +122,7 @@ def _rows(sql: str) -> list[tuple[Any, ...]]:
 def test_job_bursts_with_its_data_and_checkpoint_and_comes_back(site_world: Any) -> None:
     backend = site_world
     # urgent trained at the site before (its checkpoint is in the site's store), then left the pool
-    runs.start_live(backend, "urgent", SITE)
+    relocate.start_live(backend, "urgent", SITE)
     _wait_checkpoint("urgent", SITE, 10)
     runs.stop_with_checkpoint(backend, "urgent", reason="test: leaves the pool")
     site_step = runs.latest_ref("urgent", SITE)["step"]  # type: ignore[index]

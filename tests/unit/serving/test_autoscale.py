@@ -8,14 +8,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from spotshift.errors import ConfigError
-from spotshift.serving.autoscale import (
+from spotshift.serving.autoscale import decide_scaling, record_scaling_decision
+from spotshift.serving.scaling_types import (
     LocationQuote,
     ReplicaState,
     ScalerMemory,
     ScalingInputs,
     ScalingParams,
-    decide_scaling,
-    record_scaling_decision,
 )
 from spotshift.serving.slo import ServingProfile
 
@@ -240,7 +239,7 @@ def test_decision_row_is_a_warehouse_fact(tmp_path) -> None:
 
 
 def test_pooled_rounding_counts_the_endpoints_headroom_once_and_keeps_each_regions_forecast() -> None:
-    from spotshift.serving.autoscale import wanted_by_region
+    from spotshift.serving.scaling_plan import wanted_by_region
 
     demand = {"us-east": 90.0, "eu-west": 90.0, "ap-northeast": 90.0}  # 0.9 replicas each
     pooled = wanted_by_region(demand, {}, 100.0, ScalingParams())

@@ -8,8 +8,9 @@ import json
 import pytest
 
 from spotshift.errors import ConfigError
-from spotshift.serving.autoscale import ReplicaState, decide_scaling
+from spotshift.serving.autoscale import decide_scaling
 from spotshift.serving.control import decision_from_doc, decision_to_doc
+from spotshift.serving.scaling_types import ReplicaState
 from tests.unit.serving.test_autoscale import inputs, quotes
 
 

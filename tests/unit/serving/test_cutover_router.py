@@ -19,8 +19,9 @@ import pytest
 from bench._cutover_fleet import TARGET, Fleet, Load, ServerThread, drive, freeze_clock
 from spotshift.migration.endpoint_cutover import StartOptions, failback, start
 from spotshift.serving import cutover as co
-from spotshift.serving.router import Router, RouterConfig
+from spotshift.serving.router import Router
 from spotshift.serving.router_app import build_app
+from spotshift.serving.router_state import RouterConfig
 
 pytestmark = pytest.mark.slow
 

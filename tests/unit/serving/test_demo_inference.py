@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from scripts import demo_inference as act_mod
-from spotshift.serving.autoscale import LocationQuote
+from spotshift.serving.scaling_types import LocationQuote
 
 # AWS reserved = on-demand x 0.64: us-east-1 0.6 x 2.56 = 1.536 < 1.8 (no spot); eu-west-1 1.0 < 1.536
 # (spot); ap-northeast-1 0.6 x 3.2 = 1.92 < 2.5 (no spot). A farther Virginia quote is not chosen.

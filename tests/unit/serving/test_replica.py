@@ -262,7 +262,7 @@ def _check_usage_and_marts(home: Path, tmp_path: Path, replica_id: str, *, reque
 
 def test_spot_replica_drains_on_a_notice_finishing_in_flight_and_refusing_new(home: Path) -> None:
     from spotshift.training.notice_server import MetadataServer
-    from spotshift.training.preemption import register_endpoints
+    from spotshift.training.preemption_endpoints import register_endpoints
 
     with MetadataServer() as md:
         register_endpoints({GCP: md.url})

@@ -17,8 +17,9 @@ import httpx
 from bench._replica_peer import PeerState, ServerThread, peer_app
 from spotshift.serving import replica_api as api
 from spotshift.serving.policy import ReplicaView
-from spotshift.serving.router import Router, RouterConfig, estimate_tokens, read_router_signal, signal_path
+from spotshift.serving.router import Router
 from spotshift.serving.router_app import build_app
+from spotshift.serving.router_state import RouterConfig, estimate_tokens, read_router_signal, signal_path
 
 REPO = Path(__file__).resolve().parents[3]
 BODY = {"prompt": "the quick brown fox", "max_tokens": 8}

@@ -192,7 +192,7 @@ class _ReserveThenStop:
         self.sim = sim
 
     def step(self, t, replicas, quotes, no_spot):
-        from spotshift.serving.autoscale import Launch
+        from spotshift.serving.scaling_types import Launch
 
         if t == 0:
             return [Launch(self.sim.locations[0], "reserved", 2, "test")], []
@@ -211,7 +211,7 @@ def test_reserved_is_billed_for_the_whole_term_even_when_stopped(sim) -> None:
 
 def test_two_windows_with_the_same_start_never_share_plans(request_: InferenceSimRequest) -> None:
     # the autoscaler memoizes plans by quote snapshot id: two markets must never share an id
-    from spotshift.serving.autoscale import ScalingParams
+    from spotshift.serving.scaling_types import ScalingParams
     from spotshift.serving.simulate import AutoscalerPolicy
 
     wide = build_sim_inputs(request_)[0]

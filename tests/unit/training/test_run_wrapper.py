@@ -164,7 +164,7 @@ def test_run_without_a_command_is_refused(spotshift_home: Path) -> None:
 def test_until_step_and_the_shadow_comparison_of_a_move(spotshift_home: Path) -> None:
     """A bounded run stops with a checkpoint; both sides of a move's shadow comparison resume it under
     the wrapper and report the script's step_done metrics, which match (the script is deterministic)."""
-    from spotshift.training.shadow import run_shadow_validation
+    from spotshift.training.shadow_run import run_shadow_validation
 
     declare(spotshift_home)
     backend = LocalProcessBackend()

@@ -13,7 +13,8 @@ from spotshift.home import region_store_url
 from spotshift.sync.store_url import open_store
 from spotshift.training.backend import LocalProcessBackend
 from spotshift.training.runs import build_request, run_training
-from spotshift.training.shadow import ShadowThresholds, compare_runs, run_shadow_validation
+from spotshift.training.shadow import ShadowThresholds, compare_runs
+from spotshift.training.shadow_run import run_shadow_validation
 from tests.training_support import declare_tiny_job
 
 GCP, AWS = "gcp/us-central1", "aws/us-east-1"
