@@ -223,13 +223,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="100 jobs x 1,000 quotes")
     parser.add_argument("--sizes", default="100,1000,10000", help="job counts (default 100,1000,10000)")
+    parser.add_argument(
+        "--baseline-sample",
+        type=int,
+        default=30,
+        help="jobs decided by the per-job path per size (default 30)",
+    )
     args = parser.parse_args()
     sizes = [100] if args.quick else [int(x) for x in args.sizes.split(",")]
     n_quotes = 1000 if args.quick else 10_000
     load = os.getloadavg()
     results = []
     for n in sizes:
-        r = run_size(n, n_quotes, baseline_sample=5 if args.quick else 30)
+        r = run_size(n, n_quotes, baseline_sample=5 if args.quick else args.baseline_sample)
         print(r, flush=True)
         results.append(r)
     big = results[-1]

@@ -5,8 +5,9 @@ snapshot through :func:`spotshift.migration.plan.tick` (inputs read once per tic
 vectorised, the same decisions as :func:`spotshift.placement.economics.decide` over the whole
 snapshot; ``spotshift placement decide-all`` runs the same tick from the command line) and
 records each decision — move or stay, with its reasons — in ``raw.decisions``. Jobs whose inputs
-did not change since their last decision (same snapshot, state, checkpoints, transfers, risks;
-no deadline) are re-decided only every 15 minutes of virtual time. When a decision changes the
+did not change since their last decision (the prices of the quotes they can use, declaration,
+state, checkpoints, transfers, risks, team budget; no deadline) are re-decided only every 15
+minutes of virtual time; a job with a deadline is decided every tick. When a decision changes the
 placement it requests ``migration_job`` with run key ``<job>:<from>-><to>:<quote snapshot id>``,
 so a re-evaluated tick never starts a second run for the same move; the JSON cursor remembers the
 run keys it requested, the last decision per job and the digest of its inputs.

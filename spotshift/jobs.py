@@ -12,17 +12,22 @@ units with the trainer.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import hashlib
 import os
+import pickle
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from spotshift import registry
+from spotshift.atomic import atomic_write_bytes
 from spotshift.clock import parse_utc
 from spotshift.errors import ConfigError, NotFoundError, SpotshiftError, build_record, check_range
+from spotshift.home import cache_dir
 from spotshift.placement.state import delete_state, load_state
 from spotshift.pricing.regions import check_location, check_location_pattern
 from spotshift.teams import check_team
@@ -198,9 +203,42 @@ class TrainingJob:
         return build_record(cls, raw, f"job {raw.get('name', '?')!r}")
 
 
+_LOADED: dict[str, tuple[TrainingJob, ...]] = {}  # declarations digest -> its validated jobs
+
+
 def load_jobs() -> list[TrainingJob]:
-    """Every declared job, validated."""
-    return [TrainingJob.from_dict(e) for e in registry.entries(SECTION)]
+    """Every declared job, validated.
+
+    Each content of the declarations file is validated once: the jobs are kept (they are frozen)
+    in memory and, pickled, in ``$SPOTSHIFT_HOME/cache/jobs.pickle`` keyed by the content digest
+    (:func:`spotshift.registry.load_keyed`) and the fields of :class:`TrainingJob`, so a sensor
+    tick or a fresh ``spotshift`` process does not rebuild thousands of jobs.
+    """
+    cached = _LOADED.get(registry.content_digest())
+    if cached is not None:
+        return list(cached)
+    digest, data = registry.load_keyed()
+    key = f"{digest}:{_schema()}".encode("ascii")
+    path = cache_dir() / "jobs.pickle"
+    jobs: tuple[TrainingJob, ...] | None = None
+    with contextlib.suppress(OSError, pickle.UnpicklingError, EOFError, AttributeError):
+        head, _, blob = path.read_bytes().partition(b"\n")
+        jobs = pickle.loads(blob) if head == key else None
+    if jobs is None:
+        jobs = tuple(TrainingJob.from_dict(e) for e in data.get(SECTION, []))
+        with contextlib.suppress(OSError):
+            atomic_write_bytes(
+                path, key + b"\n" + pickle.dumps(jobs, protocol=pickle.HIGHEST_PROTOCOL), fsync=False
+            )
+    _LOADED.clear()  # one content at a time
+    _LOADED[digest] = jobs
+    return list(jobs)
+
+
+def _schema() -> str:
+    """Digest of :class:`TrainingJob`'s fields: a cached job of another version is not reused."""
+    names = ",".join(f"{f.name}:{f.type}" for f in fields(TrainingJob))
+    return hashlib.blake2b(names.encode(), digest_size=8).hexdigest()
 
 
 def get_job(name: str) -> TrainingJob:

@@ -98,6 +98,16 @@ class PostgresStateStore:
 
         return self._run(con, work)
 
+    def get_many(self, kind: str, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """The documents of ``keys`` that exist, by key, from one query."""
+        con = self._con()
+
+        def work(cur: Any) -> Any:
+            cur.execute(f"SELECT key, doc FROM {TABLE} WHERE kind = %s AND key = ANY(%s)", (kind, list(keys)))
+            return dict(cur.fetchall())
+
+        return self._run(con, work)
+
     def list(self, kind: str, *, field: str = "", value: str = "") -> list[dict[str, Any]]:
         """Every document of ``kind`` by key; with ``field``, only those whose top-level ``field``
         is the string ``value``."""

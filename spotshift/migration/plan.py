@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from spotshift.budgets import record_alerts
 from spotshift.errors import ConfigError, build_record
 from spotshift.facts import ingest_facts
 from spotshift.jobs import load_jobs
@@ -32,7 +33,7 @@ from spotshift.placement.batch import decide_all, record_decisions
 from spotshift.placement.decision import Decision
 from spotshift.placement.economics import decide
 from spotshift.placement.inputs import assemble_inputs
-from spotshift.placement.state import load_state, set_status
+from spotshift.placement.state import PlacementState, load_state, load_states, set_status
 from spotshift.pools.scheduler import pool_managed_jobs
 
 TRIGGERS = ("place", "price", "preemption", "burst", "return")
@@ -186,7 +187,13 @@ def recovery_plan(
 
 
 def jobs_to_decide(
-    con: Any, backend: Any, *, busy: set[str], now: datetime, jobs: list[Any] | None = None
+    con: Any,
+    backend: Any,
+    *,
+    busy: set[str],
+    now: datetime,
+    jobs: list[Any] | None = None,
+    states: Mapping[str, PlacementState] | None = None,
 ) -> list[str]:
     """Declared jobs the price sensor should run the economics for, in declaration order.
 
@@ -196,8 +203,8 @@ def jobs_to_decide(
     ``running`` ones whose trainer is gone or stopping — a preemption the preemption sensor is
     handling. The
     facts a live trainer has not written to the warehouse yet (its newest checkpoints, which set
-    the staleness of a move) are collected first. ``jobs``: the declared jobs, when the caller
-    has loaded them already.
+    the staleness of a move) are collected first. ``jobs``, ``states``: the declared jobs and
+    their placement states, when the caller has loaded them already.
     """
     out = []
     pooled = pool_managed_jobs()  # a private pool decides for its jobs (bursts, returns)
@@ -206,7 +213,7 @@ def jobs_to_decide(
     for job in jobs if jobs is not None else load_jobs():
         if job.name in busy or job.name in pooled:
             continue
-        state = load_state(job.name)
+        state = states[job.name] if states is not None and job.name in states else load_state(job.name)
         if state.status in ("finished", "migrating"):
             continue
         step = last_step.get(job.name)
@@ -240,11 +247,20 @@ def tick(
     :class:`~spotshift.placement.batch.TickResult`."""
     started = time.perf_counter()
     declared = load_jobs()
-    names = jobs_to_decide(con, backend, busy=busy or set(), now=now, jobs=declared)
+    states = load_states(j.name for j in declared)  # one pass over thousands of jobs
+    names = jobs_to_decide(con, backend, busy=busy or set(), now=now, jobs=declared, states=states)
     result = decide_all(
-        con, names, now=now, params=params, previous=previous, jobs={j.name: j for j in declared}
+        con,
+        names,
+        now=now,
+        params=params,
+        previous=previous,
+        jobs={j.name: j for j in declared},
+        states=states,
     )
     if record:
         record_decisions(con, result.decisions)
+        for status in result.budget_statuses.values():
+            record_alerts(con, status, now)
     result.seconds = time.perf_counter() - started
     return result

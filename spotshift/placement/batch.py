@@ -17,8 +17,18 @@ terms — at a fraction of the cost:
    beyond it are not recorded), and reasons that count rejected quotes count those of the
    shortlist.
 3. **Only jobs whose inputs changed.** :func:`inputs_digest` hashes what a decision reads except
-   the clock; a job whose digest equals the one of its last decision, decided less than
-   ``recheck_hours`` ago, and without a deadline (its safety net depends on the clock) is skipped.
+   the clock — the snapshot's quotes the job can read (prices and all, not the snapshot id:
+   :meth:`~spotshift.placement.shortlist.QuoteColumns.candidates_digest`), its declaration,
+   placement state, checkpoint, footprint, the tick-wide risks and its team's budget status; a
+   job whose digest equals the one of its last decision, decided less than ``recheck_hours`` ago,
+   and without a deadline (its safety net depends on the clock) is skipped.
+4. **The team budget, as the per-job path applies it.** A job of a team with a budget has its
+   decision kept within the cap by :func:`spotshift.budgets.gate_decision`, with the team's spend
+   read once per tick (:func:`spotshift.budgets.team_tally`), and its shortlist holds the
+   cheapest eligible quotes the gate may pick instead.
+
+Declarations and placement states come from one read each (:func:`spotshift.jobs.load_jobs`,
+cached by the declarations' content digest; :func:`spotshift.placement.state.load_states`).
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from spotshift.budgets import BudgetStatus, TeamTally, gate_decision, load_budgets, team_tally
 from spotshift.errors import NotFoundError
 from spotshift.jobs import TrainingJob, load_jobs
 from spotshift.placement.decision import Decision, DecisionInputs, Placement
@@ -51,7 +62,7 @@ from spotshift.placement.inputs import (
 from spotshift.placement.params import PlacementParams
 from spotshift.placement.scoring import DataFootprint
 from spotshift.placement.shortlist import QuoteColumns, shortlist
-from spotshift.placement.state import PlacementState, load_state
+from spotshift.placement.state import PlacementState, load_states
 from spotshift.pricing.quote import NormalizedGPUQuote
 from spotshift.warehouse import record_facts
 
@@ -125,11 +136,14 @@ def load_job_inputs(con: Any, jobs: list[TrainingJob]) -> dict[str, JobInputs]:
 
 
 def inputs_digest(
-    snapshot_id: str, job: TrainingJob, state: PlacementState, ji: JobInputs, shared: str
+    quotes: str, job: TrainingJob, state: PlacementState, ji: JobInputs, shared: str, budget: Any = None
 ) -> str:
-    """Hash of what a decision for ``job`` reads, the clock excepted (``shared``: digest of the
-    tick-wide risks, preempted and parameters). Dataclass reprs name every field and value."""
-    text = repr((snapshot_id, job, state, ji.latest_checkpoint, ji.footprint, shared))
+    """Hash of what a decision for ``job`` reads, the clock excepted: ``quotes`` (digest of the
+    snapshot's quotes the job can read, :meth:`QuoteColumns.candidates_digest`), its declaration,
+    placement state, checkpoint and footprint, ``shared`` (digest of the tick-wide risks, lost
+    spot capacity and parameters) and its team's ``budget`` status. Dataclass reprs name every
+    field and value."""
+    text = repr((quotes, job, state, ji.latest_checkpoint, ji.footprint, shared, budget))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
@@ -142,6 +156,8 @@ class TickResult:
     seconds: float
     digests: dict[str, str]
     decision_seconds: list[float] = field(default_factory=list)
+    #: team -> its budget status, for the teams of the jobs decided for (their alerts are recorded)
+    budget_statuses: dict[str, BudgetStatus] = field(default_factory=dict)
 
     @property
     def moves(self) -> int:
@@ -183,9 +199,9 @@ def decide_all(
         jobs = {j.name: j for j in load_jobs()}
     declared = [jobs[n] for n in names]
     states = dict(states or {})
-    for n in names:
-        if n not in states:
-            states[n] = load_state(n)
+    states.update(load_states(n for n in names if n not in states))
+    budgets = {b.name: b for b in load_budgets()}
+    tallies: dict[str, TeamTally] = {}
     snap = latest_snapshot(con)
     if snap is None:
         raise NotFoundError(_no_snapshot_message(con))
@@ -201,10 +217,18 @@ def decide_all(
     digests: dict[str, str] = {}
     timings: list[float] = []
     skipped = 0
+    statuses: dict[str, BudgetStatus] = {}
     for job in declared:
         state = states[job.name]
         ji = per_job[job.name]
-        digest = digests[job.name] = inputs_digest(cols.snapshot_id, job, state, ji, shared)
+        status = None
+        if job.team in budgets:
+            if job.team not in tallies:
+                tallies[job.team] = team_tally(con, budgets[job.team], now, states)
+            status = tallies[job.team].status_for(job.name)
+        current = (state.location, state.market, state.instance_type) if state.location else None
+        quotes_digest = cols.candidates_digest(job, current)  # type: ignore[arg-type]
+        digest = digests[job.name] = inputs_digest(quotes_digest, job, state, ji, shared, status)
         last = previous.get(job.name)
         if (
             last is not None
@@ -216,10 +240,14 @@ def decide_all(
             continue
         t0 = time.perf_counter()
         inp = _job_inputs(job, state, ji, now, risks, no_spot, cols.snapshot_id)
-        quotes = shortlist(cols, inp, p, allowed_cache=allowed_cache)
-        decisions.append(decide(_with_quotes(inp, quotes), p))
+        quotes = shortlist(cols, inp, p, allowed_cache=allowed_cache, cheapest=status is not None)
+        decision = decide(_with_quotes(inp, quotes), p)
+        if status is not None:  # the team budget, as decide_for_job applies it
+            decision = gate_decision(decision, status)
+            statuses.setdefault(str(job.team), status)
+        decisions.append(decision)
         timings.append(time.perf_counter() - t0)
-    return TickResult(decisions, skipped, time.perf_counter() - started, digests, timings)
+    return TickResult(decisions, skipped, time.perf_counter() - started, digests, timings, statuses)
 
 
 def _shared_digest(risks: Mapping[str, Any], no_spot: Mapping[str, str], p: PlacementParams) -> str:

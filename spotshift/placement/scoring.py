@@ -244,8 +244,11 @@ def _with_rank(c: Candidate, rank: int | None) -> Candidate:
     )
 
 
-# Over 80 lines on purpose: the per-quote loop runs for thousands of quotes per decision (and every
-# simulator tick); its body stays inline, in the operation order spotshift.placement.shortlist mirrors.
+#: per-location facts of one scoring: transfer plan, its hours, not-allowed reason, spot-gone
+#: reason, whether the latest checkpoint is there, unfit reason
+LocationFacts = tuple[TransferPlan, float, str | None, str | None, bool, str | None]
+
+
 def score_candidates(
     job: TrainingJob,
     quotes: Iterable[NormalizedGPUQuote],
@@ -263,7 +266,8 @@ def score_candidates(
     preemption risk (missing locations: no risk term). ``no_spot``: location -> reason spot capacity
     there is known to be gone (preempted now). ``unfit``: location -> reason the location must not be
     used in any market (e.g. a rolled-back migration target during its cooldown).
-    Rejected candidates follow, unranked, with their reasons.
+    Rejected candidates follow, unranked, with their reasons. The per-quote terms are computed in
+    the operation order :mod:`spotshift.placement.shortlist` mirrors with arrays.
     """
     p = params or PlacementParams()
     risks = risks or {}
@@ -277,76 +281,100 @@ def score_candidates(
     runtime = amort if remaining_hours is None else max(0.0, float(remaining_hours))
     ckpt_restore_h = p.transfer_hours(footprint.checkpoint_bytes)
     ckpt_here = set(footprint.checkpoint_sources()) if footprint.checkpoint_bytes else set()
-    half_interval_h = job.checkpoint_every_minutes / 60.0 / 2.0
+    per_preemption_h = p.changeover_hours + job.checkpoint_every_minutes / 60.0 / 2.0 + ckpt_restore_h
     # per-location and per-model facts are computed once: a snapshot has thousands of quotes
     # but tens of locations and a handful of GPU models
-    by_loc: dict[str, tuple[TransferPlan, float, str | None, str | None, bool, str | None]] = {}
+    by_loc: dict[str, LocationFacts] = {}
     model_ok: dict[str, bool] = {}
-    cap = job.max_usd_per_hour
-    per_preemption_h = p.changeover_hours + half_interval_h + ckpt_restore_h
     keyed: list[tuple[tuple[Any, ...], Candidate]] = []
     rejected_keyed: list[tuple[tuple[Any, ...], Candidate]] = []
     for q in quotes:
         loc = f"{q.provider}/{q.region}"
         facts = by_loc.get(loc)
         if facts is None:
-            plan = transfer_plan(footprint, loc)
-            facts = by_loc[loc] = (
-                plan,
-                p.transfer_hours(plan.total_bytes),
-                None if job.allows(loc) else f"{loc} not in allowed_locations",
-                no_spot.get(loc),
-                loc in ckpt_here,
-                unfit.get(loc),
-            )
-        plan, transfer_h, not_allowed, gone, has_ckpt, unfit_why = facts
+            facts = by_loc[loc] = _location_facts(job, footprint, loc, p, no_spot.get(loc), ckpt_here, unfit)
         ok_model = model_ok.get(q.gpu_model)
         if ok_model is None:
             ok_model = model_ok[q.gpu_model] = gpu_model_matches(job.gpu_model, q.gpu_model)
-        gpus = q.gpu_count
-        spot = q.market == "spot"
-        reasons = []
-        if not_allowed:
-            reasons.append(not_allowed)
-        if not ok_model:
-            reasons.append(f"GPU {q.gpu_model} is not {job.gpu_model}")
-        if gpus != job.gpu_count:
-            reasons.append(f"{gpus} GPUs, job needs {job.gpu_count}")
-        if q.topology_score < job.min_topology_score:
-            reasons.append(f"topology score {q.topology_score:g} < {job.min_topology_score:g}")
-        if spot and not job.spot_allowed:
-            reasons.append("spot not allowed for this job")
-        if spot and gone is not None:
-            reasons.append(gone)
-        if unfit_why is not None:
-            reasons.append(unfit_why)
-        price = q.price_usd_hour
-        if not price > 0 or gpus <= 0:
-            reasons.append(f"invalid price {price!r}")
-            gpus = max(gpus, 1)
-        spread = amort * gpus
-        eff = q.effective_gpu_hour_usd
-        penalty = plan.egress_usd / spread
-        bonus = ckpt_restore_h * price / spread if has_ckpt else 0.0
-        score = eff + penalty - bonus
-        rate = 0.0
-        risk_term = 0.0
-        if spot:
-            r = risks.get(loc)
-            if r is not None:
-                rate = r.preemptions_per_hour
-                risk_term = expected_preemptions(r, runtime) * price * per_preemption_h / spread
-        if cap is not None and score * gpus > cap:
-            reasons.append(f"all-in {score * gpus:.2f} USD/h over max {cap:g}")
-        expected = score + risk_term
-        c = Candidate(
-            q, eff, penalty, bonus, score, risk_term, expected, plan, transfer_h, amort, rate, tuple(reasons)
+        c = _score_quote(
+            job, q, facts, ok_model, amort, ckpt_restore_h, risks.get(loc), runtime, per_preemption_h
         )
-        key = (expected, loc, q.market, q.instance_type, q.zone)
-        (rejected_keyed if reasons else keyed).append((key, c))
-
+        key = (c.expected_gpu_hour_usd, loc, q.market, q.instance_type, q.zone)
+        (rejected_keyed if c.rejected else keyed).append((key, c))
     keyed.sort(key=lambda kc: kc[0])
     rejected_keyed.sort(key=lambda kc: kc[0])
-    eligible = [c for _, c in keyed]
-    rejected = [c for _, c in rejected_keyed]
-    return [_with_rank(c, i + 1) for i, c in enumerate(eligible)] + rejected
+    return [_with_rank(c, i + 1) for i, (_, c) in enumerate(keyed)] + [c for _, c in rejected_keyed]
+
+
+def _location_facts(
+    job: TrainingJob,
+    footprint: DataFootprint,
+    loc: str,
+    p: PlacementParams,
+    gone: str | None,
+    ckpt_here: set[str],
+    unfit: Mapping[str, str],
+) -> LocationFacts:
+    """What scoring a quote of ``loc`` for ``job`` reads about the location."""
+    plan = transfer_plan(footprint, loc)
+    return (
+        plan,
+        p.transfer_hours(plan.total_bytes),
+        None if job.allows(loc) else f"{loc} not in allowed_locations",
+        gone,
+        loc in ckpt_here,
+        unfit.get(loc),
+    )
+
+
+def _score_quote(
+    job: TrainingJob,
+    q: NormalizedGPUQuote,
+    facts: LocationFacts,
+    ok_model: bool,
+    amort: float,
+    ckpt_restore_h: float,
+    risk: RegionRisk | None,
+    runtime: float,
+    per_preemption_h: float,
+) -> Candidate:
+    """One quote's terms and rejection reasons (unranked)."""
+    plan, transfer_h, not_allowed, gone, has_ckpt, unfit_why = facts
+    gpus = q.gpu_count
+    spot = q.market == "spot"
+    reasons = []
+    if not_allowed:
+        reasons.append(not_allowed)
+    if not ok_model:
+        reasons.append(f"GPU {q.gpu_model} is not {job.gpu_model}")
+    if gpus != job.gpu_count:
+        reasons.append(f"{gpus} GPUs, job needs {job.gpu_count}")
+    if q.topology_score < job.min_topology_score:
+        reasons.append(f"topology score {q.topology_score:g} < {job.min_topology_score:g}")
+    if spot and not job.spot_allowed:
+        reasons.append("spot not allowed for this job")
+    if spot and gone is not None:
+        reasons.append(gone)
+    if unfit_why is not None:
+        reasons.append(unfit_why)
+    price = q.price_usd_hour
+    if not price > 0 or gpus <= 0:
+        reasons.append(f"invalid price {price!r}")
+        gpus = max(gpus, 1)
+    spread = amort * gpus
+    eff = q.effective_gpu_hour_usd
+    penalty = plan.egress_usd / spread
+    bonus = ckpt_restore_h * price / spread if has_ckpt else 0.0
+    score = eff + penalty - bonus
+    rate = 0.0
+    risk_term = 0.0
+    if spot and risk is not None:
+        rate = risk.preemptions_per_hour
+        risk_term = expected_preemptions(risk, runtime) * price * per_preemption_h / spread
+    cap = job.max_usd_per_hour
+    if cap is not None and score * gpus > cap:
+        reasons.append(f"all-in {score * gpus:.2f} USD/h over max {cap:g}")
+    expected = score + risk_term
+    return Candidate(
+        q, eff, penalty, bonus, score, risk_term, expected, plan, transfer_h, amort, rate, tuple(reasons)
+    )

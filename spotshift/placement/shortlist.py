@@ -24,7 +24,7 @@ from spotshift.jobs import TrainingJob
 from spotshift.placement.decision import DecisionInputs
 from spotshift.placement.params import PlacementParams
 from spotshift.placement.scoring import gpu_model_matches, transfer_plan
-from spotshift.pricing.quote import NormalizedGPUQuote
+from spotshift.pricing.quote import QUOTE_FIELDS, NormalizedGPUQuote
 
 
 @dataclass
@@ -47,6 +47,9 @@ class QuoteColumns:
     any_spot: int | None = None
     first_per_location: list[int] = field(default_factory=list)
     _fit: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    _fit_digest: dict[tuple[Any, ...], bytes] = field(default_factory=dict)
+    _rows: list[bytes] | None = None  # per-quote digests (:meth:`candidates_digest`)
+    _shape: bytes = b""
 
     @classmethod
     def of(cls, snapshot_id: str, quotes: list[NormalizedGPUQuote]) -> QuoteColumns:
@@ -84,6 +87,31 @@ class QuoteColumns:
             first_per_location=sorted(first.values()),
         )
 
+    def candidates_digest(self, job: TrainingJob, current: tuple[str, str, str] | None) -> str:
+        """Digest of every quote a decision for ``job`` can read — those fitting its requirement,
+        those of its ``current`` placement (location, market, instance type) and the few any
+        decision reads (one spot quote, the first of each location) — all fields but the
+        observation time: equal digests, the same quotes as far as ``job`` is concerned, whatever
+        the snapshot."""
+        import hashlib
+
+        if self._rows is None:
+            fields_ = [f for f in QUOTE_FIELDS if f != "observed_at"]
+            self._rows = [
+                hashlib.blake2b(repr([getattr(q, f) for f in fields_]).encode(), digest_size=8).digest()
+                for q in self.quotes
+            ]
+            spot = [] if self.any_spot is None else [self.any_spot]
+            self._shape = b"".join(self._rows[i] for i in [*spot, *self.first_per_location])
+        fit_key = (job.gpu_model, job.gpu_count, job.min_topology_score, job.spot_allowed)
+        fit = self._fit_digest.get(fit_key)
+        if fit is None:
+            fit = self._fit_digest[fit_key] = hashlib.blake2b(
+                b"".join(sorted(self._rows[i] for i in self.fitting(job).tolist())), digest_size=8
+            ).digest()  # sorted: the order the snapshot was read in does not matter
+        cur = b"".join(sorted(self._rows[i] for i in self.by_key.get(current, []))) if current else b""
+        return hashlib.blake2b(fit + cur + self._shape, digest_size=8).hexdigest()
+
     def fitting(self, job: TrainingJob) -> Any:
         """Indices of the quotes that pass the job's location-independent rules (GPU model and
         count, topology, spot allowed, a valid price), cached per requirement."""
@@ -116,9 +144,12 @@ def shortlist(
     params: PlacementParams,
     *,
     allowed_cache: dict[tuple[tuple[str, ...], str], bool] | None = None,
+    cheapest: bool = False,
 ) -> list[NormalizedGPUQuote]:
     """The quotes of ``cols`` that :func:`decide` needs to reach the decision the whole snapshot
-    gives (see the module doc); ``inp.quotes`` is ignored."""
+    gives (see the module doc); ``inp.quotes`` is ignored. ``cheapest`` (a job under a team
+    budget): also the cheapest eligible quotes of every location and market, among which
+    :func:`spotshift.budgets.gate_decision` picks when the target is over the limit."""
     import numpy as np
 
     job, p, fp = inp.job, params, inp.footprint
@@ -179,11 +210,25 @@ def shortlist(
     waiting = ranked[(ok & preempted)[order]]
     _, first = np.unique(cols.loc[waiting], return_index=True)
     picked.update(waiting[first].tolist())
+    if cheapest:
+        picked.update(_cheapest(cols, idx[eligible]))
     if cols.any_spot is not None:
         picked.add(cols.any_spot)
     if not len(elig_ranked):  # a queue decision says what rejected the quotes: show some
         picked.update(cols.first_per_location)
     return [cols.quotes[i] for i in sorted(picked)]
+
+
+def _cheapest(cols: QuoteColumns, el: Any) -> list[int]:
+    """The cheapest of the quotes ``el`` (indices) in each location and market (all tied ones)."""
+    import numpy as np
+
+    if not len(el):
+        return []
+    g, pr = cols.loc[el] * 2 + cols.spot[el], cols.price[el]
+    low = np.full(2 * len(cols.locations), np.inf)
+    np.minimum.at(low, g, pr)
+    return el[pr == low[g]].tolist()
 
 
 __all__ = ["QuoteColumns", "shortlist"]

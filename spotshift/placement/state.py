@@ -23,7 +23,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -45,11 +46,11 @@ def state_dir() -> Path:
     return spotshift_home() / "placement"
 
 
-def state_path(job: str) -> Path:
-    """The state file of one job."""
+def state_path(job: str, directory: Path | None = None) -> Path:
+    """The state file of one job (in ``directory``, default :func:`state_dir`)."""
     if not job or "/" in job or job.startswith("."):
         raise ConfigError(f"job name {job!r} cannot name a placement state file")
-    return state_dir() / f"{job}.json"
+    return (directory or state_dir()) / f"{job}.json"
 
 
 @dataclass
@@ -121,6 +122,30 @@ def load_state(job: str) -> PlacementState:
     if store is not None:
         raw = store.get(KIND, job)
         return PlacementState(job) if raw is None else _from_store(raw, job, store)
+    return _from_file(job, p)
+
+
+def load_states(jobs: Iterable[str]) -> dict[str, PlacementState]:
+    """:func:`load_state` of each of ``jobs`` in one pass (thousands of jobs per sensor tick): one
+    query in PostgreSQL, else one directory listing and a read of the files that exist."""
+    names = list(dict.fromkeys(jobs))
+    store = shared_store()
+    if store is not None:
+        docs = store.get_many(KIND, names)
+        return {n: PlacementState(n) if n not in docs else _from_store(docs[n], n, store) for n in names}
+    d = state_dir()
+    try:
+        present = {e.name for e in os.scandir(d)}
+    except FileNotFoundError:
+        present = set()
+    out = {}
+    for n in names:
+        p = state_path(n, d)
+        out[n] = _from_file(n, p) if p.name in present else PlacementState(n)
+    return out
+
+
+def _from_file(job: str, p: Path) -> PlacementState:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:

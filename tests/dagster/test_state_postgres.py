@@ -67,6 +67,11 @@ def test_placement_state_in_postgres_loses_no_concurrent_update(
         "other", location="aws/us-east-1", market="spot", instance_type="p4d", now=NOW
     )
     assert [s.job for s in state.list_states()] == ["llm-ft", "other"] and st.version == 1
+    # many jobs' states in one query (a sensor tick over thousands of jobs), unplaced when absent
+    many = state.load_states(["other", "none-yet", "llm-ft"])
+    assert list(many) == ["other", "none-yet", "llm-ft"]
+    assert many["other"] == st and many["llm-ft"] == state.load_state("llm-ft")
+    assert many["none-yet"] == state.PlacementState("none-yet")
     assert state.delete_state("other") and state.load_state("other").status == "unplaced"
 
 
@@ -75,3 +80,5 @@ def test_a_sqlite_home_keeps_state_in_files(spotshift_home: Path) -> None:
     assert state.shared_store() is None
     state.record_placement("llm-ft", location="aws/us-east-1", market="spot", instance_type="p4d", now=NOW)
     assert state.state_path("llm-ft").is_file()
+    many = state.load_states(["none-yet", "llm-ft"])
+    assert many == {"none-yet": state.PlacementState("none-yet"), "llm-ft": state.load_state("llm-ft")}
