@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from spotshift.errors import SpotshiftError
 
-_checks: dict[str, Callable[[], bool]] = {}
+_checks: dict[str, tuple[Callable[[], bool], Callable[[], None] | None]] = {}
 _mutex = threading.Lock()
 
 
@@ -23,10 +23,11 @@ class LockLost(SpotshiftError):
     """The writer's run-level lock is gone: it must not commit."""
 
 
-def install(job: str, alive: Callable[[], bool]) -> None:
-    """Fence every commit of ``job`` in this process on ``alive()`` until :func:`remove`."""
+def install(job: str, alive: Callable[[], bool], on_lost: Callable[[], None] | None = None) -> None:
+    """Fence every commit of ``job`` in this process on ``alive()`` until :func:`remove`;
+    ``on_lost()`` (a trainer: end the process) runs when a commit finds the lock gone."""
     with _mutex:
-        _checks[job] = alive
+        _checks[job] = (alive, on_lost)
 
 
 def remove(job: str) -> None:
@@ -36,8 +37,10 @@ def remove(job: str) -> None:
 
 
 def check(job: str) -> None:
-    """Raise :class:`LockLost` when ``job`` is fenced and its lock is no longer held."""
+    """Raise :class:`LockLost` (after ``on_lost()``) when ``job`` is fenced and its lock is gone."""
     with _mutex:
-        alive = _checks.get(job)
+        alive, on_lost = _checks.get(job, (None, None))
     if alive is not None and not alive():
+        if on_lost is not None:
+            on_lost()
         raise LockLost(f"job {job}: its run-level lock is lost; refusing to commit a checkpoint")

@@ -100,7 +100,7 @@ def fence_trainer_lock(
         logging.shutdown()
         os._exit(EXIT_LOCK_LOST)  # another trainer may hold the lock now: stop at once, whatever runs
 
-    fence.install(job, lock.alive)
+    fence.install(job, lock.alive, on_lost)  # whichever notices first: a commit or the watch
     lock.watch(on_lost)
 
 
