@@ -65,6 +65,8 @@ from spotshift.training.backend import (
     SESSION_FILE,
     acquire_trainer_lock,
     default_workdir,
+    fence_trainer_lock,
+    unfence,
 )
 from spotshift.training.distributed import RankGroup, load_dcp_state
 from spotshift.training.preemption import StopController
@@ -167,6 +169,7 @@ class Session(SessionCheckpoints, SessionNotices):
                 raise ConfigError(
                     f"job {self.job}: another trainer of it is running; refusing to start a second one"
                 )
+            fence_trainer_lock(self._lock, self.job, self.workdir / SESSION_FILE, self.result)
         metrics = self.workdir / METRICS_FILE if self.rank == 0 else Path(os.devnull)  # rank 0 reports
         self._metrics = open(metrics, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
         self._install_signals()
@@ -354,6 +357,7 @@ class Session(SessionCheckpoints, SessionNotices):
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
+                unfence(self.job)
             if self.ranks is not None:
                 self.ranks.close()
 

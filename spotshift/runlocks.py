@@ -14,6 +14,15 @@ state (:func:`spotshift.statestore.shared_store`):
   (:data:`spotshift.statestore.KEEPALIVE_OPTIONS`, about 25 s) — that is the lease of a crashed
   holder. Nothing is written, so there is nothing stale to clean up. :meth:`HeldLock.alive` tells a
   holder whether its session (hence its lock) is still there.
+
+**Fencing.** A PostgreSQL lock can be lost while its holder lives (the server restarted, the
+network cut, the session terminated): :meth:`HeldLock.watch` polls :meth:`~HeldLock.alive` every
+:data:`WATCH_INTERVAL_S` seconds on a daemon thread and calls ``on_lost`` once when it turns false.
+A trainer's ``on_lost`` ends the process (exit 4, result ``lock_lost``,
+:func:`spotshift.training.backend.fence_trainer_lock`), and every checkpoint commit checks
+``alive()`` synchronously right before its ``COMMIT`` marker (:mod:`spotshift.checkpoint.fence`), so
+a trainer that lost its lock commits nothing after the loss and is gone within the interval. File
+locks cannot be lost while their holder lives: they start no thread.
 """
 
 from __future__ import annotations
@@ -21,7 +30,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +44,9 @@ _HELD_SQL = (
     "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
     "AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%s, 0))"
 )
+
+
+WATCH_INTERVAL_S = 5.0  # how often a watched PostgreSQL lock is checked (HeldLock.watch)
 
 
 def lock_path(name: str) -> Path:
@@ -51,6 +65,7 @@ class HeldLock:
         self.name = name
         self._fd = fd
         self._session = session
+        self._stop_watch = threading.Event()
 
     def alive(self) -> bool:
         """Whether the lock is still ours (the file descriptor is open / the session answers)."""
@@ -65,8 +80,24 @@ class HeldLock:
         except Exception:  # any failure means the session, and so the lock, is gone
             return False
 
+    def watch(self, on_lost: Callable[[], None], *, interval_s: float = WATCH_INTERVAL_S) -> None:
+        """Call ``on_lost()`` once, on a daemon thread, within ``interval_s`` seconds of the lock being
+        lost (:meth:`alive` turning false); :meth:`release` stops the watch. File locks: no thread."""
+        if self._fd is not None:
+            return
+
+        def poll() -> None:
+            while not self._stop_watch.wait(interval_s):
+                if not self.alive():
+                    if not self._stop_watch.is_set():  # not lost: released meanwhile
+                        on_lost()
+                    return
+
+        threading.Thread(target=poll, name=f"runlock-watch-{self.name}", daemon=True).start()
+
     def release(self) -> None:
         """Give the lock up (idempotent)."""
+        self._stop_watch.set()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from spotshift.atomic import fsync_dir, start_writeback
-from spotshift.checkpoint import crypto
+from spotshift.checkpoint import crypto, fence
 from spotshift.checkpoint.catalog import read_latest_pointer, sweep_dead_writers
 from spotshift.checkpoint.codec import (
     COMMIT_MAC_ALG,
@@ -374,6 +374,7 @@ def commit_checkpoint(
         "mac_alg": COMMIT_MAC_ALG,
     }
     commit["mac"] = commit_mac(data_key, commit, meta_bytes)
+    fence.check(job)  # a writer that lost its run-level lock never commits (checkpoint.fence)
     created = store.put_bytes(prefix + "COMMIT", canonical_json(commit), if_absent=True)
     if update_latest:
         current = read_latest_pointer(store, job)

@@ -19,18 +19,21 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from spotshift import runlocks
 from spotshift.atomic import atomic_write_json
+from spotshift.checkpoint import fence
 from spotshift.clock import virtual_now
 from spotshift.errors import ConfigError, NotFoundError
 from spotshift.home import run_dir
@@ -63,6 +66,47 @@ def acquire_trainer_lock(name: str, *, wait_s: float = 2.0) -> HeldLock | None:
     """The run-level lock of trainer ``name`` (:mod:`spotshift.runlocks`; keep the handle, call
     ``release()`` at the end), or None when a live process holds it."""
     return runlocks.acquire(name, wait_s=wait_s)
+
+
+EXIT_LOCK_LOST = 4  # a trainer whose run-level lock was lost while it ran (fence_trainer_lock)
+
+
+def fence_trainer_lock(
+    lock: HeldLock,
+    job: str,
+    result_path: Path,
+    result: dict[str, Any],
+    *,
+    also: Callable[[], None] | None = None,
+) -> None:
+    """Fence trainer ``job`` on ``lock``: no checkpoint of ``job`` commits once the lock is lost
+    (:mod:`spotshift.checkpoint.fence`), and the process ends within
+    :data:`~spotshift.runlocks.WATCH_INTERVAL_S` of the loss, with one error line naming the job and
+    the lock, ``result`` written to ``result_path`` with status ``lock_lost``, and exit code
+    :data:`EXIT_LOCK_LOST`; ``also()`` runs first (the wrapper kills its command).
+    ``lock.release()`` stops the watch; call :func:`unfence` after it."""
+
+    def on_lost() -> None:
+        logging.getLogger("spotshift.trainer").error(
+            "job %s: run-level lock %s lost (its session ended); stopping now without committing",
+            job,
+            lock.name,
+        )
+        if also is not None:
+            with contextlib.suppress(Exception):
+                also()
+        with contextlib.suppress(Exception):  # exiting matters more than the report
+            atomic_write_json(result_path, {**result, "status": "lock_lost", "exit_code": EXIT_LOCK_LOST})
+        logging.shutdown()
+        os._exit(EXIT_LOCK_LOST)  # another trainer may hold the lock now: stop at once, whatever runs
+
+    fence.install(job, lock.alive, on_lost)  # whichever notices first: a commit or the watch
+    lock.watch(on_lost)
+
+
+def unfence(job: str) -> None:
+    """Undo :func:`fence_trainer_lock` for ``job`` (after the lock is released)."""
+    fence.remove(job)
 
 
 def lock_held(name: str) -> bool:

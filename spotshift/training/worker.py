@@ -15,7 +15,9 @@ A request with a ``command`` runs that command under the wrapper instead of the 
 
 Exit codes: 0 done (completed, stopped or preempted with a committed checkpoint), 1 unexpected
 failure, 2 bad input / integrity (one line in ``result.json`` and on stderr), 3 another trainer of
-the job holds the lock.
+the job holds the lock, 4 the lock was lost while running (its PostgreSQL session ended: the trainer
+stops within :data:`spotshift.runlocks.WATCH_INTERVAL_S` seconds and commits nothing after the
+loss, result status ``lock_lost``; a ``command`` is killed with it, :func:`~spotshift.training.backend.fence_trainer_lock`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from spotshift.facts import ingest_facts
 from spotshift.training.backend import (
     RESULT_FILE,
     acquire_trainer_lock,
+    fence_trainer_lock,
+    unfence,
 )
 from spotshift.training.request import TrainRequest
 from spotshift.training.trainer_run import EXIT_LOCKED, TrainerRun, setup_logging
@@ -56,6 +60,9 @@ def run_request(req: TrainRequest) -> int:
         run: TrainerRun = CommandRun(req)
     else:
         run = TrainerRun(req)
+    fence_trainer_lock(
+        lock, req.job, workdir / RESULT_FILE, run.result, also=getattr(run, "kill_command", None)
+    )
     run.install_signals()
     code = 0
     try:
@@ -79,6 +86,7 @@ def run_request(req: TrainRequest) -> int:
     if code == 0:
         _ingest_quietly(run)
     lock.release()
+    unfence(req.job)
     return code
 
 

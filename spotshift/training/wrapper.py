@@ -144,6 +144,11 @@ class CommandRun(TrainerRun):
             return waited >= SESSION_GRACE_S
         return status != "running"
 
+    def kill_command(self) -> None:
+        """SIGKILL the command's process group at once (its trainer lost the run-level lock)."""
+        if getattr(self, "proc", None) is not None:
+            self._signal(signal.SIGKILL)
+
     def _signal(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
