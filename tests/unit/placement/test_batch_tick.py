@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,16 +25,7 @@ from spotshift.placement import state
 from spotshift.placement.batch import decide_all
 from spotshift.placement.inputs import decide_for_job
 from tests.unit.placement.builders import make_job, make_quote
-from tests.unit.placement.test_batch import _same
-
-NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-GB = 10**9
-LOCATIONS = [
-    "gcp/us-central1", "gcp/us-east1", "gcp/europe-west4", "gcp/asia-east1",
-    "aws/us-east-1", "aws/us-west-2", "aws/eu-west-1", "aws/ap-northeast-1",
-    "azure/eastus", "azure/westus2", "azure/westeurope", "azure/japaneast",
-]  # fmt: skip
-GPUS = [("A100-40GB", "A100"), ("H100-80GB", "H100"), ("L4", "L4")]
+from tests.unit.placement.test_batch import GB, GPUS, LOCATIONS, NOW, _same
 
 
 class Alive:

@@ -25,9 +25,10 @@ from spotshift.migration.endpoint_cutover import StartOptions, start
 from spotshift.serving import cutover as co
 from spotshift.serving import replica_api as api
 from spotshift.serving.launcher import LaunchInfo
-from spotshift.serving.router import Router, RouterConfig
+from spotshift.serving.router import Router
 from spotshift.serving.router_app import build_app
-from tests.unit.serving.test_cutover_replicas import SOURCE, Launcher
+from spotshift.serving.router_state import RouterConfig
+from tests.unit.serving.test_cutover_replicas import SOURCE, Launcher, register_sources
 
 OLD, NEW = "s0000000100-aaaa", "s0000000200-bbbb"
 
@@ -72,20 +73,7 @@ def _follow(st: co.CutoverState, launcher: Launcher) -> None:
 
 
 def test_a_new_checkpoint_in_the_same_location_is_cut_over_stage_by_stage(spotshift_home: Path) -> None:
-    for k in range(4):
-        api.register(
-            api.ReplicaRecord(
-                f"src-{k}",
-                "chat",
-                "http://127.0.0.1:1",
-                SOURCE,
-                "on_demand",
-                3.0,
-                os.getpid(),
-                time.time(),
-                OLD,
-            )
-        )
+    register_sources(4, checkpoint=OLD)
     ckpts = f"{spotshift_home}/stores/x/checkpoints/tiny"
     opts = StartOptions(to_location=SOURCE, market="on_demand", shadow="5,25,50", usd_per_hour=3.0)
     with pytest.raises(ConfigError, match="nothing to cut over"):  # same location, same model

@@ -80,7 +80,8 @@ class Launcher(ReplicaLauncher):
         self._sample()
 
 
-def _sources(n: int) -> None:
+def register_sources(n: int, *, checkpoint: str = "ck") -> None:
+    """Register ``n`` on-demand source replicas ``src-<k>`` of endpoint ``chat`` serving ``checkpoint``."""
     for k in range(n):
         api.register(
             api.ReplicaRecord(
@@ -92,7 +93,7 @@ def _sources(n: int) -> None:
                 3.0,
                 os.getpid(),
                 time.time(),
-                "ck",
+                checkpoint,
             )
         )
 
@@ -139,7 +140,7 @@ def _follow(st: co.CutoverState, launcher: Launcher) -> cr.FollowStep:
 def test_replicas_follow_every_stage_within_the_cap_and_come_back_on_failback(
     spotshift_home: Path, steady: int
 ) -> None:
-    _sources(steady)
+    register_sources(steady)
     launcher = Launcher("chat")
     st = _state(steady)
     seen = []
@@ -164,7 +165,7 @@ def test_replicas_follow_every_stage_within_the_cap_and_come_back_on_failback(
 
 
 def test_a_rollback_drains_the_target_and_restores_the_source(spotshift_home: Path) -> None:
-    _sources(4)
+    register_sources(4)
     launcher = Launcher("chat")
     st = _state(4)
     for _ in range(len(st.shadow) + 1):  # into live-25: the source already smaller
@@ -178,7 +179,7 @@ def test_a_rollback_drains_the_target_and_restores_the_source(spotshift_home: Pa
 
 
 def test_without_a_launch_spec_the_step_says_so(spotshift_home: Path) -> None:
-    _sources(4)
+    register_sources(4)
     launcher = Launcher("chat")
     st = _state(4)
     st.target_usd_per_hour = None
