@@ -17,6 +17,7 @@ the per-job path and the command line's start-up do not pay for it.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,8 +94,6 @@ class QuoteColumns:
         decision reads (one spot quote, the first of each location) — all fields but the
         observation time: equal digests, the same quotes as far as ``job`` is concerned, whatever
         the snapshot."""
-        import hashlib
-
         if self._rows is None:
             fields_ = [f for f in QUOTE_FIELDS if f != "observed_at"]
             self._rows = [
