@@ -132,9 +132,10 @@ def get_endpoint(name: str) -> Endpoint:
 
 def declared_model(name: str) -> str:
     """The model endpoint ``name`` declares; empty when it is not declared."""
-    if not any(e.get("name") == name for e in registry.entries(SECTION)):
-        return ""
-    return get_endpoint(name).model
+    for e in registry.entries(SECTION):  # one read: get_endpoint would read the file again
+        if e.get("name") == name:
+            return Endpoint.from_dict(e).model
+    return ""
 
 
 def set_endpoint_model(name: str, model: str, *, only_if: str | None = None) -> bool:
