@@ -57,9 +57,8 @@ class _Completions:
             await _send(send, 400, api.error_body("invalid_request", f"unknown user region {region!r}"))
             return
         status, content, headers = await self.router.forward(raw, region, estimate_tokens(body))
-        out = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
-        out += [(k.encode(), v.encode()) for k, v in headers.items() if k.lower() != "content-type"]
-        await send({"type": "http.response.start", "status": status, "headers": out})
+        headers += ((b"content-type", b"application/json"), (b"content-length", b"%d" % len(content)))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
 
 
