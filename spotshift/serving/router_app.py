@@ -100,9 +100,13 @@ class OneSendPerStep:
         return getattr(self._transport, name)
 
 
-def http_protocol() -> type:
-    """uvicorn's httptools protocol with :class:`OneSendPerStep` under it (``uvicorn.Config(http=...)``)."""
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+def http_protocol() -> type | str:
+    """uvicorn's httptools protocol with :class:`OneSendPerStep` under it (``uvicorn.Config(http=...)``);
+    uvicorn's own choice (``"auto"``) when httptools is not installed (it comes with the serving extra)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return "auto"
 
     class RouterHTTPProtocol(HttpToolsProtocol):
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
