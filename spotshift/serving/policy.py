@@ -23,6 +23,7 @@ The rule (seed 000, issue 14), for a request from users in ``user_region`` of ``
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,12 +66,13 @@ class ReplicaView:
         if self.slots < 1:
             raise ConfigError(f"replica {self.replica_id}: slots must be >= 1")
 
-    @property
+    # computed once per view (the router asks for both on every request; the fields are frozen)
+    @functools.cached_property
     def cost_per_million_tokens(self) -> float:
         """USD per million tokens at capacity: ``price / (capacity x 3600) x 1e6``."""
         return self.price_usd_hour / (self.capacity_tokens_s * 3600.0) * 1e6
 
-    @property
+    @functools.cached_property
     def region(self) -> str:
         """``provider/region`` (zones fold into their region)."""
         return region_of_location(self.location)
@@ -100,6 +102,7 @@ class InferenceTimeModel:
         self.decay, self.prior_weight, self.min_samples = decay, prior_weight, min_samples
         self._sums: dict[str, list[float]] = {}  # key -> [S0, Sx, Sxx, Sy, Sxy]
         self._counts: dict[str, int] = {}
+        self._coefs: dict[str, tuple[float, float]] = {}  # key -> fit, dropped when the key learns
         self.mean_tokens = 64.0
 
     def _fresh(self) -> list[float]:
@@ -121,7 +124,10 @@ class InferenceTimeModel:
             return
         self.mean_tokens = 0.98 * self.mean_tokens + 0.02 * tokens
         for key in (replica_id, "*"):
-            s = self._sums.setdefault(key, self._fresh())
+            s = self._sums.get(key)
+            if s is None:
+                s = self._sums[key] = self._fresh()
+            self._coefs.pop(key, None)
             for i in range(5):
                 s[i] *= self.decay
             s[0] += 1.0
@@ -134,6 +140,12 @@ class InferenceTimeModel:
     def coefficients(self, replica_id: str) -> tuple[float, float]:
         """``(base_ms, per_token_ms)`` for ``replica_id`` (pooled or prior when it has too few samples)."""
         key = replica_id if self._counts.get(replica_id, 0) >= self.min_samples else "*"
+        fit = self._coefs.get(key)
+        if fit is None:
+            fit = self._coefs[key] = self._fit(key)
+        return fit
+
+    def _fit(self, key: str) -> tuple[float, float]:
         s = self._sums.get(key)
         if s is None:
             return self.prior

@@ -65,6 +65,7 @@ class ReplicaPool:
             timeout=aiohttp.ClientTimeout(total=self.timeout_s),
             auto_decompress=False,
             trust_env=False,
+            cookie_jar=aiohttp.DummyCookieJar(),  # replicas set no cookies: no jar filtering per request
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
         return self._session

@@ -76,6 +76,9 @@ RETRY_STATUSES = frozenset({502, 503, 504})
 DOWN_COOLDOWN_S = 1.0  # a replica that failed at the transport level gets no traffic for this long
 DRAINING_COOLDOWN_S = 5.0  # one that answered 503 (draining), unless the registry says ready sooner
 SET_ASIDE_WAITS = 2  # rounds a request waits (<= DOWN_COOLDOWN_S each) for a set-aside replica
+# the replica's answer headers passed on to the caller (content-type is the router's own)
+_PASSED = tuple((n.lower().encode(), n) for n in (api.HEADER_REPLICA, api.HEADER_INFERENCE_MS))
+_ROUTE_VALUES = {k: k.encode() for k in ("cheapest", "fastest", "fallback")}
 
 
 class Router:
@@ -121,6 +124,8 @@ class Router:
         ]
 
     def _usable(self, excluded: set[str]) -> list[ReplicaView]:
+        if not excluded and not self.set_aside:
+            return self.replicas  # the common case: nothing tried yet, nothing set aside
         now = time.monotonic()
         return [
             r
@@ -156,8 +161,9 @@ class Router:
     # -- one request ----------------------------------------------------------------------------
     async def forward(
         self, body: bytes, user_region: str, tokens: float
-    ) -> tuple[int, bytes, dict[str, str]]:
-        """Route and forward one completion; returns ``(status, body, headers)`` for the caller.
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """Route and forward one completion; returns ``(status, body, headers)`` for the caller,
+        the headers as ASGI pairs (lower-case bytes, without content-type and content-length).
 
         Retries on another replica after a refusal or a transport failure until every replica was
         tried; then 503 naming the endpoint.
@@ -181,7 +187,7 @@ class Router:
             if choice is None:
                 self.counters.failed += 1
                 msg = f"no replica of endpoint {self.cfg.endpoint} could serve the request (tried {attempts})"
-                return 503, json.dumps(api.error_body("unavailable", msg)).encode(), {}
+                return 503, json.dumps(api.error_body("unavailable", msg)).encode(), []
             if attempts == 0:
                 self.counters.by_route[choice.kind] += 1
                 if choice.slo_violation:
@@ -215,13 +221,10 @@ class Router:
                 self._learn(rid, tokens, resp.headers.get(api.HEADER_INFERENCE_MS), wall_ms, busy < rep.slots)
                 if self.cutover.should_mirror(rep):  # shadow: compared, never returned
                     self.cutover.spawn_mirror(self, body, user_region, tokens, resp.content)
-            headers = {
-                k: v
-                for k, v in resp.headers.items()
-                if k.lower() in ("content-type", "x-spotshift-replica", "x-spotshift-inference-ms")
-            }
-            headers["x-spotshift-route"] = choice.kind
-            headers["x-spotshift-attempts"] = str(attempts)
+            got = resp.headers.get
+            headers = [(k, v.encode("latin-1")) for k, n in _PASSED if (v := got(n)) is not None]
+            headers.append((b"x-spotshift-route", _ROUTE_VALUES[choice.kind]))
+            headers.append((b"x-spotshift-attempts", str(attempts).encode()))
             return resp.status_code, resp.content, headers
 
     async def post_completion(self, rep: ReplicaView, body: bytes, user_region: str) -> ReplicaAnswer:
@@ -283,6 +286,8 @@ class Router:
         """Once a second: registry, signal file, cutover weights and analysis, certificate rotation."""
         with contextlib.suppress(ConfigError):  # a half-written registry never stops routing
             self.refresh()
+        now = time.monotonic()  # forget set-asides that ran out (keeps the request path's fast case)
+        self.set_aside = {rid: t for rid, t in self.set_aside.items() if t > now}
         self.flush_signal()
         self.cutover.tick()
         if self._rotator is not None and self._rotator.check():

@@ -96,6 +96,18 @@ def test_inference_time_model_learns_tokens_to_ms_online() -> None:
     assert abs(m.predict("unseen", 100) - 62.0) < 3  # pooled fit for a replica without samples
 
 
+def test_inference_time_model_prediction_follows_every_observation() -> None:
+    # the fit is cached between observations (the router predicts on every request): each new
+    # observation must still move the next prediction, for the replica and for the pooled fit
+    m = InferenceTimeModel(prior_base_ms=20.0, prior_per_token_ms=0.0, decay=0.5)
+    for _ in range(5):
+        m.observe("r1", 10, 20.0)
+    before, pooled = m.predict("r1", 10), m.predict("unseen", 10)
+    m.observe("r1", 10, 200.0)  # the replica slowed down
+    assert m.predict("r1", 10) > before + 50
+    assert m.predict("unseen", 10) > pooled + 50
+
+
 def test_traffic_policy_weights_follow_the_rule() -> None:
     p = traffic_policy("chat", [NEAR, MID, FAR], {"us-east": 1.0}, model(), 200.0)
     w = {r.replica_id: r.weight for r in p.weights}
