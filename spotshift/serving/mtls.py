@@ -265,10 +265,15 @@ class TLSReloader:
         stamp = self._mtimes()
         if stamp == self._stamp:
             return False
-        try:
-            reload_context(self.ctx, self.tls_dir, self.role)
-        except (ssl.SSLError, OSError):
-            return False  # caught between renames: retry at the next poll
+        for _ in range(3):
+            try:
+                reload_context(self.ctx, self.tls_dir, self.role)
+            except (ssl.SSLError, OSError):
+                return False  # caught between renames: retry at the next poll
+            after = self._mtimes()
+            if after == stamp:
+                break
+            stamp = after  # renamed while loading: load again, so the stamp names what is loaded
         self._stamp = stamp
         self.reloads += 1
         return True

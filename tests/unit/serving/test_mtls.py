@@ -15,6 +15,7 @@ import pytest
 
 from bench._replica_peer import PeerState, ServerThread, peer_app
 from spotshift.errors import IntegrityError
+from spotshift.serving import mtls
 from spotshift.serving.mtls import (
     CA_KEY_FILE,
     CLIENT_FILE,
@@ -156,3 +157,28 @@ def test_rotation_every_24_virtual_hours_drops_no_request(tmp_path: Path) -> Non
     assert server_rot.rotations == client_rot.rotations == 3 and reloader.reloads == 3
     assert len(set(serials)) == 4  # every new handshake after a rotation saw the new certificate
     assert (server_dir / TLS_CERT_FILE).exists()
+
+
+def test_a_rotation_landing_while_the_reloader_loads_counts_one_reload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files renamed between the reloader's stamp and its load: one reload, not a second one
+    at the next poll for files it already loaded (the flake seen in the rotation test)."""
+    ca, server_dir, _ = _setup(tmp_path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    reload_context(ctx, server_dir, "server")
+    reloader = mtls.TLSReloader(ctx, server_dir, "server")
+    cert, key = ca.issue("replica-1", "server")
+    mtls.atomic_write_bytes(server_dir / mtls.TLS_KEY_FILE, key)  # the key landed; the cert not yet
+    real, calls = mtls.reload_context, [0]
+
+    def cert_lands_during_the_load(*args: object) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            time.sleep(0.01)  # a new mtime, even on coarse-grained filesystems
+            mtls.atomic_write_bytes(server_dir / TLS_CERT_FILE, cert)
+        real(*args)
+
+    monkeypatch.setattr(mtls, "reload_context", cert_lands_during_the_load)
+    assert reloader.check() and reloader.reloads == 1
+    assert not reloader.check() and reloader.reloads == 1
