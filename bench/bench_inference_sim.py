@@ -24,6 +24,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import Timer, peak_rss_mib, write_result  # noqa: E402
@@ -39,7 +41,21 @@ BASELINES = ("on_demand", "reserved", "spot_greedy")
 SPOTHEDGE_EXTRAS = (0, 1, 2, 3)
 # (start, trace seed): the windows the autoscaler was tuned on, and held-out ones
 TUNED = (("2023-09-01", 0), ("2024-06-01", 1))
-HELD_OUT = (("2022-11-01", 2), ("2023-03-01", 3), ("2023-12-01", 4), ("2024-02-01", 5), ("2024-10-01", 6))
+# the history has no spot price for the A100-80GB instance before 2023-05: 2022-11 is held out too,
+# but as the case without a spot market (no policy can use spot there; reported, not in the targets)
+HELD_OUT = (
+    ("2023-06-01", 2),
+    ("2023-12-01", 4),
+    ("2024-02-01", 5),
+    ("2024-10-01", 6),
+    ("2022-11-01", 3),
+)
+TARGETS = (
+    "saving_ge_50pct",
+    "slo_ge_99_9pct",
+    "cheaper_than_spothedge_extra1_at_equal_or_better_slo",
+    "cheaper_than_slo_matched_spothedge",
+)
 SPEED_REGIONS = ("us-central1", "us-east4", "us-west1", "europe-west4", "asia-northeast1", "asia-southeast1")
 
 
@@ -55,6 +71,7 @@ def scenario(
     req = InferenceSimRequest(prices=prices, start=start, days=days, seed=seed, regions=regions)
     with Timer() as tb:
         sim, sc = build_sim_inputs(req)
+    spot_market = bool(np.isfinite(sim.spot).any())
     runs: dict[str, dict] = {}
     seconds: dict[str, float] = {}
     for name in (*BASELINES, "spotshift"):
@@ -77,6 +94,7 @@ def scenario(
     ]
     cheapest_matched = min(matched, key=lambda kr: kr[1]["cost_usd"]) if matched else None
     verdict = {
+        "spot_market": spot_market,
         "saving_ge_50pct": ss["saving_vs_on_demand"] >= 0.5,
         "slo_ge_99_9pct": ss["slo_attainment"] >= 0.999,
         "head_to_head_vs_spothedge_extra1": {
@@ -169,12 +187,15 @@ def main() -> int:
     result["speed"] = speed(prices, args.quick, min(args.days, 30.0)) if real is not None else None
     result["load_avg_end"] = load_avg()
     scenarios: list[dict] = result["scenarios"]  # type: ignore[assignment]
-    result["targets_met"] = targets_met([s["verdict"] for s in scenarios])
+    # the targets need a spot market: windows without one are reported, not counted
+    with_spot = [s for s in scenarios if s["verdict"]["spot_market"]]
+    result["targets_met"] = targets_met([s["verdict"] for s in with_spot])
     result["targets_met_by_window"] = {
-        group: targets_met([s["verdict"] for s in scenarios if s["window"] == group])
+        group: targets_met([s["verdict"] for s in with_spot if s["window"] == group])
         for group in ("tuned", "held_out")
-        if any(s["window"] == group for s in scenarios)
+        if any(s["window"] == group for s in with_spot)
     }
+    result["windows_without_spot_market"] = [s["start"] for s in scenarios if not s["verdict"]["spot_market"]]
     print("targets", result["targets_met"], result["targets_met_by_window"])
     result["peak_rss_mib"] = round(peak_rss_mib(), 1)
     name = "inference_sim" + ("_quick" if args.quick else "" if args.days == 30.0 else f"_{args.days:g}d")
@@ -183,7 +204,9 @@ def main() -> int:
 
 
 def targets_met(verdicts: list[dict]) -> dict[str, bool]:
-    """The targets over ``verdicts``: met on every window."""
+    """The targets over ``verdicts``: met on every window (none: ``False``)."""
+    if not verdicts:
+        return dict.fromkeys(TARGETS, False)
     return {
         "saving_ge_50pct": all(v["saving_ge_50pct"] for v in verdicts),
         "slo_ge_99_9pct": all(v["slo_ge_99_9pct"] for v in verdicts),
