@@ -26,6 +26,8 @@ def test_bench_inference_sim_quick_runs_and_writes_results() -> None:
     (sc,) = result["scenarios"]
     assert set(sc["policies"]) >= {"on_demand", "reserved", "spot_greedy", "spotshift", "spothedge_extra1"}
     assert sc["policies"]["on_demand"]["saving_vs_on_demand"] == 0.0
+    assert sc["window"] == "tuned" and len(sc["load_avg"]["before"]) == 3
+    assert set(result["targets_met_by_window"]) == {"tuned"}
     assert set(result["targets_met"]) == {
         "saving_ge_50pct",
         "slo_ge_99_9pct",
