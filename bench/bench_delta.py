@@ -351,6 +351,7 @@ def main() -> int:
         result["large_tensors"] = large_tensors(1 << 18 if args.quick else 1 << 21)
         print(f"large tensors: {result['large_tensors']}", flush=True)
         result["peak_rss_mib"] = round(peak_rss_mib(), 1)
+        result["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]  # at the end of the run
         write_result("delta_quick" if args.quick else "delta", result)
     finally:
         shutil.rmtree(root, ignore_errors=True)
