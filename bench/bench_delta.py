@@ -18,7 +18,9 @@ the checkpoints at fine-tuning steps 500 and 1000 it reports, per regime:
 For full fine-tuning it also breaks the delta down by tensor family (weights, ``exp_avg``,
 ``exp_avg_sq``) with the order-0 entropy of the three low byte planes of the chosen transform:
 what would remain if sign and exponent cost nothing, a floor for any per-element coder of these
-bits, and an LZMA (-9e) cross-check of the moments' mantissa planes.
+bits, and an LZMA (-9e) cross-check of the moments' mantissa planes; and the ``floor`` section
+(``bench/_delta_floor.py``): per family, the code length an adaptive context-model coder would
+reach, and the whole delta's ratio with every family at that floor.
 
 ``--quick``: a smaller model and 50 steps apart (used by the test suite to prove the benchmark runs).
 """
