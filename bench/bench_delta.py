@@ -18,7 +18,9 @@ the checkpoints at fine-tuning steps 500 and 1000 it reports, per regime:
 For full fine-tuning it also breaks the delta down by tensor family (weights, ``exp_avg``,
 ``exp_avg_sq``) with the order-0 entropy of the three low byte planes of the chosen transform:
 what would remain if sign and exponent cost nothing, a floor for any per-element coder of these
-bits, and an LZMA (-9e) cross-check of the moments' mantissa planes.
+bits, and an LZMA (-9e) cross-check of the moments' mantissa planes; and the ``floor`` section
+(``bench/_delta_floor.py``): per family, the code length an adaptive context-model coder would
+reach, and the whole delta's ratio with every family at that floor.
 
 ``--quick``: a smaller model and 50 steps apart (used by the test suite to prove the benchmark runs).
 """
@@ -38,6 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import Timer, peak_rss_mib, write_result  # noqa: E402
+from _delta_floor import floor  # noqa: E402
 from _delta_v1 import compute_delta_v1  # noqa: E402
 
 MODEL = {"vocab_size": 256, "d_model": 64, "n_layer": 4, "n_head": 4, "seq_len": 32}
@@ -164,7 +167,7 @@ def families(new: dict[str, bytes], base: dict[str, bytes]) -> dict[str, Any]:
                     mantissas.setdefault(fam, bytearray()).extend(
                         _forward("rot", u, None, "F32")[:3].tobytes()
                     )
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"_coded": {fam: c["v2"] for fam, c in acc.items()}}
     for fam, c in acc.items():
         n = c["bytes"]
         out[fam] = {
@@ -288,6 +291,12 @@ def run_variant(
     }
     if trainable is None:
         row["families"] = families(plain_new, plain_old)
+        coded = row["families"].pop("_coded")
+        row["floor"] = floor(plain_new, plain_old, coded)
+        # format 2's delta with each family at its floor instead (the rest: headers, step counts, crypto)
+        saved = sum(coded[f] - r["floor_ratio"] * 4 * r["values"] for f, r in row["floor"].items())
+        sent, stored = row["codecs"]["v2"]["delta_sent_bytes"], row["codecs"]["stored_bytes"]
+        row["floor"]["overall_ratio"] = round((sent - saved) / stored, 4)
     shutil.rmtree(src.root, ignore_errors=True)
     shutil.rmtree(dst.root, ignore_errors=True)
     return row
@@ -344,6 +353,7 @@ def main() -> int:
         result["large_tensors"] = large_tensors(1 << 18 if args.quick else 1 << 21)
         print(f"large tensors: {result['large_tensors']}", flush=True)
         result["peak_rss_mib"] = round(peak_rss_mib(), 1)
+        result["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]  # at the end of the run
         write_result("delta_quick" if args.quick else "delta", result)
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -57,6 +57,10 @@ def test_bench_delta_quick() -> None:
     assert {"weights", "exp_avg", "exp_avg_sq"} <= set(fams)
     for fam in ("exp_avg", "exp_avg_sq"):
         assert 0 < fams[fam]["low_planes_h0_ratio"] < 1 and 0 < fams[fam]["mantissa_lzma_ratio"] <= 1.01
+    fl = doc["full_finetune"]["floor"]  # the context-model floor the README quotes
+    assert 0 < fl["overall_ratio"] < 1
+    for fam in ("weights", "exp_avg", "exp_avg_sq"):
+        assert 0 < fl[fam]["floor_ratio"] <= fl[fam]["ratio_if_exponent_free"] + 0.2 and fl[fam]["best"]
     big = doc["large_tensors"]
     assert big["v1"]["encode_mb_s"] > 0 and big["v2"]["decode_mb_s"] > 0 and 0 < big["v2"]["ratio"] < 1
 
