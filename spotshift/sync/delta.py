@@ -100,6 +100,19 @@ def _target_manifest(store: ChunkStore, dataset: str, params: ChunkParams) -> tu
     return manifest, len(raw)
 
 
+def trusted_chunks(
+    store: ChunkStore, dataset: str, params: ChunkParams, check_existing: bool
+) -> dict[bytes, int]:
+    """Chunks of the target's current snapshot of ``dataset`` (same chunking), trusted to be there
+    unless ``check_existing``: what a push writing chunks as it cuts them need not write. Removes
+    the temp files killed writers left first (as :func:`plan_transfer` does)."""
+    _prepare_target(store)
+    if check_existing:
+        return {}
+    old, _ = _target_manifest(store, dataset, params)
+    return old.unique_chunks() if old is not None else {}
+
+
 def plan_transfer(
     target: ChunkStore, dataset: str, manifest: Manifest, check_existing: bool, stats: TransferStats
 ) -> tuple[Diff | None, dict[bytes, Location]]:

@@ -175,23 +175,25 @@ def test_a_push_killed_after_some_packs_resumes_without_resending_them(
     src: Path, store: LocalChunkStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     small_packs(monkeypatch, target=1 << 20)
-    import spotshift.sync.sender as sender
+    import spotshift.sync.fingerprint as fingerprint
+    import spotshift.sync.inline as inline
 
-    real = sender.SourceSender._write
+    monkeypatch.setattr(fingerprint, "default_workers", lambda: 1)  # one chunking thread: same packs
+    real = inline.write_pack
     written: list[str] = []
 
-    def dying(self, key, parts):  # type: ignore[no-untyped-def]
+    def dying(store, pack_id, data):  # type: ignore[no-untyped-def]
         if len(written) == 3:
             raise KeyboardInterrupt("killed")  # the process dies after three packs are in
-        written.append(key)
-        return real(self, key, parts)
+        written.append(pack_id)
+        return real(store, pack_id, data)
 
-    monkeypatch.setattr(sender.SourceSender, "_write", dying)
+    monkeypatch.setattr(inline, "write_pack", dying)
     with pytest.raises(KeyboardInterrupt):
         push(src, store, "corpus", params=SMALL, workers=1)
     assert len(packed(store)) == 3
     assert read_ref(store, "corpus") is None  # nothing committed
-    monkeypatch.setattr(sender.SourceSender, "_write", real)
+    monkeypatch.setattr(inline, "write_pack", real)
     resumed = push(src, store, "corpus", params=SMALL, workers=1)
     assert 0 < resumed.chunks_sent < resumed.chunks_total  # the 3 packs already there are skipped
     assert verify(store).ok
@@ -251,3 +253,31 @@ def test_s3_style_object_count_falls_with_packs(src: Path, tmp_path: Path, spots
     packed_store = LocalChunkStore(tmp_path / "packed")
     push(src, packed_store, "corpus", params=SMALL)
     assert len(stored_objects(packed_store.root)) * 10 < len(stored_objects(loose.root))
+
+
+def test_a_push_makes_every_chunk_and_pack_durable_before_the_manifest_names_it(
+    src: Path, store: LocalChunkStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks are written while the tree is cut (batched, not fsynced one by one): the flush
+    that makes them durable must come after the last of them and before the manifest."""
+    small_packs(monkeypatch, target=1 << 20)
+    monkeypatch.setattr(packs, "PACK_CHUNK_LIMIT", SMALL.avg_size)  # about half the chunks are loose
+    events: list[str] = []
+    real_put, real_flush = LocalChunkStore.put_bytes, LocalChunkStore.flush
+
+    def put(self, key, data, *, if_absent=False):  # type: ignore[no-untyped-def]
+        durable = "durable" if self.fsync_each else "batched"
+        events.append(f"{durable} {key.split('/')[0]}")
+        return real_put(self, key, data, if_absent=if_absent)
+
+    def flush(self):  # type: ignore[no-untyped-def]
+        events.append("flush")
+        return real_flush(self)
+
+    monkeypatch.setattr(LocalChunkStore, "put_bytes", put)
+    monkeypatch.setattr(LocalChunkStore, "flush", flush)
+    push(src, store, "corpus", params=SMALL)
+    assert "batched packs" in events and "batched chunks" in events  # both kinds were written
+    first_manifest = events.index("durable manifests")
+    last_batched = max(i for i, e in enumerate(events) if e.startswith("batched"))
+    assert last_batched < events.index("flush", last_batched) < first_manifest
