@@ -185,10 +185,14 @@ def _chunk_mapped(fd: int, size: int, params: ChunkParams, hfn: Any, lengths: ar
         return False
     try:
         chunks = iter_mapped_chunks(memoryview(m), params)
+        read = getattr(hfn, "read_chunk", None)  # a digest function that reads the bytes itself
+        pos = 0
         try:
             for data in chunks:
-                lengths.append(len(data))
-                parts.append(hfn(data))
+                n = len(data)
+                lengths.append(n)
+                parts.append(read(fd, pos, n) if read is not None else hfn(data))
+                pos += n
                 data = None  # noqa: F841 - no view may outlive the mapping
         finally:
             chunks.close()

@@ -20,7 +20,9 @@ chunking thread).
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from spotshift.sync import packs
@@ -65,13 +67,38 @@ class InlineWriter:
         self.pack_target = packs.PACK_TARGET_BYTES  # read when used: tests and benches change it
 
     def __call__(self, data: Any) -> bytes:
-        n = len(data)
+        """The digest of ``data`` (a chunk the cutter yields), written when the store lacks it."""
+
+        def fill(dest: memoryview) -> None:
+            dest[:] = data
+
+        return self._take(len(data), fill)
+
+    def read_chunk(self, fd: int, offset: int, length: int) -> bytes:
+        """Like calling the writer with the ``length`` bytes at ``offset`` of open file ``fd``, read
+        by ``pread`` (the kernel copies them, outside the GIL, instead of page faults on a mapping
+        under it). A file cut shorter meanwhile reads as zeros: hashed as written, and the changed
+        file is cut again (:func:`~spotshift.sync.fingerprint.chunk_file`)."""
+
+        def fill(dest: memoryview) -> None:
+            got = 0
+            while got < length:
+                n = os.preadv(fd, [dest[got:]], offset + got)
+                if n <= 0:
+                    dest[got:] = bytes(length - got)
+                    return
+                got += n
+
+        return self._take(length, fill)
+
+    def _take(self, n: int, fill: Callable[[memoryview], None]) -> bytes:
+        # the chunk's bytes are copied once, into the writer's own buffer: hashed and written from there
         if is_packed(n):
-            return self._packed(data, n)
+            return self._packed(n, fill)
         buf = getattr(self._local, "loose", None)
         if buf is None or len(buf) < n:
             buf = self._local.loose = memoryview(bytearray(max(n, 1 << 20)))
-        buf[:n] = data  # the private copy: hashed and written from here
+        fill(buf[:n])
         dig = self.hfn(buf[:n])
         fresh = self._claim(dig) and not self.store.has_chunk(dig.hex())
         if fresh and self.store.put_bytes(chunk_key(dig.hex()), buf[:n], if_absent=True):  # type: ignore[arg-type]
@@ -85,14 +112,14 @@ class InlineWriter:
             self._claimed.add(dig)
             return True
 
-    def _packed(self, data: Any, n: int) -> bytes:
+    def _packed(self, n: int, fill: Callable[[memoryview], None]) -> bytes:
         pack = getattr(self._local, "pack", None)
         if pack is None:
             pack = self._local.pack = _Pack(self.pack_target + packs.PACK_CHUNK_LIMIT)
             with self._lock:
                 self._packs.append(pack)
         start = pack.size
-        pack.view[start : start + n] = data
+        fill(pack.view[start : start + n])
         dig = self.hfn(pack.view[start : start + n])
         if self._claim(dig):
             pack.chunks.append((dig, n))
