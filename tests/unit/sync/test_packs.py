@@ -179,21 +179,22 @@ def test_a_push_killed_after_some_packs_resumes_without_resending_them(
     import spotshift.sync.inline as inline
 
     monkeypatch.setattr(fingerprint, "default_workers", lambda: 1)  # one chunking thread: same packs
-    real = inline.write_pack
+    real = inline.write_direct
     written: list[str] = []
 
-    def dying(store, pack_id, data):  # type: ignore[no-untyped-def]
-        if len(written) == 3:
-            raise KeyboardInterrupt("killed")  # the process dies after three packs are in
-        written.append(pack_id)
-        return real(store, pack_id, data)
+    def dying(store, key, buf, length):  # type: ignore[no-untyped-def]
+        if key.startswith("packs/"):
+            if len(written) == 3:
+                raise KeyboardInterrupt("killed")  # the process dies after three packs are in
+            written.append(key)
+        return real(store, key, buf, length)
 
-    monkeypatch.setattr(inline, "write_pack", dying)
+    monkeypatch.setattr(inline, "write_direct", dying)
     with pytest.raises(KeyboardInterrupt):
         push(src, store, "corpus", params=SMALL, workers=1)
     assert len(packed(store)) == 3
     assert read_ref(store, "corpus") is None  # nothing committed
-    monkeypatch.setattr(inline, "write_pack", real)
+    monkeypatch.setattr(inline, "write_direct", real)
     resumed = push(src, store, "corpus", params=SMALL, workers=1)
     assert 0 < resumed.chunks_sent < resumed.chunks_total  # the 3 packs already there are skipped
     assert verify(store).ok
@@ -263,21 +264,47 @@ def test_a_push_makes_every_chunk_and_pack_durable_before_the_manifest_names_it(
     small_packs(monkeypatch, target=1 << 20)
     monkeypatch.setattr(packs, "PACK_CHUNK_LIMIT", SMALL.avg_size)  # about half the chunks are loose
     events: list[str] = []
-    real_put, real_flush = LocalChunkStore.put_bytes, LocalChunkStore.flush
+    real_put, real_commit, real_flush = (
+        LocalChunkStore.put_bytes,
+        LocalChunkStore.commit_temp,
+        LocalChunkStore.flush,
+    )
+
+    def log(store: LocalChunkStore, key: str) -> None:
+        events.append(f"{'durable' if store.fsync_each else 'batched'} {key.split('/')[0]}")
 
     def put(self, key, data, *, if_absent=False):  # type: ignore[no-untyped-def]
-        durable = "durable" if self.fsync_each else "batched"
-        events.append(f"{durable} {key.split('/')[0]}")
+        log(self, key)
         return real_put(self, key, data, if_absent=if_absent)
+
+    def commit_temp(self, fd, tmp, key, *, if_absent=False):  # type: ignore[no-untyped-def]
+        log(self, key)
+        return real_commit(self, fd, tmp, key, if_absent=if_absent)
 
     def flush(self):  # type: ignore[no-untyped-def]
         events.append("flush")
         return real_flush(self)
 
     monkeypatch.setattr(LocalChunkStore, "put_bytes", put)
+    monkeypatch.setattr(LocalChunkStore, "commit_temp", commit_temp)
     monkeypatch.setattr(LocalChunkStore, "flush", flush)
     push(src, store, "corpus", params=SMALL)
     assert "batched packs" in events and "batched chunks" in events  # both kinds were written
     first_manifest = events.index("durable manifests")
     last_batched = max(i for i, e in enumerate(events) if e.startswith("batched"))
     assert last_batched < events.index("flush", last_batched) < first_manifest
+
+
+@pytest.mark.parametrize("length", [1, 4095, 4096, 4097, 3 * 4096 + 17])
+def test_direct_writes_store_exactly_length_bytes(tmp_path: Path, length: int) -> None:
+    """Direct I/O writes whole blocks; the object is cut back to its length (and reads back equal)."""
+    import spotshift.sync.inline as inline
+
+    store = LocalChunkStore(tmp_path / "store", fsync_each=False)
+    buf = inline.aligned_buffer(length + 3 * inline.BLOCK)
+    buf[: len(buf)] = b"\xff" * len(buf)  # what lies past the length must not be stored
+    data = rand_bytes(length, length)
+    buf[:length] = data
+    assert inline.write_direct(store, "chunks/ab/x", buf, length)
+    assert store.get_bytes("chunks/ab/x") == data
+    assert not inline.write_direct(store, "chunks/ab/x", buf, length)  # write-once
