@@ -100,17 +100,18 @@ def _target_manifest(store: ChunkStore, dataset: str, params: ChunkParams) -> tu
     return manifest, len(raw)
 
 
-def trusted_chunks(
-    store: ChunkStore, dataset: str, params: ChunkParams, check_existing: bool
-) -> dict[bytes, int]:
-    """Chunks of the target's current snapshot of ``dataset`` (same chunking), trusted to be there
-    unless ``check_existing``: what a push writing chunks as it cuts them need not write. Removes
-    the temp files killed writers left first (as :func:`plan_transfer` does)."""
+def trusted_chunks(store: ChunkStore, dataset: str, params: ChunkParams, check_existing: bool) -> set[bytes]:
+    """Chunks a push need not write: those of the target's current snapshot of ``dataset`` (same
+    chunking), or with ``check_existing`` only those its pack index places in a pack that is there
+    and long enough (as :func:`plan_transfer` decides). Removes the temp files killed writers left
+    first (as :func:`plan_transfer` does)."""
     _prepare_target(store)
-    if check_existing:
-        return {}
     old, _ = _target_manifest(store, dataset, params)
-    return old.unique_chunks() if old is not None else {}
+    if old is None:
+        return set()
+    if check_existing:
+        return set(present_in_packs(store, old.unique_chunks(), old.locations))
+    return set(old.unique_chunks())
 
 
 def plan_transfer(

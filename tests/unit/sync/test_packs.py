@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -308,3 +309,22 @@ def test_direct_writes_store_exactly_length_bytes(tmp_path: Path, length: int) -
     assert inline.write_direct(store, "chunks/ab/x", buf, length)
     assert store.get_bytes("chunks/ab/x") == data
     assert not inline.write_direct(store, "chunks/ab/x", buf, length)  # write-once
+
+
+def test_push_check_existing_rewrites_only_the_chunks_of_a_lost_pack(
+    src: Path, store: LocalChunkStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small_packs(monkeypatch)
+    first = push(src, store, "corpus", params=SMALL)
+    manifest, _ = load_manifest(store, first.root)
+    gone = packed(store)[0]
+    in_gone = sum(1 for pack, _ in manifest.locations.values() if pack == gone.name)
+    gone.unlink()
+    (src / "extra.txt").write_text("a change, so the snapshot is committed again")
+    for p in src.rglob("*"):  # every file read again (not from the files cache): cut and written inline
+        if p.is_file():
+            os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
+    small_packs(monkeypatch, target=1 << 20)  # packs grouped otherwise: none would match by name
+    again = push(src, store, "corpus", params=SMALL, check_existing=True)
+    assert in_gone <= again.chunks_sent <= in_gone + 1  # the lost pack's chunks (+ the new file)
+    assert verify(store).ok
