@@ -32,7 +32,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, write_result  # noqa: E402
-from bench_sync import SPOTSHIFT, env_with_home, gen_tree, last_json, restic_available, timed, warm  # noqa: E402
+from bench_sync import (  # noqa: E402
+    LAST_CPU_S,
+    SPOTSHIFT,
+    env_with_home,
+    gen_tree,
+    last_json,
+    restic_available,
+    timed,
+    warm,
+)
 
 MiB = 1 << 20
 SMALL = ["--min-chunk", "16K", "--avg-chunk", "64K", "--max-chunk", "256K"]
@@ -57,12 +66,14 @@ def _round(work: Path, src: Path, restic: str | None, n: int) -> dict[str, float
             s += _sync()
         out[name] = s
         RUN_OUT[name] = stdout
+        RUN_CPU.setdefault(name, []).append(LAST_CPU_S[0])
 
     run("cp+sync", ["cp", "-r", str(src), str(targets / "cp")])
     _sync()
     t = time.perf_counter()
     timed(["rsync", "-a", f"{src}/", f"{targets / 'rsync'}/"])
     out["rsync (no sync)"] = time.perf_counter() - t
+    RUN_CPU.setdefault("rsync (no sync)", []).append(LAST_CPU_S[0])
     out["rsync+sync"] = out["rsync (no sync)"] + _sync()
     if restic:
         repo = targets / "restic"
@@ -80,6 +91,9 @@ def _round(work: Path, src: Path, restic: str | None, n: int) -> dict[str, float
 
 
 RUN_OUT: dict[str, str] = {}
+#: CPU seconds (user + system) of each tool's process per round: less sensitive than wall time to a
+#: shared machine's load (writeback done by the kernel's flusher threads is not counted)
+RUN_CPU: dict[str, list[float]] = {}
 
 
 def bench(work: Path, files: int, size: int, rounds: int, restic: str | None) -> dict[str, Any]:
@@ -98,6 +112,7 @@ def bench(work: Path, files: int, size: int, rounds: int, restic: str | None) ->
                 "best_s": round(min(times), 3),
                 "median_s": round(statistics.median(times), 3),
                 "runs_s": [round(t, 3) for t in times],
+                **({"cpu_median_s": round(statistics.median(RUN_CPU[name]), 3)} if name in RUN_CPU else {}),
             }
         )
     by = {r["tool"]: r for r in rows}
@@ -149,18 +164,23 @@ def main() -> int:
         return 2
     restic, restic_note = restic_available(args.install_restic)
     files, size, rounds = (4, 8 * MiB, 1) if args.quick else (8, 64 * MiB, args.rounds)
+    load_start = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="bench-first-push-", dir=os.environ.get("BENCH_TMP")) as tmp:
         work = Path(tmp)
         os.environ["SPOTSHIFT_HOME"] = str(work / "home")
         result = bench(work, files, size, rounds, restic)
         result["store_objects_64k"] = store_objects(work, work / "src")
     result["restic"] = restic_note
+    result["load_average_start"] = load_start
     result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     result["machine"] = machine_info()
     name = "first_push_quick" if args.quick else "first_push"
     path = write_result(name, result)
     for row in result["tools"]:
-        print(f"{row['tool']:20s} best {row['best_s']:.2f}s  median {row['median_s']:.2f}s  {row['runs_s']}")
+        cpu = f"  cpu {row['cpu_median_s']:.2f}s" if "cpu_median_s" in row else ""
+        print(
+            f"{row['tool']:20s} best {row['best_s']:.2f}s  median {row['median_s']:.2f}s{cpu}  {row['runs_s']}"
+        )
     print(f"push / (rsync+sync), same round, median: {result['push_over_rsync_sync_same_round_median']}")
     print(f"wrote {path}")
     return 0

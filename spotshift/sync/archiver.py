@@ -20,14 +20,18 @@ from spotshift.sync.delta import (
     io_workers,
     plan_transfer,
     transfer_location,
+    trusted_chunks,
     with_pack_index,
 )
+from spotshift.sync.diff import Diff
 from spotshift.sync.fingerprint import Fingerprint, fingerprint, local_path
+from spotshift.sync.inline import InlineWriter
 from spotshift.sync.locks import store_lock
-from spotshift.sync.packs import PackPlan
+from spotshift.sync.manifest import Manifest
+from spotshift.sync.packs import Location, PackPlan
 from spotshift.sync.refs import check_dataset_name
 from spotshift.sync.sender import Located, SourceSender
-from spotshift.sync.store import ChunkStore
+from spotshift.sync.store import ChunkStore, LocalChunkStore
 from spotshift.sync.transfer import BoundedPool, TransferStats
 
 
@@ -49,7 +53,9 @@ def push(
     """Snapshot the directory ``source`` into ``store`` as ``dataset``; send only missing chunks.
 
     ``source`` may be a :class:`Fingerprint` already computed (then ``source_dir`` names the tree
-    it describes). Chunks of the store's current snapshot are trusted to be present unless
+    it describes). On a local store the chunks the store lacks are written while the tree is
+    fingerprinted (:mod:`spotshift.sync.inline`: each file read and hashed once); what that did
+    not write (files the files cache knew) is sent afterwards. Chunks of the store's current snapshot are trusted to be present unless
     ``check_existing`` (then every chunk is looked up and missing ones are sent again). Raises
     :class:`InputError` when a file changed since it was fingerprinted. Holds a shared lock on
     ``store`` (:mod:`spotshift.sync.locks`) while it plans, sends and commits; waits up to
@@ -61,49 +67,86 @@ def push(
     workers = io_workers(workers, store)
     src_location = transfer_location(src_location)
     dst_location = transfer_location(dst_location, store.url)
-    if isinstance(source, Fingerprint):
-        if source_dir is None:
-            raise ConfigError("push of a Fingerprint needs source_dir")
-        fp, root_dir = source, Path(local_path(source_dir)).resolve()
-    else:
-        root_dir = Path(local_path(source)).resolve()
-        fp = fingerprint(root_dir, params, prefetch_parquet=True, progress=progress)
-    manifest = fp.manifest
+    if isinstance(source, Fingerprint) and source_dir is None:
+        raise ConfigError("push of a Fingerprint needs source_dir")
+    root_dir = Path(local_path(source_dir if isinstance(source, Fingerprint) else source)).resolve()
     stats = TransferStats(
-        dataset,
-        src=str(root_dir),
-        dst=store.url,
-        src_location=src_location,
-        dst_location=dst_location,
-        bytes_scanned=fp.stats.bytes_read,
+        dataset, src=str(root_dir), dst=store.url, src_location=src_location, dst_location=dst_location
     )
     # shared store lock from the plan to the commit: a prune never deletes a chunk this push found
     # present (and so did not send) before the manifest naming it is committed
     with store_lock(store, "shared", f"sync push {dataset}", wait_s=lock_wait_s):
+        writer = chunk_writer(store)
+        inline: InlineWriter | None = None
+        if isinstance(source, Fingerprint):
+            fp = source
+        else:
+            params = params or ChunkParams()
+            if isinstance(writer, LocalChunkStore):  # write new chunks as they are cut: one read
+                inline = InlineWriter(
+                    writer, params.digest, trusted_chunks(store, dataset, params, check_existing)
+                )
+            fp = fingerprint(root_dir, params, prefetch_parquet=True, progress=progress, digest_with=inline)
+            if inline is not None:
+                inline.close()
+        manifest = fp.manifest
+        stats.bytes_scanned += fp.stats.bytes_read
         d, old_locs = plan_transfer(store, dataset, manifest, check_existing, stats)
         if d is None:
             return finish(stats, manifest, t0)
-        missing = d.missing_chunks()
-        # where each missing chunk can be read, in file order so reads stay sequential
-        located: dict[bytes, Located] = {}
-        for e in d.changed_files:
-            for off, length, dig in e.chunks():
-                if dig in missing and dig not in located:
-                    located[dig] = Located(e.path, off, length)
-        plan = PackPlan((dig, loc.length) for dig, loc in located.items())
-        total = sum(x.length for x in located.values())
-        sender = SourceSender(root_dir, manifest.params, chunk_writer(store), stats)
-        sender.task = progress.task(f"push {dataset}", total=total, unit="bytes")
-        with BoundedPool(workers, bytes_in_flight(manifest.params, budget_bytes)) as pool:
-            sender.pool = pool
-            for dig, _ in plan.loose:
-                pool.submit(located[dig].length, sender.send_loose, dig, located[dig])
-            for pack_id, items in plan.packs:
-                parts = [(dig, located[dig]) for dig, _ in items]
-                pool.submit(sum(n for _, n in items), sender.send_pack, pack_id, parts)
-        sender.writer.flush()  # every chunk and pack durable before the manifest that names it
-        commit(store, dataset, with_pack_index(manifest, old_locs, plan.locations), None, stats)
+        new_locs = _send_rest(
+            d, root_dir, manifest, writer, stats, inline, workers, budget_bytes, progress, dataset
+        )
+        writer.flush()  # every chunk and pack durable before the manifest that names it
+        commit(store, dataset, with_pack_index(manifest, old_locs, new_locs), None, stats)
         return finish(stats, manifest, t0)
+
+
+def _send_rest(  # noqa: PLR0913 - the push's state, passed once
+    d: Diff,
+    root_dir: Path,
+    manifest: Manifest,
+    writer: ChunkStore,
+    stats: TransferStats,
+    inline: InlineWriter | None,
+    workers: int,
+    budget_bytes: int | None,
+    progress: Progress,
+    dataset: str,
+) -> dict[bytes, Location]:
+    """Send the missing chunks the inline writer did not (files the files cache knew, or every chunk
+    of a pushed :class:`Fingerprint`); returns the pack index of the packs written."""
+    missing = d.missing_chunks()
+    new_locs: dict[bytes, Location] = {}
+    done: set[bytes] = set()
+    if inline is not None:
+        stats.chunks_sent += inline.chunks_written
+        stats.bytes_sent += inline.bytes_written
+        stats.bytes_changed += inline.bytes_written
+        done = inline.present
+        new_locs = {dig: loc for dig, loc in inline.locations.items() if dig in missing}
+    # where each missing chunk can be read, in file order so reads stay sequential
+    located: dict[bytes, Located] = {}
+    for e in d.changed_files:
+        for off, length, dig in e.chunks():
+            if dig in missing and dig not in done and dig not in located:
+                located[dig] = Located(e.path, off, length)
+    if not located:
+        return new_locs
+    plan = PackPlan((dig, loc.length) for dig, loc in located.items())
+    sender = SourceSender(root_dir, manifest.params, writer, stats)
+    sender.task = progress.task(
+        f"push {dataset}", total=sum(x.length for x in located.values()), unit="bytes"
+    )
+    with BoundedPool(workers, bytes_in_flight(manifest.params, budget_bytes)) as pool:
+        sender.pool = pool
+        for dig, _ in plan.loose:
+            pool.submit(located[dig].length, sender.send_loose, dig, located[dig])
+        for pack_id, items in plan.packs:
+            parts = [(dig, located[dig]) for dig, _ in items]
+            pool.submit(sum(n for _, n in items), sender.send_pack, pack_id, parts)
+    new_locs.update(plan.locations)
+    return new_locs
 
 
 # ---- replicate -------------------------------------------------------------------------------------

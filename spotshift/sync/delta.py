@@ -100,6 +100,20 @@ def _target_manifest(store: ChunkStore, dataset: str, params: ChunkParams) -> tu
     return manifest, len(raw)
 
 
+def trusted_chunks(store: ChunkStore, dataset: str, params: ChunkParams, check_existing: bool) -> set[bytes]:
+    """Chunks a push need not write: those of the target's current snapshot of ``dataset`` (same
+    chunking), or with ``check_existing`` only those its pack index places in a pack that is there
+    and long enough (as :func:`plan_transfer` decides). Removes the temp files killed writers left
+    first (as :func:`plan_transfer` does)."""
+    _prepare_target(store)
+    old, _ = _target_manifest(store, dataset, params)
+    if old is None:
+        return set()
+    if check_existing:
+        return set(present_in_packs(store, old.unique_chunks(), old.locations))
+    return set(old.unique_chunks())
+
+
 def plan_transfer(
     target: ChunkStore, dataset: str, manifest: Manifest, check_existing: bool, stats: TransferStats
 ) -> tuple[Diff | None, dict[bytes, Location]]:

@@ -185,10 +185,14 @@ def _chunk_mapped(fd: int, size: int, params: ChunkParams, hfn: Any, lengths: ar
         return False
     try:
         chunks = iter_mapped_chunks(memoryview(m), params)
+        read = getattr(hfn, "read_chunk", None)  # a digest function that reads the bytes itself
+        pos = 0
         try:
             for data in chunks:
-                lengths.append(len(data))
-                parts.append(hfn(data))
+                n = len(data)
+                lengths.append(n)
+                parts.append(read(fd, pos, n) if read is not None else hfn(data))
+                pos += n
                 data = None  # noqa: F841 - no view may outlive the mapping
         finally:
             chunks.close()
@@ -221,12 +225,15 @@ def fingerprint(
     cache_path: str | os.PathLike[str] | None = None,
     prefetch_parquet: bool = False,
     progress: Progress = NO_PROGRESS,
+    digest_with: Any = None,
 ) -> Fingerprint:
     """The manifest of the tree at ``source`` (a directory path or ``file://`` URL) and pass statistics.
 
     ``prefetch_parquet`` starts importing pyarrow in the background when files must be read, for
     callers that will write the manifest next (it overlaps the import with chunking). ``progress``
-    gets one task: the bytes of the files that must be read (cached files are not).
+    gets one task: the bytes of the files that must be read (cached files are not). ``digest_with``
+    (``chunk bytes -> digest``, called from the chunking threads) replaces the digest function of
+    ``params.digest``: a push's :class:`~spotshift.sync.inline.InlineWriter` writes chunks as they are cut.
     """
     t0 = time.perf_counter()
     params = params or ChunkParams()
@@ -263,7 +270,7 @@ def fingerprint(
                 task = progress.task(
                     f"fingerprint {root.name}", total=sum(t[2].st_size for t in todo), unit="bytes"
                 )
-                _chunk_all(todo, params, workers, cache, walked.entries, stats, task)
+                _chunk_all(todo, params, workers, cache, walked.entries, stats, task, digest_with)
         except BaseException:
             # never exit while a thread is half-way through importing pyarrow (it can abort the process)
             if prefetcher is not None:
@@ -297,10 +304,11 @@ def _chunk_all(
     entries: list[FileEntry],
     stats: FingerprintStats,
     task: Task,
+    digest_with: Any = None,
 ) -> None:
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait  # not needed on cached runs
 
-    hfn = digest_function(params.digest)
+    hfn = digest_with or digest_function(params.digest)
     todo.sort(key=lambda t: -t[2].st_size)  # largest first balances the threads
     last_commit = time.monotonic()
     with ThreadPoolExecutor(

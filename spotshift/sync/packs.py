@@ -88,12 +88,17 @@ class PackPlan:
             self._close(current)
 
     def _close(self, chunks: list[tuple[bytes, int]]) -> None:
-        pack_id = hashlib.blake2b(b"".join(d for d, _ in chunks), digest_size=16).hexdigest()
+        pack_id = pack_id_of(d for d, _ in chunks)
         offset = 0
         for dig, length in chunks:
             self.locations[dig] = (pack_id, offset)
             offset += length
         self.packs.append((pack_id, chunks))
+
+
+def pack_id_of(digests: Iterable[bytes]) -> str:
+    """A pack's id: the BLAKE2b-128 of its chunks' digests in order (named by what it holds)."""
+    return hashlib.blake2b(b"".join(digests), digest_size=16).hexdigest()
 
 
 def has_pack(store: ChunkStore, pack_id: str, size: int) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -175,23 +176,26 @@ def test_a_push_killed_after_some_packs_resumes_without_resending_them(
     src: Path, store: LocalChunkStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     small_packs(monkeypatch, target=1 << 20)
-    import spotshift.sync.sender as sender
+    import spotshift.sync.fingerprint as fingerprint
+    import spotshift.sync.inline as inline
 
-    real = sender.SourceSender._write
+    monkeypatch.setattr(fingerprint, "default_workers", lambda: 1)  # one chunking thread: same packs
+    real = inline.write_direct
     written: list[str] = []
 
-    def dying(self, key, parts):  # type: ignore[no-untyped-def]
-        if len(written) == 3:
-            raise KeyboardInterrupt("killed")  # the process dies after three packs are in
-        written.append(key)
-        return real(self, key, parts)
+    def dying(store, key, buf, length):  # type: ignore[no-untyped-def]
+        if key.startswith("packs/"):
+            if len(written) == 3:
+                raise KeyboardInterrupt("killed")  # the process dies after three packs are in
+            written.append(key)
+        return real(store, key, buf, length)
 
-    monkeypatch.setattr(sender.SourceSender, "_write", dying)
+    monkeypatch.setattr(inline, "write_direct", dying)
     with pytest.raises(KeyboardInterrupt):
         push(src, store, "corpus", params=SMALL, workers=1)
     assert len(packed(store)) == 3
     assert read_ref(store, "corpus") is None  # nothing committed
-    monkeypatch.setattr(sender.SourceSender, "_write", real)
+    monkeypatch.setattr(inline, "write_direct", real)
     resumed = push(src, store, "corpus", params=SMALL, workers=1)
     assert 0 < resumed.chunks_sent < resumed.chunks_total  # the 3 packs already there are skipped
     assert verify(store).ok
@@ -251,3 +255,76 @@ def test_s3_style_object_count_falls_with_packs(src: Path, tmp_path: Path, spots
     packed_store = LocalChunkStore(tmp_path / "packed")
     push(src, packed_store, "corpus", params=SMALL)
     assert len(stored_objects(packed_store.root)) * 10 < len(stored_objects(loose.root))
+
+
+def test_a_push_makes_every_chunk_and_pack_durable_before_the_manifest_names_it(
+    src: Path, store: LocalChunkStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks are written while the tree is cut (batched, not fsynced one by one): the flush
+    that makes them durable must come after the last of them and before the manifest."""
+    small_packs(monkeypatch, target=1 << 20)
+    monkeypatch.setattr(packs, "PACK_CHUNK_LIMIT", SMALL.avg_size)  # about half the chunks are loose
+    events: list[str] = []
+    real_put, real_commit, real_flush = (
+        LocalChunkStore.put_bytes,
+        LocalChunkStore.commit_temp,
+        LocalChunkStore.flush,
+    )
+
+    def log(store: LocalChunkStore, key: str) -> None:
+        events.append(f"{'durable' if store.fsync_each else 'batched'} {key.split('/')[0]}")
+
+    def put(self, key, data, *, if_absent=False):  # type: ignore[no-untyped-def]
+        log(self, key)
+        return real_put(self, key, data, if_absent=if_absent)
+
+    def commit_temp(self, fd, tmp, key, *, if_absent=False):  # type: ignore[no-untyped-def]
+        log(self, key)
+        return real_commit(self, fd, tmp, key, if_absent=if_absent)
+
+    def flush(self):  # type: ignore[no-untyped-def]
+        events.append("flush")
+        return real_flush(self)
+
+    monkeypatch.setattr(LocalChunkStore, "put_bytes", put)
+    monkeypatch.setattr(LocalChunkStore, "commit_temp", commit_temp)
+    monkeypatch.setattr(LocalChunkStore, "flush", flush)
+    push(src, store, "corpus", params=SMALL)
+    assert "batched packs" in events and "batched chunks" in events  # both kinds were written
+    first_manifest = events.index("durable manifests")
+    last_batched = max(i for i, e in enumerate(events) if e.startswith("batched"))
+    assert last_batched < events.index("flush", last_batched) < first_manifest
+
+
+@pytest.mark.parametrize("length", [1, 4095, 4096, 4097, 3 * 4096 + 17])
+def test_direct_writes_store_exactly_length_bytes(tmp_path: Path, length: int) -> None:
+    """Direct I/O writes whole blocks; the object is cut back to its length (and reads back equal)."""
+    import spotshift.sync.inline as inline
+
+    store = LocalChunkStore(tmp_path / "store", fsync_each=False)
+    buf = inline.aligned_buffer(length + 3 * inline.BLOCK)
+    buf[: len(buf)] = b"\xff" * len(buf)  # what lies past the length must not be stored
+    data = rand_bytes(length, length)
+    buf[:length] = data
+    assert inline.write_direct(store, "chunks/ab/x", buf, length)
+    assert store.get_bytes("chunks/ab/x") == data
+    assert not inline.write_direct(store, "chunks/ab/x", buf, length)  # write-once
+
+
+def test_push_check_existing_rewrites_only_the_chunks_of_a_lost_pack(
+    src: Path, store: LocalChunkStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small_packs(monkeypatch)
+    first = push(src, store, "corpus", params=SMALL)
+    manifest, _ = load_manifest(store, first.root)
+    gone = packed(store)[0]
+    in_gone = sum(1 for pack, _ in manifest.locations.values() if pack == gone.name)
+    gone.unlink()
+    (src / "extra.txt").write_text("a change, so the snapshot is committed again")
+    for p in src.rglob("*"):  # every file read again (not from the files cache): cut and written inline
+        if p.is_file():
+            os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
+    small_packs(monkeypatch, target=1 << 20)  # packs grouped otherwise: none would match by name
+    again = push(src, store, "corpus", params=SMALL, check_existing=True)
+    assert in_gone <= again.chunks_sent <= in_gone + 1  # the lost pack's chunks (+ the new file)
+    assert verify(store).ok

@@ -1,0 +1,208 @@
+"""Writing a push's new chunks while fingerprinting cuts them: one read of each file, one hash.
+
+A first push of a tree used to read and hash every byte twice: once to fingerprint it, once to
+send each chunk the store lacked. On a local store the :class:`InlineWriter` is the fingerprint's
+digest function instead (:func:`spotshift.sync.fingerprint.fingerprint` ``digest_with``): each
+chunk the cutter yields is copied once into the writer's own buffer, hashed there and, when the
+store lacks it, written from there. So the bytes hashed are the bytes stored even if the file is
+being modified (the mapped view is read once; a file that changes while it is read is cut again,
+and what the first attempt wrote is a correct but unreferenced chunk).
+
+Chunks shorter than :data:`~spotshift.sync.packs.PACK_CHUNK_LIMIT` are copied into the chunking
+thread's open pack, written in one sequential write when it holds
+:data:`~spotshift.sync.packs.PACK_TARGET_BYTES` (or at :meth:`InlineWriter.close`); longer ones
+become loose objects. Writes go through the store's batched writer (``fsync_each=False``): the
+caller flushes it before committing the manifest that names them, as for every other push, so
+nothing is referenced before it is durable. Packs are grouped per thread, in the order the thread
+cut them: a rerun after a kill skips a pack only when it groups the same chunks (always with one
+chunking thread).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from spotshift.sync import packs
+from spotshift.sync.chunking import digest_function
+from spotshift.sync.packs import Location, has_pack, is_packed, pack_id_of, pack_key
+from spotshift.sync.store import LocalChunkStore, chunk_key
+
+#: what direct writes are aligned to (buffers, file offsets and lengths): the page size
+BLOCK = mmap.PAGESIZE
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+def aligned_buffer(size: int) -> memoryview:
+    """``size`` bytes (rounded up to :data:`BLOCK`) of page-aligned memory, as direct I/O needs."""
+    return memoryview(mmap.mmap(-1, -(-max(size, 1) // BLOCK) * BLOCK))
+
+
+def write_direct(store: LocalChunkStore, key: str, buf: memoryview, length: int) -> bool:
+    """Store the first ``length`` bytes of ``buf`` (from :func:`aligned_buffer`) under ``key``,
+    write-once (False when ``key`` exists). Written with ``O_DIRECT`` where the file system takes
+    it: the device reads the buffer itself, no copy into the page cache and no writeback later
+    (the store's flush still makes the file and its name durable); elsewhere a plain write."""
+    fd, tmp = store.new_temp()
+    try:
+        _write_padded(fd, buf, length)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    return store.commit_temp(fd, tmp, key, if_absent=True)
+
+
+def _write_padded(fd: int, buf: memoryview, length: int) -> None:
+    done = 0
+    padded = -(-length // BLOCK) * BLOCK
+    if _O_DIRECT and padded <= len(buf):
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT)
+            while done < padded:
+                n = os.write(fd, buf[done:padded])  # whole blocks: the tail is cut off below
+                done += n
+                if n <= 0 or n % BLOCK:
+                    break
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: the file system refuses direct I/O
+                raise
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+    view = buf[done:length]
+    while view:
+        view = view[os.write(fd, view) :]
+    if done > length:
+        os.ftruncate(fd, length)
+
+
+class _Pack:
+    """One chunking thread's open pack: a preallocated buffer filled in place."""
+
+    def __init__(self, capacity: int):
+        self.view = aligned_buffer(capacity)
+        self.size = 0
+        self.chunks: list[tuple[bytes, int]] = []
+
+
+class InlineWriter:
+    """A digest function (``data -> 16-byte digest``) that also writes each chunk the store lacks.
+
+    ``known``: digests trusted to be in the store already (the target snapshot's chunks); they
+    are hashed, never written. After fingerprinting, :meth:`close` writes the open packs;
+    :attr:`written` (digest -> length) and :attr:`locations` (the new packs' index) then say what
+    was sent. Thread-safe: one instance serves every chunking thread.
+    """
+
+    def __init__(
+        self, store: LocalChunkStore, digest: str, known: set[bytes] | frozenset[bytes] = frozenset()
+    ):
+        self.store = store
+        self.hfn = digest_function(digest)
+        self.known = known
+        self.written: dict[bytes, int] = {}
+        self.locations: dict[bytes, Location] = {}
+        self.chunks_written = 0
+        self.bytes_written = 0
+        self._claimed: set[bytes] = set()
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._packs: list[_Pack] = []
+        self.pack_target = packs.PACK_TARGET_BYTES  # read when used: tests and benches change it
+
+    def __call__(self, data: Any) -> bytes:
+        """The digest of ``data`` (a chunk the cutter yields), written when the store lacks it."""
+
+        def fill(dest: memoryview) -> None:
+            dest[:] = data
+
+        return self._take(len(data), fill)
+
+    def read_chunk(self, fd: int, offset: int, length: int) -> bytes:
+        """Like calling the writer with the ``length`` bytes at ``offset`` of open file ``fd``, read
+        by ``pread`` (the kernel copies them, outside the GIL, instead of page faults on a mapping
+        under it). A file cut shorter meanwhile reads as zeros: hashed as written, and the changed
+        file is cut again (:func:`~spotshift.sync.fingerprint.chunk_file`)."""
+
+        def fill(dest: memoryview) -> None:
+            got = 0
+            while got < length:
+                n = os.preadv(fd, [dest[got:]], offset + got)
+                if n <= 0:
+                    dest[got:] = bytes(length - got)
+                    return
+                got += n
+
+        return self._take(length, fill)
+
+    def _take(self, n: int, fill: Callable[[memoryview], None]) -> bytes:
+        # the chunk's bytes are copied once, into the writer's own buffer: hashed and written from there
+        if is_packed(n):
+            return self._packed(n, fill)
+        buf = getattr(self._local, "loose", None)
+        if buf is None or len(buf) < n:
+            buf = self._local.loose = aligned_buffer(max(n, 1 << 20))
+        fill(buf[:n])
+        dig = self.hfn(buf[:n])
+        fresh = self._claim(dig) and not self.store.has_chunk(dig.hex())
+        if fresh and write_direct(self.store, chunk_key(dig.hex()), buf, n):
+            self._sent({dig: n}, n)
+        return dig
+
+    def _claim(self, dig: bytes) -> bool:
+        with self._lock:
+            if dig in self.known or dig in self._claimed:
+                return False
+            self._claimed.add(dig)
+            return True
+
+    def _packed(self, n: int, fill: Callable[[memoryview], None]) -> bytes:
+        pack = getattr(self._local, "pack", None)
+        if pack is None:
+            pack = self._local.pack = _Pack(self.pack_target + packs.PACK_CHUNK_LIMIT)
+            with self._lock:
+                self._packs.append(pack)
+        start = pack.size
+        fill(pack.view[start : start + n])
+        dig = self.hfn(pack.view[start : start + n])
+        if self._claim(dig):
+            pack.chunks.append((dig, n))
+            pack.size += n
+            if pack.size >= self.pack_target:
+                self._write_pack(pack)
+        return dig
+
+    def _write_pack(self, pack: _Pack) -> None:
+        if pack.chunks:
+            pack_id = pack_id_of(d for d, _ in pack.chunks)
+            if not has_pack(self.store, pack_id, pack.size):  # a killed earlier run wrote it
+                write_direct(self.store, pack_key(pack_id), pack.view, pack.size)
+                self._sent(dict(pack.chunks), pack.size)
+            offset = 0
+            with self._lock:
+                for dig, length in pack.chunks:
+                    self.locations[dig] = (pack_id, offset)
+                    offset += length
+        pack.chunks, pack.size = [], 0
+
+    def _sent(self, chunks: dict[bytes, int], nbytes: int) -> None:
+        with self._lock:
+            self.written.update(chunks)
+            self.chunks_written += len(chunks)
+            self.bytes_written += nbytes
+
+    def close(self) -> None:
+        """Write every thread's open pack (after the chunking threads are done)."""
+        for pack in self._packs:
+            self._write_pack(pack)
+        self._packs.clear()
+
+    @property
+    def present(self) -> set[bytes]:
+        """Chunks the writer saw that the store now holds: written or found there."""
+        return set(self._claimed)
