@@ -76,30 +76,13 @@ spot_curve_starts as (
     select distinct location, instance_type, curve_start from curves where market = 'spot'
 ),
 
-keys as (
-    select
-        u.usage_id,
-        u.job,
-        u.location,
-        u.instance_type,
-        u.started_at,
-        u.ended_at,
-        f.first_spot_location,
-        f.first_spot_instance_type,
-        f.first_interval_usd_gpu_hour,
-        greatest(u.started_at, s.curve_start) as start_lookup,
-        greatest(u.ended_at, s.curve_start) as end_lookup
-    from usage as u
-    left join {{ ref('int_job_first_spot') }} as f on u.job = f.job
-    left join spot_curve_starts as s
-        on f.first_spot_location = s.location and f.first_spot_instance_type = s.instance_type
-),
-
 with_checkpoint as (
-    select k.*, c.created_at as last_checkpoint_at
-    from keys as k
+    -- the ASOF joins sort their inputs: they run on the narrow `usage` rows, before the joins that
+    -- widen them (the job's first spot placement, the curve starts)
+    select u.*, c.created_at as last_checkpoint_at
+    from usage as u
     asof left join checkpoints as c
-        on k.job = c.job and k.ended_at >= c.created_at
+        on u.job = c.job and u.ended_at >= c.created_at
 ),
 
 with_migration as (
@@ -107,6 +90,20 @@ with_migration as (
     from with_checkpoint as k
     asof left join migrations as m
         on k.job = m.job and k.started_at >= m.ended_at
+),
+
+keys as (
+    select
+        k.*,
+        f.first_spot_location,
+        f.first_spot_instance_type,
+        f.first_interval_usd_gpu_hour,
+        greatest(k.started_at, s.curve_start) as start_lookup,
+        greatest(k.ended_at, s.curve_start) as end_lookup
+    from with_migration as k
+    left join {{ ref('int_job_first_spot') }} as f on k.job = f.job
+    left join spot_curve_starts as s
+        on f.first_spot_location = s.location and f.first_spot_instance_type = s.instance_type
 )
 
 select
@@ -122,7 +119,7 @@ select
     e.cum_usd_per_gpu + e.price_usd_gpu_hour * epoch(k.ended_at - e.valid_from) / 3600.0
         as first_spot_integral_end,
     o.price_usd_gpu_hour as on_demand_quote_usd_gpu_hour
-from with_migration as k
+from keys as k
 left join spot_days as s
     on {{ curve_point_holds('s', 'k.first_spot_location', 'k.first_spot_instance_type', 'k.start_lookup') }}
 left join spot_days as e
