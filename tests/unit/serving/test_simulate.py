@@ -223,3 +223,38 @@ def test_two_windows_with_the_same_start_never_share_plans(request_: InferenceSi
         _, arr = run_policy(sim, "spotshift")
         assert arr["alive"]["spot"].shape[1] == len(sim.locations)
     assert len(ids) == 2
+
+
+class _NoSpotProbe:
+    """Records what each tick's policy is told about locations without spot capacity."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, dict[str, str]] = {}
+
+    def step(self, t, replicas, quotes, no_spot):
+        self.seen[t] = dict(no_spot)
+        return [], []
+
+
+def test_the_window_opens_knowing_which_spot_capacity_is_gone(sim) -> None:
+    # the window opens on a running service: a location whose spot capacity is already gone is
+    # "no spot" from the first tick, so the opening fleet is not launched into it (and left short)
+    from spotshift.serving.scaling_types import ScalingParams
+
+    spot_ok = ScalingParams(spot_reserved_ratio=1.0)  # this market's spot is not below 0.6 x reserved
+    avail = np.ones_like(sim.available)
+    _, open_arr = run_policy(replace(sim, available=avail), "spotshift", params=spot_ok)
+    # where the opening fleet goes with capacity everywhere
+    busiest = int(open_arr["alive"]["spot"][0].argmax())
+    assert open_arr["alive"]["spot"][0, busiest] > 0
+    avail[:60, busiest] = False
+    gone = replace(sim, available=avail)
+    probe = _NoSpotProbe()
+    run_policy(gone, "probe", policy=probe)
+    assert list(probe.seen[0]) == [sim.locations[busiest]]
+    assert "window opens" in probe.seen[0][sim.locations[busiest]]
+    o, arr = run_policy(gone, "spotshift", params=spot_ok)
+    assert arr["alive"]["spot"][0, busiest] == 0
+    # the opening fleet is whole, placed elsewhere, not short by the launches that would fail
+    assert arr["ready"][0].sum() == open_arr["ready"][0].sum()
+    assert arr["ready"][0].sum() * sim.profile.capacity_tokens_s >= sim.demand[0].sum()
