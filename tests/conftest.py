@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+from filelock import FileLock
+
+T = TypeVar("T")
 
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -27,6 +31,27 @@ def spotshift_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for var in ("DAGSTER_HOME", "SPOTSHIFT_WAREHOUSE", "SPOTSHIFT_CONFIG"):
         monkeypatch.delenv(var, raising=False)
     return home
+
+
+def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], T]) -> T:
+    """``build(directory)`` once per test run, shared by the pytest-xdist workers (a session fixture
+    alone runs once per worker): the first worker to get here builds into ``directory`` under a file
+    lock and pickles the result (temp name + rename); the others wait for the lock and read it. Only
+    for read-only artefacts (a built warehouse that tests open read-only or copy)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's directory, shared by the workers (popen-gw0, popen-gw1, ...)
+    directory = base / f"once-{name}"
+    result = directory / "result.pickle"
+    with FileLock(str(base / f"once-{name}.lock")):
+        if result.is_file():
+            return pickle.loads(result.read_bytes())
+        directory.mkdir(exist_ok=True)
+        value = build(directory)
+        partial = result.with_suffix(".partial")
+        partial.write_bytes(pickle.dumps(value))
+        partial.rename(result)
+        return value
 
 
 def require_service(name: str, host: str, port: int) -> None:
