@@ -22,6 +22,20 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: The modules that hold the longest tests, longest first (measured in full runs of the suite; see
+#: README "Development"); every other module with a ``slow`` test follows them, then the rest.
+LONGEST_FIRST = ("tests/dagster/test_demo.py",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the modules with slow tests first, the longest of them at the very front, so that no long
+    test starts near the end and holds one xdist worker while the others are idle. Whole modules move
+    (a stable sort on a per-module key), so ``--dist loadscope`` and module fixtures see them intact."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    rank = {REPO / name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path, len(rank) + (item.path not in slow)))
+
+
 @pytest.fixture
 def spotshift_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh, empty SPOTSHIFT_HOME; every path helper of spotshift.home points inside it."""
