@@ -14,7 +14,9 @@ export GX_ANALYTICS_ENABLED := false
 export DAGSTER_DISABLE_TELEMETRY := true
 export PYTHONPATH := $(CURDIR)
 
-PYTEST_ARGS ?= -n 2
+# two workers; whole modules per worker (a module's fixtures are built once, not once per worker),
+# in collection order, which tests/conftest.py starts with the modules of slow tests
+PYTEST_ARGS ?= -n 2 --dist loadscope --no-loadscope-reorder
 
 .PHONY: help venv demo test bench ui lint workers workers-stop
 

@@ -1,4 +1,4 @@
-"""One dbt build per test session: a warehouse with the realistic fixture facts plus a tiny
+"""One dbt build per test run (shared by the xdist workers): a warehouse with the realistic fixture facts plus a tiny
 hand-built job whose marts are computed by hand in test_marts.py."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import pytest
 from spotshift.costs.dbt import DbtRun, build_marts
 from spotshift.simulate.traces import AvailabilityTrace, save_availability
 from spotshift.warehouse import connect
+from tests.conftest import once_per_run
 from tests.fixtures_costs import generate_facts, write_facts
 
 HAND_JOB = "hand-tiny"
@@ -206,10 +207,7 @@ def hand_facts() -> dict[str, list[dict]]:
     }
 
 
-@pytest.fixture(scope="session")
-def built_warehouse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DbtRun]:
-    """A warehouse with fixture + hand-built facts and every dbt_costs mart built (one dbt build)."""
-    root = tmp_path_factory.mktemp("costs")
+def _build_warehouse(root: Path) -> tuple[Path, DbtRun]:
     path = root / "warehouse.duckdb"
     with connect(path) as con:
         write_facts(con, generate_facts(seed=7))
@@ -221,6 +219,13 @@ def built_warehouse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Dbt
         mp.delenv("SPOTSHIFT_CONFIG", raising=False)
         save_availability({"gcp/tiny-1": HAND_OUTAGE}, datetime(2024, 5, 1, 4, 0))
         return path, build_marts(path)
+
+
+@pytest.fixture(scope="session")
+def built_warehouse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DbtRun]:
+    """A warehouse with fixture + hand-built facts and every dbt_costs mart built: one dbt build per
+    test run, shared by the xdist workers (tests open it read-only or copy it)."""
+    return once_per_run(tmp_path_factory, "costs-warehouse", _build_warehouse)
 
 
 @pytest.fixture
