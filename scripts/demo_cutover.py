@@ -28,6 +28,7 @@ act shows the answers check; the latency breach is measured by ``bench/bench_cut
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -199,13 +200,21 @@ def run_act(job: str, locations: list[str], quotes: dict[str, Any]) -> CutoverAc
 
 
 def _stop_all(launcher: Any, router: subprocess.Popen | None) -> None:
-    """Drain every replica of the endpoint (the launcher's stop) and stop the router."""
+    """Drain every replica of the endpoint (the launcher's stop) and stop the router.
+
+    Listed again until none is left: a launch still starting when the registry was read registers
+    while the others drain, and then it is neither in that listing nor provisioning any more."""
+    from spotshift.errors import NotFoundError
     from spotshift.serving import replica_api as api
 
-    for rec in api.live_replicas(ENDPOINT, include_draining=True):
-        launcher.stop(ENDPOINT, rec.replica_id, timeout_s=60)
-    for info in launcher.provisioning(ENDPOINT):
-        launcher.stop(ENDPOINT, info.launch_id, timeout_s=60)
+    for _ in range(5):
+        ids = [r.replica_id for r in api.live_replicas(ENDPOINT, include_draining=True)]
+        ids += [info.launch_id for info in launcher.provisioning(ENDPOINT)]
+        if not ids:
+            break
+        for replica_id in ids:
+            with contextlib.suppress(NotFoundError):  # it stopped (or registered) meanwhile
+                launcher.stop(ENDPOINT, replica_id, timeout_s=60)
     if router is not None and router.poll() is None:
         router.send_signal(signal.SIGTERM)
         try:

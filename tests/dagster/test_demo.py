@@ -9,6 +9,7 @@ summary both times, whatever the machine's load.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -17,6 +18,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
 
 from spotshift.clock import as_utc, parse_utc
@@ -51,10 +53,25 @@ def run_demos(tmp_path: Path, names: list[str]) -> list[tuple[Path, str]]:
     results = []
     for name, proc in zip(names, procs, strict=True):
         out, err = proc.communicate(timeout=2400)
+        left = processes_of(tmp_path / name)
+        for p in left:  # stopped here so a leak fails this test, not the machine's next hours
+            with contextlib.suppress(psutil.Error):
+                p.kill()
         assert proc.returncode == 0, out[-3000:] + err[-3000:]
         assert "SYNTHETIC" in out and "Traceback" not in out + err
+        assert not left, f"the demo left processes running: {[p.info['cmdline'] for p in left]}"
         results.append((tmp_path / name, out))
     return results
+
+
+def processes_of(home: Path) -> list[psutil.Process]:
+    """Live processes started for the demo home ``home`` (its SPOTSHIFT_HOME in their environment)."""
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if p.environ().get("SPOTSHIFT_HOME") == str(home) and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+    return out
 
 
 def summary_of(out: str) -> str:
