@@ -2,12 +2,12 @@
 
 The command line (``spotshift report``), the tests and the benchmark build the marts through
 :func:`run_dbt`; Dagster runs the same project through dagster-dbt (``assets/costs.py``). dbt runs
-in a child process with ``SPOTSHIFT_WAREHOUSE`` pointing at the warehouse (the profile in
-``dbt_costs/profiles.yml`` reads it), ``DO_NOT_TRACK=1`` and its artifacts in a private target
-directory, so concurrent builds never overwrite the manifest Dagster loads. dbt's partial-parse
-state is kept between runs in ``$SPOTSHIFT_HOME/cache/dbt/`` (one file per project and warehouse:
-dbt re-parses everything when the profile's warehouse path changes), which saves most of dbt's
-start-up (bench/bench_costs.py).
+inside the calling process (``dbtRunner``; ``SPOTSHIFT_DBT_SUBPROCESS=1``: a child process) with
+``SPOTSHIFT_WAREHOUSE`` pointing at the warehouse (the profile in ``dbt_costs/profiles.yml`` reads
+it), ``DO_NOT_TRACK=1`` and its artifacts in a private target directory, so concurrent builds never
+overwrite the manifest Dagster loads. dbt's partial-parse state is kept between runs in
+``$SPOTSHIFT_HOME/cache/dbt/`` (one file per project and warehouse: dbt re-parses everything when
+the profile's warehouse path changes), which saves most of dbt's start-up (bench/bench_costs.py).
 """
 
 from __future__ import annotations
@@ -174,15 +174,14 @@ def run_dbt(
         env.update(extra_env or {})
         task = progress.task(f"dbt {args[0]}" if args else "dbt", unit="nodes")
         t0 = time.perf_counter()
-        returncode, messages = _invoke(cmd, env, project, task)
+        returncode, messages, results = _invoke(cmd, env, project, task)
         seconds = time.perf_counter() - t0
         if returncode in (0, 1):  # 1: the project parsed, some node failed
             _save_parse_state(target, cache)
-        results: list[dict] = []
         rr = target / "run_results.json"
-        if rr.is_file():
+        if results is None and rr.is_file():
             results = json.loads(rr.read_text()).get("results", [])
-    run = DbtRun(list(args), returncode, seconds, results, "\n".join(m for m in messages if m))
+    run = DbtRun(list(args), returncode, seconds, results or [], "\n".join(m for m in messages if m))
     if check and returncode != 0:
         failed = run.failures()
         if not failed:
@@ -198,9 +197,13 @@ def run_dbt(
 _DBT_LOCK = threading.Lock()
 
 
-def _invoke(cmd: list[str], env: dict[str, str], project: Path, task: Any) -> tuple[int, list[str]]:
+def _invoke(
+    cmd: list[str], env: dict[str, str], project: Path, task: Any
+) -> tuple[int, list[str], list[dict] | None]:
     """Run dbt: in this process (``dbtRunner``) unless ``SPOTSHIFT_DBT_SUBPROCESS=1``; returns the exit
-    code (0 ok, 1 a node failed, 2 dbt itself failed) and one message per log event.
+    code (0 ok, 1 a node failed, 2 dbt itself failed), one message per log event and, in-process,
+    the node results (as in run_results.json, which is then not written, nor manifest.json: about
+    half a second per run; a child process's come from its run_results.json: None).
 
     In-process skips a fresh interpreter importing dbt (about 2 CPU-s per invocation on the 2-core
     benchmark box, bench/results/costs*.json). dbt reads the profile's environment variables from
@@ -214,7 +217,7 @@ def _invoke(cmd: list[str], env: dict[str, str], project: Path, task: Any) -> tu
         )
         # JSON log lines, read as they come: the messages for errors, the node count for progress
         messages = [_log_message(line, task) for line in proc.stdout or []]
-        return proc.wait(), messages
+        return proc.wait(), messages, None
     from dbt.cli.main import dbtRunner
     from dbt_common.events.functions import msg_to_json
 
@@ -225,7 +228,8 @@ def _invoke(cmd: list[str], env: dict[str, str], project: Path, task: Any) -> tu
         os.chdir(project)
         try:
             runner = dbtRunner(callbacks=[lambda msg: messages.append(_log_message(msg_to_json(msg), task))])
-            res = runner.invoke([*args, "--log-level", "none"])  # events reach the callback only
+            # events reach the callback only; the results come back as objects
+            res = runner.invoke([*args, "--log-level", "none", "--no-write-json"])
         finally:
             _close_duckdb()
             os.chdir(old_cwd)
@@ -233,8 +237,18 @@ def _invoke(cmd: list[str], env: dict[str, str], project: Path, task: Any) -> tu
             os.environ.update(old_env)
     if res.exception is not None:
         messages.append(f"dbt failed: {type(res.exception).__name__}: {res.exception}")
-        return 2, messages
-    return (0 if res.success else 1), messages
+        return 2, messages, None
+    results = [
+        {
+            "unique_id": r.node.unique_id,
+            "status": str(r.status),
+            "message": r.message,
+            "failures": r.failures,
+            "execution_time": r.execution_time,
+        }
+        for r in getattr(res.result, "results", None) or []
+    ]
+    return (0 if res.success else 1), messages, results
 
 
 def _close_duckdb() -> None:
