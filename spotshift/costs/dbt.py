@@ -2,12 +2,12 @@
 
 The command line (``spotshift report``), the tests and the benchmark build the marts through
 :func:`run_dbt`; Dagster runs the same project through dagster-dbt (``assets/costs.py``). dbt runs
-in a child process with ``SPOTSHIFT_WAREHOUSE`` pointing at the warehouse (the profile in
-``dbt_costs/profiles.yml`` reads it), ``DO_NOT_TRACK=1`` and its artifacts in a private target
-directory, so concurrent builds never overwrite the manifest Dagster loads. dbt's partial-parse
-state is kept between runs in ``$SPOTSHIFT_HOME/cache/dbt/`` (one file per project and warehouse:
-dbt re-parses everything when the profile's warehouse path changes), which saves most of dbt's
-start-up (bench/bench_costs.py).
+inside the calling process (``dbtRunner``; ``SPOTSHIFT_DBT_SUBPROCESS=1``: a child process) with
+``SPOTSHIFT_WAREHOUSE`` pointing at the warehouse (the profile in ``dbt_costs/profiles.yml`` reads
+it), ``DO_NOT_TRACK=1`` and its artifacts in a private target directory, so concurrent builds never
+overwrite the manifest Dagster loads. dbt's partial-parse state is kept between runs in
+``$SPOTSHIFT_HOME/cache/dbt/`` (one file per project and warehouse: dbt re-parses everything when
+the profile's warehouse path changes), which saves most of dbt's start-up (bench/bench_costs.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -171,27 +172,16 @@ def run_dbt(
         ]
         env = dbt_env(warehouse)
         env.update(extra_env or {})
-        t0 = time.perf_counter()
-        # JSON log lines, read as they come: the messages for errors, the node count for progress
-        proc = subprocess.Popen(
-            [*cmd, "--log-format", "json"],
-            env=env,
-            cwd=project,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
         task = progress.task(f"dbt {args[0]}" if args else "dbt", unit="nodes")
-        messages = [_log_message(line, task) for line in proc.stdout or []]
-        returncode = proc.wait()
+        t0 = time.perf_counter()
+        returncode, messages, results = _invoke(cmd, env, project, task)
         seconds = time.perf_counter() - t0
         if returncode in (0, 1):  # 1: the project parsed, some node failed
             _save_parse_state(target, cache)
-        results: list[dict] = []
         rr = target / "run_results.json"
-        if rr.is_file():
+        if results is None and rr.is_file():
             results = json.loads(rr.read_text()).get("results", [])
-    run = DbtRun(list(args), returncode, seconds, results, "\n".join(m for m in messages if m))
+    run = DbtRun(list(args), returncode, seconds, results or [], "\n".join(m for m in messages if m))
     if check and returncode != 0:
         failed = run.failures()
         if not failed:
@@ -201,6 +191,75 @@ def run_dbt(
             f"dbt {' '.join(args)} on {warehouse} failed: {len(failed)} problem(s): " + "; ".join(failed[:5])
         )
     return run
+
+
+#: dbt's in-process runner is not re-entrant (global flags, event manager, adapter registry)
+_DBT_LOCK = threading.Lock()
+
+
+def _invoke(
+    cmd: list[str], env: dict[str, str], project: Path, task: Any
+) -> tuple[int, list[str], list[dict] | None]:
+    """Run dbt: in this process (``dbtRunner``) unless ``SPOTSHIFT_DBT_SUBPROCESS=1``; returns the exit
+    code (0 ok, 1 a node failed, 2 dbt itself failed), one message per log event and, in-process,
+    the node results (as in run_results.json, which is then not written, nor manifest.json: about
+    half a second per run; a child process's come from its run_results.json: None).
+
+    In-process skips a fresh interpreter importing dbt (about 2 CPU-s per invocation on the 2-core
+    benchmark box, bench/results/costs*.json). dbt reads the profile's environment variables from
+    ``os.environ`` and dbt-duckdb loads seeds by paths relative to the working directory, so both
+    are set for the run and restored after it, under a lock.
+    """
+    args = [*cmd[1:], "--log-format", "json"]
+    if os.environ.get("SPOTSHIFT_DBT_SUBPROCESS") == "1":
+        proc = subprocess.Popen(
+            [cmd[0], *args], env=env, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        # JSON log lines, read as they come: the messages for errors, the node count for progress
+        messages = [_log_message(line, task) for line in proc.stdout or []]
+        return proc.wait(), messages, None
+    from dbt.cli.main import dbtRunner
+    from dbt_common.events.functions import msg_to_json
+
+    messages = []
+    with _DBT_LOCK:
+        old_env, old_cwd = dict(os.environ), os.getcwd()
+        os.environ.update(env)
+        os.chdir(project)
+        try:
+            runner = dbtRunner(callbacks=[lambda msg: messages.append(_log_message(msg_to_json(msg), task))])
+            # events reach the callback only; the results come back as objects
+            res = runner.invoke([*args, "--log-level", "none", "--no-write-json"])
+        finally:
+            _close_duckdb()
+            os.chdir(old_cwd)
+            os.environ.clear()
+            os.environ.update(old_env)
+    if res.exception is not None:
+        messages.append(f"dbt failed: {type(res.exception).__name__}: {res.exception}")
+        return 2, messages, None
+    results = [
+        {
+            "unique_id": r.node.unique_id,
+            "status": str(r.status),
+            "message": r.message,
+            "failures": r.failures,
+            "execution_time": r.execution_time,
+        }
+        for r in getattr(res.result, "results", None) or []
+    ]
+    return (0 if res.success else 1), messages, results
+
+
+def _close_duckdb() -> None:
+    """Close the DuckDB instance dbt-duckdb keeps for the next invocation in this process: it would
+    hold the warehouse's file lock, blocking every other writer (Dagster steps, sensors, the CLI)."""
+    from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+
+    with DuckDBConnectionManager._LOCK:
+        env, DuckDBConnectionManager._ENV = DuckDBConnectionManager._ENV, None
+    if env is not None:
+        env.close()
 
 
 def _log_message(line: str, task: Any) -> str:
