@@ -185,17 +185,17 @@ def _chunk_mapped(fd: int, size: int, params: ChunkParams, hfn: Any, lengths: ar
         return False
     try:
         chunks = iter_mapped_chunks(memoryview(m), params)
-        read = getattr(hfn, "read_chunk", None)  # a digest function that reads the bytes itself
-        pos = 0
+        read = getattr(hfn, "read_chunks", None)  # a digest function that reads the bytes itself
         try:
             for data in chunks:
-                n = len(data)
-                lengths.append(n)
-                parts.append(read(fd, pos, n) if read is not None else hfn(data))
-                pos += n
+                lengths.append(len(data))
+                if read is None:
+                    parts.append(hfn(data))
                 data = None  # noqa: F841 - no view may outlive the mapping
         finally:
             chunks.close()
+        if read is not None:  # cut first, then read, hash and write the chunks in runs
+            parts.append(read(fd, lengths))
     finally:
         with contextlib.suppress(BufferError):  # a view still held (a traceback): unmapped when freed
             m.close()

@@ -25,7 +25,7 @@ import fcntl
 import mmap
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from spotshift.sync import packs
@@ -81,6 +81,18 @@ def _write_padded(fd: int, buf: memoryview, length: int) -> None:
         os.ftruncate(fd, length)
 
 
+def _pread_into(fd: int, dest: memoryview, offset: int) -> None:
+    """Fill ``dest`` from ``offset`` of ``fd``; past the end of the file (it was cut shorter while
+    read) with zeros."""
+    got, length = 0, len(dest)
+    while got < length:
+        n = os.preadv(fd, [dest[got:]], offset + got)
+        if n <= 0:
+            dest[got:] = bytes(length - got)
+            return
+        got += n
+
+
 class _Pack:
     """One chunking thread's open pack: a preallocated buffer filled in place."""
 
@@ -129,16 +141,71 @@ class InlineWriter:
         under it). A file cut shorter meanwhile reads as zeros: hashed as written, and the changed
         file is cut again (:func:`~spotshift.sync.fingerprint.chunk_file`)."""
 
-        def fill(dest: memoryview) -> None:
-            got = 0
-            while got < length:
-                n = os.preadv(fd, [dest[got:]], offset + got)
-                if n <= 0:
-                    dest[got:] = bytes(length - got)
-                    return
-                got += n
+        return self._take(length, lambda dest: _pread_into(fd, dest, offset))
 
-        return self._take(length, fill)
+    def read_chunks(self, fd: int, lengths: Sequence[int]) -> bytes:
+        """The digests (joined) of the chunks of ``lengths`` cut from the start of open file ``fd``, each
+        written when the store lacks it: as :meth:`read_chunk` per chunk, but a run of packed chunks
+        is read by one ``pread`` into the open pack, hashed slice by slice (no copies) and claimed
+        under one lock: the per-chunk Python work of a 64 KiB-chunk push is a few slice hashes."""
+        out: list[bytes] = []
+        pos = i = 0
+        count = len(lengths)
+        while i < count:
+            n = lengths[i]
+            if not is_packed(n):
+                out.append(self.read_chunk(fd, pos, n))
+                pos, i = pos + n, i + 1
+                continue
+            pack = self._pack()
+            # the first chunk past the target closes the pack, as one by one
+            j, total, room = i, 0, max(self.pack_target - pack.size, 1)
+            while j < count and total < room and is_packed(lengths[j]):
+                total += lengths[j]
+                j += 1
+            start = pack.size
+            _pread_into(fd, pack.view[start : start + total], pos)
+            run = lengths[i:j]
+            digs = []
+            for n in run:
+                digs.append(self.hfn(pack.view[start : start + n]))
+                start += n
+            self._pack_run(pack, digs, run)
+            out.extend(digs)
+            pos, i = pos + total, j
+        return b"".join(out)
+
+    def _pack(self) -> _Pack:
+        pack = getattr(self._local, "pack", None)
+        if pack is None:
+            pack = self._local.pack = _Pack(self.pack_target + packs.PACK_CHUNK_LIMIT)
+            with self._lock:
+                self._packs.append(pack)
+        return pack
+
+    def _pack_run(self, pack: _Pack, digs: list[bytes], lengths: Sequence[int]) -> None:
+        """Keep the run just read at ``pack.size`` in the pack: the chunks claimed now, moved down
+        over any the store has or another chunk of this push already holds."""
+        with self._lock:
+            known, claimed = self.known, self._claimed
+            fresh = []
+            for dig in digs:  # one by one: a run may hold a chunk twice
+                keep = dig not in known and dig not in claimed
+                if keep:
+                    claimed.add(dig)
+                fresh.append(keep)
+        src = dst = pack.size
+        view = pack.view
+        for dig, n, keep in zip(digs, lengths, fresh, strict=True):
+            if keep:
+                if dst != src:
+                    view[dst : dst + n] = view[src : src + n]  # memmove: overlapping, downwards
+                pack.chunks.append((dig, n))
+                dst += n
+            src += n
+        pack.size = dst
+        if pack.size >= self.pack_target:
+            self._write_pack(pack)
 
     def _take(self, n: int, fill: Callable[[memoryview], None]) -> bytes:
         # the chunk's bytes are copied once, into the writer's own buffer: hashed and written from there
@@ -162,11 +229,7 @@ class InlineWriter:
             return True
 
     def _packed(self, n: int, fill: Callable[[memoryview], None]) -> bytes:
-        pack = getattr(self._local, "pack", None)
-        if pack is None:
-            pack = self._local.pack = _Pack(self.pack_target + packs.PACK_CHUNK_LIMIT)
-            with self._lock:
-                self._packs.append(pack)
+        pack = self._pack()
         start = pack.size
         fill(pack.view[start : start + n])
         dig = self.hfn(pack.view[start : start + n])
