@@ -11,9 +11,9 @@ and what the first attempt wrote is a correct but unreferenced chunk).
 Chunks shorter than :data:`~spotshift.sync.packs.PACK_CHUNK_LIMIT` are copied into the chunking
 thread's open pack, written in one sequential write when it holds
 :data:`~spotshift.sync.packs.PACK_TARGET_BYTES` (or at :meth:`InlineWriter.close`); longer ones
-become loose objects. A quiet (memory-mapped) file is cut first and then read in runs
-(:meth:`InlineWriter.read_chunks`: one ``pread`` per run into the pack, the chunks hashed as
-slices of it). Full packs and loose chunks are written on one write thread while the chunking
+become loose objects. A quiet (memory-mapped) file is cut and read in runs of about
+:data:`~spotshift.sync.fingerprint.RUN_BYTES` (:meth:`InlineWriter.read_chunks`: one ``pread``
+per run into the pack, the chunks hashed as slices of it). Full packs and loose chunks are written on one write thread while the chunking
 threads go on (at most :data:`WRITES_IN_FLIGHT` queued; :meth:`InlineWriter.close` waits for all
 of them and raises the first that failed). Writes go through the store's batched writer
 (``fsync_each=False``): the caller flushes it before committing the manifest that names them, as
@@ -155,13 +155,13 @@ class InlineWriter:
 
         return self._take(length, lambda dest: _pread_into(fd, dest, offset))
 
-    def read_chunks(self, fd: int, lengths: Sequence[int]) -> bytes:
-        """The digests (joined) of the chunks of ``lengths`` cut from the start of open file ``fd``, each
+    def read_chunks(self, fd: int, offset: int, lengths: Sequence[int]) -> bytes:
+        """The digests (joined) of the chunks of ``lengths`` cut from ``offset`` of open file ``fd``, each
         written when the store lacks it: as :meth:`read_chunk` per chunk, but a run of packed chunks
         is read by one ``pread`` into the open pack, hashed slice by slice (no copies) and claimed
         under one lock: the per-chunk Python work of a 64 KiB-chunk push is a few slice hashes."""
         out: list[bytes] = []
-        pos = i = 0
+        pos, i = offset, 0
         count = len(lengths)
         while i < count:
             n = lengths[i]
