@@ -24,6 +24,7 @@ chunking thread).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import mmap
@@ -46,8 +47,13 @@ _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
 def aligned_buffer(size: int) -> memoryview:
-    """``size`` bytes (rounded up to :data:`BLOCK`) of page-aligned memory, as direct I/O needs."""
-    return memoryview(mmap.mmap(-1, -(-max(size, 1) // BLOCK) * BLOCK))
+    """``size`` bytes (rounded up to :data:`BLOCK`) of page-aligned memory, as direct I/O needs.
+    Private anonymous memory, in huge pages where the kernel has them: a shared mapping is backed
+    by shmem, whose page faults cost about three times as much CPU to fill a fresh pack buffer."""
+    m = mmap.mmap(-1, -(-max(size, 1) // BLOCK) * BLOCK, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    with contextlib.suppress(AttributeError, OSError):  # advice only
+        m.madvise(mmap.MADV_HUGEPAGE)
+    return memoryview(m)
 
 
 def write_direct(store: LocalChunkStore, key: str, buf: memoryview, length: int) -> bool:
