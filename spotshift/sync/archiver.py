@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -86,7 +87,15 @@ def push(
                 inline = InlineWriter(
                     writer, params.digest, trusted_chunks(store, dataset, params, check_existing)
                 )
-            fp = fingerprint(root_dir, params, prefetch_parquet=True, progress=progress, digest_with=inline)
+            try:
+                fp = fingerprint(
+                    root_dir, params, prefetch_parquet=True, progress=progress, digest_with=inline
+                )
+            except BaseException:
+                if inline is not None:  # no write may outlive the push (nor its store lock)
+                    with contextlib.suppress(Exception):
+                        inline.wait()
+                raise
             if inline is not None:
                 inline.close()
         manifest = fp.manifest

@@ -328,3 +328,30 @@ def test_push_check_existing_rewrites_only_the_chunks_of_a_lost_pack(
     again = push(src, store, "corpus", params=SMALL, check_existing=True)
     assert in_gone <= again.chunks_sent <= in_gone + 1  # the lost pack's chunks (+ the new file)
     assert verify(store).ok
+
+
+def test_a_mapped_file_that_repeats_itself_is_packed_once_per_distinct_chunk(
+    tmp_path: Path, spotshift_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quiet files are cut first and read into the pack in runs: a chunk repeated inside a run (or
+    one the store already has) is dropped from the pack and the chunks after it move down."""
+    import spotshift.sync.fingerprint as fingerprint
+
+    monkeypatch.setattr(fingerprint, "HOT_FILE_S", -1.0)  # files just written are mapped, not streamed
+    small_packs(monkeypatch, target=1 << 20)
+    root = tmp_path / "src"
+    root.mkdir()
+    block = rand_bytes(300_000, 5)
+    (root / "rep.bin").write_bytes(block * 8 + rand_bytes(700_000, 6))
+    store = LocalChunkStore(tmp_path / "store")
+    pushed = push(root, store, "rep", params=SMALL)
+    manifest, _ = load_manifest(store, pushed.root)
+    unique = manifest.unique_chunks()
+    assert len(unique) < sum(e.chunk_count for e in manifest.files())  # the file does repeat itself
+    assert sum(p.stat().st_size for p in packed(store)) == sum(unique.values())
+    (root / "more.bin").write_bytes(rand_bytes(100_000, 7) + block * 3)  # most chunks known already
+    again = push(root, store, "rep", params=SMALL)
+    assert again.chunks_sent < 6
+    assert verify(store).ok
+    pull(store, tmp_path / "out")
+    assert tree_bytes(tmp_path / "out") == tree_bytes(root)
