@@ -123,6 +123,11 @@ class Fleet:
         for r in self.live(side):
             _control(r, service_ms=ms)
 
+    def hold(self, record: api.ReplicaRecord, hold: bool = True) -> int:
+        """Hold every new request to one replica unanswered (``hold=False`` releases them): they stay in
+        flight until then, or until the replica is killed. Returns how many it holds now."""
+        return int(_control(record, hold=hold)["held"])
+
     def kill(self, record: api.ReplicaRecord) -> None:
         """SIGKILL a replica (it cannot deregister; its dead pid takes it out of the registry)."""
         os.kill(record.pid, signal.SIGKILL)
@@ -143,7 +148,8 @@ class Fleet:
 
 
 def _control(record: api.ReplicaRecord, **knobs: Any) -> dict[str, Any]:
-    """Set a knob of a running peer (``service_ms``, ``draining``); its answer has ``in_flight``."""
+    """Set a knob of a running peer (``service_ms``, ``draining``, ``hold``); its answer has ``in_flight``
+    and ``held``."""
     import httpx
 
     return httpx.post(record.url + "/_peer", json=knobs, timeout=10, trust_env=False).json()

@@ -50,8 +50,10 @@ class PeerState:
     def __init__(self, replica_id: str, service_ms: float, perturb: float = 0.0) -> None:
         self.replica_id, self.service_ms = replica_id, service_ms
         self.draining = False
+        self.hold = False  # a test's knob: new requests get no answer until it is cleared
         self.served = 0
         self.in_flight = 0
+        self.held = 0  # requests held now (surely in flight: none finishes before the release)
         self.model = BigramModel(perturb)
 
 
@@ -105,6 +107,13 @@ def peer_app(state: PeerState) -> Any:
         state.in_flight += 1
         t0 = time.perf_counter()
         try:
+            if state.hold:
+                state.held += 1
+                try:
+                    while state.hold:
+                        await asyncio.sleep(0.01)
+                finally:
+                    state.held -= 1
             if state.service_ms > 0:
                 await asyncio.sleep(state.service_ms / 1000.0)
         finally:
@@ -130,14 +139,21 @@ def peer_app(state: PeerState) -> Any:
         )
 
     async def control(request: Request) -> Response:
-        """Test knobs of a peer in its own process: ``{"service_ms": N, "draining": true}``."""
+        """Test knobs of a peer in its own process: ``{"service_ms": N, "draining": true, "hold": true}``."""
         knobs = json.loads(await request.body())
         if "service_ms" in knobs:
             state.service_ms = float(knobs["service_ms"])
         if "draining" in knobs:
             state.draining = bool(knobs["draining"])
+        if "hold" in knobs:
+            state.hold = bool(knobs["hold"])
         return JSONResponse(
-            {"service_ms": state.service_ms, "draining": state.draining, "in_flight": state.in_flight}
+            {
+                "service_ms": state.service_ms,
+                "draining": state.draining,
+                "in_flight": state.in_flight,
+                "held": state.held,
+            }
         )
 
     return Starlette(

@@ -81,6 +81,15 @@ _PASSED = tuple((n.lower().encode(), n) for n in (api.HEADER_REPLICA, api.HEADER
 _ROUTE_VALUES = {k: k.encode() for k in ("cheapest", "fastest", "fallback")}
 
 
+async def _sleep_monotonic(seconds: float) -> None:
+    """Sleep until ``seconds`` have passed by ``time.monotonic`` (the clock of :attr:`Router.set_aside`):
+    uvloop's timers have millisecond resolution and fire up to 1 ms early, and a request that woke
+    before its replica's set-aside ran out would find it still set aside and fail."""
+    until = time.monotonic() + seconds
+    while (left := until - time.monotonic()) > 0:
+        await asyncio.sleep(left)
+
+
 class Router:
     """The routing state of one endpoint: replicas, in-flight counts, the latency model, counters."""
 
@@ -182,7 +191,7 @@ class Router:
                 # connection, a timeout on a loaded box): wait for the first to come back, retry
                 waits += 1
                 tried.clear()
-                await asyncio.sleep(min(wait, DOWN_COOLDOWN_S))
+                await _sleep_monotonic(min(wait, DOWN_COOLDOWN_S))
                 continue
             if choice is None:
                 self.counters.failed += 1

@@ -165,11 +165,17 @@ def test_a_replica_killed_mid_stage_and_the_router_restarted_mid_cutover_fail_no
             assert time.monotonic() < deadline
             time.sleep(0.002)
         victim = next(p for p in fleet.live("source") if first.outstanding.get(p.replica_id, 0))
+        # its next requests get no answer: they are still in flight when it is killed, however late
+        # this thread runs (a 40 ms request could finish between a look at the router and the kill)
+        deadline = time.monotonic() + 20
+        while (held := fleet.hold(victim)) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         fleet.kill(victim)  # SIGKILL with requests in flight
         time.sleep(2.0)
         load.stop()
     assert load.failed == 0, load.statuses
-    assert first.counters.retries >= 1
+    assert first.counters.retries >= held  # every request the killed replica held went to another
     persisted = co.require_state("chat")
     assert persisted.phase == "live", persisted.reason
     # a new router resumes at the persisted weights from its first request

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from bench._replica_peer import PeerState, ServerThread, peer_app
 from spotshift.serving import replica_api as api
@@ -231,8 +232,39 @@ def test_a_request_waits_for_a_replica_set_aside_for_a_moment_instead_of_failing
 ) -> None:
     with ServerThread(peer_app(PeerState("fast", 0))) as a:
         router = Router(RouterConfig("chat", slo_ms=500, replicas=[view(FAST, a.url)]))
-        with ServerThread(build_app(router)) as r:
+        # no tick in this test: it would replace the set-aside map this thread writes into
+        with ServerThread(build_app(router, tick_s=60)) as r:
             # as after a dropped keep-alive connection or a timeout on a loaded box
-            router.set_aside["fast"] = time.monotonic() + 1.8  # two waits of <= 1 s cover it
+            back = router.set_aside["fast"] = time.monotonic() + 1.8  # two waits of <= 1 s cover it
             resp = httpx.post(r.url + api.COMPLETIONS_PATH, json=BODY, timeout=10)
+            answered = time.monotonic()
     assert resp.status_code == 200 and router.counters.failed == 0
+    assert answered >= back and resp.headers["x-spotshift-attempts"] == "1"  # it waited, then went
+
+
+def test_a_wait_for_a_set_aside_replica_outlasts_a_timer_that_fires_early(
+    spotshift_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_sleep = asyncio.sleep
+
+    async def early(delay: float, result: object = None) -> object:
+        # uvloop's timers (ms resolution) fire up to 1 ms before the delay ran out
+        return await real_sleep(max(0.0, delay - 0.002), result)
+
+    with ServerThread(peer_app(PeerState("fast", 0))) as a:
+        router = Router(RouterConfig("chat", slo_ms=500, replicas=[view(FAST, a.url)]))
+
+        async def one() -> int:
+            monkeypatch.setattr(asyncio, "sleep", early)
+            router.set_aside["fast"] = time.monotonic() + 0.3
+            try:
+                status, _, _ = await router.forward(
+                    json.dumps(BODY).encode(), "us-east", estimate_tokens(BODY)
+                )
+            finally:
+                monkeypatch.undo()
+                await router.stop()
+            return status
+
+        assert asyncio.run(one()) == 200
+    assert router.counters.failed == 0

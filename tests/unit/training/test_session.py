@@ -59,6 +59,9 @@ def run(s: Session, total: int, *, interrupt_at: int | None = None) -> tuple[int
         for step in range(start, total):
             losses.append(train_step(model, opt, sched))
             if step + 1 == interrupt_at:
+                # the periodic checkpoints so far reach the region store first: they upload in the
+                # background, and an emergency checkpoint drops the uploads still queued (it supersedes them)
+                assert s.tiers.flush(timeout_s=60)
                 os.kill(os.getpid(), signal.SIGTERM)  # the handler only sets a flag
             s.step_done(step + 1, tokens=32, loss=losses[-1])
             if s.should_stop:
