@@ -87,6 +87,7 @@ def push(
                 inline = InlineWriter(
                     writer, params.digest, trusted_chunks(store, dataset, params, check_existing)
                 )
+                inline.task = progress.task(f"push {dataset}", unit="bytes")  # total known at the end
             try:
                 fp = fingerprint(
                     root_dir, params, prefetch_parquet=True, progress=progress, digest_with=inline
@@ -98,6 +99,7 @@ def push(
                 raise
             if inline is not None:
                 inline.close()
+                inline.task.update(total=inline.bytes_written)
         manifest = fp.manifest
         stats.bytes_scanned += fp.stats.bytes_read
         d, old_locs = plan_transfer(store, dataset, manifest, check_existing, stats)

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from spotshift.progress import Task
 from spotshift.sync import packs
 from spotshift.sync.chunking import digest_function
 from spotshift.sync.packs import Location, has_pack, is_packed, pack_id_of, pack_key
@@ -134,6 +135,7 @@ class InlineWriter:
         self.locations: dict[bytes, Location] = {}
         self.chunks_written = 0
         self.bytes_written = 0
+        self.task = Task()  # the push's progress line: advanced by the bytes each write stores
         self._claimed: set[bytes] = set()
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -328,6 +330,7 @@ class InlineWriter:
             self.written.update(chunks)
             self.chunks_written += len(chunks)
             self.bytes_written += nbytes
+        self.task.advance(nbytes)
 
     def close(self) -> None:
         """Write every thread's open pack (after the chunking threads are done)."""
