@@ -8,6 +8,7 @@ processes that exit at once (no endpoint declared here), so the target side stay
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -40,10 +41,18 @@ def _window(tgt_ms: float) -> co.Window:
     return w
 
 
+def _default_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
 @pytest.fixture
 def world(spotshift_home: Path) -> Iterator[dict[str, Any]]:
     VirtualClock.starting(T0, 0.0).save()
-    procs = [subprocess.Popen(["sleep", "600"]) for _ in range(4)]
+    # SIGTERM as a fresh process has it: in the full suite one run's drains each waited the whole
+    # 60 s stop timeout (the sleeps ignored SIGTERM, a disposition or mask left by an earlier test
+    # in the same worker — not found yet) and the replicas stayed up
+    procs = [subprocess.Popen(["sleep", "600"], preexec_fn=_default_sigterm) for _ in range(4)]
     for i, proc in enumerate(procs):
         api.register(
             api.ReplicaRecord(
