@@ -20,6 +20,7 @@ from spotshift.sync.delta import (
     finish,
     io_workers,
     plan_transfer,
+    target_snapshot,
     transfer_location,
     trusted_chunks,
     with_pack_index,
@@ -79,13 +80,15 @@ def push(
     with store_lock(store, "shared", f"sync push {dataset}", wait_s=lock_wait_s):
         writer = chunk_writer(store)
         inline: InlineWriter | None = None
+        snapshot = None  # the target's current snapshot, when read before fingerprinting
         if isinstance(source, Fingerprint):
             fp = source
         else:
             params = params or ChunkParams()
             if isinstance(writer, LocalChunkStore):  # write new chunks as they are cut: one read
+                snapshot = target_snapshot(store, dataset, params)
                 inline = InlineWriter(
-                    writer, params.digest, trusted_chunks(store, dataset, params, check_existing)
+                    writer, params.digest, trusted_chunks(store, snapshot[0], check_existing)
                 )
                 inline.task = progress.task(f"push {dataset}", unit="bytes")  # total known at the end
             try:
@@ -102,7 +105,7 @@ def push(
                 inline.task.update(total=inline.bytes_written)
         manifest = fp.manifest
         stats.bytes_scanned += fp.stats.bytes_read
-        d, old_locs = plan_transfer(store, dataset, manifest, check_existing, stats)
+        d, old_locs = plan_transfer(store, dataset, manifest, check_existing, stats, snapshot)
         if d is None:
             return finish(stats, manifest, t0)
         new_locs = _send_rest(

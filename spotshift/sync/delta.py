@@ -100,13 +100,17 @@ def _target_manifest(store: ChunkStore, dataset: str, params: ChunkParams) -> tu
     return manifest, len(raw)
 
 
-def trusted_chunks(store: ChunkStore, dataset: str, params: ChunkParams, check_existing: bool) -> set[bytes]:
-    """Chunks a push need not write: those of the target's current snapshot of ``dataset`` (same
-    chunking), or with ``check_existing`` only those its pack index places in a pack that is there
-    and long enough (as :func:`plan_transfer` decides). Removes the temp files killed writers left
-    first (as :func:`plan_transfer` does)."""
+def target_snapshot(store: ChunkStore, dataset: str, params: ChunkParams) -> tuple[Manifest | None, int]:
+    """The target's current snapshot of ``dataset`` when comparable (same chunking) and the bytes
+    read for it, after removing the temp files killed writers left: read once per transfer."""
     _prepare_target(store)
-    old, _ = _target_manifest(store, dataset, params)
+    return _target_manifest(store, dataset, params)
+
+
+def trusted_chunks(store: ChunkStore, old: Manifest | None, check_existing: bool) -> set[bytes]:
+    """Chunks a push need not write: those of the target's snapshot ``old``, or with
+    ``check_existing`` only those its pack index places in a pack that is there and long enough
+    (as :func:`plan_transfer` decides)."""
     if old is None:
         return set()
     if check_existing:
@@ -114,18 +118,23 @@ def trusted_chunks(store: ChunkStore, dataset: str, params: ChunkParams, check_e
     return set(old.unique_chunks())
 
 
-def plan_transfer(
-    target: ChunkStore, dataset: str, manifest: Manifest, check_existing: bool, stats: TransferStats
+def plan_transfer(  # noqa: PLR0913 - the transfer's state, passed once
+    target: ChunkStore,
+    dataset: str,
+    manifest: Manifest,
+    check_existing: bool,
+    stats: TransferStats,
+    snapshot: tuple[Manifest | None, int] | None = None,
 ) -> tuple[Diff | None, dict[bytes, Location]]:
     """What ``manifest`` has that the target's current snapshot lacks (None when the target is at
-    it), and where the target already has chunks (its snapshot's pack index).
+    it), and where the target already has chunks (its snapshot's pack index). ``snapshot``: the
+    :func:`target_snapshot` the caller already read (else it is read here).
 
     With ``check_existing`` that snapshot is not trusted: every chunk counts as missing except
     those its pack index places in a pack that is there and long enough (loose chunks are looked
     up one by one when they are sent).
     """
-    _prepare_target(target)
-    old, read = _target_manifest(target, dataset, manifest.params)
+    old, read = snapshot if snapshot is not None else target_snapshot(target, dataset, manifest.params)
     stats.bytes_scanned += read
     if check_existing:
         d = diff(manifest, None)
