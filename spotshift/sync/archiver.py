@@ -102,7 +102,6 @@ def push(
                 raise
             if inline is not None:
                 inline.close()
-                inline.task.update(total=inline.bytes_written)
         manifest = fp.manifest
         stats.bytes_scanned += fp.stats.bytes_read
         d, old_locs = plan_transfer(store, dataset, manifest, check_existing, stats, snapshot)
@@ -145,13 +144,18 @@ def _send_rest(  # noqa: PLR0913 - the push's state, passed once
         for off, length, dig in e.chunks():
             if dig in missing and dig not in done and dig not in located:
                 located[dig] = Located(e.path, off, length)
+    # one progress line for the push: what the inline writer stored, then the rest
+    rest = sum(x.length for x in located.values())
+    if inline is not None:
+        task = inline.task
+        task.update(total=inline.bytes_written + rest)
+    else:
+        task = progress.task(f"push {dataset}", total=rest, unit="bytes")
     if not located:
         return new_locs
     plan = PackPlan((dig, loc.length) for dig, loc in located.items())
     sender = SourceSender(root_dir, manifest.params, writer, stats)
-    sender.task = progress.task(
-        f"push {dataset}", total=sum(x.length for x in located.values()), unit="bytes"
-    )
+    sender.task = task
     with BoundedPool(workers, bytes_in_flight(manifest.params, budget_bytes)) as pool:
         sender.pool = pool
         for dig, _ in plan.loose:
