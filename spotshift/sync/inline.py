@@ -37,7 +37,7 @@ from typing import Any
 from spotshift.progress import Task
 from spotshift.sync import packs
 from spotshift.sync.chunking import digest_function
-from spotshift.sync.packs import Location, has_pack, is_packed, pack_id_of, pack_key
+from spotshift.sync.packs import Location, has_pack, is_packed, pack_key, pack_layout
 from spotshift.sync.store import LocalChunkStore, chunk_key
 
 #: chunk and pack writes queued for the write thread at most (then the chunking threads wait)
@@ -271,15 +271,12 @@ class InlineWriter:
         pack.chunks, pack.size = [], 0
 
     def _store_pack(self, view: memoryview, chunks: list[tuple[bytes, int]], size: int) -> None:
-        pack_id = pack_id_of(d for d, _ in chunks)
+        pack_id, locations = pack_layout(chunks)
         if not has_pack(self.store, pack_id, size):  # a killed earlier run wrote it
             write_direct(self.store, pack_key(pack_id), view, size)
             self._sent(dict(chunks), size)
-        offset = 0
         with self._lock:
-            for dig, length in chunks:
-                self.locations[dig] = (pack_id, offset)
-                offset += length
+            self.locations.update(locations)
 
     def _buffer(self, n: int) -> memoryview:
         """An aligned buffer of at least ``n`` bytes (and a pack's room): a spare one when there is."""

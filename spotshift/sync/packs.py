@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from spotshift.errors import IntegrityError, NotFoundError, SpotshiftError
@@ -88,17 +88,21 @@ class PackPlan:
             self._close(current)
 
     def _close(self, chunks: list[tuple[bytes, int]]) -> None:
-        pack_id = pack_id_of(d for d, _ in chunks)
-        offset = 0
-        for dig, length in chunks:
-            self.locations[dig] = (pack_id, offset)
-            offset += length
+        pack_id, locations = pack_layout(chunks)
+        self.locations.update(locations)
         self.packs.append((pack_id, chunks))
 
 
-def pack_id_of(digests: Iterable[bytes]) -> str:
-    """A pack's id: the BLAKE2b-128 of its chunks' digests in order (named by what it holds)."""
-    return hashlib.blake2b(b"".join(digests), digest_size=16).hexdigest()
+def pack_layout(chunks: Sequence[tuple[bytes, int]]) -> tuple[str, dict[bytes, Location]]:
+    """A pack of ``chunks`` (digest, length), back to back in order: its id — the BLAKE2b-128 of the
+    digests in order (named by what it holds) — and each chunk's location in it."""
+    pack_id = hashlib.blake2b(b"".join(d for d, _ in chunks), digest_size=16).hexdigest()
+    locations: dict[bytes, Location] = {}
+    offset = 0
+    for dig, length in chunks:
+        locations[dig] = (pack_id, offset)
+        offset += length
+    return pack_id, locations
 
 
 def has_pack(store: ChunkStore, pack_id: str, size: int) -> bool:
