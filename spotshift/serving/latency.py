@@ -368,7 +368,6 @@ def _estimate(user_region: str, key: str) -> tuple[float, str]:
     return round(measured * ratio, 1), how
 
 
-@functools.lru_cache(maxsize=65_536)
 @functools.lru_cache(maxsize=65_536)  # asked per replica on every routed request
 def rtt_ms(user_region: str, location: str) -> float:
     """Round trip in ms from users in ``user_region`` to a replica at ``location``.
