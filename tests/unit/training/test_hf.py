@@ -1,9 +1,16 @@
 """``spotshift.integrations.hf``: a Hugging Face ``Trainer`` (tiny GPT-2 built from a config, nothing
 downloaded) checkpoints through the session at its save points and on a notice, and resumes from the
-session's checkpoint to the same content hash as a run that was never interrupted."""
+session's checkpoint to the same content hash as a run that was never interrupted.
+
+The three runs happen in a fresh process, as they would for a user: a bitwise comparison must not
+depend on what earlier tests left in a pytest worker (torch's thread settings or global RNGs differ
+there; CI once saw the uninterrupted run end in a state no clean process produces).
+"""
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 import os
 import signal
 from pathlib import Path
@@ -89,27 +96,54 @@ def checkpoints(tmp: Path, name: str) -> list[tuple[int, str, str]]:
     return out
 
 
-def test_trainer_saves_through_the_session_and_resumes_bitwise(spotshift_home: Path, tmp_path: Path) -> None:
+def identity_of_last(tmp: Path, name: str) -> dict[str, str]:
+    """What the last checkpoint's content hash covers, piece by piece (names the piece that differs)."""
+    st = open_store((tmp / name).as_uri())
+    ck = StoredCheckpoint(st, "hf", list_checkpoints(st, "hf")[-1])
+    out = {f"part {p}": str(m.get("plain_hash")) for p, m in ck.meta["parts"].items()}
+    out.update(
+        {f"state {k}": json.dumps(v, sort_keys=True, default=str) for k, v in ck.meta["state"].items()}
+    )
+    return out
+
+
+def three_runs(tmp: Path) -> None:
+    """Uninterrupted, cut by SIGTERM after step 6, resumed; what the test asserts goes to result.json."""
     torch.use_deterministic_algorithms(True)
-    with session(tmp_path, "ref") as s:
-        out = train(trainer(tmp_path / "a", []), s)
-    assert out.global_step == STEPS
-    ref = checkpoints(tmp_path, "ref")
-    assert [(step, kind) for step, kind, _ in ref] == [(4, "periodic"), (8, "periodic"), (10, "final")]
-    assert not (tmp_path / "a" / "out").exists() or not any((tmp_path / "a" / "out").glob("checkpoint-*"))
+    res: dict[str, Any] = {"threads": torch.get_num_threads()}
+    with session(tmp, "ref") as s:
+        res["ref_steps"] = train(trainer(tmp / "a", []), s).global_step
+    res["ref"] = checkpoints(tmp, "ref")
+    res["ref_hf_dirs"] = sorted(p.name for p in (tmp / "a" / "out").glob("checkpoint-*"))
+    with session(tmp, "cut") as s:
+        train(trainer(tmp / "b", [Sigterm(6)]), s)
+        res["cut_stop"] = [s.should_stop, s.step]
+    res["cut"] = checkpoints(tmp, "cut")
+    with session(tmp, "cut") as s:
+        res["resumed_steps"] = train(trainer(tmp / "c", []), s).global_step
+        res["resumed_from"] = s.result["resumed_from"]["step"]
+    res["resumed"] = checkpoints(tmp, "cut")
+    res["identity"] = {"ref": identity_of_last(tmp, "ref"), "resumed": identity_of_last(tmp, "cut")}
+    (tmp / "result.json").write_text(json.dumps(res))
 
-    with session(tmp_path, "cut") as s:
-        train(trainer(tmp_path / "b", [Sigterm(6)]), s)
-        assert s.should_stop and s.step == 6
-    assert [(step, kind) for step, kind, _ in checkpoints(tmp_path, "cut")] == [
-        (4, "periodic"),
-        (6, "emergency"),
-    ]
 
-    with session(tmp_path, "cut") as s:
-        out = train(trainer(tmp_path / "c", []), s)
-        assert s.result["resumed_from"]["step"] == 6
-    assert out.global_step == STEPS
-    final = checkpoints(tmp_path, "cut")[-1]
-    assert final[:2] == (STEPS, "final")
-    assert final[2] == ref[-1][2], "the resumed Trainer did not end in the same state"
+def test_trainer_saves_through_the_session_and_resumes_bitwise(spotshift_home: Path, tmp_path: Path) -> None:
+    proc = multiprocessing.get_context("spawn").Process(target=three_runs, args=(tmp_path,))
+    proc.start()
+    proc.join(timeout=600)
+    assert proc.exitcode == 0, f"the runs' process ended with {proc.exitcode} (its traceback is above)"
+    res = json.loads((tmp_path / "result.json").read_text())
+
+    assert res["ref_steps"] == STEPS
+    assert [(step, kind) for step, kind, _ in res["ref"]] == [(4, "periodic"), (8, "periodic"), (10, "final")]
+    assert res["ref_hf_dirs"] == [], "the Trainer wrote its own checkpoint-N directories"
+    assert res["cut_stop"] == [True, 6]
+    assert [(step, kind) for step, kind, _ in res["cut"]] == [(4, "periodic"), (6, "emergency")]
+    assert res["resumed_from"] == 6 and res["resumed_steps"] == STEPS
+    final = res["resumed"][-1]
+    assert final[:2] == [STEPS, "final"]
+    ref, resumed = res["identity"]["ref"], res["identity"]["resumed"]
+    differ = sorted(k for k in ref.keys() | resumed.keys() if ref.get(k) != resumed.get(k))
+    assert final[2] == res["ref"][-1][2] and not differ, (
+        f"the resumed Trainer did not end in the same state ({res['threads']} torch threads): {differ} differ"
+    )
