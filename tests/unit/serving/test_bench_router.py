@@ -24,6 +24,10 @@ def test_bench_router_quick_runs_and_writes_results() -> None:
     result = json.loads((REPO / "bench" / "results" / "router_quick.json").read_text())
     assert result["quick"] and result["machine"]["cores"]
     row = result["rates"]["200"]
-    assert {"direct", "router"} <= set(row["best"])
-    assert row["best"]["router"]["errors"] == 0 and row["best"]["router"]["ok"] > 0
+    assert {"direct", "router"} <= set(row["targets"])
+    assert row["targets"]["router"]["errors"] == 0 and row["targets"]["router"]["ok"] > 0
+    # interleaved: one slice per target per round, the added latency from same-round differences
+    rounds = result["rounds"]
+    assert all(len(v) == rounds for v in row["slices"].values())
+    assert len(row["router_added_p50_ms_by_round"]) == rounds
     assert "router_added_p50_ms" in row and set(result["throughput_ceiling_rps"]) >= {"direct", "router"}
