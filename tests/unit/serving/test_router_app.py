@@ -85,15 +85,20 @@ def test_close_sends_what_is_held_first_and_the_rest_is_the_real_transport() -> 
     async def go() -> None:
         t = OneSendPerStep(Fake(), asyncio.get_running_loop())
         t.write(b"head\r\n\r\n")
+        assert calls == []  # held
         t.write(b"body")
-        assert calls == []  # held until the loop turns
+        assert calls == [b"head\r\n\r\nbody"]  # header block and body leave together, at once
         await asyncio.sleep(0)
-        assert calls == [b"head\r\n\r\nbody"]
+        assert len(calls) == 1  # nothing sent twice
+        t.write(b"alone")
+        assert len(calls) == 1  # a lone write is held until the loop turns
+        await asyncio.sleep(0)
+        assert calls[1:] == [b"alone"]
         t.write(b"last")
         t.close()  # a connection closed right after its answer still gets the answer
-        assert calls[1:] == [b"last", "close"]
+        assert calls[2:] == [b"last", "close"]
         await asyncio.sleep(0)
-        assert len(calls) == 3  # nothing sent twice
+        assert len(calls) == 4  # nothing sent twice
         assert t.get_extra_info("peername") == ("127.0.0.1", 9)
 
     asyncio.run(go())
