@@ -102,7 +102,11 @@ def _median(xs: list[float]) -> float:
 
 def summarise(slices: dict[str, list[dict]], rps: float) -> dict:
     """One rate's row from its slices (``slices[target][round]``): per target the median over rounds
-    of each figure; per proxy the median over rounds of (proxy - direct) in the same round."""
+    of each figure; per proxy the median over rounds of (proxy - direct) in the same round.
+
+    A round whose *direct* slice fell below 90 % of the offered rate is disturbed (the generator or
+    the machine stalled: its direct latency is not a baseline) and left out of the differences while
+    an undisturbed round remains; a proxy that falls behind is never left out."""
     row: dict = {"slices": slices, "targets": {}}
     for name, runs in slices.items():
         ok = sum(r["ok"] for r in runs)
@@ -115,13 +119,17 @@ def summarise(slices: dict[str, list[dict]], rps: float) -> dict:
             "cpu_ms_per_request": round(sum(r["cpu_s"] for r in runs) * 1000 / max(1, ok), 3),
         }
     direct = slices.get("direct")
+    disturbed = [i for i, d in enumerate(direct or []) if d["achieved_rps"] < 0.9 * rps]
+    row["rounds_disturbed"] = disturbed
     for proxy in ("router", "nginx"):
         if proxy not in slices or direct is None:
             continue
         pairs = [
             (p, d)
-            for p, d in zip(slices[proxy], direct, strict=True)
-            if p["p50_ms"] is not None and d["p50_ms"] is not None
+            for i, (p, d) in enumerate(zip(slices[proxy], direct, strict=True))
+            if p["p50_ms"] is not None
+            and d["p50_ms"] is not None
+            and (i not in disturbed or len(disturbed) == len(direct))
         ]
         if not pairs:
             continue
