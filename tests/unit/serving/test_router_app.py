@@ -1,4 +1,4 @@
-"""The router's HTTP side: an answer leaves in one send (:class:`~spotshift.serving.router_app.OneSendPerStep`)."""
+"""The router's HTTP side: an answer leaves in one send (:class:`~spotshift.serving.one_send.OneSendPerStep`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from spotshift.serving.router_app import OneSendPerStep, http_protocol
+from spotshift.serving.one_send import OneSendPerStep, http_protocol
 
 BODY = b'{"ok": true}'
 
@@ -102,3 +102,12 @@ def test_close_sends_what_is_held_first_and_the_rest_is_the_real_transport() -> 
         assert t.get_extra_info("peername") == ("127.0.0.1", 9)
 
     asyncio.run(go())
+
+
+def test_replicas_answer_with_one_send_per_answer_too() -> None:
+    """A replica's answer reaches the router in one segment (one wake-up of the router per answer)."""
+    from spotshift.serving.replica import ReplicaConfig
+    from spotshift.serving.serve import _uvicorn_config
+
+    cfg = ReplicaConfig("chat", "gcp/us-east4", "spot", 1000.0, 1.0, 0.0)
+    assert _uvicorn_config(cfg, {}, None).http is http_protocol() != "auto"
