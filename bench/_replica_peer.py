@@ -1,6 +1,7 @@
 """A model-less replica speaking the replica HTTP contract, for router tests and the router benchmark.
 
-It answers ``POST /v1/completions`` after ``service_ms`` (asyncio sleep, so replicas are cheap to
+Served as ``spotshift serve`` serves a replica (uvicorn, each answer in one send:
+:func:`spotshift.serving.one_send.http_protocol`). It answers ``POST /v1/completions`` after ``service_ms`` (asyncio sleep, so replicas are cheap to
 run by the dozen) with a deterministic completion, ``/healthz`` and 503 while draining, exactly as
 :mod:`spotshift.serving.replica_api` specifies. It measures the *proxy*: with no model in the
 way, router overhead is the difference between calling it directly and through the router.
@@ -38,6 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spotshift.serving import replica_api as api  # noqa: E402
+from spotshift.serving.one_send import http_protocol  # noqa: E402
 
 
 class PeerState:
@@ -220,6 +222,7 @@ class ServerThread:
         wrapper = _Late(app)
         self.config = uvicorn.Config(
             wrapper,
+            http=http_protocol(),  # as spotshift serve: each answer in one send
             log_level="warning",
             access_log=False,
             lifespan="auto",
@@ -302,7 +305,11 @@ def serve_main(argv: list[str]) -> int:
     rid = api.replica_id_for(args.endpoint, args.location, port)
     state = PeerState(rid, float(knobs.get("service_ms", args.service_ms)), float(knobs.get("perturb", 0.0)))
     config = uvicorn.Config(
-        peer_app(state), log_level="warning", access_log=False, timeout_graceful_shutdown=5
+        peer_app(state),
+        http=http_protocol(),
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
     )
 
     async def run() -> None:
@@ -366,6 +373,7 @@ def main() -> int:
     sock = bound_socket()
     config = uvicorn.Config(
         peer_app(PeerState(args.id, args.service_ms, args.perturb)),
+        http=http_protocol(),
         log_level="warning",
         access_log=False,
         **ssl_opts,

@@ -13,6 +13,7 @@ piling up), and the URL must name this host (127.0.0.1, ::1 or localhost).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import random
@@ -101,12 +102,15 @@ async def run_load(
     seed: int = 0,
     timeout_s: float = 30.0,
     stop: threading.Event | None = None,
+    client: Any = None,
 ) -> LoadResult:
     """Send ``rps x duration_s`` completions to ``url`` on the open-loop schedule; wait for every answer.
     ``stop``: once set, no further request is sent (``requests`` counts those sent).
 
     The client is one ``aiohttp`` session with up to :data:`MAX_IN_FLIGHT` keep-alive connections
-    (about a third of httpx's CPU per request here, so the generator saturates after the target)."""
+    (about a third of httpx's CPU per request here, so the generator saturates after the target).
+    ``client``: an open ``aiohttp.ClientSession`` to send on instead, left open (its keep-alive
+    connections carry over to the next run: a benchmark's alternating short runs open none)."""
     import aiohttp
     import numpy as np
 
@@ -120,10 +124,14 @@ async def run_load(
     latencies: list[float] = []
     errors = 0
     in_flight = 0
-    connector = aiohttp.TCPConnector(limit=MAX_IN_FLIGHT, keepalive_timeout=4.0)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
 
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        if client is None:
+            connector = aiohttp.TCPConnector(limit=MAX_IN_FLIGHT, keepalive_timeout=4.0)
+            client = await stack.enter_async_context(
+                aiohttp.ClientSession(connector=connector, trust_env=False)
+            )
 
         async def one(i: int) -> None:
             nonlocal errors, in_flight
@@ -132,7 +140,9 @@ async def run_load(
                 headers[api.HEADER_USER_REGION] = regions[i]
             t0 = time.perf_counter()
             try:
-                async with client.post(target, data=bodies[i % len(bodies)], headers=headers) as r:
+                async with client.post(
+                    target, data=bodies[i % len(bodies)], headers=headers, timeout=timeout
+                ) as r:
                     await r.read()
                     ok = r.status == 200
             except (TimeoutError, aiohttp.ClientError, OSError):

@@ -98,7 +98,8 @@ def render_nginx_config(
             f"            proxy_ssl_certificate_key {d / CLIENT_FILE};\n"
             f"            proxy_ssl_trusted_certificate {d / TLS_CA_FILE};\n"
             "            proxy_ssl_verify on;\n"
-            "            proxy_ssl_name 127.0.0.1;\n"
+            # X509_check_host matches DNS names only: the leaves carry "localhost" for it
+            "            proxy_ssl_name localhost;\n"
             "            proxy_ssl_session_reuse on;\n"
         )
     temps = "\n".join(

@@ -17,6 +17,7 @@ from typing import Any
 from spotshift.errors import ConfigError
 from spotshift.serving import replica_api as api
 from spotshift.serving.latency import user_regions
+from spotshift.serving.one_send import http_protocol
 from spotshift.serving.router import Router
 from spotshift.serving.router_state import RouterConfig, estimate_tokens
 
@@ -61,58 +62,6 @@ class _Completions:
         headers += ((b"content-type", b"application/json"), (b"content-length", b"%d" % len(content)))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
-
-
-class OneSendPerStep:
-    """A client connection's transport as uvicorn sees it: what is written in one step of the event
-    loop leaves in one send.
-
-    uvicorn writes an answer's status line and headers, then its body, each straight to the socket
-    (uvloop sends at once): two syscalls and two TCP segments (TCP_NODELAY) per answer. Measured on
-    this machine (py-spy on a router at 700-1,000 req/s), the router's sends were half of its CPU;
-    this holds the writes of one step and sends them together at the loop's next turn (``close``
-    sends what is held first). Everything else is the real transport's.
-    """
-
-    __slots__ = ("_transport", "_held", "_loop")
-
-    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport, self._loop = transport, loop
-        self._held: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        if not self._held:
-            self._loop.call_soon(self._flush)
-        self._held.append(data)
-
-    def _flush(self) -> None:
-        if self._held:
-            data = b"".join(self._held)
-            self._held.clear()
-            if not self._transport.is_closing():
-                self._transport.write(data)
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-def http_protocol() -> type | str:
-    """uvicorn's httptools protocol with :class:`OneSendPerStep` under it (``uvicorn.Config(http=...)``);
-    uvicorn's own choice (``"auto"``) when httptools is not installed (it comes with the serving extra)."""
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError:
-        return "auto"
-
-    class RouterHTTPProtocol(HttpToolsProtocol):
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-            super().connection_made(OneSendPerStep(transport, self.loop))
-
-    return RouterHTTPProtocol
 
 
 async def _send(send: Any, status: int, payload: dict[str, Any]) -> None:

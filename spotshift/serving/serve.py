@@ -26,6 +26,7 @@ from spotshift.pricing.snapshots import latest_quotes
 from spotshift.serving import replica_api as api
 from spotshift.serving.mtls import CertRotator, LocalCA, TLSReloader, ca_dir, uvicorn_ssl_options
 from spotshift.serving.notices import record_replica_notice
+from spotshift.serving.one_send import http_protocol
 from spotshift.serving.replica import Replica, ReplicaConfig
 from spotshift.training.preemption import StopController, WatcherThread, build_watchers, watcher_urls_for
 from spotshift.warehouse import connect
@@ -196,11 +197,14 @@ def run_replica(
 
 def _uvicorn_config(cfg: ReplicaConfig, state: dict[str, Any], tls_dir: Path | None) -> Any:
     """The replica's uvicorn config: the app is looked up in ``state`` once the port is known
-    (:class:`_Lazy`), no access log, no lifespan, 5 s graceful shutdown, TLS when ``tls_dir``."""
+    (:class:`_Lazy`), no access log, no lifespan, 5 s graceful shutdown, TLS when ``tls_dir``, and
+    each answer in one send (:func:`~spotshift.serving.one_send.http_protocol`: the router reading
+    it is woken once per answer, not once for the headers and again for the body)."""
     import uvicorn
 
     return uvicorn.Config(
         _Lazy(state),
+        http=http_protocol(),
         host=cfg.host,
         port=cfg.port,
         log_level="warning",

@@ -98,3 +98,26 @@ def test_real_nginx_follows_the_policy_reloads_and_retries_refusals(tmp_path: Pa
     assert {r.headers[api.HEADER_REPLICA] for r in second} == {"b"}
     assert {r.headers[api.HEADER_REPLICA] for r in third} == {"a"}
     assert backend.master_pid() is None
+
+
+def test_real_nginx_speaks_mutual_tls_to_the_replicas(tmp_path: Path) -> None:
+    """Replicas that require a client certificate from the local CA answer through nginx (the
+    upstream's certificate is checked by name: nginx matches DNS names, not IP addresses)."""
+    require_nginx()
+    from spotshift.serving.mtls import LocalCA, uvicorn_ssl_options
+
+    ca = LocalCA.open(tmp_path / "ca")
+    opts = uvicorn_ssl_options(ca.write_server_files(tmp_path / "server", "a"))
+    with ServerThread(peer_app(PeerState("a", 0)), ssl=opts) as a:
+        port = _free_port()
+        backend = NginxBackend(tmp_path / "nginx", port, tls_dir=ca.write_client_file(tmp_path / "c", "ngx"))
+        try:
+            backend.apply(policy({"a": 1.0}, {"a": a.url}))
+            with httpx.Client(timeout=10) as client:
+                got = [
+                    client.post(f"http://127.0.0.1:{port}" + api.COMPLETIONS_PATH, json=BODY)
+                    for _ in range(3)
+                ]
+        finally:
+            backend.stop()
+    assert a.url.startswith("https:") and [r.status_code for r in got] == [200] * 3

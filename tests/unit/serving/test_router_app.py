@@ -1,4 +1,4 @@
-"""The router's HTTP side: an answer leaves in one send (:class:`~spotshift.serving.router_app.OneSendPerStep`)."""
+"""The router's HTTP side: an answer leaves in one send (:class:`~spotshift.serving.one_send.OneSendPerStep`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from spotshift.serving.router_app import OneSendPerStep, http_protocol
+from spotshift.serving.one_send import OneSendPerStep, http_protocol
 
 BODY = b'{"ok": true}'
 
@@ -85,15 +85,29 @@ def test_close_sends_what_is_held_first_and_the_rest_is_the_real_transport() -> 
     async def go() -> None:
         t = OneSendPerStep(Fake(), asyncio.get_running_loop())
         t.write(b"head\r\n\r\n")
+        assert calls == []  # held
         t.write(b"body")
-        assert calls == []  # held until the loop turns
+        assert calls == [b"head\r\n\r\nbody"]  # header block and body leave together, at once
         await asyncio.sleep(0)
-        assert calls == [b"head\r\n\r\nbody"]
+        assert len(calls) == 1  # nothing sent twice
+        t.write(b"alone")
+        assert len(calls) == 1  # a lone write is held until the loop turns
+        await asyncio.sleep(0)
+        assert calls[1:] == [b"alone"]
         t.write(b"last")
         t.close()  # a connection closed right after its answer still gets the answer
-        assert calls[1:] == [b"last", "close"]
+        assert calls[2:] == [b"last", "close"]
         await asyncio.sleep(0)
-        assert len(calls) == 3  # nothing sent twice
+        assert len(calls) == 4  # nothing sent twice
         assert t.get_extra_info("peername") == ("127.0.0.1", 9)
 
     asyncio.run(go())
+
+
+def test_replicas_answer_with_one_send_per_answer_too() -> None:
+    """A replica's answer reaches the router in one segment (one wake-up of the router per answer)."""
+    from spotshift.serving.replica import ReplicaConfig
+    from spotshift.serving.serve import _uvicorn_config
+
+    cfg = ReplicaConfig("chat", "gcp/us-east4", "spot", 1000.0, 1.0, 0.0)
+    assert _uvicorn_config(cfg, {}, None).http is http_protocol() != "auto"
