@@ -36,7 +36,12 @@ The rules, per user region ``u``, then per location:
    (:func:`_cheapest_mix`). Spot therefore spreads over the cheapest regions not already used
    (SpotHedge's placement) exactly as far as the floor makes it pay, and a user region with a
    single spot-eligible location gets its floor on reserved/on-demand. A preempted location drops
-   out of the spot candidates, so replacements go to the next-cheapest place.
+   out of the spot candidates, so replacements go to the next-cheapest place. **Pooled floor**
+   (``pooled_floor``, :mod:`spotshift.serving.scaling_floor`): user regions are planned biggest
+   first, and a region whose floor is under one replica (a small user region) keeps none of its
+   own when the survivors the regions planned before it keep beyond their own floors, in
+   locations within its SLO round trip, cover it; otherwise it pays a whole replica (often
+   on-demand) for a fraction of one.
 6. **Reserved vs on-demand**: committed reserved replicas run all the time (they are paid for
    anyway) and serve first. The non-spot replicas planned in a location every hour of the last
    ``commit_window_s`` (24 h) are the steady base worth a commitment: that minimum becomes

@@ -11,6 +11,7 @@ from typing import Any
 
 from spotshift.errors import ConfigError
 from spotshift.serving.latency import rtt_ms
+from spotshift.serving.scaling_floor import FloorSurplus, pooled_floor
 from spotshift.serving.scaling_types import (
     LocationQuote,
     ScalerMemory,
@@ -220,24 +221,29 @@ def plan_user_regions(
     reasons: list[str] = []
     plan_counts: dict[tuple[str, str], int] = {}
     per_u: dict[str, Any] = {}
-    for u, granted in granted_items:
-        counts, per_u[u] = _plan_user_region(world, u, granted, reasons)
+    # pooled floor: the biggest regions plan first, the capacity they keep beyond their own floor
+    # after their worst spot loss counts towards the floors of the regions planned after them
+    surplus: list[FloorSurplus] | None = [] if p.pooled_floor else None
+    order = sorted(granted_items, key=lambda ug: (-ug[1], ug[0])) if p.pooled_floor else granted_items
+    for u, granted in order:
+        counts, per_u[u] = _plan_user_region(world, u, granted, reasons, surplus)
         for key, n in counts.items():
             plan_counts[key] = plan_counts.get(key, 0) + n
     return dict(world.rules), per_u, plan_counts, reasons
 
 
-def _plan_user_region(
-    w: _World, u: str, granted: int, reasons: list[str]
+def _plan_user_region(  # long: rules 3-6 in order, with the pooled floor's bookkeeping
+    w: _World, u: str, granted: int, reasons: list[str], surplus: list[FloorSurplus] | None = None
 ) -> tuple[dict[tuple[str, str], int], tuple[Any, ...]]:
     """Rules 3-6 for user region ``u``: replicas per (location, market) and ``(eligible, spot
-    locations, plan in tokens/s)``; consumes ``w.free_reserved``."""
+    locations, plan in tokens/s)``; consumes ``w.free_reserved`` and, with the pooled floor, takes
+    from and adds to ``surplus``."""
     p, prof, quotes = w.p, w.prof, w.quotes
     market = nonspot_market(p)
     r_u = {loc: w.rtt(u, loc) for loc in quotes}
     # whole replicas: the target, and the floor kept after losing the biggest spot location
     need_target = granted
-    need_floor = math.ceil(p.floor_share * granted / p.headroom - 1e-9)
+    floor = p.floor_share * granted / p.headroom
     eligible = [loc for loc in quotes if w.sizer.reachable(r_u[loc])]
     if not eligible and granted > 0:
         fastest = min(quotes, key=lambda loc: (r_u[loc], loc))
@@ -262,9 +268,14 @@ def _plan_user_region(
             key=lambda x: (w.nonspot_of[x], r_u[x], x),
             default=None,
         )
+    need_floor, covered = pooled_floor(floor - robust, eligible, surplus)
+    if covered:
+        reasons.append(
+            f"{u}: {covered:.2f} replicas of its floor kept by other regions' surplus (pooled floor)"
+        )
     choice = _cheapest_mix(
         max(0, need_target - robust),
-        max(0, need_floor - robust),
+        need_floor,
         [w.spot_eff[x] for x in spot_opts],
         w.nonspot_of[other] if other is not None else None,
     )
@@ -285,6 +296,9 @@ def _plan_user_region(
         n_spot -= take
     if n_other and other is not None and market is not None:
         counts[(other, market)] = counts.get((other, market), 0) + n_other
+    if surplus is not None:
+        survivors = sum(counts.values()) - max(spot_n.values(), default=0)
+        surplus.append(FloorSurplus(counts, max(0.0, survivors - (floor - covered))))
     cap = prof.capacity_tokens_s
     plan = tuple((loc, mk, n * cap) for (loc, mk), n in sorted(counts.items()))
     return counts, (tuple(sorted(eligible)), tuple(sorted(spot_n)), plan)

@@ -102,6 +102,7 @@ class ScalingParams:
     markets: tuple[str, ...] = MARKETS
     use_forecast: bool = True
     pool_rounding: bool = True  # rule 1: round the endpoint's replicas once, not per user region
+    pooled_floor: bool = True  # rule 5: other regions' surplus after a spot loss counts towards a floor
 
     def __post_init__(self) -> None:
         checks = [

@@ -9,6 +9,7 @@ import pytest
 
 from spotshift.errors import ConfigError
 from spotshift.serving.autoscale import decide_scaling, record_scaling_decision
+from spotshift.serving.scaling_floor import FloorSurplus, pooled_floor
 from spotshift.serving.scaling_types import (
     LocationQuote,
     ReplicaState,
@@ -250,3 +251,55 @@ def test_pooled_rounding_counts_the_endpoints_headroom_once_and_keeps_each_regio
     assert apart == {u: 2 for u in demand}  # ceil(1.08) per region: 6
     big = wanted_by_region({"us-east": 1000.0, "eu-west": 10.0}, {}, 100.0, ScalingParams())
     assert big == {"us-east": 12, "eu-west": 1}  # ceil(12.12) = 13 = 12 + the small region's own replica
+
+
+def _two_regions(users: dict[str, float], pooled: bool):
+    spot = {"gcp/us-east4": 1.6, "gcp/us-central1": 1.5, "gcp/us-east1": 1.7, "gcp/us-west1": 1.55}
+    qs = [LocationQuote(loc, 2.5, price, 3.0) for loc, price in spot.items()]
+    i = ScalingInputs(
+        endpoint="chat",
+        now=T0,
+        profile=PROFILE,
+        demand_tokens_s=users,
+        forecast_tokens_s=users,
+        replicas=[],
+        quotes=qs,
+        no_spot={},
+    )
+    return decide_scaling(i, None, ScalingParams(pooled_floor=pooled))
+
+
+def test_pooled_floor_a_small_regions_floor_is_kept_by_the_big_regions_surplus() -> None:
+    users = {"us-east": 9 * CAP, "us-west": 0.5 * CAP}
+    apart, pooled = _two_regions(users, False), _two_regions(users, True)
+    small = {t.user_region: t for t in pooled.user_regions}["us-west"]
+    assert (
+        small.granted_replicas == 1 and sum(c for _, _, c in small.plan) == CAP
+    )  # one replica, no floor of its own
+    assert by_market(apart, "on_demand") == 1 and by_market(pooled, "on_demand") == 0
+    assert pooled.planned_usd_hour < apart.planned_usd_hour
+    assert any("pooled floor" in r for r in pooled.reasons)
+    # the joint guarantee: losing every spot replica of any one location leaves the sum of the floors
+    floors = sum(t.floor_tokens_s for t in pooled.user_regions)
+    total = sum(n for _, _, n in pooled.planned) * CAP
+    for loc in {loc for loc, m, _ in pooled.planned if m == "spot"}:
+        lost = sum(n for x, m, n in pooled.planned if x == loc and m == "spot") * CAP
+        assert total - lost >= floors - 1e-6, loc
+    # a floor of a replica or more stays the region's own
+    users = {"us-east": 9 * CAP, "us-west": 1.5 * CAP}
+    assert _two_regions(users, True).planned == _two_regions(users, False).planned
+
+
+def test_pooled_floor_counts_only_reachable_survivors_once() -> None:
+    s = FloorSurplus({("a", "spot"): 3, ("b", "spot"): 3, ("c", "on_demand"): 1}, left=0.7)
+    assert s.reachable(["a", "b"]) == pytest.approx(0.7)
+    assert s.reachable(["a"]) == 0.0  # a single spot location: its loss takes everything there
+    assert s.reachable(["c"]) == pytest.approx(0.7) and s.reachable(["d"]) == 0.0
+    assert pooled_floor(0.67, ["d"], [s]) == (1, 0.0)  # out of the SLO's round trip
+    assert pooled_floor(0.67, ["a", "b"], None) == (1, 0.0)  # pooling off
+    big = FloorSurplus(dict(s.counts), left=2.0)
+    assert pooled_floor(1.33, ["a", "b", "c"], [big]) == (2, 0.0)  # a replica or more: the region's own
+    assert big.left == 2.0
+    assert pooled_floor(0.67, ["a", "b"], [s]) == (0, 0.67)
+    assert s.left == pytest.approx(0.03)
+    assert pooled_floor(0.5, ["a", "b"], [s]) == (1, 0.0)  # the surplus is taken once
