@@ -7,6 +7,9 @@ minute to minute, so only same-round comparisons mean anything):
 * ``rsync -a`` + ``sync``                    the goal's anchor (rsync alone does not fsync; the push
                                              is durable when it returns, so both get the same ``sync``;
                                              rsync's own time is reported as well)
+* ``rsync -a --fsync``                       a second anchor: rsync fsyncing each file it writes (no
+                                             global ``sync``, so other processes' dirty pages do not
+                                             count against it; directories are not synced)
 * ``restic backup`` + ``sync``               when installed (``--install-restic`` apt-gets it)
 * ``spotshift sync push`` at the default chunking (1/4/16 MiB: loose chunk objects) and at 64 KiB
   chunks (16/64/256 KiB: pack files), whole command including start-up and fingerprinting (a
@@ -27,6 +30,7 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -77,6 +81,10 @@ def _round(work: Path, src: Path, restic: str | None, n: int) -> dict[str, float
     def rsync() -> None:
         run("rsync+sync", ["rsync", "-a", f"{src}/", f"{targets / 'rsync'}/"])
 
+    def rsync_fsync() -> None:  # syncs only its own files: immune to other processes' dirty pages
+        cmd = ["rsync", "-a", "--fsync", f"{src}/", f"{targets / 'rsync-fsync'}/"]
+        run("rsync --fsync", cmd, then_sync=False)
+
     def restic_backup() -> None:
         assert restic is not None
         repo = targets / "restic"
@@ -94,6 +102,7 @@ def _round(work: Path, src: Path, restic: str | None, n: int) -> dict[str, float
     tools = [
         lambda: run("cp+sync", ["cp", "-r", str(src), str(targets / "cp")]),
         rsync,
+        *([rsync_fsync] if RSYNC_FSYNC else []),
         *([restic_backup] if restic else []),
         lambda: spotshift("spotshift default", []),
         lambda: spotshift("spotshift 64 KiB", SMALL),
@@ -120,6 +129,11 @@ def byte_compile() -> None:
     compileall.compile_dir(str(Path(spotshift.__file__).parent), quiet=1)
 
 
+#: whether this rsync has ``--fsync`` (3.2.4+): a second anchor that fsyncs each file it writes
+RSYNC_FSYNC = (
+    shutil.which("rsync") is not None
+    and "--fsync" in subprocess.run(["rsync", "--help"], capture_output=True, text=True, check=False).stdout
+)
 RUN_OUT: dict[str, str] = {}
 #: CPU seconds (user + system) of each tool's process per round: less sensitive than wall time to a
 #: shared machine's load (writeback done by the kernel's flusher threads is not counted)
@@ -154,6 +168,12 @@ def bench(work: Path, files: int, size: int, rounds: int, restic: str | None) ->
         for name in pushes
     }
     ratios = {name: statistics.median(r) for name, r in per_round.items()}
+    over_fsync = {}
+    if "rsync --fsync" in runs:  # the same, against rsync fsyncing its own files (no global sync)
+        over_fsync = {
+            name: statistics.median(p / r for p, r in zip(runs[name], runs["rsync --fsync"], strict=True))
+            for name in pushes
+        }
     return {
         "bytes": files * size,
         "files": files,
@@ -161,6 +181,7 @@ def bench(work: Path, files: int, size: int, rounds: int, restic: str | None) ->
         "tools": rows,
         "push_over_rsync_sync_same_round_median": ratios,
         "push_over_rsync_sync_per_round": per_round,
+        "push_over_rsync_fsync_same_round_median": {k: round(v, 2) for k, v in over_fsync.items()},
         "round_order": "rotates by one tool per round (round 0 starts with cp+sync)",
         "load_average_1m_per_round": loads,
         "goal_met": {name: ratio <= 1.0 for name, ratio in ratios.items()},
@@ -222,6 +243,7 @@ def main() -> int:
     print(
         f"  median: {result['push_over_rsync_sync_same_round_median']}  load per round: {result['load_average_1m_per_round']}"
     )
+    print(f"push / (rsync --fsync), same round, median: {result['push_over_rsync_fsync_same_round_median']}")
     print(f"wrote {path}")
     return 0
 
