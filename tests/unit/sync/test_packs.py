@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import spotshift.sync.packs as packs
+import spotshift.sync.store as store_module
 from spotshift.errors import IntegrityError
 from spotshift.sync.archiver import push
 from spotshift.sync.checker import verify
@@ -260,8 +261,9 @@ def test_s3_style_object_count_falls_with_packs(src: Path, tmp_path: Path, spots
 def test_a_push_makes_every_chunk_and_pack_durable_before_the_manifest_names_it(
     src: Path, store: LocalChunkStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Chunks are written while the tree is cut (batched, not fsynced one by one): the flush
-    that makes them durable must come after the last of them and before the manifest."""
+    """Chunks are written while the tree is cut (batched, not fsynced one by one): the file system
+    sync that makes them durable must come after the last of them and before the manifest and
+    the ``latest`` pointer that reference them."""
     small_packs(monkeypatch, target=1 << 20)
     monkeypatch.setattr(packs, "PACK_CHUNK_LIMIT", SMALL.avg_size)  # about half the chunks are loose
     events: list[str] = []
@@ -288,12 +290,21 @@ def test_a_push_makes_every_chunk_and_pack_durable_before_the_manifest_names_it(
 
     monkeypatch.setattr(LocalChunkStore, "put_bytes", put)
     monkeypatch.setattr(LocalChunkStore, "commit_temp", commit_temp)
+    real_syncfs = store_module.syncfs
+
+    def syncfs(path):  # type: ignore[no-untyped-def]
+        events.append("synced")
+        return real_syncfs(path)
+
     monkeypatch.setattr(LocalChunkStore, "flush", flush)
+    monkeypatch.setattr(store_module, "syncfs", syncfs)
     push(src, store, "corpus", params=SMALL)
     assert "batched packs" in events and "batched chunks" in events  # both kinds were written
     first_manifest = events.index("durable manifests")
+    pointer = events.index("durable refs")
     last_batched = max(i for i, e in enumerate(events) if e.startswith("batched"))
-    assert last_batched < events.index("flush", last_batched) < first_manifest
+    flushed = events.index("flush", last_batched)
+    assert last_batched < flushed < events.index("synced", flushed) < first_manifest < pointer
 
 
 @pytest.mark.parametrize("length", [1, 4095, 4096, 4097, 3 * 4096 + 17])
