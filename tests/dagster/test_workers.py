@@ -3,9 +3,10 @@ per region, the runs kept in a PostgreSQL Dagster instance.
 
 Real worker processes (``spotshift workers start``) on a scratch queue prefix, real trainers, the
 world of tests/migration_support.py. One test follows a placement and a price move step by step to
-the region each step touches; one kills a target worker (``kill -9`` of its process group) in the
-middle of ``cut_over``, after it started the live trainer: the step runs again on the other worker
-of that region's queue and the chain completes, with one live trainer and one ``raw.migrations`` row.
+the region each step touches, then kills a target worker (``kill -9`` of its process group) in the
+middle of the move back's ``cut_over``, after it started the live trainer: the step runs again on the
+other worker of that region's queue and the chain completes, with one live trainer and one
+``raw.migrations`` row. Both on one set of workers, started once (their start-up is most of the cost).
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ MOVE = MovePlan(
     job=JOB, trigger="price", from_location=AWS, to_location=AZURE, market="spot",
     instance_type="p4d.24xlarge", price_usd_hour=4.0, gpu_model="A100-40GB", gpu_count=8,
     snapshot_id="snap-2", run_key=f"{JOB}:{AWS}->{AZURE}:snap-2",
+)  # fmt: skip
+#: the move back, whose cut_over worker is killed
+MOVE_BACK = MovePlan(
+    job=JOB, trigger="price", from_location=AZURE, to_location=AWS, market="spot",
+    instance_type="p4d.24xlarge", price_usd_hour=3.0, gpu_model="A100-40GB", gpu_count=8,
+    snapshot_id="snap-3", run_key=f"{JOB}:{AZURE}->{AWS}:snap-3",
 )  # fmt: skip
 #: where each step of the price move must run (plan_move touches no region: the control queue)
 MOVE_SIDES = {
@@ -135,8 +142,48 @@ def _migrations(run_key: str) -> list[tuple[str, str]]:
         ).fetchall()
 
 
-def test_each_step_runs_on_a_worker_of_the_region_it_touches(celery_home: Any) -> None:
-    workers = processes.start_workers([AWS, AZURE], code_dir=REPO)
+def _kill_the_cut_over_worker(
+    instance: Any, workers: list[processes.WorkerInfo], plan: MovePlan, done: threading.Event
+) -> dict[str, Any]:
+    """Watch ``plan``'s run from a thread: once a worker runs cut_over and the target's live trainer
+    exists (the step waits for its first step), kill that worker's whole process group. Returns what
+    it saw, filled in while it runs: the most live trainers at once and the killed worker."""
+    import dagster as dg
+
+    backend = open_backend("local")
+    seen: dict[str, Any] = {"most_live": 0, "killed": None}
+
+    def watch() -> None:
+        while not done.is_set():
+            live = live_trainers(backend)
+            seen["most_live"] = max(seen["most_live"], len(live))
+            runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": plan.run_key}))
+            if not runs:  # the move's run is not created yet
+                time.sleep(0.05)
+                continue
+            run = runs[0]
+            hosts = [h for step, h in _step_workers(instance, run.run_id) if step == "cut_over"]
+            finished = instance.get_run_step_stats(run.run_id, step_keys=["cut_over"])
+            if finished and finished[0].end_time is not None:
+                break  # too late: the caller's assertion says so
+            if seen["killed"] is None and hosts and any(t.location == plan.to_location for t in live):
+                (victim,) = [w for w in workers if hosts[0].startswith(f"{w.name}@")]
+                os.killpg(victim.pid, signal.SIGKILL)
+                seen["killed"] = victim.name
+            time.sleep(0.05)
+
+    seen["thread"] = threading.Thread(target=watch, daemon=True)
+    seen["thread"].start()
+    return seen
+
+
+def test_each_step_runs_on_its_regions_workers_and_a_killed_worker_hands_its_step_on(
+    celery_home: Any,
+) -> None:
+    """One set of workers (two per region) for both stories, started once (worker start-up is most of
+    the cost): a placement and a price move step by step on the queue of the region each step
+    touches; then the move back, its cut_over worker killed after it started the live trainer."""
+    workers = processes.start_workers([AWS, AZURE], per_region=2, code_dir=REPO)
     placed = _execute(celery_home, PLACE)
     assert placed.success
     assert {_queue_of(h, workers) for _, h in _step_workers(celery_home, placed.run_id)} <= {AWS, "dagster"}
@@ -146,57 +193,27 @@ def test_each_step_runs_on_a_worker_of_the_region_it_touches(celery_home: Any) -
     taken = _step_workers(celery_home, moved.run_id)
     assert {step: _queue_of(h, workers) for step, h in taken} == MOVE_SIDES
     assert len(taken) == len(MOVE_SIDES)  # each step once
-    (live,) = live_trainers(open_backend("local"))
+    backend = open_backend("local")
+    (live,) = live_trainers(backend)
     assert live.location == AZURE and load_state(JOB).location == AZURE
     assert _migrations(MOVE.run_key) == [("cut_over", moved.run_id)]
 
-
-def test_a_worker_killed_mid_step_hands_the_step_to_another_worker_of_its_region(celery_home: Any) -> None:
-    import dagster as dg
-
-    workers = processes.start_workers([AWS, AZURE], per_region=2, code_dir=REPO)
-    assert _execute(celery_home, PLACE).success
-    backend = open_backend("local")
-    seen: dict[str, Any] = {"most_live": 0, "killed": None}
     done = threading.Event()
-
-    def kill_the_cut_over_worker() -> None:
-        """Once a worker runs cut_over and the target's live trainer exists (the step waits for
-        its first step), kill that worker's whole process group."""
-        while not done.is_set():
-            live = live_trainers(backend)
-            seen["most_live"] = max(seen["most_live"], len(live))
-            runs = celery_home.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": MOVE.run_key}))
-            if not runs:  # the move's run is not created yet
-                time.sleep(0.05)
-                continue
-            run = runs[0]
-            hosts = [h for step, h in _step_workers(celery_home, run.run_id) if step == "cut_over"]
-            finished = celery_home.get_run_step_stats(run.run_id, step_keys=["cut_over"])
-            if finished and finished[0].end_time is not None:
-                break  # too late: the assertion below says so
-            if seen["killed"] is None and hosts and any(t.location == AZURE for t in live):
-                (victim,) = [w for w in workers if hosts[0].startswith(f"{w.name}@")]
-                os.killpg(victim.pid, signal.SIGKILL)
-                seen["killed"] = victim.name
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=kill_the_cut_over_worker, daemon=True)
-    watcher.start()
+    seen = _kill_the_cut_over_worker(celery_home, workers, MOVE_BACK, done)
     try:
-        moved = _execute(celery_home, MOVE, shadow_steps=4)
+        back = _execute(celery_home, MOVE_BACK, shadow_steps=4)
     finally:
         done.set()
-        watcher.join(timeout=10)
+        seen["thread"].join(timeout=10)
     assert seen["killed"] is not None, "cut_over finished before its worker could be killed"
-    assert moved.success
-    ran = [h for step, h in _step_workers(celery_home, moved.run_id) if step == "cut_over"]
+    assert back.success
+    ran = [h for step, h in _step_workers(celery_home, back.run_id) if step == "cut_over"]
     assert len(ran) == 2 and ran[0] != ran[1], ran  # retried on the other worker of the queue
-    assert {_queue_of(h, workers) for h in ran} == {AZURE}
+    assert {_queue_of(h, workers) for h in ran} == {AWS}
     assert seen["most_live"] == 1  # never two live trainers
     (live,) = live_trainers(backend)
-    assert live.location == AZURE and load_state(JOB).location == AZURE
-    assert _migrations(MOVE.run_key) == [("cut_over", moved.run_id)]  # committed once
+    assert live.location == AWS and load_state(JOB).location == AWS
+    assert _migrations(MOVE_BACK.run_key) == [("cut_over", back.run_id)]  # committed once
     assert load_move(JOB).status == "cut_over"
 
 
