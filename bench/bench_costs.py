@@ -20,7 +20,7 @@ and incremental.
 Writes ``bench/results/costs.json`` (``costs_quick.json`` with ``--quick``, ``costs_<rows>.json``
 with another ``--rows``): one size per invocation, since 10 M rows take minutes on a shared box.
 The dbt side does more than polars: it materializes every model upstream of the mart (staging with
-de-duplication, price curves, fct_gpu_usage with its lookups and both savings baselines,
+de-duplication, price curves, the lookups, fct_gpu_usage with both savings baselines,
 fct_preemptions, fct_data_transfer) as tables on disk.
 """
 
