@@ -1,6 +1,6 @@
 {#-
     Incremental builds of the usage chain (stg_spotshift__compute_usage, stg_spotshift__checkpoints,
-    stg_spotshift__transfers, stg_spotshift__preemptions, int_job_first_spot,
+    stg_spotshift__transfers, stg_spotshift__preemptions, int_job_first_spot, int_usage_lookups,
     fct_gpu_usage, fct_preemptions, fct_data_transfer).
 
     Raw tables are append-only (spotshift never updates or deletes a raw row; a correction is a new
@@ -15,7 +15,7 @@
 
 {% macro usage_incremental_models() %}
     {{ return(['stg_spotshift__compute_usage', 'stg_spotshift__checkpoints', 'stg_spotshift__transfers',
-               'stg_spotshift__preemptions', 'int_job_first_spot', 'fct_gpu_usage',
+               'stg_spotshift__preemptions', 'int_job_first_spot', 'int_usage_lookups', 'fct_gpu_usage',
                'fct_preemptions', 'fct_data_transfer']) }}
 {% endmacro %}
 
@@ -85,10 +85,4 @@
     rows are a CTE without one: NULL there. -#}
 {% macro raw_rowid() %}
     {%- if this is none -%}cast(null as bigint){%- else -%}rowid{%- endif -%}
-{% endmacro %}
-
-{#- A key of the rows of `alias` (a table of the chain) that is cheap to join on: DuckDB's rowid
-    (a bigint, stable within one query). A unit test's given rows are a CTE without one: usage_id. -#}
-{% macro usage_row_key(alias) %}
-    {%- if this is none -%}{{ alias }}.usage_id{%- else -%}{{ alias }}.rowid{%- endif -%}
 {% endmacro %}

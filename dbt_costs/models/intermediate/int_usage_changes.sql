@@ -9,12 +9,13 @@
 --   * a new migration row: from the earliest end of any version of that migration
 --   * a new price quote: from the earliest poll of any version of that quote, for every job; the
 --     whole history when it precedes (or equals) the start of its curve, which prices earlier
---     intervals (fct_gpu_usage)
--- Reads the previous build's int_job_first_spot by name: it is built after this model in the same
--- build.
+--     intervals (int_usage_lookups)
+-- Reads the previous build's int_job_first_spot and int_usage_lookups by name: both are built after
+-- this model in the same build.
 -- depends_on: {{ ref('int_raw_delta_bounds') }}
 {%- set first_spot = adapter.get_relation(database=target.database, schema=target.schema, identifier='int_job_first_spot') %}
-{%- set built = first_spot is not none and not flags.FULL_REFRESH %}
+{%- set lookups = adapter.get_relation(database=target.database, schema=target.schema, identifier='int_usage_lookups') %}
+{%- set built = first_spot is not none and lookups is not none and not flags.FULL_REFRESH %}
 {%- if not usage_chain_watermarked() %}
 -- no incremental model reads it in this build (each runs its full query): nothing to compute
 select cast(null as varchar) as job, cast(null as timestamp) as since
@@ -39,16 +40,12 @@ old_first_spot as (
 ),
 
 rewritten as (
-    -- a usage_id the chain has seen: among the raw rows before the delta (the valid ones, as
-    -- staging keeps them). An inner join (not semi): DuckDB builds the hash table on the small
-    -- delta side
-    select distinct d.job
-    from usage_delta as d
-    inner join (
-        select usage_id from {{ source('spotshift', 'compute_usage') }}
-        where rowid < {{ raw_delta_from('compute_usage') }}
-            and usage_id is not null and job is not null and started_at is not null and ended_at is not null
-    ) as seen on d.usage_id = seen.usage_id
+    {%- if built %}
+    -- an inner join (not semi): DuckDB builds the hash table on the small delta side
+    select distinct d.job from usage_delta as d inner join {{ lookups }} as l on d.usage_id = l.usage_id
+    {%- else %}
+    select distinct job from usage_delta
+    {%- endif %}
 ),
 
 first_spot_moved as (

@@ -25,6 +25,7 @@ CHAIN = {
     "stg_spotshift__transfers": "transfer_id",
     "stg_spotshift__preemptions": "notice_id",
     "int_job_first_spot": "job",
+    "int_usage_lookups": "usage_id",
     "fct_gpu_usage": "usage_id",
     "fct_preemptions": "notice_id",
     "fct_data_transfer": "transfer_id",
